@@ -1,0 +1,655 @@
+"""Typed stack configuration: parse once, validate everything, report every error at once.
+
+The same `parse_stack` runs in two places:
+
+* offline, `python -m components.config stacks/Pulumi.<stack>.yaml`, where secrets are still
+  `{secure: ...}` ciphertext markers in the YAML;
+* at the start of `pulumi preview/up` (`load_from_pulumi`), where Pulumi has decrypted them and we
+  learn which leaves were secret from the stack file itself.
+
+Either way a secret given in plain text is an error: a key such as `hosts[0].ssh.privateKey` that
+reached the stack file unencrypted is already leaked to whoever reads the repository.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+PROJECT = "tdx-vllm"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE_DIR = REPO_ROOT / "firmware"
+
+GpuMode = Literal["on", "ppcie", "devtools"]
+GPU_MODES: tuple[str, ...] = ("on", "ppcie", "devtools")
+REGISTRATION_METHODS: tuple[str, ...] = ("mpa", "pckid", "none")
+SUPPORTED_OS: tuple[str, ...] = ("ubuntu-25.10", "ubuntu-26.04", "ubuntu-24.04")
+HOST_KEY_TYPES: tuple[str, ...] = (
+    "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa",
+)
+# Kernel arguments every TDX host needs; `platform.extraKernelArgs` adds to these.
+BASE_KERNEL_ARGS: tuple[str, ...] = ("nohibernate", "kvm_intel.tdx=1", "intel_iommu=on")
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that must stay a Pulumi secret. `repr` never shows it."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    address: str
+    port: int
+    user: str
+    host_key: str
+    private_key: Secret
+
+
+@dataclass(frozen=True)
+class BmcConfig:
+    endpoint: str
+    vendor: str
+    username: Secret
+    password: Secret
+    tls_fingerprint: str | None
+    ca_file: str | None
+    system: str | None
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    model: str
+    count: int
+    mode: GpuMode
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    ssh: SshConfig
+    bmc: BmcConfig | None
+    gpu: GpuConfig | None
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    os: str
+    extra_kernel_args: tuple[str, ...]
+    tdx_module: str | None
+
+    @property
+    def kernel_args(self) -> tuple[str, ...]:
+        return BASE_KERNEL_ARGS + tuple(a for a in self.extra_kernel_args if a not in BASE_KERNEL_ARGS)
+
+
+@dataclass(frozen=True)
+class DcapConfig:
+    pccs_api_key: Secret
+    registration: str
+    pccs_port: int
+    qgs_port: int
+    pccs_url: str | None  # an external PCCS; None = run PCCS on each host
+    use_secure_cert: bool
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stack: str
+    hosts: tuple[HostConfig, ...]
+    platform: PlatformConfig
+    dcap: DcapConfig
+    tee_io: bool
+    reboot_timeout_s: int
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    path: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}; fix: {self.fix}"
+
+
+class ConfigErrors(Exception):
+    def __init__(self, errors: Iterable[ConfigError]):
+        self.errors = tuple(errors)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        n = len(self.errors)
+        lines = [f"stack configuration has {n} error{'s' if n != 1 else ''}:"]
+        lines += [f"  - {e}" for e in self.errors]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Secret markers: how each input source tells us a leaf was encrypted
+
+
+class _Encrypted:
+    """A `{secure: ...}` leaf seen in a stack file before decryption."""
+
+    def __repr__(self) -> str:
+        return "<encrypted>"
+
+    def __deepcopy__(self, memo: dict) -> "_Encrypted":
+        return self
+
+
+ENCRYPTED = _Encrypted()
+
+
+# --------------------------------------------------------------------------------------------
+# The validator: a small walker that records errors instead of raising
+
+
+class _Reader:
+    def __init__(self, stack: str, secret_paths: frozenset[str] | None):
+        self.stack = stack
+        # None: secret leaves are visible as ENCRYPTED markers (offline mode).
+        self.secret_paths = secret_paths
+        self.errors: list[ConfigError] = []
+
+    def error(self, path: str, problem: str, fix: str) -> None:
+        self.errors.append(ConfigError(path, problem, fix))
+
+    # -- structure -----------------------------------------------------------------------
+
+    def obj(self, value: Any, path: str, allowed: Iterable[str]) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping) or _is_secure_marker(value):
+            self.error(path, f"expected a mapping, got {_kind(value)}", "write it as `key: value` lines")
+            return {}
+        allowed = tuple(allowed)
+        for key in value:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                hint = f"did you mean `{close[0]}`?" if close else f"known keys: {', '.join(allowed)}"
+                self.error(_join(path, key), "unknown key", f"remove it or rename it ({hint})")
+        return value
+
+    def required(self, m: Mapping[str, Any], key: str, path: str, what: str) -> Any:
+        if key not in m or m[key] is None:
+            self.error(_join(path, key), "required", what)
+            return None
+        return m[key]
+
+    # -- scalars -------------------------------------------------------------------------
+
+    def string(self, value: Any, path: str, fix: str) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, _Encrypted) or _is_secure_marker(value):
+            self.error(path, "is a secret but this key is not secret", "set it with plain `pulumi config set --path`")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            self.error(path, f"expected a non-empty string, got {_kind(value)}", fix)
+            return None
+        return value.strip()
+
+    def integer(self, value: Any, path: str, default: int, lo: int, hi: int) -> int:
+        if value is None:
+            return default
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # `pulumi config set --path` stores numbers as strings
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            self.error(path, f"expected an integer in {lo}..{hi}, got {value!r}", f"set a number between {lo} and {hi}")
+            return default
+        return value
+
+    def boolean(self, value: Any, path: str, default: bool) -> bool:
+        if value is None:
+            return default
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            self.error(path, f"expected true or false, got {value!r}", "write `true` or `false`")
+            return default
+        return value
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...], default: str | None = None) -> str | None:
+        if value is None:
+            return default
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+            hint = f" (did you mean `{close[0]}`?)" if close else ""
+            self.error(path, f"`{value}` is not one of {', '.join(choices)}", f"use one of {', '.join(choices)}{hint}")
+            return None
+        return str(value)
+
+    def secret(self, value: Any, path: str, how: str) -> Secret | None:
+        """A leaf that must arrive encrypted. `how` is the `pulumi config set` hint."""
+        if value is None:
+            return None
+        set_hint = f"`pulumi config set --secret --path '{path}' ...`{how}"
+        if self.secret_paths is None:
+            if isinstance(value, _Encrypted) or _is_secure_marker(value):
+                return Secret("<encrypted>")
+            self.error(path, "given in plain text; secrets must be Pulumi secrets", f"remove it and run {set_hint}")
+            return None
+        if path not in self.secret_paths:
+            self.error(path, "given in plain text; secrets must be Pulumi secrets", f"remove it and run {set_hint}")
+            return None
+        if not isinstance(value, str) or not value:
+            self.error(path, f"expected a non-empty secret string, got {_kind(value)}", f"run {set_hint}")
+            return None
+        return Secret(value)
+
+
+def _is_secure_marker(value: Any) -> bool:
+    return isinstance(value, Mapping) and set(value) == {"secure"}
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _kind(value: Any) -> str:
+    if _is_secure_marker(value) or isinstance(value, _Encrypted):
+        return "a secret"
+    return {dict: "a mapping", list: "a list", str: "a string", int: "a number", bool: "a boolean",
+            type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Field checks (pure)
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.I)
+_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+_KERNEL_ARG = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/+\-]+)?$")
+_TDX_MODULE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def is_valid_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(value)) and not re.fullmatch(r"[\d.]+", value)
+
+
+def host_key_problem(value: str) -> str | None:
+    """Why `value` is not an authorized_keys-style public key, or None."""
+    import base64
+    import struct
+
+    parts = value.split()
+    if len(parts) < 2:
+        return "expected `<type> <base64>` as in known_hosts (without the host name)"
+    kind, blob = parts[0], parts[1]
+    if kind not in HOST_KEY_TYPES:
+        return f"unknown key type `{kind}` (expected one of {', '.join(HOST_KEY_TYPES)})"
+    try:
+        raw = base64.b64decode(blob, validate=True)
+        (n,) = struct.unpack(">I", raw[:4])
+        inner = raw[4:4 + n].decode()
+    except Exception:
+        return "the key data is not valid base64 SSH wire format"
+    if inner != kind:
+        return f"the key data says `{inner}` but the type says `{kind}`"
+    return None
+
+
+def normalise_fingerprint(value: str) -> str:
+    return value.replace(":", "").strip().lower()
+
+
+def url_problem(value: str, schemes: tuple[str, ...]) -> str | None:
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in schemes:
+        return f"scheme must be {' or '.join(schemes)}, got `{parts.scheme or 'none'}`"
+    if not parts.hostname or not is_valid_address(parts.hostname):
+        return f"`{parts.hostname or ''}` is not a valid host name or IP address"
+    if port is not None and not 0 < port < 65536:
+        return f"port {port} out of range"
+    return None
+
+
+def known_gpu_models(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in (firmware_dir / "gpu").glob("*.yaml") if p.stem != "gpu-admin-tools"))
+
+
+def known_bios_vendors(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
+    from .bios_tables import list_vendors
+    return tuple(list_vendors(firmware_dir))
+
+
+def known_tdx_modules(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
+    data = yaml.safe_load((firmware_dir / "tdx-module.yaml").read_text()) or {}
+    return tuple(sorted((data.get("releases") or {}).keys()))
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+
+
+_TOP_KEYS = ("hosts", "gpu", "platform", "dcap", "teeIo", "rebootTimeoutSeconds")
+
+
+def parse_stack(raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[str] | None = None,
+                firmware_dir: Path = FIRMWARE_DIR) -> StackConfig:
+    """Validate `raw` (config keys without the project prefix) and build a StackConfig.
+
+    `secret_paths`: the key paths Pulumi decrypted (runtime); None means the values still carry
+    `{secure: ...}` markers (offline). Raises ConfigErrors listing every problem found.
+    """
+    r = _Reader(stack, frozenset(secret_paths) if secret_paths is not None else None)
+    top = r.obj(raw, "", _TOP_KEYS + tuple(k for k in raw if k.startswith("_")))
+
+    gpu_models = known_gpu_models(firmware_dir)
+    default_gpu = _gpu(r, top.get("gpu"), "gpu", gpu_models) if top.get("gpu") is not None else None
+    platform = _platform(r, top.get("platform"), "platform", firmware_dir)
+    dcap = _dcap(r, r.required(top, "dcap", "", "add a `dcap:` block with at least `pccsApiKey` (a secret)"), "dcap")
+    hosts = _hosts(r, top.get("hosts"), "hosts", gpu_models, known_bios_vendors(firmware_dir), default_gpu)
+    tee_io = r.boolean(top.get("teeIo"), "teeIo", False)
+    reboot_timeout = r.integer(top.get("rebootTimeoutSeconds"), "rebootTimeoutSeconds", 1800, 60, 7200)
+
+    if r.errors:
+        raise ConfigErrors(r.errors)
+    assert platform is not None and dcap is not None
+    return StackConfig(stack=stack, hosts=hosts, platform=platform, dcap=dcap, tee_io=tee_io,
+                       reboot_timeout_s=reboot_timeout)
+
+
+def _hosts(r: _Reader, value: Any, path: str, gpu_models: tuple[str, ...], vendors: tuple[str, ...],
+           default_gpu: GpuConfig | None) -> tuple[HostConfig, ...]:
+    if value is None or value == []:
+        r.error(path, "required: at least one host", "add a `hosts:` list (see stacks/Pulumi.dev.yaml)")
+        return ()
+    if not isinstance(value, list):
+        r.error(path, f"expected a list of hosts, got {_kind(value)}", "write `hosts:` as a YAML list (`- name: ...`)")
+        return ()
+    hosts: list[HostConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(value):
+        hp = f"{path}[{i}]"
+        m = r.obj(item, hp, ("name", "ssh", "bmc", "gpu"))
+        name = r.string(r.required(m, "name", hp, "give the host a short name, e.g. `gpu-a`"), _join(hp, "name"),
+                        "use lowercase letters, digits and dashes")
+        if name is not None:
+            if not _HOST_NAME.match(name):
+                r.error(_join(hp, "name"), f"`{name}` is not a valid host name",
+                        "use 1-32 lowercase letters, digits and dashes (it names Pulumi resources)")
+            elif name in seen:
+                r.error(_join(hp, "name"), f"duplicate host name `{name}` (also hosts[{seen[name]}])",
+                        "give every host a unique name")
+            else:
+                seen[name] = i
+        ssh = _ssh(r, r.required(m, "ssh", hp, "add an `ssh:` block with address, hostKey and privateKey"),
+                   _join(hp, "ssh"))
+        bmc = _bmc(r, m.get("bmc"), _join(hp, "bmc"), vendors) if m.get("bmc") is not None else None
+        gpu = _gpu(r, m.get("gpu"), _join(hp, "gpu"), gpu_models) if m.get("gpu") is not None else default_gpu
+        if ssh is not None and name is not None:
+            hosts.append(HostConfig(name=name, ssh=ssh, bmc=bmc, gpu=gpu))
+    return tuple(hosts)
+
+
+def _ssh(r: _Reader, value: Any, path: str) -> SshConfig | None:
+    if value is None:
+        return None
+    m = r.obj(value, path, ("address", "port", "user", "hostKey", "privateKey"))
+    address = r.string(r.required(m, "address", path, "set the host's IP address or DNS name"),
+                       _join(path, "address"), "set the host's IP address or DNS name")
+    if address is not None and not is_valid_address(address):
+        r.error(_join(path, "address"), f"`{address}` is not a valid IP address or host name",
+                "use an IPv4/IPv6 address or a DNS name such as gpu-a.example.net")
+    port = r.integer(m.get("port"), _join(path, "port"), 22, 1, 65535)
+    user = r.string(m.get("user", "root"), _join(path, "user"), "set the SSH user (root or a sudoer)") or "root"
+    host_key = None
+    if "hostKey" not in m or m["hostKey"] is None:
+        r.error(_join(path, "hostKey"), "required: the host key must be pinned (no trust on first use)",
+                "copy it from the console (`cat /etc/ssh/ssh_host_ed25519_key.pub`) or `ssh-keyscan -t ed25519 HOST`"
+                " and set `hostKey: ssh-ed25519 AAAA...`")
+    else:
+        host_key = r.string(m["hostKey"], _join(path, "hostKey"), "set `ssh-ed25519 AAAA...`")
+        problem = host_key_problem(host_key) if host_key else None
+        if problem:
+            r.error(_join(path, "hostKey"), problem, "paste the public host key as `ssh-ed25519 AAAA...`")
+    private_key = r.secret(r.required(m, "privateKey", path, "run `pulumi config set --secret --path "
+                                      f"'{_join(path, 'privateKey')}' < ~/.ssh/id_ed25519`"),
+                           _join(path, "privateKey"), " < ~/.ssh/id_ed25519")
+    if address is None or host_key is None or private_key is None:
+        return None
+    return SshConfig(address=address, port=port, user=user, host_key=" ".join(host_key.split()[:2]),
+                     private_key=private_key)
+
+
+def _bmc(r: _Reader, value: Any, path: str, vendors: tuple[str, ...]) -> BmcConfig | None:
+    before = len(r.errors)
+    m = r.obj(value, path, ("endpoint", "vendor", "username", "password", "tlsFingerprint", "caFile", "system"))
+    endpoint = r.string(r.required(m, "endpoint", path, "set `endpoint: https://BMC-ADDRESS`"),
+                        _join(path, "endpoint"), "set `endpoint: https://BMC-ADDRESS`")
+    if endpoint is not None:
+        problem = url_problem(endpoint, ("https",))
+        if problem:
+            r.error(_join(path, "endpoint"), problem, "use `https://BMC-ADDRESS[:PORT]` (plain http would expose the BMC password)")
+    vendor = r.choice(r.required(m, "vendor", path, f"set one of: {', '.join(vendors)}"), _join(path, "vendor"), vendors)
+    username = r.secret(r.required(m, "username", path, "set the BMC user as a secret"), _join(path, "username"), "")
+    password = r.secret(r.required(m, "password", path, "set the BMC password as a secret"), _join(path, "password"), "")
+    fingerprint = r.string(m.get("tlsFingerprint"), _join(path, "tlsFingerprint"), "set the SHA-256 of the BMC certificate")
+    if fingerprint is not None:
+        fingerprint = normalise_fingerprint(fingerprint)
+        if not _FINGERPRINT.match(fingerprint):
+            r.error(_join(path, "tlsFingerprint"), "expected a SHA-256 fingerprint (64 hex digits, colons allowed)",
+                    "run `openssl s_client -connect BMC:443 </dev/null | openssl x509 -noout -fingerprint -sha256`")
+    ca_file = r.string(m.get("caFile"), _join(path, "caFile"), "set the path of the CA bundle that signs the BMC certificate")
+    if fingerprint is None and ca_file is None:
+        r.error(path, "the BMC's TLS certificate is not pinned",
+                "set `tlsFingerprint` (SHA-256 of the BMC certificate) or `caFile` (a CA bundle)")
+    system = r.string(m.get("system"), _join(path, "system"), "set the Redfish system path, e.g. /redfish/v1/Systems/1")
+    if system is not None and not system.startswith("/redfish/v1/Systems/"):
+        r.error(_join(path, "system"), f"`{system}` is not a Redfish system path",
+                "use the full path, e.g. /redfish/v1/Systems/System.Embedded.1 (a bare id is not accepted)")
+    if len(r.errors) > before:
+        return None
+    return BmcConfig(endpoint=endpoint, vendor=vendor, username=username, password=password,  # type: ignore[arg-type]
+                     tls_fingerprint=fingerprint, ca_file=ca_file, system=system)
+
+
+def _gpu(r: _Reader, value: Any, path: str, models: tuple[str, ...]) -> GpuConfig | None:
+    m = r.obj(value, path, ("model", "count", "mode"))
+    model = r.choice(r.required(m, "model", path, f"set one of: {', '.join(models)}"), _join(path, "model"), models)
+    count = r.integer(m.get("count"), _join(path, "count"), 1, 1, 16)
+    mode = r.choice(m.get("mode", "on"), _join(path, "mode"), GPU_MODES)
+    if mode == "devtools" and r.stack != "dev":
+        r.error(_join(path, "mode"), f"`devtools` unblocks GPU debugging and is refused outside the `dev` stack "
+                f"(this is `{r.stack}`)", "use `on` (one GPU per TD) or `ppcie` (8 Hopper GPUs + NVSwitch)")
+    if mode == "ppcie" and count != 8:
+        r.error(_join(path, "count"), f"PPCIe needs all 8 Hopper GPUs in one TD, got {count}",
+                "set `count: 8`, or use `mode: on` for single-GPU TDs")
+    if model is None or mode is None:
+        return None
+    return GpuConfig(model=model, count=count, mode=mode)  # type: ignore[arg-type]
+
+
+def _platform(r: _Reader, value: Any, path: str, firmware_dir: Path) -> PlatformConfig | None:
+    m = r.obj(value, path, ("os", "extraKernelArgs", "tdxModule"))
+    os_name = r.choice(m.get("os", "ubuntu-26.04"), _join(path, "os"), SUPPORTED_OS) or "ubuntu-26.04"
+    args_value = m.get("extraKernelArgs") or []
+    extra: list[str] = []
+    if not isinstance(args_value, list):
+        r.error(_join(path, "extraKernelArgs"), f"expected a list, got {_kind(args_value)}",
+                "write it as a YAML list: `[modprobe.blacklist=nouveau]`")
+    else:
+        for i, arg in enumerate(args_value):
+            ap = f"{_join(path, 'extraKernelArgs')}[{i}]"
+            if not isinstance(arg, str) or not _KERNEL_ARG.match(arg):
+                r.error(ap, f"`{arg}` is not a single kernel argument", "use `name` or `name=value` without spaces or quotes")
+            elif arg.startswith("kvm_intel.tdx=") and arg != "kvm_intel.tdx=1":
+                r.error(ap, f"`{arg}` would turn TDX off", "remove it; `kvm_intel.tdx=1` is always set")
+            else:
+                extra.append(arg)
+    tdx_module = r.string(m.get("tdxModule"), _join(path, "tdxModule"), "set a version such as 1.5.34")
+    if tdx_module is not None:
+        known = known_tdx_modules(firmware_dir)
+        if not _TDX_MODULE.match(tdx_module) or tdx_module not in known:
+            r.error(_join(path, "tdxModule"), f"`{tdx_module}` is not a pinned TDX module release",
+                    f"use one of {', '.join(known)} or add the release to firmware/tdx-module.yaml")
+    return PlatformConfig(os=os_name, extra_kernel_args=tuple(extra), tdx_module=tdx_module)
+
+
+def _dcap(r: _Reader, value: Any, path: str) -> DcapConfig | None:
+    if value is None:
+        return None
+    m = r.obj(value, path, ("pccsApiKey", "registration", "pccsPort", "qgsPort", "pccsUrl", "useSecureCert"))
+    key = r.secret(r.required(m, "pccsApiKey", path, "run `pulumi config set --secret --path 'dcap.pccsApiKey' KEY`"
+                              " with your Intel PCS subscription key"), _join(path, "pccsApiKey"), " KEY")
+    registration = r.choice(m.get("registration", "mpa"), _join(path, "registration"), REGISTRATION_METHODS) or "mpa"
+    pccs_port = r.integer(m.get("pccsPort"), _join(path, "pccsPort"), 8081, 1, 65535)
+    qgs_port = r.integer(m.get("qgsPort"), _join(path, "qgsPort"), 4050, 1, 65535)
+    pccs_url = r.string(m.get("pccsUrl"), _join(path, "pccsUrl"), "set `https://PCCS:8081/sgx/certification/v4/`")
+    if pccs_url is not None:
+        problem = url_problem(pccs_url, ("https",))
+        if problem:
+            r.error(_join(path, "pccsUrl"), problem, "use `https://PCCS-HOST:8081/sgx/certification/v4/`")
+    secure = r.boolean(m.get("useSecureCert"), _join(path, "useSecureCert"), True)
+    if not secure and r.stack != "dev":
+        r.error(_join(path, "useSecureCert"), f"TLS verification of the PCCS may only be off in `dev` (this is `{r.stack}`)",
+                "give PCCS a real certificate and set `useSecureCert: true`")
+    if key is None:
+        return None
+    return DcapConfig(pccs_api_key=key, registration=registration, pccs_port=pccs_port, qgs_port=qgs_port,
+                      pccs_url=pccs_url, use_secure_cert=secure)
+
+
+# --------------------------------------------------------------------------------------------
+# Input sources
+
+
+def stack_from_filename(path: Path) -> str:
+    m = re.fullmatch(r"Pulumi\.(.+)\.yaml", path.name)
+    if not m:
+        raise ValueError(f"{path}: expected a stack file named Pulumi.<stack>.yaml")
+    return m.group(1)
+
+
+def read_stack_file(path: Path) -> Mapping[str, Any]:
+    """The stack file's `config:` with the project prefix removed and secure leaves as ENCRYPTED."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    config = doc.get("config") or {}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        ns, _, name = str(key).partition(":")
+        if ns != PROJECT or not name:
+            out[f"_{key}"] = value  # other namespaces (e.g. pulumi:*) are not ours to check
+            continue
+        out[name] = _mark_encrypted(value)
+    return out
+
+
+def _mark_encrypted(value: Any) -> Any:
+    if _is_secure_marker(value):
+        return ENCRYPTED
+    if isinstance(value, Mapping):
+        return {k: _mark_encrypted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_encrypted(v) for v in value]
+    return value
+
+
+def secret_paths_of(value: Any, prefix: str = "") -> set[str]:
+    """Key paths (as used in error messages) of every ENCRYPTED leaf."""
+    if value is ENCRYPTED:
+        return {prefix}
+    paths: set[str] = set()
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            paths |= secret_paths_of(v, _join(prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            paths |= secret_paths_of(v, f"{prefix}[{i}]")
+    return paths
+
+
+def load_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConfig:
+    raw = read_stack_file(path)
+    return parse_stack({k: v for k, v in raw.items() if not k.startswith("_")}, stack_from_filename(path),
+                       firmware_dir=firmware_dir)
+
+
+def load_from_pulumi(stack_file_dir: Path = REPO_ROOT / "stacks") -> StackConfig:
+    """Read the running stack's decrypted config and validate it (used by __main__.py)."""
+    import json
+
+    import pulumi
+    from pulumi.runtime import config as rt_config
+
+    stack = pulumi.get_stack()
+    config = pulumi.Config(PROJECT)
+    raw: dict[str, Any] = {}
+    secret_top: set[str] = set()
+    for key in _TOP_KEYS:
+        text = config.get(key)
+        if text is None:
+            continue
+        try:
+            raw[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raw[key] = text
+        if rt_config.is_config_secret(f"{PROJECT}:{key}"):
+            secret_top.add(key)
+    # Pulumi tells us only which top-level keys hold secrets; the stack file says which leaves.
+    stack_file = stack_file_dir / f"Pulumi.{stack}.yaml"
+    if stack_file.exists():
+        leaves = secret_paths_of({k: v for k, v in read_stack_file(stack_file).items() if not k.startswith("_")})
+    else:
+        leaves = {p for p in _all_leaf_paths(raw) if p.split(".")[0].split("[")[0] in secret_top}
+    return parse_stack(raw, stack, secret_paths=leaves)
+
+
+def _all_leaf_paths(value: Any, prefix: str = "") -> set[str]:
+    if isinstance(value, Mapping):
+        return set().union(*(_all_leaf_paths(v, _join(prefix, k)) for k, v in value.items())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_all_leaf_paths(v, f"{prefix}[{i}]") for i, v in enumerate(value))) if value else set()
+    return {prefix}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m components.config stacks/Pulumi.<stack>.yaml", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    try:
+        cfg = load_stack_file(path)
+    except ConfigErrors as exc:
+        print(f"{path}: {exc.render()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"{path}: cannot read the stack file: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: valid ({len(cfg.hosts)} host{'s' if len(cfg.hosts) != 1 else ''}, stack `{cfg.stack}`)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

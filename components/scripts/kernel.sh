@@ -1,0 +1,88 @@
+# kernel.sh: the kernel command line for TDX hosts, through a GRUB drop-in, then (after the
+# reboot step) the running kernel must show KVM's TDX support initialised.
+#
+# Parameters: TDX_KERNEL_ARGS (space-separated), TDX_MODULE_VERSION (optional pin, e.g. 1.5.34).
+
+GRUB_DROPIN=/etc/default/grub.d/90-tdxgpu.cfg
+
+dropin_content() {
+  printf '# Managed by tdx-vllm (Pulumi): kernel arguments for Intel TDX hosts. Do not edit.\n'
+  printf 'GRUB_CMDLINE_LINUX_DEFAULT="${GRUB_CMDLINE_LINUX_DEFAULT} %s"\n' "$TDX_KERNEL_ARGS"
+}
+
+check() {
+  fact grub_dropin "$GRUB_DROPIN"
+  fact kernel_args "$TDX_KERNEL_ARGS"
+  local want; want=$(dropin_content)
+  if [ ! -f "$GRUB_DROPIN" ]; then
+    unmet "the GRUB drop-in is missing" "$GRUB_DROPIN" "no file" "apply writes it and runs update-grub"
+  elif [ "$(cat "$GRUB_DROPIN")" != "$want" ]; then
+    unmet "the GRUB drop-in differs" "args \"$TDX_KERNEL_ARGS\"" "$(grep -o '} .*"' "$GRUB_DROPIN" | tr -d '}"' || true)" \
+      "apply rewrites it and runs update-grub"
+  fi
+  fact_raw reboot_required "$(cmdline_has_args && echo false || echo true)"
+  [ "${#_UNMET[@]}" -eq 0 ]
+}
+
+apply() {
+  have update-grub || refuse "update-grub is missing" "GRUB (grub2-common)" "none" "install GRUB or boot with GRUB"
+  write_file "$GRUB_DROPIN" "$(dropin_content)"$'\n'
+  update-grub >&2
+}
+
+cmdline_has_args() {
+  local cmdline arg; cmdline=" $(cat /proc/cmdline) "
+  for arg in $TDX_KERNEL_ARGS; do
+    case "$cmdline" in *" $arg "*) ;; *) return 1 ;; esac
+  done
+}
+
+# After reboot: the running kernel shows the arguments and an initialised TDX module.
+runtime_check() {
+  local cmdline tdx_param log version=""
+  cmdline=$(cat /proc/cmdline)
+  fact cmdline "$cmdline"
+  cmdline_has_args || unmet "the running kernel lacks TDX arguments" "\"$TDX_KERNEL_ARGS\" in /proc/cmdline" "\"$cmdline\"" \
+    "reboot into the updated GRUB entry (check GRUB_DEFAULT if another entry boots)"
+  tdx_param=$(cat /sys/module/kvm_intel/parameters/tdx 2>/dev/null || echo missing)
+  fact kvm_intel_tdx "$tdx_param"
+  log=$(dmesg 2>/dev/null | grep -i 'virt/tdx' || true)
+  version=$(tdx_module_version "$log")
+  fact tdx_module_version "$version"
+  [ "$tdx_param" = Y ] || unmet "KVM's TDX support is off" "/sys/module/kvm_intel/parameters/tdx = Y" "$tdx_param" "$(tdx_diagnosis "$log")"
+  if ! grep -qE 'module initialized|TDX-Module initialized' <<<"$log"; then
+    unmet "the TDX module is not initialised" "'virt/tdx: module initialized' in dmesg" "$(tail -n1 <<<"${log:-none}")" "$(tdx_diagnosis "$log")"
+  fi
+  if [ -n "${TDX_MODULE_VERSION:-}" ] && [ "$version" != "$TDX_MODULE_VERSION" ]; then
+    unmet "the TDX module version differs from the pin" "$TDX_MODULE_VERSION" "${version:-unknown}" \
+      "install the pinned module (BIOS update, or TDX-SEAM.so in /boot/efi/EFI/TDX/) and reboot, or change platform.tdxModule"
+  fi
+  compgen -G "/sys/kernel/iommu_groups/*" >/dev/null || unmet "the IOMMU is off" "entries in /sys/kernel/iommu_groups" "none" \
+    "enable VT-d in BIOS and keep intel_iommu=on"
+  [ "${#_UNMET[@]}" -eq 0 ]
+}
+
+# The module version from either dmesg format the distro kernels print.
+tdx_module_version() {
+  local log=$1 v
+  v=$(grep -oE 'TDX module [0-9]+\.[0-9]+\.[0-9]+' <<<"$log" | head -n1 | awk '{print $3}' || true)
+  if [ -z "$v" ]; then
+    v=$(sed -nE 's/.*major_version ([0-9]+), minor_version ([0-9]+).*build_num ([0-9]+).*/\1.\2 build \3/p' <<<"$log" | head -n1)
+  fi
+  printf '%s' "$v"
+}
+
+# Map the kernel's TDX failure messages to their fix (research: tdx-host-stack.md section 7).
+tdx_diagnosis() {
+  local log=$1
+  case "$log" in
+    *"too few private KeyIDs"*) echo "set the BIOS TME-MT/TDX key split to a non-zero value" ;;
+    *"Hibernation support is enabled"*) echo "add nohibernate to the kernel command line" ;;
+    *"module not loaded"*) echo "enable the BIOS SEAM Loader and power-cycle; if it persists, update the BIOS (SEAMRR lock)" ;;
+    *"SEAMCALL"*"failed"*) echo "update the BIOS/TDX module: the module is too old for this kernel" ;;
+    *"initialization failed (-5)"*|*"module initialization failed"*) echo "update the TDX module (platform.tdxModule pin)" ;;
+    *"not supported by the host platform"*) echo "enable TDX, TME-MT and the key split in BIOS" ;;
+    *"BIOS enabled"*) echo "load kvm_intel with tdx=1 (kernel argument kvm_intel.tdx=1) and check /sys/module/kvm_intel" ;;
+    *) echo "enable TDX in BIOS (TME, TME-MT, TDX, SEAM Loader, key split), then boot with kvm_intel.tdx=1" ;;
+  esac
+}

@@ -1,0 +1,149 @@
+# lib.sh: the frame every host step runs in (sourced ahead of the step's own script by
+# components/steps.py, so a step file only defines `check` and `apply`, and optionally
+# `runtime_check` for steps whose effect needs a reboot).
+#
+# Phases: check (read-only; exit 0 when already in the desired state) -> apply (only when check
+# failed) -> verify (check again). stdout carries exactly one JSON object of observed facts;
+# human-readable progress and errors go to stderr. Secrets arrive as shell variables in the
+# rendered preamble and are never printed.
+set -euo pipefail
+export LC_ALL=C
+umask 077
+
+declare -A _FACTS=()
+_FACT_ORDER=()
+_UNMET=()
+
+# fact KEY VALUE: record a string fact.
+fact() { _fact_raw "$1" "$(json_str "$2")"; }
+# fact_raw KEY JSON: record a fact that is already JSON (number, bool, array, object).
+fact_raw() { _fact_raw "$1" "$2"; }
+_fact_raw() {
+  [[ -v "_FACTS[$1]" ]] || _FACT_ORDER+=("$1")
+  _FACTS[$1]=$2
+}
+
+json_str() {
+  local s=$1
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//$'\n'/\\n}
+  s=${s//$'\r'/\\r}
+  s=${s//$'\t'/\\t}
+  s=$(printf '%s' "$s" | tr -d '\000-\010\013\014\016-\037')
+  printf '"%s"' "$s"
+}
+
+# json_list A B C -> ["A","B","C"]
+json_list() {
+  local out="" x
+  for x in "$@"; do out+="${out:+,}$(json_str "$x")"; done
+  printf '[%s]' "$out"
+}
+
+# unmet WHAT EXPECTED SEEN FIX: the desired state is not there yet (apply may fix it).
+unmet() {
+  _UNMET+=("$1; expected $2, seen $3; fix: $4")
+  return 1
+}
+
+# refuse WHAT EXPECTED SEEN FIX: a problem apply cannot fix; stop now with the fix.
+refuse() {
+  printf 'error: %s: %s; expected %s, seen %s; fix: %s\n' "$TDX_STEP" "$1" "$2" "$3" "$4" >&2
+  _emit false false
+  exit 1
+}
+
+_emit() {
+  local ok=$1 changed=$2 body="" k
+  body+="\"step\":$(json_str "$TDX_STEP"),\"ok\":$ok,\"changed\":$changed"
+  for k in "${_FACT_ORDER[@]}"; do body+=",$(json_str "$k"):${_FACTS[$k]}"; done
+  printf '{%s}\n' "$body"
+}
+
+_fail_unmet() {
+  local phase=$1 line
+  for line in "${_UNMET[@]}"; do
+    printf 'error: %s (%s): %s\n' "$TDX_STEP" "$phase" "$line" >&2
+  done
+  _emit false "${2:-false}"
+  exit 1
+}
+
+have() { command -v "$1" >/dev/null 2>&1; }
+boot_id() { cat /proc/sys/kernel/random/boot_id; }
+
+# Read an MSR of CPU 0 as 16 lowercase hex digits (msr-tools).
+msr() {
+  have rdmsr || refuse "rdmsr is missing" "msr-tools installed" "no rdmsr" "apt-get install -y msr-tools"
+  modprobe msr 2>/dev/null || true
+  rdmsr -p 0 -0 "$1" | tr 'A-F' 'a-f'
+}
+# msr_bits ADDR HIGH LOW -> the field's value in decimal.
+msr_bits() {
+  local v; v=$(msr "$1")
+  python3 -c 'import sys; v=int(sys.argv[1],16); h=int(sys.argv[2]); l=int(sys.argv[3]); print((v >> l) & ((1 << (h-l+1)) - 1))' "$v" "$2" "$3"
+}
+
+# Write FILE atomically with CONTENT (mode 0644) unless it already holds exactly that.
+write_file() {
+  local file=$1 content=$2 tmp
+  mkdir -p "$(dirname "$file")"
+  tmp=$(mktemp "$file.XXXXXX")
+  printf '%s' "$content" >"$tmp"
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$file"
+}
+
+_run_step() {
+  _UNMET=()
+  if check; then _emit true false; return 0; fi
+  if [ "${TDX_MODE:-apply}" = check ]; then _fail_unmet check; fi
+  printf '%s: applying (%d change%s)\n' "$TDX_STEP" "${#_UNMET[@]}" "$([ "${#_UNMET[@]}" = 1 ] || echo s)" >&2
+  _UNMET=()
+  apply
+  _UNMET=()
+  if check; then _emit true true; return 0; fi
+  _fail_unmet verify true
+}
+
+# Reboot only when the running system does not show the step's effect yet. The listener is
+# stopped first so the wait step cannot reach the old boot; open sessions (this one) survive.
+_reboot() {
+  fact boot_id "$(boot_id)"
+  _UNMET=()
+  if runtime_check; then fact_raw rebooting false; _emit true false; return 0; fi
+  local why; why=$(printf '%s | ' "${_UNMET[@]}")
+  printf '%s: rebooting: %s\n' "$TDX_STEP" "${why% | }" >&2
+  systemd-run --quiet --on-active="${TDX_REBOOT_DELAY:-3}" --unit="tdxgpu-reboot-$(date +%s)" systemctl reboot
+  systemctl stop ssh.socket ssh.service >/dev/null 2>&1 || true
+  fact_raw rebooting true
+  _emit true true
+}
+
+# After a reboot: the boot id must have changed, then the step's runtime check must pass
+# within TDX_WAIT_TIMEOUT seconds (services may still be starting when SSH answers).
+_wait() {
+  local now; now=$(boot_id)
+  fact boot_id "$now"
+  if [ "${TDX_REBOOTING:-false}" = true ] && [ "$now" = "${TDX_PREV_BOOT_ID:-}" ]; then
+    refuse "the host did not reboot" "a new boot id" "the old boot id $now" \
+      "check the console; a reboot was scheduled with systemd-run and may have been blocked"
+  fi
+  local deadline=$((SECONDS + ${TDX_WAIT_TIMEOUT:-600}))
+  while :; do
+    _UNMET=()
+    if runtime_check; then _emit true false; return 0; fi
+    if ((SECONDS >= deadline)); then _fail_unmet "after reboot, ${TDX_WAIT_TIMEOUT:-600}s"; fi
+    sleep "${TDX_WAIT_POLL:-5}"
+  done
+}
+
+tdx_main() {
+  case "${TDX_ACTION:-run}" in
+    run) _run_step ;;
+    reboot) _reboot ;;
+    wait) _wait ;;
+    *) echo "error: unknown TDX_ACTION ${TDX_ACTION}" >&2; exit 2 ;;
+  esac
+}

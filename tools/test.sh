@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh Debian machine (as root), then run them all.
+# Usage: tools/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Host tools the harness drives for real: OpenSSH servers in network namespaces, and what the
+# production scripts call on a host (pip for the gpu-admin-tools wheel, curl for PCCS).
+need=()
+for pkg in openssh-server openssh-client iproute2 python3-pip curl util-linux; do
+  dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "tools/test.sh: missing Debian packages ${need[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+
+tools/setup-venv.sh requirements-test.txt
+exec .venv/bin/python -m pytest "$@"
