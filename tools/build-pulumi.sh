@@ -26,6 +26,8 @@ STAMP="$BIN/.pulumi-toolchain.stamp"
 log() { printf 'build-pulumi: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
+# Go derives GOCACHE/GOMODCACHE from HOME; a bare CI environment may lack it.
+if [ -z "${HOME:-}" ]; then HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"; export HOME; fi
 command -v go >/dev/null 2>&1 || die "go is not on PATH (Go >= 1.26.6 is needed)"
 
 # Version of a requirement in one of our go.mod files.
@@ -71,7 +73,7 @@ find_command_provider() {
 }
 
 json_str() { if [ -n "$1" ]; then printf '"%s"' "$1"; else printf 'null'; fi; }
-finish() { # $1 = built (true/false), $2 = source (bin|path|build)
+finish() { # $1 = built (true/false), $2 = source (bin|path|build), $3 = language host version
     local cmd
     cmd="$(find_command_provider || true)"
     if [ -z "$cmd" ]; then
@@ -79,7 +81,7 @@ finish() { # $1 = built (true/false), $2 = source (bin|path|build)
     fi
     printf '{"pulumi": "%s", "bin": "%s", "built": %s, "seconds": %d, "source": "%s", "language_host": "%s", "python_sdk": "%s", "command_provider": %s}\n' \
         "$("$BIN/pulumi" version 2>/dev/null || echo unknown)" "$BIN" "$1" "$(($(date +%s) - start))" "$2" \
-        "$LANGHOST_VERSION" "$PY_SDK_VERSION" "$(json_str "$cmd")"
+        "${3:-$LANGHOST_VERSION}" "$PY_SDK_VERSION" "$(json_str "$cmd")"
 }
 
 have_toolchain() {
@@ -117,8 +119,8 @@ if [ -z "${PULUMI_TOOLCHAIN_FORCE:-}" ]; then
                 ln -sfn "$(dirname "$lh")/pulumi-language-python-exec" "$BIN/pulumi-language-python-exec"
                 [ -x "$pdir/pulumi-resource-pulumi-python" ] && ln -sfn "$pdir/pulumi-resource-pulumi-python" "$BIN/pulumi-resource-pulumi-python"
                 [ "$cmdp" = "$BIN/pulumi-resource-command" ] || ln -sfn "$cmdp" "$BIN/pulumi-resource-command"
-                rm -f "$STAMP"
-                finish false path
+                rm -f "$STAMP" # not built from our inputs: checked again (and relinked) on every run
+                finish false path external
                 exit 0
             fi
             log "pulumi $pv on PATH lacks the Python language host or the command provider; building instead"

@@ -5,21 +5,24 @@
 # Parameters: TDX_BIOS_ASK_<SETTING> = "<display name> = <value>" for the host's vendor table
 # (TME, TME_MT, SGX, TDX, SEAM_LOADER, KEY_SPLIT), TDX_BIOS_VENDOR.
 
+# ask CHECK...: the BIOS change(s) to request, from the vendor table's display names.
 ask() {
-  local var="TDX_BIOS_ASK_$1"
-  printf 'ask the provider to set BIOS "%s" (%s table in firmware/bios/), then reboot' "${!var:-$1}" "${TDX_BIOS_VENDOR:-intel}"
+  local check var settings=()
+  for check in "$@"; do var="TDX_BIOS_ASK_$check"; settings+=("\"${!var:-$check}\""); done
+  local joined; joined=$(printf '%s and ' "${settings[@]}")
+  printf 'ask the provider to set BIOS %s (%s table in firmware/bios/), then reboot' "${joined% and }" "${TDX_BIOS_VENDOR:-intel}"
 }
 
 check() {
   # IA32_TME_ACTIVATE (0x982): bit 1 = TME enabled; bits 35:32 = KeyID bits for TME-MT.
   local tme keyid_bits seamrr tdx_keys sgx_status flags
-  tme=$(msr_bits 0x982 1 1); keyid_bits=$(msr_bits 0x982 35 32)
+  read_msr tme 0x982 1 1; read_msr keyid_bits 0x982 35 32
   # IA32_SEAMRR_PHYS_MASK (0x1401) bit 11: SEAM range enabled (TDX + SEAM loader).
-  seamrr=$(msr_bits 0x1401 11 11)
+  read_msr seamrr 0x1401 11 11
   # IA32_MKTME_KEYID_PARTITIONING (0x87) bits 63:32: KeyIDs reserved for TDX (the key split).
-  tdx_keys=$(msr_bits 0x87 63 32)
+  read_msr tdx_keys 0x87 63 32
   # SGX_AND_MCHECK_STATUS (0xA0): 0 = SGX registration state healthy.
-  sgx_status=$((16#$(msr 0xa0)))
+  read_msr sgx_status 0xa0
   flags=" $(awk -F': *' '/^flags/ {print $2; exit}' /proc/cpuinfo) "
 
   fact_raw tme_enabled "$([ "$tme" = 1 ] && echo true || echo false)"
@@ -32,7 +35,7 @@ check() {
   [ "$tme" = 1 ] || unmet "TME is off (MSR 0x982 bit 1)" 1 "$tme" "$(ask TME)"
   [ "$keyid_bits" -gt 0 ] || unmet "TME-MT has no KeyID bits (MSR 0x982 bits 35:32)" ">0" "$keyid_bits" "$(ask TME_MT)"
   case "$flags" in *" sgx "*) ;; *) unmet "SGX is off (no sgx CPU flag)" "sgx flag" "none" "$(ask SGX)" ;; esac
-  [ "$seamrr" = 1 ] || unmet "the SEAM range is not enabled (MSR 0x1401 bit 11)" 1 "$seamrr" "$(ask TDX) and $(ask SEAM_LOADER)"
+  [ "$seamrr" = 1 ] || unmet "the SEAM range is not enabled (MSR 0x1401 bit 11)" 1 "$seamrr" "$(ask TDX SEAM_LOADER)"
   # The kernel needs at least 2 TDX KeyIDs ("too few private KeyIDs available").
   [ "$tdx_keys" -ge 2 ] || unmet "too few TDX private KeyIDs (MSR 0x87 bits 63:32)" ">=2" "$tdx_keys" "$(ask KEY_SPLIT)"
   [ "$sgx_status" = 0 ] || unmet "SGX registration state is unhealthy (MSR 0xA0)" 0 "$sgx_status" \

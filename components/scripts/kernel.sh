@@ -27,7 +27,12 @@ check() {
 apply() {
   have update-grub || refuse "update-grub is missing" "GRUB (grub2-common)" "none" "install GRUB or boot with GRUB"
   write_file "$GRUB_DROPIN" "$(dropin_content)"$'\n'
-  update-grub >&2
+  if ! update-grub >&2; then
+    # Without this the next check would pass on the file alone and the boot entry would never update.
+    rm -f "$GRUB_DROPIN"
+    refuse "update-grub failed" "a regenerated GRUB configuration" "an error (shown above)" \
+      "fix the GRUB configuration error in /etc/default/grub or /etc/default/grub.d/*.cfg, then run pulumi up again"
+  fi
 }
 
 cmdline_has_args() {

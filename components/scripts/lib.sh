@@ -73,16 +73,19 @@ _fail_unmet() {
 have() { command -v "$1" >/dev/null 2>&1; }
 boot_id() { cat /proc/sys/kernel/random/boot_id; }
 
-# Read an MSR of CPU 0 as 16 lowercase hex digits (msr-tools).
-msr() {
+# read_msr VAR ADDR [HIGH LOW]: set VAR to the MSR of CPU 0 (or its bit field), in decimal.
+# Runs in the calling shell so an unreadable MSR refuses the step instead of reading as 0.
+read_msr() {
+  local var=$1 addr=$2 raw
   have rdmsr || refuse "rdmsr is missing" "msr-tools installed" "no rdmsr" "apt-get install -y msr-tools"
   modprobe msr 2>/dev/null || true
-  rdmsr -p 0 -0 "$1" | tr 'A-F' 'a-f'
-}
-# msr_bits ADDR HIGH LOW -> the field's value in decimal.
-msr_bits() {
-  local v; v=$(msr "$1")
-  python3 -c 'import sys; v=int(sys.argv[1],16); h=int(sys.argv[2]); l=int(sys.argv[3]); print((v >> l) & ((1 << (h-l+1)) - 1))' "$v" "$2" "$3"
+  raw=$(rdmsr -p 0 -0 "$addr" 2>&1 | tr 'A-F' 'a-f') || true
+  [[ "$raw" =~ ^[0-9a-f]{16}$ ]] || refuse "cannot read MSR $addr" "16 hex digits from rdmsr" "${raw:-nothing}" \
+    "run as root with the msr module loaded (modprobe msr); kernel lockdown blocks MSR reads: allow msr access or boot without lockdown"
+  local value=$((16#${raw:0:8} << 32 | 16#${raw:8:8}))
+  # Fields are at most 32 bits wide here; the mask also drops the sign bash's shift carries.
+  [ $# -eq 4 ] && value=$(( (value >> $4) & ((1 << ($3 - $4 + 1)) - 1) ))
+  printf -v "$var" '%s' "$value"
 }
 
 # Write FILE atomically with CONTENT (mode 0644) unless it already holds exactly that.
@@ -95,13 +98,25 @@ write_file() {
   mv -f "$tmp" "$file"
 }
 
+# A command that fails while changing the host ends the step with the command, its status and
+# the facts so far, instead of a bare non-zero exit.
+_on_error() {
+  printf 'error: %s (%s): `%s` failed with exit status %s; fix: correct the cause shown above on the host, then run pulumi up again\n' \
+    "$TDX_STEP" "$1" "$2" "$3" >&2
+  _emit false true
+  exit 1
+}
+_trap_errors() { set -E; trap '_on_error '"$1"' "$BASH_COMMAND" "$?"' ERR; }
+
 _run_step() {
   _UNMET=()
   if check; then _emit true false; return 0; fi
   if [ "${TDX_MODE:-apply}" = check ]; then _fail_unmet check; fi
   printf '%s: applying (%d change%s)\n' "$TDX_STEP" "${#_UNMET[@]}" "$([ "${#_UNMET[@]}" = 1 ] || echo s)" >&2
   _UNMET=()
+  _trap_errors apply
   apply
+  trap - ERR
   _UNMET=()
   if check; then _emit true true; return 0; fi
   _fail_unmet verify true
@@ -115,6 +130,7 @@ _reboot() {
   if runtime_check; then fact_raw rebooting false; _emit true false; return 0; fi
   local why; why=$(printf '%s | ' "${_UNMET[@]}")
   printf '%s: rebooting: %s\n' "$TDX_STEP" "${why% | }" >&2
+  _trap_errors reboot
   systemd-run --quiet --on-active="${TDX_REBOOT_DELAY:-3}" --unit="tdxgpu-reboot-$(date +%s)" systemctl reboot
   systemctl stop ssh.socket ssh.service >/dev/null 2>&1 || true
   fact_raw rebooting true

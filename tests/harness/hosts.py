@@ -64,7 +64,7 @@ class Gpu:
     vbios: str = H100_VBIOS
     cc_mode: str = "off"
     ppcie_mode: str = "off"
-    driver: str | None = "vfio-pci"
+    driver: str | None = None  # the driver bound to it (sysfs `driver` link): None, "vfio-pci", "nvidia"
     name: str = "H100-SXM5"
     lspci_name: str = "GH100 [H100 SXM5 80GB]"
     kind: str = "gpu"
@@ -126,14 +126,21 @@ TDX_OFF_IN_BIOS = HostProfile(
     hostname="tdx-off",
     cpu_flags=tuple(f for f in TDX_FLAGS if f != "tdx_host_platform"),
     msrs={**PRODUCTION_MSRS, 0x982: 0, 0x1401: 0, 0x87: 0},
+    # already booted with the TDX arguments, so the kernel log shows the failure from the start
+    grub_cmdline_linux="nohibernate kvm_intel.tdx=1 intel_iommu=on",
     tdx_failure_line="virt/tdx: module not loaded",
 )
 
+NVSWITCH = Gpu(bdf="0000:05:00.0", device_id="22a3", name="LS10", lspci_name="Device 22a3", kind="nvswitch",
+               cc_mode="off", ppcie_mode="off", driver=None)
+
+# Two GPUs (bound to vfio-pci) left in the wrong modes (one in devtools, both with PPCIe on) and an NVSwitch.
 GPU_WRONG_MODE = HostProfile(
     name="gpu_wrong_mode",
     hostname="gpu-wrong-mode",
-    gpus=(Gpu(bdf="0000:b8:00.0", cc_mode="devtools", ppcie_mode="on"),
-          Gpu(bdf="0000:ba:00.0", cc_mode="off", ppcie_mode="on")),
+    gpus=(Gpu(bdf="0000:b8:00.0", cc_mode="devtools", ppcie_mode="on", driver="vfio-pci"),
+          Gpu(bdf="0000:ba:00.0", cc_mode="off", ppcie_mode="on", driver="vfio-pci"),
+          NVSWITCH),
 )
 
 WRONG_VBIOS = HostProfile(name="wrong_vbios", hostname="wrong-vbios", gpus=(Gpu(vbios="96.00.5E.00.02"),))

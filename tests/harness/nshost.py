@@ -26,7 +26,12 @@ update-grub generated, TDX initialised only when BIOS and command line allow it)
 with the same host key after the profile's delay.
 
 The new pid namespace is what makes teardown complete: killing its init kills every process the
-host ever started. `close()` (also on errors) then removes the veth, the namespace and the base dir.
+host ever started. `close()` (also on errors) then removes the veth, the namespace and the base dir;
+hosts left by a test process that was killed are reaped when the next host starts.
+
+Environment: TDX_HARNESS_DIR (parent of the per-host base dirs, default /var/tmp; must not be under
+an overlaid dir), TDX_HARNESS_KEEP=1 (keep base dirs for debugging: state, sshd.log, inner.log),
+TDX_HARNESS_ROM=fuse|fifo (how GPU ROMs are served; default fuse where /dev/fuse exists).
 """
 from __future__ import annotations
 
@@ -44,15 +49,17 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from tests.harness.hosts import Gpu, HostProfile
+from tests.harness.hosts import HostProfile
 from tests.harness.sshrun import Target
 
 HERE = Path(__file__).resolve().parent
@@ -82,11 +89,17 @@ def unavailable_reason() -> str | None:
     return None
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def _load_tdxfake():
     """fakes/bin/tdxfake.py (the fake tools' shared module), without writing bytecode into fakes/."""
     name = "tdxfake_harness"
-    if name in sys.modules:
-        return sys.modules[name]
+    with _LOAD_LOCK:
+        return sys.modules.get(name) or _import_tdxfake(name)
+
+
+def _import_tdxfake(name: str):
     spec = importlib.util.spec_from_file_location(name, FAKE_BIN / "tdxfake.py")
     mod = importlib.util.module_from_spec(spec)
     saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True
@@ -312,14 +325,17 @@ class NamespaceHost:
 
     def _allocate_network(self) -> None:
         used = _run("ip", "-o", "addr").stdout
+        last = ""
         for x in range(100, 250):
             if f" {NET_PREFIX}.{x}." in used or Path(f"/sys/class/net/tdxfh{x}").exists():
                 continue
-            if _run("ip", "netns", "add", f"tdxfake{x}", check=False).returncode == 0:  # atomic: our lock
+            r = _run("ip", "netns", "add", f"tdxfake{x}", check=False)  # atomic: fails if taken
+            if r.returncode == 0:
                 self.index, self.netns = x, f"tdxfake{x}"
                 break
+            last = r.stderr.strip()
         else:
-            raise RuntimeError("no free 10.231.X.0/30 network for a fake host")
+            raise RuntimeError(f"no free 10.231.X.0/30 network for a fake host (last error: {last})")
         (self.base / "netns").write_text(self.netns)
         peer = f"tdxfn{self.index}"
         for argv in (["ip", "link", "add", self.veth, "type", "veth", "peer", "name", peer],
@@ -580,11 +596,15 @@ class NamespaceHost:
 
 @contextlib.contextmanager
 def namespace_hosts(profiles: Sequence[HostProfile], **kwargs: Any) -> Iterator[dict[str, NamespaceHost]]:
-    """Bring up one host per profile (one client key for all); tear every one down on exit."""
+    """Bring up one host per profile, in parallel (one client key for all); tear every one down on
+    exit, and also when any of them fails to start."""
     private, public = new_ssh_key()
+    hosts = {p.name: NamespaceHost(p, client_public_key=public, client_private_key=private, **kwargs)
+             for p in profiles}
     with contextlib.ExitStack() as stack:
-        hosts = {}
-        for p in profiles:
-            hosts[p.name] = stack.enter_context(
-                NamespaceHost(p, client_public_key=public, client_private_key=private, **kwargs))
+        for h in hosts.values():
+            stack.callback(h.close)
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            for future in [pool.submit(h.start) for h in hosts.values()]:
+                future.result()
         yield hosts

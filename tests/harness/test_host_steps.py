@@ -8,6 +8,7 @@ Nothing here talks to anything but addresses inside the namespaces the fixtures 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import subprocess
@@ -16,7 +17,19 @@ from pathlib import Path
 
 import pytest
 
+from components.bios import BIOS_VERIFY_STEP as BIOS_VERIFY
+from components.bios import bios_verify_params
 from components.bios_tables import load_vendor_table
+from components.config import DcapConfig, GpuConfig, PlatformConfig, Secret
+from components.dcap import DCAP_STEP as DCAP
+from components.dcap import dcap_params as component_dcap_params
+from components.firmware import GpuAdminTools, dcap_packages, gpu_sku
+from components.gpu import GPU_STEP as GPU
+from components.gpu import gpu_params as component_gpu_params
+from components.kernel import KERNEL_STEP as KERNEL
+from components.kernel import kernel_params as component_kernel_params
+from components.preflight import PREFLIGHT_STEP as PREFLIGHT
+from components.preflight import preflight_params as component_preflight_params
 from components.steps import SCRIPTS_DIR, Rendered, Step, render
 from tests.harness import hosts as H
 from tests.harness import sshrun
@@ -25,20 +38,15 @@ from tests.harness.sshrun import CommandFailed
 
 pytestmark = pytest.mark.harness
 
-# Steps as the components define them (components/{preflight,bios,kernel,gpu,dcap}.py).
-PREFLIGHT = Step("preflight", "preflight.sh", mode="check")
-BIOS_VERIFY = Step("bios-verify", "bios_verify.sh", mode="check")
-KERNEL = Step("kernel", "kernel.sh")
-GPU = Step("gpu-cc", "gpu_cc.sh", helpers=("vbios_version.py",))
-DCAP = Step("dcap", "dcap.sh", helpers=("json_config.py",))
-
+# The steps and their parameters come from the components themselves, so the harness runs what
+# `pulumi up` runs.
 KERNEL_ARGS = "nohibernate kvm_intel.tdx=1 intel_iommu=on"  # components/config.py BASE_KERNEL_ARGS
 FAST_BOOT = {"TDX_REBOOT_DELAY": "1", "TDX_WAIT_POLL": "1"}
 
 
 @pytest.fixture(scope="module")
 def hosts(nshost_factory):
-    """Six fake hosts, up together for the module (about 4 s), torn down after it."""
+    """Six fake hosts, started in parallel for the module (about 2 s), torn down after it."""
     return nshost_factory([H.TDX_READY, H.TDX_OFF_IN_BIOS, H.GPU_WRONG_MODE, H.WRONG_VBIOS, H.NVIDIA_LOADED,
                            H.PRE_PRODUCTION])
 
@@ -58,31 +66,23 @@ def error_lines(exc: CommandFailed) -> list[str]:
 
 
 def preflight_params(count: int = 1) -> dict:
-    return {"TDX_GPU_COUNT": str(count), "TDX_GPU_DEVICE_IDS": "2330", "TDX_TEE_IO": "false", "TDX_TEE_IO_BIOS": ""}
+    return component_preflight_params(GpuConfig(model="h100-sxm", count=count, mode="on"), False, ())
 
 
 def bios_params() -> dict:
-    """TDX_BIOS_ASK_<CHECK> from firmware/bios/intel.yaml, as components/bios.py builds them."""
-    table = load_vendor_table("intel")
-    by = {s.setting: s for settings in table.phases.values() for s in settings}
-    ask = {"TME": "tme", "TME_MT": "tme_mt", "SGX": "sgx", "TDX": "tdx", "SEAM_LOADER": "seam_loader",
-           "KEY_SPLIT": "key_split"}
-    params = {f"TDX_BIOS_ASK_{k}": f"{by[v].display_name} = {by[v].value}" for k, v in ask.items()}
-    params["TDX_BIOS_VENDOR"] = "intel"
-    return params
+    return bios_verify_params(load_vendor_table("intel"))
 
 
 def kernel_params() -> dict:
-    return {"TDX_KERNEL_ARGS": KERNEL_ARGS, "TDX_MODULE_VERSION": "1.5.34"}
+    return component_kernel_params(PlatformConfig(os="ubuntu-26.04", extra_kernel_args=(), tdx_module="1.5.34"))
 
 
 def gpu_params(host, **over) -> dict:
     """components/gpu.py gpu_params, with the pin of the wheel the host's package index serves."""
     sha = hashlib.sha256(host.wheel_path.read_bytes()).hexdigest()
-    p = {"TDX_GPU_MODE": "on", "TDX_GPU_COUNT": str(len([g for g in host.profile.gpus if g.kind == "gpu"])),
-         "TDX_GPU_DEVICE_IDS": "2330", "TDX_GPU_VBIOS": H.H100_VBIOS, "TDX_GPU_DRIVER": "570.86.15",
-         "TDX_TOOLS_PACKAGE": TOOLS_PACKAGE, "TDX_TOOLS_VERSION": TOOLS_VERSION,
-         "TDX_TOOLS_WHEEL": host.wheel_path.name, "TDX_TOOLS_SHA256": sha}
+    count = len([g for g in host.profile.gpus if g.kind == "gpu"])
+    tools = GpuAdminTools(package=TOOLS_PACKAGE, version=TOOLS_VERSION, wheel=host.wheel_path.name, sha256=sha)
+    p = component_gpu_params(GpuConfig(model="h100-sxm", count=count, mode="on"), gpu_sku("h100-sxm"), tools)
     p.update(over)
     return p
 
@@ -103,10 +103,9 @@ def reboot_and_wait(host, params: dict, *, timeout: int = 20) -> tuple[sshrun.Re
 
 
 def test_vbios_rom_round_trips_through_the_production_parser():
-    import sys
-    sys.path.insert(0, str(SCRIPTS_DIR))
-    import vbios_version
-
+    spec = importlib.util.spec_from_file_location("vbios_version_under_test", SCRIPTS_DIR / "vbios_version.py")
+    vbios_version = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vbios_version)
     for version in (H.H100_VBIOS, "96.00.A5.00.03", "96.00.5E.00.02"):
         rom = make_vbios_rom(version)
         assert rom[:2] == b"\x55\xaa"
@@ -188,14 +187,14 @@ def test_bios_verify_names_every_missing_setting_and_the_change_to_ask_for(hosts
     expected = {
         "TME is off": 'fix: ask the provider to set BIOS "Memory Encryption (TME) = Enabled"',
         "TME-MT has no KeyID bits": '"Total Memory Encryption Multi-Tenant (TME-MT) = Enabled"',
-        "the SEAM range is not enabled": '"Trust Domain Extension (TDX) = Enabled" (intel table in firmware/bios/), '
-                                         'then reboot and ask the provider to set BIOS "TDX Secure Arbitration Mode '
-                                         'Loader (SEAM Loader) = Enabled"',
+        "the SEAM range is not enabled": '"Trust Domain Extension (TDX) = Enabled"',
         "too few TDX private KeyIDs": '"TME-MT/TDX key split = 1"',
     }
     assert len(lines) == len(expected), joined
     for what, fix in expected.items():
         assert any(what in ln and fix in ln for ln in lines), f"{what} / {fix} not in:\n{joined}"
+    assert any("SEAM range" in ln and '"TDX Secure Arbitration Mode Loader (SEAM Loader) = Enabled"' in ln
+               for ln in lines)
     assert err.facts["tdx_host_platform"] is False and err.facts["seamrr_enabled"] is False
     # check mode: nothing was changed on the host
     assert {c["tool"] for c in h.calls()[calls_before:]} <= {"rdmsr", "modprobe"}
@@ -211,7 +210,8 @@ def test_kernel_check_apply_verify_then_nothing_to_apply(hosts):
     runs = h.state()["grub"]["update_grub_runs"]
     first = run(h, KERNEL, kernel_params())
     assert first.facts["ok"] is True and first.facts["changed"] is True
-    assert first.facts["reboot_required"] is True
+    running = h.state()["cmdline"].split()
+    assert first.facts["reboot_required"] is not all(a in running for a in KERNEL_ARGS.split())
     assert "kernel: applying (1 change)" in first.stderr
     dropin = h.host_path("/etc/default/grub.d/90-tdxgpu.cfg").read_text()
     assert f'GRUB_CMDLINE_LINUX_DEFAULT="${{GRUB_CMDLINE_LINUX_DEFAULT}} {KERNEL_ARGS}"' in dropin
@@ -259,7 +259,7 @@ def test_kernel_wait_fails_with_the_tdx_diagnosis_when_bios_lacks_tdx(hosts):
     assert reboot.facts["rebooting"] is True
     with pytest.raises(CommandFailed) as info:
         run(h, KERNEL, {**kernel_params(), **FAST_BOOT, "TDX_PREV_BOOT_ID": reboot.facts["boot_id"],
-                        "TDX_REBOOTING": "true", "TDX_WAIT_TIMEOUT": "2"}, "wait", dial_error_limit=-1)
+                        "TDX_REBOOTING": "true", "TDX_WAIT_TIMEOUT": "1"}, "wait", dial_error_limit=-1)
     err = info.value
     assert err.facts["boot_id"] != old_boot and err.facts["kvm_intel_tdx"] == "N"
     lines = error_lines(err)
@@ -279,7 +279,7 @@ def test_gpu_cc_check_apply_verify_then_nothing_to_apply(hosts):
     first = run(h, GPU, gpu_params(h))
     f = first.facts
     assert f["ok"] is True and f["changed"] is True
-    assert f["gpus"] == [{"bdf": "0000:b8:00.0", "vbios": H.H100_VBIOS, "driver": "vfio-pci", "cc_mode": "on",
+    assert f["gpus"] == [{"bdf": "0000:b8:00.0", "vbios": H.H100_VBIOS, "driver": "none", "cc_mode": "on",
                           "ppcie_mode": "off"}]
     assert h.state()["gpu"]["0000:b8:00.0"]["cc"] == "on"
     installed = h.host_path(f"/opt/tdxgpu/gpu-admin-tools/{TOOLS_VERSION}")
@@ -297,19 +297,34 @@ def test_gpu_cc_check_apply_verify_then_nothing_to_apply(hosts):
 
 def test_gpu_cc_switches_the_wrong_mode_host_on_from_the_offline_wheel(hosts):
     h = hosts["gpu_wrong_mode"]
-    assert not h.host_path("/opt/tdxgpu").exists()
+    h.set_gpu_mode("0000:b8:00.0", cc="devtools", ppcie="on")
+    h.set_gpu_mode("0000:ba:00.0", cc="off", ppcie="on")
+    calls = len(h.gpu_tool_calls(sets_only=True))
     first = run(h, GPU, gpu_params(h))
     assert first.facts["ok"] is True and first.facts["changed"] is True
-    assert {g["bdf"]: (g["cc_mode"], g["ppcie_mode"]) for g in first.facts["gpus"]} == {
-        "0000:b8:00.0": ("on", "off"), "0000:ba:00.0": ("on", "off")}
+    assert {g["bdf"]: (g["cc_mode"], g["ppcie_mode"], g["driver"]) for g in first.facts["gpus"]} == {
+        "0000:b8:00.0": ("on", "off", "vfio-pci"), "0000:ba:00.0": ("on", "off", "vfio-pci")}
     # installed by the real `python3 -m pip download` from the host's offline index (its pip.conf)
     assert (h.host_path(f"/opt/tdxgpu/gpu-admin-tools/{TOOLS_VERSION}/.wheel-sha256").read_text() == h.wheel_sha256)
     # PPCIe goes off before CC goes on (the fake tool refuses CC on while PPCIe is on)
-    per_gpu = [c["argv"][2:4] for c in h.gpu_tool_calls(sets_only=True)]
+    per_gpu = [c["argv"][2:4] for c in h.gpu_tool_calls(sets_only=True)[calls:]]
     assert per_gpu == [["--gpu-bdf=0000:b8:00.0", "--set-ppcie-mode=off"], ["--gpu-bdf=0000:b8:00.0", "--set-cc-mode=on"],
                        ["--gpu-bdf=0000:ba:00.0", "--set-ppcie-mode=off"], ["--gpu-bdf=0000:ba:00.0", "--set-cc-mode=on"]]
     second = run(h, GPU, gpu_params(h))
-    assert second.facts["changed"] is False and len(h.gpu_tool_calls(sets_only=True)) == 4
+    assert second.facts["changed"] is False and len(h.gpu_tool_calls(sets_only=True)) == calls + 4
+
+
+def test_gpu_cc_ppcie_mode_includes_the_nvswitches(hosts):
+    h = hosts["gpu_wrong_mode"]
+    first = run(h, GPU, gpu_params(h, TDX_GPU_MODE="ppcie"))
+    assert first.facts["ok"] is True, first.stderr
+    assert {g["bdf"]: (g["cc_mode"], g["ppcie_mode"]) for g in first.facts["gpus"]} == {
+        "0000:b8:00.0": ("off", "on"), "0000:ba:00.0": ("off", "on")}
+    assert h.state()["gpu"]["0000:05:00.0"]["ppcie"] == "on"  # the NVSwitch too
+    assert "does not support CC mode" in first.stderr  # the switch has no CC mode: tolerated
+    calls = len(h.gpu_tool_calls(sets_only=True))
+    assert run(h, GPU, gpu_params(h, TDX_GPU_MODE="ppcie")).facts["changed"] is False
+    assert len(h.gpu_tool_calls(sets_only=True)) == calls
 
 
 def test_gpu_cc_refuses_a_vbios_other_than_the_pin(hosts):
@@ -350,15 +365,12 @@ def test_gpu_cc_refuses_a_tampered_wheel_then_takes_the_pinned_one(hosts):
 # dcap
 
 
-@pytest.mark.skipif(not (SCRIPTS_DIR / "dcap.sh").exists(), reason="components/scripts/dcap.sh not present")
 def test_dcap_installs_configures_registers_then_nothing_to_apply(hosts):
     h = hosts["tdx_ready"]
     secret = "pcs-api-key-5f3c9a"
-    params = {"TDX_PCCS_API_KEY": secret, "TDX_PCCS_LOCAL": "true", "TDX_PCCS_PORT": "8081",
-              "TDX_PCCS_URL": "https://localhost:8081/sgx/certification/v4/", "TDX_USE_SECURE_CERT": "false",
-              "TDX_QGS_PORT": "4050", "TDX_REGISTRATION": "pckid",
-              "TDX_PACKAGES": "sgx-dcap-pccs tdx-qgs libsgx-dcap-default-qpl sgx-pck-id-retrieval-tool",
-              "TDX_SERVICE_PCCS": "pccs", "TDX_SERVICE_QGS": "qgsd"}
+    dcap = DcapConfig(pccs_api_key=Secret(secret), registration="pckid", pccs_port=8081, qgs_port=4050,
+                      pccs_url=None, use_secure_cert=False)
+    params = {**component_dcap_params(dcap, dcap_packages()), "TDX_PCCS_API_KEY": secret}
     first = run(h, DCAP, params)
     f = first.facts
     assert f["ok"] is True and f["changed"] is True, first.stderr
@@ -405,12 +417,10 @@ def test_vbios_is_read_through_the_named_pipe_rom_where_fuse_is_missing(nshost_r
 
 
 # ----------------------------------------------------------------------------------------------
-# production-script bugs found with the harness (strict xfail: they pass once the scripts are fixed)
+# failures in the middle of a step keep the frame: an error line with the fix, and the facts
 
 
-@pytest.mark.xfail(strict=True, reason="BUG lib.sh msr()/msr_bits(): refuse runs in a $(...) subshell, so an "
-                                      "unreadable MSR is reported as a pre-production CPU")
-def test_bug_preflight_reports_an_unreadable_msr_as_such(hosts):
+def test_preflight_reports_an_unreadable_msr_as_such(hosts):
     h = hosts["nvidia_loaded"]
     h.set_msr(0xCE, None)  # rdmsr: CPU 0 cannot read MSR 0x000000ce
     try:
@@ -423,9 +433,7 @@ def test_bug_preflight_reports_an_unreadable_msr_as_such(hosts):
     assert any("0xce" in ln.lower() and "read" in ln for ln in lines), "\n".join(lines)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG bios_verify.sh: $((16#$(msr 0xa0))) aborts the script when rdmsr "
-                                      "fails: no error line, no fix, no JSON facts")
-def test_bug_bios_verify_keeps_the_frame_when_an_msr_is_unreadable(hosts):
+def test_bios_verify_keeps_the_frame_when_an_msr_is_unreadable(hosts):
     h = hosts["nvidia_loaded"]
     h.set_msr(0xA0, None)
     try:
@@ -436,9 +444,7 @@ def test_bug_bios_verify_keeps_the_frame_when_an_msr_is_unreadable(hosts):
     assert error_lines(err) and all("fix: " in ln for ln in error_lines(err)), err.output
 
 
-@pytest.mark.xfail(strict=True, reason="BUG kernel.sh apply: a failing update-grub exits through set -e (no error "
-                                      "line, fix or facts) and leaves the drop-in, so the next run sees nothing to do")
-def test_bug_kernel_update_grub_failure_is_reported_and_retried(hosts):
+def test_kernel_update_grub_failure_is_reported_and_retried(hosts):
     h = hosts["wrong_vbios"]  # not used by the kernel tests
     broken = "/etc/default/grub.d/60-broken.cfg"
     sshrun.run(h.target(), Rendered(command=f"mkdir -p /etc/default/grub.d && echo 'X=\"unterminated' > {broken}",

@@ -56,6 +56,7 @@ check() {
   [ "${#_UNMET[@]}" -eq 0 ]
 }
 apply() {
+  [ "${TOY_FAILING_APPLY:-}" != yes ] || grep -q never-there /dev/null
   [ "${TOY_BROKEN_APPLY:-}" = yes ] && { echo wrong >"$TOY_FILE"; return 0; }
   echo "$TOY_WANT" >"$TOY_FILE"; echo applied >>"$TOY_FILE.log"
 }
@@ -96,6 +97,14 @@ def test_failed_verify_and_refusal_are_reported_with_the_fix(toy):
     res = run_local(render(Step("toy", str(script)), toy_params(state, TOY_REFUSE="yes")).stdin)
     assert res.returncode == 1
     assert "error: toy: a thing apply cannot fix; expected x, seen y; fix: replace the hardware" in res.stderr
+
+
+def test_a_failing_command_in_apply_names_itself(toy):
+    script, state = toy
+    res = run_local(render(Step("toy", str(script)), toy_params(state, TOY_FAILING_APPLY="yes")).stdin)
+    assert res.returncode == 1
+    assert "error: toy (apply): `grep -q never-there /dev/null` failed with exit status 1; fix:" in res.stderr
+    assert json.loads(res.stdout)["ok"] is False
 
 
 def test_wait_refuses_an_unchanged_boot_id_and_times_out_with_the_unmet_list(toy):

@@ -21,6 +21,9 @@ mount --bind "$STATE/sysfs/module" /sys/module
 mount --bind "$STATE/sysfs/firmware" /sys/firmware
 mount --bind "$STATE/sysfs/iommu_groups" /sys/kernel/iommu_groups
 mount --bind "$STATE/sysfs/pci_devices" /sys/bus/pci/devices
+# No TEE-IO: hide the PCI TSM class and Intel's tdx_host TSM device should this kernel have them.
+if [ -d /sys/class/tsm ]; then mount -t tmpfs -o size=4k,mode=0755 tdxfake-notsm /sys/class/tsm; fi
+if [ -e /sys/devices/faux/tdx_host ]; then mount -t tmpfs -o size=4k,mode=0755 tdxfake-nofaux /sys/devices/faux; fi
 
 # Copy-on-write views: the real machine's files are never changed. The upper dirs live on a tmpfs
 # private to this host (seeded from BASE/ovl), so any filesystem under BASE works.
