@@ -20,17 +20,7 @@ SECRETS = {"hosts[0].ssh.privateKey": "PRIVATE-KEY-0", "hosts[0].bmc.username": 
 def stack_config(stack: str = "staging", **platform: Any):
     raw = good()
     raw["platform"].update(platform)
-
-    # Stands in for Pulumi's decryption: each encrypted leaf gets its secret value.
-    def fill(value, path=""):
-        if value is ENCRYPTED:
-            return SECRETS[path]
-        if isinstance(value, dict):
-            return {k: fill(v, f"{path}.{k}" if path else k) for k, v in value.items()}
-        if isinstance(value, list):
-            return [fill(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return value
-    return parse_stack(fill(raw), stack, secret_paths=set(SECRETS))
+    return parse_stack(_decrypted(raw), stack, secret_paths=set(SECRETS))
 
 
 class Mocks(pulumi.runtime.Mocks):
@@ -195,3 +185,57 @@ def test_facts_output_summarises_observed_values():
         for secret in SECRETS.values():
             assert secret not in json.dumps(facts)
     return host.facts.apply(check)
+
+
+def _runtime_config(raw: dict, secret_top: set[str]) -> None:
+    pulumi.runtime.set_all_config({f"tdx-vllm:{k}": json.dumps(v) for k, v in raw.items()},
+                                  secret_keys=[f"tdx-vllm:{k}" for k in secret_top])
+
+
+def _decrypted(raw: dict) -> dict:
+    """Stands in for Pulumi's decryption: each encrypted leaf gets its secret value."""
+    def fill(value, path=""):
+        if value is ENCRYPTED:
+            return SECRETS[path]
+        if isinstance(value, dict):
+            return {k: fill(v, f"{path}.{k}" if path else k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fill(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+    return fill(raw)
+
+
+def test_program_validation_reads_secret_leaves_from_the_stack_file(tmp_path):
+    """`pulumi up` runs the same validation: Pulumi says which top-level keys are secret, the stack
+    file says which leaves were `secure:`."""
+    import yaml
+
+    from components.config import ConfigErrors, load_from_pulumi
+
+    from .test_config import replace_encrypted
+
+    raw = good()
+    file_form = replace_encrypted(raw, {"secure": "v1:abc"})
+    (tmp_path / "Pulumi.staging.yaml").write_text(
+        yaml.safe_dump({"config": {f"tdx-vllm:{k}": v for k, v in file_form.items()}}))
+    _runtime_config(_decrypted(raw), {"hosts", "dcap"})
+    cfg = load_from_pulumi(tmp_path)
+    assert cfg.hosts[0].ssh.private_key.value == "PRIVATE-KEY-0" and cfg.dcap.pccs_api_key.value == "PCS-API-KEY"
+
+    # The BMC password typed in plain text next to other secrets: only the stack file can tell.
+    file_form["hosts"][0]["bmc"]["password"] = "BMC-PASSWORD"
+    (tmp_path / "Pulumi.staging.yaml").write_text(
+        yaml.safe_dump({"config": {f"tdx-vllm:{k}": v for k, v in file_form.items()}}))
+    with pytest.raises(ConfigErrors) as info:
+        load_from_pulumi(tmp_path)
+    assert [e.path for e in info.value.errors] == ["hosts[0].bmc.password"]
+    assert "BMC-PASSWORD" not in str(info.value)
+
+
+def test_program_validation_without_a_stack_file_uses_secret_keys(tmp_path):
+    from components.config import ConfigErrors, load_from_pulumi
+
+    _runtime_config(_decrypted(good()), {"hosts"})  # dcap's API key arrived as plain config
+    with pytest.raises(ConfigErrors) as info:
+        load_from_pulumi(tmp_path)
+    assert [e.path for e in info.value.errors] == ["dcap.pccsApiKey"]
