@@ -1,0 +1,350 @@
+"""Shared code of the fake host tools (a module, not a tool: the tools next to it import it).
+
+Inside a fake host this directory is overlaid on /usr/local/bin, so every file here shadows the
+real tool of the same name on sshd's PATH. All fake state lives in one directory, seen inside the
+host at STATE (/var/lib/tdxfake, a bind mount) and by the test at NamespaceHost.state_dir:
+
+  profile.json     static facts of the host profile (grub prefix, TDX module version, ...)
+  msr.json         {"0x982": "0x...", ...}: what rdmsr reads
+  pci.json         PCI devices lspci lists
+  gpu.json         {bdf: {"cc": "off", "ppcie": "off", ...}}: what gpu-admin-tools reads/sets
+  modules.json     loaded kernel modules that tools care about (msr)
+  grub.json        update-grub runs and the command line the next boot gets
+  services.json, packages.json   systemd units / Debian packages (DCAP fakes)
+  calls.log        one JSON line per fake tool call {"tool", "argv"}
+  boots.log        one JSON line per (simulated) boot
+  dmesg.log        the kernel log of the current boot
+  boot/            cpuinfo, cmdline, boot_id, osrelease: bind-mounted over /proc files
+  sysfs/           module, firmware, iommu_groups, pci_devices: bind-mounted over /sys dirs
+  rom/<bdf>.bin    GPU expansion ROMs (served through a FUSE file at .../<bdf>/rom)
+  pypi/            the offline package index (find-links) for pip
+  run/             sshd.pid, sshd.argv, keep.pids (never killed by a reboot), pidns, ready
+
+Functions that change host state take the state directory explicitly so the harness can use them
+from outside the host (to build the first boot) with the real path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+STATE = Path(os.environ.get("TDXFAKE_STATE", "/var/lib/tdxfake"))
+
+
+# ----------------------------------------------------------------------------------------------
+# state helpers
+
+
+def load(name: str, default=None, state: Path = STATE):
+    try:
+        return json.loads((state / name).read_text())
+    except FileNotFoundError:
+        return default
+
+
+def save(name: str, data, state: Path = STATE) -> None:
+    path = state / name
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def write_inplace(path: Path, text: str) -> None:
+    """Rewrite a file keeping its inode: bind mounts (over /proc files) follow the inode."""
+    with open(path, "r+" if path.exists() else "w") as fh:
+        fh.seek(0)
+        fh.write(text)
+        fh.truncate()
+
+
+def append_line(name: str, record: dict, state: Path = STATE) -> None:
+    with open(state / name, "a") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def log_call(tool: str, argv: list[str], state: Path = STATE) -> None:
+    append_line("calls.log", {"tool": tool, "argv": argv, "t": round(time.time(), 3)}, state)
+
+
+def msrs(state: Path = STATE) -> dict[int, int]:
+    return {int(k, 16): int(v, 16) for k, v in load("msr.json", {}, state).items()}
+
+
+def detach() -> bool:
+    """Double-fork into a new session with stdio on /dev/null (so an SSH session that started us
+    can end). Returns True in the detached grandchild, False in the caller."""
+    if os.fork():
+        return False
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# boot: what a (re)boot makes of the pending state
+
+
+def grub_cmdline(state: Path = STATE, etc: Path = Path("/etc")) -> str:
+    """The kernel command line GRUB would generate from /etc/default/grub and grub.d/*.cfg (they
+    are shell fragments, so source them like grub-mkconfig does)."""
+    prefix = load("profile.json", {}, state).get("grub_prefix", "")
+    script = (  # grub-mkconfig is a /bin/sh script with `set -e`: a broken fragment fails it
+        'GRUB_CMDLINE_LINUX=""; GRUB_CMDLINE_LINUX_DEFAULT=""\n'
+        f'if [ -f {etc}/default/grub ]; then . {etc}/default/grub; fi\n'
+        f'for f in {etc}/default/grub.d/*.cfg; do if [ -f "$f" ]; then . "$f"; fi; done\n'
+        'printf "%s %s" "$GRUB_CMDLINE_LINUX" "$GRUB_CMDLINE_LINUX_DEFAULT"\n'
+    )
+    out = subprocess.run(["sh", "-ec", script], capture_output=True, text=True, check=True).stdout
+    return " ".join([prefix, *out.split()]).strip()
+
+
+def tdx_boot(m: dict[int, int], cmdline: str, profile: dict) -> tuple[bool, list[str]]:
+    """(TDX initialised?, the kernel's virt/tdx lines) for these MSRs and command line."""
+    seamrr = (m.get(0x1401, 0) >> 11) & 1
+    part = m.get(0x87, 0)
+    tdx_keys, mktme_keys = part >> 32, part & 0xFFFFFFFF
+    lines: list[str] = []
+    if seamrr and 0 < tdx_keys < 2:
+        lines.append(f"virt/tdx: initialization failed: too few private KeyIDs available ({tdx_keys}).")
+    elif seamrr and tdx_keys >= 2:
+        lines.append(f"virt/tdx: BIOS enabled: private KeyID range [{mktme_keys + 1}, {mktme_keys + 1 + tdx_keys})")
+        lines.append("virt/tdx: Disable ACPI S3. Turn off TDX in the BIOS to use ACPI S3.")
+    if "kvm_intel.tdx=1" not in cmdline.split():
+        return False, lines
+    if not seamrr:
+        lines.append(profile.get("tdx_failure_line") or "virt/tdx: module not loaded")
+        return False, lines
+    if tdx_keys < 2:
+        return False, lines
+    mod = profile.get("tdx_module", {})
+    lines.append(f"virt/tdx: TDX module {mod.get('version', '1.5.34')}, build number {mod.get('build', 1024)}, "
+                 f"build date {mod.get('date', '20260330')}")
+    lines.append("virt/tdx: 262668 KB allocated for PAMT")
+    lines.append("virt/tdx: module initialized")
+    return True, lines
+
+
+def boot(state: Path = STATE) -> dict:
+    """Make the state look like a fresh boot: new boot id, the command line GRUB generated last,
+    kvm_intel/TDX as the MSRs and command line allow, the kernel log, unloaded msr module."""
+    profile = load("profile.json", {}, state)
+    grub = load("grub.json", {}, state)
+    cmdline = grub.get("next_cmdline") or load("profile.json", {}, state).get("grub_prefix", "")
+    ok, tdx_lines = tdx_boot(msrs(state), cmdline, profile)
+    boot_id = str(uuid.uuid4())
+    write_inplace(state / "boot/boot_id", boot_id + "\n")
+    write_inplace(state / "boot/cmdline", cmdline + "\n")
+    param = state / "sysfs/module/kvm_intel/parameters"
+    param.mkdir(parents=True, exist_ok=True)
+    (param / "tdx").write_text("Y\n" if ok else "N\n")
+    fw = state / "sysfs/firmware/tdx/tdx_module"
+    if ok:
+        fw.mkdir(parents=True, exist_ok=True)
+        mod = profile.get("tdx_module", {})
+        major, minor, *_ = (mod.get("version", "1.5.34") + ".0.0").split(".")
+        for k, v in {"status": "initialized", "major_version": major, "minor_version": minor,
+                     "build_num": str(mod.get("build", 1024)), "build_date": str(mod.get("date", "20260330"))}.items():
+            (fw / k).write_text(v + "\n")
+    else:
+        for f in fw.glob("*") if fw.exists() else ():
+            f.unlink()
+    release = profile.get("kernel_release", "6.8.0-1028-intel")
+    log = [f"Linux version {release} (buildd@lcy02-amd64-001) (gcc 13.3.0) #28-Ubuntu SMP PREEMPT_DYNAMIC",
+           f"Command line: {cmdline}",
+           *tdx_lines[:2],
+           "DMAR: IOMMU enabled" if "intel_iommu=on" in cmdline.split() else "DMAR: IOMMU disabled",
+           *tdx_lines[2:]]
+    (state / "dmesg.log").write_text("".join(f"[{i * 0.731:12.6f}] {line}\n" for i, line in enumerate(log)))
+    save("modules.json", {"msr": False}, state)
+    record = {"boot_id": boot_id, "cmdline": cmdline, "tdx": ok, "t": round(time.time(), 3)}
+    append_line("boots.log", record, state)
+    return record
+
+
+# ----------------------------------------------------------------------------------------------
+# sshd and the simulated reboot (only inside the host's own pid namespace)
+
+
+def _in_own_pidns(state: Path) -> bool:
+    try:
+        return os.readlink("/proc/self/ns/pid") == (state / "run/pidns").read_text().strip()
+    except OSError:
+        return False
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def sshd_pid(state: Path = STATE) -> int | None:
+    try:
+        pid = int((state / "run/sshd.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if alive(pid) else None
+
+
+def start_sshd(state: Path = STATE) -> None:
+    if sshd_pid(state):
+        return
+    argv = load("run/sshd.argv", None, state)
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL)  # sshd daemonises and writes its pid file
+
+
+def stop_sshd(state: Path = STATE) -> None:
+    """SIGTERM the listener only, as systemd does with ssh.service (KillMode=process): sessions
+    already open keep running."""
+    pid = sshd_pid(state)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(200):
+            if not alive(pid):
+                break
+            time.sleep(0.01)
+
+
+def kill_all_but_keepers(state: Path = STATE) -> int:
+    """SIGKILL every process of this host except its init, ourselves and the keepers (the FUSE ROM
+    server): what a power cycle does to sshd and the sessions."""
+    if not _in_own_pidns(state):
+        raise RuntimeError("refusing to kill processes outside the fake host's pid namespace")
+    keep = {1, os.getpid()}
+    try:
+        keep |= {int(x) for x in (state / "run/keep.pids").read_text().split()}
+    except OSError:
+        pass
+    killed = 0
+    for _ in range(20):
+        victims = [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in keep and alive(int(p))]
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        killed += len(victims)
+        if not victims:
+            break
+        time.sleep(0.05)
+    return killed
+
+
+def simulated_reboot(state: Path = STATE) -> None:
+    """Power-cycle the fake host: everything but init dies, the pending state becomes the new boot,
+    and sshd (same host key) comes back after the profile's restart delay."""
+    profile = load("profile.json", {}, state)
+    append_line("boots.log", {"event": "reboot", "t": round(time.time(), 3)}, state)
+    kill_all_but_keepers(state)
+    try:
+        (state / "run/sshd.pid").unlink()
+    except FileNotFoundError:
+        pass
+    boot(state)
+    time.sleep(float(profile.get("sshd_restart_delay", 1.0)))
+    start_sshd(state)
+    services = load("services.json", {}, state)
+    for unit, svc in services.items():  # what systemd starts at boot
+        svc["active"] = bool(svc.get("enabled")) and unit != "mpa_registration_tool"
+    save("services.json", services, state)
+    if services.get("pccs", {}).get("active"):
+        start_pccs(state)
+
+
+def schedule_reboot(delay: float, state: Path = STATE) -> None:
+    if detach():
+        try:
+            time.sleep(max(0.0, delay))
+            simulated_reboot(state)
+        finally:
+            os._exit(0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Intel DCAP: packages, units, the PCCS stand-in
+
+
+DEFAULT_PCCS_CONFIG = {
+    "HTTPS_PORT": 8081, "hosts": "127.0.0.1", "uri": "https://api.trustedservices.intel.com/sgx/certification/v4/",
+    "ApiKey": "", "proxy": "", "RefreshSchedule": "0 0 1 * * *", "UserTokenHash": "", "AdminTokenHash": "",
+    "CachingFillMode": "LAZY", "OPENSSL_FIPS_MODE": False, "LogLevel": "info",
+    "DB_CONFIG": "sqlite", "sqlite": {"database": "database", "username": "username", "password": "password",
+                                      "options": {"host": "localhost", "dialect": "sqlite", "storage": "pckcache.db"}},
+}
+DEFAULT_QCNL = """//
+// Intel(R) SGX/TDX QPL configuration (JSON; lines starting with // are comments)
+//
+{
+  "pccs_url": "https://localhost:8081/sgx/certification/v4/",
+  "use_secure_cert": true,
+  "collateral_service": "https://api.trustedservices.intel.com/sgx/certification/v4/",
+  "retry_times": 6,
+  "retry_delay": 10,
+  "pck_cache_expire_hours": 168,
+  "verify_collateral_cache_expire_hours": 168,
+  "local_cache_only": false
+}
+"""
+# package -> (systemd unit or None, {path: content}) as the Debian packages install them
+DCAP_PACKAGES = {
+    "sgx-dcap-pccs": ("pccs", {"/opt/intel/sgx-dcap-pccs/config/default.json": json.dumps(DEFAULT_PCCS_CONFIG, indent=4) + "\n"}),
+    "tdx-qgs": ("qgsd", {"/etc/qgs.conf": "port = 4050\nnumber_threads = 4\n"}),
+    "libsgx-dcap-default-qpl": (None, {"/etc/sgx_default_qcnl.conf": DEFAULT_QCNL}),
+    "libsgx-dcap-ql": (None, {}),
+    "sgx-ra-service": ("mpa_registration_tool", {}),
+    "sgx-pck-id-retrieval-tool": (None, {}),
+}
+PCCS_DIR = Path("/opt/intel/sgx-dcap-pccs")
+
+
+def installed(pkg: str, state: Path = STATE) -> bool:
+    return pkg in load("packages.json", {}, state)
+
+
+def pccs_pid(state: Path = STATE) -> int | None:
+    try:
+        pid = int((state / "run/pccs.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def start_pccs(state: Path = STATE) -> bool:
+    """Start the PCCS stand-in (tdxfake-pccs, HTTPS) detached; True once it listens."""
+    stop_pccs(state)
+    ready = state / "run/pccs.ready"
+    ready.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-B", str(Path(__file__).with_name("tdxfake-pccs"))],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(state / "pccs.log", "a"), start_new_session=True)
+    (state / "run/pccs.pid").write_text(str(proc.pid))
+    for _ in range(100):
+        if ready.exists():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def stop_pccs(state: Path = STATE) -> None:
+    pid = pccs_pid(state)
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if pccs_pid(state) is None:
+                break
+            time.sleep(0.02)
