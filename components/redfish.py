@@ -36,7 +36,6 @@ from sushy import exceptions as sushy_exc
 
 from components.bios_resolve import (  # noqa: F401  (strip_vendor_suffix etc. re-exported for callers)
     BiosError,
-    strip_vendor_suffix,
     ResolvedSetting,
     resolve_settings,
     diff,

@@ -239,3 +239,32 @@ def test_program_validation_without_a_stack_file_uses_secret_keys(tmp_path):
     with pytest.raises(ConfigErrors) as info:
         load_from_pulumi(tmp_path)
     assert [e.path for e in info.value.errors] == ["dcap.pccsApiKey"]
+
+
+class RecordingMocks(Mocks):
+    def __init__(self):
+        self.created: list[tuple[str, str]] = []
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.created.append((args.typ, args.name))
+        return super().new_resource(args)
+
+
+def test_the_program_builds_every_host_with_the_dev_stack_file():
+    """__main__.py end to end under mocks, with the secret leaves the dev stack file declares."""
+    import runpy
+    from pathlib import Path
+
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="tdx-vllm", stack="dev", preview=False)
+    _runtime_config(_decrypted(good()), {"hosts", "dcap"})
+
+    @pulumi.runtime.test  # waits for every registration the program started
+    def program():
+        runpy.run_path(str(Path(__file__).resolve().parents[2] / "__main__.py"), run_name="__main__")
+
+    program()
+    hosts = [name for typ, name in mocks.created if typ == "tdx-vllm:host:TdxHost"]
+    assert hosts == ["gpu-a", "gpu-b"]
+    commands = [name for typ, name in mocks.created if typ.startswith("command:")]
+    assert len(commands) == 9 + 7  # gpu-a: 7 remote + 2 BIOS phases; gpu-b (no BMC): 7 remote

@@ -1,0 +1,6 @@
+"""`python -m tdxattest <verb>`."""
+import sys
+
+from tdxattest.cli import main
+
+sys.exit(main())
