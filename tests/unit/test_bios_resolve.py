@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from components import redfish
+from components import bios_resolve, redfish
 from components.bios_tables import BiosSetting
 from components.bios_resolve import BiosError, diff, resolve_attributes, resolve_settings
 
@@ -48,9 +48,9 @@ def test_vendor_suffix_is_stripped_on_both_sides(table_name: str, bmc_name: str)
 
 
 def test_suffix_regex_leaves_ordinary_names_alone() -> None:
-    assert redfish.strip_vendor_suffix("Processors_Feed") == "Processors_Feed"
-    assert redfish.strip_vendor_suffix("TrustDomainExtension(TDX)#3C38") == "TrustDomainExtension(TDX)"
-    assert redfish.strip_vendor_suffix("X_F31D") == "X"
+    assert bios_resolve.strip_vendor_suffix("Processors_Feed") == "Processors_Feed"
+    assert bios_resolve.strip_vendor_suffix("TrustDomainExtension(TDX)#3C38") == "TrustDomainExtension(TDX)"
+    assert bios_resolve.strip_vendor_suffix("X_F31D") == "X"
 
 
 def test_hidden_duplicate_loses_to_the_visible_one() -> None:
@@ -180,7 +180,7 @@ def test_diff_lists_only_what_must_change() -> None:
     ],
 )
 def test_base_url_accepts(endpoint: str, expected: str) -> None:
-    assert redfish.base_url(endpoint) == expected
+    assert bios_resolve.base_url(endpoint) == expected
 
 
 @pytest.mark.parametrize(
@@ -195,27 +195,27 @@ def test_base_url_accepts(endpoint: str, expected: str) -> None:
 )
 def test_base_url_refuses(endpoint: str, message: str) -> None:
     with pytest.raises(BiosError, match=message) as info:
-        redfish.base_url(endpoint, config_key="hosts[3].bmc")
+        bios_resolve.base_url(endpoint, config_key="hosts[3].bmc")
     assert "calvin" not in str(info.value)
 
 
 def test_plain_http_only_with_explicit_opt_in() -> None:
-    assert redfish.base_url("http://127.0.0.1:8000", allow_insecure_http=True) == "http://127.0.0.1:8000"
+    assert bios_resolve.base_url("http://127.0.0.1:8000", allow_insecure_http=True) == "http://127.0.0.1:8000"
 
 
 def test_fingerprint_normalisation() -> None:
     hex_digest = "ab" * 32
     colon_upper = ":".join(["AB"] * 32)
-    assert redfish.normalise_fingerprint(colon_upper) == hex_digest
-    assert redfish.format_fingerprint(hex_digest) == colon_upper
+    assert bios_resolve.normalise_fingerprint(colon_upper) == hex_digest
+    assert bios_resolve.format_fingerprint(hex_digest) == colon_upper
     with pytest.raises(BiosError, match="64 hex digits"):
-        redfish.normalise_fingerprint("ab" * 20)  # a SHA-1 is not accepted
+        bios_resolve.normalise_fingerprint("ab" * 20)  # a SHA-1 is not accepted
 
 
 def test_system_identity_accepts_a_bare_id() -> None:
-    assert redfish.system_identity(None) is None
-    assert redfish.system_identity("System.Embedded.1") == "/redfish/v1/Systems/System.Embedded.1"
-    assert redfish.system_identity("/redfish/v1/Systems/1") == "/redfish/v1/Systems/1"
+    assert bios_resolve.system_identity(None) is None
+    assert bios_resolve.system_identity("System.Embedded.1") == "/redfish/v1/Systems/System.Embedded.1"
+    assert bios_resolve.system_identity("/redfish/v1/Systems/1") == "/redfish/v1/Systems/1"
 
 
 def test_tls_trust_is_required_before_any_connection() -> None:
