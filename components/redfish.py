@@ -34,7 +34,7 @@ from sushy import auth as sushy_auth
 from sushy import connector as sushy_connector
 from sushy import exceptions as sushy_exc
 
-from components.bios_resolve import (  # noqa: F401  (strip_vendor_suffix etc. re-exported for callers)
+from components.bios_resolve import (
     BiosError,
     ResolvedSetting,
     resolve_settings,
