@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Go (for the Pulumi toolchain) must be on PATH: this machine kind has it.
 # Host tools the harness drives for real: OpenSSH servers in network namespaces, and what the
 # production scripts call on a host (pip for the gpu-admin-tools wheel, curl for PCCS).
 need=()
@@ -20,4 +21,8 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 tools/setup-venv.sh requirements-test.txt
+# The real Pulumi engine for tests/e2e: CLI and language host from Go modules (minutes when cold),
+# and a command provider (the stand-in when the official plugin is not available).
+tools/build-pulumi.sh >/dev/null
+tools/install-command-provider.sh >/dev/null
 exec .venv/bin/python -m pytest "$@"
