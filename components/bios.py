@@ -11,7 +11,8 @@ import pulumi
 from pulumi_command import local
 
 from .bios_tables import VendorTable, load_vendor_table
-from .config import REPO_ROOT, BmcConfig
+from .config import BmcConfig
+from .paths import FIRMWARE_DIR, REPO_ROOT
 from .firmware import file_digest
 from .remote_step import Connection, facts_of, host_step
 from .steps import Step
@@ -62,7 +63,7 @@ class BiosSettings(pulumi.ComponentResource):
         table = load_vendor_table(vendor)
         self.phases: list[local.Command] = []
         if bmc is not None:
-            digest = file_digest(REPO_ROOT / "firmware" / "bios" / f"{vendor}.yaml")
+            digest = file_digest(FIRMWARE_DIR / "bios" / f"{vendor}.yaml")
             previous: list[pulumi.Resource] = []
             for phase in PHASES:
                 cmd = local.Command(

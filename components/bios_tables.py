@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
-DEFAULT_FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+from .paths import FIRMWARE_DIR as DEFAULT_FIRMWARE_DIR
 
 # Logical names shared by every vendor table. The Pulumi program and the host checks refer to
 # settings by these names, never by a vendor's AttributeName.

@@ -24,8 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 PROJECT = "tdx-vllm"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE_DIR = REPO_ROOT / "firmware"
+from .paths import FIRMWARE_DIR, REPO_ROOT
 
 GpuMode = Literal["on", "ppcie", "devtools"]
 GPU_MODES: tuple[str, ...] = ("on", "ppcie", "devtools")

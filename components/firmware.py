@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .config import FIRMWARE_DIR
+from .paths import FIRMWARE_DIR
 
 
 class ManifestError(ValueError):

@@ -25,8 +25,9 @@ from tdxattest.mrtd import ORDERS, SINGLE, compute_mrtd_both
 from tdxattest.tdhob import td_hob_digest
 from tdxattest.tdvf import cfv_bytes
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TD_MANIFEST_DIR = REPO_ROOT / "firmware" / "td"
+from .paths import FIRMWARE_DIR, REPO_ROOT
+
+TD_MANIFEST_DIR = FIRMWARE_DIR / "td"
 DEFAULT_MANIFEST = TD_MANIFEST_DIR / "ovmf-debian-trixie.yaml"
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifacts"
 ARTIFACT_DIR_ENV = "TDX_VLLM_ARTIFACT_DIR"
