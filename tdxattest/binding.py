@@ -1,0 +1,50 @@
+"""Channel binding: REPORTDATA = SHA-512(domain tag || SHA-256(TLS SPKI DER) || client nonce).
+
+The TD puts this in its quote's REPORTDATA; the verifying proxy recomputes it from the TLS peer's
+SubjectPublicKeyInfo and the nonce it sent, and compares in constant time. The domain tag keeps
+this hash from being confused with any other use of REPORTDATA.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from .errors import InputError
+from .policy import Failure
+
+DOMAIN_TAG = b"tdxattest/tls-binding/v1\x00"
+MIN_NONCE = 16
+MAX_NONCE = 64
+
+
+def spki_der(key_or_cert) -> bytes:
+    """SubjectPublicKeyInfo DER of a `cryptography` certificate, public key, or PEM/DER cert bytes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    if isinstance(key_or_cert, (bytes, bytearray)):
+        data = bytes(key_or_cert)
+        key_or_cert = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
+                       else x509.load_der_x509_certificate(data))
+    if isinstance(key_or_cert, x509.Certificate):
+        key_or_cert = key_or_cert.public_key()
+    return key_or_cert.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _check_nonce(nonce: bytes) -> None:
+    if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+        raise InputError(f"a nonce of {MIN_NONCE}..{MAX_NONCE} bytes", f"{len(nonce)} bytes")
+
+
+def expected_report_data(spki: bytes, nonce: bytes, tag: bytes = DOMAIN_TAG) -> bytes:
+    """The 64-byte REPORTDATA binding a TLS key (SPKI DER) and a client nonce."""
+    _check_nonce(nonce)
+    return hashlib.sha512(tag + hashlib.sha256(spki).digest() + nonce).digest()
+
+
+def check_report_data(report_data: bytes, spki: bytes, nonce: bytes, tag: bytes = DOMAIN_TAG) -> Failure | None:
+    """None when `report_data` binds (spki, nonce); else the named failure `binding.report_data_mismatch`."""
+    expected = expected_report_data(spki, nonce, tag)
+    if len(report_data) == 64 and hmac.compare_digest(report_data, expected):
+        return None
+    return Failure("binding.report_data_mismatch", expected.hex(), bytes(report_data).hex(),
+                   "REPORTDATA does not bind this TLS key and nonce")

@@ -1,0 +1,199 @@
+"""NVIDIA Hopper GPU attestation evidence: SPDM 1.1 GET_MEASUREMENTS request + MEASUREMENTS response,
+signed by the GPU's attestation key (ECDSA P-384, SHA-384), whose certificate chains to the NVIDIA
+Device Identity CA.
+
+    evidence = verify_gpu_evidence(report_bytes_or_hex, chain_pem, root_pem, expected_nonce=None)
+
+Checks (each failure a named `GpuEvidenceError`): the report parses (`gpu.report_malformed`), the
+chain has a signing leaf and a root (`gpu.chain_too_short`), the leaf carries the FWID extension
+(`gpu.leaf_missing_fwid`), each link is signed by the next and valid now (`gpu.chain_invalid`),
+the chain ends at the pinned root (`gpu.untrusted_root`), the signature over request ||
+response-without-signature verifies under the leaf key (`gpu.signature_invalid`), and the nonce is
+the one we sent (`gpu.nonce_mismatch`). Not done here: RIM comparison, OCSP, NRAS.
+
+Layout: request = 0x11 0xE0 param1 param2 | nonce[32] | slot (37 bytes). Response = 0x11 0x60 param1
+param2 | number of blocks u8 | record length u24 | record | nonce[32] | opaque length u16 | opaque |
+signature[96]. Record = blocks of index u8, spec u8, size u16, then (DMTF) value type u8, value
+size u16, value. Lengths are walked, never taken from the end: one capture has a trailing byte.
+"""
+from __future__ import annotations
+
+import hmac
+import struct
+from dataclasses import dataclass
+
+FWID_OID = "2.23.133.5.4.1"  # TCG DICE TcbInfo (carries the FWID)
+REQUEST_LEN = 37
+SIGNATURE_LEN = 96
+
+
+class GpuEvidenceError(Exception):
+    def __init__(self, check: str, expected: str, seen: str):
+        self.check, self.expected, self.seen = check, expected, seen
+        super().__init__(f"{check}: expected {expected}, seen {seen}")
+
+
+@dataclass(frozen=True)
+class MeasurementBlock:
+    index: int
+    spec: int
+    value_type: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class GpuReport:
+    request: bytes
+    response_signed: bytes  # the response without its signature
+    nonce: bytes  # the requester's nonce (from the request)
+    responder_nonce: bytes
+    measurements: tuple[MeasurementBlock, ...]
+    opaque: bytes
+    signature: bytes
+    trailing: int
+
+    def measurement_dict(self) -> dict[int, str]:
+        return {b.index: b.value.hex() for b in self.measurements}
+
+
+def _hex_or_bytes(data: bytes | str) -> bytes:
+    if isinstance(data, str):
+        data = data.encode()
+    s = data.strip()
+    try:
+        return bytes.fromhex(s.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return bytes(data)
+
+
+def parse_gpu_report(data: bytes | str) -> GpuReport:
+    raw = _hex_or_bytes(data)
+
+    def need(pos: int, n: int, what: str) -> None:
+        if pos + n > len(raw):
+            raise GpuEvidenceError("gpu.report_malformed", f"{what} at offset {pos}", f"{len(raw)} bytes in all")
+
+    need(0, REQUEST_LEN, "a 37-byte GET_MEASUREMENTS request")
+    if raw[0] != 0x11 or raw[1] != 0xE0:
+        raise GpuEvidenceError("gpu.report_malformed", "SPDM 1.1 GET_MEASUREMENTS (11 e0)", raw[:2].hex())
+    request = raw[:REQUEST_LEN]
+    nonce = request[4:36]
+    pos = REQUEST_LEN
+    need(pos, 8, "the MEASUREMENTS response header")
+    if raw[pos] != 0x11 or raw[pos + 1] != 0x60:
+        raise GpuEvidenceError("gpu.report_malformed", "SPDM 1.1 MEASUREMENTS (11 60)", raw[pos:pos + 2].hex())
+    count = raw[pos + 4]
+    rec_len = int.from_bytes(raw[pos + 5:pos + 8], "little")
+    rpos = pos + 8
+    need(rpos, rec_len, f"a {rec_len}-byte measurement record")
+    blocks = []
+    p, end = rpos, rpos + rec_len
+    while p < end:
+        if p + 4 > end:
+            raise GpuEvidenceError("gpu.report_malformed", "a measurement block header", f"{end - p} bytes")
+        index, spec, size = struct.unpack_from("<BBH", raw, p)
+        if p + 4 + size > end or size < 3:
+            raise GpuEvidenceError("gpu.report_malformed", f"a {size}-byte measurement block", f"{end - p - 4} bytes")
+        vtype, vsize = struct.unpack_from("<BH", raw, p + 4)
+        blocks.append(MeasurementBlock(index, spec, vtype, raw[p + 7:p + 7 + vsize]))
+        p += 4 + size
+    if len(blocks) != count:
+        raise GpuEvidenceError("gpu.report_malformed", f"{count} measurement blocks", str(len(blocks)))
+    p = end
+    need(p, 34, "responder nonce and opaque length")
+    responder_nonce = raw[p:p + 32]
+    (olen,) = struct.unpack_from("<H", raw, p + 32)
+    need(p + 34, olen + SIGNATURE_LEN, f"{olen} bytes of opaque data and a 96-byte signature")
+    opaque = raw[p + 34:p + 34 + olen]
+    sig_at = p + 34 + olen
+    return GpuReport(request=request, response_signed=raw[REQUEST_LEN:sig_at], nonce=nonce,
+                     responder_nonce=responder_nonce, measurements=tuple(blocks), opaque=opaque,
+                     signature=raw[sig_at:sig_at + SIGNATURE_LEN], trailing=len(raw) - sig_at - SIGNATURE_LEN)
+
+
+def _load_certs(pem: bytes | str) -> list:
+    from cryptography import x509
+    if isinstance(pem, str):
+        pem = pem.encode()
+    try:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise GpuEvidenceError("gpu.chain_invalid", "a PEM certificate chain", str(exc)) from None
+
+
+def _fwid(cert) -> bytes | None:
+    from cryptography import x509
+    try:
+        ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(FWID_OID))
+    except x509.ExtensionNotFound:
+        return None
+    return ext.value.value[-48:]
+
+
+@dataclass(frozen=True)
+class GpuEvidence:
+    report: GpuReport
+    fwid: bytes
+    leaf_subject: str
+
+    def as_dict(self) -> dict:
+        return {"nonce": self.report.nonce.hex(), "fwid": self.fwid.hex(), "leaf": self.leaf_subject,
+                "measurements": {str(k): v for k, v in self.report.measurement_dict().items()},
+                "trailing_bytes": self.report.trailing}
+
+
+def verify_gpu_chain(chain_pem: bytes | str, root_pem: bytes | str, now: float | None = None) -> list:
+    """Verify leaf -> ... -> NVIDIA device root; returns the certificates (leaf first)."""
+    import time
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+    now = time.time() if now is None else now
+    certs = _load_certs(chain_pem)
+    roots = _load_certs(root_pem)
+    if len(roots) != 1:
+        raise GpuEvidenceError("gpu.untrusted_root", "one pinned root certificate", f"{len(roots)}")
+    root = roots[0]
+    if len(certs) < 2:
+        raise GpuEvidenceError("gpu.chain_too_short", "at least the signing certificate and the root CA",
+                               f"{len(certs)} certificate(s)")
+    if certs[-1] != root:
+        raise GpuEvidenceError("gpu.untrusted_root", f"chain ending at {root.subject.rfc4514_string()}",
+                               certs[-1].subject.rfc4514_string())
+    if _fwid(certs[0]) is None:
+        raise GpuEvidenceError("gpu.leaf_missing_fwid", f"FWID extension {FWID_OID} in the signing certificate",
+                               certs[0].subject.rfc4514_string())
+    for cert, issuer in zip(certs, certs[1:] + [root]):
+        try:
+            if cert.issuer != issuer.subject:
+                raise InvalidSignature
+            issuer.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
+                                       ec.ECDSA(cert.signature_hash_algorithm))
+        except (InvalidSignature, TypeError, ValueError):
+            raise GpuEvidenceError("gpu.chain_invalid", f"{cert.subject.rfc4514_string()} issued and signed by "
+                                   f"{issuer.subject.rfc4514_string()}", f"issuer {cert.issuer.rfc4514_string()}"
+                                   ) from None
+        if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
+            raise GpuEvidenceError("gpu.chain_invalid", f"{cert.subject.rfc4514_string()} valid now",
+                                   f"{cert.not_valid_before_utc} .. {cert.not_valid_after_utc}")
+    return certs
+
+
+def verify_gpu_evidence(report: bytes | str, chain_pem: bytes | str, root_pem: bytes | str,
+                        expected_nonce: bytes | None = None, now: float | None = None) -> GpuEvidence:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+    parsed = parse_gpu_report(report)
+    certs = verify_gpu_chain(chain_pem, root_pem, now)
+    sig = encode_dss_signature(int.from_bytes(parsed.signature[:48], "big"),
+                               int.from_bytes(parsed.signature[48:], "big"))
+    try:
+        certs[0].public_key().verify(sig, parsed.request + parsed.response_signed, ec.ECDSA(hashes.SHA384()))
+    except InvalidSignature:
+        raise GpuEvidenceError("gpu.signature_invalid", "report signed by the leaf's key (ECDSA P-384/SHA-384)",
+                               "signature does not verify") from None
+    if expected_nonce is not None and not hmac.compare_digest(parsed.nonce, expected_nonce):
+        raise GpuEvidenceError("gpu.nonce_mismatch", expected_nonce.hex(), parsed.nonce.hex())
+    return GpuEvidence(report=parsed, fwid=_fwid(certs[0]), leaf_subject=certs[0].subject.rfc4514_string())
