@@ -529,10 +529,13 @@ def _dcap(r: _Reader, value: Any, path: str) -> DcapConfig | None:
         problem = url_problem(pccs_url, ("https",))
         if problem:
             r.error(_join(path, "pccsUrl"), problem, "use `https://PCCS-HOST:8081/sgx/certification/v4/`")
-    secure = r.boolean(m.get("useSecureCert"), _join(path, "useSecureCert"), True)
-    if not secure and r.stack != "dev":
-        r.error(_join(path, "useSecureCert"), f"TLS verification of the PCCS may only be off in `dev` (this is `{r.stack}`)",
-                "give PCCS a real certificate and set `useSecureCert: true`")
+    # A per-host PCCS listens on loopback only and serves Intel-signed collateral with the
+    # self-signed certificate its package generates: verification is off by default there. A
+    # shared PCCS crosses the network: its certificate must verify outside `dev`.
+    secure = r.boolean(m.get("useSecureCert"), _join(path, "useSecureCert"), pccs_url is not None)
+    if not secure and pccs_url is not None and r.stack != "dev":
+        r.error(_join(path, "useSecureCert"), f"TLS verification of the shared PCCS at dcap.pccsUrl may only be off in "
+                f"`dev` (this is `{r.stack}`)", "give the PCCS a certificate the hosts trust and set `useSecureCert: true`")
     if key is None:
         return None
     return DcapConfig(pccs_api_key=key, registration=registration, pccs_port=pccs_port, qgs_port=qgs_port,

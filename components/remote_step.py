@@ -91,8 +91,9 @@ def reboot_and_wait(name: str, step: Step, conn: Connection, params: Mapping[str
     so the wait command cannot reach the old boot; the wait command dials without limit (bounded by
     `timeout_s`), checks the boot id changed, then polls the step's runtime check.
     """
-    reboot = host_step(f"{name}-reboot", step, conn, params, action="reboot",
-                       opts=pulumi.ResourceOptions(parent=parent, depends_on=list(after)))
+    # A re-run after an interrupted `up` may find the host still rebooting: dial like the wait does.
+    reboot = host_step(f"{name}-reboot", step, conn, params, action="reboot", wait_for_boot=True,
+                       timeout_s=timeout_s, opts=pulumi.ResourceOptions(parent=parent, depends_on=list(after)))
     facts = facts_of(reboot)
     wait_params = dict(params)
     wait_params["TDX_PREV_BOOT_ID"] = facts.apply(lambda f: str(f.get("boot_id", "")))

@@ -29,6 +29,18 @@ registration_status() {
   esac
 }
 
+# What to look at when PCCS does not answer: curl reports 000 when no HTTP exchange happened
+# (TLS verification failed, or nothing listens).
+pccs_fix() {
+  if [ "${1:-000}" = 000 ] && [ "$TDX_USE_SECURE_CERT" = true ]; then
+    echo "the PCCS certificate did not verify or nothing listens: give PCCS a certificate this host trusts (or, for a per-host PCCS on loopback, set dcap.useSecureCert: false), and check journalctl -u $TDX_SERVICE_PCCS"
+  elif [ "$TDX_PCCS_LOCAL" = true ]; then
+    echo "check journalctl -u $TDX_SERVICE_PCCS and the ApiKey"
+  else
+    echo "check dcap.pccsUrl, the PCCS's TLS certificate and that this host can reach it"
+  fi
+}
+
 check() {
   local pkg missing=() code status port
   fact pccs_url "$TDX_PCCS_URL"; fact_raw pccs_local "$TDX_PCCS_LOCAL"; fact_raw qgs_port "$TDX_QGS_PORT"
@@ -65,8 +77,7 @@ check() {
 
   code=$(pccs_answers)
   fact pccs_http_status "${code:-none}"
-  [ "$code" = 200 ] || unmet "PCCS does not answer" "HTTP 200 from ${TDX_PCCS_URL%/}/rootcacrl" "${code:-no answer}" \
-    "$([ "$TDX_PCCS_LOCAL" = true ] && echo "check journalctl -u $TDX_SERVICE_PCCS and the ApiKey" || echo "check dcap.pccsUrl and the PCCS's TLS certificate")"
+  [ "$code" = 200 ] || unmet "PCCS does not answer" "HTTP 200 from ${TDX_PCCS_URL%/}/rootcacrl" "${code:-no answer}" "$(pccs_fix "$code")"
 
   status=$(registration_status)
   fact registration "$TDX_REGISTRATION"; fact registration_status "$status"

@@ -116,7 +116,7 @@ def test_connections_pin_the_host_key_and_wait_dials_without_limit():
     def check(conns):
         for name, conn in conns.items():
             assert conn["host_key"] == HOST_KEY and conn["host"] == "192.0.2.10", name
-            assert conn["dial_error_limit"] == (-1 if name in ("gpu-a-kernel-wait", "gpu-a-bios-verify") else 10), name
+            assert conn["dial_error_limit"] == (-1 if name in ("gpu-a-kernel-reboot", "gpu-a-kernel-wait", "gpu-a-bios-verify") else 10), name
     return pulumi.Output.all(**{n: pulumi.Output.from_input(a.props["connection"]) for n, a in remote_cmds.items()}).apply(check)
 
 

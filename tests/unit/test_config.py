@@ -56,7 +56,7 @@ def test_valid_config_builds_typed_frozen_values():
     assert a.bmc is not None and a.bmc.vendor == "dell" and a.bmc.tls_fingerprint == FPR
     assert cfg.hosts[1].bmc is None and cfg.hosts[1].gpu == cfg.hosts[0].gpu
     assert cfg.platform.kernel_args[:3] == ("nohibernate", "kvm_intel.tdx=1", "intel_iommu=on")
-    assert cfg.dcap.pccs_port == 8081 and cfg.dcap.qgs_port == 4050 and cfg.dcap.use_secure_cert
+    assert cfg.dcap.pccs_port == 8081 and cfg.dcap.qgs_port == 4050 and not cfg.dcap.use_secure_cert
     with pytest.raises(Exception):
         cfg.hosts[0].name = "x"  # type: ignore[misc]
 
@@ -122,6 +122,15 @@ def test_runtime_mode_uses_secret_paths():
     assert "dcap.pccsApiKey: given in plain text" in errs
 
 
+def test_secure_cert_defaults_follow_where_pccs_runs():
+    raw = good()
+    assert parse_stack(raw, "prod").dcap.use_secure_cert is False  # per-host PCCS on loopback
+    raw["dcap"]["pccsUrl"] = "https://pccs.example.net:8081/sgx/certification/v4/"
+    assert parse_stack(raw, "prod").dcap.use_secure_cert is True
+    raw["dcap"]["useSecureCert"] = False
+    assert parse_stack(raw, "dev").dcap.use_secure_cert is False
+
+
 def test_devtools_is_allowed_in_dev_only():
     raw = good()
     raw["gpu"]["mode"] = "devtools"
@@ -145,7 +154,8 @@ def test_devtools_is_allowed_in_dev_only():
     (lambda r: r["platform"].__setitem__("extraKernelArgs", ["kvm_intel.tdx=0"]), "would turn TDX off"),
     (lambda r: r["platform"].__setitem__("extraKernelArgs", ["a b"]), "is not a single kernel argument"),
     (lambda r: r["dcap"].__setitem__("registration", "manual"), "dcap.registration: `manual` is not one of mpa, pckid, none"),
-    (lambda r: r["dcap"].__setitem__("useSecureCert", False), "dcap.useSecureCert: TLS verification of the PCCS"),
+    (lambda r: r["dcap"].update(useSecureCert=False, pccsUrl="https://pccs.example.net:8081/sgx/certification/v4/"),
+     "dcap.useSecureCert: TLS verification of the shared PCCS"),
     (lambda r: r["dcap"].__setitem__("pccsUrl", "ftp://x"), "dcap.pccsUrl: scheme must be https"),
     (lambda r: r["hosts"][0].__setitem__("name", "GPU_A"), "hosts[0].name: `GPU_A` is not a valid host name"),
     (lambda r: r.__setitem__("hosts", []), "hosts: required: at least one host"),
@@ -182,7 +192,9 @@ def test_cli_exit_codes(tmp_path):
                         capture_output=True, text=True)
     assert ok.returncode == 0 and "valid" in ok.stdout
     bad = tmp_path / "Pulumi.prod.yaml"
-    bad.write_text((REPO / "stacks" / "Pulumi.dev.yaml").read_text())  # dev file as prod: useSecureCert false refused
+    # The dev example with its GPUs in devtools mode, used as prod: refused.
+    text = (REPO / "stacks" / "Pulumi.dev.yaml").read_text().replace('mode: "on"', "mode: devtools")
+    bad.write_text(text)
     res = subprocess.run([sys.executable, "-m", "components.config", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 1
-    assert "dcap.useSecureCert" in res.stderr and "fix:" in res.stderr
+    assert "gpu.mode: `devtools`" in res.stderr and "fix:" in res.stderr

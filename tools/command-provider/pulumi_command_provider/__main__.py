@@ -168,6 +168,20 @@ class CommandServicer(ProviderServicer):
         return await self._guard(context, go())
 
 
+def _exit_with_parent() -> None:
+    """The engine starts plugins in their own process group, so a killed `pulumi` would leave this
+    server behind: ask Linux to send SIGTERM when the parent dies (the handler stops the server)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the request took effect
+        sys.exit(0)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="pulumi-resource-command",
                                      description="Stand-in pulumi-command provider plugin (gRPC server)")
@@ -182,6 +196,7 @@ def main(argv: list[str]) -> None:
         print(VERSION)
         return
     _restore_environment()
+    _exit_with_parent()
     provider = CommandProvider(engine_address=args.engine)
 
     async def serve() -> None:
