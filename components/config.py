@@ -114,6 +114,7 @@ class StackConfig:
     platform: PlatformConfig
     dcap: DcapConfig
     tee_io: bool
+    restore_on_destroy: bool
     reboot_timeout_s: int
 
 
@@ -350,7 +351,7 @@ def known_tdx_modules(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
 # The schema
 
 
-_TOP_KEYS = ("hosts", "gpu", "platform", "dcap", "teeIo", "rebootTimeoutSeconds")
+_TOP_KEYS = ("hosts", "gpu", "platform", "dcap", "teeIo", "restoreOnDestroy", "rebootTimeoutSeconds")
 
 
 def parse_stack(raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[str] | None = None,
@@ -369,13 +370,14 @@ def parse_stack(raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[st
     dcap = _dcap(r, r.required(top, "dcap", "", "add a `dcap:` block with at least `pccsApiKey` (a secret)"), "dcap")
     hosts = _hosts(r, top.get("hosts"), "hosts", gpu_models, known_bios_vendors(firmware_dir), default_gpu)
     tee_io = r.boolean(top.get("teeIo"), "teeIo", False)
+    restore = r.boolean(top.get("restoreOnDestroy"), "restoreOnDestroy", False)
     reboot_timeout = r.integer(top.get("rebootTimeoutSeconds"), "rebootTimeoutSeconds", 1800, 60, 7200)
 
     if r.errors:
         raise ConfigErrors(r.errors)
     assert platform is not None and dcap is not None
     return StackConfig(stack=stack, hosts=hosts, platform=platform, dcap=dcap, tee_io=tee_io,
-                       reboot_timeout_s=reboot_timeout)
+                       restore_on_destroy=restore, reboot_timeout_s=reboot_timeout)
 
 
 def _hosts(r: _Reader, value: Any, path: str, gpu_models: tuple[str, ...], vendors: tuple[str, ...],

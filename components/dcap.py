@@ -40,7 +40,7 @@ class DcapServices(pulumi.ComponentResource):
         super().__init__("tdx-vllm:host:DcapServices", name, {}, opts)
         params: dict[str, pulumi.Input[str]] = dict(dcap_params(dcap, dcap_packages()))
         params["TDX_PCCS_API_KEY"] = pulumi.Output.secret(dcap.pccs_api_key.value)
-        self.command = host_step(f"{name}-services", DCAP_STEP, conn, params, secret=True,
+        self.command = host_step(f"{name}-services", DCAP_STEP, conn, params, secret=True, removable=True,
                                  opts=pulumi.ResourceOptions(parent=self))
         self.facts = facts_of(self.command)
         self.register_outputs({"facts": self.facts})

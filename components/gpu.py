@@ -35,6 +35,7 @@ class GpuConfidentialMode(pulumi.ComponentResource):
     def __init__(self, name: str, conn: Connection, gpu: GpuConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tdx-vllm:host:GpuConfidentialMode", name, {}, opts)
         params = gpu_params(gpu, gpu_sku(gpu.model), gpu_admin_tools())
-        self.command = host_step(f"{name}-mode", GPU_STEP, conn, params, opts=pulumi.ResourceOptions(parent=self))
+        self.command = host_step(f"{name}-mode", GPU_STEP, conn, params, removable=True,
+                                 opts=pulumi.ResourceOptions(parent=self))
         self.facts = facts_of(self.command)
         self.register_outputs({"facts": self.facts})

@@ -58,6 +58,7 @@ class TdxHost(pulumi.ComponentResource):
                                  f"hosts[{stack.hosts.index(host)}].bmc",
                                  opts=pulumi.ResourceOptions(parent=self, depends_on=[self.preflight]))
         self.kernel = KernelSettings(f"{name}-kernel", conn, stack.platform, stack.reboot_timeout_s,
+                                     stack.restore_on_destroy,
                                      opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bios]))
         after_kernel = pulumi.ResourceOptions(parent=self, depends_on=[self.kernel])
         self.gpu = GpuConfidentialMode(f"{name}-gpu", conn, host.gpu, opts=after_kernel) if host.gpu else None

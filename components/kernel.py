@@ -13,10 +13,11 @@ from .steps import Step
 KERNEL_STEP = Step("kernel", "kernel.sh")
 
 
-def kernel_params(platform: PlatformConfig) -> dict[str, str]:
+def kernel_params(platform: PlatformConfig, restore_on_destroy: bool = False) -> dict[str, str]:
     return {
         "TDX_KERNEL_ARGS": " ".join(platform.kernel_args),
         "TDX_MODULE_VERSION": platform.tdx_module or "",
+        "TDX_RESTORE_ON_DESTROY": "true" if restore_on_destroy else "false",
     }
 
 
@@ -24,10 +25,11 @@ class KernelSettings(pulumi.ComponentResource):
     facts: pulumi.Output[Mapping[str, Any]]
 
     def __init__(self, name: str, conn: Connection, platform: PlatformConfig, timeout_s: int,
-                 opts: pulumi.ResourceOptions | None = None):
+                 restore_on_destroy: bool, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tdx-vllm:host:KernelSettings", name, {}, opts)
-        params = kernel_params(platform)
-        self.configure = host_step(f"{name}-cmdline", KERNEL_STEP, conn, params, opts=pulumi.ResourceOptions(parent=self))
+        params = kernel_params(platform, restore_on_destroy)
+        self.configure = host_step(f"{name}-cmdline", KERNEL_STEP, conn, params, removable=True,
+                                   opts=pulumi.ResourceOptions(parent=self))
         boot = reboot_and_wait(name, KERNEL_STEP, conn, params, after=[self.configure], parent=self, timeout_s=timeout_s)
         self.reboot, self.wait = boot.reboot, boot.wait
         self.facts = facts_of(self.wait)

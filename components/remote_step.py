@@ -15,7 +15,7 @@ import pulumi
 from pulumi_command import local, remote
 
 from .config import SshConfig
-from .steps import STEP_COMMAND, Step, render
+from .steps import DELETE_COMMAND, STEP_COMMAND, Step, render
 
 PER_DIAL_TIMEOUT_S = 15
 
@@ -57,9 +57,10 @@ def facts_of(command: remote.Command | local.Command) -> pulumi.Output[dict[str,
 
 def host_step(name: str, step: Step, conn: Connection, params: Mapping[str, pulumi.Input[str]],
               opts: pulumi.ResourceOptions, *, secret: bool = False, wait_for_boot: bool = False,
-              timeout_s: int | None = None, action: str = "run") -> remote.Command:
+              timeout_s: int | None = None, action: str = "run", removable: bool = False) -> remote.Command:
     """One remote.Command running `step`. `secret`: params hold secrets: stdin is stored
-    encrypted and the console shows none of the command's output."""
+    encrypted and the console shows none of the command's output. `removable`: `pulumi destroy`
+    runs the step's `remove` (what its apply installed)."""
     stdin = _stdin(step, params, action)
     if secret:
         stdin = pulumi.Output.secret(stdin)
@@ -70,6 +71,7 @@ def host_step(name: str, step: Step, conn: Connection, params: Mapping[str, pulu
         name,
         connection=conn.args(wait_for_boot=wait_for_boot),
         create=STEP_COMMAND,
+        delete=DELETE_COMMAND if removable else None,
         stdin=stdin,
         logging=remote.Logging.NONE if secret else remote.Logging.STDOUT_AND_STDERR,
         add_previous_output_in_env=False,

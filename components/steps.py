@@ -25,6 +25,10 @@ STEP_COMMAND = (
 )
 
 ACTIONS = ("run", "reboot", "wait")
+
+# `pulumi destroy` runs the same stdin with this command: the override makes the script remove
+# what its step installed (its `remove` function) instead of applying.
+DELETE_COMMAND = "export TDX_ACTION_OVERRIDE=delete; " + STEP_COMMAND
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
@@ -74,7 +78,7 @@ def render(step: Step, params: Mapping[str, str], action: str = "run") -> Render
         "#!/usr/bin/env bash",
         f"# tdx-vllm step {step.name} ({step.script}, action {action})",
         shell_assign("TDX_STEP", step.name),
-        shell_assign("TDX_ACTION", action),
+        f'TDX_ACTION="${{TDX_ACTION_OVERRIDE:-{action}}}"',
         shell_assign("TDX_MODE", step.mode),
     ]
     preamble += [shell_assign(k, str(v)) for k, v in sorted(params.items())]

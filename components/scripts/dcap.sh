@@ -11,6 +11,8 @@ PCCS_CONFIG=/opt/intel/sgx-dcap-pccs/config/default.json
 QCNL_CONFIG=/etc/sgx_default_qcnl.conf
 QGS_CONFIG=/etc/qgs.conf
 PCCS_USER_TOKEN=/etc/tdxgpu/pccs-user-token
+# Packages this step installed (not those that were already there): what destroy may remove.
+INSTALLED_LIST=/var/lib/tdxgpu/dcap-installed-packages
 
 pkg_installed() { [ "$(dpkg-query -W -f '${Status}' "${1%%=*}" 2>/dev/null)" = "install ok installed" ]; }
 qgs_port() { sed -nE 's/^[[:space:]]*port[[:space:]]*=[[:space:]]*([0-9]+).*/\1/p' "$QGS_CONFIG" 2>/dev/null | tail -n1; }
@@ -96,6 +98,8 @@ apply() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2 || refuse "cannot install DCAP packages" \
       "${missing[*]} from the configured apt sources" "apt-get failed" \
       "add Intel's SGX/DCAP apt repository (or the distribution's DCAP packages) to the host's apt sources"
+    mkdir -p "$(dirname "$INSTALLED_LIST")"
+    printf '%s\n' "${missing[@]%%=*}" >>"$INSTALLED_LIST"
   fi
   if [ "$TDX_PCCS_LOCAL" = true ]; then
     local pccs_changed=false
@@ -147,4 +151,20 @@ register() {
         "an error (see above)" "check the CPU is production silicon and PCCS reaches Intel PCS with the ApiKey"
       mkdir -p /var/lib/tdxgpu && date -u +%FT%TZ >/var/lib/tdxgpu/pckid-registered ;;
   esac
+}
+
+# On destroy: stop the services and remove the packages this step installed (with their config),
+# and the registration files it created. Packages that were on the host before stay.
+remove() {
+  local unit pkgs=()
+  for unit in "$TDX_SERVICE_QGS" $([ "$TDX_PCCS_LOCAL" = true ] && echo "$TDX_SERVICE_PCCS"); do
+    systemctl disable --now "$unit" >&2 || true
+  done
+  [ -f "$INSTALLED_LIST" ] && mapfile -t pkgs < <(sort -u "$INSTALLED_LIST")
+  if [ "${#pkgs[@]}" -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y -q "${pkgs[@]}" >&2
+  fi
+  rm -f "$INSTALLED_LIST" "$PCCS_USER_TOKEN" /var/lib/tdxgpu/pckid-registered
+  fact_raw removed_packages "$(json_list "${pkgs[@]}")"
+  fact left_in_place "platform registration with Intel (it belongs to the CPU, not to this host's software)"
 }

@@ -119,3 +119,12 @@ apply() {
       done ;;
   esac
 }
+
+# On destroy: remove the tool this step installed. The GPUs keep their CC mode: turning it off is a
+# change of the GPU's security state, done deliberately (nvidia_gpu_tools.py --set-cc-mode=off).
+remove() {
+  rm -rf "$(tools_dir)"
+  rmdir --ignore-fail-on-non-empty /opt/tdxgpu/gpu-admin-tools /opt/tdxgpu 2>/dev/null || true
+  fact removed_paths "$(tools_dir)"
+  fact left_in_place "GPU CC/PPCIe mode"
+}

@@ -91,3 +91,19 @@ tdx_diagnosis() {
     *) echo "enable TDX in BIOS (TME, TME-MT, TDX, SEAM Loader, key split), then boot with kvm_intel.tdx=1" ;;
   esac
 }
+
+# On destroy: the kernel arguments stay unless the stack asks to restore them
+# (TDX_RESTORE_ON_DESTROY=true); then the drop-in goes and GRUB is regenerated. No reboot: the
+# running kernel keeps TDX until the operator reboots.
+remove() {
+  if [ "${TDX_RESTORE_ON_DESTROY:-false}" != true ]; then
+    fact left_in_place "$GRUB_DROPIN (restoreOnDestroy is false)"
+    return 0
+  fi
+  if [ -f "$GRUB_DROPIN" ]; then
+    rm -f "$GRUB_DROPIN"
+    update-grub >&2
+  fi
+  fact removed_paths "$GRUB_DROPIN"
+  fact left_in_place "the running kernel's TDX arguments until the next reboot"
+}

@@ -155,11 +155,26 @@ _wait() {
   done
 }
 
+# On `pulumi destroy`: the step's `remove` undoes what its apply installed; a step without one
+# deliberately leaves the host as it is (and says so in its facts).
+_delete() {
+  if declare -F remove >/dev/null; then
+    _trap_errors delete
+    remove
+    trap - ERR
+    fact_raw removed true
+  else
+    fact_raw removed false
+  fi
+  _emit true true
+}
+
 tdx_main() {
   case "${TDX_ACTION:-run}" in
     run) _run_step ;;
     reboot) _reboot ;;
     wait) _wait ;;
+    delete) _delete ;;
     *) echo "error: unknown TDX_ACTION ${TDX_ACTION}" >&2; exit 2 ;;
   esac
 }

@@ -30,7 +30,7 @@ from components.kernel import KERNEL_STEP as KERNEL
 from components.kernel import kernel_params as component_kernel_params
 from components.preflight import PREFLIGHT_STEP as PREFLIGHT
 from components.preflight import preflight_params as component_preflight_params
-from components.steps import SCRIPTS_DIR, Rendered, Step, render
+from components.steps import DELETE_COMMAND, SCRIPTS_DIR, Rendered, Step, render
 from tests.harness import hosts as H
 from tests.harness import sshrun
 from tests.harness.nshost import TOOLS_PACKAGE, TOOLS_VERSION, make_vbios_rom, namespace_hosts, new_ssh_key
@@ -391,6 +391,34 @@ def test_dcap_installs_configures_registers_then_nothing_to_apply(hosts):
 
 # ----------------------------------------------------------------------------------------------
 # teardown
+
+
+def test_destroy_removes_what_the_steps_installed_and_keeps_the_rest(hosts):
+    """What `pulumi destroy` runs (the same stdin, DELETE_COMMAND) after the steps above applied."""
+    h = hosts["tdx_ready"]
+
+    def destroy(step: Step, params: dict) -> sshrun.Result:
+        return sshrun.run(h.target(), Rendered(command=DELETE_COMMAND, stdin=render(step, params).stdin), deadline_s=60)
+
+    gpu = destroy(GPU, gpu_params(h))
+    assert gpu.facts["removed"] is True and gpu.facts["left_in_place"] == "GPU CC/PPCIe mode"
+    assert not h.host_path(f"/opt/tdxgpu/gpu-admin-tools/{TOOLS_VERSION}").exists()
+    assert h.state()["gpu"]["0000:b8:00.0"]["cc"] == "on"
+
+    dcap = DcapConfig(pccs_api_key=Secret("k"), registration="pckid", pccs_port=8081, qgs_port=4050,
+                      pccs_url=None, use_secure_cert=False)
+    res = destroy(DCAP, {**component_dcap_params(dcap, dcap_packages()), "TDX_PCCS_API_KEY": "k"})
+    assert set(res.facts["removed_packages"]) == {"sgx-dcap-pccs", "tdx-qgs", "libsgx-dcap-default-qpl",
+                                                  "sgx-pck-id-retrieval-tool"}
+    assert not h.host_path("/opt/intel/sgx-dcap-pccs/config/default.json").exists()
+    assert not h.host_path("/etc/tdxgpu/pccs-user-token").exists()
+
+    kept = destroy(KERNEL, kernel_params())
+    assert kept.facts["left_in_place"].endswith("(restoreOnDestroy is false)")
+    assert h.host_path("/etc/default/grub.d/90-tdxgpu.cfg").exists()
+    restored = destroy(KERNEL, {**kernel_params(), "TDX_RESTORE_ON_DESTROY": "true"})
+    assert restored.facts["removed_paths"] == "/etc/default/grub.d/90-tdxgpu.cfg"
+    assert not h.host_path("/etc/default/grub.d/90-tdxgpu.cfg").exists()
 
 
 def test_a_host_leaves_nothing_behind(nshost_required):

@@ -112,6 +112,9 @@ def test_connections_pin_the_host_key_and_wait_dials_without_limit():
     assert set(remote_cmds) == {"gpu-a-preflight-check", "gpu-a-bios-verify", "gpu-a-kernel-cmdline",
                                 "gpu-a-kernel-reboot", "gpu-a-kernel-wait", "gpu-a-gpu-mode", "gpu-a-dcap-services"}
     assert rec.resources["gpu-a-kernel-wait"].opts.custom_timeouts.create == "1800s"
+    # `pulumi destroy` undoes what these steps install; the others have nothing to remove.
+    with_delete = {n for n, a in remote_cmds.items() if a.props.get("delete")}
+    assert with_delete == {"gpu-a-kernel-cmdline", "gpu-a-gpu-mode", "gpu-a-dcap-services"}
 
     def check(conns):
         for name, conn in conns.items():

@@ -161,6 +161,7 @@ def test_devtools_is_allowed_in_dev_only():
     (lambda r: r.__setitem__("hosts", []), "hosts: required: at least one host"),
     (lambda r: r.pop("dcap"), "dcap: required"),
     (lambda r: r.__setitem__("teeIo", "yes"), "teeIo: expected true or false"),
+    (lambda r: r.__setitem__("restoreOnDestroy", 1), "restoreOnDestroy: expected true or false"),
 ])
 def test_field_rules(mutate, needle):
     raw = good()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from components.steps import SCRIPTS_DIR, STEP_COMMAND, Step, render
+from components.steps import DELETE_COMMAND, SCRIPTS_DIR, STEP_COMMAND, Step, render
 
 sys.path.insert(0, str(SCRIPTS_DIR))
 import vbios_version  # noqa: E402  (a host-side helper, imported here to test it)
@@ -60,6 +60,7 @@ apply() {
   [ "${TOY_BROKEN_APPLY:-}" = yes ] && { echo wrong >"$TOY_FILE"; return 0; }
   echo "$TOY_WANT" >"$TOY_FILE"; echo applied >>"$TOY_FILE.log"
 }
+remove() { rm -f "$TOY_FILE"; fact removed_paths "$TOY_FILE"; }
 runtime_check() { [ -f "$TOY_FILE.booted" ] || unmet "not booted" "booted" "old boot" "reboot"; [ "${#_UNMET[@]}" -eq 0 ]; }
 ''')
     return script, tmp_path / "state"
@@ -105,6 +106,22 @@ def test_a_failing_command_in_apply_names_itself(toy):
     assert res.returncode == 1
     assert "error: toy (apply): `grep -q never-there /dev/null` failed with exit status 1; fix:" in res.stderr
     assert json.loads(res.stdout)["ok"] is False
+
+
+def test_destroy_runs_the_steps_remove_on_the_same_stdin(toy, tmp_path):
+    script, state = toy
+    stdin = render(Step("toy", str(script)), toy_params(state)).stdin
+    assert run_local(stdin).returncode == 0 and state.exists()
+    res = subprocess.run(["bash", "-c", DELETE_COMMAND], input=stdin, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == {"step": "toy", "ok": True, "changed": True, "removed_paths": str(state),
+                                      "removed": True}
+    assert not state.exists()
+    keep = tmp_path / "keep.sh"
+    keep.write_text("check() { return 0; }\n")  # a step without `remove` leaves the host as it is
+    res = subprocess.run(["bash", "-c", DELETE_COMMAND], input=render(Step("keep", str(keep)), {}).stdin,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and json.loads(res.stdout)["removed"] is False
 
 
 def test_wait_refuses_an_unchanged_boot_id_and_times_out_with_the_unmet_list(toy):
