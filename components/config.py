@@ -108,6 +108,11 @@ class DcapConfig:
 
 
 @dataclass(frozen=True)
+class PromotionConfig:
+    from_stack: str  # `organization/<project>/<stack>` or a bare stack name of this project
+
+
+@dataclass(frozen=True)
 class StackConfig:
     stack: str
     hosts: tuple[HostConfig, ...]
@@ -116,6 +121,7 @@ class StackConfig:
     tee_io: bool
     restore_on_destroy: bool
     reboot_timeout_s: int
+    promotion: PromotionConfig | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,7 +357,7 @@ def known_tdx_modules(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
 # The schema
 
 
-_TOP_KEYS = ("hosts", "gpu", "platform", "dcap", "teeIo", "restoreOnDestroy", "rebootTimeoutSeconds")
+_TOP_KEYS = ("hosts", "gpu", "platform", "dcap", "teeIo", "restoreOnDestroy", "rebootTimeoutSeconds", "promotion")
 
 
 def parse_stack(raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[str] | None = None,
@@ -372,12 +378,33 @@ def parse_stack(raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[st
     tee_io = r.boolean(top.get("teeIo"), "teeIo", False)
     restore = r.boolean(top.get("restoreOnDestroy"), "restoreOnDestroy", False)
     reboot_timeout = r.integer(top.get("rebootTimeoutSeconds"), "rebootTimeoutSeconds", 1800, 60, 7200)
+    promotion = _promotion(r, top.get("promotion"), "promotion") if top.get("promotion") is not None else None
 
     if r.errors:
         raise ConfigErrors(r.errors)
     assert platform is not None and dcap is not None
     return StackConfig(stack=stack, hosts=hosts, platform=platform, dcap=dcap, tee_io=tee_io,
-                       restore_on_destroy=restore, reboot_timeout_s=reboot_timeout)
+                       restore_on_destroy=restore, reboot_timeout_s=reboot_timeout, promotion=promotion)
+
+
+_STACK_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+def _promotion(r: _Reader, value: Any, path: str) -> PromotionConfig | None:
+    m = r.obj(value, path, ("fromStack",))
+    fix = f"set `fromStack: organization/{PROJECT}/staging` (file backend) or a bare stack name such as `staging`"
+    ref = r.string(r.required(m, "fromStack", path, fix), _join(path, "fromStack"), fix)
+    if ref is None:
+        return None
+    parts = ref.split("/")
+    if len(parts) not in (1, 3) or not all(_STACK_NAME.match(p) for p in parts):
+        r.error(_join(path, "fromStack"), f"`{ref}` is not a stack reference", fix)
+        return None
+    if parts[-1] == r.stack and (len(parts) == 1 or parts[1] == PROJECT):
+        r.error(_join(path, "fromStack"), f"`{ref}` is this stack (`{r.stack}`): a stack cannot promote from itself",
+                "name the stack whose attested pins this one deploys, e.g. `staging` for `prod`")
+        return None
+    return PromotionConfig(from_stack=ref)
 
 
 def _hosts(r: _Reader, value: Any, path: str, gpu_models: tuple[str, ...], vendors: tuple[str, ...],

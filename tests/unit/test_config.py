@@ -199,3 +199,55 @@ def test_cli_exit_codes(tmp_path):
     res = subprocess.run([sys.executable, "-m", "components.config", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert res.returncode == 1
     assert "gpu.mode: `devtools`" in res.stderr and "fix:" in res.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# promotion (issue 3 item 4)
+
+
+def test_promotion_is_optional_and_parsed():
+    assert parse_stack(good(), "prod").promotion is None
+    for ref in ("organization/tdx-vllm/staging", "staging", "acme/tdx-vllm/stage-2"):
+        raw = good()
+        raw["promotion"] = {"fromStack": ref}
+        cfg = parse_stack(raw, "prod")
+        assert cfg.promotion is not None and cfg.promotion.from_stack == ref
+        with pytest.raises(Exception):
+            cfg.promotion.from_stack = "x"  # frozen
+
+
+@pytest.mark.parametrize("value, needle", [
+    ({"fromStack": "organization/staging"}, "promotion.fromStack: `organization/staging` is not a stack reference"),
+    ({"fromStack": "a/b/c/d"}, "promotion.fromStack: `a/b/c/d` is not a stack reference"),
+    ({"fromStack": "organization/tdx vllm/staging"}, "is not a stack reference; fix: set `fromStack: organization/"),
+    ({"fromStack": ""}, "promotion.fromStack: expected a non-empty string"),
+    ({}, "promotion.fromStack: required; fix: set `fromStack: organization/tdx-vllm/staging`"),
+    ({"fromStak": "staging"}, "promotion.fromStak: unknown key; fix: remove it or rename it (did you mean `fromStack`?)"),
+    ("staging", "promotion: expected a mapping, got a string"),
+    ({"fromStack": "prod"}, "promotion.fromStack: `prod` is this stack (`prod`): a stack cannot promote from itself"),
+    ({"fromStack": "organization/tdx-vllm/prod"}, "a stack cannot promote from itself"),
+])
+def test_promotion_rules(value, needle):
+    raw = good()
+    raw["promotion"] = value
+    errors = errors_of(raw, "prod")
+    assert any(needle in e for e in errors), errors
+
+
+def test_promotion_from_a_same_named_stack_of_another_project_is_allowed():
+    raw = good()
+    raw["promotion"] = {"fromStack": "organization/other-project/prod"}
+    assert parse_stack(raw, "prod").promotion.from_stack == "organization/other-project/prod"
+
+
+def test_promotion_errors_are_collected_with_the_others():
+    raw = good()
+    raw["promotion"] = {"fromStack": "a/b"}
+    raw["hosts"][0]["name"] = "Bad_Name"
+    errors = errors_of(raw, "prod")
+    assert any(e.startswith("promotion.fromStack:") for e in errors) and any(e.startswith("hosts[0].name:") for e in errors)
+
+
+def test_shipped_prod_stack_promotes_from_staging():
+    cfg = load_stack_file(REPO / "stacks" / "Pulumi.prod.yaml")
+    assert cfg.promotion is not None and cfg.promotion.from_stack == "organization/tdx-vllm/staging"
