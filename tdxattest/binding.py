@@ -48,3 +48,20 @@ def check_report_data(report_data: bytes, spki: bytes, nonce: bytes, tag: bytes 
         return None
     return Failure("binding.report_data_mismatch", expected.hex(), bytes(report_data).hex(),
                    "REPORTDATA does not bind this TLS key and nonce")
+
+
+# Per-response binding (`x-attestation: required`): the gateway quotes over the request it served,
+# REPORTDATA = SHA-512(RESPONSE_TAG || SHA-256(request body) || response id). A different tag from
+# the TLS binding, so a quote made for one purpose can never be replayed as the other.
+RESPONSE_TAG = b"tdxattest/response-binding/v1\x00"
+MAX_RESPONSE_ID = 128
+
+
+def response_report_data(request_body_sha256: bytes, response_id: str) -> bytes:
+    """The 64-byte REPORTDATA binding one request body (its SHA-256) to the response id the TD gave it."""
+    if len(request_body_sha256) != 32:
+        raise InputError("a SHA-256 digest of 32 bytes", f"{len(request_body_sha256)} bytes")
+    rid = response_id.encode("ascii", "strict") if response_id.isascii() else b""
+    if not 0 < len(rid) <= MAX_RESPONSE_ID:
+        raise InputError(f"a printable ASCII response id of 1..{MAX_RESPONSE_ID} characters", repr(response_id)[:80])
+    return hashlib.sha512(RESPONSE_TAG + request_body_sha256 + rid).digest()

@@ -1,0 +1,106 @@
+"""The commands a user runs: `python -m tdxattest gateway` (software-test quotes, as in the dev
+stack), `python -m tdxattest proxy`, and the stand-in vLLM, as separate processes on loopback,
+with the official `openai` client through them."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import openai
+import pytest
+
+from tdxattest.standin import StandinConfig, known_answer
+from tdxattest.testpki import TdIdentity
+from tests.channel.servers import pins_json
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spawn(stack: ExitStack, *args: str) -> dict:
+    """Start `python -m ...`, wait for its one JSON line, stop it when the test ends."""
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    def stop() -> None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    stack.callback(stop)
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError(f"{args[0]} did not start: {proc.stderr.read()}")
+    return json.loads(line)
+
+
+def test_gateway_and_proxy_commands(tmp_path: Path) -> None:
+    pins = tmp_path / "pins.json"
+    pins.write_text(json.dumps(pins_json(TdIdentity())))
+    pki = tmp_path / "pki"
+    audit = tmp_path / "audit.jsonl"
+    with ExitStack() as stack:
+        upstream = spawn(stack, "tdxattest.standin", "--listen", "127.0.0.1:0")["listening"]
+        gw = spawn(stack, "tdxattest", "gateway", "--listen", "127.0.0.1:0", "--upstream", upstream,
+                   "--quote-source", "software-test", "--test-pki-dir", str(pki))
+        assert gw["quote_source"] == "software-test-pki" and len(gw["tls_spki_sha256"]) == 64
+        assert oct(pki.stat().st_mode & 0o777) == "0o700"
+        proxy = spawn(stack, "tdxattest", "proxy", "--upstream", gw["listening"], "--pins", str(pins),
+                      "--collateral", str(pki / "collateral.json"), "--root-ca", str(pki / "root-ca.der"),
+                      "--listen", "127.0.0.1:0", "--audit", str(audit))
+        assert proxy["root_ca"].startswith("TEST")
+        client = openai.OpenAI(base_url=proxy["listening"] + "/v1", api_key="x", max_retries=0, timeout=20)
+        done = client.chat.completions.create(model=StandinConfig().model,
+                                              messages=[{"role": "user", "content": "Say OK"}], max_tokens=2)
+        assert done.choices[0].message.content == known_answer("Say OK", max_tokens=2)
+        (record,) = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert record["verdict"] == "accepted" and record["tls_spki_sha256"] == gw["tls_spki_sha256"]
+
+
+def test_proxy_without_the_test_root_refuses_software_quotes(tmp_path: Path) -> None:
+    """The TEST PKI is trusted only when handed over explicitly: with Intel's root, refused."""
+    pins = tmp_path / "pins.json"
+    pins.write_text(json.dumps(pins_json(TdIdentity())))
+    pki = tmp_path / "pki"
+    with ExitStack() as stack:
+        upstream = spawn(stack, "tdxattest.standin", "--listen", "127.0.0.1:0")["listening"]
+        gw = spawn(stack, "tdxattest", "gateway", "--listen", "127.0.0.1:0", "--upstream", upstream,
+                   "--quote-source", "software-test", "--test-pki-dir", str(pki))
+        proxy = spawn(stack, "tdxattest", "proxy", "--upstream", gw["listening"], "--pins", str(pins),
+                      "--collateral", str(pki / "collateral.json"), "--listen", "127.0.0.1:0",
+                      "--audit", str(tmp_path / "audit.jsonl"))
+        client = openai.OpenAI(base_url=proxy["listening"] + "/v1", api_key="x", max_retries=0, timeout=20)
+        with pytest.raises(openai.APIStatusError) as info:
+            client.models.list()
+        assert info.value.status_code == 502
+        assert info.value.body["code"].startswith(("collateral.", "pck.")), info.value.body
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--listen", "0.0.0.0:8080"], "loopback"),
+    (["--upstream", "http://192.0.2.1:8443"], "https://HOST:PORT"),
+])
+def test_proxy_refuses_unsafe_options(tmp_path: Path, args: list[str], message: str) -> None:
+    pins = tmp_path / "pins.json"
+    pins.write_text(json.dumps(pins_json(TdIdentity())))
+    base = {"--upstream": "https://127.0.0.1:9", "--pins": str(pins), "--collateral": str(pins),
+            "--listen": "127.0.0.1:0", "--audit": str(tmp_path / "a.jsonl")}
+    base.update(dict(zip(args[::2], args[1::2])))
+    argv = [sys.executable, "-m", "tdxattest", "proxy"] + [x for kv in base.items() for x in kv]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_gateway_refuses_to_start_outside_a_td() -> None:
+    done = subprocess.run([sys.executable, "-m", "tdxattest", "gateway", "--listen", "127.0.0.1:0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if Path("/sys/kernel/config/tsm/report").is_dir():
+        pytest.skip("this machine has configfs-tsm")
+    assert done.returncode == 1 and "gateway.quote_unavailable" in done.stderr and "CONFIG_TSM_REPORTS" in done.stderr
