@@ -135,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         "all_goals_met": all(r["meets_goal"] for r in main_rows),
         "grace_path_meets_goal": all(r["meets_goal"] for r in rows if r["case"].endswith("+grace")),
         "note": "the '+grace' row (an OutOfDate quote under a grace-period policy) also reads the matched TCB "
-                "level's date from the verified TCB info; '+grace-policy' is an UpToDate quote under the same "
-                "kind of policy (no extra work)",
+                "level's date from the verified TCB info (PCK leaf found by offsets, its SGX TCB extension "
+                "memoised on the leaf's bytes, tcbLevels digested once per Collateral; dcap-qvl still runs in "
+                "full on every call); '+grace-policy' is an UpToDate quote under the same kind of policy "
+                "(no extra work)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")

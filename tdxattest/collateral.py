@@ -8,6 +8,7 @@ Endpoints under the base URL (a PCCS, or Intel's PCS base `.../` whose paths sta
     sgx/certification/v4/pckcrl?ca=C&encoding=der   CRL (DER, PEM or hex); header SGX-PCK-CRL-Issuer-Chain
     sgx/certification/v4/rootcacrl             Root CA CRL (DER or hex); if absent (Intel PCS), the CRL
                                                distribution point named in the Intel root certificate
+                                               (or `root_crl_url`, a mirror; the tests' loopback seam)
 
 Cache layout: `<dir>/<FMSPC>-<ca>/` (0700) holding the response bodies and the issuer-chain header
 values byte for byte (0600) plus `meta.json`. Signed JSON is never re-serialised: the signed
@@ -43,11 +44,12 @@ FILES = ("tcb_info.body", "tcb_info.chain", "qe_identity.body", "qe_identity.cha
 
 
 class CollateralError(Exception):
-    """Collateral cannot be used: `check` names the failure, with what was expected and seen."""
+    """Collateral cannot be used: `check` names the failure, with what was expected and seen, and
+    (where there is one) the fix."""
 
-    def __init__(self, check: str, expected: str, seen: str):
-        self.check, self.expected, self.seen = check, expected, seen
-        super().__init__(f"{check}: expected {expected}, seen {seen}")
+    def __init__(self, check: str, expected: str, seen: str, fix: str | None = None):
+        self.check, self.expected, self.seen, self.fix = check, expected, seen, fix
+        super().__init__(f"{check}: expected {expected}, seen {seen}" + (f"; fix: {fix}" if fix else ""))
 
 
 def _iso(ts: float) -> str:
@@ -288,8 +290,16 @@ def _header(headers: Any, names: tuple[str, ...], url: str) -> bytes:
     raise CollateralError("collateral.fetch_failed", f"header {names[0]} in the response from {url}", "missing")
 
 
-def fetch_collateral(base_url: str, fmspc: str, ca: str = "platform") -> RawCollateral:
-    """Fetch one collateral set (PCS/PCCS API v4). Raises CollateralError on any HTTP failure."""
+def fetch_collateral(base_url: str, fmspc: str, ca: str = "platform",
+                     root_crl_url: str | None = None) -> RawCollateral:
+    """Fetch one collateral set (PCS/PCCS API v4). Raises CollateralError on any HTTP failure.
+
+    The root CA CRL comes from the server's `sgx/certification/v4/rootcacrl` (a PCCS); when that
+    fails (Intel's PCS has no such path) from `root_crl_url` if given, else from the CRL
+    distribution point named in the Intel root certificate of the PCK CRL issuer chain
+    (https://certificates.trustedservices.intel.com/IntelSGXRootCA.der). `root_crl_url` is for a
+    mirror of that CRL (air-gapped sites) and is the tests' seam to keep every request on loopback;
+    whatever it serves is verified like any root CRL (signed by the pinned Intel SGX Root CA)."""
     base = base_url.rstrip("/") + "/"
     if ca not in ("platform", "processor"):
         raise CollateralError("collateral.fetch_failed", "PCK CA platform or processor", repr(ca))
@@ -302,23 +312,38 @@ def fetch_collateral(base_url: str, fmspc: str, ca: str = "platform") -> RawColl
     u_crl = urllib.parse.urljoin(base, f"sgx/certification/v4/pckcrl?ca={ca}&encoding=der")
     crl_body, h = _http_get(u_crl)
     crl_chain = _header(h, CRL_CHAIN_HEADERS, u_crl)
+    u_root = urllib.parse.urljoin(base, "sgx/certification/v4/rootcacrl")
     try:
-        root_body, _ = _http_get(urllib.parse.urljoin(base, "sgx/certification/v4/rootcacrl"))
+        root_body, _ = _http_get(u_root)
     except CollateralError as first:
-        root_body = _root_crl_from_distribution_point(_chain_pem(crl_chain), first)
+        root_body = _root_crl_from_distribution_point(_chain_pem(crl_chain), first, u_root, root_crl_url)
     return RawCollateral(tcb_body, tcb_chain, qe_body, qe_chain, crl_body, crl_chain, root_body)
 
 
-def _root_crl_from_distribution_point(chain_pem: str, first: CollateralError) -> bytes:
-    """Intel PCS has no rootcacrl endpoint: use the CRL distribution point of the chain's root."""
+def _root_crl_from_distribution_point(chain_pem: str, first: CollateralError, tried: str,
+                                      url: str | None = None) -> bytes:
+    """Intel PCS has no rootcacrl endpoint: fetch the root CA CRL from `url`, else from the CRL
+    distribution point of the chain's root. Fails closed with both attempts in one message."""
     from cryptography import x509
-    certs = _load_chain(chain_pem, "PCK CRL")
+    where = "root_crl_url"
+    if url is None:
+        certs = _load_chain(chain_pem, "PCK CRL")
+        try:
+            dps = certs[-1].extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+            url = next(n.value for dp in dps for n in (dp.full_name or [])
+                       if isinstance(n, x509.UniformResourceIdentifier))
+        except (x509.ExtensionNotFound, StopIteration):
+            raise first from None
+        where = "the Intel root certificate's CRL distribution point"
     try:
-        dps = certs[-1].extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-        url = next(n.value for dp in dps for n in (dp.full_name or []) if isinstance(n, x509.UniformResourceIdentifier))
-    except (x509.ExtensionNotFound, StopIteration):
-        raise first from None
-    body, _ = _http_get(url)
+        body, _ = _http_get(url)
+    except CollateralError as second:
+        raise CollateralError(
+            "collateral.fetch_failed",
+            f"the Intel SGX Root CA CRL from {tried} (PCCS) or from {url} ({where})",
+            f"{tried}: {first.seen}; {url}: {second.seen}",
+            fix=f"make {url} reachable from this host, or pass a root CRL mirror (root_crl_url / "
+                "collateral fetch --root-crl-url), or use a PCCS that serves sgx/certification/v4/rootcacrl") from None
     return body
 
 
@@ -339,10 +364,11 @@ class CollateralCache:
     """Raw collateral per (FMSPC, PCK CA) on disk; verified on every `get`."""
 
     def __init__(self, directory: str | None = None, refresh_margin: int = DEFAULT_REFRESH_MARGIN,
-                 root_sha256: str = INTEL_SGX_ROOT_CA_SHA256):
+                 root_sha256: str = INTEL_SGX_ROOT_CA_SHA256, root_crl_url: str | None = None):
         self.dir = directory or DEFAULT_CACHE_DIR
         self.margin = refresh_margin
         self.root_sha256 = root_sha256
+        self.root_crl_url = root_crl_url  # see fetch_collateral; None = the root cert's distribution point
 
     def _entry(self, fmspc: str, ca: str) -> str:
         if not fmspc or not all(c in "0123456789ABCDEFabcdef" for c in fmspc) or len(fmspc) != 12:
@@ -395,7 +421,7 @@ class CollateralCache:
         fetch_error = None
         if base_url:
             try:
-                raw = fetch_collateral(base_url, fmspc, ca)
+                raw = fetch_collateral(base_url, fmspc, ca, root_crl_url=self.root_crl_url)
                 new_status = verify_collateral(raw, now, fmspc, self.root_sha256)
                 if (cached_status is not None
                         and new_status.tcb_evaluation_data_number < cached_status.tcb_evaluation_data_number):

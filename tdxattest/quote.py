@@ -129,13 +129,8 @@ class Quote:
         """The first certificate (the PCK leaf) of the PEM chain as DER."""
         if not self.pck_chain_pem:
             return None
-        import base64
-        begin, end = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
-        i = self.pck_chain_pem.find(begin)
-        j = self.pck_chain_pem.find(end, i + 1)
-        if i < 0 or j < 0:
-            return None
-        return base64.b64decode(b"".join(self.pck_chain_pem[i + len(begin):j].split()))
+        b64 = _first_cert_b64(self.pck_chain_pem, 0, len(self.pck_chain_pem))
+        return _b64_der(b64) if b64 is not None else None
 
     def pck_chain_ders(self) -> list[bytes]:
         """The certificates of the PEM PCK chain as DER, leaf first."""
@@ -194,16 +189,30 @@ def _body_location(data: bytes) -> tuple[int, int, int]:
 def read_td_report(data: bytes) -> TdReport:
     """Only the TD report body (fast path: used on the exact bytes dcap-qvl has just verified)."""
     _, body, size = _body_location(data)
-    _need(data, body, size, f"a {size}-byte TD report body")
+    if body + size > len(data):
+        _need(data, body, size, f"a {size}-byte TD report body")
     return _td_report(data, body, size)
 
 
+# The body fields in order, contiguous from offset 0 (checked at import): one struct call reads them all.
+_BODY_NAMES = tuple(name for name, _, _ in _BODY_FIELDS)
+_BODY10 = struct.Struct("<" + "".join(f"{n}s" for _, _, n in _BODY_FIELDS))
+_BODY15 = struct.Struct(_BODY10.format + "16s48s")
+assert all(off == sum(n for _, _, n in _BODY_FIELDS[:i]) for i, (_, off, _) in enumerate(_BODY_FIELDS))
+assert _BODY10.size == TD_REPORT10_SIZE and _BODY15.size == TD_REPORT15_SIZE
+_NAMES = _BODY_NAMES + ("tee_tcb_svn2", "mr_servicetd")
+
+
 def _td_report(data: bytes, body: int, size: int) -> TdReport:
-    fields = {name: data[body + off:body + off + n] for name, off, n in _BODY_FIELDS}
+    # Equal to TdReport(**fields) (which has no validation or __post_init__), built without the
+    # frozen dataclass __init__'s per-field object.__setattr__: this runs on every verification.
     if size == TD_REPORT15_SIZE:
-        fields["tee_tcb_svn2"] = data[body + 584:body + 600]
-        fields["mr_servicetd"] = data[body + 600:body + 648]
-    return TdReport(**fields)
+        values = _BODY15.unpack_from(data, body)
+    else:
+        values = _BODY10.unpack_from(data, body) + (None, None)
+    report = object.__new__(TdReport)
+    report.__dict__.update(zip(_NAMES, values))
+    return report
 
 
 def parse_quote(data: bytes) -> Quote:
@@ -252,6 +261,82 @@ def parse_quote(data: bytes) -> Quote:
                  signature=signature, attestation_key=att_key, cert_data_type=cert_type, qe_report=qe_report,
                  qe_report_signature=qe_sig, qe_auth_data=auth, pck_cert_type=inner_type, pck_chain_pem=pem,
                  length=end, trailing=len(data) - end)
+
+
+_PEM_BEGIN, _PEM_END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
+
+
+def _first_cert_b64(data: bytes, start: int, stop: int) -> bytes | None:
+    """The base64 text (line breaks included) of the first PEM certificate in data[start:stop]."""
+    i = data.find(_PEM_BEGIN, start, stop)
+    if i < 0:
+        return None
+    j = data.find(_PEM_END, i + 1, stop)
+    if j < 0:
+        return None
+    return data[i + len(_PEM_BEGIN):j]
+
+
+def _b64_der(b64: bytes) -> bytes:
+    import base64
+    return base64.b64decode(b"".join(b64.split()))
+
+
+def _pck_chain_span(data: bytes) -> tuple[int, int] | None:
+    """(start, stop) of the PEM PCK chain inside a quote, by the same layout walk as `parse_quote`
+    but without building a `Quote` (the fast path for a quote dcap-qvl has just verified). None when
+    the quote carries no PEM chain or its lengths do not fit."""
+    _, body, size = _body_location(data)
+    pos = body + size
+    n = len(data)
+    if pos + 4 > n:
+        return None
+    (sig_len,) = struct.unpack_from("<I", data, pos)
+    pos += 4
+    end = pos + sig_len
+    if end > n or sig_len < 134:
+        return None
+    cert_type, cert_size = struct.unpack_from("<HI", data, pos + 128)
+    cpos = pos + 134
+    if cpos + cert_size > end:
+        return None
+    if cert_type == CERT_TYPE_PCK_CHAIN:
+        return cpos, cpos + cert_size
+    if cert_type != CERT_TYPE_QE_REPORT:
+        return None
+    apos = cpos + QE_REPORT_SIZE + 64
+    if apos + 2 > n:
+        return None
+    (auth_len,) = struct.unpack_from("<H", data, apos)
+    ipos = apos + 2 + auth_len
+    if ipos + 6 > n:
+        return None
+    inner_type, inner_size = struct.unpack_from("<HI", data, ipos)
+    if inner_type != CERT_TYPE_PCK_CHAIN or ipos + 6 + inner_size > n:
+        return None
+    return ipos + 6, ipos + 6 + inner_size
+
+
+def quote_pck_tcb(data: bytes) -> tuple[tuple[int, ...], int] | None:
+    """(CPUSVN components, PCESVN) of the quote's PCK leaf -- equal to
+    `pck_tcb(parse_quote(data).pck_leaf_der())` -- without a full parse. Raises InputError for a
+    header/body our reader refuses; None when there is no PEM chain or no SGX TCB extension."""
+    span = _pck_chain_span(data)
+    if span is None:
+        return None
+    b64 = _first_cert_b64(data, *span)
+    return _pck_tcb_b64(b64) if b64 is not None else None
+
+
+@functools.lru_cache(maxsize=256)
+def _pck_tcb_b64(b64: bytes) -> tuple[tuple[int, ...], int] | None:
+    """`pck_tcb` of a leaf given as its PEM base64 text: memoised on those (immutable) bytes, so a
+    platform's repeated quotes skip the base64 decode and DER walk. Pure; no verification result."""
+    try:
+        der = _b64_der(b64)
+    except ValueError:
+        return None
+    return pck_tcb(der)
 
 
 def _need(data: bytes, pos: int, n: int, what: str) -> None:

@@ -11,13 +11,14 @@ an unverified parse.
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
 from .policy import (DEFAULT_POLICY, OUT_OF_DATE_STATUSES, CheckResult, Failure, Policy, QuoteFacts, Verdict,
                      evaluate)
-from .quote import TdReport, parse_quote, read_td_report
+from .quote import TdReport, parse_quote, quote_pck_tcb, read_td_report
 
 # (failure name, substrings any of which identifies it) -- first match wins; order matters.
 _ERROR_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -84,13 +85,55 @@ def failure_from_error(exc: BaseException) -> Failure:
     return Failure(name, _EXPECTED.get(name, _EXPECTED["verifier.error"]), seen, "dcap-qvl")
 
 
+@dataclass(frozen=True)
+class _TcbLevel:
+    """One `tcbLevels` entry of the signed TCB info, pre-digested for the level match."""
+    sgx: tuple[int, ...]  # 16 sgxtcbcomponents SVNs
+    pcesvn: int
+    tdx: tuple[int, ...]  # 16 tdxtcbcomponents SVNs
+    tdx_from2: tuple[int, ...]  # tdx[2:] (compared when the TDX module version is judged separately)
+    status: str | None
+    advisories: tuple[str, ...]  # sorted
+    date: int | None  # tcbDate as unix time; None when absent / unparsable (then the level is not used)
+
+
+def _parse_tcb_levels(tcb_info: dict) -> tuple[_TcbLevel | None, ...] | None:
+    """The TCB info's levels in Intel's order (newest first). A level without 16 + 16 components is
+    None (matching stops there: ask dcap-qvl); None for the whole when the structure is unusable."""
+    from datetime import datetime
+    out: list[_TcbLevel | None] = []
+    try:
+        for level in tcb_info.get("tcbLevels", []):
+            t = level.get("tcb", {})
+            sgx = tuple(c.get("svn", 0) for c in t.get("sgxtcbcomponents", []))
+            tdx = tuple(c.get("svn", 0) for c in t.get("tdxtcbcomponents", []))
+            if len(sgx) != 16 or len(tdx) != 16:
+                out.append(None)
+                continue
+            try:
+                date = int(datetime.fromisoformat(level["tcbDate"].replace("Z", "+00:00")).timestamp())
+            except (KeyError, TypeError, ValueError, AttributeError):
+                date = None
+            out.append(_TcbLevel(sgx, t.get("pcesvn", 0), tdx, tdx[2:], level.get("tcbStatus"),
+                                 tuple(sorted(level.get("advisoryIDs") or [])), date))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return tuple(out)
+
+
 @dataclass
 class Collateral:
-    """A dcap-qvl QuoteCollateralV3 plus the facts we read from its signed TCB info (cached)."""
+    """A dcap-qvl QuoteCollateralV3 plus the facts we read from its signed TCB info (cached).
+
+    `tcb_info` is the JSON of the very text dcap-qvl verifies with every quote; treat it as read-only
+    (the digested `tcbLevels` are computed once per Collateral and re-derived only if the attribute is
+    replaced)."""
     dcap: Any
     tcb_info: dict
     source: str | None = None
     meta: dict = field(default_factory=dict)
+    _levels: Any = field(default=None, init=False, repr=False, compare=False)
+    _levels_of: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def fmspc(self) -> str | None:
@@ -100,6 +143,13 @@ class Collateral:
     @property
     def evaluation_data_number(self) -> int | None:
         return self.tcb_info.get("tcbEvaluationDataNumber")
+
+    def tcb_levels(self) -> tuple[_TcbLevel | None, ...] | None:
+        """The parsed `tcbLevels` (a pure function of `tcb_info`, computed once per object)."""
+        if self._levels_of is not self.tcb_info:
+            self._levels = _parse_tcb_levels(self.tcb_info)
+            self._levels_of = self.tcb_info
+        return self._levels
 
 
 def collateral_from_json_text(text: str, source: str | None = None) -> Collateral:
@@ -167,42 +217,45 @@ def _verified_report(quote: bytes, report_json) -> TdReport:
 
 
 def _tcb_date_from_tcb_info(quote: bytes, collateral: Collateral, status: str,
-                            advisories: tuple[str, ...]) -> int | None:
+                            advisories: tuple[str, ...], tee_tcb_svn: bytes | None = None) -> int | None:
     """The TCB level Intel's algorithm matches for this quote (PCK CPUSVN/PCESVN and TEE_TCB_SVN
     against the verified TCB info, newest level first), its date -- but only when that level's own
-    status and advisories are exactly what dcap-qvl reported; otherwise None (ask dcap-qvl)."""
-    from datetime import datetime
+    status and advisories are exactly what dcap-qvl reported; otherwise None (ask dcap-qvl).
 
-    from .quote import pck_tcb
-    parsed = parse_quote(quote)
-    leaf = parsed.pck_leaf_der()
-    tcb = pck_tcb(leaf) if leaf else None
+    Cheap by construction: the PCK leaf is located by offsets (no full quote parse), its SGX TCB
+    extension is memoised on the leaf's bytes, and the TCB levels are digested once per Collateral.
+    dcap-qvl has verified this quote and collateral in the same call before this runs."""
+    tcb = quote_pck_tcb(quote)
     if tcb is None:
         return None
+    levels = collateral.tcb_levels()
+    if levels is None:
+        return None
     cpusvn, pcesvn = tcb
-    tee = parsed.report.tee_tcb_svn
-    skip = 2 if tee[1] > 0 else 0  # the module version is judged by tdxModuleIdentities instead
-    for level in collateral.tcb_info.get("tcbLevels", []):
-        t = level.get("tcb", {})
-        sgx = [c.get("svn", 0) for c in t.get("sgxtcbcomponents", [])]
-        tdx = [c.get("svn", 0) for c in t.get("tdxtcbcomponents", [])]
-        if len(sgx) != 16 or len(tdx) != 16:
+    tee = tee_tcb_svn if tee_tcb_svn is not None else read_td_report(quote).tee_tcb_svn
+    # With a TDX module version (TEE_TCB_SVN[1] > 0) the first two components are judged by
+    # tdxModuleIdentities instead, so only components 2..15 are compared.
+    skip = 2 if tee[1] > 0 else 0
+    tee_part = tee[skip:16]
+    ge = operator.ge
+    for level in levels:
+        if level is None:
             return None
-        if (all(a >= b for a, b in zip(cpusvn, sgx)) and pcesvn >= t.get("pcesvn", 0)
-                and all(tee[i] >= tdx[i] for i in range(skip, 16))):
-            if level.get("tcbStatus") != status or sorted(level.get("advisoryIDs") or []) != sorted(advisories):
+        if (pcesvn >= level.pcesvn and all(map(ge, cpusvn, level.sgx))
+                and all(map(ge, tee_part, level.tdx_from2 if skip else level.tdx))):
+            if level.status != status or level.advisories != tuple(sorted(advisories)):
                 return None
-            return int(datetime.fromisoformat(level["tcbDate"].replace("Z", "+00:00")).timestamp())
+            return level.date
     return None
 
 
 def _tcb_date(quote: bytes, collateral: Collateral, now: int, root_ca_der: bytes | None,
-              status: str = "", advisories: tuple[str, ...] = ()) -> int | None:
+              status: str = "", advisories: tuple[str, ...] = (), tee_tcb_svn: bytes | None = None) -> int | None:
     """The matched TCB level's date (only asked for when a grace-period policy meets an OutOfDate
     quote). Read from the verified TCB info when our level match agrees with dcap-qvl's status and
     advisories; else from dcap-qvl's claims mode (a second run). None (the policy refuses) if both fail."""
     try:
-        date = _tcb_date_from_tcb_info(quote, collateral, status, advisories)
+        date = _tcb_date_from_tcb_info(quote, collateral, status, advisories, tee_tcb_svn)
     except (InputError, ValueError, KeyError, TypeError):
         date = None
     if date is not None:
@@ -231,13 +284,13 @@ def verified_facts(quote: bytes, collateral: Collateral, now: int, *, need_tcb_d
     else:
         result = dcap_qvl.verify(quote, collateral.dcap, now)
     status = result.status
+    advisories = tuple(result.advisory_ids or ())
+    report = _verified_report(quote, lambda: json.loads(result.to_json())["report"])
     tcb_date = None
     if need_tcb_date and status in OUT_OF_DATE_STATUSES:
-        tcb_date = _tcb_date(quote, collateral, now, root_ca_der, status, tuple(result.advisory_ids or ()))
-    return QuoteFacts(tcb_status=status, advisory_ids=tuple(result.advisory_ids or ()),
-                      report=_verified_report(quote, lambda: json.loads(result.to_json())["report"]),
-                      fmspc=collateral.fmspc, tcb_date=tcb_date,
-                      tcb_evaluation_data_number=collateral.evaluation_data_number)
+        tcb_date = _tcb_date(quote, collateral, now, root_ca_der, status, advisories, report.tee_tcb_svn)
+    return QuoteFacts(tcb_status=status, advisory_ids=advisories, report=report, fmspc=collateral.fmspc,
+                      tcb_date=tcb_date, tcb_evaluation_data_number=collateral.evaluation_data_number)
 
 
 def verify_quote(quote: bytes, collateral: Collateral, now: int, policy: Policy = DEFAULT_POLICY,

@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--cache-dir", metavar="DIR", help="cache directory (default ~/.cache/tdxattest/collateral)")
     f.add_argument("--at", metavar="RFC3339", help="time to check validity at (default: now)")
     f.add_argument("--force", action="store_true", help="fetch even when the cached set is fresh")
+    f.add_argument("--root-crl-url", metavar="URL",
+                   help="where to get the Intel SGX Root CA CRL when the server has no rootcacrl path (Intel PCS); "
+                        "default: the CRL distribution point in the Intel root certificate. Use for a mirror; "
+                        "the CRL is verified against the pinned root either way")
     f.add_argument("--out", metavar="FILE", help="also write the collateral as dcap-qvl JSON to FILE")
     f.add_argument("--json", action="store_true", help="print JSON")
     f.set_defaults(run=run_fetch)
@@ -49,14 +53,16 @@ def run_fetch(args: argparse.Namespace) -> int:
         if len(fmspc) != 12 or any(c not in "0123456789abcdefABCDEF" for c in fmspc):
             raise InputError("--fmspc: 12 hex digits", repr(fmspc))
     ca = ca or "platform"
-    cache = CollateralCache(args.cache_dir)
+    cache = CollateralCache(args.cache_dir, root_crl_url=args.root_crl_url)
     try:
         collateral, status = cache.get(args.pccs, fmspc, ca, now, force_refresh=args.force)
     except CollateralError as exc:
         out = {"ok": False, "failure": {"check": exc.check, "expected": exc.expected, "seen": exc.seen}}
+        if exc.fix:
+            out["failure"]["fix"] = exc.fix
         if args.json:
             print(json.dumps(out, indent=2))
-        print(f"error: {exc.check}: expected {exc.expected}, seen {exc.seen}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.out:
         from ..collateral import _write_private
