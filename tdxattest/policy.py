@@ -127,8 +127,9 @@ class Verdict:
 
 
 def _iso(ts: int) -> str:
-    from datetime import datetime, timezone
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    import time
+    # time.gmtime is several times cheaper than a datetime, and this runs on every verification.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: bytes | None = None) -> Verdict:
