@@ -1,0 +1,76 @@
+"""The one line the host waits for in the TD's serial log, also printed to stdout.
+
+    tdx-vllm-agent: {"state": "ready"|"refused"|"failed", "stack", "reason"?, "rtmr3", "endpoint", "quoteSource", ...}
+
+"refused": the agent would not start serving (the reason names the step and the fix); "failed":
+it was ready and a supervised process died afterwards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from . import REPORT_PREFIX
+from .system import System
+
+CONSOLES = ("/dev/ttyS0", "/dev/hvc0")
+
+
+@dataclass(frozen=True)
+class Report:
+    state: str                        # "ready" | "refused" | "failed"
+    stack: str | None
+    rtmr3: str | None = None
+    endpoint: str | None = None
+    quote_source: str | None = None
+    reason: str | None = None
+    step: str | None = None
+    notes: tuple[str, ...] = field(default=())   # loud facts: software quotes, skipped GPU step
+
+    def as_dict(self) -> dict:
+        out = {"state": self.state, "stack": self.stack, "rtmr3": self.rtmr3, "endpoint": self.endpoint,
+               "quoteSource": self.quote_source}
+        if self.reason is not None:
+            out["reason"] = self.reason
+            out["step"] = self.step
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+    def line(self) -> str:
+        # ensure_ascii: the serial console and the host's log parser see plain ASCII, one line.
+        return REPORT_PREFIX + json.dumps(self.as_dict(), ensure_ascii=True, separators=(", ", ": "))
+
+
+def parse_line(line: str) -> dict | None:
+    """The report in a serial-log line, or None (what the host side looks for)."""
+    at = line.find(REPORT_PREFIX)
+    if at < 0:
+        return None
+    try:
+        return json.loads(line[at + len(REPORT_PREFIX):])
+    except ValueError:
+        return None
+
+
+def emit(report: Report, system: System, stdout: TextIO | None = None) -> None:
+    line = report.line()
+    print(line, file=stdout or sys.stdout, flush=True)
+    for console in CONSOLES:
+        path = system.path(console)
+        if not path.exists():
+            continue
+        # Best effort: a console that blocks or refuses must not keep the report from stdout/journal.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_APPEND)
+        except OSError:
+            continue
+        try:
+            os.write(fd, ("\r\n" + line + "\r\n").encode())
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

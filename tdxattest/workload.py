@@ -1,0 +1,165 @@
+"""The workload manifest: what a TD serves, in a canonical form that is measured into RTMR3.
+
+The guest agent extends RTMR3 with `WorkloadManifest.digest()` before anything else runs, so a
+quote from the TD proves which image, model files and vLLM arguments it serves. A verifier rebuilds
+the manifest from the same config, calls `expected_rtmr3`, and compares with the quote's RTMR3.
+
+Only things that cannot drift are accepted: images by digest, models by commit id and per-file
+SHA-256. A tag or a branch name would make the same manifest mean different bytes tomorrow. Pure.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from . import rtmr
+from .errors import InputError
+
+WORKLOAD_EVENT = "tdx-vllm/workload-manifest/v1"
+SCHEMA = 1
+RTMR_INDEX = 3
+
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
+_REVISION = re.compile(r"^[0-9a-f]{40}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST48 = re.compile(r"^[0-9a-f]{96}$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+_TOP_KEYS = frozenset({"schema", "image", "model", "vllmArgs", "tensorParallelSize"})
+_MODEL_KEYS = frozenset({"id", "revision", "files"})
+
+
+@dataclass(frozen=True)
+class WorkloadManifest:
+    image: str                                  # "<repository>@sha256:<64 lowercase hex>": by digest only
+    model_id: str                               # e.g. "Qwen/Qwen2.5-0.5B-Instruct"
+    model_revision: str                         # a commit id (40 hex), never a branch name
+    model_files: tuple[tuple[str, str], ...]    # sorted (relative path, sha256 hex); non-empty
+    vllm_args: tuple[str, ...]
+    tensor_parallel_size: int                   # = GPU count of the TD, >= 1
+
+    def as_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "image": self.image,
+            "model": {"id": self.model_id, "revision": self.model_revision,
+                      "files": {path: sha for path, sha in self.model_files}},
+            "vllmArgs": list(self.vllm_args),
+            "tensorParallelSize": self.tensor_parallel_size,
+        }
+
+    def canonical_bytes(self) -> bytes:
+        # sort_keys makes the file map order-independent; ensure_ascii keeps the bytes one encoding.
+        return json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+    def digest(self) -> bytes:
+        return hashlib.sha384(self.canonical_bytes()).digest()
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _require_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{key} as a string", f"{_type_name(value)} {value!r}"[:120])
+    return value
+
+
+def _check_path(key: str, path: Any) -> str:
+    path = _require_str(key, path)
+    parts = PurePosixPath(path).parts
+    if (not path or path.startswith("/") or "\\" in path or "\x00" in path
+            or any(p in ("..", ".") for p in path.split("/")) or "" in path.split("/") or not parts):
+        # The agent joins this under the model directory: anything that could leave it, or that
+        # names the same file two ways, is refused.
+        raise InputError(f"{key} as a relative path inside the model directory (no '..', '.', empty "
+                         f"or absolute parts)", repr(path))
+    return path
+
+
+def manifest_from_mapping(doc: Mapping) -> WorkloadManifest:
+    """Parse and validate the `as_dict()` shape. Every error names the key, what was expected, what was seen."""
+    if not isinstance(doc, Mapping):
+        raise InputError("workload as a mapping", _type_name(doc))
+    unknown = sorted(set(doc) - _TOP_KEYS)
+    if unknown:
+        raise InputError(f"workload keys among {sorted(_TOP_KEYS)}", f"unknown key {unknown[0]!r}")
+    for key in ("image", "model", "vllmArgs", "tensorParallelSize"):
+        if key not in doc:
+            raise InputError(f"workload.{key}", "the key missing")
+    schema = doc.get("schema", SCHEMA)
+    if schema != SCHEMA or isinstance(schema, bool):
+        raise InputError(f"workload.schema {SCHEMA}", repr(schema))
+
+    image = _require_str("workload.image", doc["image"])
+    if not _IMAGE.match(image):
+        raise InputError("workload.image by digest: <repository>@sha256:<64 lowercase hex> (a tag can move; "
+                         "pin with `podman inspect --format '{{.Digest}}'`)", repr(image))
+
+    model = doc["model"]
+    if not isinstance(model, Mapping):
+        raise InputError("workload.model as a mapping", _type_name(model))
+    unknown = sorted(set(model) - _MODEL_KEYS)
+    if unknown:
+        raise InputError(f"workload.model keys among {sorted(_MODEL_KEYS)}", f"unknown key {unknown[0]!r}")
+    for key in sorted(_MODEL_KEYS):
+        if key not in model:
+            raise InputError(f"workload.model.{key}", "the key missing")
+    model_id = _require_str("workload.model.id", model["id"])
+    if not _MODEL_ID.match(model_id):
+        raise InputError("workload.model.id like 'org/name'", repr(model_id))
+    revision = _require_str("workload.model.revision", model["revision"])
+    if not _REVISION.match(revision):
+        raise InputError("workload.model.revision as a commit id (40 lowercase hex; a branch name can move)",
+                         repr(revision))
+    files = model["files"]
+    if not isinstance(files, Mapping) or not files:
+        raise InputError("workload.model.files as a non-empty mapping of relative path to sha256",
+                         repr(files)[:120] if isinstance(files, Mapping) else _type_name(files))
+    pairs = []
+    for path, sha in files.items():
+        _check_path(f"workload.model.files path {path!r}", path)
+        sha = _require_str(f"workload.model.files[{path!r}]", sha)
+        if not _SHA256.match(sha):
+            raise InputError(f"workload.model.files[{path!r}] as sha256 (64 lowercase hex)", repr(sha))
+        pairs.append((path, sha))
+
+    args = doc["vllmArgs"]
+    if not isinstance(args, (list, tuple)) or not all(isinstance(a, str) for a in args):
+        raise InputError("workload.vllmArgs as a list of strings", repr(args)[:120])
+
+    tp = doc["tensorParallelSize"]
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise InputError("workload.tensorParallelSize as an integer >= 1 (the TD's GPU count)", repr(tp))
+
+    return WorkloadManifest(image=image, model_id=model_id, model_revision=revision,
+                            model_files=tuple(sorted(pairs)), vllm_args=tuple(args), tensor_parallel_size=tp)
+
+
+def rtmr3_events(manifest: WorkloadManifest) -> list[dict]:
+    return [{"rtmr": RTMR_INDEX, "event": WORKLOAD_EVENT, "digest": manifest.digest().hex()}]
+
+
+def replay_rtmr3(events: list[dict]) -> bytes:
+    """RTMR3 after extending 48 zero bytes with each event's digest, in order."""
+    digests = []
+    for i, ev in enumerate(events):
+        if not isinstance(ev, Mapping):
+            raise InputError(f"event {i} as a mapping", _type_name(ev))
+        if ev.get("rtmr") != RTMR_INDEX:
+            raise InputError(f"event {i}.rtmr == {RTMR_INDEX}", repr(ev.get("rtmr")))
+        digest = ev.get("digest")
+        if not isinstance(digest, str) or not _DIGEST48.match(digest):
+            raise InputError(f"event {i}.digest as SHA-384 (96 lowercase hex)", repr(digest)[:120])
+        digests.append(bytes.fromhex(digest))
+    return rtmr.replay(digests)
+
+
+def expected_rtmr3(manifest: WorkloadManifest) -> bytes:
+    return replay_rtmr3(rtmr3_events(manifest))
