@@ -103,6 +103,23 @@ def _error(status: int, check: str, message: str, **extra: Any):
     return web.json_response(body, status=status)
 
 
+_response_class = None
+
+
+def forwarded_response(**kw):
+    """An aiohttp StreamResponse whose headers wait in its writer for the first body bytes (or
+    the end), so both go out in one write (one wake-up of the reader instead of two); the caller
+    decides when to send them alone. Used by the gateway and the proxy."""
+    global _response_class
+    if _response_class is None:
+        from aiohttp import web
+
+        class ForwardedResponse(web.StreamResponse):
+            _send_headers_immediately = False  # as aiohttp's own web.Response does
+        _response_class = ForwardedResponse
+    return _response_class(**kw)
+
+
 class Gateway:
     """The aiohttp application; `serve()` runs it with the TD's TLS identity."""
 
@@ -168,7 +185,7 @@ class Gateway:
         except (ClientError, OSError) as exc:
             return _error(502, "gateway.upstream_unavailable", f"vLLM at {self.config.upstream} is not answering: {exc}")
         async with upstream:
-            out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            out = forwarded_response(status=upstream.status, reason=upstream.reason)
             for k, v in upstream.headers.items():
                 if k.lower() not in HOP_BY_HOP:
                     out.headers.add(k, v)
@@ -176,6 +193,13 @@ class Gateway:
             if upstream.content_length is not None and "content-encoding" not in upstream.headers:
                 out.content_length = upstream.content_length
             await out.prepare(request)
+            # What vLLM sent with its headers goes out with ours in one write (all of it, with the
+            # end of the message, for a small answer); the headers are never held back to wait.
+            first = upstream.content.read_nowait()
+            if upstream.content.at_eof():
+                await out.write_eof(first)
+                return out
+            await out.write(first)
             async for chunk in upstream.content.iter_any():
                 await out.write(chunk)
             await out.write_eof()

@@ -11,8 +11,9 @@ that swapped its certificate) is a new attestation; a connection older than the 
 interval is attested again before its next request. Any failure answers the client 502 with a JSON
 body in the OpenAI error shape naming the failed check, and nothing goes upstream.
 
-Upstream HTTP/1.1 is spoken with h11 over our own asyncio TLS streams, because attestation has to
-be tied to one TLS connection and the usual client libraries pool connections out of our sight.
+Upstream HTTP/1.1 is framed by `tdxattest.http1` (llhttp through httptools) over our own asyncio
+TLS streams, because attestation has to be tied to one TLS connection and the usual client
+libraries pool connections out of our sight.
 The client side is an aiohttp server; response bodies are copied chunk by chunk (streaming
 completions are not buffered).
 """
@@ -28,15 +29,13 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 from urllib.parse import urlsplit
 
-import h11
-
 from .binding import response_report_data
 from .errors import InputError
-from .gateway import ATTESTATION_PATH, HOP_BY_HOP
+from .gateway import ATTESTATION_PATH, HOP_BY_HOP, forwarded_response
+from .http1 import ResponseReader, UpstreamProtocolError, encode_request
 from .policy import DEFAULT_POLICY, Failure, Policy
 
 MAX_ATTESTATION_BYTES = 8 * 1024 * 1024
@@ -143,13 +142,14 @@ _conn_ids = itertools.count(1)
 
 
 class UpstreamConnection:
-    """One TLS connection to the gateway, attested before use, speaking HTTP/1.1 through h11."""
+    """One TLS connection to the gateway, attested before use, one request at a time."""
 
     def __init__(self, config: ProxyConfig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.id = next(_conn_ids)
         self.config = config
         self.reader, self.writer = reader, writer
-        self.http = h11.Connection(h11.CLIENT)
+        self.http = ResponseReader()
+        self._host = f"{config.host}:{config.port}"
         ssl_object = writer.get_extra_info("ssl_object")
         self.cert_der: bytes = ssl_object.getpeercert(binary_form=True) if ssl_object else b""
         self.attestation: Attestation | None = None
@@ -182,59 +182,50 @@ class UpstreamConnection:
             self.closed = True
             self.writer.close()
 
-    @property
-    def reusable(self) -> bool:
-        return (not self.closed and self.http.our_state is h11.DONE and self.http.their_state is h11.DONE)
-
     def recycle(self) -> bool:
-        """Ready the connection for its next request; False when it cannot carry one."""
-        if not self.reusable:
+        """Ready the connection for its next request; False (and closed) when it cannot carry one."""
+        if self.closed or not self.http.reusable:
             self.close()
             return False
-        self.http.start_next_cycle()
+        self.http.reset()
         return True
 
     # -- HTTP/1.1 -------------------------------------------------------------------------------
     async def send(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> None:
-        host = f"{self.config.host}:{self.config.port}"
-        all_headers = [("host", host)] + headers + [("content-length", str(len(body)))]
-        data = self.http.send(h11.Request(method=method, target=target, headers=all_headers))
-        if body:
-            data += self.http.send(h11.Data(data=body))
-        data += self.http.send(h11.EndOfMessage())
-        self.writer.write(data)
+        self.writer.write(encode_request(method, target, self._host, headers, body))
         await self.writer.drain()
 
-    async def _event(self):
-        while True:
-            event = self.http.next_event()
-            if event is h11.NEED_DATA:
-                self.http.receive_data(await self.reader.read(READ_CHUNK))
-                continue
-            return event
+    async def _fill(self) -> None:
+        self.http.feed(await self.reader.read(READ_CHUNK))
 
-    async def response(self) -> h11.Response:
-        while True:
-            event = await self._event()
-            if isinstance(event, h11.Response):
-                return event
-            if isinstance(event, h11.ConnectionClosed):
-                raise ConnectionResetError("upstream closed the connection before answering")
-            # 1xx informational responses are skipped
+    async def response(self) -> ResponseReader:
+        """Wait for the response head; returns the parser holding status, reason and headers."""
+        while not self.http.headers_done:
+            await self._fill()
+        return self.http
 
-    async def body(self) -> AsyncIterator[bytes]:
+    async def body_parts(self, before_first_wait=None) -> AsyncIterator[tuple[bytes, bool]]:
+        """The body as (bytes, ended) pairs, for forwarding: each pair joins every body byte that
+        had been received when it was made (one write downstream instead of one per HTTP chunk),
+        `ended` is True on the last one (the message ended with it; its bytes may be empty). Bytes
+        are never held back to wait for more. `before_first_wait` is awaited once, before the
+        first wait on the network if nothing has been yielded by then."""
         while True:
-            event = await self._event()
-            if isinstance(event, h11.Data):
-                yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            data = self.http.take_body()
+            if self.http.complete:
+                yield data, True
                 return
-            elif isinstance(event, h11.ConnectionClosed):
-                raise ConnectionResetError("upstream closed the connection mid-response")
+            if data:
+                yield data, False
+                before_first_wait = None
+            elif before_first_wait is not None:
+                await before_first_wait()
+                before_first_wait = None
+            await self._fill()
 
     async def read_body(self, limit: int) -> bytes:
         parts, size = [], 0
-        async for chunk in self.body():
+        async for chunk, _ended in self.body_parts():
             size += len(chunk)
             if size > limit:
                 raise ValueError(f"more than {limit} bytes")
@@ -250,13 +241,13 @@ class UpstreamConnection:
             await self.send("GET", f"{ATTESTATION_PATH}?nonce={nonce.hex()}", [("accept", "application/json")], b"")
             head = await self.response()
             raw = await self.read_body(MAX_ATTESTATION_BYTES)
-        except (OSError, h11.ProtocolError, ValueError, asyncio.IncompleteReadError) as exc:
+        except (OSError, UpstreamProtocolError, ValueError, asyncio.IncompleteReadError) as exc:
             self.close()
             raise _failure("attestation.unavailable", "an attestation response from the gateway",
                            str(exc) or type(exc).__name__) from None
-        if head.status_code != 200:
+        if head.status != 200:
             self.close()
-            raise _upstream_refusal(head.status_code, raw)
+            raise _upstream_refusal(head.status, raw)
         try:
             doc = json.loads(raw)
             quote = base64.b64decode(doc["quote"], validate=True)
@@ -342,10 +333,16 @@ class AuditLog:
             self._fh.close()
 
 
-def _error_response(status: int, failure: AttestationFailed | None, message: str, request_id: str):
+def _rfc3339_ms(ts: float) -> str:
+    # time.strftime is several times cheaper than datetime.isoformat, and this runs per request.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+def _error_response(status: int, failure: AttestationFailed | None, message: str, request_id: str,
+                    code: str = "upstream.error"):
     from aiohttp import web
     error: dict[str, Any] = {"message": message, "type": "attestation_failed" if failure else "upstream_error",
-                             "code": failure.check if failure else "upstream.error", "request_id": request_id}
+                             "code": failure.check if failure else code, "request_id": request_id}
     if failure:
         error["failures"] = [f.as_dict() for f in failure.failures]
     return web.json_response({"error": error}, status=status)
@@ -371,7 +368,7 @@ class VerifyingProxy:
                failure: AttestationFailed | None = None) -> None:
         att = conn.attestation if conn else None
         record = {"request_id": ex.request_id,
-                  "time": datetime.fromtimestamp(ex.started, timezone.utc).isoformat(timespec="milliseconds"),
+                  "time": _rfc3339_ms(ex.started),
                   "method": request.method, "path": request.path, "upstream": self.config.upstream,
                   "connection": conn.id if conn else None,
                   "quote_sha256": att.quote_sha256 if att else None,
@@ -390,6 +387,9 @@ class VerifyingProxy:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         if self.config.require_response_quotes:
             headers = [(k, v) for k, v in headers if k.lower() != "x-attestation"] + [("x-attestation", "required")]
+        if request.method in ("HEAD", "CONNECT"):
+            # A HEAD response announces a body it does not carry; the OpenAI API has no use for either.
+            return _error_response(405, None, f"{request.method} is not forwarded", ex.request_id, "request.method_not_forwarded")
         for attempt in (1, 2):
             try:
                 conn = await self.pool.acquire()
@@ -400,7 +400,10 @@ class VerifyingProxy:
                 await conn.send(request.method, request.path_qs, headers, body)
                 head = await conn.response()
                 break
-            except (OSError, h11.ProtocolError) as exc:
+            except ValueError as exc:  # nothing was sent: the request itself cannot be framed safely
+                conn.close()
+                return _error_response(400, None, str(exc), ex.request_id, "request.malformed")
+            except (OSError, UpstreamProtocolError) as exc:
                 # A pooled keep-alive connection the server had already closed: nothing was
                 # answered, so one retry on a freshly attested connection is safe.
                 conn.close()
@@ -416,24 +419,34 @@ class VerifyingProxy:
                 self._audit(ex, request, conn, "refused", 502, exc)
                 return _error_response(502, exc, f"response refused: {exc}", ex.request_id)
         # Logged once the upstream has answered and before the client sees any of it.
-        self._audit(ex, request, conn, "accepted", head.status_code)
-        out = web.StreamResponse(status=head.status_code, reason=head.reason.decode("latin-1") or None)
+        self._audit(ex, request, conn, "accepted", head.status)
+        out = forwarded_response(status=head.status, reason=head.reason.decode("latin-1") or None)
         for k, v in response_headers:
             if k.lower() not in HOP_BY_HOP:
                 out.headers.add(k, v)
         length = next((v for k, v in response_headers if k.lower() == "content-length"), None)
         if length is not None and length.isdigit():
             out.content_length = int(length)
+        tail = b""
+
+        async def send_headers() -> None:
+            await out.write(b"")  # the headers alone: the body is not here yet
+
         try:
+            # The headers go out with the first body bytes when those came with them (one write
+            # to the client, not two), and alone before any wait for the upstream: never later.
             await out.prepare(request)
-            async for chunk in conn.body():
-                await out.write(chunk)
-        except (OSError, h11.ProtocolError, asyncio.CancelledError):
+            async for data, ended in conn.body_parts(send_headers):
+                if ended:
+                    tail = data
+                else:
+                    await out.write(data)
+        except (OSError, UpstreamProtocolError, asyncio.CancelledError):
             conn.close()  # mid-body: it cannot be reused; the client sees the connection drop
             self.audit.write({"request_id": ex.request_id, "note": "response cut before its end"})
             raise
         self.pool.release(conn)
-        await out.write_eof()
+        await out.write_eof(tail)  # the last bytes and the end of the message in one write
         return out
 
     async def _check_response_quote(self, headers: list[tuple[str, str]], body: bytes) -> str:

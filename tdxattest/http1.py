@@ -1,0 +1,118 @@
+"""HTTP/1.1 client framing for the verifying proxy's attested connections.
+
+The proxy must own its upstream connections (each is attested before it carries a request), so
+it cannot use a pooled client library; it frames requests itself and parses responses with
+llhttp (Node's parser, through `httptools`), which costs a few microseconds per response where a
+pure-Python parser cost a few hundred -- the proxy's added latency budget is one millisecond.
+
+One request is outstanding per connection at a time. Anything the server sends beyond the
+response to it makes the connection unusable (`reusable` is False), as do parse errors and
+`Connection: close`.
+"""
+from __future__ import annotations
+
+import re
+
+import httptools
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(r"/[\x21-\x7e]*")
+_BAD_VALUE = re.compile(r"[\r\n\x00]")
+
+
+class UpstreamProtocolError(ConnectionError):
+    """The upstream broke HTTP/1.1 framing; the connection is closed, never reused."""
+
+
+def encode_request(method: str, target: str, host: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """The request bytes: origin-form target, `host`, the given headers, a content-length.
+    Refuses what could smuggle a second request (CR/LF in a value, a malformed name or target)."""
+    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise ValueError(f"refusing to forward a malformed request line: {method[:20]!r} {target[:80]!r}")
+    lines = [f"{method} {target} HTTP/1.1\r\nhost: {host}\r\n"]
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise ValueError(f"refusing to forward a malformed header: {name[:40]!r}")
+        lines.append(f"{name}: {value}\r\n")
+    lines.append(f"content-length: {len(body)}\r\n\r\n")
+    return "".join(lines).encode("utf-8", "surrogateescape") + body
+
+
+class ResponseReader:
+    """Incremental parse of the responses on one connection (httptools callbacks)."""
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self.broken = False
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the finished response; the next one may begin."""
+        self.status: int | None = None
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.body: list[bytes] = []
+        self.complete = False
+        self.keep_alive = True
+        self._framed = False  # content-length or chunked: the end is in the bytes, not at close
+
+    # -- httptools callbacks ----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.broken = True  # a second response to one request
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.keep_alive = self._parser.should_keep_alive()
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(bytes(body))
+
+    def on_message_complete(self) -> None:
+        if self.status is not None and 100 <= self.status < 200:
+            self.reset()  # an interim response: the real one follows
+            return
+        self.complete = True
+
+    # -- feeding ----------------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        if not data:
+            self._eof()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.broken = True
+            raise UpstreamProtocolError("the upstream switched protocols") from None
+        except httptools.HttpParserError as exc:
+            self.broken = True
+            raise UpstreamProtocolError(f"malformed HTTP from the upstream: {exc}") from None
+
+    def _eof(self) -> None:
+        self.broken = True
+        if self.complete:
+            return
+        if self.headers_done and not self._framed and self.status not in (204, 304):
+            self.complete = True  # a body delimited by the connection closing
+            return
+        raise ConnectionResetError("the upstream closed the connection before the response ended"
+                                   if self.headers_done else "the upstream closed the connection before answering")
+
+    def take_body(self) -> bytes:
+        data = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+        self.body.clear()
+        return data
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.broken and not self.body
