@@ -22,6 +22,10 @@ try:
 except PinError as exc:
     print(f"pins: {exc}", file=sys.stderr)
     raise SystemExit(1) from None
+# With a workload, RTMR3 is pinned too: the replay of the guest agent's events (docs/pins.md).
+if stack.workload is not None:
+    from components.trust_domain import workload_pins
+    pins = workload_pins(pins, stack.workload.manifest(stack.tensor_parallel_size))
 
 # What another stack may promote from this one (components/promotion.py); exported below only when
 # every host step verified.
@@ -47,9 +51,16 @@ if stack.promotion is not None:
     pulumi.export("promotedFrom", pulumi.Output.unsecret(gate.apply(lambda _: source)))
 
 hosts = [TdxHost(host, stack, opts=host_opts) for host in stack.hosts]
+# One TrustDomain per host, only when the stack has a `workload` (components/trust_domain.py).
+tds = {}
+if stack.workload is not None:
+    from components.trust_domain import trust_domains
+    tds = trust_domains(stack, hosts)
 
 pulumi.export("hosts", {cfg.name: h.facts for cfg, h in zip(stack.hosts, hosts)})
 pulumi.export("pins", pins)
-ready = pulumi.Output.all(*[h.ready for h in hosts]).apply(all)
+if tds:
+    pulumi.export("endpoints", {name: td.endpoint for name, td in tds.items()})
+ready = pulumi.Output.all(*[h.ready for h in hosts], *[td.ready for td in tds.values()]).apply(all)
 pulumi.export("ready", ready)
 pulumi.export("promotable", ready.apply(lambda ok: promotable if ok else None))

@@ -113,6 +113,48 @@ class PromotionConfig:
 
 
 @dataclass(frozen=True)
+class KnownAnswer:
+    prompt: str
+    expect: str
+
+
+@dataclass(frozen=True)
+class TdShape:
+    vcpus: int
+    memory_mib: int
+    artifact_source: str  # https://... base URL, or an absolute directory on the host
+    ready_timeout_s: int
+    data_disk_gib: int = 0  # scratch disk for the model (encrypted in the TD with a fresh key); 0: TD memory
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """What the TDs serve (`workload:`). The measured part is `manifest(tp)` (tdxattest.workload)."""
+
+    target: str                                  # "host" (the TD runs vLLM itself)
+    image: str                                   # <repository>@sha256:<64 hex>
+    model_id: str
+    model_revision: str                          # a commit id (40 hex)
+    model_files: tuple[tuple[str, str], ...]     # sorted (relative path, sha256)
+    model_source: str                            # where the TD fetches the files (verified there)
+    vllm_args: tuple[str, ...]
+    gateway_port: int
+    known_answer: KnownAnswer
+    td: TdShape
+    boot_manifest: Path                          # the TD boot manifest the TDs launch (firmware/td/)
+
+    def manifest_mapping(self, tensor_parallel_size: int) -> dict[str, Any]:
+        return {"image": self.image,
+                "model": {"id": self.model_id, "revision": self.model_revision, "files": dict(self.model_files)},
+                "vllmArgs": list(self.vllm_args), "tensorParallelSize": tensor_parallel_size}
+
+    def manifest(self, tensor_parallel_size: int):
+        """The workload manifest measured into RTMR3 (tdxattest.workload.WorkloadManifest)."""
+        from tdxattest.workload import manifest_from_mapping
+        return manifest_from_mapping(self.manifest_mapping(tensor_parallel_size))
+
+
+@dataclass(frozen=True)
 class StackConfig:
     stack: str
     hosts: tuple[HostConfig, ...]
@@ -122,6 +164,13 @@ class StackConfig:
     restore_on_destroy: bool
     reboot_timeout_s: int
     promotion: PromotionConfig | None = None
+    workload: WorkloadConfig | None = None
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        """GPUs per TD: every host's `gpu.count` (validation makes them equal when a workload is set)."""
+        counts = {h.gpu.count for h in self.hosts if h.gpu}
+        return counts.pop() if len(counts) == 1 else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +406,8 @@ def known_tdx_modules(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
 # The schema
 
 
-_TOP_KEYS = ("hosts", "gpu", "platform", "dcap", "teeIo", "restoreOnDestroy", "rebootTimeoutSeconds", "promotion")
+_TOP_KEYS = ("hosts", "gpu", "platform", "dcap", "teeIo", "restoreOnDestroy", "rebootTimeoutSeconds", "promotion",
+             "workload")
 
 
 def parse_stack(raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[str] | None = None,
@@ -379,12 +429,15 @@ def parse_stack(raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[st
     restore = r.boolean(top.get("restoreOnDestroy"), "restoreOnDestroy", False)
     reboot_timeout = r.integer(top.get("rebootTimeoutSeconds"), "rebootTimeoutSeconds", 1800, 60, 7200)
     promotion = _promotion(r, top.get("promotion"), "promotion") if top.get("promotion") is not None else None
+    workload = _workload(r, top.get("workload"), "workload", hosts, top.get("hosts"), firmware_dir) \
+        if top.get("workload") is not None else None
 
     if r.errors:
         raise ConfigErrors(r.errors)
     assert platform is not None and dcap is not None
     return StackConfig(stack=stack, hosts=hosts, platform=platform, dcap=dcap, tee_io=tee_io,
-                       restore_on_destroy=restore, reboot_timeout_s=reboot_timeout, promotion=promotion)
+                       restore_on_destroy=restore, reboot_timeout_s=reboot_timeout, promotion=promotion,
+                       workload=workload)
 
 
 _STACK_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
@@ -405,6 +458,210 @@ def _promotion(r: _Reader, value: Any, path: str) -> PromotionConfig | None:
                 "name the stack whose attested pins this one deploys, e.g. `staging` for `prod`")
         return None
     return PromotionConfig(from_stack=ref)
+
+
+WORKLOAD_TARGETS: tuple[str, ...] = ("host", "kubernetes")
+WORKLOAD_KEYS = ("target", "image", "model", "modelSource", "vllmArgs", "gateway", "knownAnswer", "td", "kubernetes")
+TD_BOOT_MANIFEST = "ovmf-debian-trixie.yaml"  # the TD boot manifest in <firmware>/td/ the TDs launch
+_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")  # as tdxattest.workload
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# vLLM arguments the program sets itself, or that break a GPU in confidential-computing mode.
+_VLLM_REFUSED = {
+    "--tensor-parallel-size": "the program sets it from `gpu.count` (it is part of the measured manifest)",
+    "-tp": "the program sets --tensor-parallel-size from `gpu.count` (it is part of the measured manifest)",
+    "--kv-offloading-size": "CPU KV-cache offload calls cudaHostRegister, which CC mode refuses (vLLM crash-loops)",
+    "--cpu-offload-gb": "CPU offload pins host memory with cudaHostRegister, which CC mode refuses",
+}
+
+
+def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], raw_hosts: Any,
+              firmware_dir: Path) -> WorkloadConfig | None:
+    from .td_definition import DefinitionError, load_boot_manifest
+
+    before = len(r.errors)
+    m = r.obj(value, path, WORKLOAD_KEYS)
+    if not m:
+        return None
+    target = r.choice(m.get("target", "host"), _join(path, "target"), WORKLOAD_TARGETS)
+    if target == "kubernetes" or m.get("kubernetes") is not None:
+        r.error(_join(path, "target" if target == "kubernetes" else "kubernetes"),
+                "the `kubernetes` target (Confidential Containers) is not yet supported",
+                "use `target: host` (the TD on each host serves vLLM itself) and remove `kubernetes:`")
+
+    fix_image = ("pin the image by digest: `<repository>@sha256:<64 hex>` (`podman pull IMAGE && podman image "
+                 "inspect --format '{{index .RepoDigests 0}}' IMAGE`); a tag can move")
+    image = r.string(r.required(m, "image", path, fix_image), _join(path, "image"), fix_image)
+    if image is not None and not _IMAGE_REF.match(image):
+        r.error(_join(path, "image"), f"`{image}` is not an image reference by digest", fix_image)
+
+    model_path = _join(path, "model")
+    mm = r.obj(r.required(m, "model", path, "add `model: {id, revision, files}`"), model_path,
+               ("id", "revision", "files"))
+    fix_id = "the model's repository id, e.g. `Qwen/Qwen2.5-0.5B-Instruct`"
+    model_id = r.string(r.required(mm, "id", model_path, fix_id), _join(model_path, "id"), fix_id) if mm else None
+    if model_id is not None and not _MODEL_ID.match(model_id):
+        r.error(_join(model_path, "id"), f"`{model_id}` is not a model id like `org/name`", fix_id)
+    fix_rev = "the model repository's commit id (40 hex, from `git ls-remote` or the hub's commit list); a branch can move"
+    revision = r.string(r.required(mm, "revision", model_path, fix_rev), _join(model_path, "revision"), fix_rev) \
+        if mm else None
+    if revision is not None and not _COMMIT.match(revision):
+        r.error(_join(model_path, "revision"), f"`{revision}` is not a commit id", fix_rev)
+    files = _model_files(r, r.required(mm, "files", model_path, "list every file the model needs with its sha256 "
+                                       "(`sha256sum` in the downloaded snapshot)") if mm else None,
+                         _join(model_path, "files"))
+
+    fix_src = ("set the URL the TD downloads the model files from (`<modelSource>/<path>`; `{id}` and `{revision}` "
+               "expand), e.g. `https://huggingface.co/{id}/resolve/{revision}`")
+    source = r.string(r.required(m, "modelSource", path, fix_src), _join(path, "modelSource"), fix_src)
+    if source is not None:
+        problem = url_problem(source, ("https", "http"))
+        if problem:
+            r.error(_join(path, "modelSource"), problem, fix_src + " (the TD checks every file's sha256)")
+
+    args = _vllm_args(r, m.get("vllmArgs"), _join(path, "vllmArgs"))
+    gw = r.obj(m.get("gateway"), _join(path, "gateway"), ("port",))
+    gateway_port = r.integer(gw.get("port"), _join(path, "gateway.port"), 8443, 1, 65535)
+
+    ka_path = _join(path, "knownAnswer")
+    fix_ka = ("add `knownAnswer: {prompt: ..., expect: ...}`: a prompt whose greedy answer you know, so a TD that "
+              "serves garbage (vLLM under CC, vllm #57224) is caught before it is declared ready")
+    ka = r.obj(r.required(m, "knownAnswer", path, fix_ka), ka_path, ("prompt", "expect"))
+    # Validated as non-empty strings but kept verbatim: leading spaces matter in a completion.
+    prompt = ka.get("prompt") if ka and r.string(r.required(ka, "prompt", ka_path, fix_ka), _join(ka_path, "prompt"),
+                                                 fix_ka) else None
+    expect = ka.get("expect") if ka and r.string(r.required(ka, "expect", ka_path, fix_ka), _join(ka_path, "expect"),
+                                                 fix_ka) else None
+
+    td = _td_shape(r, m.get("td"), _join(path, "td"), firmware_dir / "td" / TD_BOOT_MANIFEST)
+    boot = None
+    try:
+        boot = load_boot_manifest(firmware_dir / "td" / TD_BOOT_MANIFEST)
+    except DefinitionError as exc:
+        r.error(path, f"the TD boot manifest is unusable: {exc}", "fix the manifest in firmware/td/")
+    if boot is not None and not boot.launchable:
+        r.error(path, f"the TD boot manifest {_show_path(boot.path)} cannot launch a TD yet ({'; '.join(boot.gaps)})",
+                "pin the guest kernel, initrd and command line in that manifest (docs/trust-domain.md), "
+                "or remove `workload` until the guest image is built")
+
+    # One workload per stack: every host runs the same TD shape, so every host needs GPUs, the
+    # same number of them (tensorParallelSize is measured), and single-GPU CC mode.
+    raw_list = raw_hosts if isinstance(raw_hosts, list) else []
+    counts: dict[int, str] = {}
+    for h in hosts:
+        i = next((n for n, item in enumerate(raw_list) if isinstance(item, Mapping) and item.get("name") == h.name), 0)
+        if h.gpu is None:
+            r.error(f"hosts[{i}].gpu", f"host `{h.name}` has no GPUs but `workload` is set",
+                    "give the host a `gpu:` block (or the stack a default `gpu:`), or remove it from this stack")
+            continue
+        if h.gpu.mode == "ppcie":
+            r.error(f"hosts[{i}].gpu.mode", "a workload with `ppcie` (8 GPUs + NVSwitches in one TD) is not yet "
+                    "supported: the TD definition does not pass the NVSwitches through", "use `mode: on`")
+        counts.setdefault(h.gpu.count, h.name)
+    if len(counts) > 1:
+        shown = ", ".join(f"`{name}` has {count}" for count, name in sorted(counts.items()))
+        r.error("hosts", f"hosts with a workload must have the same GPU count (tensorParallelSize is measured into "
+                f"RTMR3 and the stack pins one RTMR3): {shown}", "give every host the same `gpu.count`")
+
+    if len(r.errors) > before or boot is None or td is None:
+        return None
+    wl = WorkloadConfig(target=str(target), image=image, model_id=model_id, model_revision=revision,  # type: ignore[arg-type]
+                        model_files=files, model_source=source, vllm_args=args, gateway_port=gateway_port,  # type: ignore[arg-type]
+                        known_answer=KnownAnswer(prompt=prompt, expect=expect), td=td,  # type: ignore[arg-type]
+                        boot_manifest=boot.path)
+    from tdxattest.errors import InputError
+    try:
+        wl.manifest(max(counts) if counts else 1)
+    except InputError as exc:  # the manifest library's rules (kept in step with the checks above)
+        r.error(path, f"not a valid workload manifest: {exc}", "correct the value named")
+        return None
+    return wl
+
+
+def _model_files(r: _Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+    fix = "map each file's path in the model snapshot to its sha256, e.g. `model.safetensors: <64 hex>`"
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping) or not value or _is_secure_marker(value):
+        r.error(path, f"expected a non-empty mapping of file path to sha256, got {_kind(value)}", fix)
+        return ()
+    out = []
+    for name, sha in value.items():
+        fp = f"{path}[{name!r}]" if not re.fullmatch(r"[A-Za-z0-9_.\-/]+", str(name)) else _join(path, name)
+        parts = str(name).split("/")
+        if (not isinstance(name, str) or not name or name.startswith("/") or "\\" in name
+                or any(p in ("", ".", "..") for p in parts)):
+            r.error(fp, f"`{name}` is not a relative path inside the model directory",
+                    "use the path as in the snapshot, without `..`, `.`, empty or absolute parts")
+            continue
+        if not isinstance(sha, str) or not _SHA256_HEX.match(sha.strip().lower()):
+            r.error(fp, f"expected a sha256 (64 hex digits), got {sha!r}", "use the `sha256sum` of the file")
+            continue
+        out.append((name, sha.strip().lower()))
+    return tuple(sorted(out))
+
+
+def _vllm_args(r: _Reader, value: Any, path: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        r.error(path, f"expected a list of arguments, got {_kind(value)}",
+                "write it as a YAML list: `[--max-model-len, \"8192\"]`")
+        return ()
+    out = []
+    for i, arg in enumerate(value):
+        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
+            arg = str(arg)
+        if not isinstance(arg, str) or not arg:
+            r.error(f"{path}[{i}]", f"expected a string, got {_kind(arg)}", "quote the argument")
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in _VLLM_REFUSED:
+            r.error(f"{path}[{i}]", f"`{flag}` is refused: {_VLLM_REFUSED[flag]}", "remove it")
+            continue
+        out.append(arg)
+    return tuple(out)
+
+
+def _td_shape(r: _Reader, value: Any, path: str, manifest_path: Path) -> TdShape | None:
+    from .td_definition import DefinitionError, load_boot_manifest
+
+    m = r.obj(value, path, ("vcpus", "memoryMiB", "artifactSource", "readyTimeoutSeconds", "dataDiskGiB"))
+    try:
+        boot = load_boot_manifest(manifest_path)
+        want = {"vcpus": boot.vcpus, "memoryMiB": boot.memory_mib}
+    except DefinitionError:
+        want = {}  # reported by _workload
+    shape = {}
+    for key, lo, hi in (("vcpus", 1, 512), ("memoryMiB", 1024, 4 * 1024 * 1024)):
+        shape[key] = r.integer(m.get(key), _join(path, key), want.get(key, lo), lo, hi)
+        if m.get(key) is not None and want and shape[key] != want[key]:
+            r.error(_join(path, key), f"{shape[key]} differs from `vm.{key}: {want[key]}` in the TD boot manifest "
+                    f"{_show_path(manifest_path)} (RTMR0 and RTMR1 are computed for that VM shape)",
+                    f"set {want[key]}, or change `vm.{key}` in the manifest and capture its ACPI digests again")
+    fix_src = ("set where the host fetches the TD boot artifacts (the manifest's `file` names under it): "
+               "an `https://` base URL, or an absolute directory on the host")
+    source = r.string(r.required(m, "artifactSource", path, fix_src), _join(path, "artifactSource"), fix_src)
+    if source is not None and not source.startswith("/"):
+        problem = url_problem(source, ("https", "http"))
+        if problem:
+            r.error(_join(path, "artifactSource"), problem, fix_src + " (the host checks every file's sha256)")
+    if source is not None and re.search(r"[\s'\"\\]", source):
+        r.error(_join(path, "artifactSource"), "contains spaces, quotes or backslashes", fix_src)
+    timeout = r.integer(m.get("readyTimeoutSeconds"), _join(path, "readyTimeoutSeconds"), 3600, 60, 86400)
+    data_disk = r.integer(m.get("dataDiskGiB"), _join(path, "dataDiskGiB"), 0, 0, 65536)
+    if source is None:
+        return None
+    return TdShape(vcpus=shape["vcpus"], memory_mib=shape["memoryMiB"], artifact_source=source.rstrip("/") or "/",
+                   ready_timeout_s=timeout, data_disk_gib=data_disk)
+
+
+def _show_path(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _hosts(r: _Reader, value: Any, path: str, gpu_models: tuple[str, ...], vendors: tuple[str, ...],

@@ -7,8 +7,8 @@ with `refusal(...)` before any host step is registered.
 
 What is compared (and nothing else): the TD measurements (MRTD, RTMR0-3, TD attributes), the sha256
 of each TD boot artifact (firmware, kernel, initrd), the guest kernel command line, the VBIOS and
-driver pins of every GPU SKU the stack uses, the gpu-admin-tools wheel (version and sha256) and the
-TDX module pin. Host addresses, keys, BMCs and the number of hosts are per stack and never compared.
+driver pins of every GPU SKU the stack uses, the gpu-admin-tools wheel (version and sha256), the
+TDX module pin and, for a stack with a workload, the vLLM image digest and the model hash. Host addresses, keys, BMCs and the number of hosts are per stack and never compared.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def promotable_pins(pins: Mapping[str, Any], gpu_models: list[str] | tuple[str, 
         sku = gpu_sku(model, fw)
         gpus[model] = {"vbios": sku.vbios, "driver": sku.driver}
     tools = gpu_admin_tools(fw) if gpus else None
-    return {
+    out = {
         "schema": PROMOTABLE_SCHEMA,
         "td": {
             "profile": pins.get("profile"),
@@ -79,6 +79,11 @@ def promotable_pins(pins: Mapping[str, Any], gpu_models: list[str] | tuple[str, 
         "gpuAdminTools": {"version": tools.version, "sha256": tools.sha256} if tools else None,
         "tdxModule": tdx_module,
     }
+    # Only with a workload (Pulumi drops null outputs, so an absent section equals a null one): a
+    # stack without a workload promotes exactly what it did before workloads existed.
+    if pins.get("imageDigest") is not None or pins.get("modelSha256") is not None:
+        out["workload"] = {"imageDigest": pins.get("imageDigest"), "modelSha256": pins.get("modelSha256")}
+    return out
 
 
 def compare(expected: Mapping[str, Any], promoted: Mapping[str, Any]) -> list[Difference]:

@@ -251,3 +251,174 @@ def test_promotion_errors_are_collected_with_the_others():
 def test_shipped_prod_stack_promotes_from_staging():
     cfg = load_stack_file(REPO / "stacks" / "Pulumi.prod.yaml")
     assert cfg.promotion is not None and cfg.promotion.from_stack == "organization/tdx-vllm/staging"
+
+
+# --- workload ----------------------------------------------------------------------------------
+
+WL_IMAGE = "docker.io/vllm/vllm-openai@sha256:" + "ab" * 32
+WL_REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+def workload() -> dict:
+    return {
+        "image": WL_IMAGE,
+        "model": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": WL_REV,
+                  "files": {"model.safetensors": "aa" * 32, "config.json": "bb" * 32}},
+        "modelSource": "https://huggingface.co/{id}/resolve/{revision}",
+        "vllmArgs": ["--max-model-len", 4096],
+        "gateway": {"port": 8443},
+        "knownAnswer": {"prompt": "The capital of France is", "expect": " Paris"},
+        "td": {"vcpus": 16, "memoryMiB": 65536, "artifactSource": "https://artifacts.example.net/td/"},
+    }
+
+
+@pytest.fixture
+def fw(tmp_path):
+    from .test_td_definition import pinned_firmware_dir
+    return pinned_firmware_dir(tmp_path)
+
+
+def workload_errors(raw: dict, fw: Path, stack: str = "staging") -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        parse_stack(raw, stack, firmware_dir=fw)
+    return [str(e) for e in info.value.errors]
+
+
+def test_without_workload_nothing_changes():
+    assert parse_stack(good(), "staging").workload is None
+
+
+def test_workload_parses_into_typed_values(fw):
+    raw = good()
+    raw["workload"] = workload()
+    cfg = parse_stack(raw, "staging", firmware_dir=fw)
+    wl = cfg.workload
+    assert wl is not None and wl.target == "host" and wl.image == WL_IMAGE
+    assert wl.model_files == (("config.json", "bb" * 32), ("model.safetensors", "aa" * 32))
+    assert wl.vllm_args == ("--max-model-len", "4096")  # numbers become strings
+    assert wl.gateway_port == 8443 and wl.known_answer.expect == " Paris"
+    assert wl.td.vcpus == 16 and wl.td.memory_mib == 65536 and wl.td.ready_timeout_s == 3600
+    assert wl.td.artifact_source == "https://artifacts.example.net/td"
+    assert wl.boot_manifest == fw / "td" / "ovmf-debian-trixie.yaml"
+    assert cfg.tensor_parallel_size == 1
+    m = wl.manifest(cfg.tensor_parallel_size)
+    assert m.image == WL_IMAGE and m.tensor_parallel_size == 1 and m.vllm_args == ("--max-model-len", "4096")
+
+
+def test_workload_vm_shape_defaults_to_the_boot_manifest(fw):
+    raw = good()
+    raw["workload"] = workload()
+    del raw["workload"]["td"]["vcpus"], raw["workload"]["td"]["memoryMiB"]
+    wl = parse_stack(raw, "staging", firmware_dir=fw).workload
+    assert (wl.td.vcpus, wl.td.memory_mib) == (16, 65536)
+
+
+def test_workload_vm_shape_must_equal_the_boot_manifest(fw):
+    raw = good()
+    raw["workload"] = workload()
+    raw["workload"]["td"].update(vcpus=8, memoryMiB=32768)
+    errors = workload_errors(raw, fw)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("workload.td.vcpus: 8 differs from `vm.vcpus: 16` in the TD boot manifest")
+    assert "ovmf-debian-trixie.yaml" in errors[0] and "fix: set 16" in errors[0]
+    assert errors[1].startswith("workload.td.memoryMiB: 32768 differs from `vm.memoryMiB: 65536`")
+
+
+def test_workload_refuses_a_boot_manifest_that_cannot_launch():
+    raw = good()
+    raw["workload"] = workload()
+    errors = errors_of(raw)  # the repository's manifest: no kernel, initrd or command line yet
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("workload: the TD boot manifest firmware/td/ovmf-debian-trixie.yaml cannot launch a TD yet")
+    assert "kernel: guest image build not pinned yet" in errors[0] and "fix: pin the guest kernel" in errors[0]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda w: w.update(image="docker.io/vllm/vllm-openai:v0.11.0"),
+     "workload.image: `docker.io/vllm/vllm-openai:v0.11.0` is not an image reference by digest; fix: pin the image by digest"),
+    (lambda w: w["model"].update(revision="main"), "workload.model.revision: `main` is not a commit id"),
+    (lambda w: w["model"].update(id="not a model"), "workload.model.id: `not a model` is not a model id"),
+    (lambda w: w["model"].update(files={}), "workload.model.files: expected a non-empty mapping"),
+    (lambda w: w["model"]["files"].update({"../etc/passwd": "aa" * 32}), "is not a relative path inside the model directory"),
+    (lambda w: w["model"]["files"].update({"x.bin": "md5:abc"}), "workload.model.files.x.bin: expected a sha256"),
+    (lambda w: w.update(modelSource="ftp://mirror"), "workload.modelSource: scheme must be https or http"),
+    (lambda w: w.update(vllmArgs=["--tensor-parallel-size", "2"]), "workload.vllmArgs[0]: `--tensor-parallel-size` is refused"),
+    (lambda w: w.update(vllmArgs=["--kv-offloading-size=8"]), "cudaHostRegister"),
+    (lambda w: w.update(vllmArgs="--max-model-len 4096"), "workload.vllmArgs: expected a list"),
+    (lambda w: w["gateway"].update(port=0), "workload.gateway.port: expected an integer in 1..65535"),
+    (lambda w: w.pop("knownAnswer"), "workload.knownAnswer: required; fix: add `knownAnswer: {prompt: ..., expect: ...}`"),
+    (lambda w: w["knownAnswer"].pop("expect"), "workload.knownAnswer.expect: required"),
+    (lambda w: w["td"].pop("artifactSource"), "workload.td.artifactSource: required"),
+    (lambda w: w["td"].update(artifactSource="artifacts/td"), "workload.td.artifactSource: scheme must be https or http"),
+    (lambda w: w["td"].update(readyTimeoutSeconds=5), "workload.td.readyTimeoutSeconds: expected an integer in 60..86400"),
+    (lambda w: w.update(target="k8s"), "workload.target: `k8s` is not one of host, kubernetes"),
+    (lambda w: w.update(target="kubernetes"), "workload.target: the `kubernetes` target (Confidential Containers) is not yet supported"),
+    (lambda w: w.update(kubernetes={"namespace": "x"}), "workload.kubernetes: the `kubernetes` target"),
+    (lambda w: w.update(modelSorce="x"), "workload.modelSorce: unknown key; fix: remove it or rename it (did you mean `modelSource`?)"),
+])
+def test_workload_rules(fw, change, needle):
+    raw = good()
+    raw["workload"] = workload()
+    change(raw["workload"])
+    errors = workload_errors(raw, fw)
+    assert any(needle in e for e in errors), errors
+
+
+def test_workload_accepts_a_directory_on_the_host_as_artifact_source(fw):
+    raw = good()
+    raw["workload"] = workload()
+    raw["workload"]["td"]["artifactSource"] = "/srv/tdx-artifacts/"
+    assert parse_stack(raw, "staging", firmware_dir=fw).workload.td.artifact_source == "/srv/tdx-artifacts"
+
+
+def test_workload_hosts_need_the_same_gpu_count_and_single_gpu_cc_mode(fw):
+    raw = good()
+    raw["workload"] = workload()
+    raw["hosts"][1]["gpu"] = {"model": "h100-sxm", "count": 2}
+    errors = workload_errors(raw, fw)
+    assert any(e.startswith("hosts: hosts with a workload must have the same GPU count") and "`gpu-a` has 1" in e
+               and "`gpu-b` has 2" in e for e in errors), errors
+    raw["hosts"][1]["gpu"] = {"model": "h100-sxm", "count": 8, "mode": "ppcie"}
+    errors = workload_errors(raw, fw)
+    assert any(e.startswith("hosts[1].gpu.mode: a workload with `ppcie`") and "not yet supported" in e for e in errors)
+
+
+def test_workload_hosts_without_gpus_are_refused(fw):
+    raw = good()
+    del raw["gpu"]
+    raw["hosts"][0]["gpu"] = {"model": "h100-sxm", "count": 1}
+    raw["workload"] = workload()
+    errors = workload_errors(raw, fw)
+    assert errors == ["hosts[1].gpu: host `gpu-b` has no GPUs but `workload` is set; fix: give the host a `gpu:` "
+                      "block (or the stack a default `gpu:`), or remove it from this stack"]
+
+
+def test_workload_errors_are_reported_with_the_others(fw):
+    raw = good()
+    raw["workload"] = workload()
+    raw["workload"]["image"] = "vllm:latest"
+    raw["workload"]["td"]["vcpus"] = 4
+    raw["hosts"][0]["name"] = "Bad_Name"
+    errors = workload_errors(raw, fw)
+    assert [e.split(":")[0] for e in errors] == ["hosts[0].name", "workload.image", "workload.td.vcpus"]
+
+
+def test_shipped_stacks_still_validate_with_the_commented_workload_example():
+    for stack in ("dev", "staging", "prod"):
+        assert load_stack_file(REPO / "stacks" / f"Pulumi.{stack}.yaml").workload is None
+
+
+def test_the_commented_workload_example_in_the_dev_stack_validates(fw):
+    lines = (REPO / "stacks" / "Pulumi.dev.yaml").read_text().splitlines()
+    start = lines.index("  # tdx-vllm:workload:")
+    block = []
+    for ln in lines[start + 1:]:
+        if not ln.startswith("  #   "):
+            break
+        block.append(ln[len("  #   "):])
+    text = "\n".join(block).replace("<64 hex>", "ab" * 32).replace("<40-hex commit id>", WL_REV)
+    example = yaml.safe_load(text)
+    raw = good()
+    raw["workload"] = example
+    wl = parse_stack(raw, "staging", firmware_dir=fw).workload
+    assert wl is not None and wl.vllm_args == ("--max-model-len", "4096") and wl.td.ready_timeout_s == 3600
