@@ -15,17 +15,28 @@ except ConfigErrors as exc:
     print(exc.render(), file=sys.stderr)
     raise SystemExit(1) from None
 
-# Expected measurements, computed offline from the pinned TD boot artifacts (docs/pins.md). The dev
-# example may lack the artifact files: their registers are then null with the reason.
-try:
-    pins = expected_pins(DEFAULT_MANIFEST, default_artifact_dir(), require_artifacts=stack.stack != "dev")
-except PinError as exc:
-    print(f"pins: {exc}", file=sys.stderr)
-    raise SystemExit(1) from None
-# With a workload, RTMR3 is pinned too: the replay of the guest agent's events (docs/pins.md).
-if stack.workload is not None:
-    from components.trust_domain import workload_pins
-    pins = workload_pins(pins, stack.workload.manifest(stack.tensor_parallel_size))
+# Expected measurements (docs/pins.md). On hosts: computed offline from the pinned TD boot artifacts
+# (the dev example may lack the artifact files: their registers are then null with the reason), and
+# with a workload RTMR3 too (the replay of the guest agent's events). On Kubernetes: the cluster's
+# Kata guest reference values, MRCONFIGID from the init data (components/kubernetes_workload.py).
+workload = stack.workload
+manifest = workload.manifest(stack.tensor_parallel_size) if workload is not None else None
+k8s_args = None
+if workload is not None and workload.kubernetes is not None:
+    from components.kubernetes_workload import args_from_workload
+    from components.kubernetes_workload import expected_pins as kubernetes_pins
+    from components.trust_domain import model_sha256
+    k8s_args = args_from_workload(workload, manifest)
+    pins = {**kubernetes_pins(k8s_args), "modelSha256": model_sha256(manifest)}
+else:
+    try:
+        pins = expected_pins(DEFAULT_MANIFEST, default_artifact_dir(), require_artifacts=stack.stack != "dev")
+    except PinError as exc:
+        print(f"pins: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if manifest is not None:
+        from components.trust_domain import workload_pins
+        pins = workload_pins(pins, manifest)
 
 # What another stack may promote from this one (components/promotion.py); exported below only when
 # every host step verified.
@@ -51,16 +62,27 @@ if stack.promotion is not None:
     pulumi.export("promotedFrom", pulumi.Output.unsecret(gate.apply(lambda _: source)))
 
 hosts = [TdxHost(host, stack, opts=host_opts) for host in stack.hosts]
-# One TrustDomain per host, only when the stack has a `workload` (components/trust_domain.py).
+# The workload: one TrustDomain per host (components/trust_domain.py), or vLLM + the attested
+# gateway in a Confidential Containers cluster (components/kubernetes_workload.py).
 tds = {}
-if stack.workload is not None:
+endpoints: dict = {}
+if k8s_args is not None:
+    from components.kubernetes_workload import KubernetesWorkload
+    cluster = KubernetesWorkload("workload", k8s_args, opts=host_opts)
+    endpoints["kubernetes"] = cluster.endpoint
+elif workload is not None:
     from components.trust_domain import trust_domains
     tds = trust_domains(stack, hosts)
+    endpoints.update({name: td.endpoint for name, td in tds.items()})
 
 pulumi.export("hosts", {cfg.name: h.facts for cfg, h in zip(stack.hosts, hosts)})
 pulumi.export("pins", pins)
-if tds:
-    pulumi.export("endpoints", {name: td.endpoint for name, td in tds.items()})
-ready = pulumi.Output.all(*[h.ready for h in hosts], *[td.ready for td in tds.values()]).apply(all)
+if endpoints:
+    pulumi.export("endpoints", endpoints)
+waits = [h.ready for h in hosts] + [td.ready for td in tds.values()]
+if k8s_args is not None:
+    # The Deployment is created only once its pod passed the known-answer readiness check.
+    waits.append(cluster.endpoint.apply(bool))
+ready = pulumi.Output.all(*waits).apply(all)
 pulumi.export("ready", ready)
 pulumi.export("promotable", ready.apply(lambda ok: promotable if ok else None))

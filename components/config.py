@@ -140,8 +140,9 @@ class WorkloadConfig:
     vllm_args: tuple[str, ...]
     gateway_port: int
     known_answer: KnownAnswer
-    td: TdShape
-    boot_manifest: Path                          # the TD boot manifest the TDs launch (firmware/td/)
+    td: TdShape | None                           # host target: the TD shape (None for kubernetes)
+    boot_manifest: Path | None                   # host target: the TD boot manifest (firmware/td/)
+    kubernetes: Any = None                       # kubernetes target: components.kubernetes_workload.KubernetesTarget
 
     def manifest_mapping(self, tensor_parallel_size: int) -> dict[str, Any]:
         return {"image": self.image,
@@ -159,7 +160,7 @@ class StackConfig:
     stack: str
     hosts: tuple[HostConfig, ...]
     platform: PlatformConfig
-    dcap: DcapConfig
+    dcap: DcapConfig | None  # None only in a stack without hosts (a kubernetes-only workload)
     tee_io: bool
     restore_on_destroy: bool
     reboot_timeout_s: int
@@ -169,6 +170,8 @@ class StackConfig:
     @property
     def tensor_parallel_size(self) -> int:
         """GPUs per TD: every host's `gpu.count` (validation makes them equal when a workload is set)."""
+        if self.workload is not None and self.workload.kubernetes is not None:
+            return self.workload.kubernetes.gpu_count
         counts = {h.gpu.count for h in self.hosts if h.gpu}
         return counts.pop() if len(counts) == 1 else 0
 
@@ -423,8 +426,18 @@ def parse_stack(raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[st
     gpu_models = known_gpu_models(firmware_dir)
     default_gpu = _gpu(r, top.get("gpu"), "gpu", gpu_models) if top.get("gpu") is not None else None
     platform = _platform(r, top.get("platform"), "platform", firmware_dir)
-    dcap = _dcap(r, r.required(top, "dcap", "", "add a `dcap:` block with at least `pccsApiKey` (a secret)"), "dcap")
-    hosts = _hosts(r, top.get("hosts"), "hosts", gpu_models, known_bios_vendors(firmware_dir), default_gpu)
+    # A workload on Kubernetes runs in the cluster's TDs: such a stack may have no hosts (and then
+    # needs no DCAP block). Otherwise at least one host is required.
+    wl_raw = top.get("workload")
+    k8s_only = (isinstance(wl_raw, Mapping) and wl_raw.get("target") == "kubernetes"
+                and top.get("hosts") in (None, []))
+    if k8s_only:
+        hosts: tuple[HostConfig, ...] = ()
+        dcap = _dcap(r, top["dcap"], "dcap") if top.get("dcap") is not None else None
+    else:
+        dcap = _dcap(r, r.required(top, "dcap", "", "add a `dcap:` block with at least `pccsApiKey` (a secret)"),
+                     "dcap")
+        hosts = _hosts(r, top.get("hosts"), "hosts", gpu_models, known_bios_vendors(firmware_dir), default_gpu)
     tee_io = r.boolean(top.get("teeIo"), "teeIo", False)
     restore = r.boolean(top.get("restoreOnDestroy"), "restoreOnDestroy", False)
     reboot_timeout = r.integer(top.get("rebootTimeoutSeconds"), "rebootTimeoutSeconds", 1800, 60, 7200)
@@ -434,7 +447,7 @@ def parse_stack(raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[st
 
     if r.errors:
         raise ConfigErrors(r.errors)
-    assert platform is not None and dcap is not None
+    assert platform is not None and (dcap is not None or not hosts)
     return StackConfig(stack=stack, hosts=hosts, platform=platform, dcap=dcap, tee_io=tee_io,
                        restore_on_destroy=restore, reboot_timeout_s=reboot_timeout, promotion=promotion,
                        workload=workload)
@@ -485,10 +498,18 @@ def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], 
     if not m:
         return None
     target = r.choice(m.get("target", "host"), _join(path, "target"), WORKLOAD_TARGETS)
-    if target == "kubernetes" or m.get("kubernetes") is not None:
-        r.error(_join(path, "target" if target == "kubernetes" else "kubernetes"),
-                "the `kubernetes` target (Confidential Containers) is not yet supported",
-                "use `target: host` (the TD on each host serves vLLM itself) and remove `kubernetes:`")
+    k8s = None
+    if target == "kubernetes":
+        # The cluster's Kata TDX guest is the TD (components/kubernetes_workload.py, docs/kubernetes.md).
+        from .kubernetes_workload import kubernetes_target_from_mapping
+        k8s, errors = kubernetes_target_from_mapping(m.get("kubernetes"), _join(path, "kubernetes"), stack=r.stack)
+        r.errors.extend(errors)
+        if m.get("td") is not None:
+            r.error(_join(path, "td"), "the TD shape is not ours to set with `target: kubernetes` (Kata sizes the "
+                    "TD from the pod's limits)", "remove `td:`; set `kubernetes.cpu`/`kubernetes.memory` instead")
+    elif m.get("kubernetes") is not None:
+        r.error(_join(path, "kubernetes"), "only used with `target: kubernetes`",
+                "set `target: kubernetes`, or remove the block to run the workload in a TD on each host")
 
     fix_image = ("pin the image by digest: `<repository>@sha256:<64 hex>` (`podman pull IMAGE && podman image "
                  "inspect --format '{{index .RepoDigests 0}}' IMAGE`); a tag can move")
@@ -534,6 +555,9 @@ def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], 
     expect = ka.get("expect") if ka and r.string(r.required(ka, "expect", ka_path, fix_ka), _join(ka_path, "expect"),
                                                  fix_ka) else None
 
+    if k8s is not None or target == "kubernetes":
+        return _kubernetes_workload(r, before, path, k8s, image, model_id, revision, files, source, args,
+                                    gateway_port, prompt, expect)
     td = _td_shape(r, m.get("td"), _join(path, "td"), firmware_dir / "td" / TD_BOOT_MANIFEST)
     boot = None
     try:
@@ -577,6 +601,33 @@ def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], 
         r.error(path, f"not a valid workload manifest: {exc}", "correct the value named")
         return None
     return wl
+
+
+def _kubernetes_workload(r: _Reader, before: int, path: str, k8s: Any, image: Any, model_id: Any, revision: Any,
+                         files: tuple[tuple[str, str], ...], source: Any, args: tuple[str, ...], gateway_port: int,
+                         prompt: Any, expect: Any) -> WorkloadConfig | None:
+    """The rest of `workload` for `target: kubernetes`: the manifest's tensorParallelSize is the
+    pod's GPU count, and the Kubernetes target's own rules (components/kubernetes_workload.py)."""
+    if isinstance(source, str) and not source.startswith("https://"):
+        r.error(_join(path, "modelSource"), f"`{source}` is not https: the pod fetches the model over the cluster's "
+                "network, outside the TD", "serve the model files over https (every file's sha256 is checked too)")
+    if len(r.errors) > before or k8s is None:
+        return None
+    wl = WorkloadConfig(target="kubernetes", image=image, model_id=model_id, model_revision=revision,
+                        model_files=files, model_source=source, vllm_args=args, gateway_port=gateway_port,
+                        known_answer=KnownAnswer(prompt=prompt, expect=expect), td=None, boot_manifest=None,
+                        kubernetes=k8s)
+    from tdxattest.errors import InputError
+
+    from .kubernetes_workload import workload_problems
+    try:
+        manifest = wl.manifest(k8s.gpu_count)
+    except InputError as exc:
+        r.error(path, f"not a valid workload manifest: {exc}", "correct the value named")
+        return None
+    problems = workload_problems(manifest, k8s, path)
+    r.errors.extend(problems)
+    return None if problems else wl
 
 
 def _model_files(r: _Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:

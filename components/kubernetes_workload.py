@@ -771,3 +771,13 @@ __all__ = [
     "kubernetes_target_from_mapping", "model_source_from_mapping", "mrconfigid", "render_manifests",
     "workload_problems",
 ]
+
+
+def args_from_workload(workload: Any, manifest: WorkloadManifest) -> KubernetesWorkloadArgs:
+    """The component's arguments from the stack's validated `workload` (components/config.py): the
+    same `modelSource` base URL as the host target (`<modelSource>/<path>`), the known-answer check."""
+    template = workload.model_source.rstrip("/") + "/{path}"
+    return KubernetesWorkloadArgs(manifest=manifest, target=workload.kubernetes,
+                                  known_answer=KnownAnswer(prompt=workload.known_answer.prompt,
+                                                           expect=workload.known_answer.expect),
+                                  model_source=ModelSource(url_template=template))
