@@ -352,8 +352,8 @@ def test_workload_refuses_a_boot_manifest_that_cannot_launch():
     (lambda w: w["td"].update(artifactSource="artifacts/td"), "workload.td.artifactSource: scheme must be https or http"),
     (lambda w: w["td"].update(readyTimeoutSeconds=5), "workload.td.readyTimeoutSeconds: expected an integer in 60..86400"),
     (lambda w: w.update(target="k8s"), "workload.target: `k8s` is not one of host, kubernetes"),
-    (lambda w: w.update(target="kubernetes"), "workload.target: the `kubernetes` target (Confidential Containers) is not yet supported"),
-    (lambda w: w.update(kubernetes={"namespace": "x"}), "workload.kubernetes: the `kubernetes` target"),
+    (lambda w: w.update(target="kubernetes"), "workload.kubernetes: required for `target: kubernetes`"),
+    (lambda w: w.update(kubernetes={"namespace": "x"}), "workload.kubernetes: only used with `target: kubernetes`"),
     (lambda w: w.update(modelSorce="x"), "workload.modelSorce: unknown key; fix: remove it or rename it (did you mean `modelSource`?)"),
 ])
 def test_workload_rules(fw, change, needle):
