@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_model  # noqa: E402
+
 from tdxattest.mrtd import ORDERS, compute_mrtd  # noqa: E402
 from tdxattest.tdvf import parse_tdvf  # noqa: E402
 
@@ -29,16 +31,6 @@ CANDIDATES = (REPO.parent / "shared" / "fixtures" / "measurements" / "firmware" 
               Path(os.environ.get("TDX_VLLM_ARTIFACT_DIR", REPO / "artifacts")) / FIRMWARE_NAME)
 GOAL_MS = 50.0
 RESULT = REPO / "bench" / "results" / "measure.json"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn, runs: int) -> list[float]:

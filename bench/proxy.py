@@ -73,6 +73,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_model  # noqa: E402
+
 RESULT = REPO / "bench" / "results" / "proxy.json"
 GOAL_ADDED_P50_MS = 1.0
 GOAL_THROUGHPUT_RATIO = 0.98
@@ -100,16 +102,6 @@ class Params:
 
 
 # -- machine --------------------------------------------------------------------------------------
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
 
 def machine() -> dict:
     import aiohttp

@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_model  # noqa: E402
+
 import dcap_qvl  # noqa: E402
 
 from tdxattest.policy import DEFAULT_POLICY, Policy  # noqa: E402
@@ -31,16 +33,6 @@ from tdxattest.verify import load_collateral, verify_quote  # noqa: E402
 QUOTES = REPO.parent / "shared" / "fixtures" / "tdx-quotes"
 RESULT = REPO / "bench" / "results" / "verify.json"
 GOAL_MS = 1.5
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def dcap_version() -> str:

@@ -23,14 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-    import json
     import sys
     import time
 
     from ..cli import UsageError
     from ..gateway import CCEL_DATA, Gateway, GatewayConfig
     from ..quote_source import ConfigfsTsmQuoteSource, QuoteUnavailable
+    from ._common import serve_until_interrupted
     from .proxy import parse_listen
 
     host, port = parse_listen(args.listen)
@@ -58,17 +57,9 @@ def run(args: argparse.Namespace) -> int:
                            event_log=args.event_log or CCEL_DATA, gpu_evidence=args.gpu_evidence)
     gateway = Gateway(config, source)
 
-    async def serve() -> None:
+    async def start():
         runner = await gateway.start()
-        print(json.dumps({"listening": f"https://{host}:{gateway.port}", "upstream": args.upstream,
-                          "tls_spki_sha256": gateway.tls.spki_sha256, "quote_source": source.label}), flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
+        return runner, {"listening": f"https://{host}:{gateway.port}", "upstream": args.upstream,
+                        "tls_spki_sha256": gateway.tls.spki_sha256, "quote_source": source.label}
 
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve_until_interrupted(start)

@@ -49,48 +49,30 @@ def default_audit_path() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-    import dataclasses
-    import json
-
     from ..errors import InputError
-    from ..policy import DEFAULT_POLICY, load_pins_json, load_policy
     from ..proxy import ProxyConfig, VerifyingProxy, check_listen
+    from ._common import policy_with_pins, read_root_ca, serve_until_interrupted
 
     host, port = parse_listen(args.listen)
     check_listen(host)
-    policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
-    pins, keys = load_pins_json(args.pins, args.accept_mrtd_candidates)
-    policy = dataclasses.replace(policy, pins=policy.pins.merged(pins, keys))
-    root = None
-    if args.root_ca:
-        try:
-            with open(args.root_ca, "rb") as fh:
-                root = fh.read()
-        except OSError as exc:
-            raise InputError("a readable root CA file", exc.strerror or str(exc), file=args.root_ca) from None
+    if not args.pins:
+        raise InputError("--pins: the stack's pins.json", "nothing")
+    policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
+    root = read_root_ca(args.root_ca)
     audit = args.audit or default_audit_path()
     config = ProxyConfig(upstream=args.upstream, policy=policy, collateral_path=args.collateral, pccs=args.pccs,
                          cache_dir=args.cache_dir, root_ca_der=root, reattest_interval_s=args.reattest_interval,
                          audit_path=audit, require_response_quotes=args.require_response_quotes)
     proxy = VerifyingProxy(config)
 
-    async def serve() -> None:
+    async def start():
         from aiohttp import web
         runner = web.AppRunner(proxy.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = site._server.sockets[0].getsockname()[1]
-        print(json.dumps({"listening": f"http://{host}:{bound}", "upstream": args.upstream, "audit": audit,
-                          "root_ca": "TEST (not Intel)" if root else "Intel SGX Root CA"}), flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
+        return runner, {"listening": f"http://{host}:{bound}", "upstream": args.upstream, "audit": audit,
+                        "root_ca": "TEST (not Intel)" if root else "Intel SGX Root CA"}
 
-    try:
-        asyncio.run(serve())
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return serve_until_interrupted(start)

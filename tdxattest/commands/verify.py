@@ -65,16 +65,12 @@ def run(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
     from ..errors import InputError
-    from ..policy import DEFAULT_POLICY, load_pins_json, load_policy
     from ..verify import load_collateral, verify_quote
+    from ._common import policy_with_pins, read_root_ca
 
     now = parse_time(args.at)
     quote = read_quote(args.quote)
-    policy = load_policy(args.policy) if args.policy else DEFAULT_POLICY
-    if args.pins:
-        import dataclasses
-        pins, keys = load_pins_json(args.pins, args.accept_mrtd_candidates)
-        policy = dataclasses.replace(policy, pins=policy.pins.merged(pins, keys))
+    policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
     expected = None
     if args.report_data is not None:
         try:
@@ -83,13 +79,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--report-data: hex", repr(args.report_data)) from None
         if len(expected) != 64:
             raise InputError("--report-data: 64 bytes of hex", f"{len(expected)} bytes")
-    root = None
-    if args.root_ca:
-        try:
-            with open(args.root_ca, "rb") as fh:
-                root = fh.read()
-        except OSError as exc:
-            raise InputError("a readable root CA file", exc.strerror or str(exc), file=args.root_ca) from None
+    root = read_root_ca(args.root_ca)
 
     collateral_info = None
     if args.collateral:

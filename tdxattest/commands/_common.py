@@ -1,0 +1,48 @@
+"""Pieces several verbs share (a leading underscore: not a verb itself)."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Awaitable, Callable
+
+
+def read_root_ca(path: str | None) -> bytes | None:
+    """`--root-ca`: the DER of a root CA to trust instead of Intel's, or None."""
+    from ..errors import InputError
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InputError("a readable root CA file", exc.strerror or str(exc), file=path) from None
+
+
+def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd_candidates: bool):
+    """The policy file (or the safe defaults) with the stack's `pins.json` merged in."""
+    import dataclasses
+
+    from ..policy import DEFAULT_POLICY, load_pins_json, load_policy
+    policy = load_policy(policy_path) if policy_path else DEFAULT_POLICY
+    if pins_path:
+        pins, keys = load_pins_json(pins_path, accept_mrtd_candidates)
+        policy = dataclasses.replace(policy, pins=policy.pins.merged(pins, keys))
+    return policy
+
+
+def serve_until_interrupted(start: Callable[[], Awaitable[tuple[object, dict]]]) -> int:
+    """Run a server: `start()` returns (an aiohttp runner, the facts to print as one JSON line once
+    listening); serve until SIGINT (SIGTERM ends the process as usual)."""
+    async def main() -> None:
+        runner, facts = await start()
+        print(json.dumps(facts), flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
