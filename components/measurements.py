@@ -38,7 +38,9 @@ RTMR3_REASON = "workload manifest not pinned yet"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA384 = re.compile(r"[0-9a-f]{96}")
 _TD_ATTRIBUTES = re.compile(r"[0-9a-f]{16}")
-TOP_KEYS = ("schema", "name", "description", "firmware", "vm", "td", "kernel", "initrd", "cmdline", "acpi")
+# `rootfs` (the guest image's dm-verity disk) is staged and attached by the TrustDomain but measured
+# only through the root hash on the command line (RTMR2), so nothing here reads it.
+TOP_KEYS = ("schema", "name", "description", "firmware", "vm", "td", "kernel", "initrd", "cmdline", "acpi", "rootfs")
 FILE_KEYS = ("name", "version", "source", "file", "size", "sha256", "sha384", "reason", "used")
 FIRMWARE_KEYS = FILE_KEYS + ("pageAddOrder", "eventTemplate", "separator")
 TD_ATTR_DEBUG = 1 << 0

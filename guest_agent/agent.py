@@ -13,6 +13,8 @@ Any refusal stops what was started and reports; `supervise` then watches the pro
 """
 from __future__ import annotations
 
+import json
+
 import secrets
 import sys
 import threading
@@ -34,6 +36,26 @@ EVENT_LOG = "rtmr3-events.jsonl"
 GATEWAY_START_TIMEOUT_S = 60.0
 STANDIN_START_TIMEOUT_S = 30.0
 SOFTWARE_QUOTES = "software-test"
+
+
+IMAGE_FACTS = "/etc/tdx-vllm/image.json"  # written by tools/build-guest-image.sh into the verity root
+
+
+def check_image_stack(stack: str, system: System) -> None:
+    """The stack comes from the host (fw_cfg), which is not trusted; the image's own record of the
+    stack it was built for is measured (dm-verity root, root hash in RTMR2). A host that hands a
+    prod image a `dev` config, to get software quotes or a skipped GPU check, is refused here."""
+    path = system.path(IMAGE_FACTS)
+    try:
+        built_for = json.loads(path.read_text()).get("stack")
+    except FileNotFoundError:
+        return  # not our image (tests, or the agent run by hand): the config's stack stands
+    except (OSError, ValueError, AttributeError) as exc:
+        raise Refused("image", f"a readable {IMAGE_FACTS}; seen: {exc}") from None
+    if built_for != stack:
+        raise Refused("image", f"this image was built for stack {built_for!r} but the host's config says "
+                               f"{stack!r}; rebuild the image for {stack!r} (tools/build-guest-image.sh --stack) "
+                               "or fix the stack config")
 
 
 class Agent:
@@ -94,6 +116,7 @@ class Agent:
         cfg = self.config
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
 
+        check_image_stack(cfg.stack, self.system)
         facts = detect_tdx(self.system)
         if facts.present:
             register = SysfsRtmr3(facts.rtmr3)  # type: ignore[arg-type]

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 # Go (for the Pulumi toolchain) must be on PATH: this machine kind has it.
 # Host tools the harness drives for real: OpenSSH servers in network namespaces, and what the
 # production scripts call on a host (pip for the gpu-admin-tools wheel, curl for PCCS).
+# The slow tier (tests/slow: build the TD guest image, boot it under QEMU) needs the image tools.
 need=()
-for pkg in openssh-server openssh-client iproute2 python3-pip curl util-linux; do
+for pkg in openssh-server openssh-client iproute2 python3-pip curl util-linux \
+           debootstrap debian-archive-keyring squashfs-tools cryptsetup-bin cpio zstd xz-utils qemu-system-x86; do
   dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -25,4 +27,7 @@ tools/setup-venv.sh requirements-test.txt
 # and a command provider (the stand-in when the official plugin is not available).
 tools/build-pulumi.sh >/dev/null
 tools/install-command-provider.sh >/dev/null
+# The slow tier runs too (a few minutes: image build cached under /var/cache/tdx-vllm-guest and
+# artifacts/); TDX_VLLM_SLOW=0 leaves it out.
+export TDX_VLLM_SLOW=${TDX_VLLM_SLOW:-1}
 exec .venv/bin/python -m pytest "$@"

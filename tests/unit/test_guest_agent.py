@@ -170,6 +170,22 @@ def test_prod_without_tdx_is_refused_and_starts_nothing(tmp_path, root, model_sr
     assert not (tmp_path / "state/rtmr3-events.jsonl").exists() and not (tmp_path / "model").exists()
 
 
+@pytest.mark.parametrize("built_for, stack", [("prod", "dev"), ("dev", "prod")])
+def test_the_image_decides_the_stack_not_the_host(tmp_path, root, model_src, built_for, stack):
+    # The host hands the agent its config; a prod image told "dev" (to get TEST quotes and skip
+    # the GPU gate) is refused before anything runs, and so is the converse.
+    (root / "etc/tdx-vllm").mkdir(parents=True)
+    (root / "etc/tdx-vllm/image.json").write_text(json.dumps({"stack": built_for, "suite": "trixie"}))
+    commands = Commands()
+    agent, out = make_agent(config_doc(tmp_path, model_src, stack=stack, server="standin" if stack == "dev" else "vllm"),
+                            root, commands)
+    report = agent.start()
+    assert report.state == "refused" and report.step == "image"
+    assert f"built for stack {built_for!r}" in report.reason and f"says {stack!r}" in report.reason
+    assert commands.calls == [] and agent.supervisor.children == []
+    assert not (tmp_path / "state/rtmr3-events.jsonl").exists()
+
+
 def test_detect_tdx_names_what_is_missing(root):
     facts = detect_tdx(System(root=root))
     assert not facts.present and facts.tsm_provider is None and len(facts.missing) == 2

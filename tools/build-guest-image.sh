@@ -1,0 +1,367 @@
+#!/usr/bin/env bash
+# Build the tdx-vllm TD guest image from Debian packages (recipe: guest/image/, docs/guest-image.md).
+#
+#   tools/build-guest-image.sh [--stack dev|prod|all] [--out DIR] [--cache DIR]
+#                              [--mirror URL] [--security-mirror URL] [--update-lock] [--keep-work]
+#   tools/build-guest-image.sh --print-recipe-hash
+#
+# Outputs (in DIR, or DIR/<stack> with --stack all): vmlinuz, initrd.img, rootfs.verity.img
+# (squashfs, then its dm-verity hash tree at a 4 KiB-aligned offset, no superblock), cmdline.txt
+# (the exact QEMU -append text, no trailing newline) and manifest.json (sizes, sha256/sha384, verity
+# parameters, package lock digest, build time).
+#
+# Mirror: --mirror / $TDX_VLLM_GUEST_MIRROR, else the first `.../debian` URI in this machine's apt
+# sources; the security archive likewise (`.../debian-security`). Use a snapshot archive URL to
+# rebuild an old lock after the mirror has moved on. Package versions are pinned in
+# guest/image/packages.lock (the whole installed closure, name=version); --update-lock re-resolves
+# guest/image/config.sh's PACKAGES against the mirror and rewrites it.
+#
+# Needs root (debootstrap, chroot), debootstrap, mksquashfs (squashfs-tools), veritysetup
+# (cryptsetup-bin), cpio, zstd, python3. Downloads and the installed package set are cached in
+# --cache (default $TDX_VLLM_GUEST_CACHE or /var/cache/tdx-vllm-guest).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RECIPE=$REPO/guest/image
+STACK=prod
+OUT=
+CACHE=${TDX_VLLM_GUEST_CACHE:-/var/cache/tdx-vllm-guest}
+MIRROR=${TDX_VLLM_GUEST_MIRROR:-}
+SECURITY_MIRROR=${TDX_VLLM_GUEST_SECURITY_MIRROR:-}
+UPDATE_LOCK=0
+KEEP_WORK=0
+PRINT_HASH=0
+T0=$(date +%s)
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
+die() { echo "build-guest-image: error: $*" >&2; exit 1; }
+step() { echo "==> [$(( $(date +%s) - T0 ))s] $*" >&2; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --stack) STACK=${2:?}; shift 2 ;;
+    --out) OUT=${2:?}; shift 2 ;;
+    --cache) CACHE=${2:?}; shift 2 ;;
+    --mirror) MIRROR=${2:?}; shift 2 ;;
+    --security-mirror) SECURITY_MIRROR=${2:?}; shift 2 ;;
+    --update-lock) UPDATE_LOCK=1; shift ;;
+    --keep-work) KEEP_WORK=1; shift ;;
+    --print-recipe-hash) PRINT_HASH=1; shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "unknown argument: $1" >&2; usage 2 ;;
+  esac
+done
+case "$STACK" in dev|prod) STACKS=("$STACK") ;; all) STACKS=(prod dev) ;; *) die "--stack must be dev, prod or all" ;; esac
+
+# shellcheck source=../guest/image/config.sh
+. "$RECIPE/config.sh"
+export SOURCE_DATE_EPOCH
+LOCK=$RECIPE/packages.lock
+KVER=${KERNEL_ABI}-${KERNEL_FLAVOUR}
+
+# The recipe hash: everything that goes into the image from this repository. The slow test keys its
+# cached build on it; manifest.json records it.
+recipe_hash() {
+  (cd "$REPO" && find guest/image tools/build-guest-image.sh tdxattest guest_agent -type f \
+      ! -name '*.pyc' ! -path '*/__pycache__/*' 2>/dev/null | LC_ALL=C sort \
+    | while read -r f; do printf '%s\0' "$f"; sha256sum < "$f"; done) | sha256sum | cut -d' ' -f1
+}
+if [ "$PRINT_HASH" = 1 ]; then recipe_hash; exit 0; fi
+
+# --- step 0: preflight ---------------------------------------------------------------------------
+step "preflight"
+[ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mounts)"
+for c in debootstrap mksquashfs veritysetup cpio zstd xz python3 chroot flock sha256sum sha384sum; do
+  command -v "$c" >/dev/null || die "missing tool: $c (apt-get install debootstrap squashfs-tools cryptsetup-bin cpio zstd xz-utils)"
+done
+[ -n "$OUT" ] || OUT=$REPO/artifacts/guest-image
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+[ -r "$KEYRING" ] || die "no $KEYRING (apt-get install debian-archive-keyring)"
+
+# First `.../$1` URI in the machine's apt sources (one-line and deb822 formats).
+apt_source_uri() {
+  grep -hsE '^[[:space:]]*(deb[[:space:]]|URIs:)' /etc/apt/sources.list /etc/apt/sources.list.d/*.list \
+      /etc/apt/sources.list.d/*.sources \
+    | grep -oE '(https?|file)://[^[:space:]]+' | sed 's:/*$::' | grep -E "/$1\$" | head -n1
+}
+[ -n "$MIRROR" ] || MIRROR=$(apt_source_uri debian) || true
+[ -n "$MIRROR" ] || die "no Debian mirror: pass --mirror URL or set TDX_VLLM_GUEST_MIRROR"
+[ -n "$SECURITY_MIRROR" ] || SECURITY_MIRROR=$(apt_source_uri debian-security) || true
+[ -n "$SECURITY_MIRROR" ] || die "no Debian security mirror: pass --security-mirror URL or set TDX_VLLM_GUEST_SECURITY_MIRROR"
+echo "    mirror: $MIRROR  security: $SECURITY_MIRROR  suite: $SUITE  kernel: $KVER ($KERNEL_SUITE)" >&2
+
+mkdir -p "$CACHE/debs" "$CACHE/chroot" "$CACHE/work"
+exec 9>"$CACHE/.lock"
+flock 9 || die "cannot lock $CACHE"
+WORK=$(mktemp -d "$CACHE/work/build.XXXXXX")
+MOUNTS=()
+cleanup() {
+  local i
+  for (( i=${#MOUNTS[@]}-1; i>=0; i-- )); do umount -l "${MOUNTS[i]}" 2>/dev/null || true; done
+  if [ "$KEEP_WORK" = 1 ]; then echo "work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+in_root() { # DIR CMD...: run in the chroot with a clean environment
+  local root=$1; shift
+  chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 HOME=/root \
+    DEBIAN_FRONTEND=noninteractive SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" PYTHONDONTWRITEBYTECODE=1 "$@"
+}
+bind() { mount "$@"; MOUNTS+=("${@: -1}"); }
+unbind_all() {
+  local i
+  for (( i=${#MOUNTS[@]}-1; i>=0; i-- )); do umount "${MOUNTS[i]}"; done
+  MOUNTS=()
+}
+
+# --- step 1: the package set (debootstrap + pinned apt install), cached ---------------------------
+CHROOT_KEY=$( { printf '%s\n' "$SUITE" "$KERNEL_SUITE" "$KVER" "${PACKAGES[@]}"; debootstrap --version;
+  cat "$RECIPE/rootfs/etc/dpkg/dpkg.cfg.d/01-tdx-vllm-nodoc"; [ "$UPDATE_LOCK" = 1 ] || cat "$LOCK"; } | sha256sum | cut -c1-16)
+CHROOT_TAR=$CACHE/chroot/$SUITE-$CHROOT_KEY.tar
+if [ "$UPDATE_LOCK" = 0 ] && [ ! -f "$LOCK" ]; then
+  die "no $LOCK: run once with --update-lock to resolve and pin the package set"
+fi
+if [ "$UPDATE_LOCK" = 0 ] && [ -f "$CHROOT_TAR" ]; then
+  step "package set: cached ($CHROOT_TAR)"
+else
+  BASE=$WORK/base
+  step "debootstrap $SUITE (minbase) into $BASE"
+  debootstrap --variant=minbase --arch=amd64 --components=main --keyring="$KEYRING" \
+    --cache-dir="$CACHE/debs" "$SUITE" "$BASE" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$WORK/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
+
+  step "apt sources, no-docs policy, no service starts"
+  install -D -m 0644 "$RECIPE/rootfs/etc/dpkg/dpkg.cfg.d/01-tdx-vllm-nodoc" "$BASE/etc/dpkg/dpkg.cfg.d/01-tdx-vllm-nodoc"
+  cat > "$BASE/etc/apt/sources.list" <<SRC
+deb [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SUITE main
+deb [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SUITE-updates main
+deb [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SUITE-backports main
+deb [signed-by=/etc/apt/keyrings/debian.gpg] $SECURITY_MIRROR $SUITE-security main
+SRC
+  install -D -m 0644 "$KEYRING" "$BASE/etc/apt/keyrings/debian.gpg"
+  printf '#!/bin/sh\nexit 101\n' > "$BASE/usr/sbin/policy-rc.d"; chmod 755 "$BASE/usr/sbin/policy-rc.d"
+  bind -t proc proc "$BASE/proc"
+  bind --bind "$CACHE/debs" "$BASE/var/cache/apt/archives"
+  in_root "$BASE" apt-get -q update > "$WORK/apt.log" 2>&1 || { tail -n 30 "$WORK/apt.log" >&2; die "apt-get update failed"; }
+
+  APT_INSTALL=(apt-get -q -y -o Dpkg::Use-Pty=0 -o APT::Install-Recommends=false -o APT::Keep-Downloaded-Packages=true install)
+  if [ "$UPDATE_LOCK" = 1 ]; then
+    step "resolve and install ${#PACKAGES[@]} packages (kernel from $KERNEL_SUITE), rewrite the lock"
+    pkgs=()
+    for p in "${PACKAGES[@]}"; do
+      case "$p" in linux-*) pkgs+=("$p/$KERNEL_SUITE") ;; *) pkgs+=("$p") ;; esac
+    done
+    in_root "$BASE" "${APT_INSTALL[@]}" "${pkgs[@]}" >> "$WORK/apt.log" 2>&1 \
+      || { tail -n 30 "$WORK/apt.log" >&2; die "apt-get install failed"; }
+    { echo "# guest/image/packages.lock: every package in the guest root filesystem, name=version."
+      echo "# Generated by tools/build-guest-image.sh --update-lock; the build installs exactly this set."
+      in_root "$BASE" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort; } > "$LOCK.new"
+    mv "$LOCK.new" "$LOCK"
+    CHROOT_KEY=$( { printf '%s\n' "$SUITE" "$KERNEL_SUITE" "$KVER" "${PACKAGES[@]}"; debootstrap --version;
+      cat "$RECIPE/rootfs/etc/dpkg/dpkg.cfg.d/01-tdx-vllm-nodoc"; cat "$LOCK"; } | sha256sum | cut -c1-16)
+    CHROOT_TAR=$CACHE/chroot/$SUITE-$CHROOT_KEY.tar
+  else
+    mapfile -t PINS < <(grep -vE '^[[:space:]]*(#|$)' "$LOCK")
+    step "install the ${#PINS[@]} pinned packages from packages.lock"
+    in_root "$BASE" "${APT_INSTALL[@]}" --allow-downgrades "${PINS[@]}" >> "$WORK/apt.log" 2>&1 \
+      || { tail -n 30 "$WORK/apt.log" >&2; die "apt-get install of the locked versions failed (mirror moved on? use a snapshot mirror, or --update-lock)"; }
+    if ! diff -u <(grep -vE '^[[:space:]]*(#|$)' "$LOCK" | LC_ALL=C sort) \
+        <(in_root "$BASE" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort) > "$WORK/lock.diff"; then
+      cat "$WORK/lock.diff" >&2
+      die "installed package set differs from packages.lock (diff above); run --update-lock if intended"
+    fi
+  fi
+  rm -f "$BASE/usr/sbin/policy-rc.d"
+  unbind_all
+  step "cache the package set as $CHROOT_TAR"
+  tar -C "$BASE" --numeric-owner --xattrs --xattrs-include='security.*' -cf "$CHROOT_TAR.tmp" .
+  mv "$CHROOT_TAR.tmp" "$CHROOT_TAR"
+  rm -rf "$BASE"
+fi
+
+# --- step 2..6 per stack -------------------------------------------------------------------------
+python_snippet_manifest() { # OUTDIR STACK ROOTHASH DATA_BLOCKS HASH_START SALT
+  python3 - "$@" <<'PY'
+import hashlib, json, os, sys, time
+out, stack, roothash, data_blocks, hash_start, salt = sys.argv[1:7]
+env = os.environ
+files = {}
+for name in ("vmlinuz", "initrd.img", "rootfs.verity.img", "cmdline.txt"):
+    p = os.path.join(out, name)
+    h256, h384 = hashlib.sha256(), hashlib.sha384()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h256.update(chunk); h384.update(chunk)
+    files[name] = {"size": os.path.getsize(p), "sha256": h256.hexdigest(), "sha384": h384.hexdigest()}
+manifest = {
+    "schema": 1,
+    "stack": stack,
+    "suite": env["SUITE"],
+    "kernel": {"release": env["KVER"], "suite": env["KERNEL_SUITE"]},
+    "sourceDateEpoch": int(env["SOURCE_DATE_EPOCH"]),
+    "packagesLockSha256": env["LOCK_SHA256"],
+    "recipeSha256": env["RECIPE_SHA256"],
+    "cmdline": open(os.path.join(out, "cmdline.txt")).read(),
+    "verity": {
+        "rootHash": roothash, "hashAlgorithm": "sha256", "salt": salt,
+        "dataBlockSize": 4096, "hashBlockSize": 4096, "dataBlocks": int(data_blocks),
+        "hashStartBlock": int(hash_start), "superblock": False,
+        "squashfsSize": int(env["SQUASHFS_SIZE"]),
+    },
+    "files": files,
+    # Ready to paste into firmware/td/<profile>.yaml once the two files are copied to the artifact
+    # directory under these names (docs/guest-image.md).
+    "firmwareTd": {
+        "kernel": {"name": "vmlinuz", "version": env["KVER"], "source": f"tools/build-guest-image.sh --stack {stack}: vmlinuz (Debian linux-binary-{env['KVER']})",
+                   "file": f"tdx-vllm-guest-vmlinuz-{env['KVER']}-{files['vmlinuz']['sha256'][:12]}",
+                   **{k: files["vmlinuz"][k] for k in ("size", "sha256", "sha384")}},
+        "initrd": {"name": "initrd.img", "version": f"{stack}-{files['initrd.img']['sha256'][:12]}",
+                   "source": f"tools/build-guest-image.sh --stack {stack}: initrd.img (recipe {env['RECIPE_SHA256'][:16]})",
+                   "file": f"tdx-vllm-guest-{stack}-initrd-{files['initrd.img']['sha256'][:12]}.img",
+                   **{k: files["initrd.img"][k] for k in ("size", "sha256", "sha384")}},
+        "cmdline": {"value": open(os.path.join(out, "cmdline.txt")).read()},
+        "rootfsFile": f"tdx-vllm-guest-{stack}-rootfs-{roothash[:12]}.verity.img",
+    },
+    # Not part of the image: how long this build took (everything above is reproducible).
+    "build": {"seconds": int(time.time()) - int(env["T0"]), "finishedAt": int(time.time())},
+}
+with open(os.path.join(out, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=2, sort_keys=False)
+    f.write("\n")
+PY
+}
+
+build_initramfs() { # ROOTFS STACK DEST
+  local root=$1 stack=$2 dest=$3 ir=$WORK/initramfs-$2 m line ko rel lib
+  step "[$stack] initramfs: busybox, dmsetup, mke2fs, ${#INITRAMFS_MODULES[@]} modules"
+  rm -rf "$ir"; mkdir -p "$ir"/{bin,sbin,etc,proc,sys,dev,run,sysroot,lib/modules,lib64}
+  install -m 0755 "$RECIPE/initramfs/init" "$ir/init"
+  echo "$stack" > "$ir/etc/tdx-vllm-stack"
+  install -m 0755 "$root/usr/bin/busybox" "$ir/bin/busybox"
+  for a in $(in_root "$root" busybox --list); do
+    [ -e "$ir/bin/$a" ] || ln -s busybox "$ir/bin/$a"
+  done
+  for b in /usr/sbin/dmsetup /usr/sbin/mke2fs; do
+    install -m 0755 "$root$b" "$ir/sbin/${b##*/}"
+    in_root "$root" ldd "$b" | grep -oE '/[^ ]+\.so[^ ]*' | while read -r lib; do
+      mkdir -p "$ir$(dirname "$lib")"
+      cp -L "$root$lib" "$ir$lib"
+    done
+  done
+  cp "$root/etc/mke2fs.conf" "$ir/etc/mke2fs.conf"
+  : > "$ir/etc/modules.order"
+  for m in "${INITRAMFS_MODULES[@]}"; do
+    in_root "$root" modprobe -S "$KVER" --show-depends "$m" | while read -r line; do
+      case "$line" in
+        insmod\ *)
+          ko=$(echo "$line" | awk '{print $2}'); rel=${ko#/lib/modules/"$KVER"/}; rel=${rel#/usr/lib/modules/"$KVER"/}
+          rel=${rel%.xz}; rel=${rel%.zst}
+          grep -qxF "$rel" "$ir/etc/modules.order" && continue
+          mkdir -p "$ir/lib/modules/$(dirname "$rel")"
+          case "$ko" in
+            *.xz) xz -dc "$root$ko" > "$ir/lib/modules/$rel" ;;
+            *.zst) zstd -qdc "$root$ko" > "$ir/lib/modules/$rel" ;;
+            *) cp "$root$ko" "$ir/lib/modules/$rel" ;;
+          esac
+          echo "$rel" >> "$ir/etc/modules.order" ;;
+      esac
+    done
+  done
+  find "$ir" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+  (cd "$ir" && find . -print0 | LC_ALL=C sort -z \
+     | cpio --quiet --null --reproducible -o -H newc -R 0:0 | zstd -q -19 -T1) > "$dest"
+}
+
+configure_rootfs() { # ROOTFS STACK
+  local root=$1 stack=$2
+  step "[$stack] configure: overlay files, units, no login$( [ "$stack" = dev ] && echo ' (dev: serial autologin)')"
+  tar -C "$RECIPE/rootfs" --owner=0 --group=0 --mtime="@$SOURCE_DATE_EPOCH" -cf - . | tar -C "$root" -xf -
+  if [ "$stack" = dev ]; then
+    tar -C "$RECIPE/rootfs-dev" --owner=0 --group=0 --mtime="@$SOURCE_DATE_EPOCH" -cf - . | tar -C "$root" -xf -
+  fi
+  mkdir -p "$root/opt/tdx-vllm" "$root/var/lib/tdx-vllm" "$root/etc/tdx-vllm"
+  for pkg in tdxattest guest_agent; do
+    [ -d "$REPO/$pkg" ] || { echo "    note: $pkg/ not in the tree, not installed" >&2; continue; }
+    tar -C "$REPO" --owner=0 --group=0 --exclude=__pycache__ --exclude='*.pyc' -cf - "$pkg" | tar -C "$root/opt/tdx-vllm" -xf -
+  done
+  python3 -c 'import json,sys; print(json.dumps({"stack": sys.argv[1], "suite": sys.argv[2], "kernel": sys.argv[3], "packagesLockSha256": sys.argv[4]}, sort_keys=True))' \
+    "$stack" "$SUITE" "$KVER" "$LOCK_SHA256" > "$root/etc/tdx-vllm/image.json"
+  in_root "$root" depmod -a "$KVER"
+  in_root "$root" systemctl enable --quiet systemd-networkd.service tdx-vllm-boot-marker.service tdx-vllm-agent.service
+  if [ "$stack" != dev ]; then
+    # No console login at all (root is locked anyway): no gettys.
+    in_root "$root" systemctl mask --quiet getty.target serial-getty@.service getty@.service console-getty.service
+  fi
+  # Root password locked ('!'), and password-age fields pinned for reproducibility.
+  local days=$(( SOURCE_DATE_EPOCH / 86400 ))
+  awk -F: -v OFS=: -v d="$days" '$1 == "root" { $2 = "!" } $3 != "" { $3 = d } { print }' \
+    "$root/etc/shadow" > "$root/etc/shadow.new"
+  cat "$root/etc/shadow.new" > "$root/etc/shadow"; rm -f "$root/etc/shadow.new"
+  : > "$root/etc/machine-id"
+  rm -f "$root/var/lib/dbus/machine-id" "$root/etc/apt/sources.list" "$root"/etc/apt/sources.list.d/* \
+        "$root"/etc/*- "$root"/var/lib/dpkg/*-old "$root"/var/cache/debconf/*-old \
+        "$root/var/cache/ldconfig/aux-cache" "$root/var/lib/systemd/catalog/database" \
+        "$root"/var/cache/apt/*.bin "$root/etc/resolv.conf" \
+        "$root/var/lib/apt/extended_states"   # auto/manual marks: differ between --update-lock and locked installs
+  rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/* "$root"/tmp/* "$root"/var/tmp/*
+  find "$root/var/log" -type f -delete
+  # Documentation that debootstrap unpacked before the no-docs policy existed.
+  find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+  rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/lintian "$root"/usr/share/bug
+  find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+  # The kernel image leaves the root filesystem (it is an artifact of its own).
+  rm -f "$root/usr/lib/modules/$KVER/vmlinuz" "$root/usr/lib/modules/$KVER/System.map" "$root"/boot/*
+  step "[$stack] smoke test: the gateway's imports under the image's python3"
+  in_root "$root" env PYTHONPATH=/opt/tdx-vllm python3 -c \
+    'import aiohttp, h11, yaml, cryptography, tdxattest.gateway, tdxattest.standin; import importlib.util as u; u.find_spec("guest_agent") and __import__("guest_agent")' \
+    || die "the image's python cannot import the gateway (see above)"
+}
+
+LOCK_SHA256=$(sha256sum "$LOCK" | cut -d' ' -f1)
+RECIPE_SHA256=$(recipe_hash)
+export SUITE KVER KERNEL_SUITE LOCK_SHA256 RECIPE_SHA256 T0
+for stack in "${STACKS[@]}"; do
+  if [ "${#STACKS[@]}" -gt 1 ]; then dest=$OUT/$stack; else dest=$OUT; fi
+  root=$WORK/rootfs-$stack
+  step "[$stack] unpack the package set"
+  mkdir -p "$root"
+  # security.* xattrs (file capabilities) only: squashfs cannot store ACLs, so none are carried.
+  tar -C "$root" --numeric-owner --xattrs --xattrs-include='security.*' -xf "$CHROOT_TAR"
+  mkdir -p "$dest.tmp"; rm -f "$dest.tmp"/*
+  install -m 0644 "$root/usr/lib/modules/$KVER/vmlinuz" "$dest.tmp/vmlinuz"
+  configure_rootfs "$root" "$stack"
+  build_initramfs "$root" "$stack" "$dest.tmp/initrd.img"
+
+  step "[$stack] squashfs root filesystem"
+  SQ=$WORK/root-$stack.squashfs
+  mksquashfs "$root" "$SQ" -noappend -quiet -no-progress -comp zstd -Xcompression-level "$SQUASHFS_ZSTD_LEVEL" \
+    -b 131072 -processors "$(nproc)" >/dev/null
+  SQUASHFS_SIZE=$(stat -c %s "$SQ"); export SQUASHFS_SIZE
+  HASH_OFFSET=$(( (SQUASHFS_SIZE + 4095) / 4096 * 4096 ))
+  DATA_BLOCKS=$(( HASH_OFFSET / 4096 ))
+  HASH_START=$DATA_BLOCKS
+  SALT=$(sha256sum "$SQ" | cut -d' ' -f1)
+  truncate -s "$HASH_OFFSET" "$SQ"
+  mv "$SQ" "$dest.tmp/rootfs.verity.img"
+  rm -rf "$root"
+
+  step "[$stack] dm-verity hash tree (sha256, 4 KiB blocks, no superblock, appended at $HASH_OFFSET)"
+  VOUT=$(veritysetup format --no-superblock --hash=sha256 --data-block-size=4096 --hash-block-size=4096 \
+    --data-blocks="$DATA_BLOCKS" --hash-offset="$HASH_OFFSET" --salt="$SALT" \
+    "$dest.tmp/rootfs.verity.img" "$dest.tmp/rootfs.verity.img")
+  ROOTHASH=$(echo "$VOUT" | awk -F: '/^Root hash:/ {gsub(/[[:space:]]/, "", $2); print $2}')
+  [ -n "$ROOTHASH" ] || die "veritysetup printed no root hash: $VOUT"
+  veritysetup verify --no-superblock --hash=sha256 --data-block-size=4096 --hash-block-size=4096 \
+    --data-blocks="$DATA_BLOCKS" --hash-offset="$HASH_OFFSET" --salt="$SALT" \
+    "$dest.tmp/rootfs.verity.img" "$dest.tmp/rootfs.verity.img" "$ROOTHASH" || die "verity self-check failed"
+
+  step "[$stack] cmdline and manifest"
+  CMDLINE=${CMDLINE_BASE//__ROOTHASH__/$ROOTHASH}
+  CMDLINE=${CMDLINE//__VERITY__/$DATA_BLOCKS,$HASH_START,$SALT}
+  printf '%s' "$CMDLINE" > "$dest.tmp/cmdline.txt"
+  python_snippet_manifest "$dest.tmp" "$stack" "$ROOTHASH" "$DATA_BLOCKS" "$HASH_START" "$SALT"
+  rm -rf "$dest"; mv "$dest.tmp" "$dest"
+  step "[$stack] done: $dest"
+  (cd "$dest" && ls -l vmlinuz initrd.img rootfs.verity.img cmdline.txt manifest.json) >&2
+done
+step "built ${STACKS[*]} in $(( $(date +%s) - T0 ))s"
