@@ -235,7 +235,9 @@ def kubernetes_target_from_mapping(doc: Any, path: str = "workload.kubernetes", 
     context = r.string(m.get("context"), _join(path, "context"), "set a context name from the kubeconfig")
 
     policy_file, policy = _agent_policy(r, m.get("agentPolicyFile"), _join(path, "agentPolicyFile"), base_dir)
-    if policy_file is None and "agentPolicyFile" not in m and stack is not None and stack != "dev":
+    # A null or empty value counts as missing (the parse errors of a bad value are already reported).
+    if (policy_file is None and m.get("agentPolicyFile") in (None, "") and stack is not None
+            and stack != "dev"):
         r.error(_join(path, "agentPolicyFile"),
                 f"required outside the `dev` stack (this is `{stack}`): without an agent policy in the init data "
                 "the untrusted host can exec into the TD or start other containers in it",

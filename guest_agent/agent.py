@@ -27,7 +27,7 @@ from .gpu import attest_gpus
 from .knownanswer import check_known_answer
 from .model import fetch_model
 from .report import Report, emit
-from .server import (Supervisor, gateway_argv, insecure_loopback_tls, standin_argv, vllm_argv,
+from .server import (Supervisor, gateway_argv, insecure_loopback_tls, standin_argv, vllm_argv, vllm_cleanup_argv,
                      wait_http)
 from .system import Refused, System
 from .tdx import SoftwareRtmr3, SysfsRtmr3, detect_tdx, measure_workload
@@ -94,7 +94,8 @@ class Agent:
 
     def _report(self, state: str, **kw) -> Report:
         return Report(state=state, stack=self.config.stack, rtmr3=self.rtmr3, endpoint=self.endpoint,
-                      quote_source=self.quote_source, notes=tuple(self.notes), **kw)
+                      quote_source=self.quote_source, notes=tuple(self.notes),
+                      manifest_sha384=self.config.workload.digest().hex(), **kw)
 
     # ---- the steps ----------------------------------------------------------------------------
 
@@ -106,6 +107,9 @@ class Agent:
         except Refused as exc:
             self.stop()
             report = self._report("refused", reason=str(exc), step=exc.step)
+        except Exception as exc:  # noqa: BLE001 - the host must hear why, not wait out its timeout
+            self.stop()
+            report = self._report("refused", reason=f"unexpected {type(exc).__name__}: {exc}", step="internal")
         except BaseException:
             self.stop()
             raise
@@ -143,7 +147,8 @@ class Agent:
         fetch_model(cfg.workload, cfg.model.source, Path(cfg.model.dir))
 
         if cfg.server == "vllm":
-            server = self.supervisor.start("vllm", vllm_argv(cfg.workload, cfg.model.dir, cfg.server_port, cfg.podman))
+            server = self.supervisor.start("vllm", vllm_argv(cfg.workload, cfg.model.dir, cfg.server_port, cfg.podman),
+                                           cleanup=vllm_cleanup_argv(cfg.podman))
             server_timeout = cfg.server_start_timeout_s
         else:
             server = self.supervisor.start("standin", standin_argv(self.system.python, cfg.server_port,

@@ -162,6 +162,15 @@ def config_from_mapping(doc: Any) -> AgentConfig:
                                              1, 3600, integer=False)))
 
     gp = _keys("config.gpu", top.get("gpu", {}), {"evidenceCommand", "rootCa", "vbios", "driver"}, set())
+    # The host writes this config and is not trusted: what the agent runs as root and the root of
+    # trust for GPU evidence come from the (measured) image, except in the dev stack.
+    if stack != DEV_STACK:
+        for key, present in (("config.gpu.evidenceCommand", "evidenceCommand" in gp),
+                             ("config.gpu.rootCa", "rootCa" in gp), ("config.podman", "podman" in top)):
+            if present:
+                raise InputError(f"{key} only in the dev stack (outside it the image fixes the command and the "
+                                 "NVIDIA root: the host's config must not choose what runs as root in the TD)",
+                                 f"set, with stack {stack!r}")
     command = gp.get("evidenceCommand", list(NVATTEST))
     if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
         raise InputError("config.gpu.evidenceCommand as a non-empty list of strings", repr(command)[:120])

@@ -29,6 +29,7 @@ class Report:
     reason: str | None = None
     step: str | None = None
     notes: tuple[str, ...] = field(default=())   # loud facts: software quotes, skipped GPU step
+    manifest_sha384: str | None = None  # the workload manifest measured into RTMR3 (the host compares it)
 
     def as_dict(self) -> dict:
         out = {"state": self.state, "stack": self.stack, "rtmr3": self.rtmr3, "endpoint": self.endpoint,
@@ -38,6 +39,8 @@ class Report:
             out["step"] = self.step
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.manifest_sha384 is not None:
+            out["manifestSha384"] = self.manifest_sha384
         return out
 
     def line(self) -> str:

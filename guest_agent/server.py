@@ -32,16 +32,24 @@ VLLM_ENV = {
 STOP_GRACE_S = 15.0
 
 
+CONTAINER_NAME = "tdx-vllm"
+
+
 def vllm_argv(manifest: WorkloadManifest, model_dir: str, port: int, podman: str = "podman") -> list[str]:
     """`podman run` of the pinned image. Pure. vLLM binds loopback: only the gateway is reachable."""
     env = [a for k, v in sorted(VLLM_ENV.items()) for a in ("--env", f"{k}={v}")]
-    return [podman, "run", "--rm", "--replace", "--name", "tdx-vllm", "--pull=missing", "--network=host",
+    return [podman, "run", "--rm", "--replace", "--name", CONTAINER_NAME, "--pull=missing", "--network=host",
             "--device", "nvidia.com/gpu=all", "--security-opt=label=disable", "--ipc=host",
             "--volume", f"{model_dir}:{model_dir}:ro", *env,
             manifest.image,
             "--model", model_dir, "--served-model-name", manifest.model_id,
             "--host", LOOPBACK, "--port", str(port),
             "--tensor-parallel-size", str(manifest.tensor_parallel_size), *manifest.vllm_args]
+
+
+def vllm_cleanup_argv(podman: str = "podman") -> list[str]:
+    """Removes the vLLM container (named by `vllm_argv`) if it outlived `podman run`."""
+    return [podman, "rm", "--force", "--time", "15", CONTAINER_NAME]
 
 
 def standin_argv(python: str, port: int, model_id: str) -> list[str]:
@@ -67,6 +75,7 @@ class Managed:
     argv: list[str]
     process: subprocess.Popen
     log: Path
+    cleanup: tuple[str, ...] = ()  # run after the process is stopped (a container outlives `podman run`)
 
     def log_tail(self, lines: int = 5) -> str:
         try:
@@ -81,7 +90,8 @@ class Supervisor:
         self.log_dir = log_dir
         self.children: list[Managed] = []
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Managed:
+    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
+              cleanup: Sequence[str] = ()) -> Managed:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         with open(log, "wb") as out:
@@ -90,7 +100,7 @@ class Supervisor:
                                         env={**os.environ, **(env or {})}, start_new_session=True)
             except OSError as exc:
                 raise Refused(name, f"`{argv[0]}` to start: {exc.strerror or exc}") from None
-        child = Managed(name, list(argv), proc, log)
+        child = Managed(name, list(argv), proc, log, tuple(cleanup))
         self.children.append(child)
         return child
 
@@ -100,6 +110,14 @@ class Supervisor:
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
         for child in reversed(self.children):
             _stop(child.process, grace_s)
+            if child.cleanup:
+                # podman runs the container under conmon in its own session: signalling `podman run`
+                # does not reliably stop vLLM, which would keep holding the GPUs.
+                try:
+                    subprocess.run(list(child.cleanup), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, timeout=grace_s + 15, check=False)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
         self.children.clear()
 
 

@@ -161,7 +161,7 @@ class Gateway:
         }, headers={"cache-control": "no-store"})
 
     async def forward(self, request):
-        from aiohttp import ClientError, web
+        from aiohttp import ClientError
         body = await request.read()
         extra: dict[str, str] = {}
         mode = request.headers.get("x-attestation", "").strip().lower()

@@ -18,6 +18,10 @@ import httptools
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"/[\x21-\x7e]*")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
+# llhttp sets no limit on a response head; the upstream may be a man in the middle (the TLS key is
+# only trusted after attestation), so a head larger than any real one is an error, not memory.
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 128
 
 
 class UpstreamProtocolError(ConnectionError):
@@ -44,12 +48,14 @@ class ResponseReader:
     def __init__(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self.broken = False
+        self._error: str | None = None
         self.reset()
 
     def reset(self) -> None:
         """Forget the finished response; the next one may begin."""
         self.status: int | None = None
         self.reason = b""
+        self._head_bytes = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
         self.body: list[bytes] = []
@@ -62,10 +68,19 @@ class ResponseReader:
         if self.complete:
             self.broken = True  # a second response to one request
 
+    def _count(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD_BYTES or len(self.headers) > MAX_HEADERS:
+            self.broken = True
+            self._error = f"response head over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers"
+            raise UpstreamProtocolError(self._error)  # llhttp wraps it; `feed` re-raises ours
+
     def on_status(self, status: bytes) -> None:
+        self._count(len(status))
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
         self.headers.append((name, value))
         if name.lower() in (b"content-length", b"transfer-encoding"):
             self._framed = True
@@ -96,7 +111,7 @@ class ResponseReader:
             raise UpstreamProtocolError("the upstream switched protocols") from None
         except httptools.HttpParserError as exc:
             self.broken = True
-            raise UpstreamProtocolError(f"malformed HTTP from the upstream: {exc}") from None
+            raise UpstreamProtocolError(self._error or f"malformed HTTP from the upstream: {exc}") from None
 
     def _eof(self) -> None:
         self.broken = True

@@ -39,6 +39,7 @@ from .http1 import ResponseReader, UpstreamProtocolError, encode_request
 from .policy import DEFAULT_POLICY, Failure, Policy
 
 MAX_ATTESTATION_BYTES = 8 * 1024 * 1024
+ATTESTATION_TIMEOUT_S = 60.0  # the whole exchange: request, quote generation in the TD, response
 READ_CHUNK = 65536
 
 
@@ -135,7 +136,7 @@ class Attestation:
     tls_spki_sha256: str
     tcb_status: str | None
     quote_source: str | None
-    at: float
+    at: float  # time.monotonic() when verified: the re-attestation clock ignores wall-clock jumps
 
 
 _conn_ids = itertools.count(1)
@@ -154,6 +155,7 @@ class UpstreamConnection:
         self.cert_der: bytes = ssl_object.getpeercert(binary_form=True) if ssl_object else b""
         self.attestation: Attestation | None = None
         self.closed = False
+        self.reused = False  # handed out from the idle pool (kept alive since an earlier request)
 
     @classmethod
     async def open(cls, config: ProxyConfig) -> "UpstreamConnection":
@@ -192,6 +194,8 @@ class UpstreamConnection:
 
     # -- HTTP/1.1 -------------------------------------------------------------------------------
     async def send(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        if self.closed:
+            raise ConnectionResetError("the upstream connection is closed")
         self.writer.write(encode_request(method, target, self._host, headers, body))
         await self.writer.drain()
 
@@ -237,10 +241,17 @@ class UpstreamConnection:
         """Prove this connection: fresh nonce, quote bound to this connection's TLS key."""
         from .binding import expected_report_data
         nonce = os.urandom(32)
-        try:
+
+        async def exchange():
             await self.send("GET", f"{ATTESTATION_PATH}?nonce={nonce.hex()}", [("accept", "application/json")], b"")
             head = await self.response()
-            raw = await self.read_body(MAX_ATTESTATION_BYTES)
+            return head, await self.read_body(MAX_ATTESTATION_BYTES)
+        try:
+            head, raw = await asyncio.wait_for(exchange(), ATTESTATION_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self.close()
+            raise _failure("attestation.unavailable", f"an attestation response within {ATTESTATION_TIMEOUT_S:.0f} s",
+                           "no complete answer") from None
         except (OSError, UpstreamProtocolError, ValueError, asyncio.IncompleteReadError) as exc:
             self.close()
             raise _failure("attestation.unavailable", "an attestation response from the gateway",
@@ -254,15 +265,24 @@ class UpstreamConnection:
         except (ValueError, KeyError, TypeError) as exc:
             self.close()
             raise _failure("attestation.malformed", "JSON with a base64 `quote`", " ".join(str(exc).split())[:160]) from None
-        spki = self.spki
+        try:
+            spki = self.spki
+        except ValueError as exc:  # includes cryptography's UnsupportedAlgorithm
+            self.close()
+            raise _failure("attestation.malformed", "a TLS certificate with a public key we can read",
+                           str(exc)[:160]) from None
         try:
             verdict = await appraiser.appraise(quote, expected_report_data(spki, nonce))
         except AttestationFailed:
             self.close()
             raise
-        self.recycle()
+        if not self.recycle():
+            # Verified, but the gateway closed (or broke) this very connection: a request may only
+            # go over the connection the quote was bound to, so there is nothing to use.
+            raise _failure("attestation.unavailable", "the attested connection kept open for requests",
+                           "the gateway closed it after answering (shutting down?)")
         self.attestation = Attestation(hashlib.sha256(quote).hexdigest(), hashlib.sha256(spki).hexdigest(),
-                                       verdict.tcb_status, doc.get("quote_source"), time.time())
+                                       verdict.tcb_status, doc.get("quote_source"), time.monotonic())
         return self.attestation
 
 
@@ -271,10 +291,12 @@ def _upstream_refusal(status: int, raw: bytes) -> AttestationFailed:
     seen = f"HTTP {status}"
     try:
         err = json.loads(raw)["error"]
-        return _failure("attestation.unavailable", "a quote from the gateway",
-                        f"{seen}: {err.get('code')}: {err.get('message')}")
+        if isinstance(err, dict):
+            return _failure("attestation.unavailable", "a quote from the gateway",
+                            f"{seen}: {err.get('code')}: {err.get('message')}")
     except (ValueError, KeyError, TypeError):
-        return _failure("attestation.unavailable", "a quote from the gateway", f"{seen}: {raw[:160]!r}")
+        pass
+    return _failure("attestation.unavailable", "a quote from the gateway", f"{seen}: {raw[:160]!r}")
 
 
 class ConnectionPool:
@@ -290,11 +312,12 @@ class ConnectionPool:
     async def acquire(self) -> UpstreamConnection:
         while self._idle:
             conn = self._idle.pop()
+            conn.reused = True
             if conn.closed or conn.reader.at_eof():
                 conn.close()
                 continue
             assert conn.attestation is not None
-            if time.time() - conn.attestation.at >= self.config.reattest_interval_s:
+            if time.monotonic() - conn.attestation.at >= self.config.reattest_interval_s:
                 await self._attest(conn)
             return conn
         conn = await UpstreamConnection.open(self.config)
@@ -381,7 +404,6 @@ class VerifyingProxy:
         self.audit.write(record)
 
     async def handle(self, request):
-        from aiohttp import web
         ex = _Exchange(uuid.uuid4().hex, time.time())
         body = await request.read()
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
@@ -389,7 +411,9 @@ class VerifyingProxy:
             headers = [(k, v) for k, v in headers if k.lower() != "x-attestation"] + [("x-attestation", "required")]
         if request.method in ("HEAD", "CONNECT"):
             # A HEAD response announces a body it does not carry; the OpenAI API has no use for either.
-            return _error_response(405, None, f"{request.method} is not forwarded", ex.request_id, "request.method_not_forwarded")
+            self._audit(ex, request, None, "not_forwarded", 405)
+            return _error_response(405, None, f"{request.method} is not forwarded", ex.request_id,
+                                   "request.method_not_forwarded")
         for attempt in (1, 2):
             try:
                 conn = await self.pool.acquire()
@@ -402,12 +426,14 @@ class VerifyingProxy:
                 break
             except ValueError as exc:  # nothing was sent: the request itself cannot be framed safely
                 conn.close()
+                self._audit(ex, request, conn, "not_forwarded", 400)
                 return _error_response(400, None, str(exc), ex.request_id, "request.malformed")
             except (OSError, UpstreamProtocolError) as exc:
-                # A pooled keep-alive connection the server had already closed: nothing was
-                # answered, so one retry on a freshly attested connection is safe.
+                # Only a kept-alive connection that the server closed while idle is retried (once, on
+                # a freshly attested connection): a fresh connection failing means the request may
+                # have been processed, and a completion must not run twice.
                 conn.close()
-                if attempt == 2:
+                if attempt == 2 or not conn.reused:
                     self._audit(ex, request, conn, "error", 502)
                     return _error_response(502, None, f"upstream connection failed: {exc}", ex.request_id)
         response_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers]

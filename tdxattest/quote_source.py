@@ -19,7 +19,6 @@ dev stack); both satisfy `QuoteSource`.
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Protocol

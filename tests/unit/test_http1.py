@@ -73,3 +73,14 @@ def test_garbage_and_extra_responses_make_the_connection_unusable() -> None:
     r = ResponseReader()
     r.feed(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
     assert r.complete and not r.reusable
+
+
+def test_an_oversized_response_head_is_refused() -> None:
+    # Before attestation the peer may be anyone on the path: no unbounded memory for its headers.
+    r = ResponseReader()
+    with pytest.raises(UpstreamProtocolError, match="response head over"):
+        r.feed(b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 70_000 + b"\r\n\r\n")
+    r = ResponseReader()
+    with pytest.raises(UpstreamProtocolError, match="response head over"):
+        r.feed(b"HTTP/1.1 200 OK\r\n" + b"x: y\r\n" * 200)
+    assert not r.reusable

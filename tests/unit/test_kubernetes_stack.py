@@ -92,6 +92,10 @@ def test_outside_dev_an_agent_policy_is_required() -> None:
     assert any(e.startswith("workload.kubernetes.agentPolicyFile: required outside the `dev` stack")
                for e in errors(raw, "prod"))
     assert parse_stack(raw, "dev").workload.kubernetes.agent_policy is None
+    for empty in (None, ""):  # `agentPolicyFile:` left empty is missing too
+        raw["workload"]["kubernetes"]["agentPolicyFile"] = empty
+        assert any(e.startswith("workload.kubernetes.agentPolicyFile: required outside the `dev` stack")
+                   for e in errors(raw, "prod")), empty
 
 
 def test_the_program_deploys_to_kubernetes_under_mocks(monkeypatch) -> None:
