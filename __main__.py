@@ -25,9 +25,8 @@ k8s_args = None
 if workload is not None and workload.kubernetes is not None:
     from components.kubernetes_workload import args_from_workload
     from components.kubernetes_workload import expected_pins as kubernetes_pins
-    from components.trust_domain import model_sha256
     k8s_args = args_from_workload(workload, manifest)
-    pins = {**kubernetes_pins(k8s_args), "modelSha256": model_sha256(manifest)}
+    pins = kubernetes_pins(k8s_args)
 else:
     try:
         pins = expected_pins(DEFAULT_MANIFEST, default_artifact_dir(), require_artifacts=stack.stack != "dev")

@@ -555,15 +555,15 @@ def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], 
     expect = ka.get("expect") if ka and r.string(r.required(ka, "expect", ka_path, fix_ka), _join(ka_path, "expect"),
                                                  fix_ka) else None
 
-    if k8s is not None or target == "kubernetes":
+    if target == "kubernetes":
         return _kubernetes_workload(r, before, path, k8s, image, model_id, revision, files, source, args,
                                     gateway_port, prompt, expect)
-    td = _td_shape(r, m.get("td"), _join(path, "td"), firmware_dir / "td" / TD_BOOT_MANIFEST)
     boot = None
     try:
         boot = load_boot_manifest(firmware_dir / "td" / TD_BOOT_MANIFEST)
     except DefinitionError as exc:
         r.error(path, f"the TD boot manifest is unusable: {exc}", "fix the manifest in firmware/td/")
+    td = _td_shape(r, m.get("td"), _join(path, "td"), boot)
     if boot is not None and not boot.launchable:
         r.error(path, f"the TD boot manifest {_show_path(boot.path)} cannot launch a TD yet ({'; '.join(boot.gaps)})",
                 "pin the guest kernel, initrd and command line in that manifest (docs/trust-domain.md), "
@@ -675,21 +675,17 @@ def _vllm_args(r: _Reader, value: Any, path: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _td_shape(r: _Reader, value: Any, path: str, manifest_path: Path) -> TdShape | None:
-    from .td_definition import DefinitionError, load_boot_manifest
-
+def _td_shape(r: _Reader, value: Any, path: str, boot: Any) -> TdShape | None:
+    """`workload.td`; `boot` is the TD boot manifest (td_definition.BootManifest), None when
+    unusable (reported by the caller)."""
     m = r.obj(value, path, ("vcpus", "memoryMiB", "artifactSource", "readyTimeoutSeconds", "dataDiskGiB"))
-    try:
-        boot = load_boot_manifest(manifest_path)
-        want = {"vcpus": boot.vcpus, "memoryMiB": boot.memory_mib}
-    except DefinitionError:
-        want = {}  # reported by _workload
+    want = {"vcpus": boot.vcpus, "memoryMiB": boot.memory_mib} if boot is not None else {}
     shape = {}
     for key, lo, hi in (("vcpus", 1, 512), ("memoryMiB", 1024, 4 * 1024 * 1024)):
         shape[key] = r.integer(m.get(key), _join(path, key), want.get(key, lo), lo, hi)
         if m.get(key) is not None and want and shape[key] != want[key]:
             r.error(_join(path, key), f"{shape[key]} differs from `vm.{key}: {want[key]}` in the TD boot manifest "
-                    f"{_show_path(manifest_path)} (RTMR0 and RTMR1 are computed for that VM shape)",
+                    f"{_show_path(boot.path)} (RTMR0 and RTMR1 are computed for that VM shape)",
                     f"set {want[key]}, or change `vm.{key}` in the manifest and capture its ACPI digests again")
     fix_src = ("set where the host fetches the TD boot artifacts (the manifest's `file` names under it): "
                "an `https://` base URL, or an absolute directory on the host")

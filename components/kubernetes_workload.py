@@ -40,7 +40,7 @@ from typing import Any, Mapping
 
 import pulumi
 
-from tdxattest.workload import WorkloadManifest
+from tdxattest.workload import WorkloadManifest, image_digest, model_sha256
 
 from .config import ConfigError, _join, _Reader
 from .paths import REPO_ROOT
@@ -632,10 +632,6 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
     return objects + [deployment, service]
 
 
-def image_digest(image: str) -> str:
-    return image.rsplit("@", 1)[1]
-
-
 def expected_pins(args: KubernetesWorkloadArgs) -> dict[str, Any]:
     """The `pins` output for this target (shape of docs/pins.md, read by `tdxattest proxy --pins`)."""
     m, t = args.manifest, args.target
@@ -652,6 +648,7 @@ def expected_pins(args: KubernetesWorkloadArgs) -> dict[str, Any]:
         "tdAttributes": rv.td_attributes,
         "reasons": reasons,
         "imageDigest": image_digest(m.image),
+        "modelSha256": model_sha256(m),
         "image": m.image,
         "gatewayImage": t.gateway_image,
         "gatewayImageDigest": image_digest(t.gateway_image),

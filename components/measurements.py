@@ -61,7 +61,8 @@ def default_artifact_dir() -> Path:
 # manifest reading
 
 
-def _load_manifest(path: Path) -> Mapping[str, Any]:
+def load_manifest(path: Path) -> Mapping[str, Any]:
+    """The TD boot manifest as a mapping: readable YAML, known top-level keys, schema 1."""
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -156,7 +157,7 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
     """
     path = Path(manifest_path)
     root = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
-    data = _load_manifest(path)
+    data = load_manifest(path)
     reasons: dict[str, str] = {}
 
     fw_entry = _section(data, "firmware", path, FIRMWARE_KEYS)

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 TD_ROOT = "/var/lib/tdx-vllm/td"
@@ -94,15 +93,12 @@ class BootManifest:
 def load_boot_manifest(path: str | Path) -> BootManifest:
     """Read what the launch needs from a TD boot manifest. Problems with the launch-relevant keys
     raise DefinitionError; entries not pinned yet are listed in `gaps` with their reason."""
+    from .measurements import PinError, load_manifest
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise DefinitionError(f"{path}: cannot read the TD boot manifest: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise DefinitionError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, Mapping):
-        raise DefinitionError(f"{path}: expected a mapping at the top level")
+        data = load_manifest(path)  # the same reading the measurement computation does
+    except PinError as exc:
+        raise DefinitionError(str(exc)) from None
     vm = data.get("vm") if isinstance(data.get("vm"), Mapping) else {}
     shape = {}
     for key in ("vcpus", "memoryMiB"):

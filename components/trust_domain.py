@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import pulumi
 
-from tdxattest.workload import WorkloadManifest, expected_rtmr3, rtmr3_events
+from tdxattest.workload import WorkloadManifest, expected_rtmr3, image_digest, model_sha256, rtmr3_events
 
 from .config import HostConfig, StackConfig, WorkloadConfig
 from .remote_step import Connection, facts_of, host_step
@@ -43,18 +43,6 @@ WAIT_POLL_S = 5
 # pure helpers
 
 
-def model_sha256(manifest: WorkloadManifest) -> str:
-    """`pins.modelSha256`: SHA-256 of the model's file list in `sha256sum` format, sorted by path
-    (`<sha256>  <path>\\n` per file). Reproduce it in a snapshot directory with
-    `sha256sum $(printf '%s\\n' FILES | LC_ALL=C sort) | sha256sum`."""
-    text = "".join(f"{sha}  {path}\n" for path, sha in sorted(manifest.model_files))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def image_digest(manifest: WorkloadManifest) -> str:
-    return manifest.image.rsplit("@", 1)[1]
-
-
 def workload_pins(pins: Mapping[str, Any], manifest: WorkloadManifest) -> dict[str, Any]:
     """`pins` with the workload: RTMR3 (the replay of the agent's events), its events, the image
     digest, the model hash and the manifest's SHA-384 (docs/pins.md)."""
@@ -62,7 +50,7 @@ def workload_pins(pins: Mapping[str, Any], manifest: WorkloadManifest) -> dict[s
     out["rtmr3"] = expected_rtmr3(manifest).hex()
     out["events"] = {**dict(pins.get("events") or {}), "rtmr3": rtmr3_events(manifest)}
     out["reasons"] = {k: v for k, v in dict(pins.get("reasons") or {}).items() if k != "rtmr3"}
-    out["imageDigest"] = image_digest(manifest)
+    out["imageDigest"] = image_digest(manifest.image)
     out["modelSha256"] = model_sha256(manifest)
     out["workload"] = {
         "image": manifest.image,

@@ -163,3 +163,16 @@ def replay_rtmr3(events: list[dict]) -> bytes:
 
 def expected_rtmr3(manifest: WorkloadManifest) -> bytes:
     return replay_rtmr3(rtmr3_events(manifest))
+
+
+def image_digest(image: str) -> str:
+    """`sha256:<hex>` of an image reference by digest (`repo@sha256:<hex>`)."""
+    return image.rsplit("@", 1)[1]
+
+
+def model_sha256(manifest: WorkloadManifest) -> str:
+    """`pins.modelSha256`: SHA-256 of the model's file list in `sha256sum` format, sorted by path
+    (`<sha256>  <path>\\n` per file). Reproduce it in a snapshot directory with
+    `sha256sum $(printf '%s\\n' FILES | LC_ALL=C sort) | sha256sum`."""
+    text = "".join(f"{sha}  {path}\n" for path, sha in sorted(manifest.model_files))
+    return hashlib.sha256(text.encode()).hexdigest()

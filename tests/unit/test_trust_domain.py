@@ -13,9 +13,9 @@ from components.config import parse_stack
 from components.promotion import promotable_pins, refusal
 from components.td_definition import load_boot_manifest
 from components.firmware import gpu_sku
-from components.trust_domain import (definition, endpoint_url, gpu_pins, launch_params, model_sha256, select_gpus,
+from components.trust_domain import (definition, endpoint_url, gpu_pins, launch_params, select_gpus,
                                      stage_params, trust_domains, wait_params, workload_pins)
-from tdxattest.workload import expected_rtmr3, rtmr3_events
+from tdxattest.workload import expected_rtmr3, model_sha256, rtmr3_events
 
 from .test_components import SECRETS, Mocks, Recorder, _decrypted
 from .test_config import good, workload
