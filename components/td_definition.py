@@ -17,7 +17,6 @@ same file to compute MRTD/RTMR0-2.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -70,11 +69,9 @@ class BootManifest:
     name: str
     vcpus: int
     memory_mib: int
-    td_attributes: str
     firmware: BootArtifact | None
     kernel: BootArtifact | None
-    initrd: BootArtifact | None
-    initrd_used: bool
+    initrd: BootArtifact | None    # None also when the manifest says `initrd: {used: false}`
     cmdline: str | None
     gaps: tuple[str, ...]   # why the manifest cannot launch a TD yet ("kernel: <reason>", ...)
     # The guest image's root disk (squashfs + dm-verity tree; the root hash is on the measured
@@ -134,10 +131,9 @@ def load_boot_manifest(path: str | Path) -> BootManifest:
     elif not isinstance(cmdline, str):
         raise DefinitionError(f"{path}: `cmdline.value` must be a string, not {cmdline!r}")
     rootfs = artifact("rootfs") if isinstance(data.get("rootfs"), Mapping) and data["rootfs"].get("file") else None
-    td = data.get("td") if isinstance(data.get("td"), Mapping) else {}
     return BootManifest(path=path, name=str(data.get("name") or path.stem), vcpus=shape["vcpus"],
-                        memory_mib=shape["memoryMiB"], td_attributes=str(td.get("attributes", "")),
-                        firmware=firmware, kernel=kernel, initrd=initrd, initrd_used=initrd_used,
+                        memory_mib=shape["memoryMiB"],
+                        firmware=firmware, kernel=kernel, initrd=initrd,
                         cmdline=cmdline, gaps=tuple(gaps), rootfs=rootfs)
 
 
@@ -343,6 +339,3 @@ def agent_config(stack: str, manifest: Mapping[str, Any], model_source: str, gat
         doc["gpu"] = dict(gpu)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
 
-
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

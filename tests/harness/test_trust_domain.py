@@ -58,10 +58,10 @@ def host(nshost_factory):
 def boot(**sha_overrides: str) -> BootManifest:
     shas = {name: sha_overrides.get(name, sha256(data)) for name, data in FILES.items()}
     return BootManifest(
-        path=Path("harness.yaml"), name="harness", vcpus=16, memory_mib=65536, td_attributes="0000001000000000",
+        path=Path("harness.yaml"), name="harness", vcpus=16, memory_mib=65536,
         firmware=BootArtifact("firmware", "ovmf-test.fd", shas["ovmf-test.fd"]),
         kernel=BootArtifact("kernel", "vmlinuz-test", shas["vmlinuz-test"]),
-        initrd=BootArtifact("initrd", "initrd-test.img", shas["initrd-test.img"]), initrd_used=True,
+        initrd=BootArtifact("initrd", "initrd-test.img", shas["initrd-test.img"]),
         cmdline="console=ttyS0 root=/dev/vda1 ro", gaps=())
 
 

@@ -84,8 +84,9 @@ def test_no_debug_anywhere_in_the_rendered_unit():
 def test_the_pinned_td_attributes_agree_with_the_rendered_policy():
     """The manifest's TD_ATTRIBUTES (what `pins.tdAttributes` exports) have DEBUG clear and
     SEPT_VE_DISABLE set, which is what the rendered tdx-guest object asks QEMU for."""
-    boot = load_boot_manifest(REPO / "firmware" / "td" / "ovmf-debian-trixie.yaml")
-    attrs = int.from_bytes(bytes.fromhex(boot.td_attributes), "little")
+    from components.measurements import load_manifest
+    manifest = load_manifest(REPO / "firmware" / "td" / "ovmf-debian-trixie.yaml")
+    attrs = int.from_bytes(bytes.fromhex(manifest["td"]["attributes"]), "little")
     assert attrs & 1 == 0 and attrs & (1 << 28)
     assert json.loads(tdx_guest_object(4050))["sept-ve-disable"] is True
 
