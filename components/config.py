@@ -480,13 +480,6 @@ _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")  # as t
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-# vLLM arguments the program sets itself, or that break a GPU in confidential-computing mode.
-_VLLM_REFUSED = {
-    "--tensor-parallel-size": "the program sets it from `gpu.count` (it is part of the measured manifest)",
-    "-tp": "the program sets --tensor-parallel-size from `gpu.count` (it is part of the measured manifest)",
-    "--kv-offloading-size": "CPU KV-cache offload calls cudaHostRegister, which CC mode refuses (vLLM crash-loops)",
-    "--cpu-offload-gb": "CPU offload pins host memory with cudaHostRegister, which CC mode refuses",
-}
 
 
 def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], raw_hosts: Any,
@@ -654,6 +647,7 @@ def _model_files(r: _Reader, value: Any, path: str) -> tuple[tuple[str, str], ..
 
 
 def _vllm_args(r: _Reader, value: Any, path: str) -> tuple[str, ...]:
+    from tdxattest.workload import refused_vllm_arg
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -667,9 +661,9 @@ def _vllm_args(r: _Reader, value: Any, path: str) -> tuple[str, ...]:
         if not isinstance(arg, str) or not arg:
             r.error(f"{path}[{i}]", f"expected a string, got {_kind(arg)}", "quote the argument")
             continue
-        flag = arg.split("=", 1)[0]
-        if flag in _VLLM_REFUSED:
-            r.error(f"{path}[{i}]", f"`{flag}` is refused: {_VLLM_REFUSED[flag]}", "remove it")
+        reason = refused_vllm_arg(arg)
+        if reason is not None:
+            r.error(f"{path}[{i}]", f"refused: {reason}", "remove it")
             continue
         out.append(arg)
     return tuple(out)

@@ -40,7 +40,7 @@ from typing import Any, Mapping
 
 import pulumi
 
-from tdxattest.workload import WorkloadManifest, image_digest, model_sha256
+from tdxattest.workload import WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
 
 from .config import ConfigError, _join, _Reader
 from .paths import REPO_ROOT
@@ -74,15 +74,6 @@ VLLM_PORT = 8000
 GATEWAY_PORT = 8443
 MODEL_DIR = "/models/model"
 DEFAULT_MODEL_URL = "https://huggingface.co/{id}/resolve/{revision}/{path}"
-
-# vLLM flags that move KV cache or weights to CPU memory. In CC mode every GPU<->CPU transfer goes
-# through encrypted bounce buffers, so offload is refused (and the TD's RAM is sized for none).
-CPU_OFFLOAD_FLAGS = ("--cpu-offload-gb", "--swap-space", "--kv-offloading-size", "--kv-offloading-backend",
-                     "--kv-transfer-config", "--offload-backend")
-# Flags this component sets itself: a manifest that sets them would serve something else, or
-# expose vLLM beyond the pod's loopback (bypassing the attested gateway).
-OWNED_FLAGS = ("--model", "--served-model-name", "--host", "--port", "--tensor-parallel-size", "-tp", "--uds",
-               "--download-dir", "--revision", "--tokenizer")
 
 _IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -409,14 +400,9 @@ def workload_problems(manifest: WorkloadManifest, target: KubernetesTarget,
                                   f"{target.gpu_count} GPUs but tensorParallelSize is {manifest.tensor_parallel_size}",
                                   "give the TD exactly tensorParallelSize GPUs (one pod = one TD)"))
     for i, arg in enumerate(manifest.vllm_args):
-        flag = arg.split("=", 1)[0]
-        where = f"{_join(path, 'vllmArgs')}[{i}]"
-        if flag in CPU_OFFLOAD_FLAGS:
-            errors.append(ConfigError(where, f"`{flag}` offloads to CPU memory: in CC mode every GPU<->CPU transfer "
-                                      "goes through encrypted bounce buffers", "remove it (no CPU offload in a TD)"))
-        elif flag in OWNED_FLAGS:
-            errors.append(ConfigError(where, f"`{flag}` is set by the Kubernetes target (model from the verified "
-                                      "in-TD copy, vLLM on pod loopback behind the gateway)", "remove it"))
+        reason = refused_vllm_arg(arg)
+        if reason is not None:
+            errors.append(ConfigError(f"{_join(path, 'vllmArgs')}[{i}]", f"refused: {reason}", "remove it"))
     if not manifest.model_files:
         errors.append(ConfigError(_join(path, "model.files"), "empty: nothing to verify inside the TD",
                                   "list every model file with its sha256"))

@@ -13,21 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from tdxattest.errors import InputError
-from tdxattest.workload import WorkloadManifest, manifest_from_mapping
+from tdxattest.workload import WorkloadManifest, manifest_from_mapping, refused_vllm_arg
 
 DEFAULT_CONFIG_PATH = "/sys/firmware/qemu_fw_cfg/by_name/opt/tdx-vllm/agent.json/raw"
 DEV_STACK = "dev"
 SERVERS = ("vllm", "standin")
 NVATTEST = ("nvattest", "collect-evidence", "--device", "gpu", "--nonce", "{nonce}")
 NVIDIA_ROOT = "/etc/tdx-vllm/nvidia_device_root.pem"
-
-# vLLM flags the agent owns (it binds vLLM to loopback behind the gateway and points it at the
-# verified model directory); a manifest setting them could expose vLLM unattested or load other weights.
-AGENT_OWNED_VLLM_FLAGS = ("--host", "--port", "--model", "--tensor-parallel-size", "-tp", "--served-model-name",
-                          "--download-dir", "--revision", "--tokenizer")
-# CPU KV offload needs cudaHostRegister, which fails (801) in CC mode (vllm #55428): refuse up front
-# rather than have vLLM die or misbehave after the GPU was handed over.
-CPU_OFFLOAD_VLLM_FLAGS = ("--kv-offloading-size", "--kv-offloading-backend", "--cpu-offload-gb")
 
 _STACK = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -104,20 +96,12 @@ def _port(key: str, value: Any) -> int:
     return _num(key, value, 1, 65535)
 
 
-def flag_name(arg: str) -> str:
-    return arg.split("=", 1)[0]
-
-
 def check_vllm_args(args: tuple[str, ...]) -> None:
-    """Refuse vLLM arguments the agent owns or that break under confidential computing."""
+    """Refuse vLLM arguments the deployment owns or that break under confidential computing."""
     for arg in args:
-        name = flag_name(arg)
-        if name in CPU_OFFLOAD_VLLM_FLAGS:
-            raise InputError("workload.vllmArgs without CPU KV/weight offload (cudaHostRegister fails in CC mode, "
-                             "vllm #55428)", repr(arg))
-        if name in AGENT_OWNED_VLLM_FLAGS:
-            raise InputError(f"workload.vllmArgs without {name} (the agent sets it: vLLM listens on loopback "
-                             "behind the gateway and loads the verified model directory)", repr(arg))
+        reason = refused_vllm_arg(arg)
+        if reason is not None:
+            raise InputError(f"workload.vllmArgs without it ({reason})", repr(arg))
 
 
 def config_from_mapping(doc: Any) -> AgentConfig:

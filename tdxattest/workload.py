@@ -176,3 +176,27 @@ def model_sha256(manifest: WorkloadManifest) -> str:
     `sha256sum $(printf '%s\\n' FILES | LC_ALL=C sort) | sha256sum`."""
     text = "".join(f"{sha}  {path}\n" for path, sha in sorted(manifest.model_files))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# vLLM arguments no deployment of a manifest may carry (one list for the stack config, the guest
+# agent and the Kubernetes target):
+# - offload to CPU memory: it pins host memory with cudaHostRegister, which CC mode refuses (vllm
+#   #55428), and every GPU<->CPU transfer would go through encrypted bounce buffers anyway;
+# - what the deployment sets itself: the model is the verified in-TD copy, vLLM listens on loopback
+#   behind the attested gateway, and the tensor-parallel size is the TD's GPU count.
+CPU_OFFLOAD_VLLM_FLAGS = ("--cpu-offload-gb", "--swap-space", "--kv-offloading-size", "--kv-offloading-backend",
+                          "--kv-transfer-config", "--offload-backend")
+DEPLOYMENT_OWNED_VLLM_FLAGS = ("--model", "--served-model-name", "--host", "--port", "--tensor-parallel-size", "-tp",
+                               "--uds", "--download-dir", "--revision", "--tokenizer")
+
+
+def refused_vllm_arg(arg: str) -> str | None:
+    """Why `arg` may not be among a manifest's vLLM arguments, or None when it may."""
+    flag = arg.split("=", 1)[0]
+    if flag in CPU_OFFLOAD_VLLM_FLAGS:
+        return (f"`{flag}` offloads to CPU memory: cudaHostRegister fails in CC mode (vllm #55428) and every "
+                "GPU<->CPU transfer goes through encrypted bounce buffers")
+    if flag in DEPLOYMENT_OWNED_VLLM_FLAGS:
+        return (f"`{flag}` is set by the deployment (the model is the verified in-TD copy, vLLM listens on "
+                "loopback behind the attested gateway, the tensor-parallel size is the TD's GPU count)")
+    return None

@@ -437,9 +437,9 @@ def test_main_reports_an_unusable_config(tmp_path, capsys):
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda d: d.update(server="standin", stack="prod"), "the stand-in echoes prompts"),
-    (lambda d: d["workload"].update(vllmArgs=["--kv-offloading-size", "8"]), "without CPU KV/weight offload"),
-    (lambda d: d["workload"].update(vllmArgs=["--cpu-offload-gb=4"]), "without CPU KV/weight offload"),
-    (lambda d: d["workload"].update(vllmArgs=["--host", "0.0.0.0"]), "without --host"),
+    (lambda d: d["workload"].update(vllmArgs=["--kv-offloading-size", "8"]), "`--kv-offloading-size` offloads to CPU memory"),
+    (lambda d: d["workload"].update(vllmArgs=["--cpu-offload-gb=4"]), "`--cpu-offload-gb` offloads to CPU memory"),
+    (lambda d: d["workload"].update(vllmArgs=["--host", "0.0.0.0"]), "`--host` is set by the deployment"),
     (lambda d: d["workload"].update(image="vllm/vllm-openai:latest"), "workload.image by digest"),
     (lambda d: d.update(colour="red"), "unknown key 'colour'"),
     (lambda d: d["model"].update(source="ftp://x"), "https://, http:// or file://"),

@@ -23,7 +23,7 @@ import pulumi
 import pytest
 
 from components.config import ENCRYPTED, ConfigError
-from components.kubernetes_workload import (CPU_OFFLOAD_FLAGS, DEFAULT_GPU_RESOURCE, DEFAULT_RUNTIME_CLASS,
+from components.kubernetes_workload import (DEFAULT_GPU_RESOURCE, DEFAULT_RUNTIME_CLASS,
                                             INITDATA_ANNOTATION, INITDATA_DIGEST_KEY, INITDATA_MANIFEST_KEY,
                                             INITDATA_POLICY_KEY, MODEL_FETCH_SCRIPT, KnownAnswer,
                                             KubernetesWorkloadArgs, KubernetesWorkloadError, ModelSource,
@@ -31,7 +31,7 @@ from components.kubernetes_workload import (CPU_OFFLOAD_FLAGS, DEFAULT_GPU_RESOU
                                             known_answer_from_mapping, kubernetes_target_from_mapping,
                                             model_source_from_mapping, render_manifests, workload_problems)
 from tdxattest.policy import pins_from_stack_output
-from tdxattest.workload import WorkloadManifest, manifest_from_mapping
+from tdxattest.workload import CPU_OFFLOAD_VLLM_FLAGS, WorkloadManifest, manifest_from_mapping
 
 K8S_VERSION = "1.37"
 IMAGE = "docker.io/vllm/vllm-openai@sha256:" + "ab" * 32
@@ -348,7 +348,7 @@ def test_vllm_container_args_env_and_no_cpu_offload():
     assert args[:10] == ["--model", "/models/model", "--served-model-name", "Qwen/Qwen2.5-0.5B-Instruct",
                          "--host", "127.0.0.1", "--port", "8000", "--tensor-parallel-size", "1"]
     assert args[10:] == ["--max-model-len", "4096", "--gpu-memory-utilization=0.9"]
-    assert not any(a.split("=")[0] in CPU_OFFLOAD_FLAGS for a in args)
+    assert not any(a.split("=")[0] in CPU_OFFLOAD_VLLM_FLAGS for a in args)
     env = {e["name"]: e["value"] for e in vllm["env"]}
     assert env["VLLM_USE_V2_MODEL_RUNNER"] == "0" and env["HF_HUB_OFFLINE"] == "1"
     assert "ports" not in vllm  # vLLM is reachable only on the pod's loopback, through the gateway
@@ -572,7 +572,7 @@ def test_component_creates_the_expected_resources(mocks):
             json.dumps(rendered["spec"]["template"]["spec"]["containers"]))
         vllm = dep["spec"]["template"]["spec"]["containers"][0]
         assert vllm["resources"]["limits"]["nvidia.com/pgpu"] == "1"
-        assert not any(a.split("=")[0] in CPU_OFFLOAD_FLAGS for a in vllm["args"])
+        assert not any(a.split("=")[0] in CPU_OFFLOAD_VLLM_FLAGS for a in vllm["args"])
         toml_text = decode_initdata_annotation(dep["spec"]["template"]["metadata"]["annotations"][INITDATA_ANNOTATION])
         assert tomllib.loads(toml_text)["data"][INITDATA_DIGEST_KEY] == args.manifest.digest().hex()
         images = [c["image"] for c in dep["spec"]["template"]["spec"]["containers"]
