@@ -6,8 +6,8 @@ This module has three layers, each usable on its own:
 
 * `kubernetes_target_from_mapping(doc, path)`: the `workload.kubernetes` stack config block, parsed
   into a frozen `KubernetesTarget` in the style of components/config.py (every error: key path,
-  problem, fix; unknown keys get a did-you-mean). `known_answer_from_mapping` and
-  `model_source_from_mapping` parse the two other inputs the pod needs.
+  problem, fix; unknown keys get a did-you-mean); `args_from_workload` builds the component's
+  arguments from the stack's validated `workload`.
 * `render_manifests(args)`: pure; the Namespace, Deployment and Service as plain Kubernetes dicts,
   exactly what the component creates (tests validate them offline with kubernetes-validate).
 * `KubernetesWorkload`: the ComponentResource that creates those objects with pulumi_kubernetes and
@@ -346,45 +346,6 @@ def _reference_values(r: _Reader, value: Any, path: str) -> ReferenceValues | No
     return ReferenceValues(td_attributes=attrs, **found)
 
 
-def known_answer_from_mapping(doc: Any, path: str = "workload.knownAnswer") -> tuple[KnownAnswer | None, list[ConfigError]]:
-    """`{prompt, expect, maxTokens?}`: the readiness check's greedy prompt and expected substring."""
-    r = _Reader("", None)
-    if doc is None:
-        r.error(path, "required: readiness runs a known-answer check",
-                "add `knownAnswer: {prompt: 'The capital of France is', expect: 'Paris'}`")
-        return None, r.errors
-    m = r.obj(doc, path, ("prompt", "expect", "maxTokens"))
-    prompt = r.string(r.required(m, "prompt", path, "set a prompt whose greedy answer you know"), _join(path, "prompt"),
-                      "set a non-empty prompt")
-    expect = r.string(r.required(m, "expect", path, "set a substring of the greedy answer"), _join(path, "expect"),
-                      "set a non-empty expected substring")
-    max_tokens = r.integer(m.get("maxTokens"), _join(path, "maxTokens"), 16, 1, 256)
-    if r.errors or prompt is None or expect is None:
-        return None, r.errors
-    return KnownAnswer(prompt=prompt, expect=expect, max_tokens=max_tokens), []
-
-
-def model_source_from_mapping(doc: Any, path: str = "workload.modelSource") -> tuple[ModelSource | None, list[ConfigError]]:
-    """`{urlTemplate}` (https, with `{path}`; `{id}` and `{revision}` optional); None = Hugging Face."""
-    r = _Reader("", None)
-    if doc is None:
-        return ModelSource(), []
-    m = r.obj(doc, path, ("urlTemplate",))
-    tp = _join(path, "urlTemplate")
-    template = r.string(r.required(m, "urlTemplate", path, f"set e.g. `{DEFAULT_MODEL_URL}`"), tp,
-                        f"set e.g. `{DEFAULT_MODEL_URL}`")
-    if template is not None:
-        fields = set(re.findall(r"{([^{}]*)}", template))
-        if not template.startswith("https://"):
-            r.error(tp, "must be an https:// URL", f"use e.g. `{DEFAULT_MODEL_URL}` or your mirror over https")
-        elif "path" not in fields or fields - {"id", "revision", "path"}:
-            r.error(tp, f"placeholders must be among {{id}}, {{revision}}, {{path}} and include {{path}}, got "
-                    f"{sorted(fields)}", f"use e.g. `{DEFAULT_MODEL_URL}`")
-    if r.errors or template is None:
-        return None, r.errors
-    return ModelSource(url_template=template), []
-
-
 def workload_problems(manifest: WorkloadManifest, target: KubernetesTarget,
                       path: str = "workload") -> list[ConfigError]:
     """What makes this manifest + target unrenderable (the checks `render_manifests` enforces), as
@@ -712,35 +673,43 @@ class KubernetesWorkload(pulumi.ComponentResource):
 
 
 # --------------------------------------------------------------------------------------------
-# `python -m components.kubernetes_workload STACK_FILE`: print the rendered manifests (for genpolicy)
+# From the stack config, and `python -m components.kubernetes_workload STACK_FILE`: print the rendered
+# manifests (for genpolicy)
+
+
+def args_from_workload(workload: Any, manifest: WorkloadManifest) -> KubernetesWorkloadArgs:
+    """The component's arguments from the stack's validated `workload` (components/config.py): the
+    same `modelSource` base URL as the host target (`<modelSource>/<path>`), the known-answer check."""
+    template = workload.model_source.rstrip("/") + "/{path}"
+    return KubernetesWorkloadArgs(manifest=manifest, target=workload.kubernetes,
+                                  known_answer=KnownAnswer(prompt=workload.known_answer.prompt,
+                                                           expect=workload.known_answer.expect),
+                                  model_source=ModelSource(url_template=template))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The same stack validation as `pulumi preview` (components/config.py, offline), then the
+    objects this target would create, as YAML."""
     import sys
 
     import yaml
 
-    from tdxattest.workload import manifest_from_mapping
-
-    from .config import read_stack_file, stack_from_filename
+    from .config import ConfigErrors, load_stack_file
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m components.kubernetes_workload stacks/Pulumi.<stack>.yaml  (prints YAML)",
               file=sys.stderr)
         return 2
-    path = Path(argv[0])
-    workload = dict(read_stack_file(path).get("workload") or {})
-    target, errors = kubernetes_target_from_mapping(workload.pop("kubernetes", None), stack=stack_from_filename(path))
-    known, e2 = known_answer_from_mapping(workload.pop("knownAnswer", None))
-    source, e3 = model_source_from_mapping(workload.pop("modelSource", None))
-    workload.pop("target", None)
-    errors += e2 + e3
-    if errors:
-        print("\n".join(f"  - {e}" for e in errors), file=sys.stderr)
+    try:
+        stack = load_stack_file(Path(argv[0]))
+    except ConfigErrors as exc:
+        print(exc.render(), file=sys.stderr)
         return 1
-    manifest = manifest_from_mapping(workload)
-    args = KubernetesWorkloadArgs(manifest=manifest, target=target, known_answer=known, model_source=source)  # type: ignore[arg-type]
+    if stack.workload is None or stack.workload.kubernetes is None:
+        print(f"{argv[0]}: no `workload` with `target: kubernetes`", file=sys.stderr)
+        return 1
+    args = args_from_workload(stack.workload, stack.workload.manifest(stack.tensor_parallel_size))
     print(yaml.safe_dump_all(render_manifests(args), sort_keys=False), end="")
     return 0
 
@@ -752,17 +721,7 @@ if __name__ == "__main__":
 __all__ = [
     "DEFAULT_GPU_RESOURCE", "DEFAULT_RUNTIME_CLASS", "INITDATA_ANNOTATION", "KnownAnswer", "KubernetesTarget",
     "KubernetesWorkload", "KubernetesWorkloadArgs", "KubernetesWorkloadError", "ModelSource", "ReferenceValues",
-    "decode_initdata_annotation", "endpoint_for", "expected_pins", "initdata_toml", "known_answer_from_mapping",
-    "kubernetes_target_from_mapping", "model_source_from_mapping", "mrconfigid", "render_manifests",
-    "workload_problems",
+    "args_from_workload", "decode_initdata_annotation", "endpoint_for", "expected_pins", "initdata_toml",
+    "kubernetes_target_from_mapping", "mrconfigid", "render_manifests", "workload_problems",
 ]
 
-
-def args_from_workload(workload: Any, manifest: WorkloadManifest) -> KubernetesWorkloadArgs:
-    """The component's arguments from the stack's validated `workload` (components/config.py): the
-    same `modelSource` base URL as the host target (`<modelSource>/<path>`), the known-answer check."""
-    template = workload.model_source.rstrip("/") + "/{path}"
-    return KubernetesWorkloadArgs(manifest=manifest, target=workload.kubernetes,
-                                  known_answer=KnownAnswer(prompt=workload.known_answer.prompt,
-                                                           expect=workload.known_answer.expect),
-                                  model_source=ModelSource(url_template=template))

@@ -26,10 +26,9 @@ from components.config import ENCRYPTED, ConfigError
 from components.kubernetes_workload import (DEFAULT_GPU_RESOURCE, DEFAULT_RUNTIME_CLASS,
                                             INITDATA_ANNOTATION, INITDATA_DIGEST_KEY, INITDATA_MANIFEST_KEY,
                                             INITDATA_POLICY_KEY, MODEL_FETCH_SCRIPT, KnownAnswer,
-                                            KubernetesWorkloadArgs, KubernetesWorkloadError, ModelSource,
+                                            KubernetesWorkloadArgs, KubernetesWorkloadError,
                                             decode_initdata_annotation, expected_pins, known_answer_command,
-                                            known_answer_from_mapping, kubernetes_target_from_mapping,
-                                            model_source_from_mapping, render_manifests, workload_problems)
+                                            kubernetes_target_from_mapping, render_manifests, workload_problems)
 from tdxattest.policy import pins_from_stack_output
 from tdxattest.workload import CPU_OFFLOAD_VLLM_FLAGS, WorkloadManifest, manifest_from_mapping
 
@@ -220,10 +219,13 @@ def test_hex_that_yaml_read_as_a_number_says_quote_it():
 
 
 def test_cli_prints_the_manifests_for_genpolicy(tmp_path: Path):
+    """The CLI reads a stack file exactly as `pulumi preview` does (components/config.py)."""
     import yaml
 
-    workload = {"target": "kubernetes", **manifest_doc(), "knownAnswer": {"prompt": "p", "expect": "e"},
-                "kubernetes": target_doc()}
+    from .test_config import workload as stack_workload
+
+    workload = {**stack_workload(), "target": "kubernetes", "kubernetes": target_doc()}
+    del workload["td"]
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text(yaml.safe_dump({"config": {"tdx-vllm:workload": workload}}))
     done = subprocess.run([sys.executable, "-m", "components.kubernetes_workload", str(stack)], capture_output=True,
@@ -255,22 +257,6 @@ def test_every_error_is_reported_at_once():
     paths = {e.path for e in errors_of(doc)}
     assert paths == {"workload.kubernetes.namespace", "workload.kubernetes.gatewayImage", "workload.kubernetes.gpuCount",
                      "workload.kubernetes.service.type", "workload.kubernetes.bogus"}
-
-
-def test_known_answer_and_model_source():
-    assert known_answer_from_mapping({"prompt": "p", "expect": "e"}) == (KnownAnswer("p", "e", 16), [])
-    _, errors = known_answer_from_mapping(None)
-    assert errors[0].path == "workload.knownAnswer" and "known-answer" in errors[0].problem
-    _, errors = known_answer_from_mapping({"prompt": "p", "maxTokens": 0, "expectt": "e"})
-    assert {e.path for e in errors} == {"workload.knownAnswer.expectt", "workload.knownAnswer.expect",
-                                        "workload.knownAnswer.maxTokens"}
-    assert model_source_from_mapping(None) == (ModelSource(), [])
-    ok = {"urlTemplate": "https://mirror.example/{id}/{revision}/{path}"}
-    assert model_source_from_mapping(ok) == (ModelSource(ok["urlTemplate"]), [])
-    for bad, needle in (("http://mirror.example/{path}", "https"), ("https://m.example/{id}", "include {path}"),
-                        ("https://m.example/{path}/{branch}", "placeholders")):
-        _, errors = model_source_from_mapping({"urlTemplate": bad})
-        assert errors[0].path == "workload.modelSource.urlTemplate" and needle in errors[0].problem
 
 
 def test_workload_problems_name_each_offending_input():
