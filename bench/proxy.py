@@ -57,7 +57,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import platform
 import select
@@ -74,6 +73,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.machine import cpu_model  # noqa: E402
+from bench.stats import pct  # noqa: E402
 
 RESULT = REPO / "bench" / "results" / "proxy.json"
 GOAL_ADDED_P50_MS = 1.0
@@ -119,8 +119,7 @@ def cpu_split(pid: int) -> tuple[float, float]:
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (and its reaped children's are not counted)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(cpu_split(pid))
     except (OSError, IndexError, ValueError):
         return float("nan")
 
@@ -209,14 +208,6 @@ def start_servers(servers: Servers, p: Params, profile: str | None) -> dict:
 
 
 # -- statistics -----------------------------------------------------------------------------------
-
-def pct(samples: list[float], q: float) -> float:
-    """Nearest-rank percentile."""
-    if not samples:
-        return float("nan")
-    s = sorted(samples)
-    return s[max(0, math.ceil(q / 100 * len(s)) - 1)]
-
 
 def ms(x: float) -> float:
     return round(x * 1000, 3)
@@ -365,14 +356,10 @@ async def throughput_phase(urls: dict[str, str], p: Params, pids: dict[str, int]
 
 
 async def attestation_phase(info: dict, p: Params) -> list[dict]:
-    import dataclasses
-
-    from tdxattest.policy import DEFAULT_POLICY, load_pins_json
+    from tdxattest.commands._common import policy_with_pins
     from tdxattest.proxy import Appraiser, ProxyConfig, UpstreamConnection
 
-    pins, keys = load_pins_json(info["pins"])
-    config = ProxyConfig(upstream=info["gateway"],
-                         policy=dataclasses.replace(DEFAULT_POLICY, pins=DEFAULT_POLICY.pins.merged(pins, keys)),
+    config = ProxyConfig(upstream=info["gateway"], policy=policy_with_pins(None, info["pins"], False),
                          collateral_path=str(Path(info["pki_dir"]) / "collateral.json"),
                          root_ca_der=(Path(info["pki_dir"]) / "root-ca.der").read_bytes())
 

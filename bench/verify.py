@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.machine import cpu_model  # noqa: E402
+from bench.stats import pct  # noqa: E402
 
 import dcap_qvl  # noqa: E402
 
@@ -41,11 +42,6 @@ def dcap_version() -> str:
         return version("dcap-qvl")
     except PackageNotFoundError:
         return "unknown"
-
-
-def pct(samples: list[float], p: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
 def bench_pair(ours, bare, runs: int, warmup: int = 20) -> tuple[list[float], list[float]]:
