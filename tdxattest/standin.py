@@ -258,26 +258,24 @@ class StandinServer:
         return web.json_response({"object": "list", "data": [model]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        _check_common(body, self.config.model)
-        limit = _limit(body)
-        text, prompt_tokens = _chat_prompt(body)
-        completion = _Completion(self.config, "chatcmpl", "chat.completion", text, prompt_tokens,
-                                 limit)
-        if body.get("stream"):
-            return await completion.stream(request, _include_usage(body), _chat_delta)
-        return web.json_response(completion.chat_body())
+        return await self._complete(request, _chat_prompt, "chatcmpl", "chat.completion", _chat_delta,
+                                    _Completion.chat_body)
 
     async def _legacy(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, _legacy_prompt, "cmpl", "text_completion", _legacy_delta,
+                                    _Completion.legacy_body)
+
+    async def _complete(self, request: web.Request, prompt_of: Callable[[dict[str, Any]], tuple[str, int]],
+                        id_prefix: str, object_: str, choice: Choice,
+                        body_of: Callable[[_Completion], dict[str, Any]]) -> web.StreamResponse:
         body = await _json_body(request)
         _check_common(body, self.config.model)
         limit = _limit(body)
-        text, prompt_tokens = _legacy_prompt(body)
-        completion = _Completion(self.config, "cmpl", "text_completion", text, prompt_tokens,
-                                 limit)
+        text, prompt_tokens = prompt_of(body)
+        completion = _Completion(self.config, id_prefix, object_, text, prompt_tokens, limit)
         if body.get("stream"):
-            return await completion.stream(request, _include_usage(body), _legacy_delta)
-        return web.json_response(completion.legacy_body())
+            return await completion.stream(request, _include_usage(body), choice)
+        return web.json_response(body_of(completion))
 
 
 def _include_usage(body: dict[str, Any]) -> bool:
