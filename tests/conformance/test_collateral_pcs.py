@@ -8,10 +8,8 @@ The production default (the Intel root certificate's own distribution point) is 
 from __future__ import annotations
 
 import json
-import threading
 import urllib.parse
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ pytestmark = pytest.mark.skipif(not RAW.is_dir(), reason=f"{RAW} is absent (fixt
 from tdxattest import collateral as coll_mod  # noqa: E402
 from tdxattest.cli import main  # noqa: E402
 from tdxattest.collateral import CollateralCache, CollateralError, fetch_collateral, verify_collateral  # noqa: E402
+from tests.loopback_http import LoopbackHttpServer
 
 FMSPC = "00806F050000"
 GCP_QUOTE = QUOTES / "quotes" / "gcp-cos113-v4-00806f.bin"
@@ -45,41 +44,15 @@ def _pem(path: Path) -> str:
     return x509.load_der_x509_certificate(path.read_bytes()).public_bytes(Encoding.PEM).decode()
 
 
-class Server:
-    """A loopback HTTP server. `routes` maps a path (query included) to (status, body, headers)."""
+class Server(LoopbackHttpServer):
+    """`routes` maps a path (query included) to (status, body, headers); anything else is a 404."""
 
     def __init__(self, routes: dict) -> None:
+        super().__init__()
         self.routes = routes
-        self.requests: list[str] = []
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
-
-            def do_GET(self):  # noqa: N802
-                outer.requests.append(self.path)
-                status, body, headers = outer.routes.get(self.path, (404, b"", {}))
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
-
-    def __enter__(self) -> "Server":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+    def answer(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        return self.routes.get(path, (404, b"", {}))
 
 
 def _pcs_routes(with_rootcacrl: bool = False) -> dict:

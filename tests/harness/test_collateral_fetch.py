@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
-import threading
 import urllib.parse
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ pytest.importorskip("dcap_qvl")
 from tdxattest.cli import main  # noqa: E402
 from tdxattest.collateral import CollateralCache, CollateralError  # noqa: E402
 from tdxattest.verify import verify_quote  # noqa: E402
+from tests.loopback_http import LoopbackHttpServer
 
 FMSPC = "00806F050000"
 GCP_QUOTE = QUOTES / "quotes" / "gcp-cos113-v4-00806f.bin"
@@ -64,63 +63,30 @@ def _sets() -> dict:
     }
 
 
-class FakePccs:
+class FakePccs(LoopbackHttpServer):
     """A PCCS stand-in: `mode` is a set name ("2025-10", "2025-01") or "error"."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.mode = "2025-10"
-        self.requests: list[str] = []
         self.sets = _sets()
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
-
-            def do_GET(self):  # noqa: N802
-                outer.requests.append(self.path)
-                if outer.mode == "error":
-                    self.send_response(503)
-                    self.send_header("Error-Code", "ServiceUnavailable")
-                    self.send_header("Error-Message", "PCS unreachable")
-                    self.end_headers()
-                    return
-                s = outer.sets[outer.mode]
-                url = urllib.parse.urlsplit(self.path)
-                q = urllib.parse.parse_qs(url.query)
-                enc = lambda pem: urllib.parse.quote(pem, safe="")  # noqa: E731
-                if url.path == "/tdx/certification/v4/tcb" and q.get("fmspc") == [FMSPC]:
-                    body, hdr = s["tcb"].read_bytes(), ("TCB-Info-Issuer-Chain", enc(s["signing_chain"]))
-                elif url.path == "/tdx/certification/v4/qe/identity":
-                    body, hdr = s["qe"].read_bytes(), ("SGX-Enclave-Identity-Issuer-Chain", enc(s["signing_chain"]))
-                elif url.path == "/sgx/certification/v4/pckcrl" and q.get("ca") == ["platform"]:
-                    body, hdr = s["pckcrl"].read_bytes(), ("SGX-PCK-CRL-Issuer-Chain", enc(s["crl_chain"]))
-                elif url.path == "/sgx/certification/v4/rootcacrl":
-                    body, hdr = s["rootcrl"].read_bytes().hex().encode(), None  # PCCS serves it as hex
-                else:
-                    self.send_response(404)
-                    self.end_headers()
-                    return
-                self.send_response(200)
-                if hdr:
-                    self.send_header(*hdr)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
-
-    def __enter__(self) -> "FakePccs":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+    def answer(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        if self.mode == "error":
+            return 503, b"", {"Error-Code": "ServiceUnavailable", "Error-Message": "PCS unreachable"}
+        s = self.sets[self.mode]
+        url = urllib.parse.urlsplit(path)
+        q = urllib.parse.parse_qs(url.query)
+        enc = lambda pem: urllib.parse.quote(pem, safe="")  # noqa: E731
+        if url.path == "/tdx/certification/v4/tcb" and q.get("fmspc") == [FMSPC]:
+            return 200, s["tcb"].read_bytes(), {"TCB-Info-Issuer-Chain": enc(s["signing_chain"])}
+        if url.path == "/tdx/certification/v4/qe/identity":
+            return 200, s["qe"].read_bytes(), {"SGX-Enclave-Identity-Issuer-Chain": enc(s["signing_chain"])}
+        if url.path == "/sgx/certification/v4/pckcrl" and q.get("ca") == ["platform"]:
+            return 200, s["pckcrl"].read_bytes(), {"SGX-PCK-CRL-Issuer-Chain": enc(s["crl_chain"])}
+        if url.path == "/sgx/certification/v4/rootcacrl":
+            return 200, s["rootcrl"].read_bytes().hex().encode(), {}  # PCCS serves it as hex
+        return 404, b"", {}
 
 
 @pytest.fixture()
