@@ -476,7 +476,6 @@ def _promotion(r: _Reader, value: Any, path: str) -> PromotionConfig | None:
 WORKLOAD_TARGETS: tuple[str, ...] = ("host", "kubernetes")
 WORKLOAD_KEYS = ("target", "image", "model", "modelSource", "vllmArgs", "gateway", "knownAnswer", "td", "kubernetes")
 TD_BOOT_MANIFEST = "ovmf-debian-trixie.yaml"  # the TD boot manifest in <firmware>/td/ the TDs launch
-_IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")  # as tdxattest.workload
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -484,6 +483,8 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*
 
 def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], raw_hosts: Any,
               firmware_dir: Path) -> WorkloadConfig | None:
+    from tdxattest.workload import IMAGE_BY_DIGEST
+
     from .td_definition import DefinitionError, load_boot_manifest
 
     before = len(r.errors)
@@ -507,7 +508,7 @@ def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], 
     fix_image = ("pin the image by digest: `<repository>@sha256:<64 hex>` (`podman pull IMAGE && podman image "
                  "inspect --format '{{index .RepoDigests 0}}' IMAGE`); a tag can move")
     image = r.string(r.required(m, "image", path, fix_image), _join(path, "image"), fix_image)
-    if image is not None and not _IMAGE_REF.match(image):
+    if image is not None and not IMAGE_BY_DIGEST.match(image):
         r.error(_join(path, "image"), f"`{image}` is not an image reference by digest", fix_image)
 
     model_path = _join(path, "model")

@@ -40,7 +40,7 @@ from typing import Any, Mapping
 
 import pulumi
 
-from tdxattest.workload import WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
+from tdxattest.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
 
 from .config import ConfigError, _join, _Reader
 from .paths import REPO_ROOT
@@ -75,7 +75,6 @@ GATEWAY_PORT = 8443
 MODEL_DIR = "/models/model"
 DEFAULT_MODEL_URL = "https://huggingface.co/{id}/resolve/{revision}/{path}"
 
-_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -200,7 +199,7 @@ def kubernetes_target_from_mapping(doc: Any, path: str = "workload.kubernetes", 
     gateway_image = r.string(r.required(m, "gatewayImage", path, "set the image that runs `python -m tdxattest "
                                         "gateway`, by digest: `REPOSITORY@sha256:<64 hex>`"), gi_path,
                              "set `REPOSITORY@sha256:<64 hex>`")
-    if gateway_image is not None and not _IMAGE.match(gateway_image):
+    if gateway_image is not None and not IMAGE_BY_DIGEST.match(gateway_image):
         r.error(gi_path, f"`{gateway_image}` is not an image pinned by digest (a tag can move)",
                 "use `REPOSITORY@sha256:<64 lowercase hex>` (`crane digest IMAGE:TAG` or "
                 "`podman inspect --format '{{.Digest}}'`)")
@@ -353,7 +352,7 @@ def workload_problems(manifest: WorkloadManifest, target: KubernetesTarget,
     errors: list[ConfigError] = []
     kpath = _join(path, "kubernetes")
     for where, image in ((_join(path, "image"), manifest.image), (_join(kpath, "gatewayImage"), target.gateway_image)):
-        if not _IMAGE.match(image):
+        if not IMAGE_BY_DIGEST.match(image):
             errors.append(ConfigError(where, f"`{image}` is not an image pinned by digest (a tag can move)",
                                       "use `REPOSITORY@sha256:<64 lowercase hex>`"))
     if target.gpu_count != manifest.tensor_parallel_size:

@@ -24,7 +24,7 @@ WORKLOAD_EVENT = "tdx-vllm/workload-manifest/v1"
 SCHEMA = 1
 RTMR_INDEX = 3
 
-_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
+IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")  # `repository@sha256:<hex>`
 _REVISION = re.compile(r"^[0-9a-f]{40}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DIGEST48 = re.compile(r"^[0-9a-f]{96}$")
@@ -98,7 +98,7 @@ def manifest_from_mapping(doc: Mapping) -> WorkloadManifest:
         raise InputError(f"workload.schema {SCHEMA}", repr(schema))
 
     image = _require_str("workload.image", doc["image"])
-    if not _IMAGE.match(image):
+    if not IMAGE_BY_DIGEST.match(image):
         raise InputError("workload.image by digest: <repository>@sha256:<64 lowercase hex> (a tag can move; "
                          "pin with `podman inspect --format '{{.Digest}}'`)", repr(image))
 
