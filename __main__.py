@@ -3,9 +3,9 @@ import sys
 
 import pulumi
 
-from components.config import ConfigErrors, load_from_pulumi
+from components.config import DEV_STACK, ConfigErrors, load_from_pulumi, td_boot_manifest
 from components.host import TdxHost
-from components.measurements import DEFAULT_MANIFEST, PinError, default_artifact_dir, expected_pins
+from components.measurements import PinError, default_artifact_dir, expected_pins
 from components.promotion import promotable_pins, refusal_from_outputs
 
 try:
@@ -29,7 +29,8 @@ if workload is not None and workload.kubernetes is not None:
     pins = kubernetes_pins(k8s_args)
 else:
     try:
-        pins = expected_pins(DEFAULT_MANIFEST, default_artifact_dir(), require_artifacts=stack.stack != "dev")
+        pins = expected_pins(td_boot_manifest(stack.stack), default_artifact_dir(),
+                             require_artifacts=stack.stack != DEV_STACK)
     except PinError as exc:
         print(f"pins: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

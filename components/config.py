@@ -475,7 +475,16 @@ def _promotion(r: _Reader, value: Any, path: str) -> PromotionConfig | None:
 
 WORKLOAD_TARGETS: tuple[str, ...] = ("host", "kubernetes")
 WORKLOAD_KEYS = ("target", "image", "model", "modelSource", "vllmArgs", "gateway", "knownAnswer", "td", "kubernetes")
-TD_BOOT_MANIFEST = "ovmf-debian-trixie.yaml"  # the TD boot manifest in <firmware>/td/ the TDs launch
+# The TD boot manifests in <firmware>/td/: `dev` boots the dev image (serial autologin, software
+# quotes allowed), every other stack the prod image, so staging and prod share their pins.
+DEV_STACK = "dev"
+TD_BOOT_MANIFEST = "ovmf-debian-trixie.yaml"
+TD_BOOT_MANIFEST_DEV = "ovmf-debian-trixie-dev.yaml"
+
+
+def td_boot_manifest(stack: str, firmware_dir: Path = FIRMWARE_DIR) -> Path:
+    """The TD boot manifest a stack's TDs launch and its pins are computed from."""
+    return firmware_dir / "td" / (TD_BOOT_MANIFEST_DEV if stack == DEV_STACK else TD_BOOT_MANIFEST)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -554,7 +563,7 @@ def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], 
                                     gateway_port, prompt, expect)
     boot = None
     try:
-        boot = load_boot_manifest(firmware_dir / "td" / TD_BOOT_MANIFEST)
+        boot = load_boot_manifest(td_boot_manifest(r.stack, firmware_dir))
     except DefinitionError as exc:
         r.error(path, f"the TD boot manifest is unusable: {exc}", "fix the manifest in firmware/td/")
     td = _td_shape(r, m.get("td"), _join(path, "td"), boot)
@@ -806,7 +815,7 @@ def _gpu(r: _Reader, value: Any, path: str, models: tuple[str, ...]) -> GpuConfi
     model = r.choice(r.required(m, "model", path, f"set one of: {', '.join(models)}"), _join(path, "model"), models)
     count = r.integer(m.get("count"), _join(path, "count"), 1, 1, 16)
     mode = r.choice(m.get("mode", "on"), _join(path, "mode"), GPU_MODES)
-    if mode == "devtools" and r.stack != "dev":
+    if mode == "devtools" and r.stack != DEV_STACK:
         r.error(_join(path, "mode"), f"`devtools` unblocks GPU debugging and is refused outside the `dev` stack "
                 f"(this is `{r.stack}`)", "use `on` (one GPU per TD) or `ppcie` (8 Hopper GPUs + NVSwitch)")
     if mode == "ppcie" and count != 8:
@@ -861,7 +870,7 @@ def _dcap(r: _Reader, value: Any, path: str) -> DcapConfig | None:
     # self-signed certificate its package generates: verification is off by default there. A
     # shared PCCS crosses the network: its certificate must verify outside `dev`.
     secure = r.boolean(m.get("useSecureCert"), _join(path, "useSecureCert"), pccs_url is not None)
-    if not secure and pccs_url is not None and r.stack != "dev":
+    if not secure and pccs_url is not None and r.stack != DEV_STACK:
         r.error(_join(path, "useSecureCert"), f"TLS verification of the shared PCCS at dcap.pccsUrl may only be off in "
                 f"`dev` (this is `{r.stack}`)", "give the PCCS a certificate the hosts trust and set `useSecureCert: true`")
     if key is None:

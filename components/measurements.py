@@ -40,7 +40,8 @@ _SHA384 = re.compile(r"[0-9a-f]{96}")
 _TD_ATTRIBUTES = re.compile(r"[0-9a-f]{16}")
 # `rootfs` (the guest image's dm-verity disk) is staged and attached by the TrustDomain but measured
 # only through the root hash on the command line (RTMR2), so nothing here reads it.
-TOP_KEYS = ("schema", "name", "description", "firmware", "vm", "td", "kernel", "initrd", "cmdline", "acpi", "rootfs")
+TOP_KEYS = ("schema", "name", "description", "base", "firmware", "vm", "td", "kernel", "initrd", "cmdline", "acpi",
+            "rootfs")
 FILE_KEYS = ("name", "version", "source", "file", "size", "sha256", "sha384", "reason", "used")
 FIRMWARE_KEYS = FILE_KEYS + ("pageAddOrder", "eventTemplate", "separator")
 TD_ATTR_DEBUG = 1 << 0
@@ -62,7 +63,26 @@ def default_artifact_dir() -> Path:
 
 
 def load_manifest(path: Path) -> Mapping[str, Any]:
-    """The TD boot manifest as a mapping: readable YAML, known top-level keys, schema 1."""
+    """The TD boot manifest as a mapping: readable YAML, known top-level keys, schema 1.
+
+    `base: <file>` (a manifest in the same directory) supplies every top-level section this file
+    leaves out: the dev image's manifest names only its own kernel, initrd, command line and root
+    disk, and shares the firmware, VM shape and ACPI pins with the prod one."""
+    data = _read_manifest(path)
+    base = data.get("base")
+    if base is None:
+        return data
+    if not isinstance(base, str) or "/" in base or not base.endswith(".yaml"):
+        raise PinError(f"{path}: `base` must name a manifest in the same directory (e.g. ovmf-debian-trixie.yaml), "
+                       f"not {base!r}")
+    base_path = path.parent / base
+    parent = _read_manifest(base_path)
+    if parent.get("base") is not None:
+        raise PinError(f"{path}: `base` {base} has a `base` of its own; one level only")
+    return {**parent, **{k: v for k, v in data.items() if k != "base"}}
+
+
+def _read_manifest(path: Path) -> Mapping[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as exc:

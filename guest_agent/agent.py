@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from .config import AgentConfig
+from .config import DEV_STACK, AgentConfig
 from .gpu import attest_gpus
 from .knownanswer import check_known_answer
 from .model import fetch_model
@@ -44,7 +44,9 @@ IMAGE_FACTS = "/etc/tdx-vllm/image.json"  # written by tools/build-guest-image.s
 def check_image_stack(stack: str, system: System) -> None:
     """The stack comes from the host (fw_cfg), which is not trusted; the image's own record of the
     stack it was built for is measured (dm-verity root, root hash in RTMR2). A host that hands a
-    prod image a `dev` config, to get software quotes or a skipped GPU check, is refused here."""
+    prod image a `dev` config, to get software quotes or a skipped GPU check, is refused here, and
+    so is a dev image (serial autologin) given any other stack. The prod image serves every stack
+    but dev (staging boots the image prod will, so the two share their pins)."""
     path = system.path(IMAGE_FACTS)
     try:
         built_for = json.loads(path.read_text()).get("stack")
@@ -52,10 +54,11 @@ def check_image_stack(stack: str, system: System) -> None:
         return  # not our image (tests, or the agent run by hand): the config's stack stands
     except (OSError, ValueError, AttributeError) as exc:
         raise Refused("image", f"a readable {IMAGE_FACTS}; seen: {exc}") from None
-    if built_for != stack:
-        raise Refused("image", f"this image was built for stack {built_for!r} but the host's config says "
-                               f"{stack!r}; rebuild the image for {stack!r} (tools/build-guest-image.sh --stack) "
-                               "or fix the stack config")
+    wanted = DEV_STACK if stack == DEV_STACK else "prod"
+    if built_for != wanted:
+        raise Refused("image", f"an image built for stack {wanted!r} (the host's config says {stack!r}), seen one "
+                               f"built for {built_for!r}; boot the {wanted} image (tools/build-guest-image.sh "
+                               f"--stack {wanted}) or fix the stack config")
 
 
 class Agent:

@@ -209,8 +209,8 @@ manifest = {
         "squashfsSize": int(env["SQUASHFS_SIZE"]),
     },
     "files": files,
-    # Ready to paste into firmware/td/<profile>.yaml once the two files are copied to the artifact
-    # directory under these names (docs/guest-image.md).
+    # The TD boot manifest sections for this image (firmware/td/*.yaml), with the artifact file
+    # names they expect; `python -m components.guest_image pin` writes them and copies the files.
     "firmwareTd": {
         "kernel": {"name": "vmlinuz", "version": env["KVER"], "source": f"tools/build-guest-image.sh --stack {stack}: vmlinuz (Debian linux-binary-{env['KVER']})",
                    "file": f"tdx-vllm-guest-vmlinuz-{env['KVER']}-{files['vmlinuz']['sha256'][:12]}",
@@ -220,7 +220,11 @@ manifest = {
                    "file": f"tdx-vllm-guest-{stack}-initrd-{files['initrd.img']['sha256'][:12]}.img",
                    **{k: files["initrd.img"][k] for k in ("size", "sha256", "sha384")}},
         "cmdline": {"value": open(os.path.join(out, "cmdline.txt")).read()},
-        "rootfsFile": f"tdx-vllm-guest-{stack}-rootfs-{roothash[:12]}.verity.img",
+        "rootfs": {"name": "rootfs.verity.img", "version": f"{stack}-{roothash[:12]}",
+                   "source": f"tools/build-guest-image.sh --stack {stack}: rootfs.verity.img (squashfs + dm-verity, "
+                             f"root hash {roothash[:12]}… on the command line)",
+                   "file": f"tdx-vllm-guest-{stack}-rootfs-{roothash[:12]}.verity.img",
+                   **{k: files["rootfs.verity.img"][k] for k in ("size", "sha256", "sha384")}},
     },
     # Not part of the image: how long this build took (everything above is reproducible).
     "build": {"seconds": int(time.time()) - int(env["T0"]), "finishedAt": int(time.time())},

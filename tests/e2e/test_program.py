@@ -8,7 +8,9 @@ What is set up (module fixture `e2e`):
   symlinked to the repository's (Pulumi.yaml names `virtualenv: .venv`), so nothing is written
   into the repository;
 - TDX_VLLM_FIRMWARE_DIR: a copy of firmware/ whose gpu/gpu-admin-tools.yaml pins the sha256 of the
-  harness's fake wheel (the only pin that differs: same package, version and file name);
+  harness's fake wheel (same package, version and file name), and whose TD boot manifests leave the
+  guest image out (tests/firmware_copies.py: these stacks have no workload, and the image's files
+  are not built here);
 - TDX_VLLM_ARTIFACT_DIR: ../shared/fixtures/measurements/firmware (from the repository root), so
   `pins` is computed with `require_artifacts` (the stacks are not `dev`);
 - two stacks (`e2e`, `e2e-pre`), one harness host each, set with `pulumi config set-all --path`
@@ -61,6 +63,7 @@ if not (VENV / "bin" / "python").exists():
 if not ARTIFACTS.is_dir():
     pytest.skip(f"{ARTIFACTS} (TD boot artifacts for `pins`) is missing", allow_module_level=True)
 
+from tests.firmware_copies import unpin_guest_image  # noqa: E402
 from tests.harness import hosts as H  # noqa: E402
 from tests.harness import sshrun  # noqa: E402
 from tests.harness.nshost import namespace_hosts, unavailable_reason  # noqa: E402
@@ -118,6 +121,7 @@ class Engine:
             shutil.copy2(src, dst, follow_symlinks=False)
         (self.project / ".venv").symlink_to(VENV)
         shutil.copytree(REPO / "firmware", self.firmware)
+        unpin_guest_image(self.firmware)
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("PULUMI_", "TDX_VLLM_"))}
         self.env.update({

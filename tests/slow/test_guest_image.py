@@ -222,6 +222,43 @@ def wait_report(proc: subprocess.Popen, log: Path, timeout_s: float = REPORT_TIM
     pytest.fail(f"no {REPORT_PREFIX.strip()} line in {timeout_s:.0f}s; serial log:\n" + _tail(log, 60))
 
 
+def test_the_build_reproduces_the_pinned_image(images: dict[str, Path]) -> None:
+    # firmware/td/ pins the image a TD boots (kernel, initrd, command line with the verity root hash,
+    # root disk); a fresh build from this checkout must give those exact bytes, or the pins (and
+    # the RTMRs a client checks) describe an image nobody can rebuild.
+    from components.guest_image import check
+    problems = check(images["prod"].parent)
+    assert not problems, ("the build differs from firmware/td/ (re-pin with `python -m components.guest_image pin "
+                          f"{images['prod'].parent}` if the recipe change is intended):\n  " + "\n  ".join(problems))
+
+
+def test_pins_from_the_built_image(images: dict[str, Path], tmp_path: Path) -> None:
+    # The measurement computation on the real artifacts: RTMR1 (Authenticode of Debian's kernel as
+    # QEMU patches it) and RTMR2 (command line, initrd) for both stacks' manifests.
+    from components.config import td_boot_manifest
+    from components.measurements import expected_pins, load_manifest
+    ovmf = REPO.parent / "shared" / "fixtures" / "measurements" / "firmware"
+    if not ovmf.is_dir():
+        pytest.skip(f"{ovmf} (the pinned OVMF) is absent")
+    found = {}
+    for stack, build_name in (("prod", "prod"), ("dev", "dev")):
+        manifest = td_boot_manifest(stack)
+        data = load_manifest(manifest)
+        work = tmp_path / stack
+        work.mkdir()
+        (work / data["firmware"]["file"]).symlink_to(ovmf / data["firmware"]["file"])
+        for key, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img")):
+            (work / data[key]["file"]).symlink_to(images[build_name] / name)
+        pins = expected_pins(manifest, work)
+        assert pins["rtmr1"] and pins["rtmr2"], pins["reasons"]
+        assert pins["artifacts"]["cmdline"] == (images[build_name] / "cmdline.txt").read_text()
+        found[stack] = pins
+    # same firmware, so the same MRTD; RTMR1 differs too although the kernel file is the same (QEMU
+    # writes the initrd's size into the kernel header it measures), and RTMR2 by the root hash
+    assert found["prod"]["mrtd"] == found["dev"]["mrtd"]
+    assert found["prod"]["rtmr1"] != found["dev"]["rtmr1"] and found["prod"]["rtmr2"] != found["dev"]["rtmr2"]
+
+
 def _boot_checks(log: Path) -> None:
     text = log.read_text(errors="replace")
     assert "verified by dm-verity" in text, "initramfs did not open the verity root"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -324,13 +325,29 @@ def test_workload_vm_shape_must_equal_the_boot_manifest(fw):
     assert errors[1].startswith("workload.td.memoryMiB: 32768 differs from `vm.memoryMiB: 65536`")
 
 
-def test_workload_refuses_a_boot_manifest_that_cannot_launch():
+def test_workload_refuses_a_boot_manifest_that_cannot_launch(tmp_path):
+    fw = tmp_path / "fw"
+    shutil.copytree(REPO / "firmware", fw)
+    path = fw / "td" / "ovmf-debian-trixie.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["kernel"] = {"file": None, "reason": "guest image build not pinned yet"}
+    path.write_text(yaml.safe_dump(data))
     raw = good()
     raw["workload"] = workload()
-    errors = errors_of(raw)  # the repository's manifest: no kernel, initrd or command line yet
+    with pytest.raises(ConfigErrors) as info:
+        parse_stack(raw, "staging", firmware_dir=fw)
+    errors = [str(e) for e in info.value.errors]
     assert len(errors) == 1, errors
-    assert errors[0].startswith("workload: the TD boot manifest firmware/td/ovmf-debian-trixie.yaml cannot launch a TD yet")
+    assert errors[0].startswith(f"workload: the TD boot manifest {path} cannot launch a TD yet")
     assert "kernel: guest image build not pinned yet" in errors[0] and "fix: pin the guest kernel" in errors[0]
+
+
+def test_dev_launches_the_dev_image_and_every_other_stack_the_prod_one():
+    raw = good()
+    raw["workload"] = workload()
+    assert parse_stack(raw, "staging").workload.boot_manifest == REPO / "firmware" / "td" / "ovmf-debian-trixie.yaml"
+    assert parse_stack(raw, "prod").workload.boot_manifest == REPO / "firmware" / "td" / "ovmf-debian-trixie.yaml"
+    assert parse_stack(raw, "dev").workload.boot_manifest == REPO / "firmware" / "td" / "ovmf-debian-trixie-dev.yaml"
 
 
 @pytest.mark.parametrize("change, needle", [

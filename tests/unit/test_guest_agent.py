@@ -170,7 +170,7 @@ def test_prod_without_tdx_is_refused_and_starts_nothing(tmp_path, root, model_sr
     assert not (tmp_path / "state/rtmr3-events.jsonl").exists() and not (tmp_path / "model").exists()
 
 
-@pytest.mark.parametrize("built_for, stack", [("prod", "dev"), ("dev", "prod")])
+@pytest.mark.parametrize("built_for, stack", [("prod", "dev"), ("dev", "prod"), ("dev", "staging")])
 def test_the_image_decides_the_stack_not_the_host(tmp_path, root, model_src, built_for, stack):
     # The host hands the agent its config; a prod image told "dev" (to get TEST quotes and skip
     # the GPU gate) is refused before anything runs, and so is the converse.
@@ -181,9 +181,19 @@ def test_the_image_decides_the_stack_not_the_host(tmp_path, root, model_src, bui
                             root, commands)
     report = agent.start()
     assert report.state == "refused" and report.step == "image"
-    assert f"built for stack {built_for!r}" in report.reason and f"says {stack!r}" in report.reason
+    assert f"seen one built for {built_for!r}" in report.reason and f"says {stack!r}" in report.reason
     assert commands.calls == [] and agent.supervisor.children == []
     assert not (tmp_path / "state/rtmr3-events.jsonl").exists()
+
+
+def test_staging_boots_the_prod_image(tmp_path, root, model_src):
+    # Staging and prod share one image (and so their pins); the image check passes and the agent
+    # goes on to the next gate, which without TDX refuses.
+    (root / "etc/tdx-vllm").mkdir(parents=True)
+    (root / "etc/tdx-vllm/image.json").write_text(json.dumps({"stack": "prod", "suite": "trixie"}))
+    agent, _ = make_agent(config_doc(tmp_path, model_src, stack="staging", server="vllm"), root, Commands())
+    report = agent.start()
+    assert report.state == "refused" and report.step == "tdx"
 
 
 @pytest.mark.parametrize("mutate, key", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -52,24 +53,32 @@ def pin_file(path: Path, **extra) -> dict:
 
 @needs_shared
 def test_real_manifest_pins_mrtd_and_explains_the_rest():
+    # The firmware fixture is here, the guest image's files are not: MRTD is computed, and every
+    # register that needs a missing file says which one (a dev preview on a machine without them).
     fixture = next(f for f in json.loads(COMPUTED.read_text())["files"] if f["fixture"].endswith(TRIXIE))
-    pins = expected_pins(DEFAULT_MANIFEST, FIXTURE_FW_DIR)
+    pins = expected_pins(DEFAULT_MANIFEST, FIXTURE_FW_DIR, require_artifacts=False)
+    kernel_file = manifest()["kernel"]["file"]
     assert pins["mrtd"] == fixture["mrtd_single_pass"]
     assert pins["mrtdCandidates"] == {"single": fixture["mrtd_single_pass"], "twoPass": fixture["mrtd_two_pass"]}
     assert pins["pageAddOrder"] == "single"
     assert pins["rtmr0"] is None and pins["rtmr1"] is None and pins["rtmr2"] is None and pins["rtmr3"] is None
     assert pins["reasons"]["rtmr3"] == "workload manifest not pinned yet"
-    assert pins["reasons"]["rtmr0"].startswith("acpi: ") and pins["reasons"]["rtmr1"].startswith("kernel: ")
-    assert pins["reasons"]["rtmr2"].startswith("cmdline: ") and "mrtd" not in pins["reasons"]
+    assert pins["reasons"]["rtmr0"].startswith("acpi: ")
+    assert pins["reasons"]["rtmr1"] == f"kernel: artifact {kernel_file} not found in {FIXTURE_FW_DIR}"
+    assert pins["reasons"]["rtmr2"].startswith("initrd: artifact tdx-vllm-guest-prod-initrd-")
+    assert "mrtd" not in pins["reasons"]
     assert pins["tdAttributes"] == "0000001000000000"
     fw = pins["artifacts"]["firmware"]
     assert fw["sha256"] == fixture["sha256"] and fw["sha384"] == fixture["sha384"] and fw["version"]
-    assert pins["artifacts"]["kernel"] is None
+    assert pins["artifacts"]["cmdline"] == manifest()["cmdline"]["value"]
     # the TD HOB and CFV events are known even though RTMR0 is not
     first = pins["events"]["rtmr0"][:2]
     assert first[0]["digest"] == fixture["td_hob_sha384_by_ram_mib"]["65536"]
     assert first[1]["digest"] == fixture["cfv_sha384"]
     assert json.loads(json.dumps(pins)) == pins  # plain JSON for pulumi.export
+    # outside dev a missing file is an error that names it
+    with pytest.raises(PinError, match=r"`kernel\.file`: \S*" + re.escape(kernel_file) + " not found"):
+        expected_pins(DEFAULT_MANIFEST, FIXTURE_FW_DIR)
 
 
 @needs_shared

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from components.firmware import gpu_admin_tools, gpu_sku
 from components.promotion import FIX, Difference, compare, promotable_pins, refusal, refusal_from_outputs
+from tests.firmware_copies import unpin_guest_image
 
 REPO = Path(__file__).resolve().parents[2]
 FROM = "organization/tdx-vllm/staging"
@@ -142,7 +144,16 @@ def test_an_unknown_promotable_schema_is_refused():
 ARTIFACTS = (REPO / ".." / "shared" / "fixtures" / "measurements" / "firmware").resolve()
 
 
-def _run_program(monkeypatch, staging_outputs: dict, created: list[tuple[str, str]]) -> None:
+def _guestless_manifest(tmp_path) -> Path:
+    """The prod TD boot manifest without the guest image, whose files are not built here."""
+    fw = tmp_path / "fw"
+    if not fw.exists():
+        shutil.copytree(REPO / "firmware", fw)
+        unpin_guest_image(fw)
+    return fw / "td" / "ovmf-debian-trixie.yaml"
+
+
+def _run_program(monkeypatch, tmp_path, staging_outputs: dict, created: list[tuple[str, str]]) -> None:
     import runpy
 
     import pulumi
@@ -160,6 +171,8 @@ def _run_program(monkeypatch, staging_outputs: dict, created: list[tuple[str, st
     if not ARTIFACTS.is_dir():
         pytest.skip(f"{ARTIFACTS} (TD boot artifacts for `pins`) is missing")
     monkeypatch.setenv("TDX_VLLM_ARTIFACT_DIR", str(ARTIFACTS))
+    import components.config as config_module
+    monkeypatch.setattr(config_module, "TD_BOOT_MANIFEST", str(_guestless_manifest(tmp_path)))
     mocks = Mocks()
     mocks.created = created
     # a stack without a stack file: its secret leaves are those of the secret top-level keys
@@ -175,33 +188,33 @@ def _run_program(monkeypatch, staging_outputs: dict, created: list[tuple[str, st
     program()
 
 
-def _own_promotable(monkeypatch) -> dict:
-    from components.measurements import DEFAULT_MANIFEST, expected_pins
+def _own_promotable(monkeypatch, tmp_path) -> dict:
+    from components.measurements import expected_pins
 
     monkeypatch.setenv("TDX_VLLM_ARTIFACT_DIR", str(ARTIFACTS))
-    return promotable_pins(expected_pins(DEFAULT_MANIFEST, ARTIFACTS), ["h100-sxm"], "1.5.34")
+    return promotable_pins(expected_pins(_guestless_manifest(tmp_path), ARTIFACTS), ["h100-sxm"], "1.5.34")
 
 
-def test_program_with_attested_pins_builds_the_hosts(monkeypatch):
+def test_program_with_attested_pins_builds_the_hosts(monkeypatch, tmp_path):
     if not ARTIFACTS.is_dir():
         pytest.skip(f"{ARTIFACTS} is missing")
     created: list = []
-    _run_program(monkeypatch, {"promotable": _own_promotable(monkeypatch), "ready": True}, created)
+    _run_program(monkeypatch, tmp_path, {"promotable": _own_promotable(monkeypatch, tmp_path), "ready": True}, created)
     assert ("pulumi:pulumi:StackReference", FROM) in created
     assert sorted(n for t, n in created if t == "tdx-vllm:host:TdxHost") == ["gpu-a", "gpu-b"]
     assert len([t for t, _ in created if t.startswith("command:")]) == 9 + 7
 
 
-def test_program_refuses_before_any_host_step(monkeypatch):
+def test_program_refuses_before_any_host_step(monkeypatch, tmp_path):
     if not ARTIFACTS.is_dir():
         pytest.skip(f"{ARTIFACTS} is missing")
-    staging = _own_promotable(monkeypatch)
+    staging = _own_promotable(monkeypatch, tmp_path)
     staging["tdxModule"] = "1.5.20"
     created: list = []
     with pytest.raises(Exception, match=r"promotion refused: 1 pin of prod-mock differs .*\n  - tdxModule: "
                                          r"organization/tdx-vllm/staging attested 1\.5\.20, prod-mock would deploy "
                                          r"1\.5\.34") as info:
-        _run_program(monkeypatch, {"promotable": staging}, created)
+        _run_program(monkeypatch, tmp_path, {"promotable": staging}, created)
     assert "fix: deploy and verify these pins in staging first" in str(info.value)
     assert ("pulumi:pulumi:StackReference", FROM) in created
     assert not [t for t, _ in created if t.startswith(("command:", "tdx-vllm:"))], created

@@ -22,8 +22,8 @@ GPU_A, GPU_B = "0000:b8:00.0", "0000:ba:00.0"
 
 
 def pinned_firmware_dir(dest: Path, *, kernel_sha: str = KERNEL_SHA, cmdline: str = CMDLINE) -> Path:
-    """A copy of firmware/ whose TD boot manifest also pins a kernel, an initrd and a command line
-    (the repository's does not yet: the guest image build is not pinned)."""
+    """A copy of firmware/ whose TD boot manifest pins a synthetic kernel, initrd and command line
+    instead of the guest image's (and no root disk), for tests that need small known values."""
     fw = dest / "fw"
     if fw.exists():
         shutil.rmtree(fw)
@@ -35,6 +35,7 @@ def pinned_firmware_dir(dest: Path, *, kernel_sha: str = KERNEL_SHA, cmdline: st
     data["initrd"] = {"name": "initrd.img", "version": "6.18.5-test", "source": "test guest build",
                       "file": "initrd-6.18.5-test.img", "sha256": INITRD_SHA, "sha384": "55" * 48}
     data["cmdline"] = {"value": cmdline}
+    data.pop("rootfs", None)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return fw
 
@@ -232,11 +233,31 @@ def test_root_and_data_disks_carry_the_serials_the_guest_initramfs_looks_for():
 # the boot manifest
 
 
-def test_the_repository_manifest_is_not_launchable_yet_and_says_why():
-    boot = load_boot_manifest(REPO / "firmware" / "td" / "ovmf-debian-trixie.yaml")
+def test_the_repository_manifests_pin_the_guest_image():
+    prod = load_boot_manifest(REPO / "firmware" / "td" / "ovmf-debian-trixie.yaml")
+    dev = load_boot_manifest(REPO / "firmware" / "td" / "ovmf-debian-trixie-dev.yaml")
+    for boot, stack in ((prod, "prod"), (dev, "dev")):
+        assert boot.launchable, boot.gaps
+        assert [a.staged_name for a in boot.artifacts] == ["firmware.fd", "vmlinuz", "initrd.img", "rootfs.verity.img"]
+        assert boot.vcpus == 16 and boot.memory_mib == 65536
+        # the root disk is measured through the dm-verity root hash on the (RTMR2) command line
+        root_hash = dict(a.split("=", 1) for a in boot.cmdline.split() if "=" in a)["tdx_vllm.roothash"]
+        assert boot.rootfs.file == f"tdx-vllm-guest-{stack}-rootfs-{root_hash[:12]}.verity.img"
+    # dev shares the firmware and the (unmodified Debian) kernel, not the initrd or the root
+    assert (dev.firmware, dev.kernel) == (prod.firmware, prod.kernel)
+    assert dev.initrd != prod.initrd and dev.rootfs != prod.rootfs and dev.cmdline != prod.cmdline
+
+
+def test_an_unpinned_manifest_is_not_launchable_and_says_why(tmp_path):
+    path = pinned_firmware_dir(tmp_path) / "td" / "ovmf-debian-trixie.yaml"
+    data = yaml.safe_load(path.read_text())
+    for key in ("kernel", "initrd"):
+        data[key] = {"file": None, "reason": "guest image build not pinned yet"}
+    data["cmdline"] = {"value": None, "reason": "guest image build not pinned yet"}
+    path.write_text(yaml.safe_dump(data))
+    boot = load_boot_manifest(path)
     assert not boot.launchable
     assert [g.split(":")[0] for g in boot.gaps] == ["kernel", "initrd", "cmdline"]
-    assert boot.vcpus == 16 and boot.memory_mib == 65536
     assert boot.firmware is not None and boot.firmware.staged_name == "firmware.fd"
 
 

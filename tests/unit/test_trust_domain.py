@@ -230,7 +230,7 @@ def test_the_program_builds_a_td_per_host_and_exports_endpoints(tmp_path, monkey
     fw = pinned_firmware_dir(tmp_path)
     # The program validates against the repository's firmware dir; point the workload's boot
     # manifest at the pinned copy (an absolute path wins over the directory it is joined to).
-    monkeypatch.setattr(config_module, "TD_BOOT_MANIFEST", str(fw / "td" / "ovmf-debian-trixie.yaml"))
+    monkeypatch.setattr(config_module, "TD_BOOT_MANIFEST_DEV", str(fw / "td" / "ovmf-debian-trixie.yaml"))
 
     class Both(RecordingMocks, TdMocks):
         pass
