@@ -18,8 +18,9 @@ from tdxattest.workload import WorkloadManifest, manifest_from_mapping, refused_
 DEFAULT_CONFIG_PATH = "/sys/firmware/qemu_fw_cfg/by_name/opt/tdx-vllm/agent.json/raw"
 DEV_STACK = "dev"
 SERVERS = ("vllm", "standin")
-NVATTEST = ("nvattest", "collect-evidence", "--device", "gpu", "--nonce", "{nonce}")
-NVIDIA_ROOT = "/etc/tdx-vllm/nvidia_device_root.pem"
+# The built-in collector (guest_agent/nvml.py, NVML from the driver); {python} is the agent's own
+# interpreter, {nonce} the fresh nonce in hex.
+NVML_COLLECTOR = ("{python}", "-m", "guest_agent.nvml", "--nonce", "{nonce}")
 
 _STACK = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
@@ -40,8 +41,10 @@ class KnownAnswer:
 
 @dataclass(frozen=True)
 class GpuConfig:
-    evidence_command: tuple[str, ...] = NVATTEST   # "{nonce}" is replaced by the hex nonce
-    root_ca: str = NVIDIA_ROOT                     # NVIDIA Device Identity CA (PEM), pinned in the image
+    evidence_command: tuple[str, ...] = NVML_COLLECTOR   # "{nonce}" is replaced by the hex nonce
+    # The NVIDIA Device Identity CA: None = the root each GPU's chain ends at, accepted only if its
+    # fingerprint is the one pinned in tdxattest.gpu_evidence; a PEM file (dev stack only) replaces it.
+    root_ca: str | None = None
     vbios: tuple[str, ...] = ()                    # accepted VBIOS versions; empty = not pinned
     driver: str | None = None                      # required driver version; None = not pinned
 
@@ -155,7 +158,7 @@ def config_from_mapping(doc: Any) -> AgentConfig:
                 raise InputError(f"{key} only in the dev stack (outside it the image fixes the command and the "
                                  "NVIDIA root: the host's config must not choose what runs as root in the TD)",
                                  f"set, with stack {stack!r}")
-    command = gp.get("evidenceCommand", list(NVATTEST))
+    command = gp.get("evidenceCommand", list(NVML_COLLECTOR))
     if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
         raise InputError("config.gpu.evidenceCommand as a non-empty list of strings", repr(command)[:120])
     if not any("{nonce}" in a for a in command):
@@ -167,7 +170,10 @@ def config_from_mapping(doc: Any) -> AgentConfig:
     driver = gp.get("driver")
     if driver is not None:
         _str("config.gpu.driver", driver)
-    gpu = GpuConfig(evidence_command=tuple(command), root_ca=_str("config.gpu.rootCa", gp.get("rootCa", NVIDIA_ROOT)),
+    root_ca = gp.get("rootCa")
+    if root_ca is not None and not _str("config.gpu.rootCa", root_ca).startswith("/"):
+        raise InputError("config.gpu.rootCa as an absolute path to a PEM file", repr(root_ca))
+    gpu = GpuConfig(evidence_command=tuple(command), root_ca=root_ca,
                     vbios=tuple(vbios), driver=driver)
 
     state_dir = _str("config.stateDir", top.get("stateDir", AgentConfig.state_dir))

@@ -1,14 +1,18 @@
 """GPU attestation: collect evidence over a fresh nonce, verify it to the NVIDIA root, check the
-pinned VBIOS/driver, and only then set the GPUs ready (`nvidia-smi conf-compute -srs 1`).
+pinned VBIOS/driver, and only then set the GPUs ready (`python3 -m guest_agent.nvml --set-ready`,
+NVML's nvmlSystemSetConfComputeGpusReadyState).
 
 In CC mode a GPU refuses work until its ready state is set, so setting it only after our own
 verification means an unattested GPU never sees a prompt.
 
-Evidence format read from the collect command (nvattest `collect-evidence` JSON; any command with
-the same output may be configured): a JSON list, or an object holding the list under "evidences",
-"evidence_list" or "gpus"; each item has "evidence" (the SPDM GET_MEASUREMENTS request+response,
-hex or base64) and "certificate" (the device chain, PEM or base64 of PEM), and optionally
-"vbios_version" / "driver_version". Versions missing from the evidence are read from nvidia-smi.
+Evidence format read from the collect command (by default our NVML collector, guest_agent/nvml.py;
+nvattest's `collect-evidence` JSON has the same shape): a JSON list, or an object holding the list
+under "evidences", "evidence_list" or "gpus"; each item has "evidence" (the SPDM GET_MEASUREMENTS
+request+response, hex or base64) and "certificate" (the device chain, PEM or base64 of PEM), and
+optionally "vbios_version" / "driver_version". Versions missing from the evidence are read from
+nvidia-smi. An object may also carry "cc" ({"environment", "enabled", "devtools"}, the driver's
+confidential-computing state): CC must be on, and outside dev neither devtools nor a non-prod
+environment is accepted.
 """
 from __future__ import annotations
 
@@ -62,12 +66,36 @@ def _decode_blob(value: Any, what: str, pem: bool) -> bytes:
         raise Refused("gpu", f"{what} as {'PEM or base64' if pem else 'hex or base64'}, seen {text[:40]!r}") from None
 
 
-def parse_evidence_output(text: str) -> list[GpuItem]:
-    """The GPU items in the collect command's output (format in the module docstring). Pure."""
+def _load_output(text: str) -> Any:
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except ValueError as exc:
         raise Refused("gpu", f"JSON evidence from the collect command, seen {text.strip()[:80]!r} ({exc})") from None
+
+
+def check_cc_state(text: str, dev: bool) -> dict | None:
+    """The driver's CC state from the collect command's output, if it reports one; refused when CC
+    is off, or (outside dev) in devtools mode or a non-prod environment. Pure."""
+    doc = _load_output(text)
+    cc = doc.get("cc") if isinstance(doc, dict) else None
+    if cc is None:
+        return None
+    if not isinstance(cc, dict) or not {"environment", "enabled", "devtools"} <= set(cc):
+        raise Refused("gpu", f"'cc' as {{environment, enabled, devtools}} in the evidence, seen {json.dumps(cc)[:120]}")
+    if cc["enabled"] is not True:
+        raise Refused("gpu", "the driver's confidential computing on (GPU CC mode 'on'), seen it off; set the GPU's CC "
+                             "mode on the host (gpu.mode) and restart the TD")
+    if not dev and cc["devtools"] is not False:
+        raise Refused("gpu", "CC devtools mode off outside the dev stack (devtools leaves GPU memory open to the "
+                             "host), seen it on; set gpu.mode 'on' on the host")
+    if not dev and cc["environment"] != "prod":
+        raise Refused("gpu", f"CC environment 'prod', seen {cc['environment']!r}")
+    return cc
+
+
+def parse_evidence_output(text: str) -> list[GpuItem]:
+    """The GPU items in the collect command's output (format in the module docstring). Pure."""
+    doc = _load_output(text)
     items = doc
     if isinstance(doc, dict):
         items = next((doc[k] for k in ("evidences", "evidence_list", "gpus") if k in doc), None)
@@ -84,7 +112,7 @@ def parse_evidence_output(text: str) -> list[GpuItem]:
     return out
 
 
-def verify_items(items: list[GpuItem], root_pem: bytes, nonce: bytes, expected_count: int,
+def verify_items(items: list[GpuItem], root_pem: bytes | None, nonce: bytes, expected_count: int,
                  vbios_pins: tuple[str, ...], driver_pin: str | None) -> list[dict]:
     """Verify every GPU's evidence and pins; the per-GPU facts for the gateway. Pure."""
     if len(items) != expected_count:
@@ -124,28 +152,31 @@ def attest_gpus(config: AgentConfig, system: System, state_dir: Path,
                 make_nonce: Callable[[], bytes] = lambda: secrets.token_bytes(32)) -> GpuResult:
     if config.dev and config.server == "standin":
         return GpuResult(skipped="dev stack with the stand-in server: no GPU is used", evidence_path=None)
-    try:
-        root_pem = system.path(config.gpu.root_ca).read_bytes()
-    except OSError as exc:
-        raise Refused("gpu", f"the NVIDIA Device Identity root CA at {config.gpu.root_ca} ({exc.strerror}); "
-                             "the guest image pins it") from None
+    root_pem = None   # the chain's own root, pinned by fingerprint (tdxattest.gpu_evidence)
+    if config.gpu.root_ca is not None:
+        try:
+            root_pem = system.path(config.gpu.root_ca).read_bytes()
+        except OSError as exc:
+            raise Refused("gpu", f"the NVIDIA Device Identity root CA at {config.gpu.root_ca} ({exc.strerror})") from None
     nonce = make_nonce()
-    argv = [a.replace("{nonce}", nonce.hex()) for a in config.gpu.evidence_command]
+    argv = [a.replace("{nonce}", nonce.hex()).replace("{python}", system.python) for a in config.gpu.evidence_command]
     res = system.run(argv, COLLECT_TIMEOUT_S)
     if res.returncode != 0:
         raise Refused("gpu", f"GPU evidence: {res.describe()}")
+    cc = check_cc_state(res.stdout, config.dev)
     items = _fill_versions(system, parse_evidence_output(res.stdout))
     facts = verify_items(items, root_pem, nonce, config.workload.tensor_parallel_size,
                          config.gpu.vbios, config.gpu.driver)
-    ready = system.run(["nvidia-smi", "conf-compute", "-srs", "1"], SMI_TIMEOUT_S)
-    if ready.returncode != 0:
-        raise Refused("gpu", f"GPU ready state set: {ready.describe()}")
-    check = system.run(["nvidia-smi", "conf-compute", "-grs"], SMI_TIMEOUT_S)
-    if check.returncode != 0 or "ready" not in check.stdout.lower() or "not ready" in check.stdout.lower():
-        raise Refused("gpu", f"'Confidential Compute GPUs Ready state: ready', seen {check.describe()} "
-                             f"{check.stdout.strip()[:120]!r}")
+    ready = system.run([system.python, "-m", "guest_agent.nvml", "--set-ready"], SMI_TIMEOUT_S)
+    try:
+        answer = json.loads(ready.stdout)
+    except ValueError:
+        answer = None
+    if ready.returncode != 0 or answer != {"ready": True}:
+        raise Refused("gpu", f"GPUs ready (accepting work) after setting it, seen {ready.describe()} "
+                             f"{ready.stdout.strip()[:120]!r}")
     path = state_dir / "gpu-evidence.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"version": 1, "verified_by": "tdx-vllm guest agent (tdxattest.gpu_evidence)",
-                                "nonce": nonce.hex(), "gpus": facts}, indent=1))
+                                "nonce": nonce.hex(), "cc": cc, "gpus": facts}, indent=1))
     return GpuResult(skipped=None, evidence_path=path, gpus=tuple(facts))

@@ -23,6 +23,10 @@ import struct
 from dataclasses import dataclass
 
 FWID_OID = "2.23.133.5.4.1"  # TCG DICE TcbInfo (carries the FWID)
+# SHA-256 of the DER of "CN=NVIDIA Device Identity CA, O=NVIDIA" (P-384, valid to 9999-12-31), the
+# root every Hopper attestation chain ends at (NVIDIA's nvtrust verifier ships the same certificate).
+# With no root given, a chain's own last certificate is the root if it has this fingerprint.
+NVIDIA_DEVICE_ROOT_SHA256 = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48"
 REQUEST_LEN = 37
 SIGNATURE_LEN = 96
 
@@ -142,21 +146,38 @@ class GpuEvidence:
                 "trailing_bytes": self.report.trailing}
 
 
-def verify_gpu_chain(chain_pem: bytes | str, root_pem: bytes | str, now: float | None = None) -> list:
-    """Verify leaf -> ... -> NVIDIA device root; returns the certificates (leaf first)."""
+def _pinned_root(certs: list):
+    """The chain's last certificate, if it is the NVIDIA Device Identity CA by fingerprint."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+    last = certs[-1]
+    seen = hashlib.sha256(last.public_bytes(Encoding.DER)).hexdigest()
+    if seen != NVIDIA_DEVICE_ROOT_SHA256:
+        raise GpuEvidenceError("gpu.untrusted_root", f"chain ending at the NVIDIA Device Identity CA (DER SHA-256 "
+                               f"{NVIDIA_DEVICE_ROOT_SHA256})", f"{last.subject.rfc4514_string()} (DER SHA-256 {seen})")
+    return last
+
+
+def verify_gpu_chain(chain_pem: bytes | str, root_pem: bytes | str | None, now: float | None = None) -> list:
+    """Verify leaf -> ... -> NVIDIA device root; returns the certificates (leaf first). `root_pem`
+    None: the root is pinned by fingerprint (NVIDIA_DEVICE_ROOT_SHA256)."""
     import time
 
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric import ec
     now = time.time() if now is None else now
     certs = _load_certs(chain_pem)
-    roots = _load_certs(root_pem)
-    if len(roots) != 1:
-        raise GpuEvidenceError("gpu.untrusted_root", "one pinned root certificate", f"{len(roots)}")
-    root = roots[0]
     if len(certs) < 2:
         raise GpuEvidenceError("gpu.chain_too_short", "at least the signing certificate and the root CA",
                                f"{len(certs)} certificate(s)")
+    if root_pem is None:
+        root = _pinned_root(certs)
+    else:
+        roots = _load_certs(root_pem)
+        if len(roots) != 1:
+            raise GpuEvidenceError("gpu.untrusted_root", "one pinned root certificate", f"{len(roots)}")
+        root = roots[0]
     if certs[-1] != root:
         raise GpuEvidenceError("gpu.untrusted_root", f"chain ending at {root.subject.rfc4514_string()}",
                                certs[-1].subject.rfc4514_string())
@@ -179,7 +200,7 @@ def verify_gpu_chain(chain_pem: bytes | str, root_pem: bytes | str, now: float |
     return certs
 
 
-def verify_gpu_evidence(report: bytes | str, chain_pem: bytes | str, root_pem: bytes | str,
+def verify_gpu_evidence(report: bytes | str, chain_pem: bytes | str, root_pem: bytes | str | None,
                         expected_nonce: bytes | None = None, now: float | None = None) -> GpuEvidence:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes

@@ -81,3 +81,31 @@ def test_chain_must_end_at_pinned_root() -> None:
     with pytest.raises(GpuEvidenceError) as err:  # 1970: before every notBefore
         verify_gpu_chain(rd("hopper_cert_chain_case1.txt"), rd(ROOT), now=0)
     assert err.value.check == "gpu.chain_invalid"
+
+
+def test_the_pinned_root_fingerprint_is_the_fixture_root() -> None:
+    # With no root given, the chain's own last certificate is the root if its DER SHA-256 is the pin.
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tdxattest.gpu_evidence import NVIDIA_DEVICE_ROOT_SHA256
+    der = x509.load_pem_x509_certificate(rd(ROOT)).public_bytes(Encoding.DER)
+    assert hashlib.sha256(der).hexdigest() == NVIDIA_DEVICE_ROOT_SHA256
+    ev = verify_gpu_evidence(rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), None,
+                             expected_nonce=NONCE1)
+    assert ev.fwid.hex() == FWID1
+
+
+def test_a_chain_ending_elsewhere_is_refused_without_a_root_file() -> None:
+    # chain case 4 lacks the signing leaf; drop its root too, so it ends at an intermediate
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    certs = x509.load_pem_x509_certificates(rd("hopper_cert_chain_case1.txt"))[:-1]
+    pem = b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+    with pytest.raises(GpuEvidenceError) as err:
+        verify_gpu_evidence(rd("hopperAttestationReport.txt"), pem, None)
+    assert err.value.check == "gpu.untrusted_root"
+    assert "NVIDIA Device Identity CA (DER SHA-256 102bf659" in err.value.expected
+    assert "(DER SHA-256 " in err.value.seen and "102bf659" not in err.value.seen

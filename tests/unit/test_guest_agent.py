@@ -21,18 +21,19 @@ import pytest
 from guest_agent import REPORT_PREFIX
 from guest_agent.__main__ import main
 from guest_agent.agent import Agent
-from guest_agent.config import AgentConfig, config_from_mapping, load_config
+from guest_agent.config import AgentConfig, KnownAnswer, config_from_mapping, load_config
 from guest_agent.gpu import attest_gpus, parse_evidence_output
-from guest_agent.knownanswer import request_body
+from guest_agent.knownanswer import compare, request_body
 from guest_agent.model import fetch_model, file_url
 from guest_agent.report import parse_line
 from guest_agent.server import vllm_argv
-from guest_agent.system import CommandResult, Refused, System
+from guest_agent.system import CommandResult, Refused, System, run_command
 from guest_agent.tdx import RTMR3_SYSFS, SoftwareRtmr3, SysfsRtmr3, detect_tdx, measure_workload
 from tdxattest import rtmr
 from tdxattest.binding import expected_report_data, spki_der
 from tdxattest.errors import InputError
 from tdxattest.standin import known_answer
+from tests.nvml_standin import standin_lib  # noqa: F401 (fixture)
 from tdxattest.verify import collateral_from_json_text, verify_quote
 from tdxattest.workload import expected_rtmr3, manifest_from_mapping, replay_rtmr3
 
@@ -40,7 +41,8 @@ IMAGE = "docker.io/vllm/vllm-openai@sha256:" + "ab" * 32
 REV = "0123456789abcdef0123456789abcdef01234567"
 MODEL_ID = "Qwen/Qwen2.5-0.5B-Instruct"
 PROMPT = "Say OK"
-GPU_FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "gpu-evidence"
+REPO = Path(__file__).resolve().parents[2]
+GPU_FIXTURES = REPO.parent / "shared" / "fixtures" / "gpu-evidence"
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -395,12 +397,12 @@ def test_dev_run_serves_an_attested_endpoint_and_is_supervised(tmp_path, root, m
         assert replay_rtmr3(events).hex() == seen["rtmr3"]
 
         # Through the gateway, the OpenAI API answers like the known-answer check saw it.
-        req = urllib.request.Request(seen["endpoint"] + "/v1/chat/completions", method="POST",
+        req = urllib.request.Request(seen["endpoint"] + "/v1/completions", method="POST",
                                      data=json.dumps(request_body(agent.config.known_answer, MODEL_ID)).encode(),
                                      headers={"content-type": "application/json"})
         ctx = ssl._create_unverified_context()
         with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
-            assert json.loads(resp.read())["choices"][0]["message"]["content"] == known_answer(PROMPT, max_tokens=4)
+            assert json.loads(resp.read())["choices"][0]["text"] == known_answer(PROMPT, max_tokens=4)
 
         # The server dies: supervise reports "failed", stops the gateway too.
         children = list(agent.supervisor.children)
@@ -433,6 +435,17 @@ def test_wrong_known_answer_is_refused_and_everything_stops(tmp_path, root, mode
         assert agent.supervisor.children == [] and reported(out)["state"] == "refused"
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize("expect, ok", [(" Paris", True), (" Paris. It is", True), ("Paris", False),
+                                        (" paris", False), (" Paris. It is the capital", False)])
+def test_the_known_answer_is_a_prefix_of_the_greedy_completion(expect, ok):
+    known = KnownAnswer(prompt="The capital of France is", expect=expect)
+    if ok:
+        compare(known, " Paris. It is")
+    else:
+        with pytest.raises(Refused, match="first difference at character"):
+            compare(known, " Paris. It is")
 
 
 def test_main_reports_an_unusable_config(tmp_path, capsys):
@@ -472,7 +485,8 @@ def test_config_defaults_and_file_errors(tmp_path):
     cfg = config_from_mapping(doc)
     assert (cfg.gateway_port, cfg.gateway_listen, cfg.server_port, cfg.state_dir) == (8443, "0.0.0.0", 8000,
                                                                                       "/run/tdx-vllm")
-    assert cfg.gpu.evidence_command[:2] == ("nvattest", "collect-evidence") and not cfg.dev
+    assert cfg.gpu.evidence_command == ("{python}", "-m", "guest_agent.nvml", "--nonce", "{nonce}") and not cfg.dev
+    assert cfg.gpu.root_ca is None  # the NVIDIA root is pinned by fingerprint (tdxattest.gpu_evidence)
     with pytest.raises(InputError, match="fw_cfg opt/tdx-vllm/agent.json"):
         load_config(tmp_path / "missing.json")
     (tmp_path / "broken.json").write_text("{")
@@ -498,52 +512,88 @@ needs_gpu_fixtures = pytest.mark.skipif(not GPU_FIXTURES.is_dir(), reason=f"{GPU
 NONCE1 = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 
 
-def nvattest_json(chain: str) -> str:
-    report = (GPU_FIXTURES / "hopperAttestationReport.txt").read_text().strip()
-    cert = base64.b64encode((GPU_FIXTURES / chain).read_bytes()).decode()
-    return json.dumps({"evidences": [{"arch": "HOPPER", "evidence": base64.b64encode(bytes.fromhex(report)).decode(),
-                                      "certificate": cert, "vbios_version": "96.00.9F.00.01",
-                                      "driver_version": "550.90.07"}]})
+class RealCommands:
+    """Runs every command for real (the agent's own `python -m guest_agent.nvml` against the NVML
+    stand-in) and records it."""
+
+    def __init__(self):
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
+        self.calls.append(list(argv))
+        return run_command(argv, timeout_s)
 
 
-def gpu_setup(tmp_path: Path, root: Path, chain: str, **gpu) -> tuple[AgentConfig, Commands]:
-    (root / "etc/tdx-vllm").mkdir(parents=True)
-    (root / "etc/tdx-vllm/nvidia_device_root.pem").write_bytes((GPU_FIXTURES / "nvidia_device_root.pem").read_bytes())
-    doc = config_doc(tmp_path, {"a": "aa" * 32}, stack="prod", server="vllm")
+@pytest.fixture
+def gpu_state(tmp_path, monkeypatch, standin_lib) -> Path:
+    """The stand-in NVML serving the fixture GPU (report over NONCE1, chain case 1, CC on, prod)."""
+    if not GPU_FIXTURES.is_dir():
+        pytest.skip(f"{GPU_FIXTURES} is absent")
+    report = tmp_path / "report.bin"
+    report.write_bytes(bytes.fromhex((GPU_FIXTURES / "hopperAttestationReport.txt").read_text().strip()))
+    state = tmp_path / "gpu-state"
+    state.mkdir()
+    for key, value in {"TDX_VLLM_NVML_LIBRARY": str(standin_lib), "NVML_STANDIN_REPORT": str(report),
+                       "NVML_STANDIN_CHAIN": str(GPU_FIXTURES / "hopper_cert_chain_case1.txt"),
+                       "NVML_STANDIN_STATE": str(state), "PYTHONPATH": str(REPO)}.items():
+        monkeypatch.setenv(key, value)
+    return state
+
+
+def gpu_config(tmp_path: Path, stack: str = "prod", **gpu) -> AgentConfig:
+    doc = config_doc(tmp_path, {"a": "aa" * 32}, stack=stack, server="vllm")
     doc["gpu"] = gpu
-    commands = Commands({"nvattest collect-evidence --device": ok("nvattest", nvattest_json(chain)),
-                         "nvidia-smi conf-compute -srs": ok("nvidia-smi"),
-                         "nvidia-smi conf-compute -grs": ok("nvidia-smi", "Confidential Compute GPUs Ready state: ready\n")})
-    return config_from_mapping(doc), commands
+    return config_from_mapping(doc)
 
 
-@needs_gpu_fixtures
-def test_gpu_verified_then_set_ready(tmp_path, root):
-    cfg, commands = gpu_setup(tmp_path, root, "hopper_cert_chain_case1.txt", vbios=["96.00.9F.00.01"],
-                              driver="550.90.07")
-    result = attest_gpus(cfg, System(root=root, run=commands), tmp_path / "state", lambda: NONCE1)
-    assert commands.calls[0][-2:] == ["--nonce", NONCE1.hex()]
-    assert [c[:4] for c in commands.calls[1:]] == [["nvidia-smi", "conf-compute", "-srs", "1"],
-                                                  ["nvidia-smi", "conf-compute", "-grs"]]
+def test_gpu_verified_then_set_ready(tmp_path, gpu_state):
+    cfg = gpu_config(tmp_path, vbios=["96.00.9F.00.01"], driver="550.90.07")
+    commands = RealCommands()
+    result = attest_gpus(cfg, System(run=commands), tmp_path / "state", lambda: NONCE1)
+    assert [c[1:] for c in commands.calls] == [["-m", "guest_agent.nvml", "--nonce", NONCE1.hex()],
+                                              ["-m", "guest_agent.nvml", "--set-ready"]]
+    assert (gpu_state / "nonce-0.bin").read_bytes() == NONCE1 and (gpu_state / "ready").read_text() == "1"
     written = json.loads(result.evidence_path.read_text())
     assert written["nonce"] == NONCE1.hex() and len(written["gpus"]) == 1
+    assert written["cc"] == {"environment": "prod", "enabled": True, "devtools": False}
     assert written["gpus"][0]["fwid"].startswith("f5c384ae") and written["gpus"][0]["driver_version"] == "550.90.07"
 
 
-@needs_gpu_fixtures
-@pytest.mark.parametrize("chain, gpu, nonce, match", [
-    ("hopper_cert_chain_case3.txt", {}, NONCE1, "gpu.chain_invalid"),
-    ("hopper_coco_certs1.txt", {}, NONCE1, "gpu.signature_invalid"),
-    ("hopper_cert_chain_case1.txt", {}, bytes(32), "gpu.nonce_mismatch"),
-    ("hopper_cert_chain_case1.txt", {"vbios": ["96.00.AA.00.01"]}, NONCE1, "VBIOS among"),
-    ("hopper_cert_chain_case1.txt", {"driver": "580.95.05"}, NONCE1, "driver 580.95.05"),
+@pytest.mark.parametrize("env, gpu, nonce, match", [
+    ({"NVML_STANDIN_CHAIN": "hopper_cert_chain_case3.txt"}, {}, NONCE1, "gpu.chain_invalid"),
+    ({"NVML_STANDIN_CHAIN": "hopper_coco_certs1.txt"}, {}, NONCE1, "gpu.signature_invalid"),
+    ({}, {}, bytes(32), "gpu.nonce_mismatch"),
+    ({}, {"vbios": ["96.00.AA.00.01"]}, NONCE1, "VBIOS among"),
+    ({}, {"driver": "580.95.05"}, NONCE1, "driver 580.95.05"),
+    ({"NVML_STANDIN_GPUS": "2"}, {}, NONCE1, "1 GPU\\(s\\) .* evidence for 2"),
+    ({"NVML_STANDIN_CC": "2,0,0"}, {}, NONCE1, "confidential computing on"),
+    ({"NVML_STANDIN_CC": "2,1,1"}, {}, NONCE1, "devtools mode off outside the dev stack"),
+    ({"NVML_STANDIN_CC": "1,1,0"}, {}, NONCE1, "CC environment 'prod', seen 'sim'"),
+    ({"NVML_STANDIN_FAIL": "nvmlDeviceGetConfComputeGpuAttestationReport"}, {}, NONCE1,
+     "nvmlDeviceGetConfComputeGpuAttestationReport returned 999"),
 ])
-def test_gpu_refusals_never_set_ready(tmp_path, root, chain, gpu, nonce, match):
-    cfg, commands = gpu_setup(tmp_path, root, chain, **gpu)
+def test_gpu_refusals_never_set_ready(tmp_path, gpu_state, monkeypatch, env, gpu, nonce, match):
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(GPU_FIXTURES / value) if value.endswith(".txt") else value)
+    commands = RealCommands()
     with pytest.raises(Refused, match=match):
-        attest_gpus(cfg, System(root=root, run=commands), tmp_path / "state", lambda: nonce)
-    assert [c[0] for c in commands.calls] == ["nvattest"]  # never `nvidia-smi conf-compute -srs 1`
+        attest_gpus(gpu_config(tmp_path, **gpu), System(run=commands), tmp_path / "state", lambda: nonce)
+    assert [c[-2] for c in commands.calls] == ["--nonce"]  # never --set-ready
+    assert not (gpu_state / "ready").exists()
     assert not (tmp_path / "state/gpu-evidence.json").exists()
+
+
+def test_gpu_devtools_is_accepted_in_dev(tmp_path, gpu_state, monkeypatch):
+    monkeypatch.setenv("NVML_STANDIN_CC", "2,1,1")
+    result = attest_gpus(gpu_config(tmp_path, stack="dev"), System(run=RealCommands()), tmp_path / "state",
+                         lambda: NONCE1)
+    assert result.gpus and json.loads(result.evidence_path.read_text())["cc"]["devtools"] is True
+
+
+def test_gpu_ready_state_that_does_not_stick_is_refused(tmp_path, gpu_state, monkeypatch):
+    monkeypatch.setenv("NVML_STANDIN_FAIL", "nvmlSystemSetConfComputeGpusReadyState")
+    with pytest.raises(Refused, match="GPUs ready .* nvmlSystemSetConfComputeGpusReadyState returned 999"):
+        attest_gpus(gpu_config(tmp_path), System(run=RealCommands()), tmp_path / "state", lambda: NONCE1)
 
 
 def test_gpu_evidence_output_must_be_usable():

@@ -1,0 +1,35 @@
+"""Build the stand-in libnvidia-ml.so.1 (nvml_standin.c) for tests of the NVML collector."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).with_name("nvml_standin.c")
+
+
+def missing_compiler() -> str | None:
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        return "no C compiler (apt-get install gcc libc6-dev) to build the NVML stand-in library"
+    return None
+
+
+def build(dest: Path) -> Path:
+    """Compile the stand-in into `dest`; the library's path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    lib = dest / "libnvidia-ml.so.1"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(lib), str(SOURCE)],
+                   check=True, capture_output=True, text=True)
+    return lib
+
+
+@pytest.fixture(scope="session")
+def standin_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The compiled stand-in (once per session); skips where there is no C compiler."""
+    reason = missing_compiler()
+    if reason:
+        pytest.skip(reason)
+    return build(tmp_path_factory.mktemp("nvml-standin"))
