@@ -185,6 +185,8 @@ python_snippet_manifest() { # OUTDIR STACK ROOTHASH DATA_BLOCKS HASH_START SALT
 import hashlib, json, os, sys, time
 out, stack, roothash, data_blocks, hash_start, salt = sys.argv[1:7]
 env = os.environ
+# How to get the file, as the pinned manifests' `source` (quoted when a pinned file is missing).
+how = "sudo tools/build-guest-image.sh --stack all --out DIR && python -m components.guest_image pin DIR"
 files = {}
 for name in ("vmlinuz", "initrd.img", "rootfs.verity.img", "cmdline.txt"):
     p = os.path.join(out, name)
@@ -212,16 +214,16 @@ manifest = {
     # The TD boot manifest sections for this image (firmware/td/*.yaml), with the artifact file
     # names they expect; `python -m components.guest_image pin` writes them and copies the files.
     "firmwareTd": {
-        "kernel": {"name": "vmlinuz", "version": env["KVER"], "source": f"tools/build-guest-image.sh --stack {stack}: vmlinuz (Debian linux-binary-{env['KVER']})",
+        "kernel": {"name": "vmlinuz", "version": env["KVER"], "source": f"{how}: vmlinuz (Debian linux-binary-{env['KVER']}, unmodified)",
                    "file": f"tdx-vllm-guest-vmlinuz-{env['KVER']}-{files['vmlinuz']['sha256'][:12]}",
                    **{k: files["vmlinuz"][k] for k in ("size", "sha256", "sha384")}},
         "initrd": {"name": "initrd.img", "version": f"{stack}-{files['initrd.img']['sha256'][:12]}",
-                   "source": f"tools/build-guest-image.sh --stack {stack}: initrd.img (recipe {env['RECIPE_SHA256'][:16]})",
+                   "source": f"{how}: {stack}/initrd.img",
                    "file": f"tdx-vllm-guest-{stack}-initrd-{files['initrd.img']['sha256'][:12]}.img",
                    **{k: files["initrd.img"][k] for k in ("size", "sha256", "sha384")}},
         "cmdline": {"value": open(os.path.join(out, "cmdline.txt")).read()},
         "rootfs": {"name": "rootfs.verity.img", "version": f"{stack}-{roothash[:12]}",
-                   "source": f"tools/build-guest-image.sh --stack {stack}: rootfs.verity.img (squashfs + dm-verity, "
+                   "source": f"{how}: {stack}/rootfs.verity.img (squashfs + dm-verity, "
                              f"root hash {roothash[:12]}… on the command line)",
                    "file": f"tdx-vllm-guest-{stack}-rootfs-{roothash[:12]}.verity.img",
                    **{k: files["rootfs.verity.img"][k] for k in ("size", "sha256", "sha384")}},
@@ -319,6 +321,10 @@ configure_rootfs() { # ROOTFS STACK
   in_root "$root" env PYTHONPATH=/opt/tdx-vllm python3 -c \
     'import aiohttp, h11, yaml, cryptography, tdxattest.gateway, tdxattest.standin; import importlib.util as u; u.find_spec("guest_agent") and __import__("guest_agent")' \
     || die "the image's python cannot import the gateway (see above)"
+  # The agent fetches model files over HTTPS (and podman would pull over it): Python's default
+  # context must find Debian's CA bundle, or every https:// model source fails in the TD.
+  in_root "$root" python3 -c 'import ssl,sys; n=ssl.create_default_context().cert_store_stats()["x509_ca"]; sys.exit(0 if n >= 100 else f"{n} CA certificates in the default TLS context")' \
+    || die "the image has no usable CA bundle for HTTPS (ca-certificates)"
 }
 
 LOCK_SHA256=$(sha256sum "$LOCK" | cut -d' ' -f1)

@@ -23,6 +23,7 @@ SOURCE_DATE_EPOCH=1764028800   # 2025-11-25T00:00:00Z
 PACKAGES=(
   systemd systemd-sysv udev kmod
   iproute2 e2fsprogs dmsetup busybox-static
+  ca-certificates   # Mozilla's roots as Debian ships them: HTTPS model sources (modelSource)
   python3 python3-aiohttp python3-h11 python3-cryptography python3-yaml
   "linux-binary-${KERNEL_ABI}-${KERNEL_FLAVOUR}"
   "linux-modules-${KERNEL_ABI}-${KERNEL_FLAVOUR}"
