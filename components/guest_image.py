@@ -7,8 +7,8 @@ on top of the prod one through `base:`) and copies the files into the artifact d
 names the sections give. `check` compares a build with the committed pins, which is how CI proves
 the recipe still reproduces the pinned image bit for bit.
 
-    python -m components.guest_image pin   artifacts/guest-image [--artifact-dir DIR]
-    python -m components.guest_image check artifacts/guest-image
+    .venv/bin/python -m components.guest_image pin   artifacts/guest-image [--artifact-dir DIR]
+    .venv/bin/python -m components.guest_image check artifacts/guest-image
 
 The rewrite is textual (one top-level section replaced at a time) so the manifests' comments survive.
 """
@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from .config import DEV_STACK, TD_BOOT_MANIFEST, td_boot_manifest
-from .measurements import default_artifact_dir, load_manifest
+from .measurements import PinError, default_artifact_dir, load_manifest, load_yaml_unique
 from .paths import FIRMWARE_DIR
 
 SECTIONS = ("kernel", "initrd", "cmdline", "rootfs")
@@ -55,18 +55,32 @@ def render_section(key: str, value: Mapping[str, Any]) -> str:
 
 def rewrite_sections(text: str, sections: Mapping[str, Mapping[str, Any]]) -> str:
     """`text` (a manifest) with each named top-level section replaced, or appended where absent.
-    Comment lines directly above a replaced section stay; the section's own lines go. Pure."""
+    Comment and blank lines directly above the next top-level key stay with that key; everything
+    else from `<key>:` up to there goes. Refuses a result that does not load back to exactly the
+    new sections (a layout this line-based edit does not understand). Pure."""
+    out = text
     for key, value in sections.items():
         block = render_section(key, value)
-        start = re.search(rf"^{re.escape(key)}:.*$", text, re.M)
+        lines = out.splitlines(keepends=True)
+        start = next((i for i, line in enumerate(lines) if line.startswith(f"{key}:")), None)
         if start is None:
-            text = text.rstrip("\n") + "\n" + block
+            out = out.rstrip("\n") + "\n" + block
             continue
-        # The section ends at the next line that starts a top-level key or comment.
-        after = re.search(r"^(?=[^\s#-]|#)", text[start.end() + 1:], re.M)
-        end = start.end() + 1 + after.start() if after else len(text)
-        text = text[:start.start()] + block + text[end:]
-    return text
+        end = next((i for i in range(start + 1, len(lines)) if lines[i][:1] not in ("", " ", "\t", "#", "\n")),
+                   len(lines))
+        while end > start + 1 and (lines[end - 1].startswith("#") or not lines[end - 1].strip()):
+            end -= 1
+        out = "".join(lines[:start]) + block + "".join(lines[end:])
+    try:
+        loaded = load_yaml_unique(out)
+    except yaml.YAMLError as exc:
+        raise ImagePinError(f"the rewritten manifest does not load ({str(exc).splitlines()[0]}): a duplicate or "
+                            "quoted section key; write the section by hand") from None
+    for key, value in sections.items():
+        if not isinstance(loaded, Mapping) or loaded.get(key) != dict(value):
+            raise ImagePinError(f"rewriting `{key}` did not give the new values (an unusual layout of that section: "
+                                "put it back in the shape `pin` writes, or write the section by hand)")
+    return out
 
 
 def differences(built: Mapping[str, Mapping[str, Any]], pinned: Mapping[str, Any]) -> list[str]:
@@ -124,23 +138,39 @@ def _copy_artifact(src: Path, dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+def _verified(path: Path, entry: Mapping[str, Any]) -> Path:
+    """`path`, if its size and sha256 are those the build recorded (a stale build dir is refused)."""
+    import hashlib
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as exc:
+        raise ImagePinError(f"{path}: {exc.strerror or exc}") from None
+    if h.hexdigest() != entry["sha256"]:
+        raise ImagePinError(f"{path}: sha256 {entry['sha256']} in manifest.json, seen {h.hexdigest()}; rebuild")
+    return path
+
+
 def pin(image_dir: Path, firmware_dir: Path = FIRMWARE_DIR, artifact_dir: Path | None = None) -> list[str]:
-    """Write each built stack's sections into its TD boot manifest and copy its files into the
-    artifact directory; the lines to print."""
+    """Copy each built stack's files into the artifact directory, then write its sections into its
+    TD boot manifest; the lines to print."""
     artifact_dir = artifact_dir or default_artifact_dir()
     lines = []
     for stack, stack_dir in _stack_dirs(image_dir).items():
         sections = pin_sections(_read_image(stack_dir))
         target = td_boot_manifest(stack, firmware_dir)
         if target.exists():
-            target.write_text(rewrite_sections(target.read_text(), sections))
+            text = rewrite_sections(target.read_text(), sections)
         elif stack == DEV_STACK:
-            target.write_text(_dev_manifest_text(sections))
+            text = _dev_manifest_text(sections)
         else:
             raise ImagePinError(f"{target}: no prod TD boot manifest to pin into")
-        load_manifest(target)  # still a valid manifest
         for key, name in BUILD_FILES.items():
-            _copy_artifact(stack_dir / name, artifact_dir / sections[key]["file"])
+            _copy_artifact(_verified(stack_dir / name, sections[key]), artifact_dir / sections[key]["file"])
+        target.write_text(text)
+        load_manifest(target)  # still a valid manifest
         lines.append(f"{stack}: pinned in {target} (root hash {sections['rootfs']['version']}); "
                      f"files in {artifact_dir}")
     return lines
@@ -168,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(pin(args.image_dir, args.firmware_dir, args.artifact_dir)))
             return 0
         problems = check(args.image_dir, args.firmware_dir)
-    except ImagePinError as exc:
+    except (ImagePinError, PinError) as exc:
         print(f"guest image: {exc}", file=sys.stderr)
         return 2
     if problems:
         print("the build differs from the pinned image:\n  " + "\n  ".join(problems) + "\nfix: if the recipe change "
-              "is intended, re-pin (`python -m components.guest_image pin DIR`) and commit firmware/td/; "
+              "is intended, re-pin (`.venv/bin/python -m components.guest_image pin DIR`) and commit firmware/td/; "
               "otherwise find what made the build drift (docs/guest-image.md, Reproducibility)", file=sys.stderr)
         return 1
     print("the build reproduces the pinned image")

@@ -82,9 +82,27 @@ def load_manifest(path: Path) -> Mapping[str, Any]:
     return {**parent, **{k: v for k, v in data.items() if k != "base"}}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently,
+    so a stale pin left below a new one would win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_unique(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def _read_manifest(path: Path) -> Mapping[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml_unique(path.read_text())
     except OSError as exc:
         raise PinError(f"{path}: cannot read the TD boot manifest: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
@@ -166,12 +184,13 @@ class _Artifact:
 
 
 def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = None, *,
-                  require_artifacts: bool = True) -> dict:
+                  require_artifacts: bool = True, require_guest: bool = True) -> dict:
     """The `pins` output for one TD boot manifest (shape: docs/pins.md).
 
     Every artifact file is looked up under `artifact_dir` (default: `default_artifact_dir()`) and
     verified against the manifest's sha256 and sha384 before it is read. With
-    `require_artifacts=False` a missing file is not an error: the registers that need it are
+    `require_artifacts=False` (or `require_guest=False`, for the kernel and initrd only: a stack that
+    launches no TD from this manifest) a missing file is not an error: the registers that need it are
     `None` with the reason (for a dev preview on a machine without the artifacts). A file that is
     present but differs from its pin is always refused.
     """
@@ -257,7 +276,7 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
         present[art.key] = art.exists()
         if present[art.key]:
             art.verify()
-        elif require_artifacts:
+        elif require_artifacts and (require_guest or art.key == "firmware"):
             raise PinError(f"{path}: `{art.key}.file`: {art.file} not found; put the pinned file there "
                            f"({art.entry['source']}) or point ${ARTIFACT_DIR_ENV} at the directory that holds it")
         else:

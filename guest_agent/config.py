@@ -87,6 +87,13 @@ def _str(key: str, value: Any, *, empty: bool = False) -> str:
     return value
 
 
+def _nonblank(key: str, value: Any) -> str:
+    """A string with something besides whitespace (a prefix check against blank passes anything)."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{key} as a string that is not blank", repr(value)[:120])
+    return value
+
+
 def _num(key: str, value: Any, lo: float, hi: float, integer: bool = True) -> Any:
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not lo <= value <= hi:
@@ -143,7 +150,7 @@ def config_from_mapping(doc: Any) -> AgentConfig:
     k = _keys("config.knownAnswer", top["knownAnswer"], {"prompt", "expect", "maxTokens", "timeoutSeconds"},
               {"prompt", "expect"})
     known = KnownAnswer(prompt=_str("config.knownAnswer.prompt", k["prompt"]),
-                        expect=_str("config.knownAnswer.expect", k["expect"]),
+                        expect=_nonblank("config.knownAnswer.expect", k["expect"]),
                         max_tokens=_num("config.knownAnswer.maxTokens", k.get("maxTokens", 16), 1, 4096),
                         timeout_s=float(_num("config.knownAnswer.timeoutSeconds", k.get("timeoutSeconds", 300),
                                              1, 3600, integer=False)))

@@ -10,9 +10,9 @@ nvattest's `collect-evidence` JSON has the same shape): a JSON list, or an objec
 under "evidences", "evidence_list" or "gpus"; each item has "evidence" (the SPDM GET_MEASUREMENTS
 request+response, hex or base64) and "certificate" (the device chain, PEM or base64 of PEM), and
 optionally "vbios_version" / "driver_version". Versions missing from the evidence are read from
-nvidia-smi. An object may also carry "cc" ({"environment", "enabled", "devtools"}, the driver's
-confidential-computing state): CC must be on, and outside dev neither devtools nor a non-prod
-environment is accepted.
+nvidia-smi. An object also carries "cc" ({"environment", "enabled", "devtools"}, the driver's
+confidential-computing state; only a dev collector may leave it out): CC must be on, and outside
+dev neither devtools nor a non-prod environment is accepted.
 """
 from __future__ import annotations
 
@@ -79,6 +79,8 @@ def check_cc_state(text: str, dev: bool) -> dict | None:
     doc = _load_output(text)
     cc = doc.get("cc") if isinstance(doc, dict) else None
     if cc is None:
+        if not dev:
+            raise Refused("gpu", "the driver's CC state ('cc') in the evidence (guest_agent.nvml reports it), seen none")
         return None
     if not isinstance(cc, dict) or not {"environment", "enabled", "devtools"} <= set(cc):
         raise Refused("gpu", f"'cc' as {{environment, enabled, devtools}} in the evidence, seen {json.dumps(cc)[:120]}")

@@ -10,8 +10,9 @@ chain, and prints them in the format `guest_agent.gpu` reads (its module docstri
 
 It collects only: the agent verifies the evidence itself (tdxattest.gpu_evidence) and only then
 runs `--set-ready` (in CC mode a GPU refuses work until then). Each runs as its own process so a
-hung driver call is bounded by the agent's timeout. The library is `libnvidia-ml.so.1`, or
-`$TDX_VLLM_NVML_LIBRARY` (set by the image's agent unit only, and by tests). The struct layouts are NVML's (nvml.h, API 12 / driver R550+); tests/unit/test_nvml.py pins
+hung driver call is bounded by the agent's timeout. The library is `libnvidia-ml.so.1` from the
+driver; `$TDX_VLLM_NVML_LIBRARY` replaces it for tests (the host cannot set the agent's
+environment: the unit file is in the measured image). The struct layouts are NVML's (nvml.h, API 12 / driver R550+); tests/unit/test_nvml.py pins
 their sizes and offsets.
 """
 from __future__ import annotations
@@ -152,6 +153,7 @@ def collect(nvml: Nvml, nonce: bytes) -> dict:
     """Evidence for every GPU NVML sees, over `nonce` (32 bytes)."""
     if len(nonce) != NONCE_SIZE:
         raise ValueError(f"nonce of {NONCE_SIZE} bytes, seen {len(nonce)}")
+    cc = nvml.cc_state()   # first: with CC off the report calls fail less clearly than this reads
     driver = nvml.driver_version()
     gpus = []
     for i in range(nvml.device_count()):
@@ -161,7 +163,7 @@ def collect(nvml: Nvml, nonce: bytes) -> dict:
                      "certificate": nvml.attestation_chain(h).decode("ascii", errors="strict"),
                      "vbios_version": nvml.vbios_version(h),
                      "driver_version": driver})
-    return {"collector": "guest_agent.nvml", "cc": nvml.cc_state().as_dict(), "evidences": gpus}
+    return {"collector": "guest_agent.nvml", "cc": cc.as_dict(), "evidences": gpus}
 
 
 def main(argv: list[str] | None = None) -> int:

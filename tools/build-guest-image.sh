@@ -186,7 +186,7 @@ import hashlib, json, os, sys, time
 out, stack, roothash, data_blocks, hash_start, salt = sys.argv[1:7]
 env = os.environ
 # How to get the file, as the pinned manifests' `source` (quoted when a pinned file is missing).
-how = "sudo tools/build-guest-image.sh --stack all --out DIR && python -m components.guest_image pin DIR"
+how = "sudo tools/build-guest-image.sh --stack all --out DIR && .venv/bin/python -m components.guest_image pin DIR"
 files = {}
 for name in ("vmlinuz", "initrd.img", "rootfs.verity.img", "cmdline.txt"):
     p = os.path.join(out, name)

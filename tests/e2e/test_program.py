@@ -8,9 +8,7 @@ What is set up (module fixture `e2e`):
   symlinked to the repository's (Pulumi.yaml names `virtualenv: .venv`), so nothing is written
   into the repository;
 - TDX_VLLM_FIRMWARE_DIR: a copy of firmware/ whose gpu/gpu-admin-tools.yaml pins the sha256 of the
-  harness's fake wheel (same package, version and file name), and whose TD boot manifests leave the
-  guest image out (tests/firmware_copies.py: these stacks have no workload, and the image's files
-  are not built here);
+  harness's fake wheel (the only pin that differs: same package, version and file name);
 - TDX_VLLM_ARTIFACT_DIR: ../shared/fixtures/measurements/firmware (from the repository root), so
   `pins` is computed with `require_artifacts` (the stacks are not `dev`);
 - two stacks (`e2e`, `e2e-pre`), one harness host each, set with `pulumi config set-all --path`
@@ -63,7 +61,6 @@ if not (VENV / "bin" / "python").exists():
 if not ARTIFACTS.is_dir():
     pytest.skip(f"{ARTIFACTS} (TD boot artifacts for `pins`) is missing", allow_module_level=True)
 
-from tests.firmware_copies import GUEST_KEYS, unpin_guest_image  # noqa: E402
 from tests.harness import hosts as H  # noqa: E402
 from tests.harness import sshrun  # noqa: E402
 from tests.harness.nshost import namespace_hosts, unavailable_reason  # noqa: E402
@@ -121,7 +118,6 @@ class Engine:
             shutil.copy2(src, dst, follow_symlinks=False)
         (self.project / ".venv").symlink_to(VENV)
         shutil.copytree(REPO / "firmware", self.firmware)
-        unpin_guest_image(self.firmware)
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("PULUMI_", "TDX_VLLM_"))}
         self.env.update({
@@ -280,17 +276,9 @@ def test_firmware_override_differs_only_in_the_wheel_pin(e2e) -> None:
     assert {k for k in repo_pin if repo_pin[k] != e2e_pin[k]} <= {"sha256"}
     assert e2e_pin["wheel"] == hosts["tdx_ready"].wheel_path.name
     assert e2e_pin["sha256"] == hosts["tdx_ready"].wheel_sha256
-    diff = subprocess.run(["diff", "-r", "--exclude=td", str(REPO / "firmware"), str(eng.firmware)],
-                          capture_output=True, text=True)
+    diff = subprocess.run(["diff", "-r", str(REPO / "firmware"), str(eng.firmware)], capture_output=True, text=True)
     assert [ln for ln in diff.stdout.splitlines() if ln.startswith(("<", ">"))] == [
         f"< sha256: {repo_pin['sha256']}", f"> sha256: {e2e_pin['sha256']}"], diff.stdout
-    # the TD boot manifests: the repository's pin the guest image, the copy's leave it out
-    for name in ("ovmf-debian-trixie.yaml", "ovmf-debian-trixie-dev.yaml"):
-        repo_td = yaml.safe_load((REPO / "firmware/td" / name).read_text())
-        e2e_td = yaml.safe_load((eng.firmware / "td" / name).read_text())
-        assert {k: v for k, v in repo_td.items() if k not in GUEST_KEYS} == \
-            {k: v for k, v in e2e_td.items() if k not in GUEST_KEYS}
-        assert repo_td["cmdline"]["value"] and e2e_td.get("cmdline", {}).get("value") is None
     # the copy is the tracked files plus the .venv link, nothing else
     tracked = set(filter(None, subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
                                               check=True).stdout.decode().split("\0")))

@@ -9,6 +9,7 @@
  *   NVML_STANDIN_GPUS    GPU count (default 1)
  *   NVML_STANDIN_CC      "environment,ccFeature,devToolsMode" (default "2,1,0": prod, on, off)
  *   NVML_STANDIN_FAIL    name of one call that fails with NVML_ERROR_UNKNOWN (999)
+ *   NVML_STANDIN_READY_STICKS  "0": setting the ready state succeeds but reads back as not ready
  * It is test scaffolding: it signs nothing; the report is a real GPU's, so it verifies only for the
  * nonce that GPU was given. */
 #include <stdio.h>
@@ -130,7 +131,8 @@ int nvmlSystemSetConfComputeGpusReadyState(unsigned int accepting) {
     state_path(path, sizeof path, "ready");
     FILE *f = fopen(path, "w");
     if (!f) return 999;
-    fprintf(f, "%u", accepting);
+    const char *sticks = getenv("NVML_STANDIN_READY_STICKS");
+    fprintf(f, "%u", (sticks && strcmp(sticks, "0") == 0) ? 0u : accepting);
     fclose(f);
     return 0;
 }

@@ -228,7 +228,7 @@ def test_the_build_reproduces_the_pinned_image(images: dict[str, Path]) -> None:
     # the RTMRs a client checks) describe an image nobody can rebuild.
     from components.guest_image import check
     problems = check(images["prod"].parent)
-    assert not problems, ("the build differs from firmware/td/ (re-pin with `python -m components.guest_image pin "
+    assert not problems, ("the build differs from firmware/td/ (re-pin with `.venv/bin/python -m components.guest_image pin "
                           f"{images['prod'].parent}` if the recipe change is intended):\n  " + "\n  ".join(problems))
 
 

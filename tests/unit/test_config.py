@@ -366,6 +366,7 @@ def test_dev_launches_the_dev_image_and_every_other_stack_the_prod_one():
     (lambda w: w["gateway"].update(port=0), "workload.gateway.port: expected an integer in 1..65535"),
     (lambda w: w.pop("knownAnswer"), "workload.knownAnswer: required; fix: add `knownAnswer: {prompt: ..., expect: ...}`"),
     (lambda w: w["knownAnswer"].pop("expect"), "workload.knownAnswer.expect: required"),
+    (lambda w: w["knownAnswer"].update(expect="  "), "workload.knownAnswer.expect: expected a non-empty string"),
     (lambda w: w["td"].pop("artifactSource"), "workload.td.artifactSource: required"),
     (lambda w: w["td"].update(artifactSource="artifacts/td"), "workload.td.artifactSource: scheme must be https or http"),
     (lambda w: w["td"].update(readyTimeoutSeconds=5), "workload.td.readyTimeoutSeconds: expected an integer in 60..86400"),

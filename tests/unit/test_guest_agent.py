@@ -22,7 +22,7 @@ from guest_agent import REPORT_PREFIX
 from guest_agent.__main__ import main
 from guest_agent.agent import Agent
 from guest_agent.config import AgentConfig, KnownAnswer, config_from_mapping, load_config
-from guest_agent.gpu import attest_gpus, parse_evidence_output
+from guest_agent.gpu import attest_gpus, check_cc_state, parse_evidence_output
 from guest_agent.knownanswer import compare, request_body
 from guest_agent.model import fetch_model, file_url
 from guest_agent.report import parse_line
@@ -470,6 +470,7 @@ def test_main_reports_an_unusable_config(tmp_path, capsys):
     (lambda d: d.update(serverPort=d["gateway"]["port"]), "different from config.gateway.port"),
     (lambda d: d.update(stack="Prod!"), "config.stack as a stack name"),
     (lambda d: d["knownAnswer"].pop("expect"), "config.knownAnswer.expect"),
+    (lambda d: d["knownAnswer"].update(expect=" \n"), "config.knownAnswer.expect as a string that is not blank"),
 ])
 def test_config_refusals(tmp_path, mutate, expected):
     doc = config_doc(tmp_path, {"a": "aa" * 32})
@@ -590,10 +591,36 @@ def test_gpu_devtools_is_accepted_in_dev(tmp_path, gpu_state, monkeypatch):
     assert result.gpus and json.loads(result.evidence_path.read_text())["cc"]["devtools"] is True
 
 
-def test_gpu_ready_state_that_does_not_stick_is_refused(tmp_path, gpu_state, monkeypatch):
+def test_gpu_ready_state_that_fails_or_does_not_stick_is_refused(tmp_path, gpu_state, monkeypatch):
     monkeypatch.setenv("NVML_STANDIN_FAIL", "nvmlSystemSetConfComputeGpusReadyState")
     with pytest.raises(Refused, match="GPUs ready .* nvmlSystemSetConfComputeGpusReadyState returned 999"):
         attest_gpus(gpu_config(tmp_path), System(run=RealCommands()), tmp_path / "state", lambda: NONCE1)
+    monkeypatch.delenv("NVML_STANDIN_FAIL")
+    monkeypatch.setenv("NVML_STANDIN_READY_STICKS", "0")
+    with pytest.raises(Refused, match="GPUs ready .* exited 1.*'{\"ready\": false}'"):
+        attest_gpus(gpu_config(tmp_path), System(run=RealCommands()), tmp_path / "state", lambda: NONCE1)
+    assert not (tmp_path / "state/gpu-evidence.json").exists()
+
+
+@pytest.mark.parametrize("cc, dev, match", [
+    (None, False, "CC state .* seen none"),
+    ({"environment": "prod", "enabled": False, "devtools": False}, True, "confidential computing on"),
+    ({"environment": "prod", "enabled": True, "devtools": True}, False, "devtools mode off"),
+    ({"environment": "sim", "enabled": True, "devtools": False}, False, "CC environment 'prod'"),
+    ({"environment": "prod"}, False, "'cc' as"),
+])
+def test_cc_state_refusals(cc, dev, match):
+    # Pure, no stand-in library needed: what the agent accepts of the collector's "cc" report.
+    doc = {"evidences": [], **({} if cc is None else {"cc": cc})}
+    with pytest.raises(Refused, match=match):
+        check_cc_state(json.dumps(doc), dev)
+
+
+def test_cc_state_accepted():
+    prod = {"environment": "prod", "enabled": True, "devtools": False}
+    assert check_cc_state(json.dumps({"cc": prod}), dev=False) == prod
+    assert check_cc_state(json.dumps({"cc": {**prod, "devtools": True, "environment": "sim"}}), dev=True)
+    assert check_cc_state(json.dumps([{"evidence": "00"}]), dev=True) is None  # a dev collector without "cc"
 
 
 def test_gpu_evidence_output_must_be_usable():

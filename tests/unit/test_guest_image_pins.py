@@ -128,3 +128,28 @@ def test_a_build_from_another_script_version_is_refused(tmp_path, fw):
         pin_sections(doc)
     with pytest.raises(ImagePinError, match="no manifest.json here or in prod/ or dev/"):
         check(tmp_path / "nothing", fw)
+
+
+def test_rewrite_handles_comments_inside_a_section_and_blank_lines():
+    text = ("schema: 1\nkernel:\n  name: old\n# a column-0 comment inside the section\n  sha256: old\n\n"
+            "# about acpi\nacpi:\n  digests: null\n")
+    out = rewrite_sections(text, {"kernel": {"name": "new", "sha256": "new"}})
+    assert yaml.safe_load(out)["kernel"] == {"name": "new", "sha256": "new"}
+    assert "old" not in out and "# about acpi\nacpi:" in out
+
+
+def test_rewrite_refuses_what_it_cannot_edit_safely():
+    with pytest.raises(ImagePinError, match="duplicate or quoted section key"):
+        rewrite_sections('schema: 1\n"kernel": {file: k}\n', {"kernel": {"file": "new"}})
+    with pytest.raises(ImagePinError, match="duplicate or quoted section key"):
+        rewrite_sections("schema: 1\nkernel: {file: a}\nkernel: {file: b}\n", {"kernel": {"file": "b"}})
+
+
+def test_pin_refuses_a_stale_build_and_changes_nothing(tmp_path, fw):
+    build = tmp_path / "build"
+    d = fake_build(build, "prod")
+    (d / "initrd.img").write_bytes(b"rebuilt since manifest.json was written")
+    before = (fw / "td" / "ovmf-debian-trixie.yaml").read_text()
+    with pytest.raises(ImagePinError, match="initrd.img: sha256 .* in manifest.json, seen"):
+        pin(build, fw, tmp_path / "art")
+    assert (fw / "td" / "ovmf-debian-trixie.yaml").read_text() == before

@@ -79,6 +79,14 @@ def test_real_manifest_pins_mrtd_and_explains_the_rest():
     # outside dev a missing file is an error that names it
     with pytest.raises(PinError, match=r"`kernel\.file`: \S*" + re.escape(kernel_file) + " not found"):
         expected_pins(DEFAULT_MANIFEST, FIXTURE_FW_DIR)
+    # ... except the guest image's for a stack that launches no TD: same pins as above
+    assert expected_pins(DEFAULT_MANIFEST, FIXTURE_FW_DIR, require_guest=False) == pins
+
+
+@needs_shared
+def test_a_missing_firmware_is_an_error_even_without_a_workload(tmp_path):
+    with pytest.raises(PinError, match=r"`firmware\.file`: .* not found"):
+        expected_pins(DEFAULT_MANIFEST, tmp_path, require_guest=False)
 
 
 @needs_shared
@@ -218,3 +226,12 @@ def test_kernel_not_pe_is_refused(tmp_path):
     data["cmdline"] = {"value": "quiet"}
     with pytest.raises(PinError, match=r"`kernel.file`: .*vmlinux: offset 0 \(0x0\): expected 'MZ'"):
         expected_pins(write(tmp_path, data), tmp_path, require_artifacts=False)
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    # YAML keeps the last of two equal keys; a stale pin below a new one would silently win.
+    text = DEFAULT_MANIFEST.read_text() + "\nkernel: {file: other, sha256: '" + "0" * 64 + "'}\n"
+    path = tmp_path / "td.yaml"
+    path.write_text(text)
+    with pytest.raises(PinError, match="not valid YAML: duplicate key 'kernel'"):
+        expected_pins(path, tmp_path, require_artifacts=False)

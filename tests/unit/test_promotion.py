@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,6 @@ import yaml
 
 from components.firmware import gpu_admin_tools, gpu_sku
 from components.promotion import FIX, Difference, compare, promotable_pins, refusal, refusal_from_outputs
-from tests.firmware_copies import unpin_guest_image
 
 REPO = Path(__file__).resolve().parents[2]
 FROM = "organization/tdx-vllm/staging"
@@ -144,16 +142,7 @@ def test_an_unknown_promotable_schema_is_refused():
 ARTIFACTS = (REPO / ".." / "shared" / "fixtures" / "measurements" / "firmware").resolve()
 
 
-def _guestless_manifest(tmp_path) -> Path:
-    """The prod TD boot manifest without the guest image, whose files are not built here."""
-    fw = tmp_path / "fw"
-    if not fw.exists():
-        shutil.copytree(REPO / "firmware", fw)
-        unpin_guest_image(fw)
-    return fw / "td" / "ovmf-debian-trixie.yaml"
-
-
-def _run_program(monkeypatch, tmp_path, staging_outputs: dict, created: list[tuple[str, str]]) -> None:
+def _run_program(monkeypatch, staging_outputs: dict, created: list[tuple[str, str]]) -> None:
     import runpy
 
     import pulumi
@@ -171,8 +160,6 @@ def _run_program(monkeypatch, tmp_path, staging_outputs: dict, created: list[tup
     if not ARTIFACTS.is_dir():
         pytest.skip(f"{ARTIFACTS} (TD boot artifacts for `pins`) is missing")
     monkeypatch.setenv("TDX_VLLM_ARTIFACT_DIR", str(ARTIFACTS))
-    import components.config as config_module
-    monkeypatch.setattr(config_module, "TD_BOOT_MANIFEST", str(_guestless_manifest(tmp_path)))
     mocks = Mocks()
     mocks.created = created
     # a stack without a stack file: its secret leaves are those of the secret top-level keys
@@ -188,33 +175,34 @@ def _run_program(monkeypatch, tmp_path, staging_outputs: dict, created: list[tup
     program()
 
 
-def _own_promotable(monkeypatch, tmp_path) -> dict:
-    from components.measurements import expected_pins
+def _own_promotable(monkeypatch) -> dict:
+    from components.measurements import DEFAULT_MANIFEST, expected_pins
 
     monkeypatch.setenv("TDX_VLLM_ARTIFACT_DIR", str(ARTIFACTS))
-    return promotable_pins(expected_pins(_guestless_manifest(tmp_path), ARTIFACTS), ["h100-sxm"], "1.5.34")
+    # as the program computes them for a stack without a workload: the guest image's files may be absent
+    return promotable_pins(expected_pins(DEFAULT_MANIFEST, ARTIFACTS, require_guest=False), ["h100-sxm"], "1.5.34")
 
 
-def test_program_with_attested_pins_builds_the_hosts(monkeypatch, tmp_path):
+def test_program_with_attested_pins_builds_the_hosts(monkeypatch):
     if not ARTIFACTS.is_dir():
         pytest.skip(f"{ARTIFACTS} is missing")
     created: list = []
-    _run_program(monkeypatch, tmp_path, {"promotable": _own_promotable(monkeypatch, tmp_path), "ready": True}, created)
+    _run_program(monkeypatch, {"promotable": _own_promotable(monkeypatch), "ready": True}, created)
     assert ("pulumi:pulumi:StackReference", FROM) in created
     assert sorted(n for t, n in created if t == "tdx-vllm:host:TdxHost") == ["gpu-a", "gpu-b"]
     assert len([t for t, _ in created if t.startswith("command:")]) == 9 + 7
 
 
-def test_program_refuses_before_any_host_step(monkeypatch, tmp_path):
+def test_program_refuses_before_any_host_step(monkeypatch):
     if not ARTIFACTS.is_dir():
         pytest.skip(f"{ARTIFACTS} is missing")
-    staging = _own_promotable(monkeypatch, tmp_path)
+    staging = _own_promotable(monkeypatch)
     staging["tdxModule"] = "1.5.20"
     created: list = []
     with pytest.raises(Exception, match=r"promotion refused: 1 pin of prod-mock differs .*\n  - tdxModule: "
                                          r"organization/tdx-vllm/staging attested 1\.5\.20, prod-mock would deploy "
                                          r"1\.5\.34") as info:
-        _run_program(monkeypatch, tmp_path, {"promotable": staging}, created)
+        _run_program(monkeypatch, {"promotable": staging}, created)
     assert "fix: deploy and verify these pins in staging first" in str(info.value)
     assert ("pulumi:pulumi:StackReference", FROM) in created
     assert not [t for t, _ in created if t.startswith(("command:", "tdx-vllm:"))], created
