@@ -33,3 +33,25 @@ def standin_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if reason:
         pytest.skip(reason)
     return build(tmp_path_factory.mktemp("nvml-standin"))
+
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_FIXTURES = REPO.parent / "shared" / "fixtures" / "gpu-evidence"
+
+
+@pytest.fixture
+def nvml_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standin_lib: Path) -> Path:
+    """The stand-in NVML serving one H100: the fixture's report (over the fixture nonce) and chain
+    (case 1), CC on, prod. Subprocesses inherit it (`python -m guest_agent.nvml`). Returns the
+    stand-in's state directory (nonce-<i>.bin, ready)."""
+    if not GPU_FIXTURES.is_dir():
+        pytest.skip(f"{GPU_FIXTURES} is absent")
+    report = tmp_path / "report.bin"
+    report.write_bytes(bytes.fromhex((GPU_FIXTURES / "hopperAttestationReport.txt").read_text().strip()))
+    state = tmp_path / "gpu-state"
+    state.mkdir()
+    for key, value in {"TDX_VLLM_NVML_LIBRARY": str(standin_lib), "NVML_STANDIN_REPORT": str(report),
+                       "NVML_STANDIN_CHAIN": str(GPU_FIXTURES / "hopper_cert_chain_case1.txt"),
+                       "NVML_STANDIN_STATE": str(state), "PYTHONPATH": str(REPO)}.items():
+        monkeypatch.setenv(key, value)
+    return state

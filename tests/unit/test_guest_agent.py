@@ -33,7 +33,7 @@ from tdxattest import rtmr
 from tdxattest.binding import expected_report_data, spki_der
 from tdxattest.errors import InputError
 from tdxattest.standin import known_answer
-from tests.nvml_standin import standin_lib  # noqa: F401 (fixture)
+from tests.nvml_standin import GPU_FIXTURES, nvml_gpu, standin_lib  # noqa: F401 (fixtures)
 from tdxattest.verify import collateral_from_json_text, verify_quote
 from tdxattest.workload import expected_rtmr3, manifest_from_mapping, replay_rtmr3
 
@@ -41,8 +41,6 @@ IMAGE = "docker.io/vllm/vllm-openai@sha256:" + "ab" * 32
 REV = "0123456789abcdef0123456789abcdef01234567"
 MODEL_ID = "Qwen/Qwen2.5-0.5B-Instruct"
 PROMPT = "Say OK"
-REPO = Path(__file__).resolve().parents[2]
-GPU_FIXTURES = REPO.parent / "shared" / "fixtures" / "gpu-evidence"
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -509,7 +507,6 @@ def test_vllm_command_line(tmp_path):
 
 # ---- step 3: GPU ------------------------------------------------------------------------------
 
-needs_gpu_fixtures = pytest.mark.skipif(not GPU_FIXTURES.is_dir(), reason=f"{GPU_FIXTURES} is absent")
 NONCE1 = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 
 
@@ -525,35 +522,19 @@ class RealCommands:
         return run_command(argv, timeout_s)
 
 
-@pytest.fixture
-def gpu_state(tmp_path, monkeypatch, standin_lib) -> Path:
-    """The stand-in NVML serving the fixture GPU (report over NONCE1, chain case 1, CC on, prod)."""
-    if not GPU_FIXTURES.is_dir():
-        pytest.skip(f"{GPU_FIXTURES} is absent")
-    report = tmp_path / "report.bin"
-    report.write_bytes(bytes.fromhex((GPU_FIXTURES / "hopperAttestationReport.txt").read_text().strip()))
-    state = tmp_path / "gpu-state"
-    state.mkdir()
-    for key, value in {"TDX_VLLM_NVML_LIBRARY": str(standin_lib), "NVML_STANDIN_REPORT": str(report),
-                       "NVML_STANDIN_CHAIN": str(GPU_FIXTURES / "hopper_cert_chain_case1.txt"),
-                       "NVML_STANDIN_STATE": str(state), "PYTHONPATH": str(REPO)}.items():
-        monkeypatch.setenv(key, value)
-    return state
-
-
 def gpu_config(tmp_path: Path, stack: str = "prod", **gpu) -> AgentConfig:
     doc = config_doc(tmp_path, {"a": "aa" * 32}, stack=stack, server="vllm")
     doc["gpu"] = gpu
     return config_from_mapping(doc)
 
 
-def test_gpu_verified_then_set_ready(tmp_path, gpu_state):
+def test_gpu_verified_then_set_ready(tmp_path, nvml_gpu):
     cfg = gpu_config(tmp_path, vbios=["96.00.9F.00.01"], driver="550.90.07")
     commands = RealCommands()
     result = attest_gpus(cfg, System(run=commands), tmp_path / "state", lambda: NONCE1)
     assert [c[1:] for c in commands.calls] == [["-m", "guest_agent.nvml", "--nonce", NONCE1.hex()],
                                               ["-m", "guest_agent.nvml", "--set-ready"]]
-    assert (gpu_state / "nonce-0.bin").read_bytes() == NONCE1 and (gpu_state / "ready").read_text() == "1"
+    assert (nvml_gpu / "nonce-0.bin").read_bytes() == NONCE1 and (nvml_gpu / "ready").read_text() == "1"
     written = json.loads(result.evidence_path.read_text())
     assert written["nonce"] == NONCE1.hex() and len(written["gpus"]) == 1
     assert written["cc"] == {"environment": "prod", "enabled": True, "devtools": False}
@@ -573,25 +554,25 @@ def test_gpu_verified_then_set_ready(tmp_path, gpu_state):
     ({"NVML_STANDIN_FAIL": "nvmlDeviceGetConfComputeGpuAttestationReport"}, {}, NONCE1,
      "nvmlDeviceGetConfComputeGpuAttestationReport returned 999"),
 ])
-def test_gpu_refusals_never_set_ready(tmp_path, gpu_state, monkeypatch, env, gpu, nonce, match):
+def test_gpu_refusals_never_set_ready(tmp_path, nvml_gpu, monkeypatch, env, gpu, nonce, match):
     for key, value in env.items():
         monkeypatch.setenv(key, str(GPU_FIXTURES / value) if value.endswith(".txt") else value)
     commands = RealCommands()
     with pytest.raises(Refused, match=match):
         attest_gpus(gpu_config(tmp_path, **gpu), System(run=commands), tmp_path / "state", lambda: nonce)
     assert [c[-2] for c in commands.calls] == ["--nonce"]  # never --set-ready
-    assert not (gpu_state / "ready").exists()
+    assert not (nvml_gpu / "ready").exists()
     assert not (tmp_path / "state/gpu-evidence.json").exists()
 
 
-def test_gpu_devtools_is_accepted_in_dev(tmp_path, gpu_state, monkeypatch):
+def test_gpu_devtools_is_accepted_in_dev(tmp_path, nvml_gpu, monkeypatch):
     monkeypatch.setenv("NVML_STANDIN_CC", "2,1,1")
     result = attest_gpus(gpu_config(tmp_path, stack="dev"), System(run=RealCommands()), tmp_path / "state",
                          lambda: NONCE1)
     assert result.gpus and json.loads(result.evidence_path.read_text())["cc"]["devtools"] is True
 
 
-def test_gpu_ready_state_that_fails_or_does_not_stick_is_refused(tmp_path, gpu_state, monkeypatch):
+def test_gpu_ready_state_that_fails_or_does_not_stick_is_refused(tmp_path, nvml_gpu, monkeypatch):
     monkeypatch.setenv("NVML_STANDIN_FAIL", "nvmlSystemSetConfComputeGpusReadyState")
     with pytest.raises(Refused, match="GPUs ready .* nvmlSystemSetConfComputeGpusReadyState returned 999"):
         attest_gpus(gpu_config(tmp_path), System(run=RealCommands()), tmp_path / "state", lambda: NONCE1)

@@ -12,10 +12,9 @@ import pytest
 
 from guest_agent import nvml
 from guest_agent.gpu import parse_evidence_output, verify_items
-from tests.nvml_standin import standin_lib  # noqa: F401 (fixture)
+from tests.nvml_standin import GPU_FIXTURES, nvml_gpu, standin_lib  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
-GPU_FIXTURES = REPO.parent / "shared" / "fixtures" / "gpu-evidence"
 NONCE1 = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")  # the fixture's
 
 
@@ -33,29 +32,12 @@ def test_struct_layouts_are_nvmls():
     assert ctypes.sizeof(nvml.ConfComputeSystemState) == 12
 
 
-@pytest.fixture
-def gpu_env(tmp_path, monkeypatch, standin_lib):
-    """Environment for the stand-in: one H100 with the fixture's report and chain, CC on, prod."""
-    if not GPU_FIXTURES.is_dir():
-        pytest.skip(f"{GPU_FIXTURES} is absent")
-    report = tmp_path / "report.bin"
-    report.write_bytes(bytes.fromhex((GPU_FIXTURES / "hopperAttestationReport.txt").read_text().strip()))
-    state = tmp_path / "gpu-state"
-    state.mkdir()
-    monkeypatch.setenv(nvml.LIBRARY_ENV, str(standin_lib))
-    monkeypatch.setenv("NVML_STANDIN_REPORT", str(report))
-    monkeypatch.setenv("NVML_STANDIN_CHAIN", str(GPU_FIXTURES / "hopper_cert_chain_case1.txt"))
-    monkeypatch.setenv("NVML_STANDIN_STATE", str(state))
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    return state
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "guest_agent.nvml", *args], capture_output=True, text=True,
                           timeout=60, cwd=REPO)
 
 
-def test_collector_output_verifies_to_the_nvidia_root(gpu_env, monkeypatch):
+def test_collector_output_verifies_to_the_nvidia_root(nvml_gpu, monkeypatch):
     monkeypatch.setenv("NVML_STANDIN_GPUS", "2")
     done = run_cli("--nonce", NONCE1.hex())
     assert done.returncode == 0, done.stderr
@@ -63,22 +45,22 @@ def test_collector_output_verifies_to_the_nvidia_root(gpu_env, monkeypatch):
     assert doc["cc"] == {"environment": "prod", "enabled": True, "devtools": False}
     assert [g["index"] for g in doc["evidences"]] == [0, 1]
     # the nonce went into the struct where the driver reads it, for every GPU
-    assert (gpu_env / "nonce-0.bin").read_bytes() == NONCE1 and (gpu_env / "nonce-1.bin").read_bytes() == NONCE1
+    assert (nvml_gpu / "nonce-0.bin").read_bytes() == NONCE1 and (nvml_gpu / "nonce-1.bin").read_bytes() == NONCE1
     items = parse_evidence_output(done.stdout)
     facts = verify_items(items, None, NONCE1, 2, ("96.00.9F.00.01",), "550.90.07")
     assert [f["fwid"][:8] for f in facts] == ["f5c384ae", "f5c384ae"]
-    assert not (gpu_env / "ready").exists()  # collecting never sets the GPUs ready
+    assert not (nvml_gpu / "ready").exists()  # collecting never sets the GPUs ready
 
 
-def test_set_ready_reads_the_state_back(gpu_env):
+def test_set_ready_reads_the_state_back(nvml_gpu):
     done = run_cli("--set-ready")
     assert (done.returncode, json.loads(done.stdout)) == (0, {"ready": True})
-    assert (gpu_env / "ready").read_text() == "1"
+    assert (nvml_gpu / "ready").read_text() == "1"
 
 
 @pytest.mark.parametrize("call", ["nvmlInit_v2", "nvmlDeviceGetConfComputeGpuAttestationReport",
                                   "nvmlDeviceGetConfComputeGpuCertificate", "nvmlSystemSetConfComputeGpusReadyState"])
-def test_a_failing_driver_call_is_named(gpu_env, monkeypatch, call):
+def test_a_failing_driver_call_is_named(nvml_gpu, monkeypatch, call):
     monkeypatch.setenv("NVML_STANDIN_FAIL", call)
     done = run_cli("--set-ready") if "Ready" in call else run_cli("--nonce", NONCE1.hex())
     assert done.returncode == 1 and done.stdout == ""
