@@ -195,6 +195,12 @@ class Engine:
             args += ["--secret", f"{k}={v}"]
         self.pulumi(*args, stack=stack)
 
+    def pin_fake_wheel(self, sha256: str) -> None:
+        """Pin the harness's fake gpu-admin-tools wheel in this engine's firmware copy (same package,
+        version and file name as the real pin; only the sha256 differs)."""
+        tools = self.firmware / "gpu" / "gpu-admin-tools.yaml"
+        tools.write_text(tools.read_text().replace(yaml.safe_load(tools.read_text())["sha256"], sha256))
+
     def new_stack(self, stack: str, host: Any, name: str) -> None:
         self.pulumi("stack", "init", stack=stack)
         self.config_set(stack, secret={"hosts[0].ssh.privateKey": host.client_private_key,
@@ -258,8 +264,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, dict
         try:
             ready, pre = hosts["tdx_ready"], hosts["pre_production"]
             assert ready.wheel_sha256 == pre.wheel_sha256  # the fake wheel is reproducible
-            tools = eng.firmware / "gpu" / "gpu-admin-tools.yaml"
-            tools.write_text(tools.read_text().replace(yaml.safe_load(tools.read_text())["sha256"], ready.wheel_sha256))
+            eng.pin_fake_wheel(ready.wheel_sha256)
             for h in (ready, pre):
                 _trust_pccs_certificate(h)
             eng.new_stack("e2e", ready, READY_HOST)

@@ -18,14 +18,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import yaml
 
-from tests.e2e.test_program import REPO, Engine, _apply_calls, _trust_pccs_certificate  # noqa: E402  (skips with it)
+from tests.e2e.test_program import Engine, _apply_calls, _trust_pccs_certificate  # noqa: E402  (skips with it)
 from tests.harness import hosts as H  # noqa: E402
 from tests.harness.nshost import namespace_hosts  # noqa: E402
 
@@ -34,17 +32,6 @@ FROM_STACK = "organization/tdx-vllm/staging"
 PROD_PROFILE = H.TDX_READY.replace(name="tdx_ready_prod", hostname="tdx-ready-prod")
 OTHER_VBIOS = "96.00.AA.00.01"
 OTHER_MODULE = "1.5.20"
-
-
-def _copy_untracked_program_files(project: Path) -> None:
-    """Engine copies `git ls-files`; program modules not committed yet (a working tree under review)
-    are copied too, so the test runs the program as it is in the working tree."""
-    untracked = subprocess.run(["git", "ls-files", "-z", "--others", "--exclude-standard", "--", "components",
-                                "__main__.py"], cwd=REPO, capture_output=True, check=True).stdout
-    for rel in filter(None, untracked.decode().split("\0")):
-        dst = project / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dst)
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +43,9 @@ def promo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, di
         # get their config from `pulumi config set` like test_program.py's.
         for name in ("staging", "prod"):
             (eng.project / "stacks" / f"Pulumi.{name}.yaml").unlink(missing_ok=True)
-        _copy_untracked_program_files(eng.project)
         try:
             stg, prod = hosts["tdx_ready"], hosts["tdx_ready_prod"]
-            tools = eng.firmware / "gpu" / "gpu-admin-tools.yaml"
-            tools.write_text(tools.read_text().replace(yaml.safe_load(tools.read_text())["sha256"], stg.wheel_sha256))
+            eng.pin_fake_wheel(stg.wheel_sha256)
             for h in (stg, prod):
                 _trust_pccs_certificate(h)
             eng.new_stack("staging", stg, STAGING_HOST)
