@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from guest_agent import CONFIG_FW_CFG
+
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 TD_ROOT = "/var/lib/tdx-vllm/td"
 UNIT_DIR = "/etc/systemd/system"
-AGENT_FW_CFG = "opt/tdx-vllm/agent.json"     # the guest agent reads its config from this fw_cfg file
-AGENT_LINE_PREFIX = "tdx-vllm-agent: "       # ... and writes `tdx-vllm-agent: {json}` lines to the serial console
+AGENT_FW_CFG = CONFIG_FW_CFG                 # the guest agent reads its config from this fw_cfg file
 GPU_MMIO64_MB = 262144                        # 256 GiB of 64-bit MMIO for Hopper BARs (NVIDIA launch_vm.sh)
 QGS_VSOCK_CID = 2                             # the host, as seen from QEMU's vsock client
 # Staged names of the boot artifacts under TD_ROOT/<name>/ (role -> file name).

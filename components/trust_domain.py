@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import pulumi
 
+from guest_agent import REPORT_PREFIX
 from tdxattest.workload import WorkloadManifest, expected_rtmr3, image_digest, model_sha256, rtmr3_events
 
 from .config import HostConfig, StackConfig, WorkloadConfig
@@ -152,6 +153,7 @@ def wait_params(defn: TdDefinition, manifest: WorkloadManifest, timeout_s: int, 
         "TDX_TD_NAME": defn.name,
         "TDX_UNIT": defn.unit_name,
         "TDX_SERIAL_LOG": defn.serial_log,
+        "TDX_AGENT_PREFIX": REPORT_PREFIX,
         "TDX_EXPECTED_MANIFEST_SHA384": manifest.digest().hex(),
         "TDX_EXPECTED_RTMR3": expected_rtmr3(manifest).hex(),
         "TDX_TD_READY_TIMEOUT": str(timeout_s),
@@ -232,7 +234,7 @@ def launch_params_keys() -> tuple[str, ...]:
 
 
 def wait_params_keys() -> tuple[str, ...]:
-    return ("TDX_TD_NAME", "TDX_UNIT", "TDX_SERIAL_LOG", "TDX_EXPECTED_MANIFEST_SHA384", "TDX_EXPECTED_RTMR3",
+    return ("TDX_TD_NAME", "TDX_UNIT", "TDX_SERIAL_LOG", "TDX_AGENT_PREFIX", "TDX_EXPECTED_MANIFEST_SHA384", "TDX_EXPECTED_RTMR3",
             "TDX_TD_READY_TIMEOUT", "TDX_WAIT_POLL", "TDX_LAUNCH_DIGEST")
 
 

@@ -15,7 +15,9 @@ from typing import Any
 from tdxattest.errors import InputError
 from tdxattest.workload import WorkloadManifest, manifest_from_mapping, refused_vllm_arg
 
-DEFAULT_CONFIG_PATH = "/sys/firmware/qemu_fw_cfg/by_name/opt/tdx-vllm/agent.json/raw"
+from . import CONFIG_FW_CFG
+
+DEFAULT_CONFIG_PATH = f"/sys/firmware/qemu_fw_cfg/by_name/{CONFIG_FW_CFG}/raw"
 DEV_STACK = "dev"
 SERVERS = ("vllm", "standin")
 # The built-in collector (guest_agent/nvml.py, NVML from the driver); {python} is the agent's own

@@ -3,7 +3,8 @@
 # with the expected RTMR3. Fails at once when the agent refuses or fails (with its reason) or when
 # the TD is no longer running.
 #
-# The agent (docs/guest-agent.md) writes its verdict to the serial console (QEMU -serial file:...):
+# The agent (docs/guest-agent.md) writes its verdict to the serial console (QEMU -serial file:...),
+# each line starting with TDX_AGENT_PREFIX (guest_agent.REPORT_PREFIX):
 #   tdx-vllm-agent: {"state": "ready", "stack": ..., "rtmr3": "<96 hex>", "endpoint": ..., ...}
 #   tdx-vllm-agent: {"state": "refused", "step": "model", "reason": "..."}   (or "failed")
 # Other states (progress) are waited through; a `manifestSha384`, when reported, must match too.
@@ -17,11 +18,11 @@ SEP=$'\x1f'
 
 # The last agent line of the serial log as state SEP reason SEP manifestSha384 SEP rtmr3 SEP step ("none" if none).
 agent_status() {
-  python3 - "$TDX_SERIAL_LOG" <<'PY'
+  python3 - "$TDX_SERIAL_LOG" "$TDX_AGENT_PREFIX" <<'PY'
 import json
 import sys
 
-prefix, last = "tdx-vllm-agent: ", None
+prefix, last = sys.argv[2], None
 try:
     with open(sys.argv[1], "rb") as fh:
         for raw in fh:

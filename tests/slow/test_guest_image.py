@@ -35,6 +35,8 @@ from pathlib import Path
 
 import pytest
 
+from guest_agent import REPORT_PREFIX
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +45,6 @@ CACHE = Path(os.environ.get("TDX_VLLM_GUEST_IMAGE_CACHE", REPO / "artifacts" / "
 BUILD_TIMEOUT_S = 1800
 REPORT_TIMEOUT_S = 300          # boot + agent; TCG is several times slower than KVM
 GATEWAY_PORT = 8443
-REPORT_PREFIX = "tdx-vllm-agent: "
 BOOT_PREFIX = "tdx-vllm-boot: "
 BUILD_TOOLS = ("debootstrap", "mksquashfs", "veritysetup", "cpio", "zstd", "xz", "chroot", "flock")
 
