@@ -7,10 +7,8 @@ this hash from being confused with any other use of REPORTDATA.
 from __future__ import annotations
 
 import hashlib
-import hmac
 
 from .errors import InputError
-from .policy import Failure
 
 DOMAIN_TAG = b"tdxattest/tls-binding/v1\x00"
 MIN_NONCE = 16
@@ -41,13 +39,6 @@ def expected_report_data(spki: bytes, nonce: bytes, tag: bytes = DOMAIN_TAG) -> 
     return hashlib.sha512(tag + hashlib.sha256(spki).digest() + nonce).digest()
 
 
-def check_report_data(report_data: bytes, spki: bytes, nonce: bytes, tag: bytes = DOMAIN_TAG) -> Failure | None:
-    """None when `report_data` binds (spki, nonce); else the named failure `binding.report_data_mismatch`."""
-    expected = expected_report_data(spki, nonce, tag)
-    if len(report_data) == 64 and hmac.compare_digest(report_data, expected):
-        return None
-    return Failure("binding.report_data_mismatch", expected.hex(), bytes(report_data).hex(),
-                   "REPORTDATA does not bind this TLS key and nonce")
 
 
 # Per-response binding (`x-attestation: required`): the gateway quotes over the request it served,
