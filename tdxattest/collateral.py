@@ -56,7 +56,8 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _ts(text: str) -> int:
+def parse_iso_ts(text: str) -> int:
+    """Seconds since the epoch of an ISO 8601 time as PCS and our status dicts write it."""
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
@@ -217,8 +218,8 @@ def verify_collateral(raw: RawCollateral, now: int, fmspc: str | None = None,
     if fmspc and tcb.get("fmspc", "").upper() != fmspc.upper():
         raise CollateralError("collateral.fmspc_mismatch", f"TCB info for FMSPC {fmspc.upper()}",
                               str(tcb.get("fmspc")))
-    _check_window("TCB info", _ts(tcb["issueDate"]), _ts(tcb["nextUpdate"]), now)
-    nexts["tcb_info"] = _ts(tcb["nextUpdate"])
+    _check_window("TCB info", parse_iso_ts(tcb["issueDate"]), parse_iso_ts(tcb["nextUpdate"]), now)
+    nexts["tcb_info"] = parse_iso_ts(tcb["nextUpdate"])
     # QE identity
     qe_text, qe_sig = signed_body(raw.qe_identity_body, "enclaveIdentity")
     qe_chain = _load_chain(_chain_pem(raw.qe_identity_chain), "QE identity")
@@ -229,8 +230,8 @@ def verify_collateral(raw: RawCollateral, now: int, fmspc: str | None = None,
     qe = json.loads(qe_text)
     if qe.get("id") != "TD_QE":
         raise CollateralError("collateral.wrong_type", "QE identity id TD_QE", repr(qe.get("id")))
-    _check_window("QE identity", _ts(qe["issueDate"]), _ts(qe["nextUpdate"]), now)
-    nexts["qe_identity"] = _ts(qe["nextUpdate"])
+    _check_window("QE identity", parse_iso_ts(qe["issueDate"]), parse_iso_ts(qe["nextUpdate"]), now)
+    nexts["qe_identity"] = parse_iso_ts(qe["nextUpdate"])
     # Root CA CRL
     try:
         root_crl = x509.load_der_x509_crl(_crl_der(raw.root_ca_crl_body))

@@ -100,11 +100,15 @@ class Appraiser:
             from .verify import load_collateral
             self._fixed = load_collateral(config.collateral_path)
         self._cache = None
+        # (FMSPC, CA) -> (collateral, verified at, fresh until). The cache re-reads and re-verifies
+        # the files on every get (~10 ms); the proxy attests every upstream connection, so it keeps
+        # each verified set until the cache itself would refresh it.
+        self._verified: dict[tuple[str, str], tuple[object, int, int]] = {}
 
     async def _collateral(self, quote: bytes, now: int):
         if self._fixed is not None:
             return self._fixed
-        from .collateral import CollateralCache, CollateralError
+        from .collateral import CollateralCache, CollateralError, parse_iso_ts
         from .quote import parse_quote
         try:
             parsed = parse_quote(quote)
@@ -112,12 +116,18 @@ class Appraiser:
             raise _failure("quote.malformed", "a TDX quote v4/v5", exc.seen) from None
         if self._cache is None:
             self._cache = CollateralCache(self.config.cache_dir)
+        key = (parsed.fmspc(), parsed.pck_ca() or "platform")
+        kept = self._verified.get(key)
+        if kept is not None and kept[1] <= now < kept[2]:
+            return kept[0]
         try:
             # A fetch is blocking HTTP; keep it off the event loop.
-            collateral, _status = await asyncio.get_running_loop().run_in_executor(
-                None, self._cache.get, self.config.pccs, parsed.fmspc(), parsed.pck_ca() or "platform", now)
+            collateral, status = await asyncio.get_running_loop().run_in_executor(
+                None, self._cache.get, self.config.pccs, key[0], key[1], now)
         except CollateralError as exc:
-            raise _failure(exc.check, exc.expected, exc.seen) from None
+            raise _failure(exc.check, exc.expected, exc.seen, exc.fix) from None
+        if status.get("source") in ("cache", "fetched") and not status.get("warning"):
+            self._verified[key] = (collateral, now, parse_iso_ts(status["earliest_next_update"]) - self._cache.margin)
         return collateral
 
     async def appraise(self, quote: bytes, expected_report_data: bytes):

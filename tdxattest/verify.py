@@ -15,6 +15,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .collateral import parse_iso_ts
 from .errors import InputError
 from .policy import (DEFAULT_POLICY, OUT_OF_DATE_STATUSES, CheckResult, Failure, Policy, QuoteFacts, Verdict,
                      evaluate)
@@ -100,7 +101,6 @@ class _TcbLevel:
 def _parse_tcb_levels(tcb_info: dict) -> tuple[_TcbLevel | None, ...] | None:
     """The TCB info's levels in Intel's order (newest first). A level without 16 + 16 components is
     None (matching stops there: ask dcap-qvl); None for the whole when the structure is unusable."""
-    from datetime import datetime
     out: list[_TcbLevel | None] = []
     try:
         for level in tcb_info.get("tcbLevels", []):
@@ -111,7 +111,7 @@ def _parse_tcb_levels(tcb_info: dict) -> tuple[_TcbLevel | None, ...] | None:
                 out.append(None)
                 continue
             try:
-                date = int(datetime.fromisoformat(level["tcbDate"].replace("Z", "+00:00")).timestamp())
+                date = parse_iso_ts(level["tcbDate"])
             except (KeyError, TypeError, ValueError, AttributeError):
                 date = None
             out.append(_TcbLevel(sgx, t.get("pcesvn", 0), tdx, tdx[2:], level.get("tcbStatus"),
@@ -197,8 +197,7 @@ def _claims_tcb_date(claims: dict) -> int | None:
     dates = [claims.get("platform", {}).get("tcb_date_tag")]
     qe_level = (claims.get("qe") or {}).get("tcb_level") or {}
     if qe_level.get("tcbStatus") in OUT_OF_DATE_STATUSES and qe_level.get("tcbDate"):
-        from datetime import datetime
-        dates.append(int(datetime.fromisoformat(qe_level["tcbDate"].replace("Z", "+00:00")).timestamp()))
+        dates.append(parse_iso_ts(qe_level["tcbDate"]))
     dates = [d for d in dates if isinstance(d, int)]
     return min(dates) if dates else None
 

@@ -196,3 +196,29 @@ def test_cli_fetch_and_verify_with_pccs(pccs: FakePccs, tmp_path: Path, capsys) 
     out = json.loads(capsys.readouterr().out)
     assert rc == 1 and out["failures"][0]["check"] == "collateral.stale"
     assert main(["collateral", "fetch", "--pccs", pccs.url, "--fmspc", "xyz"]) == 2
+
+
+def test_the_proxy_keeps_verified_collateral_until_the_cache_would_refresh(pccs: FakePccs, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    # The proxy attests every upstream connection: one verified set serves them until its earliest
+    # nextUpdate minus the refresh margin; then the cache is asked (and refreshes) again.
+    import asyncio
+
+    from tdxattest.proxy import Appraiser, ProxyConfig
+    appraiser = Appraiser(ProxyConfig(upstream="https://127.0.0.1:8443", pccs=pccs.url, cache_dir=str(tmp_path)))
+    quote = GCP_QUOTE.read_bytes()
+    gets: list[int] = []
+    real_get = CollateralCache.get
+
+    def counting_get(self, *args, **kwargs):
+        gets.append(args[3])
+        return real_get(self, *args, **kwargs)
+
+    monkeypatch.setattr(CollateralCache, "get", counting_get)
+    first = asyncio.run(appraiser._collateral(quote, NOW_OK))
+    assert asyncio.run(appraiser._collateral(quote, NOW_OK + 3600)) is first
+    assert gets == [NOW_OK]
+    inside_margin = ts("2025-11-06T00:00:00Z")   # within the 7-day margin of the earliest nextUpdate
+    assert asyncio.run(appraiser._collateral(quote, inside_margin)) is not first
+    assert asyncio.run(appraiser._collateral(quote, NOW_OK - 60)) is not None  # earlier than verified: asked again
+    assert gets == [NOW_OK, inside_margin, NOW_OK - 60]
