@@ -145,7 +145,6 @@ class Attestation:
     quote_sha256: str
     tls_spki_sha256: str
     tcb_status: str | None
-    quote_source: str | None
     at: float  # time.monotonic() when verified: the re-attestation clock ignores wall-clock jumps
 
 
@@ -292,7 +291,7 @@ class UpstreamConnection:
             raise _failure("attestation.unavailable", "the attested connection kept open for requests",
                            "the gateway closed it after answering (shutting down?)")
         self.attestation = Attestation(hashlib.sha256(quote).hexdigest(), hashlib.sha256(spki).hexdigest(),
-                                       verdict.tcb_status, doc.get("quote_source"), time.monotonic())
+                                       verdict.tcb_status, time.monotonic())
         return self.attestation
 
 

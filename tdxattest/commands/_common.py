@@ -8,14 +8,8 @@ from typing import Awaitable, Callable
 
 def read_root_ca(path: str | None) -> bytes | None:
     """`--root-ca`: the DER of a root CA to trust instead of Intel's, or None."""
-    from ..errors import InputError
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except OSError as exc:
-        raise InputError("a readable root CA file", exc.strerror or str(exc), file=path) from None
+    from ..loaders import read_bytes
+    return read_bytes(path) if path else None
 
 
 def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd_candidates: bool):
@@ -46,3 +40,13 @@ def serve_until_interrupted(start: Callable[[], Awaitable[tuple[object, dict]]])
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`--listen HOST:PORT` (IPv6 in brackets)."""
+    from ..errors import InputError
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InputError("--listen HOST:PORT", repr(text))
+    return host, int(port)

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..gateway import CCEL_DATA, Gateway, GatewayConfig
     from ..quote_source import ConfigfsTsmQuoteSource, QuoteUnavailable
     from ._common import serve_until_interrupted
-    from .proxy import parse_listen
+    from ._common import parse_listen
 
     host, port = parse_listen(args.listen)
     if args.quote_source == "software-test":

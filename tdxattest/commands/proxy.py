@@ -32,15 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    from ..errors import InputError
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise InputError("--listen HOST:PORT", repr(text))
-    return host, int(port)
-
-
 def default_audit_path() -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     directory = os.path.join(base, "tdxattest")
@@ -51,7 +42,7 @@ def default_audit_path() -> str:
 def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..proxy import ProxyConfig, VerifyingProxy, check_listen
-    from ._common import policy_with_pins, read_root_ca, serve_until_interrupted
+    from ._common import parse_listen, policy_with_pins, read_root_ca, serve_until_interrupted
 
     host, port = parse_listen(args.listen)
     check_listen(host)
