@@ -40,8 +40,9 @@ class Connection:
         )
 
 
-def _stdin(step: Step, params: Mapping[str, pulumi.Input[str]], action: str) -> pulumi.Output[str]:
-    return pulumi.Output.all(**params).apply(lambda p: render(step, p, action).stdin)
+def _stdin(step: Step, params: pulumi.Input[Mapping[str, pulumi.Input[str]]], action: str) -> pulumi.Output[str]:
+    # from_input unwraps a mapping of Inputs and an Output of a whole mapping alike (secrets stay secret).
+    return pulumi.Output.from_input(params).apply(lambda p: render(step, p, action).stdin)
 
 
 def facts_of(command: remote.Command | local.Command) -> pulumi.Output[dict[str, Any]]:
@@ -55,7 +56,7 @@ def facts_of(command: remote.Command | local.Command) -> pulumi.Output[dict[str,
     return pulumi.Output.unsecret(command.stdout.apply(parse))
 
 
-def host_step(name: str, step: Step, conn: Connection, params: Mapping[str, pulumi.Input[str]],
+def host_step(name: str, step: Step, conn: Connection, params: pulumi.Input[Mapping[str, pulumi.Input[str]]],
               opts: pulumi.ResourceOptions, *, secret: bool = False, wait_for_boot: bool = False,
               timeout_s: int | None = None, action: str = "run", removable: bool = False) -> remote.Command:
     """One remote.Command running `step`. `secret`: params hold secrets: stdin is stored

@@ -207,35 +207,21 @@ class TrustDomain(pulumi.ComponentResource):
                                      qgs_service=args.qgs_service, qemu=args.qemu))
         pins = gpu_pins(host.gpu.model if host.gpu else None)
         params = defn.apply(lambda d: launch_params(d, boot, wl, args.manifest, args.stack, pins))
-        launch_inputs = {k: params.apply(lambda p, k=k: p[k]) for k in launch_params_keys()}
         # A changed launch input (artifact pin, manifest, unit, agent config) replaces the TD: the
         # old one is stopped and its unit removed first, then the new one is written and started.
-        self.launch = host_step(f"{name}-launch", LAUNCH_STEP, conn, launch_inputs, removable=True,
+        self.launch = host_step(f"{name}-launch", LAUNCH_STEP, conn, params, removable=True,
                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.stage],
                                                             replace_on_changes=["stdin"], delete_before_replace=True))
         launch_digest = self.launch.stdin.apply(lambda s: hashlib.sha256((s or "").encode()).hexdigest())
         wait_inputs = pulumi.Output.all(defn, launch_digest).apply(
             lambda a: wait_params(a[0], args.manifest, wl.td.ready_timeout_s, a[1]))
-        self.wait = host_step(f"{name}-wait", WAIT_STEP, conn,
-                              {k: wait_inputs.apply(lambda p, k=k: p[k]) for k in wait_params_keys()},
-                              timeout_s=wl.td.ready_timeout_s + 120,
+        self.wait = host_step(f"{name}-wait", WAIT_STEP, conn, wait_inputs, timeout_s=wl.td.ready_timeout_s + 120,
                               opts=pulumi.ResourceOptions(parent=self, depends_on=[self.launch]))
         self.facts = facts_of(self.wait)
         self.ready = self.facts.apply(lambda f: f.get("ok") is True and f.get("state") == "ready")
         url = endpoint_url(host.ssh.address, wl.gateway_port)
         self.endpoint = self.ready.apply(lambda ok: url if ok else None)
         self.register_outputs({"facts": self.facts, "endpoint": self.endpoint, "ready": self.ready})
-
-
-def launch_params_keys() -> tuple[str, ...]:
-    return ("TDX_TD_NAME", "TDX_TD_DIR", "TDX_UNIT", "TDX_UNIT_TEXT", "TDX_AGENT_CONFIG_PATH", "TDX_AGENT_CONFIG",
-            "TDX_ARTIFACTS", "TDX_QEMU", "TDX_GPU_BDFS", "TDX_SERIAL_LOG", "TDX_GATEWAY_PORT", "TDX_DATA_DISK",
-            "TDX_DATA_DISK_GIB")
-
-
-def wait_params_keys() -> tuple[str, ...]:
-    return ("TDX_TD_NAME", "TDX_UNIT", "TDX_SERIAL_LOG", "TDX_AGENT_PREFIX", "TDX_EXPECTED_MANIFEST_SHA384", "TDX_EXPECTED_RTMR3",
-            "TDX_TD_READY_TIMEOUT", "TDX_WAIT_POLL", "TDX_LAUNCH_DIGEST")
 
 
 def trust_domains(stack: StackConfig, hosts: Sequence[Any], *, qgs_service: str | None = None,
