@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 PROJECT = "tdx-vllm"
-from .paths import FIRMWARE_DIR, REPO_ROOT
+from .paths import FIRMWARE_DIR, REPO_ROOT, display_path
 
 GpuMode = Literal["on", "ppcie", "devtools"]
 GPU_MODES: tuple[str, ...] = ("on", "ppcie", "devtools")
@@ -114,8 +114,11 @@ class PromotionConfig:
 
 @dataclass(frozen=True)
 class KnownAnswer:
+    """The readiness check on both targets: the greedy completion of `prompt` (at most `max_tokens`)
+    must begin with `expect` (guest_agent/knownanswer.py)."""
     prompt: str
     expect: str
+    max_tokens: int = 16
 
 
 @dataclass(frozen=True)
@@ -336,7 +339,7 @@ def _kind(value: Any) -> str:
 # Field checks (pure)
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.I)
-_HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _KERNEL_ARG = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/+\-]+)?$")
 _TDX_MODULE = re.compile(r"^\d+\.\d+\.\d+$")
@@ -568,7 +571,7 @@ def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], 
         r.error(path, f"the TD boot manifest is unusable: {exc}", "fix the manifest in firmware/td/")
     td = _td_shape(r, m.get("td"), _join(path, "td"), boot)
     if boot is not None and not boot.launchable:
-        r.error(path, f"the TD boot manifest {_show_path(boot.path)} cannot launch a TD yet ({'; '.join(boot.gaps)})",
+        r.error(path, f"the TD boot manifest {display_path(boot.path)} cannot launch a TD yet ({'; '.join(boot.gaps)})",
                 "pin the guest kernel, initrd and command line in that manifest (docs/trust-domain.md), "
                 "or remove `workload` until the guest image is built")
 
@@ -621,16 +624,15 @@ def _kubernetes_workload(r: _Reader, before: int, path: str, k8s: Any, image: An
                         known_answer=KnownAnswer(prompt=prompt, expect=expect), td=None, boot_manifest=None,
                         kubernetes=k8s)
     from tdxattest.errors import InputError
-
-    from .kubernetes_workload import workload_problems
+    # The Kubernetes target's own render checks (kubernetes_workload.workload_problems) hold by now:
+    # images by digest and vLLM arguments are checked above, gpuCount is the manifest's tensor
+    # parallel size by construction, and model.files is required.
     try:
-        manifest = wl.manifest(k8s.gpu_count)
+        wl.manifest(k8s.gpu_count)
     except InputError as exc:
         r.error(path, f"not a valid workload manifest: {exc}", "correct the value named")
         return None
-    problems = workload_problems(manifest, k8s, path)
-    r.errors.extend(problems)
-    return None if problems else wl
+    return wl
 
 
 def _model_files(r: _Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:
@@ -689,7 +691,7 @@ def _td_shape(r: _Reader, value: Any, path: str, boot: Any) -> TdShape | None:
         shape[key] = r.integer(m.get(key), _join(path, key), want.get(key, lo), lo, hi)
         if m.get(key) is not None and want and shape[key] != want[key]:
             r.error(_join(path, key), f"{shape[key]} differs from `vm.{key}: {want[key]}` in the TD boot manifest "
-                    f"{_show_path(boot.path)} (RTMR0 and RTMR1 are computed for that VM shape)",
+                    f"{display_path(boot.path)} (RTMR0 and RTMR1 are computed for that VM shape)",
                     f"set {want[key]}, or change `vm.{key}` in the manifest and capture its ACPI digests again")
     fix_src = ("set where the host fetches the TD boot artifacts (the manifest's `file` names under it): "
                "an `https://` base URL, or an absolute directory on the host")
@@ -708,13 +710,6 @@ def _td_shape(r: _Reader, value: Any, path: str, boot: Any) -> TdShape | None:
                    ready_timeout_s=timeout, data_disk_gib=data_disk)
 
 
-def _show_path(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
-
-
 def _hosts(r: _Reader, value: Any, path: str, gpu_models: tuple[str, ...], vendors: tuple[str, ...],
            default_gpu: GpuConfig | None) -> tuple[HostConfig, ...]:
     if value is None or value == []:
@@ -731,7 +726,7 @@ def _hosts(r: _Reader, value: Any, path: str, gpu_models: tuple[str, ...], vendo
         name = r.string(r.required(m, "name", hp, "give the host a short name, e.g. `gpu-a`"), _join(hp, "name"),
                         "use lowercase letters, digits and dashes")
         if name is not None:
-            if not _HOST_NAME.match(name):
+            if not HOST_NAME.match(name):
                 r.error(_join(hp, "name"), f"`{name}` is not a valid host name",
                         "use 1-32 lowercase letters, digits and dashes (it names Pulumi resources)")
             elif name in seen:

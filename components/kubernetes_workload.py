@@ -42,7 +42,8 @@ import pulumi
 
 from tdxattest.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
 
-from .config import ConfigError, _join, _Reader
+from .config import DEV_STACK, ConfigError, KnownAnswer, _join, _Reader
+from .measurements import TD_ATTR_DEBUG
 from .paths import REPO_ROOT
 
 # --------------------------------------------------------------------------------------------
@@ -124,14 +125,6 @@ class KubernetesTarget:
     context: str | None = None
     agent_policy_file: str | None = None
     agent_policy: str | None = field(default=None, repr=False)  # the Rego text, read at parse time
-
-
-@dataclass(frozen=True)
-class KnownAnswer:
-    """The readiness check: greedy completion of `prompt` must contain `expect`."""
-    prompt: str
-    expect: str
-    max_tokens: int = 16
 
 
 @dataclass(frozen=True)
@@ -227,7 +220,7 @@ def kubernetes_target_from_mapping(doc: Any, path: str = "workload.kubernetes", 
     policy_file, policy = _agent_policy(r, m.get("agentPolicyFile"), _join(path, "agentPolicyFile"), base_dir)
     # A null or empty value counts as missing (the parse errors of a bad value are already reported).
     if (policy_file is None and m.get("agentPolicyFile") in (None, "") and stack is not None
-            and stack != "dev"):
+            and stack != DEV_STACK):
         r.error(_join(path, "agentPolicyFile"),
                 f"required outside the `dev` stack (this is `{stack}`): without an agent policy in the init data "
                 "the untrusted host can exec into the TD or start other containers in it",
@@ -337,7 +330,7 @@ def _reference_values(r: _Reader, value: Any, path: str) -> ReferenceValues | No
             if not _HEX8.match(attrs):
                 r.error(ap, f"`{attrs}` is not 8 bytes as 16 hex digits", "copy `td_attributes` from a quote, e.g. "
                         "0000001000000000")
-            elif int.from_bytes(bytes.fromhex(attrs), "little") & 1:
+            elif int.from_bytes(bytes.fromhex(attrs), "little") & TD_ATTR_DEBUG:
                 r.error(ap, f"{attrs} has DEBUG (bit 0) set: a debuggable TD exposes its memory to the host",
                         "pin a production guest (bit 0 clear)")
     if len(r.errors) > before:
@@ -682,8 +675,7 @@ def args_from_workload(workload: Any, manifest: WorkloadManifest) -> KubernetesW
     same `modelSource` base URL as the host target (`<modelSource>/<path>`), the known-answer check."""
     template = workload.model_source.rstrip("/") + "/{path}"
     return KubernetesWorkloadArgs(manifest=manifest, target=workload.kubernetes,
-                                  known_answer=KnownAnswer(prompt=workload.known_answer.prompt,
-                                                           expect=workload.known_answer.expect),
+                                  known_answer=workload.known_answer,
                                   model_source=ModelSource(url_template=template))
 
 

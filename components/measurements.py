@@ -25,10 +25,11 @@ from tdxattest.mrtd import ORDERS, SINGLE, compute_mrtd_both
 from tdxattest.tdhob import td_hob_digest
 from tdxattest.tdvf import cfv_bytes
 
-from .paths import FIRMWARE_DIR, REPO_ROOT
+from .config import td_boot_manifest
+from .paths import FIRMWARE_DIR, REPO_ROOT, display_path
 
 TD_MANIFEST_DIR = FIRMWARE_DIR / "td"
-DEFAULT_MANIFEST = TD_MANIFEST_DIR / "ovmf-debian-trixie.yaml"
+DEFAULT_MANIFEST = td_boot_manifest("prod")   # the prod guest image's (config.td_boot_manifest picks per stack)
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifacts"
 ARTIFACT_DIR_ENV = "TDX_VLLM_ARTIFACT_DIR"
 PINS_SCHEMA = 1
@@ -292,7 +293,7 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
     pins: dict[str, Any] = {
         "schema": PINS_SCHEMA,
         "profile": str(data.get("name") or path.stem),
-        "manifest": _display_path(path),
+        "manifest": display_path(path),
         "mrtd": None,
         "mrtdCandidates": None,
         "pageAddOrder": order,
@@ -372,9 +373,4 @@ def _kernel(art: _Artifact) -> bytes:
         raise PinError(f"{art.manifest}: `kernel.file`: {exc}") from None
 
 
-def _display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO_ROOT))
-    except ValueError:
-        return str(path)
 

@@ -25,10 +25,11 @@ from typing import Any, Mapping
 
 from guest_agent import CONFIG_FW_CFG
 
+from .config import HOST_NAME  # the TD is named after its host
+
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 TD_ROOT = "/var/lib/tdx-vllm/td"
-UNIT_DIR = "/etc/systemd/system"
 AGENT_FW_CFG = CONFIG_FW_CFG                 # the guest agent reads its config from this fw_cfg file
 GPU_MMIO64_MB = 262144                        # 256 GiB of 64-bit MMIO for Hopper BARs (NVIDIA launch_vm.sh)
 QGS_VSOCK_CID = 2                             # the host, as seen from QEMU's vsock client
@@ -39,7 +40,6 @@ ROOT_DISK_SERIAL = "tdx-vllm-root"
 DATA_DISK_SERIAL = "tdx-vllm-data"
 
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
-_TD_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # An argument systemd's ExecStart= splits as one word without quoting.
 _PLAIN_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./\-]+$")
@@ -164,7 +164,7 @@ class TdDefinition:
     data_disk: str | None = None   # scratch disk the guest encrypts with a fresh key (serial tdx-vllm-data)
 
     def __post_init__(self) -> None:
-        if not _TD_NAME.match(self.name):
+        if not HOST_NAME.match(self.name):
             raise DefinitionError(f"TD name `{self.name}`: use 1-32 lowercase letters, digits and dashes")
         for label, value in (("vcpus", self.vcpus), ("memory_mib", self.memory_mib)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
