@@ -128,28 +128,29 @@ def _dev_manifest_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
     return head + "".join(render_section(k, v) for k, v in sections.items())
 
 
-def _copy_artifact(src: Path, dest: Path) -> None:
-    if dest.exists() and dest.stat().st_size == src.stat().st_size and dest.read_bytes() == src.read_bytes():
+def _same(entry: Mapping[str, Any], path: Path) -> bool:
+    """Whether `path` has the size, sha256 and sha384 the build recorded for it."""
+    from tdxattest.errors import InputError
+    from tdxattest.loaders import hash_file
+    try:
+        h = hash_file(path)
+    except InputError:
+        return False
+    return (h.size, h.sha256, h.sha384) == (entry["size"], entry["sha256"], entry["sha384"])
+
+
+def _copy_verified(src: Path, entry: Mapping[str, Any], dest: Path) -> None:
+    """Copy `src` to `dest` if it is the file the build recorded (a stale build dir is refused) and
+    `dest` does not already hold it."""
+    if not _same(entry, src):
+        raise ImagePinError(f"{src}: not the file manifest.json records (size {entry['size']}, sha256 "
+                            f"{entry['sha256']}); rebuild")
+    if _same(entry, dest):
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
-
-
-def _verified(path: Path, entry: Mapping[str, Any]) -> Path:
-    """`path`, if its size and sha256 are those the build recorded (a stale build dir is refused)."""
-    import hashlib
-    h = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as exc:
-        raise ImagePinError(f"{path}: {exc.strerror or exc}") from None
-    if h.hexdigest() != entry["sha256"]:
-        raise ImagePinError(f"{path}: sha256 {entry['sha256']} in manifest.json, seen {h.hexdigest()}; rebuild")
-    return path
 
 
 def pin(image_dir: Path, firmware_dir: Path = FIRMWARE_DIR, artifact_dir: Path | None = None) -> list[str]:
@@ -167,7 +168,7 @@ def pin(image_dir: Path, firmware_dir: Path = FIRMWARE_DIR, artifact_dir: Path |
         else:
             raise ImagePinError(f"{target}: no prod TD boot manifest to pin into")
         for key, name in BUILD_FILES.items():
-            _copy_artifact(_verified(stack_dir / name, sections[key]), artifact_dir / sections[key]["file"])
+            _copy_verified(stack_dir / name, sections[key], artifact_dir / sections[key]["file"])
         target.write_text(text)
         load_manifest(target)  # still a valid manifest
         lines.append(f"{stack}: pinned in {target} (root hash {sections['rootfs']['version']}); "
