@@ -66,25 +66,24 @@ if stack.promotion is not None:
 hosts = [TdxHost(host, stack, opts=host_opts) for host in stack.hosts]
 # The workload: one TrustDomain per host (components/trust_domain.py), or vLLM + the attested
 # gateway in a Confidential Containers cluster (components/kubernetes_workload.py).
-tds = {}
 endpoints: dict = {}
+waits = [h.ready for h in hosts]
 if k8s_args is not None:
     from components.kubernetes_workload import KubernetesWorkload
     cluster = KubernetesWorkload("workload", k8s_args, opts=host_opts)
     endpoints["kubernetes"] = cluster.endpoint
+    # Known once the Deployment's rollout finished: its pod passed the known-answer readiness check.
+    waits.append(cluster.endpoint.apply(bool))
 elif workload is not None:
     from components.trust_domain import trust_domains
     tds = trust_domains(stack, hosts)
     endpoints.update({name: td.endpoint for name, td in tds.items()})
+    waits += [td.ready for td in tds.values()]
 
 pulumi.export("hosts", {cfg.name: h.facts for cfg, h in zip(stack.hosts, hosts)})
 pulumi.export("pins", pins)
 if endpoints:
     pulumi.export("endpoints", endpoints)
-waits = [h.ready for h in hosts] + [td.ready for td in tds.values()]
-if k8s_args is not None:
-    # The Deployment is created only once its pod passed the known-answer readiness check.
-    waits.append(cluster.endpoint.apply(bool))
 ready = pulumi.Output.all(*waits).apply(all)
 pulumi.export("ready", ready)
 pulumi.export("promotable", ready.apply(lambda ok: promotable if ok else None))

@@ -660,7 +660,9 @@ class KubernetesWorkload(pulumi.ComponentResource):
             ingress = ((status or {}).get("load_balancer") or (status or {}).get("loadBalancer") or {}).get("ingress")
             return endpoint_for(t, ingress if t.service_type == "LoadBalancer" else None)
 
-        self.endpoint = self.service.status.apply(endpoint)
+        # Through the Deployment's id: known only once its rollout finished, i.e. once the pod passed
+        # the known-answer readiness probe, so `endpoints` and `ready` wait for that, not the Service.
+        self.endpoint = pulumi.Output.all(self.deployment.id, self.service.status).apply(lambda a: endpoint(a[1]))
         self.pins = pulumi.Output.from_input(expected_pins(args))
         self.register_outputs({"endpoint": self.endpoint, "pins": self.pins})
 

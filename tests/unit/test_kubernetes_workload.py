@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import gzip
+import asyncio
 import hashlib
 import http.server
 import json
@@ -536,6 +537,10 @@ def build(args: KubernetesWorkloadArgs):
     return wl, rec
 
 
+def _assert(condition: bool) -> None:
+    assert condition
+
+
 @pulumi.runtime.test
 def test_component_creates_the_expected_resources(mocks):
     args = make_args()
@@ -571,7 +576,11 @@ def test_component_creates_the_expected_resources(mocks):
         assert pins["mrtd"] == MRTD and pins["rtmr3"] is None
         assert pins["mrconfigid"] == hashlib.sha384(toml_text.encode()).hexdigest()
 
-    return pulumi.Output.all(wl.endpoint, wl.pins).apply(check)
+    # `ready` and `endpoints` hang on the Deployment (its rollout = the known-answer probe), not
+    # only on the Service.
+    depends = pulumi.Output.from_input(asyncio.ensure_future(wl.endpoint.resources()))
+    return pulumi.Output.all(wl.endpoint, wl.pins, depends).apply(
+        lambda a: (check(a[:2]), _assert({wl.deployment, wl.service} <= a[2])))
 
 
 @pulumi.runtime.test
