@@ -66,17 +66,17 @@ def _decode_blob(value: Any, what: str, pem: bool) -> bytes:
         raise Refused("gpu", f"{what} as {'PEM or base64' if pem else 'hex or base64'}, seen {text[:40]!r}") from None
 
 
-def _load_output(text: str) -> Any:
+def load_evidence_output(text: str) -> Any:
+    """The collect command's output as JSON (parsed once; the checks below take the document)."""
     try:
         return json.loads(text)
     except ValueError as exc:
         raise Refused("gpu", f"JSON evidence from the collect command, seen {text.strip()[:80]!r} ({exc})") from None
 
 
-def check_cc_state(text: str, dev: bool) -> dict | None:
+def check_cc_state(doc: Any, dev: bool) -> dict | None:
     """The driver's CC state from the collect command's output, if it reports one; refused when CC
     is off, or (outside dev) in devtools mode or a non-prod environment. Pure."""
-    doc = _load_output(text)
     cc = doc.get("cc") if isinstance(doc, dict) else None
     if cc is None:
         if not dev:
@@ -95,9 +95,8 @@ def check_cc_state(text: str, dev: bool) -> dict | None:
     return cc
 
 
-def parse_evidence_output(text: str) -> list[GpuItem]:
+def evidence_items(doc: Any) -> list[GpuItem]:
     """The GPU items in the collect command's output (format in the module docstring). Pure."""
-    doc = _load_output(text)
     items = doc
     if isinstance(doc, dict):
         items = next((doc[k] for k in ("evidences", "evidence_list", "gpus") if k in doc), None)
@@ -165,8 +164,9 @@ def attest_gpus(config: AgentConfig, system: System, state_dir: Path,
     res = system.run(argv, COLLECT_TIMEOUT_S)
     if res.returncode != 0:
         raise Refused("gpu", f"GPU evidence: {res.describe()}")
-    cc = check_cc_state(res.stdout, config.dev)
-    items = _fill_versions(system, parse_evidence_output(res.stdout))
+    doc = load_evidence_output(res.stdout)
+    cc = check_cc_state(doc, config.dev)
+    items = _fill_versions(system, evidence_items(doc))
     facts = verify_items(items, root_pem, nonce, config.workload.tensor_parallel_size,
                          config.gpu.vbios, config.gpu.driver)
     ready = system.run([system.python, "-m", "guest_agent.nvml", "--set-ready"], SMI_TIMEOUT_S)

@@ -16,7 +16,9 @@ from typing import TextIO
 from . import REPORT_PREFIX
 from .system import System
 
-CONSOLES = ("/dev/ttyS0", "/dev/hvc0")
+# The host reads the serial console (QEMU -serial file:...); the agent writes its line there itself,
+# and systemd sends its stdout to the journal only, so the line is on the console once.
+CONSOLE = "/dev/ttyS0"
 
 
 @dataclass(frozen=True)
@@ -62,18 +64,17 @@ def parse_line(line: str) -> dict | None:
 def emit(report: Report, system: System, stdout: TextIO | None = None) -> None:
     line = report.line()
     print(line, file=stdout or sys.stdout, flush=True)
-    for console in CONSOLES:
-        path = system.path(console)
-        if not path.exists():
-            continue
-        # Best effort: a console that blocks or refuses must not keep the report from stdout/journal.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_APPEND)
-        except OSError:
-            continue
-        try:
-            os.write(fd, ("\r\n" + line + "\r\n").encode())
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+    path = system.path(CONSOLE)
+    if not path.exists():
+        return
+    # Best effort: a console that blocks or refuses must not keep the report from stdout/journal.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_APPEND)
+    except OSError:
+        return
+    try:
+        os.write(fd, ("\r\n" + line + "\r\n").encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -13,7 +13,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +72,6 @@ def gateway_argv(python: str, *, listen: str, port: int, upstream_port: int, quo
 @dataclass
 class Managed:
     name: str
-    argv: list[str]
     process: subprocess.Popen
     log: Path
     cleanup: tuple[str, ...] = ()  # run after the process is stopped (a container outlives `podman run`)
@@ -90,17 +89,16 @@ class Supervisor:
         self.log_dir = log_dir
         self.children: list[Managed] = []
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
-              cleanup: Sequence[str] = ()) -> Managed:
+    def start(self, name: str, argv: Sequence[str], cleanup: Sequence[str] = ()) -> Managed:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
         with open(log, "wb") as out:
             try:
                 proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **(env or {})}, start_new_session=True)
+                                        start_new_session=True)
             except OSError as exc:
                 raise Refused(name, f"`{argv[0]}` to start: {exc.strerror or exc}") from None
-        child = Managed(name, list(argv), proc, log, tuple(cleanup))
+        child = Managed(name, proc, log, tuple(cleanup))
         self.children.append(child)
         return child
 

@@ -145,8 +145,6 @@ class SoftwareRtmr3:
 @dataclass(frozen=True)
 class Measurement:
     rtmr3: bytes
-    events: tuple[dict, ...]
-    event_log: Path
     extended: bool          # False when an earlier run of the agent in this TD already measured it
 
 
@@ -188,7 +186,7 @@ def measure_workload(manifest: WorkloadManifest, register: Rtmr3, event_log: Pat
                                  "restart the TD")
     if logged:
         if [e.get("digest") for e in logged] == [e["digest"] for e in ours]:
-            return Measurement(before, tuple(logged), event_log, extended=False)
+            return Measurement(before, extended=False)
         raise Refused("measure", f"RTMR3 unmeasured or holding this manifest {ours[0]['digest']}, seen events "
                                  f"{[e.get('digest') for e in logged]}; a TD serves one manifest: restart the TD")
     event_log.parent.mkdir(parents=True, exist_ok=True)
@@ -206,4 +204,4 @@ def measure_workload(manifest: WorkloadManifest, register: Rtmr3, event_log: Pat
     if after != expected:
         raise Refused("measure", f"RTMR3 = {expected.hex()} after extending with the manifest digest, seen "
                                  f"{after.hex()} ({register.label}); the register did not extend as the ABI says")
-    return Measurement(after, tuple(record), event_log, extended=True)
+    return Measurement(after, extended=True)

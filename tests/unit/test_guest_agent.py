@@ -22,7 +22,7 @@ from guest_agent import REPORT_PREFIX
 from guest_agent.__main__ import main
 from guest_agent.agent import Agent
 from guest_agent.config import AgentConfig, KnownAnswer, config_from_mapping, load_config
-from guest_agent.gpu import attest_gpus, check_cc_state, parse_evidence_output
+from guest_agent.gpu import attest_gpus, check_cc_state, evidence_items, load_evidence_output
 from guest_agent.knownanswer import compare, request_body
 from guest_agent.model import fetch_model, file_url
 from guest_agent.report import parse_line
@@ -594,22 +594,22 @@ def test_cc_state_refusals(cc, dev, match):
     # Pure, no stand-in library needed: what the agent accepts of the collector's "cc" report.
     doc = {"evidences": [], **({} if cc is None else {"cc": cc})}
     with pytest.raises(Refused, match=match):
-        check_cc_state(json.dumps(doc), dev)
+        check_cc_state(doc, dev)
 
 
 def test_cc_state_accepted():
     prod = {"environment": "prod", "enabled": True, "devtools": False}
-    assert check_cc_state(json.dumps({"cc": prod}), dev=False) == prod
-    assert check_cc_state(json.dumps({"cc": {**prod, "devtools": True, "environment": "sim"}}), dev=True)
-    assert check_cc_state(json.dumps([{"evidence": "00"}]), dev=True) is None  # a dev collector without "cc"
+    assert check_cc_state({"cc": prod}, dev=False) == prod
+    assert check_cc_state({"cc": {**prod, "devtools": True, "environment": "sim"}}, dev=True)
+    assert check_cc_state([{"evidence": "00"}], dev=True) is None  # a dev collector without "cc"
 
 
 def test_gpu_evidence_output_must_be_usable():
     with pytest.raises(Refused, match="JSON evidence"):
-        parse_evidence_output("not json")
+        load_evidence_output("not json")
     with pytest.raises(Refused, match="non-empty list"):
-        parse_evidence_output(json.dumps({"evidences": []}))
+        evidence_items({"evidences": []})
     with pytest.raises(Refused, match="'certificate' as PEM or base64"):
-        parse_evidence_output(json.dumps([{"evidence": "00", "certificate": "***"}]))
-    items = parse_evidence_output(json.dumps([{"evidence": "0a0b", "certificate": "-----BEGIN CERTIFICATE-----x"}]))
+        evidence_items([{"evidence": "00", "certificate": "***"}])
+    items = evidence_items([{"evidence": "0a0b", "certificate": "-----BEGIN CERTIFICATE-----x"}])
     assert items[0].report == b"\x0a\x0b" and items[0].vbios is None

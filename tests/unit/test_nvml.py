@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from guest_agent import nvml
-from guest_agent.gpu import parse_evidence_output, verify_items
+from guest_agent.gpu import evidence_items, load_evidence_output, verify_items
 from tests.nvml_standin import GPU_FIXTURES, nvml_gpu, standin_lib  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def test_collector_output_verifies_to_the_nvidia_root(nvml_gpu, monkeypatch):
     assert [g["index"] for g in doc["evidences"]] == [0, 1]
     # the nonce went into the struct where the driver reads it, for every GPU
     assert (nvml_gpu / "nonce-0.bin").read_bytes() == NONCE1 and (nvml_gpu / "nonce-1.bin").read_bytes() == NONCE1
-    items = parse_evidence_output(done.stdout)
+    items = evidence_items(load_evidence_output(done.stdout))
     facts = verify_items(items, None, NONCE1, 2, ("96.00.9F.00.01",), "550.90.07")
     assert [f["fwid"][:8] for f in facts] == ["f5c384ae", "f5c384ae"]
     assert not (nvml_gpu / "ready").exists()  # collecting never sets the GPUs ready
