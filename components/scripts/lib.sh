@@ -72,6 +72,9 @@ _fail_unmet() {
 
 have() { command -v "$1" >/dev/null 2>&1; }
 boot_id() { cat /proc/sys/kernel/random/boot_id; }
+file_sha256() { sha256sum "$1" 2>/dev/null | awk '{print $1}'; }      # empty when unreadable
+text_sha256() { printf '%s' "$1" | sha256sum | awk '{print $1}'; }
+pci_driver() { basename "$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null || echo none)"; }  # BDF -> driver
 
 # read_msr VAR ADDR [HIGH LOW]: set VAR to the MSR of CPU 0 (or its bit field), in decimal.
 # Runs in the calling shell so an unreadable MSR refuses the step instead of reading as 0.

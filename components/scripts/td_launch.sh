@@ -14,11 +14,8 @@
 UNIT_FILE="/etc/systemd/system/$TDX_UNIT"
 STAMP="$TDX_TD_DIR/launched"
 
-file_sha256() { sha256sum "$1" 2>/dev/null | awk '{print $1}'; }
-text_sha256() { printf '%s' "$1" | sha256sum | awk '{print $1}'; }
 # What the running TD must have been started from: the unit text and the agent config.
 desired_stamp() { text_sha256 "$TDX_UNIT_TEXT"$'\n'"$TDX_AGENT_CONFIG"; }
-driver_of() { basename "$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null || echo none)"; }
 
 check() {
   local name file sha seen bdf drv version status enabled
@@ -44,7 +41,7 @@ check() {
   for bdf in $TDX_GPU_BDFS; do
     [ -e "/sys/bus/pci/devices/$bdf" ] || refuse "GPU $bdf is not on this host" "PCI device $bdf (from preflight)" \
       "no /sys/bus/pci/devices/$bdf" "check the GPUs' seating (lspci -D -d 10de:)"
-    drv=$(driver_of "$bdf")
+    drv=$(pci_driver "$bdf")
     gpus_json+="${gpus_json:+,}{\"bdf\":$(json_str "$bdf"),\"driver\":$(json_str "$drv")}"
     case "$drv" in
       vfio-pci) ;;
@@ -84,7 +81,7 @@ bind_vfio() {
   [ -n "$TDX_GPU_BDFS" ] || return 0
   modprobe vfio-pci >&2
   for bdf in $TDX_GPU_BDFS; do
-    drv=$(driver_of "$bdf")
+    drv=$(pci_driver "$bdf")
     [ "$drv" = vfio-pci ] && continue
     [ "$drv" = none ] || echo "$bdf" >"/sys/bus/pci/devices/$bdf/driver/unbind"
     echo vfio-pci >"/sys/bus/pci/devices/$bdf/driver_override"

@@ -6,7 +6,6 @@
 # http(s) base URL, or an absolute directory on this host), TDX_ARTIFACTS (one line per artifact:
 # `<staged name> <file under the source> <sha256>`).
 
-file_sha256() { sha256sum "$1" 2>/dev/null | awk '{print $1}'; }
 
 # The artifact lines as three arrays (names, source files, digests).
 read_artifacts() {
