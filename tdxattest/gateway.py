@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import datetime as dt
 import hashlib
 import json
@@ -55,7 +56,7 @@ class TlsIdentity:
     spki: bytes
     context: ssl.SSLContext
 
-    @property
+    @functools.cached_property
     def spki_sha256(self) -> str:
         return hashlib.sha256(self.spki).hexdigest()
 
@@ -127,7 +128,9 @@ class Gateway:
         self.config = config
         self.source = source
         self.tls = tls or make_tls_identity()
-        self.event_log = _read_optional(config.event_log)
+        # Written before the gateway starts and never changed: encoded once, not per attestation.
+        event_log = _read_optional(config.event_log)
+        self.event_log_b64 = base64.b64encode(event_log).decode() if event_log else None
         evidence = _read_optional(config.gpu_evidence)
         self.gpu_evidence = json.loads(evidence) if evidence else None
         self._session = None
@@ -156,7 +159,7 @@ class Gateway:
         return web.json_response({
             "version": 1, "nonce": nonce.hex(), "quote": base64.b64encode(quote).decode(),
             "quote_source": self.source.label, "tls_spki_sha256": self.tls.spki_sha256,
-            "event_log": base64.b64encode(self.event_log).decode() if self.event_log else None,
+            "event_log": self.event_log_b64,
             "gpu_evidence": self.gpu_evidence,
         }, headers={"cache-control": "no-store"})
 
