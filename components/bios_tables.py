@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import yaml
 
 from .paths import FIRMWARE_DIR as DEFAULT_FIRMWARE_DIR
+from .pinfile import load_pin_yaml
 
 # Logical names shared by every vendor table. The Pulumi program and the host checks refer to
 # settings by these names, never by a vendor's AttributeName.
@@ -100,7 +101,7 @@ def load_vendor_table(vendor: str, firmware_dir: Path | str = DEFAULT_FIRMWARE_D
         known = ", ".join(list_vendors(firmware_dir)) or "none"
         raise BiosTableError(f"{path}: no BIOS table for vendor {vendor!r} (known vendors: {known})")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = load_pin_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise BiosTableError(f"{path}: not valid YAML: {exc}") from None
     return parse_vendor_table(document, source=str(path), expected_vendor=vendor)

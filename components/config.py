@@ -25,6 +25,7 @@ import yaml
 
 PROJECT = "tdx-vllm"
 from .paths import FIRMWARE_DIR, REPO_ROOT, display_path
+from .pinfile import load_pin_yaml
 
 GpuMode = Literal["on", "ppcie", "devtools"]
 GPU_MODES: tuple[str, ...] = ("on", "ppcie", "devtools")
@@ -404,7 +405,7 @@ def known_bios_vendors(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
 
 
 def known_tdx_modules(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
-    data = yaml.safe_load((firmware_dir / "tdx-module.yaml").read_text()) or {}
+    data = load_pin_yaml((firmware_dir / "tdx-module.yaml").read_text()) or {}
     return tuple(sorted((data.get("releases") or {}).keys()))
 
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import yaml
 
 from .paths import FIRMWARE_DIR
+from .pinfile import load_pin_yaml
 
 
 class ManifestError(ValueError):
@@ -43,7 +44,7 @@ class DcapPackages:
 
 def _load(path: Path) -> Mapping[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_pin_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ManifestError(f"{path}: cannot read manifest: {exc}") from exc
     if not isinstance(data, Mapping):

@@ -26,7 +26,8 @@ from typing import Any
 import yaml
 
 from .config import DEV_STACK, TD_BOOT_MANIFEST, td_boot_manifest
-from .measurements import PinError, default_artifact_dir, load_manifest, load_yaml_unique
+from .measurements import PinError, default_artifact_dir, load_manifest
+from .pinfile import load_pin_yaml
 from .paths import FIRMWARE_DIR
 
 SECTIONS = ("kernel", "initrd", "cmdline", "rootfs")
@@ -71,7 +72,7 @@ def rewrite_sections(text: str, sections: Mapping[str, Mapping[str, Any]]) -> st
             end -= 1
         out = "".join(lines[:start]) + block + "".join(lines[end:])
     try:
-        loaded = load_yaml_unique(out)
+        loaded = load_pin_yaml(out)
     except yaml.YAMLError as exc:
         raise ImagePinError(f"the rewritten manifest does not load ({str(exc).splitlines()[0]}): a duplicate or "
                             "quoted section key; write the section by hand") from None

@@ -27,6 +27,7 @@ from tdxattest.tdvf import cfv_bytes
 
 from .config import td_boot_manifest
 from .paths import FIRMWARE_DIR, REPO_ROOT, display_path
+from .pinfile import load_pin_yaml
 
 TD_MANIFEST_DIR = FIRMWARE_DIR / "td"
 DEFAULT_MANIFEST = td_boot_manifest("prod")   # the prod guest image's (config.td_boot_manifest picks per stack)
@@ -83,27 +84,9 @@ def load_manifest(path: Path) -> Mapping[str, Any]:
     return {**parent, **{k: v for k, v in data.items() if k != "base"}}
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently,
-    so a stale pin left below a new one would win)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_yaml_unique(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader)
-
-
 def _read_manifest(path: Path) -> Mapping[str, Any]:
     try:
-        data = load_yaml_unique(path.read_text())
+        data = load_pin_yaml(path.read_text())
     except OSError as exc:
         raise PinError(f"{path}: cannot read the TD boot manifest: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:

@@ -1,0 +1,24 @@
+"""Reading the pin files under firmware/ (TD boot manifests, GPU and tool pins, BIOS tables, TDX
+module releases): YAML that refuses a key given twice in one mapping. Plain YAML keeps the last of
+two equal keys without a word, so a stale pin left below a new one would silently win."""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_pin_yaml(text: str) -> Any:
+    """`yaml.safe_load`, except that a duplicate key is a `yaml.YAMLError`."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)

@@ -1,0 +1,35 @@
+"""components.pinfile: every pin file under firmware/ refuses a key given twice."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.bios_tables import BiosTableError, load_vendor_table
+from components.firmware import ManifestError, _load
+from components.pinfile import load_pin_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_duplicate_keys_are_refused_at_any_depth():
+    assert load_pin_yaml("a: 1\nb: {c: 2}\n") == {"a": 1, "b": {"c": 2}}
+    for text in ("a: 1\na: 2\n", "b:\n  c: 1\n  c: 2\n"):
+        with pytest.raises(yaml.YAMLError, match="duplicate key"):
+            load_pin_yaml(text)
+
+
+def test_gpu_pins_and_bios_tables_use_it(tmp_path):
+    gpu = tmp_path / "h100.yaml"
+    gpu.write_text((REPO / "firmware/gpu/h100-sxm.yaml").read_text() + "\nvbios: 96.00.00.00.00\n")
+    with pytest.raises(ManifestError, match="duplicate key 'vbios'"):
+        _load(gpu)
+    fw = tmp_path / "fw"
+    shutil.copytree(REPO / "firmware", fw)
+    table = next((fw / "bios").glob("*.yaml"))
+    first_key = next(iter(yaml.safe_load(table.read_text())))
+    table.write_text(table.read_text() + f"\n{first_key}: again\n")
+    with pytest.raises(BiosTableError, match=f"duplicate key '{first_key}'"):
+        load_vendor_table(table.stem, fw)
