@@ -37,6 +37,8 @@ def standin_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_FIXTURES = REPO.parent / "shared" / "fixtures" / "gpu-evidence"
+# The nonce hopperAttestationReport.txt was made over: the only one its report verifies for.
+FIXTURE_NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 
 
 @pytest.fixture
@@ -50,7 +52,8 @@ def nvml_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standin_lib: Path)
     report.write_bytes(bytes.fromhex((GPU_FIXTURES / "hopperAttestationReport.txt").read_text().strip()))
     state = tmp_path / "gpu-state"
     state.mkdir()
-    for key, value in {"TDX_VLLM_NVML_LIBRARY": str(standin_lib), "NVML_STANDIN_REPORT": str(report),
+    from guest_agent.nvml import LIBRARY_ENV
+    for key, value in {LIBRARY_ENV: str(standin_lib), "NVML_STANDIN_REPORT": str(report),
                        "NVML_STANDIN_CHAIN": str(GPU_FIXTURES / "hopper_cert_chain_case1.txt"),
                        "NVML_STANDIN_STATE": str(state), "PYTHONPATH": str(REPO)}.items():
         monkeypatch.setenv(key, value)

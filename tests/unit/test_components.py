@@ -253,20 +253,35 @@ class RecordingMocks(Mocks):
         return super().new_resource(args)
 
 
-def test_the_program_builds_every_host_with_the_dev_stack_file():
-    """__main__.py end to end under mocks, with the secret leaves the dev stack file declares."""
+def run_program(mocks: Mocks, raw: dict, secret_top: set[str], monkeypatch: pytest.MonkeyPatch, *, stack: str,
+                preview: bool = False, resolve: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+    """__main__.py end to end under `mocks`, with `raw` as the stack config (secret leaves under the
+    `secret_top` keys); waits for every registration it started. (exports, the resolved values of
+    the exports named in `resolve`)."""
     import runpy
     from pathlib import Path
 
-    mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="tdx-vllm", stack="dev", preview=False)
-    _runtime_config(_decrypted(good()), {"hosts", "dcap"})
+    pulumi.runtime.set_mocks(mocks, project="tdx-vllm", stack=stack, preview=preview)
+    _runtime_config(raw, secret_top)
+    exported: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
+    resolved: dict[str, Any] = {}
 
-    @pulumi.runtime.test  # waits for every registration the program started
+    @pulumi.runtime.test
     def program():
         runpy.run_path(str(Path(__file__).resolve().parents[2] / "__main__.py"), run_name="__main__")
+        if resolve:
+            return pulumi.Output.all(*(exported[n] for n in resolve)).apply(
+                lambda values: resolved.update(zip(resolve, values)))
 
     program()
+    return exported, resolved
+
+
+def test_the_program_builds_every_host_with_the_dev_stack_file(monkeypatch):
+    """__main__.py end to end under mocks, with the secret leaves the dev stack file declares."""
+    mocks = RecordingMocks()
+    run_program(mocks, _decrypted(good()), {"hosts", "dcap"}, monkeypatch, stack="dev")
     hosts = [name for typ, name in mocks.created if typ == "tdx-vllm:host:TdxHost"]
     assert hosts == ["gpu-a", "gpu-b"]
     commands = [name for typ, name in mocks.created if typ.startswith("command:")]

@@ -33,7 +33,8 @@ from tdxattest import rtmr
 from tdxattest.binding import expected_report_data, spki_der
 from tdxattest.errors import InputError
 from tdxattest.standin import known_answer
-from tests.nvml_standin import GPU_FIXTURES, nvml_gpu, standin_lib  # noqa: F401 (fixtures)
+from tests.nvml_standin import FIXTURE_NONCE as NONCE1
+from tests.nvml_standin import GPU_FIXTURES
 from tdxattest.verify import collateral_from_json_text, verify_quote
 from tdxattest.workload import expected_rtmr3, manifest_from_mapping, replay_rtmr3
 
@@ -500,7 +501,6 @@ def test_vllm_command_line(tmp_path):
 
 # ---- step 3: GPU ------------------------------------------------------------------------------
 
-NONCE1 = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 
 
 class RealCommands:

@@ -2,17 +2,15 @@
 (the component itself is tested in test_kubernetes_workload.py)."""
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 from typing import Any
 
-import pulumi
 import pytest
 
 from components.config import ConfigErrors, parse_stack
 from components.kubernetes_workload import INITDATA_ANNOTATION
 
-from .test_components import RecordingMocks, _decrypted, _runtime_config
+from .test_components import RecordingMocks, _decrypted, run_program
 from .test_config import good, workload
 from .test_kubernetes_workload import GATEWAY, MRTD, POLICY, target_doc
 
@@ -100,22 +98,12 @@ def test_outside_dev_an_agent_policy_is_required() -> None:
 
 def test_the_program_deploys_to_kubernetes_under_mocks(monkeypatch) -> None:
     mocks = RecordingMocks()
-    pulumi.runtime.set_mocks(mocks, project="tdx-vllm", stack="staging", preview=False)
-    _runtime_config(_decrypted(k8s_only()), set())
-    exported: dict[str, Any] = {}
-    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
-    seen: list[Any] = []
-
-    @pulumi.runtime.test
-    def program():
-        runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
-        return pulumi.Output.all(exported["endpoints"], exported["ready"], exported["promotable"]).apply(seen.extend)
-
-    program()
+    exported, seen = run_program(mocks, _decrypted(k8s_only()), set(), monkeypatch, stack="staging",
+                                 resolve=("endpoints", "ready", "promotable"))
     kinds = sorted(typ for typ, _ in mocks.created)
     assert "kubernetes:apps/v1:Deployment" in kinds and "kubernetes:core/v1:Service" in kinds
     assert not [t for t in kinds if t.startswith(("command:", "tdx-vllm:host", "tdx-vllm:td"))]
-    endpoints, ready, promotable = seen
+    endpoints, ready, promotable = seen["endpoints"], seen["ready"], seen["promotable"]
     assert endpoints == {"kubernetes": "https://vllm.tdx-vllm.svc.cluster.local:8443"} and ready is True
     pins = exported["pins"]
     assert pins["target"] == "kubernetes" and pins["mrtd"] == MRTD and pins["rtmr3"] is None

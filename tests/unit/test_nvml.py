@@ -12,10 +12,9 @@ import pytest
 
 from guest_agent import nvml
 from guest_agent.gpu import evidence_items, load_evidence_output, verify_items
-from tests.nvml_standin import GPU_FIXTURES, nvml_gpu, standin_lib  # noqa: F401 (fixtures)
+from tests.nvml_standin import FIXTURE_NONCE as NONCE1
 
 REPO = Path(__file__).resolve().parents[2]
-NONCE1 = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")  # the fixture's
 
 
 def test_struct_layouts_are_nvmls():

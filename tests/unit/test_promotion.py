@@ -143,11 +143,7 @@ ARTIFACTS = (REPO / ".." / "shared" / "fixtures" / "measurements" / "firmware").
 
 
 def _run_program(monkeypatch, staging_outputs: dict, created: list[tuple[str, str]]) -> None:
-    import runpy
-
-    import pulumi
-
-    from .test_components import RecordingMocks, _decrypted, _runtime_config
+    from .test_components import RecordingMocks, _decrypted, run_program
     from .test_config import good
 
     class Mocks(RecordingMocks):
@@ -163,16 +159,9 @@ def _run_program(monkeypatch, staging_outputs: dict, created: list[tuple[str, st
     mocks = Mocks()
     mocks.created = created
     # a stack without a stack file: its secret leaves are those of the secret top-level keys
-    pulumi.runtime.set_mocks(mocks, project="tdx-vllm", stack="prod-mock", preview=True)
     raw = _decrypted(good())
     raw["promotion"] = {"fromStack": FROM}
-    _runtime_config(raw, {"hosts", "dcap"})
-
-    @pulumi.runtime.test
-    def program():
-        runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
-
-    program()
+    run_program(mocks, raw, {"hosts", "dcap"}, monkeypatch, stack="prod-mock", preview=True)
 
 
 def _own_promotable(monkeypatch) -> dict:

@@ -220,12 +220,9 @@ def test_promotable_includes_the_workload_and_refuses_a_different_image(tmp_path
 
 def test_the_program_builds_a_td_per_host_and_exports_endpoints(tmp_path, monkeypatch):
     """__main__.py under mocks with a workload: one TrustDomain per host, `endpoints`, RTMR3 in `pins`."""
-    import runpy
-    from pathlib import Path
-
     import components.config as config_module
 
-    from .test_components import RecordingMocks, _runtime_config
+    from .test_components import RecordingMocks, run_program
 
     fw = pinned_firmware_dir(tmp_path)
     # The program validates against the repository's firmware dir; point the workload's boot
@@ -236,23 +233,14 @@ def test_the_program_builds_a_td_per_host_and_exports_endpoints(tmp_path, monkey
         pass
 
     mocks = Both()
-    pulumi.runtime.set_mocks(mocks, project="tdx-vllm", stack="dev", preview=False)
     raw = good()
     raw["workload"] = workload()
-    _runtime_config(_decrypted(raw), {"hosts", "dcap"})
-    exported: dict[str, Any] = {}
-    monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
-
-    @pulumi.runtime.test
-    def program():
-        runpy.run_path(str(Path(__file__).resolve().parents[2] / "__main__.py"), run_name="__main__")
-        return pulumi.Output.all(exported["endpoints"], exported["ready"]).apply(lambda a: seen.extend(a))
-
-    seen: list[Any] = []
-    program()
+    exported, seen = run_program(mocks, _decrypted(raw), {"hosts", "dcap"}, monkeypatch, stack="dev",
+                                 resolve=("endpoints", "ready"))
     tds = [name for typ, name in mocks.created if typ == "tdx-vllm:td:TrustDomain"]
     assert sorted(tds) == ["gpu-a-td", "gpu-b-td"]
-    assert seen == [{"gpu-a": "https://192.0.2.10:8443", "gpu-b": "https://gpu-b.example.net:8443"}, True]
+    assert seen == {"endpoints": {"gpu-a": "https://192.0.2.10:8443", "gpu-b": "https://gpu-b.example.net:8443"},
+                    "ready": True}
     pins = exported["pins"]
     assert pins["rtmr3"] is not None and "rtmr3" not in pins["reasons"]
     assert pins["imageDigest"] == "sha256:" + "ab" * 32
