@@ -1,6 +1,7 @@
 """What the benchmarks record about the machine they ran on."""
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -13,3 +14,10 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def machine(**extra: str) -> dict:
+    """The `machine` block of a benchmark's JSON: Python, CPU model and count, platform, plus `extra`
+    (library versions that matter to that benchmark)."""
+    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
+            "cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(), **extra}

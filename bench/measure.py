@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import cpu_model  # noqa: E402
+from bench.machine import cpu_model, machine  # noqa: E402
 
 from tdxattest.mrtd import ORDERS, compute_mrtd  # noqa: E402
 from tdxattest.tdvf import parse_tdvf  # noqa: E402
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "bench/measure.py",
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "firmware": {"file": path.name, "size": len(fw), "sha256": hashlib.sha256(fw).hexdigest()},
-        "machine": {"python": platform.python_version(), "implementation": platform.python_implementation(),
-                    "cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "results": results,
         "all_goals_met": ok_all,
     }

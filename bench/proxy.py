@@ -58,7 +58,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import select
 import signal
 import subprocess
@@ -72,7 +71,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import cpu_model  # noqa: E402
+from bench.machine import machine as machine_facts  # noqa: E402
 from bench.stats import pct  # noqa: E402
 
 RESULT = REPO / "bench" / "results" / "proxy.json"
@@ -106,9 +105,7 @@ class Params:
 def machine() -> dict:
     import aiohttp
     import httptools
-    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
-            "cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(),
-            "aiohttp": aiohttp.__version__, "httptools": httptools.__version__}
+    return machine_facts(aiohttp=aiohttp.__version__, httptools=httptools.__version__)
 
 
 def cpu_split(pid: int) -> tuple[float, float]:

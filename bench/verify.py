@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import cpu_model  # noqa: E402
+from bench.machine import cpu_model, machine  # noqa: E402
 from bench.stats import pct  # noqa: E402
 
 import dcap_qvl  # noqa: E402
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 "(dcap_qvl.verify + verified-report extraction + pure policy); bare = dcap_qvl.verify alone; "
                 "interleaved in the same process",
         "dcap_qvl": version,
-        "machine": {"python": platform.python_version(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-                    "platform": platform.platform()},
+        "machine": machine(),
         "results": rows,
         "median_of_case_medians_ms": round(overall, 4),
         "goal_ms": GOAL_MS,
