@@ -153,8 +153,8 @@ def config_from_mapping(doc: Any) -> AgentConfig:
               {"prompt", "expect"})
     known = KnownAnswer(prompt=_str("config.knownAnswer.prompt", k["prompt"]),
                         expect=_nonblank("config.knownAnswer.expect", k["expect"]),
-                        max_tokens=_num("config.knownAnswer.maxTokens", k.get("maxTokens", 16), 1, 4096),
-                        timeout_s=float(_num("config.knownAnswer.timeoutSeconds", k.get("timeoutSeconds", 300),
+                        max_tokens=_num("config.knownAnswer.maxTokens", k.get("maxTokens", KnownAnswer.max_tokens), 1, 4096),
+                        timeout_s=float(_num("config.knownAnswer.timeoutSeconds", k.get("timeoutSeconds", KnownAnswer.timeout_s),
                                              1, 3600, integer=False)))
 
     gp = _keys("config.gpu", top.get("gpu", {}), {"evidenceCommand", "rootCa", "vbios", "driver"}, set())
@@ -191,10 +191,11 @@ def config_from_mapping(doc: Any) -> AgentConfig:
     return AgentConfig(stack=stack, workload=workload, model=ModelSource(source, model_dir), known_answer=known,
                        server=server, server_port=server_port, gateway_port=gateway_port,
                        gateway_listen=gateway_listen, gpu=gpu, state_dir=state_dir,
-                       server_start_timeout_s=float(_num("config.serverStartTimeoutSeconds",
-                                                         top.get("serverStartTimeoutSeconds", 1800), 1, 86400,
-                                                         integer=False)),
-                       podman=_str("config.podman", top.get("podman", "podman")))
+                       server_start_timeout_s=float(_num(
+                           "config.serverStartTimeoutSeconds",
+                           top.get("serverStartTimeoutSeconds", AgentConfig.server_start_timeout_s), 1, 86400,
+                           integer=False)),
+                       podman=_str("config.podman", top.get("podman", AgentConfig.podman)))
 
 
 def load_config(path: str | Path) -> AgentConfig:
