@@ -145,8 +145,13 @@ class WorkloadConfig:
     gateway_port: int
     known_answer: KnownAnswer
     td: TdShape | None                           # host target: the TD shape (None for kubernetes)
-    boot_manifest: Path | None                   # host target: the TD boot manifest (firmware/td/)
+    boot: Any = None                             # host target: the TD boot manifest, read once (td_definition.BootManifest)
     kubernetes: Any = None                       # kubernetes target: components.kubernetes_workload.KubernetesTarget
+
+    @property
+    def boot_manifest(self) -> Path | None:
+        """The TD boot manifest's path (firmware/td/); None for kubernetes."""
+        return self.boot.path if self.boot is not None else None
 
     def manifest_mapping(self, tensor_parallel_size: int) -> dict[str, Any]:
         return {"image": self.image,
@@ -600,7 +605,7 @@ def _workload(r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], 
     wl = WorkloadConfig(target=str(target), image=image, model_id=model_id, model_revision=revision,  # type: ignore[arg-type]
                         model_files=files, model_source=source, vllm_args=args, gateway_port=gateway_port,  # type: ignore[arg-type]
                         known_answer=KnownAnswer(prompt=prompt, expect=expect), td=td,  # type: ignore[arg-type]
-                        boot_manifest=boot.path)
+                        boot=boot)
     from tdxattest.errors import InputError
     try:
         wl.manifest(max(counts) if counts else 1)
@@ -622,7 +627,7 @@ def _kubernetes_workload(r: _Reader, before: int, path: str, k8s: Any, image: An
         return None
     wl = WorkloadConfig(target="kubernetes", image=image, model_id=model_id, model_revision=revision,
                         model_files=files, model_source=source, vllm_args=args, gateway_port=gateway_port,
-                        known_answer=KnownAnswer(prompt=prompt, expect=expect), td=None, boot_manifest=None,
+                        known_answer=KnownAnswer(prompt=prompt, expect=expect), td=None,
                         kubernetes=k8s)
     from tdxattest.errors import InputError
     # The Kubernetes target's own render checks (kubernetes_workload.workload_problems) hold by now:

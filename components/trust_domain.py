@@ -30,7 +30,7 @@ from tdxattest.workload import WorkloadManifest, expected_rtmr3, image_digest, m
 from .config import HostConfig, StackConfig, WorkloadConfig
 from .remote_step import Connection, facts_of, host_step
 from .steps import Step
-from .td_definition import (DEFAULT_QEMU, BootManifest, TdDefinition, agent_config, load_boot_manifest,
+from .td_definition import (DEFAULT_QEMU, BootManifest, TdDefinition, agent_config,
                             render_unit, td_dir)
 
 STAGE_STEP = Step("td-stage", "td_stage.sh")
@@ -198,7 +198,7 @@ class TrustDomain(pulumi.ComponentResource):
         super().__init__("tdx-vllm:td:TrustDomain", name, {}, opts)
         host, wl = args.host, args.workload
         conn = Connection(host.ssh)
-        boot = load_boot_manifest(wl.boot_manifest)
+        boot = wl.boot
         self.stage = host_step(f"{name}-stage", STAGE_STEP, conn, stage_params(host.name, boot, wl.td.artifact_source),
                                removable=True, timeout_s=STAGE_TIMEOUT_S, opts=pulumi.ResourceOptions(parent=self))
 

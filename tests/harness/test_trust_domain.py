@@ -72,7 +72,7 @@ WORKLOAD = WorkloadConfig(
     vllm_args=("--max-model-len", "4096"), gateway_port=8443,
     known_answer=KnownAnswer(prompt="The capital of France is", expect=" Paris"),
     td=TdShape(vcpus=16, memory_mib=65536, artifact_source=SOURCE, ready_timeout_s=60, data_disk_gib=2),
-    boot_manifest=Path("harness.yaml"))
+    boot=None)
 MANIFEST = WORKLOAD.manifest(1)
 DEFN = definition(NAME, boot(), WORKLOAD, (GPU,), qemu=FAKE_QEMU)
 

@@ -11,7 +11,6 @@ import pytest
 
 from components.config import parse_stack
 from components.promotion import promotable_pins, refusal
-from components.td_definition import load_boot_manifest
 from components.firmware import gpu_sku
 from components.trust_domain import (definition, endpoint_url, gpu_pins, launch_params, select_gpus,
                                      stage_params, trust_domains, wait_params, workload_pins)
@@ -148,7 +147,7 @@ def test_gpus_come_from_preflight_in_pci_order():
 
 def test_step_parameters(tmp_path):
     cfg = stack_config(tmp_path)
-    boot = load_boot_manifest(cfg.workload.boot_manifest)
+    boot = cfg.workload.boot
     stage = stage_params("gpu-a", boot, cfg.workload.td.artifact_source)
     assert stage["TDX_TD_DIR"] == "/var/lib/tdx-vllm/td/gpu-a"
     assert stage["TDX_ARTIFACTS"].splitlines() == [
