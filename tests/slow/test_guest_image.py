@@ -277,6 +277,7 @@ def test_prod_image_refuses_without_tdx(images: dict[str, Path], accel: list[str
     _boot_checks(log)
     text = log.read_text(errors="replace")
     assert "login:" not in text, "a production image must not offer a console login"
+    assert text.count(REPORT_PREFIX) == 1, "the report line reaches the serial console exactly once"
 
 
 def test_dev_image_serves_standin_behind_the_gateway(images: dict[str, Path], accel: list[str],
