@@ -1,7 +1,10 @@
-"""A small HTTP server on 127.0.0.1 for tests that fetch from a PCCS, a PCS or a CRL address."""
+"""A small HTTP server on 127.0.0.1 for tests that fetch from a PCCS, a PCS, a CRL address or a
+model mirror."""
 from __future__ import annotations
 
 import threading
+import urllib.parse
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -43,3 +46,17 @@ class LoopbackHttpServer:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+
+class LoopbackFileServer(LoopbackHttpServer):
+    """Serves the files under `root` (GET /<relative path>; 404 for anything else)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root.resolve()
+
+    def answer(self, path: str) -> tuple[int, bytes, dict[str, str]]:
+        target = (self.root / urllib.parse.unquote(urllib.parse.urlsplit(path).path).lstrip("/")).resolve()
+        if self.root not in target.parents or not target.is_file():
+            return 404, b"not found", {}
+        return 200, target.read_bytes(), {"Content-Type": "application/octet-stream"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
 import io
 import json
 import secrets
@@ -33,6 +32,7 @@ from tdxattest import rtmr
 from tdxattest.binding import expected_report_data, spki_der
 from tdxattest.errors import InputError
 from tdxattest.standin import known_answer
+from tests.loopback_http import LoopbackFileServer
 from tests.nvml_standin import FIXTURE_NONCE as NONCE1
 from tests.nvml_standin import GPU_FIXTURES
 from tdxattest.verify import collateral_from_json_text, verify_quote
@@ -286,23 +286,8 @@ def test_sysfs_rtmr3_reads_raw_or_hex_and_refuses_garbage(tmp_path):
 def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     served = tmp_path / "served"
     served.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(served), **kw)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", served
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with LoopbackFileServer(served) as server:
+        yield server.url.rstrip("/"), served
 
 
 def test_model_fetch_refuses_a_file_with_the_wrong_hash(tmp_path, root, http_dir):

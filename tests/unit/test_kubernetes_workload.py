@@ -8,11 +8,9 @@ import copy
 import gzip
 import asyncio
 import hashlib
-import http.server
 import json
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 from dataclasses import replace
@@ -32,6 +30,7 @@ from components.kubernetes_workload import (DEFAULT_GPU_RESOURCE, DEFAULT_RUNTIM
                                             kubernetes_target_from_mapping, render_manifests, workload_problems)
 from tdxattest.policy import pins_from_stack_output
 from tdxattest.workload import CPU_OFFLOAD_VLLM_FLAGS, WorkloadManifest, manifest_from_mapping
+from tests.loopback_http import LoopbackFileServer
 
 K8S_VERSION = "1.37"
 IMAGE = "docker.io/vllm/vllm-openai@sha256:" + "ab" * 32
@@ -421,11 +420,6 @@ def test_pins_are_readable_by_the_verifying_proxy():
 # The in-pod scripts, run for real on loopback
 
 
-class _Files(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *a):  # keep test output quiet
-        pass
-
-
 @pytest.fixture
 def file_server(tmp_path: Path):
     root = tmp_path / "mirror"
@@ -433,10 +427,8 @@ def file_server(tmp_path: Path):
     files = {"config.json": b'{"a": 1}', "sub/weights.bin": b"\x00\x01" * 5000}
     for rel, data in files.items():
         (root / "org" / "m" / REV / rel).write_bytes(data)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: _Files(*a, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
-    server.shutdown()
+    with LoopbackFileServer(root) as server:
+        yield server.url.rstrip("/"), {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
 
 
 def _fetch(url: str, files: dict, dest: Path) -> subprocess.CompletedProcess:
@@ -466,6 +458,7 @@ def test_known_answer_probe_against_the_real_gateway():
 
     loop = LoopThread()
     standin = StandinServer(StandinConfig())
+    runner = None
     try:
         loop.run(standin.start())
         gateway = Gateway(GatewayConfig(upstream=standin.url, host="127.0.0.1", port=0, event_log=None),
@@ -484,8 +477,9 @@ def test_known_answer_probe_against_the_real_gateway():
         for wrong_expect in ("Paris", "OK"):  # "OK" is in the answer "Say OK" but does not begin it
             wrong = probe(wrong_expect)
             assert wrong.returncode != 0 and "known-answer check failed" in wrong.stderr, wrong_expect
-        loop.run(runner.cleanup())
     finally:
+        if runner is not None:  # the gateway is stopped also when an assertion failed
+            loop.run(runner.cleanup())
         loop.run(standin.stop())
         loop.close()
 
