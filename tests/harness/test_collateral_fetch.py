@@ -215,10 +215,17 @@ def test_the_proxy_keeps_verified_collateral_until_the_cache_would_refresh(pccs:
         return real_get(self, *args, **kwargs)
 
     monkeypatch.setattr(CollateralCache, "get", counting_get)
-    first = asyncio.run(appraiser._collateral(quote, NOW_OK))
-    assert asyncio.run(appraiser._collateral(quote, NOW_OK + 3600)) is first
-    assert gets == [NOW_OK]
-    inside_margin = ts("2025-11-06T00:00:00Z")   # within the 7-day margin of the earliest nextUpdate
-    assert asyncio.run(appraiser._collateral(quote, inside_margin)) is not first
-    assert asyncio.run(appraiser._collateral(quote, NOW_OK - 60)) is not None  # earlier than verified: asked again
-    assert gets == [NOW_OK, inside_margin, NOW_OK - 60]
+    # A private loop: asyncio.run() would leave no current loop behind for later (Pulumi mock) tests.
+    loop = asyncio.new_event_loop()
+    try:
+        def collateral_at(now: int):
+            return loop.run_until_complete(appraiser._collateral(quote, now))
+        first = collateral_at(NOW_OK)
+        assert collateral_at(NOW_OK + 3600) is first
+        assert gets == [NOW_OK]
+        inside_margin = ts("2025-11-06T00:00:00Z")   # within the 7-day margin of the earliest nextUpdate
+        assert collateral_at(inside_margin) is not first
+        assert collateral_at(NOW_OK - 60) is not None  # earlier than verified: asked again
+        assert gets == [NOW_OK, inside_margin, NOW_OK - 60]
+    finally:
+        loop.close()
