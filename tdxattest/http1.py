@@ -55,7 +55,8 @@ class ResponseReader:
         """Forget the finished response; the next one may begin."""
         self.status: int | None = None
         self.reason = b""
-        self._head_bytes = 0
+        self._head_bytes = 0  # complete status line and headers, as llhttp hands them over
+        self._head_fed = 0  # bytes fed while the head was still incomplete
         self.headers: list[tuple[bytes, bytes]] = []
         self.headers_done = False
         self.body: list[bytes] = []
@@ -71,9 +72,12 @@ class ResponseReader:
     def _count(self, n: int) -> None:
         self._head_bytes += n
         if self._head_bytes > MAX_HEAD_BYTES or len(self.headers) > MAX_HEADERS:
-            self.broken = True
-            self._error = f"response head over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers"
-            raise UpstreamProtocolError(self._error)  # llhttp wraps it; `feed` re-raises ours
+            self._refuse_head()
+
+    def _refuse_head(self) -> None:
+        self.broken = True
+        self._error = f"response head over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers"
+        raise UpstreamProtocolError(self._error)  # llhttp wraps it; `feed` re-raises ours
 
     def on_status(self, status: bytes) -> None:
         self._count(len(status))
@@ -104,6 +108,7 @@ class ResponseReader:
         if not data:
             self._eof()
             return
+        in_head = not self.headers_done
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -112,6 +117,12 @@ class ResponseReader:
         except httptools.HttpParserError as exc:
             self.broken = True
             raise UpstreamProtocolError(self._error or f"malformed HTTP from the upstream: {exc}") from None
+        # llhttp reports a header only once it ends, and httptools buffers the unfinished one: a
+        # header that never ends is counted here, by the bytes fed while the head is incomplete.
+        if in_head and not self.headers_done:
+            self._head_fed += len(data)
+            if self._head_fed > MAX_HEAD_BYTES:
+                self._refuse_head()
 
     def _eof(self) -> None:
         self.broken = True

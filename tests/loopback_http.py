@@ -36,7 +36,8 @@ class LoopbackHttpServer:
                                        daemon=True)
 
     def answer(self, path: str) -> tuple[int, bytes, dict[str, str]]:
-        raise NotImplementedError
+        """What GET `path` returns; each subclass says (FakePccs, the PCS stand-in, LoopbackFileServer)."""
+        raise NotImplementedError(f"{type(self).__name__} must define answer(path)")
 
     def __enter__(self):
         self.thread.start()

@@ -84,3 +84,18 @@ def test_an_oversized_response_head_is_refused() -> None:
     with pytest.raises(UpstreamProtocolError, match="response head over"):
         r.feed(b"HTTP/1.1 200 OK\r\n" + b"x: y\r\n" * 200)
     assert not r.reusable
+
+
+def test_a_header_that_never_ends_is_refused() -> None:
+    # llhttp only reports a header once it ends: fed in pieces, an endless value must still stop.
+    r = ResponseReader()
+    r.feed(b"HTTP/1.1 200 OK\r\nx-a: ")
+    with pytest.raises(UpstreamProtocolError, match="response head over"):
+        for _ in range(64):
+            r.feed(b"a" * 4096)
+    assert not r.reusable
+    # a large body after a small head is not a head
+    r = ResponseReader()
+    for piece in (b"HTTP/1.1 200 OK\r\ncontent-length: 200000\r\n\r\n", *[b"b" * 50_000] * 4):
+        r.feed(piece)
+    assert r.complete and sum(map(len, r.body)) == 200_000
