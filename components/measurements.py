@@ -173,10 +173,11 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
 
     Every artifact file is looked up under `artifact_dir` (default: `default_artifact_dir()`) and
     verified against the manifest's sha256 and sha384 before it is read. With
-    `require_artifacts=False` (or `require_guest=False`, for the kernel and initrd only: a stack that
-    launches no TD from this manifest) a missing file is not an error: the registers that need it are
-    `None` with the reason (for a dev preview on a machine without the artifacts). A file that is
-    present but differs from its pin is always refused.
+    `require_artifacts=False` a missing file is not an error: the registers that need it are `None`
+    with the reason (for a dev preview on a machine without the artifacts). A file that is present
+    but differs from its pin is always refused. With `require_guest=False` (a stack that launches no
+    TD from this manifest) the kernel and initrd are not looked for at all, so the pins do not
+    depend on whether this machine happens to hold a guest image build.
     """
     path = Path(manifest_path)
     root = Path(artifact_dir) if artifact_dir is not None else default_artifact_dir()
@@ -257,10 +258,14 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
     for art in (firmware, kernel, initrd):
         if art is None:
             continue
+        if not require_guest and art.key != "firmware":
+            present[art.key] = False
+            reasons[art.key] = "this stack launches no TD (no workload): the guest image is not measured"
+            continue
         present[art.key] = art.exists()
         if present[art.key]:
             art.verify()
-        elif require_artifacts and (require_guest or art.key == "firmware"):
+        elif require_artifacts:
             raise PinError(f"{path}: `{art.key}.file`: {art.file} not found; put the pinned file there "
                            f"({art.entry['source']}) or point ${ARTIFACT_DIR_ENV} at the directory that holds it")
         else:

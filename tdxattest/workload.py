@@ -190,13 +190,32 @@ DEPLOYMENT_OWNED_VLLM_FLAGS = ("--model", "--served-model-name", "--host", "--po
                                "--uds", "--download-dir", "--revision", "--tokenizer")
 
 
+# `--config FILE` reads more arguments from a file the manifest does not measure.
+FILE_ARGS_VLLM_FLAGS = ("--config",)
+
+
+def vllm_flag_name(arg: str) -> str:
+    """The option `arg` names as vLLM's parser reads it: `--a_b=1` and `--a-b.key v` are `--a-b`
+    (underscores become dashes, a dotted suffix sets one key of a JSON option). Other strings as they are."""
+    if not arg.startswith("--"):
+        return arg.split("=", 1)[0]
+    return "--" + arg[2:].split("=", 1)[0].split(".", 1)[0].replace("_", "-")
+
+
+def _names(flag: str, flags: tuple[str, ...]) -> bool:
+    # argparse also takes an unambiguous prefix of a long option (`--served` for --served-model-name)
+    return flag in flags or (flag.startswith("--") and len(flag) > 2 and any(f.startswith(flag) for f in flags))
+
+
 def refused_vllm_arg(arg: str) -> str | None:
     """Why `arg` may not be among a manifest's vLLM arguments, or None when it may."""
-    flag = arg.split("=", 1)[0]
-    if flag in CPU_OFFLOAD_VLLM_FLAGS:
+    flag = vllm_flag_name(arg)
+    if _names(flag, FILE_ARGS_VLLM_FLAGS):
+        return f"`{flag}` reads vLLM arguments from a file the workload manifest does not measure; list them in vllmArgs"
+    if _names(flag, CPU_OFFLOAD_VLLM_FLAGS):
         return (f"`{flag}` offloads to CPU memory: cudaHostRegister fails in CC mode (vllm #55428) and every "
                 "GPU<->CPU transfer goes through encrypted bounce buffers")
-    if flag in DEPLOYMENT_OWNED_VLLM_FLAGS:
+    if _names(flag, DEPLOYMENT_OWNED_VLLM_FLAGS):
         return (f"`{flag}` is set by the deployment (the model is the verified in-TD copy, vLLM listens on "
                 "loopback behind the attested gateway, the tensor-parallel size is the TD's GPU count)")
     return None

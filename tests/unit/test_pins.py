@@ -79,8 +79,11 @@ def test_real_manifest_pins_mrtd_and_explains_the_rest():
     # outside dev a missing file is an error that names it
     with pytest.raises(PinError, match=r"`kernel\.file`: \S*" + re.escape(kernel_file) + " not found"):
         expected_pins(DEFAULT_MANIFEST, FIXTURE_FW_DIR)
-    # ... except the guest image's for a stack that launches no TD: same pins as above
-    assert expected_pins(DEFAULT_MANIFEST, FIXTURE_FW_DIR, require_guest=False) == pins
+    # ... except the guest image's for a stack that launches no TD, which is not looked for
+    host_only = expected_pins(DEFAULT_MANIFEST, FIXTURE_FW_DIR, require_guest=False)
+    assert host_only["mrtd"] == pins["mrtd"] and host_only["rtmr1"] is None and host_only["rtmr2"] is None
+    assert host_only["reasons"]["rtmr1"] == ("kernel: this stack launches no TD (no workload): the guest image "
+                                             "is not measured")
 
 
 @needs_shared
@@ -157,6 +160,14 @@ def test_fully_pinned_manifest(tmp_path):
     assert pins["rtmr3"] is None and set(pins["reasons"]) == {"rtmr3"}
     assert pins["artifacts"]["kernel"]["authenticodeSha384Patched"] == kernel_digest.hex()
     assert pins["artifacts"]["acpi"]["tables"] == ACPI_1G_1CPU["tables"]
+    # A stack that launches no TD: the same pins on a machine with or without a guest image build
+    # (promotion compares them), so the kernel and initrd are not measured even when present.
+    host_only = expected_pins(write(tmp_path, data), art, require_guest=False)
+    assert host_only["mrtd"] == pins["mrtd"] and host_only["rtmr0"] == pins["rtmr0"]
+    assert host_only["rtmr1"] is None and host_only["rtmr2"] is None
+    kernel.unlink()
+    initrd.unlink()
+    assert expected_pins(write(tmp_path, data), art, require_guest=False) == host_only
 
 
 def test_qemu_patch_depends_on_initrd_and_ram():

@@ -9,7 +9,7 @@ import pytest
 
 from tdxattest.errors import InputError
 from tdxattest.workload import (WORKLOAD_EVENT, WorkloadManifest, expected_rtmr3, manifest_from_mapping,
-                                replay_rtmr3, rtmr3_events)
+                                refused_vllm_arg, replay_rtmr3, rtmr3_events)
 
 IMAGE = "docker.io/vllm/vllm-openai@sha256:" + "ab" * 32
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -155,3 +155,23 @@ def test_validation_errors_name_key_expected_and_seen(mutate, expected, seen):
 def test_not_a_mapping():
     with pytest.raises(InputError, match="workload as a mapping"):
         manifest_from_mapping(["image"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("arg, flag", [
+    ("--cpu-offload-gb=4", "--cpu-offload-gb"),
+    ("--cpu_offload_gb=4", "--cpu-offload-gb"),           # vLLM's parser turns _ into -
+    ("--served_model_name", "--served-model-name"),
+    ("--kv-transfer-config.kv_connector=X", "--kv-transfer-config"),  # one key of a JSON option
+    ("--served", "--served"),                             # argparse takes an unambiguous prefix
+    ("-tp", "-tp"),
+    ("--config", "--config"),                             # more arguments from an unmeasured file
+])
+def test_refused_vllm_args_in_every_spelling(arg, flag):
+    reason = refused_vllm_arg(arg)
+    assert reason is not None and reason.startswith(f"`{flag}`")
+
+
+@pytest.mark.parametrize("arg", ["--max-model-len", "4096", "--tokenizer-mode", "--model-impl", "--config-format",
+                                 "--compilation-config.level=3", "--tokenizer-revision", "--enable-prefix-caching"])
+def test_allowed_vllm_args(arg):
+    assert refused_vllm_arg(arg) is None
