@@ -30,7 +30,6 @@ from .config import HOST_NAME  # the TD is named after its host
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 TD_ROOT = "/var/lib/tdx-vllm/td"
-AGENT_FW_CFG = CONFIG_FW_CFG                 # the guest agent reads its config from this fw_cfg file
 GPU_MMIO64_MB = 262144                        # 256 GiB of 64-bit MMIO for Hopper BARs (NVIDIA launch_vm.sh)
 QGS_VSOCK_CID = 2                             # the host, as seen from QEMU's vsock client
 # Staged names of the boot artifacts under TD_ROOT/<name>/ (role -> file name).
@@ -233,7 +232,7 @@ def qemu_argv(d: TdDefinition) -> list[str]:
         # User-mode networking: outbound NAT (model download) and one inbound forward, the gateway.
         "-netdev", f"user,id=net0,hostfwd=tcp::{d.gateway_port}-:{d.gateway_port}",
         "-device", "virtio-net-pci,netdev=net0,romfile=",
-        "-fw_cfg", f"name={AGENT_FW_CFG},file={d.agent_config}",
+        "-fw_cfg", f"name={CONFIG_FW_CFG},file={d.agent_config}",
     ]
     if d.rootfs is not None:
         argv += ["-drive", f"file={d.rootfs},if=none,id=root,format=raw,readonly=on",

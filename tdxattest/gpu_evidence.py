@@ -148,11 +148,9 @@ class GpuEvidence:
 
 def _pinned_root(certs: list):
     """The chain's last certificate, if it is the NVIDIA Device Identity CA by fingerprint."""
-    import hashlib
-
-    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.hazmat.primitives import hashes
     last = certs[-1]
-    seen = hashlib.sha256(last.public_bytes(Encoding.DER)).hexdigest()
+    seen = last.fingerprint(hashes.SHA256()).hex()
     if seen != NVIDIA_DEVICE_ROOT_SHA256:
         raise GpuEvidenceError("gpu.untrusted_root", f"chain ending at the NVIDIA Device Identity CA (DER SHA-256 "
                                f"{NVIDIA_DEVICE_ROOT_SHA256})", f"{last.subject.rfc4514_string()} (DER SHA-256 {seen})")
@@ -178,9 +176,9 @@ def verify_gpu_chain(chain_pem: bytes | str, root_pem: bytes | str | None, now: 
         if len(roots) != 1:
             raise GpuEvidenceError("gpu.untrusted_root", "one pinned root certificate", f"{len(roots)}")
         root = roots[0]
-    if certs[-1] != root:
-        raise GpuEvidenceError("gpu.untrusted_root", f"chain ending at {root.subject.rfc4514_string()}",
-                               certs[-1].subject.rfc4514_string())
+        if certs[-1] != root:
+            raise GpuEvidenceError("gpu.untrusted_root", f"chain ending at {root.subject.rfc4514_string()}",
+                                   certs[-1].subject.rfc4514_string())
     if _fwid(certs[0]) is None:
         raise GpuEvidenceError("gpu.leaf_missing_fwid", f"FWID extension {FWID_OID} in the signing certificate",
                                certs[0].subject.rfc4514_string())

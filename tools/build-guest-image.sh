@@ -4,6 +4,7 @@
 #   tools/build-guest-image.sh [--stack dev|prod|all] [--out DIR] [--cache DIR]
 #                              [--mirror URL] [--security-mirror URL] [--update-lock] [--keep-work]
 #   tools/build-guest-image.sh --print-recipe-hash
+#   tools/build-guest-image.sh --preflight      # only check that this machine can build (exit 1: why)
 #
 # Outputs (in DIR, or DIR/<stack> with --stack all): vmlinuz, initrd.img, rootfs.verity.img
 # (squashfs, then its dm-verity hash tree at a 4 KiB-aligned offset, no superblock), cmdline.txt
@@ -17,9 +18,11 @@
 # guest/image/config.sh's PACKAGES against the mirror and rewrites it.
 #
 # Needs root (debootstrap, chroot), debootstrap, mksquashfs (squashfs-tools), veritysetup
-# (cryptsetup-bin), cpio, zstd, python3. Downloads and the installed package set are cached in
+# (cryptsetup-bin), cpio, zstd, xz-utils, python3, debian-archive-keyring, and a Debian mirror plus
+# its security archive. Downloads and the installed package set are cached in
 # --cache (default $TDX_VLLM_GUEST_CACHE or /var/cache/tdx-vllm-guest).
 set -euo pipefail
+umask 022  # file modes in the image must not depend on the caller's umask
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RECIPE=$REPO/guest/image
@@ -31,6 +34,7 @@ SECURITY_MIRROR=${TDX_VLLM_GUEST_SECURITY_MIRROR:-}
 UPDATE_LOCK=0
 KEEP_WORK=0
 PRINT_HASH=0
+PREFLIGHT=0
 T0=$(date +%s)
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -47,6 +51,7 @@ while [ $# -gt 0 ]; do
     --update-lock) UPDATE_LOCK=1; shift ;;
     --keep-work) KEEP_WORK=1; shift ;;
     --print-recipe-hash) PRINT_HASH=1; shift ;;
+    --preflight) PREFLIGHT=1; shift ;;
     -h|--help) usage 0 ;;
     *) echo "unknown argument: $1" >&2; usage 2 ;;
   esac
@@ -71,7 +76,7 @@ if [ "$PRINT_HASH" = 1 ]; then recipe_hash; exit 0; fi
 # --- step 0: preflight ---------------------------------------------------------------------------
 step "preflight"
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, chroot, mounts)"
-for c in debootstrap mksquashfs veritysetup cpio zstd xz python3 chroot flock sha256sum sha384sum; do
+for c in debootstrap mksquashfs veritysetup cpio zstd xz python3 chroot flock sha256sum; do
   command -v "$c" >/dev/null || die "missing tool: $c (apt-get install debootstrap squashfs-tools cryptsetup-bin cpio zstd xz-utils)"
 done
 [ -n "$OUT" ] || OUT=$REPO/artifacts/guest-image
@@ -89,6 +94,7 @@ apt_source_uri() {
 [ -n "$SECURITY_MIRROR" ] || SECURITY_MIRROR=$(apt_source_uri debian-security) || true
 [ -n "$SECURITY_MIRROR" ] || die "no Debian security mirror: pass --security-mirror URL or set TDX_VLLM_GUEST_SECURITY_MIRROR"
 echo "    mirror: $MIRROR  security: $SECURITY_MIRROR  suite: $SUITE  kernel: $KVER ($KERNEL_SUITE)" >&2
+if [ "$PREFLIGHT" = 1 ]; then exit 0; fi
 
 mkdir -p "$CACHE/debs" "$CACHE/chroot" "$CACHE/work"
 exec 9>"$CACHE/.lock"
@@ -116,18 +122,19 @@ unbind_all() {
 
 # --- step 1: the package set (debootstrap + pinned apt install), cached ---------------------------
 # The cache key of the package set: suite, kernel, package list, debootstrap, no-docs policy and the
-# lock (not yet known while --update-lock resolves it: the tar is named after the new lock).
-chroot_tar() { # [LOCK FILE]
+# lock (with --update-lock, the new lock once it is resolved).
+chroot_tar() { # LOCK FILE
   local key
   key=$( { printf '%s\n' "$SUITE" "$KERNEL_SUITE" "$KVER" "${PACKAGES[@]}"; debootstrap --version;
-    cat "$RECIPE/rootfs/etc/dpkg/dpkg.cfg.d/01-tdx-vllm-nodoc"; [ -z "${1:-}" ] || cat "$1"; } | sha256sum | cut -c1-16)
+    cat "$RECIPE/rootfs/etc/dpkg/dpkg.cfg.d/01-tdx-vllm-nodoc" "$1"; } | sha256sum | cut -c1-16)
   echo "$CACHE/chroot/$SUITE-$key.tar"
 }
-if [ "$UPDATE_LOCK" = 1 ]; then CHROOT_TAR=$(chroot_tar); else CHROOT_TAR=$(chroot_tar "$LOCK"); fi
-if [ "$UPDATE_LOCK" = 0 ] && [ ! -f "$LOCK" ]; then
-  die "no $LOCK: run once with --update-lock to resolve and pin the package set"
+CHROOT_TAR=
+if [ "$UPDATE_LOCK" = 0 ]; then
+  [ -f "$LOCK" ] || die "no $LOCK: run once with --update-lock to resolve and pin the package set"
+  CHROOT_TAR=$(chroot_tar "$LOCK")
 fi
-if [ "$UPDATE_LOCK" = 0 ] && [ -f "$CHROOT_TAR" ]; then
+if [ -n "$CHROOT_TAR" ] && [ -f "$CHROOT_TAR" ]; then
   step "package set: cached ($CHROOT_TAR)"
 else
   BASE=$WORK/base
@@ -285,15 +292,15 @@ build_initramfs() { # ROOTFS STACK DEST
 configure_rootfs() { # ROOTFS STACK
   local root=$1 stack=$2
   step "[$stack] configure: overlay files, units, no login$( [ "$stack" = dev ] && echo ' (dev: serial autologin)')"
-  tar -C "$RECIPE/rootfs" --owner=0 --group=0 --mtime="@$SOURCE_DATE_EPOCH" -cf - . | tar -C "$root" -xf -
+  # Modes from the checkout follow the umask of whoever cloned it: normalised to 0644/0755.
+  local norm=(--owner=0 --group=0 --mode=u=rwX,go=rX)
+  tar -C "$RECIPE/rootfs" "${norm[@]}" --mtime="@$SOURCE_DATE_EPOCH" -cf - . | tar -C "$root" -xf -
   if [ "$stack" = dev ]; then
-    tar -C "$RECIPE/rootfs-dev" --owner=0 --group=0 --mtime="@$SOURCE_DATE_EPOCH" -cf - . | tar -C "$root" -xf -
+    tar -C "$RECIPE/rootfs-dev" "${norm[@]}" --mtime="@$SOURCE_DATE_EPOCH" -cf - . | tar -C "$root" -xf -
   fi
   mkdir -p "$root/opt/tdx-vllm" "$root/var/lib/tdx-vllm" "$root/etc/tdx-vllm"
-  for pkg in tdxattest guest_agent; do
-    [ -d "$REPO/$pkg" ] || { echo "    note: $pkg/ not in the tree, not installed" >&2; continue; }
-    tar -C "$REPO" --owner=0 --group=0 --exclude=__pycache__ --exclude='*.pyc' -cf - "$pkg" | tar -C "$root/opt/tdx-vllm" -xf -
-  done
+  tar -C "$REPO" "${norm[@]}" --exclude=__pycache__ --exclude='*.pyc' -cf - tdxattest guest_agent \
+    | tar -C "$root/opt/tdx-vllm" -xf -
   python3 -c 'import json,sys; print(json.dumps({"stack": sys.argv[1], "suite": sys.argv[2], "kernel": sys.argv[3], "packagesLockSha256": sys.argv[4]}, sort_keys=True))' \
     "$stack" "$SUITE" "$KVER" "$LOCK_SHA256" > "$root/etc/tdx-vllm/image.json"
   in_root "$root" depmod -a "$KVER"
@@ -308,7 +315,10 @@ configure_rootfs() { # ROOTFS STACK
     "$root/etc/shadow" > "$root/etc/shadow.new"
   cat "$root/etc/shadow.new" > "$root/etc/shadow"; rm -f "$root/etc/shadow.new"
   : > "$root/etc/machine-id"
+  # The build host's archive keyring (apt's during the build) leaves with the sources: the image
+  # must not depend on which keyring package the build machine has.
   rm -f "$root/var/lib/dbus/machine-id" "$root/etc/apt/sources.list" "$root"/etc/apt/sources.list.d/* \
+        "$root/etc/apt/keyrings/debian.gpg" \
         "$root"/etc/*- "$root"/var/lib/dpkg/*-old "$root"/var/cache/debconf/*-old \
         "$root/var/cache/ldconfig/aux-cache" "$root/var/lib/systemd/catalog/database" \
         "$root"/var/cache/apt/*.bin "$root/etc/resolv.conf" \
@@ -323,7 +333,7 @@ configure_rootfs() { # ROOTFS STACK
   rm -f "$root/usr/lib/modules/$KVER/vmlinuz" "$root/usr/lib/modules/$KVER/System.map" "$root"/boot/*
   step "[$stack] smoke test: the gateway's imports under the image's python3"
   in_root "$root" env PYTHONPATH=/opt/tdx-vllm python3 -c \
-    'import aiohttp, h11, yaml, cryptography, tdxattest.gateway, tdxattest.standin; import importlib.util as u; u.find_spec("guest_agent") and __import__("guest_agent")' \
+    'import aiohttp, h11, yaml, cryptography, tdxattest.gateway, tdxattest.standin, guest_agent.agent' \
     || die "the image's python cannot import the gateway (see above)"
   # The agent fetches model files over HTTPS (and podman would pull over it): Python's default
   # context must find Debian's CA bundle, or every https:// model source fails in the TD.

@@ -12,8 +12,8 @@
     200 through the forwarded port.
 
 Opt-in: runs only under `pytest -m slow` (or TDX_VLLM_SLOW=1), so a plain `pytest` stays fast.
-Skipped (with the reason) when a prerequisite is missing: root, debootstrap, squashfs-tools,
-cryptsetup-bin, cpio, zstd, qemu-system-x86, a Debian mirror, the guest agent.
+Skipped (with the reason) when a prerequisite is missing: root, qemu-system-x86, or what the build's
+own `--preflight` checks (its tools, the Debian archive keyring, a mirror and its security archive).
 Cold on 2 CPUs: about 1.5 minutes to build, 1.5 minutes per boot (TCG); warm: boots only.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -35,7 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from guest_agent import REPORT_PREFIX
+from components.td_definition import DATA_DISK_SERIAL, ROOT_DISK_SERIAL
+from guest_agent import CONFIG_FW_CFG, REPORT_PREFIX
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,6 @@ BUILD_TIMEOUT_S = 1800
 REPORT_TIMEOUT_S = 300          # boot + agent; TCG is several times slower than KVM
 GATEWAY_PORT = 8443
 BOOT_PREFIX = "tdx-vllm-boot: "
-BUILD_TOOLS = ("debootstrap", "mksquashfs", "veritysetup", "cpio", "zstd", "xz", "chroot", "flock")
 
 # A workload manifest the agent accepts; the stand-in never pulls the image. The "model" is one file
 # that is in every image (/etc/hostname is "tdx-vllm\n"), fetched with a file:// source.
@@ -70,20 +69,12 @@ def agent_config(stack: str, server: str) -> dict:
 def _missing_prerequisite() -> str | None:
     if os.geteuid() != 0:
         return "building the guest image needs root (debootstrap, chroot, mounts)"
-    missing = [t for t in (*BUILD_TOOLS, "qemu-system-x86_64") if shutil.which(t) is None]
-    if missing:
-        return (f"missing {', '.join(missing)} (apt-get install debootstrap squashfs-tools cryptsetup-bin "
-                "cpio zstd xz-utils qemu-system-x86)")
-    if not Path("/usr/share/keyrings/debian-archive-keyring.gpg").exists():
-        return "no Debian archive keyring (apt-get install debian-archive-keyring)"
-    if not os.environ.get("TDX_VLLM_GUEST_MIRROR"):
-        sources = " ".join(p.read_text(errors="replace") for p in
-                           [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]
-                           if p.is_file())
-        if not re.search(r"://\S+/debian/?(\s|$)", sources):
-            return "no Debian mirror in the apt sources; set TDX_VLLM_GUEST_MIRROR"
-    if not (REPO / "guest_agent" / "__main__.py").exists():
-        return "guest_agent/ is not in the tree"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "missing qemu-system-x86_64 (apt-get install qemu-system-x86)"
+    # The build's own preflight (tools, keyring, mirrors): one list, and its message when it fails.
+    done = subprocess.run([str(BUILD), "--preflight"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return (done.stderr.strip().splitlines() or [f"{BUILD} --preflight exited {done.returncode}"])[-1]
     return None
 
 
@@ -188,16 +179,16 @@ def boot(image: Path, config: dict, work: Path, accel: list[str]) -> Iterator[tu
             "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
             "-append", (image / "cmdline.txt").read_text(),
             "-drive", f"file={image / 'rootfs.verity.img'},if=none,id=root,format=raw,readonly=on",
-            "-device", "virtio-blk-pci,drive=root,serial=tdx-vllm-root",
+            "-device", f"virtio-blk-pci,drive=root,serial={ROOT_DISK_SERIAL}",
             "-drive", f"file={data},if=none,id=data,format=raw",
-            "-device", "virtio-blk-pci,drive=data,serial=tdx-vllm-data",
-            "-fw_cfg", f"name=opt/tdx-vllm/agent.json,file={cfg}",
+            "-device", f"virtio-blk-pci,drive=data,serial={DATA_DISK_SERIAL}",
+            "-fw_cfg", f"name={CONFIG_FW_CFG},file={cfg}",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{GATEWAY_PORT}",
             "-device", "virtio-net-pci,netdev=net0",
             "-serial", f"file:{log}"]
     (work / "qemu.argv").write_text(json.dumps(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=(work / "qemu.out").open("wb"),
-                            stderr=subprocess.STDOUT)
+    with (work / "qemu.out").open("wb") as sink:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
     try:
         yield proc, log, port
     finally:
@@ -246,17 +237,17 @@ def test_pins_from_the_built_image(images: dict[str, Path], tmp_path: Path) -> N
     if not ovmf.is_dir():
         pytest.skip(f"{ovmf} (the pinned OVMF) is absent")
     found = {}
-    for stack, build_name in (("prod", "prod"), ("dev", "dev")):
+    for stack in ("prod", "dev"):
         manifest = td_boot_manifest(stack)
         data = load_manifest(manifest)
         work = tmp_path / stack
         work.mkdir()
         (work / data["firmware"]["file"]).symlink_to(ovmf / data["firmware"]["file"])
         for key, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img")):
-            (work / data[key]["file"]).symlink_to(images[build_name] / name)
+            (work / data[key]["file"]).symlink_to(images[stack] / name)
         pins = expected_pins(manifest, work)
         assert pins["rtmr1"] and pins["rtmr2"], pins["reasons"]
-        assert pins["artifacts"]["cmdline"] == (images[build_name] / "cmdline.txt").read_text()
+        assert pins["artifacts"]["cmdline"] == (images[stack] / "cmdline.txt").read_text()
         found[stack] = pins
     # same firmware, so the same MRTD; RTMR1 differs too although the kernel file is the same (QEMU
     # writes the initrd's size into the kernel header it measures), and RTMR2 by the root hash

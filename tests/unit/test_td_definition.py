@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.td_definition import (AGENT_FW_CFG, DefinitionError, TdDefinition, agent_config, assert_no_debug,
+from components.td_definition import (DefinitionError, TdDefinition, agent_config, assert_no_debug,
                                       exec_start, load_boot_manifest, qemu_argv, render_unit, tdx_guest_object)
+from guest_agent import CONFIG_FW_CFG
 
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_SHA = "22" * 32
@@ -130,7 +131,7 @@ def test_direct_boot_console_agent_config_and_gateway_forward():
     assert option_values(argv, "-smp") == ["16"] and option_values(argv, "-m") == ["65536M"]
     assert "-nodefaults" in argv and "-nographic" in argv and "-no-reboot" in argv
     assert option_values(argv, "-serial") == ["file:/var/lib/tdx-vllm/td/gpu-a/serial.log"]
-    assert f"name={AGENT_FW_CFG},file=/var/lib/tdx-vllm/td/gpu-a/agent.json" in option_values(argv, "-fw_cfg")
+    assert f"name={CONFIG_FW_CFG},file=/var/lib/tdx-vllm/td/gpu-a/agent.json" in option_values(argv, "-fw_cfg")
     assert option_values(argv, "-netdev") == ["user,id=net0,hostfwd=tcp::8443-:8443"]
     assert "-pflash" not in argv  # TDVF cannot be pflash
 
