@@ -353,10 +353,10 @@ async def throughput_phase(urls: dict[str, str], p: Params, pids: dict[str, int]
 
 
 async def attestation_phase(info: dict, p: Params) -> list[dict]:
-    from tdxattest.commands._common import policy_with_pins
+    from tdxattest.policy import DEFAULT_POLICY, with_pins_json
     from tdxattest.proxy import Appraiser, ProxyConfig, UpstreamConnection
 
-    config = ProxyConfig(upstream=info["gateway"], policy=policy_with_pins(None, info["pins"], False),
+    config = ProxyConfig(upstream=info["gateway"], policy=with_pins_json(DEFAULT_POLICY, info["pins"]),
                          collateral_path=str(Path(info["pki_dir"]) / "collateral.json"),
                          root_ca_der=(Path(info["pki_dir"]) / "root-ca.der").read_bytes())
 

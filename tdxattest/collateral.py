@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -351,7 +352,7 @@ def _root_crl_from_distribution_point(chain_pem: str, first: CollateralError, tr
 # --- the on-disk cache ---------------------------------------------------------------------------
 
 def _write_private(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"  # the proxy's executor threads share a pid
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, data)

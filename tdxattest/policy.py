@@ -336,3 +336,10 @@ def load_pins_json(path: str, accept_mrtd_candidates: bool = False) -> tuple[Pin
         return pins_from_stack_output(doc, accept_mrtd_candidates)
     except InputError as exc:
         raise exc.with_file(path) from None
+
+
+def with_pins_json(policy: Policy, path: str, accept_mrtd_candidates: bool = False) -> Policy:
+    """`policy` with a stack's `pins.json` merged into its pins."""
+    from dataclasses import replace
+    pins, keys = load_pins_json(path, accept_mrtd_candidates)
+    return replace(policy, pins=policy.pins.merged(pins, keys))

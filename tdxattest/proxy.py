@@ -101,10 +101,11 @@ class Appraiser:
             from .verify import load_collateral
             self._fixed = load_collateral(config.collateral_path)
         self._cache = None
-        # (FMSPC, CA) -> (collateral, verified at, fresh until). The cache re-reads and re-verifies
-        # the files on every get (~10 ms); the proxy attests every upstream connection, so it keeps
-        # each verified set until the cache itself would refresh it.
-        self._verified: dict[tuple[str, str], tuple[object, int, int]] = {}
+        # PCK chain -> (collateral, verified at, fresh until). The cache re-reads and re-verifies the
+        # files on every get (a few ms); the proxy attests every upstream connection, so it keeps each
+        # verified set until the cache itself would refresh it. Keyed on the quote's PCK chain bytes:
+        # the same chain has the same FMSPC and CA, and reading those takes X.509 parsing (~0.5 ms).
+        self._verified: dict[bytes, tuple[object, int, int]] = {}
 
     async def _collateral(self, quote: bytes, now: int):
         if self._fixed is not None:
@@ -117,18 +118,18 @@ class Appraiser:
             raise _failure("quote.malformed", "a TDX quote v4/v5", exc.seen) from None
         if self._cache is None:
             self._cache = CollateralCache(self.config.cache_dir)
-        key = (parsed.fmspc(), parsed.pck_ca() or "platform")
-        kept = self._verified.get(key)
+        chain = parsed.pck_chain_pem or b""
+        kept = self._verified.get(chain)
         if kept is not None and kept[1] <= now < kept[2]:
             return kept[0]
         try:
             # A fetch is blocking HTTP; keep it off the event loop.
             collateral, status = await asyncio.get_running_loop().run_in_executor(
-                None, self._cache.get, self.config.pccs, key[0], key[1], now)
+                None, self._cache.get, self.config.pccs, parsed.fmspc(), parsed.pck_ca() or "platform", now)
         except CollateralError as exc:
             raise _failure(exc.check, exc.expected, exc.seen, exc.fix) from None
-        if status.get("source") in ("cache", "fetched") and not status.get("warning"):
-            self._verified[key] = (collateral, now, parse_iso_ts(status["earliest_next_update"]) - self._cache.margin)
+        if not status.get("warning"):  # a set served despite a failed refresh is not kept: retry next time
+            self._verified[chain] = (collateral, now, parse_iso_ts(status["earliest_next_update"]) - self._cache.margin)
         return collateral
 
     async def appraise(self, quote: bytes, expected_report_data: bytes):
@@ -328,12 +329,15 @@ class ConnectionPool:
     async def acquire(self) -> UpstreamConnection:
         while self._idle:
             conn = self._idle.pop()
-            conn.reused = True
             if conn.closed or conn.reader.at_eof():
                 conn.close()
                 continue
             assert conn.attestation is not None
-            if time.monotonic() - conn.attestation.at >= self.config.reattest_interval_s:
+            # Kept alive since its last request: a failure before the next answer means the server
+            # closed it while idle, so that request may be retried. Not after a re-attestation: the
+            # connection has just carried an exchange, and a failure is then as ambiguous as on a new one.
+            conn.reused = time.monotonic() - conn.attestation.at < self.config.reattest_interval_s
+            if not conn.reused:
                 await self._attest(conn)
             return conn
         conn = await UpstreamConnection.open(self.config)

@@ -14,14 +14,9 @@ def read_root_ca(path: str | None) -> bytes | None:
 
 def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd_candidates: bool):
     """The policy file (or the safe defaults) with the stack's `pins.json` merged in."""
-    import dataclasses
-
-    from ..policy import DEFAULT_POLICY, load_pins_json, load_policy
+    from ..policy import DEFAULT_POLICY, load_policy, with_pins_json
     policy = load_policy(policy_path) if policy_path else DEFAULT_POLICY
-    if pins_path:
-        pins, keys = load_pins_json(pins_path, accept_mrtd_candidates)
-        policy = dataclasses.replace(policy, pins=policy.pins.merged(pins, keys))
-    return policy
+    return with_pins_json(policy, pins_path, accept_mrtd_candidates) if pins_path else policy
 
 
 def serve_until_interrupted(start: Callable[[], Awaitable[tuple[object, dict]]]) -> int:

@@ -40,14 +40,11 @@ def default_audit_path() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import InputError
     from ..proxy import ProxyConfig, VerifyingProxy, check_listen
     from ._common import parse_listen, policy_with_pins, read_root_ca, serve_until_interrupted
 
     host, port = parse_listen(args.listen)
     check_listen(host)
-    if not args.pins:
-        raise InputError("--pins: the stack's pins.json", "nothing")
     policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
     root = read_root_ca(args.root_ca)
     audit = args.audit or default_audit_path()

@@ -7,7 +7,6 @@ started here is stopped by `Channel.stop()`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import threading
 from contextlib import suppress
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from tdxattest.gateway import Gateway, GatewayConfig, TlsIdentity, make_tls_identity
-from tdxattest.policy import DEFAULT_POLICY, Policy, load_pins_json
+from tdxattest.policy import DEFAULT_POLICY, Policy, with_pins_json
 from tdxattest.proxy import ProxyConfig, VerifyingProxy
 from tdxattest.quote_source import QuoteSource
 from tdxattest.standin import StandinConfig, StandinServer
@@ -103,11 +102,10 @@ async def start_channel(tmp: Path, pki: TestPki, *, td: TdIdentity = TdIdentity(
 
         pins_path = tmp / "pins.json"
         pins_path.write_text(json.dumps(pins_json(pinned or td)))
-        pins, keys = load_pins_json(str(pins_path))
         collateral_path = tmp / "collateral.json"
         collateral_path.write_text(collateral if collateral is not None else pki.collateral_json())
         audit = tmp / "audit.jsonl"
-        config = ProxyConfig(upstream=target, policy=dataclasses.replace(policy, pins=policy.pins.merged(pins, keys)),
+        config = ProxyConfig(upstream=target, policy=with_pins_json(policy, str(pins_path)),
                              collateral_path=str(collateral_path), root_ca_der=pki.root_ca_der,
                              audit_path=str(audit), **proxy_options)
         proxy = VerifyingProxy(config)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -23,16 +22,13 @@ pytestmark = pytest.mark.skipif(not RAW.is_dir(), reason=f"{RAW} is absent (fixt
 from tdxattest import collateral as coll_mod  # noqa: E402
 from tdxattest.cli import main  # noqa: E402
 from tdxattest.collateral import CollateralCache, CollateralError, fetch_collateral, verify_collateral  # noqa: E402
+from tdxattest.collateral import parse_iso_ts as ts  # noqa: E402
 from tests.loopback_http import LoopbackHttpServer
 
 FMSPC = "00806F050000"
 GCP_QUOTE = QUOTES / "quotes" / "gcp-cos113-v4-00806f.bin"
 INTEL_ROOT_CRL_DP = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
 ROOT_CRL = RAW / "common" / "intel_root_ca_crl_2025-03.der"
-
-
-def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 NOW_OK = ts("2025-11-01T00:00:00Z")  # inside the 2025-10 set's window

@@ -22,6 +22,7 @@ RECIPES = MANIFEST["mutation_recipes"]["recipes"]
 dcap_qvl = pytest.importorskip("dcap_qvl")
 
 from tdxattest.cli import main  # noqa: E402
+from tdxattest.collateral import parse_iso_ts as _ts  # noqa: E402
 from tdxattest.policy import DEFAULT_POLICY, Pin, Pins, Policy  # noqa: E402
 from tdxattest.quote import parse_quote  # noqa: E402
 from tdxattest.verify import (classify_error, collateral_from_json_text, load_collateral,  # noqa: E402
@@ -71,11 +72,6 @@ def _case(case_id: str) -> dict:
 
 def _quote(rel: str) -> bytes:
     return (QUOTES / rel).read_bytes()
-
-
-def _ts(rfc3339: str) -> int:
-    from datetime import datetime
-    return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp())
 
 
 def _recorded_error(entry: dict) -> str:

@@ -7,7 +7,6 @@ import json
 import os
 import stat
 import urllib.parse
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,12 @@ pytest.importorskip("dcap_qvl")
 
 from tdxattest.cli import main  # noqa: E402
 from tdxattest.collateral import CollateralCache, CollateralError  # noqa: E402
+from tdxattest.collateral import parse_iso_ts as ts  # noqa: E402
 from tdxattest.verify import verify_quote  # noqa: E402
 from tests.loopback_http import LoopbackHttpServer
 
 FMSPC = "00806F050000"
 GCP_QUOTE = QUOTES / "quotes" / "gcp-cos113-v4-00806f.bin"
-
-
-def ts(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
 
 NOW_OK = ts("2025-11-01T00:00:00Z")  # inside the 2025-10 set's window (earliest nextUpdate 2025-11-12T10:45:32Z)
