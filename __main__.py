@@ -29,8 +29,8 @@ if workload is not None and workload.kubernetes is not None:
     pins = kubernetes_pins(k8s_args)
 else:
     try:
-        # Outside dev every pinned file must be here, except the guest image's when this stack
-        # launches no TD (hosts only): those registers are then null with the reason.
+        # Outside dev every pinned file must be here. A stack that launches no TD (hosts only) does
+        # not measure the guest image at all: RTMR1/RTMR2 are null with the reason.
         pins = expected_pins(td_boot_manifest(stack.stack), default_artifact_dir(),
                              require_artifacts=stack.stack != DEV_STACK, require_guest=workload is not None)
     except PinError as exc:

@@ -170,8 +170,14 @@ def pin(image_dir: Path, firmware_dir: Path = FIRMWARE_DIR, artifact_dir: Path |
             raise ImagePinError(f"{target}: no prod TD boot manifest to pin into")
         for key, name in BUILD_FILES.items():
             _copy_verified(stack_dir / name, sections[key], artifact_dir / sections[key]["file"])
-        target.write_text(text)
-        load_manifest(target)  # still a valid manifest
+        # Validated before it replaces the pinned manifest (next to it, so `base:` resolves the same).
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text)
+        try:
+            load_manifest(tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
         lines.append(f"{stack}: pinned in {target} (root hash {sections['rootfs']['version']}); "
                      f"files in {artifact_dir}")
     return lines

@@ -22,14 +22,14 @@ from tdxattest.events import sha384
 from tdxattest.measure import (AcpiDigests, InitrdInfo, kernel_measurement, rtmr0_register, rtmr1_register,
                                rtmr2_register)
 from tdxattest.mrtd import ORDERS, SINGLE, compute_mrtd_both
+from tdxattest.quote import TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE
 from tdxattest.tdhob import td_hob_digest
 from tdxattest.tdvf import cfv_bytes
 
 from .config import td_boot_manifest
-from .paths import FIRMWARE_DIR, REPO_ROOT, display_path
+from .paths import REPO_ROOT, display_path
 from .pinfile import load_pin_yaml
 
-TD_MANIFEST_DIR = FIRMWARE_DIR / "td"
 DEFAULT_MANIFEST = td_boot_manifest("prod")   # the prod guest image's (config.td_boot_manifest picks per stack)
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifacts"
 ARTIFACT_DIR_ENV = "TDX_VLLM_ARTIFACT_DIR"
@@ -46,8 +46,6 @@ TOP_KEYS = ("schema", "name", "description", "base", "firmware", "vm", "td", "ke
             "rootfs")
 FILE_KEYS = ("name", "version", "source", "file", "size", "sha256", "sha384", "reason", "used")
 FIRMWARE_KEYS = FILE_KEYS + ("pageAddOrder", "eventTemplate", "separator")
-TD_ATTR_DEBUG = 1 << 0
-TD_ATTR_SEPT_VE_DISABLE = 1 << 28
 
 
 class PinError(ValueError):

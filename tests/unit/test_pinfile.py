@@ -21,6 +21,14 @@ def test_duplicate_keys_are_refused_at_any_depth():
             load_pin_yaml(text)
 
 
+def test_merge_keys_load_and_unhashable_keys_are_yaml_errors():
+    # what yaml.safe_load reads, this reads the same; what it cannot, is a YAMLError (never a TypeError)
+    text = "base: &b {x: 1, y: 2}\nchild:\n  <<: *b\n  y: 3\n"
+    assert load_pin_yaml(text) == yaml.safe_load(text) == {"base": {"x": 1, "y": 2}, "child": {"x": 1, "y": 3}}
+    with pytest.raises(yaml.YAMLError, match="unhashable key"):
+        load_pin_yaml("? [a, b]\n: 1\n")
+
+
 def test_gpu_pins_and_bios_tables_use_it(tmp_path):
     gpu = tmp_path / "h100.yaml"
     gpu.write_text((REPO / "firmware/gpu/h100-sxm.yaml").read_text() + "\nvbios: 96.00.00.00.00\n")
