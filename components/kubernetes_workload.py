@@ -433,19 +433,18 @@ print(json.dumps({"model": model_id, "revision": revision, "files": len(files)})
 '''.strip()
 
 # Readiness: the gateway must produce a quote (a fresh nonce) and answer the known-answer prompt
-# (greedy) through itself to vLLM. TLS is not verified: this runs inside the pod (the TD) against
-# the gateway's own loopback port, whose certificate is a fresh self-signed one.
+# (greedy, the guest agent's own request: guest_agent.knownanswer.request_body) through itself to
+# vLLM. TLS is not verified: this runs inside the pod (the TD) against the gateway's own loopback
+# port, whose certificate is a fresh self-signed one.
 KNOWN_ANSWER_SCRIPT = r'''
 import json, os, ssl, sys, urllib.request
-url, model, prompt, expect, max_tokens = sys.argv[1:6]
+url, expect, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 with urllib.request.urlopen(f"{url}/.well-known/tdx-attestation?nonce={os.urandom(32).hex()}", timeout=20, context=ctx) as r:
     if not json.load(r).get("quote"):
         sys.exit("gateway returned no quote")
-body = json.dumps({"model": model, "prompt": prompt, "max_tokens": int(max_tokens), "temperature": 0, "top_p": 1,
-                   "seed": 0}).encode()
 req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"content-type": "application/json"})
 with urllib.request.urlopen(req, timeout=50, context=ctx) as r:
     text = json.load(r)["choices"][0]["text"]
@@ -455,7 +454,9 @@ if not text.startswith(expect):
 
 
 def known_answer_command(model_id: str, check: KnownAnswer, url: str = f"https://127.0.0.1:{GATEWAY_PORT}") -> list[str]:
-    return ["python3", "-c", KNOWN_ANSWER_SCRIPT, url, model_id, check.prompt, check.expect, str(check.max_tokens)]
+    from guest_agent.knownanswer import request_body
+    body = json.dumps(request_body(check, model_id), sort_keys=True)  # type: ignore[arg-type]  # same fields
+    return ["python3", "-c", KNOWN_ANSWER_SCRIPT, url, check.expect, body]
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tdxattest.workload import WorkloadManifest
 
-from .system import Refused
+from .system import Refused, run_command
 
 LOOPBACK = "127.0.0.1"
 VLLM_ENV = {
@@ -49,7 +49,7 @@ def vllm_argv(manifest: WorkloadManifest, model_dir: str, port: int, podman: str
 
 def vllm_cleanup_argv(podman: str = "podman") -> list[str]:
     """Removes the vLLM container (named by `vllm_argv`) if it outlived `podman run`."""
-    return [podman, "rm", "--force", "--time", "15", CONTAINER_NAME]
+    return [podman, "rm", "--force", "--time", str(int(STOP_GRACE_S)), CONTAINER_NAME]
 
 
 def standin_argv(python: str, port: int, model_id: str) -> list[str]:
@@ -110,12 +110,9 @@ class Supervisor:
             _stop(child.process, grace_s)
             if child.cleanup:
                 # podman runs the container under conmon in its own session: signalling `podman run`
-                # does not reliably stop vLLM, which would keep holding the GPUs.
-                try:
-                    subprocess.run(list(child.cleanup), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, timeout=grace_s + 15, check=False)
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
+                # does not reliably stop vLLM, which would keep holding the GPUs. Best effort: the
+                # agent is stopping, and there is nobody left to tell.
+                run_command(child.cleanup, grace_s + STOP_GRACE_S)
         self.children.clear()
 
 

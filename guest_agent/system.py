@@ -40,6 +40,8 @@ def run_command(argv: Sequence[str], timeout_s: float) -> CommandResult:
         done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError:
         return CommandResult(tuple(argv), 127, "", f"{argv[0]}: command not found")
+    except OSError as exc:  # not executable, and the like: the shell's "cannot execute"
+        return CommandResult(tuple(argv), 126, "", f"{argv[0]}: {exc.strerror or exc}")
     except subprocess.TimeoutExpired:
         return CommandResult(tuple(argv), 124, "", f"timed out after {timeout_s:g}s")
     return CommandResult(tuple(argv), done.returncode, done.stdout, done.stderr)

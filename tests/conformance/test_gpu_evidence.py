@@ -3,14 +3,12 @@ device root, three broken chains are refused with named failures."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from tdxattest.gpu_evidence import GpuEvidenceError, parse_gpu_report, verify_gpu_chain, verify_gpu_evidence
-
-REPO = Path(__file__).resolve().parents[2]
-GPU = REPO.parent / "shared" / "fixtures" / "gpu-evidence"
+from tests.nvml_standin import FIXTURE_NONCE as NONCE1
+from tests.nvml_standin import GPU_FIXTURES as GPU
 
 pytestmark = pytest.mark.skipif(not GPU.is_dir(), reason=f"{GPU} is absent (fixtures live beside the repository)")
 
@@ -20,7 +18,6 @@ def rd(name: str) -> bytes:
 
 
 ROOT = "nvidia_device_root.pem"
-NONCE1 = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 NONCE2 = bytes.fromhex("87d8e24ab336adafe228d49e83d745f6dba4ae505372b6a5704820856b343fec")
 FWID1 = "f5c384aebb579217a2c66b17ed0f28e6a9b8d639041acd7b4721cec004f7275494ba94bb5cdfdb3055ee051762b1f75d"
 
@@ -99,7 +96,7 @@ def test_the_pinned_root_fingerprint_is_the_fixture_root() -> None:
 
 
 def test_a_chain_ending_elsewhere_is_refused_without_a_root_file() -> None:
-    # chain case 4 lacks the signing leaf; drop its root too, so it ends at an intermediate
+    # chain case 1 without its root: it ends at an intermediate
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
     certs = x509.load_pem_x509_certificates(rd("hopper_cert_chain_case1.txt"))[:-1]

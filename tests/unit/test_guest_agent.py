@@ -25,7 +25,7 @@ from guest_agent.gpu import attest_gpus, check_cc_state, evidence_items, load_ev
 from guest_agent.knownanswer import compare, request_body
 from guest_agent.model import fetch_model, file_url
 from guest_agent.report import parse_line
-from guest_agent.server import vllm_argv
+from guest_agent.server import Supervisor, vllm_argv, vllm_cleanup_argv
 from guest_agent.system import CommandResult, Refused, System, run_command
 from guest_agent.tdx import RTMR3_SYSFS, SoftwareRtmr3, SysfsRtmr3, detect_tdx, measure_workload
 from tdxattest import rtmr
@@ -52,6 +52,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class UnexpectedCommand(BaseException):
+    """Not an Exception: the agent reports an unexpected Exception as a refusal at step "internal",
+    which would hide the test's failure; this one escapes `Agent.start`."""
+
+
 class Commands:
     """A command runner that records every call and fails the test on any: the steps these tests
     drive must not run external commands."""
@@ -61,7 +66,7 @@ class Commands:
 
     def __call__(self, argv: Sequence[str], timeout_s: float) -> CommandResult:
         self.calls.append(list(argv))
-        raise AssertionError(f"unexpected command {argv}")
+        raise UnexpectedCommand(f"unexpected command {argv}")
 
 
 def write_model(src: Path, files: dict[str, bytes]) -> dict[str, str]:
@@ -152,16 +157,30 @@ def test_prod_without_tdx_is_refused_and_starts_nothing(tmp_path, root, model_sr
     (root / "dev").mkdir()
     (root / "dev/ttyS0").write_text("")   # a "console": the report must reach it too
     commands = Commands()
-    agent, out = make_agent(config_doc(tmp_path, model_src, stack="prod", server="vllm"), root, commands)
+    doc = config_doc(tmp_path, model_src, stack="prod", server="vllm")
+    agent, out = make_agent(doc, root, commands)
     report = agent.start()
     assert report.state == "refused" and report.step == "tdx"
     assert "/dev/tdx_guest" in report.reason and "configfs-tsm provider tdx_guest" in report.reason
     assert "rtmr3:sha384" in report.reason and "'prod'" in report.reason
     seen = reported(out)
     assert seen["state"] == "refused" and seen["stack"] == "prod" and seen["rtmr3"] is None
+    assert seen["manifestSha384"] == manifest_from_mapping(doc["workload"]).digest().hex()
     assert parse_line((root / "dev/ttyS0").read_text().strip()) == seen
     assert commands.calls == [] and agent.supervisor.children == []
     assert not (tmp_path / "state/rtmr3-events.jsonl").exists() and not (tmp_path / "model").exists()
+
+
+def test_an_unexpected_error_is_reported_as_refused_at_step_internal(tmp_path, root, model_src, monkeypatch):
+    # The host waits for one report line: a bug must end in a refusal naming it, not in silence.
+    def broken(system):
+        raise KeyError("tdx_guest")
+    monkeypatch.setattr("guest_agent.agent.detect_tdx", broken)
+    agent, out = make_agent(config_doc(tmp_path, model_src), root)
+    report = agent.start()
+    assert (report.state, report.step) == ("refused", "internal")
+    assert report.reason == "unexpected KeyError: 'tdx_guest'"
+    assert reported(out)["step"] == "internal" and agent.supervisor.children == []
 
 
 @pytest.mark.parametrize("built_for, stack", [("prod", "dev"), ("dev", "prod"), ("dev", "staging")])
@@ -591,3 +610,22 @@ def test_gpu_evidence_output_must_be_usable():
         evidence_items([{"evidence": "00", "certificate": "***"}])
     items = evidence_items([{"evidence": "0a0b", "certificate": "-----BEGIN CERTIFICATE-----x"}])
     assert items[0].report == b"\x0a\x0b" and items[0].vbios is None
+
+
+def test_a_child_cleanup_runs_after_it_is_stopped(tmp_path):
+    # podman's container outlives a stopped `podman run`: its cleanup command runs after the stop.
+    marker = tmp_path / "cleaned"
+    sup = Supervisor(tmp_path / "logs")
+    child = sup.start("server", ["sleep", "30"], cleanup=["sh", "-c", f"echo $$ > {marker}"])
+    sup.stop_all(grace_s=2)
+    assert child.process.poll() is not None and marker.exists() and sup.children == []
+    assert vllm_cleanup_argv()[:4] == ["podman", "rm", "--force", "--time"]
+
+
+def test_run_command_names_what_could_not_run(tmp_path):
+    missing = run_command([str(tmp_path / "absent")], 5)
+    assert (missing.returncode, missing.stderr) == (127, f"{tmp_path / 'absent'}: command not found")
+    script = tmp_path / "not-executable"
+    script.write_text("#!/bin/sh\n")
+    denied = run_command([str(script)], 5)
+    assert denied.returncode == 126 and "Permission denied" in denied.stderr

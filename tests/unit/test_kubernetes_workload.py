@@ -348,8 +348,10 @@ def test_gateway_container_and_known_answer_probe():
                              "--upstream", "http://127.0.0.1:8000"]
     assert gw["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
     cmd = gw["readinessProbe"]["exec"]["command"]
-    assert cmd[3:] == ["https://127.0.0.1:8443", "Qwen/Qwen2.5-0.5B-Instruct", "The capital of France is",
-                       "Paris", "16"]
+    assert cmd[3:5] == ["https://127.0.0.1:8443", "Paris"]
+    # the guest agent's own greedy request, field for field
+    assert json.loads(cmd[5]) == {"model": "Qwen/Qwen2.5-0.5B-Instruct", "prompt": "The capital of France is",
+                                  "max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 0, "stream": False}
     svc = by_kind(objs)["Service"]
     assert svc["spec"]["ports"][0]["targetPort"] == "https" and svc["spec"]["selector"] == by_kind(objs)[
         "Deployment"]["spec"]["selector"]["matchLabels"]
