@@ -1,4 +1,5 @@
 """tdx-vllm: read and validate the stack config, provision one TdxHost per host, export facts."""
+
 import sys
 
 import pulumi
@@ -25,19 +26,25 @@ k8s_args = None
 if workload is not None and workload.kubernetes is not None:
     from components.kubernetes_workload import args_from_workload
     from components.kubernetes_workload import expected_pins as kubernetes_pins
+
     k8s_args = args_from_workload(workload, manifest)
     pins = kubernetes_pins(k8s_args)
 else:
     try:
         # Outside dev every pinned file must be here. A stack that launches no TD (hosts only) does
         # not measure the guest image at all: RTMR1/RTMR2 are null with the reason.
-        pins = expected_pins(td_boot_manifest(stack.stack), default_artifact_dir(),
-                             require_artifacts=stack.stack != DEV_STACK, require_guest=workload is not None)
+        pins = expected_pins(
+            td_boot_manifest(stack.stack),
+            default_artifact_dir(),
+            require_artifacts=stack.stack != DEV_STACK,
+            require_guest=workload is not None,
+        )
     except PinError as exc:
         print(f"pins: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if manifest is not None:
         from components.trust_domain import workload_pins
+
         pins = workload_pins(pins, manifest)
 
 # What another stack may promote from this one (components/promotion.py); exported below only when
@@ -70,12 +77,14 @@ endpoints: dict = {}
 waits = [h.ready for h in hosts]
 if k8s_args is not None:
     from components.kubernetes_workload import KubernetesWorkload
+
     cluster = KubernetesWorkload("workload", k8s_args, opts=host_opts)
     endpoints["kubernetes"] = cluster.endpoint
     # Known once the Deployment's rollout finished: its pod passed the known-answer readiness check.
     waits.append(cluster.endpoint.apply(bool))
 elif workload is not None:
     from components.trust_domain import trust_domains
+
     tds = trust_domains(stack, hosts)
     endpoints.update({name: td.endpoint for name, td in tds.items()})
     waits += [td.ready for td in tds.values()]

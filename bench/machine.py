@@ -1,4 +1,5 @@
 """What the benchmarks record about the machine they ran on."""
+
 from __future__ import annotations
 
 import os
@@ -19,5 +20,11 @@ def cpu_model() -> str:
 def machine(**extra: str) -> dict:
     """The `machine` block of a benchmark's JSON: Python, CPU model and count, platform, plus `extra`
     (library versions that matter to that benchmark)."""
-    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
-            "cpu": cpu_model(), "cpus": os.cpu_count(), "platform": platform.platform(), **extra}
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        **extra,
+    }

@@ -5,6 +5,7 @@
 Prints a table and writes bench/results/measure.json. The default firmware is the Debian trixie
 OVMF (4 MiB) from ../shared/fixtures/measurements/firmware, else from the artifact directory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ from tdxattest.mrtd import ORDERS, compute_mrtd  # noqa: E402
 from tdxattest.tdvf import parse_tdvf  # noqa: E402
 
 FIRMWARE_NAME = "ovmf-debian13-trixie-2025.02-8-deb13u1.fd"
-CANDIDATES = (REPO.parent / "shared" / "fixtures" / "measurements" / "firmware" / FIRMWARE_NAME,
-              Path(os.environ.get("TDX_VLLM_ARTIFACT_DIR", REPO / "artifacts")) / FIRMWARE_NAME)
+CANDIDATES = (
+    REPO.parent / "shared" / "fixtures" / "measurements" / "firmware" / FIRMWARE_NAME,
+    Path(os.environ.get("TDX_VLLM_ARTIFACT_DIR", REPO / "artifacts")) / FIRMWARE_NAME,
+)
 GOAL_MS = 50.0
 RESULT = REPO / "bench" / "results" / "measure.json"
 
@@ -63,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     for order in ORDERS:
         rows.append((f"MRTD {order}", timed(lambda o=order: compute_mrtd(fw, meta, o), args.runs), GOAL_MS))
 
-    print(f"firmware: {path} ({len(fw)} bytes)   runs: {args.runs}   python {platform.python_version()}   {cpu_model()}")
+    print(
+        f"firmware: {path} ({len(fw)} bytes)   runs: {args.runs}   python {platform.python_version()}   {cpu_model()}"
+    )
     print(f"{'case':<22} {'median ms':>10} {'min ms':>8} {'max ms':>8} {'goal ms':>8}  ok")
     results = []
     ok_all = True
@@ -71,11 +76,21 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(samples)
         ok = goal is None or med <= goal
         ok_all &= ok
-        print(f"{name:<22} {med:>10.2f} {min(samples):>8.2f} {max(samples):>8.2f} "
-              f"{goal if goal is not None else '-':>8}  {'yes' if ok else 'NO'}")
-        results.append({"case": name, "runs": len(samples), "median_ms": round(med, 3),
-                        "min_ms": round(min(samples), 3), "max_ms": round(max(samples), 3),
-                        "goal_ms": goal, "meets_goal": ok})
+        print(
+            f"{name:<22} {med:>10.2f} {min(samples):>8.2f} {max(samples):>8.2f} "
+            f"{goal if goal is not None else '-':>8}  {'yes' if ok else 'NO'}"
+        )
+        results.append(
+            {
+                "case": name,
+                "runs": len(samples),
+                "median_ms": round(med, 3),
+                "min_ms": round(min(samples), 3),
+                "max_ms": round(max(samples), 3),
+                "goal_ms": goal,
+                "meets_goal": ok,
+            }
+        )
     doc = {
         "benchmark": "bench/measure.py",
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

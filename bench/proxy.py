@@ -51,6 +51,7 @@ Phases, in this order:
 numbers are not meant to be compared with the goals. `--profile-proxy FILE` runs the proxy under
 cProfile and writes its stats to FILE when the proxy stops.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,7 +80,7 @@ GOAL_ADDED_P50_MS = 1.0
 GOAL_THROUGHPUT_RATIO = 0.98
 GOAL_CONCURRENCY = 64
 MODEL = "standin/echo-1"
-TOKEN_MARK = b'"delta": {"content": "'   # a stream chunk carrying a token (not the role/finish chunks)
+TOKEN_MARK = b'"delta": {"content": "'  # a stream chunk carrying a token (not the role/finish chunks)
 
 
 @dataclass
@@ -87,24 +88,33 @@ class Params:
     token_interval_ms: float = 20.0
     tokens: int = 64
     concurrency: tuple[int, ...] = (1, 16, 64)
-    latency_requests: int = 2000      # per path
-    latency_warmup: int = 100         # per path
+    latency_requests: int = 2000  # per path
+    latency_warmup: int = 100  # per path
     window_s: float = 6.0
-    rounds: int = 2                   # per path and concurrency
-    attest_s: float = 4.0             # per attestation concurrency
+    rounds: int = 2  # per path and concurrency
+    attest_s: float = 4.0  # per attestation concurrency
     attest_concurrency: tuple[int, ...] = (1, 4)
 
     @classmethod
     def quick(cls) -> "Params":
-        return cls(token_interval_ms=10.0, tokens=16, latency_requests=200, latency_warmup=20, window_s=1.0,
-                   rounds=1, attest_s=0.6)
+        return cls(
+            token_interval_ms=10.0,
+            tokens=16,
+            latency_requests=200,
+            latency_warmup=20,
+            window_s=1.0,
+            rounds=1,
+            attest_s=0.6,
+        )
 
 
 # -- machine --------------------------------------------------------------------------------------
 
+
 def machine() -> dict:
     import aiohttp
     import httptools
+
     return machine_facts(aiohttp=aiohttp.__version__, httptools=httptools.__version__)
 
 
@@ -123,9 +133,11 @@ def cpu_seconds(pid: int) -> float:
 
 # -- processes ------------------------------------------------------------------------------------
 
+
 def _die_with_parent() -> None:
     try:
         import ctypes
+
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except Exception:
         pass
@@ -141,8 +153,16 @@ class Servers:
     def start(self, name: str, argv: list[str], timeout_s: float = 30.0) -> dict:
         log = open(self.tmp / f"{name}.stderr", "wb")
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=log, start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         log.close()
         self.procs[name] = proc
         deadline = time.monotonic() + timeout_s
@@ -187,24 +207,77 @@ def start_servers(servers: Servers, p: Params, profile: str | None) -> dict:
 
     py = sys.executable
     tmp = servers.tmp
-    standin = servers.start("standin", [py, "-m", "tdxattest.standin", "--listen", "127.0.0.1:0",
-                                        "--token-interval-ms", str(p.token_interval_ms), "--tokens", str(p.tokens)])
+    standin = servers.start(
+        "standin",
+        [
+            py,
+            "-m",
+            "tdxattest.standin",
+            "--listen",
+            "127.0.0.1:0",
+            "--token-interval-ms",
+            str(p.token_interval_ms),
+            "--tokens",
+            str(p.tokens),
+        ],
+    )
     pki_dir = tmp / "pki"
-    gateway = servers.start("gateway", [py, "-m", "tdxattest", "gateway", "--quote-source", "software-test",
-                                        "--test-pki-dir", str(pki_dir), "--upstream", standin["listening"],
-                                        "--event-log", str(tmp / "no-event-log"), "--listen", "127.0.0.1:0"])
+    gateway = servers.start(
+        "gateway",
+        [
+            py,
+            "-m",
+            "tdxattest",
+            "gateway",
+            "--quote-source",
+            "software-test",
+            "--test-pki-dir",
+            str(pki_dir),
+            "--upstream",
+            standin["listening"],
+            "--event-log",
+            str(tmp / "no-event-log"),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+    )
     pins = tmp / "pins.json"
     pins.write_text(json.dumps(pins_json(TdIdentity())))
     prof = ["-m", "cProfile", "-o", profile] if profile else []
-    proxy = servers.start("proxy", [py, *prof, "-m", "tdxattest", "proxy", "--upstream", gateway["listening"],
-                                    "--pins", str(pins), "--collateral", str(pki_dir / "collateral.json"),
-                                    "--root-ca", str(pki_dir / "root-ca.der"), "--listen", "127.0.0.1:0",
-                                    "--audit", str(tmp / "audit.jsonl")])
-    return {"standin": standin["listening"], "gateway": gateway["listening"], "proxy": proxy["listening"],
-            "pins": str(pins), "pki_dir": str(pki_dir), "audit": str(tmp / "audit.jsonl")}
+    proxy = servers.start(
+        "proxy",
+        [
+            py,
+            *prof,
+            "-m",
+            "tdxattest",
+            "proxy",
+            "--upstream",
+            gateway["listening"],
+            "--pins",
+            str(pins),
+            "--collateral",
+            str(pki_dir / "collateral.json"),
+            "--root-ca",
+            str(pki_dir / "root-ca.der"),
+            "--listen",
+            "127.0.0.1:0",
+            "--audit",
+            str(tmp / "audit.jsonl"),
+        ],
+    )
+    return {
+        "standin": standin["listening"],
+        "gateway": gateway["listening"],
+        "proxy": proxy["listening"],
+        "pins": str(pins),
+        "pki_dir": str(pki_dir),
+        "audit": str(tmp / "audit.jsonl"),
+    }
 
 
 # -- statistics -----------------------------------------------------------------------------------
+
 
 def ms(x: float) -> float:
     return round(x * 1000, 3)
@@ -217,9 +290,13 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Say OK"}]}
 
 def session(c: int):
     import aiohttp
+
     # ssl=False: no certificate verification (the direct client of the same upstream); unused for http.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=c, ssl=False, force_close=False),
-                                 auto_decompress=False, timeout=aiohttp.ClientTimeout(total=60))
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=c, ssl=False, force_close=False),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=60),
+    )
 
 
 async def small_request(s, url: str) -> tuple[float, bytes]:
@@ -256,18 +333,27 @@ async def latency_phase(urls: dict[str, str], p: Params, pids: dict[str, int]) -
     finally:
         for s in sessions.values():
             await s.close()
-    res = {k: {"n": len(v), "p50_ms": ms(pct(v, 50)), "p99_ms": ms(pct(v, 99)), "mean_ms": ms(sum(v) / len(v)),
-               "cpu_us_per_request": {n: round(1e6 * c / len(v), 1) for n, c in cpu[k].items()}}
-           for k, v in out.items()}
-    res["added"] = {"p50_ms": round(res["proxy"]["p50_ms"] - res["direct"]["p50_ms"], 3),
-                    "p99_ms": round(res["proxy"]["p99_ms"] - res["direct"]["p99_ms"], 3)}
+    res = {
+        k: {
+            "n": len(v),
+            "p50_ms": ms(pct(v, 50)),
+            "p99_ms": ms(pct(v, 99)),
+            "mean_ms": ms(sum(v) / len(v)),
+            "cpu_us_per_request": {n: round(1e6 * c / len(v), 1) for n, c in cpu[k].items()},
+        }
+        for k, v in out.items()
+    }
+    res["added"] = {
+        "p50_ms": round(res["proxy"]["p50_ms"] - res["direct"]["p50_ms"], 3),
+        "p99_ms": round(res["proxy"]["p99_ms"] - res["direct"]["p99_ms"], 3),
+    }
     return res
 
 
 @dataclass
 class Round:
     tokens: int = 0
-    all_tokens: int = 0               # also those outside the window (CPU use covers the whole round)
+    all_tokens: int = 0  # also those outside the window (CPU use covers the whole round)
     streams_done: int = 0
     ttft: list[float] = field(default_factory=list)
 
@@ -306,6 +392,7 @@ async def throughput_round(url: str, c: int, p: Params, warm_s: float) -> Round:
             if n != p.tokens:
                 raise RuntimeError(f"{url}: a stream had {n} tokens, expected {p.tokens}")
             rnd.streams_done += 1
+
     try:
         await asyncio.gather(*(worker() for _ in range(c)))
     finally:
@@ -315,11 +402,13 @@ async def throughput_round(url: str, c: int, p: Params, warm_s: float) -> Round:
 
 async def throughput_phase(urls: dict[str, str], p: Params, pids: dict[str, int]) -> list[dict]:
     stream_s = (p.tokens - 1) * p.token_interval_ms / 1000
-    warm_s = stream_s + 0.3 + 0.01 * max(p.concurrency)   # every worker has one full stream behind it
+    warm_s = stream_s + 0.3 + 0.01 * max(p.concurrency)  # every worker has one full stream behind it
     rows = []
     for c in p.concurrency:
-        per = {k: {"tokens": 0, "all_tokens": 0, "window_s": 0.0, "streams": 0, "ttft": [], "cpu": {n: 0.0 for n in pids}}
-               for k in ("direct", "proxy")}
+        per = {
+            k: {"tokens": 0, "all_tokens": 0, "window_s": 0.0, "streams": 0, "ttft": [], "cpu": {n: 0.0 for n in pids}}
+            for k in ("direct", "proxy")
+        }
         for _ in range(p.rounds):
             for k in ("direct", "proxy"):
                 before = {n: cpu_seconds(pid) for n, pid in pids.items()}
@@ -335,20 +424,26 @@ async def throughput_phase(urls: dict[str, str], p: Params, pids: dict[str, int]
                     agg["cpu"][n] += after[n] - before[n]
         row: dict = {"concurrency": c}
         for k, agg in per.items():
-            row[k] = {"tokens_per_s": round(agg["tokens"] / agg["window_s"], 1),
-                      "tokens_in_windows": agg["tokens"], "tokens_in_rounds": agg["all_tokens"],
-                      "streams_completed": agg["streams"],
-                      "ttft_p50_ms": ms(pct(agg["ttft"], 50)), "ttft_p99_ms": ms(pct(agg["ttft"], 99)),
-                      "cpu_s": {n: round(v, 2) for n, v in agg["cpu"].items()},
-                      "cpu_us_per_token": {n: round(1e6 * v / max(1, agg["all_tokens"]), 1)
-                                           for n, v in agg["cpu"].items()}}
+            row[k] = {
+                "tokens_per_s": round(agg["tokens"] / agg["window_s"], 1),
+                "tokens_in_windows": agg["tokens"],
+                "tokens_in_rounds": agg["all_tokens"],
+                "streams_completed": agg["streams"],
+                "ttft_p50_ms": ms(pct(agg["ttft"], 50)),
+                "ttft_p99_ms": ms(pct(agg["ttft"], 99)),
+                "cpu_s": {n: round(v, 2) for n, v in agg["cpu"].items()},
+                "cpu_us_per_token": {n: round(1e6 * v / max(1, agg["all_tokens"]), 1) for n, v in agg["cpu"].items()},
+            }
         row["ratio"] = round(row["proxy"]["tokens_per_s"] / row["direct"]["tokens_per_s"], 4)
         row["ttft_added_p50_ms"] = round(row["proxy"]["ttft_p50_ms"] - row["direct"]["ttft_p50_ms"], 3)
         row["ttft_added_p99_ms"] = round(row["proxy"]["ttft_p99_ms"] - row["direct"]["ttft_p99_ms"], 3)
         row["ideal_tokens_per_s"] = round(c * 1000 / p.token_interval_ms, 1)
         rows.append(row)
-        print(f"  {c:>3} streams: direct {row['direct']['tokens_per_s']:.0f} tok/s, "
-              f"proxy {row['proxy']['tokens_per_s']:.0f} tok/s ({row['ratio'] * 100:.1f} %)", flush=True)
+        print(
+            f"  {c:>3} streams: direct {row['direct']['tokens_per_s']:.0f} tok/s, "
+            f"proxy {row['proxy']['tokens_per_s']:.0f} tok/s ({row['ratio'] * 100:.1f} %)",
+            flush=True,
+        )
     return rows
 
 
@@ -356,9 +451,12 @@ async def attestation_phase(info: dict, p: Params) -> list[dict]:
     from tdxattest.policy import DEFAULT_POLICY, with_pins_json
     from tdxattest.proxy import Appraiser, ProxyConfig, UpstreamConnection
 
-    config = ProxyConfig(upstream=info["gateway"], policy=with_pins_json(DEFAULT_POLICY, info["pins"]),
-                         collateral_path=str(Path(info["pki_dir"]) / "collateral.json"),
-                         root_ca_der=(Path(info["pki_dir"]) / "root-ca.der").read_bytes())
+    config = ProxyConfig(
+        upstream=info["gateway"],
+        policy=with_pins_json(DEFAULT_POLICY, info["pins"]),
+        collateral_path=str(Path(info["pki_dir"]) / "collateral.json"),
+        root_ca_der=(Path(info["pki_dir"]) / "root-ca.der").read_bytes(),
+    )
 
     class TimedAppraiser(Appraiser):
         spent = 0.0
@@ -392,51 +490,75 @@ async def attestation_phase(info: dict, p: Params) -> list[dict]:
         async def worker() -> None:
             while time.perf_counter() < deadline:
                 times.append(await one())
+
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(c)))
         elapsed = time.perf_counter() - start
-        rows.append({"in_flight": c, "attestations": len(times), "seconds": round(elapsed, 3),
-                     "per_s": round(len(times) / elapsed, 1), "latency_p50_ms": ms(pct(times, 50)),
-                     "latency_p99_ms": ms(pct(times, 99)),
-                     "verification_mean_ms": ms(appraiser.spent / len(times))})
+        rows.append(
+            {
+                "in_flight": c,
+                "attestations": len(times),
+                "seconds": round(elapsed, 3),
+                "per_s": round(len(times) / elapsed, 1),
+                "latency_p50_ms": ms(pct(times, 50)),
+                "latency_p99_ms": ms(pct(times, 99)),
+                "verification_mean_ms": ms(appraiser.spent / len(times)),
+            }
+        )
     return rows
 
 
 # -- report ---------------------------------------------------------------------------------------
 
+
 def table(doc: dict) -> str:
     lat, p = doc["latency"], doc["parameters"]
-    lines: list[str] = [f"python {doc['machine']['python']}   {doc['machine']['cpu']} x{doc['machine']['cpus']}   "
-             f"aiohttp {doc['machine']['aiohttp']}   httptools {doc['machine']['httptools']}   mode {doc['mode']}",
-             f"stand-in: {p['tokens']} tokens/stream, {p['token_interval_ms']} ms between tokens",
-             ]
+    lines: list[str] = [
+        f"python {doc['machine']['python']}   {doc['machine']['cpu']} x{doc['machine']['cpus']}   "
+        f"aiohttp {doc['machine']['aiohttp']}   httptools {doc['machine']['httptools']}   mode {doc['mode']}",
+        f"stand-in: {p['tokens']} tokens/stream, {p['token_interval_ms']} ms between tokens",
+    ]
     if lat:
-        lines += ["", f"latency, small chat completion (max_tokens=1), sequential, keep-alive, "
-                      f"n={lat['proxy']['n']} per path",
-                  f"{'':<10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}   CPU us/request: "
-                  + " ".join(f"{n:>8}" for n in lat["proxy"]["cpu_us_per_request"])]
+        lines += [
+            "",
+            f"latency, small chat completion (max_tokens=1), sequential, keep-alive, n={lat['proxy']['n']} per path",
+            f"{'':<10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}   CPU us/request: "
+            + " ".join(f"{n:>8}" for n in lat["proxy"]["cpu_us_per_request"]),
+        ]
         for k in ("direct", "proxy"):
-            lines.append(f"{k:<10} {lat[k]['p50_ms']:>8.3f} {lat[k]['p99_ms']:>8.3f} {lat[k]['mean_ms']:>8.3f}"
-                         + " " * 18 + " ".join(f"{v:>8.0f}" for v in lat[k]["cpu_us_per_request"].values()))
+            lines.append(
+                f"{k:<10} {lat[k]['p50_ms']:>8.3f} {lat[k]['p99_ms']:>8.3f} {lat[k]['mean_ms']:>8.3f}"
+                + " " * 18
+                + " ".join(f"{v:>8.0f}" for v in lat[k]["cpu_us_per_request"].values())
+            )
         lines.append(f"{'added':<10} {lat['added']['p50_ms']:>8.3f} {lat['added']['p99_ms']:>8.3f}")
     if doc["throughput"]:
-        lines += ["", "streaming throughput (tokens/s in the window) and time to first token",
-                  f"{'streams':>7} {'ideal':>7} {'direct':>8} {'proxy':>8} {'ratio':>7}   "
-                  f"{'TTFT p50 d/p ms':>16} {'TTFT p99 d/p ms':>16}   {'proxy CPU us/tok':>16}"]
+        lines += [
+            "",
+            "streaming throughput (tokens/s in the window) and time to first token",
+            f"{'streams':>7} {'ideal':>7} {'direct':>8} {'proxy':>8} {'ratio':>7}   "
+            f"{'TTFT p50 d/p ms':>16} {'TTFT p99 d/p ms':>16}   {'proxy CPU us/tok':>16}",
+        ]
     for r in doc["throughput"]:
         d, x = r["direct"], r["proxy"]
         cpu_us = x["cpu_us_per_token"]["proxy"]
-        lines.append(f"{r['concurrency']:>7} {r['ideal_tokens_per_s']:>7.0f} {d['tokens_per_s']:>8.1f} "
-                     f"{x['tokens_per_s']:>8.1f} {r['ratio'] * 100:>6.1f}%   "
-                     f"{d['ttft_p50_ms']:>7.2f}/{x['ttft_p50_ms']:<8.2f} {d['ttft_p99_ms']:>7.2f}/{x['ttft_p99_ms']:<8.2f}"
-                     f"   {cpu_us:>16.1f}")
+        lines.append(
+            f"{r['concurrency']:>7} {r['ideal_tokens_per_s']:>7.0f} {d['tokens_per_s']:>8.1f} "
+            f"{x['tokens_per_s']:>8.1f} {r['ratio'] * 100:>6.1f}%   "
+            f"{d['ttft_p50_ms']:>7.2f}/{x['ttft_p50_ms']:<8.2f} {d['ttft_p99_ms']:>7.2f}/{x['ttft_p99_ms']:<8.2f}"
+            f"   {cpu_us:>16.1f}"
+        )
     if doc["attestation"]:
-        lines += ["", "attestations (TLS connect + fresh nonce + gateway quote + full verification), "
-                      "proxy code in-process",
-                  f"{'in flight':>9} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8} {'verify ms':>10}"]
+        lines += [
+            "",
+            "attestations (TLS connect + fresh nonce + gateway quote + full verification), proxy code in-process",
+            f"{'in flight':>9} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8} {'verify ms':>10}",
+        ]
     for r in doc["attestation"]:
-        lines.append(f"{r['in_flight']:>9} {r['per_s']:>7.1f} {r['latency_p50_ms']:>8.2f} {r['latency_p99_ms']:>8.2f} "
-                     f"{r['verification_mean_ms']:>10.2f}")
+        lines.append(
+            f"{r['in_flight']:>9} {r['per_s']:>7.1f} {r['latency_p50_ms']:>8.2f} {r['latency_p99_ms']:>8.2f} "
+            f"{r['verification_mean_ms']:>10.2f}"
+        )
     lines.append("")
     for g in doc["goals"]:
         lines.append(f"goal {g['name']}: {g['goal']}  seen {g['seen']}  {'met' if g['met'] else 'MISSED'}")
@@ -447,12 +569,24 @@ def goals(doc: dict) -> list[dict]:
     out = []
     if doc["latency"]:
         added = doc["latency"]["added"]["p50_ms"]
-        out.append({"name": "added_latency_p50", "goal": f"<= {GOAL_ADDED_P50_MS} ms", "seen": f"{added:.3f} ms",
-                    "met": added <= GOAL_ADDED_P50_MS})
+        out.append(
+            {
+                "name": "added_latency_p50",
+                "goal": f"<= {GOAL_ADDED_P50_MS} ms",
+                "seen": f"{added:.3f} ms",
+                "met": added <= GOAL_ADDED_P50_MS,
+            }
+        )
     row = next((r for r in doc["throughput"] if r["concurrency"] == GOAL_CONCURRENCY), None)
     if row is not None:
-        out.append({"name": f"throughput_ratio_at_{GOAL_CONCURRENCY}_streams", "goal": f">= {GOAL_THROUGHPUT_RATIO:.0%}",
-                    "seen": f"{row['ratio']:.2%}", "met": row["ratio"] >= GOAL_THROUGHPUT_RATIO})
+        out.append(
+            {
+                "name": f"throughput_ratio_at_{GOAL_CONCURRENCY}_streams",
+                "goal": f">= {GOAL_THROUGHPUT_RATIO:.0%}",
+                "seen": f"{row['ratio']:.2%}",
+                "met": row["ratio"] >= GOAL_THROUGHPUT_RATIO,
+            }
+        )
     return out
 
 
@@ -464,16 +598,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", help="comma-separated stream counts (default 1,16,64)")
     ap.add_argument("--window", type=float, help="seconds per measurement window")
     ap.add_argument("--rounds", type=int, help="rounds per path and concurrency")
-    ap.add_argument("--phases", default="latency,throughput,attestation",
-                    help="comma-separated subset of latency,throughput,attestation (for profiling)")
+    ap.add_argument(
+        "--phases",
+        default="latency,throughput,attestation",
+        help="comma-separated subset of latency,throughput,attestation (for profiling)",
+    )
     ap.add_argument("--token-interval-ms", type=float)
     ap.add_argument("--tokens", type=int)
     args = ap.parse_args(argv)
     p = Params.quick() if args.quick else Params()
     if args.concurrency:
         p.concurrency = tuple(int(x) for x in args.concurrency.split(","))
-    for name, attr in (("window", "window_s"), ("rounds", "rounds"), ("token_interval_ms", "token_interval_ms"),
-                       ("tokens", "tokens")):
+    for name, attr in (
+        ("window", "window_s"),
+        ("rounds", "rounds"),
+        ("token_interval_ms", "token_interval_ms"),
+        ("tokens", "tokens"),
+    ):
         if getattr(args, name) is not None:
             setattr(p, attr, getattr(args, name))
     out = args.out or (None if args.quick else RESULT)
@@ -481,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the run like Ctrl-C: the finally below stops every server.
     def on_sigterm(*_):
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, on_sigterm)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="tdxattest-bench-") as d:
@@ -490,8 +632,9 @@ def main(argv: list[str] | None = None) -> int:
             urls = {"direct": info["gateway"], "proxy": info["proxy"]}
             pids = {n: servers.pid(n) for n in ("standin", "gateway", "proxy")}
             pids["loadgen"] = os.getpid()
-            print(f"servers up: stand-in {info['standin']}, gateway {info['gateway']}, proxy {info['proxy']}",
-                  flush=True)
+            print(
+                f"servers up: stand-in {info['standin']}, gateway {info['gateway']}, proxy {info['proxy']}", flush=True
+            )
 
             phases = set(args.phases.split(","))
 
@@ -511,8 +654,10 @@ def main(argv: list[str] | None = None) -> int:
             split0 = {n: cpu_split(pid) for n, pid in pids.items()}
             results = asyncio.run(run())
             split1 = {n: cpu_split(pid) for n, pid in pids.items()}
-            results["cpu_s_whole_run"] = {n: {"user": round(split1[n][0] - split0[n][0], 2),
-                                              "system": round(split1[n][1] - split0[n][1], 2)} for n in pids}
+            results["cpu_s_whole_run"] = {
+                n: {"user": round(split1[n][0] - split0[n][0], 2), "system": round(split1[n][1] - split0[n][1], 2)}
+                for n in pids
+            }
             audit_lines = sum(1 for _ in open(info["audit"], encoding="utf-8"))
         except BaseException:
             for name in list(servers.procs):
@@ -527,12 +672,18 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick" if args.quick else "full",
         "duration_s": round(time.time() - started, 1),
         "machine": machine(),
-        "parameters": {"token_interval_ms": p.token_interval_ms, "tokens": p.tokens,
-                       "concurrency": list(p.concurrency), "latency_requests_per_path": p.latency_requests,
-                       "latency_warmup_per_path": p.latency_warmup, "window_s": p.window_s,
-                       "rounds_per_path": p.rounds, "attestation_seconds": p.attest_s,
-                       "processes": "stand-in, gateway, proxy: one process each; load generator: the bench process",
-                       "proxy_audit_lines": audit_lines},
+        "parameters": {
+            "token_interval_ms": p.token_interval_ms,
+            "tokens": p.tokens,
+            "concurrency": list(p.concurrency),
+            "latency_requests_per_path": p.latency_requests,
+            "latency_warmup_per_path": p.latency_warmup,
+            "window_s": p.window_s,
+            "rounds_per_path": p.rounds,
+            "attestation_seconds": p.attest_s,
+            "processes": "stand-in, gateway, proxy: one process each; load generator: the bench process",
+            "proxy_audit_lines": audit_lines,
+        },
         **results,
     }
     doc["goals"] = goals(doc)

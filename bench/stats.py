@@ -1,4 +1,5 @@
 """Percentiles, the same definition in every benchmark."""
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ Cases are the accepted-by-dcap-qvl fixture cases of ../shared/fixtures/tdx-quote
 `verify_at_unix`), plus two under a grace-period policy (an OutOfDate quote, which also looks up
 the matched TCB level's date, and an UpToDate one). Prints a table and writes bench/results/verify.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,7 @@ GOAL_MS = 1.5
 
 def dcap_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("dcap-qvl")
     except PackageNotFoundError:
@@ -79,14 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         if c["id"] == "phala-v4-uptodate":  # a grace-period policy costs nothing for an UpToDate quote
             cases.append((c["id"] + "+grace-policy", c, Policy(out_of_date_grace_days=30)))
         if c["dcap_qvl_0_7_0"]["status"] == "OutOfDate" and not any(x[0].endswith("+grace") for x in cases):
-            grace = Policy(out_of_date_grace_days=3650,
-                           allowed_advisories=frozenset(c["dcap_qvl_0_7_0"]["advisory_ids"]))
+            grace = Policy(
+                out_of_date_grace_days=3650, allowed_advisories=frozenset(c["dcap_qvl_0_7_0"]["advisory_ids"])
+            )
             cases.append((c["id"] + "+grace", c, grace))
 
     rows = []
     version = dcap_version()
-    print(f"runs: {args.runs} per side   python {platform.python_version()}   dcap-qvl {version}   "
-          f"{cpu_model()} x{os.cpu_count()}")
+    print(
+        f"runs: {args.runs} per side   python {platform.python_version()}   dcap-qvl {version}   "
+        f"{cpu_model()} x{os.cpu_count()}"
+    )
     print(f"{'case':<34} {'ours med':>9} {'ours p95':>9} {'bare med':>9} {'bare p95':>9} {'overhead':>9}  goal")
     for name, c, policy in cases:
         quote = (QUOTES / c["quote_file"]).read_bytes()
@@ -94,26 +99,39 @@ def main(argv: list[str] | None = None) -> int:
         now = c["verify_at_unix"]
         verdict = verify_quote(quote, coll, now, policy)
         assert verdict.tcb_status == c["dcap_qvl_0_7_0"]["status"], (name, verdict)
-        ours, bare = bench_pair(lambda: verify_quote(quote, coll, now, policy),
-                                lambda: dcap_qvl.verify(quote, coll.dcap, now), args.runs)
+        ours, bare = bench_pair(
+            lambda: verify_quote(quote, coll, now, policy), lambda: dcap_qvl.verify(quote, coll.dcap, now), args.runs
+        )
         om, bm = statistics.median(ours), statistics.median(bare)
         ok = om <= GOAL_MS
-        print(f"{name:<34} {om:>9.3f} {pct(ours, 95):>9.3f} {bm:>9.3f} {pct(bare, 95):>9.3f} {om - bm:>+9.3f}  "
-              f"{'yes' if ok else 'NO'}")
-        rows.append({"case": name, "runs": args.runs, "accepted": verdict.accepted,
-                     "ours": {"median_ms": round(om, 4), "p95_ms": round(pct(ours, 95), 4),
-                              "min_ms": round(min(ours), 4)},
-                     "bare_dcap_qvl": {"median_ms": round(bm, 4), "p95_ms": round(pct(bare, 95), 4),
-                                       "min_ms": round(min(bare), 4)},
-                     "overhead_median_ms": round(om - bm, 4), "goal_ms": GOAL_MS, "meets_goal": ok})
+        print(
+            f"{name:<34} {om:>9.3f} {pct(ours, 95):>9.3f} {bm:>9.3f} {pct(bare, 95):>9.3f} {om - bm:>+9.3f}  "
+            f"{'yes' if ok else 'NO'}"
+        )
+        rows.append(
+            {
+                "case": name,
+                "runs": args.runs,
+                "accepted": verdict.accepted,
+                "ours": {"median_ms": round(om, 4), "p95_ms": round(pct(ours, 95), 4), "min_ms": round(min(ours), 4)},
+                "bare_dcap_qvl": {
+                    "median_ms": round(bm, 4),
+                    "p95_ms": round(pct(bare, 95), 4),
+                    "min_ms": round(min(bare), 4),
+                },
+                "overhead_median_ms": round(om - bm, 4),
+                "goal_ms": GOAL_MS,
+                "meets_goal": ok,
+            }
+        )
     main_rows = [r for r in rows if "+grace" not in r["case"]]
     overall = statistics.median(r["ours"]["median_ms"] for r in main_rows)
     doc = {
         "benchmark": "bench/verify.py",
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "what": "warm collateral (QuoteCollateralV3 built once); ours = tdxattest.verify.verify_quote "
-                "(dcap_qvl.verify + verified-report extraction + pure policy); bare = dcap_qvl.verify alone; "
-                "interleaved in the same process",
+        "(dcap_qvl.verify + verified-report extraction + pure policy); bare = dcap_qvl.verify alone; "
+        "interleaved in the same process",
         "dcap_qvl": version,
         "machine": machine(),
         "results": rows,
@@ -122,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         "all_goals_met": all(r["meets_goal"] for r in main_rows),
         "grace_path_meets_goal": all(r["meets_goal"] for r in rows if r["case"].endswith("+grace")),
         "note": "the '+grace' row (an OutOfDate quote under a grace-period policy) also reads the matched TCB "
-                "level's date from the verified TCB info (PCK leaf found by offsets, its SGX TCB extension "
-                "memoised on the leaf's bytes, tcbLevels digested once per Collateral; dcap-qvl still runs in "
-                "full on every call); '+grace-policy' is an UpToDate quote under the same kind of policy "
-                "(no extra work)",
+        "level's date from the verified TCB info (PCK leaf found by offsets, its SGX TCB extension "
+        "memoised on the leaf's bytes, tcbLevels digested once per Collateral; dcap-qvl still runs in "
+        "full on every call); '+grace-policy' is an UpToDate quote under the same kind of policy "
+        "(no extra work)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -2,6 +2,7 @@
 loader/key split), applied over Redfish from the machine running Pulumi, then verified from the
 host's MSRs. Hosts without BMC access (rented) get the verification only: a missing setting fails
 with the exact BIOS change to ask the provider for."""
+
 from __future__ import annotations
 
 import shlex
@@ -21,8 +22,14 @@ BIOS_VERIFY_STEP = Step("bios-verify", "bios_verify.sh", mode="check")
 PHASES = (1, 2)
 
 # bios_verify.sh names each check; these are the vendor-table settings a provider must change.
-_ASK = {"TME": ("tme", "tme_mt"), "TME_MT": ("tme_mt",), "SGX": ("sgx",), "TDX": ("tdx",),
-        "SEAM_LOADER": ("seam_loader",), "KEY_SPLIT": ("key_split",)}
+_ASK = {
+    "TME": ("tme", "tme_mt"),
+    "TME_MT": ("tme_mt",),
+    "SGX": ("sgx",),
+    "TDX": ("tdx",),
+    "SEAM_LOADER": ("seam_loader",),
+    "KEY_SPLIT": ("key_split",),
+}
 
 
 def bios_verify_params(table: VendorTable) -> dict[str, str]:
@@ -42,8 +49,21 @@ def project_python() -> str:
 
 
 def redfish_command(bmc: BmcConfig, phase: int, timeout_s: int, config_key: str) -> str:
-    args = ["-m", "components.redfish", "apply", "--vendor", bmc.vendor, "--phase", str(phase),
-            "--endpoint", bmc.endpoint, "--timeout", str(timeout_s), "--config-key", config_key]
+    args = [
+        "-m",
+        "components.redfish",
+        "apply",
+        "--vendor",
+        bmc.vendor,
+        "--phase",
+        str(phase),
+        "--endpoint",
+        bmc.endpoint,
+        "--timeout",
+        str(timeout_s),
+        "--config-key",
+        config_key,
+    ]
     if bmc.system:
         args += ["--system", bmc.system]
     if bmc.tls_fingerprint:
@@ -56,8 +76,15 @@ def redfish_command(bmc: BmcConfig, phase: int, timeout_s: int, config_key: str)
 class BiosSettings(pulumi.ComponentResource):
     facts: pulumi.Output[Mapping[str, Any]]
 
-    def __init__(self, name: str, conn: Connection, bmc: BmcConfig | None, timeout_s: int,
-                 config_key: str, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        conn: Connection,
+        bmc: BmcConfig | None,
+        timeout_s: int,
+        config_key: str,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("tdx-vllm:host:BiosSettings", name, {}, opts)
         vendor = bmc.vendor if bmc else "intel"
         table = load_vendor_table(vendor)
@@ -81,13 +108,19 @@ class BiosSettings(pulumi.ComponentResource):
                 self.phases.append(cmd)
                 previous = [cmd]
         # The host may still be booting after the last BMC reset: dial until it answers.
-        self.verify = host_step(f"{name}-verify", BIOS_VERIFY_STEP, conn, bios_verify_params(table),
-                                wait_for_boot=bmc is not None, timeout_s=timeout_s,
-                                opts=pulumi.ResourceOptions(parent=self, depends_on=self.phases[-1:]))
+        self.verify = host_step(
+            f"{name}-verify",
+            BIOS_VERIFY_STEP,
+            conn,
+            bios_verify_params(table),
+            wait_for_boot=bmc is not None,
+            timeout_s=timeout_s,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.phases[-1:]),
+        )
         self.facts = facts_of(self.verify)
         self.bios_version = (
-            facts_of(self.phases[-1]).apply(lambda f: f.get("bios_version")) if self.phases
+            facts_of(self.phases[-1]).apply(lambda f: f.get("bios_version"))
+            if self.phases
             else pulumi.Output.from_input(None)
         )
         self.register_outputs({"facts": self.facts, "biosVersion": self.bios_version})
-

@@ -21,6 +21,7 @@ _NOT_FOUND_FIX = (
     "update BIOS or check the vendor table {table}"
 )
 
+
 class BiosError(RuntimeError):
     """Anything that stops a BIOS phase. The message is one line, carries a fix, and never the password."""
 
@@ -54,7 +55,9 @@ def resolve_attributes(
     vendor: str = "<vendor>",
 ) -> dict[str, Scalar]:
     """Map a table phase onto this BIOS: {AttributeName as the BIOS spells it: desired value}."""
-    return {r.attribute: r.value for r in resolve_settings(settings, current_attributes, registry_entries, vendor=vendor)}
+    return {
+        r.attribute: r.value for r in resolve_settings(settings, current_attributes, registry_entries, vendor=vendor)
+    }
 
 
 def resolve_settings(
@@ -84,8 +87,12 @@ def resolve_settings(
     for r in resolved:
         other = claimed.setdefault(r.attribute, r.setting)
         if other != r.setting:
-            problems.append(_Unresolved(f"settings '{other}' and '{r.setting}' both resolve to attribute "
-                                        f"'{r.attribute}'", f"correct the names in {table}"))
+            problems.append(
+                _Unresolved(
+                    f"settings '{other}' and '{r.setting}' both resolve to attribute '{r.attribute}'",
+                    f"correct the names in {table}",
+                )
+            )
 
     if problems:
         # One line: every problem, then each distinct fix once.
@@ -113,7 +120,9 @@ def _table_ref(vendor: str) -> str:
 def _index_registry(entries: Sequence[Mapping[str, Any]] | None) -> dict[str, Mapping[str, Any]]:
     if not entries:
         return {}
-    return {e["AttributeName"]: e for e in entries if isinstance(e, Mapping) and isinstance(e.get("AttributeName"), str)}
+    return {
+        e["AttributeName"]: e for e in entries if isinstance(e, Mapping) and isinstance(e.get("AttributeName"), str)
+    }
 
 
 def _resolve_one(
@@ -156,7 +165,8 @@ def _find_attribute(
 
     wanted = normalise_display_name(item.display_name)
     by_display = [
-        name for name, entry in registry.items()
+        name
+        for name, entry in registry.items()
         if isinstance(entry.get("DisplayName"), str) and normalise_display_name(entry["DisplayName"]) == wanted
     ]
     present = _prefer_usable([n for n in by_display if n in current], registry)
@@ -264,7 +274,7 @@ def normalise_fingerprint(text: str) -> str:
 
 
 def format_fingerprint(hex_digest: str) -> str:
-    return ":".join(hex_digest[i:i + 2] for i in range(0, len(hex_digest), 2)).upper()
+    return ":".join(hex_digest[i : i + 2] for i in range(0, len(hex_digest), 2)).upper()
 
 
 def base_url(endpoint: str, *, allow_insecure_http: bool = False, config_key: str = "hosts[i].bmc") -> str:
@@ -274,11 +284,15 @@ def base_url(endpoint: str, *, allow_insecure_http: bool = False, config_key: st
         raise BiosError(f"BMC endpoint {endpoint!r} is not an https:// URL; fix: set {config_key}.endpoint")
     if parts.username is not None or parts.password is not None:
         # Credentials in a URL end up in exception texts and logs.
-        raise BiosError(f"BMC endpoint for {parts.hostname} contains credentials; fix: remove them from "
-                        f"{config_key}.endpoint and use {config_key}.username/password")
+        raise BiosError(
+            f"BMC endpoint for {parts.hostname} contains credentials; fix: remove them from "
+            f"{config_key}.endpoint and use {config_key}.username/password"
+        )
     if parts.scheme == "http" and not allow_insecure_http:
-        raise BiosError(f"BMC endpoint {parts.scheme}://{parts.netloc} is plain http, which would send the "
-                        f"credentials in clear text; fix: use https:// in {config_key}.endpoint")
+        raise BiosError(
+            f"BMC endpoint {parts.scheme}://{parts.netloc} is plain http, which would send the "
+            f"credentials in clear text; fix: use https:// in {config_key}.endpoint"
+        )
     if parts.path.rstrip("/") not in ("", "/redfish/v1") or parts.query or parts.fragment:
         raise BiosError(f"BMC endpoint {endpoint!r} must be scheme://host[:port]; fix: {config_key}.endpoint")
     try:

@@ -74,8 +74,7 @@ class VendorTable:
             return self.phases[number]
         except KeyError:
             raise BiosTableError(
-                f"firmware/bios/{self.vendor}.yaml has no phase {number} "
-                f"(phases: {sorted(self.phases)})"
+                f"firmware/bios/{self.vendor}.yaml has no phase {number} (phases: {sorted(self.phases)})"
             ) from None
 
 
@@ -200,8 +199,7 @@ def _parse_setting(raw: Any, source: str, key: str, allowed: frozenset[str] | No
 
     if allowed is not None and setting not in allowed:
         raise BiosTableError(
-            f"{source}: key '{key}.setting' is {setting!r}, not a known logical setting "
-            f"({', '.join(sorted(allowed))})"
+            f"{source}: key '{key}.setting' is {setting!r}, not a known logical setting ({', '.join(sorted(allowed))})"
         )
     for field, text in (("setting", setting), ("attribute", attribute), ("displayName", display_name)):
         if _FACTORY_RESET.search(text):

@@ -1,5 +1,6 @@
 """DcapServices: Intel DCAP on the host (PCCS with the Intel PCS API key, QPL config, QGS on vsock
 4050, platform registration), verified by PCCS answering."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -40,7 +41,14 @@ class DcapServices(pulumi.ComponentResource):
         super().__init__("tdx-vllm:host:DcapServices", name, {}, opts)
         params: dict[str, pulumi.Input[str]] = dict(dcap_params(dcap, dcap_packages()))
         params["TDX_PCCS_API_KEY"] = pulumi.Output.secret(dcap.pccs_api_key.value)
-        self.command = host_step(f"{name}-services", DCAP_STEP, conn, params, secret=True, removable=True,
-                                 opts=pulumi.ResourceOptions(parent=self))
+        self.command = host_step(
+            f"{name}-services",
+            DCAP_STEP,
+            conn,
+            params,
+            secret=True,
+            removable=True,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         self.facts = facts_of(self.command)
         self.register_outputs({"facts": self.facts})

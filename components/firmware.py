@@ -1,5 +1,6 @@
 """Pinned firmware and tool manifests from firmware/ (GPU SKUs, gpu-admin-tools, DCAP packages,
 TDX module releases). Reading and checking only; no Pulumi here."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,6 +1,7 @@
 """GpuConfidentialMode: every GPU of the pinned SKU in the CC mode the stack asks for (`on`,
 `ppcie`, or `devtools` in dev only), set with the pinned gpu-admin-tools after the VBIOS is
 checked against the pin in firmware/gpu/<sku>.yaml."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -35,7 +36,8 @@ class GpuConfidentialMode(pulumi.ComponentResource):
     def __init__(self, name: str, conn: Connection, gpu: GpuConfig, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tdx-vllm:host:GpuConfidentialMode", name, {}, opts)
         params = gpu_params(gpu, gpu_sku(gpu.model), gpu_admin_tools())
-        self.command = host_step(f"{name}-mode", GPU_STEP, conn, params, removable=True,
-                                 opts=pulumi.ResourceOptions(parent=self))
+        self.command = host_step(
+            f"{name}-mode", GPU_STEP, conn, params, removable=True, opts=pulumi.ResourceOptions(parent=self)
+        )
         self.facts = facts_of(self.command)
         self.register_outputs({"facts": self.facts})

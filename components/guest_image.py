@@ -12,6 +12,7 @@ the recipe still reproduces the pinned image bit for bit.
 
 The rewrite is textual (one top-level section replaced at a time) so the manifests' comments survive.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,10 @@ def pin_sections(image: Mapping[str, Any]) -> dict[str, dict]:
     """The TD boot manifest sections for one built image (its manifest.json). Pure."""
     block = image.get("firmwareTd")
     if not isinstance(block, Mapping) or set(block) != set(SECTIONS):
-        raise ImagePinError(f"manifest.json `firmwareTd` with exactly {', '.join(SECTIONS)} (rebuild with this "
-                            f"checkout's tools/build-guest-image.sh), seen {sorted(block) if isinstance(block, Mapping) else block!r}")
+        raise ImagePinError(
+            f"manifest.json `firmwareTd` with exactly {', '.join(SECTIONS)} (rebuild with this "
+            f"checkout's tools/build-guest-image.sh), seen {sorted(block) if isinstance(block, Mapping) else block!r}"
+        )
     return {key: dict(block[key]) for key in SECTIONS}
 
 
@@ -66,20 +69,25 @@ def rewrite_sections(text: str, sections: Mapping[str, Mapping[str, Any]]) -> st
         if start is None:
             out = out.rstrip("\n") + "\n" + block
             continue
-        end = next((i for i in range(start + 1, len(lines)) if lines[i][:1] not in ("", " ", "\t", "#", "\n")),
-                   len(lines))
+        end = next(
+            (i for i in range(start + 1, len(lines)) if lines[i][:1] not in ("", " ", "\t", "#", "\n")), len(lines)
+        )
         while end > start + 1 and (lines[end - 1].startswith("#") or not lines[end - 1].strip()):
             end -= 1
         out = "".join(lines[:start]) + block + "".join(lines[end:])
     try:
         loaded = load_pin_yaml(out)
     except yaml.YAMLError as exc:
-        raise ImagePinError(f"the rewritten manifest does not load ({str(exc).splitlines()[0]}): a duplicate or "
-                            "quoted section key; write the section by hand") from None
+        raise ImagePinError(
+            f"the rewritten manifest does not load ({str(exc).splitlines()[0]}): a duplicate or "
+            "quoted section key; write the section by hand"
+        ) from None
     for key, value in sections.items():
         if not isinstance(loaded, Mapping) or loaded.get(key) != dict(value):
-            raise ImagePinError(f"rewriting `{key}` did not give the new values (an unusual layout of that section: "
-                                "put it back in the shape `pin` writes, or write the section by hand)")
+            raise ImagePinError(
+                f"rewriting `{key}` did not give the new values (an unusual layout of that section: "
+                "put it back in the shape `pin` writes, or write the section by hand)"
+            )
     return out
 
 
@@ -103,8 +111,10 @@ def _stack_dirs(image_dir: Path) -> dict[str, Path]:
         return {_read_image(image_dir)["stack"]: image_dir}
     found = {s: image_dir / s for s in STACKS if (image_dir / s / "manifest.json").is_file()}
     if not found:
-        raise ImagePinError(f"{image_dir}: no manifest.json here or in prod/ or dev/; build the image first "
-                            "(tools/build-guest-image.sh --stack all --out DIR)")
+        raise ImagePinError(
+            f"{image_dir}: no manifest.json here or in prod/ or dev/; build the image first "
+            "(tools/build-guest-image.sh --stack all --out DIR)"
+        )
     return found
 
 
@@ -125,7 +135,8 @@ def _dev_manifest_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
         "# Written by `python -m components.guest_image pin`; do not edit the sections by hand.\n"
         "schema: 1\n"
         "name: debian-trixie-ovmf-direct-boot-dev\n"
-        f"base: {TD_BOOT_MANIFEST}\n")
+        f"base: {TD_BOOT_MANIFEST}\n"
+    )
     return head + "".join(render_section(k, v) for k, v in sections.items())
 
 
@@ -133,6 +144,7 @@ def _same(entry: Mapping[str, Any], path: Path) -> bool:
     """Whether `path` has the size, sha256 and sha384 the build recorded for it."""
     from tdxattest.errors import InputError
     from tdxattest.loaders import hash_file
+
     try:
         h = hash_file(path)
     except InputError:
@@ -144,8 +156,9 @@ def _copy_verified(src: Path, entry: Mapping[str, Any], dest: Path) -> None:
     """Copy `src` to `dest` if it is the file the build recorded (a stale build dir is refused) and
     `dest` does not already hold it."""
     if not _same(entry, src):
-        raise ImagePinError(f"{src}: not the file manifest.json records (size {entry['size']}, sha256 "
-                            f"{entry['sha256']}); rebuild")
+        raise ImagePinError(
+            f"{src}: not the file manifest.json records (size {entry['size']}, sha256 {entry['sha256']}); rebuild"
+        )
     if _same(entry, dest):
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -178,8 +191,9 @@ def pin(image_dir: Path, firmware_dir: Path = FIRMWARE_DIR, artifact_dir: Path |
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        lines.append(f"{stack}: pinned in {target} (root hash {sections['rootfs']['version']}); "
-                     f"files in {artifact_dir}")
+        lines.append(
+            f"{stack}: pinned in {target} (root hash {sections['rootfs']['version']}); files in {artifact_dir}"
+        )
     return lines
 
 
@@ -196,7 +210,9 @@ def check(image_dir: Path, firmware_dir: Path = FIRMWARE_DIR) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m components.guest_image", description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=("pin", "check"))
-    ap.add_argument("image_dir", type=Path, help="tools/build-guest-image.sh --out directory (prod/, dev/) or one stack's")
+    ap.add_argument(
+        "image_dir", type=Path, help="tools/build-guest-image.sh --out directory (prod/, dev/) or one stack's"
+    )
     ap.add_argument("--firmware-dir", type=Path, default=FIRMWARE_DIR)
     ap.add_argument("--artifact-dir", type=Path, default=None, help="default: $TDX_VLLM_ARTIFACT_DIR or artifacts/")
     args = ap.parse_args(argv)
@@ -209,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"guest image: {exc}", file=sys.stderr)
         return 2
     if problems:
-        print("the build differs from the pinned image:\n  " + "\n  ".join(problems) + "\nfix: if the recipe change "
-              "is intended, re-pin (`.venv/bin/python -m components.guest_image pin DIR`) and commit firmware/td/; "
-              "otherwise find what made the build drift (docs/guest-image.md, Reproducibility)", file=sys.stderr)
+        print(
+            "the build differs from the pinned image:\n  " + "\n  ".join(problems) + "\nfix: if the recipe change "
+            "is intended, re-pin (`.venv/bin/python -m components.guest_image pin DIR`) and commit firmware/td/; "
+            "otherwise find what made the build drift (docs/guest-image.md, Reproducibility)",
+            file=sys.stderr,
+        )
         return 1
     print("the build reproduces the pinned image")
     return 0

@@ -1,5 +1,6 @@
 """TdxHost: one host from "reachable over SSH" to "ready for a Trust Domain":
 Preflight -> BiosSettings -> KernelSettings -> (GpuConfidentialMode, DcapServices)."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -16,8 +17,14 @@ from .preflight import Preflight
 from .remote_step import Connection
 
 
-def summarize(preflight: Mapping[str, Any], bios: Mapping[str, Any], bios_version: str | None,
-              kernel: Mapping[str, Any], gpu: Mapping[str, Any] | None, dcap: Mapping[str, Any]) -> dict[str, Any]:
+def summarize(
+    preflight: Mapping[str, Any],
+    bios: Mapping[str, Any],
+    bios_version: str | None,
+    kernel: Mapping[str, Any],
+    gpu: Mapping[str, Any] | None,
+    dcap: Mapping[str, Any],
+) -> dict[str, Any]:
     """The per-host facts exported as a stack output (observed values, not the desired ones)."""
     steps = [preflight, bios, kernel, dcap] + ([gpu] if gpu is not None else [])
     return {
@@ -31,8 +38,10 @@ def summarize(preflight: Mapping[str, Any], bios: Mapping[str, Any], bios_versio
         "biosVersion": bios_version,
         "tdxPrivateKeyIds": bios.get("tdx_private_keyids"),
         "teeIo": (preflight.get("tee_io") or {}).get("enabled", False),
-        "gpus": [{"bdf": g.get("bdf"), "vbios": g.get("vbios"), "ccMode": g.get("cc_mode"), "ppcieMode": g.get("ppcie_mode")}
-                 for g in (gpu or {}).get("gpus", [])],
+        "gpus": [
+            {"bdf": g.get("bdf"), "vbios": g.get("vbios"), "ccMode": g.get("cc_mode"), "ppcieMode": g.get("ppcie_mode")}
+            for g in (gpu or {}).get("gpus", [])
+        ],
         "gpuAdminTools": (gpu or {}).get("tools_version"),
         "pccs": {"url": dcap.get("pccs_url"), "httpStatus": dcap.get("pccs_http_status")},
         "registration": dcap.get("registration_status"),
@@ -54,19 +63,33 @@ class TdxHost(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         self.preflight = Preflight(f"{name}-preflight", conn, host.gpu, stack.tee_io, tee_io_bios, opts=child)
-        self.bios = BiosSettings(f"{name}-bios", conn, host.bmc, stack.reboot_timeout_s,
-                                 f"hosts[{stack.hosts.index(host)}].bmc",
-                                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.preflight]))
-        self.kernel = KernelSettings(f"{name}-kernel", conn, stack.platform, stack.reboot_timeout_s,
-                                     stack.restore_on_destroy,
-                                     opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bios]))
+        self.bios = BiosSettings(
+            f"{name}-bios",
+            conn,
+            host.bmc,
+            stack.reboot_timeout_s,
+            f"hosts[{stack.hosts.index(host)}].bmc",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.preflight]),
+        )
+        self.kernel = KernelSettings(
+            f"{name}-kernel",
+            conn,
+            stack.platform,
+            stack.reboot_timeout_s,
+            stack.restore_on_destroy,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.bios]),
+        )
         after_kernel = pulumi.ResourceOptions(parent=self, depends_on=[self.kernel])
         self.gpu = GpuConfidentialMode(f"{name}-gpu", conn, host.gpu, opts=after_kernel) if host.gpu else None
         self.dcap = DcapServices(f"{name}-dcap", conn, stack.dcap, opts=after_kernel)
 
         self.facts = pulumi.Output.all(
-            self.preflight.facts, self.bios.facts, self.bios.bios_version, self.kernel.facts,
-            self.gpu.facts if self.gpu else None, self.dcap.facts,
+            self.preflight.facts,
+            self.bios.facts,
+            self.bios.bios_version,
+            self.kernel.facts,
+            self.gpu.facts if self.gpu else None,
+            self.dcap.facts,
         ).apply(lambda a: summarize(*a))
         self.ready = self.facts.apply(lambda f: bool(f["ready"]))
         self.register_outputs({"facts": self.facts, "ready": self.ready})

@@ -27,6 +27,7 @@ What binds the workload to the TD (details and sources in docs/kubernetes.md):
 * RTMR3 is not pinned: in a Kata guest it is extended by the CoCo guest components (attestation
   agent runtime events), in an order and with content this program neither controls nor computes.
 """
+
 from __future__ import annotations
 
 import base64
@@ -55,8 +56,9 @@ DEFAULT_RUNTIME_CLASS = "kata-qemu-nvidia-gpu-tdx"
 # The extended resource the NVIDIA Kata sandbox device plugin advertises for a passthrough GPU
 # (P_GPU_ALIAS can rename it per model; `nvidia.com/gpu` is the name of the non-Kata device plugin).
 DEFAULT_GPU_RESOURCE = "nvidia.com/pgpu"
-NON_CONFIDENTIAL_RUNTIME_CLASSES = frozenset({"runc", "kata", "kata-qemu", "kata-clh", "kata-fc", "kata-qemu-nvidia-gpu",
-                                              "kata-qemu-coco-dev"})
+NON_CONFIDENTIAL_RUNTIME_CLASSES = frozenset(
+    {"runc", "kata", "kata-qemu", "kata-clh", "kata-fc", "kata-qemu-nvidia-gpu", "kata-qemu-coco-dev"}
+)
 
 INITDATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
 INITDATA_VERSION = "0.1.0"
@@ -67,9 +69,11 @@ INITDATA_POLICY_KEY = "policy.rego"  # the Kata agent policy the guest enforces
 
 MANIFEST_ANNOTATION = "tdx-vllm.io/workload-manifest-sha384"
 PINS_PROFILE = "kubernetes-kata-tdx"
-RTMR3_REASON = ("Kata guest: RTMR3 is extended by the Confidential Containers guest components (attestation "
-                "agent runtime events) in an order this program does not control; the workload manifest is "
-                "bound through MRCONFIGID (init data) instead")
+RTMR3_REASON = (
+    "Kata guest: RTMR3 is extended by the Confidential Containers guest components (attestation "
+    "agent runtime events) in an order this program does not control; the workload manifest is "
+    "bound through MRCONFIGID (init data) instead"
+)
 
 VLLM_PORT = 8000
 GATEWAY_PORT = 8443
@@ -98,6 +102,7 @@ class KubernetesWorkloadError(ValueError):
 @dataclass(frozen=True)
 class ReferenceValues:
     """The Kata guest's expected registers (lowercase hex): they become the pins."""
+
     mrtd: str
     rtmr0: str
     rtmr1: str
@@ -108,20 +113,20 @@ class ReferenceValues:
 @dataclass(frozen=True)
 class KubernetesTarget:
     namespace: str
-    gateway_image: str                          # runs `python -m tdxattest gateway`; by digest only
+    gateway_image: str  # runs `python -m tdxattest gateway`; by digest only
     reference_values: ReferenceValues
-    name: str = "vllm"                          # Deployment/Service name and label
+    name: str = "vllm"  # Deployment/Service name and label
     create_namespace: bool = True
     runtime_class_name: str = DEFAULT_RUNTIME_CLASS
-    gpu_count: int = 1                          # GPUs in the one TD; must equal tensorParallelSize
+    gpu_count: int = 1  # GPUs in the one TD; must equal tensorParallelSize
     gpu_resource: str = DEFAULT_GPU_RESOURCE
-    memory: str = "64Gi"                        # vLLM container limit: Kata sizes the TD's RAM from limits
+    memory: str = "64Gi"  # vLLM container limit: Kata sizes the TD's RAM from limits
     cpu: str = "8"
-    model_cache_size: str | None = None         # sizeLimit of the in-TD (memory-backed) model volume
+    model_cache_size: str | None = None  # sizeLimit of the in-TD (memory-backed) model volume
     service_type: str = "ClusterIP"
     service_port: int = GATEWAY_PORT
     node_port: int | None = None
-    kubeconfig: str | None = None               # a kubeconfig file path; None = the ambient one
+    kubeconfig: str | None = None  # a kubeconfig file path; None = the ambient one
     context: str | None = None
     agent_policy_file: str | None = None
     agent_policy: str | None = field(default=None, repr=False)  # the Rego text, read at parse time
@@ -131,6 +136,7 @@ class KubernetesTarget:
 class ModelSource:
     """Where the in-TD fetcher downloads each manifest file; placeholders {id}, {revision}, {path}.
     Only integrity matters (every file is checked against its pinned SHA-256 inside the TD)."""
+
     url_template: str = DEFAULT_MODEL_URL
 
 
@@ -145,25 +151,45 @@ class KubernetesWorkloadArgs:
 # --------------------------------------------------------------------------------------------
 # Config parsing (pure; errors in components/config.py's style)
 
-_TARGET_KEYS = ("namespace", "name", "createNamespace", "runtimeClassName", "gatewayImage", "gpuCount", "gpuResource",
-                "memory", "cpu", "modelCacheSize", "service", "kubeconfig", "context", "agentPolicyFile",
-                "referenceValues")
+_TARGET_KEYS = (
+    "namespace",
+    "name",
+    "createNamespace",
+    "runtimeClassName",
+    "gatewayImage",
+    "gpuCount",
+    "gpuResource",
+    "memory",
+    "cpu",
+    "modelCacheSize",
+    "service",
+    "kubeconfig",
+    "context",
+    "agentPolicyFile",
+    "referenceValues",
+)
 _SERVICE_KEYS = ("type", "port", "nodePort")
 _REFERENCE_KEYS = REFERENCE_REGISTERS + ("tdAttributes",)
-_REFERENCE_FIX = ("copy the Kata guest's reference values for this kata-deploy release (what your Trustee/RVPS "
-                  "holds for the runtime class, or `mr_td`/`rt_mr0..2` of a first quote from a test pod)")
+_REFERENCE_FIX = (
+    "copy the Kata guest's reference values for this kata-deploy release (what your Trustee/RVPS "
+    "holds for the runtime class, or `mr_td`/`rt_mr0..2` of a first quote from a test pod)"
+)
 
 
-def kubernetes_target_from_mapping(doc: Any, path: str = "workload.kubernetes", *, stack: str | None = None,
-                                   base_dir: Path = REPO_ROOT) -> tuple[KubernetesTarget | None, list[ConfigError]]:
+def kubernetes_target_from_mapping(
+    doc: Any, path: str = "workload.kubernetes", *, stack: str | None = None, base_dir: Path = REPO_ROOT
+) -> tuple[KubernetesTarget | None, list[ConfigError]]:
     """Parse the `workload.kubernetes` block. Returns (target or None, every error found).
 
     `stack`: when given and not `dev`, an agent policy is required (without one the untrusted host
     can exec into the TD or add containers to it). `base_dir`: where relative file paths resolve."""
     r = _Reader(stack or "", None)
     if doc is None:
-        r.error(path, "required for `target: kubernetes`",
-                "add the block with at least `gatewayImage` and `referenceValues` (docs/kubernetes.md)")
+        r.error(
+            path,
+            "required for `target: kubernetes`",
+            "add the block with at least `gatewayImage` and `referenceValues` (docs/kubernetes.md)",
+        )
         return None, r.errors
     m = r.obj(doc, path, _TARGET_KEYS)
     if not m:
@@ -176,75 +202,122 @@ def kubernetes_target_from_mapping(doc: Any, path: str = "workload.kubernetes", 
     create_ns = r.boolean(m.get("createNamespace"), _join(path, "createNamespace"), True)
 
     rc_path = _join(path, "runtimeClassName")
-    runtime_class = r.string(m.get("runtimeClassName", DEFAULT_RUNTIME_CLASS), rc_path,
-                             f"use `{DEFAULT_RUNTIME_CLASS}`")
+    runtime_class = r.string(
+        m.get("runtimeClassName", DEFAULT_RUNTIME_CLASS), rc_path, f"use `{DEFAULT_RUNTIME_CLASS}`"
+    )
     if runtime_class is not None:
         if not _DNS_SUBDOMAIN.match(runtime_class):
             r.error(rc_path, f"`{runtime_class}` is not a valid RuntimeClass name", f"use `{DEFAULT_RUNTIME_CLASS}`")
             runtime_class = None
         elif runtime_class in NON_CONFIDENTIAL_RUNTIME_CLASSES or "tdx" not in runtime_class:
-            r.error(rc_path, f"`{runtime_class}` is not a Kata TDX runtime class: the pod would not run in a TD "
-                    "(or the GPU would not be in CC mode)",
-                    f"use `{DEFAULT_RUNTIME_CLASS}` (NVIDIA kata-deploy) or your cluster's Kata TDX class")
+            r.error(
+                rc_path,
+                f"`{runtime_class}` is not a Kata TDX runtime class: the pod would not run in a TD "
+                "(or the GPU would not be in CC mode)",
+                f"use `{DEFAULT_RUNTIME_CLASS}` (NVIDIA kata-deploy) or your cluster's Kata TDX class",
+            )
             runtime_class = None
 
     gi_path = _join(path, "gatewayImage")
-    gateway_image = r.string(r.required(m, "gatewayImage", path, "set the image that runs `python -m tdxattest "
-                                        "gateway`, by digest: `REPOSITORY@sha256:<64 hex>`"), gi_path,
-                             "set `REPOSITORY@sha256:<64 hex>`")
+    gateway_image = r.string(
+        r.required(
+            m,
+            "gatewayImage",
+            path,
+            "set the image that runs `python -m tdxattest gateway`, by digest: `REPOSITORY@sha256:<64 hex>`",
+        ),
+        gi_path,
+        "set `REPOSITORY@sha256:<64 hex>`",
+    )
     if gateway_image is not None and not IMAGE_BY_DIGEST.match(gateway_image):
-        r.error(gi_path, f"`{gateway_image}` is not an image pinned by digest (a tag can move)",
-                "use `REPOSITORY@sha256:<64 lowercase hex>` (`crane digest IMAGE:TAG` or "
-                "`podman inspect --format '{{.Digest}}'`)")
+        r.error(
+            gi_path,
+            f"`{gateway_image}` is not an image pinned by digest (a tag can move)",
+            "use `REPOSITORY@sha256:<64 lowercase hex>` (`crane digest IMAGE:TAG` or "
+            "`podman inspect --format '{{.Digest}}'`)",
+        )
         gateway_image = None
 
     gpu_count = r.integer(m.get("gpuCount"), _join(path, "gpuCount"), 1, 1, 8)
     gr_path = _join(path, "gpuResource")
     gpu_resource = r.string(m.get("gpuResource", DEFAULT_GPU_RESOURCE), gr_path, f"use `{DEFAULT_GPU_RESOURCE}`")
     if gpu_resource is not None and not _RESOURCE_NAME.match(gpu_resource):
-        r.error(gr_path, f"`{gpu_resource}` is not an extended resource name",
-                f"use `{DEFAULT_GPU_RESOURCE}` (NVIDIA Kata sandbox device plugin) or the P_GPU_ALIAS name")
+        r.error(
+            gr_path,
+            f"`{gpu_resource}` is not an extended resource name",
+            f"use `{DEFAULT_GPU_RESOURCE}` (NVIDIA Kata sandbox device plugin) or the P_GPU_ALIAS name",
+        )
         gpu_resource = None
 
     memory = _quantity(r, m.get("memory", "64Gi"), _join(path, "memory"), _MEMORY, "a memory size such as `64Gi`")
     cpu = _quantity(r, m.get("cpu", "8"), _join(path, "cpu"), _CPU, "a CPU count such as `8` or `7500m`")
-    cache = _quantity(r, m.get("modelCacheSize"), _join(path, "modelCacheSize"), _MEMORY,
-                      "a size such as `20Gi` (at least the model's files)") if m.get("modelCacheSize") is not None else None
+    cache = (
+        _quantity(
+            r,
+            m.get("modelCacheSize"),
+            _join(path, "modelCacheSize"),
+            _MEMORY,
+            "a size such as `20Gi` (at least the model's files)",
+        )
+        if m.get("modelCacheSize") is not None
+        else None
+    )
 
     service_type, service_port, node_port = _service(r, m.get("service"), _join(path, "service"))
 
-    kubeconfig = r.string(m.get("kubeconfig"), _join(path, "kubeconfig"),
-                          "set the path of a kubeconfig file (or leave it out to use $KUBECONFIG)")
+    kubeconfig = r.string(
+        m.get("kubeconfig"),
+        _join(path, "kubeconfig"),
+        "set the path of a kubeconfig file (or leave it out to use $KUBECONFIG)",
+    )
     context = r.string(m.get("context"), _join(path, "context"), "set a context name from the kubeconfig")
 
     policy_file, policy = _agent_policy(r, m.get("agentPolicyFile"), _join(path, "agentPolicyFile"), base_dir)
     # A null or empty value counts as missing (the parse errors of a bad value are already reported).
-    if (policy_file is None and m.get("agentPolicyFile") in (None, "") and stack is not None
-            and stack != DEV_STACK):
-        r.error(_join(path, "agentPolicyFile"),
-                f"required outside the `dev` stack (this is `{stack}`): without an agent policy in the init data "
-                "the untrusted host can exec into the TD or start other containers in it",
-                "generate one with Kata's `genpolicy` from `python -m components.kubernetes_workload` output "
-                "(docs/kubernetes.md) and set `agentPolicyFile: policy/kata/<name>.rego`")
+    if policy_file is None and m.get("agentPolicyFile") in (None, "") and stack is not None and stack != DEV_STACK:
+        r.error(
+            _join(path, "agentPolicyFile"),
+            f"required outside the `dev` stack (this is `{stack}`): without an agent policy in the init data "
+            "the untrusted host can exec into the TD or start other containers in it",
+            "generate one with Kata's `genpolicy` from `python -m components.kubernetes_workload` output "
+            "(docs/kubernetes.md) and set `agentPolicyFile: policy/kata/<name>.rego`",
+        )
 
     refs = _reference_values(r, r.required(m, "referenceValues", path, _REFERENCE_FIX), _join(path, "referenceValues"))
 
     if r.errors:
         return None, r.errors
     assert namespace and name and runtime_class and gateway_image and gpu_resource and memory and cpu and refs
-    return KubernetesTarget(namespace=namespace, name=name, create_namespace=create_ns,
-                            runtime_class_name=runtime_class, gateway_image=gateway_image, gpu_count=gpu_count,
-                            gpu_resource=gpu_resource, memory=memory, cpu=cpu, model_cache_size=cache,
-                            service_type=service_type, service_port=service_port, node_port=node_port,
-                            kubeconfig=kubeconfig, context=context, agent_policy_file=policy_file,
-                            agent_policy=policy, reference_values=refs), []
+    return KubernetesTarget(
+        namespace=namespace,
+        name=name,
+        create_namespace=create_ns,
+        runtime_class_name=runtime_class,
+        gateway_image=gateway_image,
+        gpu_count=gpu_count,
+        gpu_resource=gpu_resource,
+        memory=memory,
+        cpu=cpu,
+        model_cache_size=cache,
+        service_type=service_type,
+        service_port=service_port,
+        node_port=node_port,
+        kubeconfig=kubeconfig,
+        context=context,
+        agent_policy_file=policy_file,
+        agent_policy=policy,
+        reference_values=refs,
+    ), []
 
 
 def _label(r: _Reader, value: Any, path: str, what: str, max_len: int = 63) -> str | None:
     text = r.string(value, path, f"set {what}: lowercase letters, digits and dashes")
     if text is not None and (not _DNS_LABEL.match(text) or len(text) > max_len):
-        r.error(path, f"`{text}` is not a valid name (RFC 1123 label, at most {max_len} characters)",
-                "use lowercase letters, digits and dashes, starting and ending with a letter or digit")
+        r.error(
+            path,
+            f"`{text}` is not a valid name (RFC 1123 label, at most {max_len} characters)",
+            "use lowercase letters, digits and dashes, starting and ending with a letter or digit",
+        )
         return None
     return text
 
@@ -266,8 +339,11 @@ def _service(r: _Reader, value: Any, path: str) -> tuple[str, int, int | None]:
     node_port = None
     if m.get("nodePort") is not None:
         if stype != "NodePort":
-            r.error(_join(path, "nodePort"), f"only used with `type: NodePort` (this is `{stype}`)",
-                    "remove it, or set `type: NodePort`")
+            r.error(
+                _join(path, "nodePort"),
+                f"only used with `type: NodePort` (this is `{stype}`)",
+                "remove it, or set `type: NodePort`",
+            )
         else:
             node_port = r.integer(m.get("nodePort"), _join(path, "nodePort"), 0, 30000, 32767) or None
     return stype, port, node_port
@@ -281,12 +357,18 @@ def _agent_policy(r: _Reader, value: Any, path: str, base_dir: Path) -> tuple[st
     try:
         rego = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        r.error(path, f"cannot read `{text}` ({getattr(exc, 'strerror', None) or exc})",
-                "give a readable UTF-8 Rego file, relative to the repository root or absolute")
+        r.error(
+            path,
+            f"cannot read `{text}` ({getattr(exc, 'strerror', None) or exc})",
+            "give a readable UTF-8 Rego file, relative to the repository root or absolute",
+        )
         return None, None
     if "package agent_policy" not in rego:
-        r.error(path, f"`{text}` is not a Kata agent policy (no `package agent_policy`)",
-                "generate it with Kata's `genpolicy` (docs/kubernetes.md)")
+        r.error(
+            path,
+            f"`{text}` is not a Kata agent policy (no `package agent_policy`)",
+            "generate it with Kata's `genpolicy` (docs/kubernetes.md)",
+        )
         return None, None
     return text, rego
 
@@ -295,8 +377,11 @@ def _yaml_number(r: _Reader, value: Any, path: str) -> bool:
     """Hex made only of digits (or digits and one `e`) reaches us as a YAML number, its leading
     zeros lost: say so instead of a confusing length error."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        r.error(path, f"YAML read this hex value as the number {value!r}",
-                "quote it: `'0000001000000000'` (hex made of digits loses its leading zeros as a number)")
+        r.error(
+            path,
+            f"YAML read this hex value as the number {value!r}",
+            "quote it: `'0000001000000000'` (hex made of digits loses its leading zeros as a number)",
+        )
         return True
     return False
 
@@ -328,37 +413,58 @@ def _reference_values(r: _Reader, value: Any, path: str) -> ReferenceValues | No
         if attrs is not None:
             attrs = attrs.lower()
             if not _HEX8.match(attrs):
-                r.error(ap, f"`{attrs}` is not 8 bytes as 16 hex digits", "copy `td_attributes` from a quote, e.g. "
-                        "0000001000000000")
+                r.error(
+                    ap,
+                    f"`{attrs}` is not 8 bytes as 16 hex digits",
+                    "copy `td_attributes` from a quote, e.g. 0000001000000000",
+                )
             elif int.from_bytes(bytes.fromhex(attrs), "little") & TD_ATTR_DEBUG:
-                r.error(ap, f"{attrs} has DEBUG (bit 0) set: a debuggable TD exposes its memory to the host",
-                        "pin a production guest (bit 0 clear)")
+                r.error(
+                    ap,
+                    f"{attrs} has DEBUG (bit 0) set: a debuggable TD exposes its memory to the host",
+                    "pin a production guest (bit 0 clear)",
+                )
     if len(r.errors) > before:
         return None
     return ReferenceValues(td_attributes=attrs, **found)
 
 
-def workload_problems(manifest: WorkloadManifest, target: KubernetesTarget,
-                      path: str = "workload") -> list[ConfigError]:
+def workload_problems(
+    manifest: WorkloadManifest, target: KubernetesTarget, path: str = "workload"
+) -> list[ConfigError]:
     """What makes this manifest + target unrenderable (the checks `render_manifests` enforces), as
     ConfigErrors for config.py to report together with the others."""
     errors: list[ConfigError] = []
     kpath = _join(path, "kubernetes")
     for where, image in ((_join(path, "image"), manifest.image), (_join(kpath, "gatewayImage"), target.gateway_image)):
         if not IMAGE_BY_DIGEST.match(image):
-            errors.append(ConfigError(where, f"`{image}` is not an image pinned by digest (a tag can move)",
-                                      "use `REPOSITORY@sha256:<64 lowercase hex>`"))
+            errors.append(
+                ConfigError(
+                    where,
+                    f"`{image}` is not an image pinned by digest (a tag can move)",
+                    "use `REPOSITORY@sha256:<64 lowercase hex>`",
+                )
+            )
     if target.gpu_count != manifest.tensor_parallel_size:
-        errors.append(ConfigError(_join(kpath, "gpuCount"),
-                                  f"{target.gpu_count} GPUs but tensorParallelSize is {manifest.tensor_parallel_size}",
-                                  "give the TD exactly tensorParallelSize GPUs (one pod = one TD)"))
+        errors.append(
+            ConfigError(
+                _join(kpath, "gpuCount"),
+                f"{target.gpu_count} GPUs but tensorParallelSize is {manifest.tensor_parallel_size}",
+                "give the TD exactly tensorParallelSize GPUs (one pod = one TD)",
+            )
+        )
     for i, arg in enumerate(manifest.vllm_args):
         reason = refused_vllm_arg(arg)
         if reason is not None:
             errors.append(ConfigError(f"{_join(path, 'vllmArgs')}[{i}]", f"refused: {reason}", "remove it"))
     if not manifest.model_files:
-        errors.append(ConfigError(_join(path, "model.files"), "empty: nothing to verify inside the TD",
-                                  "list every model file with its sha256"))
+        errors.append(
+            ConfigError(
+                _join(path, "model.files"),
+                "empty: nothing to verify inside the TD",
+                "list every model file with its sha256",
+            )
+        )
     return errors
 
 
@@ -373,12 +479,18 @@ def _toml_string(value: str) -> str:
 
 def initdata_toml(manifest: WorkloadManifest, agent_policy: str | None = None) -> str:
     """The init data TOML: exactly these bytes are hashed into MRCONFIGID."""
-    data = {INITDATA_DIGEST_KEY: manifest.digest().hex(),
-            INITDATA_MANIFEST_KEY: manifest.canonical_bytes().decode("ascii")}
+    data = {
+        INITDATA_DIGEST_KEY: manifest.digest().hex(),
+        INITDATA_MANIFEST_KEY: manifest.canonical_bytes().decode("ascii"),
+    }
     if agent_policy is not None:
         data[INITDATA_POLICY_KEY] = agent_policy
-    lines = [f"version = {_toml_string(INITDATA_VERSION)}", f"algorithm = {_toml_string(INITDATA_ALGORITHM)}", "",
-             "[data]"]
+    lines = [
+        f"version = {_toml_string(INITDATA_VERSION)}",
+        f"algorithm = {_toml_string(INITDATA_ALGORITHM)}",
+        "",
+        "[data]",
+    ]
     lines += [f"{_toml_string(k)} = {_toml_string(v)}" for k, v in sorted(data.items())]
     return "\n".join(lines) + "\n"
 
@@ -403,7 +515,7 @@ def mrconfigid(toml_text: str) -> str:
 
 # Downloads every manifest file into the memory-backed (TD-private) model volume and checks its
 # SHA-256 there; any mismatch fails the init container, so vLLM never starts on unverified bytes.
-MODEL_FETCH_SCRIPT = r'''
+MODEL_FETCH_SCRIPT = r"""
 import hashlib, json, os, sys, urllib.parse, urllib.request
 template, model_id, revision, root = sys.argv[1:5]
 files = json.loads(os.environ["TDX_VLLM_MODEL_FILES"])
@@ -430,13 +542,13 @@ for rel, want in sorted(files.items()):
     os.replace(tmp, dest)
     print(json.dumps({"verified": rel, "sha256": want}), flush=True)
 print(json.dumps({"model": model_id, "revision": revision, "files": len(files)}), flush=True)
-'''.strip()
+""".strip()
 
 # Readiness: the gateway must produce a quote (a fresh nonce) and answer the known-answer prompt
 # (greedy, the guest agent's own request: guest_agent.knownanswer.request_body) through itself to
 # vLLM. TLS is not verified: this runs inside the pod (the TD) against the gateway's own loopback
 # port, whose certificate is a fresh self-signed one.
-KNOWN_ANSWER_SCRIPT = r'''
+KNOWN_ANSWER_SCRIPT = r"""
 import json, os, ssl, sys, urllib.request
 url, expect, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
 ctx = ssl.create_default_context()
@@ -450,11 +562,14 @@ with urllib.request.urlopen(req, timeout=50, context=ctx) as r:
     text = json.load(r)["choices"][0]["text"]
 if not text.startswith(expect):
     sys.exit(f"known-answer check failed: {text!r} does not begin with {expect!r}")
-'''.strip()
+""".strip()
 
 
-def known_answer_command(model_id: str, check: KnownAnswer, url: str = f"https://127.0.0.1:{GATEWAY_PORT}") -> list[str]:
+def known_answer_command(
+    model_id: str, check: KnownAnswer, url: str = f"https://127.0.0.1:{GATEWAY_PORT}"
+) -> list[str]:
     from guest_agent.knownanswer import request_body
+
     body = json.dumps(request_body(check, model_id), sort_keys=True)  # type: ignore[arg-type]  # same fields
     return ["python3", "-c", KNOWN_ANSWER_SCRIPT, url, check.expect, body]
 
@@ -464,8 +579,11 @@ def known_answer_command(model_id: str, check: KnownAnswer, url: str = f"https:/
 
 
 def _labels(target: KubernetesTarget) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "tdx-vllm", "app.kubernetes.io/instance": target.name,
-            "app.kubernetes.io/component": "attested-inference"}
+    return {
+        "app.kubernetes.io/name": "tdx-vllm",
+        "app.kubernetes.io/instance": target.name,
+        "app.kubernetes.io/component": "attested-inference",
+    }
 
 
 def check_args(args: KubernetesWorkloadArgs) -> None:
@@ -475,9 +593,19 @@ def check_args(args: KubernetesWorkloadArgs) -> None:
 
 
 def vllm_args(manifest: WorkloadManifest) -> list[str]:
-    return ["--model", MODEL_DIR, "--served-model-name", manifest.model_id, "--host", "127.0.0.1",
-            "--port", str(VLLM_PORT), "--tensor-parallel-size", str(manifest.tensor_parallel_size),
-            *manifest.vllm_args]
+    return [
+        "--model",
+        MODEL_DIR,
+        "--served-model-name",
+        manifest.model_id,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(VLLM_PORT),
+        "--tensor-parallel-size",
+        str(manifest.tensor_parallel_size),
+        *manifest.vllm_args,
+    ]
 
 
 def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
@@ -495,8 +623,15 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
         "name": "model-fetch",
         "image": t.gateway_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-c", MODEL_FETCH_SCRIPT, args.model_source.url_template, m.model_id,
-                    m.model_revision, MODEL_DIR],
+        "command": [
+            "python3",
+            "-c",
+            MODEL_FETCH_SCRIPT,
+            args.model_source.url_template,
+            m.model_id,
+            m.model_revision,
+            MODEL_DIR,
+        ],
         "env": [{"name": "TDX_VLLM_MODEL_FILES", "value": json.dumps(dict(m.model_files), sort_keys=True)}],
         "volumeMounts": [{"name": "model", "mountPath": "/models"}],
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
@@ -508,27 +643,46 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
         "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": vllm_args(m),
-        "env": [{"name": "VLLM_USE_V2_MODEL_RUNNER", "value": "0"},
-                {"name": "HF_HUB_OFFLINE", "value": "1"},
-                {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
-                {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
-                {"name": "DO_NOT_TRACK", "value": "1"}],
-        "resources": {"limits": {t.gpu_resource: str(t.gpu_count), "cpu": t.cpu, "memory": t.memory},
-                      "requests": {"cpu": t.cpu, "memory": t.memory}},
-        "volumeMounts": [{"name": "model", "mountPath": "/models", "readOnly": True},
-                         {"name": "shm", "mountPath": "/dev/shm"}],
+        "env": [
+            {"name": "VLLM_USE_V2_MODEL_RUNNER", "value": "0"},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+            {"name": "DO_NOT_TRACK", "value": "1"},
+        ],
+        "resources": {
+            "limits": {t.gpu_resource: str(t.gpu_count), "cpu": t.cpu, "memory": t.memory},
+            "requests": {"cpu": t.cpu, "memory": t.memory},
+        },
+        "volumeMounts": [
+            {"name": "model", "mountPath": "/models", "readOnly": True},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
         "securityContext": no_escalation,
     }
     gateway = {
         "name": "gateway",
         "image": t.gateway_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-m", "tdxattest", "gateway", "--listen", f"0.0.0.0:{GATEWAY_PORT}",
-                    "--upstream", f"http://127.0.0.1:{VLLM_PORT}"],
+        "command": [
+            "python3",
+            "-m",
+            "tdxattest",
+            "gateway",
+            "--listen",
+            f"0.0.0.0:{GATEWAY_PORT}",
+            "--upstream",
+            f"http://127.0.0.1:{VLLM_PORT}",
+        ],
         "ports": [{"name": "https", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"exec": {"command": known_answer_command(m.model_id, args.known_answer)},
-                           "initialDelaySeconds": 30, "periodSeconds": 30, "timeoutSeconds": 60,
-                           "failureThreshold": 3, "successThreshold": 1},
+        "readinessProbe": {
+            "exec": {"command": known_answer_command(m.model_id, args.known_answer)},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 30,
+            "timeoutSeconds": 60,
+            "failureThreshold": 3,
+            "successThreshold": 1,
+        },
         "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": no_escalation,
     }
@@ -541,9 +695,13 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
             "strategy": {"type": "Recreate"},  # a rolling update would need a second set of CC GPUs
             "selector": {"matchLabels": labels},
             "template": {
-                "metadata": {"labels": labels,
-                             "annotations": {INITDATA_ANNOTATION: initdata_annotation_value(toml_text),
-                                             MANIFEST_ANNOTATION: m.digest().hex()}},
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        INITDATA_ANNOTATION: initdata_annotation_value(toml_text),
+                        MANIFEST_ANNOTATION: m.digest().hex(),
+                    },
+                },
                 "spec": {
                     "runtimeClassName": t.runtime_class_name,
                     "automountServiceAccountToken": False,  # nothing in the TD talks to the API server
@@ -551,8 +709,10 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
                     "terminationGracePeriodSeconds": 30,
                     "initContainers": [fetch],
                     "containers": [vllm, gateway],
-                    "volumes": [{"name": "model", "emptyDir": model_volume},
-                                {"name": "shm", "emptyDir": {"medium": "Memory"}}],
+                    "volumes": [
+                        {"name": "model", "emptyDir": model_volume},
+                        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+                    ],
                 },
             },
         },
@@ -568,8 +728,13 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
     }
     objects: list[dict[str, Any]] = []
     if t.create_namespace:
-        objects.append({"apiVersion": "v1", "kind": "Namespace",
-                        "metadata": {"name": t.namespace, "labels": {"app.kubernetes.io/part-of": "tdx-vllm"}}})
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": t.namespace, "labels": {"app.kubernetes.io/part-of": "tdx-vllm"}},
+            }
+        )
     return objects + [deployment, service]
 
 
@@ -584,7 +749,11 @@ def expected_pins(args: KubernetesWorkloadArgs) -> dict[str, Any]:
         "profile": PINS_PROFILE,
         "target": "kubernetes",
         "runtimeClassName": t.runtime_class_name,
-        "mrtd": rv.mrtd, "rtmr0": rv.rtmr0, "rtmr1": rv.rtmr1, "rtmr2": rv.rtmr2, "rtmr3": None,
+        "mrtd": rv.mrtd,
+        "rtmr0": rv.rtmr0,
+        "rtmr1": rv.rtmr1,
+        "rtmr2": rv.rtmr2,
+        "rtmr3": None,
         "mrconfigid": mrconfigid(toml_text),
         "tdAttributes": rv.td_attributes,
         "reasons": reasons,
@@ -601,8 +770,10 @@ def expected_pins(args: KubernetesWorkloadArgs) -> dict[str, Any]:
     if rv.td_attributes is None:
         reasons["tdAttributes"] = "referenceValues.tdAttributes not configured"
     if t.agent_policy is None:
-        reasons["agentPolicy"] = ("no agent policy in the init data: the guest's default policy applies, so "
-                                  "MRCONFIGID binds the manifest as a claim but nothing in the TD enforces it")
+        reasons["agentPolicy"] = (
+            "no agent policy in the init data: the guest's default policy applies, so "
+            "MRCONFIGID binds the manifest as a claim but nothing in the TD enforces it"
+        )
     return pins
 
 
@@ -619,6 +790,7 @@ def endpoint_for(target: KubernetesTarget, ingress: list[Mapping[str, Any]] | No
 # --------------------------------------------------------------------------------------------
 # The component
 
+
 class KubernetesWorkload(pulumi.ComponentResource):
     """Namespace (optional), Deployment (one Kata TDX pod: model fetcher, vLLM, gateway) and Service."""
 
@@ -633,8 +805,9 @@ class KubernetesWorkload(pulumi.ComponentResource):
         t = args.target
         provider = None
         if t.kubeconfig is not None or t.context is not None:
-            provider = k8s.Provider(f"{name}-provider", kubeconfig=t.kubeconfig, context=t.context,
-                                    opts=pulumi.ResourceOptions(parent=self))
+            provider = k8s.Provider(
+                f"{name}-provider", kubeconfig=t.kubeconfig, context=t.context, opts=pulumi.ResourceOptions(parent=self)
+            )
         by_kind = {o["kind"]: o for o in objects}
 
         def child(**kw: Any) -> pulumi.ResourceOptions:
@@ -650,12 +823,22 @@ class KubernetesWorkload(pulumi.ComponentResource):
         # `pulumi up` waits for the rollout, i.e. the known-answer readiness probe: loading a large
         # model into a TD can take a while, hence the long timeouts.
         self.deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment", metadata=dep["metadata"], spec=dep["spec"],
-            opts=child(depends_on=after, delete_before_replace=True,
-                       custom_timeouts=pulumi.CustomTimeouts(create="45m", update="45m")))
+            f"{name}-deployment",
+            metadata=dep["metadata"],
+            spec=dep["spec"],
+            opts=child(
+                depends_on=after,
+                delete_before_replace=True,
+                custom_timeouts=pulumi.CustomTimeouts(create="45m", update="45m"),
+            ),
+        )
         svc = by_kind["Service"]
-        self.service = k8s.core.v1.Service(f"{name}-service", metadata=svc["metadata"], spec=svc["spec"],
-                                           opts=child(depends_on=after, delete_before_replace=True))
+        self.service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata=svc["metadata"],
+            spec=svc["spec"],
+            opts=child(depends_on=after, delete_before_replace=True),
+        )
 
         def endpoint(status: Any) -> str:
             ingress = ((status or {}).get("load_balancer") or (status or {}).get("loadBalancer") or {}).get("ingress")
@@ -677,9 +860,12 @@ def args_from_workload(workload: Any, manifest: WorkloadManifest) -> KubernetesW
     """The component's arguments from the stack's validated `workload` (components/config.py): the
     same `modelSource` base URL as the host target (`<modelSource>/<path>`), the known-answer check."""
     template = workload.model_source.rstrip("/") + "/{path}"
-    return KubernetesWorkloadArgs(manifest=manifest, target=workload.kubernetes,
-                                  known_answer=workload.known_answer,
-                                  model_source=ModelSource(url_template=template))
+    return KubernetesWorkloadArgs(
+        manifest=manifest,
+        target=workload.kubernetes,
+        known_answer=workload.known_answer,
+        model_source=ModelSource(url_template=template),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -693,8 +879,9 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m components.kubernetes_workload stacks/Pulumi.<stack>.yaml  (prints YAML)",
-              file=sys.stderr)
+        print(
+            "usage: python -m components.kubernetes_workload stacks/Pulumi.<stack>.yaml  (prints YAML)", file=sys.stderr
+        )
         return 2
     try:
         stack = load_stack_file(Path(argv[0]))
@@ -714,9 +901,23 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "DEFAULT_GPU_RESOURCE", "DEFAULT_RUNTIME_CLASS", "INITDATA_ANNOTATION", "KnownAnswer", "KubernetesTarget",
-    "KubernetesWorkload", "KubernetesWorkloadArgs", "KubernetesWorkloadError", "ModelSource", "ReferenceValues",
-    "args_from_workload", "decode_initdata_annotation", "endpoint_for", "expected_pins", "initdata_toml",
-    "kubernetes_target_from_mapping", "mrconfigid", "render_manifests", "workload_problems",
+    "DEFAULT_GPU_RESOURCE",
+    "DEFAULT_RUNTIME_CLASS",
+    "INITDATA_ANNOTATION",
+    "KnownAnswer",
+    "KubernetesTarget",
+    "KubernetesWorkload",
+    "KubernetesWorkloadArgs",
+    "KubernetesWorkloadError",
+    "ModelSource",
+    "ReferenceValues",
+    "args_from_workload",
+    "decode_initdata_annotation",
+    "endpoint_for",
+    "expected_pins",
+    "initdata_toml",
+    "kubernetes_target_from_mapping",
+    "mrconfigid",
+    "render_manifests",
+    "workload_problems",
 ]
-

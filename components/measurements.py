@@ -7,6 +7,7 @@ computes MRTD and, where their inputs are pinned, RTMR0-2 with `tdxattest`, and 
 
 No Pulumi here: `__main__.py` passes the result to `pulumi.export("pins", ...)`.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,14 @@ import yaml
 from tdxattest.errors import InputError
 from tdxattest.loaders import hash_file, load_firmware, load_kernel
 from tdxattest.events import sha384
-from tdxattest.measure import (AcpiDigests, InitrdInfo, kernel_measurement, rtmr0_register, rtmr1_register,
-                               rtmr2_register)
+from tdxattest.measure import (
+    AcpiDigests,
+    InitrdInfo,
+    kernel_measurement,
+    rtmr0_register,
+    rtmr1_register,
+    rtmr2_register,
+)
 from tdxattest.mrtd import ORDERS, SINGLE, compute_mrtd_both
 from tdxattest.quote import TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE
 from tdxattest.tdhob import td_hob_digest
@@ -30,7 +37,7 @@ from .config import td_boot_manifest
 from .paths import REPO_ROOT, display_path
 from .pinfile import load_pin_yaml
 
-DEFAULT_MANIFEST = td_boot_manifest("prod")   # the prod guest image's (config.td_boot_manifest picks per stack)
+DEFAULT_MANIFEST = td_boot_manifest("prod")  # the prod guest image's (config.td_boot_manifest picks per stack)
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifacts"
 ARTIFACT_DIR_ENV = "TDX_VLLM_ARTIFACT_DIR"
 PINS_SCHEMA = 1
@@ -42,8 +49,20 @@ _SHA384 = re.compile(r"[0-9a-f]{96}")
 _TD_ATTRIBUTES = re.compile(r"[0-9a-f]{16}")
 # `rootfs` (the guest image's dm-verity disk) is staged and attached by the TrustDomain but measured
 # only through the root hash on the command line (RTMR2), so nothing here reads it.
-TOP_KEYS = ("schema", "name", "description", "base", "firmware", "vm", "td", "kernel", "initrd", "cmdline", "acpi",
-            "rootfs")
+TOP_KEYS = (
+    "schema",
+    "name",
+    "description",
+    "base",
+    "firmware",
+    "vm",
+    "td",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "acpi",
+    "rootfs",
+)
 FILE_KEYS = ("name", "version", "source", "file", "size", "sha256", "sha384", "reason", "used")
 FIRMWARE_KEYS = FILE_KEYS + ("pageAddOrder", "eventTemplate", "separator")
 
@@ -73,8 +92,9 @@ def load_manifest(path: Path) -> Mapping[str, Any]:
     if base is None:
         return data
     if not isinstance(base, str) or "/" in base or not base.endswith(".yaml"):
-        raise PinError(f"{path}: `base` must name a manifest in the same directory (e.g. ovmf-debian-trixie.yaml), "
-                       f"not {base!r}")
+        raise PinError(
+            f"{path}: `base` must name a manifest in the same directory (e.g. ovmf-debian-trixie.yaml), not {base!r}"
+        )
     base_path = path.parent / base
     parent = _read_manifest(base_path)
     if parent.get("base") is not None:
@@ -102,8 +122,10 @@ def _read_manifest(path: Path) -> Mapping[str, Any]:
 def _section(data: Mapping[str, Any], key: str, path: Path, allowed: tuple[str, ...]) -> Mapping[str, Any]:
     value = data.get(key)
     if not isinstance(value, Mapping):
-        raise PinError(f"{path}: `{key}` must be a mapping (for an artifact not pinned yet: "
-                       f"`{key}: {{file: null, reason: ...}}`), not {value!r}")
+        raise PinError(
+            f"{path}: `{key}` must be a mapping (for an artifact not pinned yet: "
+            f"`{key}: {{file: null, reason: ...}}`), not {value!r}"
+        )
     unknown = sorted(set(value) - set(allowed))
     if unknown:
         raise PinError(f"{path}: unknown key `{key}.{unknown[0]}` (known keys: {', '.join(allowed)})")
@@ -113,8 +135,10 @@ def _section(data: Mapping[str, Any], key: str, path: Path, allowed: tuple[str, 
 def _reason(entry: Mapping[str, Any], key: str, path: Path) -> str:
     reason = entry.get("reason")
     if not isinstance(reason, str) or not reason.strip():
-        raise PinError(f"{path}: `{key}.reason` is required when `{key}` is not pinned (say why, e.g. "
-                       f"\"guest image build not pinned yet\")")
+        raise PinError(
+            f"{path}: `{key}.reason` is required when `{key}` is not pinned (say why, e.g. "
+            f'"guest image build not pinned yet")'
+        )
     return reason.strip()
 
 
@@ -127,8 +151,7 @@ class _Artifact:
         for field, pattern in (("sha256", _SHA256), ("sha384", _SHA384)):
             value = entry.get(field)
             if not isinstance(value, str) or not pattern.fullmatch(value):
-                raise PinError(f"{path}: `{key}.{field}` must be a lowercase hex {field.upper()} digest, "
-                               f"not {value!r}")
+                raise PinError(f"{path}: `{key}.{field}` must be a lowercase hex {field.upper()} digest, not {value!r}")
         for field in ("name", "version", "source"):
             if not isinstance(entry.get(field), str) or not entry[field].strip():
                 raise PinError(f"{path}: `{key}.{field}` is required")
@@ -150,8 +173,10 @@ class _Artifact:
         for field in ("sha256", "sha384"):
             want, have = self.entry[field], getattr(h, field)
             if want != have:
-                raise PinError(f"{self.manifest}: `{self.key}.{field}` pins {want}, but {self.file} has {have}: "
-                               "refusing to compute measurements from an artifact that is not the pinned one")
+                raise PinError(
+                    f"{self.manifest}: `{self.key}.{field}` pins {want}, but {self.file} has {have}: "
+                    "refusing to compute measurements from an artifact that is not the pinned one"
+                )
         size = self.entry.get("size")
         if size is not None and size != h.size:
             raise PinError(f"{self.manifest}: `{self.key}.size` pins {size} bytes, but {self.file} has {h.size}")
@@ -165,8 +190,13 @@ class _Artifact:
 # the pins
 
 
-def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = None, *,
-                  require_artifacts: bool = True, require_guest: bool = True) -> dict:
+def expected_pins(
+    manifest_path: str | Path,
+    artifact_dir: str | Path | None = None,
+    *,
+    require_artifacts: bool = True,
+    require_guest: bool = True,
+) -> dict:
     """The `pins` output for one TD boot manifest (shape: docs/pins.md).
 
     Every artifact file is looked up under `artifact_dir` (default: `default_artifact_dir()`) and
@@ -188,8 +218,10 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
         raise PinError(f"{path}: `firmware.pageAddOrder` must be one of {', '.join(ORDERS)}, not {order!r}")
     template = fw_entry.get("eventTemplate", "ovmf-direct")
     if template != "ovmf-direct":
-        raise PinError(f"{path}: `firmware.eventTemplate` must be `ovmf-direct` (the only event template "
-                       f"implemented), not {template!r}")
+        raise PinError(
+            f"{path}: `firmware.eventTemplate` must be `ovmf-direct` (the only event template "
+            f"implemented), not {template!r}"
+        )
     separator = fw_entry.get("separator", "rtmr1")
     if separator not in ("rtmr1", "rtmr0"):
         raise PinError(f"{path}: `firmware.separator` must be rtmr1 or rtmr0, not {separator!r}")
@@ -204,15 +236,20 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
     td = _section(data, "td", path, ("attributes",))
     attrs = str(td.get("attributes", ""))
     if not _TD_ATTRIBUTES.fullmatch(attrs):
-        raise PinError(f"{path}: `td.attributes` must be 16 lowercase hex digits (the quote's TD_ATTRIBUTES "
-                       f"bytes), not {attrs!r}")
+        raise PinError(
+            f"{path}: `td.attributes` must be 16 lowercase hex digits (the quote's TD_ATTRIBUTES bytes), not {attrs!r}"
+        )
     attr_value = int.from_bytes(bytes.fromhex(attrs), "little")
     if attr_value & TD_ATTR_DEBUG:
-        raise PinError(f"{path}: `td.attributes` {attrs} has DEBUG (bit 0) set: a debuggable TD exposes its "
-                       "memory to the host; pin it with bit 0 clear")
+        raise PinError(
+            f"{path}: `td.attributes` {attrs} has DEBUG (bit 0) set: a debuggable TD exposes its "
+            "memory to the host; pin it with bit 0 clear"
+        )
     if not attr_value & TD_ATTR_SEPT_VE_DISABLE:
-        raise PinError(f"{path}: `td.attributes` {attrs} lacks SEPT_VE_DISABLE (bit 28); the TD policy "
-                       "requires it (0000001000000000)")
+        raise PinError(
+            f"{path}: `td.attributes` {attrs} lacks SEPT_VE_DISABLE (bit 28); the TD policy "
+            "requires it (0000001000000000)"
+        )
 
     def optional_file(key: str, allow_unused: bool) -> tuple[_Artifact | None, bool]:
         """(artifact, used). Not pinned: (None, True) and a reason recorded."""
@@ -242,8 +279,10 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
         digests = acpi_entry["digests"]
         keys = {"tableLoader": "table_loader", "rsdp": "rsdp", "tables": "tables"}
         if not isinstance(digests, Mapping) or set(digests) != set(keys):
-            raise PinError(f"{path}: `acpi.digests` must map exactly tableLoader, rsdp and tables to SHA-384 "
-                           f"digests, not {digests!r}")
+            raise PinError(
+                f"{path}: `acpi.digests` must map exactly tableLoader, rsdp and tables to SHA-384 "
+                f"digests, not {digests!r}"
+            )
         for k, v in digests.items():
             if not isinstance(v, str) or not _SHA384.fullmatch(v):
                 raise PinError(f"{path}: `acpi.digests.{k}` must be a lowercase hex SHA-384 digest, not {v!r}")
@@ -264,8 +303,10 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
         if present[art.key]:
             art.verify()
         elif require_artifacts:
-            raise PinError(f"{path}: `{art.key}.file`: {art.file} not found; put the pinned file there "
-                           f"({art.entry['source']}) or point ${ARTIFACT_DIR_ENV} at the directory that holds it")
+            raise PinError(
+                f"{path}: `{art.key}.file`: {art.file} not found; put the pinned file there "
+                f"({art.entry['source']}) or point ${ARTIFACT_DIR_ENV} at the directory that holds it"
+            )
         else:
             reasons[art.key] = f"artifact {art.entry['file']} not found in {root}"
 
@@ -283,7 +324,10 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
         "mrtd": None,
         "mrtdCandidates": None,
         "pageAddOrder": order,
-        "rtmr0": None, "rtmr1": None, "rtmr2": None, "rtmr3": None,
+        "rtmr0": None,
+        "rtmr1": None,
+        "rtmr2": None,
+        "rtmr3": None,
         "reasons": {},
         "events": {},
         "tdAttributes": attrs,
@@ -300,15 +344,24 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
         initrd_info = InitrdInfo(size=initrd.hashes.size, sha384=bytes.fromhex(initrd.hashes.sha384))
 
     def first_gap(*needs: str) -> str | None:
-        ok = {"firmware": fw_ok, "kernel": kernel_ok, "initrd": initrd_ok, "cmdline": cmdline is not None,
-              "acpi": acpi is not None}
+        ok = {
+            "firmware": fw_ok,
+            "kernel": kernel_ok,
+            "initrd": initrd_ok,
+            "cmdline": cmdline is not None,
+            "acpi": acpi is not None,
+        }
         for need in needs:
             if not ok[need]:
                 return f"{need}: {reasons.get(need, 'not pinned')}"
         return None
 
-    gaps = {"mrtd": first_gap("firmware"), "rtmr0": first_gap("firmware", "acpi"),
-            "rtmr1": first_gap("kernel", "initrd", "cmdline"), "rtmr2": first_gap("cmdline", "initrd")}
+    gaps = {
+        "mrtd": first_gap("firmware"),
+        "rtmr0": first_gap("firmware", "acpi"),
+        "rtmr1": first_gap("kernel", "initrd", "cmdline"),
+        "rtmr2": first_gap("cmdline", "initrd"),
+    }
     hob = cfv = None
     if fw_ok:
         fw_bytes, meta = _firmware(firmware)
@@ -319,8 +372,9 @@ def expected_pins(manifest_path: str | Path, artifact_dir: str | Path | None = N
             hob = td_hob_digest(meta, memory)
             cfv = sha384(cfv_bytes(fw_bytes, meta))
         except InputError as exc:
-            raise PinError(f"{path}: `firmware.file` with `vm.memoryMiB` {vm['memoryMiB']}: "
-                           f"{exc.with_file(str(firmware.file))}") from None
+            raise PinError(
+                f"{path}: `firmware.file` with `vm.memoryMiB` {vm['memoryMiB']}: {exc.with_file(str(firmware.file))}"
+            ) from None
     kernel_digest = None
     if gaps["rtmr1"] is None:
         try:
@@ -357,6 +411,3 @@ def _kernel(art: _Artifact) -> bytes:
         return load_kernel(art.file)
     except InputError as exc:
         raise PinError(f"{art.manifest}: `kernel.file`: {exc}") from None
-
-
-

@@ -1,6 +1,7 @@
 """Where the project's own files are. `TDX_VLLM_FIRMWARE_DIR` lets a platform team keep its pins
 (BIOS tables, GPU SKUs, tool and TD artifact manifests) in a directory of its own; every reader
 of firmware/ goes through FIRMWARE_DIR, so one setting moves all of them."""
+
 from __future__ import annotations
 
 import os

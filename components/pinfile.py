@@ -1,6 +1,7 @@
 """Reading the pin files under firmware/ (TD boot manifests, GPU and tool pins, BIOS tables, TDX
 module releases): YAML that refuses a key given twice in one mapping. Plain YAML keeps the last of
 two equal keys without a word, so a stale pin left below a new one would silently win."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
                 seen.add(key)
             except TypeError:
-                raise yaml.constructor.ConstructorError(None, None, f"unhashable key {key!r}",
-                                                        key_node.start_mark) from None
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"unhashable key {key!r}", key_node.start_mark
+                ) from None
         return super().construct_mapping(node, deep=deep)
 
 

@@ -1,6 +1,7 @@
 """Preflight: read-only facts about a host, and a refusal with the fix when the hardware can
 never run a confidential GPU TD (non-TDX CPU, pre-production silicon, missing GPUs, TEE-IO asked
 for where the platform lacks it)."""
+
 from __future__ import annotations
 
 from typing import Any, Mapping
@@ -28,10 +29,22 @@ def preflight_params(gpu: GpuConfig | None, tee_io: bool, tee_io_bios: tuple[str
 class Preflight(pulumi.ComponentResource):
     facts: pulumi.Output[Mapping[str, Any]]
 
-    def __init__(self, name: str, conn: Connection, gpu: GpuConfig | None, tee_io: bool,
-                 tee_io_bios: tuple[str, ...], opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        conn: Connection,
+        gpu: GpuConfig | None,
+        tee_io: bool,
+        tee_io_bios: tuple[str, ...],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("tdx-vllm:host:Preflight", name, {}, opts)
-        self.command = host_step(f"{name}-check", PREFLIGHT_STEP, conn, preflight_params(gpu, tee_io, tee_io_bios),
-                                 opts=pulumi.ResourceOptions(parent=self))
+        self.command = host_step(
+            f"{name}-check",
+            PREFLIGHT_STEP,
+            conn,
+            preflight_params(gpu, tee_io, tee_io_bios),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         self.facts = facts_of(self.command)
         self.register_outputs({"facts": self.facts})

@@ -10,6 +10,7 @@ of each TD boot artifact (firmware, kernel, initrd), the guest kernel command li
 driver pins of every GPU SKU the stack uses, the gpu-admin-tools wheel (version and sha256), the
 TDX module pin and, for a stack with a workload, the vLLM image digest and the model hash. Host addresses, keys, BMCs and the number of hosts are per stack and never compared.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,9 +24,9 @@ _ABSENT = object()
 
 @dataclass(frozen=True)
 class Difference:
-    path: str        # e.g. `gpu.h100-sxm.vbios`
-    promoted: Any    # what the promoting stack (staging) exported as attested; None when absent there
-    this: Any        # this stack's value; None when absent here
+    path: str  # e.g. `gpu.h100-sxm.vbios`
+    promoted: Any  # what the promoting stack (staging) exported as attested; None when absent there
+    this: Any  # this stack's value; None when absent here
 
     def render(self, from_stack: str, stack: str) -> str:
         return f"{self.path}: {from_stack} attested {_show(self.promoted)}, {stack} would deploy {_show(self.this)}"
@@ -37,6 +38,7 @@ def _show(value: Any) -> str:
     if isinstance(value, str):
         return value
     import json
+
     return json.dumps(value, sort_keys=True)
 
 
@@ -44,8 +46,12 @@ def _sha256(artifact: Any) -> str | None:
     return artifact.get("sha256") if isinstance(artifact, Mapping) else None
 
 
-def promotable_pins(pins: Mapping[str, Any], gpu_models: list[str] | tuple[str, ...],
-                    tdx_module: str | None, firmware_dir: Path | None = None) -> dict[str, Any]:
+def promotable_pins(
+    pins: Mapping[str, Any],
+    gpu_models: list[str] | tuple[str, ...],
+    tdx_module: str | None,
+    firmware_dir: Path | None = None,
+) -> dict[str, Any]:
     """The pins another stack may promote: from the `pins` output (docs/pins.md), the GPU SKUs the
     stack's hosts use (`firmware/gpu/<sku>.yaml`), gpu-admin-tools and `platform.tdxModule`."""
     from .firmware import gpu_admin_tools, gpu_sku
@@ -117,25 +123,31 @@ def refusal(from_stack: str, stack: str, promoted: Any, expected: Mapping[str, A
     """None when `stack` may deploy `expected`; otherwise the refusal, one line per differing field."""
     if promoted is None or promoted is _ABSENT:
         # Pulumi drops null stack outputs, so "not exported" and "exported as null" look the same.
-        return (f"promotion refused: {from_stack} has not exported its pins as attested (no `promotable` output: "
-                f"its last `pulumi up` did not verify every host step, or it never ran this program); fix: {FIX}")
+        return (
+            f"promotion refused: {from_stack} has not exported its pins as attested (no `promotable` output: "
+            f"its last `pulumi up` did not verify every host step, or it never ran this program); fix: {FIX}"
+        )
     if not isinstance(promoted, Mapping) or promoted.get("schema") != PROMOTABLE_SCHEMA:
-        return (f"promotion refused: {from_stack} exports `promotable` in an unknown form "
-                f"(schema {promoted.get('schema') if isinstance(promoted, Mapping) else type(promoted).__name__}, "
-                f"expected {PROMOTABLE_SCHEMA}); fix: {FIX}")
+        return (
+            f"promotion refused: {from_stack} exports `promotable` in an unknown form "
+            f"(schema {promoted.get('schema') if isinstance(promoted, Mapping) else type(promoted).__name__}, "
+            f"expected {PROMOTABLE_SCHEMA}); fix: {FIX}"
+        )
     diffs = compare(expected, promoted)
     if not diffs:
         return None
     n = len(diffs)
-    lines = [f"promotion refused: {n} pin{'s' if n != 1 else ''} of {stack} differ{'s' if n == 1 else ''} "
-             f"from what {from_stack} exported as attested:"]
+    lines = [
+        f"promotion refused: {n} pin{'s' if n != 1 else ''} of {stack} differ{'s' if n == 1 else ''} "
+        f"from what {from_stack} exported as attested:"
+    ]
     lines += [f"  - {d.render(from_stack, stack)}" for d in diffs]
     lines.append(f"fix: {FIX}")
     return "\n".join(lines)
 
 
-def refusal_from_outputs(from_stack: str, stack: str, outputs: Mapping[str, Any],
-                         expected: Mapping[str, Any]) -> str | None:
+def refusal_from_outputs(
+    from_stack: str, stack: str, outputs: Mapping[str, Any], expected: Mapping[str, Any]
+) -> str | None:
     """`refusal` given the promoted stack's whole output map (a missing `promotable` is refused too)."""
-    return refusal(from_stack, stack, outputs.get("promotable", _ABSENT) if outputs is not None else _ABSENT,
-                   expected)
+    return refusal(from_stack, stack, outputs.get("promotable", _ABSENT) if outputs is not None else _ABSENT, expected)

@@ -122,7 +122,9 @@ def _secrets_for(username: str, password: str) -> tuple[str, ...]:
     return (password, token)
 
 
-def _tls_settings(url: str, tls_fingerprint: str | None, ca_file: str | None, config_key: str) -> tuple[Any, str | None]:
+def _tls_settings(
+    url: str, tls_fingerprint: str | None, ca_file: str | None, config_key: str
+) -> tuple[Any, str | None]:
     """Return (requests verify value, pinned fingerprint)."""
     if url.startswith("http://"):
         return False, None
@@ -187,10 +189,13 @@ def _translate(exc: sushy_exc.SushyError, conn: _Conn) -> BiosError:
     key = conn.config_key
     if isinstance(exc, sushy_exc.AccessError):
         if exc.status_code == 403:
-            return BiosError(f"BMC {conn.url} denied access (HTTP 403): {text}; fix: give {key}.username a role "
-                             "that may configure components and reset the system")
-        return BiosError(f"BMC {conn.url} refused the credentials (HTTP {exc.status_code}); "
-                         f"fix: check {key}.username/password")
+            return BiosError(
+                f"BMC {conn.url} denied access (HTTP 403): {text}; fix: give {key}.username a role "
+                "that may configure components and reset the system"
+            )
+        return BiosError(
+            f"BMC {conn.url} refused the credentials (HTTP {exc.status_code}); fix: check {key}.username/password"
+        )
     if isinstance(exc, sushy_exc.ConnectionError):
         return _connection_error(text, conn)
     if isinstance(exc, sushy_exc.HTTPError):
@@ -209,10 +214,14 @@ def _connection_error(text: str, conn: _Conn) -> BiosError:
                 f"new one out of band and update {key}.tlsFingerprint"
             )
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        return BiosError(f"TLS verification of BMC {conn.url} against {key}.caFile failed: {text}; "
-                         f"fix: check {key}.caFile or pin the certificate with {key}.tlsFingerprint")
-    return BiosError(f"BMC {conn.url} is unreachable: {text}; fix: check {key}.endpoint, the network path "
-                     "to the BMC and that its Redfish service is enabled")
+        return BiosError(
+            f"TLS verification of BMC {conn.url} against {key}.caFile failed: {text}; "
+            f"fix: check {key}.caFile or pin the certificate with {key}.tlsFingerprint"
+        )
+    return BiosError(
+        f"BMC {conn.url} is unreachable: {text}; fix: check {key}.endpoint, the network path "
+        "to the BMC and that its Redfish service is enabled"
+    )
 
 
 def peer_fingerprint(url: str, *, timeout_s: float = 10.0) -> str | None:
@@ -233,8 +242,10 @@ def _get_system(root: sushy.Sushy, system_path: str | None, conn: _Conn) -> Any:
         return root.get_system(identity)
     except sushy_exc.UnknownDefaultError:
         members = sorted(root.get_system_collection().members_identities)
-        raise BiosError(f"BMC {conn.url} lists {len(members)} systems {members}; fix: set "
-                        f"{conn.config_key}.systemPath to the one to configure") from None
+        raise BiosError(
+            f"BMC {conn.url} lists {len(members)} systems {members}; fix: set "
+            f"{conn.config_key}.systemPath to the one to configure"
+        ) from None
     except sushy_exc.ResourceNotFoundError:
         raise BiosError(f"BMC {conn.url} has no system {identity}; fix: check {conn.config_key}.systemPath") from None
 
@@ -243,8 +254,10 @@ def _get_bios(system: Any, conn: _Conn) -> Any:
     try:
         return system.bios
     except sushy_exc.MissingAttributeError:
-        raise BiosError(f"system {system.path} on BMC {conn.url} exposes no Bios resource; fix: update the BMC "
-                        "firmware or check that this is the host system") from None
+        raise BiosError(
+            f"system {system.path} on BMC {conn.url} exposes no Bios resource; fix: update the BMC "
+            "firmware or check that this is the host system"
+        ) from None
 
 
 def _registry_entries(bios: Any, conn: _Conn) -> list[Mapping[str, Any]] | None:
@@ -253,8 +266,10 @@ def _registry_entries(bios: Any, conn: _Conn) -> list[Mapping[str, Any]] | None:
     except sushy_exc.AccessError:
         raise
     except Exception as exc:  # a broken registry must not block name-based resolution
-        LOG.warning("BIOS attribute registry unreadable (%s); resolving by attribute names only",
-                    _redact(str(exc), conn.secrets))
+        LOG.warning(
+            "BIOS attribute registry unreadable (%s); resolving by attribute names only",
+            _redact(str(exc), conn.secrets),
+        )
         return None
     if registry is None:
         LOG.info("BMC serves no BIOS attribute registry; resolving by attribute names only")
@@ -294,9 +309,19 @@ def _read(
     return _Snapshot(system, bios, resolved, desired, current)
 
 
-def _result(snap: _Snapshot, vendor: str, phase: int, conn: _Conn, observed: Mapping[str, Any], *,
-            bios_version: str | None, changed: bool, reset: bool, applied: Mapping[str, Scalar],
-            reset_type: str | None) -> BiosPhaseResult:
+def _result(
+    snap: _Snapshot,
+    vendor: str,
+    phase: int,
+    conn: _Conn,
+    observed: Mapping[str, Any],
+    *,
+    bios_version: str | None,
+    changed: bool,
+    reset: bool,
+    applied: Mapping[str, Scalar],
+    reset_type: str | None,
+) -> BiosPhaseResult:
     return BiosPhaseResult(
         vendor=vendor,
         phase=phase,
@@ -331,12 +356,30 @@ def check_phase(
 ) -> BiosPhaseResult:
     """Read-only: resolve the phase against the BIOS and report what apply_phase would change."""
     settings = _load_phase(vendor, phase, firmware_dir)
-    with _connect(endpoint, username, password, tls_fingerprint=tls_fingerprint, ca_file=ca_file,
-                  allow_insecure_http=allow_insecure_http, config_key=config_key,
-                  request_timeout_s=request_timeout_s, retry_delay_s=retry_delay_s) as (root, conn):
+    with _connect(
+        endpoint,
+        username,
+        password,
+        tls_fingerprint=tls_fingerprint,
+        ca_file=ca_file,
+        allow_insecure_http=allow_insecure_http,
+        config_key=config_key,
+        request_timeout_s=request_timeout_s,
+        retry_delay_s=retry_delay_s,
+    ) as (root, conn):
         snap = _read(root, conn, vendor, settings, system_path)
-        return _result(snap, vendor, phase, conn, snap.current, bios_version=snap.system.bios_version,
-                       changed=False, reset=False, applied={}, reset_type=None)
+        return _result(
+            snap,
+            vendor,
+            phase,
+            conn,
+            snap.current,
+            bios_version=snap.system.bios_version,
+            changed=False,
+            reset=False,
+            applied={},
+            reset_type=None,
+        )
 
 
 def apply_phase(
@@ -359,24 +402,56 @@ def apply_phase(
 ) -> BiosPhaseResult:
     """PATCH what differs, reset, and wait until the BIOS reports every value. Idempotent."""
     settings = _load_phase(vendor, phase, firmware_dir)
-    with _connect(endpoint, username, password, tls_fingerprint=tls_fingerprint, ca_file=ca_file,
-                  allow_insecure_http=allow_insecure_http, config_key=config_key,
-                  request_timeout_s=request_timeout_s, retry_delay_s=retry_delay_s) as (root, conn):
+    with _connect(
+        endpoint,
+        username,
+        password,
+        tls_fingerprint=tls_fingerprint,
+        ca_file=ca_file,
+        allow_insecure_http=allow_insecure_http,
+        config_key=config_key,
+        request_timeout_s=request_timeout_s,
+        retry_delay_s=retry_delay_s,
+    ) as (root, conn):
         snap = _read(root, conn, vendor, settings, system_path)
         changes = diff(snap.desired, snap.current)
         if not changes:
             LOG.info("BIOS phase %s on %s already applied; nothing to do", phase, conn.url)
-            return _result(snap, vendor, phase, conn, snap.current, bios_version=snap.system.bios_version,
-                           changed=False, reset=False, applied={}, reset_type=None)
+            return _result(
+                snap,
+                vendor,
+                phase,
+                conn,
+                snap.current,
+                bios_version=snap.system.bios_version,
+                changed=False,
+                reset=False,
+                applied={},
+                reset_type=None,
+            )
 
-        LOG.info("BIOS phase %s on %s: setting %s", phase, conn.url,
-                 ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())))
+        LOG.info(
+            "BIOS phase %s on %s: setting %s",
+            phase,
+            conn.url,
+            ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())),
+        )
         _patch(snap.bios, changes, conn)
         reset_type = _reset(snap.system, conn)
         observed, version = _wait_applied(snap.system, snap.desired, conn, phase, timeout_s, poll_s)
         LOG.info("BIOS phase %s on %s applied (BIOS %s)", phase, conn.url, version)
-        return _result(snap, vendor, phase, conn, observed, bios_version=version, changed=True, reset=True,
-                       applied=changes, reset_type=reset_type)
+        return _result(
+            snap,
+            vendor,
+            phase,
+            conn,
+            observed,
+            bios_version=version,
+            changed=True,
+            reset=True,
+            applied=changes,
+            reset_type=reset_type,
+        )
 
 
 def _patch(bios: Any, changes: Mapping[str, Scalar], conn: _Conn) -> None:
@@ -401,14 +476,16 @@ def _reset(system: Any, conn: _Conn) -> str:
     else:
         allowed = system.get_allowed_reset_system_values()
         reset_type = next((t for t in _RESTART_PREFERENCE if t in allowed), sushy.ResetType.FORCE_RESTART)
-    LOG.info("resetting %s on %s (%s) so the BIOS applies the pending settings", system.path, conn.url,
-             reset_type.value)
+    LOG.info(
+        "resetting %s on %s (%s) so the BIOS applies the pending settings", system.path, conn.url, reset_type.value
+    )
     system.reset_system(reset_type)
     return reset_type.value
 
 
-def _wait_applied(system: Any, desired: Mapping[str, Scalar], conn: _Conn, phase: int, timeout_s: float,
-                  poll_s: float) -> tuple[dict[str, Any], str | None]:
+def _wait_applied(
+    system: Any, desired: Mapping[str, Scalar], conn: _Conn, phase: int, timeout_s: float, poll_s: float
+) -> tuple[dict[str, Any], str | None]:
     deadline = time.monotonic() + timeout_s
     observed: dict[str, Any] = {}
     power: str = "unknown"
@@ -430,7 +507,9 @@ def _wait_applied(system: Any, desired: Mapping[str, Scalar], conn: _Conn, phase
         time.sleep(min(poll_s, remaining))
 
     missing = diff(desired, observed)
-    details = ", ".join(f"{k}: expected {v!r}, seen {observed.get(k, '<absent>')!r}" for k, v in sorted(missing.items()))
+    details = ", ".join(
+        f"{k}: expected {v!r}, seen {observed.get(k, '<absent>')!r}" for k, v in sorted(missing.items())
+    )
     raise BiosError(
         f"BIOS phase {phase} on BMC {conn.url} not applied after {timeout_s:g} s (power {power}): "
         f"{details or 'values match but the system is not powered on'}; fix: check the BMC job queue / "
@@ -458,7 +537,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m components.redfish",
         description=f"Apply or check one TDX BIOS phase over Redfish. Credentials come only from "
-                    f"${ENV_USERNAME} and ${ENV_PASSWORD}. Prints one JSON object on stdout.",
+        f"${ENV_USERNAME} and ${ENV_PASSWORD}. Prints one JSON object on stdout.",
     )
     parser.add_argument("action", choices=("apply", "check"))
     parser.add_argument("--vendor", required=True)
@@ -531,8 +610,16 @@ def _run_cli(args: argparse.Namespace, username: str, password: str) -> BiosPhas
         config_key=args.config_key,
     )
     if args.action == "apply":
-        return apply_phase(args.endpoint, username, password, args.vendor, args.phase,
-                           timeout_s=args.timeout, poll_s=args.poll, **common)
+        return apply_phase(
+            args.endpoint,
+            username,
+            password,
+            args.vendor,
+            args.phase,
+            timeout_s=args.timeout,
+            poll_s=args.poll,
+            **common,
+        )
     return check_phase(args.endpoint, username, password, args.vendor, args.phase, **common)
 
 

@@ -6,6 +6,7 @@ Why stdin: the script text and every desired value (secrets included) travel on 
 the command line, so nothing shows in the host's process list, and `stdin` is an input of the
 `remote.Command`: a changed script or pin changes the input and re-runs exactly that step.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,7 @@ SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 # The remote side: read the whole stdin into a private temp file first (so nothing the script
 # runs can swallow the rest of it), run it, and always remove it.
 STEP_COMMAND = (
-    'umask 077; f=$(mktemp /tmp/tdxgpu-step.XXXXXX) || exit 1; trap \'rm -f "$f"\' EXIT; '
-    'cat >"$f"; bash "$f"'
+    'umask 077; f=$(mktemp /tmp/tdxgpu-step.XXXXXX) || exit 1; trap \'rm -f "$f"\' EXIT; cat >"$f"; bash "$f"'
 )
 
 ACTIONS = ("run", "reboot", "wait")
@@ -87,6 +87,6 @@ def render(step: Step, params: Mapping[str, str], action: str = "run") -> Render
         (SCRIPTS_DIR / "lib.sh").read_text(),
         *(_helper_function(h) for h in step.helpers),
         step.source(),
-        'tdx_main\n',
+        "tdx_main\n",
     ]
     return Rendered(command=STEP_COMMAND, stdin="\n".join(parts))

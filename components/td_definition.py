@@ -15,6 +15,7 @@ Also here: `load_boot_manifest`, the part of a TD boot manifest (`firmware/td/*.
 needs (artifact files and sha256, command line, VM shape). `components/measurements.py` reads the
 same file to compute MRTD/RTMR0-2.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,8 @@ from .config import HOST_NAME  # the TD is named after its host
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 TD_ROOT = "/var/lib/tdx-vllm/td"
-GPU_MMIO64_MB = 262144                        # 256 GiB of 64-bit MMIO for Hopper BARs (NVIDIA launch_vm.sh)
-QGS_VSOCK_CID = 2                             # the host, as seen from QEMU's vsock client
+GPU_MMIO64_MB = 262144  # 256 GiB of 64-bit MMIO for Hopper BARs (NVIDIA launch_vm.sh)
+QGS_VSOCK_CID = 2  # the host, as seen from QEMU's vsock client
 # Staged names of the boot artifacts under TD_ROOT/<name>/ (role -> file name).
 STAGED_NAMES = {"firmware": "firmware.fd", "kernel": "vmlinuz", "initrd": "initrd.img", "rootfs": "rootfs.verity.img"}
 # virtio-blk serials the guest image's initramfs looks for (guest/image/initramfs/init).
@@ -54,8 +55,8 @@ class DefinitionError(ValueError):
 
 @dataclass(frozen=True)
 class BootArtifact:
-    role: str       # firmware | kernel | initrd | rootfs
-    file: str       # path relative to the artifact directory / source (the manifest's `file`)
+    role: str  # firmware | kernel | initrd | rootfs
+    file: str  # path relative to the artifact directory / source (the manifest's `file`)
     sha256: str
 
     @property
@@ -71,9 +72,9 @@ class BootManifest:
     memory_mib: int
     firmware: BootArtifact | None
     kernel: BootArtifact | None
-    initrd: BootArtifact | None    # None also when the manifest says `initrd: {used: false}`
+    initrd: BootArtifact | None  # None also when the manifest says `initrd: {used: false}`
     cmdline: str | None
-    gaps: tuple[str, ...]   # why the manifest cannot launch a TD yet ("kernel: <reason>", ...)
+    gaps: tuple[str, ...]  # why the manifest cannot launch a TD yet ("kernel: <reason>", ...)
     # The guest image's root disk (squashfs + dm-verity tree; the root hash is on the measured
     # command line, so the disk itself needs no register). Optional: `rootfs:` in the manifest.
     rootfs: BootArtifact | None = None
@@ -91,6 +92,7 @@ def load_boot_manifest(path: str | Path) -> BootManifest:
     """Read what the launch needs from a TD boot manifest. Problems with the launch-relevant keys
     raise DefinitionError; entries not pinned yet are listed in `gaps` with their reason."""
     from .measurements import PinError, load_manifest
+
     path = Path(path)
     try:
         data = load_manifest(path)  # the same reading the measurement computation does
@@ -131,10 +133,18 @@ def load_boot_manifest(path: str | Path) -> BootManifest:
     elif not isinstance(cmdline, str):
         raise DefinitionError(f"{path}: `cmdline.value` must be a string, not {cmdline!r}")
     rootfs = artifact("rootfs") if isinstance(data.get("rootfs"), Mapping) and data["rootfs"].get("file") else None
-    return BootManifest(path=path, name=str(data.get("name") or path.stem), vcpus=shape["vcpus"],
-                        memory_mib=shape["memoryMiB"],
-                        firmware=firmware, kernel=kernel, initrd=initrd,
-                        cmdline=cmdline, gaps=tuple(gaps), rootfs=rootfs)
+    return BootManifest(
+        path=path,
+        name=str(data.get("name") or path.stem),
+        vcpus=shape["vcpus"],
+        memory_mib=shape["memoryMiB"],
+        firmware=firmware,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline,
+        gaps=tuple(gaps),
+        rootfs=rootfs,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,22 +155,22 @@ def load_boot_manifest(path: str | Path) -> BootManifest:
 class TdDefinition:
     """Everything that shapes the TD as QEMU starts it. Paths are on the host."""
 
-    name: str                      # the host's name in the stack: names the unit and the directory
-    firmware: str                  # TDVF (-bios)
-    kernel: str                    # -kernel (direct boot)
-    initrd: str | None             # -initrd, None when the manifest says `initrd: {used: false}`
-    cmdline: str                   # -append, exactly the manifest's `cmdline.value` (RTMR2)
+    name: str  # the host's name in the stack: names the unit and the directory
+    firmware: str  # TDVF (-bios)
+    kernel: str  # -kernel (direct boot)
+    initrd: str | None  # -initrd, None when the manifest says `initrd: {used: false}`
+    cmdline: str  # -append, exactly the manifest's `cmdline.value` (RTMR2)
     vcpus: int
     memory_mib: int
-    gpus: tuple[str, ...]          # PCI BDFs passed through with vfio-pci (iommufd)
-    agent_config: str              # the file served as fw_cfg opt/tdx-vllm/agent.json
-    serial_log: str                # -serial file:...; the agent's status lines land here
-    gateway_port: int              # host TCP port forwarded to the same port in the TD
-    qgs_port: int = 4050           # QGS on the host's vsock (DcapServices)
+    gpus: tuple[str, ...]  # PCI BDFs passed through with vfio-pci (iommufd)
+    agent_config: str  # the file served as fw_cfg opt/tdx-vllm/agent.json
+    serial_log: str  # -serial file:...; the agent's status lines land here
+    gateway_port: int  # host TCP port forwarded to the same port in the TD
+    qgs_port: int = 4050  # QGS on the host's vsock (DcapServices)
     qemu: str = DEFAULT_QEMU
     after_units: tuple[str, ...] = field(default=())  # e.g. the QGS unit: start the TD after it
-    rootfs: str | None = None      # read-only root disk (virtio serial tdx-vllm-root)
-    data_disk: str | None = None   # scratch disk the guest encrypts with a fresh key (serial tdx-vllm-data)
+    rootfs: str | None = None  # read-only root disk (virtio serial tdx-vllm-root)
+    data_disk: str | None = None  # scratch disk the guest encrypts with a fresh key (serial tdx-vllm-data)
 
     def __post_init__(self) -> None:
         if not HOST_NAME.match(self.name):
@@ -176,9 +186,16 @@ class TdDefinition:
                 raise DefinitionError(f"GPU `{bdf}` is not a PCI address like 0000:b8:00.0")
         if len(set(self.gpus)) != len(self.gpus):
             raise DefinitionError(f"GPU list {list(self.gpus)} names a device twice")
-        for label, value in (("firmware", self.firmware), ("kernel", self.kernel), ("initrd", self.initrd),
-                             ("agent_config", self.agent_config), ("serial_log", self.serial_log),
-                             ("qemu", self.qemu), ("rootfs", self.rootfs), ("data_disk", self.data_disk)):
+        for label, value in (
+            ("firmware", self.firmware),
+            ("kernel", self.kernel),
+            ("initrd", self.initrd),
+            ("agent_config", self.agent_config),
+            ("serial_log", self.serial_log),
+            ("qemu", self.qemu),
+            ("rootfs", self.rootfs),
+            ("data_disk", self.data_disk),
+        ):
             if value is not None and (not value.startswith("/") or "," in value or not _PLAIN_ARG.match(value)):
                 raise DefinitionError(f"{label} path `{value}` must be absolute, without commas, spaces or quotes")
 
@@ -198,54 +215,83 @@ def td_dir(name: str) -> str:
 def tdx_guest_object(qgs_port: int) -> str:
     """The `tdx-guest` object: quote generation through QGS on the host's vsock, SEPT_VE_DISABLE on,
     and no `debug`/`attributes` (QEMU then never sets TD_ATTRIBUTES bit 0)."""
-    return json.dumps({
-        "qom-type": "tdx-guest",
-        "id": "tdx",
-        "quote-generation-socket": {"type": "vsock", "cid": str(QGS_VSOCK_CID), "port": str(qgs_port)},
-        "sept-ve-disable": True,
-    }, separators=(",", ":"))
+    return json.dumps(
+        {
+            "qom-type": "tdx-guest",
+            "id": "tdx",
+            "quote-generation-socket": {"type": "vsock", "cid": str(QGS_VSOCK_CID), "port": str(qgs_port)},
+            "sept-ve-disable": True,
+        },
+        separators=(",", ":"),
+    )
 
 
 def qemu_argv(d: TdDefinition) -> list[str]:
     """The QEMU command line, one list element per argument (the order is part of the definition)."""
     argv = [
         d.qemu,
-        "-name", f"tdx-vllm-{d.name},process=tdx-vllm-{d.name}",
-        "-accel", "kvm",
-        "-cpu", "host",
-        "-smp", str(d.vcpus),
-        "-m", f"{d.memory_mib}M",
-        "-object", f"memory-backend-ram,id=mem0,size={d.memory_mib}M",
-        "-object", tdx_guest_object(d.qgs_port),
-        "-machine", "q35,kernel_irqchip=split,confidential-guest-support=tdx,memory-backend=mem0,hpet=off",
-        "-bios", d.firmware,
-        "-kernel", d.kernel,
+        "-name",
+        f"tdx-vllm-{d.name},process=tdx-vllm-{d.name}",
+        "-accel",
+        "kvm",
+        "-cpu",
+        "host",
+        "-smp",
+        str(d.vcpus),
+        "-m",
+        f"{d.memory_mib}M",
+        "-object",
+        f"memory-backend-ram,id=mem0,size={d.memory_mib}M",
+        "-object",
+        tdx_guest_object(d.qgs_port),
+        "-machine",
+        "q35,kernel_irqchip=split,confidential-guest-support=tdx,memory-backend=mem0,hpet=off",
+        "-bios",
+        d.firmware,
+        "-kernel",
+        d.kernel,
     ]
     if d.initrd is not None:
         argv += ["-initrd", d.initrd]
     argv += [
-        "-append", d.cmdline,
+        "-append",
+        d.cmdline,
         "-nodefaults",
         "-nographic",
         "-no-reboot",  # a TD cannot reset: a guest reboot ends QEMU and systemd starts a fresh TD
-        "-serial", f"file:{d.serial_log}",
+        "-serial",
+        f"file:{d.serial_log}",
         # User-mode networking: outbound NAT (model download) and one inbound forward, the gateway.
-        "-netdev", f"user,id=net0,hostfwd=tcp::{d.gateway_port}-:{d.gateway_port}",
-        "-device", "virtio-net-pci,netdev=net0,romfile=",
-        "-fw_cfg", f"name={CONFIG_FW_CFG},file={d.agent_config}",
+        "-netdev",
+        f"user,id=net0,hostfwd=tcp::{d.gateway_port}-:{d.gateway_port}",
+        "-device",
+        "virtio-net-pci,netdev=net0,romfile=",
+        "-fw_cfg",
+        f"name={CONFIG_FW_CFG},file={d.agent_config}",
     ]
     if d.rootfs is not None:
-        argv += ["-drive", f"file={d.rootfs},if=none,id=root,format=raw,readonly=on",
-                 "-device", f"virtio-blk-pci,drive=root,serial={ROOT_DISK_SERIAL}"]
+        argv += [
+            "-drive",
+            f"file={d.rootfs},if=none,id=root,format=raw,readonly=on",
+            "-device",
+            f"virtio-blk-pci,drive=root,serial={ROOT_DISK_SERIAL}",
+        ]
     if d.data_disk is not None:
-        argv += ["-drive", f"file={d.data_disk},if=none,id=data,format=raw",
-                 "-device", f"virtio-blk-pci,drive=data,serial={DATA_DISK_SERIAL}"]
+        argv += [
+            "-drive",
+            f"file={d.data_disk},if=none,id=data,format=raw",
+            "-device",
+            f"virtio-blk-pci,drive=data,serial={DATA_DISK_SERIAL}",
+        ]
     for i, bdf in enumerate(d.gpus):
         port = i + 1
         argv += [
-            "-object", f"iommufd,id=iommufd{i}",
-            "-device", f"pcie-root-port,port={port},chassis={port},id=pci.{port},bus=pcie.0",
-            "-device", f"vfio-pci,host={bdf},bus=pci.{port},iommufd=iommufd{i}",
+            "-object",
+            f"iommufd,id=iommufd{i}",
+            "-device",
+            f"pcie-root-port,port={port},chassis={port},id=pci.{port},bus=pcie.0",
+            "-device",
+            f"vfio-pci,host={bdf},bus=pci.{port},iommufd=iommufd{i}",
         ]
     if d.gpus:
         argv += ["-fw_cfg", f"name=opt/ovmf/X-PciMmio64Mb,string={GPU_MMIO64_MB}"]
@@ -322,8 +368,14 @@ def render_unit(d: TdDefinition, pins: Mapping[str, str]) -> str:
     )
 
 
-def agent_config(stack: str, manifest: Mapping[str, Any], model_source: str, gateway_port: int,
-                 known_answer: Mapping[str, str], gpu: Mapping[str, Any] | None = None) -> str:
+def agent_config(
+    stack: str,
+    manifest: Mapping[str, Any],
+    model_source: str,
+    gateway_port: int,
+    known_answer: Mapping[str, str],
+    gpu: Mapping[str, Any] | None = None,
+) -> str:
     """The guest agent's config (fw_cfg opt/tdx-vllm/agent.json) in the agent's schema
     (docs/guest-agent.md: unknown keys are errors there), canonical JSON. The host hands it to the
     TD, so the agent trusts none of it: it extends RTMR3 with the SHA-384 of the manifest's canonical
@@ -338,4 +390,3 @@ def agent_config(stack: str, manifest: Mapping[str, Any], model_source: str, gat
     if gpu:
         doc["gpu"] = dict(gpu)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"
-

@@ -15,6 +15,7 @@ Three remote steps (components/scripts/td_*.sh, check/apply/verify like every ho
 The pure helpers (`stage_params`, `launch_params`, `wait_params`, `workload_pins`, `endpoint_url`)
 are what the unit and harness tests call, so the harness runs exactly what `pulumi up` runs.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,7 @@ from tdxattest.workload import WorkloadManifest, expected_rtmr3, image_digest, m
 from .config import HostConfig, StackConfig, WorkloadConfig
 from .remote_step import Connection, facts_of, host_step
 from .steps import Step
-from .td_definition import (DEFAULT_QEMU, BootManifest, TdDefinition, agent_config,
-                            render_unit, td_dir)
+from .td_definition import DEFAULT_QEMU, BootManifest, TdDefinition, agent_config, render_unit, td_dir
 
 STAGE_STEP = Step("td-stage", "td_stage.sh")
 LAUNCH_STEP = Step("td-launch", "td_launch.sh")
@@ -75,8 +75,10 @@ def select_gpus(preflight_facts: Mapping[str, Any], count: int) -> tuple[str, ..
     """The GPUs the TD gets: the first `count` GPUs of the pinned SKU preflight found, by PCI address."""
     bdfs = sorted({str(g.get("bdf")) for g in preflight_facts.get("gpus") or [] if g.get("bdf")})
     if len(bdfs) < count:
-        raise ValueError(f"preflight found {len(bdfs)} GPU(s) of the pinned model ({', '.join(bdfs) or 'none'}), "
-                         f"the TD needs {count}: check gpu.count and lspci -d 10de: on the host")
+        raise ValueError(
+            f"preflight found {len(bdfs)} GPU(s) of the pinned model ({', '.join(bdfs) or 'none'}), "
+            f"the TD needs {count}: check gpu.count and lspci -d 10de: on the host"
+        )
     return tuple(bdfs[:count])
 
 
@@ -94,8 +96,16 @@ def stage_params(name: str, boot: BootManifest, artifact_source: str) -> dict[st
     }
 
 
-def definition(name: str, boot: BootManifest, workload: WorkloadConfig, gpus: Sequence[str], *,
-               qgs_port: int = 4050, qgs_service: str | None = "qgsd", qemu: str = DEFAULT_QEMU) -> TdDefinition:
+def definition(
+    name: str,
+    boot: BootManifest,
+    workload: WorkloadConfig,
+    gpus: Sequence[str],
+    *,
+    qgs_port: int = 4050,
+    qgs_service: str | None = "qgsd",
+    qemu: str = DEFAULT_QEMU,
+) -> TdDefinition:
     if not boot.launchable or boot.firmware is None or boot.kernel is None or boot.cmdline is None:
         raise ValueError(f"{boot.path}: cannot launch a TD: {'; '.join(boot.gaps)}")
     d = td_dir(name)
@@ -126,10 +136,22 @@ def unit_pins(boot: BootManifest, manifest: WorkloadManifest) -> dict[str, str]:
     return pins
 
 
-def launch_params(defn: TdDefinition, boot: BootManifest, workload: WorkloadConfig, manifest: WorkloadManifest,
-                  stack: str, gpu_pins: Mapping[str, Any] | None = None) -> dict[str, str]:
-    agent = agent_config(stack, manifest.as_dict(), workload.model_source, workload.gateway_port,
-                         {"prompt": workload.known_answer.prompt, "expect": workload.known_answer.expect}, gpu_pins)
+def launch_params(
+    defn: TdDefinition,
+    boot: BootManifest,
+    workload: WorkloadConfig,
+    manifest: WorkloadManifest,
+    stack: str,
+    gpu_pins: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    agent = agent_config(
+        stack,
+        manifest.as_dict(),
+        workload.model_source,
+        workload.gateway_port,
+        {"prompt": workload.known_answer.prompt, "expect": workload.known_answer.expect},
+        gpu_pins,
+    )
     unit = render_unit(defn, unit_pins(boot, manifest))
     return {
         "TDX_TD_NAME": defn.name,
@@ -148,7 +170,9 @@ def launch_params(defn: TdDefinition, boot: BootManifest, workload: WorkloadConf
     }
 
 
-def wait_params(defn: TdDefinition, manifest: WorkloadManifest, timeout_s: int, launch_digest: str = "") -> dict[str, str]:
+def wait_params(
+    defn: TdDefinition, manifest: WorkloadManifest, timeout_s: int, launch_digest: str = ""
+) -> dict[str, str]:
     return {
         "TDX_TD_NAME": defn.name,
         "TDX_UNIT": defn.unit_name,
@@ -172,6 +196,7 @@ def gpu_pins(model: str | None) -> dict[str, Any] | None:
     if not model:
         return None
     from .firmware import gpu_sku
+
     sku = gpu_sku(model)
     return {"vbios": [sku.vbios], "driver": sku.driver}
 
@@ -183,7 +208,7 @@ class TrustDomainArgs:
     workload: WorkloadConfig
     manifest: WorkloadManifest
     gpu_count: int
-    preflight_facts: pulumi.Input[Mapping[str, Any]]   # GPUs come from the preflight facts
+    preflight_facts: pulumi.Input[Mapping[str, Any]]  # GPUs come from the preflight facts
     qgs_port: int = 4050
     qgs_service: str | None = "qgsd"
     qemu: str = DEFAULT_QEMU
@@ -199,24 +224,53 @@ class TrustDomain(pulumi.ComponentResource):
         host, wl = args.host, args.workload
         conn = Connection(host.ssh)
         boot = wl.boot
-        self.stage = host_step(f"{name}-stage", STAGE_STEP, conn, stage_params(host.name, boot, wl.td.artifact_source),
-                               removable=True, timeout_s=STAGE_TIMEOUT_S, opts=pulumi.ResourceOptions(parent=self))
+        self.stage = host_step(
+            f"{name}-stage",
+            STAGE_STEP,
+            conn,
+            stage_params(host.name, boot, wl.td.artifact_source),
+            removable=True,
+            timeout_s=STAGE_TIMEOUT_S,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
 
         defn = pulumi.Output.from_input(args.preflight_facts).apply(
-            lambda facts: definition(host.name, boot, wl, select_gpus(facts, args.gpu_count), qgs_port=args.qgs_port,
-                                     qgs_service=args.qgs_service, qemu=args.qemu))
+            lambda facts: definition(
+                host.name,
+                boot,
+                wl,
+                select_gpus(facts, args.gpu_count),
+                qgs_port=args.qgs_port,
+                qgs_service=args.qgs_service,
+                qemu=args.qemu,
+            )
+        )
         pins = gpu_pins(host.gpu.model if host.gpu else None)
         params = defn.apply(lambda d: launch_params(d, boot, wl, args.manifest, args.stack, pins))
         # A changed launch input (artifact pin, manifest, unit, agent config) replaces the TD: the
         # old one is stopped and its unit removed first, then the new one is written and started.
-        self.launch = host_step(f"{name}-launch", LAUNCH_STEP, conn, params, removable=True,
-                                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.stage],
-                                                            replace_on_changes=["stdin"], delete_before_replace=True))
+        self.launch = host_step(
+            f"{name}-launch",
+            LAUNCH_STEP,
+            conn,
+            params,
+            removable=True,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self.stage], replace_on_changes=["stdin"], delete_before_replace=True
+            ),
+        )
         launch_digest = self.launch.stdin.apply(lambda s: hashlib.sha256((s or "").encode()).hexdigest())
         wait_inputs = pulumi.Output.all(defn, launch_digest).apply(
-            lambda a: wait_params(a[0], args.manifest, wl.td.ready_timeout_s, a[1]))
-        self.wait = host_step(f"{name}-wait", WAIT_STEP, conn, wait_inputs, timeout_s=wl.td.ready_timeout_s + 120,
-                              opts=pulumi.ResourceOptions(parent=self, depends_on=[self.launch]))
+            lambda a: wait_params(a[0], args.manifest, wl.td.ready_timeout_s, a[1])
+        )
+        self.wait = host_step(
+            f"{name}-wait",
+            WAIT_STEP,
+            conn,
+            wait_inputs,
+            timeout_s=wl.td.ready_timeout_s + 120,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.launch]),
+        )
         self.facts = facts_of(self.wait)
         self.ready = self.facts.apply(lambda f: f.get("ok") is True and f.get("state") == "ready")
         url = endpoint_url(host.ssh.address, wl.gateway_port)
@@ -224,14 +278,16 @@ class TrustDomain(pulumi.ComponentResource):
         self.register_outputs({"facts": self.facts, "endpoint": self.endpoint, "ready": self.ready})
 
 
-def trust_domains(stack: StackConfig, hosts: Sequence[Any], *, qgs_service: str | None = None,
-                  qemu: str = DEFAULT_QEMU) -> dict[str, TrustDomain]:
+def trust_domains(
+    stack: StackConfig, hosts: Sequence[Any], *, qgs_service: str | None = None, qemu: str = DEFAULT_QEMU
+) -> dict[str, TrustDomain]:
     """One TrustDomain per host when the stack has a `workload` (else none), each a child of its
     TdxHost, after the host's kernel, GPU and DCAP steps."""
     if stack.workload is None:
         return {}
     if qgs_service is None:
         from .firmware import dcap_packages
+
         qgs_service = dcap_packages().services.get("qgs")
     manifest = stack.workload.manifest(stack.tensor_parallel_size)
     out: dict[str, TrustDomain] = {}
@@ -239,8 +295,17 @@ def trust_domains(stack: StackConfig, hosts: Sequence[Any], *, qgs_service: str 
         after = [host.kernel, host.dcap] + ([host.gpu] if host.gpu is not None else [])
         out[cfg.name] = TrustDomain(
             f"{cfg.name}-td",
-            TrustDomainArgs(stack=stack.stack, host=cfg, workload=stack.workload, manifest=manifest,
-                            gpu_count=cfg.gpu.count if cfg.gpu else 0, preflight_facts=host.preflight.facts,
-                            qgs_port=stack.dcap.qgs_port, qgs_service=qgs_service, qemu=qemu),
-            opts=pulumi.ResourceOptions(parent=host, depends_on=after))
+            TrustDomainArgs(
+                stack=stack.stack,
+                host=cfg,
+                workload=stack.workload,
+                manifest=manifest,
+                gpu_count=cfg.gpu.count if cfg.gpu else 0,
+                preflight_facts=host.preflight.facts,
+                qgs_port=stack.dcap.qgs_port,
+                qgs_service=qgs_service,
+                qemu=qemu,
+            ),
+            opts=pulumi.ResourceOptions(parent=host, depends_on=after),
+        )
     return out

@@ -4,5 +4,5 @@ answer through the gateway, and reports one line the host waits for. See docs/gu
 
 # The two ends of the host <-> agent protocol; components/td_definition.py and the TrustDomain's
 # wait step take them from here.
-REPORT_PREFIX = "tdx-vllm-agent: "            # the report line on the serial console
-CONFIG_FW_CFG = "opt/tdx-vllm/agent.json"     # the fw_cfg file the host hands the config in
+REPORT_PREFIX = "tdx-vllm-agent: "  # the report line on the serial console
+CONFIG_FW_CFG = "opt/tdx-vllm/agent.json"  # the fw_cfg file the host hands the config in

@@ -2,6 +2,7 @@
 
 Exit status: 0 stopped by a signal after ready; 1 refused or a supervised process died; 2 the
 config is unusable (also reported as "refused")."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,9 @@ from .system import System
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m guest_agent", description=__doc__)
-    parser.add_argument("--config", default=DEFAULT_CONFIG_PATH,
-                        help="agent config JSON (default: the fw_cfg file %(default)s)")
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG_PATH, help="agent config JSON (default: the fw_cfg file %(default)s)"
+    )
     parser.add_argument("--root", default="/", help=argparse.SUPPRESS)  # tests: a fake /sys, /dev tree
     args = parser.parse_args(argv)
     system = System(root=Path(args.root))

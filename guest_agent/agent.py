@@ -11,6 +11,7 @@
 
 Any refusal stops what was started and reports; `supervise` then watches the processes.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ from .gpu import attest_gpus
 from .knownanswer import check_known_answer
 from .model import fetch_model
 from .report import Report, emit
-from .server import (Supervisor, gateway_argv, insecure_loopback_tls, standin_argv, vllm_argv, vllm_cleanup_argv,
-                     wait_http)
+from .server import (
+    Supervisor,
+    gateway_argv,
+    insecure_loopback_tls,
+    standin_argv,
+    vllm_argv,
+    vllm_cleanup_argv,
+    wait_http,
+)
 from .system import Refused, System
 from .tdx import SoftwareRtmr3, SysfsRtmr3, detect_tdx, measure_workload
 
@@ -56,14 +64,23 @@ def check_image_stack(stack: str, system: System) -> None:
         raise Refused("image", f"a readable {IMAGE_FACTS}; seen: {exc}") from None
     wanted = DEV_STACK if stack == DEV_STACK else "prod"
     if built_for != wanted:
-        raise Refused("image", f"an image built for stack {wanted!r} (the host's config says {stack!r}), seen one "
-                               f"built for {built_for!r}; boot the {wanted} image (tools/build-guest-image.sh "
-                               f"--stack {wanted}) or fix the stack config")
+        raise Refused(
+            "image",
+            f"an image built for stack {wanted!r} (the host's config says {stack!r}), seen one "
+            f"built for {built_for!r}; boot the {wanted} image (tools/build-guest-image.sh "
+            f"--stack {wanted}) or fix the stack config",
+        )
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, system: System = System(), *, stdout: TextIO | None = None,
-                 gpu_nonce: Callable[[], bytes] = lambda: secrets.token_bytes(32)):
+    def __init__(
+        self,
+        config: AgentConfig,
+        system: System = System(),
+        *,
+        stdout: TextIO | None = None,
+        gpu_nonce: Callable[[], bytes] = lambda: secrets.token_bytes(32),
+    ):
         self.config = config
         self.system = system
         self.stdout = stdout
@@ -96,9 +113,16 @@ class Agent:
         return f"https://{host}:{self.config.gateway_port}"
 
     def _report(self, state: str, **kw) -> Report:
-        return Report(state=state, stack=self.config.stack, rtmr3=self.rtmr3, endpoint=self.endpoint,
-                      quote_source=self.quote_source, notes=tuple(self.notes),
-                      manifest_sha384=self.config.workload.digest().hex(), **kw)
+        return Report(
+            state=state,
+            stack=self.config.stack,
+            rtmr3=self.rtmr3,
+            endpoint=self.endpoint,
+            quote_source=self.quote_source,
+            notes=tuple(self.notes),
+            manifest_sha384=self.config.workload.digest().hex(),
+            **kw,
+        )
 
     # ---- the steps ----------------------------------------------------------------------------
 
@@ -129,13 +153,18 @@ class Agent:
             register = SysfsRtmr3(facts.rtmr3)  # type: ignore[arg-type]
             self.quote_source = "tsm"
         elif not cfg.dev:
-            raise Refused("tdx", f"a TDX TD; missing: {'; '.join(facts.missing)}. Stack {cfg.stack!r} serves "
-                                 "only from hardware TDX (software TEST quotes exist for the 'dev' stack only)")
+            raise Refused(
+                "tdx",
+                f"a TDX TD; missing: {'; '.join(facts.missing)}. Stack {cfg.stack!r} serves "
+                "only from hardware TDX (software TEST quotes exist for the 'dev' stack only)",
+            )
         else:
             register = SoftwareRtmr3()
             self.quote_source = SOFTWARE_QUOTES
-            self.notes.append("NO TDX: RTMR3 is simulated in software and quotes are signed by a TEST PKI; "
-                              "this endpoint proves nothing (dev stack only)")
+            self.notes.append(
+                "NO TDX: RTMR3 is simulated in software and quotes are signed by a TEST PKI; "
+                "this endpoint proves nothing (dev stack only)"
+            )
             print("WARNING: " + self.notes[-1], file=sys.stderr, flush=True)
             # A software register starts at zero in every run, so an earlier run's log cannot match it.
             self.event_log.unlink(missing_ok=True)
@@ -150,22 +179,39 @@ class Agent:
         fetch_model(cfg.workload, cfg.model.source, Path(cfg.model.dir))
 
         if cfg.server == "vllm":
-            server = self.supervisor.start("vllm", vllm_argv(cfg.workload, cfg.model.dir, cfg.server_port, cfg.podman),
-                                           cleanup=vllm_cleanup_argv(cfg.podman))
+            server = self.supervisor.start(
+                "vllm",
+                vllm_argv(cfg.workload, cfg.model.dir, cfg.server_port, cfg.podman),
+                cleanup=vllm_cleanup_argv(cfg.podman),
+            )
             server_timeout = cfg.server_start_timeout_s
         else:
-            server = self.supervisor.start("standin", standin_argv(self.system.python, cfg.server_port,
-                                                                   cfg.workload.model_id))
+            server = self.supervisor.start(
+                "standin", standin_argv(self.system.python, cfg.server_port, cfg.workload.model_id)
+            )
             server_timeout = min(cfg.server_start_timeout_s, STANDIN_START_TIMEOUT_S)
         wait_http(f"http://127.0.0.1:{cfg.server_port}/health", server, server_timeout, f"{server.name} /health")
 
-        gateway = self.supervisor.start("gateway", gateway_argv(
-            self.system.python, listen=cfg.gateway_listen, port=cfg.gateway_port, upstream_port=cfg.server_port,
-            quote_source=self.quote_source, test_pki_dir=str(self.test_pki_dir) if self.quote_source ==
-            SOFTWARE_QUOTES else None, event_log=str(self.event_log),
-            gpu_evidence=str(gpu.evidence_path) if gpu.evidence_path else None))
-        wait_http(f"{self.local_gateway}/health", gateway, GATEWAY_START_TIMEOUT_S, "/health through the gateway",
-                  context=insecure_loopback_tls())
+        gateway = self.supervisor.start(
+            "gateway",
+            gateway_argv(
+                self.system.python,
+                listen=cfg.gateway_listen,
+                port=cfg.gateway_port,
+                upstream_port=cfg.server_port,
+                quote_source=self.quote_source,
+                test_pki_dir=str(self.test_pki_dir) if self.quote_source == SOFTWARE_QUOTES else None,
+                event_log=str(self.event_log),
+                gpu_evidence=str(gpu.evidence_path) if gpu.evidence_path else None,
+            ),
+        )
+        wait_http(
+            f"{self.local_gateway}/health",
+            gateway,
+            GATEWAY_START_TIMEOUT_S,
+            "/health through the gateway",
+            context=insecure_loopback_tls(),
+        )
 
         check_known_answer(self.local_gateway, cfg.known_answer, cfg.workload.model_id)
 
@@ -176,8 +222,10 @@ class Agent:
         while not stop.wait(poll_s):
             child = self.supervisor.exited()
             if child is not None:
-                reason = (f"{child.name} exited {child.process.returncode} after the TD was ready: "
-                          f"{child.log_tail() or 'no output'} (log {child.log})")
+                reason = (
+                    f"{child.name} exited {child.process.returncode} after the TD was ready: "
+                    f"{child.log_tail() or 'no output'} (log {child.log})"
+                )
                 self.stop()
                 report = self._report("failed", reason=reason, step=child.name)
                 emit(report, self.system, self.stdout)

@@ -3,6 +3,7 @@
 Parsing is pure and strict: an unknown key is an error (a typo must not silently fall back to a
 default), and every error is an `InputError` naming the key, what was expected and what was seen.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ _STACK = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 @dataclass(frozen=True)
 class ModelSource:
-    source: str          # base URL; each manifest file is fetched from <source>/<path>; {id}, {revision} expand
+    source: str  # base URL; each manifest file is fetched from <source>/<path>; {id}, {revision} expand
     dir: str = "/var/lib/tdx-vllm/model"
 
 
@@ -43,12 +44,12 @@ class KnownAnswer:
 
 @dataclass(frozen=True)
 class GpuConfig:
-    evidence_command: tuple[str, ...] = NVML_COLLECTOR   # "{nonce}" is replaced by the hex nonce
+    evidence_command: tuple[str, ...] = NVML_COLLECTOR  # "{nonce}" is replaced by the hex nonce
     # The NVIDIA Device Identity CA: None = the root each GPU's chain ends at, accepted only if its
     # fingerprint is the one pinned in tdxattest.gpu_evidence; a PEM file (dev stack only) replaces it.
     root_ca: str | None = None
-    vbios: tuple[str, ...] = ()                    # accepted VBIOS versions; empty = not pinned
-    driver: str | None = None                      # required driver version; None = not pinned
+    vbios: tuple[str, ...] = ()  # accepted VBIOS versions; empty = not pinned
+    driver: str | None = None  # required driver version; None = not pinned
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class AgentConfig:
     gateway_listen: str = "0.0.0.0"
     gpu: GpuConfig = GpuConfig()
     state_dir: str = "/run/tdx-vllm"
-    server_start_timeout_s: float = 1800.0         # vLLM loads and compiles for minutes on a big model
+    server_start_timeout_s: float = 1800.0  # vLLM loads and compiles for minutes on a big model
     podman: str = "podman"
 
     @property
@@ -117,9 +118,24 @@ def check_vllm_args(args: tuple[str, ...]) -> None:
 
 
 def config_from_mapping(doc: Any) -> AgentConfig:
-    top = _keys("config", doc, {"stack", "workload", "model", "gateway", "knownAnswer", "server", "serverPort",
-                                "gpu", "stateDir", "serverStartTimeoutSeconds", "podman"},
-                {"stack", "workload", "model", "knownAnswer"})
+    top = _keys(
+        "config",
+        doc,
+        {
+            "stack",
+            "workload",
+            "model",
+            "gateway",
+            "knownAnswer",
+            "server",
+            "serverPort",
+            "gpu",
+            "stateDir",
+            "serverStartTimeoutSeconds",
+            "podman",
+        },
+        {"stack", "workload", "model", "knownAnswer"},
+    )
     stack = _str("config.stack", top["stack"])
     if not _STACK.match(stack):
         raise InputError("config.stack as a stack name (lowercase letters, digits, '-')", repr(stack))
@@ -130,8 +146,11 @@ def config_from_mapping(doc: Any) -> AgentConfig:
     if server not in SERVERS:
         raise InputError(f"config.server among {list(SERVERS)}", repr(server))
     if server == "standin" and stack != DEV_STACK:
-        raise InputError(f"config.server 'vllm' on stack {stack!r} (the stand-in echoes prompts; it is for the "
-                         f"{DEV_STACK!r} stack only)", "'standin'")
+        raise InputError(
+            f"config.server 'vllm' on stack {stack!r} (the stand-in echoes prompts; it is for the "
+            f"{DEV_STACK!r} stack only)",
+            "'standin'",
+        )
 
     m = _keys("config.model", top["model"], {"source", "dir"}, {"source"})
     source = _str("config.model.source", m["source"])
@@ -149,30 +168,50 @@ def config_from_mapping(doc: Any) -> AgentConfig:
     if server_port == gateway_port:
         raise InputError("config.serverPort different from config.gateway.port", str(server_port))
 
-    k = _keys("config.knownAnswer", top["knownAnswer"], {"prompt", "expect", "maxTokens", "timeoutSeconds"},
-              {"prompt", "expect"})
-    known = KnownAnswer(prompt=_str("config.knownAnswer.prompt", k["prompt"]),
-                        expect=_nonblank("config.knownAnswer.expect", k["expect"]),
-                        max_tokens=_num("config.knownAnswer.maxTokens", k.get("maxTokens", KnownAnswer.max_tokens), 1, 4096),
-                        timeout_s=float(_num("config.knownAnswer.timeoutSeconds", k.get("timeoutSeconds", KnownAnswer.timeout_s),
-                                             1, 3600, integer=False)))
+    k = _keys(
+        "config.knownAnswer",
+        top["knownAnswer"],
+        {"prompt", "expect", "maxTokens", "timeoutSeconds"},
+        {"prompt", "expect"},
+    )
+    known = KnownAnswer(
+        prompt=_str("config.knownAnswer.prompt", k["prompt"]),
+        expect=_nonblank("config.knownAnswer.expect", k["expect"]),
+        max_tokens=_num("config.knownAnswer.maxTokens", k.get("maxTokens", KnownAnswer.max_tokens), 1, 4096),
+        timeout_s=float(
+            _num(
+                "config.knownAnswer.timeoutSeconds",
+                k.get("timeoutSeconds", KnownAnswer.timeout_s),
+                1,
+                3600,
+                integer=False,
+            )
+        ),
+    )
 
     gp = _keys("config.gpu", top.get("gpu", {}), {"evidenceCommand", "rootCa", "vbios", "driver"}, set())
     # The host writes this config and is not trusted: what the agent runs as root and the root of
     # trust for GPU evidence come from the (measured) image, except in the dev stack.
     if stack != DEV_STACK:
-        for key, present in (("config.gpu.evidenceCommand", "evidenceCommand" in gp),
-                             ("config.gpu.rootCa", "rootCa" in gp), ("config.podman", "podman" in top)):
+        for key, present in (
+            ("config.gpu.evidenceCommand", "evidenceCommand" in gp),
+            ("config.gpu.rootCa", "rootCa" in gp),
+            ("config.podman", "podman" in top),
+        ):
             if present:
-                raise InputError(f"{key} only in the dev stack (outside it the image fixes the command and the "
-                                 "NVIDIA root: the host's config must not choose what runs as root in the TD)",
-                                 f"set, with stack {stack!r}")
+                raise InputError(
+                    f"{key} only in the dev stack (outside it the image fixes the command and the "
+                    "NVIDIA root: the host's config must not choose what runs as root in the TD)",
+                    f"set, with stack {stack!r}",
+                )
     command = gp.get("evidenceCommand", list(NVML_COLLECTOR))
     if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
         raise InputError("config.gpu.evidenceCommand as a non-empty list of strings", repr(command)[:120])
     if not any("{nonce}" in a for a in command):
-        raise InputError("config.gpu.evidenceCommand with a {nonce} argument (evidence must carry our fresh nonce)",
-                         repr(command)[:120])
+        raise InputError(
+            "config.gpu.evidenceCommand with a {nonce} argument (evidence must carry our fresh nonce)",
+            repr(command)[:120],
+        )
     vbios = gp.get("vbios", [])
     if not isinstance(vbios, list) or not all(isinstance(v, str) and v for v in vbios):
         raise InputError("config.gpu.vbios as a list of version strings", repr(vbios)[:120])
@@ -182,28 +221,44 @@ def config_from_mapping(doc: Any) -> AgentConfig:
     root_ca = gp.get("rootCa")
     if root_ca is not None and not _str("config.gpu.rootCa", root_ca).startswith("/"):
         raise InputError("config.gpu.rootCa as an absolute path to a PEM file", repr(root_ca))
-    gpu = GpuConfig(evidence_command=tuple(command), root_ca=root_ca,
-                    vbios=tuple(vbios), driver=driver)
+    gpu = GpuConfig(evidence_command=tuple(command), root_ca=root_ca, vbios=tuple(vbios), driver=driver)
 
     state_dir = _str("config.stateDir", top.get("stateDir", AgentConfig.state_dir))
     if not state_dir.startswith("/"):
         raise InputError("config.stateDir as an absolute path", repr(state_dir))
-    return AgentConfig(stack=stack, workload=workload, model=ModelSource(source, model_dir), known_answer=known,
-                       server=server, server_port=server_port, gateway_port=gateway_port,
-                       gateway_listen=gateway_listen, gpu=gpu, state_dir=state_dir,
-                       server_start_timeout_s=float(_num(
-                           "config.serverStartTimeoutSeconds",
-                           top.get("serverStartTimeoutSeconds", AgentConfig.server_start_timeout_s), 1, 86400,
-                           integer=False)),
-                       podman=_str("config.podman", top.get("podman", AgentConfig.podman)))
+    return AgentConfig(
+        stack=stack,
+        workload=workload,
+        model=ModelSource(source, model_dir),
+        known_answer=known,
+        server=server,
+        server_port=server_port,
+        gateway_port=gateway_port,
+        gateway_listen=gateway_listen,
+        gpu=gpu,
+        state_dir=state_dir,
+        server_start_timeout_s=float(
+            _num(
+                "config.serverStartTimeoutSeconds",
+                top.get("serverStartTimeoutSeconds", AgentConfig.server_start_timeout_s),
+                1,
+                86400,
+                integer=False,
+            )
+        ),
+        podman=_str("config.podman", top.get("podman", AgentConfig.podman)),
+    )
 
 
 def load_config(path: str | Path) -> AgentConfig:
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
-        raise InputError("a readable agent config (the host passes it as fw_cfg opt/tdx-vllm/agent.json; "
-                         "or give --config FILE)", exc.strerror or str(exc), file=str(path)) from None
+        raise InputError(
+            "a readable agent config (the host passes it as fw_cfg opt/tdx-vllm/agent.json; or give --config FILE)",
+            exc.strerror or str(exc),
+            file=str(path),
+        ) from None
     try:
         doc = json.loads(raw)
     except ValueError as exc:

@@ -14,6 +14,7 @@ nvidia-smi. An object also carries "cc" ({"environment", "enabled", "devtools"},
 confidential-computing state; only a dev collector may leave it out): CC must be on, and outside
 dev neither devtools nor a non-prod environment is accepted.
 """
+
 from __future__ import annotations
 
 import base64
@@ -44,8 +45,8 @@ class GpuItem:
 
 @dataclass(frozen=True)
 class GpuResult:
-    skipped: str | None                     # why the step did not run (dev stand-in only)
-    evidence_path: Path | None              # JSON the gateway serves as gpu_evidence
+    skipped: str | None  # why the step did not run (dev stand-in only)
+    evidence_path: Path | None  # JSON the gateway serves as gpu_evidence
     gpus: tuple[dict, ...] = ()
 
 
@@ -80,16 +81,24 @@ def check_cc_state(doc: Any, dev: bool) -> dict | None:
     cc = doc.get("cc") if isinstance(doc, dict) else None
     if cc is None:
         if not dev:
-            raise Refused("gpu", "the driver's CC state ('cc') in the evidence (guest_agent.nvml reports it), seen none")
+            raise Refused(
+                "gpu", "the driver's CC state ('cc') in the evidence (guest_agent.nvml reports it), seen none"
+            )
         return None
     if not isinstance(cc, dict) or not {"environment", "enabled", "devtools"} <= set(cc):
         raise Refused("gpu", f"'cc' as {{environment, enabled, devtools}} in the evidence, seen {json.dumps(cc)[:120]}")
     if cc["enabled"] is not True:
-        raise Refused("gpu", "the driver's confidential computing on (GPU CC mode 'on'), seen it off; set the GPU's CC "
-                             "mode on the host (gpu.mode) and restart the TD")
+        raise Refused(
+            "gpu",
+            "the driver's confidential computing on (GPU CC mode 'on'), seen it off; set the GPU's CC "
+            "mode on the host (gpu.mode) and restart the TD",
+        )
     if not dev and cc["devtools"] is not False:
-        raise Refused("gpu", "CC devtools mode off outside the dev stack (devtools leaves GPU memory open to the "
-                             "host), seen it on; set gpu.mode 'on' on the host")
+        raise Refused(
+            "gpu",
+            "CC devtools mode off outside the dev stack (devtools leaves GPU memory open to the "
+            "host), seen it on; set gpu.mode 'on' on the host",
+        )
     if not dev and cc["environment"] != "prod":
         raise Refused("gpu", f"CC environment 'prod', seen {cc['environment']!r}")
     return cc
@@ -101,24 +110,41 @@ def evidence_items(doc: Any) -> list[GpuItem]:
     if isinstance(doc, dict):
         items = next((doc[k] for k in ("evidences", "evidence_list", "gpus") if k in doc), None)
     if not isinstance(items, list) or not items:
-        raise Refused("gpu", "a non-empty list of GPU evidence (under 'evidences', 'evidence_list' or 'gpus'), "
-                             f"seen {json.dumps(doc)[:120]}")
+        raise Refused(
+            "gpu",
+            "a non-empty list of GPU evidence (under 'evidences', 'evidence_list' or 'gpus'), "
+            f"seen {json.dumps(doc)[:120]}",
+        )
     out = []
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise Refused("gpu", f"GPU {i} evidence as an object, seen {type(item).__name__}")
-        out.append(GpuItem(report=_decode_blob(item.get("evidence"), f"GPU {i} 'evidence'", pem=False),
-                           chain_pem=_decode_blob(item.get("certificate"), f"GPU {i} 'certificate'", pem=True),
-                           vbios=item.get("vbios_version"), driver=item.get("driver_version")))
+        out.append(
+            GpuItem(
+                report=_decode_blob(item.get("evidence"), f"GPU {i} 'evidence'", pem=False),
+                chain_pem=_decode_blob(item.get("certificate"), f"GPU {i} 'certificate'", pem=True),
+                vbios=item.get("vbios_version"),
+                driver=item.get("driver_version"),
+            )
+        )
     return out
 
 
-def verify_items(items: list[GpuItem], root_pem: bytes | None, nonce: bytes, expected_count: int,
-                 vbios_pins: tuple[str, ...], driver_pin: str | None) -> list[dict]:
+def verify_items(
+    items: list[GpuItem],
+    root_pem: bytes | None,
+    nonce: bytes,
+    expected_count: int,
+    vbios_pins: tuple[str, ...],
+    driver_pin: str | None,
+) -> list[dict]:
     """Verify every GPU's evidence and pins; the per-GPU facts for the gateway. Pure."""
     if len(items) != expected_count:
-        raise Refused("gpu", f"{expected_count} GPU(s) (the manifest's tensorParallelSize), evidence for "
-                             f"{len(items)}; attach the GPUs to the TD or fix tensorParallelSize")
+        raise Refused(
+            "gpu",
+            f"{expected_count} GPU(s) (the manifest's tensorParallelSize), evidence for "
+            f"{len(items)}; attach the GPUs to the TD or fix tensorParallelSize",
+        )
     facts = []
     for i, item in enumerate(items):
         try:
@@ -126,39 +152,59 @@ def verify_items(items: list[GpuItem], root_pem: bytes | None, nonce: bytes, exp
         except GpuEvidenceError as exc:
             raise Refused("gpu", f"GPU {i}: {exc}") from None
         if vbios_pins and item.vbios not in vbios_pins:
-            raise Refused("gpu", f"GPU {i}: VBIOS among {list(vbios_pins)}, seen {item.vbios!r}; flash the pinned "
-                                 "VBIOS (firmware/gpu/*.yaml) or update the pin")
+            raise Refused(
+                "gpu",
+                f"GPU {i}: VBIOS among {list(vbios_pins)}, seen {item.vbios!r}; flash the pinned "
+                "VBIOS (firmware/gpu/*.yaml) or update the pin",
+            )
         if driver_pin and item.driver != driver_pin:
-            raise Refused("gpu", f"GPU {i}: driver {driver_pin}, seen {item.driver!r}; rebuild the guest image "
-                                 "with the pinned driver or update the pin")
-        facts.append({**ev.as_dict(), "vbios_version": item.vbios, "driver_version": item.driver,
-                      "evidence": item.report.hex(), "certificate": item.chain_pem.decode()})
+            raise Refused(
+                "gpu",
+                f"GPU {i}: driver {driver_pin}, seen {item.driver!r}; rebuild the guest image "
+                "with the pinned driver or update the pin",
+            )
+        facts.append(
+            {
+                **ev.as_dict(),
+                "vbios_version": item.vbios,
+                "driver_version": item.driver,
+                "evidence": item.report.hex(),
+                "certificate": item.chain_pem.decode(),
+            }
+        )
     return facts
 
 
 def _fill_versions(system: System, items: list[GpuItem]) -> list[GpuItem]:
     if all(i.vbios and i.driver for i in items):
         return items
-    res = system.run(["nvidia-smi", "--query-gpu=vbios_version,driver_version", "--format=csv,noheader"],
-                     SMI_TIMEOUT_S)
+    res = system.run(["nvidia-smi", "--query-gpu=vbios_version,driver_version", "--format=csv,noheader"], SMI_TIMEOUT_S)
     if res.returncode != 0:
         raise Refused("gpu", f"VBIOS/driver versions from nvidia-smi: {res.describe()}")
     rows = [[c.strip() for c in line.split(",")] for line in res.stdout.strip().splitlines() if line.strip()]
     if len(rows) != len(items) or any(len(r) != 2 for r in rows):
-        raise Refused("gpu", f"one 'vbios, driver' row per GPU ({len(items)}) from nvidia-smi, seen {res.stdout[:120]!r}")
+        raise Refused(
+            "gpu", f"one 'vbios, driver' row per GPU ({len(items)}) from nvidia-smi, seen {res.stdout[:120]!r}"
+        )
     return [GpuItem(i.report, i.chain_pem, i.vbios or r[0], i.driver or r[1]) for i, r in zip(items, rows)]
 
 
-def attest_gpus(config: AgentConfig, system: System, state_dir: Path,
-                make_nonce: Callable[[], bytes] = lambda: secrets.token_bytes(32)) -> GpuResult:
+def attest_gpus(
+    config: AgentConfig,
+    system: System,
+    state_dir: Path,
+    make_nonce: Callable[[], bytes] = lambda: secrets.token_bytes(32),
+) -> GpuResult:
     if config.dev and config.server == "standin":
         return GpuResult(skipped="dev stack with the stand-in server: no GPU is used", evidence_path=None)
-    root_pem = None   # the chain's own root, pinned by fingerprint (tdxattest.gpu_evidence)
+    root_pem = None  # the chain's own root, pinned by fingerprint (tdxattest.gpu_evidence)
     if config.gpu.root_ca is not None:
         try:
             root_pem = system.path(config.gpu.root_ca).read_bytes()
         except OSError as exc:
-            raise Refused("gpu", f"the NVIDIA Device Identity root CA at {config.gpu.root_ca} ({exc.strerror})") from None
+            raise Refused(
+                "gpu", f"the NVIDIA Device Identity root CA at {config.gpu.root_ca} ({exc.strerror})"
+            ) from None
     nonce = make_nonce()
     argv = [a.replace("{nonce}", nonce.hex()).replace("{python}", system.python) for a in config.gpu.evidence_command]
     res = system.run(argv, COLLECT_TIMEOUT_S)
@@ -167,18 +213,31 @@ def attest_gpus(config: AgentConfig, system: System, state_dir: Path,
     doc = load_evidence_output(res.stdout)
     cc = check_cc_state(doc, config.dev)
     items = _fill_versions(system, evidence_items(doc))
-    facts = verify_items(items, root_pem, nonce, config.workload.tensor_parallel_size,
-                         config.gpu.vbios, config.gpu.driver)
+    facts = verify_items(
+        items, root_pem, nonce, config.workload.tensor_parallel_size, config.gpu.vbios, config.gpu.driver
+    )
     ready = system.run([system.python, "-m", "guest_agent.nvml", "--set-ready"], SMI_TIMEOUT_S)
     try:
         answer = json.loads(ready.stdout)
     except ValueError:
         answer = None
     if ready.returncode != 0 or answer != {"ready": True}:
-        raise Refused("gpu", f"GPUs ready (accepting work) after setting it, seen {ready.describe()} "
-                             f"{ready.stdout.strip()[:120]!r}")
+        raise Refused(
+            "gpu",
+            f"GPUs ready (accepting work) after setting it, seen {ready.describe()} {ready.stdout.strip()[:120]!r}",
+        )
     path = state_dir / "gpu-evidence.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"version": 1, "verified_by": "tdx-vllm guest agent (tdxattest.gpu_evidence)",
-                                "nonce": nonce.hex(), "cc": cc, "gpus": facts}, indent=1))
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "verified_by": "tdx-vllm guest agent (tdxattest.gpu_evidence)",
+                "nonce": nonce.hex(),
+                "cc": cc,
+                "gpus": facts,
+            },
+            indent=1,
+        )
+    )
     return GpuResult(skipped=None, evidence_path=path, gpus=tuple(facts))

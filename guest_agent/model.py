@@ -4,6 +4,7 @@ The manifest's SHA-256 per file is what RTMR3 vouches for, so the transport need
 own: a file is written to `<name>.part`, hashed on the way, and renamed into place only on a match.
 A file already in place with the right hash is kept (an agent restart does not download again).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,8 +60,11 @@ def fetch_file(url: str, dest: Path, expected: str, name: str | None = None, tim
     seen = h.hexdigest()
     if seen != expected:
         part.unlink(missing_ok=True)
-        raise Refused("model", f"model file {name}: sha256 {expected}, seen {seen} (from {url}); the source "
-                               "serves other bytes than the manifest pins: fix model.source or the manifest")
+        raise Refused(
+            "model",
+            f"model file {name}: sha256 {expected}, seen {seen} (from {url}); the source "
+            "serves other bytes than the manifest pins: fix model.source or the manifest",
+        )
     os.replace(part, dest)
 
 

@@ -15,6 +15,7 @@ driver; `$TDX_VLLM_NVML_LIBRARY` replaces it for tests (the host cannot set the 
 environment: the unit file is in the measured image). The struct layouts are NVML's (nvml.h, API 12 / driver R550+); tests/unit/test_nvml.py pins
 their sizes and offsets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,35 +27,39 @@ from dataclasses import dataclass
 
 LIBRARY = "libnvidia-ml.so.1"
 LIBRARY_ENV = "TDX_VLLM_NVML_LIBRARY"
-NONCE_SIZE = 0x20                       # NVML_CC_GPU_CEC_NONCE_SIZE
-REPORT_SIZE = 0x2000                    # NVML_CC_GPU_ATTESTATION_REPORT_SIZE
-CEC_REPORT_SIZE = 0x1000                # NVML_CC_GPU_CEC_ATTESTATION_REPORT_SIZE
-CERT_CHAIN_SIZE = 0x1000                # NVML_GPU_CERT_CHAIN_SIZE
-ATTESTATION_CERT_CHAIN_SIZE = 0x1400    # NVML_GPU_ATTESTATION_CERT_CHAIN_SIZE
-VBIOS_BUFFER = 32                       # NVML_DEVICE_VBIOS_VERSION_BUFFER_SIZE
-DRIVER_BUFFER = 80                      # NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE
-CC_FEATURE_ENABLED = 1                  # NVML_CC_SYSTEM_FEATURE_ENABLED
-ACCEPTING_CLIENT_REQUESTS = 1           # NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE
-CC_ENVIRONMENTS = {0: "unavailable", 1: "sim", 2: "prod"}   # NVML_CC_SYSTEM_ENVIRONMENT_*
+NONCE_SIZE = 0x20  # NVML_CC_GPU_CEC_NONCE_SIZE
+REPORT_SIZE = 0x2000  # NVML_CC_GPU_ATTESTATION_REPORT_SIZE
+CEC_REPORT_SIZE = 0x1000  # NVML_CC_GPU_CEC_ATTESTATION_REPORT_SIZE
+CERT_CHAIN_SIZE = 0x1000  # NVML_GPU_CERT_CHAIN_SIZE
+ATTESTATION_CERT_CHAIN_SIZE = 0x1400  # NVML_GPU_ATTESTATION_CERT_CHAIN_SIZE
+VBIOS_BUFFER = 32  # NVML_DEVICE_VBIOS_VERSION_BUFFER_SIZE
+DRIVER_BUFFER = 80  # NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE
+CC_FEATURE_ENABLED = 1  # NVML_CC_SYSTEM_FEATURE_ENABLED
+ACCEPTING_CLIENT_REQUESTS = 1  # NVML_CC_ACCEPTING_CLIENT_REQUESTS_TRUE
+CC_ENVIRONMENTS = {0: "unavailable", 1: "sim", 2: "prod"}  # NVML_CC_SYSTEM_ENVIRONMENT_*
 
 
-class GpuCertificate(ctypes.Structure):            # nvmlConfComputeGpuCertificate_t
-    _fields_ = [("certChainSize", ctypes.c_uint),
-                ("attestationCertChainSize", ctypes.c_uint),
-                ("certChain", ctypes.c_ubyte * CERT_CHAIN_SIZE),
-                ("attestationCertChain", ctypes.c_ubyte * ATTESTATION_CERT_CHAIN_SIZE)]
+class GpuCertificate(ctypes.Structure):  # nvmlConfComputeGpuCertificate_t
+    _fields_ = [
+        ("certChainSize", ctypes.c_uint),
+        ("attestationCertChainSize", ctypes.c_uint),
+        ("certChain", ctypes.c_ubyte * CERT_CHAIN_SIZE),
+        ("attestationCertChain", ctypes.c_ubyte * ATTESTATION_CERT_CHAIN_SIZE),
+    ]
 
 
-class GpuAttestationReport(ctypes.Structure):      # nvmlConfComputeGpuAttestationReport_t
-    _fields_ = [("isCecAttestationReportPresent", ctypes.c_uint),
-                ("attestationReportSize", ctypes.c_uint),
-                ("cecAttestationReportSize", ctypes.c_uint),
-                ("nonce", ctypes.c_ubyte * NONCE_SIZE),        # in: the verifier's nonce
-                ("attestationReport", ctypes.c_ubyte * REPORT_SIZE),
-                ("cecAttestationReport", ctypes.c_ubyte * CEC_REPORT_SIZE)]
+class GpuAttestationReport(ctypes.Structure):  # nvmlConfComputeGpuAttestationReport_t
+    _fields_ = [
+        ("isCecAttestationReportPresent", ctypes.c_uint),
+        ("attestationReportSize", ctypes.c_uint),
+        ("cecAttestationReportSize", ctypes.c_uint),
+        ("nonce", ctypes.c_ubyte * NONCE_SIZE),  # in: the verifier's nonce
+        ("attestationReport", ctypes.c_ubyte * REPORT_SIZE),
+        ("cecAttestationReport", ctypes.c_ubyte * CEC_REPORT_SIZE),
+    ]
 
 
-class ConfComputeSystemState(ctypes.Structure):    # nvmlConfComputeSystemState_t
+class ConfComputeSystemState(ctypes.Structure):  # nvmlConfComputeSystemState_t
     _fields_ = [("environment", ctypes.c_uint), ("ccFeature", ctypes.c_uint), ("devToolsMode", ctypes.c_uint)]
 
 
@@ -64,9 +69,9 @@ class NvmlError(RuntimeError):
 
 @dataclass(frozen=True)
 class CcState:
-    environment: str      # prod | sim | unavailable
-    enabled: bool         # CC feature on in the driver
-    devtools: bool        # CC devtools mode (no protection of GPU memory from the host)
+    environment: str  # prod | sim | unavailable
+    enabled: bool  # CC feature on in the driver
+    devtools: bool  # CC devtools mode (no protection of GPU memory from the host)
 
     def as_dict(self) -> dict:
         return {"environment": self.environment, "enabled": self.enabled, "devtools": self.devtools}
@@ -114,8 +119,11 @@ class Nvml:
     def cc_state(self) -> CcState:
         s = ConfComputeSystemState()
         self._call("nvmlSystemGetConfComputeState", ctypes.byref(s))
-        return CcState(environment=CC_ENVIRONMENTS.get(s.environment, str(s.environment)),
-                       enabled=s.ccFeature == CC_FEATURE_ENABLED, devtools=s.devToolsMode != 0)
+        return CcState(
+            environment=CC_ENVIRONMENTS.get(s.environment, str(s.environment)),
+            enabled=s.ccFeature == CC_FEATURE_ENABLED,
+            devtools=s.devToolsMode != 0,
+        )
 
     def vbios_version(self, handle: ctypes.c_void_p) -> str:
         buf = ctypes.create_string_buffer(VBIOS_BUFFER)
@@ -127,8 +135,10 @@ class Nvml:
         self._call("nvmlDeviceGetConfComputeGpuCertificate", handle, ctypes.byref(cert))
         size = cert.attestationCertChainSize
         if not 0 < size <= ATTESTATION_CERT_CHAIN_SIZE:
-            raise NvmlError(f"nvmlDeviceGetConfComputeGpuCertificate: attestation chain size {size} outside "
-                            f"1..{ATTESTATION_CERT_CHAIN_SIZE}")
+            raise NvmlError(
+                f"nvmlDeviceGetConfComputeGpuCertificate: attestation chain size {size} outside "
+                f"1..{ATTESTATION_CERT_CHAIN_SIZE}"
+            )
         return bytes(cert.attestationCertChain[:size])
 
     def ready(self) -> bool:
@@ -145,7 +155,9 @@ class Nvml:
         self._call("nvmlDeviceGetConfComputeGpuAttestationReport", handle, ctypes.byref(report))
         size = report.attestationReportSize
         if not 0 < size <= REPORT_SIZE:
-            raise NvmlError(f"nvmlDeviceGetConfComputeGpuAttestationReport: report size {size} outside 1..{REPORT_SIZE}")
+            raise NvmlError(
+                f"nvmlDeviceGetConfComputeGpuAttestationReport: report size {size} outside 1..{REPORT_SIZE}"
+            )
         return bytes(report.attestationReport[:size])
 
 
@@ -153,16 +165,20 @@ def collect(nvml: Nvml, nonce: bytes) -> dict:
     """Evidence for every GPU NVML sees, over `nonce` (32 bytes)."""
     if len(nonce) != NONCE_SIZE:
         raise ValueError(f"nonce of {NONCE_SIZE} bytes, seen {len(nonce)}")
-    cc = nvml.cc_state()   # first: with CC off the report calls fail less clearly than this reads
+    cc = nvml.cc_state()  # first: with CC off the report calls fail less clearly than this reads
     driver = nvml.driver_version()
     gpus = []
     for i in range(nvml.device_count()):
         h = nvml.handle(i)
-        gpus.append({"index": i,
-                     "evidence": nvml.attestation_report(h, nonce).hex(),
-                     "certificate": nvml.attestation_chain(h).decode("ascii", errors="strict"),
-                     "vbios_version": nvml.vbios_version(h),
-                     "driver_version": driver})
+        gpus.append(
+            {
+                "index": i,
+                "evidence": nvml.attestation_report(h, nonce).hex(),
+                "certificate": nvml.attestation_chain(h).decode("ascii", errors="strict"),
+                "vbios_version": nvml.vbios_version(h),
+                "driver_version": driver,
+            }
+        )
     return {"collector": "guest_agent.nvml", "cc": cc.as_dict(), "evidences": gpus}
 
 

@@ -5,6 +5,7 @@
 "refused": the agent would not start serving (the reason names the step and the fix); "failed":
 it was ready and a supervised process died afterwards.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,19 +24,24 @@ CONSOLE = "/dev/ttyS0"
 
 @dataclass(frozen=True)
 class Report:
-    state: str                        # "ready" | "refused" | "failed"
+    state: str  # "ready" | "refused" | "failed"
     stack: str | None
     rtmr3: str | None = None
     endpoint: str | None = None
     quote_source: str | None = None
     reason: str | None = None
     step: str | None = None
-    notes: tuple[str, ...] = field(default=())   # loud facts: software quotes, skipped GPU step
+    notes: tuple[str, ...] = field(default=())  # loud facts: software quotes, skipped GPU step
     manifest_sha384: str | None = None  # the workload manifest measured into RTMR3 (the host compares it)
 
     def as_dict(self) -> dict:
-        out = {"state": self.state, "stack": self.stack, "rtmr3": self.rtmr3, "endpoint": self.endpoint,
-               "quoteSource": self.quote_source}
+        out = {
+            "state": self.state,
+            "stack": self.stack,
+            "rtmr3": self.rtmr3,
+            "endpoint": self.endpoint,
+            "quoteSource": self.quote_source,
+        }
         if self.reason is not None:
             out["reason"] = self.reason
             out["step"] = self.step
@@ -56,7 +62,7 @@ def parse_line(line: str) -> dict | None:
     if at < 0:
         return None
     try:
-        return json.loads(line[at + len(REPORT_PREFIX):])
+        return json.loads(line[at + len(REPORT_PREFIX) :])
     except ValueError:
         return None
 

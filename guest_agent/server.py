@@ -4,6 +4,7 @@ Command lines are built by pure functions; `Supervisor` starts them in their own
 (podman's children die with it), logs each to a file, notices when one exits, and stops them all
 in reverse order.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,13 +39,35 @@ CONTAINER_NAME = "tdx-vllm"
 def vllm_argv(manifest: WorkloadManifest, model_dir: str, port: int, podman: str = "podman") -> list[str]:
     """`podman run` of the pinned image. Pure. vLLM binds loopback: only the gateway is reachable."""
     env = [a for k, v in sorted(VLLM_ENV.items()) for a in ("--env", f"{k}={v}")]
-    return [podman, "run", "--rm", "--replace", "--name", CONTAINER_NAME, "--pull=missing", "--network=host",
-            "--device", "nvidia.com/gpu=all", "--security-opt=label=disable", "--ipc=host",
-            "--volume", f"{model_dir}:{model_dir}:ro", *env,
-            manifest.image,
-            "--model", model_dir, "--served-model-name", manifest.model_id,
-            "--host", LOOPBACK, "--port", str(port),
-            "--tensor-parallel-size", str(manifest.tensor_parallel_size), *manifest.vllm_args]
+    return [
+        podman,
+        "run",
+        "--rm",
+        "--replace",
+        "--name",
+        CONTAINER_NAME,
+        "--pull=missing",
+        "--network=host",
+        "--device",
+        "nvidia.com/gpu=all",
+        "--security-opt=label=disable",
+        "--ipc=host",
+        "--volume",
+        f"{model_dir}:{model_dir}:ro",
+        *env,
+        manifest.image,
+        "--model",
+        model_dir,
+        "--served-model-name",
+        manifest.model_id,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--tensor-parallel-size",
+        str(manifest.tensor_parallel_size),
+        *manifest.vllm_args,
+    ]
 
 
 def vllm_cleanup_argv(podman: str = "podman") -> list[str]:
@@ -56,10 +79,31 @@ def standin_argv(python: str, port: int, model_id: str) -> list[str]:
     return [python, "-m", "tdxattest.standin", "--listen", f"{LOOPBACK}:{port}", "--model", model_id]
 
 
-def gateway_argv(python: str, *, listen: str, port: int, upstream_port: int, quote_source: str,
-                 test_pki_dir: str | None, event_log: str, gpu_evidence: str | None) -> list[str]:
-    argv = [python, "-m", "tdxattest", "gateway", "--upstream", f"http://{LOOPBACK}:{upstream_port}",
-            "--listen", f"{listen}:{port}", "--quote-source", quote_source, "--event-log", event_log]
+def gateway_argv(
+    python: str,
+    *,
+    listen: str,
+    port: int,
+    upstream_port: int,
+    quote_source: str,
+    test_pki_dir: str | None,
+    event_log: str,
+    gpu_evidence: str | None,
+) -> list[str]:
+    argv = [
+        python,
+        "-m",
+        "tdxattest",
+        "gateway",
+        "--upstream",
+        f"http://{LOOPBACK}:{upstream_port}",
+        "--listen",
+        f"{listen}:{port}",
+        "--quote-source",
+        quote_source,
+        "--event-log",
+        event_log,
+    ]
     if quote_source == "software-test":
         if not test_pki_dir:
             raise ValueError("software-test quotes need a test PKI directory")
@@ -94,8 +138,9 @@ class Supervisor:
         log = self.log_dir / f"{name}.log"
         with open(log, "wb") as out:
             try:
-                proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                proc = subprocess.Popen(
+                    list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                )
             except OSError as exc:
                 raise Refused(name, f"`{argv[0]}` to start: {exc.strerror or exc}") from None
         child = Managed(name, proc, log, tuple(cleanup))
@@ -152,15 +197,19 @@ def loopback_open(request, timeout_s: float, context: ssl.SSLContext | None = No
     return urllib.request.build_opener(*handlers).open(request, timeout=timeout_s)
 
 
-def wait_http(url: str, child: Managed, timeout_s: float, what: str,
-              context: ssl.SSLContext | None = None, poll_s: float = 0.2) -> None:
+def wait_http(
+    url: str, child: Managed, timeout_s: float, what: str, context: ssl.SSLContext | None = None, poll_s: float = 0.2
+) -> None:
     """Until `url` answers 200; refuse early when the process behind it exits."""
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     while time.monotonic() < deadline:
         if child.process.poll() is not None:
-            raise Refused(child.name, f"{what} at {url}, the process exited {child.process.returncode}: "
-                                      f"{child.log_tail() or 'no output'} (log {child.log})")
+            raise Refused(
+                child.name,
+                f"{what} at {url}, the process exited {child.process.returncode}: "
+                f"{child.log_tail() or 'no output'} (log {child.log})",
+            )
         try:
             with loopback_open(url, 5, context) as resp:
                 if resp.status == 200:

@@ -3,6 +3,7 @@
 Every step reaches sysfs, configfs, /dev and external tools only through `System`, so tests drive
 the real step code against a temporary directory tree and scripted commands.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -51,7 +52,7 @@ def run_command(argv: Sequence[str], timeout_s: float) -> CommandResult:
 class System:
     root: Path = Path("/")
     run: Runner = field(default=run_command)
-    python: str = sys.executable   # runs tdxattest.gateway / tdxattest.standin
+    python: str = sys.executable  # runs tdxattest.gateway / tdxattest.standin
 
     def path(self, absolute: str) -> Path:
         """`absolute` (a kernel or device path) under this system's root."""

@@ -7,6 +7,7 @@ Kernel ABI (Documentation/ABI/testing/sysfs-devices-virtual-misc-tdx_guest, Linu
 48 bytes to `measurements/rtmr3:sha384` extends RTMR3 = SHA-384(RTMR3 || data); reading it returns
 the current 48-byte value.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,10 @@ PROBE_ENTRY = "tdx-vllm-agent-probe"
 
 @dataclass(frozen=True)
 class TdxFacts:
-    tsm_provider: str | None     # provider of configfs-tsm reports, "tdx_guest" in a TD
-    device: bool                 # /dev/tdx_guest exists
-    rtmr3: Path | None           # the RTMR3 sysfs file, when present
-    missing: tuple[str, ...]     # what a TD with working attestation has and this one lacks
+    tsm_provider: str | None  # provider of configfs-tsm reports, "tdx_guest" in a TD
+    device: bool  # /dev/tdx_guest exists
+    rtmr3: Path | None  # the RTMR3 sysfs file, when present
+    missing: tuple[str, ...]  # what a TD with working attestation has and this one lacks
 
     @property
     def present(self) -> bool:
@@ -72,17 +73,21 @@ def detect_tdx(system: System) -> TdxFacts:
     rtmr3 = system.path(RTMR3_SYSFS)
     missing = []
     if provider != TDX_PROVIDER:
-        hint = (f" ({TDX_GUEST_DEVICE} exists: the kernel lacks CONFIG_TSM_REPORTS or configfs is not mounted)"
-                if device else f" (and no {TDX_GUEST_DEVICE}: this is not a TDX TD)")
-        missing.append(f"configfs-tsm provider {TDX_PROVIDER} at {TSM_REPORT_ROOT}, seen "
-                       f"{provider or 'nothing'}{hint}")
+        hint = (
+            f" ({TDX_GUEST_DEVICE} exists: the kernel lacks CONFIG_TSM_REPORTS or configfs is not mounted)"
+            if device
+            else f" (and no {TDX_GUEST_DEVICE}: this is not a TDX TD)"
+        )
+        missing.append(f"configfs-tsm provider {TDX_PROVIDER} at {TSM_REPORT_ROOT}, seen {provider or 'nothing'}{hint}")
     if not rtmr3.is_file():
         missing.append(f"{RTMR3_SYSFS} (the RTMR sysfs ABI needs a guest kernel >= 6.16)")
-    return TdxFacts(tsm_provider=provider, device=device, rtmr3=rtmr3 if rtmr3.is_file() else None,
-                    missing=tuple(missing))
+    return TdxFacts(
+        tsm_provider=provider, device=device, rtmr3=rtmr3 if rtmr3.is_file() else None, missing=tuple(missing)
+    )
 
 
 # ---- RTMR3 ------------------------------------------------------------------------------------
+
 
 class Rtmr3(Protocol):
     label: str
@@ -110,8 +115,11 @@ class SysfsRtmr3:
         except (ValueError, UnicodeDecodeError):
             value = b""
         if len(value) != rtmr.DIGEST_SIZE:
-            raise Refused("measure", f"{self.path} to read 48 bytes (or 96 hex digits), seen {len(raw)} bytes; "
-                                     "check the guest kernel's tdx_guest measurements ABI")
+            raise Refused(
+                "measure",
+                f"{self.path} to read 48 bytes (or 96 hex digits), seen {len(raw)} bytes; "
+                "check the guest kernel's tdx_guest measurements ABI",
+            )
         return value
 
     def extend(self, digest: bytes) -> None:
@@ -145,7 +153,7 @@ class SoftwareRtmr3:
 @dataclass(frozen=True)
 class Measurement:
     rtmr3: bytes
-    extended: bool          # False when an earlier run of the agent in this TD already measured it
+    extended: bool  # False when an earlier run of the agent in this TD already measured it
 
 
 def read_event_log(path: Path) -> list[dict]:
@@ -158,8 +166,11 @@ def read_event_log(path: Path) -> list[dict]:
         try:
             events.append(json.loads(line))
         except ValueError as exc:
-            raise Refused("measure", f"JSON lines in {path}, line {n}: {exc}; the log is in tmpfs and "
-                                     "only this agent writes it: restart the TD") from None
+            raise Refused(
+                "measure",
+                f"JSON lines in {path}, line {n}: {exc}; the log is in tmpfs and "
+                "only this agent writes it: restart the TD",
+            ) from None
     return events
 
 
@@ -181,14 +192,20 @@ def measure_workload(manifest: WorkloadManifest, register: Rtmr3, event_log: Pat
     before = register.read()
     replayed = _replay(logged, event_log)
     if before != replayed:
-        raise Refused("measure", f"RTMR3 = {replayed.hex()} (replay of {len(logged)} event(s) in {event_log}), "
-                                 f"seen {before.hex()}; something else extended RTMR3 or the log was lost: "
-                                 "restart the TD")
+        raise Refused(
+            "measure",
+            f"RTMR3 = {replayed.hex()} (replay of {len(logged)} event(s) in {event_log}), "
+            f"seen {before.hex()}; something else extended RTMR3 or the log was lost: "
+            "restart the TD",
+        )
     if logged:
         if [e.get("digest") for e in logged] == [e["digest"] for e in ours]:
             return Measurement(before, extended=False)
-        raise Refused("measure", f"RTMR3 unmeasured or holding this manifest {ours[0]['digest']}, seen events "
-                                 f"{[e.get('digest') for e in logged]}; a TD serves one manifest: restart the TD")
+        raise Refused(
+            "measure",
+            f"RTMR3 unmeasured or holding this manifest {ours[0]['digest']}, seen events "
+            f"{[e.get('digest') for e in logged]}; a TD serves one manifest: restart the TD",
+        )
     event_log.parent.mkdir(parents=True, exist_ok=True)
     # Log first, then extend: a crash in between leaves a log the register does not match yet,
     # which the next run refuses, rather than a measured register nobody can explain.
@@ -202,6 +219,9 @@ def measure_workload(manifest: WorkloadManifest, register: Rtmr3, event_log: Pat
     after = register.read()
     expected = _replay(record, event_log)
     if after != expected:
-        raise Refused("measure", f"RTMR3 = {expected.hex()} after extending with the manifest digest, seen "
-                                 f"{after.hex()} ({register.label}); the register did not extend as the ABI says")
+        raise Refused(
+            "measure",
+            f"RTMR3 = {expected.hex()} after extending with the manifest digest, seen "
+            f"{after.hex()} ({register.label}); the register did not extend as the ABI says",
+        )
     return Measurement(after, extended=True)

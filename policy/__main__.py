@@ -1,5 +1,6 @@
 """The tdx-vllm policy pack (CrossGuard). `PolicyPack(...)` serves the pack and blocks: the rules
 live in policy/validators.py and are tested there (tests/unit/test_policy_validators.py)."""
+
 import os
 import sys
 

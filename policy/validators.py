@@ -35,6 +35,7 @@ What each rule inspects in this program's resources (see README "What `pulumi up
 Values CrossGuard cannot know during preview (e.g. `stdout`) are passed to the pure functions as
 `UNKNOWN` and never treated as compliant or violating: a rule skips them.
 """
+
 from __future__ import annotations
 
 import re
@@ -67,12 +68,17 @@ class _Unknown:
 
 UNKNOWN = _Unknown()
 # The engine's unknown-value sentinels (pulumi_policy/proxy.py, sdk/go/common/resource/plugin/rpc.go).
-_UNKNOWN_SENTINELS = frozenset({
-    "1c4a061d-8072-4f0a-a4cb-0ff528b18fe7", "3eeb2bf0-c639-47a8-9e75-3b44932eb421",
-    "04da6b54-80e4-46f7-96ec-b56ff0331ba9", "6a19a0b0-7e62-4c92-b797-7f8e31da9cc2",
-    "030794c1-ac77-496b-92df-f27374a8bd58", "e48ece36-62e2-4504-bad9-02848725956a",
-    "dd056dcd-154b-4c76-9bd3-c8f88648b5ff",
-})
+_UNKNOWN_SENTINELS = frozenset(
+    {
+        "1c4a061d-8072-4f0a-a4cb-0ff528b18fe7",
+        "3eeb2bf0-c639-47a8-9e75-3b44932eb421",
+        "04da6b54-80e4-46f7-96ec-b56ff0331ba9",
+        "6a19a0b0-7e62-4c92-b797-7f8e31da9cc2",
+        "030794c1-ac77-496b-92df-f27374a8bd58",
+        "e48ece36-62e2-4504-bad9-02848725956a",
+        "dd056dcd-154b-4c76-9bd3-c8f88648b5ff",
+    }
+)
 
 _HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
 _DIGEST_REF = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
@@ -85,7 +91,7 @@ def stack_of(urn: str) -> str:
     """The stack name in `urn:pulumi:<stack>::<project>::<type>::<name>`."""
     if not urn.startswith("urn:pulumi:") or "::" not in urn:
         raise ValueError(f"not a Pulumi URN: {urn!r}")
-    return urn[len("urn:pulumi:"):].split("::", 1)[0]
+    return urn[len("urn:pulumi:") :].split("::", 1)[0]
 
 
 def _walk(value: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
@@ -120,6 +126,7 @@ def _assignments(script: str) -> dict[str, str]:
 
 # --- 1. no GPU devtools outside dev ---------------------------------------------------------------
 
+
 def gpu_devtools_violations(resource_type: str, props: Mapping[str, Any], stack: str) -> list[str]:
     if resource_type != REMOTE_COMMAND or stack == DEV_STACK:
         return []
@@ -127,12 +134,15 @@ def gpu_devtools_violations(resource_type: str, props: Mapping[str, Any], stack:
     if not isinstance(stdin, str):
         return []
     if _assignments(stdin).get("TDX_GPU_MODE") == "devtools":
-        return [f"stdin sets TDX_GPU_MODE=devtools in stack `{stack}`: GPU devtools mode unblocks GPU "
-                f"debugging and is allowed only in the `{DEV_STACK}` stack; use `on` or `ppcie`"]
+        return [
+            f"stdin sets TDX_GPU_MODE=devtools in stack `{stack}`: GPU devtools mode unblocks GPU "
+            f"debugging and is allowed only in the `{DEV_STACK}` stack; use `on` or `ppcie`"
+        ]
     return []
 
 
 # --- 2. no TD with DEBUG --------------------------------------------------------------------------
+
 
 def td_debug_violations(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     out: list[str] = []
@@ -146,12 +156,14 @@ def td_debug_violations(resource_type: str, props: Mapping[str, Any]) -> list[st
             out.append(f"{path} = {value!r} is not 16 hex digits (TD_ATTRIBUTES bytes): cannot check DEBUG")
             continue
         if int.from_bytes(bytes.fromhex(value), "little") & TD_ATTR_DEBUG:
-            out.append(f"{path} = {value} has DEBUG (bit 0) set: a debuggable TD exposes its memory to the "
-                       "host; clear bit 0")
+            out.append(
+                f"{path} = {value} has DEBUG (bit 0) set: a debuggable TD exposes its memory to the host; clear bit 0"
+            )
     return out
 
 
 # --- 3. images only by digest ---------------------------------------------------------------------
+
 
 def image_digest_violations(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     out = []
@@ -165,6 +177,7 @@ def image_digest_violations(resource_type: str, props: Mapping[str, Any]) -> lis
 
 
 # --- 4. host keys pinned --------------------------------------------------------------------------
+
 
 def host_key_violations(resource_type: str, props: Mapping[str, Any]) -> list[str]:
     if not resource_type.startswith("command:remote:"):
@@ -182,12 +195,15 @@ def host_key_violations(resource_type: str, props: Mapping[str, Any]) -> list[st
         if key is UNKNOWN:
             continue
         if not (isinstance(key, str) and key.strip()):
-            out.append(f"{path}.hostKey is not set: the host key must be pinned (no trust on first use); "
-                       "set it from `ssh-keyscan -t ed25519 HOST` checked out of band")
+            out.append(
+                f"{path}.hostKey is not set: the host key must be pinned (no trust on first use); "
+                "set it from `ssh-keyscan -t ed25519 HOST` checked out of band"
+            )
     return out
 
 
 # --- 5. secrets never plain -----------------------------------------------------------------------
+
 
 def _plain(value: Any) -> bool:
     """A known, non-empty value not marked secret."""
@@ -202,8 +218,10 @@ def plain_secret_violations(resource_type: str, props: Mapping[str, Any]) -> lis
         if isinstance(conn, Mapping):  # a Secret connection hides all of its fields: fine
             for key in _CONNECTION_SECRETS:
                 if _plain(conn.get(key)):
-                    out.append(f"connection.{key} is plain text: pass it as a Pulumi secret "
-                               "(`pulumi config set --secret`, `pulumi.Output.secret`)")
+                    out.append(
+                        f"connection.{key} is plain text: pass it as a Pulumi secret "
+                        "(`pulumi config set --secret`, `pulumi.Output.secret`)"
+                    )
     if resource_type in (LOCAL_COMMAND, REMOTE_COMMAND):
         env = props.get("environment")
         if isinstance(env, Mapping):
@@ -214,12 +232,15 @@ def plain_secret_violations(resource_type: str, props: Mapping[str, Any]) -> lis
         if isinstance(stdin, str):
             for name, value in _assignments(stdin).items():
                 if _CREDENTIAL_NAME.search(name) and value:
-                    out.append(f"stdin assigns {name} but stdin is not secret: wrap it in `pulumi.Output.secret` "
-                               "(host_step(..., secret=True))")
+                    out.append(
+                        f"stdin assigns {name} but stdin is not secret: wrap it in `pulumi.Output.secret` "
+                        "(host_step(..., secret=True))"
+                    )
     return out
 
 
 # --- CrossGuard adapters --------------------------------------------------------------------------
+
 
 def plain_props(value: Any, keep_secrets: bool = False) -> Any:
     """CrossGuard's property proxies as plain values: the engine's unknown sentinels become
@@ -260,29 +281,44 @@ def _report_all(report: ReportViolation, messages: list[str], urn: str | None = 
 def resource_policy(name: str, description: str, rule: ResourceRule) -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
         _report_all(report, rule(args.resource_type, plain_props(args.props)))
-    return ResourceValidationPolicy(name=name, description=description, validate=validate,
-                                    enforcement_level=EnforcementLevel.MANDATORY)
+
+    return ResourceValidationPolicy(
+        name=name, description=description, validate=validate, enforcement_level=EnforcementLevel.MANDATORY
+    )
 
 
 def gpu_devtools_policy() -> ResourceValidationPolicy:
     def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
         _report_all(report, gpu_devtools_violations(args.resource_type, plain_props(args.props), stack_of(args.urn)))
+
     return ResourceValidationPolicy(
         name="no-gpu-devtools-outside-dev",
         description="GPU confidential-computing mode `devtools` only in the `dev` stack.",
-        validate=validate, enforcement_level=EnforcementLevel.MANDATORY)
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    )
 
 
 def td_debug_stack_policy() -> StackValidationPolicy:
     """Outputs too: the root stack resource carries the `pins` output (tdAttributes)."""
+
     def validate(args: StackValidationArgs, report: ReportViolation) -> None:
         for r in args.resources:
-            _report_all(report, [f"{r.resource_type} {r.name}: {m}"
-                                 for m in td_debug_violations(r.resource_type, plain_props(r.props))], r.urn)
+            _report_all(
+                report,
+                [
+                    f"{r.resource_type} {r.name}: {m}"
+                    for m in td_debug_violations(r.resource_type, plain_props(r.props))
+                ],
+                r.urn,
+            )
+
     return StackValidationPolicy(
         name="no-debug-td-outputs",
         description="No resource output or stack output pins TD attributes with DEBUG set.",
-        validate=validate, enforcement_level=EnforcementLevel.MANDATORY)
+        validate=validate,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    )
 
 
 def secrets_policy() -> ResourceValidationPolicy:
@@ -302,7 +338,10 @@ def secrets_policy() -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
         name="secrets-never-plain",
         description="SSH keys, BMC credentials and API keys reach resources only as Pulumi secrets.",
-        validate=validate, remediate=remediate, enforcement_level=EnforcementLevel.REMEDIATE)
+        validate=validate,
+        remediate=remediate,
+        enforcement_level=EnforcementLevel.REMEDIATE,
+    )
 
 
 def policies() -> list:
@@ -310,8 +349,9 @@ def policies() -> list:
         gpu_devtools_policy(),
         resource_policy("no-debug-td", "No TD resource with TD attributes DEBUG set.", td_debug_violations),
         td_debug_stack_policy(),
-        resource_policy("images-by-digest", "Container images only by digest (name@sha256:...).",
-                        image_digest_violations),
+        resource_policy(
+            "images-by-digest", "Container images only by digest (name@sha256:...).", image_digest_violations
+        ),
         resource_policy("host-keys-pinned", "Every remote command pins the host key.", host_key_violations),
         secrets_policy(),
     ]

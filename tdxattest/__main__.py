@@ -1,4 +1,5 @@
 """`python -m tdxattest <verb>`."""
+
 import sys
 
 from tdxattest.cli import main

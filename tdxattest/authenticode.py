@@ -11,6 +11,7 @@ Hashed, in order:
 
 Pure: bytes in, digest out; `InputError` with the offset when the file is not a PE image.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,12 +52,14 @@ def _u32(data: bytes, off: int, what: str) -> int:
 
 def pe_layout(pe: bytes) -> PeLayout:
     if pe[:2] != b"MZ":
-        raise InputError("'MZ' (a PE/COFF image, e.g. a Linux bzImage with its EFI stub)",
-                         show_bytes(pe[:4]), offset=0)
+        raise InputError("'MZ' (a PE/COFF image, e.g. a Linux bzImage with its EFI stub)", show_bytes(pe[:4]), offset=0)
     e_lfanew = _u32(pe, 0x3C, "the PE header offset (e_lfanew)")
-    if pe[e_lfanew:e_lfanew + 4] != b"PE\x00\x00":
-        raise InputError("PE signature 'PE\\0\\0' at e_lfanew (a PE/COFF image)",
-                         show_bytes(pe[e_lfanew:e_lfanew + 4]), offset=e_lfanew)
+    if pe[e_lfanew : e_lfanew + 4] != b"PE\x00\x00":
+        raise InputError(
+            "PE signature 'PE\\0\\0' at e_lfanew (a PE/COFF image)",
+            show_bytes(pe[e_lfanew : e_lfanew + 4]),
+            offset=e_lfanew,
+        )
     coff = e_lfanew + 4
     sections_count = _u16(pe, coff + 2, "the COFF header")
     size_of_optional = _u16(pe, coff + 16, "the COFF header")
@@ -77,8 +80,11 @@ def pe_layout(pe: bytes) -> PeLayout:
     if rva_count > SECURITY_DIRECTORY_INDEX:
         cert_entry = directories + 8 * SECURITY_DIRECTORY_INDEX
         if cert_entry + 8 > size_of_headers:
-            raise InputError(f"the certificate table entry inside the headers ({size_of_headers} bytes)",
-                             f"it ends at {cert_entry + 8}", offset=cert_entry)
+            raise InputError(
+                f"the certificate table entry inside the headers ({size_of_headers} bytes)",
+                f"it ends at {cert_entry + 8}",
+                offset=cert_entry,
+            )
         cert_size = _u32(pe, cert_entry + 4, "the certificate table size")
     table = opt + size_of_optional
     sections = []
@@ -87,8 +93,11 @@ def pe_layout(pe: bytes) -> PeLayout:
         raw_size = _u32(pe, at + 16, f"section header {i}")
         raw_ptr = _u32(pe, at + 20, f"section header {i}")
         if raw_size and raw_ptr + raw_size > len(pe):
-            raise InputError(f"section {i} raw data (0x{raw_ptr:x} + 0x{raw_size:x}) inside the {len(pe)}-byte file",
-                             f"end at 0x{raw_ptr + raw_size:x}", offset=at + 16)
+            raise InputError(
+                f"section {i} raw data (0x{raw_ptr:x} + 0x{raw_size:x}) inside the {len(pe)}-byte file",
+                f"end at 0x{raw_ptr + raw_size:x}",
+                offset=at + 16,
+            )
         sections.append((raw_ptr, raw_size))
     return PeLayout(e_lfanew, opt, magic, opt + 64, cert_entry, size_of_headers, cert_size, tuple(sections))
 
@@ -98,15 +107,15 @@ def authenticode_digest(pe: bytes, algorithm: str = "sha384") -> bytes:
     layout = pe_layout(pe)
     view = memoryview(pe)
     h = hashlib.new(algorithm)
-    h.update(view[:layout.checksum_offset])
+    h.update(view[: layout.checksum_offset])
     if layout.certificate_entry_offset is None:
-        h.update(view[layout.checksum_offset + 4:layout.size_of_headers])
+        h.update(view[layout.checksum_offset + 4 : layout.size_of_headers])
     else:
-        h.update(view[layout.checksum_offset + 4:layout.certificate_entry_offset])
-        h.update(view[layout.certificate_entry_offset + 8:layout.size_of_headers])
+        h.update(view[layout.checksum_offset + 4 : layout.certificate_entry_offset])
+        h.update(view[layout.certificate_entry_offset + 8 : layout.size_of_headers])
     hashed = layout.size_of_headers
     for ptr, size in sorted(s for s in layout.sections if s[1]):
-        h.update(view[ptr:ptr + size])
+        h.update(view[ptr : ptr + size])
         hashed += size
     trailing_end = len(pe) - layout.certificate_size
     if trailing_end > hashed:

@@ -4,6 +4,7 @@ The TD puts this in its quote's REPORTDATA; the verifying proxy recomputes it fr
 SubjectPublicKeyInfo and the nonce it sent, and compares in constant time. The domain tag keeps
 this hash from being confused with any other use of REPORTDATA.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,10 +20,14 @@ def spki_der(key_or_cert) -> bytes:
     """SubjectPublicKeyInfo DER of a `cryptography` certificate, public key, or PEM/DER cert bytes."""
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     if isinstance(key_or_cert, (bytes, bytearray)):
         data = bytes(key_or_cert)
-        key_or_cert = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
-                       else x509.load_der_x509_certificate(data))
+        key_or_cert = (
+            x509.load_pem_x509_certificate(data)
+            if data.lstrip().startswith(b"-----")
+            else x509.load_der_x509_certificate(data)
+        )
     if isinstance(key_or_cert, x509.Certificate):
         key_or_cert = key_or_cert.public_key()
     return key_or_cert.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
@@ -37,8 +42,6 @@ def expected_report_data(spki: bytes, nonce: bytes, tag: bytes = DOMAIN_TAG) -> 
     """The 64-byte REPORTDATA binding a TLS key (SPKI DER) and a client nonce."""
     _check_nonce(nonce)
     return hashlib.sha512(tag + hashlib.sha256(spki).digest() + nonce).digest()
-
-
 
 
 # Per-response binding (`x-attestation: required`): the gateway quotes over the request it served,

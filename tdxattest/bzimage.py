@@ -16,6 +16,7 @@ Fields (protocol = u16 at 0x206 when "HdrS" is at 0x202, else 0):
 
 Pure.
 """
+
 from __future__ import annotations
 
 import re
@@ -55,15 +56,21 @@ def _vga_mode(cmdline: str) -> int | None:
     at = cmdline.find("vga=")
     if at < 0:
         return None
-    mode = cmdline[at + 4:]
+    mode = cmdline[at + 4 :]
     for word, value in (("normal", 0xFFFF), ("ext", 0xFFFE), ("ask", 0xFFFD)):
         if mode.startswith(word):
             return value
     return _c_strtol(mode) & 0xFFFF
 
 
-def qemu_patch_kernel(kernel: bytes, *, ram_bytes: int, initrd_size: int | None = None, cmdline: str = "",
-                      acpi_data_size: int = DEFAULT_ACPI_DATA_SIZE) -> bytes:
+def qemu_patch_kernel(
+    kernel: bytes,
+    *,
+    ram_bytes: int,
+    initrd_size: int | None = None,
+    cmdline: str = "",
+    acpi_data_size: int = DEFAULT_ACPI_DATA_SIZE,
+) -> bytes:
     """The kernel image as OVMF receives it from QEMU's fw_cfg (setup header patched)."""
     protocol = boot_protocol(kernel)
     header = bytearray(kernel[:HEADER_MIN])
@@ -99,11 +106,17 @@ def qemu_patch_kernel(kernel: bytes, *, ram_bytes: int, initrd_size: int | None 
         struct.pack_into("<H", header, 0x224, (cmdline_addr - real_addr - 0x200) & 0xFFFF)
     if initrd_size is not None:
         if protocol < 0x200:
-            raise InputError("a Linux boot protocol >= 2.00 to load an initrd ('HdrS' at 0x202)",
-                             f"protocol 0x{protocol:x}", offset=0x202)
+            raise InputError(
+                "a Linux boot protocol >= 2.00 to load an initrd ('HdrS' at 0x202)",
+                f"protocol 0x{protocol:x}",
+                offset=0x202,
+            )
         if initrd_size >= initrd_max:
-            raise InputError(f"an initrd smaller than {initrd_max} bytes for {ram_bytes} bytes of RAM",
-                             f"{initrd_size} bytes", offset=None)
+            raise InputError(
+                f"an initrd smaller than {initrd_max} bytes for {ram_bytes} bytes of RAM",
+                f"{initrd_size} bytes",
+                offset=None,
+            )
         initrd_addr = (initrd_max - initrd_size) & ~0xFFF
         struct.pack_into("<II", header, 0x218, initrd_addr, initrd_size)
     return bytes(header) + kernel[HEADER_MIN:]

@@ -8,6 +8,7 @@ verb module's top-level imports light: every verb module is imported to build `-
 Exit codes, shared by every verb: 0 ok; 1 a comparison failed (the verb ran, the evidence does not
 match); 2 unusable input, with one line on stderr: `error: FILE: offset N: expected X, seen Y`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tdxattest",
         description="Intel TDX attestation tools: offline measurements, event-log replay.",
-        epilog="exit status: 0 ok, 1 comparison failed, 2 unusable input")
+        epilog="exit status: 0 ok, 1 comparison failed, 2 unusable input",
+    )
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for module in verb_modules():
         module.register(sub)

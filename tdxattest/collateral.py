@@ -20,6 +20,7 @@ root CRL (signed by the root; it must not list the chain's CAs), the PCK CRL (si
 the TCB info and QE identity signatures over their exact bytes, their ids (TDX / TD_QE), the FMSPC,
 and every piece's issue/next-update window. Failures raise `CollateralError` with a named check.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,15 @@ TCB_CHAIN_HEADERS = ("TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain")
 QE_CHAIN_HEADERS = ("SGX-Enclave-Identity-Issuer-Chain", "Enclave-Identity-Issuer-Chain")
 CRL_CHAIN_HEADERS = ("SGX-PCK-CRL-Issuer-Chain",)
 
-FILES = ("tcb_info.body", "tcb_info.chain", "qe_identity.body", "qe_identity.chain", "pck_crl.body",
-         "pck_crl.chain", "root_ca_crl.body")
+FILES = (
+    "tcb_info.body",
+    "tcb_info.chain",
+    "qe_identity.body",
+    "qe_identity.chain",
+    "pck_crl.body",
+    "pck_crl.chain",
+    "root_ca_crl.body",
+)
 
 
 class CollateralError(Exception):
@@ -88,6 +96,7 @@ def _crl_der(body: bytes) -> bytes:
     if data.startswith(b"-----BEGIN"):
         from cryptography import x509
         from cryptography.hazmat.primitives.serialization import Encoding
+
         return x509.load_pem_x509_crl(data).public_bytes(Encoding.DER)
     try:
         return bytes.fromhex(data.decode("ascii"))
@@ -102,6 +111,7 @@ def _chain_pem(header_value: bytes) -> str:
 @dataclass(frozen=True)
 class RawCollateral:
     """The collateral exactly as served."""
+
     tcb_info_body: bytes
     tcb_info_chain: bytes  # header value as received (URL-encoded PEM)
     qe_identity_body: bytes
@@ -111,27 +121,46 @@ class RawCollateral:
     root_ca_crl_body: bytes
 
     def files(self) -> dict[str, bytes]:
-        return dict(zip(FILES, (self.tcb_info_body, self.tcb_info_chain, self.qe_identity_body,
-                                self.qe_identity_chain, self.pck_crl_body, self.pck_crl_chain,
-                                self.root_ca_crl_body)))
+        return dict(
+            zip(
+                FILES,
+                (
+                    self.tcb_info_body,
+                    self.tcb_info_chain,
+                    self.qe_identity_body,
+                    self.qe_identity_chain,
+                    self.pck_crl_body,
+                    self.pck_crl_chain,
+                    self.root_ca_crl_body,
+                ),
+            )
+        )
 
     def to_dcap_json(self) -> str:
         """dcap-qvl QuoteCollateralV3 JSON (signed texts kept byte-exact)."""
         tcb, tcb_sig = signed_body(self.tcb_info_body, "tcbInfo")
         qe, qe_sig = signed_body(self.qe_identity_body, "enclaveIdentity")
-        return json.dumps({
-            "pck_crl_issuer_chain": _chain_pem(self.pck_crl_chain),
-            "root_ca_crl": _crl_der(self.root_ca_crl_body).hex(),
-            "pck_crl": _crl_der(self.pck_crl_body).hex(),
-            "tcb_info_issuer_chain": _chain_pem(self.tcb_info_chain), "tcb_info": tcb, "tcb_info_signature": tcb_sig,
-            "qe_identity_issuer_chain": _chain_pem(self.qe_identity_chain), "qe_identity": qe,
-            "qe_identity_signature": qe_sig})
+        return json.dumps(
+            {
+                "pck_crl_issuer_chain": _chain_pem(self.pck_crl_chain),
+                "root_ca_crl": _crl_der(self.root_ca_crl_body).hex(),
+                "pck_crl": _crl_der(self.pck_crl_body).hex(),
+                "tcb_info_issuer_chain": _chain_pem(self.tcb_info_chain),
+                "tcb_info": tcb,
+                "tcb_info_signature": tcb_sig,
+                "qe_identity_issuer_chain": _chain_pem(self.qe_identity_chain),
+                "qe_identity": qe,
+                "qe_identity_signature": qe_sig,
+            }
+        )
 
 
 # --- verification (cryptography) -----------------------------------------------------------------
 
+
 def _load_chain(pem: str, what: str) -> list:
     from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(pem.encode())
     except ValueError as exc:
@@ -142,6 +171,7 @@ def _load_chain(pem: str, what: str) -> list:
 def _verify_sig(pub, signature: bytes, data: bytes, algorithm) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         pub.verify(signature, data, ec.ECDSA(algorithm))
         return True
@@ -152,24 +182,33 @@ def _verify_sig(pub, signature: bytes, data: bytes, algorithm) -> bool:
 def _check_chain(certs: list, what: str, now: int, root_sha256: str) -> Any:
     """Verify leaf->...->root; the last cert must be the pinned root. Returns the root cert."""
     from cryptography.hazmat.primitives.serialization import Encoding
+
     if not certs:
         raise CollateralError("collateral.chain_invalid", f"a non-empty {what} issuer chain", "no certificates")
     root = certs[-1]
     digest = hashlib.sha256(root.public_bytes(Encoding.DER)).hexdigest()
     if digest != root_sha256:
-        raise CollateralError("collateral.chain_untrusted_root", f"{what} chain ending at the Intel SGX Root CA "
-                              f"(DER SHA-256 {root_sha256[:16]}...)", f"{root.subject.rfc4514_string()} "
-                              f"(SHA-256 {digest[:16]}...)")
+        raise CollateralError(
+            "collateral.chain_untrusted_root",
+            f"{what} chain ending at the Intel SGX Root CA (DER SHA-256 {root_sha256[:16]}...)",
+            f"{root.subject.rfc4514_string()} (SHA-256 {digest[:16]}...)",
+        )
     for cert, issuer in zip(certs, certs[1:] + [root]):
-        if cert.issuer != issuer.subject or not _verify_sig(issuer.public_key(), cert.signature,
-                                                             cert.tbs_certificate_bytes,
-                                                             cert.signature_hash_algorithm):
-            raise CollateralError("collateral.chain_invalid", f"{cert.subject.rfc4514_string()} signed by "
-                                  f"{issuer.subject.rfc4514_string()}", "bad signature or issuer")
+        if cert.issuer != issuer.subject or not _verify_sig(
+            issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, cert.signature_hash_algorithm
+        ):
+            raise CollateralError(
+                "collateral.chain_invalid",
+                f"{cert.subject.rfc4514_string()} signed by {issuer.subject.rfc4514_string()}",
+                "bad signature or issuer",
+            )
         if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
-            raise CollateralError("collateral.expired", f"{cert.subject.rfc4514_string()} valid at {_iso(now)}",
-                                  f"valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. "
-                                  f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}")
+            raise CollateralError(
+                "collateral.expired",
+                f"{cert.subject.rfc4514_string()} valid at {_iso(now)}",
+                f"valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. "
+                f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
+            )
     return root
 
 
@@ -177,8 +216,7 @@ def _check_window(what: str, issue: int, next_update: int, now: int) -> None:
     if now < issue:
         raise CollateralError("collateral.not_yet_valid", f"{what} issued by {_iso(now)}", f"issued {_iso(issue)}")
     if now > next_update:
-        raise CollateralError("collateral.expired", f"{what} valid at {_iso(now)}",
-                              f"nextUpdate {_iso(next_update)}")
+        raise CollateralError("collateral.expired", f"{what} valid at {_iso(now)}", f"nextUpdate {_iso(next_update)}")
 
 
 @dataclass(frozen=True)
@@ -189,13 +227,17 @@ class CollateralStatus:
     next_updates: dict
 
     def as_dict(self) -> dict:
-        return {"fmspc": self.fmspc, "tcb_evaluation_data_number": self.tcb_evaluation_data_number,
-                "earliest_next_update": _iso(self.earliest_next_update),
-                "next_updates": {k: _iso(v) for k, v in self.next_updates.items()}}
+        return {
+            "fmspc": self.fmspc,
+            "tcb_evaluation_data_number": self.tcb_evaluation_data_number,
+            "earliest_next_update": _iso(self.earliest_next_update),
+            "next_updates": {k: _iso(v) for k, v in self.next_updates.items()},
+        }
 
 
-def verify_collateral(raw: RawCollateral, now: int, fmspc: str | None = None,
-                      root_sha256: str = INTEL_SGX_ROOT_CA_SHA256) -> CollateralStatus:
+def verify_collateral(
+    raw: RawCollateral, now: int, fmspc: str | None = None, root_sha256: str = INTEL_SGX_ROOT_CA_SHA256
+) -> CollateralStatus:
     """Verify every piece of `raw` at `now`. Raises CollateralError naming the first failed check."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -211,14 +253,16 @@ def verify_collateral(raw: RawCollateral, now: int, fmspc: str | None = None,
     tcb_chain = _load_chain(_chain_pem(raw.tcb_info_chain), "TCB info")
     root = _check_chain(tcb_chain, "TCB info", now, root_sha256)
     if not _verify_sig(tcb_chain[0].public_key(), raw_sig(tcb_sig), tcb_text.encode(), hashes.SHA256()):
-        raise CollateralError("collateral.tcb_info_signature_invalid", "TCB info signed by the TCB Signing key",
-                              "signature does not verify over the stored bytes")
+        raise CollateralError(
+            "collateral.tcb_info_signature_invalid",
+            "TCB info signed by the TCB Signing key",
+            "signature does not verify over the stored bytes",
+        )
     tcb = json.loads(tcb_text)
     if tcb.get("id") != "TDX":
         raise CollateralError("collateral.wrong_type", "TCB info id TDX", repr(tcb.get("id")))
     if fmspc and tcb.get("fmspc", "").upper() != fmspc.upper():
-        raise CollateralError("collateral.fmspc_mismatch", f"TCB info for FMSPC {fmspc.upper()}",
-                              str(tcb.get("fmspc")))
+        raise CollateralError("collateral.fmspc_mismatch", f"TCB info for FMSPC {fmspc.upper()}", str(tcb.get("fmspc")))
     _check_window("TCB info", parse_iso_ts(tcb["issueDate"]), parse_iso_ts(tcb["nextUpdate"]), now)
     nexts["tcb_info"] = parse_iso_ts(tcb["nextUpdate"])
     # QE identity
@@ -226,8 +270,11 @@ def verify_collateral(raw: RawCollateral, now: int, fmspc: str | None = None,
     qe_chain = _load_chain(_chain_pem(raw.qe_identity_chain), "QE identity")
     _check_chain(qe_chain, "QE identity", now, root_sha256)
     if not _verify_sig(qe_chain[0].public_key(), raw_sig(qe_sig), qe_text.encode(), hashes.SHA256()):
-        raise CollateralError("collateral.qe_identity_signature_invalid", "QE identity signed by the TCB Signing key",
-                              "signature does not verify over the stored bytes")
+        raise CollateralError(
+            "collateral.qe_identity_signature_invalid",
+            "QE identity signed by the TCB Signing key",
+            "signature does not verify over the stored bytes",
+        )
     qe = json.loads(qe_text)
     if qe.get("id") != "TD_QE":
         raise CollateralError("collateral.wrong_type", "QE identity id TD_QE", repr(qe.get("id")))
@@ -239,10 +286,12 @@ def verify_collateral(raw: RawCollateral, now: int, fmspc: str | None = None,
     except ValueError as exc:
         raise CollateralError("collateral.crl_invalid", "a DER root CA CRL", str(exc)) from None
     if not root_crl.is_signature_valid(root.public_key()):
-        raise CollateralError("collateral.crl_invalid", "root CA CRL signed by the Intel SGX Root CA",
-                              "signature does not verify")
-    _check_window("root CA CRL", int(root_crl.last_update_utc.timestamp()),
-                  int(root_crl.next_update_utc.timestamp()), now)
+        raise CollateralError(
+            "collateral.crl_invalid", "root CA CRL signed by the Intel SGX Root CA", "signature does not verify"
+        )
+    _check_window(
+        "root CA CRL", int(root_crl.last_update_utc.timestamp()), int(root_crl.next_update_utc.timestamp()), now
+    )
     nexts["root_ca_crl"] = int(root_crl.next_update_utc.timestamp())
     # PCK CRL
     crl_chain = _load_chain(_chain_pem(raw.pck_crl_chain), "PCK CRL")
@@ -252,24 +301,33 @@ def verify_collateral(raw: RawCollateral, now: int, fmspc: str | None = None,
     except ValueError as exc:
         raise CollateralError("collateral.crl_invalid", "a DER PCK CRL", str(exc)) from None
     if pck_crl.issuer != crl_chain[0].subject or not pck_crl.is_signature_valid(crl_chain[0].public_key()):
-        raise CollateralError("collateral.crl_invalid", f"PCK CRL signed by {crl_chain[0].subject.rfc4514_string()}",
-                              pck_crl.issuer.rfc4514_string())
+        raise CollateralError(
+            "collateral.crl_invalid",
+            f"PCK CRL signed by {crl_chain[0].subject.rfc4514_string()}",
+            pck_crl.issuer.rfc4514_string(),
+        )
     _check_window("PCK CRL", int(pck_crl.last_update_utc.timestamp()), int(pck_crl.next_update_utc.timestamp()), now)
     nexts["pck_crl"] = int(pck_crl.next_update_utc.timestamp())
     for cert in tcb_chain[:-1] + qe_chain[:-1] + crl_chain[:-1]:
         if root_crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-            raise CollateralError("collateral.revoked", f"{cert.subject.rfc4514_string()} not revoked",
-                                  "listed in the root CA CRL")
-    return CollateralStatus(fmspc=str(tcb["fmspc"]).upper(),
-                            tcb_evaluation_data_number=int(tcb["tcbEvaluationDataNumber"]),
-                            earliest_next_update=min(nexts.values()), next_updates=nexts)
+            raise CollateralError(
+                "collateral.revoked", f"{cert.subject.rfc4514_string()} not revoked", "listed in the root CA CRL"
+            )
+    return CollateralStatus(
+        fmspc=str(tcb["fmspc"]).upper(),
+        tcb_evaluation_data_number=int(tcb["tcbEvaluationDataNumber"]),
+        earliest_next_update=min(nexts.values()),
+        next_updates=nexts,
+    )
 
 
 # --- fetching ------------------------------------------------------------------------------------
 
+
 def _http_get(url: str) -> tuple[bytes, Any]:
     import urllib.error
     import urllib.request
+
     host = urllib.parse.urlsplit(url).hostname or ""
     handlers = [urllib.request.ProxyHandler({})] if host in ("127.0.0.1", "localhost", "::1") else []
     opener = urllib.request.build_opener(*handlers)
@@ -292,8 +350,7 @@ def _header(headers: Any, names: tuple[str, ...], url: str) -> bytes:
     raise CollateralError("collateral.fetch_failed", f"header {names[0]} in the response from {url}", "missing")
 
 
-def fetch_collateral(base_url: str, fmspc: str, ca: str = "platform",
-                     root_crl_url: str | None = None) -> RawCollateral:
+def fetch_collateral(base_url: str, fmspc: str, ca: str = "platform", root_crl_url: str | None = None) -> RawCollateral:
     """Fetch one collateral set (PCS/PCCS API v4). Raises CollateralError on any HTTP failure.
 
     The root CA CRL comes from the server's `sgx/certification/v4/rootcacrl` (a PCCS); when that
@@ -322,18 +379,21 @@ def fetch_collateral(base_url: str, fmspc: str, ca: str = "platform",
     return RawCollateral(tcb_body, tcb_chain, qe_body, qe_chain, crl_body, crl_chain, root_body)
 
 
-def _root_crl_from_distribution_point(chain_pem: str, first: CollateralError, tried: str,
-                                      url: str | None = None) -> bytes:
+def _root_crl_from_distribution_point(
+    chain_pem: str, first: CollateralError, tried: str, url: str | None = None
+) -> bytes:
     """Intel PCS has no rootcacrl endpoint: fetch the root CA CRL from `url`, else from the CRL
     distribution point of the chain's root. Fails closed with both attempts in one message."""
     from cryptography import x509
+
     where = "root_crl_url"
     if url is None:
         certs = _load_chain(chain_pem, "PCK CRL")
         try:
             dps = certs[-1].extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-            url = next(n.value for dp in dps for n in (dp.full_name or [])
-                       if isinstance(n, x509.UniformResourceIdentifier))
+            url = next(
+                n.value for dp in dps for n in (dp.full_name or []) if isinstance(n, x509.UniformResourceIdentifier)
+            )
         except (x509.ExtensionNotFound, StopIteration):
             raise first from None
         where = "the Intel root certificate's CRL distribution point"
@@ -345,11 +405,13 @@ def _root_crl_from_distribution_point(chain_pem: str, first: CollateralError, tr
             f"the Intel SGX Root CA CRL from {tried} (PCCS) or from {url} ({where})",
             f"{tried}: {first.seen}; {url}: {second.seen}",
             fix=f"make {url} reachable from this host, or pass a root CRL mirror (root_crl_url / "
-                "collateral fetch --root-crl-url), or use a PCCS that serves sgx/certification/v4/rootcacrl") from None
+            "collateral fetch --root-crl-url), or use a PCCS that serves sgx/certification/v4/rootcacrl",
+        ) from None
     return body
 
 
 # --- the on-disk cache ---------------------------------------------------------------------------
+
 
 def _write_private(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"  # the proxy's executor threads share a pid
@@ -365,8 +427,13 @@ def _write_private(path: str, data: bytes) -> None:
 class CollateralCache:
     """Raw collateral per (FMSPC, PCK CA) on disk; verified on every `get`."""
 
-    def __init__(self, directory: str | None = None, refresh_margin: int = DEFAULT_REFRESH_MARGIN,
-                 root_sha256: str = INTEL_SGX_ROOT_CA_SHA256, root_crl_url: str | None = None):
+    def __init__(
+        self,
+        directory: str | None = None,
+        refresh_margin: int = DEFAULT_REFRESH_MARGIN,
+        root_sha256: str = INTEL_SGX_ROOT_CA_SHA256,
+        root_crl_url: str | None = None,
+    ):
         self.dir = directory or DEFAULT_CACHE_DIR
         self.margin = refresh_margin
         self.root_sha256 = root_sha256
@@ -405,6 +472,7 @@ class CollateralCache:
         fetching fails, a cached set still valid at `now` is used and the status says so; when
         none is, raises CollateralError("collateral.stale", ...)."""
         from .verify import collateral_from_json_text
+
         if fmspc is None:
             raise CollateralError("collateral.fetch_failed", "an FMSPC (from the quote's PCK certificate)", "none")
         cached = self.load(fmspc, ca)
@@ -425,20 +493,29 @@ class CollateralCache:
             try:
                 raw = fetch_collateral(base_url, fmspc, ca, root_crl_url=self.root_crl_url)
                 new_status = verify_collateral(raw, now, fmspc, self.root_sha256)
-                if (cached_status is not None
-                        and new_status.tcb_evaluation_data_number < cached_status.tcb_evaluation_data_number):
-                    raise CollateralError("collateral.rollback", f"tcbEvaluationDataNumber >= "
-                                          f"{cached_status.tcb_evaluation_data_number}",
-                                          str(new_status.tcb_evaluation_data_number))
+                if (
+                    cached_status is not None
+                    and new_status.tcb_evaluation_data_number < cached_status.tcb_evaluation_data_number
+                ):
+                    raise CollateralError(
+                        "collateral.rollback",
+                        f"tcbEvaluationDataNumber >= {cached_status.tcb_evaluation_data_number}",
+                        str(new_status.tcb_evaluation_data_number),
+                    )
                 self.store(fmspc, ca, raw, {"fetched_at": _iso(now), "url": base_url, **new_status.as_dict()})
                 status.update(source="fetched", **new_status.as_dict())
                 return collateral_from_json_text(raw.to_dcap_json(), status["cache_dir"]), status
             except CollateralError as exc:
                 fetch_error = exc
         if cached_status is not None:
-            status.update(source="cache", **cached_status.as_dict(),
-                          warning=f"refresh failed ({fetch_error}); cached collateral valid until "
-                                  f"{_iso(cached_status.earliest_next_update)}" if fetch_error else None)
+            status.update(
+                source="cache",
+                **cached_status.as_dict(),
+                warning=f"refresh failed ({fetch_error}); cached collateral valid until "
+                f"{_iso(cached_status.earliest_next_update)}"
+                if fetch_error
+                else None,
+            )
             return collateral_from_json_text(cached.to_dcap_json(), status["cache_dir"]), status
         why = []
         if cached_error is not None:
@@ -449,5 +526,6 @@ class CollateralCache:
             why.append(f"refresh: {fetch_error}")
         elif not base_url:
             why.append("no PCCS URL to refresh from")
-        raise CollateralError("collateral.stale", f"collateral for FMSPC {fmspc.upper()} valid at {_iso(now)}",
-                              "; ".join(why))
+        raise CollateralError(
+            "collateral.stale", f"collateral for FMSPC {fmspc.upper()} valid at {_iso(now)}", "; ".join(why)
+        )

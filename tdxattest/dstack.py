@@ -7,6 +7,7 @@ compact-length UTF-8 name, compact-length payload}; what follows (report data, c
 needed here. SCALE compact integers: the low two bits of the first byte select 1, 2, 4 or
 (n + 4) bytes. Pure.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,9 +32,10 @@ class _Reader:
 
     def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
-            raise InputError(f"{what} ({n} bytes)", f"{len(self.data) - self.pos} bytes before the end",
-                             offset=self.pos)
-        out = self.data[self.pos:self.pos + n]
+            raise InputError(
+                f"{what} ({n} bytes)", f"{len(self.data) - self.pos} bytes before the end", offset=self.pos
+            )
+        out = self.data[self.pos : self.pos + n]
         self.pos += n
         return out
 

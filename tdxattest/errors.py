@@ -1,6 +1,7 @@
 """The one exception type for unusable input: which file, where in it, what was expected and what
 was found. Pure parsers raise it without a file name (they only see bytes); the thin loaders that
 read files attach the name with `with_file`."""
+
 from __future__ import annotations
 
 

@@ -11,6 +11,7 @@ padding of the CCEL area) or both 0xFFFFFFFF, or at the end of the data.
 In a CCEL log the index is the MR index: 1..4 = RTMR0..3 (0 would be MRTD, which the guest cannot
 extend). EV_NO_ACTION records are informational and never extended. Pure.
 """
+
 from __future__ import annotations
 
 import struct
@@ -54,10 +55,18 @@ class LogEvent:
         return describe_event(self.event_type, self.data)
 
     def as_dict(self) -> dict:
-        return {"index": self.index, "offset": self.offset, "mr_index": self.mr_index, "rtmr": self.rtmr,
-                "type": event_type_name(self.event_type), "type_value": f"0x{self.event_type:x}",
-                "sha384": self.sha384.hex() if self.sha384 is not None else None,
-                "data_size": len(self.data), "detail": self.describe(), "extended": self.extends}
+        return {
+            "index": self.index,
+            "offset": self.offset,
+            "mr_index": self.mr_index,
+            "rtmr": self.rtmr,
+            "type": event_type_name(self.event_type),
+            "type_value": f"0x{self.event_type:x}",
+            "sha384": self.sha384.hex() if self.sha384 is not None else None,
+            "data_size": len(self.data),
+            "detail": self.describe(),
+            "extended": self.extends,
+        }
 
 
 @dataclass(frozen=True)
@@ -82,19 +91,34 @@ def describe_event(event_type: int, data: bytes) -> str:
     try:
         from . import events as ev
 
-        if event_type in (ev.EV_EFI_ACTION, ev.EV_PLATFORM_CONFIG_FLAGS, ev.EV_EFI_HANDOFF_TABLES2,
-                          ev.EV_EFI_PLATFORM_FIRMWARE_BLOB2, ev.EV_IPL, ev.EV_POST_CODE, ev.EV_S_CRTM_VERSION):
+        if event_type in (
+            ev.EV_EFI_ACTION,
+            ev.EV_PLATFORM_CONFIG_FLAGS,
+            ev.EV_EFI_HANDOFF_TABLES2,
+            ev.EV_EFI_PLATFORM_FIRMWARE_BLOB2,
+            ev.EV_IPL,
+            ev.EV_POST_CODE,
+            ev.EV_S_CRTM_VERSION,
+        ):
             if event_type in (ev.EV_EFI_HANDOFF_TABLES2, ev.EV_EFI_PLATFORM_FIRMWARE_BLOB2) and data:
-                data = data[1:1 + data[0]]  # u8 description size, then the description
+                data = data[1 : 1 + data[0]]  # u8 description size, then the description
             text = data.rstrip(b"\x00")
             if text and all(32 <= b < 127 for b in text):
                 return text.decode("ascii")
             if event_type == ev.EV_S_CRTM_VERSION:
                 return data.decode("utf-16-le", "replace").rstrip("\x00")
-        if event_type in (ev.EV_EFI_VARIABLE_DRIVER_CONFIG, ev.EV_EFI_VARIABLE_BOOT, ev.EV_EFI_VARIABLE_BOOT2,
-                          ev.EV_EFI_VARIABLE_AUTHORITY) and len(data) >= 32:
+        if (
+            event_type
+            in (
+                ev.EV_EFI_VARIABLE_DRIVER_CONFIG,
+                ev.EV_EFI_VARIABLE_BOOT,
+                ev.EV_EFI_VARIABLE_BOOT2,
+                ev.EV_EFI_VARIABLE_AUTHORITY,
+            )
+            and len(data) >= 32
+        ):
             name_len, data_len = struct.unpack_from("<QQ", data, 16)
-            name = data[32:32 + 2 * name_len].decode("utf-16-le", "replace")
+            name = data[32 : 32 + 2 * name_len].decode("utf-16-le", "replace")
             return f"{name} ({data_len} bytes)"
         if event_type == ev.EV_EVENT_TAG and len(data) >= 8:
             tag, size = struct.unpack_from("<II", data, 0)
@@ -109,8 +133,9 @@ def describe_event(event_type: int, data: bytes) -> str:
 
 def _need(data: bytes, offset: int, size: int, what: str) -> None:
     if offset + size > len(data):
-        raise InputError(f"{what} ({size} bytes)", f"{len(data) - offset} bytes before the end (truncated log)",
-                         offset=offset)
+        raise InputError(
+            f"{what} ({size} bytes)", f"{len(data) - offset} bytes before the end (truncated log)", offset=offset
+        )
 
 
 def parse_spec_id_header(data: bytes) -> tuple[tuple[tuple[int, int], ...], int]:
@@ -118,14 +143,18 @@ def parse_spec_id_header(data: bytes) -> tuple[tuple[tuple[int, int], ...], int]
     _need(data, 0, LEGACY_HEADER_SIZE, "the TCG event log header (TCG_PCClientPCREvent)")
     index, event_type = struct.unpack_from("<II", data, 0)
     if event_type != EV_NO_ACTION:
-        raise InputError("a TCG2 event log starting with an EV_NO_ACTION (3) SpecID header event",
-                         f"event type 0x{event_type:x}", offset=4)
+        raise InputError(
+            "a TCG2 event log starting with an EV_NO_ACTION (3) SpecID header event",
+            f"event type 0x{event_type:x}",
+            offset=4,
+        )
     (size,) = struct.unpack_from("<I", data, 28)
     body = LEGACY_HEADER_SIZE
     _need(data, body, size, "the SpecID event")
-    if data[body:body + 16] != SPEC_ID_SIGNATURE:
-        raise InputError("signature 'Spec ID Event03' (a crypto-agile TCG2 log)", show_bytes(data[body:body + 16]),
-                         offset=body)
+    if data[body : body + 16] != SPEC_ID_SIGNATURE:
+        raise InputError(
+            "signature 'Spec ID Event03' (a crypto-agile TCG2 log)", show_bytes(data[body : body + 16]), offset=body
+        )
     if size < 16 + 4 + 4 + 4 + 1:
         raise InputError("a SpecID event of at least 29 bytes", f"{size} bytes", offset=28)
     (count,) = struct.unpack_from("<I", data, body + 24)
@@ -136,11 +165,15 @@ def parse_spec_id_header(data: bytes) -> tuple[tuple[tuple[int, int], ...], int]
     pos += 4 * count
     vendor = data[pos]
     if pos + 1 + vendor > body + size:
-        raise InputError(f"vendor info within the SpecID event ({body + size - pos - 1} bytes left)",
-                         f"{vendor} bytes", offset=pos)
+        raise InputError(
+            f"vendor info within the SpecID event ({body + size - pos - 1} bytes left)", f"{vendor} bytes", offset=pos
+        )
     if TPM_ALG_SHA384 not in dict(algorithms):
-        raise InputError("a SHA-384 (algorithm 0x000c) digest bank in the SpecID event",
-                         ", ".join(ALGORITHM_NAMES.get(a, f"0x{a:04x}") for a, _ in algorithms), offset=body + 28)
+        raise InputError(
+            "a SHA-384 (algorithm 0x000c) digest bank in the SpecID event",
+            ", ".join(ALGORITHM_NAMES.get(a, f"0x{a:04x}") for a, _ in algorithms),
+            offset=body + 28,
+        )
     return algorithms, body + size
 
 
@@ -156,23 +189,29 @@ def parse_tcg2_log(data: bytes) -> EventLog:
         _need(data, pos, 12, f"event {len(events)} header")
         (count,) = struct.unpack_from("<I", data, pos + 8)
         if count != len(algorithms):
-            raise InputError(f"event {len(events)} with {len(algorithms)} digests (one per SpecID algorithm)",
-                             f"{count} digests", offset=pos + 8)
+            raise InputError(
+                f"event {len(events)} with {len(algorithms)} digests (one per SpecID algorithm)",
+                f"{count} digests",
+                offset=pos + 8,
+            )
         pos += 12
         digests = []
         for _ in range(count):
             _need(data, pos, 2, f"event {len(events)} digest algorithm")
             (alg,) = struct.unpack_from("<H", data, pos)
             if alg not in sizes:
-                raise InputError(f"a digest algorithm listed in the SpecID header "
-                                 f"({', '.join(f'0x{a:04x}' for a in sizes)})", f"0x{alg:04x}", offset=pos)
+                raise InputError(
+                    f"a digest algorithm listed in the SpecID header ({', '.join(f'0x{a:04x}' for a in sizes)})",
+                    f"0x{alg:04x}",
+                    offset=pos,
+                )
             _need(data, pos + 2, sizes[alg], f"event {len(events)} {ALGORITHM_NAMES.get(alg, 'digest')}")
-            digests.append((alg, bytes(data[pos + 2:pos + 2 + sizes[alg]])))
+            digests.append((alg, bytes(data[pos + 2 : pos + 2 + sizes[alg]])))
             pos += 2 + sizes[alg]
         _need(data, pos, 4, f"event {len(events)} data size")
         (size,) = struct.unpack_from("<I", data, pos)
         _need(data, pos + 4, size, f"event {len(events)} data")
-        payload = bytes(data[pos + 4:pos + 4 + size])
+        payload = bytes(data[pos + 4 : pos + 4 + size])
         pos += 4 + size
         if event_type != EV_NO_ACTION and not 1 <= index <= RTMR_COUNT:
             raise InputError("a CCEL MR index 1..4 (RTMR0..3)", f"{index} in event {len(events)}", offset=start)

@@ -11,6 +11,7 @@ Event type numbers and names follow the TCG PC Client spec. Digest rules that ar
 
 Pure.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -123,14 +124,20 @@ def _device_path_node(node_type: int, subtype: int, payload: bytes) -> bytes:
 
 def efi_load_option(description: str, device_path: bytes, attributes: int, optional: bytes = b"") -> bytes:
     """EFI_LOAD_OPTION: u32 attributes, u16 device-path length, UTF-16 description + NUL, path, data."""
-    return (struct.pack("<IH", attributes, len(device_path)) + (description + "\0").encode("utf-16-le")
-            + device_path + optional)
+    return (
+        struct.pack("<IH", attributes, len(device_path))
+        + (description + "\0").encode("utf-16-le")
+        + device_path
+        + optional
+    )
 
 
 def uiapp_load_option() -> bytes:
-    path = (_device_path_node(0x04, 0x07, OVMF_DXE_FV_NAME.bytes_le)  # media: firmware volume
-            + _device_path_node(0x04, 0x06, UIAPP_FILE_GUID.bytes_le)  # media: firmware file
-            + _device_path_node(0x7F, 0xFF, b""))  # end of the device path
+    path = (
+        _device_path_node(0x04, 0x07, OVMF_DXE_FV_NAME.bytes_le)  # media: firmware volume
+        + _device_path_node(0x04, 0x06, UIAPP_FILE_GUID.bytes_le)  # media: firmware file
+        + _device_path_node(0x7F, 0xFF, b"")
+    )  # end of the device path
     return efi_load_option("UiApp", path, LOAD_OPTION_ACTIVE | LOAD_OPTION_HIDDEN | LOAD_OPTION_CATEGORY_APP)
 
 

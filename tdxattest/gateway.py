@@ -14,6 +14,7 @@ The TLS key is generated at start, in TD memory, and never written anywhere but 
 temporary directory that is removed as soon as the TLS context has loaded it: a restart is a new
 key, which clients notice and re-attest.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -36,17 +37,30 @@ from .quote_source import QuoteSource, QuoteUnavailable
 ATTESTATION_PATH = "/.well-known/tdx-attestation"
 CCEL_DATA = "/sys/firmware/acpi/tables/data/CCEL"
 # RFC 7230 §6.1 hop-by-hop headers, plus those aiohttp recomputes for the next hop.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-                        "trailers", "transfer-encoding", "upgrade", "host", "content-length"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    upstream: str = "http://127.0.0.1:8000"   # vLLM, loopback inside the TD
+    upstream: str = "http://127.0.0.1:8000"  # vLLM, loopback inside the TD
     host: str = "0.0.0.0"
     port: int = 8443
-    event_log: str | None = CCEL_DATA          # served as is when readable
-    gpu_evidence: str | None = None            # JSON written by the guest agent after it verified the GPUs
+    event_log: str | None = CCEL_DATA  # served as is when readable
+    gpu_evidence: str | None = None  # JSON written by the guest agent after it verified the GPUs
     max_body_bytes: int = 32 * 1024 * 1024
 
 
@@ -71,19 +85,30 @@ def make_tls_identity(common_name: str = "tdx-vllm attested gateway") -> TlsIden
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # ssl can only load a key from a file: write it to a private directory for the moment it takes.
-    with tempfile.TemporaryDirectory(prefix="tdxattest-gw-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as d:
+    with tempfile.TemporaryDirectory(
+        prefix="tdxattest-gw-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    ) as d:
         cert_path, key_path = Path(d, "cert.pem"), Path(d, "key.pem")
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+            fh.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         ctx.load_cert_chain(cert_path, key_path)
     return TlsIdentity(cert.public_bytes(serialization.Encoding.DER), spki_der(cert), ctx)
@@ -100,6 +125,7 @@ def _read_optional(path: str | None) -> bytes | None:
 
 def _error(status: int, check: str, message: str, **extra: Any):
     from aiohttp import web
+
     body = {"error": {"message": message, "type": "attestation_error", "code": check, **extra}}
     return web.json_response(body, status=status)
 
@@ -117,6 +143,7 @@ def forwarded_response(**kw):
 
         class ForwardedResponse(web.StreamResponse):
             _send_headers_immediately = False  # as aiohttp's own web.Response does
+
         _response_class = ForwardedResponse
     return _response_class(**kw)
 
@@ -144,27 +171,36 @@ class Gateway:
 
     async def attestation(self, request):
         from aiohttp import web
+
         text = request.query.get("nonce", "")
         try:
             nonce = bytes.fromhex(text)
         except ValueError:
             nonce = b""
         if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
-            return _error(400, "gateway.bad_nonce", f"nonce must be {MIN_NONCE}..{MAX_NONCE} bytes of hex, "
-                                                    f"got {text[:40]!r}")
+            return _error(
+                400, "gateway.bad_nonce", f"nonce must be {MIN_NONCE}..{MAX_NONCE} bytes of hex, got {text[:40]!r}"
+            )
         try:
             quote = await self._quote(expected_report_data(self.tls.spki, nonce))
         except QuoteUnavailable as exc:
             return _error(503, exc.check, str(exc))
-        return web.json_response({
-            "version": 1, "nonce": nonce.hex(), "quote": base64.b64encode(quote).decode(),
-            "quote_source": self.source.label, "tls_spki_sha256": self.tls.spki_sha256,
-            "event_log": self.event_log_b64,
-            "gpu_evidence": self.gpu_evidence,
-        }, headers={"cache-control": "no-store"})
+        return web.json_response(
+            {
+                "version": 1,
+                "nonce": nonce.hex(),
+                "quote": base64.b64encode(quote).decode(),
+                "quote_source": self.source.label,
+                "tls_spki_sha256": self.tls.spki_sha256,
+                "event_log": self.event_log_b64,
+                "gpu_evidence": self.gpu_evidence,
+            },
+            headers={"cache-control": "no-store"},
+        )
 
     async def forward(self, request):
         from aiohttp import ClientError
+
         body = await request.read()
         extra: dict[str, str] = {}
         mode = request.headers.get("x-attestation", "").strip().lower()
@@ -175,18 +211,30 @@ class Gateway:
                 quote = await self._quote(response_report_data(digest, response_id))
             except QuoteUnavailable as exc:
                 return _error(503, exc.check, str(exc))
-            extra = {"x-tdx-quote": base64.b64encode(quote).decode(), "x-tdx-response-id": response_id,
-                     "x-tdx-request-sha256": digest.hex()}
+            extra = {
+                "x-tdx-quote": base64.b64encode(quote).decode(),
+                "x-tdx-response-id": response_id,
+                "x-tdx-request-sha256": digest.hex(),
+            }
         elif mode not in ("", "none"):
-            return _error(400, "gateway.bad_attestation_header",
-                          f"x-attestation must be `required` or `none`, got {mode[:40]!r}")
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "x-attestation"}
+            return _error(
+                400, "gateway.bad_attestation_header", f"x-attestation must be `required` or `none`, got {mode[:40]!r}"
+            )
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "x-attestation"
+        }
         try:
-            upstream = await self._session.request(request.method, self.config.upstream + request.path_qs,
-                                                   headers=headers, data=body if body else None,
-                                                   allow_redirects=False)
+            upstream = await self._session.request(
+                request.method,
+                self.config.upstream + request.path_qs,
+                headers=headers,
+                data=body if body else None,
+                allow_redirects=False,
+            )
         except (ClientError, OSError) as exc:
-            return _error(502, "gateway.upstream_unavailable", f"vLLM at {self.config.upstream} is not answering: {exc}")
+            return _error(
+                502, "gateway.upstream_unavailable", f"vLLM at {self.config.upstream} is not answering: {exc}"
+            )
         async with upstream:
             out = forwarded_response(status=upstream.status, reason=upstream.reason)
             for k, v in upstream.headers.items():
@@ -225,6 +273,7 @@ class Gateway:
     async def start(self):
         """Start serving; returns the aiohttp runner (await `runner.cleanup()` to stop)."""
         from aiohttp import web
+
         runner = web.AppRunner(self.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=self.tls.context)

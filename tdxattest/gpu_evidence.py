@@ -16,6 +16,7 @@ param2 | number of blocks u8 | record length u24 | record | nonce[32] | opaque l
 signature[96]. Record = blocks of index u8, spec u8, size u16, then (DMTF) value type u8, value
 size u16, value. Lengths are walked, never taken from the end: one capture has a trailing byte.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -85,9 +86,9 @@ def parse_gpu_report(data: bytes | str) -> GpuReport:
     pos = REQUEST_LEN
     need(pos, 8, "the MEASUREMENTS response header")
     if raw[pos] != 0x11 or raw[pos + 1] != 0x60:
-        raise GpuEvidenceError("gpu.report_malformed", "SPDM 1.1 MEASUREMENTS (11 60)", raw[pos:pos + 2].hex())
+        raise GpuEvidenceError("gpu.report_malformed", "SPDM 1.1 MEASUREMENTS (11 60)", raw[pos : pos + 2].hex())
     count = raw[pos + 4]
-    rec_len = int.from_bytes(raw[pos + 5:pos + 8], "little")
+    rec_len = int.from_bytes(raw[pos + 5 : pos + 8], "little")
     rpos = pos + 8
     need(rpos, rec_len, f"a {rec_len}-byte measurement record")
     blocks = []
@@ -99,24 +100,32 @@ def parse_gpu_report(data: bytes | str) -> GpuReport:
         if p + 4 + size > end or size < 3:
             raise GpuEvidenceError("gpu.report_malformed", f"a {size}-byte measurement block", f"{end - p - 4} bytes")
         vtype, vsize = struct.unpack_from("<BH", raw, p + 4)
-        blocks.append(MeasurementBlock(index, spec, vtype, raw[p + 7:p + 7 + vsize]))
+        blocks.append(MeasurementBlock(index, spec, vtype, raw[p + 7 : p + 7 + vsize]))
         p += 4 + size
     if len(blocks) != count:
         raise GpuEvidenceError("gpu.report_malformed", f"{count} measurement blocks", str(len(blocks)))
     p = end
     need(p, 34, "responder nonce and opaque length")
-    responder_nonce = raw[p:p + 32]
+    responder_nonce = raw[p : p + 32]
     (olen,) = struct.unpack_from("<H", raw, p + 32)
     need(p + 34, olen + SIGNATURE_LEN, f"{olen} bytes of opaque data and a 96-byte signature")
-    opaque = raw[p + 34:p + 34 + olen]
+    opaque = raw[p + 34 : p + 34 + olen]
     sig_at = p + 34 + olen
-    return GpuReport(request=request, response_signed=raw[REQUEST_LEN:sig_at], nonce=nonce,
-                     responder_nonce=responder_nonce, measurements=tuple(blocks), opaque=opaque,
-                     signature=raw[sig_at:sig_at + SIGNATURE_LEN], trailing=len(raw) - sig_at - SIGNATURE_LEN)
+    return GpuReport(
+        request=request,
+        response_signed=raw[REQUEST_LEN:sig_at],
+        nonce=nonce,
+        responder_nonce=responder_nonce,
+        measurements=tuple(blocks),
+        opaque=opaque,
+        signature=raw[sig_at : sig_at + SIGNATURE_LEN],
+        trailing=len(raw) - sig_at - SIGNATURE_LEN,
+    )
 
 
 def _load_certs(pem: bytes | str) -> list:
     from cryptography import x509
+
     if isinstance(pem, str):
         pem = pem.encode()
     try:
@@ -127,6 +136,7 @@ def _load_certs(pem: bytes | str) -> list:
 
 def _fwid(cert) -> bytes | None:
     from cryptography import x509
+
     try:
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(FWID_OID))
     except x509.ExtensionNotFound:
@@ -141,19 +151,27 @@ class GpuEvidence:
     leaf_subject: str
 
     def as_dict(self) -> dict:
-        return {"nonce": self.report.nonce.hex(), "fwid": self.fwid.hex(), "leaf": self.leaf_subject,
-                "measurements": {str(k): v for k, v in self.report.measurement_dict().items()},
-                "trailing_bytes": self.report.trailing}
+        return {
+            "nonce": self.report.nonce.hex(),
+            "fwid": self.fwid.hex(),
+            "leaf": self.leaf_subject,
+            "measurements": {str(k): v for k, v in self.report.measurement_dict().items()},
+            "trailing_bytes": self.report.trailing,
+        }
 
 
 def _pinned_root(certs: list):
     """The chain's last certificate, if it is the NVIDIA Device Identity CA by fingerprint."""
     from cryptography.hazmat.primitives import hashes
+
     last = certs[-1]
     seen = last.fingerprint(hashes.SHA256()).hex()
     if seen != NVIDIA_DEVICE_ROOT_SHA256:
-        raise GpuEvidenceError("gpu.untrusted_root", f"chain ending at the NVIDIA Device Identity CA (DER SHA-256 "
-                               f"{NVIDIA_DEVICE_ROOT_SHA256})", f"{last.subject.rfc4514_string()} (DER SHA-256 {seen})")
+        raise GpuEvidenceError(
+            "gpu.untrusted_root",
+            f"chain ending at the NVIDIA Device Identity CA (DER SHA-256 {NVIDIA_DEVICE_ROOT_SHA256})",
+            f"{last.subject.rfc4514_string()} (DER SHA-256 {seen})",
+        )
     return last
 
 
@@ -164,11 +182,13 @@ def verify_gpu_chain(chain_pem: bytes | str, root_pem: bytes | str | None, now: 
 
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric import ec
+
     now = time.time() if now is None else now
     certs = _load_certs(chain_pem)
     if len(certs) < 2:
-        raise GpuEvidenceError("gpu.chain_too_short", "at least the signing certificate and the root CA",
-                               f"{len(certs)} certificate(s)")
+        raise GpuEvidenceError(
+            "gpu.chain_too_short", "at least the signing certificate and the root CA", f"{len(certs)} certificate(s)"
+        )
     if root_pem is None:
         root = _pinned_root(certs)
     else:
@@ -177,42 +197,64 @@ def verify_gpu_chain(chain_pem: bytes | str, root_pem: bytes | str | None, now: 
             raise GpuEvidenceError("gpu.untrusted_root", "one pinned root certificate", f"{len(roots)}")
         root = roots[0]
         if certs[-1] != root:
-            raise GpuEvidenceError("gpu.untrusted_root", f"chain ending at {root.subject.rfc4514_string()}",
-                                   certs[-1].subject.rfc4514_string())
+            raise GpuEvidenceError(
+                "gpu.untrusted_root",
+                f"chain ending at {root.subject.rfc4514_string()}",
+                certs[-1].subject.rfc4514_string(),
+            )
     if _fwid(certs[0]) is None:
-        raise GpuEvidenceError("gpu.leaf_missing_fwid", f"FWID extension {FWID_OID} in the signing certificate",
-                               certs[0].subject.rfc4514_string())
+        raise GpuEvidenceError(
+            "gpu.leaf_missing_fwid",
+            f"FWID extension {FWID_OID} in the signing certificate",
+            certs[0].subject.rfc4514_string(),
+        )
     for cert, issuer in zip(certs, certs[1:] + [root]):
         try:
             if cert.issuer != issuer.subject:
                 raise InvalidSignature
-            issuer.public_key().verify(cert.signature, cert.tbs_certificate_bytes,
-                                       ec.ECDSA(cert.signature_hash_algorithm))
+            issuer.public_key().verify(
+                cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+            )
         except (InvalidSignature, TypeError, ValueError):
-            raise GpuEvidenceError("gpu.chain_invalid", f"{cert.subject.rfc4514_string()} issued and signed by "
-                                   f"{issuer.subject.rfc4514_string()}", f"issuer {cert.issuer.rfc4514_string()}"
-                                   ) from None
+            raise GpuEvidenceError(
+                "gpu.chain_invalid",
+                f"{cert.subject.rfc4514_string()} issued and signed by {issuer.subject.rfc4514_string()}",
+                f"issuer {cert.issuer.rfc4514_string()}",
+            ) from None
         if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
-            raise GpuEvidenceError("gpu.chain_invalid", f"{cert.subject.rfc4514_string()} valid now",
-                                   f"{cert.not_valid_before_utc} .. {cert.not_valid_after_utc}")
+            raise GpuEvidenceError(
+                "gpu.chain_invalid",
+                f"{cert.subject.rfc4514_string()} valid now",
+                f"{cert.not_valid_before_utc} .. {cert.not_valid_after_utc}",
+            )
     return certs
 
 
-def verify_gpu_evidence(report: bytes | str, chain_pem: bytes | str, root_pem: bytes | str | None,
-                        expected_nonce: bytes | None = None, now: float | None = None) -> GpuEvidence:
+def verify_gpu_evidence(
+    report: bytes | str,
+    chain_pem: bytes | str,
+    root_pem: bytes | str | None,
+    expected_nonce: bytes | None = None,
+    now: float | None = None,
+) -> GpuEvidence:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
     parsed = parse_gpu_report(report)
     certs = verify_gpu_chain(chain_pem, root_pem, now)
-    sig = encode_dss_signature(int.from_bytes(parsed.signature[:48], "big"),
-                               int.from_bytes(parsed.signature[48:], "big"))
+    sig = encode_dss_signature(
+        int.from_bytes(parsed.signature[:48], "big"), int.from_bytes(parsed.signature[48:], "big")
+    )
     try:
         certs[0].public_key().verify(sig, parsed.request + parsed.response_signed, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:
-        raise GpuEvidenceError("gpu.signature_invalid", "report signed by the leaf's key (ECDSA P-384/SHA-384)",
-                               "signature does not verify") from None
+        raise GpuEvidenceError(
+            "gpu.signature_invalid",
+            "report signed by the leaf's key (ECDSA P-384/SHA-384)",
+            "signature does not verify",
+        ) from None
     if expected_nonce is not None and not hmac.compare_digest(parsed.nonce, expected_nonce):
         raise GpuEvidenceError("gpu.nonce_mismatch", expected_nonce.hex(), parsed.nonce.hex())
     return GpuEvidence(report=parsed, fwid=_fwid(certs[0]), leaf_subject=certs[0].subject.rfc4514_string())

@@ -9,6 +9,7 @@ One request is outstanding per connection at a time. Anything the server sends b
 response to it makes the connection unusable (`reusable` is False), as do parse errors and
 `Connection: close`.
 """
+
 from __future__ import annotations
 
 import re
@@ -131,8 +132,11 @@ class ResponseReader:
         if self.headers_done and not self._framed and self.status not in (204, 304):
             self.complete = True  # a body delimited by the connection closing
             return
-        raise ConnectionResetError("the upstream closed the connection before the response ended"
-                                   if self.headers_done else "the upstream closed the connection before answering")
+        raise ConnectionResetError(
+            "the upstream closed the connection before the response ended"
+            if self.headers_done
+            else "the upstream closed the connection before answering"
+        )
 
     def take_body(self) -> bytes:
         data = b"".join(self.body) if len(self.body) != 1 else self.body[0]

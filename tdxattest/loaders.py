@@ -1,5 +1,6 @@
 """Thin file loaders: read a file, hand its bytes to a pure parser, and name the file in any
 `InputError`. The only place in the library (besides the CLI) that touches the filesystem."""
+
 from __future__ import annotations
 
 import hashlib
@@ -115,23 +116,29 @@ def load_acpi(path: str | Path) -> AcpiDigests:
                     out[field] = hashlib.sha384(read_bytes(p / name)).digest()
                     break
             else:
-                raise InputError(f"one of {', '.join(names)} in the ACPI blob directory", "none of them",
-                                 file=str(p))
+                raise InputError(f"one of {', '.join(names)} in the ACPI blob directory", "none of them", file=str(p))
         return AcpiDigests(**out)
     text = read_bytes(p)
     try:
         doc = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError("a directory of QEMU ACPI blobs or a JSON file of their SHA-384 digests",
-                         f"invalid JSON ({exc})", offset=getattr(exc, "pos", None), file=str(p)) from None
+        raise InputError(
+            "a directory of QEMU ACPI blobs or a JSON file of their SHA-384 digests",
+            f"invalid JSON ({exc})",
+            offset=getattr(exc, "pos", None),
+            file=str(p),
+        ) from None
     if not isinstance(doc, dict):
         raise InputError("a JSON object with table_loader, rsdp and tables", type(doc).__name__, file=str(p))
     out = {}
     for field, keys in ACPI_JSON_KEYS.items():
         key = next((k for k in keys if k in doc), None)
         if key is None:
-            raise InputError(f"key `{keys[0]}` (SHA-384 of etc/{'table-loader' if field == 'table_loader' else 'acpi/' + field})",
-                             "no such key", file=str(p))
+            raise InputError(
+                f"key `{keys[0]}` (SHA-384 of etc/{'table-loader' if field == 'table_loader' else 'acpi/' + field})",
+                "no such key",
+                file=str(p),
+            )
         out[field] = _hex48(doc[key], str(p), key)
     return AcpiDigests(**out)
 

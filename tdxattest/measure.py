@@ -16,6 +16,7 @@ artifacts (pure: bytes and numbers in, frozen results out; file reading is in `l
 
 An event whose input was not given has `digest=None`, and its register's value is None.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,17 +82,22 @@ class Measurements:
         return {"rtmr0": self.rtmr0, "rtmr1": self.rtmr1, "rtmr2": self.rtmr2}
 
 
-def rtmr0_register(td_hob: bytes | None, cfv: bytes | None, acpi: AcpiDigests | None,
-                   separator: str = "rtmr1") -> Register:
+def rtmr0_register(
+    td_hob: bytes | None, cfv: bytes | None, acpi: AcpiDigests | None, separator: str = "rtmr1"
+) -> Register:
     events = [
         Event("td-hob", ev.EV_EFI_HANDOFF_TABLES2, td_hob, "TdxTable"),
         Event("cfv", ev.EV_EFI_PLATFORM_FIRMWARE_BLOB2, cfv, "Fv(...) variable store"),
     ]
-    events += [Event(name, ev.EV_EFI_VARIABLE_DRIVER_CONFIG, ev.variable_driver_config(guid, name), "empty")
-               for name, guid in ev.SECURE_BOOT_VARIABLES]
+    events += [
+        Event(name, ev.EV_EFI_VARIABLE_DRIVER_CONFIG, ev.variable_driver_config(guid, name), "empty")
+        for name, guid in ev.SECURE_BOOT_VARIABLES
+    ]
     events.append(Event("separator", ev.EV_SEPARATOR, ev.SEPARATOR))
     events += [
-        Event("acpi-table-loader", ev.EV_PLATFORM_CONFIG_FLAGS, acpi.table_loader if acpi else None, "etc/table-loader"),
+        Event(
+            "acpi-table-loader", ev.EV_PLATFORM_CONFIG_FLAGS, acpi.table_loader if acpi else None, "etc/table-loader"
+        ),
         Event("acpi-rsdp", ev.EV_PLATFORM_CONFIG_FLAGS, acpi.rsdp if acpi else None, "etc/acpi/rsdp"),
         Event("acpi-tables", ev.EV_PLATFORM_CONFIG_FLAGS, acpi.tables if acpi else None, "etc/acpi/tables"),
         Event("BootOrder", ev.EV_EFI_VARIABLE_BOOT, ev.variable_boot(ev.BOOT_ORDER_DEFAULT), "0000"),
@@ -105,16 +111,28 @@ def rtmr0_register(td_hob: bytes | None, cfv: bytes | None, acpi: AcpiDigests | 
 def rtmr1_register(kernel_digest: bytes | None, separator: str = "rtmr1") -> Register:
     events = [
         Event("kernel", ev.EV_EFI_BOOT_SERVICES_APPLICATION, kernel_digest, "Authenticode of the QEMU-patched kernel"),
-        Event("calling-efi-application", ev.EV_EFI_ACTION, ev.efi_action(ev.CALLING_EFI_APPLICATION),
-              ev.CALLING_EFI_APPLICATION),
+        Event(
+            "calling-efi-application",
+            ev.EV_EFI_ACTION,
+            ev.efi_action(ev.CALLING_EFI_APPLICATION),
+            ev.CALLING_EFI_APPLICATION,
+        ),
     ]
     if separator == "rtmr1":
         events.append(Event("separator", ev.EV_SEPARATOR, ev.SEPARATOR))
     events += [
-        Event("exit-boot-services", ev.EV_EFI_ACTION, ev.efi_action(ev.EXIT_BOOT_SERVICES_INVOCATION),
-              ev.EXIT_BOOT_SERVICES_INVOCATION),
-        Event("exit-boot-services-success", ev.EV_EFI_ACTION, ev.efi_action(ev.EXIT_BOOT_SERVICES_SUCCESS),
-              ev.EXIT_BOOT_SERVICES_SUCCESS),
+        Event(
+            "exit-boot-services",
+            ev.EV_EFI_ACTION,
+            ev.efi_action(ev.EXIT_BOOT_SERVICES_INVOCATION),
+            ev.EXIT_BOOT_SERVICES_INVOCATION,
+        ),
+        Event(
+            "exit-boot-services-success",
+            ev.EV_EFI_ACTION,
+            ev.efi_action(ev.EXIT_BOOT_SERVICES_SUCCESS),
+            ev.EXIT_BOOT_SERVICES_SUCCESS,
+        ),
     ]
     return Register("rtmr1", tuple(events))
 
@@ -126,23 +144,40 @@ def rtmr2_register(cmdline: str | None, initrd: InitrdInfo | None) -> Register:
     else:
         load_options = ev.measured_cmdline(cmdline, initrd is not None)
         digest = ev.cmdline_digest(load_options)
-    events = [Event("cmdline", ev.EV_EVENT_TAG, digest,
-                    "LoadOptions: " + repr(load_options) if load_options is not None else "LoadOptions")]
+    events = [
+        Event(
+            "cmdline",
+            ev.EV_EVENT_TAG,
+            digest,
+            "LoadOptions: " + repr(load_options) if load_options is not None else "LoadOptions",
+        )
+    ]
     if initrd is not None:
         events.append(Event("initrd", ev.EV_EVENT_TAG, initrd.sha384, f"{initrd.size} bytes"))
     return Register("rtmr2", tuple(events))
 
 
-def kernel_measurement(kernel: bytes, memory_bytes: int, initrd: InitrdInfo | None, cmdline: str,
-                       acpi_data_size: int = DEFAULT_ACPI_DATA_SIZE) -> bytes:
+def kernel_measurement(
+    kernel: bytes,
+    memory_bytes: int,
+    initrd: InitrdInfo | None,
+    cmdline: str,
+    acpi_data_size: int = DEFAULT_ACPI_DATA_SIZE,
+) -> bytes:
     """RTMR1's kernel event digest: Authenticode SHA-384 of the kernel as QEMU patches it."""
-    patched = qemu_patch_kernel(kernel, ram_bytes=memory_bytes, initrd_size=initrd.size if initrd else None,
-                                cmdline=cmdline, acpi_data_size=acpi_data_size)
+    patched = qemu_patch_kernel(
+        kernel,
+        ram_bytes=memory_bytes,
+        initrd_size=initrd.size if initrd else None,
+        cmdline=cmdline,
+        acpi_data_size=acpi_data_size,
+    )
     return authenticode_digest(patched)
 
 
-def compute(inputs: BootInputs, meta: TdvfMetadata | None = None,
-            sources: dict[str, str] | None = None) -> Measurements:
+def compute(
+    inputs: BootInputs, meta: TdvfMetadata | None = None, sources: dict[str, str] | None = None
+) -> Measurements:
     """All registers the inputs allow. `sources` ({"firmware": name, "kernel": name}) only labels
     an `InputError` with the file it is about."""
     sources = sources or {}
@@ -170,8 +205,14 @@ def _compute(inputs: BootInputs, meta: TdvfMetadata | None) -> Measurements:
         raise _Labelled("firmware", exc) from None
     reasons: dict[str, str] = {}
 
-    missing0 = [what for what, have in (("the guest memory size", hob is not None),
-                                        ("the QEMU ACPI blobs or their digests", inputs.acpi is not None)) if not have]
+    missing0 = [
+        what
+        for what, have in (
+            ("the guest memory size", hob is not None),
+            ("the QEMU ACPI blobs or their digests", inputs.acpi is not None),
+        )
+        if not have
+    ]
     if missing0:
         reasons["rtmr0"] = "needs " + " and ".join(missing0)
     rtmr0 = rtmr0_register(hob, cfv, inputs.acpi, inputs.separator)
@@ -179,8 +220,9 @@ def _compute(inputs: BootInputs, meta: TdvfMetadata | None) -> Measurements:
     kernel_digest = None
     if inputs.kernel is not None and inputs.memory_bytes:
         try:
-            kernel_digest = kernel_measurement(inputs.kernel, inputs.memory_bytes, inputs.initrd,
-                                               inputs.cmdline or "", inputs.acpi_data_size)
+            kernel_digest = kernel_measurement(
+                inputs.kernel, inputs.memory_bytes, inputs.initrd, inputs.cmdline or "", inputs.acpi_data_size
+            )
         except InputError as exc:
             raise _Labelled("kernel", exc) from None
     elif inputs.kernel is not None:
@@ -192,5 +234,14 @@ def _compute(inputs: BootInputs, meta: TdvfMetadata | None) -> Measurements:
     if inputs.cmdline is None:
         reasons["rtmr2"] = "needs the kernel command line"
     rtmr2 = rtmr2_register(inputs.cmdline, inputs.initrd)
-    return Measurements(tdvf=meta, mrtd=mrtd, cfv_sha384=cfv, td_hob_sha384=hob, kernel_authenticode=kernel_digest,
-                        rtmr0=rtmr0, rtmr1=rtmr1, rtmr2=rtmr2, reasons=reasons)
+    return Measurements(
+        tdvf=meta,
+        mrtd=mrtd,
+        cfv_sha384=cfv,
+        td_hob_sha384=hob,
+        kernel_authenticode=kernel_digest,
+        rtmr0=rtmr0,
+        rtmr1=rtmr1,
+        rtmr2=rtmr2,
+        reasons=reasons,
+    )

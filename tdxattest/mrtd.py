@@ -13,6 +13,7 @@ The only host-dependent input is the page-add order:
 
 Both are computed; the deployment picks one. Pure: bytes in, digests out.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,12 @@ class MrtdResult:
         return self.single if self.selected == SINGLE else self.two_pass
 
     def as_dict(self) -> dict:
-        return {SINGLE: self.single.hex(), TWO_PASS: self.two_pass.hex(), "selected": self.selected,
-                "value": self.value.hex()}
+        return {
+            SINGLE: self.single.hex(),
+            TWO_PASS: self.two_pass.hex(),
+            "selected": self.selected,
+            "value": self.value.hex(),
+        }
 
 
 def check_order(order: str) -> str:
@@ -59,7 +64,7 @@ def _page_add(gpa: int) -> bytes:
 
 def _section_bytes(fw: bytes, section: TdvfSection) -> bytes:
     """The section's measured contents, zero-filled from RawDataSize to MemoryDataSize."""
-    raw = fw[section.data_offset:section.data_offset + section.raw_data_size]
+    raw = fw[section.data_offset : section.data_offset + section.raw_data_size]
     if section.raw_data_size < section.memory_data_size:
         raw = bytes(raw) + bytes(section.memory_data_size - section.raw_data_size)
     return raw
@@ -73,7 +78,7 @@ def _extend_page(data: memoryview, page: int, gpa: int) -> bytes:
     for c in range(CHUNKS_PER_PAGE):
         off = c * CHUNK
         pieces.append(pack(b"MR.EXTEND", gpa + off))
-        pieces.append(data[base + off:base + off + CHUNK])
+        pieces.append(data[base + off : base + off + CHUNK])
     return b"".join(pieces)
 
 
@@ -103,5 +108,6 @@ def compute_mrtd(fw: bytes, meta: TdvfMetadata, order: str = SINGLE) -> bytes:
 
 
 def compute_mrtd_both(fw: bytes, meta: TdvfMetadata, selected: str = SINGLE) -> MrtdResult:
-    return MrtdResult(single=compute_mrtd(fw, meta, SINGLE), two_pass=compute_mrtd(fw, meta, TWO_PASS),
-                      selected=check_order(selected))
+    return MrtdResult(
+        single=compute_mrtd(fw, meta, SINGLE), two_pass=compute_mrtd(fw, meta, TWO_PASS), selected=check_order(selected)
+    )

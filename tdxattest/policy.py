@@ -11,6 +11,7 @@ Failure names are stable strings (see docs/verification.md): `tcb.status_not_all
 `td.debug_enabled`, `td.sept_ve_disable_missing`, `td.tee_tcb_svn_too_low`, `pin.<field>`,
 `binding.report_data_mismatch`.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -19,18 +20,35 @@ from typing import Any, Mapping
 
 from .errors import InputError
 
-TCB_STATUSES = ("UpToDate", "SWHardeningNeeded", "ConfigurationNeeded", "ConfigurationAndSWHardeningNeeded",
-                "OutOfDate", "OutOfDateConfigurationNeeded", "Revoked")
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
 OUT_OF_DATE_STATUSES = frozenset({"OutOfDate", "OutOfDateConfigurationNeeded"})
 PIN_FIELDS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "td_attributes", "xfam", "mrconfigid")
-PIN_SIZES = {"mrtd": 48, "rtmr0": 48, "rtmr1": 48, "rtmr2": 48, "rtmr3": 48, "mrseam": 48, "td_attributes": 8,
-             "xfam": 8, "mrconfigid": 48}
+PIN_SIZES = {
+    "mrtd": 48,
+    "rtmr0": 48,
+    "rtmr1": 48,
+    "rtmr2": 48,
+    "rtmr3": 48,
+    "mrseam": 48,
+    "td_attributes": 8,
+    "xfam": 8,
+    "mrconfigid": 48,
+}
 DAY = 86400
 
 
 @dataclass(frozen=True)
 class Failure:
     """One refused check: its name, what the policy expected and what the evidence showed."""
+
     check: str
     expected: Any
     seen: Any
@@ -61,6 +79,7 @@ class CheckResult:
 @dataclass(frozen=True)
 class Pin:
     """Accepted values for one field. `values is None` means not checked (with `reason`)."""
+
     values: tuple[bytes, ...] | None
     reason: str | None = None
 
@@ -100,6 +119,7 @@ DEFAULT_POLICY = Policy()
 @dataclass(frozen=True)
 class QuoteFacts:
     """What a successful dcap-qvl verification established (all fields from the verified result)."""
+
     tcb_status: str
     advisory_ids: tuple[str, ...]
     report: Any  # tdxattest.quote.TdReport
@@ -120,14 +140,21 @@ class Verdict:
     report_verified: bool = True
 
     def as_dict(self) -> dict:
-        return {"accepted": self.accepted, "tcb_status": self.tcb_status, "advisory_ids": list(self.advisory_ids),
-                "fmspc": self.fmspc, "report_verified": self.report_verified,
-                "td_report": self.report.as_dict() if self.report is not None else None,
-                "failures": [f.as_dict() for f in self.failures], "checks": [c.as_dict() for c in self.checks]}
+        return {
+            "accepted": self.accepted,
+            "tcb_status": self.tcb_status,
+            "advisory_ids": list(self.advisory_ids),
+            "fmspc": self.fmspc,
+            "report_verified": self.report_verified,
+            "td_report": self.report.as_dict() if self.report is not None else None,
+            "failures": [f.as_dict() for f in self.failures],
+            "checks": [c.as_dict() for c in self.checks],
+        }
 
 
 def _iso(ts: int) -> str:
     import time
+
     # time.gmtime is several times cheaper than a datetime, and this runs on every verification.
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -148,16 +175,28 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
     grace = policy.out_of_date_grace_days
     if status == "Revoked":
         record("tcb.status_not_allowed", False, allowed, status, "Revoked is always refused")
-    elif status in OUT_OF_DATE_STATUSES and grace is not None and (status in policy.allowed_tcb_statuses
-                                                                      or status == "OutOfDate"):
+    elif (
+        status in OUT_OF_DATE_STATUSES
+        and grace is not None
+        and (status in policy.allowed_tcb_statuses or status == "OutOfDate")
+    ):
         if facts.tcb_date is None:
-            record("tcb.out_of_date_grace_expired", False, f"tcbDate + {grace} days >= now", "no TCB date",
-                   "the verifier did not report the TCB level's date")
+            record(
+                "tcb.out_of_date_grace_expired",
+                False,
+                f"tcbDate + {grace} days >= now",
+                "no TCB date",
+                "the verifier did not report the TCB level's date",
+            )
         else:
             deadline = facts.tcb_date + grace * DAY
-            record("tcb.out_of_date_grace_expired", now <= deadline, f"now <= {_iso(deadline)} "
-                   f"(tcbDate {_iso(facts.tcb_date)} + {grace} days)", _iso(now),
-                   f"status {status} accepted only within the grace period")
+            record(
+                "tcb.out_of_date_grace_expired",
+                now <= deadline,
+                f"now <= {_iso(deadline)} (tcbDate {_iso(facts.tcb_date)} + {grace} days)",
+                _iso(now),
+                f"status {status} accepted only within the grace period",
+            )
     else:
         record("tcb.status_not_allowed", status in policy.allowed_tcb_statuses, allowed, status)
 
@@ -167,8 +206,12 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
 
     if policy.min_tcb_evaluation_data_number is not None:
         n = facts.tcb_evaluation_data_number
-        record("tcb.evaluation_data_number_too_low", n is not None and n >= policy.min_tcb_evaluation_data_number,
-               f">= {policy.min_tcb_evaluation_data_number}", n)
+        record(
+            "tcb.evaluation_data_number_too_low",
+            n is not None and n >= policy.min_tcb_evaluation_data_number,
+            f">= {policy.min_tcb_evaluation_data_number}",
+            n,
+        )
 
     report = facts.report
     if policy.forbid_debug:
@@ -176,8 +219,12 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
     else:
         checks.append(CheckResult("td.debug_enabled", "not_checked", reason="policy allows DEBUG"))
     if policy.require_sept_ve_disable:
-        record("td.sept_ve_disable_missing", report.sept_ve_disable, "SEPT_VE_DISABLE = 1",
-               f"SEPT_VE_DISABLE = {int(report.sept_ve_disable)}")
+        record(
+            "td.sept_ve_disable_missing",
+            report.sept_ve_disable,
+            "SEPT_VE_DISABLE = 1",
+            f"SEPT_VE_DISABLE = {int(report.sept_ve_disable)}",
+        )
     else:
         checks.append(CheckResult("td.sept_ve_disable_missing", "not_checked", reason="not required by policy"))
 
@@ -199,17 +246,35 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
         record(f"pin.{name}", ok, expected, seen.hex())
 
     if expected_report_data is not None:
-        record("binding.report_data_mismatch", hmac.compare_digest(report.report_data, expected_report_data),
-               expected_report_data.hex(), report.report_data.hex())
+        record(
+            "binding.report_data_mismatch",
+            hmac.compare_digest(report.report_data, expected_report_data),
+            expected_report_data.hex(),
+            report.report_data.hex(),
+        )
     else:
-        checks.append(CheckResult("binding.report_data_mismatch", "not_checked", seen=report.report_data.hex(),
-                                  reason="no expected REPORTDATA given"))
+        checks.append(
+            CheckResult(
+                "binding.report_data_mismatch",
+                "not_checked",
+                seen=report.report_data.hex(),
+                reason="no expected REPORTDATA given",
+            )
+        )
 
-    return Verdict(accepted=not failures, tcb_status=status, advisory_ids=tuple(facts.advisory_ids), report=report,
-                   fmspc=facts.fmspc, failures=tuple(failures), checks=tuple(checks))
+    return Verdict(
+        accepted=not failures,
+        tcb_status=status,
+        advisory_ids=tuple(facts.advisory_ids),
+        report=report,
+        fmspc=facts.fmspc,
+        failures=tuple(failures),
+        checks=tuple(checks),
+    )
 
 
 # --- loading ----------------------------------------------------------------------------------
+
 
 def _hex(value: Any, size: int | None, where: str) -> bytes:
     if not isinstance(value, str):
@@ -276,15 +341,20 @@ def policy_from_mapping(doc: Mapping[str, Any] | None) -> Policy:
             raise InputError(f"policy.td.{key}: true or false", repr(td[key]))
     svn = td.get("min_tee_tcb_svn")
     return Policy(
-        allowed_tcb_statuses=frozenset(statuses), out_of_date_grace_days=grace,
-        allowed_advisories=frozenset(advisories), min_tcb_evaluation_data_number=min_eval,
-        forbid_debug=td.get("forbid_debug", True), require_sept_ve_disable=td.get("require_sept_ve_disable", True),
+        allowed_tcb_statuses=frozenset(statuses),
+        out_of_date_grace_days=grace,
+        allowed_advisories=frozenset(advisories),
+        min_tcb_evaluation_data_number=min_eval,
+        forbid_debug=td.get("forbid_debug", True),
+        require_sept_ve_disable=td.get("require_sept_ve_disable", True),
         min_tee_tcb_svn=None if svn is None else _hex(svn, 16, "policy.td.min_tee_tcb_svn"),
-        pins=Pins(**{k: parse_pin(k, pins[k]) for k in pins}))
+        pins=Pins(**{k: parse_pin(k, pins[k]) for k in pins}),
+    )
 
 
 def load_policy(path: str) -> Policy:
     import yaml
+
     try:
         with open(path, encoding="utf-8") as fh:
             doc = yaml.safe_load(fh)
@@ -299,17 +369,25 @@ def load_policy(path: str) -> Policy:
 
 
 # pins.json (docs/pins.md) key -> our field
-_PINS_JSON_KEYS = {"mrtd": "mrtd", "rtmr0": "rtmr0", "rtmr1": "rtmr1", "rtmr2": "rtmr2", "rtmr3": "rtmr3",
-                   "tdAttributes": "td_attributes", "mrseam": "mrseam", "xfam": "xfam", "mrconfigid": "mrconfigid"}
+_PINS_JSON_KEYS = {
+    "mrtd": "mrtd",
+    "rtmr0": "rtmr0",
+    "rtmr1": "rtmr1",
+    "rtmr2": "rtmr2",
+    "rtmr3": "rtmr3",
+    "tdAttributes": "td_attributes",
+    "mrseam": "mrseam",
+    "xfam": "xfam",
+    "mrconfigid": "mrconfigid",
+}
 
 
-def pins_from_stack_output(doc: Mapping[str, Any],
-                           accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
+def pins_from_stack_output(doc: Mapping[str, Any], accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
     """Pins from the stack's `pins` output (docs/pins.md). Returns the pins and the fields it sets.
     A null register stays not checked, with the stack's reason. With `accept_mrtd_candidates`,
     MRTD accepts either page-add-order candidate."""
     if not isinstance(doc, dict) or doc.get("schema") != 1:
-        raise InputError("a pins document with \"schema\": 1", repr(doc.get("schema") if isinstance(doc, dict) else doc))
+        raise InputError('a pins document with "schema": 1', repr(doc.get("schema") if isinstance(doc, dict) else doc))
     reasons = doc.get("reasons") or {}
     out: dict[str, Pin] = {}
     for key, name in _PINS_JSON_KEYS.items():
@@ -325,6 +403,7 @@ def pins_from_stack_output(doc: Mapping[str, Any],
 
 def load_pins_json(path: str, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
     import json
+
     try:
         with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
@@ -341,5 +420,6 @@ def load_pins_json(path: str, accept_mrtd_candidates: bool = False) -> tuple[Pin
 def with_pins_json(policy: Policy, path: str, accept_mrtd_candidates: bool = False) -> Policy:
     """`policy` with a stack's `pins.json` merged into its pins."""
     from dataclasses import replace
+
     pins, keys = load_pins_json(path, accept_mrtd_candidates)
     return replace(policy, pins=policy.pins.merged(pins, keys))

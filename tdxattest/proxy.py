@@ -17,6 +17,7 @@ libraries pool connections out of our sight.
 The client side is an aiohttp server; response bodies are copied chunk by chunk (streaming
 completions are not buffered).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,12 +65,12 @@ def _failure(check: str, expected: Any, seen: Any, detail: str | None = None) ->
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    upstream: str                       # https://HOST:PORT of the attested gateway
+    upstream: str  # https://HOST:PORT of the attested gateway
     policy: Policy = DEFAULT_POLICY
     collateral_path: str | None = None  # fixed collateral (dcap-qvl JSON), or
-    pccs: str | None = None             # a PCCS / PCS to fetch and cache collateral from
+    pccs: str | None = None  # a PCCS / PCS to fetch and cache collateral from
     cache_dir: str | None = None
-    root_ca_der: bytes | None = None    # trust this root instead of Intel's (test PKI only)
+    root_ca_der: bytes | None = None  # trust this root instead of Intel's (test PKI only)
     reattest_interval_s: float = 300.0
     audit_path: str | None = None
     require_response_quotes: bool = False  # also ask for and verify a quote per response
@@ -99,6 +100,7 @@ class Appraiser:
         self._fixed = None
         if config.collateral_path:
             from .verify import load_collateral
+
             self._fixed = load_collateral(config.collateral_path)
         self._cache = None
         # PCK chain -> (collateral, verified at, fresh until). The cache re-reads and re-verifies the
@@ -112,6 +114,7 @@ class Appraiser:
             return self._fixed
         from .collateral import CollateralCache, CollateralError, parse_iso_ts
         from .quote import parse_quote
+
         try:
             parsed = parse_quote(quote)
         except InputError as exc:
@@ -125,7 +128,8 @@ class Appraiser:
         try:
             # A fetch is blocking HTTP; keep it off the event loop.
             collateral, status = await asyncio.get_running_loop().run_in_executor(
-                None, self._cache.get, self.config.pccs, parsed.fmspc(), parsed.pck_ca() or "platform", now)
+                None, self._cache.get, self.config.pccs, parsed.fmspc(), parsed.pck_ca() or "platform", now
+            )
         except CollateralError as exc:
             raise _failure(exc.check, exc.expected, exc.seen, exc.fix) from None
         if not status.get("warning"):  # a set served despite a failed refresh is not kept: retry next time
@@ -134,9 +138,12 @@ class Appraiser:
 
     async def appraise(self, quote: bytes, expected_report_data: bytes):
         from .verify import verify_quote
+
         now = int(time.time())
         collateral = await self._collateral(quote, now)
-        verdict = verify_quote(quote, collateral, now, self.config.policy, expected_report_data, self.config.root_ca_der)
+        verdict = verify_quote(
+            quote, collateral, now, self.config.policy, expected_report_data, self.config.root_ca_der
+        )
         if not verdict.accepted:
             raise AttestationFailed(verdict.failures)
         return verdict
@@ -184,16 +191,21 @@ class UpstreamConnection:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(config.host, config.port, ssl=_upstream_tls(), server_hostname=config.host),
-                config.connect_timeout_s)
+                config.connect_timeout_s,
+            )
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
-            raise _failure("upstream.unreachable", f"a TLS connection to {config.upstream}",
-                           str(exc) or type(exc).__name__,
-                           "is the gateway running and reachable from here?") from None
+            raise _failure(
+                "upstream.unreachable",
+                f"a TLS connection to {config.upstream}",
+                str(exc) or type(exc).__name__,
+                "is the gateway running and reachable from here?",
+            ) from None
         return cls(config, reader, writer)
 
     @property
     def spki(self) -> bytes:
         from .binding import spki_der
+
         return spki_der(self.cert_der)
 
     def close(self) -> None:
@@ -257,22 +269,28 @@ class UpstreamConnection:
     async def attest(self, appraiser: Appraiser) -> Attestation:
         """Prove this connection: fresh nonce, quote bound to this connection's TLS key."""
         from .binding import expected_report_data
+
         nonce = os.urandom(32)
 
         async def exchange():
             await self.send("GET", f"{ATTESTATION_PATH}?nonce={nonce.hex()}", [("accept", "application/json")], b"")
             head = await self.response()
             return head, await self.read_body(MAX_ATTESTATION_BYTES)
+
         try:
             head, raw = await asyncio.wait_for(exchange(), ATTESTATION_TIMEOUT_S)
         except asyncio.TimeoutError:
             self.close()
-            raise _failure("attestation.unavailable", f"an attestation response within {ATTESTATION_TIMEOUT_S:.0f} s",
-                           "no complete answer") from None
+            raise _failure(
+                "attestation.unavailable",
+                f"an attestation response within {ATTESTATION_TIMEOUT_S:.0f} s",
+                "no complete answer",
+            ) from None
         except (OSError, UpstreamProtocolError, ValueError, asyncio.IncompleteReadError) as exc:
             self.close()
-            raise _failure("attestation.unavailable", "an attestation response from the gateway",
-                           str(exc) or type(exc).__name__) from None
+            raise _failure(
+                "attestation.unavailable", "an attestation response from the gateway", str(exc) or type(exc).__name__
+            ) from None
         if head.status != 200:
             self.close()
             raise _upstream_refusal(head.status, raw)
@@ -281,13 +299,16 @@ class UpstreamConnection:
             quote = base64.b64decode(doc["quote"], validate=True)
         except (ValueError, KeyError, TypeError) as exc:
             self.close()
-            raise _failure("attestation.malformed", "JSON with a base64 `quote`", " ".join(str(exc).split())[:160]) from None
+            raise _failure(
+                "attestation.malformed", "JSON with a base64 `quote`", " ".join(str(exc).split())[:160]
+            ) from None
         try:
             spki = self.spki
         except ValueError as exc:  # includes cryptography's UnsupportedAlgorithm
             self.close()
-            raise _failure("attestation.malformed", "a TLS certificate with a public key we can read",
-                           str(exc)[:160]) from None
+            raise _failure(
+                "attestation.malformed", "a TLS certificate with a public key we can read", str(exc)[:160]
+            ) from None
         try:
             verdict = await appraiser.appraise(quote, expected_report_data(spki, nonce))
         except AttestationFailed:
@@ -296,10 +317,14 @@ class UpstreamConnection:
         if not self.recycle():
             # Verified, but the gateway closed (or broke) this very connection: a request may only
             # go over the connection the quote was bound to, so there is nothing to use.
-            raise _failure("attestation.unavailable", "the attested connection kept open for requests",
-                           "the gateway closed it after answering (shutting down?)")
-        self.attestation = Attestation(hashlib.sha256(quote).hexdigest(), hashlib.sha256(spki).hexdigest(),
-                                       verdict.tcb_status, time.monotonic())
+            raise _failure(
+                "attestation.unavailable",
+                "the attested connection kept open for requests",
+                "the gateway closed it after answering (shutting down?)",
+            )
+        self.attestation = Attestation(
+            hashlib.sha256(quote).hexdigest(), hashlib.sha256(spki).hexdigest(), verdict.tcb_status, time.monotonic()
+        )
         return self.attestation
 
 
@@ -309,8 +334,11 @@ def _upstream_refusal(status: int, raw: bytes) -> AttestationFailed:
     try:
         err = json.loads(raw)["error"]
         if isinstance(err, dict):
-            return _failure("attestation.unavailable", "a quote from the gateway",
-                            f"{seen}: {err.get('code')}: {err.get('message')}")
+            return _failure(
+                "attestation.unavailable",
+                "a quote from the gateway",
+                f"{seen}: {err.get('code')}: {err.get('message')}",
+            )
     except (ValueError, KeyError, TypeError):
         pass
     return _failure("attestation.unavailable", "a quote from the gateway", f"{seen}: {raw[:160]!r}")
@@ -381,11 +409,17 @@ def _rfc3339_ms(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
-def _error_response(status: int, failure: AttestationFailed | None, message: str, request_id: str,
-                    code: str = "upstream.error"):
+def _error_response(
+    status: int, failure: AttestationFailed | None, message: str, request_id: str, code: str = "upstream.error"
+):
     from aiohttp import web
-    error: dict[str, Any] = {"message": message, "type": "attestation_failed" if failure else "upstream_error",
-                             "code": failure.check if failure else code, "request_id": request_id}
+
+    error: dict[str, Any] = {
+        "message": message,
+        "type": "attestation_failed" if failure else "upstream_error",
+        "code": failure.check if failure else code,
+        "request_id": request_id,
+    }
     if failure:
         error["failures"] = [f.as_dict() for f in failure.failures]
     return web.json_response({"error": error}, status=status)
@@ -407,17 +441,30 @@ class VerifyingProxy:
         self.pool = ConnectionPool(config, self.appraiser)
         self.audit = AuditLog(config.audit_path)
 
-    def _audit(self, ex: _Exchange, request, conn: UpstreamConnection | None, verdict: str, status: int,
-               failure: AttestationFailed | None = None) -> None:
+    def _audit(
+        self,
+        ex: _Exchange,
+        request,
+        conn: UpstreamConnection | None,
+        verdict: str,
+        status: int,
+        failure: AttestationFailed | None = None,
+    ) -> None:
         att = conn.attestation if conn else None
-        record = {"request_id": ex.request_id,
-                  "time": _rfc3339_ms(ex.started),
-                  "method": request.method, "path": request.path, "upstream": self.config.upstream,
-                  "connection": conn.id if conn else None,
-                  "quote_sha256": att.quote_sha256 if att else None,
-                  "tls_spki_sha256": att.tls_spki_sha256 if att else None,
-                  "tcb_status": att.tcb_status if att else None, "verdict": verdict, "status": status,
-                  "answered_ms": round((time.time() - ex.started) * 1000, 3)}
+        record = {
+            "request_id": ex.request_id,
+            "time": _rfc3339_ms(ex.started),
+            "method": request.method,
+            "path": request.path,
+            "upstream": self.config.upstream,
+            "connection": conn.id if conn else None,
+            "quote_sha256": att.quote_sha256 if att else None,
+            "tls_spki_sha256": att.tls_spki_sha256 if att else None,
+            "tcb_status": att.tcb_status if att else None,
+            "verdict": verdict,
+            "status": status,
+            "answered_ms": round((time.time() - ex.started) * 1000, 3),
+        }
         if failure:
             record["failures"] = [f.as_dict() for f in failure.failures]
         record.update(ex.record)
@@ -432,8 +479,9 @@ class VerifyingProxy:
         if request.method in ("HEAD", "CONNECT"):
             # A HEAD response announces a body it does not carry; the OpenAI API has no use for either.
             self._audit(ex, request, None, "not_forwarded", 405)
-            return _error_response(405, None, f"{request.method} is not forwarded", ex.request_id,
-                                   "request.method_not_forwarded")
+            return _error_response(
+                405, None, f"{request.method} is not forwarded", ex.request_id, "request.method_not_forwarded"
+            )
         for attempt in (1, 2):
             try:
                 conn = await self.pool.acquire()
@@ -499,13 +547,19 @@ class VerifyingProxy:
         values = {k.lower(): v for k, v in headers}
         quote_b64, response_id = values.get("x-tdx-quote"), values.get("x-tdx-response-id")
         if not quote_b64 or not response_id:
-            raise _failure("response.quote_missing", "x-tdx-quote and x-tdx-response-id headers",
-                           "absent", "the gateway did not attest this response")
+            raise _failure(
+                "response.quote_missing",
+                "x-tdx-quote and x-tdx-response-id headers",
+                "absent",
+                "the gateway did not attest this response",
+            )
         try:
             quote = base64.b64decode(quote_b64, validate=True)
             expected = response_report_data(hashlib.sha256(body).digest(), response_id)
         except (ValueError, InputError) as exc:
-            raise _failure("response.quote_malformed", "a base64 quote and an ASCII response id", str(exc)[:160]) from None
+            raise _failure(
+                "response.quote_malformed", "a base64 quote and an ASCII response id", str(exc)[:160]
+            ) from None
         await self.appraiser.appraise(quote, expected)
         return hashlib.sha256(quote).hexdigest()
 
@@ -526,11 +580,12 @@ class VerifyingProxy:
 def check_listen(host: str) -> None:
     """The proxy speaks plain HTTP to its client: refuse to listen beyond loopback."""
     import ipaddress
+
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
-        raise InputError("--listen on a loopback address (127.0.0.1, ::1, localhost): prompts cross it in "
-                         "plain text", host)
-
+        raise InputError(
+            "--listen on a loopback address (127.0.0.1, ::1, localhost): prompts cross it in plain text", host
+        )

@@ -13,6 +13,7 @@ body at 54. Then u32 signature-data length, 64-byte quote signature, 64-byte att
 certification data (type 6 = QE report certification data: 384-byte QE report, 64-byte QE report
 signature, u16 + QE auth data, then inner certification data type 5 = PEM PCK chain).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,24 +43,41 @@ TD_ATTR_PERFMON = 1 << 63
 
 # TD report body offsets (relative to the body).
 _BODY_FIELDS = (
-    ("tee_tcb_svn", 0, 16), ("mrseam", 16, 48), ("mrsignerseam", 64, 48), ("seam_attributes", 112, 8),
-    ("td_attributes", 120, 8), ("xfam", 128, 8), ("mrtd", 136, 48), ("mrconfigid", 184, 48),
-    ("mrowner", 232, 48), ("mrownerconfig", 280, 48), ("rtmr0", 328, 48), ("rtmr1", 376, 48),
-    ("rtmr2", 424, 48), ("rtmr3", 472, 48), ("report_data", 520, 64),
+    ("tee_tcb_svn", 0, 16),
+    ("mrseam", 16, 48),
+    ("mrsignerseam", 64, 48),
+    ("seam_attributes", 112, 8),
+    ("td_attributes", 120, 8),
+    ("xfam", 128, 8),
+    ("mrtd", 136, 48),
+    ("mrconfigid", 184, 48),
+    ("mrowner", 232, 48),
+    ("mrownerconfig", 280, 48),
+    ("rtmr0", 328, 48),
+    ("rtmr1", 376, 48),
+    ("rtmr2", 424, 48),
+    ("rtmr3", 472, 48),
+    ("report_data", 520, 64),
 )
 
 
 def decode_td_attributes(attrs: bytes) -> dict:
     """TD_ATTRIBUTES (8 bytes as in the quote) decoded: the named bits and the raw value."""
     value = int.from_bytes(attrs, "little")
-    return {"hex": attrs.hex(), "debug": bool(value & TD_ATTR_DEBUG),
-            "sept_ve_disable": bool(value & TD_ATTR_SEPT_VE_DISABLE), "pks": bool(value & TD_ATTR_PKS),
-            "kl": bool(value & TD_ATTR_KL), "perfmon": bool(value & TD_ATTR_PERFMON)}
+    return {
+        "hex": attrs.hex(),
+        "debug": bool(value & TD_ATTR_DEBUG),
+        "sept_ve_disable": bool(value & TD_ATTR_SEPT_VE_DISABLE),
+        "pks": bool(value & TD_ATTR_PKS),
+        "kl": bool(value & TD_ATTR_KL),
+        "perfmon": bool(value & TD_ATTR_PERFMON),
+    }
 
 
 @dataclass(frozen=True)
 class TdReport:
     """The TD report body; every field raw bytes. TD report 1.5 adds tee_tcb_svn2 and mr_servicetd."""
+
     tee_tcb_svn: bytes
     mrseam: bytes
     mrsignerseam: bytes
@@ -138,9 +156,13 @@ class Quote:
             return []
         import base64
         import re
-        return [base64.b64decode(b"".join(m.group(1).split()))
-                for m in re.finditer(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----",
-                                     self.pck_chain_pem, re.S)]
+
+        return [
+            base64.b64decode(b"".join(m.group(1).split()))
+            for m in re.finditer(
+                rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", self.pck_chain_pem, re.S
+            )
+        ]
 
     def fmspc(self) -> str | None:
         """FMSPC (upper-case hex) from the PCK leaf's SGX extension, or None when not present."""
@@ -150,11 +172,12 @@ class Quote:
         return self._fmspc[0]
 
     def pck_ca(self) -> str | None:
-        """"platform" or "processor": which PCK CA issued the leaf (the PCK CRL to fetch)."""
+        """ "platform" or "processor": which PCK CA issued the leaf (the PCK CRL to fetch)."""
         ders = self.pck_chain_ders()
         if not ders:
             return None
         from cryptography import x509
+
         issuer = x509.load_der_x509_certificate(ders[0]).issuer.rfc4514_string()
         if "Platform" in issuer:
             return "platform"
@@ -181,8 +204,9 @@ def _body_location(data: bytes) -> tuple[int, int, int]:
     if body_type not in V5_BODY_TYPES:
         raise InputError("quote body type 2 or 3 (TD report 1.0 / 1.5)", str(body_type), offset=HEADER_SIZE)
     if size != V5_BODY_TYPES[body_type]:
-        raise InputError(f"body size {V5_BODY_TYPES[body_type]} for body type {body_type}", str(size),
-                         offset=HEADER_SIZE + 2)
+        raise InputError(
+            f"body size {V5_BODY_TYPES[body_type]} for body type {body_type}", str(size), offset=HEADER_SIZE + 2
+        )
     return body_type, HEADER_SIZE + 6, size
 
 
@@ -232,35 +256,51 @@ def parse_quote(data: bytes) -> Quote:
     _need(data, pos, sig_len, f"{sig_len} bytes of signature data")
     end = pos + sig_len
     _need(data, pos, 134, "quote signature, attestation key and certification-data header")
-    signature = data[pos:pos + 64]
-    att_key = data[pos + 64:pos + 128]
+    signature = data[pos : pos + 64]
+    att_key = data[pos + 64 : pos + 128]
     cert_type, cert_size = struct.unpack_from("<HI", data, pos + 128)
     cpos = pos + 134
     if cpos + cert_size > end:
-        raise InputError(f"{cert_size} bytes of certification data within the signature data",
-                         f"{end - cpos} bytes", offset=pos + 130)
+        raise InputError(
+            f"{cert_size} bytes of certification data within the signature data",
+            f"{end - cpos} bytes",
+            offset=pos + 130,
+        )
     qe_report = qe_sig = auth = pem = None
     inner_type = None
     if cert_type == CERT_TYPE_QE_REPORT:
         _need(data, cpos, QE_REPORT_SIZE + 64 + 2, "QE report, its signature and the auth-data length")
-        qe_report = data[cpos:cpos + QE_REPORT_SIZE]
-        qe_sig = data[cpos + QE_REPORT_SIZE:cpos + QE_REPORT_SIZE + 64]
+        qe_report = data[cpos : cpos + QE_REPORT_SIZE]
+        qe_sig = data[cpos + QE_REPORT_SIZE : cpos + QE_REPORT_SIZE + 64]
         apos = cpos + QE_REPORT_SIZE + 64
         (auth_len,) = struct.unpack_from("<H", data, apos)
         _need(data, apos + 2, auth_len + 6, f"{auth_len} bytes of QE auth data and the inner certification header")
-        auth = data[apos + 2:apos + 2 + auth_len]
+        auth = data[apos + 2 : apos + 2 + auth_len]
         ipos = apos + 2 + auth_len
         inner_type, inner_size = struct.unpack_from("<HI", data, ipos)
         _need(data, ipos + 6, inner_size, f"{inner_size} bytes of inner certification data")
-        inner = data[ipos + 6:ipos + 6 + inner_size]
+        inner = data[ipos + 6 : ipos + 6 + inner_size]
         if inner_type == CERT_TYPE_PCK_CHAIN:
             pem = inner
     elif cert_type == CERT_TYPE_PCK_CHAIN:
-        pem = data[cpos:cpos + cert_size]
-    return Quote(header=header, body_type=body_type, body_offset=body, report=report, signed_length=signed_length,
-                 signature=signature, attestation_key=att_key, cert_data_type=cert_type, qe_report=qe_report,
-                 qe_report_signature=qe_sig, qe_auth_data=auth, pck_cert_type=inner_type, pck_chain_pem=pem,
-                 length=end, trailing=len(data) - end)
+        pem = data[cpos : cpos + cert_size]
+    return Quote(
+        header=header,
+        body_type=body_type,
+        body_offset=body,
+        report=report,
+        signed_length=signed_length,
+        signature=signature,
+        attestation_key=att_key,
+        cert_data_type=cert_type,
+        qe_report=qe_report,
+        qe_report_signature=qe_sig,
+        qe_auth_data=auth,
+        pck_cert_type=inner_type,
+        pck_chain_pem=pem,
+        length=end,
+        trailing=len(data) - end,
+    )
 
 
 _PEM_BEGIN, _PEM_END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
@@ -274,11 +314,12 @@ def _first_cert_b64(data: bytes, start: int, stop: int) -> bytes | None:
     j = data.find(_PEM_END, i + 1, stop)
     if j < 0:
         return None
-    return data[i + len(_PEM_BEGIN):j]
+    return data[i + len(_PEM_BEGIN) : j]
 
 
 def _b64_der(b64: bytes) -> bytes:
     import base64
+
     return base64.b64decode(b"".join(b64.split()))
 
 
@@ -341,11 +382,13 @@ def _pck_tcb_b64(b64: bytes) -> tuple[tuple[int, ...], int] | None:
 
 def _need(data: bytes, pos: int, n: int, what: str) -> None:
     if pos + n > len(data):
-        raise InputError(what, f"{max(0, len(data) - pos)} bytes (truncated quote): {show_bytes(data[pos:])}",
-                         offset=pos)
+        raise InputError(
+            what, f"{max(0, len(data) - pos)} bytes (truncated quote): {show_bytes(data[pos:])}", offset=pos
+        )
 
 
 # --- the FMSPC inside the PCK leaf (a tiny DER walker; no third-party ASN.1 library) ------------
+
 
 def _der_items(buf: bytes):
     """Yield (tag, content) for each TLV in buf."""
@@ -356,9 +399,9 @@ def _der_items(buf: bytes):
         i += 2
         if length & 0x80:
             n = length & 0x7F
-            length = int.from_bytes(buf[i:i + n], "big")
+            length = int.from_bytes(buf[i : i + n], "big")
             i += n
-        yield tag, buf[i:i + length]
+        yield tag, buf[i : i + length]
         i += length
 
 
@@ -376,6 +419,7 @@ def _oid_str(content: bytes) -> str:
 def pck_fmspc(leaf_der: bytes) -> str | None:
     """FMSPC (upper-case hex) of a PCK leaf certificate, from SGX extension OID ...13.1.4."""
     from cryptography import x509
+
     cert = x509.load_der_x509_certificate(leaf_der)
     try:
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID))
@@ -403,7 +447,7 @@ def _sgx_extension(leaf_der: bytes) -> bytes | None:
     i = leaf_der.find(_SGX_EXT_OID_TLV)
     if i < 0:
         return None
-    rest = leaf_der[i + len(_SGX_EXT_OID_TLV):]
+    rest = leaf_der[i + len(_SGX_EXT_OID_TLV) :]
     for tag, content in _der_items(rest):
         if tag == 0x01:  # critical flag
             continue

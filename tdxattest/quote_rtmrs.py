@@ -9,6 +9,7 @@ v4: the TD report body follows at 48. v5: u16 body type (2 = TD report 1.0, 3 = 
 u32 body size, then the body at 54. TD report body offsets: TD attributes 120, XFAM 128, MRTD 136,
 MRCONFIGID 184, MROWNER 232, MROWNERCONFIG 280, RTMR0-3 328/376/424/472, REPORTDATA 520.
 """
+
 from __future__ import annotations
 
 import struct
@@ -37,9 +38,16 @@ class QuoteRegisters:
     report_data: bytes
 
     def as_dict(self) -> dict:
-        out = {"version": self.version, "td_attributes": self.td_attributes.hex(), "xfam": self.xfam.hex(),
-               "mrtd": self.mrtd.hex(), "mrconfigid": self.mrconfigid.hex(), "mrowner": self.mrowner.hex(),
-               "mrownerconfig": self.mrownerconfig.hex(), "report_data": self.report_data.hex()}
+        out = {
+            "version": self.version,
+            "td_attributes": self.td_attributes.hex(),
+            "xfam": self.xfam.hex(),
+            "mrtd": self.mrtd.hex(),
+            "mrconfigid": self.mrconfigid.hex(),
+            "mrowner": self.mrowner.hex(),
+            "mrownerconfig": self.mrownerconfig.hex(),
+            "report_data": self.report_data.hex(),
+        }
         out.update({f"rtmr{i}": r.hex() for i, r in enumerate(self.rtmrs)})
         return out
 
@@ -61,16 +69,25 @@ def read_quote_registers(quote: bytes) -> QuoteRegisters:
         if body_type not in V5_BODY_TYPES:
             raise InputError("quote body type 2 or 3 (TD report 1.0 / 1.5)", str(body_type), offset=HEADER_SIZE)
         if size != V5_BODY_TYPES[body_type]:
-            raise InputError(f"body size {V5_BODY_TYPES[body_type]} for body type {body_type}", str(size),
-                             offset=HEADER_SIZE + 2)
+            raise InputError(
+                f"body size {V5_BODY_TYPES[body_type]} for body type {body_type}", str(size), offset=HEADER_SIZE + 2
+            )
         body = HEADER_SIZE + 6
     if body + size > len(quote):
         raise InputError(f"a {size}-byte TD report body", f"{len(quote) - body} bytes (truncated quote)", offset=body)
 
     def field(off: int, n: int) -> bytes:
-        return bytes(quote[body + off:body + off + n])
+        return bytes(quote[body + off : body + off + n])
 
     return QuoteRegisters(
-        version=version, body_offset=body, td_attributes=field(120, 8), xfam=field(128, 8), mrtd=field(136, 48),
-        mrconfigid=field(184, 48), mrowner=field(232, 48), mrownerconfig=field(280, 48),
-        rtmrs=(field(328, 48), field(376, 48), field(424, 48), field(472, 48)), report_data=field(520, 64))
+        version=version,
+        body_offset=body,
+        td_attributes=field(120, 8),
+        xfam=field(128, 8),
+        mrtd=field(136, 48),
+        mrconfigid=field(184, 48),
+        mrowner=field(232, 48),
+        mrownerconfig=field(280, 48),
+        rtmrs=(field(328, 48), field(376, 48), field(424, 48), field(472, 48)),
+        report_data=field(520, 64),
+    )

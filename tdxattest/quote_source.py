@@ -17,6 +17,7 @@ them anyway).
 The only other source is `tdxattest.testpki.SoftwareQuoteProvider` (a TEST PKI, for tests and the
 dev stack); both satisfy `QuoteSource`.
 """
+
 from __future__ import annotations
 
 import threading
@@ -54,19 +55,28 @@ class ConfigfsTsmQuoteSource:
 
     def _open(self, root: Path) -> None:
         if not root.is_dir():
-            raise QuoteUnavailable(f"the configfs-tsm report directory {root}", "it does not exist",
-                                   "run inside a TDX TD whose kernel has CONFIG_TSM_REPORTS and CONFIG_TDX_GUEST_DRIVER, "
-                                   "with configfs mounted at /sys/kernel/config")
+            raise QuoteUnavailable(
+                f"the configfs-tsm report directory {root}",
+                "it does not exist",
+                "run inside a TDX TD whose kernel has CONFIG_TSM_REPORTS and CONFIG_TDX_GUEST_DRIVER, "
+                "with configfs mounted at /sys/kernel/config",
+            )
         try:
             self._dir.mkdir(exist_ok=True)
         except OSError as exc:
-            raise QuoteUnavailable(f"a report entry {self._dir}", exc.strerror or str(exc),
-                                   "the gateway needs write access to configfs-tsm (root, or CAP_SYS_ADMIN)") from None
+            raise QuoteUnavailable(
+                f"a report entry {self._dir}",
+                exc.strerror or str(exc),
+                "the gateway needs write access to configfs-tsm (root, or CAP_SYS_ADMIN)",
+            ) from None
         provider = self._read_text("provider")
         if provider != TDX_PROVIDER:
-            raise QuoteUnavailable(f"provider {TDX_PROVIDER}", provider or "nothing",
-                                   "this is not a TDX TD (or its quote driver is missing); a software quote "
-                                   "source exists only for tests and the dev stack")
+            raise QuoteUnavailable(
+                f"provider {TDX_PROVIDER}",
+                provider or "nothing",
+                "this is not a TDX TD (or its quote driver is missing); a software quote "
+                "source exists only for tests and the dev stack",
+            )
 
     def _read_text(self, name: str) -> str:
         try:
@@ -79,7 +89,9 @@ class ConfigfsTsmQuoteSource:
         try:
             return int(text)
         except ValueError:
-            raise QuoteUnavailable("an integer in generation", text, "check the configfs-tsm ABI of this kernel") from None
+            raise QuoteUnavailable(
+                "an integer in generation", text, "check the configfs-tsm ABI of this kernel"
+            ) from None
 
     def quote(self, report_data: bytes) -> bytes:
         if len(report_data) != 64:
@@ -95,9 +107,15 @@ class ConfigfsTsmQuoteSource:
                 except OSError as exc:
                     # EIO/EBUSY here is the host's quote generation service failing (not reachable
                     # on vsock 4050, or PCCS/PCK trouble on the host).
-                    raise QuoteUnavailable("a quote from configfs-tsm", exc.strerror or str(exc),
-                                           "check the host's quote generation service (qgsd) and its PCCS") from None
+                    raise QuoteUnavailable(
+                        "a quote from configfs-tsm",
+                        exc.strerror or str(exc),
+                        "check the host's quote generation service (qgsd) and its PCCS",
+                    ) from None
                 if self._generation() == before + 1 and quote:
                     return quote
-            raise QuoteUnavailable("a quote for our REPORTDATA", f"generation did not move by exactly one in {self._retries} tries (another writer?)",
-                                   f"give the gateway its own entry; nothing else may write {self._dir}")
+            raise QuoteUnavailable(
+                "a quote for our REPORTDATA",
+                f"generation did not move by exactly one in {self._retries} tries (another writer?)",
+                f"give the gateway its own entry; nothing else may write {self._dir}",
+            )

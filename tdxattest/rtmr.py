@@ -3,6 +3,7 @@
 An RTMR starts as 48 zero bytes; each extend sets ``RTMR = SHA-384(RTMR || digest)`` with a
 48-byte SHA-384 digest. Pure.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,11 @@ class Event:
     detail: str = ""
 
     def as_dict(self) -> dict:
-        out = {"event": self.name, "type": event_type_name(self.event_type),
-               "digest": self.digest.hex() if self.digest is not None else None}
+        out = {
+            "event": self.name,
+            "type": event_type_name(self.event_type),
+            "digest": self.digest.hex() if self.digest is not None else None,
+        }
         if self.detail:
             out["detail"] = self.detail
         return out
@@ -65,8 +69,7 @@ class Register:
 
     def as_dict(self) -> dict:
         value = self.value
-        out = {"value": value.hex() if value is not None else None,
-               "events": [e.as_dict() for e in self.events]}
+        out = {"value": value.hex() if value is not None else None, "events": [e.as_dict() for e in self.events]}
         if self.missing:
             out["missing"] = list(self.missing)
         return out

@@ -35,6 +35,7 @@ Use it as `async with StandinServer(cfg) as s: ...`, or from sync code
 `with StandinServer(cfg).run_in_thread() as s: ...`, or from a shell:
 `python -m tdxattest.standin --listen 127.0.0.1:8000 [--token-interval-ms N] [--model M]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,27 +70,32 @@ class StandinConfig:
 class ApiError(Exception):
     """An error the client should see, rendered in OpenAI's error shape."""
 
-    def __init__(self, status: int, message: str, *, code: str | None = None,
-                 param: str | None = None, type_: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type_: str = "invalid_request_error",
+    ) -> None:
         super().__init__(message)
-        self.status, self.message, self.code, self.param, self.type = (
-            status, message, code, param, type_)
+        self.status, self.message, self.code, self.param, self.type = (status, message, code, param, type_)
 
     def response(self) -> web.Response:
-        body = {"error": {"message": self.message, "type": self.type,
-                          "param": self.param, "code": self.code}}
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return web.json_response(body, status=self.status)
 
 
 # ---- the deterministic "model" -----------------------------------------------------------------
+
 
 def _text_of(content: Any) -> str:
     """Text of a message's content: a string, or a list of parts of which the text parts count."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content
-                        if isinstance(p, dict) and p.get("type") == "text")
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
 
 
@@ -103,8 +109,7 @@ def answer_tokens(text: str, n: int) -> list[str]:
     return [(" " if i else "") + words[i % len(words)] for i in range(n)]
 
 
-def known_answer(prompt: str, config: StandinConfig = StandinConfig(),
-                 max_tokens: int | None = None) -> str:
+def known_answer(prompt: str, config: StandinConfig = StandinConfig(), max_tokens: int | None = None) -> str:
     """The exact completion text the stand-in returns for a last user message `prompt`."""
     return "".join(answer_tokens(prompt, _token_count(config, max_tokens)))
 
@@ -118,6 +123,7 @@ def _finish_reason(config: StandinConfig, limit: int | None) -> str:
 
 
 # ---- request parsing ---------------------------------------------------------------------------
+
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
@@ -145,8 +151,7 @@ def _limit(body: dict[str, Any]) -> int | None:
 def _check_common(body: dict[str, Any], model: str) -> None:
     asked = body.get("model")
     if asked is not None and asked != model:
-        raise ApiError(404, f"The model `{asked}` does not exist.", code="model_not_found",
-                       param="model")
+        raise ApiError(404, f"The model `{asked}` does not exist.", code="model_not_found", param="model")
     if body.get("n", 1) != 1:
         raise ApiError(400, "Only n=1 is supported.", param="n")
 
@@ -168,8 +173,7 @@ def _legacy_prompt(body: dict[str, Any]) -> tuple[str, int]:
     if isinstance(prompt, list):  # one prompt as a list of strings or of token ids
         if len(prompt) != 1 and not all(isinstance(p, int) for p in prompt):
             raise ApiError(400, "Only one prompt per request is supported.", param="prompt")
-        prompt = (" ".join(map(str, prompt)) if all(isinstance(p, int) for p in prompt)
-                  else prompt[0])
+        prompt = " ".join(map(str, prompt)) if all(isinstance(p, int) for p in prompt) else prompt[0]
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string", param="prompt")
     return prompt, len(prompt.split())
@@ -177,11 +181,11 @@ def _legacy_prompt(body: dict[str, Any]) -> tuple[str, int]:
 
 # ---- the server --------------------------------------------------------------------------------
 
+
 class StandinServer:
     """The stand-in; an async context manager. `requests`/`paths` record every request."""
 
-    def __init__(self, config: StandinConfig = StandinConfig(), host: str = "127.0.0.1",
-                 port: int = 0) -> None:
+    def __init__(self, config: StandinConfig = StandinConfig(), host: str = "127.0.0.1", port: int = 0) -> None:
         self.config = config
         self.host, self.port = host, port
         self.paths: list[tuple[str, str]] = []
@@ -235,8 +239,7 @@ class StandinServer:
     # -- middleware and handlers --
 
     @web.middleware
-    async def _record_and_shape_errors(self, request: web.Request,
-                                       handler: Handler) -> web.StreamResponse:
+    async def _record_and_shape_errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         self.paths.append((request.method, request.path))
         try:
             return await handler(request)
@@ -253,21 +256,28 @@ class StandinServer:
         return web.Response(status=200)
 
     async def _models(self, request: web.Request) -> web.Response:
-        model = {"id": self.config.model, "object": "model", "created": int(time.time()),
-                 "owned_by": "standin"}
+        model = {"id": self.config.model, "object": "model", "created": int(time.time()), "owned_by": "standin"}
         return web.json_response({"object": "list", "data": [model]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._complete(request, _chat_prompt, "chatcmpl", "chat.completion", _chat_delta,
-                                    _Completion.chat_body)
+        return await self._complete(
+            request, _chat_prompt, "chatcmpl", "chat.completion", _chat_delta, _Completion.chat_body
+        )
 
     async def _legacy(self, request: web.Request) -> web.StreamResponse:
-        return await self._complete(request, _legacy_prompt, "cmpl", "text_completion", _legacy_delta,
-                                    _Completion.legacy_body)
+        return await self._complete(
+            request, _legacy_prompt, "cmpl", "text_completion", _legacy_delta, _Completion.legacy_body
+        )
 
-    async def _complete(self, request: web.Request, prompt_of: Callable[[dict[str, Any]], tuple[str, int]],
-                        id_prefix: str, object_: str, choice: Choice,
-                        body_of: Callable[[_Completion], dict[str, Any]]) -> web.StreamResponse:
+    async def _complete(
+        self,
+        request: web.Request,
+        prompt_of: Callable[[dict[str, Any]], tuple[str, int]],
+        id_prefix: str,
+        object_: str,
+        choice: Choice,
+        body_of: Callable[[_Completion], dict[str, Any]],
+    ) -> web.StreamResponse:
         body = await _json_body(request)
         _check_common(body, self.config.model)
         limit = _limit(body)
@@ -288,27 +298,35 @@ def _chat_delta(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
 
 
 def _legacy_delta(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-    return {"index": 0, "text": delta.get("content", ""), "logprobs": None,
-            "finish_reason": finish}
+    return {"index": 0, "text": delta.get("content", ""), "logprobs": None, "finish_reason": finish}
 
 
 class _Completion:
     """One answer, rendered whole or as an SSE stream."""
 
-    def __init__(self, config: StandinConfig, id_prefix: str, object_: str, text: str,
-                 prompt_tokens: int, limit: int | None) -> None:
+    def __init__(
+        self, config: StandinConfig, id_prefix: str, object_: str, text: str, prompt_tokens: int, limit: int | None
+    ) -> None:
         self.config = config
         self.id = f"{id_prefix}-{uuid.uuid4().hex}"
         self.object = object_
         self.created = int(time.time())
         self.tokens = answer_tokens(text, _token_count(config, limit))
         self.finish = _finish_reason(config, limit)
-        self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(self.tokens),
-                      "total_tokens": prompt_tokens + len(self.tokens)}
+        self.usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(self.tokens),
+            "total_tokens": prompt_tokens + len(self.tokens),
+        }
 
     def _envelope(self, object_: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.id, "object": object_, "created": self.created,
-                "model": self.config.model, "choices": choices}
+        return {
+            "id": self.id,
+            "object": object_,
+            "created": self.created,
+            "model": self.config.model,
+            "choices": choices,
+        }
 
     def chat_body(self) -> dict[str, Any]:
         message = {"role": "assistant", "content": "".join(self.tokens)}
@@ -323,18 +341,15 @@ class _Completion:
         """(pause before it, chunk) for every event of the stream but [DONE]."""
         chunk_object = "chat.completion.chunk" if self.object == "chat.completion" else self.object
         if self.object == "chat.completion":
-            yield False, self._envelope(chunk_object, [choice({"role": "assistant", "content": ""},
-                                                              None)])
+            yield False, self._envelope(chunk_object, [choice({"role": "assistant", "content": ""}, None)])
         for i, token in enumerate(self.tokens):
             yield i > 0, self._envelope(chunk_object, [choice({"content": token}, None)])
         yield False, self._envelope(chunk_object, [choice({}, self.finish)])
         if include_usage:
             yield False, {**self._envelope(chunk_object, []), "usage": self.usage}
 
-    async def stream(self, request: web.Request, include_usage: bool,
-                     choice: Choice) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
+    async def stream(self, request: web.Request, include_usage: bool, choice: Choice) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         interval = self.config.token_interval_s
         try:
@@ -352,6 +367,7 @@ class _Completion:
 
 # ---- sync use ----------------------------------------------------------------------------------
 
+
 class StandinThread:
     """A StandinServer on its own loop in a daemon thread; a context manager, `stop()` to end."""
 
@@ -361,8 +377,7 @@ class StandinThread:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),),
-                                        name="standin", daemon=True)
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), name="standin", daemon=True)
         self._thread.start()
         if not self._ready.wait(start_timeout_s):
             raise TimeoutError("the stand-in did not start")
@@ -411,6 +426,7 @@ class StandinThread:
 
 # ---- CLI ---------------------------------------------------------------------------------------
 
+
 def _listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
@@ -429,18 +445,25 @@ async def _serve(server: StandinServer) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tdxattest.standin", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--listen", type=_listen, default=("127.0.0.1", 8000),
-                        metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:8000)")
-    parser.add_argument("--token-interval-ms", type=float, default=0.0,
-                        help="pause between streamed tokens, in milliseconds")
-    parser.add_argument("--tokens", type=int, default=StandinConfig.tokens,
-                        help="tokens per completion unless max_tokens is smaller")
+    parser = argparse.ArgumentParser(
+        prog="python -m tdxattest.standin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--listen",
+        type=_listen,
+        default=("127.0.0.1", 8000),
+        metavar="HOST:PORT",
+        help="address to serve on (default 127.0.0.1:8000)",
+    )
+    parser.add_argument(
+        "--token-interval-ms", type=float, default=0.0, help="pause between streamed tokens, in milliseconds"
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=StandinConfig.tokens, help="tokens per completion unless max_tokens is smaller"
+    )
     parser.add_argument("--model", default=StandinConfig.model, help="the served model id")
     args = parser.parse_args(argv)
-    config = StandinConfig(model=args.model, token_interval_s=args.token_interval_ms / 1000,
-                           tokens=args.tokens)
+    config = StandinConfig(model=args.model, token_interval_s=args.token_interval_ms / 1000, tokens=args.tokens)
     host, port = args.listen
     asyncio.run(_serve(StandinServer(config, host, port)))
     return 0

@@ -12,6 +12,7 @@ descriptor per RAM range, sorted by address; the firmware measures it into RTMR0
 The 8-byte end-of-list HOB is not part of the measured bytes, though PHIT's EfiEndOfHobList counts
 it. Pure: metadata and RAM size in, bytes out.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -61,20 +62,28 @@ def ram_ranges(meta: TdvfMetadata, ram_bytes: int) -> tuple[RamRange, ...]:
     """The resource descriptors QEMU emits, in address order."""
     hobs = meta.of_type(TD_HOB)
     if len(hobs) != 1:
-        raise InputError("exactly one TD_HOB section in the TDVF metadata", str(len(hobs)),
-                         offset=meta.descriptor_offset)
-    accepted = sorted((s.memory_address, s.memory_data_size) for s in meta.sections
-                      if s.section_type in (TD_HOB, TEMP_MEM))
+        raise InputError(
+            "exactly one TD_HOB section in the TDVF metadata", str(len(hobs)), offset=meta.descriptor_offset
+        )
+    accepted = sorted(
+        (s.memory_address, s.memory_data_size) for s in meta.sections if s.section_type in (TD_HOB, TEMP_MEM)
+    )
     low = below_4g_ram(ram_bytes)
     ranges: list[RamRange] = []
     cursor = 0
     for start, length in accepted:
         if start < cursor:
-            raise InputError("TD_HOB/TempMem sections that do not overlap",
-                             f"a section at 0x{start:x} inside the previous one", offset=meta.descriptor_offset)
+            raise InputError(
+                "TD_HOB/TempMem sections that do not overlap",
+                f"a section at 0x{start:x} inside the previous one",
+                offset=meta.descriptor_offset,
+            )
         if start + length > low:
-            raise InputError(f"TD_HOB/TempMem sections inside guest RAM below 4 GiB (0x{low:x} bytes)",
-                             f"a section ending at 0x{start + length:x}", offset=meta.descriptor_offset)
+            raise InputError(
+                f"TD_HOB/TempMem sections inside guest RAM below 4 GiB (0x{low:x} bytes)",
+                f"a section ending at 0x{start + length:x}",
+                offset=meta.descriptor_offset,
+            )
         if start > cursor:
             ranges.append(RamRange(cursor, start - cursor, RESOURCE_MEMORY_UNACCEPTED))
         ranges.append(RamRange(start, length, RESOURCE_SYSTEM_MEMORY))
@@ -92,8 +101,19 @@ def build_td_hob(meta: TdvfMetadata, ram_bytes: int) -> bytes:
         raise ValueError(f"guest RAM must be a positive multiple of 4 KiB, not {ram_bytes}")
     (hob,) = meta.of_type(TD_HOB) or (None,)
     ranges = ram_ranges(meta, ram_bytes)
-    body = b"".join(_RESOURCE.pack(HOB_TYPE_RESOURCE_DESCRIPTOR, _RESOURCE.size, 0, bytes(16), r.resource_type,
-                                   RESOURCE_ATTRIBUTES, r.start, r.length) for r in ranges)
+    body = b"".join(
+        _RESOURCE.pack(
+            HOB_TYPE_RESOURCE_DESCRIPTOR,
+            _RESOURCE.size,
+            0,
+            bytes(16),
+            r.resource_type,
+            RESOURCE_ATTRIBUTES,
+            r.start,
+            r.length,
+        )
+        for r in ranges
+    )
     end_of_list = hob.memory_address + _PHIT.size + len(body) + END_OF_HOB_LIST_SIZE
     phit = _PHIT.pack(HOB_TYPE_HANDOFF, _PHIT.size, 0, HOB_HANDOFF_VERSION, 0, 0, 0, 0, 0, end_of_list)
     return phit + body

@@ -15,6 +15,7 @@ Layout (all integers little-endian, GUIDs in the mixed-endian EFI byte order):
   32 bytes: u32 DataOffset, u32 RawDataSize, u64 MemoryAddress, u64 MemoryDataSize, u32 Type,
   u32 Attributes.
 """
+
 from __future__ import annotations
 
 import struct
@@ -90,7 +91,7 @@ class TdvfMetadata:
 
 
 def _guid_at(data: bytes, offset: int) -> uuid.UUID:
-    return uuid.UUID(bytes_le=bytes(data[offset:offset + 16]))
+    return uuid.UUID(bytes_le=bytes(data[offset : offset + 16]))
 
 
 def _find_descriptor_via_footer(fw: bytes) -> int | None:
@@ -101,35 +102,51 @@ def _find_descriptor_via_footer(fw: bytes) -> int | None:
         return None
     (total,) = struct.unpack_from("<H", fw, end - ENTRY_TRAILER)
     if total < ENTRY_TRAILER or total > end:
-        raise InputError(f"a GUIDed footer table length between {ENTRY_TRAILER} and {end}", str(total),
-                         offset=end - ENTRY_TRAILER)
+        raise InputError(
+            f"a GUIDed footer table length between {ENTRY_TRAILER} and {end}", str(total), offset=end - ENTRY_TRAILER
+        )
     start = end - total
     pos = end - ENTRY_TRAILER
     seen_guids = []
     while pos > start:
         if pos - ENTRY_TRAILER < start:
-            raise InputError(f"a complete footer table entry (18-byte length + GUID) after offset {start}",
-                             f"{pos - start} bytes", offset=pos - ENTRY_TRAILER)
+            raise InputError(
+                f"a complete footer table entry (18-byte length + GUID) after offset {start}",
+                f"{pos - start} bytes",
+                offset=pos - ENTRY_TRAILER,
+            )
         guid = _guid_at(fw, pos - 16)
         (length,) = struct.unpack_from("<H", fw, pos - ENTRY_TRAILER)
         if length < ENTRY_TRAILER or pos - length < start:
-            raise InputError(f"a footer table entry length between {ENTRY_TRAILER} and {pos - start}",
-                             str(length), offset=pos - ENTRY_TRAILER)
+            raise InputError(
+                f"a footer table entry length between {ENTRY_TRAILER} and {pos - start}",
+                str(length),
+                offset=pos - ENTRY_TRAILER,
+            )
         data_start, data_end = pos - length, pos - ENTRY_TRAILER
         if guid == TDX_METADATA_OFFSET_GUID:
             if data_end - data_start < 4:
-                raise InputError("a 4-byte TDX metadata offset in its footer table entry",
-                                 f"{data_end - data_start} bytes", offset=data_start)
+                raise InputError(
+                    "a 4-byte TDX metadata offset in its footer table entry",
+                    f"{data_end - data_start} bytes",
+                    offset=data_start,
+                )
             (off,) = struct.unpack_from("<I", fw, data_end - 4)
             if off > size or size - off < 16:
-                raise InputError(f"a TDX metadata offset between 16 and {size} (counted from the end of the image)",
-                                 str(off), offset=data_end - 4)
+                raise InputError(
+                    f"a TDX metadata offset between 16 and {size} (counted from the end of the image)",
+                    str(off),
+                    offset=data_end - 4,
+                )
             return size - off
         seen_guids.append(str(guid))
         pos -= length
-    raise InputError(f"a footer table entry with the TDX metadata offset GUID {TDX_METADATA_OFFSET_GUID} "
-                     "(this firmware has no TDX support)",
-                     "only " + (", ".join(seen_guids) or "no entries"), offset=start)
+    raise InputError(
+        f"a footer table entry with the TDX metadata offset GUID {TDX_METADATA_OFFSET_GUID} "
+        "(this firmware has no TDX support)",
+        "only " + (", ".join(seen_guids) or "no entries"),
+        offset=start,
+    )
 
 
 def _find_descriptor_via_tdshim(fw: bytes) -> int | None:
@@ -156,9 +173,12 @@ def locate_descriptor(fw: bytes) -> tuple[int, str]:
     if off is not None:
         return off, "td-shim-offset"
     where = size - FOOTER_END_GAP - 16
-    raise InputError(f"TDVF metadata: the OVMF footer GUID {FOOTER_GUID} here, or a td-shim metadata "
-                     f"offset at 0x{size - FOOTER_END_GAP:x} pointing to the TDVF metadata GUID",
-                     show_bytes(fw[where:where + 16]) + " (not a TDX firmware image)", offset=where)
+    raise InputError(
+        f"TDVF metadata: the OVMF footer GUID {FOOTER_GUID} here, or a td-shim metadata "
+        f"offset at 0x{size - FOOTER_END_GAP:x} pointing to the TDVF metadata GUID",
+        show_bytes(fw[where : where + 16]) + " (not a TDX firmware image)",
+        offset=where,
+    )
 
 
 def parse_tdvf(fw: bytes) -> TdvfMetadata:
@@ -166,44 +186,67 @@ def parse_tdvf(fw: bytes) -> TdvfMetadata:
     size = len(fw)
     desc, located_by = locate_descriptor(fw)
     if desc < 16 or _guid_at(fw, desc - 16) != TDVF_METADATA_GUID:
-        raise InputError(f"the TDVF metadata GUID {TDVF_METADATA_GUID} before the descriptor",
-                         show_bytes(fw[max(desc - 16, 0):desc]), offset=max(desc - 16, 0))
+        raise InputError(
+            f"the TDVF metadata GUID {TDVF_METADATA_GUID} before the descriptor",
+            show_bytes(fw[max(desc - 16, 0) : desc]),
+            offset=max(desc - 16, 0),
+        )
     if desc + DESCRIPTOR_SIZE > size:
-        raise InputError(f"a {DESCRIPTOR_SIZE}-byte TDVF descriptor", f"{size - desc} bytes before the end of the file",
-                         offset=desc)
-    signature = fw[desc:desc + 4]
+        raise InputError(
+            f"a {DESCRIPTOR_SIZE}-byte TDVF descriptor", f"{size - desc} bytes before the end of the file", offset=desc
+        )
+    signature = fw[desc : desc + 4]
     if signature != b"TDVF":
         raise InputError("descriptor signature 'TDVF'", show_bytes(signature), offset=desc)
     length, version, count = struct.unpack_from("<III", fw, desc + 4)
     if version != 1:
         raise InputError("TDVF descriptor version 1", str(version), offset=desc + 8)
     if length != DESCRIPTOR_SIZE + SECTION_SIZE * count:
-        raise InputError(f"descriptor length 16 + 32 * {count} sections = {DESCRIPTOR_SIZE + SECTION_SIZE * count}",
-                         str(length), offset=desc + 4)
+        raise InputError(
+            f"descriptor length 16 + 32 * {count} sections = {DESCRIPTOR_SIZE + SECTION_SIZE * count}",
+            str(length),
+            offset=desc + 4,
+        )
     if desc + length > size:
-        raise InputError(f"{count} section entries ({length} bytes) inside the file (truncated descriptor)",
-                         f"{size - desc} bytes before the end of the file", offset=desc)
+        raise InputError(
+            f"{count} section entries ({length} bytes) inside the file (truncated descriptor)",
+            f"{size - desc} bytes before the end of the file",
+            offset=desc,
+        )
     sections = []
     for i in range(count):
         at = desc + DESCRIPTOR_SIZE + SECTION_SIZE * i
         data_offset, raw_size, gpa, mem_size, stype, attrs = struct.unpack_from("<IIQQII", fw, at)
         if stype >= len(SECTION_TYPE_NAMES):
-            raise InputError(f"section {i} type 0..{len(SECTION_TYPE_NAMES) - 1} "
-                             f"({', '.join(SECTION_TYPE_NAMES)})", f"unknown section type {stype}", offset=at + 24)
+            raise InputError(
+                f"section {i} type 0..{len(SECTION_TYPE_NAMES) - 1} ({', '.join(SECTION_TYPE_NAMES)})",
+                f"unknown section type {stype}",
+                offset=at + 24,
+            )
         if attrs & ~KNOWN_ATTRS:
-            raise InputError(f"section {i} attributes within 0x{KNOWN_ATTRS:x} (MR.EXTEND, PAGE.AUG)",
-                             f"0x{attrs:x}", offset=at + 28)
+            raise InputError(
+                f"section {i} attributes within 0x{KNOWN_ATTRS:x} (MR.EXTEND, PAGE.AUG)", f"0x{attrs:x}", offset=at + 28
+            )
         if gpa % PAGE or mem_size % PAGE:
-            raise InputError(f"section {i} memory address and size aligned to 4 KiB",
-                             f"address 0x{gpa:x}, size 0x{mem_size:x}", offset=at + 8)
+            raise InputError(
+                f"section {i} memory address and size aligned to 4 KiB",
+                f"address 0x{gpa:x}, size 0x{mem_size:x}",
+                offset=at + 8,
+            )
         if mem_size < raw_size:
             raise InputError(f"section {i} memory size >= raw data size {raw_size}", str(mem_size), offset=at + 16)
         if data_offset + raw_size > size:
-            raise InputError(f"section {i} raw data (0x{data_offset:x} + 0x{raw_size:x}) inside the {size}-byte file",
-                             f"end at 0x{data_offset + raw_size:x}", offset=at)
+            raise InputError(
+                f"section {i} raw data (0x{data_offset:x} + 0x{raw_size:x}) inside the {size}-byte file",
+                f"end at 0x{data_offset + raw_size:x}",
+                offset=at,
+            )
         if stype == BFV and not attrs & ATTR_MR_EXTEND:
-            raise InputError(f"section {i} (BFV, firmware code) with the MR.EXTEND attribute",
-                             f"attributes 0x{attrs:x}", offset=at + 28)
+            raise InputError(
+                f"section {i} (BFV, firmware code) with the MR.EXTEND attribute",
+                f"attributes 0x{attrs:x}",
+                offset=at + 28,
+            )
         sections.append(TdvfSection(i, data_offset, raw_size, gpa, mem_size, stype, attrs))
     return TdvfMetadata(descriptor_offset=desc, version=version, sections=tuple(sections), located_by=located_by)
 
@@ -214,4 +257,4 @@ def cfv_bytes(fw: bytes, meta: TdvfMetadata) -> bytes:
     if len(cfvs) != 1:
         raise InputError("exactly one CFV (variable store) section", f"{len(cfvs)}", offset=meta.descriptor_offset)
     s = cfvs[0]
-    return fw[s.data_offset:s.data_offset + s.raw_data_size]
+    return fw[s.data_offset : s.data_offset + s.raw_data_size]

@@ -23,6 +23,7 @@ once per PKI; a quote then costs one ECDSA signature.
     dcap_qvl.verify_with_root_ca(quote, QuoteCollateralV3.from_json(pki.collateral_json()),
                                  pki.root_ca_der, now)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,6 +73,7 @@ def _h384(tag: str) -> bytes:
 class TdIdentity:
     """What the software TD "measures". Defaults: a plausible production (non-DEBUG) TD on the
     TDX module 1.x that the TEST TCB info rates UpToDate."""
+
     mrtd: bytes = _h384("mrtd")
     rtmr0: bytes = _h384("rtmr0")
     rtmr1: bytes = _h384("rtmr1")
@@ -87,8 +89,20 @@ class TdIdentity:
 
     def __post_init__(self) -> None:
         sizes = {"td_attributes": 8, "xfam": 8, "tee_tcb_svn": 16}
-        for name in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "td_attributes", "xfam", "mrconfigid",
-                     "mrowner", "mrownerconfig", "tee_tcb_svn"):
+        for name in (
+            "mrtd",
+            "rtmr0",
+            "rtmr1",
+            "rtmr2",
+            "rtmr3",
+            "mrseam",
+            "td_attributes",
+            "xfam",
+            "mrconfigid",
+            "mrowner",
+            "mrownerconfig",
+            "tee_tcb_svn",
+        ):
             value = getattr(self, name)
             if not isinstance(value, bytes) or len(value) != sizes.get(name, 48):
                 raise ValueError(f"TdIdentity.{name}: expected {sizes.get(name, 48)} bytes, got {value!r:.40}")
@@ -105,12 +119,29 @@ class TdIdentity:
     def body(self, report_data: bytes) -> bytes:
         """The 584-byte TD report body (TD report 1.0; MRSIGNERSEAM and SEAM_ATTRIBUTES zero, as
         for Intel's own TDX module)."""
-        return b"".join((self.tee_tcb_svn, self.mrseam, bytes(48), bytes(8), self.td_attributes, self.xfam,
-                         self.mrtd, self.mrconfigid, self.mrowner, self.mrownerconfig, self.rtmr0, self.rtmr1,
-                         self.rtmr2, self.rtmr3, report_data))
+        return b"".join(
+            (
+                self.tee_tcb_svn,
+                self.mrseam,
+                bytes(48),
+                bytes(8),
+                self.td_attributes,
+                self.xfam,
+                self.mrtd,
+                self.mrconfigid,
+                self.mrowner,
+                self.mrownerconfig,
+                self.rtmr0,
+                self.rtmr1,
+                self.rtmr2,
+                self.rtmr3,
+                report_data,
+            )
+        )
 
 
 # --- DER by hand (only what the SGX extension needs) ------------------------------------------
+
 
 def _tlv(tag: int, content: bytes) -> bytes:
     n = len(content)
@@ -146,52 +177,95 @@ def _entry(suffix: str, value: bytes) -> bytes:
     return _seq(_oid(f"{SGX_EXTENSION_OID}.{suffix}"), value)
 
 
-def sgx_extension(*, ppid: bytes, fmspc: bytes, platform_instance_id: bytes,
-                  components: tuple[int, ...] = SGX_TCB_COMPONENTS, pcesvn: int = PCESVN) -> bytes:
+def sgx_extension(
+    *,
+    ppid: bytes,
+    fmspc: bytes,
+    platform_instance_id: bytes,
+    components: tuple[int, ...] = SGX_TCB_COMPONENTS,
+    pcesvn: int = PCESVN,
+) -> bytes:
     """DER of the Intel SGX extension of a (Scalable, SGX type 1) PCK certificate."""
     tcb = [_entry(f"2.{i}", _int(svn)) for i, svn in enumerate(components, 1)]
     tcb += [_entry("2.17", _int(pcesvn)), _entry("2.18", _tlv(0x04, bytes(components)))]
     flags = [_entry(f"7.{i}", _tlv(0x01, b"\x00")) for i in (1, 2, 3)]
-    return _seq(_entry("1", _tlv(0x04, ppid)), _entry("2", _seq(*tcb)), _entry("3", _tlv(0x04, bytes.fromhex(PCE_ID))),
-                _entry("4", _tlv(0x04, fmspc)), _entry("5", _tlv(0x0A, b"\x01")),
-                _entry("6", _tlv(0x04, platform_instance_id)), _entry("7", _seq(*flags)))
+    return _seq(
+        _entry("1", _tlv(0x04, ppid)),
+        _entry("2", _seq(*tcb)),
+        _entry("3", _tlv(0x04, bytes.fromhex(PCE_ID))),
+        _entry("4", _tlv(0x04, fmspc)),
+        _entry("5", _tlv(0x0A, b"\x01")),
+        _entry("6", _tlv(0x04, platform_instance_id)),
+        _entry("7", _seq(*flags)),
+    )
 
 
 # --- certificates, CRLs, signatures ----------------------------------------------------------
+
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG)])
 
 
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
-          issuer_key: ec.EllipticCurvePrivateKey, start: datetime, end: datetime, *, ca_pathlen: int | None,
-          extra: x509.ExtensionType | None = None) -> x509.Certificate:
+def _cert(
+    subject: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    start: datetime,
+    end: datetime,
+    *,
+    ca_pathlen: int | None,
+    extra: x509.ExtensionType | None = None,
+) -> x509.Certificate:
     ca = ca_pathlen is not None
     pub = key.public_key()
-    builder = (x509.CertificateBuilder().subject_name(_name(subject))
-               .issuer_name(issuer.subject if issuer else _name(subject)).public_key(pub)
-               .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=ca_pathlen), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=not ca,
-                                            key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                            key_cert_sign=ca, crl_sign=ca, encipher_only=False,
-                                            decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
-                              critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer.subject if issuer else _name(subject))
+        .public_key(pub)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=ca_pathlen), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=not ca,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+    )
     if extra is not None:
         builder = builder.add_extension(extra, critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def _crl(issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey, start: datetime, end: datetime,
-         revoked: Iterable[int]) -> bytes:
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject).last_update(start)
-               .next_update(end).add_extension(x509.CRLNumber(1), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False))
+def _crl(
+    issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey, start: datetime, end: datetime, revoked: Iterable[int]
+) -> bytes:
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(start)
+        .next_update(end)
+        .add_extension(x509.CRLNumber(1), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+    )
     for serial in revoked:
         builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(start).build())
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(start).build()
+        )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
@@ -220,9 +294,11 @@ def _json(doc: dict) -> str:
 
 # --- the PKI ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TestPki:
     """A TEST PKI and everything signed by it. Build with `make_test_pki`."""
+
     __test__ = False  # a library class, not a pytest test class
 
     root_ca_der: bytes
@@ -266,31 +342,62 @@ def _tcb_info(pki_fmspc: str, tcb_status: str, advisories: tuple[str, ...], issu
     tcb_date = _iso(issued - issued % 86400)
 
     def level(tdx: tuple[int, ...], status: str, ids: tuple[str, ...]) -> dict:
-        out = {"tcb": {"sgxtcbcomponents": [{"svn": s} for s in SGX_TCB_COMPONENTS], "pcesvn": PCESVN,
-                       "tdxtcbcomponents": [{"svn": s} for s in tdx]},
-               "tcbDate": tcb_date, "tcbStatus": status}
+        out = {
+            "tcb": {
+                "sgxtcbcomponents": [{"svn": s} for s in SGX_TCB_COMPONENTS],
+                "pcesvn": PCESVN,
+                "tdxtcbcomponents": [{"svn": s} for s in tdx],
+            },
+            "tcbDate": tcb_date,
+            "tcbStatus": status,
+        }
         if ids:
             out["advisoryIDs"] = list(ids)
         return out
 
     zeros48 = "00" * 48
     module = {"mrsigner": zeros48, "attributes": "0000000000000000", "attributesMask": "FFFFFFFFFFFFFFFF"}
-    return {"id": "TDX", "version": 3, "issueDate": _iso(issued), "nextUpdate": _iso(next_update),
-            "fmspc": pki_fmspc, "pceId": PCE_ID, "tcbType": 0, "tcbEvaluationDataNumber": 1,
-            "tdxModule": module,
-            "tdxModuleIdentities": [dict(id="TDX_01", **module, tcbLevels=[
-                {"tcb": {"isvsvn": TDX_TCB_COMPONENTS[0]}, "tcbDate": tcb_date, "tcbStatus": "UpToDate"}])],
-            "tcbLevels": [level(TDX_TCB_COMPONENTS, tcb_status, advisories),
-                          level(tuple(OUTDATED_TEE_TCB_SVN), "OutOfDate", OUTDATED_ADVISORIES)]}
+    return {
+        "id": "TDX",
+        "version": 3,
+        "issueDate": _iso(issued),
+        "nextUpdate": _iso(next_update),
+        "fmspc": pki_fmspc,
+        "pceId": PCE_ID,
+        "tcbType": 0,
+        "tcbEvaluationDataNumber": 1,
+        "tdxModule": module,
+        "tdxModuleIdentities": [
+            dict(
+                id="TDX_01",
+                **module,
+                tcbLevels=[{"tcb": {"isvsvn": TDX_TCB_COMPONENTS[0]}, "tcbDate": tcb_date, "tcbStatus": "UpToDate"}],
+            )
+        ],
+        "tcbLevels": [
+            level(TDX_TCB_COMPONENTS, tcb_status, advisories),
+            level(tuple(OUTDATED_TEE_TCB_SVN), "OutOfDate", OUTDATED_ADVISORIES),
+        ],
+    }
 
 
 def _qe_identity(issued: int, next_update: int) -> dict:
-    return {"id": "TD_QE", "version": 2, "issueDate": _iso(issued), "nextUpdate": _iso(next_update),
-            "tcbEvaluationDataNumber": 1, "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
-            "attributes": "11000000000000000000000000000000", "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-            "mrsigner": QE_MRSIGNER.hex().upper(), "isvprodid": QE_ISVPRODID,
-            "tcbLevels": [{"tcb": {"isvsvn": QE_ISVSVN}, "tcbDate": _iso(issued - issued % 86400),
-                           "tcbStatus": "UpToDate"}]}
+    return {
+        "id": "TD_QE",
+        "version": 2,
+        "issueDate": _iso(issued),
+        "nextUpdate": _iso(next_update),
+        "tcbEvaluationDataNumber": 1,
+        "miscselect": "00000000",
+        "miscselectMask": "FFFFFFFF",
+        "attributes": "11000000000000000000000000000000",
+        "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+        "mrsigner": QE_MRSIGNER.hex().upper(),
+        "isvprodid": QE_ISVPRODID,
+        "tcbLevels": [
+            {"tcb": {"isvsvn": QE_ISVSVN}, "tcbDate": _iso(issued - issued % 86400), "tcbStatus": "UpToDate"}
+        ],
+    }
 
 
 def _collateral_json(pki: TestPki, next_update: int) -> str:
@@ -298,15 +405,30 @@ def _collateral_json(pki: TestPki, next_update: int) -> str:
     tcb_info = _json(_tcb_info(pki.fmspc, pki.tcb_status, pki.advisory_ids, issued, next_update))
     qe_identity = _json(_qe_identity(issued, next_update))
     tcb_chain, pck_chain = pki._chains
-    return _json({"pck_crl_issuer_chain": pck_chain, "root_ca_crl": pki.root_ca_crl_der.hex(),
-                  "pck_crl": pki.pck_crl_der.hex(), "tcb_info_issuer_chain": tcb_chain, "tcb_info": tcb_info,
-                  "tcb_info_signature": _raw_sig(pki._tcb_key, tcb_info.encode()).hex(),
-                  "qe_identity_issuer_chain": tcb_chain, "qe_identity": qe_identity,
-                  "qe_identity_signature": _raw_sig(pki._tcb_key, qe_identity.encode()).hex()})
+    return _json(
+        {
+            "pck_crl_issuer_chain": pck_chain,
+            "root_ca_crl": pki.root_ca_crl_der.hex(),
+            "pck_crl": pki.pck_crl_der.hex(),
+            "tcb_info_issuer_chain": tcb_chain,
+            "tcb_info": tcb_info,
+            "tcb_info_signature": _raw_sig(pki._tcb_key, tcb_info.encode()).hex(),
+            "qe_identity_issuer_chain": tcb_chain,
+            "qe_identity": qe_identity,
+            "qe_identity_signature": _raw_sig(pki._tcb_key, qe_identity.encode()).hex(),
+        }
+    )
 
 
-def make_test_pki(now: int, *, validity_days: int = 30, fmspc: str = DEFAULT_FMSPC, tcb_status: str = "UpToDate",
-                  advisory_ids: Iterable[str] = (), revoke: Iterable[str] = ()) -> TestPki:
+def make_test_pki(
+    now: int,
+    *,
+    validity_days: int = 30,
+    fmspc: str = DEFAULT_FMSPC,
+    tcb_status: str = "UpToDate",
+    advisory_ids: Iterable[str] = (),
+    revoke: Iterable[str] = (),
+) -> TestPki:
     """A fresh TEST PKI valid from an hour before `now` (clock skew) for `validity_days` after it.
 
     `tcb_status` / `advisory_ids` rate the platform's current TCB level (a TD reporting
@@ -328,36 +450,83 @@ def make_test_pki(now: int, *, validity_days: int = 30, fmspc: str = DEFAULT_FMS
     root = _cert(ROOT_CA_NAME, root_key, None, root_key, start, end + timedelta(days=1), ca_pathlen=1)
     pck_ca = _cert("tdxattest TEST PCK Platform CA - NOT INTEL", pck_ca_key, root, root_key, start, end, ca_pathlen=0)
     ppid = hashlib.sha256(fmspc_raw + _raw_pub(leaf_key)).digest()[:16]
-    ext = x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_EXTENSION_OID),
-                                     sgx_extension(ppid=ppid, fmspc=fmspc_raw, platform_instance_id=ppid[::-1]))
-    leaf = _cert("tdxattest TEST PCK Certificate - NOT INTEL", leaf_key, pck_ca, pck_ca_key, start, end,
-                 ca_pathlen=None, extra=ext)
+    ext = x509.UnrecognizedExtension(
+        x509.ObjectIdentifier(SGX_EXTENSION_OID),
+        sgx_extension(ppid=ppid, fmspc=fmspc_raw, platform_instance_id=ppid[::-1]),
+    )
+    leaf = _cert(
+        "tdxattest TEST PCK Certificate - NOT INTEL",
+        leaf_key,
+        pck_ca,
+        pck_ca_key,
+        start,
+        end,
+        ca_pathlen=None,
+        extra=ext,
+    )
     tcb = _cert("tdxattest TEST TCB Signing - NOT INTEL", tcb_key, root, root_key, start, end, ca_pathlen=None)
-    root_crl = _crl(root, root_key, start, end,
-                    [c.serial_number for name, c in (("pck_ca", pck_ca), ("tcb_signing", tcb)) if name in revoke])
+    root_crl = _crl(
+        root,
+        root_key,
+        start,
+        end,
+        [c.serial_number for name, c in (("pck_ca", pck_ca), ("tcb_signing", tcb)) if name in revoke],
+    )
     pck_crl = _crl(pck_ca, pck_ca_key, start, end, [leaf.serial_number] if "pck_leaf" in revoke else [])
 
     # The QE report binds the attestation key: REPORTDATA[0:32] = SHA-256(attestation key || QE auth data).
     att_pub = _raw_pub(att_key)
     auth_data = bytes(range(32))
-    qe_report = struct.pack("<16sI28s16s32s32s32s96sHH60s64s", bytes(SGX_TCB_COMPONENTS), 0, bytes(28),
-                            QE_ATTRIBUTES, QE_MRENCLAVE, bytes(32), QE_MRSIGNER, bytes(96), QE_ISVPRODID, QE_ISVSVN,
-                            bytes(60), hashlib.sha256(att_pub + auth_data).digest() + bytes(32))
+    qe_report = struct.pack(
+        "<16sI28s16s32s32s32s96sHH60s64s",
+        bytes(SGX_TCB_COMPONENTS),
+        0,
+        bytes(28),
+        QE_ATTRIBUTES,
+        QE_MRENCLAVE,
+        bytes(32),
+        QE_MRSIGNER,
+        bytes(96),
+        QE_ISVPRODID,
+        QE_ISVSVN,
+        bytes(60),
+        hashlib.sha256(att_pub + auth_data).digest() + bytes(32),
+    )
     chain = _pem(leaf, pck_ca, root).encode()
-    qe_cert_data = (qe_report + _raw_sig(leaf_key, qe_report) + struct.pack("<H", len(auth_data)) + auth_data
-                    + struct.pack("<HI", 5, len(chain)) + chain)
+    qe_cert_data = (
+        qe_report
+        + _raw_sig(leaf_key, qe_report)
+        + struct.pack("<H", len(auth_data))
+        + auth_data
+        + struct.pack("<HI", 5, len(chain))
+        + chain
+    )
     after_sig = att_pub + struct.pack("<HI", 6, len(qe_cert_data)) + qe_cert_data
     sig_data = (struct.pack("<I", 64 + len(after_sig)), after_sig)
-    header = struct.pack("<HHIHH16s20s", 4, 2, TEE_TYPE_TDX, QE_ISVSVN, PCESVN, INTEL_QE_VENDOR_ID,
-                         b"tdxattest-TEST-PKI\0\0")
+    header = struct.pack(
+        "<HHIHH16s20s", 4, 2, TEE_TYPE_TDX, QE_ISVSVN, PCESVN, INTEL_QE_VENDOR_ID, b"tdxattest-TEST-PKI\0\0"
+    )
 
     der = serialization.Encoding.DER
-    pki = TestPki(root_ca_der=root.public_bytes(der), pck_ca_der=pck_ca.public_bytes(der),
-                  pck_leaf_der=leaf.public_bytes(der), tcb_signing_der=tcb.public_bytes(der),
-                  root_ca_crl_der=root_crl, pck_crl_der=pck_crl, fmspc=fmspc_raw.hex().upper(),
-                  tcb_status=tcb_status, advisory_ids=tuple(advisory_ids), issued_at=issued, next_update=expires,
-                  _tcb_key=tcb_key, _att_key=att_key, _header=header, _sig_data=sig_data,
-                  _chains=(_pem(tcb, root), _pem(pck_ca, root)), _collateral="")
+    pki = TestPki(
+        root_ca_der=root.public_bytes(der),
+        pck_ca_der=pck_ca.public_bytes(der),
+        pck_leaf_der=leaf.public_bytes(der),
+        tcb_signing_der=tcb.public_bytes(der),
+        root_ca_crl_der=root_crl,
+        pck_crl_der=pck_crl,
+        fmspc=fmspc_raw.hex().upper(),
+        tcb_status=tcb_status,
+        advisory_ids=tuple(advisory_ids),
+        issued_at=issued,
+        next_update=expires,
+        _tcb_key=tcb_key,
+        _att_key=att_key,
+        _header=header,
+        _sig_data=sig_data,
+        _chains=(_pem(tcb, root), _pem(pck_ca, root)),
+        _collateral="",
+    )
     return replace(pki, _collateral=_collateral_json(pki, expires))
 
 

@@ -8,6 +8,7 @@ one `ValueError("Verification failed: ...")`; `classify_error` maps them to our 
 The measured fields the policy compares are read from dcap-qvl's *verified* report, never from
 an unverified parse.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,7 @@ from typing import Any
 
 from .collateral import parse_iso_ts
 from .errors import InputError
-from .policy import (DEFAULT_POLICY, OUT_OF_DATE_STATUSES, CheckResult, Failure, Policy, QuoteFacts, Verdict,
-                     evaluate)
+from .policy import DEFAULT_POLICY, OUT_OF_DATE_STATUSES, CheckResult, Failure, Policy, QuoteFacts, Verdict, evaluate
 from .quote import TdReport, parse_quote, quote_pck_tcb, read_td_report
 
 # (failure name, substrings any of which identifies it) -- first match wins; order matters.
@@ -89,6 +89,7 @@ def failure_from_error(exc: BaseException) -> Failure:
 @dataclass(frozen=True)
 class _TcbLevel:
     """One `tcbLevels` entry of the signed TCB info, pre-digested for the level match."""
+
     sgx: tuple[int, ...]  # 16 sgxtcbcomponents SVNs
     pcesvn: int
     tdx: tuple[int, ...]  # 16 tdxtcbcomponents SVNs
@@ -114,8 +115,17 @@ def _parse_tcb_levels(tcb_info: dict) -> tuple[_TcbLevel | None, ...] | None:
                 date = parse_iso_ts(level["tcbDate"])
             except (KeyError, TypeError, ValueError, AttributeError):
                 date = None
-            out.append(_TcbLevel(sgx, t.get("pcesvn", 0), tdx, tdx[2:], level.get("tcbStatus"),
-                                 tuple(sorted(level.get("advisoryIDs") or [])), date))
+            out.append(
+                _TcbLevel(
+                    sgx,
+                    t.get("pcesvn", 0),
+                    tdx,
+                    tdx[2:],
+                    level.get("tcbStatus"),
+                    tuple(sorted(level.get("advisoryIDs") or [])),
+                    date,
+                )
+            )
     except (AttributeError, TypeError, ValueError):
         return None
     return tuple(out)
@@ -128,6 +138,7 @@ class Collateral:
     `tcb_info` is the JSON of the very text dcap-qvl verifies with every quote; treat it as read-only
     (the digested `tcbLevels` are computed once per Collateral and re-derived only if the attribute is
     replaced)."""
+
     dcap: Any
     tcb_info: dict
     source: str | None = None
@@ -154,13 +165,15 @@ class Collateral:
 
 def collateral_from_json_text(text: str, source: str | None = None) -> Collateral:
     import dcap_qvl
+
     try:
         doc = json.loads(text)
         dcap = dcap_qvl.QuoteCollateralV3.from_json(text)
         tcb_info = json.loads(doc["tcb_info"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise InputError("collateral JSON in dcap-qvl QuoteCollateralV3 form",
-                         " ".join(str(exc).split())[:200], file=source) from None
+        raise InputError(
+            "collateral JSON in dcap-qvl QuoteCollateralV3 form", " ".join(str(exc).split())[:200], file=source
+        ) from None
     return Collateral(dcap=dcap, tcb_info=tcb_info, source=source)
 
 
@@ -183,12 +196,24 @@ def report_from_verified_json(report_json: dict) -> TdReport:
     if kind == "TD15":  # {"base": <TD 1.0 fields>, "tee_tcb_svn2", "mr_service_td"}
         extra = {"tee_tcb_svn2": b(r["tee_tcb_svn2"]), "mr_servicetd": b(r["mr_service_td"])}
         r = r["base"]
-    return TdReport(tee_tcb_svn=b(r["tee_tcb_svn"]), mrseam=b(r["mr_seam"]), mrsignerseam=b(r["mr_signer_seam"]),
-                    seam_attributes=b(r["seam_attributes"]), td_attributes=b(r["td_attributes"]),
-                    xfam=b(r["xfam"]), mrtd=b(r["mr_td"]), mrconfigid=b(r["mr_config_id"]),
-                    mrowner=b(r["mr_owner"]), mrownerconfig=b(r["mr_owner_config"]), rtmr0=b(r["rt_mr0"]),
-                    rtmr1=b(r["rt_mr1"]), rtmr2=b(r["rt_mr2"]), rtmr3=b(r["rt_mr3"]),
-                    report_data=b(r["report_data"]), **extra)
+    return TdReport(
+        tee_tcb_svn=b(r["tee_tcb_svn"]),
+        mrseam=b(r["mr_seam"]),
+        mrsignerseam=b(r["mr_signer_seam"]),
+        seam_attributes=b(r["seam_attributes"]),
+        td_attributes=b(r["td_attributes"]),
+        xfam=b(r["xfam"]),
+        mrtd=b(r["mr_td"]),
+        mrconfigid=b(r["mr_config_id"]),
+        mrowner=b(r["mr_owner"]),
+        mrownerconfig=b(r["mr_owner_config"]),
+        rtmr0=b(r["rt_mr0"]),
+        rtmr1=b(r["rt_mr1"]),
+        rtmr2=b(r["rt_mr2"]),
+        rtmr3=b(r["rt_mr3"]),
+        report_data=b(r["report_data"]),
+        **extra,
+    )
 
 
 def _claims_tcb_date(claims: dict) -> int | None:
@@ -215,8 +240,9 @@ def _verified_report(quote: bytes, report_json) -> TdReport:
             raise ValueError(f"Unsupported quote body for appraisal: {exc}") from None
 
 
-def _tcb_date_from_tcb_info(quote: bytes, collateral: Collateral, status: str,
-                            advisories: tuple[str, ...], tee_tcb_svn: bytes | None = None) -> int | None:
+def _tcb_date_from_tcb_info(
+    quote: bytes, collateral: Collateral, status: str, advisories: tuple[str, ...], tee_tcb_svn: bytes | None = None
+) -> int | None:
     """The TCB level Intel's algorithm matches for this quote (PCK CPUSVN/PCESVN and TEE_TCB_SVN
     against the verified TCB info, newest level first), its date -- but only when that level's own
     status and advisories are exactly what dcap-qvl reported; otherwise None (ask dcap-qvl).
@@ -240,16 +266,26 @@ def _tcb_date_from_tcb_info(quote: bytes, collateral: Collateral, status: str,
     for level in levels:
         if level is None:
             return None
-        if (pcesvn >= level.pcesvn and all(map(ge, cpusvn, level.sgx))
-                and all(map(ge, tee_part, level.tdx_from2 if skip else level.tdx))):
+        if (
+            pcesvn >= level.pcesvn
+            and all(map(ge, cpusvn, level.sgx))
+            and all(map(ge, tee_part, level.tdx_from2 if skip else level.tdx))
+        ):
             if level.status != status or level.advisories != tuple(sorted(advisories)):
                 return None
             return level.date
     return None
 
 
-def _tcb_date(quote: bytes, collateral: Collateral, now: int, root_ca_der: bytes | None,
-              status: str = "", advisories: tuple[str, ...] = (), tee_tcb_svn: bytes | None = None) -> int | None:
+def _tcb_date(
+    quote: bytes,
+    collateral: Collateral,
+    now: int,
+    root_ca_der: bytes | None,
+    status: str = "",
+    advisories: tuple[str, ...] = (),
+    tee_tcb_svn: bytes | None = None,
+) -> int | None:
     """The matched TCB level's date (only asked for when a grace-period policy meets an OutOfDate
     quote). Read from the verified TCB info when our level match agrees with dcap-qvl's status and
     advisories; else from dcap-qvl's claims mode (a second run). None (the policy refuses) if both fail."""
@@ -260,22 +296,26 @@ def _tcb_date(quote: bytes, collateral: Collateral, now: int, root_ca_der: bytes
     if date is not None:
         return date
     import dcap_qvl
+
     verifier = dcap_qvl.QuoteVerifier(root_ca_der) if root_ca_der is not None else dcap_qvl.QuoteVerifier()
     try:
-        claims = json.loads(verifier.verify_with_policy(quote, collateral.dcap, now,
-                                                        dcap_qvl.QuotePolicy.claims_only(now)).to_json())
+        claims = json.loads(
+            verifier.verify_with_policy(quote, collateral.dcap, now, dcap_qvl.QuotePolicy.claims_only(now)).to_json()
+        )
     except ValueError:
         return None
     return _claims_tcb_date(claims)
 
 
-def verified_facts(quote: bytes, collateral: Collateral, now: int, *, need_tcb_date: bool = False,
-                   root_ca_der: bytes | None = None) -> QuoteFacts:
+def verified_facts(
+    quote: bytes, collateral: Collateral, now: int, *, need_tcb_date: bool = False, root_ca_der: bytes | None = None
+) -> QuoteFacts:
     """Run dcap-qvl. Returns the verified facts; raises ValueError (dcap-qvl's) on refusal.
 
     With `need_tcb_date` (a grace-period policy) an OutOfDate result costs one more dcap-qvl run
     (claims mode) to learn the matched TCB level's date; other statuses cost nothing extra."""
     import dcap_qvl
+
     quote = bytes(quote)
     now = int(now)
     if root_ca_der is not None:
@@ -288,12 +328,24 @@ def verified_facts(quote: bytes, collateral: Collateral, now: int, *, need_tcb_d
     tcb_date = None
     if need_tcb_date and status in OUT_OF_DATE_STATUSES:
         tcb_date = _tcb_date(quote, collateral, now, root_ca_der, status, advisories, report.tee_tcb_svn)
-    return QuoteFacts(tcb_status=status, advisory_ids=advisories, report=report, fmspc=collateral.fmspc,
-                      tcb_date=tcb_date, tcb_evaluation_data_number=collateral.evaluation_data_number)
+    return QuoteFacts(
+        tcb_status=status,
+        advisory_ids=advisories,
+        report=report,
+        fmspc=collateral.fmspc,
+        tcb_date=tcb_date,
+        tcb_evaluation_data_number=collateral.evaluation_data_number,
+    )
 
 
-def verify_quote(quote: bytes, collateral: Collateral, now: int, policy: Policy = DEFAULT_POLICY,
-                 expected_report_data: bytes | None = None, root_ca_der: bytes | None = None) -> Verdict:
+def verify_quote(
+    quote: bytes,
+    collateral: Collateral,
+    now: int,
+    policy: Policy = DEFAULT_POLICY,
+    expected_report_data: bytes | None = None,
+    root_ca_der: bytes | None = None,
+) -> Verdict:
     """Verify and appraise one quote. Never raises for a refused quote: the verdict says why."""
     if expected_report_data is not None and len(expected_report_data) != 64:
         raise InputError("expected REPORTDATA of 64 bytes", f"{len(expected_report_data)} bytes")
@@ -308,11 +360,23 @@ def verify_quote(quote: bytes, collateral: Collateral, now: int, policy: Policy 
             report, fmspc = parsed.report, parsed.fmspc()
         except Exception:  # noqa: BLE001 - an unparsable quote simply has no report to show
             pass
-        return Verdict(accepted=False, tcb_status=None, advisory_ids=(), report=report, fmspc=fmspc,
-                       failures=(failure,), checks=(CheckResult(failure.check, "fail", failure.expected,
-                                                                failure.seen, "dcap-qvl"),),
-                       report_verified=False)
+        return Verdict(
+            accepted=False,
+            tcb_status=None,
+            advisory_ids=(),
+            report=report,
+            fmspc=fmspc,
+            failures=(failure,),
+            checks=(CheckResult(failure.check, "fail", failure.expected, failure.seen, "dcap-qvl"),),
+            report_verified=False,
+        )
     verdict = evaluate(facts, policy, int(now), expected_report_data)
-    return Verdict(accepted=verdict.accepted, tcb_status=verdict.tcb_status, advisory_ids=verdict.advisory_ids,
-                   report=verdict.report, fmspc=verdict.fmspc, failures=verdict.failures,
-                   checks=(CheckResult("dcap_qvl.verify", "pass", seen=facts.tcb_status),) + verdict.checks)
+    return Verdict(
+        accepted=verdict.accepted,
+        tcb_status=verdict.tcb_status,
+        advisory_ids=verdict.advisory_ids,
+        report=verdict.report,
+        fmspc=verdict.fmspc,
+        failures=verdict.failures,
+        checks=(CheckResult("dcap_qvl.verify", "pass", seen=facts.tcb_status),) + verdict.checks,
+    )

@@ -7,6 +7,7 @@ the manifest from the same config, calls `expected_rtmr3`, and compares with the
 Only things that cannot drift are accepted: images by digest, models by commit id and per-file
 SHA-256. A tag or a branch name would make the same manifest mean different bytes tomorrow. Pure.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,19 +37,22 @@ _MODEL_KEYS = frozenset({"id", "revision", "files"})
 
 @dataclass(frozen=True)
 class WorkloadManifest:
-    image: str                                  # "<repository>@sha256:<64 lowercase hex>": by digest only
-    model_id: str                               # e.g. "Qwen/Qwen2.5-0.5B-Instruct"
-    model_revision: str                         # a commit id (40 hex), never a branch name
-    model_files: tuple[tuple[str, str], ...]    # sorted (relative path, sha256 hex); non-empty
+    image: str  # "<repository>@sha256:<64 lowercase hex>": by digest only
+    model_id: str  # e.g. "Qwen/Qwen2.5-0.5B-Instruct"
+    model_revision: str  # a commit id (40 hex), never a branch name
+    model_files: tuple[tuple[str, str], ...]  # sorted (relative path, sha256 hex); non-empty
     vllm_args: tuple[str, ...]
-    tensor_parallel_size: int                   # = GPU count of the TD, >= 1
+    tensor_parallel_size: int  # = GPU count of the TD, >= 1
 
     def as_dict(self) -> dict:
         return {
             "schema": SCHEMA,
             "image": self.image,
-            "model": {"id": self.model_id, "revision": self.model_revision,
-                      "files": {path: sha for path, sha in self.model_files}},
+            "model": {
+                "id": self.model_id,
+                "revision": self.model_revision,
+                "files": {path: sha for path, sha in self.model_files},
+            },
             "vllmArgs": list(self.vllm_args),
             "tensorParallelSize": self.tensor_parallel_size,
         }
@@ -74,12 +78,20 @@ def _require_str(key: str, value: Any) -> str:
 def _check_path(key: str, path: Any) -> str:
     path = _require_str(key, path)
     parts = PurePosixPath(path).parts
-    if (not path or path.startswith("/") or "\\" in path or "\x00" in path
-            or any(p in ("..", ".") for p in path.split("/")) or "" in path.split("/") or not parts):
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or any(p in ("..", ".") for p in path.split("/"))
+        or "" in path.split("/")
+        or not parts
+    ):
         # The agent joins this under the model directory: anything that could leave it, or that
         # names the same file two ways, is refused.
-        raise InputError(f"{key} as a relative path inside the model directory (no '..', '.', empty "
-                         f"or absolute parts)", repr(path))
+        raise InputError(
+            f"{key} as a relative path inside the model directory (no '..', '.', empty or absolute parts)", repr(path)
+        )
     return path
 
 
@@ -99,8 +111,11 @@ def manifest_from_mapping(doc: Mapping) -> WorkloadManifest:
 
     image = _require_str("workload.image", doc["image"])
     if not IMAGE_BY_DIGEST.match(image):
-        raise InputError("workload.image by digest: <repository>@sha256:<64 lowercase hex> (a tag can move; "
-                         "pin with `podman inspect --format '{{.Digest}}'`)", repr(image))
+        raise InputError(
+            "workload.image by digest: <repository>@sha256:<64 lowercase hex> (a tag can move; "
+            "pin with `podman inspect --format '{{.Digest}}'`)",
+            repr(image),
+        )
 
     model = doc["model"]
     if not isinstance(model, Mapping):
@@ -116,12 +131,15 @@ def manifest_from_mapping(doc: Mapping) -> WorkloadManifest:
         raise InputError("workload.model.id like 'org/name'", repr(model_id))
     revision = _require_str("workload.model.revision", model["revision"])
     if not _REVISION.match(revision):
-        raise InputError("workload.model.revision as a commit id (40 lowercase hex; a branch name can move)",
-                         repr(revision))
+        raise InputError(
+            "workload.model.revision as a commit id (40 lowercase hex; a branch name can move)", repr(revision)
+        )
     files = model["files"]
     if not isinstance(files, Mapping) or not files:
-        raise InputError("workload.model.files as a non-empty mapping of relative path to sha256",
-                         repr(files)[:120] if isinstance(files, Mapping) else _type_name(files))
+        raise InputError(
+            "workload.model.files as a non-empty mapping of relative path to sha256",
+            repr(files)[:120] if isinstance(files, Mapping) else _type_name(files),
+        )
     pairs = []
     for path, sha in files.items():
         _check_path(f"workload.model.files path {path!r}", path)
@@ -138,8 +156,14 @@ def manifest_from_mapping(doc: Mapping) -> WorkloadManifest:
     if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
         raise InputError("workload.tensorParallelSize as an integer >= 1 (the TD's GPU count)", repr(tp))
 
-    return WorkloadManifest(image=image, model_id=model_id, model_revision=revision,
-                            model_files=tuple(sorted(pairs)), vllm_args=tuple(args), tensor_parallel_size=tp)
+    return WorkloadManifest(
+        image=image,
+        model_id=model_id,
+        model_revision=revision,
+        model_files=tuple(sorted(pairs)),
+        vllm_args=tuple(args),
+        tensor_parallel_size=tp,
+    )
 
 
 def rtmr3_events(manifest: WorkloadManifest) -> list[dict]:
@@ -184,10 +208,26 @@ def model_sha256(manifest: WorkloadManifest) -> str:
 #   #55428), and every GPU<->CPU transfer would go through encrypted bounce buffers anyway;
 # - what the deployment sets itself: the model is the verified in-TD copy, vLLM listens on loopback
 #   behind the attested gateway, and the tensor-parallel size is the TD's GPU count.
-CPU_OFFLOAD_VLLM_FLAGS = ("--cpu-offload-gb", "--swap-space", "--kv-offloading-size", "--kv-offloading-backend",
-                          "--kv-transfer-config", "--offload-backend")
-DEPLOYMENT_OWNED_VLLM_FLAGS = ("--model", "--served-model-name", "--host", "--port", "--tensor-parallel-size", "-tp",
-                               "--uds", "--download-dir", "--revision", "--tokenizer")
+CPU_OFFLOAD_VLLM_FLAGS = (
+    "--cpu-offload-gb",
+    "--swap-space",
+    "--kv-offloading-size",
+    "--kv-offloading-backend",
+    "--kv-transfer-config",
+    "--offload-backend",
+)
+DEPLOYMENT_OWNED_VLLM_FLAGS = (
+    "--model",
+    "--served-model-name",
+    "--host",
+    "--port",
+    "--tensor-parallel-size",
+    "-tp",
+    "--uds",
+    "--download-dir",
+    "--revision",
+    "--tokenizer",
+)
 
 
 # `--config FILE` reads more arguments from a file the manifest does not measure.
@@ -211,11 +251,17 @@ def refused_vllm_arg(arg: str) -> str | None:
     """Why `arg` may not be among a manifest's vLLM arguments, or None when it may."""
     flag = vllm_flag_name(arg)
     if _names(flag, FILE_ARGS_VLLM_FLAGS):
-        return f"`{flag}` reads vLLM arguments from a file the workload manifest does not measure; list them in vllmArgs"
+        return (
+            f"`{flag}` reads vLLM arguments from a file the workload manifest does not measure; list them in vllmArgs"
+        )
     if _names(flag, CPU_OFFLOAD_VLLM_FLAGS):
-        return (f"`{flag}` offloads to CPU memory: cudaHostRegister fails in CC mode (vllm #55428) and every "
-                "GPU<->CPU transfer goes through encrypted bounce buffers")
+        return (
+            f"`{flag}` offloads to CPU memory: cudaHostRegister fails in CC mode (vllm #55428) and every "
+            "GPU<->CPU transfer goes through encrypted bounce buffers"
+        )
     if _names(flag, DEPLOYMENT_OWNED_VLLM_FLAGS):
-        return (f"`{flag}` is set by the deployment (the model is the verified in-TD copy, vLLM listens on "
-                "loopback behind the attested gateway, the tensor-parallel size is the TD's GPU count)")
+        return (
+            f"`{flag}` is set by the deployment (the model is the verified in-TD copy, vLLM listens on "
+            "loopback behind the attested gateway, the tensor-parallel size is the TD's GPU count)"
+        )
     return None

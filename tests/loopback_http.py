@@ -1,5 +1,6 @@
 """A small HTTP server on 127.0.0.1 for tests that fetch from a PCCS, a PCS, a CRL address or a
 model mirror."""
+
 from __future__ import annotations
 
 import threading
@@ -32,8 +33,7 @@ class LoopbackHttpServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
 
     def answer(self, path: str) -> tuple[int, bytes, dict[str, str]]:
         """What GET `path` returns; each subclass says (FakePccs, the PCS stand-in, LoopbackFileServer)."""

@@ -1,4 +1,5 @@
 """Pieces several verbs share (a leading underscore: not a verb itself)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,12 +10,14 @@ from typing import Awaitable, Callable
 def read_root_ca(path: str | None) -> bytes | None:
     """`--root-ca`: the DER of a root CA to trust instead of Intel's, or None."""
     from ..loaders import read_bytes
+
     return read_bytes(path) if path else None
 
 
 def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd_candidates: bool):
     """The policy file (or the safe defaults) with the stack's `pins.json` merged in."""
     from ..policy import DEFAULT_POLICY, load_policy, with_pins_json
+
     policy = load_policy(policy_path) if policy_path else DEFAULT_POLICY
     return with_pins_json(policy, pins_path, accept_mrtd_candidates) if pins_path else policy
 
@@ -22,6 +25,7 @@ def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd
 def serve_until_interrupted(start: Callable[[], Awaitable[tuple[object, dict]]]) -> int:
     """Run a server: `start()` returns (an aiohttp runner, the facts to print as one JSON line once
     listening); serve until SIGINT (SIGTERM ends the process as usual)."""
+
     async def main() -> None:
         runner, facts = await start()
         print(json.dumps(facts), flush=True)
@@ -40,6 +44,7 @@ def serve_until_interrupted(start: Callable[[], Awaitable[tuple[object, dict]]])
 def parse_listen(text: str) -> tuple[str, int]:
     """`--listen HOST:PORT` (IPv6 in brackets)."""
     from ..errors import InputError
+
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:

@@ -1,5 +1,6 @@
 """`eventlog replay`: parse a TD event log (CCEL / TCG2, or dstack's attestation container),
 replay RTMR0-3, list the events, and optionally compare with a quote's RTMRs."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,19 +9,25 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eventlog", help="TD event logs: replay RTMR0-3 (and compare with a quote)",
-                              description="Work with a TD's event log.")
+    p = subparsers.add_parser(
+        "eventlog",
+        help="TD event logs: replay RTMR0-3 (and compare with a quote)",
+        description="Work with a TD's event log.",
+    )
     verbs = p.add_subparsers(dest="eventlog_verb", metavar="ACTION", required=True)
     r = verbs.add_parser(
-        "replay", help="replay RTMR0-3 from an event log",
+        "replay",
+        help="replay RTMR0-3 from an event log",
         description="Parse a CCEL/TCG2 crypto-agile event log (e.g. /sys/firmware/acpi/tables/data/CCEL) or a "
-                    "dstack attestation file, replay RTMR0-3 and list the events. With --quote, compare with "
-                    "the quote's RTMRs (exit 1 on a mismatch); a dstack file is compared with the quote it "
-                    "carries.")
+        "dstack attestation file, replay RTMR0-3 and list the events. With --quote, compare with "
+        "the quote's RTMRs (exit 1 on a mismatch); a dstack file is compared with the quote it "
+        "carries.",
+    )
     r.add_argument("file", metavar="FILE")
     r.add_argument("--quote", metavar="Q", help="a TDX quote (v4/v5) to compare the replayed RTMRs with")
-    r.add_argument("--format", choices=("auto", "tcg2", "dstack"), default="auto",
-                   help="input format (default: auto-detect)")
+    r.add_argument(
+        "--format", choices=("auto", "tcg2", "dstack"), default="auto", help="input format (default: auto-detect)"
+    )
     r.add_argument("--json", action="store_true", help="print JSON")
     r.set_defaults(run=run_replay)
 
@@ -39,8 +46,13 @@ def run_replay(args: argparse.Namespace) -> int:
         if source.names is not None and source.names[e.index]:
             item["name"] = source.names[e.index]
         events.append(item)
-    out: dict = {"file": args.file, "format": source.format, "event_count": len(events),
-                 "rtmrs": replay.as_dict(), "events": events}
+    out: dict = {
+        "file": args.file,
+        "format": source.format,
+        "event_count": len(events),
+        "rtmrs": replay.as_dict(),
+        "events": events,
+    }
 
     quote = None
     if args.quote:
@@ -55,9 +67,13 @@ def run_replay(args: argparse.Namespace) -> int:
     status = 0
     if quote is not None:
         match = {f"rtmr{i}": replay.rtmrs[i] == quote.rtmrs[i] for i in range(4)}
-        out["quote"] = {"file": quote_source, "mrtd": quote.mrtd.hex(),
-                        **{f"rtmr{i}": quote.rtmrs[i].hex() for i in range(4)},
-                        "match": match, "ok": all(match.values())}
+        out["quote"] = {
+            "file": quote_source,
+            "mrtd": quote.mrtd.hex(),
+            **{f"rtmr{i}": quote.rtmrs[i].hex() for i in range(4)},
+            "match": match,
+            "ok": all(match.values()),
+        }
         status = 0 if all(match.values()) else 1
 
     if args.json:
@@ -67,8 +83,9 @@ def run_replay(args: argparse.Namespace) -> int:
         _print_text(out)
     if status:
         bad = [k for k, v in out["quote"]["match"].items() if not v]
-        print(f"mismatch: {', '.join(bad)} replayed from {args.file} differ from {out['quote']['file']}",
-              file=sys.stderr)
+        print(
+            f"mismatch: {', '.join(bad)} replayed from {args.file} differ from {out['quote']['file']}", file=sys.stderr
+        )
     return status
 
 

@@ -1,4 +1,5 @@
 """`verify`: verify a TDX DCAP quote offline (dcap-qvl) and appraise it against a policy."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,20 +9,26 @@ import sys
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "verify", help="verify a TDX quote (DCAP, offline) and appraise it against a policy",
+        "verify",
+        help="verify a TDX quote (DCAP, offline) and appraise it against a policy",
         description="Verify a TDX DCAP quote v4/v5 with dcap-qvl and apply the policy (TCB status, advisories, "
-                    "grace period, TD attributes, measurement pins, REPORTDATA). Exit 0 accepted, 1 refused, "
-                    "2 unusable input.")
+        "grace period, TD attributes, measurement pins, REPORTDATA). Exit 0 accepted, 1 refused, "
+        "2 unusable input.",
+    )
     p.add_argument("--quote", required=True, metavar="Q", help="raw quote file (binary; hex is accepted too)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--collateral", metavar="C", help="collateral JSON (dcap-qvl QuoteCollateralV3 form)")
-    src.add_argument("--pccs", metavar="URL", help="PCCS or PCS base URL; collateral comes from the on-disk cache, "
-                                                   "fetched/refreshed as needed")
+    src.add_argument(
+        "--pccs",
+        metavar="URL",
+        help="PCCS or PCS base URL; collateral comes from the on-disk cache, fetched/refreshed as needed",
+    )
     p.add_argument("--cache-dir", metavar="DIR", help="collateral cache (with --pccs; default ~/.cache/tdxattest)")
     p.add_argument("--at", metavar="RFC3339", help="verification time (default: now)")
     p.add_argument("--pins", metavar="PINS_JSON", help="the stack's `pins` output (pins.json)")
-    p.add_argument("--accept-mrtd-candidates", action="store_true",
-                   help="with --pins: accept either page-add-order MRTD candidate")
+    p.add_argument(
+        "--accept-mrtd-candidates", action="store_true", help="with --pins: accept either page-add-order MRTD candidate"
+    )
     p.add_argument("--policy", metavar="POLICY_YAML", help="policy file (default: safe defaults)")
     p.add_argument("--report-data", metavar="HEX", help="expected REPORTDATA (64 bytes, hex)")
     p.add_argument("--root-ca", metavar="DER", help="Intel SGX Root CA (DER) to trust instead of the built-in one")
@@ -34,6 +41,7 @@ def parse_time(text: str | None) -> int:
     from datetime import datetime, timezone
 
     from ..errors import InputError
+
     if text is None:
         return int(time.time())
     try:
@@ -47,6 +55,7 @@ def parse_time(text: str | None) -> int:
 
 def read_quote(path: str) -> bytes:
     from ..errors import InputError
+
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -88,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..collateral import CollateralCache, CollateralError
         from ..quote import parse_quote
+
         try:
             parsed = parse_quote(quote)
         except InputError as exc:
@@ -96,8 +106,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             collateral, status = cache.get(args.pccs, parsed.fmspc(), parsed.pck_ca() or "platform", now)
         except CollateralError as exc:
-            out = {"accepted": False, "tcb_status": None, "advisory_ids": [], "td_report": None,
-                   "failures": [{"check": exc.check, "expected": exc.expected, "seen": exc.seen}]}
+            out = {
+                "accepted": False,
+                "tcb_status": None,
+                "advisory_ids": [],
+                "td_report": None,
+                "failures": [{"check": exc.check, "expected": exc.expected, "seen": exc.seen}],
+            }
             _emit(out, args.json)
             return 1
         collateral_info = status
@@ -116,14 +131,27 @@ def _emit(out: dict, as_json: bool) -> None:
         json.dump(out, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    print(f"{'ACCEPTED' if out['accepted'] else 'REFUSED'}: tcb_status={out.get('tcb_status')} "
-          f"advisories={','.join(out.get('advisory_ids') or []) or '-'}")
+    print(
+        f"{'ACCEPTED' if out['accepted'] else 'REFUSED'}: tcb_status={out.get('tcb_status')} "
+        f"advisories={','.join(out.get('advisory_ids') or []) or '-'}"
+    )
     report = out.get("td_report")
     if report:
         note = "" if out.get("report_verified", True) else " (from the refused quote, NOT verified)"
         print(f"  TD report{note}:")
-        for k in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "td_attributes", "xfam", "mrconfigid",
-                  "report_data", "tee_tcb_svn"):
+        for k in (
+            "mrtd",
+            "rtmr0",
+            "rtmr1",
+            "rtmr2",
+            "rtmr3",
+            "mrseam",
+            "td_attributes",
+            "xfam",
+            "mrconfigid",
+            "report_data",
+            "tee_tcb_svn",
+        ):
             print(f"    {k:<14} {report[k]}")
         a = report["td_attributes_decoded"]
         print(f"    {'':<14} DEBUG={int(a['debug'])} SEPT_VE_DISABLE={int(a['sept_ve_disable'])}")

@@ -4,6 +4,7 @@ One asyncio loop in a background thread hosts everything (stand-in vLLM, gateway
 hostile middlemen), so sync code (the official `openai` client, pytest) can drive it. Every server
 started here is stopped by `Channel.stop()`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,13 +42,21 @@ class LoopThread:
 
 def pins_json(td: TdIdentity) -> dict:
     """A `pins` stack output (docs/pins.md) accepting exactly `td`."""
-    return {"schema": 1, "mrtd": td.mrtd.hex(), "rtmr0": td.rtmr0.hex(), "rtmr1": td.rtmr1.hex(),
-            "rtmr2": td.rtmr2.hex(), "rtmr3": td.rtmr3.hex(), "tdAttributes": td.td_attributes.hex()}
+    return {
+        "schema": 1,
+        "mrtd": td.mrtd.hex(),
+        "rtmr0": td.rtmr0.hex(),
+        "rtmr1": td.rtmr1.hex(),
+        "rtmr2": td.rtmr2.hex(),
+        "rtmr3": td.rtmr3.hex(),
+        "tdAttributes": td.td_attributes.hex(),
+    }
 
 
 async def start_site(app, host: str = "127.0.0.1", port: int = 0, ssl_context=None):
     """Start an aiohttp app; returns (runner, bound port)."""
     from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
@@ -58,6 +67,7 @@ async def start_site(app, host: str = "127.0.0.1", port: int = 0, ssl_context=No
 @dataclass
 class Channel:
     """stand-in vLLM <- gateway (TLS, TEST quotes) <- [middleman] <- verifying proxy <- client."""
+
     standin: StandinServer
     gateway: Gateway
     proxy: VerifyingProxy
@@ -77,12 +87,21 @@ class Channel:
                 await stop()
 
 
-async def start_channel(tmp: Path, pki: TestPki, *, td: TdIdentity = TdIdentity(), pinned: TdIdentity | None = None,
-                        collateral: str | None = None, source: QuoteSource | None = None,
-                        policy: Policy = DEFAULT_POLICY, standin: StandinConfig = StandinConfig(),
-                        middleman: Callable[[str], Awaitable[tuple[str, Callable[[], Awaitable[None]]]]] | None = None,
-                        tls: TlsIdentity | None = None, gateway_cls: type[Gateway] = Gateway,
-                        **proxy_options: Any) -> Channel:
+async def start_channel(
+    tmp: Path,
+    pki: TestPki,
+    *,
+    td: TdIdentity = TdIdentity(),
+    pinned: TdIdentity | None = None,
+    collateral: str | None = None,
+    source: QuoteSource | None = None,
+    policy: Policy = DEFAULT_POLICY,
+    standin: StandinConfig = StandinConfig(),
+    middleman: Callable[[str], Awaitable[tuple[str, Callable[[], Awaitable[None]]]]] | None = None,
+    tls: TlsIdentity | None = None,
+    gateway_cls: type[Gateway] = Gateway,
+    **proxy_options: Any,
+) -> Channel:
     """Start the whole channel. `middleman(gateway_url)` may start something between proxy and
     gateway and return (its url, its stop)."""
     stops: list[Callable[[], Awaitable[None]]] = []
@@ -90,8 +109,11 @@ async def start_channel(tmp: Path, pki: TestPki, *, td: TdIdentity = TdIdentity(
         upstream = StandinServer(standin)
         await upstream.start()
         stops.append(upstream.stop)
-        gateway = gateway_cls(GatewayConfig(upstream=upstream.url, host="127.0.0.1", port=0, event_log=None),
-                          source or SoftwareQuoteProvider(pki, td), tls=tls)
+        gateway = gateway_cls(
+            GatewayConfig(upstream=upstream.url, host="127.0.0.1", port=0, event_log=None),
+            source or SoftwareQuoteProvider(pki, td),
+            tls=tls,
+        )
         runner = await gateway.start()
         stops.append(runner.cleanup)
         gateway_url = f"https://127.0.0.1:{gateway.port}"
@@ -105,9 +127,14 @@ async def start_channel(tmp: Path, pki: TestPki, *, td: TdIdentity = TdIdentity(
         collateral_path = tmp / "collateral.json"
         collateral_path.write_text(collateral if collateral is not None else pki.collateral_json())
         audit = tmp / "audit.jsonl"
-        config = ProxyConfig(upstream=target, policy=with_pins_json(policy, str(pins_path)),
-                             collateral_path=str(collateral_path), root_ca_der=pki.root_ca_der,
-                             audit_path=str(audit), **proxy_options)
+        config = ProxyConfig(
+            upstream=target,
+            policy=with_pins_json(policy, str(pins_path)),
+            collateral_path=str(collateral_path),
+            root_ca_der=pki.root_ca_der,
+            audit_path=str(audit),
+            **proxy_options,
+        )
         proxy = VerifyingProxy(config)
         proxy_runner, proxy_port = await start_site(proxy.app())
         stops.append(proxy_runner.cleanup)
@@ -121,8 +148,10 @@ async def start_channel(tmp: Path, pki: TestPki, *, td: TdIdentity = TdIdentity(
 
 # -- hostile middlemen ---------------------------------------------------------------------------
 
-async def tls_relay(gateway_url: str, tls: TlsIdentity | None = None,
-                    replay: dict | None = None) -> tuple[str, Callable[[], Awaitable[None]]]:
+
+async def tls_relay(
+    gateway_url: str, tls: TlsIdentity | None = None, replay: dict | None = None
+) -> tuple[str, Callable[[], Awaitable[None]]]:
     """A TLS server with its own key that relays every request to the real gateway (a man in the
     middle that terminates TLS). With `replay`, it answers attestation requests with that recorded
     response instead of asking the gateway (a replay of an old quote)."""
@@ -156,6 +185,7 @@ async def tls_relay(gateway_url: str, tls: TlsIdentity | None = None,
     async def stop() -> None:
         await runner.cleanup()
         await session.close()
+
     return f"https://127.0.0.1:{port}", stop
 
 
@@ -190,6 +220,7 @@ class SwitchableForwarder:
                     dst.write(data)
                     await dst.drain()
             dst.close()
+
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     def switch(self, target: str) -> None:

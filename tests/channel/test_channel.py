@@ -1,6 +1,7 @@
 """The attested channel end to end on loopback: stand-in vLLM <- gateway (TLS, TEST-PKI quotes)
 <- verifying proxy <- the official `openai` client. Every refusal case checks that the client gets
 the named failure and that nothing reached the stand-in (it counts requests)."""
+
 from __future__ import annotations
 
 import base64
@@ -40,6 +41,7 @@ def channel_factory(loop: LoopThread, tmp_path: Path):
         ch = loop.run(start_channel(tmp_path, pki, **kw))
         started.append(ch)
         return ch
+
     yield make
     for ch in started:
         loop.run(ch.stop())
@@ -62,14 +64,16 @@ def refused(ch: Channel, check: str) -> dict:
 
 # -- the happy path ----------------------------------------------------------------------------
 
+
 def test_openai_client_works_unchanged_through_the_proxy(channel_factory, pki) -> None:
     ch = channel_factory(pki)
     c = client(ch)
     assert [m.id for m in c.models.list().data] == [MODEL]
     done = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say OK"}], max_tokens=4)
     assert done.choices[0].message.content == known_answer("Say OK", max_tokens=4)
-    stream = c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say OK"}],
-                                       max_tokens=4, stream=True)
+    stream = c.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say OK"}], max_tokens=4, stream=True
+    )
     pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
     assert "".join(pieces) == known_answer("Say OK", max_tokens=4) and len(pieces) == 4
     # one attested connection carried all three calls
@@ -116,6 +120,7 @@ def test_per_response_quotes(channel_factory, pki) -> None:
 
 # -- refusals: nothing reaches the upstream ------------------------------------------------------
 
+
 def test_wrong_mrtd_pin_is_refused(channel_factory, pki) -> None:
     other = TdIdentity(mrtd=bytes(range(48)))
     ch = channel_factory(pki, pinned=other)
@@ -158,6 +163,7 @@ def test_replayed_quote_is_refused(channel_factory, pki, loop) -> None:
 
     async def replayer(gateway_url: str):
         import aiohttp
+
         async with aiohttp.ClientSession() as s:
             async with s.get(gateway_url + "/.well-known/tdx-attestation?nonce=" + "ab" * 32, ssl=False) as r:
                 recorded.update(await r.json())
@@ -181,6 +187,7 @@ def test_certificate_swapped_after_attestation_is_refused(channel_factory, pki, 
         async def stop():
             await fwd.stop()
             await relay_stop()
+
         return url, stop
 
     ch = channel_factory(pki, middleman=forwarder)
@@ -226,14 +233,19 @@ def test_gateway_refuses_required_response_quote_it_cannot_make(loop, tmp_path, 
 
     ch = loop.run(start_channel(tmp_path, pki, source=OnlyOnce()))
     try:
+
         async def call():
             async with aiohttp.ClientSession() as s:
                 async with s.get(ch.gateway_url + "/.well-known/tdx-attestation?nonce=" + "00" * 32, ssl=False) as r:
                     ok = r.status
-                async with s.post(ch.gateway_url + "/v1/chat/completions", ssl=False,
-                                  headers={"x-attestation": "required"},
-                                  json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}) as r:
+                async with s.post(
+                    ch.gateway_url + "/v1/chat/completions",
+                    ssl=False,
+                    headers={"x-attestation": "required"},
+                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                ) as r:
                     return ok, r.status, await r.json()
+
         ok, status, body = loop.run(call())
         assert ok == 200 and status == 503 and body["error"]["code"] == "gateway.quote_unavailable"
         assert ch.standin.requests == 0
@@ -249,10 +261,12 @@ def test_gateway_attestation_response_binds_its_tls_key(loop, tmp_path, pki) -> 
 
     ch = loop.run(start_channel(tmp_path, pki))
     try:
+
         async def call(nonce: str):
             async with aiohttp.ClientSession() as s:
                 async with s.get(ch.gateway_url + "/.well-known/tdx-attestation?nonce=" + nonce, ssl=False) as r:
                     return r.status, await r.json()
+
         status, doc = loop.run(call("11" * 32))
         assert status == 200 and doc["quote_source"] == SoftwareQuoteProvider.label
         quote = parse_quote(base64.b64decode(doc["quote"]))
@@ -283,6 +297,7 @@ def test_gateway_closing_the_attested_connection_is_refused(channel_factory, pki
 
 def test_head_requests_are_not_forwarded_and_are_audited(channel_factory, pki) -> None:
     import urllib.request
+
     ch = channel_factory(pki)
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(urllib.request.Request(ch.proxy_url + "/v1/models", method="HEAD"), timeout=10)

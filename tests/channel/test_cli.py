@@ -1,6 +1,7 @@
 """The commands a user runs: `python -m tdxattest gateway` (software-test quotes, as in the dev
 stack), `python -m tdxattest proxy`, and the stand-in vLLM, as separate processes on loopback,
 with the official `openai` client through them."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 def spawn(stack: ExitStack, *args: str) -> dict:
     """Start `python -m ...`, wait for its one JSON line, stop it when the test ends."""
-    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
     def stop() -> None:
         proc.send_signal(signal.SIGINT)
@@ -33,6 +40,7 @@ def spawn(stack: ExitStack, *args: str) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
     stack.callback(stop)
     line = proc.stdout.readline()
     if not line:
@@ -47,17 +55,43 @@ def test_gateway_and_proxy_commands(tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     with ExitStack() as stack:
         upstream = spawn(stack, "tdxattest.standin", "--listen", "127.0.0.1:0")["listening"]
-        gw = spawn(stack, "tdxattest", "gateway", "--listen", "127.0.0.1:0", "--upstream", upstream,
-                   "--quote-source", "software-test", "--test-pki-dir", str(pki))
+        gw = spawn(
+            stack,
+            "tdxattest",
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--quote-source",
+            "software-test",
+            "--test-pki-dir",
+            str(pki),
+        )
         assert gw["quote_source"] == "software-test-pki" and len(gw["tls_spki_sha256"]) == 64
         assert oct(pki.stat().st_mode & 0o777) == "0o700"
-        proxy = spawn(stack, "tdxattest", "proxy", "--upstream", gw["listening"], "--pins", str(pins),
-                      "--collateral", str(pki / "collateral.json"), "--root-ca", str(pki / "root-ca.der"),
-                      "--listen", "127.0.0.1:0", "--audit", str(audit))
+        proxy = spawn(
+            stack,
+            "tdxattest",
+            "proxy",
+            "--upstream",
+            gw["listening"],
+            "--pins",
+            str(pins),
+            "--collateral",
+            str(pki / "collateral.json"),
+            "--root-ca",
+            str(pki / "root-ca.der"),
+            "--listen",
+            "127.0.0.1:0",
+            "--audit",
+            str(audit),
+        )
         assert proxy["root_ca"].startswith("TEST")
         client = openai.OpenAI(base_url=proxy["listening"] + "/v1", api_key="x", max_retries=0, timeout=20)
-        done = client.chat.completions.create(model=StandinConfig().model,
-                                              messages=[{"role": "user", "content": "Say OK"}], max_tokens=2)
+        done = client.chat.completions.create(
+            model=StandinConfig().model, messages=[{"role": "user", "content": "Say OK"}], max_tokens=2
+        )
         assert done.choices[0].message.content == known_answer("Say OK", max_tokens=2)
         (record,) = [json.loads(line) for line in audit.read_text().splitlines()]
         assert record["verdict"] == "accepted" and record["tls_spki_sha256"] == gw["tls_spki_sha256"]
@@ -70,11 +104,34 @@ def test_proxy_without_the_test_root_refuses_software_quotes(tmp_path: Path) -> 
     pki = tmp_path / "pki"
     with ExitStack() as stack:
         upstream = spawn(stack, "tdxattest.standin", "--listen", "127.0.0.1:0")["listening"]
-        gw = spawn(stack, "tdxattest", "gateway", "--listen", "127.0.0.1:0", "--upstream", upstream,
-                   "--quote-source", "software-test", "--test-pki-dir", str(pki))
-        proxy = spawn(stack, "tdxattest", "proxy", "--upstream", gw["listening"], "--pins", str(pins),
-                      "--collateral", str(pki / "collateral.json"), "--listen", "127.0.0.1:0",
-                      "--audit", str(tmp_path / "audit.jsonl"))
+        gw = spawn(
+            stack,
+            "tdxattest",
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--quote-source",
+            "software-test",
+            "--test-pki-dir",
+            str(pki),
+        )
+        proxy = spawn(
+            stack,
+            "tdxattest",
+            "proxy",
+            "--upstream",
+            gw["listening"],
+            "--pins",
+            str(pins),
+            "--collateral",
+            str(pki / "collateral.json"),
+            "--listen",
+            "127.0.0.1:0",
+            "--audit",
+            str(tmp_path / "audit.jsonl"),
+        )
         client = openai.OpenAI(base_url=proxy["listening"] + "/v1", api_key="x", max_retries=0, timeout=20)
         with pytest.raises(openai.APIStatusError) as info:
             client.models.list()
@@ -82,25 +139,40 @@ def test_proxy_without_the_test_root_refuses_software_quotes(tmp_path: Path) -> 
         assert info.value.body["code"].startswith(("collateral.", "pck.")), info.value.body
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--listen", "0.0.0.0:8080"], "loopback"),
-    (["--upstream", "http://192.0.2.1:8443"], "https://HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--listen", "0.0.0.0:8080"], "loopback"),
+        (["--upstream", "http://192.0.2.1:8443"], "https://HOST:PORT"),
+    ],
+)
 def test_proxy_refuses_unsafe_options(tmp_path: Path, args: list[str], message: str) -> None:
     pins = tmp_path / "pins.json"
     pins.write_text(json.dumps(pins_json(TdIdentity())))
-    base = {"--upstream": "https://127.0.0.1:9", "--pins": str(pins), "--collateral": str(pins),
-            "--listen": "127.0.0.1:0", "--audit": str(tmp_path / "a.jsonl")}
+    base = {
+        "--upstream": "https://127.0.0.1:9",
+        "--pins": str(pins),
+        "--collateral": str(pins),
+        "--listen": "127.0.0.1:0",
+        "--audit": str(tmp_path / "a.jsonl"),
+    }
     base.update(dict(zip(args[::2], args[1::2])))
     argv = [sys.executable, "-m", "tdxattest", "proxy"] + [x for kv in base.items() for x in kv]
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
 def test_gateway_refuses_to_start_outside_a_td() -> None:
-    done = subprocess.run([sys.executable, "-m", "tdxattest", "gateway", "--listen", "127.0.0.1:0"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    done = subprocess.run(
+        [sys.executable, "-m", "tdxattest", "gateway", "--listen", "127.0.0.1:0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     if Path("/sys/kernel/config/tsm/report").is_dir():
         pytest.skip("this machine has configfs-tsm")
     assert done.returncode == 1 and "gateway.quote_unavailable" in done.stderr and "CONFIG_TSM_REPORTS" in done.stderr

@@ -5,6 +5,7 @@ only (started and stopped here) and serve the real raw Intel collateral from
 `fetch_collateral(root_crl_url=...)` / `CollateralCache(root_crl_url=...)` / `--root-crl-url`.
 The production default (the Intel root certificate's own distribution point) is checked with
 `_http_get` replaced, so nothing here leaves the machine."""
+
 from __future__ import annotations
 
 import json
@@ -37,6 +38,7 @@ NOW_OK = ts("2025-11-01T00:00:00Z")  # inside the 2025-10 set's window
 def _pem(path: Path) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
+
     return x509.load_der_x509_certificate(path.read_bytes()).public_bytes(Encoding.PEM).decode()
 
 
@@ -59,12 +61,21 @@ def _pcs_routes(with_rootcacrl: bool = False) -> dict:
     crl_chain = urllib.parse.quote(_pem(RAW / "common" / "pck_platform_ca.der") + root, safe="")
     d = RAW / "automata-2025-10"
     routes = {
-        f"/tdx/certification/v4/tcb?fmspc={FMSPC}": (200, (d / "tcb_info_00806f050000.json").read_bytes(),
-                                                     {"TCB-Info-Issuer-Chain": signing}),
-        "/tdx/certification/v4/qe/identity": (200, (d / "qe_identity_td_qe.json").read_bytes(),
-                                              {"SGX-Enclave-Identity-Issuer-Chain": signing}),
-        "/sgx/certification/v4/pckcrl?ca=platform&encoding=der": (200, (d / "pck_platform_crl.der").read_bytes(),
-                                                                  {"SGX-PCK-CRL-Issuer-Chain": crl_chain}),
+        f"/tdx/certification/v4/tcb?fmspc={FMSPC}": (
+            200,
+            (d / "tcb_info_00806f050000.json").read_bytes(),
+            {"TCB-Info-Issuer-Chain": signing},
+        ),
+        "/tdx/certification/v4/qe/identity": (
+            200,
+            (d / "qe_identity_td_qe.json").read_bytes(),
+            {"SGX-Enclave-Identity-Issuer-Chain": signing},
+        ),
+        "/sgx/certification/v4/pckcrl?ca=platform&encoding=der": (
+            200,
+            (d / "pck_platform_crl.der").read_bytes(),
+            {"SGX-PCK-CRL-Issuer-Chain": crl_chain},
+        ),
     }
     if with_rootcacrl:
         routes["/sgx/certification/v4/rootcacrl"] = (200, ROOT_CRL.read_bytes().hex().encode(), {})
@@ -94,6 +105,7 @@ def test_pcs_without_rootcacrl_takes_root_crl_from_distribution_point(pcs: Serve
     # The assembled set is the fixture set, field for field, and verifies the GCP quote.
     dcap_qvl = pytest.importorskip("dcap_qvl")
     from tdxattest.verify import collateral_from_json_text, verify_quote
+
     coll = collateral_from_json_text(raw.to_dcap_json())
     fixture = (QUOTES / "collateral" / "automata-2025-10-00806f.json").read_text()
     assert json.loads(coll.dcap.to_json()) == json.loads(dcap_qvl.QuoteCollateralV3.from_json(fixture).to_json())
@@ -107,14 +119,30 @@ def test_cache_and_cli_use_the_root_crl_url(pcs: Server, crl_host: Server, tmp_p
     _, status = cache.get(pcs.url, FMSPC, "platform", NOW_OK)
     assert status["source"] == "fetched"
     assert (Path(status["cache_dir"]) / "root_ca_crl.body").read_bytes() == ROOT_CRL.read_bytes()
-    rc = main(["collateral", "fetch", "--pccs", pcs.url, "--fmspc", FMSPC, "--cache-dir", str(tmp_path / "cli"),
-               "--at", "2025-11-01T00:00:00Z", "--root-crl-url", url, "--json"])
+    rc = main(
+        [
+            "collateral",
+            "fetch",
+            "--pccs",
+            pcs.url,
+            "--fmspc",
+            FMSPC,
+            "--cache-dir",
+            str(tmp_path / "cli"),
+            "--at",
+            "2025-11-01T00:00:00Z",
+            "--root-crl-url",
+            url,
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["ok"] and out["source"] == "fetched" and len(crl_host.requests) == 2
 
 
-def test_distribution_point_failure_fails_closed_with_one_clear_message(pcs: Server, crl_host: Server,
-                                                                        tmp_path: Path, capsys) -> None:
+def test_distribution_point_failure_fails_closed_with_one_clear_message(
+    pcs: Server, crl_host: Server, tmp_path: Path, capsys
+) -> None:
     url = crl_host.url + "IntelSGXRootCA.der"
     crl_host.routes["/IntelSGXRootCA.der"] = (503, b"", {"Error-Message": "CRL host down"})
     with pytest.raises(CollateralError) as err:
@@ -136,8 +164,23 @@ def test_distribution_point_failure_fails_closed_with_one_clear_message(pcs: Ser
     assert "HTTP 503 CRL host down" in err.value.seen and "fix: make" in err.value.seen
     assert not (tmp_path / f"{FMSPC}-platform").exists()
     # The CLI: exit 1, the fix on stderr and in the JSON.
-    rc = main(["collateral", "fetch", "--pccs", pcs.url, "--fmspc", FMSPC, "--cache-dir", str(tmp_path / "cli"),
-               "--at", "2025-11-01T00:00:00Z", "--root-crl-url", url, "--json"])
+    rc = main(
+        [
+            "collateral",
+            "fetch",
+            "--pccs",
+            pcs.url,
+            "--fmspc",
+            FMSPC,
+            "--cache-dir",
+            str(tmp_path / "cli"),
+            "--at",
+            "2025-11-01T00:00:00Z",
+            "--root-crl-url",
+            url,
+            "--json",
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 1 and "collateral.stale" in captured.err and "fix: make" in captured.err
     assert json.loads(captured.out)["failure"]["check"] == "collateral.stale"

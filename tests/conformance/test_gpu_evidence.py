@@ -1,5 +1,6 @@
 """NVIDIA Hopper evidence in ../shared/fixtures/gpu-evidence: two valid reports verify to the NVIDIA
 device root, three broken chains are refused with named failures."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ FWID1 = "f5c384aebb579217a2c66b17ed0f28e6a9b8d639041acd7b4721cec004f7275494ba94b
 
 
 def test_report1_verifies_and_matches_trustee_claims() -> None:
-    ev = verify_gpu_evidence(rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), rd(ROOT),
-                             expected_nonce=NONCE1)
+    ev = verify_gpu_evidence(
+        rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), rd(ROOT), expected_nonce=NONCE1
+    )
     claims = json.loads(rd("hopperAttestationReport-claims.txt"))
     assert ev.report.nonce == NONCE1 and ev.fwid.hex() == FWID1 == claims["config"]["fwid"]
     assert {str(k): v for k, v in ev.report.measurement_dict().items()} == claims["measurements"]
@@ -34,16 +36,20 @@ def test_report1_verifies_and_matches_trustee_claims() -> None:
 
 
 def test_coco_report_with_trailing_byte_verifies() -> None:
-    ev = verify_gpu_evidence(rd("hopper_coco_report1.txt"), rd("hopper_coco_certs1.txt"), rd(ROOT),
-                             expected_nonce=NONCE2)
+    ev = verify_gpu_evidence(
+        rd("hopper_coco_report1.txt"), rd("hopper_coco_certs1.txt"), rd(ROOT), expected_nonce=NONCE2
+    )
     assert ev.report.trailing == 1 and ev.report.nonce == NONCE2
 
 
-@pytest.mark.parametrize("chain,check", [
-    ("hopper_cert_chain_case2.txt", "gpu.chain_too_short"),   # root only
-    ("hopper_cert_chain_case3.txt", "gpu.chain_invalid"),     # intermediate missing
-    ("hopper_cert_chain_case4.txt", "gpu.leaf_missing_fwid"),  # signing leaf missing
-])
+@pytest.mark.parametrize(
+    "chain,check",
+    [
+        ("hopper_cert_chain_case2.txt", "gpu.chain_too_short"),  # root only
+        ("hopper_cert_chain_case3.txt", "gpu.chain_invalid"),  # intermediate missing
+        ("hopper_cert_chain_case4.txt", "gpu.leaf_missing_fwid"),  # signing leaf missing
+    ],
+)
 def test_broken_chains_are_refused(chain: str, check: str) -> None:
     with pytest.raises(GpuEvidenceError) as err:
         verify_gpu_evidence(rd("hopperAttestationReport.txt"), rd(chain), rd(ROOT))
@@ -52,8 +58,9 @@ def test_broken_chains_are_refused(chain: str, check: str) -> None:
 
 def test_wrong_nonce_wrong_chain_and_tampered_report() -> None:
     with pytest.raises(GpuEvidenceError) as err:
-        verify_gpu_evidence(rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), rd(ROOT),
-                            expected_nonce=NONCE2)
+        verify_gpu_evidence(
+            rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), rd(ROOT), expected_nonce=NONCE2
+        )
     assert err.value.check == "gpu.nonce_mismatch"
     # The other device's (valid) chain does not sign this report.
     with pytest.raises(GpuEvidenceError) as err:
@@ -88,10 +95,12 @@ def test_the_pinned_root_fingerprint_is_the_fixture_root() -> None:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     from tdxattest.gpu_evidence import NVIDIA_DEVICE_ROOT_SHA256
+
     der = x509.load_pem_x509_certificate(rd(ROOT)).public_bytes(Encoding.DER)
     assert hashlib.sha256(der).hexdigest() == NVIDIA_DEVICE_ROOT_SHA256
-    ev = verify_gpu_evidence(rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), None,
-                             expected_nonce=NONCE1)
+    ev = verify_gpu_evidence(
+        rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), None, expected_nonce=NONCE1
+    )
     assert ev.fwid.hex() == FWID1
 
 
@@ -99,6 +108,7 @@ def test_a_chain_ending_elsewhere_is_refused_without_a_root_file() -> None:
     # chain case 1 without its root: it ends at an intermediate
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
+
     certs = x509.load_pem_x509_certificates(rd("hopper_cert_chain_case1.txt"))[:-1]
     pem = b"".join(c.public_bytes(Encoding.PEM) for c in certs)
     with pytest.raises(GpuEvidenceError) as err:

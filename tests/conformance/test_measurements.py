@@ -1,6 +1,7 @@
 """Conformance of the offline measurement code with every vector in ../shared/fixtures/measurements
 (and the quotes + CCEL in ../shared/fixtures/tdx-quotes). The fixtures are read in place; the
 module is skipped only when ../shared is absent."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,10 @@ FIXTURES = REPO.parent / "shared" / "fixtures"
 MEAS = FIXTURES / "measurements"
 QUOTES = FIXTURES / "tdx-quotes"
 
-pytestmark = pytest.mark.skipif(not (REPO.parent / "shared").is_dir(),
-                                reason=f"{REPO.parent / 'shared'} is absent (fixtures live beside the repository)")
+pytestmark = pytest.mark.skipif(
+    not (REPO.parent / "shared").is_dir(),
+    reason=f"{REPO.parent / 'shared'} is absent (fixtures live beside the repository)",
+)
 
 
 def _json(path: Path) -> dict:
@@ -62,13 +65,17 @@ def h(value: bytes | None) -> str | None:
 
 def oasis_acpi(memory_mib: int, cpus: int) -> AcpiDigests:
     (v,) = [v for v in OASIS["acpi_blob_sha384"]["vectors"] if v["memory_mib"] == memory_mib and v["cpus"] == cpus]
-    return AcpiDigests(table_loader=bytes.fromhex(v["sha384_etc_table_loader"]),
-                       rsdp=bytes.fromhex(v["sha384_etc_acpi_rsdp"]), tables=bytes.fromhex(v["sha384_etc_acpi_tables"]))
+    return AcpiDigests(
+        table_loader=bytes.fromhex(v["sha384_etc_table_loader"]),
+        rsdp=bytes.fromhex(v["sha384_etc_acpi_rsdp"]),
+        tables=bytes.fromhex(v["sha384_etc_acpi_tables"]),
+    )
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tdxattest", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tdxattest", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,8 +111,12 @@ def test_cli_measure_prints_both_orders(fixture):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     exp = FIRMWARE[fixture]
-    assert out["mrtd"] == {"single": exp["mrtd_single_pass"], "two-pass": exp["mrtd_two_pass"],
-                           "selected": "two-pass", "value": exp["mrtd_two_pass"]}
+    assert out["mrtd"] == {
+        "single": exp["mrtd_single_pass"],
+        "two-pass": exp["mrtd_two_pass"],
+        "selected": "two-pass",
+        "value": exp["mrtd_two_pass"],
+    }
     assert out["firmware"]["sha256"] == exp["sha256"] and out["firmware"]["sha384"] == exp["sha384"]
     assert out["firmware"]["cfv_sha384"] == exp["cfv_sha384"]
     assert "rtmr0" not in out and "rtmr1" not in out and set(out["not_computed"]) == {"rtmr0", "rtmr1", "rtmr2"}
@@ -122,18 +133,41 @@ def test_cli_measure_direct_boot(tmp_path):
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(bytes(range(256)) * 100)
     cmdline = "console=ttyS0 quiet"
-    proc = run_cli("measure", "--firmware", str(MEAS / TRIXIE), "--kernel", str(kernel), "--initrd", str(initrd),
-                   "--cmdline", cmdline, "--memory-mib", "16384", "--vcpus", "4", "--json")
+    proc = run_cli(
+        "measure",
+        "--firmware",
+        str(MEAS / TRIXIE),
+        "--kernel",
+        str(kernel),
+        "--initrd",
+        str(initrd),
+        "--cmdline",
+        cmdline,
+        "--memory-mib",
+        "16384",
+        "--vcpus",
+        "4",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    kd = authenticode_digest(qemu_patch_kernel(kernel.read_bytes(), ram_bytes=16384 * MIB,
-                                               initrd_size=initrd.stat().st_size, cmdline=cmdline))
+    kd = authenticode_digest(
+        qemu_patch_kernel(
+            kernel.read_bytes(), ram_bytes=16384 * MIB, initrd_size=initrd.stat().st_size, cmdline=cmdline
+        )
+    )
     assert [e["digest"] for e in out["rtmr1"]["events"]] == [
-        kd.hex(), ev.efi_action(ev.CALLING_EFI_APPLICATION).hex(), ev.SEPARATOR.hex(),
-        ev.efi_action(ev.EXIT_BOOT_SERVICES_INVOCATION).hex(), ev.efi_action(ev.EXIT_BOOT_SERVICES_SUCCESS).hex()]
+        kd.hex(),
+        ev.efi_action(ev.CALLING_EFI_APPLICATION).hex(),
+        ev.SEPARATOR.hex(),
+        ev.efi_action(ev.EXIT_BOOT_SERVICES_INVOCATION).hex(),
+        ev.efi_action(ev.EXIT_BOOT_SERVICES_SUCCESS).hex(),
+    ]
     assert out["rtmr1"]["value"] == replay(bytes.fromhex(e["digest"]) for e in out["rtmr1"]["events"]).hex()
     assert [e["digest"] for e in out["rtmr2"]["events"]] == [
-        ev.cmdline_digest(cmdline + " initrd=initrd").hex(), ev.sha384(initrd.read_bytes()).hex()]
+        ev.cmdline_digest(cmdline + " initrd=initrd").hex(),
+        ev.sha384(initrd.read_bytes()).hex(),
+    ]
     assert out["inputs"]["kernel"]["authenticode_sha384_patched"] == kd.hex()
     assert "rtmr0" not in out and out["not_computed"] == {"rtmr0": "needs the QEMU ACPI blobs or their digests"}
     assert out["firmware"]["td_hob_sha384"] == FIRMWARE[TRIXIE]["td_hob_sha384_by_ram_mib"]["16384"]
@@ -236,8 +270,12 @@ def test_oasis_rtmr0_log_from_first_principles():
     the 2815 MiB / 1 vCPU ACPI digests, and the separator at the end of RTMR0."""
     v = OASIS["rtmr_replay"]["vectors"][2]
     data, meta = firmware(TRIXIE)
-    reg = rtmr0_register(td_hob_digest(firmware(BOOKWORM)[1], 2815 * MIB), ev.sha384(cfv_bytes(data, meta)),
-                         oasis_acpi(2815, 1), separator="rtmr0")
+    reg = rtmr0_register(
+        td_hob_digest(firmware(BOOKWORM)[1], 2815 * MIB),
+        ev.sha384(cfv_bytes(data, meta)),
+        oasis_acpi(2815, 1),
+        separator="rtmr0",
+    )
     assert [e.digest.hex() for e in reg.events] == v["event_digests"]
     assert reg.value.hex() == v["expected_register"]
 
@@ -256,8 +294,9 @@ def test_oasis_rtmr1_template():
 def test_ccel_sample_events_and_replay():
     log = parse_tcg2_log(CCEL_SAMPLE.read_bytes())
     expected = DECODED["eventlogs/dstack-ccel-sample.bin"]
-    assert [(e.mr_index, f"0x{e.event_type:x}", e.sha384.hex(), len(e.data)) for e in log.events] == \
-        [(x["mr_index"], x["event_type"], x["sha384"], x["event_data_len"]) for x in expected["events"]]
+    assert [(e.mr_index, f"0x{e.event_type:x}", e.sha384.hex(), len(e.data)) for e in log.events] == [
+        (x["mr_index"], x["event_type"], x["sha384"], x["event_data_len"]) for x in expected["events"]
+    ]
     rep = replay_log(log.events)
     assert rep.rtmrs[0].hex() == expected["replayed_rtmrs"]["rtmr0"]
     assert rep.rtmrs[1].hex() == expected["replayed_rtmrs"]["rtmr1"]
@@ -277,8 +316,18 @@ def test_cli_rtmr0_with_acpi_digest_file(tmp_path):
     acpi = oasis_acpi(1024, 1)
     path = tmp_path / "acpi.json"
     path.write_text(json.dumps(acpi.as_dict()))
-    proc = run_cli("measure", "--firmware", str(MEAS / TRIXIE), "--memory-mib", "1024", "--vcpus", "1",
-                   "--acpi-tables", str(path), "--json")
+    proc = run_cli(
+        "measure",
+        "--firmware",
+        str(MEAS / TRIXIE),
+        "--memory-mib",
+        "1024",
+        "--vcpus",
+        "1",
+        "--acpi-tables",
+        str(path),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["rtmr0"]["value"] == DECODED["eventlogs/dstack-ccel-sample.bin"]["replayed_rtmrs"]["rtmr0"]

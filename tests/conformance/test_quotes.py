@@ -1,6 +1,7 @@
 """Quote verification against the real quotes and collateral in ../shared/fixtures/tdx-quotes:
 every manifest case gives its recorded verdict at its recorded time, and every mutation recipe is
 refused with the named failure. Fixtures are read in place (skipped only when ../shared is absent)."""
+
 from __future__ import annotations
 
 import json
@@ -12,10 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 QUOTES = REPO.parent / "shared" / "fixtures" / "tdx-quotes"
 MANIFEST_PATH = QUOTES / "manifest.json"
 
-pytestmark = pytest.mark.skipif(not MANIFEST_PATH.is_file(),
-                                reason=f"{QUOTES} is absent (fixtures live beside the repository)")
-MANIFEST = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.is_file() else {"cases": [], "quotes": {},
-                                                                                   "mutation_recipes": {"recipes": []}}
+pytestmark = pytest.mark.skipif(
+    not MANIFEST_PATH.is_file(), reason=f"{QUOTES} is absent (fixtures live beside the repository)"
+)
+MANIFEST = (
+    json.loads(MANIFEST_PATH.read_text())
+    if MANIFEST_PATH.is_file()
+    else {"cases": [], "quotes": {}, "mutation_recipes": {"recipes": []}}
+)
 CASES = MANIFEST["cases"]
 RECIPES = MANIFEST["mutation_recipes"]["recipes"]
 
@@ -25,8 +30,13 @@ from tdxattest.cli import main  # noqa: E402
 from tdxattest.collateral import parse_iso_ts as _ts  # noqa: E402
 from tdxattest.policy import DEFAULT_POLICY, Pin, Pins, Policy  # noqa: E402
 from tdxattest.quote import parse_quote  # noqa: E402
-from tdxattest.verify import (classify_error, collateral_from_json_text, load_collateral,  # noqa: E402
-                              report_from_verified_json, verify_quote)
+from tdxattest.verify import (
+    classify_error,
+    collateral_from_json_text,
+    load_collateral,  # noqa: E402
+    report_from_verified_json,
+    verify_quote,
+)
 
 # dcap-qvl's recorded error for a case -> our named failure.
 CASE_FAILURES = {
@@ -84,15 +94,18 @@ def test_case_gives_recorded_verdict(case: dict) -> None:
     coll = load_collateral(str(QUOTES / case["collateral_file"]))
     expected = case["dcap_qvl_0_7_0"]
     # Accept every non-revoked status so the recorded TCB status itself is what we compare.
-    permissive = Policy(allowed_tcb_statuses=frozenset({"UpToDate", "OutOfDate", "SWHardeningNeeded"}),
-                        allowed_advisories=frozenset(expected.get("advisory_ids", [])))
+    permissive = Policy(
+        allowed_tcb_statuses=frozenset({"UpToDate", "OutOfDate", "SWHardeningNeeded"}),
+        allowed_advisories=frozenset(expected.get("advisory_ids", [])),
+    )
     verdict = verify_quote(quote, coll, case["verify_at_unix"], permissive)
     default = verify_quote(quote, coll, case["verify_at_unix"], DEFAULT_POLICY)
     # A grace-period policy reaches the same status / failure; for OutOfDate it learns the TCB date.
     graced = verify_quote(quote, coll, case["verify_at_unix"], GRACE)
     assert graced.tcb_status == default.tcb_status
     assert [f.check for f in graced.failures if not f.check.startswith("tcb.")] == [
-        f.check for f in default.failures if not f.check.startswith("tcb.")]
+        f.check for f in default.failures if not f.check.startswith("tcb.")
+    ]
     if expected.get("status") == "OutOfDate":
         grace_fail = next(f for f in graced.failures if f.check == "tcb.out_of_date_grace_expired")
         assert "tcbDate 2023-08-09T00:00:00Z + 30 days" in grace_fail.expected
@@ -137,6 +150,7 @@ def test_every_case_is_covered() -> None:
 
 # --- mutation recipes ---------------------------------------------------------------------------
 
+
 def _xor(q: bytes, i: int) -> bytes:
     b = bytearray(q)
     b[i] ^= 1
@@ -163,9 +177,17 @@ def _apply(recipe_id: str):
     doc = json.loads(text)
     now = base["verify_at_unix"]
     root = None
-    flips = {"flip-mrtd": 184, "flip-reportdata": 568, "flip-rtmr3": 520, "flip-td-attributes": 168,
-             "flip-quote-signature": 636, "flip-attestation-key": 700, "flip-qe-report": 870,
-             "flip-qe-report-signature": 1154, "flip-qe-auth-data": 1220}
+    flips = {
+        "flip-mrtd": 184,
+        "flip-reportdata": 568,
+        "flip-rtmr3": 520,
+        "flip-td-attributes": 168,
+        "flip-quote-signature": 636,
+        "flip-attestation-key": 700,
+        "flip-qe-report": 870,
+        "flip-qe-report-signature": 1154,
+        "flip-qe-auth-data": 1220,
+    }
     if recipe_id in flips:
         q = _xor(q, flips[recipe_id])
     elif recipe_id == "truncate-quote":
@@ -200,6 +222,7 @@ def _apply(recipe_id: str):
     elif recipe_id == "wrong-root-ca":
         from cryptography import x509
         from cryptography.hazmat.primitives.serialization import Encoding
+
         pem = (QUOTES / "raw/intel-qvl-sample-root-ca.pem").read_bytes()
         root = x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER)
     else:
@@ -229,6 +252,7 @@ def test_mutation_is_refused_with_named_failure(recipe: dict, policy: Policy) ->
 
 # --- pins against real quotes (change the expectation, not the quote) -----------------------------
 
+
 def _phala():
     case = _case("phala-v4-uptodate")
     return _quote(case["quote_file"]), load_collateral(str(QUOTES / case["collateral_file"])), case["verify_at_unix"]
@@ -237,10 +261,14 @@ def _phala():
 def test_pins_match_and_mismatch_on_real_quote() -> None:
     q, coll, now = _phala()
     info = MANIFEST["quotes"]["quotes/phala-v4-b0c06f.bin"]
-    good = Pins(mrtd=Pin((bytes.fromhex(info["mr_td"]),)),
-                rtmr0=Pin((b"\x00" * 48, bytes.fromhex(info["rtmr0"]))),  # a list: either value is accepted
-                xfam=Pin((bytes.fromhex(info["xfam"]),)), td_attributes=Pin((bytes.fromhex(info["td_attributes"]),)),
-                mrseam=Pin((bytes.fromhex(info["mr_seam"]),)), mrconfigid=Pin((b"\x00" * 48,)))
+    good = Pins(
+        mrtd=Pin((bytes.fromhex(info["mr_td"]),)),
+        rtmr0=Pin((b"\x00" * 48, bytes.fromhex(info["rtmr0"]))),  # a list: either value is accepted
+        xfam=Pin((bytes.fromhex(info["xfam"]),)),
+        td_attributes=Pin((bytes.fromhex(info["td_attributes"]),)),
+        mrseam=Pin((bytes.fromhex(info["mr_seam"]),)),
+        mrconfigid=Pin((b"\x00" * 48,)),
+    )
     v = verify_quote(q, coll, now, Policy(pins=good))
     assert v.accepted, v.failures
     outcomes = {c.check: c.outcome for c in v.checks}
@@ -254,6 +282,7 @@ def test_pins_match_and_mismatch_on_real_quote() -> None:
 
 # --- CLI ------------------------------------------------------------------------------------------
 
+
 def _cli(capsys, *argv: str) -> tuple[int, dict | str]:
     rc = main(list(argv))
     out = capsys.readouterr()
@@ -265,8 +294,17 @@ def _cli(capsys, *argv: str) -> tuple[int, dict | str]:
 
 def test_cli_accepts_uptodate(capsys) -> None:
     case = _case("gotdxguest-v5-uptodate")
-    rc, out = _cli(capsys, "verify", "--quote", str(QUOTES / case["quote_file"]), "--collateral",
-                   str(QUOTES / case["collateral_file"]), "--at", case["verify_at"], "--json")
+    rc, out = _cli(
+        capsys,
+        "verify",
+        "--quote",
+        str(QUOTES / case["quote_file"]),
+        "--collateral",
+        str(QUOTES / case["collateral_file"]),
+        "--at",
+        case["verify_at"],
+        "--json",
+    )
     assert rc == 0 and out["accepted"] and out["tcb_status"] == "UpToDate" and out["failures"] == []
     r = out["td_report"]
     assert r["td_attributes_decoded"]["debug"] is False and r["td_attributes_decoded"]["sept_ve_disable"] is True
@@ -275,19 +313,29 @@ def test_cli_accepts_uptodate(capsys) -> None:
 
 def test_cli_refuses_outofdate_and_grace_policy_accepts(capsys, tmp_path) -> None:
     case = _case("zkdcap-v4-outofdate")
-    args = ["verify", "--quote", str(QUOTES / case["quote_file"]), "--collateral",
-            str(QUOTES / case["collateral_file"]), "--at", case["verify_at"], "--json"]
+    args = [
+        "verify",
+        "--quote",
+        str(QUOTES / case["quote_file"]),
+        "--collateral",
+        str(QUOTES / case["collateral_file"]),
+        "--at",
+        case["verify_at"],
+        "--json",
+    ]
     rc, out = _cli(capsys, *args)
     assert rc == 1 and not out["accepted"] and out["tcb_status"] == "OutOfDate"
     assert {f["check"] for f in out["failures"]} == {"tcb.status_not_allowed", "tcb.advisory_not_allowed"}
     # TCB level date is 2023-08-09; verification 2025-01-21 is 531 days later.
     policy = tmp_path / "policy.yaml"
-    policy.write_text("tcb:\n  out_of_date_grace_days: 532\n  allowed_advisories: [INTEL-SA-00960, INTEL-SA-00982, "
-                      "INTEL-SA-00986]\n")
+    policy.write_text(
+        "tcb:\n  out_of_date_grace_days: 532\n  allowed_advisories: [INTEL-SA-00960, INTEL-SA-00982, INTEL-SA-00986]\n"
+    )
     rc, out = _cli(capsys, *args, "--policy", str(policy))
     assert rc == 0 and out["accepted"], out["failures"]
-    policy.write_text("tcb:\n  out_of_date_grace_days: 531\n  allowed_advisories: [INTEL-SA-00960, INTEL-SA-00982, "
-                      "INTEL-SA-00986]\n")
+    policy.write_text(
+        "tcb:\n  out_of_date_grace_days: 531\n  allowed_advisories: [INTEL-SA-00960, INTEL-SA-00982, INTEL-SA-00986]\n"
+    )
     rc, out = _cli(capsys, *args, "--policy", str(policy))
     assert rc == 1 and [f["check"] for f in out["failures"]] == ["tcb.out_of_date_grace_expired"]
 
@@ -295,19 +343,37 @@ def test_cli_refuses_outofdate_and_grace_policy_accepts(capsys, tmp_path) -> Non
 def test_cli_pins_json_and_report_data(capsys, tmp_path) -> None:
     case = _case("phala-v4-uptodate")
     info = MANIFEST["quotes"]["quotes/phala-v4-b0c06f.bin"]
-    pins = {"schema": 1, "mrtd": None, "mrtdCandidates": {"single": info["mr_td"], "twoPass": "00" * 48},
-            "rtmr0": info["rtmr0"], "rtmr1": "ab" * 48, "rtmr2": None, "rtmr3": None,
-            "reasons": {"rtmr2": "cmdline not pinned yet", "rtmr3": "workload manifest not pinned yet"},
-            "tdAttributes": info["td_attributes"]}
+    pins = {
+        "schema": 1,
+        "mrtd": None,
+        "mrtdCandidates": {"single": info["mr_td"], "twoPass": "00" * 48},
+        "rtmr0": info["rtmr0"],
+        "rtmr1": "ab" * 48,
+        "rtmr2": None,
+        "rtmr3": None,
+        "reasons": {"rtmr2": "cmdline not pinned yet", "rtmr3": "workload manifest not pinned yet"},
+        "tdAttributes": info["td_attributes"],
+    }
     path = tmp_path / "pins.json"
     path.write_text(json.dumps(pins))
-    base = ["verify", "--quote", str(QUOTES / case["quote_file"]), "--collateral",
-            str(QUOTES / case["collateral_file"]), "--at", case["verify_at"], "--json", "--pins", str(path),
-            "--accept-mrtd-candidates"]
+    base = [
+        "verify",
+        "--quote",
+        str(QUOTES / case["quote_file"]),
+        "--collateral",
+        str(QUOTES / case["collateral_file"]),
+        "--at",
+        case["verify_at"],
+        "--json",
+        "--pins",
+        str(path),
+        "--accept-mrtd-candidates",
+    ]
     rc, out = _cli(capsys, *base)
     assert rc == 1
     assert [(f["check"], f["expected"], f["seen"]) for f in out["failures"]] == [
-        ("pin.rtmr1", "ab" * 48, info["rtmr1"])]
+        ("pin.rtmr1", "ab" * 48, info["rtmr1"])
+    ]
     checks = {c["check"]: c for c in out["checks"]}
     assert checks["pin.mrtd"]["outcome"] == "pass"
     assert checks["pin.rtmr2"]["outcome"] == "not_checked" and "cmdline not pinned yet" in checks["pin.rtmr2"]["reason"]
@@ -337,23 +403,37 @@ def test_cli_unusable_input_exit_2(capsys, tmp_path) -> None:
 
 def test_cli_refused_quote_reports_named_dcap_failure(capsys) -> None:
     case = _case("gotdxguest-v4-no-tcb-level")
-    rc, out = _cli(capsys, "verify", "--quote", str(QUOTES / case["quote_file"]), "--collateral",
-                   str(QUOTES / case["collateral_file"]), "--at", case["verify_at"], "--json")
+    rc, out = _cli(
+        capsys,
+        "verify",
+        "--quote",
+        str(QUOTES / case["quote_file"]),
+        "--collateral",
+        str(QUOTES / case["collateral_file"]),
+        "--at",
+        case["verify_at"],
+        "--json",
+    )
     assert rc == 1 and out["failures"][0]["check"] == "tcb.no_matching_level"
     assert out["report_verified"] is False and out["td_report"]["td_attributes_decoded"]["sept_ve_disable"] is False
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c["dcap_qvl_0_7_0"]["ok"]],
-                         ids=[c["id"] for c in CASES if c["dcap_qvl_0_7_0"]["ok"]])
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c["dcap_qvl_0_7_0"]["ok"]], ids=[c["id"] for c in CASES if c["dcap_qvl_0_7_0"]["ok"]]
+)
 def test_tcb_level_date_matches_dcap_qvl_claims(case: dict) -> None:
     """The grace period's TCB date, read from the verified TCB info, equals dcap-qvl's own; a level
     whose status/advisories disagree with dcap-qvl's is not used (None -> dcap-qvl claims mode)."""
     from tdxattest.verify import _tcb_date, _tcb_date_from_tcb_info
+
     quote = _quote(case["quote_file"])
     coll = load_collateral(str(QUOTES / case["collateral_file"]))
     now, rec = case["verify_at_unix"], case["dcap_qvl_0_7_0"]
-    claims = json.loads(dcap_qvl.QuoteVerifier().verify_with_policy(
-        quote, coll.dcap, now, dcap_qvl.QuotePolicy.claims_only(now)).to_json())
+    claims = json.loads(
+        dcap_qvl.QuoteVerifier()
+        .verify_with_policy(quote, coll.dcap, now, dcap_qvl.QuotePolicy.claims_only(now))
+        .to_json()
+    )
     want = claims["platform"]["tcb_date_tag"]
     assert _tcb_date_from_tcb_info(quote, coll, rec["status"], tuple(rec["advisory_ids"])) == want
     assert _tcb_date_from_tcb_info(quote, coll, "Revoked", ()) is None

@@ -3,6 +3,7 @@ on every fixture quote, and nothing about a verification is remembered between c
 pieces are pure functions of immutable bytes (the PCK leaf's SGX TCB extension) or of one
 Collateral object (its digested tcbLevels), and dcap-qvl runs, with its signature checks, on
 every call."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ REPO = Path(__file__).resolve().parents[2]
 QUOTES = REPO.parent / "shared" / "fixtures" / "tdx-quotes"
 MANIFEST_PATH = QUOTES / "manifest.json"
 
-pytestmark = pytest.mark.skipif(not MANIFEST_PATH.is_file(),
-                                reason=f"{QUOTES} is absent (fixtures live beside the repository)")
+pytestmark = pytest.mark.skipif(
+    not MANIFEST_PATH.is_file(), reason=f"{QUOTES} is absent (fixtures live beside the repository)"
+)
 MANIFEST = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.is_file() else {"cases": []}
 CASES = MANIFEST["cases"]
 QUOTE_FILES = sorted((QUOTES / "quotes").glob("*.bin")) if MANIFEST_PATH.is_file() else []
@@ -24,10 +26,21 @@ dcap_qvl = pytest.importorskip("dcap_qvl")
 
 from tdxattest.errors import InputError  # noqa: E402
 from tdxattest.policy import Policy  # noqa: E402
-from tdxattest.quote import (_BODY_FIELDS, TdReport, _body_location, parse_quote, pck_tcb,  # noqa: E402
-                             quote_pck_tcb, read_td_report)
-from tdxattest.verify import (_tcb_date_from_tcb_info, collateral_from_json_text, load_collateral,  # noqa: E402
-                              verify_quote)
+from tdxattest.quote import (
+    _BODY_FIELDS,
+    TdReport,
+    _body_location,
+    parse_quote,
+    pck_tcb,  # noqa: E402
+    quote_pck_tcb,
+    read_td_report,
+)
+from tdxattest.verify import (
+    _tcb_date_from_tcb_info,
+    collateral_from_json_text,
+    load_collateral,  # noqa: E402
+    verify_quote,
+)
 
 
 def _case(case_id: str) -> dict:
@@ -36,10 +49,10 @@ def _case(case_id: str) -> dict:
 
 def _slow_report(data: bytes) -> TdReport:
     _, body, size = _body_location(data)
-    fields = {name: data[body + off:body + off + n] for name, off, n in _BODY_FIELDS}
+    fields = {name: data[body + off : body + off + n] for name, off, n in _BODY_FIELDS}
     if size == 648:
-        fields["tee_tcb_svn2"] = data[body + 584:body + 600]
-        fields["mr_servicetd"] = data[body + 600:body + 648]
+        fields["tee_tcb_svn2"] = data[body + 584 : body + 600]
+        fields["mr_servicetd"] = data[body + 600 : body + 648]
     return TdReport(**fields)
 
 
@@ -70,14 +83,14 @@ def test_quote_pck_tcb_on_damaged_quotes_is_none_or_refused() -> None:
         except InputError:
             continue
         assert got is None, cut
-    assert data[1258:1258 + 27] == b"-----BEGIN CERTIFICATE-----"  # the leaf's PEM header
+    assert data[1258 : 1258 + 27] == b"-----BEGIN CERTIFICATE-----"  # the leaf's PEM header
     damaged = bytearray(data)
-    damaged[1258:1258 + 27] = b"-----BEGIN GARBAGE---------"
+    damaged[1258 : 1258 + 27] = b"-----BEGIN GARBAGE---------"
     # The first certificate found is now the PCK CA (no SGX extension): no TCB, never another's.
     assert len(damaged) == len(data) and quote_pck_tcb(bytes(damaged)) is None
     assert pck_tcb(parse_quote(bytes(damaged)).pck_leaf_der()) is None and want is not None
     big = bytearray(data)
-    big[632:636] = (10 ** 6).to_bytes(4, "little")  # signature-data length past the end
+    big[632:636] = (10**6).to_bytes(4, "little")  # signature-data length past the end
     assert quote_pck_tcb(bytes(big)) is None
 
 
@@ -114,8 +127,7 @@ def test_nothing_is_remembered_between_verifications() -> None:
     text = (QUOTES / case["collateral_file"]).read_text()
     coll = collateral_from_json_text(text)
     now = case["verify_at_unix"]
-    grace = Policy(out_of_date_grace_days=3650,
-                   allowed_advisories=frozenset(case["dcap_qvl_0_7_0"]["advisory_ids"]))
+    grace = Policy(out_of_date_grace_days=3650, allowed_advisories=frozenset(case["dcap_qvl_0_7_0"]["advisory_ids"]))
     for _ in range(3):
         ok = verify_quote(quote, coll, now, grace)
         assert ok.accepted and ok.tcb_status == "OutOfDate"

@@ -5,6 +5,7 @@ One inline Pulumi project; the tests of the main stack run in file order and bui
 other (create -> no-op -> update -> replace -> failures -> secrets -> destroy). The reboot
 pattern (dial without limit until sshd comes up, bounded by the custom timeout) has its own stack.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -34,11 +35,11 @@ if not PULUMI.exists():
 if not os.access(SSHD, os.X_OK) or not SSH_KEYGEN:
     pytest.skip("OpenSSH server/ssh-keygen not installed (Debian: openssh-server)", allow_module_level=True)
 
-TOKEN = "tok-3b1f0c5e9a7d4c21"          # a secret environment value of the local command
+TOKEN = "tok-3b1f0c5e9a7d4c21"  # a secret environment value of the local command
 STDIN_SECRET = "stdin-8e2d46a1f0b37c59"  # a secret stdin of the remote command
 PROJECT = "cmdprov-e2e"
 
-PROGRAM = r'''
+PROGRAM = r"""
 import pulumi
 from pulumi_command import local, remote
 
@@ -83,7 +84,7 @@ else:
     pulumi.export("loc", loc.stdout)
     pulumi.export("rem", rem.stdout)
     pulumi.export("remStderr", rem.stderr)
-'''
+"""
 
 
 def _h(s: str) -> str:
@@ -112,7 +113,8 @@ class Sshd:
             f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {d}/sshd.pid\n"
             f"AuthorizedKeysFile {authorized_keys}\nStrictModes no\nUsePAM no\nUseDNS no\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-            "AcceptEnv TESTVAR_* PULUMI_COMMAND_*\nMaxStartups 100\nLogLevel ERROR\n")
+            "AcceptEnv TESTVAR_* PULUMI_COMMAND_*\nMaxStartups 100\nLogLevel ERROR\n"
+        )
         self.log = open(d / "sshd.log", "wb")
         self.proc: subprocess.Popen | None = None
         self.cfg = cfg
@@ -120,8 +122,9 @@ class Sshd:
     def start(self) -> "Sshd":
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.cfg)], stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.cfg)], stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -168,8 +171,9 @@ class Env:
         python = VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable)
         self.env = {
             **os.environ,
-            "PATH": os.pathsep.join([str(root / "plugins"), str(python.parent), str(REPO / "bin"),
-                                     os.environ.get("PATH", "")]),
+            "PATH": os.pathsep.join(
+                [str(root / "plugins"), str(python.parent), str(REPO / "bin"), os.environ.get("PATH", "")]
+            ),
             "PULUMI_HOME": str(root / "home"),
             "PULUMI_BACKEND_URL": f"file://{self.backend}",
             "PULUMI_CONFIG_PASSPHRASE": "e2e-passphrase",
@@ -181,11 +185,20 @@ class Env:
         self.env.pop("PULUMI_ACCESS_TOKEN", None)
         self.timings: list[tuple[str, float]] = []
 
-    def pulumi(self, *args: str, stack: str = "dev", ok: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    def pulumi(
+        self, *args: str, stack: str = "dev", ok: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
         cmd = [str(PULUMI), *args, "--stack", stack, "--non-interactive", "--color", "never"]
         t = time.monotonic()
-        p = subprocess.run(cmd, cwd=self.project, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, timeout=timeout)
+        p = subprocess.run(
+            cmd,
+            cwd=self.project,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
         self.timings.append((" ".join(args[:1]), time.monotonic() - t))
         if ok and p.returncode != 0:
             raise AssertionError(f"pulumi {' '.join(args)} failed ({p.returncode}):\n{p.stdout}")
@@ -223,9 +236,15 @@ class Env:
 
     def new_stack(self, stack: str, **plain: str) -> None:
         self.pulumi("stack", "init", stack=stack)
-        self.config(stack=stack, secret={"privateKey": self.client_key, "token": TOKEN, "stdinSecret": STDIN_SECRET},
-                    user=getpass.getuser(), port=str(self.sshd.port), hostKey=self.host_key, marks=str(self.marks),
-                    **plain)
+        self.config(
+            stack=stack,
+            secret={"privateKey": self.client_key, "token": TOKEN, "stdinSecret": STDIN_SECRET},
+            user=getpass.getuser(),
+            port=str(self.sshd.port),
+            hostKey=self.host_key,
+            marks=str(self.marks),
+            **plain,
+        )
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ needed. The project has no `virtualenv` option (with one, the old host runs the 
 directly and the wrapper is bypassed). Nothing is downloaded: PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION,
 the command provider from bin/ on PATH, pulumi-policy from the repository's venv.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,13 +45,16 @@ if not PULUMI.exists():
     pytest.skip(f"{PULUMI} is missing: build the toolchain with tools/build-pulumi.sh", allow_module_level=True)
 _python = VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable)
 if subprocess.run([str(_python), "-c", "import pulumi_policy, pulumi_command"], capture_output=True).returncode:
-    pytest.skip(f"{_python} lacks pulumi-policy or pulumi-command (pip install -r policy/requirements.txt)",
-                allow_module_level=True)
+    pytest.skip(
+        f"{_python} lacks pulumi-policy or pulumi-command (pip install -r policy/requirements.txt)",
+        allow_module_level=True,
+    )
 if not (REPO / "bin" / "pulumi-resource-command").exists():
     pytest.skip("bin/pulumi-resource-command is missing: tools/install-command-provider.sh", allow_module_level=True)
 
 # `variant` picks what the program registers: `bad` breaks every rule, `good` none of them.
-PROGRAM = r'''
+PROGRAM = (
+    r"""
 import pulumi
 from pulumi_command import local, remote
 
@@ -71,12 +75,15 @@ remote.Command("dcap", create="bash -s", stdin=dcap if bad else pulumi.Output.se
 password = cfg.require("bmcPassword") if bad else cfg.require_secret("bmcPassword")
 local.Command("bios-phase1", create="true",
               environment={"TDXGPU_BMC_PASSWORD": password, "TDXGPU_BMC_ADDRESS": "192.0.2.20"})
-image = "vllm/vllm-openai:latest" if bad else "vllm/vllm-openai@''' + DIGEST + r'''"
+image = "vllm/vllm-openai:latest" if bad else "vllm/vllm-openai@"""
+    + DIGEST
+    + r""""
 attrs = "0100001000000000" if bad else "0000001000000000"
 pulumi.ComponentResource("e2e:test:Workload", "workload",
                          {"containers": [{"name": "vllm", "image": image}], "td": {"tdAttributes": attrs}})
 pulumi.export("pins", {"schema": 1, "tdAttributes": attrs})
-'''
+"""
+)
 
 WRAPPER = """#!/bin/sh
 # RunPlugin of the old python language host: `python "" <engine>` in the project dir -> run the pack.
@@ -84,8 +91,14 @@ if [ "$#" -ge 1 ] && [ -z "$1" ]; then shift; exec "{python}" -u "{pack}" "$@"; 
 exec "{python}" "$@"
 """
 
-POLICY_NAMES = ("no-gpu-devtools-outside-dev", "no-debug-td", "no-debug-td-outputs", "images-by-digest",
-                "host-keys-pinned", "secrets-never-plain")
+POLICY_NAMES = (
+    "no-gpu-devtools-outside-dev",
+    "no-debug-td",
+    "no-debug-td-outputs",
+    "images-by-digest",
+    "host-keys-pinned",
+    "secrets-never-plain",
+)
 
 
 class Cli:
@@ -114,18 +127,37 @@ class Cli:
 
     def run(self, *args: str, stack: str) -> subprocess.CompletedProcess:
         t = time.monotonic()
-        p = subprocess.run([str(PULUMI), *args, "--stack", stack, "--non-interactive", "--color", "never"],
-                           cwd=self.project, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, timeout=180)
+        p = subprocess.run(
+            [str(PULUMI), *args, "--stack", stack, "--non-interactive", "--color", "never"],
+            cwd=self.project,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=180,
+        )
         self.timings.append((f"{args[0]} {stack}", time.monotonic() - t))
         return p
 
     def stack(self, stack: str, variant: str, gpu_mode: str) -> None:
         assert self.run("stack", "init", stack=stack).returncode == 0
-        p = self.run("config", "set-all", "--plaintext", f"variant={variant}", "--plaintext", f"gpuMode={gpu_mode}",
-                     "--plaintext", f"hostKey={HOST_KEY}", "--plaintext", "bmcPassword=bmc-pw-plain-1234",
-                     "--plaintext", "privateKey=not-a-real-key-e2e", "--secret", "apiKey=pcs-key-e2e-0000",
-                     stack=stack)
+        p = self.run(
+            "config",
+            "set-all",
+            "--plaintext",
+            f"variant={variant}",
+            "--plaintext",
+            f"gpuMode={gpu_mode}",
+            "--plaintext",
+            f"hostKey={HOST_KEY}",
+            "--plaintext",
+            "bmcPassword=bmc-pw-plain-1234",
+            "--plaintext",
+            "privateKey=not-a-real-key-e2e",
+            "--secret",
+            "apiKey=pcs-key-e2e-0000",
+            stack=stack,
+        )
         assert p.returncode == 0, p.stdout
         if variant == "good":  # the credentials as secrets
             for key, value in (("bmcPassword", "bmc-pw-secret-1234"), ("privateKey", "not-a-real-key-e2e")):

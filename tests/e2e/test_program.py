@@ -27,6 +27,7 @@ CPU: preflight refuses, the host is fixed, the next `up` finishes). The tests ru
 and build on each other; the last one destroys both stacks and checks what stays on the host.
 Every fake host (sshd, namespaces, veth, files) is torn down when the module ends, also on failure.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,7 +78,7 @@ READY_HOST, PRE_HOST = "gpu-ready", "gpu-pre"
 
 def _key_body(pem: str) -> list[str]:
     body = "".join(ln for ln in pem.splitlines() if "PRIVATE KEY" not in ln)
-    return [body[:40], body[len(body) // 2:len(body) // 2 + 40], body[-40:]]
+    return [body[:40], body[len(body) // 2 : len(body) // 2 + 40], body[-40:]]
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -118,28 +119,37 @@ class Engine:
             shutil.copy2(src, dst, follow_symlinks=False)
         (self.project / ".venv").symlink_to(VENV)
         shutil.copytree(REPO / "firmware", self.firmware)
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("PULUMI_", "TDX_VLLM_"))}
-        self.env.update({
-            "PATH": os.pathsep.join([str(REPO / "bin"), str(VENV / "bin"), os.environ.get("PATH", "")]),
-            "PULUMI_HOME": str(root / "home"),
-            "PULUMI_BACKEND_URL": f"file://{self.backend}",
-            "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
-            "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
-            "PULUMI_SKIP_UPDATE_CHECK": "true",
-            "PULUMI_PYTHON_CMD": str(VENV / "bin" / "python"),
-            "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
-            "TDX_VLLM_FIRMWARE_DIR": str(self.firmware),
-            "TDX_VLLM_ARTIFACT_DIR": str(ARTIFACTS),
-        })
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "TDX_VLLM_"))}
+        self.env.update(
+            {
+                "PATH": os.pathsep.join([str(REPO / "bin"), str(VENV / "bin"), os.environ.get("PATH", "")]),
+                "PULUMI_HOME": str(root / "home"),
+                "PULUMI_BACKEND_URL": f"file://{self.backend}",
+                "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
+                "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true",
+                "PULUMI_SKIP_UPDATE_CHECK": "true",
+                "PULUMI_PYTHON_CMD": str(VENV / "bin" / "python"),
+                "PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK": "true",
+                "TDX_VLLM_FIRMWARE_DIR": str(self.firmware),
+                "TDX_VLLM_ARTIFACT_DIR": str(ARTIFACTS),
+            }
+        )
         self.timings: list[tuple[str, float]] = []
 
-    def pulumi(self, *args: str, stack: str, ok: bool = True, timeout: float = 240,
-               label: str | None = None) -> subprocess.CompletedProcess:
+    def pulumi(
+        self, *args: str, stack: str, ok: bool = True, timeout: float = 240, label: str | None = None
+    ) -> subprocess.CompletedProcess:
         cmd = [str(PULUMI), *args, "--stack", stack, "--non-interactive", "--color", "never"]
         t = time.monotonic()
-        p = subprocess.run(cmd, cwd=self.project, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, timeout=timeout)
+        p = subprocess.run(
+            cmd,
+            cwd=self.project,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+        )
         if label:
             self.timings.append((label, time.monotonic() - t))
         if ok and p.returncode != 0:
@@ -155,14 +165,17 @@ class Engine:
         """`pulumi up` in its own process group, SIGKILLed (the whole group) once `condition()` holds."""
         cmd = [str(PULUMI), "up", "--yes", "--skip-preview", "--stack", stack, "--non-interactive", "--color", "never"]
         log = open(self.root / f"killed-up-{stack}.log", "wb")
-        proc = subprocess.Popen(cmd, cwd=self.project, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=self.project, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + timeout
             while not condition():
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"the condition never held while `up` ran:\n"
-                                         f"{(self.root / f'killed-up-{stack}.log').read_text()[-6000:]}")
+                    raise AssertionError(
+                        f"the condition never held while `up` ran:\n"
+                        f"{(self.root / f'killed-up-{stack}.log').read_text()[-6000:]}"
+                    )
                 time.sleep(0.05)
         finally:
             # The engine starts its plugins (language host, provider) in process groups of their
@@ -179,7 +192,7 @@ class Engine:
 
     def preview_json(self, stack: str) -> dict:
         p = self.pulumi("preview", "--json", stack=stack)
-        return json.loads(p.stdout[p.stdout.index("{"):])
+        return json.loads(p.stdout[p.stdout.index("{") :])
 
     def outputs(self, stack: str) -> dict:
         return json.loads(self.pulumi("stack", "output", "--json", "--show-secrets", stack=stack).stdout)
@@ -203,24 +216,27 @@ class Engine:
 
     def new_stack(self, stack: str, host: Any, name: str) -> None:
         self.pulumi("stack", "init", stack=stack)
-        self.config_set(stack, secret={"hosts[0].ssh.privateKey": host.client_private_key,
-                                       "dcap.pccsApiKey": PCCS_API_KEY}, **{
-            "platform.os": "ubuntu-24.04",
-            "platform.extraKernelArgs[0]": EXTRA_ARG,
-            "platform.tdxModule": host.profile.tdx_module_version,
-            "gpu.model": "h100-sxm",
-            "gpu.count": "1",
-            "gpu.mode": "on",
-            "dcap.registration": "mpa",
-            "dcap.useSecureCert": "true",
-            "hosts[0].name": name,
-            "hosts[0].ssh.address": host.address,
-            "hosts[0].ssh.port": "22",
-            "hosts[0].ssh.user": "root",
-            "hosts[0].ssh.hostKey": host.host_key,
-            "teeIo": "false",
-            "rebootTimeoutSeconds": "60",
-        })
+        self.config_set(
+            stack,
+            secret={"hosts[0].ssh.privateKey": host.client_private_key, "dcap.pccsApiKey": PCCS_API_KEY},
+            **{
+                "platform.os": "ubuntu-24.04",
+                "platform.extraKernelArgs[0]": EXTRA_ARG,
+                "platform.tdxModule": host.profile.tdx_module_version,
+                "gpu.model": "h100-sxm",
+                "gpu.count": "1",
+                "gpu.mode": "on",
+                "dcap.registration": "mpa",
+                "dcap.useSecureCert": "true",
+                "hosts[0].name": name,
+                "hosts[0].ssh.address": host.address,
+                "hosts[0].ssh.port": "22",
+                "hosts[0].ssh.user": "root",
+                "hosts[0].ssh.hostKey": host.host_key,
+                "teeIo": "false",
+                "rebootTimeoutSeconds": "60",
+            },
+        )
 
 
 def _changed_steps(doc: dict) -> dict[str, str]:
@@ -252,8 +268,10 @@ def _apply_calls(host: Any, since: int = 0) -> list[dict]:
 
 def _trust_pccs_certificate(host: Any) -> None:
     """root's curl on the fake host trusts the PCCS's own certificate (see the module docstring)."""
-    sshrun.run(host.target(), Rendered(
-        command="printf 'cacert = /opt/intel/sgx-dcap-pccs/ssl_key/file.crt\\n' > /root/.curlrc", stdin=""))
+    sshrun.run(
+        host.target(),
+        Rendered(command="printf 'cacert = /opt/intel/sgx-dcap-pccs/ssl_key/file.crt\\n' > /root/.curlrc", stdin=""),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -283,12 +301,23 @@ def test_firmware_override_differs_only_in_the_wheel_pin(e2e) -> None:
     assert e2e_pin["sha256"] == hosts["tdx_ready"].wheel_sha256
     diff = subprocess.run(["diff", "-r", str(REPO / "firmware"), str(eng.firmware)], capture_output=True, text=True)
     assert [ln for ln in diff.stdout.splitlines() if ln.startswith(("<", ">"))] == [
-        f"< sha256: {repo_pin['sha256']}", f"> sha256: {e2e_pin['sha256']}"], diff.stdout
+        f"< sha256: {repo_pin['sha256']}",
+        f"> sha256: {e2e_pin['sha256']}",
+    ], diff.stdout
     # the copy is the tracked files plus the .venv link, nothing else
-    tracked = set(filter(None, subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                                              check=True).stdout.decode().split("\0")))
-    copied = {q.relative_to(eng.project).as_posix() for q in eng.project.rglob("*")
-              if (q.is_file() or q.is_symlink()) and ".venv" not in q.relative_to(eng.project).parts[:1]}
+    tracked = set(
+        filter(
+            None,
+            subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
+            .stdout.decode()
+            .split("\0"),
+        )
+    )
+    copied = {
+        q.relative_to(eng.project).as_posix()
+        for q in eng.project.rglob("*")
+        if (q.is_file() or q.is_symlink()) and ".venv" not in q.relative_to(eng.project).parts[:1]
+    }
     assert copied - tracked == {"stacks/Pulumi.e2e.yaml", "stacks/Pulumi.e2e-pre.yaml"}  # made by `config set`
     assert (eng.project / ".venv").is_symlink()
 
@@ -368,8 +397,9 @@ def test_a_host_failing_preflight_fails_up_then_resumes_once_fixed(e2e) -> None:
     eng, hosts = e2e
     h = hosts["pre_production"]
     p = eng.up("e2e-pre", "up#4 preflight fails", ok=False)
-    assert re.search(r"error: preflight: pre-production CPU \(MSR 0xCE bit 27 set\);.*fix: use production CPUs",
-                     p.stdout), p.stdout[-6000:]
+    assert re.search(
+        r"error: preflight: pre-production CPU \(MSR 0xCE bit 27 set\);.*fix: use production CPUs", p.stdout
+    ), p.stdout[-6000:]
     assert not _apply_calls(h), "a step after the failed preflight changed the host"
     assert h.state()["reboots"] == 0
     resources = eng.state("e2e-pre")["checkpoint"]["latest"].get("resources") or []
@@ -386,8 +416,10 @@ def test_a_host_failing_preflight_fails_up_then_resumes_once_fixed(e2e) -> None:
     # The engine recorded the step it had started as a pending create (normally the reboot step;
     # the wait step if the kill came a moment later).
     cut = {f"{PRE_HOST}-kernel-reboot", f"{PRE_HOST}-kernel-wait"}
-    pending = [op["resource"]["urn"].rsplit("::", 1)[-1]
-               for op in eng.state("e2e-pre")["checkpoint"]["latest"].get("pending_operations") or []]
+    pending = [
+        op["resource"]["urn"].rsplit("::", 1)[-1]
+        for op in eng.state("e2e-pre")["checkpoint"]["latest"].get("pending_operations") or []
+    ]
     assert len(pending) == 1 and set(pending) <= cut, pending
     # What an operator does after a killed run: release the killed run's lock, then run `up` again.
     eng.pulumi("cancel", "--yes", stack="e2e-pre")
@@ -399,8 +431,10 @@ def test_a_host_failing_preflight_fails_up_then_resumes_once_fixed(e2e) -> None:
     assert h.state()["reboots"] == 1 and h.state()["kvm_intel_tdx"] == "Y"  # one reboot in all
     # The killed run's pending create stays recorded until a refresh drops it (a command that was
     # cut off has nothing to import or clean up).
-    still = [op["resource"]["urn"].rsplit("::", 1)[-1]
-             for op in eng.state("e2e-pre")["checkpoint"]["latest"].get("pending_operations") or []]
+    still = [
+        op["resource"]["urn"].rsplit("::", 1)[-1]
+        for op in eng.state("e2e-pre")["checkpoint"]["latest"].get("pending_operations") or []
+    ]
     assert still == pending
     eng.pulumi("refresh", "--clear-pending-creates", "--yes", "--skip-preview", stack="e2e-pre")
     assert not eng.state("e2e-pre")["checkpoint"]["latest"].get("pending_operations")
@@ -409,8 +443,11 @@ def test_a_host_failing_preflight_fails_up_then_resumes_once_fixed(e2e) -> None:
 
 def test_no_secret_in_plain_text_in_the_backend(e2e) -> None:
     eng, hosts = e2e
-    needles = [PCCS_API_KEY, *_key_body(hosts["tdx_ready"].client_private_key),
-               *_key_body(hosts["pre_production"].client_private_key)]
+    needles = [
+        PCCS_API_KEY,
+        *_key_body(hosts["tdx_ready"].client_private_key),
+        *_key_body(hosts["pre_production"].client_private_key),
+    ]
     files = [p for p in eng.backend.rglob("*") if p.is_file()]
     names = {p.relative_to(eng.backend).as_posix() for p in files}
     assert f".pulumi/stacks/{PROJECT}/e2e.json" in names
@@ -429,7 +466,9 @@ def test_no_secret_in_plain_text_in_the_backend(e2e) -> None:
         assert needle not in plain
     by_name = {r["urn"].rsplit("::", 1)[-1]: r for r in eng.state("e2e")["checkpoint"]["latest"]["resources"]}
     dcap = by_name[f"{READY_HOST}-dcap-services"]
-    assert "ciphertext" in json.dumps(dcap["inputs"]["stdin"]) and "ciphertext" in json.dumps(dcap["outputs"]["connection"])
+    assert "ciphertext" in json.dumps(dcap["inputs"]["stdin"]) and "ciphertext" in json.dumps(
+        dcap["outputs"]["connection"]
+    )
 
 
 def test_destroy_removes_what_the_stack_installed_and_leaves_the_settings(e2e) -> None:

@@ -13,6 +13,7 @@ gpu-admin-tools wheel, TDX_VLLM_ARTIFACT_DIR = the shared TD artifacts.
 
 The tests run in file order and build on each other.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,14 +93,23 @@ def test_prod_with_other_pins_is_refused_naming_each_field(promo) -> None:
     eng.env["TDX_VLLM_FIRMWARE_DIR"] = str(other)
     calls = len(h.calls())
     try:
-        for label, args in (("prod preview (refused)", ("preview",)), ("prod up (refused)", ("up", "--yes", "--skip-preview"))):
+        for label, args in (
+            ("prod preview (refused)", ("preview",)),
+            ("prod up (refused)", ("up", "--yes", "--skip-preview")),
+        ):
             p = eng.pulumi(*args, stack="prod", ok=False, label=label)
             text = p.stdout
-            assert "promotion refused: 2 pins of prod differ from what organization/tdx-vllm/staging exported" in text, text[-6000:]
-            assert re.search(rf"gpu\.h100-sxm\.vbios: {FROM_STACK} attested {re.escape(H.H100_VBIOS)}, prod would "
-                             rf"deploy {re.escape(OTHER_VBIOS)}", text), text[-6000:]
-            assert re.search(rf"tdxModule: {FROM_STACK} attested 1\.5\.34, prod would deploy {re.escape(OTHER_MODULE)}",
-                             text), text[-6000:]
+            assert (
+                "promotion refused: 2 pins of prod differ from what organization/tdx-vllm/staging exported" in text
+            ), text[-6000:]
+            assert re.search(
+                rf"gpu\.h100-sxm\.vbios: {FROM_STACK} attested {re.escape(H.H100_VBIOS)}, prod would "
+                rf"deploy {re.escape(OTHER_VBIOS)}",
+                text,
+            ), text[-6000:]
+            assert re.search(
+                rf"tdxModule: {FROM_STACK} attested 1\.5\.34, prod would deploy {re.escape(OTHER_MODULE)}", text
+            ), text[-6000:]
             assert "fix: deploy and verify these pins in staging first" in text
             assert "Traceback" not in text
         assert not _apply_calls(h, calls) and h.calls()[calls:] == []  # no step ran on the host
@@ -124,5 +134,6 @@ def test_a_staging_that_has_not_attested_is_refused(promo) -> None:
     path.write_text(json.dumps(state))
     eng.pulumi("stack", "import", "--file", str(path), stack="staging")
     p = eng.pulumi("preview", stack="prod", ok=False, label="prod preview (staging not attested)")
-    assert "promotion refused: organization/tdx-vllm/staging has not exported its pins as attested" in p.stdout, \
+    assert "promotion refused: organization/tdx-vllm/staging has not exported its pins as attested" in p.stdout, (
         p.stdout[-6000:]
+    )

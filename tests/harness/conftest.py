@@ -1,5 +1,6 @@
 """Fixtures of tests/harness/. Sections are independent: each imports what it needs and only
 defines names with its own prefix."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +31,8 @@ def nshost_factory(nshost_required: None) -> Iterator[Callable[[Sequence[Any]], 
     from tests.harness.nshost import namespace_hosts
 
     with contextlib.ExitStack() as stack:
+
         def start(profiles: Sequence[Any], **kwargs: Any) -> dict[str, Any]:
             return stack.enter_context(namespace_hosts(profiles, **kwargs))
+
         yield start

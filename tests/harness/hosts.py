@@ -13,6 +13,7 @@ MSRs (read by preflight.sh / bios_verify.sh through `rdmsr -p 0 -0 ADDR`):
   0x503  SGX debug unlock: 0 on production platforms
   0x8b   IA32_BIOS_SIGN_ID: microcode revision in bits 63:32 (MSB set = pre-production)
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,14 @@ from types import MappingProxyType
 from typing import Mapping
 
 H100_VBIOS = "96.00.9F.00.01"  # firmware/gpu/h100-sxm.yaml
-DCAP_APT = ("sgx-dcap-pccs", "tdx-qgs", "libsgx-dcap-default-qpl", "libsgx-dcap-ql", "sgx-ra-service",
-            "sgx-pck-id-retrieval-tool")
+DCAP_APT = (
+    "sgx-dcap-pccs",
+    "tdx-qgs",
+    "libsgx-dcap-default-qpl",
+    "libsgx-dcap-ql",
+    "sgx-ra-service",
+    "sgx-pck-id-retrieval-tool",
+)
 
 BASE_FLAGS = (
     "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush dts acpi mmx fxsr sse "
@@ -131,22 +138,33 @@ TDX_OFF_IN_BIOS = HostProfile(
     tdx_failure_line="virt/tdx: module not loaded",
 )
 
-NVSWITCH = Gpu(bdf="0000:05:00.0", device_id="22a3", name="LS10", lspci_name="Device 22a3", kind="nvswitch",
-               cc_mode="off", ppcie_mode="off", driver=None)
+NVSWITCH = Gpu(
+    bdf="0000:05:00.0",
+    device_id="22a3",
+    name="LS10",
+    lspci_name="Device 22a3",
+    kind="nvswitch",
+    cc_mode="off",
+    ppcie_mode="off",
+    driver=None,
+)
 
 # Two GPUs (bound to vfio-pci) left in the wrong modes (one in devtools, both with PPCIe on) and an NVSwitch.
 GPU_WRONG_MODE = HostProfile(
     name="gpu_wrong_mode",
     hostname="gpu-wrong-mode",
-    gpus=(Gpu(bdf="0000:b8:00.0", cc_mode="devtools", ppcie_mode="on", driver="vfio-pci"),
-          Gpu(bdf="0000:ba:00.0", cc_mode="off", ppcie_mode="on", driver="vfio-pci"),
-          NVSWITCH),
+    gpus=(
+        Gpu(bdf="0000:b8:00.0", cc_mode="devtools", ppcie_mode="on", driver="vfio-pci"),
+        Gpu(bdf="0000:ba:00.0", cc_mode="off", ppcie_mode="on", driver="vfio-pci"),
+        NVSWITCH,
+    ),
 )
 
 WRONG_VBIOS = HostProfile(name="wrong_vbios", hostname="wrong-vbios", gpus=(Gpu(vbios="96.00.5E.00.02"),))
 
 NVIDIA_LOADED = HostProfile(
-    name="nvidia_loaded", hostname="nvidia-loaded", nvidia_driver="550.90.07", gpus=(Gpu(driver="nvidia"),))
+    name="nvidia_loaded", hostname="nvidia-loaded", nvidia_driver="550.90.07", gpus=(Gpu(driver="nvidia"),)
+)
 
 PRE_PRODUCTION = HostProfile(
     name="pre_production",

@@ -33,6 +33,7 @@ Environment: TDX_HARNESS_DIR (parent of the per-host base dirs, default /var/tmp
 an overlaid dir), TDX_HARNESS_KEEP=1 (keep base dirs for debugging: state, sshd.log, inner.log),
 TDX_HARNESS_ROM=fuse|fifo (how GPU ROMs are served; default fuse where /dev/fuse exists).
 """
+
 from __future__ import annotations
 
 import base64
@@ -126,27 +127,59 @@ def make_vbios_rom(version: str, device_id: str = "2330", size: int = 0x10000) -
     rom[0:3] = b"\x55\xaa" + bytes([image1 // 512 & 0xFF])
     struct.pack_into("<H", rom, 0x18, 0x1C0)
     pcir = 0x1C0
-    rom[pcir:pcir + 4] = b"PCIR"
-    struct.pack_into("<HHHHBBBBHHBBH", rom, pcir + 4, 0x10DE, int(device_id, 16), 0, 0x18, 0, 0x00, 0x02, 0x03,
-                     image1 // 512, 0x0001, 0x00, 0x00, 0)
-    rom[0x40:0x40 + 16] = b"NVIDIA Corp.\x00\x00\x00\x00"
+    rom[pcir : pcir + 4] = b"PCIR"
+    struct.pack_into(
+        "<HHHHBBBBHHBBH",
+        rom,
+        pcir + 4,
+        0x10DE,
+        int(device_id, 16),
+        0,
+        0x18,
+        0,
+        0x00,
+        0x02,
+        0x03,
+        image1 // 512,
+        0x0001,
+        0x00,
+        0x00,
+        0,
+    )
+    rom[0x40 : 0x40 + 16] = b"NVIDIA Corp.\x00\x00\x00\x00"
     # BIT table at 0x200: header (id, signature, version, header size, token size, token count,
     # checksum), then 6-byte tokens (id, version, data size, data offset relative to the image).
     bit = 0x200
     tokens = [(ord("B"), 1, 8, 0x400), (ord("C"), 1, 4, 0x410), (ord("i"), 2, 5, 0x480), (ord("S"), 1, 6, 0x420)]
-    rom[bit:bit + 6] = b"\xff\xb8BIT\x00"
-    rom[bit + 6:bit + 12] = bytes([0x00, 0x01, 12, 6, len(tokens), 0])
+    rom[bit : bit + 6] = b"\xff\xb8BIT\x00"
+    rom[bit + 6 : bit + 12] = bytes([0x00, 0x01, 12, 6, len(tokens), 0])
     for n, (tid, ver, dsize, off) in enumerate(tokens):
         struct.pack_into("<BBHH", rom, bit + 12 + 6 * n, tid, ver, dsize, off)
     rom[0x400:0x408] = b"\x00\x00\x11\x22\x33\x44\x55\x66"
     rom[0x480:0x485] = bytes([micro, minor, chip, major, patch])
-    rom[0x500:0x500 + len(version)] = version.encode()
+    rom[0x500 : 0x500 + len(version)] = version.encode()
     # Image 2 (UEFI), last image.
-    rom[image1:image1 + 3] = b"\x55\xaa" + bytes([(size - image1) // 512 & 0xFF])
+    rom[image1 : image1 + 3] = b"\x55\xaa" + bytes([(size - image1) // 512 & 0xFF])
     struct.pack_into("<H", rom, image1 + 0x18, 0x1C)
-    rom[image1 + 0x1C:image1 + 0x20] = b"PCIR"
-    struct.pack_into("<HHHHBBBBHHBBH", rom, image1 + 0x20, 0x10DE, int(device_id, 16), 0, 0x18, 0, 0x00, 0x02, 0x03,
-                     (size - image1) // 512, 0x0001, 0x03, 0x80, 0)
+    rom[image1 + 0x1C : image1 + 0x20] = b"PCIR"
+    struct.pack_into(
+        "<HHHHBBBBHHBBH",
+        rom,
+        image1 + 0x20,
+        0x10DE,
+        int(device_id, 16),
+        0,
+        0x18,
+        0,
+        0x00,
+        0x02,
+        0x03,
+        (size - image1) // 512,
+        0x0001,
+        0x03,
+        0x80,
+        0,
+    )
     return bytes(rom)
 
 
@@ -164,7 +197,8 @@ def build_gpu_tools_wheel(dest: Path, version: str = TOOLS_VERSION, *, tamper: s
         "nvidia_gpu_tools.py": tool.encode(),
         f"{dist}.dist-info/METADATA": (
             f"Metadata-Version: 2.1\nName: {TOOLS_PACKAGE}\nVersion: {version}\n"
-            "Summary: Test double of NVIDIA gpu-admin-tools (tdx-vllm harness)\nRequires-Python: >=3.8\n").encode(),
+            "Summary: Test double of NVIDIA gpu-admin-tools (tdx-vllm harness)\nRequires-Python: >=3.8\n"
+        ).encode(),
         f"{dist}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tdx-vllm-harness\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         f"{dist}.dist-info/top_level.txt": b"nvidia_gpu_tools\n",
     }
@@ -186,8 +220,9 @@ def build_gpu_tools_wheel(dest: Path, version: str = TOOLS_VERSION, *, tamper: s
 def new_ssh_key() -> tuple[str, str]:
     """(OpenSSH private key PEM, "ssh-ed25519 AAAA..." public key)."""
     key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                serialization.NoEncryption()).decode()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode()
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     return private, public
 
@@ -204,7 +239,8 @@ def cpuinfo_text(p: HostProfile) -> str:
             f"flags\t\t: {' '.join(p.cpu_flags)}\n"
             "vmx flags\t: vnmi preemption_timer posted_intr invvpid ept_x_only ept_ad ept_1gb flexpriority apicv tsc_offset\n"
             "bugs\t\t: spectre_v1 spectre_v2 spec_store_bypass swapgs eibrs_pbrsb bhi\nbogomips\t: 4200.00\n"
-            "clflush size\t: 64\ncache_alignment\t: 64\naddress sizes\t: 52 bits physical, 57 bits virtual\npower management:\n\n")
+            "clflush size\t: 64\ncache_alignment\t: 64\naddress sizes\t: 52 bits physical, 57 bits virtual\npower management:\n\n"
+        )
     return "".join(blocks)
 
 
@@ -256,12 +292,20 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
 class NamespaceHost:
     """One fake TDX host. Use as a context manager; `close()` is idempotent."""
 
-    def __init__(self, profile: HostProfile, *, client_public_key: str, client_private_key: str,
-                 base_dir: str | os.PathLike | None = None, rom_mode: str | None = None):
+    def __init__(
+        self,
+        profile: HostProfile,
+        *,
+        client_public_key: str,
+        client_private_key: str,
+        base_dir: str | os.PathLike | None = None,
+        rom_mode: str | None = None,
+    ):
         self.profile = profile
         # "fuse" (exact sysfs semantics) where /dev/fuse exists, else "fifo" (see fakes/lib/romfs.py)
-        self.rom_mode = rom_mode or os.environ.get("TDX_HARNESS_ROM") or (
-            "fuse" if os.path.exists("/dev/fuse") else "fifo")
+        self.rom_mode = (
+            rom_mode or os.environ.get("TDX_HARNESS_ROM") or ("fuse" if os.path.exists("/dev/fuse") else "fifo")
+        )
         self.client_public_key = client_public_key
         self.client_private_key = client_private_key
         self._base_parent = Path(base_dir) if base_dir else Path(os.environ.get("TDX_HARNESS_DIR", "/var/tmp"))
@@ -290,8 +334,9 @@ class NamespaceHost:
 
     def target(self, **overrides: Any) -> Target:
         """How sshrun reaches this host (pinned host key, the client key)."""
-        args: dict[str, Any] = dict(host=self.address, port=22, user="root", private_key=self.client_private_key,
-                                    host_key=self.host_key)
+        args: dict[str, Any] = dict(
+            host=self.address, port=22, user="root", private_key=self.client_private_key, host_key=self.host_key
+        )
         args.update(overrides)
         return Target(**args)
 
@@ -313,7 +358,9 @@ class NamespaceHost:
             raise HarnessUnavailable(reason)
         for parent in OVERLAID:
             if str(self._base_parent.resolve()).startswith(parent + "/") or str(self._base_parent.resolve()) == parent:
-                raise ValueError(f"the harness dir {self._base_parent} must not be under {parent} (overlaid in the hosts)")
+                raise ValueError(
+                    f"the harness dir {self._base_parent} must not be under {parent} (overlaid in the hosts)"
+                )
         self._base_parent.mkdir(parents=True, exist_ok=True)
         reap_stale_hosts(self._base_parent)
         self.base = Path(tempfile.mkdtemp(prefix=f"tdxharness-{self.profile.name}-", dir=self._base_parent))
@@ -338,19 +385,30 @@ class NamespaceHost:
             raise RuntimeError(f"no free 10.231.X.0/30 network for a fake host (last error: {last})")
         (self.base / "netns").write_text(self.netns)
         peer = f"tdxfn{self.index}"
-        for argv in (["ip", "link", "add", self.veth, "type", "veth", "peer", "name", peer],
-                     ["ip", "link", "set", peer, "netns", self.netns],
-                     ["ip", "addr", "add", f"{NET_PREFIX}.{self.index}.1/30", "dev", self.veth],
-                     ["ip", "link", "set", self.veth, "up"],
-                     ["ip", "-n", self.netns, "addr", "add", f"{self.address}/30", "dev", peer],
-                     ["ip", "-n", self.netns, "link", "set", peer, "up"],
-                     ["ip", "-n", self.netns, "link", "set", "lo", "up"]):
+        for argv in (
+            ["ip", "link", "add", self.veth, "type", "veth", "peer", "name", peer],
+            ["ip", "link", "set", peer, "netns", self.netns],
+            ["ip", "addr", "add", f"{NET_PREFIX}.{self.index}.1/30", "dev", self.veth],
+            ["ip", "link", "set", self.veth, "up"],
+            ["ip", "-n", self.netns, "addr", "add", f"{self.address}/30", "dev", peer],
+            ["ip", "-n", self.netns, "link", "set", peer, "up"],
+            ["ip", "-n", self.netns, "link", "set", "lo", "up"],
+        ):
             _run(*argv)
 
     def _prepare_state(self) -> None:
         p, s, base = self.profile, self.state_dir, self.base
-        for d in ("boot", "run", "rom", "pypi", "sshd", "sysfs/module/kvm_intel/parameters", "sysfs/firmware",
-                  "sysfs/iommu_groups", "sysfs/pci_devices"):
+        for d in (
+            "boot",
+            "run",
+            "rom",
+            "pypi",
+            "sshd",
+            "sysfs/module/kvm_intel/parameters",
+            "sysfs/firmware",
+            "sysfs/iommu_groups",
+            "sysfs/pci_devices",
+        ):
             (s / d).mkdir(parents=True, exist_ok=True)
         for n in ("etc", "opt", "var_lib", "tmp", "root"):
             (base / "ovl" / n / "upper").mkdir(parents=True)
@@ -358,11 +416,21 @@ class NamespaceHost:
         (base / "ovl-live").mkdir()  # a tmpfs inside the host; the overlays' upper dirs live there
         (base / "ovl/var_lib/upper/tdxfake").mkdir()
         tdxfake = _load_tdxfake()
-        tdxfake.save("profile.json", {
-            "name": p.name, "hostname": p.hostname, "ncpus": p.ncpus, "kernel_release": p.kernel_release,
-            "grub_prefix": p.grub_prefix, "tdx_failure_line": p.tdx_failure_line,
-            "tdx_module": {"version": p.tdx_module_version, "build": p.tdx_module_build, "date": p.tdx_module_date},
-            "apt_available": list(p.apt_available), "sshd_restart_delay": p.sshd_restart_delay}, s)
+        tdxfake.save(
+            "profile.json",
+            {
+                "name": p.name,
+                "hostname": p.hostname,
+                "ncpus": p.ncpus,
+                "kernel_release": p.kernel_release,
+                "grub_prefix": p.grub_prefix,
+                "tdx_failure_line": p.tdx_failure_line,
+                "tdx_module": {"version": p.tdx_module_version, "build": p.tdx_module_build, "date": p.tdx_module_date},
+                "apt_available": list(p.apt_available),
+                "sshd_restart_delay": p.sshd_restart_delay,
+            },
+            s,
+        )
         tdxfake.save("msr.json", {f"0x{k:x}": f"0x{v:016x}" for k, v in p.msrs.items()}, s)
         tdxfake.save("modules.json", {"msr": False}, s)
         tdxfake.save("services.json", {}, s)
@@ -373,11 +441,25 @@ class NamespaceHost:
         pci, gpus = [], {}
         for g in p.gpus:
             nvswitch = g.kind == "nvswitch"
-            pci.append({"bdf": g.bdf, "vendor": "10de", "device": g.device_id, "rev": "a1",
-                        "class": "0680" if nvswitch else "0302", "class_name": "Bridge" if nvswitch else "3D controller",
-                        "vendor_name": "NVIDIA Corporation", "device_name": g.lspci_name})
-            gpus[g.bdf] = {"kind": g.kind, "name": g.name, "device_id": g.device_id, "cc": g.cc_mode,
-                           "ppcie": g.ppcie_mode}
+            pci.append(
+                {
+                    "bdf": g.bdf,
+                    "vendor": "10de",
+                    "device": g.device_id,
+                    "rev": "a1",
+                    "class": "0680" if nvswitch else "0302",
+                    "class_name": "Bridge" if nvswitch else "3D controller",
+                    "vendor_name": "NVIDIA Corporation",
+                    "device_name": g.lspci_name,
+                }
+            )
+            gpus[g.bdf] = {
+                "kind": g.kind,
+                "name": g.name,
+                "device_id": g.device_id,
+                "cc": g.cc_mode,
+                "ppcie": g.ppcie_mode,
+            }
             dev = s / "sysfs/pci_devices" / g.bdf
             dev.mkdir()
             (dev / "vendor").write_text("0x10de\n")
@@ -405,14 +487,17 @@ class NamespaceHost:
         etc = base / "ovl/etc/upper"
         (etc / "os-release").write_text(
             f'PRETTY_NAME="Ubuntu {p.os_version_id} LTS"\nNAME="Ubuntu"\nVERSION_ID="{p.os_version_id}"\n'
-            f"ID={p.os_id}\nID_LIKE=debian\n")
+            f"ID={p.os_id}\nID_LIKE=debian\n"
+        )
         (etc / "default").mkdir()
         (etc / "default/grub").write_text(
-            f'GRUB_DEFAULT=0\nGRUB_TIMEOUT=0\nGRUB_DISTRIBUTOR=`( . /etc/os-release; echo ${{NAME:-Ubuntu}} ) 2>/dev/null || echo Ubuntu`\n'
-            f'GRUB_CMDLINE_LINUX_DEFAULT="{p.grub_cmdline_linux_default}"\nGRUB_CMDLINE_LINUX="{p.grub_cmdline_linux}"\n')
+            f"GRUB_DEFAULT=0\nGRUB_TIMEOUT=0\nGRUB_DISTRIBUTOR=`( . /etc/os-release; echo ${{NAME:-Ubuntu}} ) 2>/dev/null || echo Ubuntu`\n"
+            f'GRUB_CMDLINE_LINUX_DEFAULT="{p.grub_cmdline_linux_default}"\nGRUB_CMDLINE_LINUX="{p.grub_cmdline_linux}"\n'
+        )
         (etc / "pip.conf").write_text(
             f"[global]\nno-index = true\nfind-links = {STATE_IN_HOST}/pypi\ndisable-pip-version-check = true\n"
-            "no-cache-dir = true\n")
+            "no-cache-dir = true\n"
+        )
         # root's dotfiles as on a fresh host (the real machine's may put pyenv & co. on PATH).
         for dot in (".bashrc", ".profile"):
             (base / "ovl/root/upper" / dot).write_text("# fake TDX host: root's shell starts clean\n")
@@ -433,18 +518,45 @@ class NamespaceHost:
             f"ListenAddress {self.address}\nPort 22\nHostKey {key}\nPidFile {self.state_dir}/run/sshd.pid\n"
             f"AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nUseDNS no\nAcceptEnv LANG LC_*\n"
-            "LogLevel VERBOSE\nMaxStartups 100\nSubsystem sftp internal-sftp\n")
-        _load_tdxfake().save("run/sshd.argv", [SSHD, "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")],
-                             self.state_dir)
+            "LogLevel VERBOSE\nMaxStartups 100\nSubsystem sftp internal-sftp\n"
+        )
+        _load_tdxfake().save(
+            "run/sshd.argv", [SSHD, "-f", str(d / "sshd_config"), "-E", str(d / "sshd.log")], self.state_dir
+        )
 
     def _launch(self) -> None:
         roms = " ".join(f"{self.state_dir}/rom/{g.bdf}.bin=/sys/bus/pci/devices/{g.bdf}/rom" for g in self.profile.gpus)
         log = open(self.base / "inner.log", "wb")
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child",
-             "--mount-proc", "--propagation", "private", "bash", str(FAKE_LIB / "inner.sh"), str(self.base),
-             str(self.state_dir), str(FAKE_BIN), str(FAKE_LIB), self.profile.hostname, self.rom_mode, roms],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                "unshare",
+                "--mount",
+                "--uts",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "bash",
+                str(FAKE_LIB / "inner.sh"),
+                str(self.base),
+                str(self.state_dir),
+                str(FAKE_BIN),
+                str(FAKE_LIB),
+                self.profile.hostname,
+                self.rom_mode,
+                roms,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + 20
         ready = self.state_dir / "run/ready"
@@ -584,12 +696,18 @@ class NamespaceHost:
     def state(self) -> dict[str, Any]:
         s = self.state_dir
         return {
-            "msr": self.read_json("msr.json", {}), "gpu": self.read_json("gpu.json", {}), "grub": self.read_json("grub.json", {}),
-            "modules": self.read_json("modules.json", {}), "services": self.read_json("services.json", {}),
-            "packages": self.read_json("packages.json", {}), "mpa": self.read_json("mpa.json", {}),
-            "boot_id": self.boot_id(), "cmdline": (s / "boot/cmdline").read_text().strip(),
+            "msr": self.read_json("msr.json", {}),
+            "gpu": self.read_json("gpu.json", {}),
+            "grub": self.read_json("grub.json", {}),
+            "modules": self.read_json("modules.json", {}),
+            "services": self.read_json("services.json", {}),
+            "packages": self.read_json("packages.json", {}),
+            "mpa": self.read_json("mpa.json", {}),
+            "boot_id": self.boot_id(),
+            "cmdline": (s / "boot/cmdline").read_text().strip(),
             "kvm_intel_tdx": (s / "sysfs/module/kvm_intel/parameters/tdx").read_text().strip(),
-            "dmesg": (s / "dmesg.log").read_text(), "boots": [b for b in self._lines("boots.log") if "boot_id" in b],
+            "dmesg": (s / "dmesg.log").read_text(),
+            "boots": [b for b in self._lines("boots.log") if "boot_id" in b],
             "reboots": len([b for b in self._lines("boots.log") if b.get("event") == "reboot"]),
         }
 
@@ -599,8 +717,7 @@ def namespace_hosts(profiles: Sequence[HostProfile], **kwargs: Any) -> Iterator[
     """Bring up one host per profile, in parallel (one client key for all); tear every one down on
     exit, and also when any of them fails to start."""
     private, public = new_ssh_key()
-    hosts = {p.name: NamespaceHost(p, client_public_key=public, client_private_key=private, **kwargs)
-             for p in profiles}
+    hosts = {p.name: NamespaceHost(p, client_public_key=public, client_private_key=private, **kwargs) for p in profiles}
     with contextlib.ExitStack() as stack:
         for h in hosts.values():
             stack.callback(h.close)

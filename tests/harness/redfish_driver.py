@@ -155,8 +155,10 @@ def bios_settings(identity: str) -> Any:
         merged = emulator.app.systems.get_bios(identity)
         merged.update(emulator.app.systems.get_pending_bios(identity))
         return emulator.app.render_template(
-            "bios_settings.json", identity=identity,
-            bios_pending_attributes=json.dumps(merged, sort_keys=True, indent=6))
+            "bios_settings.json",
+            identity=identity,
+            bios_pending_attributes=json.dumps(merged, sort_keys=True, indent=6),
+        )
     attributes = (flask.request.json or {}).get("Attributes")
     if not isinstance(attributes, dict) or not attributes:
         raise error.BadRequest("PATCH body needs a non-empty Attributes object")

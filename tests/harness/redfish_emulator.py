@@ -70,8 +70,7 @@ class RedfishEmulator:
 
     def requests_matching(self, method: str, path_suffix: str) -> list[dict[str, Any]]:
         return [
-            e for e in self.events("request")
-            if e["method"] == method and e["path"].rstrip("/").endswith(path_suffix)
+            e for e in self.events("request") if e["method"] == method and e["path"].rstrip("/").endswith(path_suffix)
         ]
 
     def patches(self) -> list[dict[str, Any]]:
@@ -123,10 +122,16 @@ def _off_value(value: Any) -> Any:
     return {"Enabled": "Disabled", "Disabled": "Enabled", "On": "Off", "Off": "On", "1": "0"}.get(value, "Disabled")
 
 
-def registry_entry(name: str, display_name: str, value: Any, *, read_only: bool = False,
-                   extra_values: Sequence[str] = ()) -> dict[str, Any]:
-    entry: dict[str, Any] = {"AttributeName": name, "DisplayName": display_name, "ReadOnly": read_only,
-                             "Hidden": False, "Immutable": False}
+def registry_entry(
+    name: str, display_name: str, value: Any, *, read_only: bool = False, extra_values: Sequence[str] = ()
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "AttributeName": name,
+        "DisplayName": display_name,
+        "ReadOnly": read_only,
+        "Hidden": False,
+        "Immutable": False,
+    }
     if isinstance(value, int) and not isinstance(value, bool):
         entry.update(Type="Integer", LowerBound=0, UpperBound=32)
     else:
@@ -225,25 +230,35 @@ def run_emulator(
         "bios_version": bios_version,
     }
     config = workdir / "emulator.conf"
-    _write_config(config, {
-        "SUSHY_EMULATOR_LISTEN_IP": "127.0.0.1",
-        "SUSHY_EMULATOR_LISTEN_PORT": port,
-        "SUSHY_EMULATOR_SSL_CERT": str(tls.cert),
-        "SUSHY_EMULATOR_SSL_KEY": str(tls.key),
-        "SUSHY_EMULATOR_AUTH_FILE": str(htpasswd),
-        "SUSHY_EMULATOR_STATE_DIR": str(workdir / "state"),
-        "SUSHY_EMULATOR_FAKE_SYSTEMS": [system],
-        "TDXGPU_BIOS_REGISTRY": registry_path,
-        "TDXGPU_EVENT_LOG": str(event_log),
-        "TDXGPU_POWER_DELAY_S": power_delay_s,
-    })
+    _write_config(
+        config,
+        {
+            "SUSHY_EMULATOR_LISTEN_IP": "127.0.0.1",
+            "SUSHY_EMULATOR_LISTEN_PORT": port,
+            "SUSHY_EMULATOR_SSL_CERT": str(tls.cert),
+            "SUSHY_EMULATOR_SSL_KEY": str(tls.key),
+            "SUSHY_EMULATOR_AUTH_FILE": str(htpasswd),
+            "SUSHY_EMULATOR_STATE_DIR": str(workdir / "state"),
+            "SUSHY_EMULATOR_FAKE_SYSTEMS": [system],
+            "TDXGPU_BIOS_REGISTRY": registry_path,
+            "TDXGPU_EVENT_LOG": str(event_log),
+            "TDXGPU_POWER_DELAY_S": power_delay_s,
+        },
+    )
     args = [sys.executable, str(DRIVER), "--fake", "--config", str(config), "-i", "127.0.0.1", "-p", str(port)]
     with open(log_file, "wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   cwd=str(workdir))
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(workdir)
+        )
     emulator = RedfishEmulator(
-        url=f"https://127.0.0.1:{port}", username=username, password=password, tls=tls,
-        system_path=SYSTEM_PATH, event_log=event_log, log_file=log_file, process=process,
+        url=f"https://127.0.0.1:{port}",
+        username=username,
+        password=password,
+        tls=tls,
+        system_path=SYSTEM_PATH,
+        event_log=event_log,
+        log_file=log_file,
+        process=process,
     )
     try:
         _wait_ready(emulator, startup_timeout_s)

@@ -15,6 +15,7 @@ with paramiko:
 - `deadline_s` bounds the whole call (dials included) so a test can never hang.
 The facts are the JSON object on the last non-empty stdout line (components.remote_step.facts_of).
 """
+
 from __future__ import annotations
 
 import base64
@@ -123,7 +124,8 @@ def _dial_once(t: Target, pkey: paramiko.PKey, pinned: paramiko.PKey, timeout: f
         if seen.get_name() != pinned.get_name() or seen.asbytes() != pinned.asbytes():
             raise HostKeyMismatch(
                 f"host key mismatch for {t.host}:{t.port}: pinned {pinned.get_name()} {pinned.get_base64()}, "
-                f"offered {seen.get_name()} {seen.get_base64()}")
+                f"offered {seen.get_name()} {seen.get_base64()}"
+            )
         try:
             transport.auth_publickey(t.user, pkey)
         except paramiko.AuthenticationException as exc:
@@ -140,7 +142,9 @@ def dial(t: Target, *, deadline: float) -> tuple[paramiko.Transport, int, list[s
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise DeadlineExceeded(f"no SSH connection to {t.host}:{t.port} before the deadline; dial errors: {errors[-3:]}")
+            raise DeadlineExceeded(
+                f"no SSH connection to {t.host}:{t.port} before the deadline; dial errors: {errors[-3:]}"
+            )
         dials += 1
         try:
             return _dial_once(t, pkey, pinned, min(t.per_dial_timeout, remaining)), dials, errors
@@ -154,8 +158,7 @@ def dial(t: Target, *, deadline: float) -> tuple[paramiko.Transport, int, list[s
         delay = min(delay * 1.5, 5.0)
 
 
-def run(target: Target, rendered: Any, *, deadline_s: float = 120.0,
-        env: Mapping[str, str] | None = None) -> Result:
+def run(target: Target, rendered: Any, *, deadline_s: float = 120.0, env: Mapping[str, str] | None = None) -> Result:
     """Run `rendered` (anything with .command and .stdin) on target; raise CommandFailed on a
     non-zero exit. env: session environment (dropped by sshd unless AcceptEnv allows it, as with
     pulumi-command)."""
@@ -189,13 +192,18 @@ def run(target: Target, rendered: Any, *, deadline_s: float = 120.0,
             if chan.exit_status_ready():
                 exited_at = exited_at or time.monotonic()
                 # the exit status comes after the output; wait briefly for EOF/close too
-                if (chan.eof_received or chan.closed or time.monotonic() - exited_at > 2.0) \
-                        and not chan.recv_ready() and not chan.recv_stderr_ready():
+                if (
+                    (chan.eof_received or chan.closed or time.monotonic() - exited_at > 2.0)
+                    and not chan.recv_ready()
+                    and not chan.recv_stderr_ready()
+                ):
                     break
             if time.monotonic() > deadline:
                 chan.close()
-                raise DeadlineExceeded(f"{rendered.command!r} on {target.host} ran past the deadline; "
-                                       f"output so far:\n{combined.decode(errors='replace')}")
+                raise DeadlineExceeded(
+                    f"{rendered.command!r} on {target.host} ran past the deadline; "
+                    f"output so far:\n{combined.decode(errors='replace')}"
+                )
             if not got:
                 select.select([chan], [], [], 0.05)
         status = chan.recv_exit_status()
@@ -205,5 +213,11 @@ def run(target: Target, rendered: Any, *, deadline_s: float = 120.0,
     stderr = err.decode(errors="replace").removesuffix("\n")
     if status != 0:
         raise CommandFailed(rendered.command, status, stdout, stderr, combined.decode(errors="replace"))
-    return Result(stdout=stdout, stderr=stderr, facts=parse_facts(stdout), exit_status=status, dials=dials,
-                  dial_errors=dial_errors)
+    return Result(
+        stdout=stdout,
+        stderr=stderr,
+        facts=parse_facts(stdout),
+        exit_status=status,
+        dials=dials,
+        dial_errors=dial_errors,
+    )

@@ -1,6 +1,7 @@
 """Collateral fetch, cache and refresh against a local PCCS stand-in (127.0.0.1 only, stopped at the
 end) serving the real raw Intel collateral from ../shared/fixtures/tdx-quotes/raw: a valid set, an
 expired set and PCCS errors."""
+
 from __future__ import annotations
 
 import json
@@ -34,6 +35,7 @@ NOW_OK = ts("2025-11-01T00:00:00Z")  # inside the 2025-10 set's window (earliest
 def _pem(path: Path) -> str:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
+
     data = path.read_bytes()
     if data.startswith(b"-----"):
         return data.decode()
@@ -44,18 +46,22 @@ def _sets() -> dict:
     root = _pem(RAW / "intel-sgx-root-ca.der")
     platform_ca = _pem(RAW / "common" / "pck_platform_ca.der")
     return {
-        "2025-10": {"tcb": RAW / "automata-2025-10" / "tcb_info_00806f050000.json",
-                    "qe": RAW / "automata-2025-10" / "qe_identity_td_qe.json",
-                    "pckcrl": RAW / "automata-2025-10" / "pck_platform_crl.der",
-                    "rootcrl": RAW / "common" / "intel_root_ca_crl_2025-03.der",
-                    "signing_chain": _pem(RAW / "common" / "tcb_signing_cert_2025.der") + root,
-                    "crl_chain": platform_ca + root},
-        "2025-01": {"tcb": RAW / "zkdcap-2025-01" / "tcb_info_00806f050000.json",
-                    "qe": RAW / "zkdcap-2025-01" / "qe_identity_td_qe.json",
-                    "pckcrl": RAW / "zkdcap-2025-01" / "pck_platform_crl.der",
-                    "rootcrl": RAW / "zkdcap-2025-01" / "intel_root_ca_crl.der",
-                    "signing_chain": _pem(RAW / "zkdcap-2025-01" / "tcb_signing_cert.pem") + root,
-                    "crl_chain": platform_ca + root},
+        "2025-10": {
+            "tcb": RAW / "automata-2025-10" / "tcb_info_00806f050000.json",
+            "qe": RAW / "automata-2025-10" / "qe_identity_td_qe.json",
+            "pckcrl": RAW / "automata-2025-10" / "pck_platform_crl.der",
+            "rootcrl": RAW / "common" / "intel_root_ca_crl_2025-03.der",
+            "signing_chain": _pem(RAW / "common" / "tcb_signing_cert_2025.der") + root,
+            "crl_chain": platform_ca + root,
+        },
+        "2025-01": {
+            "tcb": RAW / "zkdcap-2025-01" / "tcb_info_00806f050000.json",
+            "qe": RAW / "zkdcap-2025-01" / "qe_identity_td_qe.json",
+            "pckcrl": RAW / "zkdcap-2025-01" / "pck_platform_crl.der",
+            "rootcrl": RAW / "zkdcap-2025-01" / "intel_root_ca_crl.der",
+            "signing_chain": _pem(RAW / "zkdcap-2025-01" / "tcb_signing_cert.pem") + root,
+            "crl_chain": platform_ca + root,
+        },
     }
 
 
@@ -108,7 +114,8 @@ def test_fetch_stores_raw_bytes_private_and_verifies_quote(pccs: FakePccs, tmp_p
     # Assembled collateral equals the stored fixture set field for field (signed texts byte-exact).
     fixture = json.loads((QUOTES / "collateral" / "automata-2025-10-00806f.json").read_text())
     assert json.loads(coll.dcap.to_json()) == json.loads(
-        __import__("dcap_qvl").QuoteCollateralV3.from_json(json.dumps(fixture)).to_json())
+        __import__("dcap_qvl").QuoteCollateralV3.from_json(json.dumps(fixture)).to_json()
+    )
     verdict = verify_quote(GCP_QUOTE.read_bytes(), coll, NOW_OK)
     assert verdict.accepted and verdict.tcb_status == "UpToDate"
 
@@ -170,37 +177,99 @@ def test_tampered_cache_is_reverified_and_refetched(pccs: FakePccs, tmp_path: Pa
 
 def test_cli_fetch_and_verify_with_pccs(pccs: FakePccs, tmp_path: Path, capsys) -> None:
     cache = str(tmp_path / "c")
-    rc = main(["collateral", "fetch", "--pccs", pccs.url, "--quote", str(GCP_QUOTE), "--cache-dir", cache,
-               "--at", "2025-11-01T00:00:00Z", "--json", "--out", str(tmp_path / "coll.json")])
+    rc = main(
+        [
+            "collateral",
+            "fetch",
+            "--pccs",
+            pccs.url,
+            "--quote",
+            str(GCP_QUOTE),
+            "--cache-dir",
+            cache,
+            "--at",
+            "2025-11-01T00:00:00Z",
+            "--json",
+            "--out",
+            str(tmp_path / "coll.json"),
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["ok"] and out["fmspc"] == FMSPC and out["source"] == "fetched"
     assert stat.S_IMODE(os.stat(tmp_path / "coll.json").st_mode) == 0o600
-    rc = main(["verify", "--quote", str(GCP_QUOTE), "--pccs", pccs.url, "--cache-dir", cache,
-               "--at", "2025-11-01T00:00:00Z", "--json"])
+    rc = main(
+        [
+            "verify",
+            "--quote",
+            str(GCP_QUOTE),
+            "--pccs",
+            pccs.url,
+            "--cache-dir",
+            cache,
+            "--at",
+            "2025-11-01T00:00:00Z",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["accepted"] and out["collateral"]["source"] == "cache"
-    rc = main(["verify", "--quote", str(GCP_QUOTE), "--collateral", str(tmp_path / "coll.json"),
-               "--at", "2025-11-01T00:00:00Z"])
+    rc = main(
+        [
+            "verify",
+            "--quote",
+            str(GCP_QUOTE),
+            "--collateral",
+            str(tmp_path / "coll.json"),
+            "--at",
+            "2025-11-01T00:00:00Z",
+        ]
+    )
     assert rc == 0
     capsys.readouterr()
     pccs.mode = "error"
-    rc = main(["collateral", "fetch", "--pccs", pccs.url, "--fmspc", FMSPC, "--cache-dir", str(tmp_path / "empty"),
-               "--at", "2025-11-01T00:00:00Z"])
+    rc = main(
+        [
+            "collateral",
+            "fetch",
+            "--pccs",
+            pccs.url,
+            "--fmspc",
+            FMSPC,
+            "--cache-dir",
+            str(tmp_path / "empty"),
+            "--at",
+            "2025-11-01T00:00:00Z",
+        ]
+    )
     assert rc == 1 and "collateral.stale" in capsys.readouterr().err
-    rc = main(["verify", "--quote", str(GCP_QUOTE), "--pccs", pccs.url, "--cache-dir", cache,
-               "--at", "2025-12-01T00:00:00Z", "--json"])
+    rc = main(
+        [
+            "verify",
+            "--quote",
+            str(GCP_QUOTE),
+            "--pccs",
+            pccs.url,
+            "--cache-dir",
+            cache,
+            "--at",
+            "2025-12-01T00:00:00Z",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 1 and out["failures"][0]["check"] == "collateral.stale"
     assert main(["collateral", "fetch", "--pccs", pccs.url, "--fmspc", "xyz"]) == 2
 
 
-def test_the_proxy_keeps_verified_collateral_until_the_cache_would_refresh(pccs: FakePccs, tmp_path: Path,
-                                                                           monkeypatch) -> None:
+def test_the_proxy_keeps_verified_collateral_until_the_cache_would_refresh(
+    pccs: FakePccs, tmp_path: Path, monkeypatch
+) -> None:
     # The proxy attests every upstream connection: one verified set serves them until its earliest
     # nextUpdate minus the refresh margin; then the cache is asked (and refreshes) again.
     import asyncio
 
     from tdxattest.proxy import Appraiser, ProxyConfig
+
     appraiser = Appraiser(ProxyConfig(upstream="https://127.0.0.1:8443", pccs=pccs.url, cache_dir=str(tmp_path)))
     quote = GCP_QUOTE.read_bytes()
     gets: list[int] = []
@@ -214,12 +283,14 @@ def test_the_proxy_keeps_verified_collateral_until_the_cache_would_refresh(pccs:
     # A private loop: asyncio.run() would leave no current loop behind for later (Pulumi mock) tests.
     loop = asyncio.new_event_loop()
     try:
+
         def collateral_at(now: int):
             return loop.run_until_complete(appraiser._collateral(quote, now))
+
         first = collateral_at(NOW_OK)
         assert collateral_at(NOW_OK + 3600) is first
         assert gets == [NOW_OK]
-        inside_margin = ts("2025-11-06T00:00:00Z")   # within the 7-day margin of the earliest nextUpdate
+        inside_margin = ts("2025-11-06T00:00:00Z")  # within the 7-day margin of the earliest nextUpdate
         assert collateral_at(inside_margin) is not first
         assert collateral_at(NOW_OK - 60) is not None  # earlier than verified: asked again
         assert gets == [NOW_OK, inside_margin, NOW_OK - 60]

@@ -5,6 +5,7 @@ run with tests/harness/sshrun.py the way pulumi-command's remote.Command runs it
 NamespaceHosts (real sshd in network namespaces with faked hardware, tests/harness/nshost.py).
 Nothing here talks to anything but addresses inside the namespaces the fixtures create.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,8 +48,9 @@ FAST_BOOT = {"TDX_REBOOT_DELAY": "1", "TDX_WAIT_POLL": "1"}
 @pytest.fixture(scope="module")
 def hosts(nshost_factory):
     """Six fake hosts, started in parallel for the module (about 2 s), torn down after it."""
-    return nshost_factory([H.TDX_READY, H.TDX_OFF_IN_BIOS, H.GPU_WRONG_MODE, H.WRONG_VBIOS, H.NVIDIA_LOADED,
-                           H.PRE_PRODUCTION])
+    return nshost_factory(
+        [H.TDX_READY, H.TDX_OFF_IN_BIOS, H.GPU_WRONG_MODE, H.WRONG_VBIOS, H.NVIDIA_LOADED, H.PRE_PRODUCTION]
+    )
 
 
 def run(host, step: Step, params: dict, action: str = "run", **target) -> sshrun.Result:
@@ -91,9 +93,13 @@ def reboot_and_wait(host, params: dict, *, timeout: int = 20) -> tuple[sshrun.Re
     """The reboot command, then the wait command fed from the reboot's facts, as
     components/remote_step.reboot_and_wait wires them (wait dials without limit)."""
     reboot = run(host, KERNEL, {**params, **FAST_BOOT}, "reboot")
-    wait_params = {**params, **FAST_BOOT, "TDX_PREV_BOOT_ID": str(reboot.facts.get("boot_id", "")),
-                   "TDX_REBOOTING": "true" if reboot.facts.get("rebooting") else "false",
-                   "TDX_WAIT_TIMEOUT": str(timeout)}
+    wait_params = {
+        **params,
+        **FAST_BOOT,
+        "TDX_PREV_BOOT_ID": str(reboot.facts.get("boot_id", "")),
+        "TDX_REBOOTING": "true" if reboot.facts.get("rebooting") else "false",
+        "TDX_WAIT_TIMEOUT": str(timeout),
+    }
     wait = run(host, KERNEL, wait_params, "wait", dial_error_limit=-1)
     return reboot, wait
 
@@ -114,9 +120,14 @@ def test_vbios_rom_round_trips_through_the_production_parser():
 
 def test_fake_host_facts_and_pinned_host_key(hosts):
     h = hosts["tdx_ready"]
-    r = sshrun.run(h.target(), Rendered(
-        command="hostname; cat /proc/sys/kernel/random/boot_id; ls /sys/class/tsm 2>&1 | head -1; modprobe -r msr; "
-                "rdmsr -p 0 -0 0x1401 2>&1; modprobe msr; rdmsr -p 0 -0 0x1401", stdin=""))
+    r = sshrun.run(
+        h.target(),
+        Rendered(
+            command="hostname; cat /proc/sys/kernel/random/boot_id; ls /sys/class/tsm 2>&1 | head -1; modprobe -r msr; "
+            "rdmsr -p 0 -0 0x1401 2>&1; modprobe msr; rdmsr -p 0 -0 0x1401",
+            stdin="",
+        ),
+    )
     hostname, boot_id, tsm, no_msr_module, msr = r.stdout.splitlines()[:5]
     assert hostname == "tdx-ready" and boot_id == h.boot_id()
     assert "No such file" in tsm
@@ -193,8 +204,9 @@ def test_bios_verify_names_every_missing_setting_and_the_change_to_ask_for(hosts
     assert len(lines) == len(expected), joined
     for what, fix in expected.items():
         assert any(what in ln and fix in ln for ln in lines), f"{what} / {fix} not in:\n{joined}"
-    assert any("SEAM range" in ln and '"TDX Secure Arbitration Mode Loader (SEAM Loader) = Enabled"' in ln
-               for ln in lines)
+    assert any(
+        "SEAM range" in ln and '"TDX Secure Arbitration Mode Loader (SEAM Loader) = Enabled"' in ln for ln in lines
+    )
     assert err.facts["tdx_host_platform"] is False and err.facts["seamrr_enabled"] is False
     # check mode: nothing was changed on the host
     assert {c["tool"] for c in h.calls()[calls_before:]} <= {"rdmsr", "modprobe"}
@@ -258,8 +270,19 @@ def test_kernel_wait_fails_with_the_tdx_diagnosis_when_bios_lacks_tdx(hosts):
     reboot = run(h, KERNEL, {**kernel_params(), **FAST_BOOT}, "reboot")
     assert reboot.facts["rebooting"] is True
     with pytest.raises(CommandFailed) as info:
-        run(h, KERNEL, {**kernel_params(), **FAST_BOOT, "TDX_PREV_BOOT_ID": reboot.facts["boot_id"],
-                        "TDX_REBOOTING": "true", "TDX_WAIT_TIMEOUT": "1"}, "wait", dial_error_limit=-1)
+        run(
+            h,
+            KERNEL,
+            {
+                **kernel_params(),
+                **FAST_BOOT,
+                "TDX_PREV_BOOT_ID": reboot.facts["boot_id"],
+                "TDX_REBOOTING": "true",
+                "TDX_WAIT_TIMEOUT": "1",
+            },
+            "wait",
+            dial_error_limit=-1,
+        )
     err = info.value
     assert err.facts["boot_id"] != old_boot and err.facts["kvm_intel_tdx"] == "N"
     lines = error_lines(err)
@@ -279,8 +302,9 @@ def test_gpu_cc_check_apply_verify_then_nothing_to_apply(hosts):
     first = run(h, GPU, gpu_params(h))
     f = first.facts
     assert f["ok"] is True and f["changed"] is True
-    assert f["gpus"] == [{"bdf": "0000:b8:00.0", "vbios": H.H100_VBIOS, "driver": "none", "cc_mode": "on",
-                          "ppcie_mode": "off"}]
+    assert f["gpus"] == [
+        {"bdf": "0000:b8:00.0", "vbios": H.H100_VBIOS, "driver": "none", "cc_mode": "on", "ppcie_mode": "off"}
+    ]
     assert h.state()["gpu"]["0000:b8:00.0"]["cc"] == "on"
     installed = h.host_path(f"/opt/tdxgpu/gpu-admin-tools/{TOOLS_VERSION}")
     assert (installed / ".wheel-sha256").read_text() == h.wheel_sha256
@@ -288,7 +312,8 @@ def test_gpu_cc_check_apply_verify_then_nothing_to_apply(hosts):
     sets = h.gpu_tool_calls(sets_only=True)
     assert [c["argv"][2:] for c in sets] == [
         ["--gpu-bdf=0000:b8:00.0", "--set-ppcie-mode=off", "--reset-after-ppcie-mode-switch"],
-        ["--gpu-bdf=0000:b8:00.0", "--set-cc-mode=on", "--reset-after-cc-mode-switch"]]
+        ["--gpu-bdf=0000:b8:00.0", "--set-cc-mode=on", "--reset-after-cc-mode-switch"],
+    ]
 
     second = run(h, GPU, gpu_params(h))
     assert second.facts["changed"] is False and second.facts["gpus"] == f["gpus"]
@@ -303,13 +328,19 @@ def test_gpu_cc_switches_the_wrong_mode_host_on_from_the_offline_wheel(hosts):
     first = run(h, GPU, gpu_params(h))
     assert first.facts["ok"] is True and first.facts["changed"] is True
     assert {g["bdf"]: (g["cc_mode"], g["ppcie_mode"], g["driver"]) for g in first.facts["gpus"]} == {
-        "0000:b8:00.0": ("on", "off", "vfio-pci"), "0000:ba:00.0": ("on", "off", "vfio-pci")}
+        "0000:b8:00.0": ("on", "off", "vfio-pci"),
+        "0000:ba:00.0": ("on", "off", "vfio-pci"),
+    }
     # installed by the real `python3 -m pip download` from the host's offline index (its pip.conf)
-    assert (h.host_path(f"/opt/tdxgpu/gpu-admin-tools/{TOOLS_VERSION}/.wheel-sha256").read_text() == h.wheel_sha256)
+    assert h.host_path(f"/opt/tdxgpu/gpu-admin-tools/{TOOLS_VERSION}/.wheel-sha256").read_text() == h.wheel_sha256
     # PPCIe goes off before CC goes on (the fake tool refuses CC on while PPCIe is on)
     per_gpu = [c["argv"][2:4] for c in h.gpu_tool_calls(sets_only=True)[calls:]]
-    assert per_gpu == [["--gpu-bdf=0000:b8:00.0", "--set-ppcie-mode=off"], ["--gpu-bdf=0000:b8:00.0", "--set-cc-mode=on"],
-                       ["--gpu-bdf=0000:ba:00.0", "--set-ppcie-mode=off"], ["--gpu-bdf=0000:ba:00.0", "--set-cc-mode=on"]]
+    assert per_gpu == [
+        ["--gpu-bdf=0000:b8:00.0", "--set-ppcie-mode=off"],
+        ["--gpu-bdf=0000:b8:00.0", "--set-cc-mode=on"],
+        ["--gpu-bdf=0000:ba:00.0", "--set-ppcie-mode=off"],
+        ["--gpu-bdf=0000:ba:00.0", "--set-cc-mode=on"],
+    ]
     second = run(h, GPU, gpu_params(h))
     assert second.facts["changed"] is False and len(h.gpu_tool_calls(sets_only=True)) == calls + 4
 
@@ -319,7 +350,9 @@ def test_gpu_cc_ppcie_mode_includes_the_nvswitches(hosts):
     first = run(h, GPU, gpu_params(h, TDX_GPU_MODE="ppcie"))
     assert first.facts["ok"] is True, first.stderr
     assert {g["bdf"]: (g["cc_mode"], g["ppcie_mode"]) for g in first.facts["gpus"]} == {
-        "0000:b8:00.0": ("off", "on"), "0000:ba:00.0": ("off", "on")}
+        "0000:b8:00.0": ("off", "on"),
+        "0000:ba:00.0": ("off", "on"),
+    }
     assert h.state()["gpu"]["0000:05:00.0"]["ppcie"] == "on"  # the NVSwitch too
     assert "does not support CC mode" in first.stderr  # the switch has no CC mode: tolerated
     calls = len(h.gpu_tool_calls(sets_only=True))
@@ -368,8 +401,14 @@ def test_gpu_cc_refuses_a_tampered_wheel_then_takes_the_pinned_one(hosts):
 def test_dcap_installs_configures_registers_then_nothing_to_apply(hosts):
     h = hosts["tdx_ready"]
     secret = "pcs-api-key-5f3c9a"
-    dcap = DcapConfig(pccs_api_key=Secret(secret), registration="pckid", pccs_port=8081, qgs_port=4050,
-                      pccs_url=None, use_secure_cert=False)
+    dcap = DcapConfig(
+        pccs_api_key=Secret(secret),
+        registration="pckid",
+        pccs_port=8081,
+        qgs_port=4050,
+        pccs_url=None,
+        use_secure_cert=False,
+    )
     params = {**component_dcap_params(dcap, dcap_packages()), "TDX_PCCS_API_KEY": secret}
     first = run(h, DCAP, params)
     f = first.facts
@@ -405,11 +444,21 @@ def test_destroy_removes_what_the_steps_installed_and_keeps_the_rest(hosts):
     assert not h.host_path(f"/opt/tdxgpu/gpu-admin-tools/{TOOLS_VERSION}").exists()
     assert h.state()["gpu"]["0000:b8:00.0"]["cc"] == "on"
 
-    dcap = DcapConfig(pccs_api_key=Secret("k"), registration="pckid", pccs_port=8081, qgs_port=4050,
-                      pccs_url=None, use_secure_cert=False)
+    dcap = DcapConfig(
+        pccs_api_key=Secret("k"),
+        registration="pckid",
+        pccs_port=8081,
+        qgs_port=4050,
+        pccs_url=None,
+        use_secure_cert=False,
+    )
     res = destroy(DCAP, {**component_dcap_params(dcap, dcap_packages()), "TDX_PCCS_API_KEY": "k"})
-    assert set(res.facts["removed_packages"]) == {"sgx-dcap-pccs", "tdx-qgs", "libsgx-dcap-default-qpl",
-                                                  "sgx-pck-id-retrieval-tool"}
+    assert set(res.facts["removed_packages"]) == {
+        "sgx-dcap-pccs",
+        "tdx-qgs",
+        "libsgx-dcap-default-qpl",
+        "sgx-pck-id-retrieval-tool",
+    }
     assert not h.host_path("/opt/intel/sgx-dcap-pccs/config/default.json").exists()
     assert not h.host_path("/etc/tdxgpu/pccs-user-token").exists()
 
@@ -475,12 +524,14 @@ def test_bios_verify_keeps_the_frame_when_an_msr_is_unreadable(hosts):
 def test_kernel_update_grub_failure_is_reported_and_retried(hosts):
     h = hosts["wrong_vbios"]  # not used by the kernel tests
     broken = "/etc/default/grub.d/60-broken.cfg"
-    sshrun.run(h.target(), Rendered(command=f"mkdir -p /etc/default/grub.d && echo 'X=\"unterminated' > {broken}",
-                                    stdin=""))
+    sshrun.run(
+        h.target(), Rendered(command=f"mkdir -p /etc/default/grub.d && echo 'X=\"unterminated' > {broken}", stdin="")
+    )
     err = fails(h, KERNEL, kernel_params())
     sshrun.run(h.target(), Rendered(command=f"rm -f {broken}", stdin=""))
     runs = h.state()["grub"]["update_grub_runs"]
     again = run(h, KERNEL, kernel_params())
-    assert again.facts["changed"] is True and h.state()["grub"]["update_grub_runs"] == runs + 1, \
+    assert again.facts["changed"] is True and h.state()["grub"]["update_grub_runs"] == runs + 1, (
         "after the GRUB error was fixed the step did not run update-grub again"
+    )
     assert err.facts is not None and any("fix: " in ln for ln in error_lines(err)), err.output

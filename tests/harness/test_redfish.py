@@ -70,7 +70,12 @@ def run_cli(emu: RedfishEmulator, *args: str, password: str | None = None) -> su
     env.update(TDXGPU_BMC_USERNAME=emu.username, TDXGPU_BMC_PASSWORD=password or emu.password)
     return subprocess.run(
         [sys.executable, "-m", "components.redfish", *args, "--endpoint", emu.url, "--poll", "0.05", "--timeout", "15"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -99,8 +104,12 @@ def test_both_phases_apply_in_order_and_rerun_changes_nothing(dell_bmc: RedfishE
         assert result.system == emu.system_path
 
     # Each phase: PATCH, then the reset, then the BIOS applies it at power-on.
-    kinds = [e["kind"] if e["kind"] != "request" else e["method"] for e in emu.events()
-             if e["kind"] in ("bios_applied", "power_request") or (e["kind"] == "request" and e["method"] in ("PATCH", "POST"))]
+    kinds = [
+        e["kind"] if e["kind"] != "request" else e["method"]
+        for e in emu.events()
+        if e["kind"] in ("bios_applied", "power_request")
+        or (e["kind"] == "request" and e["method"] in ("PATCH", "POST"))
+    ]
     assert kinds == ["PATCH", "POST", "power_request", "bios_applied"] * 2
     assert [p["body"]["Attributes"] for p in emu.patches()] == [desired("dell", 1), desired("dell", 2)]
 
@@ -179,7 +188,9 @@ def test_suffixed_and_display_name_only_attributes_resolve(emulator_for: Any) ->
     assert result.resolved["seam_loader"] == "TDXSecureArbitrationModeLoader_SEAMLoader__F31D"
     assert result.attributes["TrustDomainExtension(TDX)#3C38"] == "Enabled"
 
-    phase1 = redfish.check_phase(emu.url, emu.username, emu.password, "supermicro", 1, tls_fingerprint=emu.tls.fingerprint)
+    phase1 = redfish.check_phase(
+        emu.url, emu.username, emu.password, "supermicro", 1, tls_fingerprint=emu.tls.fingerprint
+    )
     assert phase1.resolved["pa_limit_46"] == "LimitCPUPAto46bits_F319"
     assert phase1.resolved["tme"] == "MemoryEncryption(TME)#3C36"
     assert phase1.pending == {}
@@ -205,8 +216,14 @@ def test_unknown_attribute_is_reported_before_any_change(emulator_for: Any) -> N
     with pytest.raises(BiosError) as info:
         redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu))
     message = str(info.value)
-    for part in ("'sgx'", "'IntelSgx'", "'Intel SGX'", "BIOS too old or attribute hidden until the previous phase",
-                 "firmware/bios/dell.yaml", emu.url):
+    for part in (
+        "'sgx'",
+        "'IntelSgx'",
+        "'Intel SGX'",
+        "BIOS too old or attribute hidden until the previous phase",
+        "firmware/bios/dell.yaml",
+        emu.url,
+    ):
         assert part in message
     assert emu.patches() == [] and emu.resets() == []
 
@@ -214,12 +231,22 @@ def test_unknown_attribute_is_reported_before_any_change(emulator_for: Any) -> N
 def test_value_the_registry_does_not_allow_is_refused(emulator_for: Any) -> None:
     board = board_for_table(load_vendor_table("supermicro"))
     board.registry[:] = [e for e in board.registry if e["AttributeName"] != "LimitCPUPAto46bits"]
-    board.registry.append({"AttributeName": "LimitCPUPAto46bits", "DisplayName": "Limit CPU PA to 46 bits",
-                           "Type": "Enumeration", "ReadOnly": False,
-                           "Value": [{"ValueName": "Enable", "ValueDisplayName": "Enable"},
-                                     {"ValueName": "Disable", "ValueDisplayName": "Disable"}]})
+    board.registry.append(
+        {
+            "AttributeName": "LimitCPUPAto46bits",
+            "DisplayName": "Limit CPU PA to 46 bits",
+            "Type": "Enumeration",
+            "ReadOnly": False,
+            "Value": [
+                {"ValueName": "Enable", "ValueDisplayName": "Enable"},
+                {"ValueName": "Disable", "ValueDisplayName": "Disable"},
+            ],
+        }
+    )
     emu = emulator_for(board)
-    with pytest.raises(BiosError, match=r"value 'Disabled' is not allowed for attribute 'LimitCPUPAto46bits'.*'Enable'"):
+    with pytest.raises(
+        BiosError, match=r"value 'Disabled' is not allowed for attribute 'LimitCPUPAto46bits'.*'Enable'"
+    ):
         redfish.apply_phase(emu.url, emu.username, emu.password, "supermicro", 1, **pinned(emu))
     assert emu.patches() == []
 
@@ -227,12 +254,23 @@ def test_value_the_registry_does_not_allow_is_refused(emulator_for: Any) -> None
 def test_wrong_credentials(dell_bmc: RedfishEmulator) -> None:
     emu = dell_bmc
     with pytest.raises(BiosError) as info:
-        redfish.apply_phase(emu.url, emu.username, "wrong-Passw0rd-91", "dell", 1, config_key="hosts[0].bmc", **pinned(emu))
+        redfish.apply_phase(
+            emu.url, emu.username, "wrong-Passw0rd-91", "dell", 1, config_key="hosts[0].bmc", **pinned(emu)
+        )
     assert str(info.value).startswith(f"BMC {emu.url} refused the credentials (HTTP 401)")
     assert "fix: check hosts[0].bmc.username/password" in str(info.value)
 
-    done = run_cli(emu, "apply", "--vendor", "dell", "--phase", "1", "--tls-fingerprint", emu.tls.fingerprint,
-                   password="wrong-Passw0rd-91")
+    done = run_cli(
+        emu,
+        "apply",
+        "--vendor",
+        "dell",
+        "--phase",
+        "1",
+        "--tls-fingerprint",
+        emu.tls.fingerprint,
+        password="wrong-Passw0rd-91",
+    )
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.strip().splitlines()[-1].startswith("error: BMC ")
     assert "refused the credentials (HTTP 401)" in done.stderr
@@ -260,7 +298,9 @@ def test_ca_file_verifies_and_a_foreign_ca_is_refused(dell_bmc: RedfishEmulator,
     other.mkdir()
     foreign = make_tls(other)
     with pytest.raises(BiosError, match="TLS verification of BMC .* failed"):
-        redfish.check_phase(emu.url, emu.username, emu.password, "dell", 1, ca_file=str(foreign.cert), retry_delay_s=0.05)
+        redfish.check_phase(
+            emu.url, emu.username, emu.password, "dell", 1, ca_file=str(foreign.cert), retry_delay_s=0.05
+        )
 
 
 def test_unreachable_bmc() -> None:
@@ -282,8 +322,9 @@ def test_reset_that_never_applies_times_out_with_expected_vs_seen(emulator_for: 
 # --- the password never leaks ---------------------------------------------------------------------
 
 
-def test_password_never_appears_in_any_output(dell_bmc: RedfishEmulator, caplog: pytest.LogCaptureFixture,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_password_never_appears_in_any_output(
+    dell_bmc: RedfishEmulator, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     emu = dell_bmc
     wrong = "another-Secret-pw-555"
     secrets = [emu.password, wrong]
@@ -295,10 +336,18 @@ def test_password_never_appears_in_any_output(dell_bmc: RedfishEmulator, caplog:
         lambda: redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu)),
         lambda: redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 2, **pinned(emu)),
         lambda: redfish.check_phase(emu.url, emu.username, wrong, "dell", 1, tls_fingerprint=emu.tls.fingerprint),
-        lambda: redfish.check_phase(emu.url, emu.username, emu.password, "dell", 1, tls_fingerprint="11" * 32,
-                                    retry_delay_s=0.05),
-        lambda: redfish.check_phase(emu.url + "0", emu.username, emu.password, "dell", 1,
-                                    tls_fingerprint=emu.tls.fingerprint, retry_delay_s=0.05),
+        lambda: redfish.check_phase(
+            emu.url, emu.username, emu.password, "dell", 1, tls_fingerprint="11" * 32, retry_delay_s=0.05
+        ),
+        lambda: redfish.check_phase(
+            emu.url + "0",
+            emu.username,
+            emu.password,
+            "dell",
+            1,
+            tls_fingerprint=emu.tls.fingerprint,
+            retry_delay_s=0.05,
+        ),
     ]
     for attempt in attempts:
         try:
@@ -307,8 +356,18 @@ def test_password_never_appears_in_any_output(dell_bmc: RedfishEmulator, caplog:
             texts += [str(exc), repr(exc)]
 
     for password, extra in ((emu.password, ["--verbose"]), (wrong, ["--verbose"]), (emu.password, [])):
-        done = run_cli(emu, "apply", "--vendor", "dell", "--phase", "1", "--tls-fingerprint", emu.tls.fingerprint,
-                       *extra, password=password)
+        done = run_cli(
+            emu,
+            "apply",
+            "--vendor",
+            "dell",
+            "--phase",
+            "1",
+            "--tls-fingerprint",
+            emu.tls.fingerprint,
+            *extra,
+            password=password,
+        )
         texts += [done.stdout, done.stderr]
 
     captured = capsys.readouterr()

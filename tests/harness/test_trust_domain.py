@@ -7,6 +7,7 @@ in for QEMU and the guest agent (it records its argv and writes the agent's stat
 serial log). The fake `systemctl` knows units only from services.json and does not run them, so the
 test registers the TD unit there and plays systemd: it starts the unit's ExecStart= itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,15 @@ import pytest
 from components.config import KnownAnswer, TdShape, WorkloadConfig
 from components.steps import DELETE_COMMAND, Rendered, render
 from components.td_definition import BootArtifact, BootManifest, qemu_argv
-from components.trust_domain import (LAUNCH_STEP, STAGE_STEP, WAIT_STEP, definition, launch_params, stage_params,
-                                     wait_params)
+from components.trust_domain import (
+    LAUNCH_STEP,
+    STAGE_STEP,
+    WAIT_STEP,
+    definition,
+    launch_params,
+    stage_params,
+    wait_params,
+)
 from tdxattest.workload import expected_rtmr3
 from tests.harness import hosts as H
 from tests.harness import sshrun
@@ -58,21 +66,31 @@ def host(nshost_factory):
 def boot(**sha_overrides: str) -> BootManifest:
     shas = {name: sha_overrides.get(name, sha256(data)) for name, data in FILES.items()}
     return BootManifest(
-        path=Path("harness.yaml"), name="harness", vcpus=16, memory_mib=65536,
+        path=Path("harness.yaml"),
+        name="harness",
+        vcpus=16,
+        memory_mib=65536,
         firmware=BootArtifact("firmware", "ovmf-test.fd", shas["ovmf-test.fd"]),
         kernel=BootArtifact("kernel", "vmlinuz-test", shas["vmlinuz-test"]),
         initrd=BootArtifact("initrd", "initrd-test.img", shas["initrd-test.img"]),
-        cmdline="console=ttyS0 root=/dev/vda1 ro", gaps=())
+        cmdline="console=ttyS0 root=/dev/vda1 ro",
+        gaps=(),
+    )
 
 
 WORKLOAD = WorkloadConfig(
-    target="host", image="docker.io/vllm/vllm-openai@sha256:" + "ab" * 32, model_id="Qwen/Qwen2.5-0.5B-Instruct",
+    target="host",
+    image="docker.io/vllm/vllm-openai@sha256:" + "ab" * 32,
+    model_id="Qwen/Qwen2.5-0.5B-Instruct",
     model_revision="0123456789abcdef0123456789abcdef01234567",
-    model_files=(("config.json", "bb" * 32), ("model.safetensors", "aa" * 32)), model_source="https://huggingface.co",
-    vllm_args=("--max-model-len", "4096"), gateway_port=8443,
+    model_files=(("config.json", "bb" * 32), ("model.safetensors", "aa" * 32)),
+    model_source="https://huggingface.co",
+    vllm_args=("--max-model-len", "4096"),
+    gateway_port=8443,
     known_answer=KnownAnswer(prompt="The capital of France is", expect=" Paris"),
     td=TdShape(vcpus=16, memory_mib=65536, artifact_source=SOURCE, ready_timeout_s=60, data_disk_gib=2),
-    boot=None)
+    boot=None,
+)
 MANIFEST = WORKLOAD.manifest(1)
 DEFN = definition(NAME, boot(), WORKLOAD, (GPU,), qemu=FAKE_QEMU)
 
@@ -96,8 +114,10 @@ def staged(host, name: str) -> Path:
 
 
 def launch(**changes) -> dict:
-    return {**launch_params(DEFN, boot(), WORKLOAD, MANIFEST, "staging",
-                            {"vbios": [H.H100_VBIOS], "driver": "580.95.05"}), **changes}
+    return {
+        **launch_params(DEFN, boot(), WORKLOAD, MANIFEST, "staging", {"vbios": [H.H100_VBIOS], "driver": "580.95.05"}),
+        **changes,
+    }
 
 
 def wait(timeout: int = 20, **changes) -> dict:
@@ -112,7 +132,7 @@ def start_unit_like_systemd(host) -> None:
     """What `systemctl start` would do with the unit the launch wrote: run its ExecStart=."""
     unit = staged_unit(host)
     line = next(ln for ln in unit.replace("\\\n", " ").splitlines() if ln.startswith("ExecStart="))
-    argv = [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line[len("ExecStart="):])]
+    argv = [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line[len("ExecStart=") :])]
     assert argv == qemu_argv(DEFN)
     cmd = f"setsid {shlex.join(argv)} </dev/null >/dev/null 2>&1 &"
     sshrun.run(host.target(), Rendered(command=cmd, stdin=""), deadline_s=20)
@@ -149,8 +169,11 @@ def test_stage_fetches_and_verifies_then_is_idempotent(host):
     params = stage_params(NAME, boot(), SOURCE)
     first = run(host, STAGE_STEP, params)
     assert first.facts["ok"] is True and first.facts["changed"] is True
-    for staged_name, source_name in (("firmware.fd", "ovmf-test.fd"), ("vmlinuz", "vmlinuz-test"),
-                                     ("initrd.img", "initrd-test.img")):
+    for staged_name, source_name in (
+        ("firmware.fd", "ovmf-test.fd"),
+        ("vmlinuz", "vmlinuz-test"),
+        ("initrd.img", "initrd-test.img"),
+    ):
         assert staged(host, staged_name).read_bytes() == FILES[source_name]
     assert {a["name"]: a["sha256"] for a in first.facts["artifacts"]}["vmlinuz"] == sha256(FILES["vmlinuz-test"])
     second = run(host, STAGE_STEP, params)
@@ -175,7 +198,7 @@ def test_launch_writes_the_unit_and_agent_config_and_starts_the_td(host):
     assert staged(host, "agent.json").read_text() == params["TDX_AGENT_CONFIG"]
     assert json.loads(params["TDX_AGENT_CONFIG"])["workload"] == MANIFEST.as_dict()
     data = staged(host, "data.img")
-    assert data.stat().st_size == 2 * 1024 ** 3 and data.stat().st_blocks == 0  # sparse
+    assert data.stat().st_size == 2 * 1024**3 and data.stat().st_blocks == 0  # sparse
     assert r.facts["active"] == "active" and r.facts["enabled"] == "enabled"
     assert r.facts["gpus"] == [{"bdf": GPU, "driver": "vfio-pci"}]
     assert r.facts["qemu_version"].startswith("QEMU emulator version 10.1.0")
@@ -289,6 +312,8 @@ def test_destroy_stops_the_td_and_removes_its_files(host):
     assert not staged(host, "data.img").exists()
     svc = host.read_json("services.json")["tdx-vllm-td-" + NAME]
     assert svc["active"] is False and svc["enabled"] is False
-    sshrun.run(host.target(), Rendered(command=DELETE_COMMAND,
-                                       stdin=render(STAGE_STEP, stage_params(NAME, boot(), SOURCE)).stdin))
+    sshrun.run(
+        host.target(),
+        Rendered(command=DELETE_COMMAND, stdin=render(STAGE_STEP, stage_params(NAME, boot(), SOURCE)).stdin),
+    )
     assert not host.host_path(TD_DIR).exists()

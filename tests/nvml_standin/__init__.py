@@ -1,4 +1,5 @@
 """Build the stand-in libnvidia-ml.so.1 (nvml_standin.c) for tests of the NVML collector."""
+
 from __future__ import annotations
 
 import shutil
@@ -21,8 +22,12 @@ def build(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     lib = dest / "libnvidia-ml.so.1"
     cc = shutil.which("cc") or shutil.which("gcc")
-    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(lib), str(SOURCE)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(lib), str(SOURCE)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return lib
 
 
@@ -53,8 +58,13 @@ def nvml_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standin_lib: Path)
     state = tmp_path / "gpu-state"
     state.mkdir()
     from guest_agent.nvml import LIBRARY_ENV
-    for key, value in {LIBRARY_ENV: str(standin_lib), "NVML_STANDIN_REPORT": str(report),
-                       "NVML_STANDIN_CHAIN": str(GPU_FIXTURES / "hopper_cert_chain_case1.txt"),
-                       "NVML_STANDIN_STATE": str(state), "PYTHONPATH": str(REPO)}.items():
+
+    for key, value in {
+        LIBRARY_ENV: str(standin_lib),
+        "NVML_STANDIN_REPORT": str(report),
+        "NVML_STANDIN_CHAIN": str(GPU_FIXTURES / "hopper_cert_chain_case1.txt"),
+        "NVML_STANDIN_STATE": str(state),
+        "PYTHONPATH": str(REPO),
+    }.items():
         monkeypatch.setenv(key, value)
     return state

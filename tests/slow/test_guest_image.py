@@ -16,6 +16,7 @@ Skipped (with the reason) when a prerequisite is missing: root, qemu-system-x86,
 own `--preflight` checks (its tools, the Debian archive keyring, a mirror and its security archive).
 Cold on 2 CPUs: about 1.5 minutes to build, 1.5 minutes per boot (TCG); warm: boots only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,7 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "tools" / "build-guest-image.sh"
 CACHE = Path(os.environ.get("TDX_VLLM_GUEST_IMAGE_CACHE", REPO / "artifacts" / "guest-image-cache"))
 BUILD_TIMEOUT_S = 1800
-REPORT_TIMEOUT_S = 300          # boot + agent; TCG is several times slower than KVM
+REPORT_TIMEOUT_S = 300  # boot + agent; TCG is several times slower than KVM
 GATEWAY_PORT = 8443
 BOOT_PREFIX = "tdx-vllm-boot: "
 
@@ -55,11 +56,14 @@ PROMPT = "Say OK"
 
 def agent_config(stack: str, server: str) -> dict:
     return {
-        "stack": stack, "server": server,
-        "workload": {"image": "docker.io/vllm/vllm-openai@sha256:" + "0" * 64,
-                     "model": {"id": "standin/echo", "revision": "0" * 40,
-                               "files": {"hostname": HOSTNAME_SHA256}},
-                     "vllmArgs": [], "tensorParallelSize": 1},
+        "stack": stack,
+        "server": server,
+        "workload": {
+            "image": "docker.io/vllm/vllm-openai@sha256:" + "0" * 64,
+            "model": {"id": "standin/echo", "revision": "0" * 40, "files": {"hostname": HOSTNAME_SHA256}},
+            "vllmArgs": [],
+            "tensorParallelSize": 1,
+        },
         "model": {"source": "file:///etc", "dir": "/var/lib/tdx-vllm/model"},
         "knownAnswer": {"prompt": PROMPT, "maxTokens": 2, "expect": PROMPT, "timeoutSeconds": 60},
         "gateway": {"port": GATEWAY_PORT, "listen": "0.0.0.0"},
@@ -81,21 +85,30 @@ def _missing_prerequisite() -> str | None:
 @pytest.fixture(scope="module")
 def images(request: pytest.FixtureRequest) -> dict[str, Path]:
     """{"prod": dir, "dev": dir} with vmlinuz, initrd.img, rootfs.verity.img, cmdline.txt, manifest.json."""
-    if ("slow" not in (request.config.getoption("markexpr", "") or "")
-            and os.environ.get("TDX_VLLM_SLOW", "") in ("", "0")):
+    if "slow" not in (request.config.getoption("markexpr", "") or "") and os.environ.get("TDX_VLLM_SLOW", "") in (
+        "",
+        "0",
+    ):
         pytest.skip("slow tier (image build + QEMU boots, minutes): select it with `-m slow` or TDX_VLLM_SLOW=1")
     reason = _missing_prerequisite()
     if reason:
         pytest.skip(reason)
-    recipe = subprocess.run([str(BUILD), "--print-recipe-hash"], capture_output=True, text=True, check=True).stdout.strip()
+    recipe = subprocess.run(
+        [str(BUILD), "--print-recipe-hash"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     out = CACHE / recipe[:16]
     dirs = {stack: out / stack for stack in ("prod", "dev")}
     if not all((d / "manifest.json").exists() for d in dirs.values()):
         out.mkdir(parents=True, exist_ok=True)
         log = out.parent / f"{recipe[:16]}.build.log"
         with log.open("w") as f:
-            done = subprocess.run([str(BUILD), "--stack", "all", "--out", str(out)], stdout=f,
-                                  stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S, check=False)
+            done = subprocess.run(
+                [str(BUILD), "--stack", "all", "--out", str(out)],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=BUILD_TIMEOUT_S,
+                check=False,
+            )
         if done.returncode != 0:
             pytest.fail(f"image build failed ({done.returncode}), log {log}:\n" + _tail(log, 40))
         # Keep one build (~170 MB): drop those of earlier recipes.
@@ -144,8 +157,21 @@ def accel(images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
         return TCG
     work = tmp_path_factory.mktemp("kvm-probe")
     log, out = work / "serial.log", work / "qemu.out"
-    argv = ["qemu-system-x86_64", *KVM, "-m", "512", "-nographic", "-nodefaults", "-no-reboot",
-            "-kernel", str(images["prod"] / "vmlinuz"), "-append", "console=ttyS0 panic=-1", "-serial", f"file:{log}"]
+    argv = [
+        "qemu-system-x86_64",
+        *KVM,
+        "-m",
+        "512",
+        "-nographic",
+        "-nodefaults",
+        "-no-reboot",
+        "-kernel",
+        str(images["prod"] / "vmlinuz"),
+        "-append",
+        "console=ttyS0 panic=-1",
+        "-serial",
+        f"file:{log}",
+    ]
     with out.open("wb") as sink:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
     try:
@@ -153,7 +179,7 @@ def accel(images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
         while time.monotonic() < deadline:
             said = out.read_text(errors="replace")
             if "internal error" in said or "Assertion" in said or proc.poll() not in (None, 0):
-                break                                   # a failed KVM pauses QEMU: do not wait it out
+                break  # a failed KVM pauses QEMU: do not wait it out
             if "Linux version" in (log.read_text(errors="replace") if log.exists() else ""):
                 return KVM
             time.sleep(0.2)
@@ -174,18 +200,41 @@ def boot(image: Path, config: dict, work: Path, accel: list[str]) -> Iterator[tu
     with data.open("wb") as f:
         f.truncate(1 << 30)  # sparse 1 GiB: the ephemeral encrypted data disk
     port = _free_port()
-    argv = ["qemu-system-x86_64", *accel, "-machine", "q35", "-m", "2048", "-smp", "2",
-            "-nographic", "-nodefaults", "-no-reboot",
-            "-kernel", str(image / "vmlinuz"), "-initrd", str(image / "initrd.img"),
-            "-append", (image / "cmdline.txt").read_text(),
-            "-drive", f"file={image / 'rootfs.verity.img'},if=none,id=root,format=raw,readonly=on",
-            "-device", f"virtio-blk-pci,drive=root,serial={ROOT_DISK_SERIAL}",
-            "-drive", f"file={data},if=none,id=data,format=raw",
-            "-device", f"virtio-blk-pci,drive=data,serial={DATA_DISK_SERIAL}",
-            "-fw_cfg", f"name={CONFIG_FW_CFG},file={cfg}",
-            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{GATEWAY_PORT}",
-            "-device", "virtio-net-pci,netdev=net0",
-            "-serial", f"file:{log}"]
+    argv = [
+        "qemu-system-x86_64",
+        *accel,
+        "-machine",
+        "q35",
+        "-m",
+        "2048",
+        "-smp",
+        "2",
+        "-nographic",
+        "-nodefaults",
+        "-no-reboot",
+        "-kernel",
+        str(image / "vmlinuz"),
+        "-initrd",
+        str(image / "initrd.img"),
+        "-append",
+        (image / "cmdline.txt").read_text(),
+        "-drive",
+        f"file={image / 'rootfs.verity.img'},if=none,id=root,format=raw,readonly=on",
+        "-device",
+        f"virtio-blk-pci,drive=root,serial={ROOT_DISK_SERIAL}",
+        "-drive",
+        f"file={data},if=none,id=data,format=raw",
+        "-device",
+        f"virtio-blk-pci,drive=data,serial={DATA_DISK_SERIAL}",
+        "-fw_cfg",
+        f"name={CONFIG_FW_CFG},file={cfg}",
+        "-netdev",
+        f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:{GATEWAY_PORT}",
+        "-device",
+        "virtio-net-pci,netdev=net0",
+        "-serial",
+        f"file:{log}",
+    ]
     (work / "qemu.argv").write_text(json.dumps(argv))
     with (work / "qemu.out").open("wb") as sink:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
@@ -209,7 +258,7 @@ def wait_report(proc: subprocess.Popen, log: Path, timeout_s: float = REPORT_TIM
             at = line.find(REPORT_PREFIX)
             if at >= 0:
                 try:
-                    return json.loads(line[at + len(REPORT_PREFIX):].strip()), time.monotonic() - t0
+                    return json.loads(line[at + len(REPORT_PREFIX) :].strip()), time.monotonic() - t0
                 except ValueError:
                     pass  # half-written line
         if proc.poll() is not None:
@@ -223,9 +272,12 @@ def test_the_build_reproduces_the_pinned_image(images: dict[str, Path]) -> None:
     # root disk); a fresh build from this checkout must give those exact bytes, or the pins (and
     # the RTMRs a client checks) describe an image nobody can rebuild.
     from components.guest_image import check
+
     problems = check(images["prod"].parent)
-    assert not problems, ("the build differs from firmware/td/ (re-pin with `.venv/bin/python -m components.guest_image pin "
-                          f"{images['prod'].parent}` if the recipe change is intended):\n  " + "\n  ".join(problems))
+    assert not problems, (
+        "the build differs from firmware/td/ (re-pin with `.venv/bin/python -m components.guest_image pin "
+        f"{images['prod'].parent}` if the recipe change is intended):\n  " + "\n  ".join(problems)
+    )
 
 
 def test_pins_from_the_built_image(images: dict[str, Path], tmp_path: Path) -> None:
@@ -233,6 +285,7 @@ def test_pins_from_the_built_image(images: dict[str, Path], tmp_path: Path) -> N
     # QEMU patches it) and RTMR2 (command line, initrd) for both stacks' manifests.
     from components.config import td_boot_manifest
     from components.measurements import expected_pins, load_manifest
+
     ovmf = REPO.parent / "shared" / "fixtures" / "measurements" / "firmware"
     if not ovmf.is_dir():
         pytest.skip(f"{ovmf} (the pinned OVMF) is absent")
@@ -275,15 +328,14 @@ def test_prod_image_refuses_without_tdx(images: dict[str, Path], accel: list[str
     assert text.count(REPORT_PREFIX) == 1, "the report line reaches the serial console exactly once"
 
 
-def test_dev_image_serves_standin_behind_the_gateway(images: dict[str, Path], accel: list[str],
-                                                    tmp_path: Path) -> None:
+def test_dev_image_serves_standin_behind_the_gateway(images: dict[str, Path], accel: list[str], tmp_path: Path) -> None:
     with boot(images["dev"], agent_config("dev", "standin"), tmp_path / "dev", accel) as (proc, log, port):
         report, seconds = wait_report(proc, log)
         print(f"dev ({accel[1]}): report {seconds:.1f}s after QEMU start: {report}")
         assert report["state"] == "ready", f"{report}\n{_tail(log, 40)}"
         assert report.get("quoteSource") == "software-test", report
         ctx = ssl.create_default_context()
-        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE   # the TD's fresh self-signed key
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the TD's fresh self-signed key
         nonce = secrets.token_hex(32)
         url = f"https://127.0.0.1:{port}/.well-known/tdx-attestation?nonce={nonce}"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=ctx))
@@ -293,7 +345,7 @@ def test_dev_image_serves_standin_behind_the_gateway(images: dict[str, Path], ac
                 with opener.open(url, timeout=30) as resp:
                     status, body = resp.status, resp.read()
                 break
-            except OSError as exc:   # the forwarded port can lag the guest's listener briefly
+            except OSError as exc:  # the forwarded port can lag the guest's listener briefly
                 last = exc
                 time.sleep(1)
         else:

@@ -1,4 +1,5 @@
 """REPORTDATA channel binding: SHA-512(tag || SHA-256(SPKI) || nonce)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,12 +39,20 @@ def test_spki_from_certificate_bytes(spki: bytes) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.serialization import Encoding
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "td")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
     want = spki_der(key.public_key())
     assert spki_der(cert.public_bytes(Encoding.PEM)) == spki_der(cert.public_bytes(Encoding.DER)) == want
 

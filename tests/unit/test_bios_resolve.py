@@ -17,8 +17,13 @@ SPLIT = BiosSetting("key_split", "TME_MT_TDXKeySplit", "TME-MT/TDX key split", 1
 
 
 def entry(name: str, display: str, values: tuple[str, ...] = ("Enabled", "Disabled"), **extra: Any) -> dict[str, Any]:
-    return {"AttributeName": name, "DisplayName": display, "Type": "Enumeration",
-            "Value": [{"ValueName": v, "ValueDisplayName": v} for v in values], **extra}
+    return {
+        "AttributeName": name,
+        "DisplayName": display,
+        "Type": "Enumeration",
+        "Value": [{"ValueName": v, "ValueDisplayName": v} for v in values],
+        **extra,
+    }
 
 
 # --- resolution order -----------------------------------------------------------------------------
@@ -55,8 +60,10 @@ def test_suffix_regex_leaves_ordinary_names_alone() -> None:
 
 def test_hidden_duplicate_loses_to_the_visible_one() -> None:
     current = {"LimitCPUPAto46bits_F319": "Enabled", "LimitCPUPAto46bits_F31D": "Enabled"}
-    registry = [entry("LimitCPUPAto46bits_F319", "Limit CPU PA to 46 bits", Hidden=True),
-                entry("LimitCPUPAto46bits_F31D", "Limit CPU PA to 46 bits")]
+    registry = [
+        entry("LimitCPUPAto46bits_F319", "Limit CPU PA to 46 bits", Hidden=True),
+        entry("LimitCPUPAto46bits_F31D", "Limit CPU PA to 46 bits"),
+    ]
     assert resolve_attributes([PA], current, registry) == {"LimitCPUPAto46bits_F31D": "Disabled"}
 
 
@@ -78,9 +85,13 @@ def test_not_found_names_setting_attribute_display_name_and_fix() -> None:
     with pytest.raises(BiosError) as info:
         resolve_attributes([TDX], {"ProcTurboMode": "Enabled"}, [entry("ProcTurboMode", "Turbo")], vendor="supermicro")
     message = str(info.value)
-    for part in ("'tdx'", "'TrustDomainExtensions_TDX_'", "'Trust Domain Extension (TDX)'",
-                 "BIOS too old or attribute hidden until the previous phase is applied",
-                 "update BIOS or check the vendor table firmware/bios/supermicro.yaml"):
+    for part in (
+        "'tdx'",
+        "'TrustDomainExtensions_TDX_'",
+        "'Trust Domain Extension (TDX)'",
+        "BIOS too old or attribute hidden until the previous phase is applied",
+        "update BIOS or check the vendor table firmware/bios/supermicro.yaml",
+    ):
         assert part in message
     assert "\n" not in message
 
@@ -130,16 +141,25 @@ def test_value_outside_the_allowed_list_is_refused_with_both() -> None:
 
 
 def test_value_display_name_maps_to_the_value_name() -> None:
-    registry = [{"AttributeName": "LimitCPUPAto46bits", "DisplayName": "x", "Type": "Enumeration",
-                 "Value": [{"ValueName": "0x0", "ValueDisplayName": "Disabled"},
-                           {"ValueName": "0x1", "ValueDisplayName": "Enabled"}]}]
+    registry = [
+        {
+            "AttributeName": "LimitCPUPAto46bits",
+            "DisplayName": "x",
+            "Type": "Enumeration",
+            "Value": [
+                {"ValueName": "0x0", "ValueDisplayName": "Disabled"},
+                {"ValueName": "0x1", "ValueDisplayName": "Enabled"},
+            ],
+        }
+    ]
     assert resolve_attributes([PA], {"LimitCPUPAto46bits": "0x1"}, registry) == {"LimitCPUPAto46bits": "0x0"}
 
 
 def test_integer_registry_type_coerces_and_checks_bounds() -> None:
     split = BiosSetting("key_split", "KeySplit", "Key split", "1")
-    registry = [{"AttributeName": "KeySplit", "DisplayName": "Key split", "Type": "Integer",
-                 "LowerBound": 0, "UpperBound": 6}]
+    registry = [
+        {"AttributeName": "KeySplit", "DisplayName": "Key split", "Type": "Integer", "LowerBound": 0, "UpperBound": 6}
+    ]
     assert resolve_attributes([split], {"KeySplit": 0}, registry) == {"KeySplit": 1}
     too_big = BiosSetting("key_split", "KeySplit", "Key split", 9)
     with pytest.raises(BiosError, match=r"outside \[0, 6\]"):
@@ -222,8 +242,9 @@ def test_tls_trust_is_required_before_any_connection() -> None:
     with pytest.raises(BiosError, match="bmc.tlsFingerprint or bmc.caFile is required"):
         redfish.check_phase("https://192.0.2.1", "admin", "pw-not-used", "dell", 1)
     with pytest.raises(BiosError, match="only one of"):
-        redfish.check_phase("https://192.0.2.1", "admin", "pw-not-used", "dell", 1,
-                            tls_fingerprint="ab" * 32, ca_file="/etc/hostname")
+        redfish.check_phase(
+            "https://192.0.2.1", "admin", "pw-not-used", "dell", 1, tls_fingerprint="ab" * 32, ca_file="/etc/hostname"
+        )
 
 
 def test_unknown_vendor_and_phase_become_bios_errors() -> None:
@@ -242,11 +263,14 @@ def test_redaction_covers_password_and_basic_token() -> None:
 # --- CLI usage ------------------------------------------------------------------------------------
 
 
-def test_cli_without_credentials_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_without_credentials_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv(redfish.ENV_USERNAME, raising=False)
     monkeypatch.delenv(redfish.ENV_PASSWORD, raising=False)
-    code = redfish.main(["check", "--vendor", "dell", "--phase", "1", "--endpoint", "https://192.0.2.1",
-                         "--tls-fingerprint", "ab" * 32])
+    code = redfish.main(
+        ["check", "--vendor", "dell", "--phase", "1", "--endpoint", "https://192.0.2.1", "--tls-fingerprint", "ab" * 32]
+    )
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
     assert err.startswith("error: TDXGPU_BMC_USERNAME and TDXGPU_BMC_PASSWORD")
@@ -254,13 +278,28 @@ def test_cli_without_credentials_is_a_usage_error(monkeypatch: pytest.MonkeyPatc
 
 def test_cli_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        redfish.main(["apply", "--vendor", "dell", "--phase", "1", "--endpoint", "https://x",
-                      "--tls-fingerprint", "a", "--ca-file", "b"])
+        redfish.main(
+            [
+                "apply",
+                "--vendor",
+                "dell",
+                "--phase",
+                "1",
+                "--endpoint",
+                "https://x",
+                "--tls-fingerprint",
+                "a",
+                "--ca-file",
+                "b",
+            ]
+        )
     assert info.value.code == 2
     assert capsys.readouterr().out == ""
 
 
-def test_cli_bios_error_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bios_error_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv(redfish.ENV_USERNAME, "admin")
     monkeypatch.setenv(redfish.ENV_PASSWORD, "cli-secret-123")
     code = redfish.main(["check", "--vendor", "dell", "--phase", "1", "--endpoint", "http://192.0.2.1"])
@@ -272,4 +311,6 @@ def test_cli_bios_error_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch, 
 
 def test_locked_attribute_already_at_its_value_is_fine() -> None:
     registry = [entry("MemoryEncryption_TME_", "Memory Encryption (TME)", ReadOnly=True)]
-    assert resolve_attributes([TME], {"MemoryEncryption_TME_": "Enabled"}, registry) == {"MemoryEncryption_TME_": "Enabled"}
+    assert resolve_attributes([TME], {"MemoryEncryption_TME_": "Enabled"}, registry) == {
+        "MemoryEncryption_TME_": "Enabled"
+    }

@@ -144,15 +144,22 @@ def test_phase_lookup_error_names_the_table() -> None:
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"setting": "turbo", "attribute": "T", "displayName": "T", "value": "On"}, r"phases\.1\[0\]\.setting.*'turbo'"),
+        (
+            {"setting": "turbo", "attribute": "T", "displayName": "T", "value": "On"},
+            r"phases\.1\[0\]\.setting.*'turbo'",
+        ),
         ({"setting": "tme", "attribute": "T", "displayName": "T"}, r"phases\.1\[0\]\.value' is missing"),
         ({"setting": "tme", "attribute": "", "displayName": "T", "value": "x"}, r"phases\.1\[0\]\.attribute"),
         ({"setting": "tme", "attribute": "T", "displayName": "T", "value": True}, r"boolean True; quote it"),
         ({"setting": "tme", "attribute": "T", "displayName": "T", "value": "x", "note": 1}, r"unknown field.*note"),
-        ({"setting": "sgx", "attribute": "SgxFactoryReset", "displayName": "SGX Factory Reset", "value": "On"},
-         r"SGX Factory Reset must never be in a table"),
-        ({"setting": "tdx", "attribute": "Tdx1", "displayName": "TDX", "value": "Enabled"},
-         r"phases\.1' sets \['tdx'\].*move them to phase 2"),
+        (
+            {"setting": "sgx", "attribute": "SgxFactoryReset", "displayName": "SGX Factory Reset", "value": "On"},
+            r"SGX Factory Reset must never be in a table",
+        ),
+        (
+            {"setting": "tdx", "attribute": "Tdx1", "displayName": "TDX", "value": "Enabled"},
+            r"phases\.1' sets \['tdx'\].*move them to phase 2",
+        ),
     ],
 )
 def test_bad_entries_name_file_and_key(tmp_path: Path, entry: dict[str, object], message: str) -> None:

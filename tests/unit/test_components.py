@@ -1,4 +1,5 @@
 """The resource graph under Pulumi mocks: order, secrets, which steps a changed pin re-runs."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,13 @@ from components.config import ENCRYPTED, parse_stack
 
 from .test_config import HOST_KEY, good
 
-SECRETS = {"hosts[0].ssh.privateKey": "PRIVATE-KEY-0", "hosts[0].bmc.username": "bmc-admin",
-           "hosts[0].bmc.password": "BMC-PASSWORD", "hosts[1].ssh.privateKey": "PRIVATE-KEY-1",
-           "dcap.pccsApiKey": "PCS-API-KEY"}
+SECRETS = {
+    "hosts[0].ssh.privateKey": "PRIVATE-KEY-0",
+    "hosts[0].bmc.username": "bmc-admin",
+    "hosts[0].bmc.password": "BMC-PASSWORD",
+    "hosts[1].ssh.privateKey": "PRIVATE-KEY-1",
+    "dcap.pccsApiKey": "PCS-API-KEY",
+}
 
 
 def stack_config(stack: str = "staging", **platform: Any):
@@ -31,13 +36,20 @@ class Mocks(pulumi.runtime.Mocks):
             if args.name.endswith("-reboot"):
                 facts.update(boot_id="boot-1", rebooting=True)
             if args.name.endswith("-preflight-check"):
-                facts.update(cpu_model_name="Intel(R) Xeon(R) Platinum 8580", production_silicon=True,
-                             kernel="6.17.0-8-generic", os="ubuntu-26.04", tee_io={"enabled": False})
+                facts.update(
+                    cpu_model_name="Intel(R) Xeon(R) Platinum 8580",
+                    production_silicon=True,
+                    kernel="6.17.0-8-generic",
+                    os="ubuntu-26.04",
+                    tee_io={"enabled": False},
+                )
             if args.name.endswith("-kernel-wait"):
                 facts.update(cmdline="ro nohibernate kvm_intel.tdx=1", tdx_module_version="1.5.34")
             if args.name.endswith("-gpu-mode"):
-                facts.update(gpus=[{"bdf": "0000:b8:00.0", "vbios": "96.00.9F.00.01", "cc_mode": "on",
-                                    "ppcie_mode": "off"}], tools_version="2025.11.21")
+                facts.update(
+                    gpus=[{"bdf": "0000:b8:00.0", "vbios": "96.00.9F.00.01", "cc_mode": "on", "ppcie_mode": "off"}],
+                    tools_version="2025.11.21",
+                )
             outs.update(stdout=json.dumps(facts), stderr="")
         if args.typ == "command:local:Command":
             outs.update(stdout=json.dumps({"phase": 2, "bios_version": "2.7.1", "changed": False}), stderr="")
@@ -109,8 +121,15 @@ def test_host_without_bmc_only_verifies_bios_from_the_host():
 def test_connections_pin_the_host_key_and_wait_dials_without_limit():
     _, rec = build(stack_config())
     remote_cmds = {n: a for n, a in rec.resources.items() if a.type_ == "command:remote:Command"}
-    assert set(remote_cmds) == {"gpu-a-preflight-check", "gpu-a-bios-verify", "gpu-a-kernel-cmdline",
-                                "gpu-a-kernel-reboot", "gpu-a-kernel-wait", "gpu-a-gpu-mode", "gpu-a-dcap-services"}
+    assert set(remote_cmds) == {
+        "gpu-a-preflight-check",
+        "gpu-a-bios-verify",
+        "gpu-a-kernel-cmdline",
+        "gpu-a-kernel-reboot",
+        "gpu-a-kernel-wait",
+        "gpu-a-gpu-mode",
+        "gpu-a-dcap-services",
+    }
     assert rec.resources["gpu-a-kernel-wait"].opts.custom_timeouts.create == "1800s"
     # `pulumi destroy` undoes what these steps install; the others have nothing to remove.
     with_delete = {n for n, a in remote_cmds.items() if a.props.get("delete")}
@@ -119,8 +138,13 @@ def test_connections_pin_the_host_key_and_wait_dials_without_limit():
     def check(conns):
         for name, conn in conns.items():
             assert conn["host_key"] == HOST_KEY and conn["host"] == "192.0.2.10", name
-            assert conn["dial_error_limit"] == (-1 if name in ("gpu-a-kernel-reboot", "gpu-a-kernel-wait", "gpu-a-bios-verify") else 10), name
-    return pulumi.Output.all(**{n: pulumi.Output.from_input(a.props["connection"]) for n, a in remote_cmds.items()}).apply(check)
+            assert conn["dial_error_limit"] == (
+                -1 if name in ("gpu-a-kernel-reboot", "gpu-a-kernel-wait", "gpu-a-bios-verify") else 10
+            ), name
+
+    return pulumi.Output.all(
+        **{n: pulumi.Output.from_input(a.props["connection"]) for n, a in remote_cmds.items()}
+    ).apply(check)
 
 
 @pulumi.runtime.test
@@ -141,13 +165,18 @@ def test_secrets_stay_secret_and_never_reach_plain_inputs():
     flags.append(pulumi.Output.from_input(dcap.props["stdin"]).is_secret())
     for phase in ("gpu-a-bios-phase1", "gpu-a-bios-phase2"):
         env = rec.resources[phase].props["environment"]
-        flags += [pulumi.Output.from_input(env["TDXGPU_BMC_PASSWORD"]).is_secret(),
-                  pulumi.Output.from_input(env["TDXGPU_BMC_USERNAME"]).is_secret()]
+        flags += [
+            pulumi.Output.from_input(env["TDXGPU_BMC_PASSWORD"]).is_secret(),
+            pulumi.Output.from_input(env["TDXGPU_BMC_USERNAME"]).is_secret(),
+        ]
         assert "BMC-PASSWORD" not in rec.resources[phase].props["create"]
     assert dcap.props["logging"] == "none"
     # Everything a non-secret command is given, and every command line, is free of secrets.
-    plain = [pulumi.Output.from_input(a.props["stdin"]) for n, a in rec.resources.items()
-             if a.type_ == "command:remote:Command" and n != "gpu-a-dcap-services"]
+    plain = [
+        pulumi.Output.from_input(a.props["stdin"])
+        for n, a in rec.resources.items()
+        if a.type_ == "command:remote:Command" and n != "gpu-a-dcap-services"
+    ]
     plain += [pulumi.Output.from_input(a.props["create"]) for a in rec.resources.values() if "create" in a.props]
     return pulumi.Output.all(pulumi.Output.all(*flags), pulumi.Output.all(*plain)).apply(inspect)
 
@@ -156,23 +185,29 @@ def _stdin_digests(cfg) -> pulumi.Output[dict[str, str]]:
     import hashlib
 
     _, rec = build(cfg)
-    stdins = {n: pulumi.Output.from_input(a.props["stdin"]) for n, a in rec.resources.items()
-              if a.type_ == "command:remote:Command"}
+    stdins = {
+        n: pulumi.Output.from_input(a.props["stdin"])
+        for n, a in rec.resources.items()
+        if a.type_ == "command:remote:Command"
+    }
     return pulumi.Output.all(**stdins).apply(
-        lambda d: {n: hashlib.sha256(s.encode()).hexdigest() for n, s in d.items()})
+        lambda d: {n: hashlib.sha256(s.encode()).hexdigest() for n, s in d.items()}
+    )
 
 
 @pulumi.runtime.test
 def test_changed_pin_reruns_exactly_the_affected_steps():
     base = stack_config(tdxModule="1.5.34")
     pinned = stack_config(tdxModule="1.5.20")
-    gpu_changed = replace(base, hosts=(replace(base.hosts[0], gpu=replace(base.hosts[0].gpu, mode="devtools")),
-                                       *base.hosts[1:]))
+    gpu_changed = replace(
+        base, hosts=(replace(base.hosts[0], gpu=replace(base.hosts[0].gpu, mode="devtools")), *base.hosts[1:])
+    )
 
     def compare(digests):
         a, b, c = digests
         assert {n for n in a if a[n] != b[n]} == {"gpu-a-kernel-cmdline", "gpu-a-kernel-reboot", "gpu-a-kernel-wait"}
         assert {n for n in a if a[n] != c[n]} == {"gpu-a-gpu-mode"}
+
     return pulumi.Output.all(_stdin_digests(base), _stdin_digests(pinned), _stdin_digests(gpu_changed)).apply(compare)
 
 
@@ -187,16 +222,19 @@ def test_facts_output_summarises_observed_values():
         assert facts["teeIo"] is False and facts["productionSilicon"] is True
         for secret in SECRETS.values():
             assert secret not in json.dumps(facts)
+
     return host.facts.apply(check)
 
 
 def _runtime_config(raw: dict, secret_top: set[str]) -> None:
-    pulumi.runtime.set_all_config({f"tdx-vllm:{k}": json.dumps(v) for k, v in raw.items()},
-                                  secret_keys=[f"tdx-vllm:{k}" for k in secret_top])
+    pulumi.runtime.set_all_config(
+        {f"tdx-vllm:{k}": json.dumps(v) for k, v in raw.items()}, secret_keys=[f"tdx-vllm:{k}" for k in secret_top]
+    )
 
 
 def _decrypted(raw: dict) -> dict:
     """Stands in for Pulumi's decryption: each encrypted leaf gets its secret value."""
+
     def fill(value, path=""):
         if value is ENCRYPTED:
             return SECRETS[path]
@@ -205,6 +243,7 @@ def _decrypted(raw: dict) -> dict:
         if isinstance(value, list):
             return [fill(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return value
+
     return fill(raw)
 
 
@@ -220,7 +259,8 @@ def test_program_validation_reads_secret_leaves_from_the_stack_file(tmp_path):
     raw = good()
     file_form = replace_encrypted(raw, {"secure": "v1:abc"})
     (tmp_path / "Pulumi.staging.yaml").write_text(
-        yaml.safe_dump({"config": {f"tdx-vllm:{k}": v for k, v in file_form.items()}}))
+        yaml.safe_dump({"config": {f"tdx-vllm:{k}": v for k, v in file_form.items()}})
+    )
     _runtime_config(_decrypted(raw), {"hosts", "dcap"})
     cfg = load_from_pulumi(tmp_path)
     assert cfg.hosts[0].ssh.private_key.value == "PRIVATE-KEY-0" and cfg.dcap.pccs_api_key.value == "PCS-API-KEY"
@@ -228,7 +268,8 @@ def test_program_validation_reads_secret_leaves_from_the_stack_file(tmp_path):
     # The BMC password typed in plain text next to other secrets: only the stack file can tell.
     file_form["hosts"][0]["bmc"]["password"] = "BMC-PASSWORD"
     (tmp_path / "Pulumi.staging.yaml").write_text(
-        yaml.safe_dump({"config": {f"tdx-vllm:{k}": v for k, v in file_form.items()}}))
+        yaml.safe_dump({"config": {f"tdx-vllm:{k}": v for k, v in file_form.items()}})
+    )
     with pytest.raises(ConfigErrors) as info:
         load_from_pulumi(tmp_path)
     assert [e.path for e in info.value.errors] == ["hosts[0].bmc.password"]
@@ -253,8 +294,16 @@ class RecordingMocks(Mocks):
         return super().new_resource(args)
 
 
-def run_program(mocks: Mocks, raw: dict, secret_top: set[str], monkeypatch: pytest.MonkeyPatch, *, stack: str,
-                preview: bool = False, resolve: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_program(
+    mocks: Mocks,
+    raw: dict,
+    secret_top: set[str],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    stack: str,
+    preview: bool = False,
+    resolve: tuple[str, ...] = (),
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """__main__.py end to end under `mocks`, with `raw` as the stack config (secret leaves under the
     `secret_top` keys); waits for every registration it started. (exports, the resolved values of
     the exports named in `resolve`)."""
@@ -272,7 +321,8 @@ def run_program(mocks: Mocks, raw: dict, secret_top: set[str], monkeypatch: pyte
         runpy.run_path(str(Path(__file__).resolve().parents[2] / "__main__.py"), run_name="__main__")
         if resolve:
             return pulumi.Output.all(*(exported[n] for n in resolve)).apply(
-                lambda values: resolved.update(zip(resolve, values)))
+                lambda values: resolved.update(zip(resolve, values))
+            )
 
     program()
     return exported, resolved

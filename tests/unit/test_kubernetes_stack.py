@@ -1,5 +1,6 @@
 """`workload.target: kubernetes` in a stack: config validation and __main__.py under Pulumi mocks
 (the component itself is tested in test_kubernetes_workload.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -87,19 +88,24 @@ def test_the_kubernetes_block_needs_the_kubernetes_target() -> None:
 def test_outside_dev_an_agent_policy_is_required() -> None:
     raw = k8s_only()
     del raw["workload"]["kubernetes"]["agentPolicyFile"]
-    assert any(e.startswith("workload.kubernetes.agentPolicyFile: required outside the `dev` stack")
-               for e in errors(raw, "prod"))
+    assert any(
+        e.startswith("workload.kubernetes.agentPolicyFile: required outside the `dev` stack")
+        for e in errors(raw, "prod")
+    )
     assert parse_stack(raw, "dev").workload.kubernetes.agent_policy is None
     for empty in (None, ""):  # `agentPolicyFile:` left empty is missing too
         raw["workload"]["kubernetes"]["agentPolicyFile"] = empty
-        assert any(e.startswith("workload.kubernetes.agentPolicyFile: required outside the `dev` stack")
-                   for e in errors(raw, "prod")), empty
+        assert any(
+            e.startswith("workload.kubernetes.agentPolicyFile: required outside the `dev` stack")
+            for e in errors(raw, "prod")
+        ), empty
 
 
 def test_the_program_deploys_to_kubernetes_under_mocks(monkeypatch) -> None:
     mocks = RecordingMocks()
-    exported, seen = run_program(mocks, _decrypted(k8s_only()), set(), monkeypatch, stack="staging",
-                                 resolve=("endpoints", "ready", "promotable"))
+    exported, seen = run_program(
+        mocks, _decrypted(k8s_only()), set(), monkeypatch, stack="staging", resolve=("endpoints", "ready", "promotable")
+    )
     kinds = sorted(typ for typ, _ in mocks.created)
     assert "kubernetes:apps/v1:Deployment" in kinds and "kubernetes:core/v1:Service" in kinds
     assert not [t for t in kinds if t.startswith(("command:", "tdx-vllm:host", "tdx-vllm:td"))]

@@ -1,6 +1,7 @@
 """The Kubernetes target: config parsing and every error, the rendered manifests validated offline
 against the Kubernetes 1.37 schema, the init data annotation, the in-pod scripts run for real on
 loopback, and the component under Pulumi mocks."""
+
 from __future__ import annotations
 
 import base64
@@ -22,12 +23,24 @@ import pulumi
 import pytest
 
 from components.config import ENCRYPTED, ConfigError
-from components.kubernetes_workload import (DEFAULT_GPU_RESOURCE, DEFAULT_RUNTIME_CLASS,
-                                            INITDATA_ANNOTATION, INITDATA_DIGEST_KEY, INITDATA_MANIFEST_KEY,
-                                            INITDATA_POLICY_KEY, MODEL_FETCH_SCRIPT, KnownAnswer,
-                                            KubernetesWorkloadArgs, KubernetesWorkloadError,
-                                            decode_initdata_annotation, expected_pins, known_answer_command,
-                                            kubernetes_target_from_mapping, render_manifests, workload_problems)
+from components.kubernetes_workload import (
+    DEFAULT_GPU_RESOURCE,
+    DEFAULT_RUNTIME_CLASS,
+    INITDATA_ANNOTATION,
+    INITDATA_DIGEST_KEY,
+    INITDATA_MANIFEST_KEY,
+    INITDATA_POLICY_KEY,
+    MODEL_FETCH_SCRIPT,
+    KnownAnswer,
+    KubernetesWorkloadArgs,
+    KubernetesWorkloadError,
+    decode_initdata_annotation,
+    expected_pins,
+    known_answer_command,
+    kubernetes_target_from_mapping,
+    render_manifests,
+    workload_problems,
+)
 from tdxattest.policy import pins_from_stack_output
 from tdxattest.workload import CPU_OFFLOAD_VLLM_FLAGS, WorkloadManifest, manifest_from_mapping
 from tests.loopback_http import LoopbackFileServer
@@ -41,18 +54,22 @@ POLICY = "package agent_policy\n\ndefault ExecProcessRequest := false\n"
 
 
 def manifest_doc(**over: Any) -> dict:
-    doc = {"image": IMAGE,
-           "model": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": REV,
-                     "files": {"config.json": "aa" * 32, "model.safetensors": "bb" * 32}},
-           "vllmArgs": ["--max-model-len", "4096", "--gpu-memory-utilization=0.9"],
-           "tensorParallelSize": 1}
+    doc = {
+        "image": IMAGE,
+        "model": {
+            "id": "Qwen/Qwen2.5-0.5B-Instruct",
+            "revision": REV,
+            "files": {"config.json": "aa" * 32, "model.safetensors": "bb" * 32},
+        },
+        "vllmArgs": ["--max-model-len", "4096", "--gpu-memory-utilization=0.9"],
+        "tensorParallelSize": 1,
+    }
     doc.update(over)
     return doc
 
 
 def target_doc(**over: Any) -> dict:
-    doc = {"gatewayImage": GATEWAY,
-           "referenceValues": {"mrtd": MRTD, "rtmr0": RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2}}
+    doc = {"gatewayImage": GATEWAY, "referenceValues": {"mrtd": MRTD, "rtmr0": RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2}}
     doc.update(over)
     return doc
 
@@ -65,8 +82,9 @@ def target(**over: Any):
 
 def make_args(manifest: WorkloadManifest | None = None, **target_over: Any) -> KubernetesWorkloadArgs:
     m = manifest or manifest_from_mapping(manifest_doc())
-    return KubernetesWorkloadArgs(manifest=m, target=target(**target_over),
-                                  known_answer=KnownAnswer("The capital of France is", "Paris"))
+    return KubernetesWorkloadArgs(
+        manifest=m, target=target(**target_over), known_answer=KnownAnswer("The capital of France is", "Paris")
+    )
 
 
 def errors_of(doc: Any, **kw: Any) -> list[ConfigError]:
@@ -112,20 +130,53 @@ def test_minimal_target_takes_the_documented_defaults():
 
 def test_full_target(tmp_path: Path):
     (tmp_path / "policy.rego").write_text(POLICY)
-    t, errors = kubernetes_target_from_mapping(target_doc(
-        namespace="inference", name="qwen", createNamespace="false", runtimeClassName="my-kata-qemu-tdx",
-        gpuCount="2", gpuResource="nvidia.com/GH100_H100_SXM5_80GB", memory="128Gi", cpu=16, modelCacheSize="20Gi",
-        service={"type": "NodePort", "port": 443, "nodePort": 31443}, kubeconfig="~/.kube/prod", context="prod",
-        agentPolicyFile="policy.rego",
-        referenceValues={"mrtd": MRTD.upper(), "rtmr0": "0x" + RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2,
-                         "tdAttributes": "0000001000000000"}), stack="staging", base_dir=tmp_path)
+    t, errors = kubernetes_target_from_mapping(
+        target_doc(
+            namespace="inference",
+            name="qwen",
+            createNamespace="false",
+            runtimeClassName="my-kata-qemu-tdx",
+            gpuCount="2",
+            gpuResource="nvidia.com/GH100_H100_SXM5_80GB",
+            memory="128Gi",
+            cpu=16,
+            modelCacheSize="20Gi",
+            service={"type": "NodePort", "port": 443, "nodePort": 31443},
+            kubeconfig="~/.kube/prod",
+            context="prod",
+            agentPolicyFile="policy.rego",
+            referenceValues={
+                "mrtd": MRTD.upper(),
+                "rtmr0": "0x" + RTMR0,
+                "rtmr1": RTMR1,
+                "rtmr2": RTMR2,
+                "tdAttributes": "0000001000000000",
+            },
+        ),
+        stack="staging",
+        base_dir=tmp_path,
+    )
     assert errors == []
-    assert (t.namespace, t.name, t.create_namespace, t.runtime_class_name) == ("inference", "qwen", False,
-                                                                               "my-kata-qemu-tdx")
+    assert (t.namespace, t.name, t.create_namespace, t.runtime_class_name) == (
+        "inference",
+        "qwen",
+        False,
+        "my-kata-qemu-tdx",
+    )
     assert (t.gpu_count, t.gpu_resource, t.memory, t.cpu, t.model_cache_size) == (
-        2, "nvidia.com/GH100_H100_SXM5_80GB", "128Gi", "16", "20Gi")
+        2,
+        "nvidia.com/GH100_H100_SXM5_80GB",
+        "128Gi",
+        "16",
+        "20Gi",
+    )
     assert (t.service_type, t.service_port, t.node_port, t.kubeconfig, t.context) == (
-        "NodePort", 443, 31443, "~/.kube/prod", "prod")
+        "NodePort",
+        443,
+        31443,
+        "~/.kube/prod",
+        "prod",
+    )
     assert t.agent_policy == POLICY and t.agent_policy_file == "policy.rego"
     assert t.reference_values.mrtd == MRTD and t.reference_values.rtmr0 == RTMR0
     assert t.reference_values.td_attributes == "0000001000000000"
@@ -141,31 +192,36 @@ def test_missing_or_malformed_block():
 def test_unknown_keys_get_did_you_mean():
     e = one_error(target_doc(gatewayImg=GATEWAY), "workload.kubernetes.gatewayImg")
     assert e.problem == "unknown key" and "did you mean `gatewayImage`?" in e.fix
-    e = one_error(target_doc(referenceValues={"mrtd": MRTD, "rtmr0": RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2,
-                                              "rtmr4": RTMR2}), "workload.kubernetes.referenceValues.rtmr4")
+    e = one_error(
+        target_doc(referenceValues={"mrtd": MRTD, "rtmr0": RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2, "rtmr4": RTMR2}),
+        "workload.kubernetes.referenceValues.rtmr4",
+    )
     assert "known keys" in e.fix or "did you mean" in e.fix
     e = one_error(target_doc(service={"typ": "ClusterIP"}), "workload.kubernetes.service.typ")
     assert "did you mean `type`?" in e.fix
 
 
-@pytest.mark.parametrize("key,value,path,needle", [
-    ("namespace", "Bad_NS", "namespace", "not a valid name"),
-    ("name", "x" * 41, "name", "at most 40"),
-    ("runtimeClassName", "kata-qemu-nvidia-gpu", "runtimeClassName", "not a Kata TDX runtime class"),
-    ("runtimeClassName", "kata-qemu-snp", "runtimeClassName", "not a Kata TDX runtime class"),
-    ("runtimeClassName", "Kata TDX", "runtimeClassName", "not a valid RuntimeClass name"),
-    ("gatewayImage", "ghcr.io/example/gw:latest", "gatewayImage", "not an image pinned by digest"),
-    ("gatewayImage", "ghcr.io/example/gw@sha256:ABC", "gatewayImage", "not an image pinned by digest"),
-    ("gpuCount", 0, "gpuCount", "integer in 1..8"),
-    ("gpuCount", 9, "gpuCount", "integer in 1..8"),
-    ("gpuResource", "gpu", "gpuResource", "not an extended resource name"),
-    ("memory", "64GB", "memory", "not a memory size"),
-    ("cpu", "eight", "cpu", "not a CPU count"),
-    ("modelCacheSize", "lots", "modelCacheSize", "not a size"),
-    ("kubeconfig", ENCRYPTED, "kubeconfig", "is a secret"),
-    ("context", 7, "context", "non-empty string"),
-    ("createNamespace", "yes", "createNamespace", "true or false"),
-])
+@pytest.mark.parametrize(
+    "key,value,path,needle",
+    [
+        ("namespace", "Bad_NS", "namespace", "not a valid name"),
+        ("name", "x" * 41, "name", "at most 40"),
+        ("runtimeClassName", "kata-qemu-nvidia-gpu", "runtimeClassName", "not a Kata TDX runtime class"),
+        ("runtimeClassName", "kata-qemu-snp", "runtimeClassName", "not a Kata TDX runtime class"),
+        ("runtimeClassName", "Kata TDX", "runtimeClassName", "not a valid RuntimeClass name"),
+        ("gatewayImage", "ghcr.io/example/gw:latest", "gatewayImage", "not an image pinned by digest"),
+        ("gatewayImage", "ghcr.io/example/gw@sha256:ABC", "gatewayImage", "not an image pinned by digest"),
+        ("gpuCount", 0, "gpuCount", "integer in 1..8"),
+        ("gpuCount", 9, "gpuCount", "integer in 1..8"),
+        ("gpuResource", "gpu", "gpuResource", "not an extended resource name"),
+        ("memory", "64GB", "memory", "not a memory size"),
+        ("cpu", "eight", "cpu", "not a CPU count"),
+        ("modelCacheSize", "lots", "modelCacheSize", "not a size"),
+        ("kubeconfig", ENCRYPTED, "kubeconfig", "is a secret"),
+        ("context", 7, "context", "non-empty string"),
+        ("createNamespace", "yes", "createNamespace", "true or false"),
+    ],
+)
 def test_each_field_error(key, value, path, needle):
     e = one_error(target_doc(**{key: value}), f"workload.kubernetes.{path}")
     assert needle in e.problem, e
@@ -178,13 +234,16 @@ def test_gateway_image_required():
     assert e.problem == "required" and "sha256" in e.fix
 
 
-@pytest.mark.parametrize("service,path,needle", [
-    ({"type": "Loadbalancer"}, "service.type", "not one of"),
-    ({"port": 70000}, "service.port", "integer in 1..65535"),
-    ({"type": "ClusterIP", "nodePort": 31000}, "service.nodePort", "only used with `type: NodePort`"),
-    ({"type": "NodePort", "nodePort": 80}, "service.nodePort", "integer in 30000..32767"),
-    ("ClusterIP", "service", "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "service,path,needle",
+    [
+        ({"type": "Loadbalancer"}, "service.type", "not one of"),
+        ({"port": 70000}, "service.port", "integer in 1..65535"),
+        ({"type": "ClusterIP", "nodePort": 31000}, "service.nodePort", "only used with `type: NodePort`"),
+        ({"type": "NodePort", "nodePort": 80}, "service.nodePort", "integer in 30000..32767"),
+        ("ClusterIP", "service", "expected a mapping"),
+    ],
+)
 def test_service_errors(service, path, needle):
     e = one_error(target_doc(service=service), f"workload.kubernetes.{path}")
     assert needle in e.problem
@@ -202,19 +261,25 @@ def test_reference_values_errors():
     assert "96 hex digits" in e.problem
     e = one_error(target_doc(referenceValues={**rv, "rtmr2": "0" * 96}), "workload.kubernetes.referenceValues.rtmr2")
     assert "all zeros" in e.problem
-    e = one_error(target_doc(referenceValues={**rv, "rtmr2": RTMR2, "tdAttributes": "0100001000000000"}),
-                  "workload.kubernetes.referenceValues.tdAttributes")
+    e = one_error(
+        target_doc(referenceValues={**rv, "rtmr2": RTMR2, "tdAttributes": "0100001000000000"}),
+        "workload.kubernetes.referenceValues.tdAttributes",
+    )
     assert "DEBUG" in e.problem
-    e = one_error(target_doc(referenceValues={**rv, "rtmr2": RTMR2, "tdAttributes": "xyz"}),
-                  "workload.kubernetes.referenceValues.tdAttributes")
+    e = one_error(
+        target_doc(referenceValues={**rv, "rtmr2": RTMR2, "tdAttributes": "xyz"}),
+        "workload.kubernetes.referenceValues.tdAttributes",
+    )
     assert "16 hex digits" in e.problem
 
 
 def test_hex_that_yaml_read_as_a_number_says_quote_it():
     rv = {"mrtd": int("1" * 96), "rtmr0": RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2, "tdAttributes": 1000000000}
     errors = errors_of(target_doc(referenceValues=rv))
-    assert [e.path for e in errors] == ["workload.kubernetes.referenceValues.mrtd",
-                                        "workload.kubernetes.referenceValues.tdAttributes"]
+    assert [e.path for e in errors] == [
+        "workload.kubernetes.referenceValues.mrtd",
+        "workload.kubernetes.referenceValues.tdAttributes",
+    ]
     assert all("as the number" in e.problem and "quote it" in e.fix for e in errors)
 
 
@@ -228,13 +293,23 @@ def test_cli_prints_the_manifests_for_genpolicy(tmp_path: Path):
     del workload["td"]
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text(yaml.safe_dump({"config": {"tdx-vllm:workload": workload}}))
-    done = subprocess.run([sys.executable, "-m", "components.kubernetes_workload", str(stack)], capture_output=True,
-                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-m", "components.kubernetes_workload", str(stack)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert done.returncode == 0, done.stderr
     assert [d["kind"] for d in yaml.safe_load_all(done.stdout)] == ["Namespace", "Deployment", "Service"]
     (tmp_path / "Pulumi.prod.yaml").write_text(stack.read_text())
-    refused = subprocess.run([sys.executable, "-m", "components.kubernetes_workload", str(tmp_path / "Pulumi.prod.yaml")],
-                             capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    refused = subprocess.run(
+        [sys.executable, "-m", "components.kubernetes_workload", str(tmp_path / "Pulumi.prod.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert refused.returncode == 1 and "agentPolicyFile" in refused.stderr
 
 
@@ -242,8 +317,9 @@ def test_agent_policy_file(tmp_path: Path):
     e = one_error(target_doc(agentPolicyFile="missing.rego"), "workload.kubernetes.agentPolicyFile", base_dir=tmp_path)
     assert "cannot read" in e.problem
     (tmp_path / "not-policy.rego").write_text("package something_else\n")
-    e = one_error(target_doc(agentPolicyFile="not-policy.rego"), "workload.kubernetes.agentPolicyFile",
-                  base_dir=tmp_path)
+    e = one_error(
+        target_doc(agentPolicyFile="not-policy.rego"), "workload.kubernetes.agentPolicyFile", base_dir=tmp_path
+    )
     assert "not a Kata agent policy" in e.problem
     # Outside dev, a policy is required: without one the host can exec into the TD.
     e = one_error(target_doc(), "workload.kubernetes.agentPolicyFile", stack="prod")
@@ -255,16 +331,37 @@ def test_agent_policy_file(tmp_path: Path):
 def test_every_error_is_reported_at_once():
     doc = target_doc(namespace="BAD", gatewayImage="gw:latest", gpuCount=0, service={"type": "Ingress"}, bogus=1)
     paths = {e.path for e in errors_of(doc)}
-    assert paths == {"workload.kubernetes.namespace", "workload.kubernetes.gatewayImage", "workload.kubernetes.gpuCount",
-                     "workload.kubernetes.service.type", "workload.kubernetes.bogus"}
+    assert paths == {
+        "workload.kubernetes.namespace",
+        "workload.kubernetes.gatewayImage",
+        "workload.kubernetes.gpuCount",
+        "workload.kubernetes.service.type",
+        "workload.kubernetes.bogus",
+    }
 
 
 def test_workload_problems_name_each_offending_input():
-    m = manifest_from_mapping(manifest_doc(tensorParallelSize=2, vllmArgs=[
-        "--cpu-offload-gb", "8", "--kv-offloading-size=16", "--host", "0.0.0.0", "--max-model-len", "4096"]))
+    m = manifest_from_mapping(
+        manifest_doc(
+            tensorParallelSize=2,
+            vllmArgs=[
+                "--cpu-offload-gb",
+                "8",
+                "--kv-offloading-size=16",
+                "--host",
+                "0.0.0.0",
+                "--max-model-len",
+                "4096",
+            ],
+        )
+    )
     problems = workload_problems(m, target())
-    assert [p.path for p in problems] == ["workload.kubernetes.gpuCount", "workload.vllmArgs[0]",
-                                          "workload.vllmArgs[2]", "workload.vllmArgs[3]"]
+    assert [p.path for p in problems] == [
+        "workload.kubernetes.gpuCount",
+        "workload.vllmArgs[0]",
+        "workload.vllmArgs[2]",
+        "workload.vllmArgs[3]",
+    ]
     assert "encrypted bounce buffers" in problems[1].problem and "gateway" in problems[3].problem
     with pytest.raises(KubernetesWorkloadError, match="gpuCount"):
         render_manifests(KubernetesWorkloadArgs(m, target(), KnownAnswer("p", "e")))
@@ -295,8 +392,9 @@ VARIANTS = {
 def test_rendered_manifests_validate_against_the_kubernetes_schema(variant):
     objs = render_manifests(make_args(**VARIANTS[variant]))
     kinds = [o["kind"] for o in objs]
-    assert kinds == (["Deployment", "Service"] if variant == "nodeport-no-namespace"
-                     else ["Namespace", "Deployment", "Service"])
+    assert kinds == (
+        ["Deployment", "Service"] if variant == "nodeport-no-namespace" else ["Namespace", "Deployment", "Service"]
+    )
     for obj in objs:
         kubernetes_validate.validate(copy.deepcopy(obj), K8S_VERSION, strict=True)
 
@@ -331,8 +429,18 @@ def test_vllm_container_args_env_and_no_cpu_offload():
     vllm = containers(objs)["vllm"]
     assert vllm["image"] == IMAGE
     args = vllm["args"]
-    assert args[:10] == ["--model", "/models/model", "--served-model-name", "Qwen/Qwen2.5-0.5B-Instruct",
-                         "--host", "127.0.0.1", "--port", "8000", "--tensor-parallel-size", "1"]
+    assert args[:10] == [
+        "--model",
+        "/models/model",
+        "--served-model-name",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8000",
+        "--tensor-parallel-size",
+        "1",
+    ]
     assert args[10:] == ["--max-model-len", "4096", "--gpu-memory-utilization=0.9"]
     assert not any(a.split("=")[0] in CPU_OFFLOAD_VLLM_FLAGS for a in args)
     env = {e["name"]: e["value"] for e in vllm["env"]}
@@ -344,17 +452,34 @@ def test_gateway_container_and_known_answer_probe():
     objs = render_manifests(make_args())
     gw = containers(objs)["gateway"]
     assert gw["image"] == GATEWAY
-    assert gw["command"] == ["python3", "-m", "tdxattest", "gateway", "--listen", "0.0.0.0:8443",
-                             "--upstream", "http://127.0.0.1:8000"]
+    assert gw["command"] == [
+        "python3",
+        "-m",
+        "tdxattest",
+        "gateway",
+        "--listen",
+        "0.0.0.0:8443",
+        "--upstream",
+        "http://127.0.0.1:8000",
+    ]
     assert gw["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
     cmd = gw["readinessProbe"]["exec"]["command"]
     assert cmd[3:5] == ["https://127.0.0.1:8443", "Paris"]
     # the guest agent's own greedy request, field for field
-    assert json.loads(cmd[5]) == {"model": "Qwen/Qwen2.5-0.5B-Instruct", "prompt": "The capital of France is",
-                                  "max_tokens": 16, "temperature": 0, "top_p": 1, "seed": 0, "stream": False}
+    assert json.loads(cmd[5]) == {
+        "model": "Qwen/Qwen2.5-0.5B-Instruct",
+        "prompt": "The capital of France is",
+        "max_tokens": 16,
+        "temperature": 0,
+        "top_p": 1,
+        "seed": 0,
+        "stream": False,
+    }
     svc = by_kind(objs)["Service"]
-    assert svc["spec"]["ports"][0]["targetPort"] == "https" and svc["spec"]["selector"] == by_kind(objs)[
-        "Deployment"]["spec"]["selector"]["matchLabels"]
+    assert (
+        svc["spec"]["ports"][0]["targetPort"] == "https"
+        and svc["spec"]["selector"] == by_kind(objs)["Deployment"]["spec"]["selector"]["matchLabels"]
+    )
 
 
 def test_every_image_is_by_digest():
@@ -388,7 +513,8 @@ def test_init_data_carries_the_agent_policy_and_changes_mrconfigid(tmp_path: Pat
     with_policy = replace(make_args(), target=t)
     objs = render_manifests(with_policy)
     toml_text = decode_initdata_annotation(
-        by_kind(objs)["Deployment"]["spec"]["template"]["metadata"]["annotations"][INITDATA_ANNOTATION])
+        by_kind(objs)["Deployment"]["spec"]["template"]["metadata"]["annotations"][INITDATA_ANNOTATION]
+    )
     assert tomllib.loads(toml_text)["data"][INITDATA_POLICY_KEY] == t.agent_policy
     pins, plain = expected_pins(with_policy), expected_pins(make_args())
     assert pins["mrconfigid"] != plain["mrconfigid"]
@@ -405,8 +531,15 @@ def test_a_changed_manifest_changes_the_init_data_and_mrconfigid():
 
 
 def test_pins_are_readable_by_the_verifying_proxy():
-    args = make_args(referenceValues={"mrtd": MRTD, "rtmr0": RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2,
-                                      "tdAttributes": "0000001000000000"})
+    args = make_args(
+        referenceValues={
+            "mrtd": MRTD,
+            "rtmr0": RTMR0,
+            "rtmr1": RTMR1,
+            "rtmr2": RTMR2,
+            "tdAttributes": "0000001000000000",
+        }
+    )
     pins = expected_pins(args)
     assert (pins["mrtd"], pins["rtmr0"], pins["rtmr1"], pins["rtmr2"]) == (MRTD, RTMR0, RTMR1, RTMR2)
     assert pins["rtmr3"] is None and "MRCONFIGID" in pins["reasons"]["rtmr3"]
@@ -434,9 +567,13 @@ def file_server(tmp_path: Path):
 
 
 def _fetch(url: str, files: dict, dest: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", MODEL_FETCH_SCRIPT, url + "/{id}/{revision}/{path}", "org/m", REV,
-                           str(dest)], env={"TDX_VLLM_MODEL_FILES": json.dumps(files)}, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", MODEL_FETCH_SCRIPT, url + "/{id}/{revision}/{path}", "org/m", REV, str(dest)],
+        env={"TDX_VLLM_MODEL_FILES": json.dumps(files)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_model_fetch_verifies_every_file(file_server, tmp_path: Path):
@@ -463,8 +600,10 @@ def test_known_answer_probe_against_the_real_gateway():
     runner = None
     try:
         loop.run(standin.start())
-        gateway = Gateway(GatewayConfig(upstream=standin.url, host="127.0.0.1", port=0, event_log=None),
-                          SoftwareQuoteProvider(make_test_pki(int(time.time()))))
+        gateway = Gateway(
+            GatewayConfig(upstream=standin.url, host="127.0.0.1", port=0, event_log=None),
+            SoftwareQuoteProvider(make_test_pki(int(time.time()))),
+        )
         runner = loop.run(gateway.start())
         url = f"https://127.0.0.1:{gateway.port}"
         model = StandinConfig().model
@@ -545,10 +684,12 @@ def test_component_creates_the_expected_resources(mocks):
     def check(outs):
         endpoint, pins = outs
         created = {n: a.typ for n, a in mocks.created.items()}
-        assert created == {"qwen": "tdx-vllm:workload:KubernetesWorkload",
-                           "qwen-namespace": "kubernetes:core/v1:Namespace",
-                           "qwen-deployment": "kubernetes:apps/v1:Deployment",
-                           "qwen-service": "kubernetes:core/v1:Service"}
+        assert created == {
+            "qwen": "tdx-vllm:workload:KubernetesWorkload",
+            "qwen-namespace": "kubernetes:core/v1:Namespace",
+            "qwen-deployment": "kubernetes:apps/v1:Deployment",
+            "qwen-service": "kubernetes:core/v1:Service",
+        }
         for name in ("qwen-namespace", "qwen-deployment", "qwen-service"):
             assert rec.resources[name].opts.parent is wl
         assert {d for d in rec.resources["qwen-deployment"].opts.depends_on} == {wl.namespace}
@@ -558,14 +699,17 @@ def test_component_creates_the_expected_resources(mocks):
         rendered = by_kind(render_manifests(args))["Deployment"]
         assert dep["spec"]["template"]["spec"]["runtimeClassName"] == "kata-qemu-nvidia-gpu-tdx"
         assert json.loads(json.dumps(dep["spec"]["template"]["spec"]["containers"])) == json.loads(
-            json.dumps(rendered["spec"]["template"]["spec"]["containers"]))
+            json.dumps(rendered["spec"]["template"]["spec"]["containers"])
+        )
         vllm = dep["spec"]["template"]["spec"]["containers"][0]
         assert vllm["resources"]["limits"]["nvidia.com/pgpu"] == "1"
         assert not any(a.split("=")[0] in CPU_OFFLOAD_VLLM_FLAGS for a in vllm["args"])
         toml_text = decode_initdata_annotation(dep["spec"]["template"]["metadata"]["annotations"][INITDATA_ANNOTATION])
         assert tomllib.loads(toml_text)["data"][INITDATA_DIGEST_KEY] == args.manifest.digest().hex()
-        images = [c["image"] for c in dep["spec"]["template"]["spec"]["containers"]
-                  + dep["spec"]["template"]["spec"]["initContainers"]]
+        images = [
+            c["image"]
+            for c in dep["spec"]["template"]["spec"]["containers"] + dep["spec"]["template"]["spec"]["initContainers"]
+        ]
         assert all("@sha256:" in i for i in images)
         assert endpoint == "https://vllm.tdx-vllm.svc.cluster.local:8443"
         assert pins == expected_pins(args)
@@ -576,13 +720,20 @@ def test_component_creates_the_expected_resources(mocks):
     # only on the Service.
     depends = pulumi.Output.from_input(asyncio.ensure_future(wl.endpoint.resources()))
     return pulumi.Output.all(wl.endpoint, wl.pins, depends).apply(
-        lambda a: (check(a[:2]), _assert({wl.deployment, wl.service} <= a[2])))
+        lambda a: (check(a[:2]), _assert({wl.deployment, wl.service} <= a[2]))
+    )
 
 
 @pulumi.runtime.test
 def test_component_with_kubeconfig_and_load_balancer(mocks):
-    wl, rec = build(make_args(kubeconfig="/tmp/kubeconfig", context="prod", createNamespace=False,
-                              service={"type": "LoadBalancer", "port": 443}))
+    wl, rec = build(
+        make_args(
+            kubeconfig="/tmp/kubeconfig",
+            context="prod",
+            createNamespace=False,
+            service={"type": "LoadBalancer", "port": 443},
+        )
+    )
 
     def check(endpoint):
         assert mocks.created["qwen-provider"].typ == "pulumi:providers:kubernetes"

@@ -1,6 +1,7 @@
 """Malformed inputs to the measurement code: every refusal names the file, the offset and what was
 expected. The bad inputs are built here (no fixtures needed); `make_tdvf` and `make_bzimage` are
 also used by other tests."""
+
 from __future__ import annotations
 
 import struct
@@ -36,24 +37,37 @@ SECTIONS = [
 ]
 
 
-def make_tdvf(sections=SECTIONS, *, count: int | None = None, version: int = 1, length: int | None = None,
-              signature: bytes = b"TDVF") -> bytes:
+def make_tdvf(
+    sections=SECTIONS,
+    *,
+    count: int | None = None,
+    version: int = 1,
+    length: int | None = None,
+    signature: bytes = b"TDVF",
+) -> bytes:
     """A small firmware image with an OVMF footer table pointing at a TDVF descriptor."""
     fw = bytearray((i * 7 + 3) & 0xFF for i in range(SIZE))
     n = len(sections) if count is None else count
-    fw[DESC - 16:DESC] = TDVF_METADATA_GUID.bytes_le
-    fw[DESC:DESC + 16] = struct.pack("<4sIII", signature, 16 + 32 * n if length is None else length, version, n)
+    fw[DESC - 16 : DESC] = TDVF_METADATA_GUID.bytes_le
+    fw[DESC : DESC + 16] = struct.pack("<4sIII", signature, 16 + 32 * n if length is None else length, version, n)
     for i, s in enumerate(sections):
-        fw[DESC + 16 + 32 * i:DESC + 48 + 32 * i] = struct.pack("<IIQQII", *s)
+        fw[DESC + 16 + 32 * i : DESC + 48 + 32 * i] = struct.pack("<IIQQII", *s)
     end = SIZE - 0x20
     footer = struct.pack("<H", 40) + FOOTER_GUID.bytes_le
     entry = struct.pack("<I", SIZE - DESC) + struct.pack("<H", 22) + TDX_METADATA_OFFSET_GUID.bytes_le
-    fw[end - 40:end] = entry + footer
+    fw[end - 40 : end] = entry + footer
     return bytes(fw)
 
 
-def make_bzimage(*, size: int = 0x3000, protocol: int = 0x20F, cert: bytes = b"", xloadflags: int = 0x7F,
-                 initrd_addr_max: int = 0x7FFFFFFF, fill: int = 0x5A) -> bytes:
+def make_bzimage(
+    *,
+    size: int = 0x3000,
+    protocol: int = 0x20F,
+    cert: bytes = b"",
+    xloadflags: int = 0x7F,
+    initrd_addr_max: int = 0x7FFFFFFF,
+    fill: int = 0x5A,
+) -> bytes:
     """A tiny x86 bzImage-shaped PE32+ image: MZ stub, PE header, Linux setup header at 0x1f1,
     two sections (.setup, .text), optional certificate table at the end."""
     img = bytearray(bytes([fill]) * size)
@@ -62,7 +76,7 @@ def make_bzimage(*, size: int = 0x3000, protocol: int = 0x20F, cert: bytes = b""
     img[0x40:0x44] = b"PE\x00\x00"
     struct.pack_into("<HHIIIHH", img, 0x44, 0x8664, 2, 0, 0, 0, 240, 0x206)  # COFF header
     opt = 0x58
-    img[opt:opt + 240] = bytes(240)
+    img[opt : opt + 240] = bytes(240)
     struct.pack_into("<H", img, opt, 0x20B)
     struct.pack_into("<I", img, opt + 60, 0x200)  # SizeOfHeaders
     struct.pack_into("<I", img, opt + 64, 0x12345678)  # CheckSum (excluded from the hash)
@@ -94,8 +108,9 @@ def make_spec_id_log(event_type: int = 3, signature: bytes = b"Spec ID Event03\x
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tdxattest", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tdxattest", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, file: str, offset: int | None) -> str:
@@ -126,9 +141,10 @@ def test_page_aug_sections_do_not_count():
     """A PermMem section added with PAGE.AUG leaves no trace in MRTD (its GPA does not matter);
     a PAGE.ADDed one does. The descriptor sits inside the measured BFV here, so the measured image
     bytes are kept identical and only the parsed metadata differs."""
+
     def mrtd_with(gpa: int, attrs: int) -> bytes:
         fw = bytearray(make_tdvf([*SECTIONS, (0, 0, gpa, 0x4000, 4, attrs)]))
-        fw[DESC + 16 + 32 * 4:DESC + 48 + 32 * 4] = bytes(32)  # keep the measured BFV bytes identical
+        fw[DESC + 16 + 32 * 4 : DESC + 48 + 32 * 4] = bytes(32)  # keep the measured BFV bytes identical
         meta = parse_tdvf(make_tdvf([*SECTIONS, (0, 0, gpa, 0x4000, 4, attrs)]))
         return compute_mrtd(bytes(fw), meta)
 
@@ -162,7 +178,7 @@ def test_tiny_file(tmp_path):
 def test_footer_table_without_tdx_entry():
     fw = bytearray(make_tdvf())
     end = SIZE - 0x20
-    fw[end - 40 + 6:end - 40 + 6 + 16] = uuid.UUID(int=1).bytes_le  # overwrite the TDX entry's GUID
+    fw[end - 40 + 6 : end - 40 + 6 + 16] = uuid.UUID(int=1).bytes_le  # overwrite the TDX entry's GUID
     with pytest.raises(InputError) as err:
         parse_tdvf(bytes(fw))
     assert "TDX metadata offset GUID" in err.value.expected and err.value.offset == end - 40
@@ -179,7 +195,7 @@ def test_footer_entry_length_out_of_range():
 
 def test_missing_metadata_guid_before_descriptor():
     fw = bytearray(make_tdvf())
-    fw[DESC - 16:DESC] = bytes(16)
+    fw[DESC - 16 : DESC] = bytes(16)
     with pytest.raises(InputError) as err:
         parse_tdvf(bytes(fw))
     assert err.value.offset == DESC - 16 and "e9eaf9f3" in err.value.expected
@@ -222,13 +238,16 @@ def test_unknown_section_type(tmp_path):
     assert_one_line_error(run_cli("measure", "--firmware", str(path), "--json"), str(path), e.offset)
 
 
-@pytest.mark.parametrize("section,what,field_offset", [
-    ((0x1000, 0x3000, 0xFFFFD000, 0x3000, 0, 0x4), "attributes", 28),
-    ((0x1000, 0x3000, 0xFFFFD001, 0x3000, 0, 1), "aligned to 4 KiB", 8),
-    ((0x1000, 0x3000, 0xFFFFD000, 0x2000, 0, 1), "memory size >=", 16),
-    ((0x1000, 0x9000, 0xFFFFD000, 0x9000, 0, 1), "inside the", 0),
-    ((0x1000, 0x3000, 0xFFFFD000, 0x3000, 0, 0), "MR.EXTEND", 28),
-])
+@pytest.mark.parametrize(
+    "section,what,field_offset",
+    [
+        ((0x1000, 0x3000, 0xFFFFD000, 0x3000, 0, 0x4), "attributes", 28),
+        ((0x1000, 0x3000, 0xFFFFD001, 0x3000, 0, 1), "aligned to 4 KiB", 8),
+        ((0x1000, 0x3000, 0xFFFFD000, 0x2000, 0, 1), "memory size >=", 16),
+        ((0x1000, 0x9000, 0xFFFFD000, 0x9000, 0, 1), "inside the", 0),
+        ((0x1000, 0x3000, 0xFFFFD000, 0x3000, 0, 0), "MR.EXTEND", 28),
+    ],
+)
 def test_bad_section_fields(section, what, field_offset):
     with pytest.raises(InputError) as err:
         parse_tdvf(make_tdvf([section, *SECTIONS[1:]]))
@@ -257,7 +276,9 @@ def test_kernel_that_is_not_a_pe_image(tmp_path):
     fw.write_bytes(make_tdvf())
     line = assert_one_line_error(
         run_cli("measure", "--firmware", str(fw), "--kernel", str(elf), "--memory-mib", "2048", "--cmdline", ""),
-        str(elf), 0)
+        str(elf),
+        0,
+    )
     assert "PE/COFF" in line
 
 
@@ -295,11 +316,11 @@ def test_authenticode_hand_computed():
     import hashlib
 
     img = make_bzimage(cert=b"\x30\x82" + bytes(62))
-    expected = hashlib.sha384(img[:0x98] + img[0x9C:0xE8] + img[0xF0:0x200] + img[0x200:0x1000]
-                              + img[0x1000:0x3000]).digest()
+    expected = hashlib.sha384(
+        img[:0x98] + img[0x9C:0xE8] + img[0xF0:0x200] + img[0x200:0x1000] + img[0x1000:0x3000]
+    ).digest()
     assert authenticode_digest(img) == expected
-    assert authenticode_digest(img, "sha256") == hashlib.sha256(
-        img[:0x98] + img[0x9C:0xE8] + img[0xF0:0x3000]).digest()
+    assert authenticode_digest(img, "sha256") == hashlib.sha256(img[:0x98] + img[0x9C:0xE8] + img[0xF0:0x3000]).digest()
 
 
 def test_initrd_with_a_kernel_too_old_for_it():
@@ -396,7 +417,10 @@ def test_replay_against_a_truncated_quote(tmp_path):
 def test_missing_file_is_exit_2(tmp_path):
     proc = run_cli("measure", "--firmware", str(tmp_path / "nope.fd"))
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {tmp_path / 'nope.fd'}: expected a readable file, seen No such file or directory"
+    assert (
+        proc.stderr.strip()
+        == f"error: {tmp_path / 'nope.fd'}: expected a readable file, seen No such file or directory"
+    )
 
 
 def test_ram_too_small_for_the_firmware_layout(tmp_path):
@@ -416,8 +440,10 @@ def test_initrd_too_large_names_the_kernel(tmp_path):
     info = load_initrd(initrd)
     big = type(info)(size=1 << 31, sha384=info.sha384)
     with pytest.raises(InputError) as err:
-        compute(BootInputs(firmware=make_tdvf(), memory_bytes=1 << 30, kernel=kernel, initrd=big, cmdline=""),
-                sources={"kernel": "bzImage"})
+        compute(
+            BootInputs(firmware=make_tdvf(), memory_bytes=1 << 30, kernel=kernel, initrd=big, cmdline=""),
+            sources={"kernel": "bzImage"},
+        )
     assert err.value.file == "bzImage" and "an initrd smaller than" in err.value.expected
 
 
@@ -446,9 +472,10 @@ def test_acpi_blob_directory(tmp_path, layout):
     from tdxattest.loaders import load_acpi
 
     blobs = {"table_loader": b"loader", "rsdp": b"RSD PTR ", "tables": b"FACP" * 50}
-    names = {"flat": {"table_loader": "table-loader", "rsdp": "rsdp", "tables": "tables"},
-             "sysfs": {"table_loader": "etc/table-loader/raw", "rsdp": "etc/acpi/rsdp/raw",
-                       "tables": "etc/acpi/tables/raw"}}[layout]
+    names = {
+        "flat": {"table_loader": "table-loader", "rsdp": "rsdp", "tables": "tables"},
+        "sysfs": {"table_loader": "etc/table-loader/raw", "rsdp": "etc/acpi/rsdp/raw", "tables": "etc/acpi/tables/raw"},
+    }[layout]
     for field, name in names.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(blobs[field])
@@ -466,6 +493,8 @@ def test_verbs_are_discovered_from_the_commands_package():
 
 
 def test_library_does_not_import_pulumi():
-    code = ("import sys, tdxattest.cli, tdxattest.measure, tdxattest.loaders, components.measurements;"
-            "sys.exit(1 if 'pulumi' in sys.modules else 0)")
+    code = (
+        "import sys, tdxattest.cli, tdxattest.measure, tdxattest.loaders, components.measurements;"
+        "sys.exit(1 if 'pulumi' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

@@ -1,5 +1,6 @@
 """guest_agent.nvml: the NVML evidence collector, against a stand-in libnvidia-ml.so.1 compiled from
 tests/nvml_standin/nvml_standin.c that serves a real Hopper GPU's report and certificate chain."""
+
 from __future__ import annotations
 
 import ctypes
@@ -22,18 +23,29 @@ def test_struct_layouts_are_nvmls():
     # 12.4.127~12.4.1-2), printed by a C program compiled against that header. A wrong layout would
     # hand the driver a nonce at the wrong offset or read a truncated report.
     assert ctypes.sizeof(nvml.GpuCertificate) == 9224
-    assert [getattr(nvml.GpuCertificate, f).offset for f in
-            ("certChainSize", "attestationCertChainSize", "certChain", "attestationCertChain")] == [0, 4, 8, 4104]
+    assert [
+        getattr(nvml.GpuCertificate, f).offset
+        for f in ("certChainSize", "attestationCertChainSize", "certChain", "attestationCertChain")
+    ] == [0, 4, 8, 4104]
     assert ctypes.sizeof(nvml.GpuAttestationReport) == 12332
-    assert [getattr(nvml.GpuAttestationReport, f).offset for f in
-            ("isCecAttestationReportPresent", "attestationReportSize", "cecAttestationReportSize", "nonce",
-             "attestationReport", "cecAttestationReport")] == [0, 4, 8, 12, 44, 8236]
+    assert [
+        getattr(nvml.GpuAttestationReport, f).offset
+        for f in (
+            "isCecAttestationReportPresent",
+            "attestationReportSize",
+            "cecAttestationReportSize",
+            "nonce",
+            "attestationReport",
+            "cecAttestationReport",
+        )
+    ] == [0, 4, 8, 12, 44, 8236]
     assert ctypes.sizeof(nvml.ConfComputeSystemState) == 12
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "guest_agent.nvml", *args], capture_output=True, text=True,
-                          timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "guest_agent.nvml", *args], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
 
 
 def test_collector_output_verifies_to_the_nvidia_root(nvml_gpu, monkeypatch):
@@ -57,8 +69,15 @@ def test_set_ready_reads_the_state_back(nvml_gpu):
     assert (nvml_gpu / "ready").read_text() == "1"
 
 
-@pytest.mark.parametrize("call", ["nvmlInit_v2", "nvmlDeviceGetConfComputeGpuAttestationReport",
-                                  "nvmlDeviceGetConfComputeGpuCertificate", "nvmlSystemSetConfComputeGpusReadyState"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "nvmlInit_v2",
+        "nvmlDeviceGetConfComputeGpuAttestationReport",
+        "nvmlDeviceGetConfComputeGpuCertificate",
+        "nvmlSystemSetConfComputeGpusReadyState",
+    ],
+)
 def test_a_failing_driver_call_is_named(nvml_gpu, monkeypatch, call):
     monkeypatch.setenv("NVML_STANDIN_FAIL", call)
     done = run_cli("--set-ready") if "Ready" in call else run_cli("--nonce", NONCE1.hex())

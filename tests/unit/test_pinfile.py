@@ -1,4 +1,5 @@
 """components.pinfile: every pin file under firmware/ refuses a key given twice."""
+
 from __future__ import annotations
 
 import shutil

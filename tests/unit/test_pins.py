@@ -1,4 +1,5 @@
 """`components.measurements.expected_pins`: the stack's `pins` output from a TD boot manifest."""
+
 from __future__ import annotations
 
 import hashlib
@@ -46,9 +47,16 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 def pin_file(path: Path, **extra) -> dict:
     data = path.read_bytes()
-    return {"name": path.name, "version": "test", "source": "built by the test", "file": path.name,
-            "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-            "sha384": hashlib.sha384(data).hexdigest(), **extra}
+    return {
+        "name": path.name,
+        "version": "test",
+        "source": "built by the test",
+        "file": path.name,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha384": hashlib.sha384(data).hexdigest(),
+        **extra,
+    }
 
 
 @needs_shared
@@ -82,8 +90,9 @@ def test_real_manifest_pins_mrtd_and_explains_the_rest():
     # ... except the guest image's for a stack that launches no TD, which is not looked for
     host_only = expected_pins(DEFAULT_MANIFEST, FIXTURE_FW_DIR, require_guest=False)
     assert host_only["mrtd"] == pins["mrtd"] and host_only["rtmr1"] is None and host_only["rtmr2"] is None
-    assert host_only["reasons"]["rtmr1"] == ("kernel: this stack launches no TD (no workload): the guest image "
-                                             "is not measured")
+    assert host_only["reasons"]["rtmr1"] == (
+        "kernel: this stack launches no TD (no workload): the guest image is not measured"
+    )
 
 
 @needs_shared
@@ -97,8 +106,11 @@ def test_manifest_matches_the_fixture_it_names():
     data = manifest()
     fixture = next(f for f in json.loads(COMPUTED.read_text())["files"] if f["fixture"].endswith(TRIXIE))
     assert data["firmware"]["file"] == TRIXIE
-    assert (data["firmware"]["sha256"], data["firmware"]["sha384"], data["firmware"]["size"]) == \
-        (fixture["sha256"], fixture["sha384"], fixture["size"])
+    assert (data["firmware"]["sha256"], data["firmware"]["sha384"], data["firmware"]["size"]) == (
+        fixture["sha256"],
+        fixture["sha384"],
+        fixture["size"],
+    )
     assert data["firmware"]["version"] == fixture["debian_version"]
 
 
@@ -149,14 +161,26 @@ def test_fully_pinned_manifest(tmp_path):
     pins = expected_pins(write(tmp_path, data), art)
 
     assert pins["rtmr0"] == DSTACK_CCEL_RTMR0
-    patched = qemu_patch_kernel(kernel.read_bytes(), ram_bytes=1024 << 20, initrd_size=initrd.stat().st_size,
-                                cmdline=cmdline)
+    patched = qemu_patch_kernel(
+        kernel.read_bytes(), ram_bytes=1024 << 20, initrd_size=initrd.stat().st_size, cmdline=cmdline
+    )
     kernel_digest = authenticode_digest(patched)
-    assert pins["rtmr1"] == replay([kernel_digest, ev.efi_action(ev.CALLING_EFI_APPLICATION), ev.SEPARATOR,
-                                    ev.efi_action(ev.EXIT_BOOT_SERVICES_INVOCATION),
-                                    ev.efi_action(ev.EXIT_BOOT_SERVICES_SUCCESS)]).hex()
-    assert pins["rtmr2"] == replay([ev.cmdline_digest(cmdline + " initrd=initrd"),
-                                    hashlib.sha384(initrd.read_bytes()).digest()]).hex()
+    assert (
+        pins["rtmr1"]
+        == replay(
+            [
+                kernel_digest,
+                ev.efi_action(ev.CALLING_EFI_APPLICATION),
+                ev.SEPARATOR,
+                ev.efi_action(ev.EXIT_BOOT_SERVICES_INVOCATION),
+                ev.efi_action(ev.EXIT_BOOT_SERVICES_SUCCESS),
+            ]
+        ).hex()
+    )
+    assert (
+        pins["rtmr2"]
+        == replay([ev.cmdline_digest(cmdline + " initrd=initrd"), hashlib.sha384(initrd.read_bytes()).digest()]).hex()
+    )
     assert pins["rtmr3"] is None and set(pins["reasons"]) == {"rtmr3"}
     assert pins["artifacts"]["kernel"]["authenticodeSha384Patched"] == kernel_digest.hex()
     assert pins["artifacts"]["acpi"]["tables"] == ACPI_1G_1CPU["tables"]
@@ -180,33 +204,43 @@ def test_qemu_patch_depends_on_initrd_and_ram():
     assert int.from_bytes(a[0x21C:0x220], "little") == 5000
     assert a[0x260:] == k[0x260:]
     # RAM >= 2.75 GiB: 2 GiB below 4 GiB, so the same header for 4 and 64 GiB
-    assert qemu_patch_kernel(k, ram_bytes=4 << 30, initrd_size=5000) == \
-        qemu_patch_kernel(k, ram_bytes=64 << 30, initrd_size=5000) != a
+    assert (
+        qemu_patch_kernel(k, ram_bytes=4 << 30, initrd_size=5000)
+        == qemu_patch_kernel(k, ram_bytes=64 << 30, initrd_size=5000)
+        != a
+    )
     # without XLF_CAN_BE_LOADED_ABOVE_4G (xloadflags bit 1) the header's initrd_addr_max applies
     low = make_bzimage(xloadflags=0x7D, initrd_addr_max=0x37FFFFFF)
-    assert int.from_bytes(qemu_patch_kernel(low, ram_bytes=2 << 30, initrd_size=5000)[0x218:0x21C], "little") == \
-        (0x37FFFFFF - 5000) & ~0xFFF
+    assert (
+        int.from_bytes(qemu_patch_kernel(low, ram_bytes=2 << 30, initrd_size=5000)[0x218:0x21C], "little")
+        == (0x37FFFFFF - 5000) & ~0xFFF
+    )
     high = make_bzimage(xloadflags=0x02, initrd_addr_max=0x37FFFFFF)
-    assert int.from_bytes(qemu_patch_kernel(high, ram_bytes=2 << 30, initrd_size=5000)[0x218:0x21C], "little") == \
-        ((2 << 30) - 0x28000 - 1 - 5000) & ~0xFFF
+    assert (
+        int.from_bytes(qemu_patch_kernel(high, ram_bytes=2 << 30, initrd_size=5000)[0x218:0x21C], "little")
+        == ((2 << 30) - 0x28000 - 1 - 5000) & ~0xFFF
+    )
     # vga= on the command line sets vid_mode
     assert qemu_patch_kernel(k, ram_bytes=1 << 30, cmdline="vga=ask")[0x1FA:0x1FC] == b"\xfd\xff"
     assert qemu_patch_kernel(k, ram_bytes=1 << 30, cmdline="x vga=0x317")[0x1FA:0x1FC] == b"\x17\x03"
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda d: d["firmware"].update(pageAddOrder="three-pass"), "`firmware.pageAddOrder` must be one of"),
-    (lambda d: d["td"].update(attributes="0100001000000000"), "DEBUG (bit 0) set"),
-    (lambda d: d["td"].update(attributes="0000000000000000"), "lacks SEPT_VE_DISABLE"),
-    (lambda d: d.update(kernel=None), "`kernel` must be a mapping"),
-    (lambda d: d.update(kernel={"file": None}), "`kernel.reason` is required"),
-    (lambda d: d.update(colour="blue"), "unknown key `colour`"),
-    (lambda d: d["firmware"].update(sha256="ABC"), "`firmware.sha256` must be a lowercase hex"),
-    (lambda d: d["firmware"].update(file="../etc/passwd"), "relative to the artifact directory"),
-    (lambda d: d["vm"].update(memoryMiB=0), "`vm.memoryMiB` must be a positive integer"),
-    (lambda d: d.update(acpi={"digests": {"rsdp": "00"}, "source": "x"}), "`acpi.digests` must map exactly"),
-    (lambda d: d.update(schema=2), "`schema` must be 1"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d["firmware"].update(pageAddOrder="three-pass"), "`firmware.pageAddOrder` must be one of"),
+        (lambda d: d["td"].update(attributes="0100001000000000"), "DEBUG (bit 0) set"),
+        (lambda d: d["td"].update(attributes="0000000000000000"), "lacks SEPT_VE_DISABLE"),
+        (lambda d: d.update(kernel=None), "`kernel` must be a mapping"),
+        (lambda d: d.update(kernel={"file": None}), "`kernel.reason` is required"),
+        (lambda d: d.update(colour="blue"), "unknown key `colour`"),
+        (lambda d: d["firmware"].update(sha256="ABC"), "`firmware.sha256` must be a lowercase hex"),
+        (lambda d: d["firmware"].update(file="../etc/passwd"), "relative to the artifact directory"),
+        (lambda d: d["vm"].update(memoryMiB=0), "`vm.memoryMiB` must be a positive integer"),
+        (lambda d: d.update(acpi={"digests": {"rsdp": "00"}, "source": "x"}), "`acpi.digests` must map exactly"),
+        (lambda d: d.update(schema=2), "`schema` must be 1"),
+    ],
+)
 def test_manifest_errors(tmp_path, edit, message):
     data = manifest()
     edit(data)

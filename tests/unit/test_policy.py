@@ -1,4 +1,5 @@
 """The pure policy function: (verified facts, policy, time) -> verdict. No dcap-qvl, no files."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,8 +7,18 @@ import dataclasses
 import pytest
 
 from tdxattest.errors import InputError
-from tdxattest.policy import (DAY, DEFAULT_POLICY, Pin, Pins, Policy, QuoteFacts, evaluate, parse_pin,
-                              pins_from_stack_output, policy_from_mapping)
+from tdxattest.policy import (
+    DAY,
+    DEFAULT_POLICY,
+    Pin,
+    Pins,
+    Policy,
+    QuoteFacts,
+    evaluate,
+    parse_pin,
+    pins_from_stack_output,
+    policy_from_mapping,
+)
 from tdxattest.quote import TdReport
 
 MRTD = bytes(range(48))
@@ -15,18 +26,36 @@ TCB_DATE = 1_691_539_200  # 2023-08-09T00:00:00Z
 
 
 def report(**over) -> TdReport:
-    fields = dict(tee_tcb_svn=bytes.fromhex("04010700000000000000000000000000"), mrseam=b"\x5b" * 48,
-                  mrsignerseam=b"\0" * 48, seam_attributes=b"\0" * 8,
-                  td_attributes=bytes.fromhex("0000001000000000"), xfam=bytes.fromhex("e702060000000000"),
-                  mrtd=MRTD, mrconfigid=b"\0" * 48, mrowner=b"\0" * 48, mrownerconfig=b"\0" * 48,
-                  rtmr0=b"\1" * 48, rtmr1=b"\2" * 48, rtmr2=b"\3" * 48, rtmr3=b"\0" * 48, report_data=b"\x42" * 64)
+    fields = dict(
+        tee_tcb_svn=bytes.fromhex("04010700000000000000000000000000"),
+        mrseam=b"\x5b" * 48,
+        mrsignerseam=b"\0" * 48,
+        seam_attributes=b"\0" * 8,
+        td_attributes=bytes.fromhex("0000001000000000"),
+        xfam=bytes.fromhex("e702060000000000"),
+        mrtd=MRTD,
+        mrconfigid=b"\0" * 48,
+        mrowner=b"\0" * 48,
+        mrownerconfig=b"\0" * 48,
+        rtmr0=b"\1" * 48,
+        rtmr1=b"\2" * 48,
+        rtmr2=b"\3" * 48,
+        rtmr3=b"\0" * 48,
+        report_data=b"\x42" * 64,
+    )
     fields.update(over)
     return TdReport(**fields)
 
 
 def facts(status="UpToDate", advisories=(), tcb_date=TCB_DATE, **rep) -> QuoteFacts:
-    return QuoteFacts(tcb_status=status, advisory_ids=tuple(advisories), report=report(**rep), fmspc="00806F050000",
-                      tcb_date=tcb_date, tcb_evaluation_data_number=17)
+    return QuoteFacts(
+        tcb_status=status,
+        advisory_ids=tuple(advisories),
+        report=report(**rep),
+        fmspc="00806F050000",
+        tcb_date=tcb_date,
+        tcb_evaluation_data_number=17,
+    )
 
 
 def names(verdict) -> list[str]:
@@ -41,8 +70,9 @@ def test_defaults_accept_uptodate_and_report_not_checked_pins() -> None:
     assert outcomes["binding.report_data_mismatch"] == "not_checked"
 
 
-@pytest.mark.parametrize("status", ["SWHardeningNeeded", "ConfigurationNeeded", "OutOfDate",
-                                    "OutOfDateConfigurationNeeded", "Revoked"])
+@pytest.mark.parametrize(
+    "status", ["SWHardeningNeeded", "ConfigurationNeeded", "OutOfDate", "OutOfDateConfigurationNeeded", "Revoked"]
+)
 def test_defaults_refuse_everything_but_uptodate(status: str) -> None:
     v = evaluate(facts(status), DEFAULT_POLICY, TCB_DATE)
     assert names(v) == ["tcb.status_not_allowed"]
@@ -83,7 +113,8 @@ def test_grace_does_not_open_outofdate_configuration_needed_unless_listed() -> N
     p = Policy(allowed_tcb_statuses=frozenset({"UpToDate", "OutOfDateConfigurationNeeded"}), out_of_date_grace_days=30)
     assert evaluate(facts("OutOfDateConfigurationNeeded"), p, TCB_DATE).accepted
     assert names(evaluate(facts("OutOfDateConfigurationNeeded"), p, TCB_DATE + 31 * DAY)) == [
-        "tcb.out_of_date_grace_expired"]
+        "tcb.out_of_date_grace_expired"
+    ]
 
 
 def test_outofdate_listed_without_grace_is_accepted_any_time() -> None:
@@ -93,8 +124,10 @@ def test_outofdate_listed_without_grace_is_accepted_any_time() -> None:
 
 def test_advisory_allowlist() -> None:
     f = facts("SWHardeningNeeded", ["INTEL-SA-00615", "INTEL-SA-00960"])
-    p = Policy(allowed_tcb_statuses=frozenset({"UpToDate", "SWHardeningNeeded"}),
-               allowed_advisories=frozenset({"INTEL-SA-00615"}))
+    p = Policy(
+        allowed_tcb_statuses=frozenset({"UpToDate", "SWHardeningNeeded"}),
+        allowed_advisories=frozenset({"INTEL-SA-00615"}),
+    )
     v = evaluate(f, p, TCB_DATE)
     assert names(v) == ["tcb.advisory_not_allowed"] and v.failures[0].seen == ["INTEL-SA-00960"]
     p = dataclasses.replace(p, allowed_advisories=frozenset({"INTEL-SA-00615", "INTEL-SA-00960"}))
@@ -119,8 +152,9 @@ def test_pins_single_list_and_null() -> None:
     by = {c.check: c for c in v.checks}
     assert by["pin.mrtd"].outcome == "pass" and by["pin.mrtd"].expected == [other.hex(), MRTD.hex()]
     assert by["pin.rtmr1"].outcome == "not_checked" and by["pin.rtmr1"].reason == "kernel not pinned yet"
-    v = evaluate(facts(), Policy(pins=Pins(mrtd=Pin((other,)), xfam=Pin((bytes.fromhex("0702060000000000"),)))),
-                 TCB_DATE)
+    v = evaluate(
+        facts(), Policy(pins=Pins(mrtd=Pin((other,)), xfam=Pin((bytes.fromhex("0702060000000000"),)))), TCB_DATE
+    )
     assert names(v) == ["pin.mrtd", "pin.xfam"]
     assert (v.failures[0].expected, v.failures[0].seen) == (other.hex(), MRTD.hex())
 
@@ -141,7 +175,8 @@ def test_report_data_binding() -> None:
 
 def test_min_evaluation_data_number() -> None:
     assert names(evaluate(facts(), Policy(min_tcb_evaluation_data_number=18), TCB_DATE)) == [
-        "tcb.evaluation_data_number_too_low"]
+        "tcb.evaluation_data_number_too_low"
+    ]
     assert evaluate(facts(), Policy(min_tcb_evaluation_data_number=17), TCB_DATE).accepted
 
 
@@ -154,7 +189,9 @@ def test_evaluate_is_pure_and_policies_are_frozen() -> None:
 
 def test_policy_yaml_mapping() -> None:
     import yaml
-    doc = yaml.safe_load("""
+
+    doc = yaml.safe_load(
+        """
 version: 1
 tcb:
   allowed_statuses: [UpToDate, SWHardeningNeeded]
@@ -169,7 +206,9 @@ pins:
   mrtd: [%s, %s]
   rtmr3: null
   xfam: e702060000000000
-""" % ("aa" * 48, MRTD.hex()))
+"""
+        % ("aa" * 48, MRTD.hex())
+    )
     p = policy_from_mapping(doc)
     assert p.allowed_tcb_statuses == {"UpToDate", "SWHardeningNeeded"} and p.out_of_date_grace_days == 30
     assert p.pins.mrtd.values == (b"\xaa" * 48, MRTD) and p.pins.rtmr3.values is None
@@ -177,19 +216,36 @@ pins:
     assert policy_from_mapping(None) == DEFAULT_POLICY == policy_from_mapping({})
 
 
-@pytest.mark.parametrize("doc", [
-    {"tcb": {"allowed_statuses": ["Fine"]}}, {"tcb": {"out_of_date_grace_days": -1}},
-    {"tcb": {"out_of_date_grace_days": "30"}}, {"pins": {"mrtd": "abcd"}}, {"pins": {"mrtd": []}},
-    {"pins": {"mrenclave": None}}, {"td": {"forbid_debug": "no"}}, {"version": 2}, {"extra": 1}])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"tcb": {"allowed_statuses": ["Fine"]}},
+        {"tcb": {"out_of_date_grace_days": -1}},
+        {"tcb": {"out_of_date_grace_days": "30"}},
+        {"pins": {"mrtd": "abcd"}},
+        {"pins": {"mrtd": []}},
+        {"pins": {"mrenclave": None}},
+        {"td": {"forbid_debug": "no"}},
+        {"version": 2},
+        {"extra": 1},
+    ],
+)
 def test_policy_rejects_bad_documents(doc: dict) -> None:
     with pytest.raises(InputError):
         policy_from_mapping(doc)
 
 
 def test_pins_from_stack_output() -> None:
-    doc = {"schema": 1, "mrtd": None, "mrtdCandidates": {"single": MRTD.hex(), "twoPass": None},
-           "rtmr0": None, "rtmr1": "02" * 48, "rtmr3": None, "reasons": {"rtmr0": "acpi not captured"},
-           "tdAttributes": "0000001000000000"}
+    doc = {
+        "schema": 1,
+        "mrtd": None,
+        "mrtdCandidates": {"single": MRTD.hex(), "twoPass": None},
+        "rtmr0": None,
+        "rtmr1": "02" * 48,
+        "rtmr3": None,
+        "reasons": {"rtmr0": "acpi not captured"},
+        "tdAttributes": "0000001000000000",
+    }
     pins, keys = pins_from_stack_output(doc)
     assert pins.mrtd.values is None and "null" in pins.mrtd.reason
     assert pins.rtmr0.values is None and "acpi not captured" in pins.rtmr0.reason
@@ -209,6 +265,7 @@ def test_docs_example_policy_parses() -> None:
     from pathlib import Path
 
     import yaml
+
     doc = Path(__file__).resolve().parents[2] / "docs" / "verification.md"
     block = re.search(r"```yaml\n(.*?)```", doc.read_text(), re.S).group(1)
     p = policy_from_mapping(yaml.safe_load(block))

@@ -1,5 +1,6 @@
 """The policy pack's rules (policy/validators.py) against hand-built properties, without starting
 the pack (PolicyPack blocks serving at construction; policy/__main__.py is never imported here)."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,6 +28,7 @@ def gpu_stdin(mode: str) -> str:
 
 # --- helpers --------------------------------------------------------------------------------------
 
+
 def test_stack_of_urn() -> None:
     assert V.stack_of("urn:pulumi:prod::tdx-vllm::command:remote:Command::gpu-a-mode") == "prod"
     assert V.stack_of("urn:pulumi:dev::p::tdx-vllm:host:TdxHost$command:remote:Command::x") == "dev"
@@ -36,13 +38,21 @@ def test_stack_of_urn() -> None:
 
 # --- 1. GPU devtools ------------------------------------------------------------------------------
 
+
 def test_rendered_devtools_step_outside_dev_is_refused() -> None:
     msgs = V.gpu_devtools_violations(RC, {"stdin": gpu_stdin("devtools")}, "prod")
     assert len(msgs) == 1 and "TDX_GPU_MODE=devtools in stack `prod`" in msgs[0]
 
 
-@pytest.mark.parametrize("line", ["TDX_GPU_MODE='devtools'", 'TDX_GPU_MODE="devtools"', "export TDX_GPU_MODE=devtools",
-                                  "TDX_GPU_MODE=devtools # comment"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "TDX_GPU_MODE='devtools'",
+        'TDX_GPU_MODE="devtools"',
+        "export TDX_GPU_MODE=devtools",
+        "TDX_GPU_MODE=devtools # comment",
+    ],
+)
 def test_devtools_in_any_shell_spelling(line: str) -> None:
     assert V.gpu_devtools_violations(RC, {"stdin": f"#!/bin/bash\n{line}\nmain\n"}, "staging")
 
@@ -60,6 +70,7 @@ def test_devtools_in_dev_and_other_modes_pass() -> None:
 
 
 # --- 2. TD DEBUG ----------------------------------------------------------------------------------
+
 
 def test_td_attributes_debug_bit_refused() -> None:
     msgs = V.td_debug_violations("pulumi:pulumi:Stack", {"pins": {"tdAttributes": "0100001000000000"}})
@@ -86,18 +97,34 @@ def test_unreadable_td_attributes_refused() -> None:
 
 # --- 3. images by digest --------------------------------------------------------------------------
 
+
 def test_images_by_tag_refused_at_any_depth() -> None:
-    props = {"spec": {"template": {"spec": {
-        "containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.9.0"}],
-        "initContainers": [{"name": "init", "image": "busybox"}]}}}}
+    props = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [{"name": "vllm", "image": "vllm/vllm-openai:v0.9.0"}],
+                    "initContainers": [{"name": "init", "image": "busybox"}],
+                }
+            }
+        }
+    }
     msgs = V.image_digest_violations("kubernetes:apps/v1:Deployment", props)
     assert len(msgs) == 2
     assert msgs[0].startswith("spec.template.spec.containers[0].image = 'vllm/vllm-openai:v0.9.0'")
     assert "initContainers[0].image" in msgs[1]
 
 
-@pytest.mark.parametrize("image", [f"vllm/vllm-openai@sha256:{'A' * 64}", "vllm@sha256:abc",
-                                   f"vllm@sha512:{'a' * 64}", f"@{DIGEST}", f"a b@{DIGEST}"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        f"vllm/vllm-openai@sha256:{'A' * 64}",
+        "vllm@sha256:abc",
+        f"vllm@sha512:{'a' * 64}",
+        f"@{DIGEST}",
+        f"a b@{DIGEST}",
+    ],
+)
 def test_malformed_digests_refused(image: str) -> None:
     assert V.image_digest_violations("x", {"image": image})
 
@@ -110,6 +137,7 @@ def test_images_by_digest_pass() -> None:
 
 
 # --- 4. host keys pinned --------------------------------------------------------------------------
+
 
 def test_missing_or_empty_host_key_refused() -> None:
     for conn in ({"host": "192.0.2.1"}, {"host": "192.0.2.1", "hostKey": ""}, {"host": "h", "hostKey": "  "}):
@@ -131,12 +159,22 @@ def test_pinned_host_keys_pass() -> None:
 
 # --- 5. secrets never plain -----------------------------------------------------------------------
 
+
 def test_plain_credentials_refused() -> None:
-    msgs = V.plain_secret_violations(RC, {"connection": {"host": "h", "hostKey": KEY, "privateKey": "-----BEGIN",
-                                                         "password": "pw"}})
+    msgs = V.plain_secret_violations(
+        RC, {"connection": {"host": "h", "hostKey": KEY, "privateKey": "-----BEGIN", "password": "pw"}}
+    )
     assert [m.split(" ")[0] for m in msgs] == ["connection.privateKey", "connection.password"]
-    msgs = V.plain_secret_violations(LC, {"environment": {"TDXGPU_BMC_PASSWORD": "pw", "TDXGPU_BMC_USERNAME": "root",
-                                                          "TDXGPU_BMC_ADDRESS": "192.0.2.20"}})
+    msgs = V.plain_secret_violations(
+        LC,
+        {
+            "environment": {
+                "TDXGPU_BMC_PASSWORD": "pw",
+                "TDXGPU_BMC_USERNAME": "root",
+                "TDXGPU_BMC_ADDRESS": "192.0.2.20",
+            }
+        },
+    )
     assert [m.split(" ")[0] for m in msgs] == ["environment.TDXGPU_BMC_PASSWORD", "environment.TDXGPU_BMC_USERNAME"]
     msgs = V.plain_secret_violations(RC, {"stdin": "TDX_STEP=dcap\nTDX_PCCS_API_KEY='k-123'\n"})
     assert len(msgs) == 1 and "TDX_PCCS_API_KEY" in msgs[0]
@@ -157,8 +195,10 @@ def test_secret_credentials_pass() -> None:
 
 # --- adapters -------------------------------------------------------------------------------------
 
+
 def _wire(props: dict) -> dict:
     """`props` as the engine sends them: secrets as signature objects."""
+
     def enc(v):
         if isinstance(v, Secret):
             return {SIG: SECRET_SIG, "value": enc(v.value)}
@@ -167,36 +207,51 @@ def _wire(props: dict) -> dict:
         if isinstance(v, list):
             return [enc(x) for x in v]
         return v
+
     return enc(props)
 
 
 def test_plain_props_through_the_sdk_proxies() -> None:
-    props = {"connection": Secret({"privateKey": "k", "hostKey": KEY}),
-             "environment": {"TDXGPU_BMC_PASSWORD": Secret("pw"), "X": "plain"},
-             "stdout": UNKNOWN_STRING, "list": [Secret("a"), "b"]}
+    props = {
+        "connection": Secret({"privateKey": "k", "hostKey": KEY}),
+        "environment": {"TDXGPU_BMC_PASSWORD": Secret("pw"), "X": "plain"},
+        "stdout": UNKNOWN_STRING,
+        "list": [Secret("a"), "b"],
+    }
     # the validate path: secrets unwrapped, unknowns checked
     validate_view = V.plain_props(unknown_checking_proxy(deserialize_properties(_wire(props))))
-    assert validate_view == {"connection": {"privateKey": "k", "hostKey": KEY},
-                             "environment": {"TDXGPU_BMC_PASSWORD": "pw", "X": "plain"},
-                             "stdout": V.UNKNOWN, "list": ["a", "b"]}
+    assert validate_view == {
+        "connection": {"privateKey": "k", "hostKey": KEY},
+        "environment": {"TDXGPU_BMC_PASSWORD": "pw", "X": "plain"},
+        "stdout": V.UNKNOWN,
+        "list": ["a", "b"],
+    }
     # the remediation path: secret-preserving proxies; plain_props keeps secretness
-    remediate_view = V.plain_props(unknown_checking_proxy(deserialize_properties(_wire(props), True)),
-                                   keep_secrets=True)
+    remediate_view = V.plain_props(
+        unknown_checking_proxy(deserialize_properties(_wire(props), True)), keep_secrets=True
+    )
     assert isinstance(remediate_view["connection"], Secret)
     assert remediate_view["connection"].value == {"privateKey": "k", "hostKey": KEY}
     assert isinstance(remediate_view["environment"]["TDXGPU_BMC_PASSWORD"], Secret)
     assert remediate_view["environment"]["X"] == "plain" and remediate_view["stdout"] is V.UNKNOWN
     assert V.plain_secret_violations(LC, remediate_view) == []
-    plain = V.plain_props(deserialize_properties(_wire({"environment": {"TDXGPU_BMC_PASSWORD": "pw"}}), True),
-                          keep_secrets=True)
+    plain = V.plain_props(
+        deserialize_properties(_wire({"environment": {"TDXGPU_BMC_PASSWORD": "pw"}}), True), keep_secrets=True
+    )
     assert V.plain_secret_violations(LC, plain)
 
 
 def test_policies_and_enforcement_levels() -> None:
     pols = V.policies()
     names = [p.name for p in pols]
-    assert names == ["no-gpu-devtools-outside-dev", "no-debug-td", "no-debug-td-outputs", "images-by-digest",
-                     "host-keys-pinned", "secrets-never-plain"]
+    assert names == [
+        "no-gpu-devtools-outside-dev",
+        "no-debug-td",
+        "no-debug-td-outputs",
+        "images-by-digest",
+        "host-keys-pinned",
+        "secrets-never-plain",
+    ]
     for p in pols:
         assert isinstance(p, (ResourceValidationPolicy, StackValidationPolicy))
         # secrets-never-plain sees secretness only in the remediation path; its validate findings

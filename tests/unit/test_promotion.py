@@ -1,4 +1,5 @@
 """Promotion (components/promotion.py): what a stack exports as promotable, the comparison, the refusal."""
+
 from __future__ import annotations
 
 import copy
@@ -17,12 +18,27 @@ MRTD = "ab" * 48
 
 def pins(**changes) -> dict:
     p = {
-        "schema": 1, "profile": "debian-trixie-ovmf-direct-boot", "manifest": "firmware/td/x.yaml",
-        "mrtd": MRTD, "mrtdCandidates": {"single": MRTD, "twoPass": "cd" * 48}, "pageAddOrder": "single",
-        "rtmr0": None, "rtmr1": None, "rtmr2": None, "rtmr3": None, "reasons": {"rtmr3": "not pinned"},
-        "events": {"rtmr0": []}, "tdAttributes": "0000001000000000", "vm": {"vcpus": 16, "memoryMiB": 65536},
-        "artifacts": {"firmware": {"name": "OVMF.fd", "sha256": "11" * 32, "sha384": "22" * 48},
-                      "kernel": None, "initrd": None, "cmdline": None, "acpi": None},
+        "schema": 1,
+        "profile": "debian-trixie-ovmf-direct-boot",
+        "manifest": "firmware/td/x.yaml",
+        "mrtd": MRTD,
+        "mrtdCandidates": {"single": MRTD, "twoPass": "cd" * 48},
+        "pageAddOrder": "single",
+        "rtmr0": None,
+        "rtmr1": None,
+        "rtmr2": None,
+        "rtmr3": None,
+        "reasons": {"rtmr3": "not pinned"},
+        "events": {"rtmr0": []},
+        "tdAttributes": "0000001000000000",
+        "vm": {"vcpus": 16, "memoryMiB": 65536},
+        "artifacts": {
+            "firmware": {"name": "OVMF.fd", "sha256": "11" * 32, "sha384": "22" * 48},
+            "kernel": None,
+            "initrd": None,
+            "cmdline": None,
+            "acpi": None,
+        },
     }
     p.update(changes)
     return p
@@ -37,8 +53,15 @@ def test_promotable_pins_selects_the_compared_fields():
     sku, tools = gpu_sku("h100-sxm"), gpu_admin_tools()
     assert p == {
         "schema": 1,
-        "td": {"profile": "debian-trixie-ovmf-direct-boot", "mrtd": MRTD, "rtmr0": None, "rtmr1": None,
-               "rtmr2": None, "rtmr3": None, "tdAttributes": "0000001000000000"},
+        "td": {
+            "profile": "debian-trixie-ovmf-direct-boot",
+            "mrtd": MRTD,
+            "rtmr0": None,
+            "rtmr1": None,
+            "rtmr2": None,
+            "rtmr3": None,
+            "tdAttributes": "0000001000000000",
+        },
         "artifacts": {"firmware": "11" * 32, "kernel": None, "initrd": None, "cmdline": None},
         "gpu": {"h100-sxm": {"vbios": sku.vbios, "driver": sku.driver}},
         "gpuAdminTools": {"version": tools.version, "sha256": tools.sha256},
@@ -119,7 +142,8 @@ def test_refusal_lists_one_line_per_field_and_the_fix():
     one = copy.deepcopy(staging)
     one["tdxModule"] = "1.5.20"
     assert refusal(FROM, "prod", staging, one).splitlines()[0] == (
-        f"promotion refused: 1 pin of prod differs from what {FROM} exported as attested:")
+        f"promotion refused: 1 pin of prod differs from what {FROM} exported as attested:"
+    )
 
 
 @pytest.mark.parametrize("outputs", [{}, {"promotable": None}, {"ready": False, "pins": {}}])
@@ -188,9 +212,12 @@ def test_program_refuses_before_any_host_step(monkeypatch):
     staging = _own_promotable(monkeypatch)
     staging["tdxModule"] = "1.5.20"
     created: list = []
-    with pytest.raises(Exception, match=r"promotion refused: 1 pin of prod-mock differs .*\n  - tdxModule: "
-                                         r"organization/tdx-vllm/staging attested 1\.5\.20, prod-mock would deploy "
-                                         r"1\.5\.34") as info:
+    with pytest.raises(
+        Exception,
+        match=r"promotion refused: 1 pin of prod-mock differs .*\n  - tdxModule: "
+        r"organization/tdx-vllm/staging attested 1\.5\.20, prod-mock would deploy "
+        r"1\.5\.34",
+    ) as info:
         _run_program(monkeypatch, {"promotable": staging}, created)
     assert "fix: deploy and verify these pins in staging first" in str(info.value)
     assert ("pulumi:pulumi:StackReference", FROM) in created

@@ -1,6 +1,7 @@
 """configfs-tsm quote source: the checks it makes before trusting a quote it read back. The happy
 path needs a TDX TD (the kernel makes `outblob` on read); here a plain directory stands in for the
 report entry, which is enough to show each refusal."""
+
 from __future__ import annotations
 
 from pathlib import Path

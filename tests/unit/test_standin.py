@@ -1,4 +1,5 @@
 """The vLLM stand-in, driven by the official openai client: shapes, known answers, streaming."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,13 +39,11 @@ def client(url: str) -> openai.OpenAI:
 
 
 def chat(c: openai.OpenAI, prompt: str, **kw):
-    return c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
-                                     **kw)
+    return c.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], **kw)
 
 
 def raw(url: str, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url + path, data=body, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url + path, data=body, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read() or b"{}")
@@ -66,8 +65,7 @@ def test_chat_known_answer(standin: StandinThread) -> None:
     assert full.choices[0].message.role == "assistant"
     assert full.choices[0].message.content == " ".join(["Say OK"] * 8) == known_answer("Say OK")
     assert full.choices[0].finish_reason == "stop"
-    assert (full.usage.prompt_tokens, full.usage.completion_tokens, full.usage.total_tokens) == (
-        2, 16, 18)
+    assert (full.usage.prompt_tokens, full.usage.completion_tokens, full.usage.total_tokens) == (2, 16, 18)
     short = chat(c, "Say OK", max_tokens=2)
     assert short.choices[0].message.content == "Say OK" == known_answer("Say OK", max_tokens=2)
     assert short.choices[0].finish_reason == "length"
@@ -75,11 +73,16 @@ def test_chat_known_answer(standin: StandinThread) -> None:
 
 def test_answer_echoes_last_user_message_cyclically(standin: StandinThread) -> None:
     c = client(standin.url)
-    out = c.chat.completions.create(model=MODEL, max_completion_tokens=5, messages=[
-        {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "ignored"},
-        {"role": "assistant", "content": "x"},
-        {"role": "user", "content": [{"type": "text", "text": "a  b\nc"}]}])
+    out = c.chat.completions.create(
+        model=MODEL,
+        max_completion_tokens=5,
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "ignored"},
+            {"role": "assistant", "content": "x"},
+            {"role": "user", "content": [{"type": "text", "text": "a  b\nc"}]},
+        ],
+    )
     assert out.choices[0].message.content == "a b c a b"
     assert out.usage.prompt_tokens == 2 + 1 + 1 + 3
     empty = chat(client(standin.url), "   ", max_tokens=2)
@@ -89,12 +92,10 @@ def test_answer_echoes_last_user_message_cyclically(standin: StandinThread) -> N
 def test_streaming_matches_non_streaming(standin: StandinThread) -> None:
     c = client(standin.url)
     whole = chat(c, "one two three", max_tokens=7).choices[0].message.content
-    chunks = list(chat(c, "one two three", max_tokens=7, stream=True,
-                       stream_options={"include_usage": True}))
+    chunks = list(chat(c, "one two three", max_tokens=7, stream=True, stream_options={"include_usage": True}))
     assert all(ch.object == "chat.completion.chunk" and ch.model == MODEL for ch in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
-    tokens = [ch.choices[0].delta.content for ch in chunks
-              if ch.choices and ch.choices[0].delta.content]
+    tokens = [ch.choices[0].delta.content for ch in chunks if ch.choices and ch.choices[0].delta.content]
     assert tokens == ["one", " two", " three", " one", " two", " three", " one"]
     assert "".join(tokens) == whole
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
@@ -107,9 +108,11 @@ def test_legacy_completions(standin: StandinThread) -> None:
     out = c.completions.create(model=MODEL, prompt="Say OK", max_tokens=3)
     assert out.object == "text_completion" and out.choices[0].text == "Say OK Say"
     assert out.choices[0].finish_reason == "length"
-    streamed = "".join(ch.choices[0].text for ch in
-                       c.completions.create(model=MODEL, prompt="Say OK", max_tokens=3,
-                                            stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(model=MODEL, prompt="Say OK", max_tokens=3, stream=True)
+        if ch.choices
+    )
     assert streamed == "Say OK Say"
 
 
@@ -121,8 +124,12 @@ def test_counts_every_request(standin: StandinThread) -> None:
     raw(standin.url, "GET", "/health")
     raw(standin.url, "GET", "/nope")
     assert standin.requests == 4
-    assert standin.paths == [("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
-                             ("GET", "/health"), ("GET", "/nope")]
+    assert standin.paths == [
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/health"),
+        ("GET", "/nope"),
+    ]
 
 
 def test_health(standin: StandinThread) -> None:
@@ -141,8 +148,7 @@ def test_error_shapes(standin: StandinThread) -> None:
     with pytest.raises(openai.BadRequestError):
         chat(client(standin.url), "x", max_tokens=0)
     with pytest.raises(openai.NotFoundError) as e:
-        client(standin.url).chat.completions.create(model="other", messages=[
-            {"role": "user", "content": "x"}])
+        client(standin.url).chat.completions.create(model="other", messages=[{"role": "user", "content": "x"}])
     assert e.value.code == "model_not_found"
 
 
@@ -150,8 +156,11 @@ def test_streaming_is_paced_and_not_buffered() -> None:
     config = StandinConfig(token_interval_s=0.02, tokens=5)
     with StandinServer(config).run_in_thread() as s:
         start = time.monotonic()
-        arrivals = [time.monotonic() - start for ch in chat(client(s.url), "a b c d e", stream=True)
-                    if ch.choices and ch.choices[0].delta.content]
+        arrivals = [
+            time.monotonic() - start
+            for ch in chat(client(s.url), "a b c d e", stream=True)
+            if ch.choices and ch.choices[0].delta.content
+        ]
     assert len(arrivals) == 5
     assert arrivals[-1] >= 0.075
     # Buffered output would land all at once; real streaming shows the 4 pauses between tokens.
@@ -161,10 +170,13 @@ def test_streaming_is_paced_and_not_buffered() -> None:
 def test_async_context_manager_with_aiohttp() -> None:
     async def go() -> tuple[int, str, str]:
         async with StandinServer() as s, aiohttp.ClientSession() as http:
-            async with http.post(s.url + "/v1/chat/completions", json={
-                    "messages": [{"role": "user", "content": "Say OK"}], "max_tokens": 2}) as r:
+            async with http.post(
+                s.url + "/v1/chat/completions",
+                json={"messages": [{"role": "user", "content": "Say OK"}], "max_tokens": 2},
+            ) as r:
                 body = await r.json()
             return s.requests, body["choices"][0]["message"]["content"], s.url
+
     requests, content, url = asyncio.run(go())
     assert (requests, content) == (1, "Say OK") and url.startswith("http://127.0.0.1:")
     with pytest.raises(OSError):  # stopped: nothing listens any more
@@ -180,9 +192,22 @@ def test_start_error_reaches_the_caller() -> None:
 
 def test_cli_serves_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tdxattest.standin", "--listen", "127.0.0.1:0",
-         "--model", "m/1", "--token-interval-ms", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        [
+            sys.executable,
+            "-m",
+            "tdxattest.standin",
+            "--listen",
+            "127.0.0.1:0",
+            "--model",
+            "m/1",
+            "--token-interval-ms",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         url = json.loads(proc.stdout.readline())["listening"]
         assert [m.id for m in client(url).models.list().data] == ["m/1"]

@@ -1,5 +1,6 @@
 """Rendering of host steps, and the lib.sh frame run locally with bash (check/apply/verify,
 refusals, JSON facts), plus the pure helpers the scripts embed."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,14 @@ import vbios_version  # noqa: E402  (a host-side helper, imported here to test i
 
 def run_local(stdin: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a rendered step exactly as the remote side does, on this machine."""
-    return subprocess.run(["bash", "-c", STEP_COMMAND], input=stdin, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=60)
+    return subprocess.run(
+        ["bash", "-c", STEP_COMMAND],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+    )
 
 
 def test_render_puts_script_and_values_on_stdin_not_the_command_line():
@@ -48,7 +55,7 @@ def test_helpers_become_shell_functions():
 def toy(tmp_path):
     """A step whose desired state is 'FILE contains WANT'."""
     script = tmp_path / "toy.sh"
-    script.write_text(r'''
+    script.write_text(r"""
 check() {
   fact target "$TOY_FILE"
   [ "$(cat "$TOY_FILE" 2>/dev/null)" = "$TOY_WANT" ] || unmet "file content" "$TOY_WANT" "$(cat "$TOY_FILE" 2>/dev/null || echo none)" "apply writes it"
@@ -62,7 +69,7 @@ apply() {
 }
 remove() { rm -f "$TOY_FILE"; fact removed_paths "$TOY_FILE"; }
 runtime_check() { [ -f "$TOY_FILE.booted" ] || unmet "not booted" "booted" "old boot" "reboot"; [ "${#_UNMET[@]}" -eq 0 ]; }
-''')
+""")
     return script, tmp_path / "state"
 
 
@@ -86,7 +93,9 @@ def test_check_mode_never_applies_and_lists_what_is_unmet(toy):
     script, state = toy
     res = run_local(render(Step("toy", str(script), mode="check"), toy_params(state)).stdin)
     assert res.returncode == 1 and not state.exists()
-    assert "error: toy (check): file content; expected he said \"hi\"\tthere, seen none; fix: apply writes it" in res.stderr
+    assert (
+        'error: toy (check): file content; expected he said "hi"\tthere, seen none; fix: apply writes it' in res.stderr
+    )
     assert json.loads(res.stdout)["ok"] is False
 
 
@@ -114,13 +123,23 @@ def test_destroy_runs_the_steps_remove_on_the_same_stdin(toy, tmp_path):
     assert run_local(stdin).returncode == 0 and state.exists()
     res = subprocess.run(["bash", "-c", DELETE_COMMAND], input=stdin, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == {"step": "toy", "ok": True, "changed": True, "removed_paths": str(state),
-                                      "removed": True}
+    assert json.loads(res.stdout) == {
+        "step": "toy",
+        "ok": True,
+        "changed": True,
+        "removed_paths": str(state),
+        "removed": True,
+    }
     assert not state.exists()
     keep = tmp_path / "keep.sh"
     keep.write_text("check() { return 0; }\n")  # a step without `remove` leaves the host as it is
-    res = subprocess.run(["bash", "-c", DELETE_COMMAND], input=render(Step("keep", str(keep)), {}).stdin,
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["bash", "-c", DELETE_COMMAND],
+        input=render(Step("keep", str(keep)), {}).stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0 and json.loads(res.stdout)["removed"] is False
 
 
@@ -159,14 +178,14 @@ def make_rom(version: str, *, image_offset: int = 0, token: bytes = b"i") -> byt
     major, chip, minor, micro, patch = (int(x, 16) for x in version.split("."))
     rom = bytearray(image_offset + 1024)
     base = image_offset
-    rom[base:base + 2] = b"\x55\xaa"
+    rom[base : base + 2] = b"\x55\xaa"
     bit = base + 0x100
-    rom[bit:bit + 6] = b"\xff\xb8BIT\x00"
-    rom[bit + 6:bit + 12] = bytes([0x00, 0x01, 12, 6, 2, 0])  # version, header size, token size, count, checksum
+    rom[bit : bit + 6] = b"\xff\xb8BIT\x00"
+    rom[bit + 6 : bit + 12] = bytes([0x00, 0x01, 12, 6, 2, 0])  # version, header size, token size, count, checksum
     data_off = 0x200
     struct.pack_into("<BBHH", rom, bit + 12, ord("B"), 1, 4, 0x180)
     struct.pack_into("<BBHH", rom, bit + 18, token[0], 1, 5, data_off)
-    rom[base + data_off:base + data_off + 5] = bytes([micro, minor, chip, major, patch])
+    rom[base + data_off : base + data_off + 5] = bytes([micro, minor, chip, major, patch])
     return bytes(rom)
 
 
@@ -190,7 +209,9 @@ def test_vbios_helper_runs_as_the_scripts_run_it(tmp_path):
     rom.write_bytes(make_rom("96.00.9F.00.01"))
     script = tmp_path / "s.sh"
     script.write_text('check() { fact v "$(vbios_version "$ROM")"; }\n')
-    res = run_local(render(Step("v", str(script), helpers=("vbios_version.py",), mode="check"), {"ROM": str(rom)}).stdin)
+    res = run_local(
+        render(Step("v", str(script), helpers=("vbios_version.py",), mode="check"), {"ROM": str(rom)}).stdin
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["v"] == "96.00.9F.00.01"
 
@@ -199,8 +220,12 @@ def test_vbios_helper_runs_as_the_scripts_run_it(tmp_path):
 
 
 def json_config(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPTS_DIR / "json_config.py"), *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS_DIR / "json_config.py"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_json_config_updates_in_place_and_keeps_secrets_off_argv(tmp_path):

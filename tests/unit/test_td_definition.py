@@ -1,5 +1,6 @@
 """The TD definition (components/td_definition.py): QEMU argv, systemd unit, agent config, boot
 manifest reading. Pure: policy bits, GPU devices, no DEBUG anywhere, deterministic output."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.td_definition import (DefinitionError, TdDefinition, agent_config, assert_no_debug,
-                                      exec_start, load_boot_manifest, qemu_argv, render_unit, tdx_guest_object)
+from components.td_definition import (
+    DefinitionError,
+    TdDefinition,
+    agent_config,
+    assert_no_debug,
+    exec_start,
+    load_boot_manifest,
+    qemu_argv,
+    render_unit,
+    tdx_guest_object,
+)
 from guest_agent import CONFIG_FW_CFG
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,10 +41,22 @@ def pinned_firmware_dir(dest: Path, *, kernel_sha: str = KERNEL_SHA, cmdline: st
     shutil.copytree(REPO / "firmware", fw)
     path = fw / "td" / "ovmf-debian-trixie.yaml"
     data = yaml.safe_load(path.read_text())
-    data["kernel"] = {"name": "vmlinuz", "version": "6.18.5-test", "source": "test guest build",
-                      "file": "vmlinuz-6.18.5-test", "sha256": kernel_sha, "sha384": "33" * 48}
-    data["initrd"] = {"name": "initrd.img", "version": "6.18.5-test", "source": "test guest build",
-                      "file": "initrd-6.18.5-test.img", "sha256": INITRD_SHA, "sha384": "55" * 48}
+    data["kernel"] = {
+        "name": "vmlinuz",
+        "version": "6.18.5-test",
+        "source": "test guest build",
+        "file": "vmlinuz-6.18.5-test",
+        "sha256": kernel_sha,
+        "sha384": "33" * 48,
+    }
+    data["initrd"] = {
+        "name": "initrd.img",
+        "version": "6.18.5-test",
+        "source": "test guest build",
+        "file": "initrd-6.18.5-test.img",
+        "sha256": INITRD_SHA,
+        "sha384": "55" * 48,
+    }
     data["cmdline"] = {"value": cmdline}
     data.pop("rootfs", None)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -42,12 +64,21 @@ def pinned_firmware_dir(dest: Path, *, kernel_sha: str = KERNEL_SHA, cmdline: st
 
 
 def definition(**changes) -> TdDefinition:
-    d = TdDefinition(name="gpu-a", firmware="/var/lib/tdx-vllm/td/gpu-a/firmware.fd",
-                     kernel="/var/lib/tdx-vllm/td/gpu-a/vmlinuz", initrd="/var/lib/tdx-vllm/td/gpu-a/initrd.img",
-                     cmdline=CMDLINE, vcpus=16, memory_mib=65536, gpus=(GPU_A,),
-                     agent_config="/var/lib/tdx-vllm/td/gpu-a/agent.json",
-                     serial_log="/var/lib/tdx-vllm/td/gpu-a/serial.log", gateway_port=8443, qgs_port=4050,
-                     after_units=("qgsd.service",))
+    d = TdDefinition(
+        name="gpu-a",
+        firmware="/var/lib/tdx-vllm/td/gpu-a/firmware.fd",
+        kernel="/var/lib/tdx-vllm/td/gpu-a/vmlinuz",
+        initrd="/var/lib/tdx-vllm/td/gpu-a/initrd.img",
+        cmdline=CMDLINE,
+        vcpus=16,
+        memory_mib=65536,
+        gpus=(GPU_A,),
+        agent_config="/var/lib/tdx-vllm/td/gpu-a/agent.json",
+        serial_log="/var/lib/tdx-vllm/td/gpu-a/serial.log",
+        gateway_port=8443,
+        qgs_port=4050,
+        after_units=("qgsd.service",),
+    )
     return replace(d, **changes)
 
 
@@ -60,7 +91,7 @@ def parse_exec_start(unit: str) -> list[str]:
     (plain words and single-quoted words; %% and $$ escapes)."""
     text = unit.replace("\\\n", " ")
     line = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))
-    return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line[len("ExecStart="):])]
+    return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line[len("ExecStart=") :])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,8 +100,12 @@ def parse_exec_start(unit: str) -> list[str]:
 
 def test_tdx_guest_object_never_sets_debug_and_sets_sept_ve_disable():
     obj = json.loads(tdx_guest_object(4050))
-    assert obj == {"qom-type": "tdx-guest", "id": "tdx", "sept-ve-disable": True,
-                   "quote-generation-socket": {"type": "vsock", "cid": "2", "port": "4050"}}
+    assert obj == {
+        "qom-type": "tdx-guest",
+        "id": "tdx",
+        "sept-ve-disable": True,
+        "quote-generation-socket": {"type": "vsock", "cid": "2", "port": "4050"},
+    }
     argv = qemu_argv(definition())
     assert option_values(argv, "-object")[1] == tdx_guest_object(4050)
     assert "q35,kernel_irqchip=split,confidential-guest-support=tdx,memory-backend=mem0,hpet=off" in argv
@@ -87,19 +122,23 @@ def test_the_pinned_td_attributes_agree_with_the_rendered_policy():
     """The manifest's TD_ATTRIBUTES (what `pins.tdAttributes` exports) have DEBUG clear and
     SEPT_VE_DISABLE set, which is what the rendered tdx-guest object asks QEMU for."""
     from components.measurements import load_manifest
+
     manifest = load_manifest(REPO / "firmware" / "td" / "ovmf-debian-trixie.yaml")
     attrs = int.from_bytes(bytes.fromhex(manifest["td"]["attributes"]), "little")
     assert attrs & 1 == 0 and attrs & (1 << 28)
     assert json.loads(tdx_guest_object(4050))["sept-ve-disable"] is True
 
 
-@pytest.mark.parametrize("obj, message", [
-    ('{"qom-type":"tdx-guest","id":"tdx","sept-ve-disable":true,"debug":true}', "never be debuggable"),
-    ('{"qom-type":"tdx-guest","id":"tdx","sept-ve-disable":true,"attributes":268435457}', "never be debuggable"),
-    ('{"qom-type":"tdx-guest","id":"tdx"}', "sept-ve-disable"),
-    ('{"qom-type":"tdx-guest","id":"tdx","sept-ve-disable":false}', "sept-ve-disable"),
-    ("tdx-guest,id=tdx,debug=on", "JSON"),
-])
+@pytest.mark.parametrize(
+    "obj, message",
+    [
+        ('{"qom-type":"tdx-guest","id":"tdx","sept-ve-disable":true,"debug":true}', "never be debuggable"),
+        ('{"qom-type":"tdx-guest","id":"tdx","sept-ve-disable":true,"attributes":268435457}', "never be debuggable"),
+        ('{"qom-type":"tdx-guest","id":"tdx"}', "sept-ve-disable"),
+        ('{"qom-type":"tdx-guest","id":"tdx","sept-ve-disable":false}', "sept-ve-disable"),
+        ("tdx-guest,id=tdx,debug=on", "JSON"),
+    ],
+)
 def test_assert_no_debug_refuses_unsafe_objects(obj, message):
     argv = qemu_argv(definition())
     argv[argv.index(tdx_guest_object(4050))] = obj
@@ -162,15 +201,18 @@ def test_qgs_port_follows_the_dcap_config():
     assert obj["quote-generation-socket"] == {"type": "vsock", "cid": "2", "port": "4051"}
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"gpus": ("b8:00.0",)}, "not a PCI address"),
-    ({"gpus": (GPU_A, GPU_A)}, "twice"),
-    ({"kernel": "vmlinuz"}, "absolute"),
-    ({"serial_log": "/var/log/td,1.log"}, "commas"),
-    ({"name": "GPU_A"}, "lowercase"),
-    ({"vcpus": 0}, "positive"),
-    ({"gateway_port": 70000}, "port"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"gpus": ("b8:00.0",)}, "not a PCI address"),
+        ({"gpus": (GPU_A, GPU_A)}, "twice"),
+        ({"kernel": "vmlinuz"}, "absolute"),
+        ({"serial_log": "/var/log/td,1.log"}, "commas"),
+        ({"name": "GPU_A"}, "lowercase"),
+        ({"vcpus": 0}, "positive"),
+        ({"gateway_port": 70000}, "port"),
+    ],
+)
 def test_unsafe_inputs_are_refused(changes, message):
     with pytest.raises(DefinitionError, match=message):
         definition(**changes)
@@ -209,22 +251,32 @@ def test_agent_config_is_canonical_json_in_the_agents_schema():
     """docs/guest-agent.md: the agent refuses unknown keys, so only its keys are rendered."""
     manifest = {"image": "x@sha256:" + "0" * 64, "model": {"id": "a/b"}}
     gpu = {"vbios": ["96.00.9F.00.01"], "driver": "580.95.05"}
-    text = agent_config("prod", manifest, "https://huggingface.co/{id}/resolve/{revision}", 8443,
-                        {"prompt": "p", "expect": "e"}, gpu)
+    text = agent_config(
+        "prod", manifest, "https://huggingface.co/{id}/resolve/{revision}", 8443, {"prompt": "p", "expect": "e"}, gpu
+    )
     doc = json.loads(text)
-    assert doc == {"stack": "prod", "workload": manifest,
-                   "model": {"source": "https://huggingface.co/{id}/resolve/{revision}"},
-                   "gateway": {"port": 8443}, "knownAnswer": {"prompt": "p", "expect": "e"}, "gpu": gpu}
+    assert doc == {
+        "stack": "prod",
+        "workload": manifest,
+        "model": {"source": "https://huggingface.co/{id}/resolve/{revision}"},
+        "gateway": {"port": 8443},
+        "knownAnswer": {"prompt": "p", "expect": "e"},
+        "gpu": gpu,
+    }
     assert text == json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
     assert "gpu" not in json.loads(agent_config("dev", manifest, "https://m", 8443, {"prompt": "p", "expect": "e"}))
 
 
 def test_root_and_data_disks_carry_the_serials_the_guest_initramfs_looks_for():
-    argv = qemu_argv(definition(rootfs="/var/lib/tdx-vllm/td/gpu-a/rootfs.verity.img",
-                                data_disk="/var/lib/tdx-vllm/td/gpu-a/data.img"))
+    argv = qemu_argv(
+        definition(
+            rootfs="/var/lib/tdx-vllm/td/gpu-a/rootfs.verity.img", data_disk="/var/lib/tdx-vllm/td/gpu-a/data.img"
+        )
+    )
     assert option_values(argv, "-drive") == [
         "file=/var/lib/tdx-vllm/td/gpu-a/rootfs.verity.img,if=none,id=root,format=raw,readonly=on",
-        "file=/var/lib/tdx-vllm/td/gpu-a/data.img,if=none,id=data,format=raw"]
+        "file=/var/lib/tdx-vllm/td/gpu-a/data.img,if=none,id=data,format=raw",
+    ]
     assert "virtio-blk-pci,drive=root,serial=tdx-vllm-root" in argv
     assert "virtio-blk-pci,drive=data,serial=tdx-vllm-data" in argv
     assert "-drive" not in qemu_argv(definition())
@@ -276,7 +328,9 @@ def test_a_pinned_manifest_is_launchable(tmp_path):
     assert boot.launchable and boot.cmdline == CMDLINE
     assert [(a.role, a.staged_name, a.sha256) for a in boot.artifacts] == [
         ("firmware", "firmware.fd", "14954040cc754ade0c625ac3470ea46d4c14318b5b1396de4ef77090203d76db"),
-        ("kernel", "vmlinuz", KERNEL_SHA), ("initrd", "initrd.img", INITRD_SHA)]
+        ("kernel", "vmlinuz", KERNEL_SHA),
+        ("initrd", "initrd.img", INITRD_SHA),
+    ]
 
 
 def test_bad_manifest_values_are_refused(tmp_path):

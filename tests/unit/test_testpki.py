@@ -1,6 +1,7 @@
 """The TEST PKI's software quotes go through the real verifier (dcap-qvl + tdxattest.verify): accepted
 only with the TEST root CA handed over explicitly, refused against Intel's root, and refused for the
 same reasons a hardware quote would be (DEBUG, stale collateral, wrong REPORTDATA, tampering)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,16 @@ from cryptography import x509
 from tdxattest.policy import Policy
 from tdxattest.quote import parse_quote, pck_tcb
 from tdxattest.quote_source import QuoteSource
-from tdxattest.testpki import (LABEL, OUTDATED_ADVISORIES, OUTDATED_TEE_TCB_SVN, PCESVN, SGX_TCB_COMPONENTS,
-                               SoftwareQuoteProvider, TdIdentity, make_test_pki)
+from tdxattest.testpki import (
+    LABEL,
+    OUTDATED_ADVISORIES,
+    OUTDATED_TEE_TCB_SVN,
+    PCESVN,
+    SGX_TCB_COMPONENTS,
+    SoftwareQuoteProvider,
+    TdIdentity,
+    make_test_pki,
+)
 from tdxattest.verify import collateral_from_json_text, verify_quote
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
@@ -37,10 +46,17 @@ def dcap_verify(pki, quote: bytes, now: int = NOW, collateral: str | None = None
     return dcap_qvl.verify_with_root_ca(quote, coll, pki.root_ca_der, now)
 
 
-def appraise(pki, quote: bytes, *, now: int = NOW, collateral: str | None = None, td: TdIdentity = TD,
-             expected: bytes = RD):
-    return verify_quote(quote, collateral_from_json_text(collateral or pki.collateral_json()), now,
-                        Policy(pins=td.pins()), expected_report_data=expected, root_ca_der=pki.root_ca_der)
+def appraise(
+    pki, quote: bytes, *, now: int = NOW, collateral: str | None = None, td: TdIdentity = TD, expected: bytes = RD
+):
+    return verify_quote(
+        quote,
+        collateral_from_json_text(collateral or pki.collateral_json()),
+        now,
+        Policy(pins=td.pins()),
+        expected_report_data=expected,
+        root_ca_der=pki.root_ca_der,
+    )
 
 
 def failures(verdict) -> list[str]:
@@ -58,8 +74,20 @@ def test_verify_quote_accepts_with_pins_and_reports_what_was_put_in(pki, quote) 
     assert verdict.tcb_status == "UpToDate" and verdict.fmspc == pki.fmspc and verdict.report_verified
     assert {c.check: c.outcome for c in verdict.checks}["pin.mrtd"] == "pass"
     report = verdict.report
-    for name in ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "td_attributes", "xfam", "mrconfigid",
-                 "mrowner", "mrownerconfig", "tee_tcb_svn"):
+    for name in (
+        "mrtd",
+        "rtmr0",
+        "rtmr1",
+        "rtmr2",
+        "rtmr3",
+        "mrseam",
+        "td_attributes",
+        "xfam",
+        "mrconfigid",
+        "mrowner",
+        "mrownerconfig",
+        "tee_tcb_svn",
+    ):
         assert getattr(report, name) == getattr(TD, name), name
     assert report.report_data == RD and not report.debug and report.sept_ve_disable
 
@@ -74,8 +102,9 @@ def test_refused_against_intels_root(pki, quote) -> None:
 def test_refused_against_another_test_root(pki, quote) -> None:
     other = make_test_pki(NOW)
     with pytest.raises(ValueError):
-        dcap_qvl.verify_with_root_ca(quote, dcap_qvl.QuoteCollateralV3.from_json(pki.collateral_json()),
-                                     other.root_ca_der, NOW)
+        dcap_qvl.verify_with_root_ca(
+            quote, dcap_qvl.QuoteCollateralV3.from_json(pki.collateral_json()), other.root_ca_der, NOW
+        )
 
 
 def test_debug_td_refused(pki) -> None:

@@ -1,5 +1,6 @@
 """TrustDomain under Pulumi mocks: where it sits in the graph, what a changed pin replaces, what it
 exports; and the workload pins (RTMR3, image digest, model hash) with promotion."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,17 @@ import pytest
 from components.config import parse_stack
 from components.promotion import promotable_pins, refusal
 from components.firmware import gpu_sku
-from components.trust_domain import (definition, endpoint_url, gpu_pins, launch_params, select_gpus,
-                                     stage_params, trust_domains, wait_params, workload_pins)
+from components.trust_domain import (
+    definition,
+    endpoint_url,
+    gpu_pins,
+    launch_params,
+    select_gpus,
+    stage_params,
+    trust_domains,
+    wait_params,
+    workload_pins,
+)
 from tdxattest.workload import expected_rtmr3, model_sha256, rtmr3_events
 
 from .test_components import SECRETS, Mocks, Recorder, _decrypted
@@ -65,8 +75,13 @@ def _assert(condition: bool) -> None:
 
 
 def td_stdins(rec) -> pulumi.Output[dict[str, str]]:
-    return pulumi.Output.all(**{n: pulumi.Output.from_input(a.props["stdin"]) for n, a in rec.resources.items()
-                                if a.type_ == "command:remote:Command" and "-td-" in n})
+    return pulumi.Output.all(
+        **{
+            n: pulumi.Output.from_input(a.props["stdin"])
+            for n, a in rec.resources.items()
+            if a.type_ == "command:remote:Command" and "-td-" in n
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,8 +97,7 @@ def test_td_follows_kernel_gpu_and_dcap_and_its_steps_run_in_order(tmp_path):
     assert rec.deps("gpu-a-td-launch") == {"gpu-a-td-stage"} and rec.deps("gpu-a-td-wait") == {"gpu-a-td-launch"}
     for step in ("stage", "launch", "wait"):
         assert rec.parent(f"gpu-a-td-{step}") == "gpu-a-td"
-    return pulumi.Output.all(td.ready, td.endpoint).apply(
-        lambda a: _assert(a == [True, "https://192.0.2.10:8443"]))
+    return pulumi.Output.all(td.ready, td.endpoint).apply(lambda a: _assert(a == [True, "https://192.0.2.10:8443"]))
 
 
 @pulumi.runtime.test
@@ -106,13 +120,14 @@ def test_launch_input_carries_the_definition_gpus_and_pins(tmp_path):
         launch = stdins["gpu-a-td-launch"]
         assert '{"qom-type":"tdx-guest","id":"tdx","quote-generation-socket":{"type":"vsock","cid":"2",' in launch
         assert "vfio-pci,host=0000:b8:00.0,bus=pci.1,iommufd=iommufd0" in launch  # the first GPU preflight found
-        assert "0000:ba:00.0" not in launch                                        # gpu.count is 1
+        assert "0000:ba:00.0" not in launch  # gpu.count is 1
         assert KERNEL_SHA in launch and manifest.digest().hex() in launch
         assert expected_rtmr3(manifest).hex() in stdins["gpu-a-td-wait"]
         assert KERNEL_SHA in stdins["gpu-a-td-stage"] and "https://artifacts.example.net/td" in stdins["gpu-a-td-stage"]
         for text in stdins.values():
             for secret in SECRETS.values():
                 assert secret not in text
+
     return td_stdins(rec).apply(check)
 
 
@@ -126,6 +141,7 @@ def test_a_changed_pinned_artifact_restages_relaunches_and_waits_again(tmp_path)
         a, b, c = ({n: hashlib.sha256(s.encode()).hexdigest() for n, s in d.items()} for d in all_stdins)
         assert {n for n in a if a[n] != b[n]} == {"gpu-a-td-stage", "gpu-a-td-launch", "gpu-a-td-wait"}
         assert {n for n in a if a[n] != c[n]} == {"gpu-a-td-launch", "gpu-a-td-wait"}
+
     return pulumi.Output.all(td_stdins(base), td_stdins(kernel), td_stdins(args)).apply(compare)
 
 
@@ -153,7 +169,9 @@ def test_step_parameters(tmp_path):
     assert stage["TDX_ARTIFACTS"].splitlines() == [
         "firmware.fd ovmf-debian13-trixie-2025.02-8-deb13u1.fd "
         "14954040cc754ade0c625ac3470ea46d4c14318b5b1396de4ef77090203d76db",
-        f"vmlinuz vmlinuz-6.18.5-test {KERNEL_SHA}", f"initrd.img initrd-6.18.5-test.img {'44' * 32}"]
+        f"vmlinuz vmlinuz-6.18.5-test {KERNEL_SHA}",
+        f"initrd.img initrd-6.18.5-test.img {'44' * 32}",
+    ]
     d = definition("gpu-a", boot, cfg.workload, ("0000:b8:00.0",))
     launch = launch_params(d, boot, cfg.workload, cfg.workload.manifest(1), "staging", gpu_pins("h100-sxm"))
     assert launch["TDX_UNIT"] == "tdx-vllm-td-gpu-a.service" and launch["TDX_DATA_DISK"] == ""
@@ -165,7 +183,10 @@ def test_step_parameters(tmp_path):
     with_disk = stack_config(tmp_path / "disk", td={**workload()["td"], "dataDiskGiB": 200})
     d2 = definition("gpu-a", boot, with_disk.workload, ("0000:b8:00.0",))
     assert d2.data_disk == "/var/lib/tdx-vllm/td/gpu-a/data.img"
-    assert launch_params(d2, boot, with_disk.workload, with_disk.workload.manifest(1), "staging")["TDX_DATA_DISK_GIB"] == "200"
+    assert (
+        launch_params(d2, boot, with_disk.workload, with_disk.workload.manifest(1), "staging")["TDX_DATA_DISK_GIB"]
+        == "200"
+    )
     wait = wait_params(d, cfg.workload.manifest(1), 3600)
     assert wait["TDX_TD_READY_TIMEOUT"] == "3600" and wait["TDX_SERIAL_LOG"] == "/var/lib/tdx-vllm/td/gpu-a/serial.log"
 
@@ -181,10 +202,19 @@ def test_endpoint_urls():
 
 
 def _pins() -> dict[str, Any]:
-    return {"schema": 1, "profile": "p", "mrtd": "aa" * 48, "rtmr0": None, "rtmr1": None, "rtmr2": None,
-            "rtmr3": None, "reasons": {"rtmr0": "x", "rtmr3": "workload manifest not pinned yet"},
-            "events": {"rtmr0": []}, "tdAttributes": "0000001000000000",
-            "artifacts": {"firmware": {"sha256": "11" * 32}, "kernel": None, "initrd": None, "cmdline": None}}
+    return {
+        "schema": 1,
+        "profile": "p",
+        "mrtd": "aa" * 48,
+        "rtmr0": None,
+        "rtmr1": None,
+        "rtmr2": None,
+        "rtmr3": None,
+        "reasons": {"rtmr0": "x", "rtmr3": "workload manifest not pinned yet"},
+        "events": {"rtmr0": []},
+        "tdAttributes": "0000001000000000",
+        "artifacts": {"firmware": {"sha256": "11" * 32}, "kernel": None, "initrd": None, "cmdline": None},
+    }
 
 
 def test_workload_pins_add_rtmr3_image_digest_and_model_hash(tmp_path):
@@ -209,7 +239,9 @@ def test_promotable_includes_the_workload_and_refuses_a_different_image(tmp_path
     assert staging["workload"] == {"imageDigest": "sha256:" + "ab" * 32, "modelSha256": model_sha256(m)}
     assert staging["td"]["rtmr3"] == expected_rtmr3(m).hex()
     message = refusal("staging", "prod", staging, prod)
-    assert "workload.imageDigest: staging attested sha256:abab" in message and "prod would deploy sha256:cdcd" in message
+    assert (
+        "workload.imageDigest: staging attested sha256:abab" in message and "prod would deploy sha256:cdcd" in message
+    )
     assert "td.rtmr3:" in message
     # A stack without a workload promotes exactly what it did before (no `workload` section).
     plain = promotable_pins(_pins(), ["h100-sxm"], "1.5.34")
@@ -234,12 +266,15 @@ def test_the_program_builds_a_td_per_host_and_exports_endpoints(tmp_path, monkey
     mocks = Both()
     raw = good()
     raw["workload"] = workload()
-    exported, seen = run_program(mocks, _decrypted(raw), {"hosts", "dcap"}, monkeypatch, stack="dev",
-                                 resolve=("endpoints", "ready"))
+    exported, seen = run_program(
+        mocks, _decrypted(raw), {"hosts", "dcap"}, monkeypatch, stack="dev", resolve=("endpoints", "ready")
+    )
     tds = [name for typ, name in mocks.created if typ == "tdx-vllm:td:TrustDomain"]
     assert sorted(tds) == ["gpu-a-td", "gpu-b-td"]
-    assert seen == {"endpoints": {"gpu-a": "https://192.0.2.10:8443", "gpu-b": "https://gpu-b.example.net:8443"},
-                    "ready": True}
+    assert seen == {
+        "endpoints": {"gpu-a": "https://192.0.2.10:8443", "gpu-b": "https://gpu-b.example.net:8443"},
+        "ready": True,
+    }
     pins = exported["pins"]
     assert pins["rtmr3"] is not None and "rtmr3" not in pins["reasons"]
     assert pins["imageDigest"] == "sha256:" + "ab" * 32

@@ -1,4 +1,5 @@
 """The workload manifest: canonical bytes, digest, RTMR3 replay, and every validation refusal."""
+
 from __future__ import annotations
 
 import copy
@@ -8,8 +9,15 @@ import json
 import pytest
 
 from tdxattest.errors import InputError
-from tdxattest.workload import (WORKLOAD_EVENT, WorkloadManifest, expected_rtmr3, manifest_from_mapping,
-                                refused_vllm_arg, replay_rtmr3, rtmr3_events)
+from tdxattest.workload import (
+    WORKLOAD_EVENT,
+    WorkloadManifest,
+    expected_rtmr3,
+    manifest_from_mapping,
+    refused_vllm_arg,
+    replay_rtmr3,
+    rtmr3_events,
+)
 
 IMAGE = "docker.io/vllm/vllm-openai@sha256:" + "ab" * 32
 REV = "0123456789abcdef0123456789abcdef01234567"
@@ -18,10 +26,16 @@ SHA_B = "bb" * 32
 
 
 def doc() -> dict:
-    return {"image": IMAGE,
-            "model": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": REV,
-                      "files": {"model.safetensors": SHA_A, "config.json": SHA_B}},
-            "vllmArgs": ["--max-model-len", "4096"], "tensorParallelSize": 1}
+    return {
+        "image": IMAGE,
+        "model": {
+            "id": "Qwen/Qwen2.5-0.5B-Instruct",
+            "revision": REV,
+            "files": {"model.safetensors": SHA_A, "config.json": SHA_B},
+        },
+        "vllmArgs": ["--max-model-len", "4096"],
+        "tensorParallelSize": 1,
+    }
 
 
 def test_round_trip_and_canonical_form():
@@ -30,11 +44,22 @@ def test_round_trip_and_canonical_form():
     assert m.as_dict() == {**doc(), "schema": 1}
     assert manifest_from_mapping(m.as_dict()) == m
     # The exact bytes are a contract with verifiers elsewhere: pin them.
-    expected = json.dumps({"schema": 1, "image": IMAGE,
-                           "model": {"id": "Qwen/Qwen2.5-0.5B-Instruct", "revision": REV,
-                                     "files": {"config.json": SHA_B, "model.safetensors": SHA_A}},
-                           "vllmArgs": ["--max-model-len", "4096"], "tensorParallelSize": 1},
-                          sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    expected = json.dumps(
+        {
+            "schema": 1,
+            "image": IMAGE,
+            "model": {
+                "id": "Qwen/Qwen2.5-0.5B-Instruct",
+                "revision": REV,
+                "files": {"config.json": SHA_B, "model.safetensors": SHA_A},
+            },
+            "vllmArgs": ["--max-model-len", "4096"],
+            "tensorParallelSize": 1,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    ).encode()
     assert m.canonical_bytes() == expected
     assert m.canonical_bytes().startswith(b'{"image":"docker.io/vllm/vllm-openai@sha256:abab')
     assert b" " not in m.canonical_bytes()
@@ -49,22 +74,25 @@ def test_canonical_form_is_independent_of_file_order():
     assert manifest_from_mapping(a).canonical_bytes() == manifest_from_mapping(b).canonical_bytes()
     # Constructing directly with unsorted pairs gives the same bytes too.
     m = manifest_from_mapping(a)
-    swapped = WorkloadManifest(m.image, m.model_id, m.model_revision, tuple(reversed(m.model_files)),
-                               m.vllm_args, m.tensor_parallel_size)
+    swapped = WorkloadManifest(
+        m.image, m.model_id, m.model_revision, tuple(reversed(m.model_files)), m.vllm_args, m.tensor_parallel_size
+    )
     assert swapped.canonical_bytes() == m.canonical_bytes()
 
 
 def test_everything_that_matters_changes_the_digest():
     base = manifest_from_mapping(doc()).digest()
     variants = []
-    for mutate in (lambda d: d.update(image=IMAGE[:-1] + "c"),
-                   lambda d: d["model"].update(revision=REV[:-1] + "8"),
-                   lambda d: d["model"]["files"].update({"config.json": "cc" * 32}),
-                   lambda d: d["model"]["files"].update({"extra.json": SHA_A}),
-                   lambda d: d.update(vllmArgs=["--max-model-len", "8192"]),
-                   lambda d: d.update(vllmArgs=["4096", "--max-model-len"]),  # argument order matters
-                   lambda d: d.update(tensorParallelSize=2),
-                   lambda d: d["model"].update(id="Qwen/Qwen2.5-1.5B-Instruct")):
+    for mutate in (
+        lambda d: d.update(image=IMAGE[:-1] + "c"),
+        lambda d: d["model"].update(revision=REV[:-1] + "8"),
+        lambda d: d["model"]["files"].update({"config.json": "cc" * 32}),
+        lambda d: d["model"]["files"].update({"extra.json": SHA_A}),
+        lambda d: d.update(vllmArgs=["--max-model-len", "8192"]),
+        lambda d: d.update(vllmArgs=["4096", "--max-model-len"]),  # argument order matters
+        lambda d: d.update(tensorParallelSize=2),
+        lambda d: d["model"].update(id="Qwen/Qwen2.5-1.5B-Instruct"),
+    ):
         d = doc()
         mutate(d)
         variants.append(manifest_from_mapping(d).digest())
@@ -85,13 +113,16 @@ def test_events_and_replay():
     assert replay_rtmr3([json.loads(json.dumps(e)) for e in events]) == want
 
 
-@pytest.mark.parametrize("events, key", [
-    ([{"rtmr": 2, "digest": "00" * 48}], "event 0.rtmr"),
-    ([{"rtmr": 3, "digest": "00" * 32}], "event 0.digest"),
-    ([{"rtmr": 3, "digest": "ZZ" * 48}], "event 0.digest"),
-    ([{"rtmr": 3}], "event 0.digest"),
-    (["nope"], "event 0 as a mapping"),
-])
+@pytest.mark.parametrize(
+    "events, key",
+    [
+        ([{"rtmr": 2, "digest": "00" * 48}], "event 0.rtmr"),
+        ([{"rtmr": 3, "digest": "00" * 32}], "event 0.digest"),
+        ([{"rtmr": 3, "digest": "ZZ" * 48}], "event 0.digest"),
+        ([{"rtmr": 3}], "event 0.digest"),
+        (["nope"], "event 0 as a mapping"),
+    ],
+)
 def test_replay_refuses_malformed_events(events, key):
     with pytest.raises(InputError) as err:
         replay_rtmr3(events)
@@ -108,41 +139,45 @@ def _set(path: str, value):
             del target[keys[-1]]
         else:
             target[keys[-1]] = value
+
     return mutate
 
 
 _DELETE = object()
 
 
-@pytest.mark.parametrize("mutate, expected, seen", [
-    (_set("image", "docker.io/vllm/vllm-openai:v0.10.1"), "workload.image by digest", "v0.10.1"),
-    (_set("image", "vllm@sha256:" + "AB" * 32), "workload.image by digest", "ABAB"),
-    (_set("image", "vllm@sha256:" + "ab" * 31), "workload.image by digest", "vllm@sha256"),
-    (_set("image", 7), "workload.image as a string", "int"),
-    (_set("image", _DELETE), "workload.image", "the key missing"),
-    (_set("model.revision", "main"), "workload.model.revision as a commit id", "'main'"),
-    (_set("model.revision", REV[:-1]), "workload.model.revision as a commit id", REV[:-1]),
-    (_set("model.revision", _DELETE), "workload.model.revision", "the key missing"),
-    (_set("model.id", "../etc"), "workload.model.id", "'../etc'"),
-    (_set("model.files", {}), "workload.model.files as a non-empty mapping", "{}"),
-    (_set("model.files", ["a"]), "workload.model.files as a non-empty mapping", "list"),
-    (_set("model.files", {"a.json": "cafe"}), "workload.model.files['a.json'] as sha256", "'cafe'"),
-    (_set("model.files", {"a.json": SHA_A.upper()}), "workload.model.files['a.json'] as sha256", SHA_A.upper()),
-    (_set("model.files", {"../a.json": SHA_A}), "relative path inside the model directory", "'../a.json'"),
-    (_set("model.files", {"sub/../../a": SHA_A}), "relative path inside the model directory", "sub/../../a"),
-    (_set("model.files", {"/etc/passwd": SHA_A}), "relative path inside the model directory", "'/etc/passwd'"),
-    (_set("model.files", {"a//b": SHA_A}), "relative path inside the model directory", "'a//b'"),
-    (_set("model.files", {"./a": SHA_A}), "relative path inside the model directory", "'./a'"),
-    (_set("model.extra", 1), "workload.model keys among", "unknown key 'extra'"),
-    (_set("model", "Qwen"), "workload.model as a mapping", "str"),
-    (_set("vllmArgs", "--enforce-eager"), "workload.vllmArgs as a list of strings", "'--enforce-eager'"),
-    (_set("vllmArgs", ["--x", 1]), "workload.vllmArgs as a list of strings", "1"),
-    (_set("tensorParallelSize", 0), "workload.tensorParallelSize as an integer >= 1", "0"),
-    (_set("tensorParallelSize", "2"), "workload.tensorParallelSize as an integer >= 1", "'2'"),
-    (_set("tensorParallelSize", True), "workload.tensorParallelSize as an integer >= 1", "True"),
-    (_set("schema", 2), "workload.schema 1", "2"),
-    (_set("tag", "latest"), "workload keys among", "unknown key 'tag'"),
-])
+@pytest.mark.parametrize(
+    "mutate, expected, seen",
+    [
+        (_set("image", "docker.io/vllm/vllm-openai:v0.10.1"), "workload.image by digest", "v0.10.1"),
+        (_set("image", "vllm@sha256:" + "AB" * 32), "workload.image by digest", "ABAB"),
+        (_set("image", "vllm@sha256:" + "ab" * 31), "workload.image by digest", "vllm@sha256"),
+        (_set("image", 7), "workload.image as a string", "int"),
+        (_set("image", _DELETE), "workload.image", "the key missing"),
+        (_set("model.revision", "main"), "workload.model.revision as a commit id", "'main'"),
+        (_set("model.revision", REV[:-1]), "workload.model.revision as a commit id", REV[:-1]),
+        (_set("model.revision", _DELETE), "workload.model.revision", "the key missing"),
+        (_set("model.id", "../etc"), "workload.model.id", "'../etc'"),
+        (_set("model.files", {}), "workload.model.files as a non-empty mapping", "{}"),
+        (_set("model.files", ["a"]), "workload.model.files as a non-empty mapping", "list"),
+        (_set("model.files", {"a.json": "cafe"}), "workload.model.files['a.json'] as sha256", "'cafe'"),
+        (_set("model.files", {"a.json": SHA_A.upper()}), "workload.model.files['a.json'] as sha256", SHA_A.upper()),
+        (_set("model.files", {"../a.json": SHA_A}), "relative path inside the model directory", "'../a.json'"),
+        (_set("model.files", {"sub/../../a": SHA_A}), "relative path inside the model directory", "sub/../../a"),
+        (_set("model.files", {"/etc/passwd": SHA_A}), "relative path inside the model directory", "'/etc/passwd'"),
+        (_set("model.files", {"a//b": SHA_A}), "relative path inside the model directory", "'a//b'"),
+        (_set("model.files", {"./a": SHA_A}), "relative path inside the model directory", "'./a'"),
+        (_set("model.extra", 1), "workload.model keys among", "unknown key 'extra'"),
+        (_set("model", "Qwen"), "workload.model as a mapping", "str"),
+        (_set("vllmArgs", "--enforce-eager"), "workload.vllmArgs as a list of strings", "'--enforce-eager'"),
+        (_set("vllmArgs", ["--x", 1]), "workload.vllmArgs as a list of strings", "1"),
+        (_set("tensorParallelSize", 0), "workload.tensorParallelSize as an integer >= 1", "0"),
+        (_set("tensorParallelSize", "2"), "workload.tensorParallelSize as an integer >= 1", "'2'"),
+        (_set("tensorParallelSize", True), "workload.tensorParallelSize as an integer >= 1", "True"),
+        (_set("schema", 2), "workload.schema 1", "2"),
+        (_set("tag", "latest"), "workload keys among", "unknown key 'tag'"),
+    ],
+)
 def test_validation_errors_name_key_expected_and_seen(mutate, expected, seen):
     d = copy.deepcopy(doc())
     mutate(d)
@@ -157,21 +192,35 @@ def test_not_a_mapping():
         manifest_from_mapping(["image"])  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("arg, flag", [
-    ("--cpu-offload-gb=4", "--cpu-offload-gb"),
-    ("--cpu_offload_gb=4", "--cpu-offload-gb"),           # vLLM's parser turns _ into -
-    ("--served_model_name", "--served-model-name"),
-    ("--kv-transfer-config.kv_connector=X", "--kv-transfer-config"),  # one key of a JSON option
-    ("--served", "--served"),                             # argparse takes an unambiguous prefix
-    ("-tp", "-tp"),
-    ("--config", "--config"),                             # more arguments from an unmeasured file
-])
+@pytest.mark.parametrize(
+    "arg, flag",
+    [
+        ("--cpu-offload-gb=4", "--cpu-offload-gb"),
+        ("--cpu_offload_gb=4", "--cpu-offload-gb"),  # vLLM's parser turns _ into -
+        ("--served_model_name", "--served-model-name"),
+        ("--kv-transfer-config.kv_connector=X", "--kv-transfer-config"),  # one key of a JSON option
+        ("--served", "--served"),  # argparse takes an unambiguous prefix
+        ("-tp", "-tp"),
+        ("--config", "--config"),  # more arguments from an unmeasured file
+    ],
+)
 def test_refused_vllm_args_in_every_spelling(arg, flag):
     reason = refused_vllm_arg(arg)
     assert reason is not None and reason.startswith(f"`{flag}`")
 
 
-@pytest.mark.parametrize("arg", ["--max-model-len", "4096", "--tokenizer-mode", "--model-impl", "--config-format",
-                                 "--compilation-config.level=3", "--tokenizer-revision", "--enable-prefix-caching"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "--max-model-len",
+        "4096",
+        "--tokenizer-mode",
+        "--model-impl",
+        "--config-format",
+        "--compilation-config.level=3",
+        "--tokenizer-revision",
+        "--enable-prefix-caching",
+    ],
+)
 def test_allowed_vllm_args(arg):
     assert refused_vllm_arg(arg) is None

@@ -4,6 +4,7 @@ It serves the subset of pulumi-command v1.2.1 that the `pulumi_command` Python S
 `command:local:Command`, `command:remote:Command` and the `command:local:run` function. See
 ../README.md for why it exists and where it differs from upstream.
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -28,8 +29,17 @@ class CancelledError(CommandError):
     """The engine cancelled the operation."""
 
 
-_GO_ESCAPES = {"\a": r"\a", "\b": r"\b", "\f": r"\f", "\n": r"\n", "\r": r"\r", "\t": r"\t",
-               "\v": r"\v", "\\": r"\\", '"': r"\""}
+_GO_ESCAPES = {
+    "\a": r"\a",
+    "\b": r"\b",
+    "\f": r"\f",
+    "\n": r"\n",
+    "\r": r"\r",
+    "\t": r"\t",
+    "\v": r"\v",
+    "\\": r"\\",
+    '"': r"\"",
+}
 
 
 def go_quote(s: str) -> str:

@@ -6,6 +6,7 @@ re-done so that a failing command reaches the user as its own error text (the ex
 servicer appends a Python traceback to every error) and unknown values survive (its
 PropertyValue has no encoding for them; see provider.UNKNOWN).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ from . import local as local_runner
 from .provider import ASSET_MARK, CommandProvider
 
 # What the launcher changed in the environment for the provider itself, restored for commands.
-_SAVED = {"PYTHONPATH": "PULUMI_COMMAND_PROVIDER_SAVED_PYTHONPATH",
-          "PYTHONSAFEPATH": "PULUMI_COMMAND_PROVIDER_SAVED_PYTHONSAFEPATH"}
+_SAVED = {
+    "PYTHONPATH": "PULUMI_COMMAND_PROVIDER_SAVED_PYTHONPATH",
+    "PYTHONSAFEPATH": "PULUMI_COMMAND_PROVIDER_SAVED_PYTHONSAFEPATH",
+}
 
 
 def _restore_environment() -> None:
@@ -101,61 +104,87 @@ class CommandServicer(ProviderServicer):
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - a bug here: keep the traceback for the report
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                f"pulumi-resource-command (stand-in) internal error: {exc!r}\n{traceback.format_exc()}")
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"pulumi-resource-command (stand-in) internal error: {exc!r}\n{traceback.format_exc()}",
+            )
 
     async def Check(self, request, context):
         async def go():
-            resp = await self._provider.check(exp.CheckRequest(
-                request.urn, _decode(request.olds), _decode(request.news),
-                request.randomSeed))
+            resp = await self._provider.check(
+                exp.CheckRequest(request.urn, _decode(request.olds), _decode(request.news), request.randomSeed)
+            )
             failures = [proto.CheckFailure(property=f.property, reason=f.reason) for f in resp.failures or []]
             return proto.CheckResponse(inputs=_encode(resp.inputs or {}), failures=failures)
+
         return await self._guard(context, go())
 
     async def Diff(self, request, context):
         async def go():
-            resp = await self._provider.diff(exp.DiffRequest(
-                request.urn, request.id, _decode(request.olds),
-                _decode(request.news), list(request.ignoreChanges)))
+            resp = await self._provider.diff(
+                exp.DiffRequest(
+                    request.urn, request.id, _decode(request.olds), _decode(request.news), list(request.ignoreChanges)
+                )
+            )
             return proto.DiffResponse(
-                replaces=resp.replaces, stables=resp.stables, deleteBeforeReplace=resp.delete_before_replace,
+                replaces=resp.replaces,
+                stables=resp.stables,
+                deleteBeforeReplace=resp.delete_before_replace,
                 changes=proto.DiffResponse.DIFF_SOME if resp.changes else proto.DiffResponse.DIFF_NONE,
                 diffs=resp.diffs,
-                detailedDiff={k: proto.PropertyDiff(kind=_KIND[v.kind], inputDiff=v.input_diff)
-                              for k, v in resp.detailed_diff.items()},
-                hasDetailedDiff=True)
+                detailedDiff={
+                    k: proto.PropertyDiff(kind=_KIND[v.kind], inputDiff=v.input_diff)
+                    for k, v in resp.detailed_diff.items()
+                },
+                hasDetailedDiff=True,
+            )
+
         return await self._guard(context, go())
 
     async def Create(self, request, context):
         async def go():
-            resp = await self._provider.create(exp.CreateRequest(
-                request.urn, _decode(request.properties), request.timeout, request.preview))
+            resp = await self._provider.create(
+                exp.CreateRequest(request.urn, _decode(request.properties), request.timeout, request.preview)
+            )
             return proto.CreateResponse(id=resp.resource_id or "", properties=_encode(resp.properties))
+
         return await self._guard(context, go())
 
     async def Update(self, request, context):
         async def go():
-            resp = await self._provider.update(exp.UpdateRequest(
-                request.urn, request.id, _decode(request.olds),
-                _decode(request.news), timeout=request.timeout,
-                ignore_changes=list(request.ignoreChanges), preview=request.preview))
+            resp = await self._provider.update(
+                exp.UpdateRequest(
+                    request.urn,
+                    request.id,
+                    _decode(request.olds),
+                    _decode(request.news),
+                    timeout=request.timeout,
+                    ignore_changes=list(request.ignoreChanges),
+                    preview=request.preview,
+                )
+            )
             return proto.UpdateResponse(properties=_encode(resp.properties))
+
         return await self._guard(context, go())
 
     async def Delete(self, request, context):
         async def go():
-            await self._provider.delete(exp.DeleteRequest(
-                request.urn, request.id, _decode(request.properties), timeout=request.timeout))
+            await self._provider.delete(
+                exp.DeleteRequest(request.urn, request.id, _decode(request.properties), timeout=request.timeout)
+            )
             return empty_pb2.Empty()
+
         return await self._guard(context, go())
 
     async def Read(self, request, context):
         async def go():
-            resp = await self._provider.read(exp.ReadRequest(
-                request.urn, request.id, _decode(request.properties), _decode(request.inputs)))
-            return proto.ReadResponse(id=resp.resource_id or request.id, properties=_encode(resp.properties),
-                                      inputs=_encode(resp.inputs))
+            resp = await self._provider.read(
+                exp.ReadRequest(request.urn, request.id, _decode(request.properties), _decode(request.inputs))
+            )
+            return proto.ReadResponse(
+                id=resp.resource_id or request.id, properties=_encode(resp.properties), inputs=_encode(resp.inputs)
+            )
+
         return await self._guard(context, go())
 
     async def Invoke(self, request, context):
@@ -165,6 +194,7 @@ class CommandServicer(ProviderServicer):
             if resp.failures:
                 kwargs["failures"] = [proto.CheckFailure(property=f.property, reason=f.reason) for f in resp.failures]
             return proto.InvokeResponse(**kwargs)
+
         return await self._guard(context, go())
 
 
@@ -183,8 +213,9 @@ def _exit_with_parent() -> None:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="pulumi-resource-command",
-                                     description="Stand-in pulumi-command provider plugin (gRPC server)")
+    parser = argparse.ArgumentParser(
+        prog="pulumi-resource-command", description="Stand-in pulumi-command provider plugin (gRPC server)"
+    )
     parser.add_argument("engine", nargs="?", help="the engine's gRPC address")
     parser.add_argument("--logflow", action="store_true")
     parser.add_argument("--logtostderr", action="store_true")

@@ -13,6 +13,7 @@ Commands stay in the provider's process group (as upstream's), so the engine's k
 reaches them. Difference: a deadline (the engine's custom timeout) or a cancellation kills the
 command and all its descendants (upstream's exec.CommandContext kills only the process it started).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,16 +51,33 @@ def _exit_reason(returncode: int) -> str:
             name = signal.Signals(-returncode).name.removeprefix("SIG").lower()
         except ValueError:
             name = f"signal {-returncode}"
-        names = {"kill": "killed", "term": "terminated", "int": "interrupt", "hup": "hangup",
-                 "segv": "segmentation fault", "abrt": "aborted", "pipe": "broken pipe"}
+        names = {
+            "kill": "killed",
+            "term": "terminated",
+            "int": "interrupt",
+            "hup": "hangup",
+            "segv": "segmentation fault",
+            "abrt": "aborted",
+            "pipe": "broken pipe",
+        }
         return f"signal: {names.get(name, name)}"
     return f"exit status {returncode}"
 
 
-async def run(command: str, *, interpreter: Optional[Sequence[str]], directory: Optional[str],
-              environment: Mapping[str, str], previous: Mapping[str, str], stdin: Optional[str],
-              log_stdout: bool, log_stderr: bool, output: Callable[[str], None],
-              timeout_s: Optional[float], cancelled: asyncio.Event) -> tuple[str, str]:
+async def run(
+    command: str,
+    *,
+    interpreter: Optional[Sequence[str]],
+    directory: Optional[str],
+    environment: Mapping[str, str],
+    previous: Mapping[str, str],
+    stdin: Optional[str],
+    log_stdout: bool,
+    log_stderr: bool,
+    output: Callable[[str], None],
+    timeout_s: Optional[float],
+    cancelled: asyncio.Event,
+) -> tuple[str, str]:
     argv = list(interpreter) if interpreter else list(DEFAULT_INTERPRETER)
     argv.append(command)
     env = base_environment()
@@ -68,8 +86,13 @@ async def run(command: str, *, interpreter: Optional[Sequence[str]], directory: 
     cwd = directory if directory else os.getcwd()
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            *argv,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
     except OSError as exc:
         what = f"chdir {cwd}" if not os.path.isdir(cwd) else f"exec: {argv[0]!r}"
         raise CommandError(format_run_error(f"{what}: {(exc.strerror or str(exc)).lower()}", command, "")) from None
@@ -114,8 +137,9 @@ async def run(command: str, *, interpreter: Optional[Sequence[str]], directory: 
     work = asyncio.ensure_future(complete())
     stop = asyncio.ensure_future(cancelled.wait())
     try:
-        done, _ = await asyncio.wait({work, stop}, timeout=timeout_s if timeout_s else None,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {work, stop}, timeout=timeout_s if timeout_s else None, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         stop.cancel()
     if work not in done:
@@ -129,8 +153,9 @@ async def run(command: str, *, interpreter: Optional[Sequence[str]], directory: 
         text = both.decode("utf-8", "replace")
         if cancelled.is_set():
             raise CancelledError(format_run_error("cancelled", command, text))
-        raise DeadlineError(format_run_error(
-            f"timed out after {timeout_s:g}s (the resource's custom timeout)", command, text))
+        raise DeadlineError(
+            format_run_error(f"timed out after {timeout_s:g}s (the resource's custom timeout)", command, text)
+        )
     returncode = work.result()
     if partial["buf"]:
         output(partial["buf"].decode("utf-8", "replace").rstrip("\r"))
@@ -154,7 +179,7 @@ def _descendants(pid: int) -> list[int]:
                 stat = f.read().decode(errors="replace")
         except OSError:
             continue
-        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(int(entry))
     found, todo = [], [pid]
     while todo:

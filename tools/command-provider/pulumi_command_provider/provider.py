@@ -15,6 +15,7 @@ Semantics follow pulumi-command v1.2.1 as built with pulumi-go-provider's `infer
   is not secret because stdin or the connection is: use `additionalSecretOutputs` for that.
 - read (refresh) returns the state unchanged: a command has nothing to read back.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -72,32 +73,66 @@ STDOUT_ENV = "PULUMI_COMMAND_STDOUT"
 STDERR_ENV = "PULUMI_COMMAND_STDERR"
 LOGGING_VALUES = ("stdout", "stderr", "stdoutAndStderr", "none")
 
-_COMMON = {"create": "string", "update": "string", "delete": "string", "triggers": "array",
-           "stdin": "string", "logging": "logging", "environment": "map[string]",
-           "addPreviousOutputInEnv": "bool"}
+_COMMON = {
+    "create": "string",
+    "update": "string",
+    "delete": "string",
+    "triggers": "array",
+    "stdin": "string",
+    "logging": "logging",
+    "environment": "map[string]",
+    "addPreviousOutputInEnv": "bool",
+}
 INPUTS: dict[str, dict[str, str]] = {
     REMOTE: {**_COMMON, "connection": "connection"},
-    LOCAL: {**_COMMON, "dir": "string", "interpreter": "array[string]", "assetPaths": "array[string]",
-            "archivePaths": "array[string]"},
+    LOCAL: {
+        **_COMMON,
+        "dir": "string",
+        "interpreter": "array[string]",
+        "assetPaths": "array[string]",
+        "archivePaths": "array[string]",
+    },
 }
-RUN_INPUTS = {"command": "string", "dir": "string", "environment": "map[string]", "interpreter": "array[string]",
-              "stdin": "string", "logging": "logging", "addPreviousOutputInEnv": "bool",
-              "assetPaths": "array[string]", "archivePaths": "array[string]"}
-CONNECTION_FIELDS = {"host": "string", "port": "number", "user": "string", "password": "string",
-                     "privateKey": "string", "privateKeyPassword": "string", "agentSocketPath": "string",
-                     "hostKey": "string", "dialErrorLimit": "integer", "perDialTimeout": "integer",
-                     "proxy": "object"}
-CONNECTION_DEFAULTS = {"port": 22.0, "user": "root", "dialErrorLimit": float(ssh.DEFAULT_DIAL_ERROR_LIMIT),
-                       "perDialTimeout": float(ssh.DEFAULT_PER_DIAL_TIMEOUT)}
+RUN_INPUTS = {
+    "command": "string",
+    "dir": "string",
+    "environment": "map[string]",
+    "interpreter": "array[string]",
+    "stdin": "string",
+    "logging": "logging",
+    "addPreviousOutputInEnv": "bool",
+    "assetPaths": "array[string]",
+    "archivePaths": "array[string]",
+}
+CONNECTION_FIELDS = {
+    "host": "string",
+    "port": "number",
+    "user": "string",
+    "password": "string",
+    "privateKey": "string",
+    "privateKeyPassword": "string",
+    "agentSocketPath": "string",
+    "hostKey": "string",
+    "dialErrorLimit": "integer",
+    "perDialTimeout": "integer",
+    "proxy": "object",
+}
+CONNECTION_DEFAULTS = {
+    "port": 22.0,
+    "user": "root",
+    "dialErrorLimit": float(ssh.DEFAULT_DIAL_ERROR_LIMIT),
+    "perDialTimeout": float(ssh.DEFAULT_PER_DIAL_TIMEOUT),
+}
 UNSUPPORTED = {
     "assetPaths": "assetPaths is not supported by this stand-in provider (tools/command-provider); "
-                  "use the official pulumi-command plugin",
+    "use the official pulumi-command plugin",
     "archivePaths": "archivePaths is not supported by this stand-in provider (tools/command-provider); "
-                    "use the official pulumi-command plugin",
+    "use the official pulumi-command plugin",
 }
 
 
 # --- property values ----------------------------------------------------------------------------
+
 
 def is_unknown(pv: Optional[PropertyValue]) -> bool:
     return pv is not None and (isinstance(pv.value, Computed) or pv.value == UNKNOWN)
@@ -150,6 +185,7 @@ def _absent(pv: Optional[PropertyValue]) -> bool:
 
 # --- check ----------------------------------------------------------------------------------------
 
+
 def _type_failure(path: str, pv: PropertyValue, kind: str) -> Optional[str]:
     if has_unknown(pv) and not isinstance(pv.value, (Mapping, tuple, list)):
         return None
@@ -180,8 +216,9 @@ def _type_failure(path: str, pv: PropertyValue, kind: str) -> Optional[str]:
     return None if ok else f"{path}: expected {kind}, got {type(v).__name__}"
 
 
-def check_properties(props: Mapping[str, PropertyValue], schema: Mapping[str, str],
-                     what: str) -> tuple[dict[str, PropertyValue], list[CheckFailure]]:
+def check_properties(
+    props: Mapping[str, PropertyValue], schema: Mapping[str, str], what: str
+) -> tuple[dict[str, PropertyValue], list[CheckFailure]]:
     failures: list[CheckFailure] = []
     out: dict[str, PropertyValue] = {}
     for key, pv in props.items():
@@ -219,8 +256,13 @@ def _check_connection(pv: PropertyValue) -> tuple[PropertyValue, list[CheckFailu
             failures.append(CheckFailure(path, f"connection has no property {key!r} (pulumi-command {VERSION})"))
             continue
         if key == "proxy":
-            failures.append(CheckFailure(path, "proxy (bastion) connections are not supported by this stand-in "
-                                               "provider (tools/command-provider); use the official plugin"))
+            failures.append(
+                CheckFailure(
+                    path,
+                    "proxy (bastion) connections are not supported by this stand-in "
+                    "provider (tools/command-provider); use the official plugin",
+                )
+            )
             continue
         problem = None if is_unknown(value) else _type_failure(path, value, kind)
         if problem:
@@ -275,9 +317,11 @@ def diff_value(path: str, old: Optional[PropertyValue], new: Optional[PropertyVa
     return {} if plain(old) == plain(new) else {path: PropertyDiffKind.UPDATE}
 
 
-_AS_REPLACE = {PropertyDiffKind.ADD: PropertyDiffKind.ADD_REPLACE,
-               PropertyDiffKind.DELETE: PropertyDiffKind.DELETE_REPLACE,
-               PropertyDiffKind.UPDATE: PropertyDiffKind.UPDATE_REPLACE}
+_AS_REPLACE = {
+    PropertyDiffKind.ADD: PropertyDiffKind.ADD_REPLACE,
+    PropertyDiffKind.DELETE: PropertyDiffKind.DELETE_REPLACE,
+    PropertyDiffKind.UPDATE: PropertyDiffKind.UPDATE_REPLACE,
+}
 
 
 def _ignore(news: dict[str, PropertyValue], olds: Mapping[str, PropertyValue], paths: Iterable[str]) -> None:
@@ -290,6 +334,7 @@ def _ignore(news: dict[str, PropertyValue], olds: Mapping[str, PropertyValue], p
 
 
 # --- engine log -------------------------------------------------------------------------------
+
 
 class EngineLog:
     """Log messages for one resource operation, sent in order to the engine's Log RPC."""
@@ -308,8 +353,9 @@ class EngineLog:
             if self.stub is None:
                 continue
             try:
-                await self.stub.Log(engine_pb2.LogRequest(severity=severity, message=message, urn=self.urn,
-                                                          ephemeral=ephemeral))
+                await self.stub.Log(
+                    engine_pb2.LogRequest(severity=severity, message=message, urn=self.urn, ephemeral=ephemeral)
+                )
             except grpc.RpcError:
                 pass
 
@@ -352,6 +398,7 @@ class _SshSink(ssh.Sink):
 
 # --- the provider ---------------------------------------------------------------------------------
 
+
 class CommandProvider(Provider):
     def __init__(self, engine_address: Optional[str] = None):
         self.engine_address = engine_address
@@ -367,6 +414,7 @@ class CommandProvider(Provider):
     def _engine_stub(self) -> Optional[engine_pb2_grpc.EngineStub]:
         if self._engine is None and self.engine_address:
             from pulumi.runtime._grpc_settings import _GRPC_CHANNEL_OPTIONS
+
             self._channel = grpc.aio.insecure_channel(self.engine_address, options=_GRPC_CHANNEL_OPTIONS)
             self._engine = engine_pb2_grpc.EngineStub(self._channel)
         return self._engine
@@ -385,25 +433,42 @@ class CommandProvider(Provider):
     async def configure(self, request: ConfigureRequest) -> ConfigureResponse:
         # No output values or resource references: PropertyValue.unmarshal mishandles some of them,
         # and a command needs neither.
-        return ConfigureResponse(accept_secrets=True, supports_preview=True, accept_resources=False,
-                                 accept_outputs=False)
+        return ConfigureResponse(
+            accept_secrets=True, supports_preview=True, accept_resources=False, accept_outputs=False
+        )
 
     async def get_schema(self, request: GetSchemaRequest) -> GetSchemaResponse:
-        return GetSchemaResponse(schema=json.dumps({
-            "name": PACKAGE, "version": VERSION,
-            "description": "Stand-in for pulumi-command (tools/command-provider): local and remote Command only."}))
+        return GetSchemaResponse(
+            schema=json.dumps(
+                {
+                    "name": PACKAGE,
+                    "version": VERSION,
+                    "description": "Stand-in for pulumi-command (tools/command-provider): local and remote Command only.",
+                }
+            )
+        )
 
     # check / diff
 
     async def check(self, request: CheckRequest) -> CheckResponse:
         schema = INPUTS.get(urn_type(request.urn))
         if schema is None:
-            return CheckResponse(inputs=request.new_inputs, failures=[CheckFailure(
-                "", f"resource type {urn_type(request.urn)} is not supported by this stand-in provider "
-                    f"(only {LOCAL} and {REMOTE}); use the official pulumi-command plugin")])
+            return CheckResponse(
+                inputs=request.new_inputs,
+                failures=[
+                    CheckFailure(
+                        "",
+                        f"resource type {urn_type(request.urn)} is not supported by this stand-in provider "
+                        f"(only {LOCAL} and {REMOTE}); use the official pulumi-command plugin",
+                    )
+                ],
+            )
         inputs, failures = check_properties(request.new_inputs, schema, urn_type(request.urn))
-        if urn_type(request.urn) == REMOTE and "connection" not in inputs and not any(
-                f.property.startswith("connection") for f in failures):
+        if (
+            urn_type(request.urn) == REMOTE
+            and "connection" not in inputs
+            and not any(f.property.startswith("connection") for f in failures)
+        ):
             failures.append(CheckFailure("connection", "missing required property 'connection'"))
         return CheckResponse(inputs=inputs, failures=failures or None)
 
@@ -423,8 +488,9 @@ class CommandProvider(Provider):
                 replaces.append(key)
                 changed = {p: _AS_REPLACE[k] for p, k in changed.items()}
             detailed.update({p: PropertyDiff(kind=k, input_diff=True) for p, k in changed.items()})
-        return DiffResponse(changes=bool(diffs), replaces=replaces, diffs=diffs, detailed_diff=detailed,
-                            delete_before_replace=False)
+        return DiffResponse(
+            changes=bool(diffs), replaces=replaces, diffs=diffs, detailed_diff=detailed, delete_before_replace=False
+        )
 
     # create / update / delete
 
@@ -436,10 +502,12 @@ class CommandProvider(Provider):
         stdout, stderr = "", ""
         command = plain(props.get("create"))
         if command is not None:
-            stdout, stderr = await self._run(request.urn, urn_type(request.urn), props, command, props_prev=None,
-                                             timeout_s=request.timeout)
-        return CreateResponse(resource_id=rid, properties={
-            **props, "stdout": PropertyValue(stdout), "stderr": PropertyValue(stderr)})
+            stdout, stderr = await self._run(
+                request.urn, urn_type(request.urn), props, command, props_prev=None, timeout_s=request.timeout
+            )
+        return CreateResponse(
+            resource_id=rid, properties={**props, "stdout": PropertyValue(stdout), "stderr": PropertyValue(stderr)}
+        )
 
     async def update(self, request: UpdateRequest) -> UpdateResponse:
         olds, news = request.olds, dict(request.news)
@@ -447,7 +515,8 @@ class CommandProvider(Provider):
         if request.preview:
             schema = INPUTS.get(urn_type(request.urn), {})
             changed = any(diff_value(k, olds.get(k), news.get(k)) for k in schema) or any(
-                has_unknown(v) for v in news.values())
+                has_unknown(v) for v in news.values()
+            )
             outs = {"stdout": unknown(), "stderr": unknown()} if changed else old_out
             return UpdateResponse(properties={**news, **outs})
         command = plain(news.get("update"))
@@ -455,8 +524,9 @@ class CommandProvider(Provider):
             command = plain(news.get("create"))
         if command is None:
             return UpdateResponse(properties={**news, **old_out})
-        stdout, stderr = await self._run(request.urn, urn_type(request.urn), news, command, props_prev=olds,
-                                         timeout_s=request.timeout)
+        stdout, stderr = await self._run(
+            request.urn, urn_type(request.urn), news, command, props_prev=olds, timeout_s=request.timeout
+        )
         return UpdateResponse(properties={**news, "stdout": PropertyValue(stdout), "stderr": PropertyValue(stderr)})
 
     async def delete(self, request: DeleteRequest) -> None:
@@ -470,8 +540,14 @@ class CommandProvider(Provider):
 
     async def invoke(self, request: InvokeRequest) -> InvokeResponse:
         if request.tok != RUN:
-            return InvokeResponse(failures=[CheckFailure("", f"function {request.tok} is not supported by this "
-                                                             "stand-in provider (only command:local:run)")])
+            return InvokeResponse(
+                failures=[
+                    CheckFailure(
+                        "",
+                        f"function {request.tok} is not supported by this stand-in provider (only command:local:run)",
+                    )
+                ]
+            )
         args, failures = check_properties(request.args, RUN_INPUTS, RUN)
         if "command" not in args:
             failures.append(CheckFailure("command", "missing required property 'command'"))
@@ -482,8 +558,15 @@ class CommandProvider(Provider):
 
     # running
 
-    async def _run(self, urn: str, typ: str, props: Mapping[str, PropertyValue], command: str,
-                   props_prev: Optional[Mapping[str, PropertyValue]], timeout_s: float) -> tuple[str, str]:
+    async def _run(
+        self,
+        urn: str,
+        typ: str,
+        props: Mapping[str, PropertyValue],
+        command: str,
+        props_prev: Optional[Mapping[str, PropertyValue]],
+        timeout_s: float,
+    ) -> tuple[str, str]:
         logging = plain(props.get("logging")) or "stdoutAndStderr"
         log_stdout = logging in ("stdout", "stdoutAndStderr")
         log_stderr = logging in ("stderr", "stdoutAndStderr")
@@ -504,16 +587,39 @@ class CommandProvider(Provider):
                 raise ProviderError("the engine cancelled this deployment")
             if typ == REMOTE:
                 conn = ssh.Connection.from_wire(plain(props["connection"]))
-                control = ssh.Control(deadline=time.monotonic() + timeout if timeout else None,
-                                      cancelled=self._cancelled_thread, timeout_s=timeout)
-                return await loop.run_in_executor(self._pool, lambda: ssh.run(
-                    conn, command, stdin=stdin, environment=environment, previous=previous,
-                    log_stdout=log_stdout, log_stderr=log_stderr, control=control, sink=_SshSink(log)))
+                control = ssh.Control(
+                    deadline=time.monotonic() + timeout if timeout else None,
+                    cancelled=self._cancelled_thread,
+                    timeout_s=timeout,
+                )
+                return await loop.run_in_executor(
+                    self._pool,
+                    lambda: ssh.run(
+                        conn,
+                        command,
+                        stdin=stdin,
+                        environment=environment,
+                        previous=previous,
+                        log_stdout=log_stdout,
+                        log_stderr=log_stderr,
+                        control=control,
+                        sink=_SshSink(log),
+                    ),
+                )
             interpreter = plain(props.get("interpreter"))
             return await local_runner.run(
-                command, interpreter=interpreter, directory=plain(props.get("dir")), environment=environment,
-                previous=previous, stdin=stdin, log_stdout=log_stdout, log_stderr=log_stderr,
-                output=log.status, timeout_s=timeout, cancelled=self._async_cancel())
+                command,
+                interpreter=interpreter,
+                directory=plain(props.get("dir")),
+                environment=environment,
+                previous=previous,
+                stdin=stdin,
+                log_stdout=log_stdout,
+                log_stderr=log_stderr,
+                output=log.status,
+                timeout_s=timeout,
+                cancelled=self._async_cancel(),
+            )
         except ValueError as exc:  # bad key material and the like
             raise ProviderError(str(exc)) from None
         finally:

@@ -22,6 +22,7 @@ handshake and authentication), not only the TCP connect; `hostKey` pins the serv
 it is absent, any key is accepted as upstream does but a warning says so; a deadline (the
 engine's custom timeout) and cancellation bound dialing *and* the running command.
 """
+
 from __future__ import annotations
 
 import base64
@@ -137,6 +138,7 @@ class Control:
 
 # --- keys -------------------------------------------------------------------------------------
 
+
 def load_private_key(text: str, password: Optional[str]) -> paramiko.PKey:
     errors = []
     for cls in _KEY_CLASSES:
@@ -188,8 +190,14 @@ def _agent_keys(conn: Connection) -> tuple[list[paramiko.PKey], Optional[_PathAg
 
 # --- dialing ------------------------------------------------------------------------------------
 
-def _dial_once(conn: Connection, pkey: Optional[paramiko.PKey], pinned: Optional[paramiko.PKey],
-               agent_keys: list[paramiko.PKey], timeout: Optional[float]) -> paramiko.Transport:
+
+def _dial_once(
+    conn: Connection,
+    pkey: Optional[paramiko.PKey],
+    pinned: Optional[paramiko.PKey],
+    agent_keys: list[paramiko.PKey],
+    timeout: Optional[float],
+) -> paramiko.Transport:
     start = time.monotonic()
 
     def left() -> Optional[float]:
@@ -220,7 +228,8 @@ def _dial_once(conn: Connection, pkey: Optional[paramiko.PKey], pinned: Optional
             if seen.get_name() != pinned.get_name() or seen.asbytes() != pinned.asbytes():
                 raise paramiko.SSHException(
                     f"ssh: handshake failed: ssh: host key mismatch (pinned {pinned.get_name()} "
-                    f"{pinned.fingerprint}, {conn.endpoint} offered {seen.get_name()} {seen.fingerprint})")
+                    f"{pinned.fingerprint}, {conn.endpoint} offered {seen.get_name()} {seen.fingerprint})"
+                )
         _authenticate(transport, conn, pkey, agent_keys)
         return transport
     except BaseException:
@@ -228,8 +237,9 @@ def _dial_once(conn: Connection, pkey: Optional[paramiko.PKey], pinned: Optional
         raise
 
 
-def _authenticate(transport: paramiko.Transport, conn: Connection, pkey: Optional[paramiko.PKey],
-                  agent_keys: list[paramiko.PKey]) -> None:
+def _authenticate(
+    transport: paramiko.Transport, conn: Connection, pkey: Optional[paramiko.PKey], agent_keys: list[paramiko.PKey]
+) -> None:
     tried: list[str] = []
     errors: list[str] = []
 
@@ -251,8 +261,10 @@ def _authenticate(transport: paramiko.Transport, conn: Connection, pkey: Optiona
         if attempt("password", lambda: transport.auth_password(conn.user, conn.password, fallback=False)):
             return
         answer = conn.password
-        if attempt("keyboard-interactive",
-                   lambda: transport.auth_interactive(conn.user, lambda _t, _i, prompts: [answer] * len(prompts))):
+        if attempt(
+            "keyboard-interactive",
+            lambda: transport.auth_interactive(conn.user, lambda _t, _i, prompts: [answer] * len(prompts)),
+        ):
             return
     for key in agent_keys:
         if attempt("publickey (agent)", lambda key=key: transport.auth_publickey(conn.user, key)):
@@ -260,10 +272,12 @@ def _authenticate(transport: paramiko.Transport, conn: Connection, pkey: Optiona
     if not tried:
         raise paramiko.AuthenticationException(
             "ssh: handshake failed: ssh: unable to authenticate, no supported methods remain "
-            "(set privateKey, password or an SSH agent)")
+            "(set privateKey, password or an SSH agent)"
+        )
     raise paramiko.AuthenticationException(
         f"ssh: handshake failed: ssh: unable to authenticate, attempted methods [{' '.join(dict.fromkeys(tried))}], "
-        f"no supported methods remain ({'; '.join(errors)})")
+        f"no supported methods remain ({'; '.join(errors)})"
+    )
 
 
 def dial(conn: Connection, control: Control, sink: Sink) -> paramiko.Transport:
@@ -271,8 +285,10 @@ def dial(conn: Connection, control: Control, sink: Sink) -> paramiko.Transport:
     pkey = load_private_key(conn.private_key, conn.private_key_password) if conn.private_key else None
     pinned = parse_host_key(conn.host_key) if conn.host_key else None
     if pinned is None:
-        sink.warning(f"connection.hostKey is not set: the host key of {conn.endpoint} is not verified "
-                     "(pulumi-command accepts any host key); pin it with hostKey")
+        sink.warning(
+            f"connection.hostKey is not set: the host key of {conn.endpoint} is not verified "
+            "(pulumi-command accepts any host key); pin it with hostKey"
+        )
     agent_keys, agent = _agent_keys(conn)
     limit = conn.dial_error_limit
     delay = RETRY_DELAY_S
@@ -298,7 +314,8 @@ def dial(conn: Connection, control: Control, sink: Sink) -> paramiko.Transport:
             if rem is not None and rem <= 0:
                 raise DeadlineError(
                     f"dialing {conn.endpoint}: timed out after {control.timeout_s:g}s (the resource's custom "
-                    f"timeout) and {tries} failed dials; last error: {last}")
+                    f"timeout) and {tries} failed dials; last error: {last}"
+                )
             delay = min(delay * RETRY_BACKOFF, RETRY_MAX_DELAY_S)
     finally:
         if agent is not None:
@@ -306,6 +323,7 @@ def dial(conn: Connection, control: Control, sink: Sink) -> paramiko.Transport:
 
 
 # --- running ------------------------------------------------------------------------------------
+
 
 def _request_env(chan: paramiko.Channel, name: str, value: str) -> bool:
     """Send an "env" request and wait for the reply (paramiko's set_environment_variable does not
@@ -328,19 +346,24 @@ def _request_env(chan: paramiko.Channel, name: str, value: str) -> bool:
     return True
 
 
-def _open_session(transport: paramiko.Transport, env: Mapping[str, str], previous: Mapping[str, str],
-                  control: Control, sink: Sink) -> paramiko.Channel:
+def _open_session(
+    transport: paramiko.Transport, env: Mapping[str, str], previous: Mapping[str, str], control: Control, sink: Sink
+) -> paramiko.Channel:
     chan = transport.open_session(timeout=control.bound(30.0))
     for k, v in env.items():
         if not _request_env(chan, k, v):
-            message = (f"Unable to set '{k}'. This only works if your SSH server is configured to accept these "
-                       "variables via AcceptEnv. Alternatively, if a Bash-like shell runs the command on the remote "
-                       "host, you could prefix the command itself with the variables in the form 'VAR=value command'")
+            message = (
+                f"Unable to set '{k}'. This only works if your SSH server is configured to accept these "
+                "variables via AcceptEnv. Alternatively, if a Bash-like shell runs the command on the remote "
+                "host, you could prefix the command itself with the variables in the form 'VAR=value command'"
+            )
             raise CommandError(f"could not set environment variable {k!r}: ssh: setenv failed ({message})")
     for k, v in previous.items():
         if not _request_env(chan, k, v):
-            sink.warning(f"Unable to set '{k}'. This only works if your SSH server is configured to accept these "
-                         "variables via AcceptEnv.")
+            sink.warning(
+                f"Unable to set '{k}'. This only works if your SSH server is configured to accept these "
+                "variables via AcceptEnv."
+            )
             # The refusal closed the channel: open a new one without the previous outputs.
             chan = transport.open_session(timeout=control.bound(30.0))
             for k2, v2 in env.items():
@@ -368,9 +391,18 @@ class _Lines:
             self.buf = b""
 
 
-def run(conn: Connection, command: str, *, stdin: Optional[str], environment: Mapping[str, str],
-        previous: Mapping[str, str], log_stdout: bool, log_stderr: bool, control: Control,
-        sink: Sink) -> tuple[str, str]:
+def run(
+    conn: Connection,
+    command: str,
+    *,
+    stdin: Optional[str],
+    environment: Mapping[str, str],
+    previous: Mapping[str, str],
+    log_stdout: bool,
+    log_stderr: bool,
+    control: Control,
+    sink: Sink,
+) -> tuple[str, str]:
     """Run `command` once; return (stdout, stderr), each with one trailing newline trimmed."""
     transport = dial(conn, control, sink)
     try:
@@ -422,8 +454,12 @@ def run(conn: Connection, command: str, *, stdin: Optional[str], environment: Ma
                     except (OSError, EOFError, paramiko.SSHException):
                         pass
                     eof_sent = True
-            if (chan.exit_status_ready() and chan.eof_received and not chan.recv_ready()
-                    and not chan.recv_stderr_ready()):
+            if (
+                chan.exit_status_ready()
+                and chan.eof_received
+                and not chan.recv_ready()
+                and not chan.recv_stderr_ready()
+            ):
                 break
             if chan.closed and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
@@ -432,10 +468,12 @@ def run(conn: Connection, command: str, *, stdin: Optional[str], environment: Ma
         lines.flush()
         status = chan.recv_exit_status() if chan.exit_status_ready() else -1
         if status != 0:
-            reason = (f"Process exited with status {status}" if status > 0
-                      else "wait: remote command exited without exit status or exit signal")
+            reason = (
+                f"Process exited with status {status}"
+                if status > 0
+                else "wait: remote command exited without exit status or exit signal"
+            )
             raise CommandError(format_run_error(reason, command, both.decode("utf-8", "replace")))
-        return (out.decode("utf-8", "replace").removesuffix("\n"),
-                err.decode("utf-8", "replace").removesuffix("\n"))
+        return (out.decode("utf-8", "replace").removesuffix("\n"), err.decode("utf-8", "replace").removesuffix("\n"))
     finally:
         transport.close()

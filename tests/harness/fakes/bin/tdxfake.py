@@ -23,6 +23,7 @@ host at STATE (/var/lib/tdxfake, a bind mount) and by the test at NamespaceHost.
 Functions that change host state take the state directory explicitly so the harness can use them
 from outside the host (to build the first boot) with the real path.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,7 +101,7 @@ def grub_cmdline(state: Path = STATE, etc: Path = Path("/etc")) -> str:
     prefix = load("profile.json", {}, state).get("grub_prefix", "")
     script = (  # grub-mkconfig is a /bin/sh script with `set -e`: a broken fragment fails it
         'GRUB_CMDLINE_LINUX=""; GRUB_CMDLINE_LINUX_DEFAULT=""\n'
-        f'if [ -f {etc}/default/grub ]; then . {etc}/default/grub; fi\n'
+        f"if [ -f {etc}/default/grub ]; then . {etc}/default/grub; fi\n"
         f'for f in {etc}/default/grub.d/*.cfg; do if [ -f "$f" ]; then . "$f"; fi; done\n'
         'printf "%s %s" "$GRUB_CMDLINE_LINUX" "$GRUB_CMDLINE_LINUX_DEFAULT"\n'
     )
@@ -127,8 +128,10 @@ def tdx_boot(m: dict[int, int], cmdline: str, profile: dict) -> tuple[bool, list
     if tdx_keys < 2:
         return False, lines
     mod = profile.get("tdx_module", {})
-    lines.append(f"virt/tdx: TDX module {mod.get('version', '1.5.34')}, build number {mod.get('build', 1024)}, "
-                 f"build date {mod.get('date', '20260330')}")
+    lines.append(
+        f"virt/tdx: TDX module {mod.get('version', '1.5.34')}, build number {mod.get('build', 1024)}, "
+        f"build date {mod.get('date', '20260330')}"
+    )
     lines.append("virt/tdx: 262668 KB allocated for PAMT")
     lines.append("virt/tdx: module initialized")
     return True, lines
@@ -152,18 +155,25 @@ def boot(state: Path = STATE) -> dict:
         fw.mkdir(parents=True, exist_ok=True)
         mod = profile.get("tdx_module", {})
         major, minor, *_ = (mod.get("version", "1.5.34") + ".0.0").split(".")
-        for k, v in {"status": "initialized", "major_version": major, "minor_version": minor,
-                     "build_num": str(mod.get("build", 1024)), "build_date": str(mod.get("date", "20260330"))}.items():
+        for k, v in {
+            "status": "initialized",
+            "major_version": major,
+            "minor_version": minor,
+            "build_num": str(mod.get("build", 1024)),
+            "build_date": str(mod.get("date", "20260330")),
+        }.items():
             (fw / k).write_text(v + "\n")
     else:
         for f in fw.glob("*") if fw.exists() else ():
             f.unlink()
     release = profile.get("kernel_release", "6.8.0-1028-intel")
-    log = [f"Linux version {release} (buildd@lcy02-amd64-001) (gcc 13.3.0) #28-Ubuntu SMP PREEMPT_DYNAMIC",
-           f"Command line: {cmdline}",
-           *tdx_lines[:2],
-           "DMAR: IOMMU enabled" if "intel_iommu=on" in cmdline.split() else "DMAR: IOMMU disabled",
-           *tdx_lines[2:]]
+    log = [
+        f"Linux version {release} (buildd@lcy02-amd64-001) (gcc 13.3.0) #28-Ubuntu SMP PREEMPT_DYNAMIC",
+        f"Command line: {cmdline}",
+        *tdx_lines[:2],
+        "DMAR: IOMMU enabled" if "intel_iommu=on" in cmdline.split() else "DMAR: IOMMU disabled",
+        *tdx_lines[2:],
+    ]
     (state / "dmesg.log").write_text("".join(f"[{i * 0.731:12.6f}] {line}\n" for i, line in enumerate(log)))
     save("modules.json", {"msr": False}, state)
     record = {"boot_id": boot_id, "cmdline": cmdline, "tdx": ok, "t": round(time.time(), 3)}
@@ -278,11 +288,24 @@ def schedule_reboot(delay: float, state: Path = STATE) -> None:
 
 
 DEFAULT_PCCS_CONFIG = {
-    "HTTPS_PORT": 8081, "hosts": "127.0.0.1", "uri": "https://api.trustedservices.intel.com/sgx/certification/v4/",
-    "ApiKey": "", "proxy": "", "RefreshSchedule": "0 0 1 * * *", "UserTokenHash": "", "AdminTokenHash": "",
-    "CachingFillMode": "LAZY", "OPENSSL_FIPS_MODE": False, "LogLevel": "info",
-    "DB_CONFIG": "sqlite", "sqlite": {"database": "database", "username": "username", "password": "password",
-                                      "options": {"host": "localhost", "dialect": "sqlite", "storage": "pckcache.db"}},
+    "HTTPS_PORT": 8081,
+    "hosts": "127.0.0.1",
+    "uri": "https://api.trustedservices.intel.com/sgx/certification/v4/",
+    "ApiKey": "",
+    "proxy": "",
+    "RefreshSchedule": "0 0 1 * * *",
+    "UserTokenHash": "",
+    "AdminTokenHash": "",
+    "CachingFillMode": "LAZY",
+    "OPENSSL_FIPS_MODE": False,
+    "LogLevel": "info",
+    "DB_CONFIG": "sqlite",
+    "sqlite": {
+        "database": "database",
+        "username": "username",
+        "password": "password",
+        "options": {"host": "localhost", "dialect": "sqlite", "storage": "pckcache.db"},
+    },
 }
 DEFAULT_QCNL = """//
 // Intel(R) SGX/TDX QPL configuration (JSON; lines starting with // are comments)
@@ -300,7 +323,10 @@ DEFAULT_QCNL = """//
 """
 # package -> (systemd unit or None, {path: content}) as the Debian packages install them
 DCAP_PACKAGES = {
-    "sgx-dcap-pccs": ("pccs", {"/opt/intel/sgx-dcap-pccs/config/default.json": json.dumps(DEFAULT_PCCS_CONFIG, indent=4) + "\n"}),
+    "sgx-dcap-pccs": (
+        "pccs",
+        {"/opt/intel/sgx-dcap-pccs/config/default.json": json.dumps(DEFAULT_PCCS_CONFIG, indent=4) + "\n"},
+    ),
     "tdx-qgs": ("qgsd", {"/etc/qgs.conf": "port = 4050\nnumber_threads = 4\n"}),
     "libsgx-dcap-default-qpl": (None, {"/etc/sgx_default_qcnl.conf": DEFAULT_QCNL}),
     "libsgx-dcap-ql": (None, {}),
@@ -327,9 +353,13 @@ def start_pccs(state: Path = STATE) -> bool:
     stop_pccs(state)
     ready = state / "run/pccs.ready"
     ready.unlink(missing_ok=True)
-    proc = subprocess.Popen([sys.executable, "-B", str(Path(__file__).with_name("tdxfake-pccs"))],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(state / "pccs.log", "a"), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-B", str(Path(__file__).with_name("tdxfake-pccs"))],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(state / "pccs.log", "a"),
+        start_new_session=True,
+    )
     (state / "run/pccs.pid").write_text(str(proc.pid))
     for _ in range(100):
         if ready.exists():

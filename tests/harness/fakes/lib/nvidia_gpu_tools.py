@@ -7,6 +7,7 @@ logs in the real tool's format, e.g.
 Every invocation is appended to /var/lib/tdxfake/gpu_tool.log (one JSON line, "set": true for
 mode changes). A mode set without the matching --reset-after-* flag stays pending until a reset.
 """
+
 import argparse
 import json
 import os
@@ -51,8 +52,10 @@ def main(argv):
     p.add_argument("--reset-with-os", action="store_true")
     args = p.parse_args(argv)
     with open(os.path.join(STATE, "gpu_tool.log"), "a") as fh:
-        fh.write(json.dumps({"argv": argv, "set": bool(args.set_cc_mode or args.set_ppcie_mode),
-                             "t": round(time.time(), 3)}) + "\n")
+        fh.write(
+            json.dumps({"argv": argv, "set": bool(args.set_cc_mode or args.set_ppcie_mode), "t": round(time.time(), 3)})
+            + "\n"
+        )
     with open(GPU_JSON) as fh:
         devices = json.load(fh)
 
@@ -85,7 +88,10 @@ def main(argv):
         dev = devices[bdf]
         if args.set_ppcie_mode:
             dev["ppcie_pending"] = args.set_ppcie_mode
-            log("INFO", f"{desc(bdf, dev)} PPCIe mode set to {args.set_ppcie_mode}. It will be active after device reset.")
+            log(
+                "INFO",
+                f"{desc(bdf, dev)} PPCIe mode set to {args.set_ppcie_mode}. It will be active after device reset.",
+            )
             if args.reset_after_ppcie_mode_switch:
                 dev["ppcie"] = dev.pop("ppcie_pending")
                 log("INFO", f"{desc(bdf, dev)} was reset to apply the new PPCIe mode.")

@@ -17,6 +17,7 @@ kernel's part for the exact sequence vbios_version.py uses: it reads what a writ
 "1" it writes the ROM to the next reader. Unlike sysfs, a read without "1" first blocks instead of
 failing with EINVAL.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -76,8 +77,9 @@ class RomFile:
     def _attr(self) -> bytes:
         now = int(time.time())
         size = len(self.image)
-        return ATTR_OUT.pack(0, 0, 0) + ATTR.pack(1, size, (size + 511) // 512, now, now, now, 0, 0, 0,
-                                                   stat.S_IFREG | 0o600, 1, 0, 0, 0, 4096, 0)
+        return ATTR_OUT.pack(0, 0, 0) + ATTR.pack(
+            1, size, (size + 511) // 512, now, now, now, 0, 0, 0, stat.S_IFREG | 0o600, 1, 0, 0, 0, 4096, 0
+        )
 
     def _reply(self, unique: int, error: int = 0, payload: bytes = b"") -> None:
         body = b"" if error else payload
@@ -99,7 +101,7 @@ class RomFile:
         if not req:
             return False
         _len, opcode, unique, _node, *_ = IN_HEADER.unpack_from(req)
-        arg = req[IN_HEADER.size:]
+        arg = req[IN_HEADER.size :]
         if opcode in NO_REPLY:
             return True
         if opcode == FUSE_INIT:
@@ -116,10 +118,10 @@ class RomFile:
             if not self.enabled:  # the kernel answers EINVAL until "1" is written
                 self._reply(unique, errno.EINVAL)
             else:
-                self._reply(unique, 0, self.image[offset:offset + size])
+                self._reply(unique, 0, self.image[offset : offset + size])
         elif opcode == FUSE_WRITE:
             _fh, _offset, size, *_ = WRITE_IN.unpack_from(arg)
-            data = arg[WRITE_IN.size:WRITE_IN.size + size]
+            data = arg[WRITE_IN.size : WRITE_IN.size + size]
             if data:
                 self.enabled = data[:1] != b"0"
             self._reply(unique, 0, WRITE_OUT.pack(size, 0))
@@ -153,8 +155,10 @@ def serve_fifo(source: str, path: str) -> None:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--fifo"]:
         import threading
-        threads = [threading.Thread(target=serve_fifo, args=tuple(spec.split("=", 1)), daemon=True)
-                   for spec in argv[2:]]
+
+        threads = [
+            threading.Thread(target=serve_fifo, args=tuple(spec.split("=", 1)), daemon=True) for spec in argv[2:]
+        ]
         for t in threads:
             t.start()
         with open(argv[1], "w") as fh:
