@@ -3,7 +3,7 @@
     .venv/bin/python bench/measure.py [--firmware OVMF.fd] [--runs 30]
 
 Prints a table and writes bench/results/measure.json. The default firmware is the Debian trixie
-OVMF (4 MiB) from ../shared/fixtures/measurements/firmware, else from the artifact directory.
+OVMF (4 MiB) from tests/fixtures/measurements/firmware, else from the artifact directory.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.machine import cpu_model, machine  # noqa: E402
-
 from tdxattest.mrtd import ORDERS, compute_mrtd  # noqa: E402
 from tdxattest.tdvf import parse_tdvf  # noqa: E402
 
 FIRMWARE_NAME = "ovmf-debian13-trixie-2025.02-8-deb13u1.fd"
 CANDIDATES = (
-    REPO.parent / "shared" / "fixtures" / "measurements" / "firmware" / FIRMWARE_NAME,
+    REPO / "tests" / "fixtures" / "measurements" / "firmware" / FIRMWARE_NAME,
     Path(os.environ.get("TDX_VLLM_ARTIFACT_DIR", REPO / "artifacts")) / FIRMWARE_NAME,
 )
 GOAL_MS = 50.0

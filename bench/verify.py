@@ -3,7 +3,7 @@ extraction) vs bare `dcap_qvl.verify`, interleaved in the same run (goal: ours <
 
     .venv/bin/python bench/verify.py [--runs 300]
 
-Cases are the accepted-by-dcap-qvl fixture cases of ../shared/fixtures/tdx-quotes (each at its own
+Cases are the accepted-by-dcap-qvl fixture cases of tests/fixtures/tdx-quotes (each at its own
 `verify_at_unix`), plus two under a grace-period policy (an OutOfDate quote, which also looks up
 the matched TCB level's date, and an UpToDate one). Prints a table and writes bench/results/verify.json.
 """
@@ -24,15 +24,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import cpu_model, machine  # noqa: E402
-from bench.stats import pct  # noqa: E402
-
 import dcap_qvl  # noqa: E402
 
+from bench.machine import cpu_model, machine  # noqa: E402
+from bench.stats import pct  # noqa: E402
 from tdxattest.policy import DEFAULT_POLICY, Policy  # noqa: E402
 from tdxattest.verify import load_collateral, verify_quote  # noqa: E402
 
-QUOTES = REPO.parent / "shared" / "fixtures" / "tdx-quotes"
+QUOTES = REPO / "tests" / "fixtures" / "tdx-quotes"
 RESULT = REPO / "bench" / "results" / "verify.json"
 GOAL_MS = 1.5
 

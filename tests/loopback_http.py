@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 import urllib.parse
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 class LoopbackHttpServer:

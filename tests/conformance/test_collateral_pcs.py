@@ -1,7 +1,7 @@
 """Collateral fetch from a server that behaves like Intel's PCS: no `sgx/certification/v4/rootcacrl`
 path, so the root CA CRL comes from a CRL distribution point. Both stand-ins listen on 127.0.0.1
 only (started and stopped here) and serve the real raw Intel collateral from
-../shared/fixtures/tdx-quotes/raw; the distribution point is redirected to loopback through
+tests/fixtures/tdx-quotes/raw; the distribution point is redirected to loopback through
 `fetch_collateral(root_crl_url=...)` / `CollateralCache(root_crl_url=...)` / `--root-crl-url`.
 The production default (the Intel root certificate's own distribution point) is checked with
 `_http_get` replaced, so nothing here leaves the machine."""
@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-QUOTES = REPO.parent / "shared" / "fixtures" / "tdx-quotes"
+from tests.support.paths import QUOTES
+
 RAW = QUOTES / "raw"
 
-pytestmark = pytest.mark.skipif(not RAW.is_dir(), reason=f"{RAW} is absent (fixtures live beside the repository)")
 
 from tdxattest import collateral as coll_mod  # noqa: E402
 from tdxattest.cli import main  # noqa: E402
@@ -103,7 +102,8 @@ def test_pcs_without_rootcacrl_takes_root_crl_from_distribution_point(pcs: Serve
     status = verify_collateral(raw, NOW_OK, FMSPC)
     assert status.next_updates["root_ca_crl"] > NOW_OK
     # The assembled set is the fixture set, field for field, and verifies the GCP quote.
-    dcap_qvl = pytest.importorskip("dcap_qvl")
+    import dcap_qvl
+
     from tdxattest.verify import collateral_from_json_text, verify_quote
 
     coll = collateral_from_json_text(raw.to_dcap_json())

@@ -1,4 +1,4 @@
-"""NVIDIA Hopper evidence in ../shared/fixtures/gpu-evidence: two valid reports verify to the NVIDIA
+"""NVIDIA Hopper evidence in tests/fixtures/gpu-evidence: two valid reports verify to the NVIDIA
 device root, three broken chains are refused with named failures."""
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ import pytest
 from tdxattest.gpu_evidence import GpuEvidenceError, parse_gpu_report, verify_gpu_chain, verify_gpu_evidence
 from tests.nvml_standin import FIXTURE_NONCE as NONCE1
 from tests.nvml_standin import GPU_FIXTURES as GPU
-
-pytestmark = pytest.mark.skipif(not GPU.is_dir(), reason=f"{GPU} is absent (fixtures live beside the repository)")
 
 
 def rd(name: str) -> bytes:

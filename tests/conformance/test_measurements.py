@@ -1,6 +1,5 @@
-"""Conformance of the offline measurement code with every vector in ../shared/fixtures/measurements
-(and the quotes + CCEL in ../shared/fixtures/tdx-quotes). The fixtures are read in place; the
-module is skipped only when ../shared is absent."""
+"""Conformance of the offline measurement code with every vector in tests/fixtures/measurements
+(and the quotes + CCEL in tests/fixtures/tdx-quotes)."""
 
 from __future__ import annotations
 
@@ -20,20 +19,12 @@ from tdxattest.quote_rtmrs import read_quote_registers
 from tdxattest.rtmr import replay
 from tdxattest.tdhob import MIB, td_hob_digest
 from tdxattest.tdvf import cfv_bytes, parse_tdvf
-
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = REPO.parent / "shared" / "fixtures"
-MEAS = FIXTURES / "measurements"
-QUOTES = FIXTURES / "tdx-quotes"
-
-pytestmark = pytest.mark.skipif(
-    not (REPO.parent / "shared").is_dir(),
-    reason=f"{REPO.parent / 'shared'} is absent (fixtures live beside the repository)",
-)
+from tests.support.paths import MEASUREMENTS as MEAS
+from tests.support.paths import QUOTES, REPO
 
 
 def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return json.loads(path.read_text())
 
 
 COMPUTED = _json(MEAS / "firmware" / "computed-debian-ovmf.json")

@@ -1,30 +1,21 @@
-"""Quote verification against the real quotes and collateral in ../shared/fixtures/tdx-quotes:
+"""Quote verification against the real quotes and collateral in tests/fixtures/tdx-quotes:
 every manifest case gives its recorded verdict at its recorded time, and every mutation recipe is
-refused with the named failure. Fixtures are read in place (skipped only when ../shared is absent)."""
+refused with the named failure."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-QUOTES = REPO.parent / "shared" / "fixtures" / "tdx-quotes"
-MANIFEST_PATH = QUOTES / "manifest.json"
+from tests.support.paths import QUOTES
 
-pytestmark = pytest.mark.skipif(
-    not MANIFEST_PATH.is_file(), reason=f"{QUOTES} is absent (fixtures live beside the repository)"
-)
-MANIFEST = (
-    json.loads(MANIFEST_PATH.read_text())
-    if MANIFEST_PATH.is_file()
-    else {"cases": [], "quotes": {}, "mutation_recipes": {"recipes": []}}
-)
+MANIFEST_PATH = QUOTES / "manifest.json"
+MANIFEST = json.loads(MANIFEST_PATH.read_text())
 CASES = MANIFEST["cases"]
 RECIPES = MANIFEST["mutation_recipes"]["recipes"]
 
-dcap_qvl = pytest.importorskip("dcap_qvl")
+import dcap_qvl  # noqa: E402
 
 from tdxattest.cli import main  # noqa: E402
 from tdxattest.collateral import parse_iso_ts as _ts  # noqa: E402

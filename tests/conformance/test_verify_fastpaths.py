@@ -11,18 +11,13 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-QUOTES = REPO.parent / "shared" / "fixtures" / "tdx-quotes"
+from tests.support.paths import QUOTES
+
 MANIFEST_PATH = QUOTES / "manifest.json"
-
-pytestmark = pytest.mark.skipif(
-    not MANIFEST_PATH.is_file(), reason=f"{QUOTES} is absent (fixtures live beside the repository)"
-)
-MANIFEST = json.loads(MANIFEST_PATH.read_text()) if MANIFEST_PATH.is_file() else {"cases": []}
+MANIFEST = json.loads(MANIFEST_PATH.read_text())
 CASES = MANIFEST["cases"]
-QUOTE_FILES = sorted((QUOTES / "quotes").glob("*.bin")) if MANIFEST_PATH.is_file() else []
+QUOTE_FILES = sorted((QUOTES / "quotes").glob("*.bin"))
 
-dcap_qvl = pytest.importorskip("dcap_qvl")
 
 from tdxattest.errors import InputError  # noqa: E402
 from tdxattest.policy import Policy  # noqa: E402

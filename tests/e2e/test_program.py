@@ -9,7 +9,7 @@ What is set up (module fixture `e2e`):
   into the repository;
 - TDX_VLLM_FIRMWARE_DIR: a copy of firmware/ whose gpu/gpu-admin-tools.yaml pins the sha256 of the
   harness's fake wheel (the only pin that differs: same package, version and file name);
-- TDX_VLLM_ARTIFACT_DIR: ../shared/fixtures/measurements/firmware (from the repository root), so
+- TDX_VLLM_ARTIFACT_DIR: tests/fixtures/measurements/firmware, so
   `pins` is computed with `require_artifacts` (the stacks are not `dev`);
 - two stacks (`e2e`, `e2e-pre`), one harness host each, set with `pulumi config set-all --path`
   (SSH private key and PCCS API key as secrets, host key pinned, `dcap.useSecureCert: true` as the
@@ -44,10 +44,11 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import FIRMWARE, REPO
+
 PULUMI = REPO / "bin" / "pulumi"
 VENV = REPO / ".venv"
-ARTIFACTS = (REPO / ".." / "shared" / "fixtures" / "measurements" / "firmware").resolve()
+ARTIFACTS = FIRMWARE
 PROJECT = "tdx-vllm"
 PASSPHRASE = "e2e-program-passphrase"
 PCCS_API_KEY = "pcs-key-e2e-7c41d9a2b58f03e6"
@@ -62,10 +63,10 @@ if not (VENV / "bin" / "python").exists():
 if not ARTIFACTS.is_dir():
     pytest.skip(f"{ARTIFACTS} (TD boot artifacts for `pins`) is missing", allow_module_level=True)
 
+from components.steps import Rendered  # noqa: E402
 from tests.harness import hosts as H  # noqa: E402
 from tests.harness import sshrun  # noqa: E402
 from tests.harness.nshost import namespace_hosts, unavailable_reason  # noqa: E402
-from components.steps import Rendered  # noqa: E402
 
 _reason = unavailable_reason()
 if _reason:
@@ -340,7 +341,7 @@ def test_up_runs_every_step_and_exports_the_observed_facts(e2e) -> None:
     assert facts["pccs"]["httpStatus"] == "200" and facts["registration"] == "registered"
     assert facts["tdxPrivateKeyIds"] == 64 and facts["teeIo"] is False
     assert facts["kernelCmdline"].endswith(f"{KERNEL_ARGS} {EXTRA_ARG}")
-    # pins: computed from the shared TD artifacts (require_artifacts for a non-dev stack)
+    # pins: computed from the fixture TD artifacts (require_artifacts for a non-dev stack)
     pins = out["pins"]
     computed = json.loads((ARTIFACTS / "computed-debian-ovmf.json").read_text())
     [trixie] = [f for f in computed["files"] if f["fixture"].endswith(pins["artifacts"]["firmware"]["file"])]

@@ -2,7 +2,7 @@
 
 Set up like tests/e2e/test_program.py (whose `Engine` this reuses): the tracked project copied to a
 temp dir, one file backend, TDX_VLLM_FIRMWARE_DIR = a firmware/ copy pinning the harness's fake
-gpu-admin-tools wheel, TDX_VLLM_ARTIFACT_DIR = the shared TD artifacts.
+gpu-admin-tools wheel, TDX_VLLM_ARTIFACT_DIR = the fixture TD artifacts.
 
 - `staging` (host `stg-gpu`) is brought up: it exports `promotable` (ready is true);
 - `prod` (host `prod-gpu`) has `promotion.fromStack: organization/tdx-vllm/staging` and the same

@@ -1,5 +1,5 @@
 """Collateral fetch, cache and refresh against a local PCCS stand-in (127.0.0.1 only, stopped at the
-end) serving the real raw Intel collateral from ../shared/fixtures/tdx-quotes/raw: a valid set, an
+end) serving the real raw Intel collateral from tests/fixtures/tdx-quotes/raw: a valid set, an
 expired set and PCCS errors."""
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-QUOTES = REPO.parent / "shared" / "fixtures" / "tdx-quotes"
+from tests.support.paths import QUOTES
+
 RAW = QUOTES / "raw"
 
-pytestmark = pytest.mark.skipif(not RAW.is_dir(), reason=f"{RAW} is absent (fixtures live beside the repository)")
-pytest.importorskip("dcap_qvl")
 
 from tdxattest.cli import main  # noqa: E402
 from tdxattest.collateral import CollateralCache, CollateralError  # noqa: E402

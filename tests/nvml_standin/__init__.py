@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.paths import GPU_EVIDENCE, REPO
+
 SOURCE = Path(__file__).with_name("nvml_standin.c")
 
 
@@ -40,8 +42,7 @@ def standin_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build(tmp_path_factory.mktemp("nvml-standin"))
 
 
-REPO = Path(__file__).resolve().parents[2]
-GPU_FIXTURES = REPO.parent / "shared" / "fixtures" / "gpu-evidence"
+GPU_FIXTURES = GPU_EVIDENCE
 # The nonce hopperAttestationReport.txt was made over: the only one its report verifies for.
 FIXTURE_NONCE = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 
@@ -51,8 +52,6 @@ def nvml_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, standin_lib: Path)
     """The stand-in NVML serving one H100: the fixture's report (over the fixture nonce) and chain
     (case 1), CC on, prod. Subprocesses inherit it (`python -m guest_agent.nvml`). Returns the
     stand-in's state directory (nonce-<i>.bin, ready)."""
-    if not GPU_FIXTURES.is_dir():
-        pytest.skip(f"{GPU_FIXTURES} is absent")
     report = tmp_path / "report.bin"
     report.write_bytes(bytes.fromhex((GPU_FIXTURES / "hopperAttestationReport.txt").read_text().strip()))
     state = tmp_path / "gpu-state"

@@ -40,7 +40,8 @@ from guest_agent import CONFIG_FW_CFG, REPORT_PREFIX
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import FIRMWARE, REPO
+
 BUILD = REPO / "tools" / "build-guest-image.sh"
 CACHE = Path(os.environ.get("TDX_VLLM_GUEST_IMAGE_CACHE", REPO / "artifacts" / "guest-image-cache"))
 BUILD_TIMEOUT_S = 1800
@@ -286,9 +287,7 @@ def test_pins_from_the_built_image(images: dict[str, Path], tmp_path: Path) -> N
     from components.config import td_boot_manifest
     from components.measurements import expected_pins, load_manifest
 
-    ovmf = REPO.parent / "shared" / "fixtures" / "measurements" / "firmware"
-    if not ovmf.is_dir():
-        pytest.skip(f"{ovmf} (the pinned OVMF) is absent")
+    ovmf = FIRMWARE
     found = {}
     for stack in ("prod", "dev"):
         manifest = td_boot_manifest(stack)

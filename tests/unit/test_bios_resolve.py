@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from components import bios_resolve, redfish
-from components.bios_tables import BiosSetting
 from components.bios_resolve import BiosError, diff, resolve_attributes, resolve_settings
+from components.bios_tables import BiosSetting
 
 TME = BiosSetting("tme", "MemoryEncryption_TME_", "Memory Encryption (TME)", "Enabled")
 PA = BiosSetting("pa_limit_46", "LimitCPUPAto46bits", "Limit CPU PA to 46 bits", "Disabled")

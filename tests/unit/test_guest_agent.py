@@ -33,11 +33,11 @@ from tdxattest import rtmr
 from tdxattest.binding import expected_report_data, spki_der
 from tdxattest.errors import InputError
 from tdxattest.standin import known_answer
+from tdxattest.verify import collateral_from_json_text, verify_quote
+from tdxattest.workload import expected_rtmr3, manifest_from_mapping, replay_rtmr3
 from tests.loopback_http import LoopbackFileServer
 from tests.nvml_standin import FIXTURE_NONCE as NONCE1
 from tests.nvml_standin import GPU_FIXTURES
-from tdxattest.verify import collateral_from_json_text, verify_quote
-from tdxattest.workload import expected_rtmr3, manifest_from_mapping, replay_rtmr3
 
 IMAGE = "docker.io/vllm/vllm-openai@sha256:" + "ab" * 32
 REV = "0123456789abcdef0123456789abcdef01234567"

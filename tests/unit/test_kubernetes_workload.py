@@ -4,10 +4,10 @@ loopback, and the component under Pulumi mocks."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import gzip
-import asyncio
 import hashlib
 import json
 import subprocess

@@ -16,14 +16,12 @@ from tdxattest import events as ev
 from tdxattest.authenticode import authenticode_digest
 from tdxattest.bzimage import qemu_patch_kernel
 from tdxattest.rtmr import replay
+from tests.support.paths import FIRMWARE
 from tests.unit.test_measure_errors import make_bzimage
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-FIXTURE_FW_DIR = SHARED / "fixtures" / "measurements" / "firmware"
+FIXTURE_FW_DIR = FIRMWARE
 TRIXIE = "ovmf-debian13-trixie-2025.02-8-deb13u1.fd"
 COMPUTED = FIXTURE_FW_DIR / "computed-debian-ovmf.json"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (the firmware fixture lives there)")
 
 # oasis' published ACPI blob digests for 1024 MiB / 1 vCPU; with the trixie firmware at 1 GiB they
 # complete the RTMR0 of dstack's hardware CCEL sample (274c2344...).
@@ -59,7 +57,6 @@ def pin_file(path: Path, **extra) -> dict:
     }
 
 
-@needs_shared
 def test_real_manifest_pins_mrtd_and_explains_the_rest():
     # The firmware fixture is here, the guest image's files are not: MRTD is computed, and every
     # register that needs a missing file says which one (a dev preview on a machine without them).
@@ -95,13 +92,11 @@ def test_real_manifest_pins_mrtd_and_explains_the_rest():
     )
 
 
-@needs_shared
 def test_a_missing_firmware_is_an_error_even_without_a_workload(tmp_path):
     with pytest.raises(PinError, match=r"`firmware\.file`: .* not found"):
         expected_pins(DEFAULT_MANIFEST, tmp_path, require_guest=False)
 
 
-@needs_shared
 def test_manifest_matches_the_fixture_it_names():
     data = manifest()
     fixture = next(f for f in json.loads(COMPUTED.read_text())["files"] if f["fixture"].endswith(TRIXIE))
@@ -114,7 +109,6 @@ def test_manifest_matches_the_fixture_it_names():
     assert data["firmware"]["version"] == fixture["debian_version"]
 
 
-@needs_shared
 @pytest.mark.parametrize("field", ["sha256", "sha384"])
 def test_digest_mismatch_is_refused_with_both_values(tmp_path, field):
     data = manifest()
@@ -140,7 +134,6 @@ def test_artifact_dir_from_the_environment(tmp_path, monkeypatch):
         expected_pins(DEFAULT_MANIFEST)
 
 
-@needs_shared
 def test_fully_pinned_manifest(tmp_path):
     """Firmware + kernel + initrd + cmdline + ACPI digests: RTMR0-2 are computed; RTMR0 equals the
     one a real TD reported (dstack's CCEL sample, 1 GiB / 1 vCPU)."""

@@ -8,8 +8,8 @@ import pytest
 pytest.importorskip("pulumi_policy")
 
 from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, Secret, StackValidationPolicy  # noqa: E402
-from pulumi_policy.proxy import unknown_checking_proxy  # noqa: E402
 from pulumi_policy.deserialize import deserialize_properties  # noqa: E402
+from pulumi_policy.proxy import unknown_checking_proxy  # noqa: E402
 
 from components.gpu import GPU_STEP  # noqa: E402
 from components.steps import render  # noqa: E402

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import yaml
 
 from components.firmware import gpu_admin_tools, gpu_sku
 from components.promotion import FIX, Difference, compare, promotable_pins, refusal, refusal_from_outputs
+from tests.support.paths import FIRMWARE, REPO
 
-REPO = Path(__file__).resolve().parents[2]
 FROM = "organization/tdx-vllm/staging"
 MRTD = "ab" * 48
 
@@ -163,7 +162,7 @@ def test_an_unknown_promotable_schema_is_refused():
 # __main__.py under Pulumi mocks: the gate in front of every host
 
 
-ARTIFACTS = (REPO / ".." / "shared" / "fixtures" / "measurements" / "firmware").resolve()
+ARTIFACTS = FIRMWARE
 
 
 def _run_program(monkeypatch, staging_outputs: dict, created: list[tuple[str, str]]) -> None:
@@ -177,8 +176,6 @@ def _run_program(monkeypatch, staging_outputs: dict, created: list[tuple[str, st
                 return [args.name, {"name": args.name, "outputs": staging_outputs, "secretOutputNames": []}]
             return super().new_resource(args)
 
-    if not ARTIFACTS.is_dir():
-        pytest.skip(f"{ARTIFACTS} (TD boot artifacts for `pins`) is missing")
     monkeypatch.setenv("TDX_VLLM_ARTIFACT_DIR", str(ARTIFACTS))
     mocks = Mocks()
     mocks.created = created
@@ -197,8 +194,6 @@ def _own_promotable(monkeypatch) -> dict:
 
 
 def test_program_with_attested_pins_builds_the_hosts(monkeypatch):
-    if not ARTIFACTS.is_dir():
-        pytest.skip(f"{ARTIFACTS} is missing")
     created: list = []
     _run_program(monkeypatch, {"promotable": _own_promotable(monkeypatch), "ready": True}, created)
     assert ("pulumi:pulumi:StackReference", FROM) in created
@@ -207,8 +202,6 @@ def test_program_with_attested_pins_builds_the_hosts(monkeypatch):
 
 
 def test_program_refuses_before_any_host_step(monkeypatch):
-    if not ARTIFACTS.is_dir():
-        pytest.skip(f"{ARTIFACTS} is missing")
     staging = _own_promotable(monkeypatch)
     staging["tdxModule"] = "1.5.20"
     created: list = []

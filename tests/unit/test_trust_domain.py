@@ -11,8 +11,8 @@ import pulumi
 import pytest
 
 from components.config import parse_stack
-from components.promotion import promotable_pins, refusal
 from components.firmware import gpu_sku
+from components.promotion import promotable_pins, refusal
 from components.trust_domain import (
     definition,
     endpoint_url,
