@@ -22,9 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tdxattest.core.mrtd import ORDERS, compute_mrtd  # noqa: E402
+from tdxattest.core.tdvf import parse_tdvf  # noqa: E402
+
 from bench.machine import cpu_model, machine  # noqa: E402
-from tdxattest.mrtd import ORDERS, compute_mrtd  # noqa: E402
-from tdxattest.tdvf import parse_tdvf  # noqa: E402
 
 FIRMWARE_NAME = "ovmf-debian13-trixie-2025.02-8-deb13u1.fd"
 CANDIDATES = (

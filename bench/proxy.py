@@ -7,7 +7,7 @@ streams. Prints a table and writes bench/results/proxy.json (exit status 1 when 
 
 Processes (the machine may have 2 CPUs only, so nothing that is measured shares a process, an
 event loop or a GIL with what measures it):
-  * the stand-in for vLLM: `python -m tdxattest.standin`, with a decode-like pace
+  * the stand-in for vLLM: `python -m tdxattest.testing.standin`, with a decode-like pace
     (default 64 tokens per completion, 20 ms between tokens = 50 tokens/s per stream);
   * the gateway: `python -m tdxattest gateway --quote-source software-test` (TLS, TEST-PKI quotes)
     in front of the stand-in;
@@ -202,8 +202,7 @@ class Servers:
 
 
 def start_servers(servers: Servers, p: Params, profile: str | None) -> dict:
-    from tdxattest.testpki import TdIdentity
-    from tests.channel.servers import pins_json
+    from tdxattest.testing.testpki import TdIdentity
 
     py = sys.executable
     tmp = servers.tmp
@@ -212,7 +211,7 @@ def start_servers(servers: Servers, p: Params, profile: str | None) -> dict:
         [
             py,
             "-m",
-            "tdxattest.standin",
+            "tdxattest.testing.standin",
             "--listen",
             "127.0.0.1:0",
             "--token-interval-ms",
@@ -242,7 +241,7 @@ def start_servers(servers: Servers, p: Params, profile: str | None) -> dict:
         ],
     )
     pins = tmp / "pins.json"
-    pins.write_text(json.dumps(pins_json(TdIdentity())))
+    pins.write_text(json.dumps(TdIdentity().stack_pins().to_json()))
     prof = ["-m", "cProfile", "-o", profile] if profile else []
     proxy = servers.start(
         "proxy",
@@ -448,8 +447,9 @@ async def throughput_phase(urls: dict[str, str], p: Params, pids: dict[str, int]
 
 
 async def attestation_phase(info: dict, p: Params) -> list[dict]:
-    from tdxattest.policy import DEFAULT_POLICY, with_pins_json
-    from tdxattest.proxy import Appraiser, ProxyConfig, UpstreamConnection
+    from tdxattest.channel.proxy import ProxyConfig, UpstreamConnection
+    from tdxattest.core.policy import DEFAULT_POLICY, with_pins_json
+    from tdxattest.dcap.appraise import Appraiser, FixedCollateral
 
     config = ProxyConfig(
         upstream=info["gateway"],
@@ -461,14 +461,14 @@ async def attestation_phase(info: dict, p: Params) -> list[dict]:
     class TimedAppraiser(Appraiser):
         spent = 0.0
 
-        async def appraise(self, quote, expected):
+        def appraise(self, quote, now, expected=None):
             t = time.perf_counter()
             try:
-                return await super().appraise(quote, expected)
+                return super().appraise(quote, now, expected)
             finally:
                 self.spent += time.perf_counter() - t
 
-    appraiser = TimedAppraiser(config)
+    appraiser = TimedAppraiser(FixedCollateral.from_file(config.collateral_path), config.policy, config.root_ca_der)
 
     async def one() -> float:
         t = time.perf_counter()

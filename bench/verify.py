@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import dcap_qvl  # noqa: E402
+from tdxattest.core.policy import DEFAULT_POLICY, Policy  # noqa: E402
+from tdxattest.dcap.appraise import Appraiser, FixedCollateral  # noqa: E402
 
 from bench.machine import cpu_model, machine  # noqa: E402
 from bench.stats import pct  # noqa: E402
-from tdxattest.policy import DEFAULT_POLICY, Policy  # noqa: E402
-from tdxattest.verify import load_collateral, verify_quote  # noqa: E402
 
 QUOTES = REPO / "tests" / "fixtures" / "tdx-quotes"
 RESULT = REPO / "bench" / "results" / "verify.json"
@@ -94,12 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'case':<34} {'ours med':>9} {'ours p95':>9} {'bare med':>9} {'bare p95':>9} {'overhead':>9}  goal")
     for name, c, policy in cases:
         quote = (QUOTES / c["quote_file"]).read_bytes()
-        coll = load_collateral(str(QUOTES / c["collateral_file"]))
+        source = FixedCollateral.from_file(str(QUOTES / c["collateral_file"]))
+        appraiser = Appraiser(source, policy)
         now = c["verify_at_unix"]
-        verdict = verify_quote(quote, coll, now, policy)
+        verdict = appraiser.appraise(quote, now).verdict
         assert verdict.tcb_status == c["dcap_qvl_0_7_0"]["status"], (name, verdict)
+        dcap = source.collateral.dcap
         ours, bare = bench_pair(
-            lambda: verify_quote(quote, coll, now, policy), lambda: dcap_qvl.verify(quote, coll.dcap, now), args.runs
+            lambda: appraiser.appraise(quote, now), lambda: dcap_qvl.verify(quote, dcap, now), args.runs
         )
         om, bm = statistics.median(ours), statistics.median(bare)
         ok = om <= GOAL_MS
@@ -128,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "benchmark": "bench/verify.py",
         "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "what": "warm collateral (QuoteCollateralV3 built once); ours = tdxattest.verify.verify_quote "
-        "(dcap_qvl.verify + verified-report extraction + pure policy); bare = dcap_qvl.verify alone; "
+        "what": "warm collateral (QuoteCollateralV3 built once); ours = tdxattest.dcap.appraise.Appraiser "
+        "(fixed collateral, dcap_qvl.verify + verified-report extraction + pure policy); bare = "
+        "dcap_qvl.verify alone; "
         "interleaved in the same process",
         "dcap_qvl": version,
         "machine": machine(),

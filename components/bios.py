@@ -13,8 +13,8 @@ from pulumi_command import local
 
 from .bios_tables import VendorTable, load_vendor_table
 from .config import BmcConfig
-from .paths import FIRMWARE_DIR, REPO_ROOT
 from .firmware import file_digest
+from .paths import FIRMWARE_DIR, REPO_ROOT
 from .remote_step import Connection, facts_of, host_step
 from .steps import Step
 

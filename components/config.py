@@ -169,7 +169,7 @@ class WorkloadConfig:
 
     def manifest(self, tensor_parallel_size: int):
         """The workload manifest measured into RTMR3 (tdxattest.workload.WorkloadManifest)."""
-        from tdxattest.workload import manifest_from_mapping
+        from tdxattest.core.workload import manifest_from_mapping
 
         return manifest_from_mapping(self.manifest_mapping(tensor_parallel_size))
 
@@ -547,7 +547,7 @@ _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*
 def _workload(
     r: _Reader, value: Any, path: str, hosts: tuple[HostConfig, ...], raw_hosts: Any, firmware_dir: Path
 ) -> WorkloadConfig | None:
-    from tdxattest.workload import IMAGE_BY_DIGEST
+    from tdxattest.core.workload import IMAGE_BY_DIGEST
 
     from .td_definition import DefinitionError, load_boot_manifest
 
@@ -710,7 +710,7 @@ def _workload(
         td=td,  # type: ignore[arg-type]
         boot=boot,
     )
-    from tdxattest.errors import InputError
+    from tdxattest.core.errors import InputError
 
     try:
         wl.manifest(max(counts) if counts else 1)
@@ -758,7 +758,7 @@ def _kubernetes_workload(
         td=None,
         kubernetes=k8s,
     )
-    from tdxattest.errors import InputError
+    from tdxattest.core.errors import InputError
 
     # The Kubernetes target's own render checks (kubernetes_workload.workload_problems) hold by now:
     # images by digest and vLLM arguments are checked above, gpuCount is the manifest's tensor
@@ -803,7 +803,7 @@ def _model_files(r: _Reader, value: Any, path: str) -> tuple[tuple[str, str], ..
 
 
 def _vllm_args(r: _Reader, value: Any, path: str) -> tuple[str, ...]:
-    from tdxattest.workload import refused_vllm_arg
+    from tdxattest.core.workload import refused_vllm_arg
 
     if value is None:
         return ()

@@ -28,8 +28,8 @@ import yaml
 
 from .config import DEV_STACK, TD_BOOT_MANIFEST, td_boot_manifest
 from .measurements import PinError, default_artifact_dir, load_manifest
-from .pinfile import load_pin_yaml
 from .paths import FIRMWARE_DIR
+from .pinfile import load_pin_yaml
 
 SECTIONS = ("kernel", "initrd", "cmdline", "rootfs")
 # Which file of the build each pinned section names (cmdline is pinned by value).
@@ -142,8 +142,8 @@ def _dev_manifest_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
 
 def _same(entry: Mapping[str, Any], path: Path) -> bool:
     """Whether `path` has the size, sha256 and sha384 the build recorded for it."""
-    from tdxattest.errors import InputError
-    from tdxattest.loaders import hash_file
+    from tdxattest.core.errors import InputError
+    from tdxattest.core.files import hash_file
 
     try:
         h = hash_file(path)

@@ -40,9 +40,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pulumi
-
-from tdxattest.quote import TD_ATTR_DEBUG
-from tdxattest.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
+from tdxattest.core.quote import TD_ATTR_DEBUG
+from tdxattest.core.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
 
 from .config import DEV_STACK, ConfigError, KnownAnswer, _join, _Reader
 from .paths import REPO_ROOT

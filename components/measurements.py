@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-
-from tdxattest.errors import InputError
-from tdxattest.loaders import hash_file, load_firmware, load_kernel
-from tdxattest.events import sha384
-from tdxattest.measure import (
+from tdxattest.core.errors import InputError
+from tdxattest.core.events import sha384
+from tdxattest.core.files import hash_file
+from tdxattest.core.loaders import load_firmware, load_kernel
+from tdxattest.core.measure import (
     AcpiDigests,
     InitrdInfo,
     kernel_measurement,
@@ -28,10 +28,10 @@ from tdxattest.measure import (
     rtmr1_register,
     rtmr2_register,
 )
-from tdxattest.mrtd import ORDERS, SINGLE, compute_mrtd_both
-from tdxattest.quote import TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE
-from tdxattest.tdhob import td_hob_digest
-from tdxattest.tdvf import cfv_bytes
+from tdxattest.core.mrtd import ORDERS, SINGLE, compute_mrtd_both
+from tdxattest.core.quote import TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE
+from tdxattest.core.tdhob import td_hob_digest
+from tdxattest.core.tdvf import cfv_bytes
 
 from .config import td_boot_manifest
 from .paths import REPO_ROOT, display_path

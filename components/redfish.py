@@ -36,14 +36,14 @@ from sushy import exceptions as sushy_exc
 
 from components.bios_resolve import (
     BiosError,
-    ResolvedSetting,
-    resolve_settings,
-    diff,
-    normalise_fingerprint,
-    format_fingerprint,
-    base_url,
-    system_identity,
     BiosPhaseResult,
+    ResolvedSetting,
+    base_url,
+    diff,
+    format_fingerprint,
+    normalise_fingerprint,
+    resolve_settings,
+    system_identity,
 )
 from components.bios_tables import (
     DEFAULT_FIRMWARE_DIR,

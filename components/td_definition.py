@@ -28,7 +28,6 @@ from guest_agent import CONFIG_FW_CFG
 
 from .config import HOST_NAME  # the TD is named after its host
 
-
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 TD_ROOT = "/var/lib/tdx-vllm/td"
 GPU_MMIO64_MB = 262144  # 256 GiB of 64-bit MMIO for Hopper BARs (NVIDIA launch_vm.sh)

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import pulumi
+from tdxattest.core.workload import WorkloadManifest, expected_rtmr3, image_digest, model_sha256, rtmr3_events
 
 from guest_agent import REPORT_PREFIX
-from tdxattest.workload import WorkloadManifest, expected_rtmr3, image_digest, model_sha256, rtmr3_events
 
 from .config import HostConfig, StackConfig, WorkloadConfig
 from .remote_step import Connection, facts_of, host_step

@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tdxattest.errors import InputError
+from tdxattest.core.errors import InputError
 
 from .agent import Agent
 from .config import DEFAULT_CONFIG_PATH, load_config

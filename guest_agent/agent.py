@@ -15,7 +15,6 @@ Any refusal stops what was started and reports; `supervise` then watches the pro
 from __future__ import annotations
 
 import json
-
 import secrets
 import sys
 import threading

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tdxattest.errors import InputError
-from tdxattest.workload import WorkloadManifest, manifest_from_mapping, refused_vllm_arg
+from tdxattest.core.errors import InputError
+from tdxattest.core.workload import WorkloadManifest, manifest_from_mapping, refused_vllm_arg
 
 from . import CONFIG_FW_CFG
 

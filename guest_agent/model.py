@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdxattest.workload import WorkloadManifest
+from tdxattest.core.workload import WorkloadManifest
 
 from .system import Refused
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdxattest.workload import WorkloadManifest
+from tdxattest.core.workload import WorkloadManifest
 
 from .system import Refused, run_command
 
@@ -76,7 +76,7 @@ def vllm_cleanup_argv(podman: str = "podman") -> list[str]:
 
 
 def standin_argv(python: str, port: int, model_id: str) -> list[str]:
-    return [python, "-m", "tdxattest.standin", "--listen", f"{LOOPBACK}:{port}", "--model", model_id]
+    return [python, "-m", "tdxattest.testing.standin", "--listen", f"{LOOPBACK}:{port}", "--model", model_id]
 
 
 def gateway_argv(

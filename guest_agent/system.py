@@ -52,7 +52,7 @@ def run_command(argv: Sequence[str], timeout_s: float) -> CommandResult:
 class System:
     root: Path = Path("/")
     run: Runner = field(default=run_command)
-    python: str = sys.executable  # runs tdxattest.gateway / tdxattest.standin
+    python: str = sys.executable  # runs tdxattest.gateway / tdxattest.testing.standin
 
     def path(self, absolute: str) -> Path:
         """`absolute` (a kernel or device path) under this system's root."""

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tdxattest import rtmr
-from tdxattest.errors import InputError
-from tdxattest.quote_source import TDX_PROVIDER, TSM_REPORT_ROOT
-from tdxattest.workload import WorkloadManifest, replay_rtmr3, rtmr3_events
+from tdxattest.channel.quote_source import TDX_PROVIDER, TSM_REPORT_ROOT
+from tdxattest.core import rtmr
+from tdxattest.core.errors import InputError
+from tdxattest.core.workload import WorkloadManifest, replay_rtmr3, rtmr3_events
 
 from .system import Refused, System
 

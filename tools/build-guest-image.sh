@@ -333,7 +333,7 @@ configure_rootfs() { # ROOTFS STACK
   rm -f "$root/usr/lib/modules/$KVER/vmlinuz" "$root/usr/lib/modules/$KVER/System.map" "$root"/boot/*
   step "[$stack] smoke test: the gateway's imports under the image's python3"
   in_root "$root" env PYTHONPATH=/opt/tdx-vllm python3 -c \
-    'import aiohttp, h11, yaml, cryptography, tdxattest.gateway, tdxattest.standin, guest_agent.agent' \
+    'import aiohttp, h11, yaml, cryptography, tdxattest.gateway, tdxattest.testing.standin, guest_agent.agent' \
     || die "the image's python cannot import the gateway (see above)"
   # The agent fetches model files over HTTPS (and podman would pull over it): Python's default
   # context must find Debian's CA bundle, or every https:// model source fails in the TD.

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from tdxattest.gateway import Gateway, GatewayConfig, TlsIdentity, make_tls_identity
-from tdxattest.policy import DEFAULT_POLICY, Policy, with_pins_json
-from tdxattest.proxy import ProxyConfig, VerifyingProxy
-from tdxattest.quote_source import QuoteSource
-from tdxattest.standin import StandinConfig, StandinServer
-from tdxattest.testpki import SoftwareQuoteProvider, TdIdentity, TestPki
+from tdxattest.channel.gateway import Gateway, GatewayConfig, TlsIdentity, make_tls_identity
+from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy
+from tdxattest.channel.quote_source import QuoteSource
+from tdxattest.core.policy import DEFAULT_POLICY, Policy, with_pins_json
+from tdxattest.testing.standin import StandinConfig, StandinServer
+from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity, TestPki
 
 
 class LoopThread:
@@ -38,19 +38,6 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
-
-
-def pins_json(td: TdIdentity) -> dict:
-    """A `pins` stack output (docs/pins.md) accepting exactly `td`."""
-    return {
-        "schema": 1,
-        "mrtd": td.mrtd.hex(),
-        "rtmr0": td.rtmr0.hex(),
-        "rtmr1": td.rtmr1.hex(),
-        "rtmr2": td.rtmr2.hex(),
-        "rtmr3": td.rtmr3.hex(),
-        "tdAttributes": td.td_attributes.hex(),
-    }
 
 
 async def start_site(app, host: str = "127.0.0.1", port: int = 0, ssl_context=None):
@@ -123,7 +110,7 @@ async def start_channel(
             stops.append(stop)
 
         pins_path = tmp / "pins.json"
-        pins_path.write_text(json.dumps(pins_json(pinned or td)))
+        pins_path.write_text(json.dumps((pinned or td).stack_pins().to_json()))
         collateral_path = tmp / "collateral.json"
         collateral_path.write_text(collateral if collateral is not None else pki.collateral_json())
         audit = tmp / "audit.jsonl"
@@ -156,8 +143,7 @@ async def tls_relay(
     middle that terminates TLS). With `replay`, it answers attestation requests with that recorded
     response instead of asking the gateway (a replay of an old quote)."""
     from aiohttp import ClientSession, TCPConnector, web
-
-    from tdxattest.gateway import ATTESTATION_PATH, HOP_BY_HOP
+    from tdxattest.channel.gateway import ATTESTATION_PATH, HOP_BY_HOP
 
     identity = tls or make_tls_identity("relay")
     session = ClientSession(connector=TCPConnector(ssl=False), auto_decompress=False)

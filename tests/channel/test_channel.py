@@ -11,11 +11,11 @@ from pathlib import Path
 
 import openai
 import pytest
+from tdxattest.channel.gateway import make_tls_identity
+from tdxattest.channel.quote_source import QuoteUnavailable
+from tdxattest.testing.standin import StandinConfig, known_answer
+from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity, make_test_pki
 
-from tdxattest.gateway import make_tls_identity
-from tdxattest.quote_source import QuoteUnavailable
-from tdxattest.standin import StandinConfig, known_answer
-from tdxattest.testpki import SoftwareQuoteProvider, TdIdentity, make_test_pki
 from tests.channel.servers import Channel, LoopThread, SwitchableForwarder, start_channel, tls_relay
 
 MODEL = StandinConfig().model
@@ -255,9 +255,8 @@ def test_gateway_refuses_required_response_quote_it_cannot_make(loop, tmp_path, 
 
 def test_gateway_attestation_response_binds_its_tls_key(loop, tmp_path, pki) -> None:
     import aiohttp
-
-    from tdxattest.binding import expected_report_data
-    from tdxattest.quote import parse_quote
+    from tdxattest.channel.binding import expected_report_data
+    from tdxattest.core.quote import parse_quote
 
     ch = loop.run(start_channel(tmp_path, pki))
     try:
@@ -281,7 +280,7 @@ def test_gateway_attestation_response_binds_its_tls_key(loop, tmp_path, pki) -> 
 def test_gateway_closing_the_attested_connection_is_refused(channel_factory, pki) -> None:
     """A verified quote is only good for the connection it was bound to: if the gateway closes that
     connection after answering, the request is refused (not sent on another, unattested one)."""
-    from tdxattest.gateway import Gateway
+    from tdxattest.channel.gateway import Gateway
 
     class Closing(Gateway):
         async def attestation(self, request):

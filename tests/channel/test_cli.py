@@ -14,10 +14,8 @@ from pathlib import Path
 
 import openai
 import pytest
-
-from tdxattest.standin import StandinConfig, known_answer
-from tdxattest.testpki import TdIdentity
-from tests.channel.servers import pins_json
+from tdxattest.testing.standin import StandinConfig, known_answer
+from tdxattest.testing.testpki import TdIdentity
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,11 +48,11 @@ def spawn(stack: ExitStack, *args: str) -> dict:
 
 def test_gateway_and_proxy_commands(tmp_path: Path) -> None:
     pins = tmp_path / "pins.json"
-    pins.write_text(json.dumps(pins_json(TdIdentity())))
+    pins.write_text(json.dumps(TdIdentity().stack_pins().to_json()))
     pki = tmp_path / "pki"
     audit = tmp_path / "audit.jsonl"
     with ExitStack() as stack:
-        upstream = spawn(stack, "tdxattest.standin", "--listen", "127.0.0.1:0")["listening"]
+        upstream = spawn(stack, "tdxattest.testing.standin", "--listen", "127.0.0.1:0")["listening"]
         gw = spawn(
             stack,
             "tdxattest",
@@ -100,10 +98,10 @@ def test_gateway_and_proxy_commands(tmp_path: Path) -> None:
 def test_proxy_without_the_test_root_refuses_software_quotes(tmp_path: Path) -> None:
     """The TEST PKI is trusted only when handed over explicitly: with Intel's root, refused."""
     pins = tmp_path / "pins.json"
-    pins.write_text(json.dumps(pins_json(TdIdentity())))
+    pins.write_text(json.dumps(TdIdentity().stack_pins().to_json()))
     pki = tmp_path / "pki"
     with ExitStack() as stack:
-        upstream = spawn(stack, "tdxattest.standin", "--listen", "127.0.0.1:0")["listening"]
+        upstream = spawn(stack, "tdxattest.testing.standin", "--listen", "127.0.0.1:0")["listening"]
         gw = spawn(
             stack,
             "tdxattest",
@@ -148,7 +146,7 @@ def test_proxy_without_the_test_root_refuses_software_quotes(tmp_path: Path) -> 
 )
 def test_proxy_refuses_unsafe_options(tmp_path: Path, args: list[str], message: str) -> None:
     pins = tmp_path / "pins.json"
-    pins.write_text(json.dumps(pins_json(TdIdentity())))
+    pins.write_text(json.dumps(TdIdentity().stack_pins().to_json()))
     base = {
         "--upstream": "https://127.0.0.1:9",
         "--pins": str(pins),

@@ -19,10 +19,13 @@ from tests.support.paths import QUOTES
 RAW = QUOTES / "raw"
 
 
-from tdxattest import collateral as coll_mod  # noqa: E402
 from tdxattest.cli import main  # noqa: E402
-from tdxattest.collateral import CollateralCache, CollateralError, fetch_collateral, verify_collateral  # noqa: E402
-from tdxattest.collateral import parse_iso_ts as ts  # noqa: E402
+from tdxattest.dcap import fetch as fetch_mod  # noqa: E402
+from tdxattest.dcap.cache import CollateralCache  # noqa: E402
+from tdxattest.dcap.collateral import CollateralError, verify_collateral
+from tdxattest.dcap.collateral import parse_iso_ts as ts  # noqa: E402
+from tdxattest.dcap.fetch import fetch_collateral
+
 from tests.loopback_http import LoopbackHttpServer
 
 FMSPC = "00806F050000"
@@ -103,8 +106,8 @@ def test_pcs_without_rootcacrl_takes_root_crl_from_distribution_point(pcs: Serve
     assert status.next_updates["root_ca_crl"] > NOW_OK
     # The assembled set is the fixture set, field for field, and verifies the GCP quote.
     import dcap_qvl
-
-    from tdxattest.verify import collateral_from_json_text, verify_quote
+    from tdxattest.dcap.collateral import collateral_from_json_text
+    from tdxattest.dcap.verify import verify_quote
 
     coll = collateral_from_json_text(raw.to_dcap_json())
     fixture = (QUOTES / "collateral" / "automata-2025-10-00806f.json").read_text()
@@ -213,7 +216,7 @@ def test_wrong_crl_at_the_distribution_point_is_not_trusted(pcs: Server, crl_hos
 def test_default_is_the_intel_root_certificates_distribution_point(pcs: Server, monkeypatch) -> None:
     """Without root_crl_url the URL is the one in the Intel root certificate (unchanged production
     behaviour); `_http_get` is wrapped so that request is answered locally, never sent."""
-    real = coll_mod._http_get
+    real = fetch_mod._http_get
     seen: list[str] = []
 
     def fake(url: str):
@@ -223,7 +226,7 @@ def test_default_is_the_intel_root_certificates_distribution_point(pcs: Server, 
         assert urllib.parse.urlsplit(url).hostname == "127.0.0.1", url
         return real(url)
 
-    monkeypatch.setattr(coll_mod, "_http_get", fake)
+    monkeypatch.setattr(fetch_mod, "_http_get", fake)
     raw = fetch_collateral(pcs.url, FMSPC, "platform")
     assert seen[-2:] == [pcs.url + "sgx/certification/v4/rootcacrl", INTEL_ROOT_CRL_DP]
     assert raw.root_ca_crl_body == ROOT_CRL.read_bytes()
@@ -233,7 +236,7 @@ def test_default_is_the_intel_root_certificates_distribution_point(pcs: Server, 
             raise CollateralError("collateral.fetch_failed", f"a response from {url}", "Name or service not known")
         return real(url)
 
-    monkeypatch.setattr(coll_mod, "_http_get", down)
+    monkeypatch.setattr(fetch_mod, "_http_get", down)
     with pytest.raises(CollateralError) as err:
         fetch_collateral(pcs.url, FMSPC, "platform")
     assert INTEL_ROOT_CRL_DP in err.value.expected and "distribution point" in err.value.expected

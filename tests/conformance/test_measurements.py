@@ -9,16 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from tdxattest.core import events as ev
+from tdxattest.core.dstack import parse_dstack_attestation
+from tdxattest.core.eventlog import parse_tcg2_log, replay_log
+from tdxattest.core.measure import AcpiDigests, BootInputs, compute, rtmr0_register, rtmr1_register
+from tdxattest.core.mrtd import compute_mrtd
+from tdxattest.core.quote import parse_quote, read_td_report
+from tdxattest.core.rtmr import replay
+from tdxattest.core.tdhob import MIB, td_hob_digest
+from tdxattest.core.tdvf import cfv_bytes, parse_tdvf
 
-from tdxattest import events as ev
-from tdxattest.dstack import parse_dstack_attestation
-from tdxattest.eventlog import parse_tcg2_log, replay_log
-from tdxattest.measure import AcpiDigests, BootInputs, compute, rtmr0_register, rtmr1_register
-from tdxattest.mrtd import compute_mrtd
-from tdxattest.quote_rtmrs import read_quote_registers
-from tdxattest.rtmr import replay
-from tdxattest.tdhob import MIB, td_hob_digest
-from tdxattest.tdvf import cfv_bytes, parse_tdvf
 from tests.support.paths import MEASUREMENTS as MEAS
 from tests.support.paths import QUOTES, REPO
 
@@ -115,8 +115,9 @@ def test_cli_measure_prints_both_orders(fixture):
 
 def test_cli_measure_direct_boot(tmp_path):
     """--kernel/--initrd/--cmdline give RTMR1 and RTMR2 with their per-event digests."""
-    from tdxattest.authenticode import authenticode_digest
-    from tdxattest.bzimage import qemu_patch_kernel
+    from tdxattest.core.authenticode import authenticode_digest
+    from tdxattest.core.bzimage import qemu_patch_kernel
+
     from tests.unit.test_measure_errors import make_bzimage
 
     kernel = tmp_path / "bzImage"
@@ -336,7 +337,7 @@ def test_rtmr1_template_of_the_ccel_sample():
 
 def test_simulator_replay_equals_its_quote():
     att = parse_dstack_attestation(SIMULATOR.read_bytes())
-    quote = read_quote_registers(att.quote)
+    quote = read_td_report(att.quote)
     body = DECODED["eventlogs/dstack-simulator-attestation.bin"]["quote_td_report_body"]
     assert quote.mrtd.hex() == body["mrtd"] and quote.td_attributes.hex() == body["td_attributes"]
     assert len(att.events) == 33
@@ -368,7 +369,7 @@ def test_cli_replay_of_the_simulator_matches_its_quote():
 
 def test_gcp_ccel_replay_equals_its_quote():
     log = parse_tcg2_log(GCP_CCEL.read_bytes())
-    quote = read_quote_registers(GCP_QUOTE.read_bytes())
+    quote = read_td_report(GCP_QUOTE.read_bytes())
     assert replay_log(log.events).rtmrs == quote.rtmrs
 
 
@@ -384,8 +385,9 @@ def test_cli_replay_with_quote_exit_codes():
 @pytest.mark.parametrize("name", sorted(QUOTE_MANIFEST.get("quotes", {})))
 def test_quote_registers(name):
     v = QUOTE_MANIFEST["quotes"][name]
-    q = read_quote_registers((QUOTES / name).read_bytes())
-    assert q.version == v["quote_version"]
+    data = (QUOTES / name).read_bytes()
+    q = read_td_report(data)
+    assert parse_quote(data).header.version == v["quote_version"]
     assert q.mrtd.hex() == v["mr_td"] and q.td_attributes.hex() == v["td_attributes"] and q.xfam.hex() == v["xfam"]
     assert [r.hex() for r in q.rtmrs] == [v[f"rtmr{i}"] for i in range(4)]
     assert q.mrconfigid.hex() == v["mr_config_id"] and q.report_data.hex() == v["report_data"]

@@ -16,18 +16,12 @@ CASES = MANIFEST["cases"]
 RECIPES = MANIFEST["mutation_recipes"]["recipes"]
 
 import dcap_qvl  # noqa: E402
-
 from tdxattest.cli import main  # noqa: E402
-from tdxattest.collateral import parse_iso_ts as _ts  # noqa: E402
-from tdxattest.policy import DEFAULT_POLICY, Pin, Pins, Policy  # noqa: E402
-from tdxattest.quote import parse_quote  # noqa: E402
-from tdxattest.verify import (
-    classify_error,
-    collateral_from_json_text,
-    load_collateral,  # noqa: E402
-    report_from_verified_json,
-    verify_quote,
-)
+from tdxattest.core.policy import DEFAULT_POLICY, Pin, Pins, Policy  # noqa: E402
+from tdxattest.core.quote import parse_quote  # noqa: E402
+from tdxattest.dcap.collateral import collateral_from_json_text, load_collateral
+from tdxattest.dcap.collateral import parse_iso_ts as _ts  # noqa: E402
+from tdxattest.dcap.verify import classify_error, report_from_verified_json, verify_quote
 
 # dcap-qvl's recorded error for a case -> our named failure.
 CASE_FAILURES = {
@@ -415,7 +409,7 @@ def test_cli_refused_quote_reports_named_dcap_failure(capsys) -> None:
 def test_tcb_level_date_matches_dcap_qvl_claims(case: dict) -> None:
     """The grace period's TCB date, read from the verified TCB info, equals dcap-qvl's own; a level
     whose status/advisories disagree with dcap-qvl's is not used (None -> dcap-qvl claims mode)."""
-    from tdxattest.verify import _tcb_date, _tcb_date_from_tcb_info
+    from tdxattest.dcap.verify import _tcb_date, _tcb_date_from_tcb_info
 
     quote = _quote(case["quote_file"])
     coll = load_collateral(str(QUOTES / case["collateral_file"]))

@@ -19,9 +19,9 @@ CASES = MANIFEST["cases"]
 QUOTE_FILES = sorted((QUOTES / "quotes").glob("*.bin"))
 
 
-from tdxattest.errors import InputError  # noqa: E402
-from tdxattest.policy import Policy  # noqa: E402
-from tdxattest.quote import (
+from tdxattest.core.errors import InputError  # noqa: E402
+from tdxattest.core.policy import Policy  # noqa: E402
+from tdxattest.core.quote import (
     _BODY_FIELDS,
     TdReport,
     _body_location,
@@ -30,12 +30,8 @@ from tdxattest.quote import (
     quote_pck_tcb,
     read_td_report,
 )
-from tdxattest.verify import (
-    _tcb_date_from_tcb_info,
-    collateral_from_json_text,
-    load_collateral,  # noqa: E402
-    verify_quote,
-)
+from tdxattest.dcap.collateral import collateral_from_json_text, load_collateral
+from tdxattest.dcap.verify import _tcb_date_from_tcb_info, verify_quote
 
 
 def _case(case_id: str) -> dict:

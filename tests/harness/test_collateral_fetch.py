@@ -18,9 +18,11 @@ RAW = QUOTES / "raw"
 
 
 from tdxattest.cli import main  # noqa: E402
-from tdxattest.collateral import CollateralCache, CollateralError  # noqa: E402
-from tdxattest.collateral import parse_iso_ts as ts  # noqa: E402
-from tdxattest.verify import verify_quote  # noqa: E402
+from tdxattest.dcap.cache import CollateralCache  # noqa: E402
+from tdxattest.dcap.collateral import CollateralError
+from tdxattest.dcap.collateral import parse_iso_ts as ts  # noqa: E402
+from tdxattest.dcap.verify import verify_quote  # noqa: E402
+
 from tests.loopback_http import LoopbackHttpServer
 
 FMSPC = "00806F050000"
@@ -264,11 +266,9 @@ def test_the_proxy_keeps_verified_collateral_until_the_cache_would_refresh(
 ) -> None:
     # The proxy attests every upstream connection: one verified set serves them until its earliest
     # nextUpdate minus the refresh margin; then the cache is asked (and refreshes) again.
-    import asyncio
+    from tdxattest.channel.proxy import ProxyConfig, proxy_appraiser
 
-    from tdxattest.proxy import Appraiser, ProxyConfig
-
-    appraiser = Appraiser(ProxyConfig(upstream="https://127.0.0.1:8443", pccs=pccs.url, cache_dir=str(tmp_path)))
+    appraiser = proxy_appraiser(ProxyConfig(upstream="https://127.0.0.1:8443", pccs=pccs.url, cache_dir=str(tmp_path)))
     quote = GCP_QUOTE.read_bytes()
     gets: list[int] = []
     real_get = CollateralCache.get
@@ -278,19 +278,14 @@ def test_the_proxy_keeps_verified_collateral_until_the_cache_would_refresh(
         return real_get(self, *args, **kwargs)
 
     monkeypatch.setattr(CollateralCache, "get", counting_get)
-    # A private loop: asyncio.run() would leave no current loop behind for later (Pulumi mock) tests.
-    loop = asyncio.new_event_loop()
-    try:
 
-        def collateral_at(now: int):
-            return loop.run_until_complete(appraiser._collateral(quote, now))
+    def collateral_at(now: int):
+        return appraiser.collateral.collateral_for(quote, now)[0]
 
-        first = collateral_at(NOW_OK)
-        assert collateral_at(NOW_OK + 3600) is first
-        assert gets == [NOW_OK]
-        inside_margin = ts("2025-11-06T00:00:00Z")  # within the 7-day margin of the earliest nextUpdate
-        assert collateral_at(inside_margin) is not first
-        assert collateral_at(NOW_OK - 60) is not None  # earlier than verified: asked again
-        assert gets == [NOW_OK, inside_margin, NOW_OK - 60]
-    finally:
-        loop.close()
+    first = collateral_at(NOW_OK)
+    assert collateral_at(NOW_OK + 3600) is first
+    assert gets == [NOW_OK]
+    inside_margin = ts("2025-11-06T00:00:00Z")  # within the 7-day margin of the earliest nextUpdate
+    assert collateral_at(inside_margin) is not first
+    assert collateral_at(NOW_OK - 60) is not None  # earlier than verified: asked again
+    assert gets == [NOW_OK, inside_margin, NOW_OK - 60]

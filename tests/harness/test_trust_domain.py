@@ -16,6 +16,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+from tdxattest.core.workload import expected_rtmr3
 
 from components.config import KnownAnswer, TdShape, WorkloadConfig
 from components.steps import DELETE_COMMAND, Rendered, render
@@ -29,7 +30,6 @@ from components.trust_domain import (
     stage_params,
     wait_params,
 )
-from tdxattest.workload import expected_rtmr3
 from tests.harness import hosts as H
 from tests.harness import sshrun
 from tests.harness.sshrun import CommandFailed

@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from tdxattest.channel.binding import DOMAIN_TAG, expected_report_data, spki_der
+from tdxattest.core.errors import InputError
+from tdxattest.core.policy import DEFAULT_POLICY, QuoteFacts, evaluate
 
-from tdxattest.binding import DOMAIN_TAG, expected_report_data, spki_der
-from tdxattest.errors import InputError
-from tdxattest.policy import DEFAULT_POLICY, QuoteFacts, evaluate
 from tests.unit.test_policy import report
 
 

@@ -7,7 +7,7 @@ import asyncio
 import time
 from types import SimpleNamespace
 
-from tdxattest.proxy import ConnectionPool, ProxyConfig
+from tdxattest.channel.proxy import ConnectionPool, ProxyConfig
 
 CONFIG = ProxyConfig(upstream="https://127.0.0.1:8443", collateral_path="unused.json", reattest_interval_s=300.0)
 

@@ -17,6 +17,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from tdxattest.channel.binding import expected_report_data, spki_der
+from tdxattest.core import rtmr
+from tdxattest.core.errors import InputError
+from tdxattest.core.workload import expected_rtmr3, manifest_from_mapping, replay_rtmr3
+from tdxattest.dcap.collateral import collateral_from_json_text
+from tdxattest.dcap.verify import verify_quote
+from tdxattest.testing.standin import known_answer
 
 from guest_agent import REPORT_PREFIX
 from guest_agent.__main__ import main
@@ -29,12 +36,6 @@ from guest_agent.report import parse_line
 from guest_agent.server import Supervisor, vllm_argv, vllm_cleanup_argv
 from guest_agent.system import CommandResult, Refused, System, run_command
 from guest_agent.tdx import RTMR3_SYSFS, SoftwareRtmr3, SysfsRtmr3, detect_tdx, measure_workload
-from tdxattest import rtmr
-from tdxattest.binding import expected_report_data, spki_der
-from tdxattest.errors import InputError
-from tdxattest.standin import known_answer
-from tdxattest.verify import collateral_from_json_text, verify_quote
-from tdxattest.workload import expected_rtmr3, manifest_from_mapping, replay_rtmr3
 from tests.loopback_http import LoopbackFileServer
 from tests.nvml_standin import FIXTURE_NONCE as NONCE1
 from tests.nvml_standin import GPU_FIXTURES

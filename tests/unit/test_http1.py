@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from tdxattest.http1 import ResponseReader, UpstreamProtocolError, encode_request
+from tdxattest.channel.http1 import ResponseReader, UpstreamProtocolError, encode_request
 
 
 def test_request_bytes() -> None:

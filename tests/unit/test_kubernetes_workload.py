@@ -21,6 +21,8 @@ from typing import Any
 import kubernetes_validate
 import pulumi
 import pytest
+from tdxattest.core.policy import pins_from_stack_output
+from tdxattest.core.workload import CPU_OFFLOAD_VLLM_FLAGS, WorkloadManifest, manifest_from_mapping
 
 from components.config import ENCRYPTED, ConfigError
 from components.kubernetes_workload import (
@@ -41,8 +43,6 @@ from components.kubernetes_workload import (
     render_manifests,
     workload_problems,
 )
-from tdxattest.policy import pins_from_stack_output
-from tdxattest.workload import CPU_OFFLOAD_VLLM_FLAGS, WorkloadManifest, manifest_from_mapping
 from tests.loopback_http import LoopbackFileServer
 
 K8S_VERSION = "1.37"
@@ -590,9 +590,10 @@ def test_model_fetch_verifies_every_file(file_server, tmp_path: Path):
 def test_known_answer_probe_against_the_real_gateway():
     """The probe command from the manifest, run against the real gateway (TEST-PKI quotes) in front of
     the stand-in vLLM: it passes when the answer begins with `expect` and fails otherwise."""
-    from tdxattest.gateway import Gateway, GatewayConfig
-    from tdxattest.standin import StandinConfig, StandinServer, known_answer
-    from tdxattest.testpki import SoftwareQuoteProvider, make_test_pki
+    from tdxattest.channel.gateway import Gateway, GatewayConfig
+    from tdxattest.testing.standin import StandinConfig, StandinServer, known_answer
+    from tdxattest.testing.testpki import SoftwareQuoteProvider, make_test_pki
+
     from tests.channel.servers import LoopThread
 
     loop = LoopThread()

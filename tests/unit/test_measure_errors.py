@@ -4,6 +4,7 @@ also used by other tests."""
 
 from __future__ import annotations
 
+import importlib
 import struct
 import subprocess
 import sys
@@ -11,15 +12,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tdxattest.core.authenticode import authenticode_digest, pe_layout
+from tdxattest.core.errors import InputError
+from tdxattest.core.eventlog import parse_tcg2_log
+from tdxattest.core.loaders import load_firmware, load_kernel
+from tdxattest.core.mrtd import compute_mrtd
+from tdxattest.core.quote import read_td_report
+from tdxattest.core.tdvf import FOOTER_GUID, TDVF_METADATA_GUID, TDX_METADATA_OFFSET_GUID, parse_tdvf
 
 from tdxattest import cli
-from tdxattest.authenticode import authenticode_digest, pe_layout
-from tdxattest.errors import InputError
-from tdxattest.eventlog import parse_tcg2_log
-from tdxattest.loaders import load_firmware, load_kernel
-from tdxattest.mrtd import compute_mrtd
-from tdxattest.quote_rtmrs import read_quote_registers
-from tdxattest.tdvf import FOOTER_GUID, TDVF_METADATA_GUID, TDX_METADATA_OFFSET_GUID, parse_tdvf
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -255,7 +256,7 @@ def test_bad_section_fields(section, what, field_offset):
 
 
 def test_td_hob_requires_one_hob_section():
-    from tdxattest.tdhob import td_hob_digest
+    from tdxattest.core.tdhob import td_hob_digest
 
     fw = make_tdvf([SECTIONS[0], SECTIONS[1], SECTIONS[3]])
     with pytest.raises(InputError, match="exactly one TD_HOB"):
@@ -324,7 +325,7 @@ def test_authenticode_hand_computed():
 
 
 def test_initrd_with_a_kernel_too_old_for_it():
-    from tdxattest.bzimage import qemu_patch_kernel
+    from tdxattest.core.bzimage import qemu_patch_kernel
 
     img = bytearray(make_bzimage())
     img[0x202:0x206] = b"\x00\x00\x00\x00"  # no "HdrS": protocol 0
@@ -374,8 +375,8 @@ def test_event_log_wrong_mr_index():
 def test_event_log_replays_a_valid_small_log():
     import hashlib
 
-    from tdxattest.eventlog import replay_log
-    from tdxattest.rtmr import replay
+    from tdxattest.core.eventlog import replay_log
+    from tdxattest.core.rtmr import replay
 
     text = b"Exit Boot Services Invocation"
     digest = hashlib.sha384(text).digest()
@@ -388,13 +389,13 @@ def test_event_log_replays_a_valid_small_log():
 
 def test_quote_with_wrong_version_or_tee(tmp_path):
     with pytest.raises(InputError) as err:
-        read_quote_registers(struct.pack("<HHI", 3, 2, 0) + bytes(1000))
+        read_td_report(struct.pack("<HHI", 3, 2, 0) + bytes(1000))
     assert err.value.offset == 0 and "version 4 or 5" in err.value.expected
     with pytest.raises(InputError) as err:
-        read_quote_registers(struct.pack("<HHI", 4, 2, 0) + bytes(1000))
+        read_td_report(struct.pack("<HHI", 4, 2, 0) + bytes(1000))
     assert err.value.offset == 4 and "TDX" in err.value.expected
     with pytest.raises(InputError) as err:
-        read_quote_registers(struct.pack("<HHI", 4, 2, 0x81) + bytes(100))
+        read_td_report(struct.pack("<HHI", 4, 2, 0x81) + bytes(100))
     assert "truncated quote" in err.value.seen
 
 
@@ -431,8 +432,8 @@ def test_ram_too_small_for_the_firmware_layout(tmp_path):
 
 
 def test_initrd_too_large_names_the_kernel(tmp_path):
-    from tdxattest.loaders import load_initrd
-    from tdxattest.measure import BootInputs, compute
+    from tdxattest.core.loaders import load_initrd
+    from tdxattest.core.measure import BootInputs, compute
 
     kernel = make_bzimage()
     initrd = tmp_path / "initrd"
@@ -469,7 +470,7 @@ def test_bad_acpi_digest_file(tmp_path):
 def test_acpi_blob_directory(tmp_path, layout):
     import hashlib
 
-    from tdxattest.loaders import load_acpi
+    from tdxattest.core.loaders import load_acpi
 
     blobs = {"table_loader": b"loader", "rsdp": b"RSD PTR ", "tables": b"FACP" * 50}
     names = {
@@ -486,15 +487,26 @@ def test_acpi_blob_directory(tmp_path, layout):
         load_acpi(tmp_path)
 
 
-def test_verbs_are_discovered_from_the_commands_package():
-    names = sorted(m.__name__.rsplit(".", 1)[1] for m in cli.verb_modules())
-    assert {"measure", "eventlog"} <= set(names)
+def test_every_registered_verb_has_its_module():
+    for name, verb in cli.VERBS.items():
+        assert callable(importlib.import_module(verb.module).configure), name
     assert cli.main(["measure", "--firmware", "/nonexistent/x.fd"]) == 2
+
+
+def test_a_verb_loads_only_its_own_module():
+    # `tdxattest verify` must not pay for the proxy, the gateway or the measurement code.
+    code = (
+        "import sys; from tdxattest import cli; cli.build_parser(sys.argv[1]);"
+        "print(sorted(v.module for v in cli.VERBS.values() if v.module in sys.modules))"
+    )
+    for verb, loaded in (("verify", ["tdxattest.cli.verify"]), ("--help", [])):
+        out = subprocess.run([sys.executable, "-c", code, verb], cwd=REPO, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == repr(loaded)
 
 
 def test_library_does_not_import_pulumi():
     code = (
-        "import sys, tdxattest.cli, tdxattest.measure, tdxattest.loaders, components.measurements;"
+        "import sys, tdxattest.cli, tdxattest.core.measure, tdxattest.core.loaders, components.measurements;"
         "sys.exit(1 if 'pulumi' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

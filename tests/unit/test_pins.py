@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tdxattest.core import events as ev
+from tdxattest.core.authenticode import authenticode_digest
+from tdxattest.core.bzimage import qemu_patch_kernel
+from tdxattest.core.rtmr import replay
 
 from components.measurements import DEFAULT_MANIFEST, PinError, expected_pins
-from tdxattest import events as ev
-from tdxattest.authenticode import authenticode_digest
-from tdxattest.bzimage import qemu_patch_kernel
-from tdxattest.rtmr import replay
 from tests.support.paths import FIRMWARE
 from tests.unit.test_measure_errors import make_bzimage
 

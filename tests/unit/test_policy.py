@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
-from tdxattest.errors import InputError
-from tdxattest.policy import (
+from tdxattest.core.errors import InputError
+from tdxattest.core.policy import (
     DAY,
     DEFAULT_POLICY,
     Pin,
@@ -19,7 +18,7 @@ from tdxattest.policy import (
     pins_from_stack_output,
     policy_from_mapping,
 )
-from tdxattest.quote import TdReport
+from tdxattest.core.quote import TdReport
 
 MRTD = bytes(range(48))
 TCB_DATE = 1_691_539_200  # 2023-08-09T00:00:00Z

@@ -7,8 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from tdxattest.quote_source import ConfigfsTsmQuoteSource, QuoteUnavailable
+from tdxattest.channel.quote_source import ConfigfsTsmQuoteSource, QuoteUnavailable
 
 
 def entry(root: Path, provider: str = "tdx_guest", generation: str = "7") -> Path:

@@ -18,8 +18,7 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
-
-from tdxattest.standin import StandinConfig, StandinServer, StandinThread, known_answer
+from tdxattest.testing.standin import StandinConfig, StandinServer, StandinThread, known_answer
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = StandinConfig().model
@@ -195,7 +194,7 @@ def test_cli_serves_until_sigterm() -> None:
         [
             sys.executable,
             "-m",
-            "tdxattest.standin",
+            "tdxattest.testing.standin",
             "--listen",
             "127.0.0.1:0",
             "--model",

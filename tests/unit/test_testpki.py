@@ -9,11 +9,12 @@ import dataclasses
 import dcap_qvl
 import pytest
 from cryptography import x509
-
-from tdxattest.policy import Policy
-from tdxattest.quote import parse_quote, pck_tcb
-from tdxattest.quote_source import QuoteSource
-from tdxattest.testpki import (
+from tdxattest.channel.quote_source import QuoteSource
+from tdxattest.core.policy import Policy
+from tdxattest.core.quote import parse_quote, pck_tcb
+from tdxattest.dcap.collateral import collateral_from_json_text
+from tdxattest.dcap.verify import verify_quote
+from tdxattest.testing.testpki import (
     LABEL,
     OUTDATED_ADVISORIES,
     OUTDATED_TEE_TCB_SVN,
@@ -23,7 +24,6 @@ from tdxattest.testpki import (
     TdIdentity,
     make_test_pki,
 )
-from tdxattest.verify import collateral_from_json_text, verify_quote
 
 NOW = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86400

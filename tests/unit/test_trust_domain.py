@@ -9,6 +9,7 @@ from typing import Any
 
 import pulumi
 import pytest
+from tdxattest.core.workload import expected_rtmr3, model_sha256, rtmr3_events
 
 from components.config import parse_stack
 from components.firmware import gpu_sku
@@ -24,7 +25,6 @@ from components.trust_domain import (
     wait_params,
     workload_pins,
 )
-from tdxattest.workload import expected_rtmr3, model_sha256, rtmr3_events
 
 from .test_components import SECRETS, Mocks, Recorder, _decrypted
 from .test_config import good, workload

@@ -7,9 +7,8 @@ import hashlib
 import json
 
 import pytest
-
-from tdxattest.errors import InputError
-from tdxattest.workload import (
+from tdxattest.core.errors import InputError
+from tdxattest.core.workload import (
     WORKLOAD_EVENT,
     WorkloadManifest,
     expected_rtmr3,

@@ -1,1 +1,0 @@
-"""CLI verbs: one module per verb, each exposing `register(subparsers)` (see `tdxattest.cli`)."""

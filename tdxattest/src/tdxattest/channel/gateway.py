@@ -1,0 +1,282 @@
+"""The attested gateway: runs inside the TD in front of vLLM and proves itself on request.
+
+    GET /.well-known/tdx-attestation?nonce=HEX
+        -> {"quote": base64, "nonce", "tls_spki_sha256", "quote_source", "event_log", "gpu_evidence"}
+           the quote's REPORTDATA = SHA-512(tag || SHA-256(this TLS key's SPKI) || nonce)
+           (tdxattest.binding), so a client that checks it knows the TLS key it is talking to was
+           made inside the TD that the quote describes.
+    anything else -> forwarded to vLLM on loopback, streamed through unbuffered.
+        With `x-attestation: required` the response also carries `x-tdx-quote`, a quote over
+        SHA-512(tag || SHA-256(request body) || x-tdx-response-id); when no quote can be made the
+        call is refused (503) and never reaches vLLM.
+
+The TLS key is generated at start, in TD memory, and never written anywhere but a private
+temporary directory that is removed as soon as the TLS context has loaded it: a restart is a new
+key, which clients notice and re-attest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import functools
+import hashlib
+import json
+import os
+import secrets
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tdxattest.channel.binding import MAX_NONCE, MIN_NONCE, expected_report_data, response_report_data, spki_der
+from tdxattest.channel.quote_source import QuoteSource, QuoteUnavailable
+
+ATTESTATION_PATH = "/.well-known/tdx-attestation"
+CCEL_DATA = "/sys/firmware/acpi/tables/data/CCEL"
+# RFC 7230 §6.1 hop-by-hop headers, plus those aiohttp recomputes for the next hop.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    upstream: str = "http://127.0.0.1:8000"  # vLLM, loopback inside the TD
+    host: str = "0.0.0.0"
+    port: int = 8443
+    event_log: str | None = CCEL_DATA  # served as is when readable
+    gpu_evidence: str | None = None  # JSON written by the guest agent after it verified the GPUs
+    max_body_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    cert_der: bytes
+    spki: bytes
+    context: ssl.SSLContext
+
+    @functools.cached_property
+    def spki_sha256(self) -> str:
+        return hashlib.sha256(self.spki).hexdigest()
+
+
+def make_tls_identity(common_name: str = "tdx-vllm attested gateway") -> TlsIdentity:
+    """A fresh P-256 key and self-signed certificate; trust comes from the quote, not from a CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # ssl can only load a key from a file: write it to a private directory for the moment it takes.
+    with tempfile.TemporaryDirectory(
+        prefix="tdxattest-gw-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    ) as d:
+        cert_path, key_path = Path(d, "cert.pem"), Path(d, "key.pem")
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        ctx.load_cert_chain(cert_path, key_path)
+    return TlsIdentity(cert.public_bytes(serialization.Encoding.DER), spki_der(cert), ctx)
+
+
+def _read_optional(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return None
+
+
+def _error(status: int, check: str, message: str, **extra: Any):
+    from aiohttp import web
+
+    body = {"error": {"message": message, "type": "attestation_error", "code": check, **extra}}
+    return web.json_response(body, status=status)
+
+
+_response_class = None
+
+
+def forwarded_response(**kw):
+    """An aiohttp StreamResponse whose headers wait in its writer for the first body bytes (or
+    the end), so both go out in one write (one wake-up of the reader instead of two); the caller
+    decides when to send them alone. Used by the gateway and the proxy."""
+    global _response_class
+    if _response_class is None:
+        from aiohttp import web
+
+        class ForwardedResponse(web.StreamResponse):
+            _send_headers_immediately = False  # as aiohttp's own web.Response does
+
+        _response_class = ForwardedResponse
+    return _response_class(**kw)
+
+
+class Gateway:
+    """The aiohttp application; `serve()` runs it with the TD's TLS identity."""
+
+    def __init__(self, config: GatewayConfig, source: QuoteSource, tls: TlsIdentity | None = None):
+        self.config = config
+        self.source = source
+        self.tls = tls or make_tls_identity()
+        # Written before the gateway starts and never changed: encoded once, not per attestation.
+        event_log = _read_optional(config.event_log)
+        self.event_log_b64 = base64.b64encode(event_log).decode() if event_log else None
+        evidence = _read_optional(config.gpu_evidence)
+        self.gpu_evidence = json.loads(evidence) if evidence else None
+        self._session = None
+        self.quotes_made = 0
+
+    async def _quote(self, report_data: bytes) -> bytes:
+        # configfs-tsm blocks while the host's quote service works: keep it off the event loop.
+        quote = await asyncio.get_running_loop().run_in_executor(None, self.source.quote, report_data)
+        self.quotes_made += 1
+        return quote
+
+    async def attestation(self, request):
+        from aiohttp import web
+
+        text = request.query.get("nonce", "")
+        try:
+            nonce = bytes.fromhex(text)
+        except ValueError:
+            nonce = b""
+        if not MIN_NONCE <= len(nonce) <= MAX_NONCE:
+            return _error(
+                400, "gateway.bad_nonce", f"nonce must be {MIN_NONCE}..{MAX_NONCE} bytes of hex, got {text[:40]!r}"
+            )
+        try:
+            quote = await self._quote(expected_report_data(self.tls.spki, nonce))
+        except QuoteUnavailable as exc:
+            return _error(503, exc.check, str(exc))
+        return web.json_response(
+            {
+                "version": 1,
+                "nonce": nonce.hex(),
+                "quote": base64.b64encode(quote).decode(),
+                "quote_source": self.source.label,
+                "tls_spki_sha256": self.tls.spki_sha256,
+                "event_log": self.event_log_b64,
+                "gpu_evidence": self.gpu_evidence,
+            },
+            headers={"cache-control": "no-store"},
+        )
+
+    async def forward(self, request):
+        from aiohttp import ClientError
+
+        body = await request.read()
+        extra: dict[str, str] = {}
+        mode = request.headers.get("x-attestation", "").strip().lower()
+        if mode == "required":
+            response_id = f"resp-{secrets.token_hex(16)}"
+            digest = hashlib.sha256(body).digest()
+            try:
+                quote = await self._quote(response_report_data(digest, response_id))
+            except QuoteUnavailable as exc:
+                return _error(503, exc.check, str(exc))
+            extra = {
+                "x-tdx-quote": base64.b64encode(quote).decode(),
+                "x-tdx-response-id": response_id,
+                "x-tdx-request-sha256": digest.hex(),
+            }
+        elif mode not in ("", "none"):
+            return _error(
+                400, "gateway.bad_attestation_header", f"x-attestation must be `required` or `none`, got {mode[:40]!r}"
+            )
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "x-attestation"
+        }
+        try:
+            upstream = await self._session.request(
+                request.method,
+                self.config.upstream + request.path_qs,
+                headers=headers,
+                data=body if body else None,
+                allow_redirects=False,
+            )
+        except (ClientError, OSError) as exc:
+            return _error(
+                502, "gateway.upstream_unavailable", f"vLLM at {self.config.upstream} is not answering: {exc}"
+            )
+        async with upstream:
+            out = forwarded_response(status=upstream.status, reason=upstream.reason)
+            for k, v in upstream.headers.items():
+                if k.lower() not in HOP_BY_HOP:
+                    out.headers.add(k, v)
+            out.headers.update(extra)
+            if upstream.content_length is not None and "content-encoding" not in upstream.headers:
+                out.content_length = upstream.content_length
+            await out.prepare(request)
+            # What vLLM sent with its headers goes out with ours in one write (all of it, with the
+            # end of the message, for a small answer); the headers are never held back to wait.
+            first = upstream.content.read_nowait()
+            if upstream.content.at_eof():
+                await out.write_eof(first)
+                return out
+            await out.write(first)
+            async for chunk in upstream.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+
+    def app(self):
+        from aiohttp import ClientSession, TCPConnector, web
+
+        async def session_ctx(app):
+            self._session = ClientSession(connector=TCPConnector(limit=0), auto_decompress=False)
+            yield
+            await self._session.close()
+
+        app = web.Application(client_max_size=self.config.max_body_bytes)
+        app.cleanup_ctx.append(session_ctx)
+        app.router.add_get(ATTESTATION_PATH, self.attestation)
+        app.router.add_route("*", "/{tail:.*}", self.forward)
+        return app
+
+    async def start(self):
+        """Start serving; returns the aiohttp runner (await `runner.cleanup()` to stop)."""
+        from aiohttp import web
+
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port, ssl_context=self.tls.context)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1] if self.config.port == 0 else self.config.port
+        return runner

@@ -1,0 +1,87 @@
+"""`gateway`: the in-TD attested gateway (tdxattest.gateway) as a long-running command."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Generate a TLS key inside the TD, serve /.well-known/tdx-attestation with quotes bound to "
+        "it, and forward the OpenAI API to vLLM on loopback."
+    )
+    p.add_argument("--listen", default="0.0.0.0:8443", metavar="HOST:PORT", help="default %(default)s")
+    p.add_argument("--upstream", default="http://127.0.0.1:8000", metavar="URL", help="vLLM (default %(default)s)")
+    p.add_argument(
+        "--event-log", default=None, metavar="FILE", help="event log to serve (default: the CCEL table when present)"
+    )
+    p.add_argument("--gpu-evidence", metavar="JSON", help="GPU evidence the guest agent verified and wrote")
+    p.add_argument(
+        "--quote-source",
+        choices=("tsm", "software-test"),
+        default="tsm",
+        help="tsm: configfs-tsm (a TDX TD); software-test: a TEST PKI quote signer for tests and the "
+        "dev stack only (needs --test-pki-dir)",
+    )
+    p.add_argument(
+        "--test-pki-dir",
+        metavar="DIR",
+        help="with software-test: write the TEST root CA (root-ca.der) and collateral.json here",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    import time
+
+    from tdxattest.channel.gateway import CCEL_DATA, Gateway, GatewayConfig
+    from tdxattest.channel.quote_source import ConfigfsTsmQuoteSource, QuoteUnavailable
+    from tdxattest.cli import UsageError
+    from tdxattest.cli._common import parse_listen, serve_until_interrupted
+
+    host, port = parse_listen(args.listen)
+    if args.quote_source == "software-test":
+        if not args.test_pki_dir:
+            raise UsageError("--quote-source software-test needs --test-pki-dir (where the TEST root CA goes)")
+        import os
+
+        from tdxattest.testing.testpki import SoftwareQuoteProvider, make_test_pki
+
+        pki = make_test_pki(int(time.time()))
+        os.makedirs(args.test_pki_dir, mode=0o700, exist_ok=True)
+        with open(os.path.join(args.test_pki_dir, "root-ca.der"), "wb") as fh:
+            fh.write(pki.root_ca_der)
+        with open(os.path.join(args.test_pki_dir, "collateral.json"), "w", encoding="utf-8") as fh:
+            fh.write(pki.collateral_json())
+        source = SoftwareQuoteProvider(pki)
+        print(
+            "WARNING: software-test quote source: quotes are signed by a TEST PKI, not by TDX hardware; "
+            "for tests and the dev stack only",
+            file=sys.stderr,
+        )
+    else:
+        try:
+            source = ConfigfsTsmQuoteSource()
+        except QuoteUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    config = GatewayConfig(
+        upstream=args.upstream,
+        host=host,
+        port=port,
+        event_log=args.event_log or CCEL_DATA,
+        gpu_evidence=args.gpu_evidence,
+    )
+    gateway = Gateway(config, source)
+
+    async def start():
+        runner = await gateway.start()
+        return runner, {
+            "listening": f"https://{host}:{gateway.port}",
+            "upstream": args.upstream,
+            "tls_spki_sha256": gateway.tls.spki_sha256,
+            "quote_source": source.label,
+        }
+
+    return serve_until_interrupted(start)

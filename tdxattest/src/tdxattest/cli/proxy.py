@@ -1,0 +1,99 @@
+"""`proxy`: the client-side verifying proxy (tdxattest.proxy) as a long-running command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Listen on loopback and forward each request to the attested gateway, over TLS connections "
+        "that each proved (fresh nonce, quote bound to the TLS key, TCB policy, pins) that they "
+        "end inside the pinned TD. Failures answer 502 with the named check; nothing goes upstream."
+    )
+    p.add_argument("--upstream", required=True, metavar="URL", help="the gateway, https://HOST:PORT")
+    p.add_argument("--pins", required=True, metavar="PINS_JSON", help="the stack's `pins` output (pins.json)")
+    p.add_argument(
+        "--accept-mrtd-candidates",
+        action="store_true",
+        help="accept either page-add-order MRTD candidate from pins.json",
+    )
+    p.add_argument("--policy", metavar="POLICY_YAML", help="policy file (default: safe defaults)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--collateral", metavar="C", help="fixed collateral JSON (dcap-qvl QuoteCollateralV3 form)")
+    src.add_argument("--pccs", metavar="URL", help="PCCS or PCS base URL; collateral is cached and refreshed")
+    p.add_argument("--cache-dir", metavar="DIR", help="collateral cache (with --pccs; default ~/.cache/tdxattest)")
+    p.add_argument(
+        "--root-ca",
+        metavar="DER",
+        help="trust this root CA instead of Intel's (the TEST PKI of dev stacks and tests; never for production)",
+    )
+    p.add_argument(
+        "--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="loopback only (default %(default)s)"
+    )
+    p.add_argument(
+        "--reattest-interval",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="attest a kept-alive connection again after this long (default %(default)s)",
+    )
+    p.add_argument(
+        "--audit",
+        metavar="JSONL",
+        help="audit log, one line per request (default $XDG_STATE_HOME/tdxattest/audit.jsonl)",
+    )
+    p.add_argument(
+        "--require-response-quotes",
+        action="store_true",
+        help="also ask the gateway for a quote over each request/response and verify it",
+    )
+    p.set_defaults(run=run)
+
+
+def default_audit_path() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    directory = os.path.join(base, "tdxattest")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    return os.path.join(directory, "audit.jsonl")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy, check_listen
+    from tdxattest.cli._common import parse_listen, policy_with_pins, read_root_ca, serve_until_interrupted
+
+    host, port = parse_listen(args.listen)
+    check_listen(host)
+    policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
+    root = read_root_ca(args.root_ca)
+    audit = args.audit or default_audit_path()
+    config = ProxyConfig(
+        upstream=args.upstream,
+        policy=policy,
+        collateral_path=args.collateral,
+        pccs=args.pccs,
+        cache_dir=args.cache_dir,
+        root_ca_der=root,
+        reattest_interval_s=args.reattest_interval,
+        audit_path=audit,
+        require_response_quotes=args.require_response_quotes,
+    )
+    proxy = VerifyingProxy(config)
+
+    async def start():
+        from aiohttp import web
+
+        runner = web.AppRunner(proxy.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]
+        return runner, {
+            "listening": f"http://{host}:{bound}",
+            "upstream": args.upstream,
+            "audit": audit,
+            "root_ca": "TEST (not Intel)" if root else "Intel SGX Root CA",
+        }
+
+    return serve_until_interrupted(start)

@@ -1,0 +1,135 @@
+"""`verify`: verify a TDX DCAP quote offline (dcap-qvl) and appraise it against a policy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Verify a TDX DCAP quote v4/v5 with dcap-qvl and apply the policy (TCB status, advisories, "
+        "grace period, TD attributes, measurement pins, REPORTDATA). Exit 0 accepted, 1 refused, "
+        "2 unusable input."
+    )
+    p.add_argument("--quote", required=True, metavar="Q", help="raw quote file (binary; hex is accepted too)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--collateral", metavar="C", help="collateral JSON (dcap-qvl QuoteCollateralV3 form)")
+    src.add_argument(
+        "--pccs",
+        metavar="URL",
+        help="PCCS or PCS base URL; collateral comes from the on-disk cache, fetched/refreshed as needed",
+    )
+    p.add_argument("--cache-dir", metavar="DIR", help="collateral cache (with --pccs; default ~/.cache/tdxattest)")
+    p.add_argument("--at", metavar="RFC3339", help="verification time (default: now)")
+    p.add_argument("--pins", metavar="PINS_JSON", help="the stack's `pins` output (pins.json)")
+    p.add_argument(
+        "--accept-mrtd-candidates", action="store_true", help="with --pins: accept either page-add-order MRTD candidate"
+    )
+    p.add_argument("--policy", metavar="POLICY_YAML", help="policy file (default: safe defaults)")
+    p.add_argument("--report-data", metavar="HEX", help="expected REPORTDATA (64 bytes, hex)")
+    p.add_argument("--root-ca", metavar="DER", help="Intel SGX Root CA (DER) to trust instead of the built-in one")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(run=run)
+
+
+def parse_time(text: str | None) -> int:
+    import time
+    from datetime import datetime, timezone
+
+    from tdxattest.core.errors import InputError
+
+    if text is None:
+        return int(time.time())
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InputError("--at: an RFC 3339 time such as 2025-07-01T00:00:00Z", repr(text)) from None
+    if dt.tzinfo is None:
+        raise InputError("--at: an RFC 3339 time with a zone offset (Z or +hh:mm)", repr(text))
+    return int(dt.astimezone(timezone.utc).timestamp())
+
+
+def read_quote(path: str) -> bytes:
+    from tdxattest.core.errors import InputError
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise InputError("a readable quote file", exc.strerror or str(exc), file=path) from None
+    stripped = data.strip()
+    if stripped and all(c in b"0123456789abcdefABCDEF" for c in stripped[:64]) and len(stripped) % 2 == 0:
+        try:
+            return bytes.fromhex(stripped.decode())
+        except ValueError:
+            pass
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from tdxattest.cli._common import appraiser_for, policy_with_pins
+    from tdxattest.core.errors import InputError
+
+    now = parse_time(args.at)
+    quote = read_quote(args.quote)
+    policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
+    expected = None
+    if args.report_data is not None:
+        try:
+            expected = bytes.fromhex(args.report_data.removeprefix("0x"))
+        except ValueError:
+            raise InputError("--report-data: hex", repr(args.report_data)) from None
+        if len(expected) != 64:
+            raise InputError("--report-data: 64 bytes of hex", f"{len(expected)} bytes")
+    appraiser = appraiser_for(policy, args.collateral, args.pccs, args.cache_dir, args.root_ca)
+    try:
+        appraisal = appraiser.appraise(quote, now, expected)
+    except InputError as exc:
+        raise exc.with_file(args.quote) from None
+    out = appraisal.verdict.as_dict()
+    out["verified_at"] = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out["quote"] = args.quote
+    out["collateral"] = appraisal.collateral
+    _emit(out, args.json)
+    return 0 if appraisal.verdict.accepted else 1
+
+
+def _emit(out: dict, as_json: bool) -> None:
+    if as_json:
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    print(
+        f"{'ACCEPTED' if out['accepted'] else 'REFUSED'}: tcb_status={out.get('tcb_status')} "
+        f"advisories={','.join(out.get('advisory_ids') or []) or '-'}"
+    )
+    report = out.get("td_report")
+    if report:
+        note = "" if out.get("report_verified", True) else " (from the refused quote, NOT verified)"
+        print(f"  TD report{note}:")
+        for k in (
+            "mrtd",
+            "rtmr0",
+            "rtmr1",
+            "rtmr2",
+            "rtmr3",
+            "mrseam",
+            "td_attributes",
+            "xfam",
+            "mrconfigid",
+            "report_data",
+            "tee_tcb_svn",
+        ):
+            print(f"    {k:<14} {report[k]}")
+        a = report["td_attributes_decoded"]
+        print(f"    {'':<14} DEBUG={int(a['debug'])} SEPT_VE_DISABLE={int(a['sept_ve_disable'])}")
+        print(f"    {'fmspc':<14} {out.get('fmspc')}")
+    for c in out.get("checks", []):
+        if c["outcome"] == "not_checked":
+            print(f"  not checked: {c['check']}: {c.get('reason')}")
+    for f in out.get("failures", []):
+        print(f"  FAIL {f['check']}: expected {f['expected']}, seen {f['seen']}")

@@ -1,0 +1,414 @@
+"""Appraisal policy for verified TDX quotes: a pure function of (verified facts, policy, time).
+
+dcap-qvl verifies signatures, chains, CRLs and collateral and *computes* a TCB status; it does
+not decide whether that status, the advisories or the TD's measurements are acceptable. This
+module does, without any I/O: `evaluate(facts, policy, now)` returns a `Verdict` listing every
+check with what was expected and what was seen. Loading a policy file (`load_policy`) and a
+stack's `pins.json` (`load_pins_json`) are thin parsers into frozen dataclasses.
+
+Failure names are stable strings (see docs/verification.md): `tcb.status_not_allowed`,
+`tcb.out_of_date_grace_expired`, `tcb.advisory_not_allowed`, `tcb.evaluation_data_number_too_low`,
+`td.debug_enabled`, `td.sept_ve_disable_missing`, `td.tee_tcb_svn_too_low`, `pin.<field>`,
+`binding.report_data_mismatch`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from tdxattest.core.errors import InputError
+from tdxattest.core.pins import REGISTERS, StackPins
+
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
+OUT_OF_DATE_STATUSES = frozenset({"OutOfDate", "OutOfDateConfigurationNeeded"})
+PIN_FIELDS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "td_attributes", "xfam", "mrconfigid")
+PIN_SIZES = {
+    "mrtd": 48,
+    "rtmr0": 48,
+    "rtmr1": 48,
+    "rtmr2": 48,
+    "rtmr3": 48,
+    "mrseam": 48,
+    "td_attributes": 8,
+    "xfam": 8,
+    "mrconfigid": 48,
+}
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One refused check: its name, what the policy expected and what the evidence showed."""
+
+    check: str
+    expected: Any
+    seen: Any
+    detail: str | None = None
+
+    def as_dict(self) -> dict:
+        out = {"check": self.check, "expected": self.expected, "seen": self.seen}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    check: str
+    outcome: str  # "pass" | "fail" | "not_checked"
+    expected: Any = None
+    seen: Any = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict:
+        out = {"check": self.check, "outcome": self.outcome, "expected": self.expected, "seen": self.seen}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True)
+class Pin:
+    """Accepted values for one field. `values is None` means not checked (with `reason`)."""
+
+    values: tuple[bytes, ...] | None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Pins:
+    mrtd: Pin = Pin(None, "not pinned")
+    rtmr0: Pin = Pin(None, "not pinned")
+    rtmr1: Pin = Pin(None, "not pinned")
+    rtmr2: Pin = Pin(None, "not pinned")
+    rtmr3: Pin = Pin(None, "not pinned")
+    mrseam: Pin = Pin(None, "not pinned")
+    td_attributes: Pin = Pin(None, "not pinned")
+    xfam: Pin = Pin(None, "not pinned")
+    mrconfigid: Pin = Pin(None, "not pinned")
+
+    def merged(self, other: "Pins", keys: frozenset[str]) -> "Pins":
+        """These pins with `other`'s entries for `keys` taking precedence."""
+        return Pins(**{k: (getattr(other, k) if k in keys else getattr(self, k)) for k in PIN_FIELDS})
+
+
+@dataclass(frozen=True)
+class Policy:
+    allowed_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
+    out_of_date_grace_days: int | None = None
+    allowed_advisories: frozenset[str] = frozenset()
+    min_tcb_evaluation_data_number: int | None = None
+    forbid_debug: bool = True
+    require_sept_ve_disable: bool = True
+    min_tee_tcb_svn: bytes | None = None
+    pins: Pins = Pins()
+
+
+DEFAULT_POLICY = Policy()
+
+
+@dataclass(frozen=True)
+class QuoteFacts:
+    """What a successful dcap-qvl verification established (all fields from the verified result)."""
+
+    tcb_status: str
+    advisory_ids: tuple[str, ...]
+    report: Any  # tdxattest.quote.TdReport
+    fmspc: str | None = None
+    tcb_date: int | None = None  # unix time of the matched TCB level's tcbDate (needed for the grace period)
+    tcb_evaluation_data_number: int | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    tcb_status: str | None
+    advisory_ids: tuple[str, ...]
+    report: Any  # TdReport or None
+    fmspc: str | None
+    failures: tuple[Failure, ...]
+    checks: tuple[CheckResult, ...]
+    report_verified: bool = True
+
+    def as_dict(self) -> dict:
+        return {
+            "accepted": self.accepted,
+            "tcb_status": self.tcb_status,
+            "advisory_ids": list(self.advisory_ids),
+            "fmspc": self.fmspc,
+            "report_verified": self.report_verified,
+            "td_report": self.report.as_dict() if self.report is not None else None,
+            "failures": [f.as_dict() for f in self.failures],
+            "checks": [c.as_dict() for c in self.checks],
+        }
+
+
+def _iso(ts: int) -> str:
+    import time
+
+    # time.gmtime is several times cheaper than a datetime, and this runs on every verification.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: bytes | None = None) -> Verdict:
+    """Apply `policy` to verified `facts` at unix time `now`. Pure: no I/O, no clock."""
+    checks: list[CheckResult] = []
+    failures: list[Failure] = []
+
+    def record(name: str, ok: bool, expected: Any, seen: Any, detail: str | None = None) -> None:
+        checks.append(CheckResult(name, "pass" if ok else "fail", expected, seen, detail))
+        if not ok:
+            failures.append(Failure(name, expected, seen, detail))
+
+    # TCB status (Revoked is never acceptable; OutOfDate may be accepted within the grace period).
+    status = facts.tcb_status
+    allowed = sorted(policy.allowed_tcb_statuses - {"Revoked"})
+    grace = policy.out_of_date_grace_days
+    if status == "Revoked":
+        record("tcb.status_not_allowed", False, allowed, status, "Revoked is always refused")
+    elif (
+        status in OUT_OF_DATE_STATUSES
+        and grace is not None
+        and (status in policy.allowed_tcb_statuses or status == "OutOfDate")
+    ):
+        if facts.tcb_date is None:
+            record(
+                "tcb.out_of_date_grace_expired",
+                False,
+                f"tcbDate + {grace} days >= now",
+                "no TCB date",
+                "the verifier did not report the TCB level's date",
+            )
+        else:
+            deadline = facts.tcb_date + grace * DAY
+            record(
+                "tcb.out_of_date_grace_expired",
+                now <= deadline,
+                f"now <= {_iso(deadline)} (tcbDate {_iso(facts.tcb_date)} + {grace} days)",
+                _iso(now),
+                f"status {status} accepted only within the grace period",
+            )
+    else:
+        record("tcb.status_not_allowed", status in policy.allowed_tcb_statuses, allowed, status)
+
+    # Advisories: every advisory on the verdict must be allow-listed.
+    bad = [a for a in facts.advisory_ids if a not in policy.allowed_advisories]
+    record("tcb.advisory_not_allowed", not bad, sorted(policy.allowed_advisories), bad)
+
+    if policy.min_tcb_evaluation_data_number is not None:
+        n = facts.tcb_evaluation_data_number
+        record(
+            "tcb.evaluation_data_number_too_low",
+            n is not None and n >= policy.min_tcb_evaluation_data_number,
+            f">= {policy.min_tcb_evaluation_data_number}",
+            n,
+        )
+
+    report = facts.report
+    if policy.forbid_debug:
+        record("td.debug_enabled", not report.debug, "DEBUG = 0", f"DEBUG = {int(report.debug)}")
+    else:
+        checks.append(CheckResult("td.debug_enabled", "not_checked", reason="policy allows DEBUG"))
+    if policy.require_sept_ve_disable:
+        record(
+            "td.sept_ve_disable_missing",
+            report.sept_ve_disable,
+            "SEPT_VE_DISABLE = 1",
+            f"SEPT_VE_DISABLE = {int(report.sept_ve_disable)}",
+        )
+    else:
+        checks.append(CheckResult("td.sept_ve_disable_missing", "not_checked", reason="not required by policy"))
+
+    if policy.min_tee_tcb_svn is not None:
+        seen = report.tee_tcb_svn
+        ok = all(s >= m for s, m in zip(seen, policy.min_tee_tcb_svn))
+        record("td.tee_tcb_svn_too_low", ok, f">= {policy.min_tee_tcb_svn.hex()} (each component)", seen.hex())
+    else:
+        checks.append(CheckResult("td.tee_tcb_svn_too_low", "not_checked", reason="no minimum set"))
+
+    for name in PIN_FIELDS:
+        pin: Pin = getattr(policy.pins, name)
+        seen = getattr(report, name)
+        if pin.values is None:
+            checks.append(CheckResult(f"pin.{name}", "not_checked", seen=seen.hex(), reason=pin.reason or "not pinned"))
+            continue
+        ok = any(hmac.compare_digest(seen, v) for v in pin.values)
+        expected = pin.values[0].hex() if len(pin.values) == 1 else [v.hex() for v in pin.values]
+        record(f"pin.{name}", ok, expected, seen.hex())
+
+    if expected_report_data is not None:
+        record(
+            "binding.report_data_mismatch",
+            hmac.compare_digest(report.report_data, expected_report_data),
+            expected_report_data.hex(),
+            report.report_data.hex(),
+        )
+    else:
+        checks.append(
+            CheckResult(
+                "binding.report_data_mismatch",
+                "not_checked",
+                seen=report.report_data.hex(),
+                reason="no expected REPORTDATA given",
+            )
+        )
+
+    return Verdict(
+        accepted=not failures,
+        tcb_status=status,
+        advisory_ids=tuple(facts.advisory_ids),
+        report=report,
+        fmspc=facts.fmspc,
+        failures=tuple(failures),
+        checks=tuple(checks),
+    )
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def _hex(value: Any, size: int | None, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise InputError(f"{where}: a hex string", repr(value))
+    try:
+        raw = bytes.fromhex(value.strip().removeprefix("0x"))
+    except ValueError:
+        raise InputError(f"{where}: a hex string", repr(value)) from None
+    if size is not None and len(raw) != size:
+        raise InputError(f"{where}: {size} bytes of hex", f"{len(raw)} bytes")
+    return raw
+
+
+def parse_pin(name: str, value: Any, reason: str | None = None) -> Pin:
+    """A pin from YAML/JSON: null (not checked), one hex string, or a list of accepted hex strings."""
+    if value is None:
+        return Pin(None, reason or "pin is null (not checked)")
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise InputError(f"pins.{name}: a hex string, a non-empty list or null", "[]")
+    return Pin(tuple(_hex(v, PIN_SIZES[name], f"pins.{name}") for v in values))
+
+
+_TOP_KEYS = {"version", "tcb", "td", "pins"}
+_TCB_KEYS = {"allowed_statuses", "out_of_date_grace_days", "allowed_advisories", "min_evaluation_data_number"}
+_TD_KEYS = {"forbid_debug", "require_sept_ve_disable", "min_tee_tcb_svn"}
+
+
+def _check_keys(section: Any, allowed: set[str], where: str) -> dict:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise InputError(f"{where}: a mapping", type(section).__name__)
+    unknown = sorted(set(section) - allowed)
+    if unknown:
+        raise InputError(f"{where}: keys among {sorted(allowed)}", f"unknown key(s) {unknown}")
+    return section
+
+
+def policy_from_mapping(doc: Mapping[str, Any] | None) -> Policy:
+    """Build a Policy from a parsed YAML document. Missing keys take the safe defaults."""
+    doc = _check_keys(doc, _TOP_KEYS, "policy")
+    if doc.get("version", 1) != 1:
+        raise InputError("policy: version 1", repr(doc.get("version")))
+    tcb = _check_keys(doc.get("tcb"), _TCB_KEYS, "policy.tcb")
+    td = _check_keys(doc.get("td"), _TD_KEYS, "policy.td")
+    pins = _check_keys(doc.get("pins"), set(PIN_FIELDS), "policy.pins")
+    statuses = tcb.get("allowed_statuses", ["UpToDate"])
+    if not isinstance(statuses, list) or any(s not in TCB_STATUSES for s in statuses):
+        raise InputError(f"policy.tcb.allowed_statuses: a list of {list(TCB_STATUSES)}", repr(statuses))
+    if "Revoked" in statuses:
+        raise InputError("policy.tcb.allowed_statuses without Revoked", repr(statuses))
+    grace = tcb.get("out_of_date_grace_days")
+    if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool) or grace < 0):
+        raise InputError("policy.tcb.out_of_date_grace_days: a whole number of days >= 0 or null", repr(grace))
+    advisories = tcb.get("allowed_advisories", []) or []
+    if not isinstance(advisories, list) or not all(isinstance(a, str) for a in advisories):
+        raise InputError("policy.tcb.allowed_advisories: a list of advisory ids", repr(advisories))
+    min_eval = tcb.get("min_evaluation_data_number")
+    if min_eval is not None and (not isinstance(min_eval, int) or isinstance(min_eval, bool)):
+        raise InputError("policy.tcb.min_evaluation_data_number: an integer or null", repr(min_eval))
+    for key in ("forbid_debug", "require_sept_ve_disable"):
+        if not isinstance(td.get(key, True), bool):
+            raise InputError(f"policy.td.{key}: true or false", repr(td[key]))
+    svn = td.get("min_tee_tcb_svn")
+    return Policy(
+        allowed_tcb_statuses=frozenset(statuses),
+        out_of_date_grace_days=grace,
+        allowed_advisories=frozenset(advisories),
+        min_tcb_evaluation_data_number=min_eval,
+        forbid_debug=td.get("forbid_debug", True),
+        require_sept_ve_disable=td.get("require_sept_ve_disable", True),
+        min_tee_tcb_svn=None if svn is None else _hex(svn, 16, "policy.td.min_tee_tcb_svn"),
+        pins=Pins(**{k: parse_pin(k, pins[k]) for k in pins}),
+    )
+
+
+def load_policy(path: str) -> Policy:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except OSError as exc:
+        raise InputError("a readable policy file", exc.strerror or str(exc), file=path) from None
+    except yaml.YAMLError as exc:
+        raise InputError("a YAML policy", str(exc).splitlines()[0], file=path) from None
+    try:
+        return policy_from_mapping(doc)
+    except InputError as exc:
+        raise exc.with_file(path) from None
+
+
+def pins_from_stack(stack: StackPins, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
+    """Policy pins from the stack's `pins`: the pins and the fields it sets (the registers the
+    document names). A null register stays not checked, with the stack's reason. With
+    `accept_mrtd_candidates`, MRTD accepts either page-add-order candidate."""
+    out: dict[str, Pin] = {}
+    for key, (name, _) in REGISTERS.items():
+        pin = stack.register(key)
+        if pin is None:
+            continue
+        value: str | list[str] | None = pin.value
+        if name == "mrtd" and accept_mrtd_candidates and stack.mrtd_candidates is not None:
+            value = list(stack.mrtd_candidates.values()) or value
+        out[name] = parse_pin(name, value, f"pins.json: {pin.reason or 'null (not pinned)'}")
+    return Pins(**out), frozenset(out)
+
+
+def pins_from_stack_output(doc: object, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
+    """`pins_from_stack` of a `pins` JSON document (docs/pins.md)."""
+    return pins_from_stack(StackPins.from_json(doc), accept_mrtd_candidates)
+
+
+def load_pins_json(path: str, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except OSError as exc:
+        raise InputError("a readable pins.json", exc.strerror or str(exc), file=path) from None
+    except json.JSONDecodeError as exc:
+        raise InputError("JSON", str(exc), file=path) from None
+    try:
+        return pins_from_stack_output(doc, accept_mrtd_candidates)
+    except InputError as exc:
+        raise exc.with_file(path) from None
+
+
+def with_pins_json(policy: Policy, path: str, accept_mrtd_candidates: bool = False) -> Policy:
+    """`policy` with a stack's `pins.json` merged into its pins."""
+    from dataclasses import replace
+
+    pins, keys = load_pins_json(path, accept_mrtd_candidates)
+    return replace(policy, pins=policy.pins.merged(pins, keys))

@@ -1,0 +1,108 @@
+"""Quote -> collateral -> verdict, in one place. `tdxattest verify`, the verifying proxy and the
+benchmarks all appraise through an `Appraiser`:
+
+    appraiser = Appraiser(CachedCollateral(pccs_url), policy)     # or FixedCollateral.from_file(path)
+    appraisal = appraiser.appraise(quote, now, expected_report_data)
+    appraisal.verdict.accepted, appraisal.verdict.failures, appraisal.collateral
+
+Where the collateral comes from is the only thing that differs between callers: one fixed set (a
+file in dcap-qvl's JSON form), or the set for the quote's FMSPC and PCK CA from a PCCS / Intel PCS
+through the verified on-disk cache. A collateral that cannot be had is a refused verdict naming the
+check (`collateral.stale`, ...), like any other refusal; only an unparsable quote in the cached
+case raises `InputError` (there is no FMSPC to look collateral up by).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tdxattest.core.policy import DEFAULT_POLICY, Failure, Policy, Verdict
+from tdxattest.core.quote import parse_quote
+from tdxattest.dcap.cache import CollateralCache
+from tdxattest.dcap.collateral import Collateral, CollateralError, load_collateral, parse_iso_ts
+from tdxattest.dcap.verify import refused, verify_quote
+
+
+class CollateralSource(Protocol):
+    def collateral_for(self, quote: bytes, now: int) -> tuple[Collateral, dict[str, Any]]:
+        """The collateral to verify `quote` with at `now`, and what to report about where it came
+        from. Raises CollateralError when there is none."""
+        ...
+
+
+@dataclass(frozen=True)
+class FixedCollateral:
+    """One collateral set for every quote."""
+
+    collateral: Collateral
+
+    @classmethod
+    def from_file(cls, path: str) -> FixedCollateral:
+        return cls(load_collateral(path))
+
+    def collateral_for(self, quote: bytes, now: int) -> tuple[Collateral, dict[str, Any]]:
+        return self.collateral, {"source": self.collateral.source}
+
+
+def collateral_key(quote: bytes) -> tuple[str | None, str]:
+    """(FMSPC, PCK CA) of a quote: which collateral set verifies it. Raises InputError."""
+    parsed = parse_quote(quote)
+    return parsed.fmspc(), parsed.pck_ca() or "platform"
+
+
+@dataclass
+class CachedCollateral:
+    """The set for the quote's FMSPC and PCK CA, from a PCCS or Intel PCS through the on-disk cache.
+
+    The cache re-reads and re-verifies its files on every get (a few ms); the proxy appraises every
+    upstream connection, so a verified set is also kept in memory until the cache itself would
+    refresh it. The memo is keyed on the quote's PCK chain bytes: the same chain has the same FMSPC
+    and CA, and reading those takes X.509 parsing (~0.5 ms)."""
+
+    pccs: str | None
+    cache: CollateralCache = field(default_factory=CollateralCache)
+    _verified: dict[bytes, tuple[Collateral, int, int]] = field(default_factory=dict, init=False, repr=False)
+
+    def collateral_for(self, quote: bytes, now: int) -> tuple[Collateral, dict[str, Any]]:
+        parsed = parse_quote(quote)
+        chain = parsed.pck_chain_pem or b""
+        kept = self._verified.get(chain)
+        if kept is not None and kept[1] <= now < kept[2]:
+            return kept[0], {"source": "memory", "fmspc": kept[0].fmspc}
+        collateral, status = self.cache.get(self.pccs, parsed.fmspc(), parsed.pck_ca() or "platform", now)
+        if not status.get("warning"):  # a set served despite a failed refresh is not kept: retry next time
+            until = parse_iso_ts(status["earliest_next_update"]) - self.cache.margin
+            self._verified[chain] = (collateral, now, until)
+        return collateral, status
+
+
+def collateral_source(collateral_path: str | None, pccs: str | None, cache_dir: str | None) -> CollateralSource:
+    """A fixed collateral file, else the cache for a PCCS / PCS (the CLI's and the proxy's options)."""
+    if collateral_path:
+        return FixedCollateral.from_file(collateral_path)
+    return CachedCollateral(pccs, CollateralCache(cache_dir))
+
+
+@dataclass(frozen=True)
+class Appraisal:
+    verdict: Verdict
+    collateral: dict[str, Any] | None  # where the collateral came from; None when there was none
+
+
+@dataclass
+class Appraiser:
+    """Appraises quotes against one policy with collateral from one source."""
+
+    collateral: CollateralSource
+    policy: Policy = DEFAULT_POLICY
+    root_ca_der: bytes | None = None  # trust this root instead of Intel's (TEST PKI only)
+
+    def appraise(self, quote: bytes, now: int, expected_report_data: bytes | None = None) -> Appraisal:
+        try:
+            collateral, info = self.collateral.collateral_for(quote, now)
+        except CollateralError as exc:
+            failure = Failure(exc.check, exc.expected, exc.seen, exc.fix)
+            return Appraisal(refused(quote, failure, "collateral"), None)
+        verdict = verify_quote(quote, collateral, now, self.policy, expected_report_data, self.root_ca_der)
+        return Appraisal(verdict, info)

@@ -1,0 +1,294 @@
+"""Quote verification: dcap-qvl (offline, caller's clock) + the pure policy in `tdxattest.policy`.
+
+    verdict = verify_quote(quote_bytes, load_collateral(path), now, policy, expected_report_data)
+
+dcap-qvl checks the PCK chain, CRLs, collateral signatures and validity, the QE report, the quote
+signature, the TCB level and (hard-coded) DEBUG / SEPT_VE_DISABLE / MR_SERVICE_TD. Its errors are
+one `ValueError("Verification failed: ...")`; `classify_error` maps them to our named failures.
+The measured fields the policy compares are read from dcap-qvl's *verified* report, never from
+an unverified parse.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+
+from tdxattest.core.errors import InputError
+from tdxattest.core.policy import (
+    DEFAULT_POLICY,
+    OUT_OF_DATE_STATUSES,
+    CheckResult,
+    Failure,
+    Policy,
+    QuoteFacts,
+    Verdict,
+    evaluate,
+)
+from tdxattest.core.quote import TdReport, parse_quote, quote_pck_tcb, read_td_report
+from tdxattest.dcap.collateral import Collateral, parse_iso_ts
+
+# (failure name, substrings any of which identifies it) -- first match wins; order matters.
+_ERROR_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("quote.malformed", ("Failed to decode quote", "Invalid TEE type", "Not enough data", "Unsupported quote")),
+    ("quote.signature_invalid", ("ISV enclave report signature",)),
+    ("qe.report_signature_invalid", ("Signature is invalid for qe_report",)),
+    ("qe.report_binding_mismatch", ("QE report hash mismatch",)),
+    ("collateral.tcb_info_signature_invalid", ("Signature is invalid for tcb_info",)),
+    ("collateral.qe_identity_signature_invalid", ("Signature is invalid for qe_identity",)),
+    ("collateral.expired", ("CrlExpired", "expired", "Expired")),
+    ("collateral.not_yet_valid", ("in the future", "NotValidYet", "not yet valid")),
+    ("collateral.fmspc_mismatch", ("Fmspc mismatch", "FMSPC mismatch")),
+    ("collateral.wrong_type", ("Unsupported QE Identity", "non-TDX TCB info", "TCB info id", "Invalid TCB info id")),
+    ("collateral.crl_invalid", ("root CA CRL", "InvalidCrlSignature", "CRL")),
+    ("pck.revoked", ("Revoked", "revoked")),
+    ("pck.chain_invalid", ("certificate chain", "Certificate", "UnknownIssuer", "BadSignature")),
+    ("tcb.no_matching_level", ("No matching TCB level",)),
+    ("td.debug_enabled", ("Debug mode",)),
+    ("td.sept_ve_disable_missing", ("SEPT_VE_DISABLE",)),
+    ("td.service_td_not_allowed", ("MR service TD",)),
+    ("td.reserved_attributes", ("Reserved bits", "reserved")),
+    ("qe.identity_mismatch", ("QE", "qe_identity", "MRSIGNER", "mrsigner")),
+    ("tdx_module.mismatch", ("TDX module", "tdx_module", "SEAM")),
+)
+
+# What each dcap-qvl failure class expected, for the verdict's `expected` field.
+_EXPECTED = {
+    "quote.malformed": "a well-formed TDX quote v4/v5",
+    "quote.signature_invalid": "quote signature valid under the attestation key",
+    "qe.report_signature_invalid": "QE report signed by the PCK leaf",
+    "qe.report_binding_mismatch": "QE report data = SHA-256(attestation key || QE auth data)",
+    "collateral.tcb_info_signature_invalid": "TCB info signed by the Intel TCB Signing key",
+    "collateral.qe_identity_signature_invalid": "QE identity signed by the Intel TCB Signing key",
+    "collateral.expired": "collateral and certificates valid at the verification time",
+    "collateral.not_yet_valid": "collateral issued before the verification time",
+    "collateral.fmspc_mismatch": "TCB info for the quote's FMSPC",
+    "collateral.wrong_type": "TDX collateral (TCB info id TDX, QE identity TD_QE)",
+    "collateral.crl_invalid": "CRLs signed by the Intel root / PCK CA",
+    "pck.revoked": "PCK certificate not revoked",
+    "pck.chain_invalid": "PCK chain to the Intel SGX Root CA",
+    "tcb.no_matching_level": "a TCB level in the TCB info matching the platform",
+    "td.debug_enabled": "DEBUG = 0",
+    "td.sept_ve_disable_missing": "SEPT_VE_DISABLE = 1",
+    "td.service_td_not_allowed": "MR_SERVICE_TD = 0",
+    "td.reserved_attributes": "reserved TD attribute bits clear",
+    "qe.identity_mismatch": "QE matches the TD_QE identity",
+    "tdx_module.mismatch": "TDX module matches the TCB info's module identity",
+    "verifier.error": "dcap-qvl verification to succeed",
+}
+
+
+def classify_error(message: str) -> str:
+    """The named failure for a dcap-qvl error message ("verifier.error" when none fits)."""
+    for name, needles in _ERROR_CLASSES:
+        if any(n in message for n in needles):
+            return name
+    return "verifier.error"
+
+
+def failure_from_error(exc: BaseException) -> Failure:
+    msg = str(exc)
+    name = classify_error(msg)
+    seen = " ".join(msg.removeprefix("Verification failed: ").split())
+    return Failure(name, _EXPECTED.get(name, _EXPECTED["verifier.error"]), seen, "dcap-qvl")
+
+
+def report_from_verified_json(report_json: dict) -> TdReport:
+    """A TdReport from dcap-qvl's `VerifiedReport.to_json()["report"]`."""
+    kind, r = next(iter(report_json.items()))
+    if kind not in ("TD10", "TD15"):
+        raise InputError("a TD report (TD10/TD15) in the verified result", kind)
+    b = bytes.fromhex
+    extra = {}
+    if kind == "TD15":  # {"base": <TD 1.0 fields>, "tee_tcb_svn2", "mr_service_td"}
+        extra = {"tee_tcb_svn2": b(r["tee_tcb_svn2"]), "mr_servicetd": b(r["mr_service_td"])}
+        r = r["base"]
+    return TdReport(
+        tee_tcb_svn=b(r["tee_tcb_svn"]),
+        mrseam=b(r["mr_seam"]),
+        mrsignerseam=b(r["mr_signer_seam"]),
+        seam_attributes=b(r["seam_attributes"]),
+        td_attributes=b(r["td_attributes"]),
+        xfam=b(r["xfam"]),
+        mrtd=b(r["mr_td"]),
+        mrconfigid=b(r["mr_config_id"]),
+        mrowner=b(r["mr_owner"]),
+        mrownerconfig=b(r["mr_owner_config"]),
+        rtmr0=b(r["rt_mr0"]),
+        rtmr1=b(r["rt_mr1"]),
+        rtmr2=b(r["rt_mr2"]),
+        rtmr3=b(r["rt_mr3"]),
+        report_data=b(r["report_data"]),
+        **extra,
+    )
+
+
+def _claims_tcb_date(claims: dict) -> int | None:
+    """The TCB level date that the grace period counts from: the platform level's date, or the
+    QE level's date when the QE is the part that is out of date and older."""
+    dates = [claims.get("platform", {}).get("tcb_date_tag")]
+    qe_level = (claims.get("qe") or {}).get("tcb_level") or {}
+    if qe_level.get("tcbStatus") in OUT_OF_DATE_STATUSES and qe_level.get("tcbDate"):
+        dates.append(parse_iso_ts(qe_level["tcbDate"]))
+    dates = [d for d in dates if isinstance(d, int)]
+    return min(dates) if dates else None
+
+
+def _verified_report(quote: bytes, report_json) -> TdReport:
+    # The measured fields come from the very bytes dcap-qvl has just verified (header and TD report
+    # body are covered by the quote signature); reading them here avoids a JSON round trip. The
+    # conformance tests check this equals dcap-qvl's own report for every fixture.
+    try:
+        return read_td_report(quote)
+    except InputError:  # a body layout our reader does not know: take dcap-qvl's own report
+        try:
+            return report_from_verified_json(report_json())
+        except (KeyError, StopIteration, InputError) as exc:
+            raise ValueError(f"Unsupported quote body for appraisal: {exc}") from None
+
+
+def _tcb_date_from_tcb_info(
+    quote: bytes, collateral: Collateral, status: str, advisories: tuple[str, ...], tee_tcb_svn: bytes | None = None
+) -> int | None:
+    """The TCB level Intel's algorithm matches for this quote (PCK CPUSVN/PCESVN and TEE_TCB_SVN
+    against the verified TCB info, newest level first), its date -- but only when that level's own
+    status and advisories are exactly what dcap-qvl reported; otherwise None (ask dcap-qvl).
+
+    Cheap by construction: the PCK leaf is located by offsets (no full quote parse), its SGX TCB
+    extension is memoised on the leaf's bytes, and the TCB levels are digested once per Collateral.
+    dcap-qvl has verified this quote and collateral in the same call before this runs."""
+    tcb = quote_pck_tcb(quote)
+    if tcb is None:
+        return None
+    levels = collateral.tcb_levels()
+    if levels is None:
+        return None
+    cpusvn, pcesvn = tcb
+    tee = tee_tcb_svn if tee_tcb_svn is not None else read_td_report(quote).tee_tcb_svn
+    # With a TDX module version (TEE_TCB_SVN[1] > 0) the first two components are judged by
+    # tdxModuleIdentities instead, so only components 2..15 are compared.
+    skip = 2 if tee[1] > 0 else 0
+    tee_part = tee[skip:16]
+    ge = operator.ge
+    for level in levels:
+        if level is None:
+            return None
+        if (
+            pcesvn >= level.pcesvn
+            and all(map(ge, cpusvn, level.sgx))
+            and all(map(ge, tee_part, level.tdx_from2 if skip else level.tdx))
+        ):
+            if level.status != status or level.advisories != tuple(sorted(advisories)):
+                return None
+            return level.date
+    return None
+
+
+def _tcb_date(
+    quote: bytes,
+    collateral: Collateral,
+    now: int,
+    root_ca_der: bytes | None,
+    status: str = "",
+    advisories: tuple[str, ...] = (),
+    tee_tcb_svn: bytes | None = None,
+) -> int | None:
+    """The matched TCB level's date (only asked for when a grace-period policy meets an OutOfDate
+    quote). Read from the verified TCB info when our level match agrees with dcap-qvl's status and
+    advisories; else from dcap-qvl's claims mode (a second run). None (the policy refuses) if both fail."""
+    try:
+        date = _tcb_date_from_tcb_info(quote, collateral, status, advisories, tee_tcb_svn)
+    except (InputError, ValueError, KeyError, TypeError):
+        date = None
+    if date is not None:
+        return date
+    import dcap_qvl
+
+    verifier = dcap_qvl.QuoteVerifier(root_ca_der) if root_ca_der is not None else dcap_qvl.QuoteVerifier()
+    try:
+        claims = json.loads(
+            verifier.verify_with_policy(quote, collateral.dcap, now, dcap_qvl.QuotePolicy.claims_only(now)).to_json()
+        )
+    except ValueError:
+        return None
+    return _claims_tcb_date(claims)
+
+
+def verified_facts(
+    quote: bytes, collateral: Collateral, now: int, *, need_tcb_date: bool = False, root_ca_der: bytes | None = None
+) -> QuoteFacts:
+    """Run dcap-qvl. Returns the verified facts; raises ValueError (dcap-qvl's) on refusal.
+
+    With `need_tcb_date` (a grace-period policy) an OutOfDate result costs one more dcap-qvl run
+    (claims mode) to learn the matched TCB level's date; other statuses cost nothing extra."""
+    import dcap_qvl
+
+    quote = bytes(quote)
+    now = int(now)
+    if root_ca_der is not None:
+        result = dcap_qvl.verify_with_root_ca(quote, collateral.dcap, root_ca_der, now)
+    else:
+        result = dcap_qvl.verify(quote, collateral.dcap, now)
+    status = result.status
+    advisories = tuple(result.advisory_ids or ())
+    report = _verified_report(quote, lambda: json.loads(result.to_json())["report"])
+    tcb_date = None
+    if need_tcb_date and status in OUT_OF_DATE_STATUSES:
+        tcb_date = _tcb_date(quote, collateral, now, root_ca_der, status, advisories, report.tee_tcb_svn)
+    return QuoteFacts(
+        tcb_status=status,
+        advisory_ids=advisories,
+        report=report,
+        fmspc=collateral.fmspc,
+        tcb_date=tcb_date,
+        tcb_evaluation_data_number=collateral.evaluation_data_number,
+    )
+
+
+def verify_quote(
+    quote: bytes,
+    collateral: Collateral,
+    now: int,
+    policy: Policy = DEFAULT_POLICY,
+    expected_report_data: bytes | None = None,
+    root_ca_der: bytes | None = None,
+) -> Verdict:
+    """Verify and appraise one quote. Never raises for a refused quote: the verdict says why."""
+    if expected_report_data is not None and len(expected_report_data) != 64:
+        raise InputError("expected REPORTDATA of 64 bytes", f"{len(expected_report_data)} bytes")
+    need_date = policy.out_of_date_grace_days is not None
+    try:
+        facts = verified_facts(quote, collateral, now, need_tcb_date=need_date, root_ca_der=root_ca_der)
+    except (ValueError, TypeError) as exc:
+        return refused(quote, failure_from_error(exc), "dcap-qvl")
+    verdict = evaluate(facts, policy, int(now), expected_report_data)
+    return Verdict(
+        accepted=verdict.accepted,
+        tcb_status=verdict.tcb_status,
+        advisory_ids=verdict.advisory_ids,
+        report=verdict.report,
+        fmspc=verdict.fmspc,
+        failures=verdict.failures,
+        checks=(CheckResult("dcap_qvl.verify", "pass", seen=facts.tcb_status),) + verdict.checks,
+    )
+
+
+def refused(quote: bytes, failure: Failure, by: str) -> Verdict:
+    """The verdict on a quote refused before the policy could run (`by`: dcap-qvl, or the collateral
+    look-up). It shows what the quote claims, marked unverified, when the quote parses at all."""
+    report, fmspc = None, None
+    try:
+        parsed = parse_quote(quote)
+        report, fmspc = parsed.report, parsed.fmspc()
+    except Exception:  # noqa: BLE001 - an unparsable quote simply has no report to show
+        pass
+    return Verdict(
+        accepted=False,
+        tcb_status=None,
+        advisory_ids=(),
+        report=report,
+        fmspc=fmspc,
+        failures=(failure,),
+        checks=(CheckResult(failure.check, "fail", failure.expected, failure.seen, by),),
+        report_verified=False,
+    )
