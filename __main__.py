@@ -4,10 +4,17 @@ import sys
 
 import pulumi
 
-from components.config import DEV_STACK, ConfigErrors, load_from_pulumi, td_boot_manifest
-from components.host import TdxHost
-from components.measurements import PinError, default_artifact_dir, expected_pins
-from components.promotion import promotable_pins, refusal_from_outputs
+from components.catalog.gpu import gpu_pins_for
+from components.catalog.pinfile import CatalogError
+from components.catalog.td_manifest import td_boot_manifest
+from components.config.reader import ConfigErrors
+from components.config.stack import load_from_pulumi
+from components.render.kubernetes import args_from_workload
+from components.render.kubernetes import expected_pins as kubernetes_pins
+from components.render.pins import expected_pins, workload_pins
+from components.render.promotion import promotable_pins, refusal_from_outputs
+from components.resources.host import TdxHost, TdxHostArgs
+from guest_agent import DEV_STACK
 
 try:
     stack = load_from_pulumi()
@@ -19,14 +26,11 @@ except ConfigErrors as exc:
 # Expected measurements (docs/pins.md). On hosts: computed offline from the pinned TD boot artifacts
 # (the dev example may lack the artifact files: their registers are then null with the reason), and
 # with a workload RTMR3 too (the replay of the guest agent's events). On Kubernetes: the cluster's
-# Kata guest reference values, MRCONFIGID from the init data (components/kubernetes_workload.py).
+# Kata guest reference values, MRCONFIGID from the init data (components/render/kubernetes.py).
 workload = stack.workload
 manifest = workload.manifest(stack.tensor_parallel_size) if workload is not None else None
 k8s_args = None
-if workload is not None and workload.kubernetes is not None:
-    from components.kubernetes_workload import args_from_workload
-    from components.kubernetes_workload import expected_pins as kubernetes_pins
-
+if workload is not None and manifest is not None and workload.kubernetes is not None:
     k8s_args = args_from_workload(workload, manifest)
     pins = kubernetes_pins(k8s_args)
 else:
@@ -34,22 +38,19 @@ else:
         # Outside dev every pinned file must be here. A stack that launches no TD (hosts only) does
         # not measure the guest image at all: RTMR1/RTMR2 are null with the reason.
         pins = expected_pins(
-            td_boot_manifest(stack.stack),
-            default_artifact_dir(),
+            workload.boot if workload is not None and workload.boot is not None else td_boot_manifest(stack.stack),
             require_artifacts=stack.stack != DEV_STACK,
             require_guest=workload is not None,
         )
-    except PinError as exc:
+    except CatalogError as exc:
         print(f"pins: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if manifest is not None:
-        from components.trust_domain import workload_pins
-
         pins = workload_pins(pins, manifest)
 
-# What another stack may promote from this one (components/promotion.py); exported below only when
-# every host step verified.
-promotable = promotable_pins(pins, [h.gpu.model for h in stack.hosts if h.gpu], stack.platform.tdx_module)
+# What another stack may promote from this one (components/render/promotion.py); exported below only
+# when every host step verified.
+promotable = promotable_pins(pins, *gpu_pins_for(h.gpu.model for h in stack.hosts if h.gpu), stack.platform.tdx_module)
 
 # Promotion (docs/decisions.md, Promotion): read the promoting stack's `promotable` output and refuse
 # to deploy anything it did not attest. The check runs in an apply on the StackReference's outputs
@@ -70,27 +71,27 @@ if stack.promotion is not None:
     host_opts = pulumi.ResourceOptions(depends_on=[gate])
     pulumi.export("promotedFrom", pulumi.Output.unsecret(gate.apply(lambda _: source)))
 
-hosts = [TdxHost(host, stack, opts=host_opts) for host in stack.hosts]
-# The workload: one TrustDomain per host (components/trust_domain.py), or vLLM + the attested
-# gateway in a Confidential Containers cluster (components/kubernetes_workload.py).
+hosts = [TdxHost(host.name, TdxHostArgs(host, stack), opts=host_opts) for host in stack.hosts]
+# The workload: one TrustDomain per host (components/resources/trust_domain.py), or vLLM + the
+# attested gateway in a Confidential Containers cluster (components/resources/kubernetes_workload.py).
 endpoints: dict = {}
 waits = [h.ready for h in hosts]
 if k8s_args is not None:
-    from components.kubernetes_workload import KubernetesWorkload
+    from components.resources.kubernetes_workload import KubernetesWorkload
 
     cluster = KubernetesWorkload("workload", k8s_args, opts=host_opts)
     endpoints["kubernetes"] = cluster.endpoint
     # Known once the Deployment's rollout finished: its pod passed the known-answer readiness check.
     waits.append(cluster.endpoint.apply(bool))
 elif workload is not None:
-    from components.trust_domain import trust_domains
+    from components.resources.trust_domain import trust_domains
 
     tds = trust_domains(stack, hosts)
     endpoints.update({name: td.endpoint for name, td in tds.items()})
     waits += [td.ready for td in tds.values()]
 
 pulumi.export("hosts", {cfg.name: h.facts for cfg, h in zip(stack.hosts, hosts)})
-pulumi.export("pins", pins)
+pulumi.export("pins", pins.to_json())
 if endpoints:
     pulumi.export("endpoints", endpoints)
 ready = pulumi.Output.all(*waits).apply(all)

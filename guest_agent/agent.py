@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from .config import DEV_STACK, AgentConfig
+from . import DEV_STACK
+from .config import AgentConfig
 from .gpu import attest_gpus
 from .knownanswer import check_known_answer
 from .model import fetch_model

@@ -16,10 +16,9 @@ from typing import Any
 from tdxattest.core.errors import InputError
 from tdxattest.core.workload import WorkloadManifest, manifest_from_mapping, refused_vllm_arg
 
-from . import CONFIG_FW_CFG
+from . import CONFIG_FW_CFG, DEV_STACK
 
 DEFAULT_CONFIG_PATH = f"/sys/firmware/qemu_fw_cfg/by_name/{CONFIG_FW_CFG}/raw"
-DEV_STACK = "dev"
 SERVERS = ("vllm", "standin")
 # The built-in collector (guest_agent/nvml.py, NVML from the driver); {python} is the agent's own
 # interpreter, {nonce} the fresh nonce in hex.

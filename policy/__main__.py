@@ -7,7 +7,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402
-
 from validators import policies  # noqa: E402
 
 PolicyPack(name="tdx-vllm", enforcement_level=EnforcementLevel.MANDATORY, policies=policies())

@@ -64,11 +64,21 @@ export SOURCE_DATE_EPOCH
 LOCK=$RECIPE/packages.lock
 KVER=${KERNEL_ABI}-${KERNEL_FLAVOUR}
 
+# The Python files of the image (guest/image/python-modules), as `<path in the image>` lines; the
+# [dev] part only for the dev stack. tdxattest comes from its distribution's src/ directory.
+python_files() { # STACK
+  awk -v stack="$1" '/^#/ || /^[[:space:]]*$/ { next } /^\[dev\]$/ { dev = 1; next } !dev || stack == "dev" { print }' \
+    "$RECIPE/python-modules"
+}
+python_source() { # PATH-IN-IMAGE -> path in this repository
+  case "$1" in tdxattest/*) echo "tdxattest/src/$1" ;; *) echo "$1" ;; esac
+}
+
 # The recipe hash: everything that goes into the image from this repository. The slow test keys its
 # cached build on it; manifest.json records it.
 recipe_hash() {
-  (cd "$REPO" && find guest/image tools/build-guest-image.sh tdxattest guest_agent -type f \
-      ! -name '*.pyc' ! -path '*/__pycache__/*' 2>/dev/null | LC_ALL=C sort \
+  (cd "$REPO" && { find guest/image tools/build-guest-image.sh -type f ! -name '*.pyc' ! -path '*/__pycache__/*'
+                   python_files dev | while read -r f; do python_source "$f"; done; } | LC_ALL=C sort -u \
     | while read -r f; do printf '%s\0' "$f"; sha256sum < "$f"; done) | sha256sum | cut -d' ' -f1
 }
 if [ "$PRINT_HASH" = 1 ]; then recipe_hash; exit 0; fi
@@ -299,8 +309,14 @@ configure_rootfs() { # ROOTFS STACK
     tar -C "$RECIPE/rootfs-dev" "${norm[@]}" --mtime="@$SOURCE_DATE_EPOCH" -cf - . | tar -C "$root" -xf -
   fi
   mkdir -p "$root/opt/tdx-vllm" "$root/var/lib/tdx-vllm" "$root/etc/tdx-vllm"
-  tar -C "$REPO" "${norm[@]}" --exclude=__pycache__ --exclude='*.pyc' -cf - tdxattest guest_agent \
-    | tar -C "$root/opt/tdx-vllm" -xf -
+  # Only the listed modules (the prod image has no TEST PKI, no stand-in and no proxy).
+  local py=$WORK/python-$stack f
+  rm -rf "$py"; mkdir -p "$py"
+  python_files "$stack" | while read -r f; do
+    [ -f "$REPO/$(python_source "$f")" ] || die "guest/image/python-modules lists $f, but $(python_source "$f") does not exist"
+    mkdir -p "$py/$(dirname "$f")"; cp "$REPO/$(python_source "$f")" "$py/$f"
+  done
+  tar -C "$py" "${norm[@]}" --mtime="@$SOURCE_DATE_EPOCH" -cf - . | tar -C "$root/opt/tdx-vllm" -xf -
   python3 -c 'import json,sys; print(json.dumps({"stack": sys.argv[1], "suite": sys.argv[2], "kernel": sys.argv[3], "packagesLockSha256": sys.argv[4]}, sort_keys=True))' \
     "$stack" "$SUITE" "$KVER" "$LOCK_SHA256" > "$root/etc/tdx-vllm/image.json"
   in_root "$root" depmod -a "$KVER"
@@ -332,9 +348,10 @@ configure_rootfs() { # ROOTFS STACK
   # The kernel image leaves the root filesystem (it is an artifact of its own).
   rm -f "$root/usr/lib/modules/$KVER/vmlinuz" "$root/usr/lib/modules/$KVER/System.map" "$root"/boot/*
   step "[$stack] smoke test: the gateway's imports under the image's python3"
-  in_root "$root" env PYTHONPATH=/opt/tdx-vllm python3 -c \
-    'import aiohttp, h11, yaml, cryptography, tdxattest.gateway, tdxattest.testing.standin, guest_agent.agent' \
-    || die "the image's python cannot import the gateway (see above)"
+  local smoke='import aiohttp, h11, yaml, cryptography, tdxattest.cli.gateway, tdxattest.channel.gateway, guest_agent.agent'
+  [ "$stack" = dev ] && smoke="$smoke, tdxattest.testing.standin, tdxattest.testing.testpki"
+  in_root "$root" env PYTHONPATH=/opt/tdx-vllm python3 -c "$smoke" \
+    || die "the image's python cannot import the gateway and the agent (see above; guest/image/python-modules?)"
   # The agent fetches model files over HTTPS (and podman would pull over it): Python's default
   # context must find Debian's CA bundle, or every https:// model source fails in the TD.
   in_root "$root" python3 -c 'import ssl,sys; n=ssl.create_default_context().cert_store_stats()["x509_ca"]; sys.exit(0 if n >= 100 else f"{n} CA certificates in the default TLS context")' \

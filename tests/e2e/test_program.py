@@ -44,11 +44,10 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
-from tests.support.paths import FIRMWARE, REPO
+from tests.support.paths import ARTIFACTS, REPO
 
 PULUMI = REPO / "bin" / "pulumi"
 VENV = REPO / ".venv"
-ARTIFACTS = FIRMWARE
 PROJECT = "tdx-vllm"
 PASSPHRASE = "e2e-program-passphrase"
 PCCS_API_KEY = "pcs-key-e2e-7c41d9a2b58f03e6"
@@ -60,13 +59,11 @@ if not PULUMI.exists():
     pytest.skip(f"{PULUMI} is missing: build the toolchain with tools/build-pulumi.sh", allow_module_level=True)
 if not (VENV / "bin" / "python").exists():
     pytest.skip(f"{VENV} is missing: tools/setup-venv.sh", allow_module_level=True)
-if not ARTIFACTS.is_dir():
-    pytest.skip(f"{ARTIFACTS} (TD boot artifacts for `pins`) is missing", allow_module_level=True)
 
-from components.steps import Rendered  # noqa: E402
-from tests.harness import hosts as H  # noqa: E402
-from tests.harness import sshrun  # noqa: E402
-from tests.harness.nshost import namespace_hosts, unavailable_reason  # noqa: E402
+from components.render.steps import Rendered  # noqa: E402
+from tests.support.hosts import profiles as H  # noqa: E402
+from tests.support.hosts import sshrun  # noqa: E402
+from tests.support.hosts.nshost import namespace_hosts, unavailable_reason  # noqa: E402
 
 _reason = unavailable_reason()
 if _reason:

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from tests.e2e.test_program import Engine, _apply_calls, _trust_pccs_certificate  # noqa: E402  (skips with it)
-from tests.harness import hosts as H  # noqa: E402
-from tests.harness.nshost import namespace_hosts  # noqa: E402
+from tests.support.hosts import profiles as H  # noqa: E402
+from tests.support.hosts.nshost import namespace_hosts  # noqa: E402
 
 STAGING_HOST, PROD_HOST = "stg-gpu", "prod-gpu"
 FROM_STACK = "organization/tdx-vllm/staging"

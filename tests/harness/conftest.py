@@ -16,7 +16,7 @@ import pytest
 def nshost_required() -> None:
     """Skip (with the reason) where fake hosts cannot run: not root, or ip/sshd/unshare missing.
     CI runs as root with them installed, so there they run."""
-    from tests.harness.nshost import unavailable_reason
+    from tests.support.hosts.nshost import unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -28,7 +28,7 @@ def nshost_factory(nshost_required: None) -> Iterator[Callable[[Sequence[Any]], 
     """Start fake hosts for a test module: factory(profiles) -> {profile.name: NamespaceHost}, all
     started in parallel. Every host started is torn down (processes, mounts, veth, netns, files)
     when the module ends, also after failures."""
-    from tests.harness.nshost import namespace_hosts
+    from tests.support.hosts.nshost import namespace_hosts
 
     with contextlib.ExitStack() as stack:
 

@@ -23,7 +23,7 @@ from tdxattest.dcap.collateral import CollateralError
 from tdxattest.dcap.collateral import parse_iso_ts as ts  # noqa: E402
 from tdxattest.dcap.verify import verify_quote  # noqa: E402
 
-from tests.loopback_http import LoopbackHttpServer
+from tests.support.loopback_http import LoopbackHttpServer
 
 FMSPC = "00806F050000"
 GCP_QUOTE = QUOTES / "quotes" / "gcp-cos113-v4-00806f.bin"

@@ -1,8 +1,8 @@
 """The production host scripts (components/scripts/) against fake TDX hosts over real SSH.
 
 Every step is rendered with components.steps.render exactly as the Pulumi components render it and
-run with tests/harness/sshrun.py the way pulumi-command's remote.Command runs it, against
-NamespaceHosts (real sshd in network namespaces with faked hardware, tests/harness/nshost.py).
+run with tests/support/hosts/sshrun.py the way pulumi-command's remote.Command runs it, against
+NamespaceHosts (real sshd in network namespaces with faked hardware, tests/support/hosts/nshost.py).
 Nothing here talks to anything but addresses inside the namespaces the fixtures create.
 """
 
@@ -18,24 +18,25 @@ from pathlib import Path
 
 import pytest
 
-from components.bios import BIOS_VERIFY_STEP as BIOS_VERIFY
-from components.bios import bios_verify_params
-from components.bios_tables import load_vendor_table
-from components.config import DcapConfig, GpuConfig, PlatformConfig, Secret
-from components.dcap import DCAP_STEP as DCAP
-from components.dcap import dcap_params as component_dcap_params
-from components.firmware import GpuAdminTools, dcap_packages, gpu_sku
-from components.gpu import GPU_STEP as GPU
-from components.gpu import gpu_params as component_gpu_params
-from components.kernel import KERNEL_STEP as KERNEL
-from components.kernel import kernel_params as component_kernel_params
-from components.preflight import PREFLIGHT_STEP as PREFLIGHT
-from components.preflight import preflight_params as component_preflight_params
-from components.steps import DELETE_COMMAND, SCRIPTS_DIR, Rendered, Step, render
-from tests.harness import hosts as H
-from tests.harness import sshrun
-from tests.harness.nshost import TOOLS_PACKAGE, TOOLS_VERSION, make_vbios_rom, namespace_hosts, new_ssh_key
-from tests.harness.sshrun import CommandFailed
+from components.catalog.bios import load_vendor_table
+from components.catalog.dcap import dcap_packages
+from components.catalog.gpu import GpuAdminTools, gpu_sku
+from components.config.model import DcapConfig, GpuConfig, PlatformConfig, Secret
+from components.render.host_steps import BIOS_VERIFY_STEP as BIOS_VERIFY
+from components.render.host_steps import DCAP_STEP as DCAP
+from components.render.host_steps import GPU_STEP as GPU
+from components.render.host_steps import KERNEL_STEP as KERNEL
+from components.render.host_steps import PREFLIGHT_STEP as PREFLIGHT
+from components.render.host_steps import bios_verify_params
+from components.render.host_steps import dcap_params as component_dcap_params
+from components.render.host_steps import gpu_params as component_gpu_params
+from components.render.host_steps import kernel_params as component_kernel_params
+from components.render.host_steps import preflight_params as component_preflight_params
+from components.render.steps import DELETE_COMMAND, SCRIPTS_DIR, Rendered, Step, render
+from tests.support.hosts import profiles as H
+from tests.support.hosts import sshrun
+from tests.support.hosts.nshost import TOOLS_PACKAGE, TOOLS_VERSION, make_vbios_rom, namespace_hosts, new_ssh_key
+from tests.support.hosts.sshrun import CommandFailed
 
 pytestmark = pytest.mark.harness
 
@@ -68,7 +69,9 @@ def error_lines(exc: CommandFailed) -> list[str]:
 
 
 def preflight_params(count: int = 1) -> dict:
-    return component_preflight_params(GpuConfig(model="h100-sxm", count=count, mode="on"), False, ())
+    return component_preflight_params(
+        GpuConfig(model="h100-sxm", count=count, mode="on"), gpu_sku("h100-sxm"), False, ()
+    )
 
 
 def bios_params() -> dict:

@@ -1,4 +1,4 @@
-"""components.redfish against a real sushy-emulator (HTTPS, basic auth, pending-until-reset BIOS)."""
+"""components.bmc.redfish against a real sushy-emulator (HTTPS, basic auth, pending-until-reset BIOS)."""
 
 from __future__ import annotations
 
@@ -19,17 +19,10 @@ pytest.importorskip("sushy_tools")
 
 import sushy  # noqa: E402
 
-from components import redfish  # noqa: E402
-from components.bios_tables import BiosSetting, load_vendor_table  # noqa: E402
-from components.redfish import BiosError  # noqa: E402
-from tests.harness.redfish_emulator import (  # noqa: E402
-    Board,
-    RedfishEmulator,
-    board_for_table,
-    free_port,
-    make_tls,
-    run_emulator,
-)
+from components.bmc import redfish  # noqa: E402
+from components.bmc.redfish import BiosError  # noqa: E402
+from components.catalog.bios import BiosSetting, load_vendor_table  # noqa: E402
+from tests.support.redfish.emulator import Board, RedfishEmulator, board_for_table, free_port, make_tls, run_emulator
 
 pytestmark = pytest.mark.harness
 
@@ -69,7 +62,18 @@ def run_cli(emu: RedfishEmulator, *args: str, password: str | None = None) -> su
     env = {k: v for k, v in os.environ.items() if not k.startswith("TDXGPU_BMC_")}
     env.update(TDXGPU_BMC_USERNAME=emu.username, TDXGPU_BMC_PASSWORD=password or emu.password)
     return subprocess.run(
-        [sys.executable, "-m", "components.redfish", *args, "--endpoint", emu.url, "--poll", "0.05", "--timeout", "15"],
+        [
+            sys.executable,
+            "-m",
+            "components.bmc.redfish",
+            *args,
+            "--endpoint",
+            emu.url,
+            "--poll",
+            "0.05",
+            "--timeout",
+            "15",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -1,8 +1,8 @@
 """td_stage.sh / td_launch.sh / td_wait.sh against a fake TDX host over real SSH.
 
 The steps are rendered with components.steps.render from the parameters components/trust_domain.py
-builds, exactly as `pulumi up` renders them, and run with tests/harness/sshrun.py against a
-NamespaceHost (tests/harness/nshost.py). The host has no KVM: fakes/bin/qemu-system-x86_64 stands
+builds, exactly as `pulumi up` renders them, and run with tests/support/hosts/sshrun.py against a
+NamespaceHost (tests/support/hosts/nshost.py). The host has no KVM: fakes/bin/qemu-system-x86_64 stands
 in for QEMU and the guest agent (it records its argv and writes the agent's status lines to the
 serial log). The fake `systemctl` knows units only from services.json and does not run them, so the
 test registers the TD unit there and plays systemd: it starts the unit's ExecStart= itself.
@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from tdxattest.core.workload import expected_rtmr3
 
-from components.config import KnownAnswer, TdShape, WorkloadConfig
-from components.steps import DELETE_COMMAND, Rendered, render
-from components.td_definition import BootArtifact, BootManifest, qemu_argv
-from components.trust_domain import (
+from components.catalog.td_manifest import BootArtifact, BootManifest
+from components.config.model import KnownAnswer, TdShape, WorkloadConfig
+from components.render.steps import DELETE_COMMAND, Rendered, render
+from components.render.td_definition import qemu_argv
+from components.render.trust_domain import (
     LAUNCH_STEP,
     STAGE_STEP,
     WAIT_STEP,
@@ -30,9 +31,9 @@ from components.trust_domain import (
     stage_params,
     wait_params,
 )
-from tests.harness import hosts as H
-from tests.harness import sshrun
-from tests.harness.sshrun import CommandFailed
+from tests.support.hosts import profiles as H
+from tests.support.hosts import sshrun
+from tests.support.hosts.sshrun import CommandFailed
 
 pytestmark = pytest.mark.harness
 
@@ -70,11 +71,15 @@ def boot(**sha_overrides: str) -> BootManifest:
         name="harness",
         vcpus=16,
         memory_mib=65536,
+        td_attributes="0000001000000000",
         firmware=BootArtifact("firmware", "ovmf-test.fd", shas["ovmf-test.fd"]),
+        page_add_order="single",
+        separator="rtmr1",
         kernel=BootArtifact("kernel", "vmlinuz-test", shas["vmlinuz-test"]),
         initrd=BootArtifact("initrd", "initrd-test.img", shas["initrd-test.img"]),
+        initrd_used=True,
         cmdline="console=ttyS0 root=/dev/vda1 ro",
-        gaps=(),
+        acpi=None,
     )
 
 

@@ -2,7 +2,7 @@
 
   * build: tools/build-guest-image.sh --stack all (prod and dev). Cached under the git-ignored
     artifacts/guest-image-cache/<recipe hash>/, so a second run with an unchanged recipe (guest/image,
-    the build script, tdxattest/, guest_agent/) skips it; downloads and the installed package set are
+    the build script, the Python files it lists) skips it; downloads and the installed package set are
     cached by the script itself (/var/cache/tdx-vllm-guest).
   * boot: qemu-system-x86_64 (KVM when /dev/kvm is usable, else TCG) with -kernel/-initrd/-append, the
     verity root and an empty data disk as virtio disks, the agent config as fw_cfg, the serial console
@@ -35,12 +35,12 @@ from pathlib import Path
 
 import pytest
 
-from components.td_definition import DATA_DISK_SERIAL, ROOT_DISK_SERIAL
+from components.render.td_definition import DATA_DISK_SERIAL, ROOT_DISK_SERIAL
 from guest_agent import CONFIG_FW_CFG, REPORT_PREFIX
 
 pytestmark = pytest.mark.slow
 
-from tests.support.paths import FIRMWARE, REPO
+from tests.support.paths import ARTIFACTS, REPO
 
 BUILD = REPO / "tools" / "build-guest-image.sh"
 CACHE = Path(os.environ.get("TDX_VLLM_GUEST_IMAGE_CACHE", REPO / "artifacts" / "guest-image-cache"))
@@ -272,11 +272,11 @@ def test_the_build_reproduces_the_pinned_image(images: dict[str, Path]) -> None:
     # firmware/td/ pins the image a TD boots (kernel, initrd, command line with the verity root hash,
     # root disk); a fresh build from this checkout must give those exact bytes, or the pins (and
     # the RTMRs a client checks) describe an image nobody can rebuild.
-    from components.guest_image import check
+    from components.catalog.guest_image import check
 
     problems = check(images["prod"].parent)
     assert not problems, (
-        "the build differs from firmware/td/ (re-pin with `.venv/bin/python -m components.guest_image pin "
+        "the build differs from firmware/td/ (re-pin with `.venv/bin/python -m components.catalog.guest_image pin "
         f"{images['prod'].parent}` if the recipe change is intended):\n  " + "\n  ".join(problems)
     )
 
@@ -284,20 +284,20 @@ def test_the_build_reproduces_the_pinned_image(images: dict[str, Path]) -> None:
 def test_pins_from_the_built_image(images: dict[str, Path], tmp_path: Path) -> None:
     # The measurement computation on the real artifacts: RTMR1 (Authenticode of Debian's kernel as
     # QEMU patches it) and RTMR2 (command line, initrd) for both stacks' manifests.
-    from components.config import td_boot_manifest
-    from components.measurements import expected_pins, load_manifest
+    from components.catalog.td_manifest import read_manifest, td_boot_manifest
+    from components.render.pins import expected_pins
 
-    ovmf = FIRMWARE
+    ovmf = ARTIFACTS
     found = {}
     for stack in ("prod", "dev"):
         manifest = td_boot_manifest(stack)
-        data = load_manifest(manifest)
+        data = read_manifest(manifest)
         work = tmp_path / stack
         work.mkdir()
         (work / data["firmware"]["file"]).symlink_to(ovmf / data["firmware"]["file"])
         for key, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img")):
             (work / data[key]["file"]).symlink_to(images[stack] / name)
-        pins = expected_pins(manifest, work)
+        pins = expected_pins(manifest, work).to_json()
         assert pins["rtmr1"] and pins["rtmr2"], pins["reasons"]
         assert pins["artifacts"]["cmdline"] == (images[stack] / "cmdline.txt").read_text()
         found[stack] = pins

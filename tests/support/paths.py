@@ -9,5 +9,5 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 QUOTES = FIXTURES / "tdx-quotes"  # real TDX quotes, Intel-signed collateral, CCEL
 MEASUREMENTS = FIXTURES / "measurements"  # Debian OVMF builds, event logs, published vectors
-FIRMWARE = MEASUREMENTS / "firmware"  # the TD boot artifacts `pins` is computed from in tests
+ARTIFACTS = MEASUREMENTS / "firmware"  # the TD boot artifact directory of the tests (Debian OVMF builds)
 GPU_EVIDENCE = FIXTURES / "gpu-evidence"  # NVIDIA Hopper attestation reports and chains

@@ -1,8 +1,9 @@
-"""tdxattest: attestation library and CLI for Intel TDX Trust Domains.
+"""tdxattest: Intel TDX attestation for the clients of a confidential vLLM endpoint and for the
+Trust Domain that serves it. Never imports Pulumi.
 
-Offline measurement computation (MRTD, RTMR0-3 from pinned boot artifacts), TCG2/CCEL event-log
-replay and, later, quote verification. The library is plain Python (stdlib only for the measurement
-code) and never imports Pulumi; `components/` imports it, never the reverse.
-
-Run the CLI with `python -m tdxattest <verb>`.
+    core/      pure parsers and computations (quotes, measurements, policy, the `pins` contract)
+    dcap/      DCAP collateral and quote verification (dcap-qvl), the Appraiser
+    channel/   the attested channel: the gateway in the TD, the verifying proxy on the client
+    testing/   test doubles (TEST PKI, stand-in vLLM)
+    cli/       the `tdxattest` command (also `python -m tdxattest <verb>`)
 """

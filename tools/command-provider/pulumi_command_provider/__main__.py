@@ -19,7 +19,6 @@ import traceback
 import grpc
 import grpc.aio
 from google.protobuf import empty_pb2, struct_pb2
-
 from pulumi.provider.experimental import provider as exp
 from pulumi.provider.experimental.property_value import PropertyValue
 from pulumi.provider.experimental.server import ProviderServicer

@@ -29,7 +29,6 @@ from typing import Any, Iterable, Mapping, Optional
 
 import grpc
 import grpc.aio
-
 from pulumi.provider.experimental.property_value import Computed, PropertyValue
 from pulumi.provider.experimental.provider import (
     CheckFailure,
@@ -54,9 +53,8 @@ from pulumi.provider.experimental.provider import (
 )
 from pulumi.runtime.proto import engine_pb2, engine_pb2_grpc
 
-from . import PACKAGE, VERSION, ProviderError
+from . import PACKAGE, VERSION, ProviderError, ssh
 from . import local as local_runner
-from . import ssh
 
 # The engine's wire value for an unknown (computed) value (sdk/go/common/resource/plugin
 # UnknownStringValue); the experimental PropertyValue neither decodes nor encodes unknowns.

@@ -61,7 +61,14 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     for name, entry in VERBS.items():
         p = sub.add_parser(name, help=entry.summary, description=entry.summary)
         if name == verb:
-            importlib.import_module(entry.module).configure(p)
+            try:
+                module = importlib.import_module(entry.module)
+            except ModuleNotFoundError as exc:
+                if exc.name != entry.module:
+                    raise
+                # A TD image carries only the gateway verb (guest/image/python-modules).
+                parser.error(f"the `{name}` verb is not part of this installation of tdxattest")
+            module.configure(p)
     return parser
 
 

@@ -46,7 +46,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--quote-source software-test needs --test-pki-dir (where the TEST root CA goes)")
         import os
 
-        from tdxattest.testing.testpki import SoftwareQuoteProvider, make_test_pki
+        try:
+            from tdxattest.testing.testpki import SoftwareQuoteProvider, make_test_pki
+        except ModuleNotFoundError:  # a production TD image has no TEST PKI (guest/image/python-modules)
+            raise UsageError(
+                "--quote-source software-test: the TEST PKI (tdxattest.testing) is not in this installation; "
+                "only the dev TD image and a full `pip install` carry it"
+            ) from None
 
         pki = make_test_pki(int(time.time()))
         os.makedirs(args.test_pki_dir, mode=0o700, exist_ok=True)

@@ -61,7 +61,8 @@ def default_audit_path() -> str:
 
 def run(args: argparse.Namespace) -> int:
     from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy, check_listen
-    from tdxattest.cli._common import parse_listen, policy_with_pins, read_root_ca, serve_until_interrupted
+    from tdxattest.cli._common import parse_listen, serve_until_interrupted
+    from tdxattest.cli._verification import policy_with_pins, read_root_ca
 
     host, port = parse_listen(args.listen)
     check_listen(host)

@@ -71,7 +71,7 @@ def read_quote(path: str) -> bytes:
 def run(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
-    from tdxattest.cli._common import appraiser_for, policy_with_pins
+    from tdxattest.cli._verification import appraiser_for, policy_with_pins
     from tdxattest.core.errors import InputError
 
     now = parse_time(args.at)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from tdxattest.core.errors import InputError
-from tdxattest.core.pins import REGISTERS, StackPins
+
+if TYPE_CHECKING:  # the pins contract is read only when a pins file is given
+    from tdxattest.core.pins import StackPins
 
 TCB_STATUSES = (
     "UpToDate",
@@ -373,6 +375,8 @@ def pins_from_stack(stack: StackPins, accept_mrtd_candidates: bool = False) -> t
     """Policy pins from the stack's `pins`: the pins and the fields it sets (the registers the
     document names). A null register stays not checked, with the stack's reason. With
     `accept_mrtd_candidates`, MRTD accepts either page-add-order candidate."""
+    from tdxattest.core.pins import REGISTERS
+
     out: dict[str, Pin] = {}
     for key, (name, _) in REGISTERS.items():
         pin = stack.register(key)
@@ -387,6 +391,8 @@ def pins_from_stack(stack: StackPins, accept_mrtd_candidates: bool = False) -> t
 
 def pins_from_stack_output(doc: object, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
     """`pins_from_stack` of a `pins` JSON document (docs/pins.md)."""
+    from tdxattest.core.pins import StackPins
+
     return pins_from_stack(StackPins.from_json(doc), accept_mrtd_candidates)
 
 

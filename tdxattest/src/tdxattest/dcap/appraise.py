@@ -15,13 +15,15 @@ case raises `InputError` (there is no FMSPC to look collateral up by).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tdxattest.core.policy import DEFAULT_POLICY, Failure, Policy, Verdict
 from tdxattest.core.quote import parse_quote
-from tdxattest.dcap.cache import CollateralCache
 from tdxattest.dcap.collateral import Collateral, CollateralError, load_collateral, parse_iso_ts
 from tdxattest.dcap.verify import refused, verify_quote
+
+if TYPE_CHECKING:  # the cache (and HTTP) only where collateral comes from a PCCS
+    from tdxattest.dcap.cache import CollateralCache
 
 
 class CollateralSource(Protocol):
@@ -61,7 +63,7 @@ class CachedCollateral:
     and CA, and reading those takes X.509 parsing (~0.5 ms)."""
 
     pccs: str | None
-    cache: CollateralCache = field(default_factory=CollateralCache)
+    cache: CollateralCache
     _verified: dict[bytes, tuple[Collateral, int, int]] = field(default_factory=dict, init=False, repr=False)
 
     def collateral_for(self, quote: bytes, now: int) -> tuple[Collateral, dict[str, Any]]:
@@ -81,6 +83,8 @@ def collateral_source(collateral_path: str | None, pccs: str | None, cache_dir: 
     """A fixed collateral file, else the cache for a PCCS / PCS (the CLI's and the proxy's options)."""
     if collateral_path:
         return FixedCollateral.from_file(collateral_path)
+    from tdxattest.dcap.cache import CollateralCache
+
     return CachedCollateral(pccs, CollateralCache(cache_dir))
 
 

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+
 from tdxattest.core.pins import RegisterPin, StackPins
 from tdxattest.core.policy import PIN_FIELDS, Pin, Pins
 from tdxattest.core.quote import (

@@ -1,0 +1,35 @@
+"""The Intel DCAP packages and services a host gets (firmware/dcap.yaml)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.catalog.gpu import require
+from components.catalog.pinfile import CatalogError, read_pin_file
+from components.paths import FIRMWARE_DIR
+
+
+@dataclass(frozen=True)
+class DcapPackages:
+    packages: Mapping[str, str]  # role -> "name" or "name=version"
+    services: Mapping[str, str]  # role -> systemd unit
+
+
+def dcap_packages(firmware_dir: Path = FIRMWARE_DIR) -> DcapPackages:
+    path = firmware_dir / "dcap.yaml"
+    data = read_pin_file(path)
+    pkgs: dict[str, str] = {}
+    for role, spec in (data.get("packages") or {}).items():
+        name = require(spec, "name", path, r"[a-z0-9][a-z0-9+.\-]+")
+        version = str(spec.get("version") or "")
+        pkgs[role] = f"{name}={version}" if version else name
+    services = {str(k): str(v) for k, v in (data.get("services") or {}).items()}
+    for role in ("pccs", "qgs", "qpl"):
+        if role not in pkgs:
+            raise CatalogError(f"{path}: packages.{role} is required")
+    for role in ("pccs", "qgs"):
+        if role not in services:
+            raise CatalogError(f"{path}: services.{role} is required")
+    return DcapPackages(packages=pkgs, services=services)

@@ -1,0 +1,52 @@
+"""Reading the pin files under firmware/ (TD boot manifests, GPU and tool pins, BIOS tables, TDX
+module releases): YAML that refuses a key given twice in one mapping. Plain YAML keeps the last of
+two equal keys without a word, so a stale pin left below a new one would silently win."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class CatalogError(ValueError):
+    """A pin file (or a file it pins) is missing or malformed; one line naming the file, the key,
+    what was expected and what was seen."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges another mapping (SafeLoader flattens it below)
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"unhashable key {key!r}", key_node.start_mark
+                ) from None
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_pin_yaml(text: str) -> Any:
+    """`yaml.safe_load`, except that a duplicate key is a `yaml.YAMLError`."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def read_pin_file(path: Path, what: str = "manifest") -> Mapping[str, Any]:
+    """A pin file's top-level mapping. Raises CatalogError."""
+    try:
+        data = load_pin_yaml(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, Mapping):
+        raise CatalogError(f"{path}: expected a mapping at the top level")
+    return data

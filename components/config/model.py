@@ -1,0 +1,225 @@
+"""The stack configuration as frozen dataclasses: what `parse_stack` (components/config/stack.py)
+builds from `Pulumi.<stack>.yaml` once, and every other layer reads. No parsing here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tdxattest.core.workload import WorkloadManifest, manifest_from_mapping
+
+from components.catalog.td_manifest import BootManifest
+
+PROJECT = "tdx-vllm"
+
+GpuMode = Literal["on", "ppcie", "devtools"]
+GPU_MODES: tuple[str, ...] = ("on", "ppcie", "devtools")
+REGISTRATION_METHODS: tuple[str, ...] = ("mpa", "pckid", "none")
+SUPPORTED_OS: tuple[str, ...] = ("ubuntu-25.10", "ubuntu-26.04", "ubuntu-24.04")
+HOST_KEY_TYPES: tuple[str, ...] = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "ssh-rsa",
+)
+# Kernel arguments every TDX host needs; `platform.extraKernelArgs` adds to these.
+BASE_KERNEL_ARGS: tuple[str, ...] = ("nohibernate", "kvm_intel.tdx=1", "intel_iommu=on")
+
+
+# The TD (and so its unit and directory) is named after its host: 1-32 lowercase letters, digits, dashes.
+HOST_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+
+# Kubernetes target defaults (sources in docs/kubernetes.md).
+# NVIDIA's runtime class for confidential GPU pods on Intel TDX, installed by the kata-deploy chart.
+# `kata-qemu-nvidia-gpu` (no suffix) is the non-confidential class: it does not start the GPU in CC mode.
+DEFAULT_RUNTIME_CLASS = "kata-qemu-nvidia-gpu-tdx"
+# The extended resource the NVIDIA Kata sandbox device plugin advertises for a passthrough GPU
+# (P_GPU_ALIAS can rename it per model; `nvidia.com/gpu` is the name of the non-Kata device plugin).
+DEFAULT_GPU_RESOURCE = "nvidia.com/pgpu"
+GATEWAY_PORT = 8443  # the attested gateway in the pod (and the Service's default port)
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A value that must stay a Pulumi secret. `repr` never shows it."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    address: str
+    port: int
+    user: str
+    host_key: str
+    private_key: Secret
+
+
+@dataclass(frozen=True)
+class BmcConfig:
+    endpoint: str
+    vendor: str
+    username: Secret
+    password: Secret
+    tls_fingerprint: str | None
+    ca_file: str | None
+    system: str | None
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    model: str
+    count: int
+    mode: GpuMode
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    name: str
+    ssh: SshConfig
+    bmc: BmcConfig | None
+    gpu: GpuConfig | None
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    os: str
+    extra_kernel_args: tuple[str, ...]
+    tdx_module: str | None
+
+    @property
+    def kernel_args(self) -> tuple[str, ...]:
+        return BASE_KERNEL_ARGS + tuple(a for a in self.extra_kernel_args if a not in BASE_KERNEL_ARGS)
+
+
+@dataclass(frozen=True)
+class DcapConfig:
+    pccs_api_key: Secret
+    registration: str
+    pccs_port: int
+    qgs_port: int
+    pccs_url: str | None  # an external PCCS; None = run PCCS on each host
+    use_secure_cert: bool
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    from_stack: str  # `organization/<project>/<stack>` or a bare stack name of this project
+
+
+@dataclass(frozen=True)
+class KnownAnswer:
+    """The readiness check on both targets: the greedy completion of `prompt` (at most `max_tokens`)
+    must begin with `expect` (guest_agent/knownanswer.py)."""
+
+    prompt: str
+    expect: str
+    max_tokens: int = 16
+
+
+@dataclass(frozen=True)
+class TdShape:
+    vcpus: int
+    memory_mib: int
+    artifact_source: str  # https://... base URL, or an absolute directory on the host
+    ready_timeout_s: int
+    data_disk_gib: int = 0  # scratch disk for the model (encrypted in the TD with a fresh key); 0: TD memory
+
+
+@dataclass(frozen=True)
+class ReferenceValues:
+    """The Kata guest's expected registers (lowercase hex): they become the pins."""
+
+    mrtd: str
+    rtmr0: str
+    rtmr1: str
+    rtmr2: str
+    td_attributes: str | None = None  # the quote's TD_ATTRIBUTES bytes (16 hex), when known
+
+
+@dataclass(frozen=True)
+class KubernetesTarget:
+    namespace: str
+    gateway_image: str  # runs `python -m tdxattest gateway`; by digest only
+    reference_values: ReferenceValues
+    name: str = "vllm"  # Deployment/Service name and label
+    create_namespace: bool = True
+    runtime_class_name: str = DEFAULT_RUNTIME_CLASS
+    gpu_count: int = 1  # GPUs in the one TD; must equal tensorParallelSize
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    memory: str = "64Gi"  # vLLM container limit: Kata sizes the TD's RAM from limits
+    cpu: str = "8"
+    model_cache_size: str | None = None  # sizeLimit of the in-TD (memory-backed) model volume
+    service_type: str = "ClusterIP"
+    service_port: int = GATEWAY_PORT
+    node_port: int | None = None
+    kubeconfig: str | None = None  # a kubeconfig file path; None = the ambient one
+    context: str | None = None
+    agent_policy_file: str | None = None
+    agent_policy: str | None = field(default=None, repr=False)  # the Rego text, read at parse time
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    """What the TDs serve (`workload:`). The measured part is `manifest(tp)` (tdxattest.core.workload)."""
+
+    target: str  # "host" (the TD runs vLLM itself)
+    image: str  # <repository>@sha256:<64 hex>
+    model_id: str
+    model_revision: str  # a commit id (40 hex)
+    model_files: tuple[tuple[str, str], ...]  # sorted (relative path, sha256)
+    model_source: str  # where the TD fetches the files (verified there)
+    vllm_args: tuple[str, ...]
+    gateway_port: int
+    known_answer: KnownAnswer
+    td: TdShape | None  # host target: the TD shape (None for kubernetes)
+    boot: BootManifest | None = None  # host target: the TD boot manifest, read once
+    kubernetes: KubernetesTarget | None = None  # kubernetes target: the cluster and its Kata guest
+
+    @property
+    def boot_manifest(self) -> Path | None:
+        """The TD boot manifest's path (firmware/td/); None for kubernetes."""
+        return self.boot.path if self.boot is not None else None
+
+    def manifest_mapping(self, tensor_parallel_size: int) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "model": {"id": self.model_id, "revision": self.model_revision, "files": dict(self.model_files)},
+            "vllmArgs": list(self.vllm_args),
+            "tensorParallelSize": tensor_parallel_size,
+        }
+
+    def manifest(self, tensor_parallel_size: int) -> WorkloadManifest:
+        """The workload manifest measured into RTMR3 (tdxattest.core.workload)."""
+        return manifest_from_mapping(self.manifest_mapping(tensor_parallel_size))
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stack: str
+    hosts: tuple[HostConfig, ...]
+    platform: PlatformConfig
+    dcap: DcapConfig | None  # None only in a stack without hosts (a kubernetes-only workload)
+    tee_io: bool
+    restore_on_destroy: bool
+    reboot_timeout_s: int
+    promotion: PromotionConfig | None = None
+    workload: WorkloadConfig | None = None
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        """GPUs per TD: every host's `gpu.count` (validation makes them equal when a workload is set)."""
+        if self.workload is not None and self.workload.kubernetes is not None:
+            return self.workload.kubernetes.gpu_count
+        counts = {h.gpu.count for h in self.hosts if h.gpu}
+        return counts.pop() if len(counts) == 1 else 0

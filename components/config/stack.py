@@ -1,0 +1,527 @@
+"""Typed stack configuration: parse once, validate everything, report every error at once.
+
+The same `parse_stack` runs in two places:
+
+* offline, `python -m components.config stacks/Pulumi.<stack>.yaml`, where secrets are still
+  `{secure: ...}` ciphertext markers in the YAML;
+* at the start of `pulumi preview/up` (`load_from_pulumi`), where Pulumi has decrypted them and we
+  learn which leaves were secret from the stack file itself.
+
+Either way a secret given in plain text is an error: a key such as `hosts[0].ssh.privateKey` that
+reached the stack file unencrypted is already leaked to whoever reads the repository.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.catalog.bios import list_vendors
+from components.catalog.gpu import known_gpu_models
+from components.catalog.tdx_module import known_tdx_modules
+from components.config.model import (
+    GPU_MODES,
+    HOST_NAME,
+    PROJECT,
+    REGISTRATION_METHODS,
+    SUPPORTED_OS,
+    BmcConfig,
+    DcapConfig,
+    GpuConfig,
+    HostConfig,
+    PlatformConfig,
+    PromotionConfig,
+    SshConfig,
+    StackConfig,
+)
+from components.config.reader import (
+    ENCRYPTED,
+    ConfigErrors,
+    Reader,
+    host_key_problem,
+    is_secure_marker,
+    is_valid_address,
+    join,
+    kind_of,
+    normalise_fingerprint,
+    url_problem,
+)
+from components.config.workload import parse_workload
+from components.paths import FIRMWARE_DIR, REPO_ROOT
+from guest_agent import DEV_STACK
+
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+_KERNEL_ARG = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/+\-]+)?$")
+_TDX_MODULE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+
+
+_TOP_KEYS = (
+    "hosts",
+    "gpu",
+    "platform",
+    "dcap",
+    "teeIo",
+    "restoreOnDestroy",
+    "rebootTimeoutSeconds",
+    "promotion",
+    "workload",
+)
+
+
+def parse_stack(
+    raw: Mapping[str, Any], stack: str, *, secret_paths: Iterable[str] | None = None, firmware_dir: Path = FIRMWARE_DIR
+) -> StackConfig:
+    """Validate `raw` (config keys without the project prefix) and build a StackConfig.
+
+    `secret_paths`: the key paths Pulumi decrypted (runtime); None means the values still carry
+    `{secure: ...}` markers (offline). Raises ConfigErrors listing every problem found.
+    """
+    r = Reader(stack, frozenset(secret_paths) if secret_paths is not None else None)
+    top = r.obj(raw, "", _TOP_KEYS + tuple(k for k in raw if k.startswith("_")))
+
+    gpu_models = known_gpu_models(firmware_dir)
+    default_gpu = _gpu(r, top.get("gpu"), "gpu", gpu_models) if top.get("gpu") is not None else None
+    platform = _platform(r, top.get("platform"), "platform", firmware_dir)
+    # A workload on Kubernetes runs in the cluster's TDs: such a stack may have no hosts (and then
+    # needs no DCAP block). Otherwise at least one host is required.
+    wl_raw = top.get("workload")
+    k8s_only = isinstance(wl_raw, Mapping) and wl_raw.get("target") == "kubernetes" and top.get("hosts") in (None, [])
+    if k8s_only:
+        hosts: tuple[HostConfig, ...] = ()
+        dcap = _dcap(r, top["dcap"], "dcap") if top.get("dcap") is not None else None
+    else:
+        dcap = _dcap(
+            r, r.required(top, "dcap", "", "add a `dcap:` block with at least `pccsApiKey` (a secret)"), "dcap"
+        )
+        hosts = _hosts(r, top.get("hosts"), "hosts", gpu_models, list_vendors(firmware_dir), default_gpu)
+    tee_io = r.boolean(top.get("teeIo"), "teeIo", False)
+    restore = r.boolean(top.get("restoreOnDestroy"), "restoreOnDestroy", False)
+    reboot_timeout = r.integer(top.get("rebootTimeoutSeconds"), "rebootTimeoutSeconds", 1800, 60, 7200)
+    promotion = _promotion(r, top.get("promotion"), "promotion") if top.get("promotion") is not None else None
+    workload = (
+        parse_workload(r, top.get("workload"), "workload", hosts, top.get("hosts"), firmware_dir)
+        if top.get("workload") is not None
+        else None
+    )
+
+    if r.errors:
+        raise ConfigErrors(r.errors)
+    assert platform is not None and (dcap is not None or not hosts)
+    return StackConfig(
+        stack=stack,
+        hosts=hosts,
+        platform=platform,
+        dcap=dcap,
+        tee_io=tee_io,
+        restore_on_destroy=restore,
+        reboot_timeout_s=reboot_timeout,
+        promotion=promotion,
+        workload=workload,
+    )
+
+
+_STACK_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
+
+
+def _promotion(r: Reader, value: Any, path: str) -> PromotionConfig | None:
+    m = r.obj(value, path, ("fromStack",))
+    fix = f"set `fromStack: organization/{PROJECT}/staging` (file backend) or a bare stack name such as `staging`"
+    ref = r.string(r.required(m, "fromStack", path, fix), join(path, "fromStack"), fix)
+    if ref is None:
+        return None
+    parts = ref.split("/")
+    if len(parts) not in (1, 3) or not all(_STACK_NAME.match(p) for p in parts):
+        r.error(join(path, "fromStack"), f"`{ref}` is not a stack reference", fix)
+        return None
+    if parts[-1] == r.stack and (len(parts) == 1 or parts[1] == PROJECT):
+        r.error(
+            join(path, "fromStack"),
+            f"`{ref}` is this stack (`{r.stack}`): a stack cannot promote from itself",
+            "name the stack whose attested pins this one deploys, e.g. `staging` for `prod`",
+        )
+        return None
+    return PromotionConfig(from_stack=ref)
+
+
+def _hosts(
+    r: Reader,
+    value: Any,
+    path: str,
+    gpu_models: tuple[str, ...],
+    vendors: tuple[str, ...],
+    default_gpu: GpuConfig | None,
+) -> tuple[HostConfig, ...]:
+    if value is None or value == []:
+        r.error(path, "required: at least one host", "add a `hosts:` list (see stacks/Pulumi.dev.yaml)")
+        return ()
+    if not isinstance(value, list):
+        r.error(
+            path, f"expected a list of hosts, got {kind_of(value)}", "write `hosts:` as a YAML list (`- name: ...`)"
+        )
+        return ()
+    hosts: list[HostConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(value):
+        hp = f"{path}[{i}]"
+        m = r.obj(item, hp, ("name", "ssh", "bmc", "gpu"))
+        name = r.string(
+            r.required(m, "name", hp, "give the host a short name, e.g. `gpu-a`"),
+            join(hp, "name"),
+            "use lowercase letters, digits and dashes",
+        )
+        if name is not None:
+            if not HOST_NAME.match(name):
+                r.error(
+                    join(hp, "name"),
+                    f"`{name}` is not a valid host name",
+                    "use 1-32 lowercase letters, digits and dashes (it names Pulumi resources)",
+                )
+            elif name in seen:
+                r.error(
+                    join(hp, "name"),
+                    f"duplicate host name `{name}` (also hosts[{seen[name]}])",
+                    "give every host a unique name",
+                )
+            else:
+                seen[name] = i
+        ssh = _ssh(
+            r, r.required(m, "ssh", hp, "add an `ssh:` block with address, hostKey and privateKey"), join(hp, "ssh")
+        )
+        bmc = _bmc(r, m.get("bmc"), join(hp, "bmc"), vendors) if m.get("bmc") is not None else None
+        gpu = _gpu(r, m.get("gpu"), join(hp, "gpu"), gpu_models) if m.get("gpu") is not None else default_gpu
+        if ssh is not None and name is not None:
+            hosts.append(HostConfig(name=name, ssh=ssh, bmc=bmc, gpu=gpu))
+    return tuple(hosts)
+
+
+def _ssh(r: Reader, value: Any, path: str) -> SshConfig | None:
+    if value is None:
+        return None
+    m = r.obj(value, path, ("address", "port", "user", "hostKey", "privateKey"))
+    address = r.string(
+        r.required(m, "address", path, "set the host's IP address or DNS name"),
+        join(path, "address"),
+        "set the host's IP address or DNS name",
+    )
+    if address is not None and not is_valid_address(address):
+        r.error(
+            join(path, "address"),
+            f"`{address}` is not a valid IP address or host name",
+            "use an IPv4/IPv6 address or a DNS name such as gpu-a.example.net",
+        )
+    port = r.integer(m.get("port"), join(path, "port"), 22, 1, 65535)
+    user = r.string(m.get("user", "root"), join(path, "user"), "set the SSH user (root or a sudoer)") or "root"
+    host_key = None
+    if "hostKey" not in m or m["hostKey"] is None:
+        r.error(
+            join(path, "hostKey"),
+            "required: the host key must be pinned (no trust on first use)",
+            "copy it from the console (`cat /etc/ssh/ssh_host_ed25519_key.pub`) or `ssh-keyscan -t ed25519 HOST`"
+            " and set `hostKey: ssh-ed25519 AAAA...`",
+        )
+    else:
+        host_key = r.string(m["hostKey"], join(path, "hostKey"), "set `ssh-ed25519 AAAA...`")
+        problem = host_key_problem(host_key) if host_key else None
+        if problem:
+            r.error(join(path, "hostKey"), problem, "paste the public host key as `ssh-ed25519 AAAA...`")
+    private_key = r.secret(
+        r.required(
+            m,
+            "privateKey",
+            path,
+            f"run `pulumi config set --secret --path '{join(path, 'privateKey')}' < ~/.ssh/id_ed25519`",
+        ),
+        join(path, "privateKey"),
+        " < ~/.ssh/id_ed25519",
+    )
+    if address is None or host_key is None or private_key is None:
+        return None
+    return SshConfig(
+        address=address, port=port, user=user, host_key=" ".join(host_key.split()[:2]), private_key=private_key
+    )
+
+
+def _bmc(r: Reader, value: Any, path: str, vendors: tuple[str, ...]) -> BmcConfig | None:
+    before = len(r.errors)
+    m = r.obj(value, path, ("endpoint", "vendor", "username", "password", "tlsFingerprint", "caFile", "system"))
+    endpoint = r.string(
+        r.required(m, "endpoint", path, "set `endpoint: https://BMC-ADDRESS`"),
+        join(path, "endpoint"),
+        "set `endpoint: https://BMC-ADDRESS`",
+    )
+    if endpoint is not None:
+        problem = url_problem(endpoint, ("https",))
+        if problem:
+            r.error(
+                join(path, "endpoint"),
+                problem,
+                "use `https://BMC-ADDRESS[:PORT]` (plain http would expose the BMC password)",
+            )
+    vendor = r.choice(r.required(m, "vendor", path, f"set one of: {', '.join(vendors)}"), join(path, "vendor"), vendors)
+    username = r.secret(r.required(m, "username", path, "set the BMC user as a secret"), join(path, "username"), "")
+    password = r.secret(r.required(m, "password", path, "set the BMC password as a secret"), join(path, "password"), "")
+    fingerprint = r.string(
+        m.get("tlsFingerprint"), join(path, "tlsFingerprint"), "set the SHA-256 of the BMC certificate"
+    )
+    if fingerprint is not None:
+        fingerprint = normalise_fingerprint(fingerprint)
+        if not _FINGERPRINT.match(fingerprint):
+            r.error(
+                join(path, "tlsFingerprint"),
+                "expected a SHA-256 fingerprint (64 hex digits, colons allowed)",
+                "run `openssl s_client -connect BMC:443 </dev/null | openssl x509 -noout -fingerprint -sha256`",
+            )
+    ca_file = r.string(
+        m.get("caFile"), join(path, "caFile"), "set the path of the CA bundle that signs the BMC certificate"
+    )
+    if fingerprint is None and ca_file is None:
+        r.error(
+            path,
+            "the BMC's TLS certificate is not pinned",
+            "set `tlsFingerprint` (SHA-256 of the BMC certificate) or `caFile` (a CA bundle)",
+        )
+    system = r.string(m.get("system"), join(path, "system"), "set the Redfish system path, e.g. /redfish/v1/Systems/1")
+    if system is not None and not system.startswith("/redfish/v1/Systems/"):
+        r.error(
+            join(path, "system"),
+            f"`{system}` is not a Redfish system path",
+            "use the full path, e.g. /redfish/v1/Systems/System.Embedded.1 (a bare id is not accepted)",
+        )
+    if len(r.errors) > before:
+        return None
+    return BmcConfig(
+        endpoint=endpoint,
+        vendor=vendor,
+        username=username,
+        password=password,  # type: ignore[arg-type]
+        tls_fingerprint=fingerprint,
+        ca_file=ca_file,
+        system=system,
+    )
+
+
+def _gpu(r: Reader, value: Any, path: str, models: tuple[str, ...]) -> GpuConfig | None:
+    m = r.obj(value, path, ("model", "count", "mode"))
+    model = r.choice(r.required(m, "model", path, f"set one of: {', '.join(models)}"), join(path, "model"), models)
+    count = r.integer(m.get("count"), join(path, "count"), 1, 1, 16)
+    mode = r.choice(m.get("mode", "on"), join(path, "mode"), GPU_MODES)
+    if mode == "devtools" and r.stack != DEV_STACK:
+        r.error(
+            join(path, "mode"),
+            f"`devtools` unblocks GPU debugging and is refused outside the `dev` stack (this is `{r.stack}`)",
+            "use `on` (one GPU per TD) or `ppcie` (8 Hopper GPUs + NVSwitch)",
+        )
+    if mode == "ppcie" and count != 8:
+        r.error(
+            join(path, "count"),
+            f"PPCIe needs all 8 Hopper GPUs in one TD, got {count}",
+            "set `count: 8`, or use `mode: on` for single-GPU TDs",
+        )
+    if model is None or mode is None:
+        return None
+    return GpuConfig(model=model, count=count, mode=mode)  # type: ignore[arg-type]
+
+
+def _platform(r: Reader, value: Any, path: str, firmware_dir: Path) -> PlatformConfig | None:
+    m = r.obj(value, path, ("os", "extraKernelArgs", "tdxModule"))
+    os_name = r.choice(m.get("os", "ubuntu-26.04"), join(path, "os"), SUPPORTED_OS) or "ubuntu-26.04"
+    args_value = m.get("extraKernelArgs") or []
+    extra: list[str] = []
+    if not isinstance(args_value, list):
+        r.error(
+            join(path, "extraKernelArgs"),
+            f"expected a list, got {kind_of(args_value)}",
+            "write it as a YAML list: `[modprobe.blacklist=nouveau]`",
+        )
+    else:
+        for i, arg in enumerate(args_value):
+            ap = f"{join(path, 'extraKernelArgs')}[{i}]"
+            if not isinstance(arg, str) or not _KERNEL_ARG.match(arg):
+                r.error(
+                    ap,
+                    f"`{arg}` is not a single kernel argument",
+                    "use `name` or `name=value` without spaces or quotes",
+                )
+            elif arg.startswith("kvm_intel.tdx=") and arg != "kvm_intel.tdx=1":
+                r.error(ap, f"`{arg}` would turn TDX off", "remove it; `kvm_intel.tdx=1` is always set")
+            else:
+                extra.append(arg)
+    tdx_module = r.string(m.get("tdxModule"), join(path, "tdxModule"), "set a version such as 1.5.34")
+    if tdx_module is not None:
+        known = known_tdx_modules(firmware_dir)
+        if not _TDX_MODULE.match(tdx_module) or tdx_module not in known:
+            r.error(
+                join(path, "tdxModule"),
+                f"`{tdx_module}` is not a pinned TDX module release",
+                f"use one of {', '.join(known)} or add the release to firmware/tdx-module.yaml",
+            )
+    return PlatformConfig(os=os_name, extra_kernel_args=tuple(extra), tdx_module=tdx_module)
+
+
+def _dcap(r: Reader, value: Any, path: str) -> DcapConfig | None:
+    if value is None:
+        return None
+    m = r.obj(value, path, ("pccsApiKey", "registration", "pccsPort", "qgsPort", "pccsUrl", "useSecureCert"))
+    key = r.secret(
+        r.required(
+            m,
+            "pccsApiKey",
+            path,
+            "run `pulumi config set --secret --path 'dcap.pccsApiKey' KEY` with your Intel PCS subscription key",
+        ),
+        join(path, "pccsApiKey"),
+        " KEY",
+    )
+    registration = r.choice(m.get("registration", "mpa"), join(path, "registration"), REGISTRATION_METHODS) or "mpa"
+    pccs_port = r.integer(m.get("pccsPort"), join(path, "pccsPort"), 8081, 1, 65535)
+    qgs_port = r.integer(m.get("qgsPort"), join(path, "qgsPort"), 4050, 1, 65535)
+    pccs_url = r.string(m.get("pccsUrl"), join(path, "pccsUrl"), "set `https://PCCS:8081/sgx/certification/v4/`")
+    if pccs_url is not None:
+        problem = url_problem(pccs_url, ("https",))
+        if problem:
+            r.error(join(path, "pccsUrl"), problem, "use `https://PCCS-HOST:8081/sgx/certification/v4/`")
+    # A per-host PCCS listens on loopback only and serves Intel-signed collateral with the
+    # self-signed certificate its package generates: verification is off by default there. A
+    # shared PCCS crosses the network: its certificate must verify outside `dev`.
+    secure = r.boolean(m.get("useSecureCert"), join(path, "useSecureCert"), pccs_url is not None)
+    if not secure and pccs_url is not None and r.stack != DEV_STACK:
+        r.error(
+            join(path, "useSecureCert"),
+            f"TLS verification of the shared PCCS at dcap.pccsUrl may only be off in `dev` (this is `{r.stack}`)",
+            "give the PCCS a certificate the hosts trust and set `useSecureCert: true`",
+        )
+    if key is None:
+        return None
+    return DcapConfig(
+        pccs_api_key=key,
+        registration=registration,
+        pccs_port=pccs_port,
+        qgs_port=qgs_port,
+        pccs_url=pccs_url,
+        use_secure_cert=secure,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Input sources
+
+
+def stack_from_filename(path: Path) -> str:
+    m = re.fullmatch(r"Pulumi\.(.+)\.yaml", path.name)
+    if not m:
+        raise ValueError(f"{path}: expected a stack file named Pulumi.<stack>.yaml")
+    return m.group(1)
+
+
+def read_stack_file(path: Path) -> Mapping[str, Any]:
+    """The stack file's `config:` with the project prefix removed and secure leaves as ENCRYPTED."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    config = doc.get("config") or {}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        ns, _, name = str(key).partition(":")
+        if ns != PROJECT or not name:
+            out[f"_{key}"] = value  # other namespaces (e.g. pulumi:*) are not ours to check
+            continue
+        out[name] = _mark_encrypted(value)
+    return out
+
+
+def _mark_encrypted(value: Any) -> Any:
+    if is_secure_marker(value):
+        return ENCRYPTED
+    if isinstance(value, Mapping):
+        return {k: _mark_encrypted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark_encrypted(v) for v in value]
+    return value
+
+
+def secret_paths_of(value: Any, prefix: str = "") -> set[str]:
+    """Key paths (as used in error messages) of every ENCRYPTED leaf."""
+    if value is ENCRYPTED:
+        return {prefix}
+    paths: set[str] = set()
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            paths |= secret_paths_of(v, join(prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            paths |= secret_paths_of(v, f"{prefix}[{i}]")
+    return paths
+
+
+def load_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConfig:
+    raw = read_stack_file(path)
+    return parse_stack(
+        {k: v for k, v in raw.items() if not k.startswith("_")}, stack_from_filename(path), firmware_dir=firmware_dir
+    )
+
+
+def load_from_pulumi(stack_file_dir: Path = REPO_ROOT / "stacks") -> StackConfig:
+    """Read the running stack's decrypted config and validate it (used by __main__.py)."""
+    import json
+
+    import pulumi
+    from pulumi.runtime import config as rt_config
+
+    stack = pulumi.get_stack()
+    config = pulumi.Config(PROJECT)
+    raw: dict[str, Any] = {}
+    secret_top: set[str] = set()
+    for key in _TOP_KEYS:
+        text = config.get(key)
+        if text is None:
+            continue
+        try:
+            raw[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raw[key] = text
+        if rt_config.is_config_secret(f"{PROJECT}:{key}"):
+            secret_top.add(key)
+    # Pulumi tells us only which top-level keys hold secrets; the stack file says which leaves.
+    stack_file = stack_file_dir / f"Pulumi.{stack}.yaml"
+    if stack_file.exists():
+        leaves = secret_paths_of({k: v for k, v in read_stack_file(stack_file).items() if not k.startswith("_")})
+    else:
+        leaves = {p for p in _all_leaf_paths(raw) if p.split(".")[0].split("[")[0] in secret_top}
+    return parse_stack(raw, stack, secret_paths=leaves)
+
+
+def _all_leaf_paths(value: Any, prefix: str = "") -> set[str]:
+    if isinstance(value, Mapping):
+        return set().union(*(_all_leaf_paths(v, join(prefix, k)) for k, v in value.items())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_all_leaf_paths(v, f"{prefix}[{i}]") for i, v in enumerate(value))) if value else set()
+    return {prefix}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m components.config stacks/Pulumi.<stack>.yaml", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    try:
+        cfg = load_stack_file(path)
+    except ConfigErrors as exc:
+        print(f"{path}: {exc.render()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"{path}: cannot read the stack file: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: valid ({len(cfg.hosts)} host{'s' if len(cfg.hosts) != 1 else ''}, stack `{cfg.stack}`)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

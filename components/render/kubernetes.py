@@ -1,0 +1,498 @@
+"""The Kubernetes target: vLLM and the attested gateway in one Confidential Containers pod (= one TD).
+
+With `workload.target: kubernetes` the workload goes to an existing cluster that runs Confidential
+Containers with Kata's TDX runtime class and the NVIDIA GPU operator in CC mode (docs/kubernetes.md).
+The stack config's `workload.kubernetes` block is parsed by components/config/kubernetes.py;
+`args_from_workload` builds the render arguments from the validated `workload`. Here, pure:
+`render_manifests(args)` gives the Namespace, Deployment and Service as plain Kubernetes dicts,
+exactly what `KubernetesWorkload` (components/resources/kubernetes_workload.py) creates (tests
+validate them offline with kubernetes-validate), and `expected_pins(args)` the `pins`.
+
+What binds the workload to the TD (details and sources in docs/kubernetes.md):
+
+* The pod carries Kata init data (`io.katacontainers.config.hypervisor.cc_init_data`: base64 of a
+  gzip'd TOML with `version = "0.1.0"`, `algorithm = "sha384"` and a `[data]` string map). Kata puts
+  the digest of that TOML, hashed with `algorithm` and fitted to 48 bytes, into the TD's
+  MRCONFIGID, and the guest components (Kata agent + attestation agent) refuse to start the pod
+  when the TOML they received does not hash to that launch value. Our TOML's `[data]` holds the workload manifest (canonical JSON) and
+  its SHA-384, so `pins.mrconfigid` = SHA-384(TOML bytes) proves the manifest claim, and the
+  (optional, required outside `dev`) agent policy in the same TOML is what makes the guest enforce it.
+* MRTD and RTMR0-2 come from the configured `referenceValues`: the cluster's Kata guest image
+  (firmware, kernel, command line, rootfs) defines the TD, not this program.
+* RTMR3 is not pinned: in a Kata guest it is extended by the CoCo guest components (attestation
+  agent runtime events), in an order and with content this program neither controls nor computes.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tdxattest.core.pins import KubernetesDetail, RegisterPin, StackPins
+from tdxattest.core.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
+
+from components.config.model import GATEWAY_PORT, KnownAnswer, KubernetesTarget, WorkloadConfig
+from components.config.reader import ConfigError, join
+
+# --------------------------------------------------------------------------------------------
+# Constants (sources in docs/kubernetes.md)
+
+INITDATA_ANNOTATION = "io.katacontainers.config.hypervisor.cc_init_data"
+INITDATA_VERSION = "0.1.0"
+INITDATA_ALGORITHM = "sha384"
+INITDATA_MANIFEST_KEY = "tdx-vllm-workload.json"
+INITDATA_DIGEST_KEY = "tdx-vllm-workload.sha384"
+INITDATA_POLICY_KEY = "policy.rego"  # the Kata agent policy the guest enforces
+
+MANIFEST_ANNOTATION = "tdx-vllm.io/workload-manifest-sha384"
+PINS_PROFILE = "kubernetes-kata-tdx"
+RTMR3_REASON = (
+    "Kata guest: RTMR3 is extended by the Confidential Containers guest components (attestation "
+    "agent runtime events) in an order this program does not control; the workload manifest is "
+    "bound through MRCONFIGID (init data) instead"
+)
+
+VLLM_PORT = 8000
+MODEL_DIR = "/models/model"
+DEFAULT_MODEL_URL = "https://huggingface.co/{id}/resolve/{revision}/{path}"
+
+
+class KubernetesWorkloadError(ValueError):
+    """Arguments that cannot be rendered into a safe pod (each message names the fix)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the in-TD fetcher downloads each manifest file; placeholders {id}, {revision}, {path}.
+    Only integrity matters (every file is checked against its pinned SHA-256 inside the TD)."""
+
+    url_template: str = DEFAULT_MODEL_URL
+
+
+@dataclass(frozen=True)
+class KubernetesWorkloadArgs:
+    manifest: WorkloadManifest
+    target: KubernetesTarget
+    known_answer: KnownAnswer
+    model_source: ModelSource = ModelSource()
+
+
+def workload_problems(
+    manifest: WorkloadManifest, target: KubernetesTarget, path: str = "workload"
+) -> list[ConfigError]:
+    """What makes this manifest + target unrenderable (the checks `render_manifests` enforces), as
+    ConfigErrors for config.py to report together with the others."""
+    errors: list[ConfigError] = []
+    kpath = join(path, "kubernetes")
+    for where, image in ((join(path, "image"), manifest.image), (join(kpath, "gatewayImage"), target.gateway_image)):
+        if not IMAGE_BY_DIGEST.match(image):
+            errors.append(
+                ConfigError(
+                    where,
+                    f"`{image}` is not an image pinned by digest (a tag can move)",
+                    "use `REPOSITORY@sha256:<64 lowercase hex>`",
+                )
+            )
+    if target.gpu_count != manifest.tensor_parallel_size:
+        errors.append(
+            ConfigError(
+                join(kpath, "gpuCount"),
+                f"{target.gpu_count} GPUs but tensorParallelSize is {manifest.tensor_parallel_size}",
+                "give the TD exactly tensorParallelSize GPUs (one pod = one TD)",
+            )
+        )
+    for i, arg in enumerate(manifest.vllm_args):
+        reason = refused_vllm_arg(arg)
+        if reason is not None:
+            errors.append(ConfigError(f"{join(path, 'vllmArgs')}[{i}]", f"refused: {reason}", "remove it"))
+    if not manifest.model_files:
+        errors.append(
+            ConfigError(
+                join(path, "model.files"),
+                "empty: nothing to verify inside the TD",
+                "list every model file with its sha256",
+            )
+        )
+    return errors
+
+
+# --------------------------------------------------------------------------------------------
+# Init data (Kata / CoCo initdata spec)
+
+
+def _toml_string(value: str) -> str:
+    # JSON string escapes (\" \\ \b \f \n \r \t \uXXXX; ensure_ascii) are all valid TOML basic-string escapes.
+    return json.dumps(value, ensure_ascii=True)
+
+
+def initdata_toml(manifest: WorkloadManifest, agent_policy: str | None = None) -> str:
+    """The init data TOML: exactly these bytes are hashed into MRCONFIGID."""
+    data = {
+        INITDATA_DIGEST_KEY: manifest.digest().hex(),
+        INITDATA_MANIFEST_KEY: manifest.canonical_bytes().decode("ascii"),
+    }
+    if agent_policy is not None:
+        data[INITDATA_POLICY_KEY] = agent_policy
+    lines = [
+        f"version = {_toml_string(INITDATA_VERSION)}",
+        f"algorithm = {_toml_string(INITDATA_ALGORITHM)}",
+        "",
+        "[data]",
+    ]
+    lines += [f"{_toml_string(k)} = {_toml_string(v)}" for k, v in sorted(data.items())]
+    return "\n".join(lines) + "\n"
+
+
+def initdata_annotation_value(toml_text: str) -> str:
+    """base64(gzip(TOML)), as `cat initdata.toml | gzip | base64 -w0`. mtime=0 keeps it
+    deterministic, so an unchanged workload never shows a diff (or restarts the pod)."""
+    return base64.b64encode(gzip.compress(toml_text.encode("utf-8"), compresslevel=9, mtime=0)).decode("ascii")
+
+
+def decode_initdata_annotation(value: str) -> str:
+    return gzip.decompress(base64.b64decode(value, validate=True)).decode("utf-8")
+
+
+def mrconfigid(toml_text: str) -> str:
+    """MRCONFIGID for this init data: SHA-384 of the TOML bytes (48 bytes, no padding needed)."""
+    return hashlib.sha384(toml_text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# In-pod scripts (Python standard library only: they run in the gateway image)
+
+# Downloads every manifest file into the memory-backed (TD-private) model volume and checks its
+# SHA-256 there; any mismatch fails the init container, so vLLM never starts on unverified bytes.
+MODEL_FETCH_SCRIPT = r"""
+import hashlib, json, os, sys, urllib.parse, urllib.request
+template, model_id, revision, root = sys.argv[1:5]
+files = json.loads(os.environ["TDX_VLLM_MODEL_FILES"])
+def digest(p):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+for rel, want in sorted(files.items()):
+    dest = os.path.join(root, rel)
+    if os.path.exists(dest) and digest(dest) == want:
+        continue
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    url = template.format(id=model_id, revision=revision, path=urllib.parse.quote(rel))
+    h, tmp = hashlib.sha256(), dest + ".part"
+    with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
+        for block in iter(lambda: resp.read(1 << 20), b""):
+            h.update(block)
+            out.write(block)
+    if h.hexdigest() != want:
+        os.unlink(tmp)
+        sys.exit(f"model file {rel}: sha256 {h.hexdigest()} != pinned {want} (from {url})")
+    os.replace(tmp, dest)
+    print(json.dumps({"verified": rel, "sha256": want}), flush=True)
+print(json.dumps({"model": model_id, "revision": revision, "files": len(files)}), flush=True)
+""".strip()
+
+# Readiness: the gateway must produce a quote (a fresh nonce) and answer the known-answer prompt
+# (greedy, the guest agent's own request: guest_agent.knownanswer.request_body) through itself to
+# vLLM. TLS is not verified: this runs inside the pod (the TD) against the gateway's own loopback
+# port, whose certificate is a fresh self-signed one.
+KNOWN_ANSWER_SCRIPT = r"""
+import json, os, ssl, sys, urllib.request
+url, expect, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+with urllib.request.urlopen(f"{url}/.well-known/tdx-attestation?nonce={os.urandom(32).hex()}", timeout=20, context=ctx) as r:
+    if not json.load(r).get("quote"):
+        sys.exit("gateway returned no quote")
+req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"content-type": "application/json"})
+with urllib.request.urlopen(req, timeout=50, context=ctx) as r:
+    text = json.load(r)["choices"][0]["text"]
+if not text.startswith(expect):
+    sys.exit(f"known-answer check failed: {text!r} does not begin with {expect!r}")
+""".strip()
+
+
+def known_answer_command(
+    model_id: str, check: KnownAnswer, url: str = f"https://127.0.0.1:{GATEWAY_PORT}"
+) -> list[str]:
+    from guest_agent.knownanswer import request_body
+
+    body = json.dumps(request_body(check, model_id), sort_keys=True)  # type: ignore[arg-type]  # same fields
+    return ["python3", "-c", KNOWN_ANSWER_SCRIPT, url, check.expect, body]
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering (pure)
+
+
+def _labels(target: KubernetesTarget) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "tdx-vllm",
+        "app.kubernetes.io/instance": target.name,
+        "app.kubernetes.io/component": "attested-inference",
+    }
+
+
+def check_args(args: KubernetesWorkloadArgs) -> None:
+    problems = workload_problems(args.manifest, args.target)
+    if problems:
+        raise KubernetesWorkloadError("; ".join(str(p) for p in problems))
+
+
+def vllm_args(manifest: WorkloadManifest) -> list[str]:
+    return [
+        "--model",
+        MODEL_DIR,
+        "--served-model-name",
+        manifest.model_id,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(VLLM_PORT),
+        "--tensor-parallel-size",
+        str(manifest.tensor_parallel_size),
+        *manifest.vllm_args,
+    ]
+
+
+def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
+    """[Namespace (when created), Deployment, Service] as plain Kubernetes objects."""
+    check_args(args)
+    m, t = args.manifest, args.target
+    labels = _labels(t)
+    toml_text = initdata_toml(m, t.agent_policy)
+    model_volume: dict[str, Any] = {"medium": "Memory"}
+    if t.model_cache_size:
+        model_volume["sizeLimit"] = t.model_cache_size
+    no_escalation = {"allowPrivilegeEscalation": False}
+
+    fetch = {
+        "name": "model-fetch",
+        "image": t.gateway_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [
+            "python3",
+            "-c",
+            MODEL_FETCH_SCRIPT,
+            args.model_source.url_template,
+            m.model_id,
+            m.model_revision,
+            MODEL_DIR,
+        ],
+        "env": [{"name": "TDX_VLLM_MODEL_FILES", "value": json.dumps(dict(m.model_files), sort_keys=True)}],
+        "volumeMounts": [{"name": "model", "mountPath": "/models"}],
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": no_escalation,
+    }
+    vllm = {
+        "name": "vllm",
+        "image": m.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": vllm_args(m),
+        "env": [
+            {"name": "VLLM_USE_V2_MODEL_RUNNER", "value": "0"},
+            {"name": "HF_HUB_OFFLINE", "value": "1"},
+            {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+            {"name": "DO_NOT_TRACK", "value": "1"},
+        ],
+        "resources": {
+            "limits": {t.gpu_resource: str(t.gpu_count), "cpu": t.cpu, "memory": t.memory},
+            "requests": {"cpu": t.cpu, "memory": t.memory},
+        },
+        "volumeMounts": [
+            {"name": "model", "mountPath": "/models", "readOnly": True},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+        "securityContext": no_escalation,
+    }
+    gateway = {
+        "name": "gateway",
+        "image": t.gateway_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": [
+            "python3",
+            "-m",
+            "tdxattest",
+            "gateway",
+            "--listen",
+            f"0.0.0.0:{GATEWAY_PORT}",
+            "--upstream",
+            f"http://127.0.0.1:{VLLM_PORT}",
+        ],
+        "ports": [{"name": "https", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "exec": {"command": known_answer_command(m.model_id, args.known_answer)},
+            "initialDelaySeconds": 30,
+            "periodSeconds": 30,
+            "timeoutSeconds": 60,
+            "failureThreshold": 3,
+            "successThreshold": 1,
+        },
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": no_escalation,
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": t.name, "namespace": t.namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,  # one pod = one TD with its own GPUs and TLS key
+            "strategy": {"type": "Recreate"},  # a rolling update would need a second set of CC GPUs
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        INITDATA_ANNOTATION: initdata_annotation_value(toml_text),
+                        MANIFEST_ANNOTATION: m.digest().hex(),
+                    },
+                },
+                "spec": {
+                    "runtimeClassName": t.runtime_class_name,
+                    "automountServiceAccountToken": False,  # nothing in the TD talks to the API server
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "initContainers": [fetch],
+                    "containers": [vllm, gateway],
+                    "volumes": [
+                        {"name": "model", "emptyDir": model_volume},
+                        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+                    ],
+                },
+            },
+        },
+    }
+    port: dict[str, Any] = {"name": "https", "port": t.service_port, "targetPort": "https", "protocol": "TCP"}
+    if t.node_port is not None:
+        port["nodePort"] = t.node_port
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": t.name, "namespace": t.namespace, "labels": labels},
+        "spec": {"type": t.service_type, "selector": labels, "ports": [port]},
+    }
+    objects: list[dict[str, Any]] = []
+    if t.create_namespace:
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": t.namespace, "labels": {"app.kubernetes.io/part-of": "tdx-vllm"}},
+            }
+        )
+    return objects + [deployment, service]
+
+
+def expected_pins(args: KubernetesWorkloadArgs) -> StackPins:
+    """The `pins` for this target (docs/pins.md, read by `tdxattest proxy --pins`): the Kata guest's
+    reference values, and MRCONFIGID from the init data."""
+    m, t = args.manifest, args.target
+    rv = t.reference_values
+    toml_text = initdata_toml(m, t.agent_policy)
+    notes = {}
+    if t.agent_policy is None:
+        notes["agentPolicy"] = (
+            "no agent policy in the init data: the guest's default policy applies, so "
+            "MRCONFIGID binds the manifest as a claim but nothing in the TD enforces it"
+        )
+    return StackPins(
+        target="kubernetes",
+        profile=PINS_PROFILE,
+        mrtd=RegisterPin(rv.mrtd),
+        rtmr0=RegisterPin(rv.rtmr0),
+        rtmr1=RegisterPin(rv.rtmr1),
+        rtmr2=RegisterPin(rv.rtmr2),
+        rtmr3=RegisterPin(None, RTMR3_REASON),
+        mrconfigid=RegisterPin(mrconfigid(toml_text)),
+        td_attributes=RegisterPin(
+            rv.td_attributes, None if rv.td_attributes is not None else "referenceValues.tdAttributes not configured"
+        ),
+        notes=notes,
+        image_digest=image_digest(m.image),
+        model_sha256=model_sha256(m),
+        kubernetes=KubernetesDetail(
+            runtime_class_name=t.runtime_class_name,
+            image=m.image,
+            gateway_image=t.gateway_image,
+            gateway_image_digest=image_digest(t.gateway_image),
+            workload_manifest=m.digest().hex(),
+            model={"id": m.model_id, "revision": m.model_revision, "files": dict(m.model_files)},
+            init_data={"annotation": INITDATA_ANNOTATION, "algorithm": INITDATA_ALGORITHM, "toml": toml_text},
+            agent_policy_sha384=hashlib.sha384(t.agent_policy.encode()).hexdigest() if t.agent_policy else None,
+        ),
+    )
+
+
+def endpoint_for(target: KubernetesTarget, ingress: list[Mapping[str, Any]] | None = None) -> str:
+    """The gateway URL: the load balancer's address when there is one, else the in-cluster name."""
+    for entry in ingress or []:
+        host = entry.get("ip") or entry.get("hostname")
+        if host:
+            host = f"[{host}]" if ":" in host else host
+            return f"https://{host}:{target.service_port}"
+    return f"https://{target.name}.{target.namespace}.svc.cluster.local:{target.service_port}"
+
+
+# --------------------------------------------------------------------------------------------
+# From the stack config, and `python -m components.kubernetes_workload STACK_FILE`: print the rendered
+# manifests (for genpolicy)
+
+
+def args_from_workload(workload: WorkloadConfig, manifest: WorkloadManifest) -> KubernetesWorkloadArgs:
+    """The component's arguments from the stack's validated `workload` (components/config): the
+    same `modelSource` base URL as the host target (`<modelSource>/<path>`), the known-answer check."""
+    if workload.kubernetes is None:
+        raise KubernetesWorkloadError("the workload's target is not kubernetes")
+    template = workload.model_source.rstrip("/") + "/{path}"
+    return KubernetesWorkloadArgs(
+        manifest=manifest,
+        target=workload.kubernetes,
+        known_answer=workload.known_answer,
+        model_source=ModelSource(url_template=template),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The same stack validation as `pulumi preview` (components/config, offline), then the
+    objects this target would create, as YAML (for Kata's genpolicy)."""
+    import sys
+
+    import yaml
+
+    from components.config.reader import ConfigErrors
+    from components.config.stack import load_stack_file
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print(
+            "usage: python -m components.render.kubernetes stacks/Pulumi.<stack>.yaml  (prints YAML)", file=sys.stderr
+        )
+        return 2
+    try:
+        stack = load_stack_file(Path(argv[0]))
+    except ConfigErrors as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    if stack.workload is None or stack.workload.kubernetes is None:
+        print(f"{argv[0]}: no `workload` with `target: kubernetes`", file=sys.stderr)
+        return 1
+    args = args_from_workload(stack.workload, stack.workload.manifest(stack.tensor_parallel_size))
+    print(yaml.safe_dump_all(render_manifests(args), sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""The `pins` stack output of the host target: what a quote from the stack's TDs must say (docs/pins.md).
+
+`boot_pins(boot, files)` is pure: from a TD boot manifest (catalog.td_manifest) and its verified
+artifact files (catalog.artifacts) it computes MRTD and, where their inputs are pinned, RTMR0-2 with
+`tdxattest`, and returns a `StackPins`. `expected_pins(manifest, ...)` reads both first (the one
+function here that touches files); `workload_pins` adds RTMR3 and the workload's digests. Offline
+and deterministic, so it runs at preview time; `__main__.py` exports `to_json()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from tdxattest.core.authenticode import pe_layout
+from tdxattest.core.bzimage import boot_protocol
+from tdxattest.core.errors import InputError
+from tdxattest.core.events import sha384
+from tdxattest.core.measure import (
+    AcpiDigests,
+    InitrdInfo,
+    kernel_measurement,
+    rtmr0_register,
+    rtmr1_register,
+    rtmr2_register,
+)
+from tdxattest.core.mrtd import compute_mrtd_both
+from tdxattest.core.pins import (
+    AcpiPin,
+    ArtifactPin,
+    BootArtifacts,
+    HostBoot,
+    JsonValue,
+    MrtdCandidates,
+    RegisterPin,
+    StackPins,
+    WorkloadSummary,
+)
+from tdxattest.core.tdhob import td_hob_digest
+from tdxattest.core.tdvf import cfv_bytes, parse_tdvf
+from tdxattest.core.workload import WorkloadManifest, expected_rtmr3, image_digest, model_sha256, rtmr3_events
+
+from components.catalog.artifacts import ArtifactData, MeasuredFiles, measured_files
+from components.catalog.pinfile import CatalogError
+from components.catalog.td_manifest import BootArtifact, BootManifest, load_boot_manifest
+from components.paths import display_path
+
+MIB = 1 << 20
+RTMR3_REASON = "workload manifest not pinned yet"
+
+
+def expected_pins(
+    manifest: str | Path | BootManifest,
+    artifact_dir: str | Path | None = None,
+    *,
+    require_artifacts: bool = True,
+    require_guest: bool = True,
+) -> StackPins:
+    """The pins of one TD boot manifest, its artifact files read from `artifact_dir` (default:
+    `$TDX_VLLM_ARTIFACT_DIR` or artifacts/). See catalog.artifacts.measured_files for the two flags."""
+    boot = manifest if isinstance(manifest, BootManifest) else load_boot_manifest(manifest)
+    files = measured_files(
+        boot,
+        Path(artifact_dir) if artifact_dir is not None else None,
+        require_artifacts=require_artifacts,
+        require_guest=require_guest,
+    )
+    return boot_pins(boot, files)
+
+
+def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
+    """MRTD and RTMR0-2 of `boot`'s TD from its verified files; a register whose inputs are not
+    pinned or not here is null with the first missing input's reason. Pure."""
+    reasons = {**boot.reasons, **files.reasons}
+    memory = boot.memory_mib * MIB
+    ok = {
+        "firmware": files.firmware is not None,
+        "kernel": files.kernel is not None,
+        "initrd": not boot.initrd_used or files.initrd is not None,
+        "cmdline": boot.cmdline is not None,
+        "acpi": boot.acpi is not None,
+    }
+
+    def first_gap(*needs: str) -> str | None:
+        return next((f"{need}: {reasons.get(need, 'not pinned')}" for need in needs if not ok[need]), None)
+
+    gaps = {
+        "mrtd": first_gap("firmware"),
+        "rtmr0": first_gap("firmware", "acpi"),
+        "rtmr1": first_gap("kernel", "initrd", "cmdline"),
+        "rtmr2": first_gap("cmdline", "initrd"),
+    }
+    initrd_info = None
+    if files.initrd is not None:
+        initrd_info = InitrdInfo(size=len(files.initrd.data), sha384=sha384(files.initrd.data))
+
+    mrtd = candidates = hob = cfv = None
+    if files.firmware is not None:
+        fw = files.firmware.data
+        meta = _parsed(boot, files.firmware, parse_tdvf)
+        both = compute_mrtd_both(fw, meta, boot.page_add_order)
+        mrtd = both.value.hex()
+        candidates = MrtdCandidates(both.single.hex(), both.two_pass.hex())
+        try:
+            hob = td_hob_digest(meta, memory)
+            cfv = sha384(cfv_bytes(fw, meta))
+        except InputError as exc:
+            raise CatalogError(
+                f"{boot.path}: `firmware.file` with `vm.memoryMiB` {boot.memory_mib}: {exc.with_file(str(files.firmware.path))}"
+            ) from None
+    kernel_digest = None
+    if gaps["rtmr1"] is None and files.kernel is not None:
+        kernel = files.kernel
+        _parsed(boot, kernel, _check_kernel)
+        try:
+            kernel_digest = kernel_measurement(kernel.data, memory, initrd_info, boot.cmdline)
+        except InputError as exc:
+            raise CatalogError(f"{boot.path}: `kernel.file`: {exc.with_file(str(kernel.path))}") from None
+    acpi = None
+    if boot.acpi is not None:
+        a = boot.acpi
+        acpi = AcpiDigests(bytes.fromhex(a.table_loader), bytes.fromhex(a.rsdp), bytes.fromhex(a.tables))
+    registers = {
+        "rtmr0": rtmr0_register(hob, cfv, acpi, boot.separator),
+        "rtmr1": rtmr1_register(kernel_digest, boot.separator),
+        "rtmr2": rtmr2_register(boot.cmdline if gaps["rtmr2"] is None else None, initrd_info),
+    }
+    pins: dict[str, RegisterPin] = {"mrtd": RegisterPin(mrtd, None if mrtd is not None else gaps["mrtd"])}
+    events: dict[str, JsonValue] = {}
+    for name, reg in registers.items():
+        value = reg.value.hex() if reg.value is not None else None
+        pins[name] = RegisterPin(value, None if value is not None else gaps[name] or "inputs not pinned")
+        events[name] = [e.as_dict() for e in reg.events]
+    return StackPins(
+        profile=boot.name,
+        mrtd_candidates=candidates,
+        rtmr3=RegisterPin(None, RTMR3_REASON),
+        td_attributes=RegisterPin(boot.td_attributes),
+        events=events,
+        boot=HostBoot(
+            manifest=display_path(boot.path),
+            page_add_order=boot.page_add_order,
+            vcpus=boot.vcpus,
+            memory_mib=boot.memory_mib,
+            artifacts=BootArtifacts(
+                firmware=_describe(boot.firmware),
+                kernel=_describe(boot.kernel, kernel_digest.hex() if kernel_digest is not None else None),
+                initrd=_describe(boot.initrd),
+                initrd_used=boot.initrd_used,
+                cmdline=boot.cmdline,
+                acpi=None
+                if boot.acpi is None
+                else AcpiPin(boot.acpi.source, boot.acpi.table_loader, boot.acpi.rsdp, boot.acpi.tables),
+            ),
+        ),
+        **pins,
+    )
+
+
+def workload_pins(pins: StackPins, manifest: WorkloadManifest) -> StackPins:
+    """`pins` with the workload: RTMR3 (the replay of the guest agent's events), its events, the image
+    digest, the model hash and the manifest's SHA-384 (docs/pins.md)."""
+    return replace(
+        pins,
+        rtmr3=RegisterPin(expected_rtmr3(manifest).hex()),
+        events={**pins.events, "rtmr3": rtmr3_events(manifest)},  # type: ignore[dict-item]
+        image_digest=image_digest(manifest.image),
+        model_sha256=model_sha256(manifest),
+        workload=WorkloadSummary(
+            image=manifest.image,
+            model_id=manifest.model_id,
+            model_revision=manifest.model_revision,
+            tensor_parallel_size=manifest.tensor_parallel_size,
+            manifest_sha384=manifest.digest().hex(),
+        ),
+    )
+
+
+def _describe(a: BootArtifact | None, authenticode: str | None = None) -> ArtifactPin | None:
+    if a is None:
+        return None
+    return ArtifactPin(a.name, a.version, a.source, a.file, a.size, a.sha256, a.sha384, authenticode)
+
+
+def _check_kernel(data: bytes) -> None:
+    """A bzImage with an EFI stub (a PE/COFF image), checked before it is hashed."""
+    pe_layout(data)
+    boot_protocol(data)
+
+
+def _parsed(boot: BootManifest, artifact: ArtifactData, parse):  # type: ignore[no-untyped-def]
+    try:
+        return parse(artifact.data)
+    except InputError as exc:
+        raise CatalogError(
+            f"{boot.path}: `{artifact.artifact.role}.file`: {exc.with_file(str(artifact.path))}"
+        ) from None

@@ -1,0 +1,486 @@
+"""Stack config validation: every rule, every error reported at once, with key path and fix."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config.model import Secret
+from components.config.reader import ENCRYPTED, ConfigErrors, host_key_problem
+from components.config.stack import load_stack_file, parse_stack, read_stack_file, secret_paths_of
+from tests.support.stacks import FPR, HOST_KEY, WL_IMAGE, WL_REV, good, replace_encrypted, workload
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def errors_of(raw: dict, stack: str = "staging") -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        parse_stack(raw, stack)
+    return [str(e) for e in info.value.errors]
+
+
+def test_valid_config_builds_typed_frozen_values():
+    cfg = parse_stack(good(), "staging")
+    assert [h.name for h in cfg.hosts] == ["gpu-a", "gpu-b"]
+    a = cfg.hosts[0]
+    assert a.ssh.port == 22 and a.ssh.user == "root" and a.ssh.host_key == HOST_KEY
+    assert isinstance(a.ssh.private_key, Secret) and "***" in repr(a.ssh.private_key)
+    assert a.bmc is not None and a.bmc.vendor == "dell" and a.bmc.tls_fingerprint == FPR
+    assert cfg.hosts[1].bmc is None and cfg.hosts[1].gpu == cfg.hosts[0].gpu
+    assert cfg.platform.kernel_args[:3] == ("nohibernate", "kvm_intel.tdx=1", "intel_iommu=on")
+    assert cfg.dcap.pccs_port == 8081 and cfg.dcap.qgs_port == 4050 and not cfg.dcap.use_secure_cert
+    with pytest.raises(Exception):
+        cfg.hosts[0].name = "x"  # type: ignore[misc]
+
+
+def test_every_error_is_reported_at_once_with_path_and_fix():
+    raw = good()
+    raw["hosts"][0]["ssh"]["privateKey"] = "-----BEGIN OPENSSH PRIVATE KEY-----"  # plain-text secret
+    del raw["hosts"][1]["ssh"]["hostKey"]  # missing pin
+    raw["hosts"][1]["name"] = "gpu-a"  # duplicate
+    raw["gpu"]["mode"] = "devtools"  # outside dev
+    raw["hosts"][0]["bmc"]["vendor"] = "hpe"  # unknown vendor
+    raw["hosts"][0]["bmc"]["endpoint"] = "https://bad host"  # malformed URL
+    raw["hosts"][0]["ssh"]["address"] = "300.1.2.3.4."  # malformed address
+    errs = errors_of(raw)
+    assert len(errs) == 7, errs
+    joined = "\n".join(errs)
+    assert "hosts[0].ssh.privateKey: given in plain text" in joined
+    assert "hosts[1].ssh.hostKey: required: the host key must be pinned" in joined
+    assert "hosts[1].name: duplicate host name `gpu-a` (also hosts[0])" in joined
+    assert "gpu.mode: `devtools`" in joined and "`staging`" in joined
+    assert "hosts[0].bmc.vendor: `hpe` is not one of dell, intel, lenovo, supermicro" in joined
+    assert "hosts[0].bmc.endpoint:" in joined
+    assert "hosts[0].ssh.address: `300.1.2.3.4.` is not a valid IP address or host name" in joined
+    assert all("; fix: " in e for e in errs)
+    # The plain-text secret itself never appears in a message.
+    assert "BEGIN OPENSSH" not in joined
+
+
+def test_unknown_keys_get_did_you_mean():
+    raw = good()
+    raw["hosts"][0]["ssh"]["hostkey"] = raw["hosts"][0]["ssh"].pop("hostKey")
+    raw["plattform"] = raw.pop("platform")
+    errs = "\n".join(errors_of(raw))
+    assert "hosts[0].ssh.hostkey: unknown key; fix: remove it or rename it (did you mean `hostKey`?)" in errs
+    assert "plattform: unknown key" in errs and "did you mean `platform`?" in errs
+
+
+@pytest.mark.parametrize(
+    "path,value,needle",
+    [
+        (("hosts", 0, "bmc", "password"), "hunter2", "hosts[0].bmc.password: given in plain text"),
+        (("hosts", 0, "bmc", "username"), "root", "hosts[0].bmc.username: given in plain text"),
+        (("dcap", "pccsApiKey"), "0123456789abcdef", "dcap.pccsApiKey: given in plain text"),
+    ],
+)
+def test_every_secret_must_be_encrypted(path, value, needle):
+    raw = good()
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    errs = errors_of(raw)
+    assert any(needle in e for e in errs), errs
+    assert all(value not in e for e in errs)
+
+
+def test_runtime_mode_uses_secret_paths():
+    raw = copy.deepcopy(good())
+    secrets = secret_paths_of(raw)
+    assert "hosts[0].ssh.privateKey" in secrets and "dcap.pccsApiKey" in secrets
+    decrypted = replace_encrypted(raw, "k")
+    cfg = parse_stack(decrypted, "staging", secret_paths=secrets)
+    assert cfg.hosts[0].ssh.private_key.value == "k"
+    errs = "\n".join(
+        str(e)
+        for e in pytest.raises(
+            ConfigErrors, parse_stack, decrypted, "staging", secret_paths=secrets - {"dcap.pccsApiKey"}
+        ).value.errors
+    )
+    assert "dcap.pccsApiKey: given in plain text" in errs
+
+
+def test_secure_cert_defaults_follow_where_pccs_runs():
+    raw = good()
+    assert parse_stack(raw, "prod").dcap.use_secure_cert is False  # per-host PCCS on loopback
+    raw["dcap"]["pccsUrl"] = "https://pccs.example.net:8081/sgx/certification/v4/"
+    assert parse_stack(raw, "prod").dcap.use_secure_cert is True
+    raw["dcap"]["useSecureCert"] = False
+    assert parse_stack(raw, "dev").dcap.use_secure_cert is False
+
+
+def test_devtools_is_allowed_in_dev_only():
+    raw = good()
+    raw["gpu"]["mode"] = "devtools"
+    assert parse_stack(raw, "dev").hosts[0].gpu.mode == "devtools"
+    raw["hosts"][1]["gpu"] = {"model": "h200-sxm", "mode": "devtools"}
+    errs = errors_of(raw, "prod")
+    assert any(e.startswith("hosts[1].gpu.mode:") for e in errs) and any(e.startswith("gpu.mode:") for e in errs)
+
+
+@pytest.mark.parametrize(
+    "mutate,needle",
+    [
+        (
+            lambda r: r["hosts"][0]["ssh"].__setitem__("hostKey", "ssh-ed25519 notbase64!!"),
+            "hostKey: the key data is not valid base64",
+        ),
+        (lambda r: r["hosts"][0]["ssh"].__setitem__("hostKey", "ssh-dss AAAA"), "hostKey: unknown key type `ssh-dss`"),
+        (
+            lambda r: r["hosts"][0]["ssh"].__setitem__("port", 70000),
+            "hosts[0].ssh.port: expected an integer in 1..65535",
+        ),
+        (lambda r: r["hosts"][0]["bmc"].__setitem__("endpoint", "http://192.0.2.110"), "scheme must be https"),
+        (
+            lambda r: r["hosts"][0]["bmc"].__setitem__("tlsFingerprint", "abc"),
+            "tlsFingerprint: expected a SHA-256 fingerprint",
+        ),
+        (lambda r: r["hosts"][0]["bmc"].pop("tlsFingerprint"), "hosts[0].bmc: the BMC's TLS certificate is not pinned"),
+        (
+            lambda r: r["hosts"][0]["bmc"].__setitem__("system", "1"),
+            "hosts[0].bmc.system: `1` is not a Redfish system path",
+        ),
+        (lambda r: r["gpu"].__setitem__("model", "h100-sxn"), "gpu.model: `h100-sxn` is not one of"),
+        (lambda r: r["gpu"].update(mode="ppcie", count=4), "gpu.count: PPCIe needs all 8 Hopper GPUs"),
+        (
+            lambda r: r["platform"].__setitem__("tdxModule", "9.9.9"),
+            "platform.tdxModule: `9.9.9` is not a pinned TDX module",
+        ),
+        (lambda r: r["platform"].__setitem__("extraKernelArgs", ["kvm_intel.tdx=0"]), "would turn TDX off"),
+        (lambda r: r["platform"].__setitem__("extraKernelArgs", ["a b"]), "is not a single kernel argument"),
+        (
+            lambda r: r["dcap"].__setitem__("registration", "manual"),
+            "dcap.registration: `manual` is not one of mpa, pckid, none",
+        ),
+        (
+            lambda r: r["dcap"].update(
+                useSecureCert=False, pccsUrl="https://pccs.example.net:8081/sgx/certification/v4/"
+            ),
+            "dcap.useSecureCert: TLS verification of the shared PCCS",
+        ),
+        (lambda r: r["dcap"].__setitem__("pccsUrl", "ftp://x"), "dcap.pccsUrl: scheme must be https"),
+        (lambda r: r["hosts"][0].__setitem__("name", "GPU_A"), "hosts[0].name: `GPU_A` is not a valid host name"),
+        (lambda r: r.__setitem__("hosts", []), "hosts: required: at least one host"),
+        (lambda r: r.pop("dcap"), "dcap: required"),
+        (lambda r: r.__setitem__("teeIo", "yes"), "teeIo: expected true or false"),
+        (lambda r: r.__setitem__("restoreOnDestroy", 1), "restoreOnDestroy: expected true or false"),
+    ],
+)
+def test_field_rules(mutate, needle):
+    raw = good()
+    mutate(raw)
+    errs = errors_of(raw)
+    assert any(needle in e for e in errs), errs
+
+
+def test_host_key_problem_accepts_real_keys():
+    assert host_key_problem(HOST_KEY) is None
+    assert "says `ssh-ed25519`" in host_key_problem(HOST_KEY.replace("ssh-ed25519", "ssh-rsa"))
+
+
+def test_read_stack_file_marks_secure_leaves(tmp_path):
+    f = tmp_path / "Pulumi.staging.yaml"
+    raw = replace_encrypted(good(), {"secure": "v1:abc"})
+    f.write_text(yaml.safe_dump({"config": {f"tdx-vllm:{k}": v for k, v in raw.items()}}))
+    assert read_stack_file(f)["dcap"]["pccsApiKey"] is ENCRYPTED
+    assert load_stack_file(f).stack == "staging"
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_shipped_stack_files_are_valid(stack):
+    load_stack_file(REPO / "stacks" / f"Pulumi.{stack}.yaml")
+
+
+def test_cli_exit_codes(tmp_path):
+    ok = subprocess.run(
+        [sys.executable, "-m", "components.config", "stacks/Pulumi.dev.yaml"], cwd=REPO, capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    bad = tmp_path / "Pulumi.prod.yaml"
+    # The dev example with its GPUs in devtools mode, used as prod: refused.
+    text = (REPO / "stacks" / "Pulumi.dev.yaml").read_text().replace('mode: "on"', "mode: devtools")
+    bad.write_text(text)
+    res = subprocess.run(
+        [sys.executable, "-m", "components.config", str(bad)], cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode == 1
+    assert "gpu.mode: `devtools`" in res.stderr and "fix:" in res.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# promotion (issue 3 item 4)
+
+
+def test_promotion_is_optional_and_parsed():
+    assert parse_stack(good(), "prod").promotion is None
+    for ref in ("organization/tdx-vllm/staging", "staging", "acme/tdx-vllm/stage-2"):
+        raw = good()
+        raw["promotion"] = {"fromStack": ref}
+        cfg = parse_stack(raw, "prod")
+        assert cfg.promotion is not None and cfg.promotion.from_stack == ref
+        with pytest.raises(Exception):
+            cfg.promotion.from_stack = "x"  # frozen
+
+
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ({"fromStack": "organization/staging"}, "promotion.fromStack: `organization/staging` is not a stack reference"),
+        ({"fromStack": "a/b/c/d"}, "promotion.fromStack: `a/b/c/d` is not a stack reference"),
+        (
+            {"fromStack": "organization/tdx vllm/staging"},
+            "is not a stack reference; fix: set `fromStack: organization/",
+        ),
+        ({"fromStack": ""}, "promotion.fromStack: expected a non-empty string"),
+        ({}, "promotion.fromStack: required; fix: set `fromStack: organization/tdx-vllm/staging`"),
+        (
+            {"fromStak": "staging"},
+            "promotion.fromStak: unknown key; fix: remove it or rename it (did you mean `fromStack`?)",
+        ),
+        ("staging", "promotion: expected a mapping, got a string"),
+        (
+            {"fromStack": "prod"},
+            "promotion.fromStack: `prod` is this stack (`prod`): a stack cannot promote from itself",
+        ),
+        ({"fromStack": "organization/tdx-vllm/prod"}, "a stack cannot promote from itself"),
+    ],
+)
+def test_promotion_rules(value, needle):
+    raw = good()
+    raw["promotion"] = value
+    errors = errors_of(raw, "prod")
+    assert any(needle in e for e in errors), errors
+
+
+def test_promotion_from_a_same_named_stack_of_another_project_is_allowed():
+    raw = good()
+    raw["promotion"] = {"fromStack": "organization/other-project/prod"}
+    assert parse_stack(raw, "prod").promotion.from_stack == "organization/other-project/prod"
+
+
+def test_promotion_errors_are_collected_with_the_others():
+    raw = good()
+    raw["promotion"] = {"fromStack": "a/b"}
+    raw["hosts"][0]["name"] = "Bad_Name"
+    errors = errors_of(raw, "prod")
+    assert any(e.startswith("promotion.fromStack:") for e in errors) and any(
+        e.startswith("hosts[0].name:") for e in errors
+    )
+
+
+def test_shipped_prod_stack_promotes_from_staging():
+    cfg = load_stack_file(REPO / "stacks" / "Pulumi.prod.yaml")
+    assert cfg.promotion is not None and cfg.promotion.from_stack == "organization/tdx-vllm/staging"
+
+
+# --- workload ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fw(tmp_path):
+    from tests.support.stacks import pinned_firmware_dir
+
+    return pinned_firmware_dir(tmp_path)
+
+
+def workload_errors(raw: dict, fw: Path, stack: str = "staging") -> list[str]:
+    with pytest.raises(ConfigErrors) as info:
+        parse_stack(raw, stack, firmware_dir=fw)
+    return [str(e) for e in info.value.errors]
+
+
+def test_without_workload_nothing_changes():
+    assert parse_stack(good(), "staging").workload is None
+
+
+def test_workload_parses_into_typed_values(fw):
+    raw = good()
+    raw["workload"] = workload()
+    cfg = parse_stack(raw, "staging", firmware_dir=fw)
+    wl = cfg.workload
+    assert wl is not None and wl.target == "host" and wl.image == WL_IMAGE
+    assert wl.model_files == (("config.json", "bb" * 32), ("model.safetensors", "aa" * 32))
+    assert wl.vllm_args == ("--max-model-len", "4096")  # numbers become strings
+    assert wl.gateway_port == 8443 and wl.known_answer.expect == " Paris"
+    assert wl.td.vcpus == 16 and wl.td.memory_mib == 65536 and wl.td.ready_timeout_s == 3600
+    assert wl.td.artifact_source == "https://artifacts.example.net/td"
+    assert wl.boot_manifest == fw / "td" / "ovmf-debian-trixie.yaml"
+    assert cfg.tensor_parallel_size == 1
+    m = wl.manifest(cfg.tensor_parallel_size)
+    assert m.image == WL_IMAGE and m.tensor_parallel_size == 1 and m.vllm_args == ("--max-model-len", "4096")
+
+
+def test_workload_vm_shape_defaults_to_the_boot_manifest(fw):
+    raw = good()
+    raw["workload"] = workload()
+    del raw["workload"]["td"]["vcpus"], raw["workload"]["td"]["memoryMiB"]
+    wl = parse_stack(raw, "staging", firmware_dir=fw).workload
+    assert (wl.td.vcpus, wl.td.memory_mib) == (16, 65536)
+
+
+def test_workload_vm_shape_must_equal_the_boot_manifest(fw):
+    raw = good()
+    raw["workload"] = workload()
+    raw["workload"]["td"].update(vcpus=8, memoryMiB=32768)
+    errors = workload_errors(raw, fw)
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("workload.td.vcpus: 8 differs from `vm.vcpus: 16` in the TD boot manifest")
+    assert "ovmf-debian-trixie.yaml" in errors[0] and "fix: set 16" in errors[0]
+    assert errors[1].startswith("workload.td.memoryMiB: 32768 differs from `vm.memoryMiB: 65536`")
+
+
+def test_workload_refuses_a_boot_manifest_that_cannot_launch(tmp_path):
+    fw = tmp_path / "fw"
+    shutil.copytree(REPO / "firmware", fw)
+    path = fw / "td" / "ovmf-debian-trixie.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["kernel"] = {"file": None, "reason": "guest image build not pinned yet"}
+    path.write_text(yaml.safe_dump(data))
+    raw = good()
+    raw["workload"] = workload()
+    with pytest.raises(ConfigErrors) as info:
+        parse_stack(raw, "staging", firmware_dir=fw)
+    errors = [str(e) for e in info.value.errors]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"workload: the TD boot manifest {path} cannot launch a TD yet")
+    assert "kernel: guest image build not pinned yet" in errors[0] and "fix: pin the guest kernel" in errors[0]
+
+
+def test_dev_launches_the_dev_image_and_every_other_stack_the_prod_one():
+    raw = good()
+    raw["workload"] = workload()
+    assert parse_stack(raw, "staging").workload.boot_manifest == REPO / "firmware" / "td" / "ovmf-debian-trixie.yaml"
+    assert parse_stack(raw, "prod").workload.boot_manifest == REPO / "firmware" / "td" / "ovmf-debian-trixie.yaml"
+    assert parse_stack(raw, "dev").workload.boot_manifest == REPO / "firmware" / "td" / "ovmf-debian-trixie-dev.yaml"
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (
+            lambda w: w.update(image="docker.io/vllm/vllm-openai:v0.11.0"),
+            "workload.image: `docker.io/vllm/vllm-openai:v0.11.0` is not an image reference by digest; fix: pin the image by digest",
+        ),
+        (lambda w: w["model"].update(revision="main"), "workload.model.revision: `main` is not a commit id"),
+        (lambda w: w["model"].update(id="not a model"), "workload.model.id: `not a model` is not a model id"),
+        (lambda w: w["model"].update(files={}), "workload.model.files: expected a non-empty mapping"),
+        (
+            lambda w: w["model"]["files"].update({"../etc/passwd": "aa" * 32}),
+            "is not a relative path inside the model directory",
+        ),
+        (lambda w: w["model"]["files"].update({"x.bin": "md5:abc"}), "workload.model.files.x.bin: expected a sha256"),
+        (lambda w: w.update(modelSource="ftp://mirror"), "workload.modelSource: scheme must be https or http"),
+        (
+            lambda w: w.update(vllmArgs=["--tensor-parallel-size", "2"]),
+            "workload.vllmArgs[0]: refused: `--tensor-parallel-size` is set by the deployment",
+        ),
+        (
+            lambda w: w.update(vllmArgs=["--host=0.0.0.0"]),
+            "workload.vllmArgs[0]: refused: `--host` is set by the deployment",
+        ),
+        (lambda w: w.update(vllmArgs=["--kv-offloading-size=8"]), "cudaHostRegister"),
+        (lambda w: w.update(vllmArgs="--max-model-len 4096"), "workload.vllmArgs: expected a list"),
+        (lambda w: w["gateway"].update(port=0), "workload.gateway.port: expected an integer in 1..65535"),
+        (
+            lambda w: w.pop("knownAnswer"),
+            "workload.knownAnswer: required; fix: add `knownAnswer: {prompt: ..., expect: ...}`",
+        ),
+        (lambda w: w["knownAnswer"].pop("expect"), "workload.knownAnswer.expect: required"),
+        (lambda w: w["knownAnswer"].update(expect="  "), "workload.knownAnswer.expect: expected a non-empty string"),
+        (lambda w: w["td"].pop("artifactSource"), "workload.td.artifactSource: required"),
+        (
+            lambda w: w["td"].update(artifactSource="artifacts/td"),
+            "workload.td.artifactSource: scheme must be https or http",
+        ),
+        (
+            lambda w: w["td"].update(readyTimeoutSeconds=5),
+            "workload.td.readyTimeoutSeconds: expected an integer in 60..86400",
+        ),
+        (lambda w: w.update(target="k8s"), "workload.target: `k8s` is not one of host, kubernetes"),
+        (lambda w: w.update(target="kubernetes"), "workload.kubernetes: required for `target: kubernetes`"),
+        (lambda w: w.update(kubernetes={"namespace": "x"}), "workload.kubernetes: only used with `target: kubernetes`"),
+        (
+            lambda w: w.update(modelSorce="x"),
+            "workload.modelSorce: unknown key; fix: remove it or rename it (did you mean `modelSource`?)",
+        ),
+    ],
+)
+def test_workload_rules(fw, change, needle):
+    raw = good()
+    raw["workload"] = workload()
+    change(raw["workload"])
+    errors = workload_errors(raw, fw)
+    assert any(needle in e for e in errors), errors
+
+
+def test_workload_accepts_a_directory_on_the_host_as_artifact_source(fw):
+    raw = good()
+    raw["workload"] = workload()
+    raw["workload"]["td"]["artifactSource"] = "/srv/tdx-artifacts/"
+    assert parse_stack(raw, "staging", firmware_dir=fw).workload.td.artifact_source == "/srv/tdx-artifacts"
+
+
+def test_workload_hosts_need_the_same_gpu_count_and_single_gpu_cc_mode(fw):
+    raw = good()
+    raw["workload"] = workload()
+    raw["hosts"][1]["gpu"] = {"model": "h100-sxm", "count": 2}
+    errors = workload_errors(raw, fw)
+    assert any(
+        e.startswith("hosts: hosts with a workload must have the same GPU count")
+        and "`gpu-a` has 1" in e
+        and "`gpu-b` has 2" in e
+        for e in errors
+    ), errors
+    raw["hosts"][1]["gpu"] = {"model": "h100-sxm", "count": 8, "mode": "ppcie"}
+    errors = workload_errors(raw, fw)
+    assert any(e.startswith("hosts[1].gpu.mode: a workload with `ppcie`") and "not yet supported" in e for e in errors)
+
+
+def test_workload_hosts_without_gpus_are_refused(fw):
+    raw = good()
+    del raw["gpu"]
+    raw["hosts"][0]["gpu"] = {"model": "h100-sxm", "count": 1}
+    raw["workload"] = workload()
+    errors = workload_errors(raw, fw)
+    assert errors == [
+        "hosts[1].gpu: host `gpu-b` has no GPUs but `workload` is set; fix: give the host a `gpu:` "
+        "block (or the stack a default `gpu:`), or remove it from this stack"
+    ]
+
+
+def test_workload_errors_are_reported_with_the_others(fw):
+    raw = good()
+    raw["workload"] = workload()
+    raw["workload"]["image"] = "vllm:latest"
+    raw["workload"]["td"]["vcpus"] = 4
+    raw["hosts"][0]["name"] = "Bad_Name"
+    errors = workload_errors(raw, fw)
+    assert [e.split(":")[0] for e in errors] == ["hosts[0].name", "workload.image", "workload.td.vcpus"]
+
+
+def test_shipped_stacks_still_validate_with_the_commented_workload_example():
+    for stack in ("dev", "staging", "prod"):
+        assert load_stack_file(REPO / "stacks" / f"Pulumi.{stack}.yaml").workload is None
+
+
+def test_the_commented_workload_example_in_the_dev_stack_validates(fw):
+    lines = (REPO / "stacks" / "Pulumi.dev.yaml").read_text().splitlines()
+    start = lines.index("  # tdx-vllm:workload:")
+    block = []
+    for ln in lines[start + 1 :]:
+        if not ln.startswith("  #   "):
+            break
+        block.append(ln[len("  #   ") :])
+    text = "\n".join(block).replace("<64 hex>", "ab" * 32).replace("<40-hex commit id>", WL_REV)
+    example = yaml.safe_load(text)
+    raw = good()
+    raw["workload"] = example
+    wl = parse_stack(raw, "staging", firmware_dir=fw).workload
+    assert wl is not None and wl.vllm_args == ("--max-model-len", "4096") and wl.td.ready_timeout_s == 3600

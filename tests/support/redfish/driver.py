@@ -1,0 +1,202 @@
+"""sushy-emulator with a BIOS that behaves like a TDX server's, run as a subprocess by emulator.py.
+
+Stock `--fake` has no BIOS at all, and the libvirt variant applies BIOS changes at once. Real
+boards differ in three ways that the BIOS code under test has to handle, and this driver reproduces them:
+
+* a PATCH to the Settings object stays pending until the next power-on (GET Settings shows it, GET
+  Bios does not);
+* attributes can be hidden until earlier settings are active (the TDX options appear only once
+  TME-MT is on), and PATCHing a hidden or unknown attribute is a 400;
+* the BIOS attribute registry is the vendor's (display names, read-only flags, allowed values).
+
+Power transitions take a fixed, short delay instead of stock's random 1-11 s, so tests stay fast.
+Every request (method, path; the body only for BIOS PATCHes and reset actions, never for anything
+that could carry credentials) and every driver event is appended as a JSON line to the event log,
+so tests can assert "no PATCH, no reset".
+
+Usage: python driver.py --fake --config CONFIG.py -i 127.0.0.1 -p PORT
+Extra config keys: TDXGPU_BIOS_REGISTRY (path to a registry JSON, or None for "no registry"),
+TDXGPU_EVENT_LOG (path), TDXGPU_POWER_DELAY_S (float). Per fake system: bios, bios_hidden,
+bios_reveal_when, bios_version.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import flask
+from sushy_tools import error
+from sushy_tools.emulator import api_utils
+from sushy_tools.emulator import main as emulator
+from sushy_tools.emulator.resources.systems import fakedriver
+
+_LOG_LOCK = threading.Lock()
+
+
+def record(event: dict[str, Any]) -> None:
+    path = emulator.app.config.get("TDXGPU_EVENT_LOG")
+    if not path:
+        return
+    line = json.dumps({"t": time.time(), **event}, sort_keys=True)
+    with _LOG_LOCK, open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+def load_registry() -> dict[str, Any] | None:
+    path = emulator.app.config.get("TDXGPU_BIOS_REGISTRY")
+    if not path:
+        return None
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def registry_entry(name: str) -> dict[str, Any] | None:
+    registry = load_registry()
+    if registry is None:
+        return None
+    for entry in registry.get("RegistryEntries", {}).get("Attributes", []):
+        if entry.get("AttributeName") == name:
+            return entry
+    return None
+
+
+class PendingBiosDriver(fakedriver.FakeDriver):
+    """FakeDriver whose BIOS changes wait for a power-on, like a real board's."""
+
+    def _power_delay(self) -> float:
+        return float(self._config.get("TDXGPU_POWER_DELAY_S", 0.2))
+
+    def get_bios(self, identity: str) -> dict[str, Any]:
+        return dict(self._get(identity).get("bios") or {})
+
+    def get_pending_bios(self, identity: str) -> dict[str, Any]:
+        return dict(self._get(identity).get("bios_pending") or {})
+
+    def get_versions(self, identity: str) -> dict[str, Any]:
+        return {"BiosVersion": self._get(identity).get("bios_version", "1.0.0")}
+
+    def set_bios(self, identity: str, attributes: dict[str, Any]) -> None:
+        system = self._get(identity)
+        visible = system.get("bios") or {}
+        for name, value in attributes.items():
+            _validate_write(name, value, visible)
+        pending = dict(system.get("bios_pending") or {})
+        pending.update(attributes)
+        self._update(system, bios_pending=pending)
+        record({"kind": "bios_pending", "attributes": attributes})
+
+    def reset_bios(self, identity: str) -> None:
+        system = self._get(identity)
+        self._update(system, bios=dict(system.get("bios_defaults") or system.get("bios") or {}), bios_pending={})
+
+    def set_power_state(self, identity: str, state: str) -> None:
+        system = self._get(identity)
+        if state in ("On", "ForceOn"):
+            target = "On"
+        elif state in ("ForceOff", "GracefulShutdown"):
+            target = "Off"
+        elif state in ("ForceRestart", "GracefulRestart", "PowerCycle"):
+            # The board goes down at once and comes back after the delay.
+            system["power_state"] = "Off"
+            target = "On"
+        else:
+            raise error.NotSupportedError(f"Power state {state} is not supported")
+        record({"kind": "power_request", "state": state})
+        if system["power_state"] != target:
+            self._update(system, pending_power={"power_state": target, "apply_time": time.time() + self._power_delay()})
+
+    def _update_if_needed(self, system: dict[str, Any]) -> dict[str, Any]:
+        pending = system.get("pending_power")
+        if pending and time.time() >= pending["apply_time"]:
+            changes: dict[str, Any] = {"power_state": pending["power_state"], "pending_power": None}
+            if pending["power_state"] == "On":
+                changes.update(_boot(system))
+            self._update(system, **changes)
+            record({"kind": "power", "state": pending["power_state"]})
+        return system
+
+
+def _validate_write(name: str, value: Any, visible: dict[str, Any]) -> None:
+    if name not in visible:
+        raise error.BadRequest(f"The property {name} is not in the list of valid properties for the resource.")
+    entry = registry_entry(name)
+    if entry is None:
+        return
+    if entry.get("ReadOnly"):
+        raise error.BadRequest(f"The property {name} is a read only property and cannot be assigned a value.")
+    allowed = [v.get("ValueName") for v in entry.get("Value") or []]
+    if allowed and value not in allowed:
+        raise error.BadRequest(f"The value {value!r} for the property {name} is not in the list of acceptable values.")
+
+
+def _boot(system: dict[str, Any]) -> dict[str, Any]:
+    """POST: pending settings become current, then options gated on them appear."""
+    bios = dict(system.get("bios") or {})
+    pending = dict(system.get("bios_pending") or {})
+    bios.update(pending)
+    hidden = dict(system.get("bios_hidden") or {})
+    gate = system.get("bios_reveal_when") or {}
+    if hidden and all(bios.get(k) == v for k, v in gate.items()):
+        bios.update({k: v for k, v in hidden.items() if k not in bios})
+        hidden = {}
+    if pending:
+        record({"kind": "bios_applied", "attributes": pending})
+    return {"bios": bios, "bios_pending": {}, "bios_hidden": hidden}
+
+
+@api_utils.ensure_instance_access
+@api_utils.returns_json
+def bios_settings(identity: str) -> Any:
+    if flask.request.method == "GET":
+        merged = emulator.app.systems.get_bios(identity)
+        merged.update(emulator.app.systems.get_pending_bios(identity))
+        return emulator.app.render_template(
+            "bios_settings.json",
+            identity=identity,
+            bios_pending_attributes=json.dumps(merged, sort_keys=True, indent=6),
+        )
+    attributes = (flask.request.json or {}).get("Attributes")
+    if not isinstance(attributes, dict) or not attributes:
+        raise error.BadRequest("PATCH body needs a non-empty Attributes object")
+    emulator.app.systems.set_bios(identity, attributes)
+    return "", 204
+
+
+@api_utils.returns_json
+def bios_registry() -> Any:
+    registry = load_registry()
+    if registry is None:
+        raise error.NotFound("No BIOS attribute registry on this BMC")
+    return json.dumps(registry)
+
+
+def log_request() -> None:
+    request = flask.request
+    event: dict[str, Any] = {"kind": "request", "method": request.method, "path": request.path}
+    # Only bodies that cannot carry credentials (the session POST would).
+    if request.method == "PATCH" and request.path.endswith("/BIOS/Settings"):
+        event["body"] = request.get_json(silent=True)
+    if request.method == "POST" and request.path.endswith("/Actions/ComputerSystem.Reset"):
+        event["body"] = request.get_json(silent=True)
+    record(event)
+
+
+def install() -> None:
+    fakedriver.FakeDriver = PendingBiosDriver  # main.Application.systems looks the class up at call time
+    emulator.app.view_functions["bios_settings"] = bios_settings
+    emulator.app.view_functions["bios_registry"] = bios_registry
+    emulator.app.before_request(log_request)
+
+
+def main() -> None:
+    install()
+    sys.argv = ["sushy-emulator", *sys.argv[1:]]
+    emulator.main()
+
+
+if __name__ == "__main__":
+    main()

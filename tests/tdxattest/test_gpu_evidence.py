@@ -1,0 +1,115 @@
+"""NVIDIA Hopper evidence in tests/fixtures/gpu-evidence: two valid reports verify to the NVIDIA
+device root, three broken chains are refused with named failures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tdxattest.core.gpu_evidence import GpuEvidenceError, parse_gpu_report, verify_gpu_chain, verify_gpu_evidence
+
+from tests.support.nvml_standin import FIXTURE_NONCE as NONCE1
+from tests.support.nvml_standin import GPU_FIXTURES as GPU
+
+
+def rd(name: str) -> bytes:
+    return (GPU / name).read_bytes()
+
+
+ROOT = "nvidia_device_root.pem"
+NONCE2 = bytes.fromhex("87d8e24ab336adafe228d49e83d745f6dba4ae505372b6a5704820856b343fec")
+FWID1 = "f5c384aebb579217a2c66b17ed0f28e6a9b8d639041acd7b4721cec004f7275494ba94bb5cdfdb3055ee051762b1f75d"
+
+
+def test_report1_verifies_and_matches_trustee_claims() -> None:
+    ev = verify_gpu_evidence(
+        rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), rd(ROOT), expected_nonce=NONCE1
+    )
+    claims = json.loads(rd("hopperAttestationReport-claims.txt"))
+    assert ev.report.nonce == NONCE1 and ev.fwid.hex() == FWID1 == claims["config"]["fwid"]
+    assert {str(k): v for k, v in ev.report.measurement_dict().items()} == claims["measurements"]
+    assert len(ev.report.measurements) == 64 and ev.report.trailing == 0
+    d = ev.as_dict()
+    assert d["nonce"] == NONCE1.hex() and len(d["measurements"]) == 64
+
+
+def test_coco_report_with_trailing_byte_verifies() -> None:
+    ev = verify_gpu_evidence(
+        rd("hopper_coco_report1.txt"), rd("hopper_coco_certs1.txt"), rd(ROOT), expected_nonce=NONCE2
+    )
+    assert ev.report.trailing == 1 and ev.report.nonce == NONCE2
+
+
+@pytest.mark.parametrize(
+    "chain,check",
+    [
+        ("hopper_cert_chain_case2.txt", "gpu.chain_too_short"),  # root only
+        ("hopper_cert_chain_case3.txt", "gpu.chain_invalid"),  # intermediate missing
+        ("hopper_cert_chain_case4.txt", "gpu.leaf_missing_fwid"),  # signing leaf missing
+    ],
+)
+def test_broken_chains_are_refused(chain: str, check: str) -> None:
+    with pytest.raises(GpuEvidenceError) as err:
+        verify_gpu_evidence(rd("hopperAttestationReport.txt"), rd(chain), rd(ROOT))
+    assert err.value.check == check
+
+
+def test_wrong_nonce_wrong_chain_and_tampered_report() -> None:
+    with pytest.raises(GpuEvidenceError) as err:
+        verify_gpu_evidence(
+            rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), rd(ROOT), expected_nonce=NONCE2
+        )
+    assert err.value.check == "gpu.nonce_mismatch"
+    # The other device's (valid) chain does not sign this report.
+    with pytest.raises(GpuEvidenceError) as err:
+        verify_gpu_evidence(rd("hopperAttestationReport.txt"), rd("hopper_coco_certs1.txt"), rd(ROOT))
+    assert err.value.check == "gpu.signature_invalid"
+    raw = bytearray(bytes.fromhex(rd("hopperAttestationReport.txt").decode().strip()))
+    raw[200] ^= 1  # inside the measurement record
+    with pytest.raises(GpuEvidenceError) as err:
+        verify_gpu_evidence(bytes(raw), rd("hopper_cert_chain_case1.txt"), rd(ROOT))
+    assert err.value.check == "gpu.signature_invalid"
+    with pytest.raises(GpuEvidenceError) as err:
+        parse_gpu_report(bytes(raw[:500]))
+    assert err.value.check == "gpu.report_malformed"
+
+
+def test_chain_must_end_at_pinned_root() -> None:
+    with pytest.raises(GpuEvidenceError) as err:
+        verify_gpu_chain(rd("hopper_cert_chain_case1.txt"), rd("hopper_signing_cert.pem"))
+    assert err.value.check == "gpu.untrusted_root"
+    certs = verify_gpu_chain(rd("hopper_cert_chain_case1.txt"), rd(ROOT))
+    assert len(certs) == 5
+    with pytest.raises(GpuEvidenceError) as err:  # 1970: before every notBefore
+        verify_gpu_chain(rd("hopper_cert_chain_case1.txt"), rd(ROOT), now=0)
+    assert err.value.check == "gpu.chain_invalid"
+
+
+def test_the_pinned_root_fingerprint_is_the_fixture_root() -> None:
+    # With no root given, the chain's own last certificate is the root if its DER SHA-256 is the pin.
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from tdxattest.core.gpu_evidence import NVIDIA_DEVICE_ROOT_SHA256
+
+    der = x509.load_pem_x509_certificate(rd(ROOT)).public_bytes(Encoding.DER)
+    assert hashlib.sha256(der).hexdigest() == NVIDIA_DEVICE_ROOT_SHA256
+    ev = verify_gpu_evidence(
+        rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt"), None, expected_nonce=NONCE1
+    )
+    assert ev.fwid.hex() == FWID1
+
+
+def test_a_chain_ending_elsewhere_is_refused_without_a_root_file() -> None:
+    # chain case 1 without its root: it ends at an intermediate
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    certs = x509.load_pem_x509_certificates(rd("hopper_cert_chain_case1.txt"))[:-1]
+    pem = b"".join(c.public_bytes(Encoding.PEM) for c in certs)
+    with pytest.raises(GpuEvidenceError) as err:
+        verify_gpu_evidence(rd("hopperAttestationReport.txt"), pem, None)
+    assert err.value.check == "gpu.untrusted_root"
+    assert "NVIDIA Device Identity CA (DER SHA-256 102bf659" in err.value.expected
+    assert "(DER SHA-256 " in err.value.seen and "102bf659" not in err.value.seen
