@@ -38,7 +38,7 @@ from .server import (
     wait_http,
 )
 from .system import Refused, System
-from .tdx import SoftwareRtmr3, SysfsRtmr3, detect_tdx, measure_workload
+from .tdx import Rtmr3, SoftwareRtmr3, SysfsRtmr3, detect_tdx, measure_workload
 
 EVENT_LOG = "rtmr3-events.jsonl"
 GATEWAY_START_TIMEOUT_S = 60.0
@@ -149,8 +149,9 @@ class Agent:
 
         check_image_stack(cfg.stack, self.system)
         facts = detect_tdx(self.system)
-        if facts.present:
-            register = SysfsRtmr3(facts.rtmr3)  # type: ignore[arg-type]
+        register: Rtmr3
+        if facts.present and facts.rtmr3 is not None:
+            register = SysfsRtmr3(facts.rtmr3)
             self.quote_source = "tsm"
         elif not cfg.dev:
             raise Refused(

@@ -1,49 +1,29 @@
-"""The known-answer check: one greedy completion through the gateway, which must begin with the
-expected text.
-
-Under CC, vLLM has produced fluent-looking garbage while every health check passed (vllm #57224);
-a fixed prompt with greedy decoding and a known answer is the check that catches it, and going
-through the gateway checks the whole path a client will use. The legacy completions endpoint
-works for every model (a chat template is not needed), and "begins with" lets `expect` be the
-answer's first words without knowing how many tokens the model adds after them: with
-`prompt: "The capital of France is"`, `expect: " Paris"` passes on " Paris. It is ...". The
-Kubernetes target's readiness probe applies the same rule (components/kubernetes_workload.py).
-"""
+"""The known-answer check through the gateway, before the agent reports ready (the rule and its
+reasons: guest_agent/pod/known_answer.py, which the Kubernetes target runs as its readiness probe).
+The legacy completions endpoint works for every model (a chat template is not needed)."""
 
 from __future__ import annotations
 
 import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 from .config import KnownAnswer
+from .pod import known_answer
 from .server import insecure_loopback_tls, loopback_open
 from .system import Refused
 
 
-def request_body(known: KnownAnswer, model: str) -> dict:
-    return {
-        "model": model,
-        "prompt": known.prompt,
-        "temperature": 0,
-        "top_p": 1,
-        "seed": 0,
-        "max_tokens": known.max_tokens,
-        "stream": False,
-    }
+def request_body(known: KnownAnswer, model: str) -> dict[str, Any]:
+    return known_answer.request_body(known.prompt, known.max_tokens, model)
 
 
 def compare(known: KnownAnswer, seen: str) -> None:
     """Pure: `seen` begins with the expected answer, or a refusal that shows where they part."""
-    if seen.startswith(known.expect):
-        return
-    at = next((i for i, (a, b) in enumerate(zip(seen, known.expect)) if a != b), min(len(seen), len(known.expect)))
-    raise Refused(
-        "known-answer",
-        f"the answer {known.expect!r} to {known.prompt!r}, seen {seen[:200]!r} "
-        f"(first difference at character {at}); the model or the GPU path is broken "
-        "(vLLM under CC: check VLLM_USE_V2_MODEL_RUNNER=0), or the expectation is stale",
-    )
+    problem = known_answer.mismatch(known.prompt, known.expect, seen)
+    if problem is not None:
+        raise Refused("known-answer", problem)
 
 
 def check_known_answer(gateway_url: str, known: KnownAnswer, model: str) -> str:

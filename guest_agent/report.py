@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import REPORT_PREFIX
 from .system import System
@@ -35,7 +35,7 @@ class Report:
     manifest_sha384: str | None = None  # the workload manifest measured into RTMR3 (the host compares it)
 
     def as_dict(self) -> dict:
-        out = {
+        out: dict[str, Any] = {
             "state": self.state,
             "stack": self.stack,
             "rtmr3": self.rtmr3,

@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -33,6 +33,7 @@ from components.config.model import (
     BmcConfig,
     DcapConfig,
     GpuConfig,
+    GpuMode,
     HostConfig,
     PlatformConfig,
     PromotionConfig,
@@ -296,13 +297,13 @@ def _bmc(r: Reader, value: Any, path: str, vendors: tuple[str, ...]) -> BmcConfi
             f"`{system}` is not a Redfish system path",
             "use the full path, e.g. /redfish/v1/Systems/System.Embedded.1 (a bare id is not accepted)",
         )
-    if len(r.errors) > before:
+    if len(r.errors) > before or endpoint is None or vendor is None or username is None or password is None:
         return None
     return BmcConfig(
         endpoint=endpoint,
         vendor=vendor,
         username=username,
-        password=password,  # type: ignore[arg-type]
+        password=password,
         tls_fingerprint=fingerprint,
         ca_file=ca_file,
         system=system,
@@ -328,7 +329,7 @@ def _gpu(r: Reader, value: Any, path: str, models: tuple[str, ...]) -> GpuConfig
         )
     if model is None or mode is None:
         return None
-    return GpuConfig(model=model, count=count, mode=mode)  # type: ignore[arg-type]
+    return GpuConfig(model=model, count=count, mode=cast(GpuMode, mode))  # choice() checked it is a GpuMode
 
 
 def _platform(r: Reader, value: Any, path: str, firmware_dir: Path) -> PlatformConfig | None:

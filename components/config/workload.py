@@ -171,17 +171,20 @@ def parse_workload(
 
     if len(r.errors) > before or boot is None or td is None:
         return None
+    # No error recorded, so every required value was read (the checks say None only with an error).
+    if image is None or model_id is None or revision is None or source is None or prompt is None or expect is None:
+        return None
     wl = WorkloadConfig(
         target=str(target),
         image=image,
         model_id=model_id,
-        model_revision=revision,  # type: ignore[arg-type]
+        model_revision=revision,
         model_files=files,
         model_source=source,
         vllm_args=args,
-        gateway_port=gateway_port,  # type: ignore[arg-type]
+        gateway_port=gateway_port,
         known_answer=KnownAnswer(prompt=prompt, expect=expect),
-        td=td,  # type: ignore[arg-type]
+        td=td,
         boot=boot,
     )
     try:
@@ -305,7 +308,7 @@ def _td_shape(r: Reader, value: Any, path: str, boot: BootManifest | None) -> Td
     shape = {}
     for key, lo, hi in (("vcpus", 1, 512), ("memoryMiB", 1024, 4 * 1024 * 1024)):
         shape[key] = r.integer(m.get(key), join(path, key), want.get(key, lo), lo, hi)
-        if m.get(key) is not None and want and shape[key] != want[key]:
+        if m.get(key) is not None and boot is not None and shape[key] != want[key]:
             r.error(
                 join(path, key),
                 f"{shape[key]} differs from `vm.{key}: {want[key]}` in the TD boot manifest "

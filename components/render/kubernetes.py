@@ -26,6 +26,7 @@ What binds the workload to the TD (details and sources in docs/kubernetes.md):
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import json
@@ -39,6 +40,7 @@ from tdxattest.core.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_dig
 
 from components.config.model import GATEWAY_PORT, KnownAnswer, KubernetesTarget, WorkloadConfig
 from components.config.reader import ConfigError, join
+from guest_agent.pod import known_answer, model_fetch
 
 # --------------------------------------------------------------------------------------------
 # Constants (sources in docs/kubernetes.md)
@@ -59,8 +61,9 @@ RTMR3_REASON = (
 )
 
 VLLM_PORT = 8000
+POD_PROGRAMS = Path(model_fetch.__file__).parent
 MODEL_DIR = "/models/model"
-DEFAULT_MODEL_URL = "https://huggingface.co/{id}/resolve/{revision}/{path}"
+DEFAULT_MODEL_SOURCE = "https://huggingface.co/{id}/resolve/{revision}"
 
 
 class KubernetesWorkloadError(ValueError):
@@ -73,10 +76,11 @@ class KubernetesWorkloadError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where the in-TD fetcher downloads each manifest file; placeholders {id}, {revision}, {path}.
-    Only integrity matters (every file is checked against its pinned SHA-256 inside the TD)."""
+    """Where the in-TD fetcher downloads each manifest file: `<base>/<path>`, {id} and {revision}
+    expanded in `base` (the host target's `modelSource` rule, guest_agent/pod/model_fetch.py). Only
+    integrity matters: every file is checked against its pinned SHA-256 inside the TD."""
 
-    url_template: str = DEFAULT_MODEL_URL
+    base: str = DEFAULT_MODEL_SOURCE
 
 
 @dataclass(frozen=True)
@@ -169,67 +173,39 @@ def mrconfigid(toml_text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# In-pod scripts (Python standard library only: they run in the gateway image)
+# The in-pod programs: whole files of the guest agent's, standard library only (they run in the
+# gateway image), passed as `python3 -c <text>` (guest_agent/pod/).
 
-# Downloads every manifest file into the memory-backed (TD-private) model volume and checks its
-# SHA-256 there; any mismatch fails the init container, so vLLM never starts on unverified bytes.
-MODEL_FETCH_SCRIPT = r"""
-import hashlib, json, os, sys, urllib.parse, urllib.request
-template, model_id, revision, root = sys.argv[1:5]
-files = json.loads(os.environ["TDX_VLLM_MODEL_FILES"])
-def digest(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-for rel, want in sorted(files.items()):
-    dest = os.path.join(root, rel)
-    if os.path.exists(dest) and digest(dest) == want:
-        continue
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    url = template.format(id=model_id, revision=revision, path=urllib.parse.quote(rel))
-    h, tmp = hashlib.sha256(), dest + ".part"
-    with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-        for block in iter(lambda: resp.read(1 << 20), b""):
-            h.update(block)
-            out.write(block)
-    if h.hexdigest() != want:
-        os.unlink(tmp)
-        sys.exit(f"model file {rel}: sha256 {h.hexdigest()} != pinned {want} (from {url})")
-    os.replace(tmp, dest)
-    print(json.dumps({"verified": rel, "sha256": want}), flush=True)
-print(json.dumps({"model": model_id, "revision": revision, "files": len(files)}), flush=True)
-""".strip()
 
-# Readiness: the gateway must produce a quote (a fresh nonce) and answer the known-answer prompt
-# (greedy, the guest agent's own request: guest_agent.knownanswer.request_body) through itself to
-# vLLM. TLS is not verified: this runs inside the pod (the TD) against the gateway's own loopback
-# port, whose certificate is a fresh self-signed one.
-KNOWN_ANSWER_SCRIPT = r"""
-import json, os, ssl, sys, urllib.request
-url, expect, body = sys.argv[1], sys.argv[2], sys.argv[3].encode()
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-with urllib.request.urlopen(f"{url}/.well-known/tdx-attestation?nonce={os.urandom(32).hex()}", timeout=20, context=ctx) as r:
-    if not json.load(r).get("quote"):
-        sys.exit("gateway returned no quote")
-req = urllib.request.Request(f"{url}/v1/completions", data=body, headers={"content-type": "application/json"})
-with urllib.request.urlopen(req, timeout=50, context=ctx) as r:
-    text = json.load(r)["choices"][0]["text"]
-if not text.startswith(expect):
-    sys.exit(f"known-answer check failed: {text!r} does not begin with {expect!r}")
-""".strip()
+@functools.cache
+def pod_program(name: str) -> str:
+    """The text of guest_agent/pod/<name>.py."""
+    return (POD_PROGRAMS / f"{name}.py").read_text()
+
+
+def model_fetch_command(args: KubernetesWorkloadArgs) -> list[str]:
+    """The init container: every manifest file into the memory-backed (TD-private) model volume,
+    each checked against its SHA-256 there; a mismatch fails it, so vLLM never starts on
+    unverified bytes."""
+    m = args.manifest
+    return [
+        "python3",
+        "-c",
+        pod_program("model_fetch"),
+        args.model_source.base,
+        m.model_id,
+        m.model_revision,
+        MODEL_DIR,
+    ]
 
 
 def known_answer_command(
     model_id: str, check: KnownAnswer, url: str = f"https://127.0.0.1:{GATEWAY_PORT}"
 ) -> list[str]:
-    from guest_agent.knownanswer import request_body
-
-    body = json.dumps(request_body(check, model_id), sort_keys=True)  # type: ignore[arg-type]  # same fields
-    return ["python3", "-c", KNOWN_ANSWER_SCRIPT, url, check.expect, body]
+    """The readiness probe: a quote from the gateway (a fresh nonce) and the known-answer prompt
+    through it to vLLM, with the guest agent's own request and rule."""
+    body = json.dumps(known_answer.request_body(check.prompt, check.max_tokens, model_id), sort_keys=True)
+    return ["python3", "-c", pod_program("known_answer"), url, check.expect, body]
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,16 +257,8 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
         "name": "model-fetch",
         "image": t.gateway_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": [
-            "python3",
-            "-c",
-            MODEL_FETCH_SCRIPT,
-            args.model_source.url_template,
-            m.model_id,
-            m.model_revision,
-            MODEL_DIR,
-        ],
-        "env": [{"name": "TDX_VLLM_MODEL_FILES", "value": json.dumps(dict(m.model_files), sort_keys=True)}],
+        "command": model_fetch_command(args),
+        "env": [{"name": model_fetch.FILES_ENV, "value": json.dumps(dict(m.model_files), sort_keys=True)}],
         "volumeMounts": [{"name": "model", "mountPath": "/models"}],
         "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
         "securityContext": no_escalation,
@@ -447,7 +415,7 @@ def endpoint_for(target: KubernetesTarget, ingress: list[Mapping[str, Any]] | No
 
 
 # --------------------------------------------------------------------------------------------
-# From the stack config, and `python -m components.kubernetes_workload STACK_FILE`: print the rendered
+# From the stack config, and `python -m components.render.kubernetes STACK_FILE`: print the rendered
 # manifests (for genpolicy)
 
 
@@ -456,12 +424,11 @@ def args_from_workload(workload: WorkloadConfig, manifest: WorkloadManifest) -> 
     same `modelSource` base URL as the host target (`<modelSource>/<path>`), the known-answer check."""
     if workload.kubernetes is None:
         raise KubernetesWorkloadError("the workload's target is not kubernetes")
-    template = workload.model_source.rstrip("/") + "/{path}"
     return KubernetesWorkloadArgs(
         manifest=manifest,
         target=workload.kubernetes,
         known_answer=workload.known_answer,
-        model_source=ModelSource(url_template=template),
+        model_source=ModelSource(base=workload.model_source),
     )
 
 

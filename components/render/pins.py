@@ -9,8 +9,10 @@ and deterministic, so it runs at preview time; `__main__.py` exports `to_json()`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from tdxattest.core.authenticode import pe_layout
 from tdxattest.core.bzimage import boot_protocol
@@ -46,6 +48,7 @@ from components.catalog.td_manifest import BootArtifact, BootManifest, load_boot
 from components.paths import display_path
 
 MIB = 1 << 20
+T = TypeVar("T")
 RTMR3_REASON = "workload manifest not pinned yet"
 
 
@@ -109,7 +112,7 @@ def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
                 f"{boot.path}: `firmware.file` with `vm.memoryMiB` {boot.memory_mib}: {exc.with_file(str(files.firmware.path))}"
             ) from None
     kernel_digest = None
-    if gaps["rtmr1"] is None and files.kernel is not None:
+    if gaps["rtmr1"] is None and files.kernel is not None and boot.cmdline is not None:
         kernel = files.kernel
         _parsed(boot, kernel, _check_kernel)
         try:
@@ -125,7 +128,7 @@ def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
         "rtmr1": rtmr1_register(kernel_digest, boot.separator),
         "rtmr2": rtmr2_register(boot.cmdline if gaps["rtmr2"] is None else None, initrd_info),
     }
-    pins: dict[str, RegisterPin] = {"mrtd": RegisterPin(mrtd, None if mrtd is not None else gaps["mrtd"])}
+    pins: dict[str, RegisterPin] = {}
     events: dict[str, JsonValue] = {}
     for name, reg in registers.items():
         value = reg.value.hex() if reg.value is not None else None
@@ -133,6 +136,10 @@ def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
         events[name] = [e.as_dict() for e in reg.events]
     return StackPins(
         profile=boot.name,
+        mrtd=RegisterPin(mrtd, None if mrtd is not None else gaps["mrtd"]),
+        rtmr0=pins["rtmr0"],
+        rtmr1=pins["rtmr1"],
+        rtmr2=pins["rtmr2"],
         mrtd_candidates=candidates,
         rtmr3=RegisterPin(None, RTMR3_REASON),
         td_attributes=RegisterPin(boot.td_attributes),
@@ -153,7 +160,6 @@ def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
                 else AcpiPin(boot.acpi.source, boot.acpi.table_loader, boot.acpi.rsdp, boot.acpi.tables),
             ),
         ),
-        **pins,
     )
 
 
@@ -188,7 +194,7 @@ def _check_kernel(data: bytes) -> None:
     boot_protocol(data)
 
 
-def _parsed(boot: BootManifest, artifact: ArtifactData, parse):  # type: ignore[no-untyped-def]
+def _parsed(boot: BootManifest, artifact: ArtifactData, parse: Callable[[bytes], T]) -> T:
     try:
         return parse(artifact.data)
     except InputError as exc:

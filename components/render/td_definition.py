@@ -82,7 +82,7 @@ class TdDefinition:
                 raise DefinitionError(f"GPU `{bdf}` is not a PCI address like 0000:b8:00.0")
         if len(set(self.gpus)) != len(self.gpus):
             raise DefinitionError(f"GPU list {list(self.gpus)} names a device twice")
-        for label, value in (
+        for label, file in (
             ("firmware", self.firmware),
             ("kernel", self.kernel),
             ("initrd", self.initrd),
@@ -92,8 +92,8 @@ class TdDefinition:
             ("rootfs", self.rootfs),
             ("data_disk", self.data_disk),
         ):
-            if value is not None and (not value.startswith("/") or "," in value or not _PLAIN_ARG.match(value)):
-                raise DefinitionError(f"{label} path `{value}` must be absolute, without commas, spaces or quotes")
+            if file is not None and (not file.startswith("/") or "," in file or not _PLAIN_ARG.match(file)):
+                raise DefinitionError(f"{label} path `{file}` must be absolute, without commas, spaces or quotes")
 
     @property
     def unit_name(self) -> str:

@@ -13,7 +13,7 @@ from tdxattest.core.workload import WorkloadManifest, expected_rtmr3
 
 from components.catalog.gpu import GpuSku
 from components.catalog.td_manifest import BootManifest
-from components.config.model import WorkloadConfig
+from components.config.model import TdShape, WorkloadConfig
 from components.render.steps import Step
 from components.render.td_definition import DEFAULT_QEMU, TdDefinition, agent_config, render_unit, td_dir
 from guest_agent import REPORT_PREFIX
@@ -57,6 +57,12 @@ def stage_params(name: str, boot: BootManifest, artifact_source: str) -> dict[st
     }
 
 
+def _shape(workload: WorkloadConfig) -> TdShape:
+    if workload.td is None:
+        raise ValueError("a Trust Domain needs a host-target workload (`workload.td`)")
+    return workload.td
+
+
 def definition(
     name: str,
     boot: BootManifest,
@@ -67,8 +73,9 @@ def definition(
     qgs_service: str | None = "qgsd",
     qemu: str = DEFAULT_QEMU,
 ) -> TdDefinition:
-    if not boot.launchable or boot.firmware is None or boot.kernel is None or boot.cmdline is None:
+    if not boot.launchable or boot.kernel is None or boot.cmdline is None:
         raise ValueError(f"{boot.path}: cannot launch a TD: {'; '.join(boot.gaps)}")
+    td = _shape(workload)
     d = td_dir(name)
     return TdDefinition(
         name=name,
@@ -76,8 +83,8 @@ def definition(
         kernel=f"{d}/{boot.kernel.staged_name}",
         initrd=f"{d}/{boot.initrd.staged_name}" if boot.initrd is not None else None,
         cmdline=boot.cmdline,
-        vcpus=workload.td.vcpus,
-        memory_mib=workload.td.memory_mib,
+        vcpus=td.vcpus,
+        memory_mib=td.memory_mib,
         gpus=tuple(gpus),
         agent_config=f"{d}/agent.json",
         serial_log=f"{d}/serial.log",
@@ -86,7 +93,7 @@ def definition(
         qemu=qemu,
         after_units=(f"{qgs_service}.service",) if qgs_service else (),
         rootfs=f"{d}/{boot.rootfs.staged_name}" if boot.rootfs is not None else None,
-        data_disk=f"{d}/data.img" if workload.td.data_disk_gib > 0 else None,
+        data_disk=f"{d}/data.img" if td.data_disk_gib > 0 else None,
     )
 
 
@@ -127,7 +134,7 @@ def launch_params(
         "TDX_SERIAL_LOG": defn.serial_log,
         "TDX_GATEWAY_PORT": str(defn.gateway_port),
         "TDX_DATA_DISK": defn.data_disk or "",
-        "TDX_DATA_DISK_GIB": str(workload.td.data_disk_gib),
+        "TDX_DATA_DISK_GIB": str(_shape(workload).data_disk_gib),
     }
 
 

@@ -9,8 +9,9 @@ values, so a changed pin re-runs exactly the steps that use it, and a converged 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, cast
 
 import pulumi
 from pulumi_command import local, remote
@@ -43,7 +44,8 @@ class Connection:
 
 def _stdin(step: Step, params: pulumi.Input[Mapping[str, pulumi.Input[str]]], action: str) -> pulumi.Output[str]:
     # from_input unwraps a mapping of Inputs and an Output of a whole mapping alike (secrets stay secret).
-    return pulumi.Output.from_input(params).apply(lambda p: render(step, p, action).stdin)
+    resolved = cast(pulumi.Output[Mapping[str, str]], pulumi.Output.from_input(params))
+    return resolved.apply(lambda p: render(step, p, action).stdin)
 
 
 def facts_of(command: remote.Command | local.Command) -> pulumi.Output[dict[str, Any]]:

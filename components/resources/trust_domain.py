@@ -60,7 +60,7 @@ class TrustDomainArgs:
 
 class TrustDomain(pulumi.ComponentResource):
     facts: pulumi.Output[Mapping[str, Any]]
-    endpoint: pulumi.Output[str]
+    endpoint: pulumi.Output[str | None]
     ready: pulumi.Output[bool]
 
     def __init__(self, name: str, args: TrustDomainArgs, opts: pulumi.ResourceOptions | None = None):
@@ -131,6 +131,8 @@ def trust_domains(
     TdxHost, after the host's kernel, GPU and DCAP steps."""
     if stack.workload is None:
         return {}
+    if stack.dcap is None:
+        raise ValueError("a stack with hosts has a `dcap:` block (the config requires it)")
     if qgs_service is None:
         qgs_service = dcap_packages().services.get("qgs")
     manifest = stack.workload.manifest(stack.tensor_parallel_size)

@@ -32,12 +32,12 @@ from components.render.kubernetes import (
     INITDATA_DIGEST_KEY,
     INITDATA_MANIFEST_KEY,
     INITDATA_POLICY_KEY,
-    MODEL_FETCH_SCRIPT,
     KubernetesWorkloadArgs,
     KubernetesWorkloadError,
     decode_initdata_annotation,
     expected_pins,
     known_answer_command,
+    pod_program,
     render_manifests,
     workload_problems,
 )
@@ -553,7 +553,7 @@ def file_server(tmp_path: Path):
 
 def _fetch(url: str, files: dict, dest: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", MODEL_FETCH_SCRIPT, url + "/{id}/{revision}/{path}", "org/m", REV, str(dest)],
+        [sys.executable, "-c", pod_program("model_fetch"), url + "/{id}/{revision}", "org/m", REV, str(dest)],
         env={"TDX_VLLM_MODEL_FILES": json.dumps(files)},
         capture_output=True,
         text=True,
@@ -568,7 +568,7 @@ def test_model_fetch_verifies_every_file(file_server, tmp_path: Path):
     assert (tmp_path / "model" / "sub" / "weights.bin").read_bytes() == b"\x00\x01" * 5000
     bad = dict(files, **{"config.json": "00" * 32})
     refused = _fetch(url, bad, tmp_path / "model2")
-    assert refused.returncode != 0 and "sha256" in refused.stderr and "pinned" in refused.stderr
+    assert refused.returncode != 0 and f"model file config.json: sha256 {'00' * 32}, seen" in refused.stderr
     assert not (tmp_path / "model2" / "config.json").exists()
 
 

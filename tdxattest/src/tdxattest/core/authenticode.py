@@ -41,13 +41,15 @@ class PeLayout:
 def _u16(data: bytes, off: int, what: str) -> int:
     if off + 2 > len(data):
         raise InputError(what, "end of file", offset=off)
-    return struct.unpack_from("<H", data, off)[0]
+    value: int = struct.unpack_from("<H", data, off)[0]
+    return value
 
 
 def _u32(data: bytes, off: int, what: str) -> int:
     if off + 4 > len(data):
         raise InputError(what, "end of file", offset=off)
-    return struct.unpack_from("<I", data, off)[0]
+    value: int = struct.unpack_from("<I", data, off)[0]
+    return value
 
 
 def pe_layout(pe: bytes) -> PeLayout:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from tdxattest.core.errors import InputError, show_bytes
 from tdxattest.core.events import EV_NO_ACTION, event_type_name
@@ -54,7 +55,7 @@ class LogEvent:
     def describe(self) -> str:
         return describe_event(self.event_type, self.data)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "offset": self.offset,
@@ -82,7 +83,7 @@ class Replay:
     rtmrs: tuple[bytes, bytes, bytes, bytes]
     events_per_rtmr: tuple[tuple[LogEvent, ...], ...]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         return {f"rtmr{i}": self.rtmrs[i].hex() for i in range(RTMR_COUNT)}
 
 
@@ -180,7 +181,7 @@ def parse_spec_id_header(data: bytes) -> tuple[tuple[tuple[int, int], ...], int]
 def parse_tcg2_log(data: bytes) -> EventLog:
     algorithms, pos = parse_spec_id_header(data)
     sizes = dict(algorithms)
-    events = []
+    events: list[LogEvent] = []
     while pos + 8 <= len(data):
         index, event_type = struct.unpack_from("<II", data, pos)
         if (index, event_type) in ((0, 0), (0xFFFFFFFF, 0xFFFFFFFF)):

@@ -22,6 +22,10 @@ from __future__ import annotations
 import hmac
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # cryptography is imported inside the functions that use it (CLI start-up time)
+    from cryptography import x509
 
 FWID_OID = "2.23.133.5.4.1"  # TCG DICE TcbInfo (carries the FWID)
 # SHA-256 of the DER of "CN=NVIDIA Device Identity CA, O=NVIDIA" (P-384, valid to 9999-12-31), the
@@ -123,7 +127,7 @@ def parse_gpu_report(data: bytes | str) -> GpuReport:
     )
 
 
-def _load_certs(pem: bytes | str) -> list:
+def _load_certs(pem: bytes | str) -> list[x509.Certificate]:
     from cryptography import x509
 
     if isinstance(pem, str):
@@ -134,14 +138,29 @@ def _load_certs(pem: bytes | str) -> list:
         raise GpuEvidenceError("gpu.chain_invalid", "a PEM certificate chain", str(exc)) from None
 
 
-def _fwid(cert) -> bytes | None:
+def _fwid(cert: x509.Certificate) -> bytes | None:
     from cryptography import x509
 
     try:
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(FWID_OID))
     except x509.ExtensionNotFound:
         return None
-    return ext.value.value[-48:]
+    value = ext.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        # cryptography has no parser for the TCG DICE TcbInfo extension, so it hands back the raw DER.
+        raise TypeError(f"the FWID extension as an UnrecognizedExtension, not {type(value).__name__}")
+    return value.value[-48:]
+
+
+def _leaf_fwid(leaf: x509.Certificate) -> bytes:
+    fwid = _fwid(leaf)
+    if fwid is None:
+        raise GpuEvidenceError(
+            "gpu.leaf_missing_fwid",
+            f"FWID extension {FWID_OID} in the signing certificate",
+            leaf.subject.rfc4514_string(),
+        )
+    return fwid
 
 
 @dataclass(frozen=True)
@@ -150,7 +169,7 @@ class GpuEvidence:
     fwid: bytes
     leaf_subject: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "nonce": self.report.nonce.hex(),
             "fwid": self.fwid.hex(),
@@ -160,7 +179,7 @@ class GpuEvidence:
         }
 
 
-def _pinned_root(certs: list):
+def _pinned_root(certs: list[x509.Certificate]) -> x509.Certificate:
     """The chain's last certificate, if it is the NVIDIA Device Identity CA by fingerprint."""
     from cryptography.hazmat.primitives import hashes
 
@@ -175,7 +194,9 @@ def _pinned_root(certs: list):
     return last
 
 
-def verify_gpu_chain(chain_pem: bytes | str, root_pem: bytes | str | None, now: float | None = None) -> list:
+def verify_gpu_chain(
+    chain_pem: bytes | str, root_pem: bytes | str | None, now: float | None = None
+) -> list[x509.Certificate]:
     """Verify leaf -> ... -> NVIDIA device root; returns the certificates (leaf first). `root_pem`
     None: the root is pinned by fingerprint (NVIDIA_DEVICE_ROOT_SHA256)."""
     import time
@@ -202,19 +223,17 @@ def verify_gpu_chain(chain_pem: bytes | str, root_pem: bytes | str | None, now: 
                 f"chain ending at {root.subject.rfc4514_string()}",
                 certs[-1].subject.rfc4514_string(),
             )
-    if _fwid(certs[0]) is None:
-        raise GpuEvidenceError(
-            "gpu.leaf_missing_fwid",
-            f"FWID extension {FWID_OID} in the signing certificate",
-            certs[0].subject.rfc4514_string(),
-        )
+    _leaf_fwid(certs[0])
     for cert, issuer in zip(certs, certs[1:] + [root]):
         try:
             if cert.issuer != issuer.subject:
                 raise InvalidSignature
-            issuer.public_key().verify(
-                cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
-            )
+            key = issuer.public_key()
+            algorithm = cert.signature_hash_algorithm
+            if not isinstance(key, ec.EllipticCurvePublicKey) or algorithm is None:
+                # What the ECDSA verify call raises for another key type or no hash: caught below, same verdict.
+                raise TypeError(f"an EC issuer key and a signature hash algorithm, not {type(key).__name__}")
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
         except (InvalidSignature, TypeError, ValueError):
             raise GpuEvidenceError(
                 "gpu.chain_invalid",
@@ -247,8 +266,12 @@ def verify_gpu_evidence(
     sig = encode_dss_signature(
         int.from_bytes(parsed.signature[:48], "big"), int.from_bytes(parsed.signature[48:], "big")
     )
+    leaf_key = certs[0].public_key()
+    if not isinstance(leaf_key, ec.EllipticCurvePublicKey):
+        # What the ECDSA verify call would raise for another key type, with a clearer message.
+        raise TypeError(f"the signing certificate's key as an EC key, not {type(leaf_key).__name__}")
     try:
-        certs[0].public_key().verify(sig, parsed.request + parsed.response_signed, ec.ECDSA(hashes.SHA384()))
+        leaf_key.verify(sig, parsed.request + parsed.response_signed, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature:
         raise GpuEvidenceError(
             "gpu.signature_invalid",
@@ -257,4 +280,4 @@ def verify_gpu_evidence(
         ) from None
     if expected_nonce is not None and not hmac.compare_digest(parsed.nonce, expected_nonce):
         raise GpuEvidenceError("gpu.nonce_mismatch", expected_nonce.hex(), parsed.nonce.hex())
-    return GpuEvidence(report=parsed, fwid=_fwid(certs[0]), leaf_subject=certs[0].subject.rfc4514_string())
+    return GpuEvidence(report=parsed, fwid=_leaf_fwid(certs[0]), leaf_subject=certs[0].subject.rfc4514_string())

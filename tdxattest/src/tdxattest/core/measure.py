@@ -42,7 +42,7 @@ class AcpiDigests:
     rsdp: bytes
     tables: bytes
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         return {"table_loader": self.table_loader.hex(), "rsdp": self.rsdp.hex(), "tables": self.tables.hex()}
 
 
@@ -76,7 +76,7 @@ class Measurements:
     rtmr0: Register
     rtmr1: Register
     rtmr2: Register
-    reasons: dict  # register -> why it is not computed
+    reasons: dict[str, str]  # register -> why it is not computed
 
     def registers(self) -> dict[str, Register]:
         return {"rtmr0": self.rtmr0, "rtmr1": self.rtmr1, "rtmr2": self.rtmr2}

@@ -43,7 +43,7 @@ class MrtdResult:
     def value(self) -> bytes:
         return self.single if self.selected == SINGLE else self.two_pass
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         return {
             SINGLE: self.single.hex(),
             TWO_PASS: self.two_pass.hex(),
@@ -73,7 +73,7 @@ def _section_bytes(fw: bytes, section: TdvfSection) -> bytes:
 def _extend_page(data: memoryview, page: int, gpa: int) -> bytes:
     """The 16 MR.EXTEND records (header + 256 bytes each) for one 4 KiB page."""
     base = page * PAGE
-    pieces = []
+    pieces: list[bytes | memoryview] = []  # slices of `data` stay views: no copy per chunk
     pack = _MR_EXTEND.pack
     for c in range(CHUNKS_PER_PAGE):
         off = c * CHUNK

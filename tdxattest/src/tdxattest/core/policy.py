@@ -22,6 +22,7 @@ from tdxattest.core.errors import InputError
 
 if TYPE_CHECKING:  # the pins contract is read only when a pins file is given
     from tdxattest.core.pins import StackPins
+    from tdxattest.core.quote import TdReport
 
 TCB_STATUSES = (
     "UpToDate",
@@ -57,8 +58,8 @@ class Failure:
     seen: Any
     detail: str | None = None
 
-    def as_dict(self) -> dict:
-        out = {"check": self.check, "expected": self.expected, "seen": self.seen}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"check": self.check, "expected": self.expected, "seen": self.seen}
         if self.detail:
             out["detail"] = self.detail
         return out
@@ -72,8 +73,8 @@ class CheckResult:
     seen: Any = None
     reason: str | None = None
 
-    def as_dict(self) -> dict:
-        out = {"check": self.check, "outcome": self.outcome, "expected": self.expected, "seen": self.seen}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"check": self.check, "outcome": self.outcome, "expected": self.expected, "seen": self.seen}
         if self.reason:
             out["reason"] = self.reason
         return out
@@ -125,7 +126,7 @@ class QuoteFacts:
 
     tcb_status: str
     advisory_ids: tuple[str, ...]
-    report: Any  # tdxattest.quote.TdReport
+    report: TdReport
     fmspc: str | None = None
     tcb_date: int | None = None  # unix time of the matched TCB level's tcbDate (needed for the grace period)
     tcb_evaluation_data_number: int | None = None
@@ -136,13 +137,13 @@ class Verdict:
     accepted: bool
     tcb_status: str | None
     advisory_ids: tuple[str, ...]
-    report: Any  # TdReport or None
+    report: TdReport | None
     fmspc: str | None
     failures: tuple[Failure, ...]
     checks: tuple[CheckResult, ...]
     report_verified: bool = True
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "accepted": self.accepted,
             "tcb_status": self.tcb_status,
@@ -306,7 +307,7 @@ _TCB_KEYS = {"allowed_statuses", "out_of_date_grace_days", "allowed_advisories",
 _TD_KEYS = {"forbid_debug", "require_sept_ve_disable", "min_tee_tcb_svn"}
 
 
-def _check_keys(section: Any, allowed: set[str], where: str) -> dict:
+def _check_keys(section: Any, allowed: set[str], where: str) -> dict[str, Any]:
     if section is None:
         return {}
     if not isinstance(section, dict):

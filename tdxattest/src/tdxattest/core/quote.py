@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from tdxattest.core.errors import InputError, show_bytes
 
@@ -61,7 +63,7 @@ _BODY_FIELDS = (
 )
 
 
-def decode_td_attributes(attrs: bytes) -> dict:
+def decode_td_attributes(attrs: bytes) -> dict[str, str | bool]:
     """TD_ATTRIBUTES (8 bytes as in the quote) decoded: the named bits and the raw value."""
     value = int.from_bytes(attrs, "little")
     return {
@@ -108,8 +110,8 @@ class TdReport:
     def sept_ve_disable(self) -> bool:
         return bool(int.from_bytes(self.td_attributes, "little") & TD_ATTR_SEPT_VE_DISABLE)
 
-    def as_dict(self) -> dict:
-        out = {name: getattr(self, name).hex() for name, _, _ in _BODY_FIELDS}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name).hex() for name, _, _ in _BODY_FIELDS}
         out["td_attributes_decoded"] = decode_td_attributes(self.td_attributes)
         if self.tee_tcb_svn2 is not None:
             out["tee_tcb_svn2"] = self.tee_tcb_svn2.hex()
@@ -145,7 +147,7 @@ class Quote:
     pck_chain_pem: bytes | None
     length: int  # bytes the quote declares; anything after this is trailing data
     trailing: int = 0
-    _fmspc: list = field(default_factory=list, compare=False, repr=False)
+    _fmspc: list[str | None] = field(default_factory=list, compare=False, repr=False)
 
     def pck_leaf_der(self) -> bytes | None:
         """The first certificate (the PCK leaf) of the PEM chain as DER."""
@@ -395,7 +397,7 @@ def _need(data: bytes, pos: int, n: int, what: str) -> None:
 # --- the FMSPC inside the PCK leaf (a tiny DER walker; no third-party ASN.1 library) ------------
 
 
-def _der_items(buf: bytes):
+def _der_items(buf: bytes) -> Iterator[tuple[int, bytes]]:
     """Yield (tag, content) for each TLV in buf."""
     i = 0
     while i < len(buf):
@@ -430,7 +432,11 @@ def pck_fmspc(leaf_der: bytes) -> str | None:
         ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID))
     except x509.ExtensionNotFound:
         return None
-    raw = ext.value.value  # UnrecognizedExtension: the DER of the extension value
+    value = ext.value
+    if not isinstance(value, x509.UnrecognizedExtension):
+        # cryptography has no parser for Intel's SGX extension, so it hands back the raw DER.
+        raise TypeError(f"the SGX extension as an UnrecognizedExtension, not {type(value).__name__}")
+    raw = value.value  # the DER of the extension value
     for tag, seq in _der_items(raw):
         if tag != 0x30:
             continue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from tdxattest.core.events import event_type_name
 
@@ -39,8 +39,8 @@ class Event:
     digest: bytes | None
     detail: str = ""
 
-    def as_dict(self) -> dict:
-        out = {
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "event": self.name,
             "type": event_type_name(self.event_type),
             "digest": self.digest.hex() if self.digest is not None else None,
@@ -67,9 +67,9 @@ class Register:
             return None
         return replay(e.digest for e in self.events)  # type: ignore[misc]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         value = self.value
-        out = {"value": value.hex() if value is not None else None, "events": [e.as_dict() for e in self.events]}
+        out: dict[str, Any] = {"value": value.hex() if value is not None else None, "events": [e.as_dict() for e in self.events]}
         if self.missing:
             out["missing"] = list(self.missing)
         return out

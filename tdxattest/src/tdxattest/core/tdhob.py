@@ -99,8 +99,8 @@ def build_td_hob(meta: TdvfMetadata, ram_bytes: int) -> bytes:
     """The measured TD HOB bytes (PHIT + resource descriptors, without the end-of-list HOB)."""
     if ram_bytes <= 0 or ram_bytes % 4096:
         raise ValueError(f"guest RAM must be a positive multiple of 4 KiB, not {ram_bytes}")
-    (hob,) = meta.of_type(TD_HOB) or (None,)
-    ranges = ram_ranges(meta, ram_bytes)
+    ranges = ram_ranges(meta, ram_bytes)  # raises InputError unless there is exactly one TD_HOB section
+    (hob,) = meta.of_type(TD_HOB)
     body = b"".join(
         _RESOURCE.pack(
             HOB_TYPE_RESOURCE_DESCRIPTOR,

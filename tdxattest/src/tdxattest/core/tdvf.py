@@ -21,6 +21,7 @@ from __future__ import annotations
 import struct
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from tdxattest.core.errors import InputError, show_bytes
 
@@ -67,7 +68,7 @@ class TdvfSection:
     def page_added(self) -> bool:
         return not self.attributes & ATTR_PAGE_AUG
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "type": self.type_name,
@@ -131,7 +132,7 @@ def _find_descriptor_via_footer(fw: bytes) -> int | None:
                     f"{data_end - data_start} bytes",
                     offset=data_start,
                 )
-            (off,) = struct.unpack_from("<I", fw, data_end - 4)
+            off: int = struct.unpack_from("<I", fw, data_end - 4)[0]
             if off > size or size - off < 16:
                 raise InputError(
                     f"a TDX metadata offset between 16 and {size} (counted from the end of the image)",
@@ -153,7 +154,7 @@ def _find_descriptor_via_tdshim(fw: bytes) -> int | None:
     size = len(fw)
     if size < FOOTER_END_GAP + 4:
         return None
-    (guid_off,) = struct.unpack_from("<I", fw, size - FOOTER_END_GAP)
+    guid_off: int = struct.unpack_from("<I", fw, size - FOOTER_END_GAP)[0]
     if guid_off + 16 + DESCRIPTOR_SIZE > size:
         return None
     if _guid_at(fw, guid_off) != TDVF_METADATA_GUID:

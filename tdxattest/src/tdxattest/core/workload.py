@@ -44,7 +44,7 @@ class WorkloadManifest:
     vllm_args: tuple[str, ...]
     tensor_parallel_size: int  # = GPU count of the TD, >= 1
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
             "image": self.image,
@@ -75,7 +75,7 @@ def _require_str(key: str, value: Any) -> str:
     return value
 
 
-def _check_path(key: str, path: Any) -> str:
+def _check_path(key: str, path: object) -> str:
     path = _require_str(key, path)
     parts = PurePosixPath(path).parts
     if (
@@ -95,7 +95,7 @@ def _check_path(key: str, path: Any) -> str:
     return path
 
 
-def manifest_from_mapping(doc: Mapping) -> WorkloadManifest:
+def manifest_from_mapping(doc: Mapping[str, Any]) -> WorkloadManifest:
     """Parse and validate the `as_dict()` shape. Every error names the key, what was expected, what was seen."""
     if not isinstance(doc, Mapping):
         raise InputError("workload as a mapping", _type_name(doc))
@@ -166,11 +166,11 @@ def manifest_from_mapping(doc: Mapping) -> WorkloadManifest:
     )
 
 
-def rtmr3_events(manifest: WorkloadManifest) -> list[dict]:
+def rtmr3_events(manifest: WorkloadManifest) -> list[dict[str, Any]]:
     return [{"rtmr": RTMR_INDEX, "event": WORKLOAD_EVENT, "digest": manifest.digest().hex()}]
 
 
-def replay_rtmr3(events: list[dict]) -> bytes:
+def replay_rtmr3(events: list[dict[str, Any]]) -> bytes:
     """RTMR3 after extending 48 zero bytes with each event's digest, in order."""
     digests = []
     for i, ev in enumerate(events):
