@@ -16,16 +16,15 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.machine import cpu_model, machine  # noqa: E402
 from tdxattest.core.mrtd import ORDERS, compute_mrtd  # noqa: E402
 from tdxattest.core.tdvf import parse_tdvf  # noqa: E402
-
-from bench.machine import cpu_model, machine  # noqa: E402
 
 FIRMWARE_NAME = "ovmf-debian13-trixie-2025.02-8-deb13u1.fd"
 CANDIDATES = (
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     doc = {
         "benchmark": "bench/measure.py",
-        "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "firmware": {"file": path.name, "size": len(fw), "sha256": hashlib.sha256(fw).hexdigest()},
         "machine": machine(),
         "results": results,

@@ -66,7 +66,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ class Params:
     attest_concurrency: tuple[int, ...] = (1, 4)
 
     @classmethod
-    def quick(cls) -> "Params":
+    def quick(cls) -> Params:
         return cls(
             token_interval_ms=10.0,
             tokens=16,
@@ -189,7 +189,7 @@ class Servers:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGINT)
-        for name, proc in reversed(list(self.procs.items())):
+        for proc in reversed(list(self.procs.values())):
             try:
                 proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -487,12 +487,12 @@ async def attestation_phase(info: dict, p: Params) -> list[dict]:
         appraiser.spent = 0.0
         deadline = time.perf_counter() + p.attest_s
 
-        async def worker() -> None:
+        async def worker(deadline: float, times: list[float]) -> None:
             while time.perf_counter() < deadline:
                 times.append(await one())
 
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(c)))
+        await asyncio.gather(*(worker(deadline, times) for _ in range(c)))
         elapsed = time.perf_counter() - start
         rows.append(
             {
@@ -668,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
             servers.stop()
     doc = {
         "benchmark": "bench/proxy.py",
-        "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "mode": "quick" if args.quick else "full",
         "duration_s": round(time.time() - started, 1),
         "machine": machine(),

@@ -11,6 +11,7 @@ the matched TCB level's date, and an UpToDate one). Prints a table and writes be
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -18,18 +19,18 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import dcap_qvl  # noqa: E402
-from tdxattest.core.policy import DEFAULT_POLICY, Policy  # noqa: E402
-from tdxattest.dcap.appraise import Appraiser, FixedCollateral  # noqa: E402
 
 from bench.machine import cpu_model, machine  # noqa: E402
 from bench.stats import pct  # noqa: E402
+from tdxattest.core.policy import DEFAULT_POLICY, Policy  # noqa: E402
+from tdxattest.dcap.appraise import Appraiser, FixedCollateral  # noqa: E402
 
 QUOTES = REPO / "tests" / "fixtures" / "tdx-quotes"
 RESULT = REPO / "bench" / "results" / "verify.json"
@@ -101,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         assert verdict.tcb_status == c["dcap_qvl_0_7_0"]["status"], (name, verdict)
         dcap = source.collateral.dcap
         ours, bare = bench_pair(
-            lambda: appraiser.appraise(quote, now), lambda: dcap_qvl.verify(quote, dcap, now), args.runs
+            functools.partial(appraiser.appraise, quote, now),
+            functools.partial(dcap_qvl.verify, quote, dcap, now),
+            args.runs,
         )
         om, bm = statistics.median(ours), statistics.median(bare)
         ok = om <= GOAL_MS
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     overall = statistics.median(r["ours"]["median_ms"] for r in main_rows)
     doc = {
         "benchmark": "bench/verify.py",
-        "when": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "what": "warm collateral (QuoteCollateralV3 built once); ours = tdxattest.dcap.appraise.Appraiser "
         "(fixed collateral, dcap_qvl.verify + verified-report extraction + pure policy); bare = "
         "dcap_qvl.verify alone; "

@@ -134,7 +134,7 @@ class Agent:
         except Refused as exc:
             self.stop()
             report = self._report("refused", reason=str(exc), step=exc.step)
-        except Exception as exc:  # noqa: BLE001 - the host must hear why, not wait out its timeout
+        except Exception as exc:
             self.stop()
             report = self._report("refused", reason=f"unexpected {type(exc).__name__}: {exc}", step="internal")
         except BaseException:

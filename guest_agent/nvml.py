@@ -12,8 +12,8 @@ It collects only: the agent verifies the evidence itself (tdxattest.gpu_evidence
 runs `--set-ready` (in CC mode a GPU refuses work until then). Each runs as its own process so a
 hung driver call is bounded by the agent's timeout. The library is `libnvidia-ml.so.1` from the
 driver; `$TDX_VLLM_NVML_LIBRARY` replaces it for tests (the host cannot set the agent's
-environment: the unit file is in the measured image). The struct layouts are NVML's (nvml.h, API 12 / driver R550+); tests/unit/test_nvml.py pins
-their sizes and offsets.
+environment: the unit file is in the measured image). The struct layouts are NVML's (nvml.h, API 12 /
+driver R550+); tests/guest_agent/test_nvml.py pins their sizes and offsets.
 """
 
 from __future__ import annotations

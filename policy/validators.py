@@ -3,7 +3,7 @@
 Every `*_violations` function takes what CrossGuard shows a policy (resource type, properties as
 plain Python values, and the stack name where a rule depends on it) and returns a list of
 violation messages (empty = compliant). They import nothing that starts a policy pack, so
-tests/unit/test_policy_validators.py calls them with hand-built properties.
+tests/policy/test_policy_validators.py calls them with hand-built properties.
 
 What each rule inspects in this program's resources (see README "What `pulumi up` does"):
 
@@ -40,8 +40,8 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,

@@ -25,6 +25,16 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 tools/setup-venv.sh requirements-test.txt
+# The client package's dependencies as wheels: tests/tdxattest/test_install.py installs `tdxattest`
+# into a fresh venv from them, offline (tests talk to loopback only).
+wheels=.venv/wheelhouse
+stamp=$wheels/.stamp-$(cat requirements.txt tdxattest/pyproject.toml | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  rm -rf "$wheels" && mkdir -p "$wheels"
+  grep -vE '^(-e|#)' requirements.txt | grep . > "$wheels/constraints.txt"
+  .venv/bin/python -m pip download --quiet --dest "$wheels" -c "$wheels/constraints.txt" ./tdxattest "setuptools>=68" >&2
+  touch "$stamp"
+fi
 # The real Pulumi engine for tests/e2e: CLI and language host from Go modules (minutes when cold),
 # and a command provider (the stand-in when the official plugin is not available).
 tools/build-pulumi.sh >/dev/null
@@ -32,4 +42,10 @@ tools/install-command-provider.sh >/dev/null
 # The slow tier runs too (a few minutes: image build cached under /var/cache/tdx-vllm-guest and
 # artifacts/); TDX_VLLM_SLOW=0 leaves it out.
 export TDX_VLLM_SLOW=${TDX_VLLM_SLOW:-1}
+# The standing checks (configured in pyproject.toml), before the tests: lint and format, the
+# architecture's import contracts (docs/architecture.md), types.
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
+.venv/bin/lint-imports --no-cache >.venv/lint-imports.log || { cat .venv/lint-imports.log >&2; exit 1; }
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -23,9 +23,10 @@ import os
 import ssl
 import sys
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import sushy
@@ -209,9 +210,10 @@ def _connection_error(text: str, conn: _Conn) -> BiosError:
         seen = peer_fingerprint(conn.url, timeout_s=min(conn.request_timeout_s, 10.0))
         if seen is not None and seen != conn.fingerprint:
             return BiosError(
-                f"TLS fingerprint mismatch for BMC {conn.url}: expected SHA-256 {format_fingerprint(conn.fingerprint)}, "
-                f"seen {format_fingerprint(seen)}; fix: if the BMC certificate was legitimately replaced, check the "
-                f"new one out of band and update {key}.tlsFingerprint"
+                f"TLS fingerprint mismatch for BMC {conn.url}: expected SHA-256 "
+                f"{format_fingerprint(conn.fingerprint)}, seen {format_fingerprint(seen)}; fix: if the BMC "
+                "certificate was legitimately replaced, check the new one out of band and update "
+                f"{key}.tlsFingerprint"
             )
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return BiosError(
@@ -593,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BiosError as exc:
             print(f"error: {_redact(str(exc), secrets)}", file=sys.stderr)
             return 1
-        except Exception as exc:  # noqa: BLE001 - one redacted line instead of a traceback
+        except Exception as exc:
             print(f"error: unexpected {type(exc).__name__}: {_redact(str(exc), secrets)}", file=sys.stderr)
             return 1
     sys.stdout.write(json.dumps(result.to_dict(), sort_keys=True) + "\n")

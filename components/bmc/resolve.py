@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from components.catalog.bios import BiosSetting, Scalar
@@ -296,7 +297,7 @@ def base_url(endpoint: str, *, allow_insecure_http: bool = False, config_key: st
     if parts.path.rstrip("/") not in ("", "/redfish/v1") or parts.query or parts.fragment:
         raise BiosError(f"BMC endpoint {endpoint!r} must be scheme://host[:port]; fix: {config_key}.endpoint")
     try:
-        parts.port
+        _ = parts.port  # urlsplit parses the port only when asked
     except ValueError:
         raise BiosError(f"BMC endpoint {endpoint!r} has an invalid port; fix: {config_key}.endpoint") from None
     return f"{parts.scheme}://{parts.netloc}"

@@ -10,12 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tdxattest.core.errors import InputError
-from tdxattest.core.files import read_bytes
-
 from components.catalog.pinfile import CatalogError
 from components.catalog.td_manifest import BootArtifact, BootManifest
 from components.paths import REPO_ROOT
+from tdxattest.core.errors import InputError
+from tdxattest.core.files import read_bytes
 
 ARTIFACT_DIR_ENV = "TDX_VLLM_ARTIFACT_DIR"
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifacts"

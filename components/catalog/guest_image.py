@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tdxattest.core.errors import InputError
-from tdxattest.core.files import hash_file
 
 from components.catalog.artifacts import default_artifact_dir
 from components.catalog.pinfile import CatalogError, load_pin_yaml
 from components.catalog.td_manifest import TD_BOOT_MANIFEST, load_boot_manifest, read_manifest, td_boot_manifest
 from components.paths import FIRMWARE_DIR
 from guest_agent import DEV_STACK
+from tdxattest.core.errors import InputError
+from tdxattest.core.files import hash_file
 
 SECTIONS = ("kernel", "initrd", "cmdline", "rootfs")
 # Which file of the build each pinned section names (cmdline is pinned by value).
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(
             "the build differs from the pinned image:\n  " + "\n  ".join(problems) + "\nfix: if the recipe change "
-            "is intended, re-pin (`.venv/bin/python -m components.catalog.guest_image pin DIR`) and commit firmware/td/; "
-            "otherwise find what made the build drift (docs/guest-image.md, Reproducibility)",
+            "is intended, re-pin (`.venv/bin/python -m components.catalog.guest_image pin DIR`) and commit "
+            "firmware/td/; otherwise find what made the build drift (docs/guest-image.md, Reproducibility)",
             file=sys.stderr,
         )
         return 1

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tdxattest.core.quote import TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE
-
 from components.catalog.pinfile import CatalogError, read_pin_file
 from components.paths import FIRMWARE_DIR
 from guest_agent import DEV_STACK
+from tdxattest.core.quote import TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE
 
 # `dev` boots the dev image (serial autologin, software quotes allowed), every other stack the prod
 # image, so staging and prod share their pins.

@@ -9,9 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tdxattest.core.quote import TD_ATTR_DEBUG
-from tdxattest.core.workload import IMAGE_BY_DIGEST
-
 from components.config.model import (
     DEFAULT_GPU_RESOURCE,
     DEFAULT_RUNTIME_CLASS,
@@ -22,6 +19,8 @@ from components.config.model import (
 from components.config.reader import ConfigError, Reader, join
 from components.paths import REPO_ROOT
 from guest_agent import DEV_STACK
+from tdxattest.core.quote import TD_ATTR_DEBUG
+from tdxattest.core.workload import IMAGE_BY_DIGEST
 
 NON_CONFIDENTIAL_RUNTIME_CLASSES = frozenset(
     {"runc", "kata", "kata-qemu", "kata-clh", "kata-fc", "kata-qemu-nvidia-gpu", "kata-qemu-coco-dev"}

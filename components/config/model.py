@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tdxattest.core.workload import WorkloadManifest, manifest_from_mapping
-
 from components.catalog.td_manifest import BootManifest
+from tdxattest.core.workload import WorkloadManifest, manifest_from_mapping
 
 PROJECT = "tdx-vllm"
 

@@ -50,7 +50,7 @@ class _Encrypted:
     def __repr__(self) -> str:
         return "<encrypted>"
 
-    def __deepcopy__(self, memo: dict) -> "_Encrypted":
+    def __deepcopy__(self, memo: dict) -> _Encrypted:
         return self
 
 

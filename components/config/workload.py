@@ -9,15 +9,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tdxattest.core.errors import InputError
-from tdxattest.core.workload import IMAGE_BY_DIGEST, refused_vllm_arg
-
 from components.catalog.pinfile import CatalogError
 from components.catalog.td_manifest import BootManifest, load_boot_manifest, td_boot_manifest
 from components.config.kubernetes import kubernetes_target_from_mapping
 from components.config.model import HostConfig, KnownAnswer, TdShape, WorkloadConfig
 from components.config.reader import Reader, is_secure_marker, join, kind_of, url_problem
 from components.paths import display_path
+from tdxattest.core.errors import InputError
+from tdxattest.core.workload import IMAGE_BY_DIGEST, refused_vllm_arg
 
 WORKLOAD_TARGETS: tuple[str, ...] = ("host", "kubernetes")
 WORKLOAD_KEYS = ("target", "image", "model", "modelSource", "vllmArgs", "gateway", "knownAnswer", "td", "kubernetes")

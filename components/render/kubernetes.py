@@ -14,9 +14,10 @@ What binds the workload to the TD (details and sources in docs/kubernetes.md):
   gzip'd TOML with `version = "0.1.0"`, `algorithm = "sha384"` and a `[data]` string map). Kata puts
   the digest of that TOML, hashed with `algorithm` and fitted to 48 bytes, into the TD's
   MRCONFIGID, and the guest components (Kata agent + attestation agent) refuse to start the pod
-  when the TOML they received does not hash to that launch value. Our TOML's `[data]` holds the workload manifest (canonical JSON) and
-  its SHA-384, so `pins.mrconfigid` = SHA-384(TOML bytes) proves the manifest claim, and the
-  (optional, required outside `dev`) agent policy in the same TOML is what makes the guest enforce it.
+  when the TOML they received does not hash to that launch value. Our TOML's `[data]` holds the
+  workload manifest (canonical JSON) and its SHA-384, so `pins.mrconfigid` = SHA-384(TOML bytes)
+  proves the manifest claim, and the (optional, required outside `dev`) agent policy in the same TOML
+  is what makes the guest enforce it.
 * MRTD and RTMR0-2 come from the configured `referenceValues`: the cluster's Kata guest image
   (firmware, kernel, command line, rootfs) defines the TD, not this program.
 * RTMR3 is not pinned: in a Kata guest it is extended by the CoCo guest components (attestation
@@ -35,12 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tdxattest.core.pins import KubernetesDetail, RegisterPin, StackPins
-from tdxattest.core.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
-
 from components.config.model import GATEWAY_PORT, KnownAnswer, KubernetesTarget, WorkloadConfig
 from components.config.reader import ConfigError, join
 from guest_agent.pod import known_answer, model_fetch
+from tdxattest.core.pins import KubernetesDetail, RegisterPin, StackPins
+from tdxattest.core.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
 
 # --------------------------------------------------------------------------------------------
 # Constants (sources in docs/kubernetes.md)

@@ -14,6 +14,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+from components.catalog.artifacts import ArtifactData, MeasuredFiles, measured_files
+from components.catalog.pinfile import CatalogError
+from components.catalog.td_manifest import BootArtifact, BootManifest, load_boot_manifest
+from components.paths import display_path
 from tdxattest.core.authenticode import pe_layout
 from tdxattest.core.bzimage import boot_protocol
 from tdxattest.core.errors import InputError
@@ -41,11 +45,6 @@ from tdxattest.core.pins import (
 from tdxattest.core.tdhob import td_hob_digest
 from tdxattest.core.tdvf import cfv_bytes, parse_tdvf
 from tdxattest.core.workload import WorkloadManifest, expected_rtmr3, image_digest, model_sha256, rtmr3_events
-
-from components.catalog.artifacts import ArtifactData, MeasuredFiles, measured_files
-from components.catalog.pinfile import CatalogError
-from components.catalog.td_manifest import BootArtifact, BootManifest, load_boot_manifest
-from components.paths import display_path
 
 MIB = 1 << 20
 T = TypeVar("T")
@@ -108,9 +107,8 @@ def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
             hob = td_hob_digest(meta, memory)
             cfv = sha384(cfv_bytes(fw, meta))
         except InputError as exc:
-            raise CatalogError(
-                f"{boot.path}: `firmware.file` with `vm.memoryMiB` {boot.memory_mib}: {exc.with_file(str(files.firmware.path))}"
-            ) from None
+            where = f"`firmware.file` with `vm.memoryMiB` {boot.memory_mib}"
+            raise CatalogError(f"{boot.path}: {where}: {exc.with_file(str(files.firmware.path))}") from None
     kernel_digest = None
     if gaps["rtmr1"] is None and files.kernel is not None and boot.cmdline is not None:
         kernel = files.kernel

@@ -8,7 +8,8 @@ with `refusal(...)` before any host step is registered.
 What is compared (and nothing else): the TD measurements (MRTD, RTMR0-3, TD attributes), the sha256
 of each TD boot artifact (firmware, kernel, initrd), the guest kernel command line, the VBIOS and
 driver pins of every GPU SKU the stack uses, the gpu-admin-tools wheel (version and sha256), the
-TDX module pin and, for a stack with a workload, the vLLM image digest and the model hash. Host addresses, keys, BMCs and the number of hosts are per stack and never compared.
+TDX module pin and, for a stack with a workload, the vLLM image digest and the model hash. Host
+addresses, keys, BMCs and the number of hosts are per stack and never compared.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tdxattest.core.pins import StackPins
-
 from components.catalog.gpu import GpuAdminTools, GpuSku
+from tdxattest.core.pins import StackPins
 
 PROMOTABLE_SCHEMA = 1
 FIX = "deploy and verify these pins in staging first, or point promotion.fromStack at a stack that has"

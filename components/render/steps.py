@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts" / "host"
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from components.config.model import HOST_NAME  # the TD is named after its host
 from guest_agent import CONFIG_FW_CFG

@@ -9,14 +9,13 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tdxattest.core.workload import WorkloadManifest, expected_rtmr3
-
 from components.catalog.gpu import GpuSku
 from components.catalog.td_manifest import BootManifest
 from components.config.model import TdShape, WorkloadConfig
 from components.render.steps import Step
 from components.render.td_definition import DEFAULT_QEMU, TdDefinition, agent_config, render_unit, td_dir
 from guest_agent import REPORT_PREFIX
+from tdxattest.core.workload import WorkloadManifest, expected_rtmr3
 
 STAGE_STEP = Step("td-stage", "td_stage.sh")
 LAUNCH_STEP = Step("td-launch", "td_launch.sh")

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from tdxattest.core.workload import WorkloadManifest
 
 from components.catalog.dcap import dcap_packages
 from components.catalog.gpu import gpu_sku
@@ -41,6 +40,7 @@ from components.render.trust_domain import (
     wait_params,
 )
 from components.resources.command import Connection, facts_of, host_step
+from tdxattest.core.workload import WorkloadManifest
 
 STAGE_TIMEOUT_S = 1800
 

@@ -58,7 +58,7 @@ def _assert(condition: bool) -> None:
 
 @pulumi.runtime.test
 def test_host_without_bmc_only_verifies_bios_from_the_host():
-    host, rec = build(stack_config(), host_index=1)
+    _, rec = build(stack_config(), host_index=1)
     assert not any("phase" in n for n in rec.resources)
     conn = pulumi.Output.from_input(rec.resources["gpu-b-bios-verify"].props["connection"])
     return conn.apply(lambda c: _assert(c["dial_error_limit"] == 10 and c["host"] == "gpu-b.example.net"))

@@ -21,8 +21,6 @@ from typing import Any
 import kubernetes_validate
 import pulumi
 import pytest
-from tdxattest.core.policy import pins_from_stack_output
-from tdxattest.core.workload import CPU_OFFLOAD_VLLM_FLAGS, WorkloadManifest, manifest_from_mapping
 
 from components.config.kubernetes import kubernetes_target_from_mapping
 from components.config.model import DEFAULT_GPU_RESOURCE, DEFAULT_RUNTIME_CLASS, KnownAnswer
@@ -41,6 +39,8 @@ from components.render.kubernetes import (
     render_manifests,
     workload_problems,
 )
+from tdxattest.core.policy import pins_from_stack_output
+from tdxattest.core.workload import CPU_OFFLOAD_VLLM_FLAGS, WorkloadManifest, manifest_from_mapping
 from tests.support.loopback_http import LoopbackFileServer
 from tests.support.stacks import (
     GATEWAY,
@@ -578,7 +578,6 @@ def test_known_answer_probe_against_the_real_gateway():
     from tdxattest.channel.gateway import Gateway, GatewayConfig
     from tdxattest.testing.standin import StandinConfig, StandinServer, known_answer
     from tdxattest.testing.testpki import SoftwareQuoteProvider, make_test_pki
-
     from tests.support.channel import LoopThread
 
     loop = LoopThread()

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from components.catalog.pinfile import CatalogError
+from components.render.pins import expected_pins
 from tdxattest.core import events as ev
 from tdxattest.core.authenticode import authenticode_digest
 from tdxattest.core.bzimage import qemu_patch_kernel
 from tdxattest.core.rtmr import replay
-
-from components.catalog.pinfile import CatalogError
-from components.render.pins import expected_pins
 from tests.support.builders import make_bzimage
 from tests.support.paths import ARTIFACTS
 from tests.support.stacks import DEFAULT_MANIFEST

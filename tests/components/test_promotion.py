@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tdxattest.core.pins import StackPins
 
 from components.catalog.gpu import gpu_admin_tools, gpu_pins_for, gpu_sku
 from components.paths import FIRMWARE_DIR
 from components.render.promotion import FIX, Difference, compare, promotable_pins, refusal, refusal_from_outputs
+from tdxattest.core.pins import StackPins
 from tests.support.paths import ARTIFACTS, REPO
 
 FROM = "organization/tdx-vllm/staging"

@@ -15,7 +15,7 @@ import pytest
 from components.render.steps import DELETE_COMMAND, SCRIPTS_DIR, STEP_COMMAND, Step, render
 
 sys.path.insert(0, str(SCRIPTS_DIR))
-import vbios_version  # noqa: E402  (a host-side helper, imported here to test it)
+import vbios_version
 
 
 def run_local(stdin: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -8,8 +8,6 @@ import json
 
 import pulumi
 import pytest
-from tdxattest.core.pins import StackPins
-from tdxattest.core.workload import expected_rtmr3, model_sha256, rtmr3_events
 
 from components.catalog.gpu import gpu_pins_for, gpu_sku
 from components.config.stack import parse_stack
@@ -25,6 +23,8 @@ from components.render.trust_domain import (
     wait_params,
 )
 from components.resources.trust_domain import trust_domains
+from tdxattest.core.pins import StackPins
+from tdxattest.core.workload import expected_rtmr3, model_sha256, rtmr3_events
 from tests.support.pulumi_mocks import SECRETS, Mocks, Recorder, decrypted
 from tests.support.stacks import KERNEL_SHA, good, pinned_firmware_dir, workload
 

@@ -18,8 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -119,7 +119,7 @@ class Sshd:
         self.proc: subprocess.Popen | None = None
         self.cfg = cfg
 
-    def start(self) -> "Sshd":
+    def start(self) -> Sshd:
         if os.geteuid() == 0:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation dir
         self.proc = subprocess.Popen(
@@ -132,7 +132,7 @@ class Sshd:
                 return self
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"sshd did not start: {(self.dir / 'sshd.log').read_text()}")
+                    raise RuntimeError(f"sshd did not start: {(self.dir / 'sshd.log').read_text()}") from None
                 time.sleep(0.02)
 
     def stop(self) -> None:

@@ -1,6 +1,6 @@
 """End to end: the real Pulumi program (`Pulumi.yaml`, `__main__.py`, `components/`) under the real
 engine (bin/pulumi, file backend in a temp dir, PULUMI_CONFIG_PASSPHRASE) against fake TDX hosts of
-tests/harness/nshost.py (real sshd in network namespaces, faked hardware, fake reboot, fake
+tests/support/hosts/nshost.py (real sshd in network namespaces, faked hardware, fake reboot, fake
 gpu-admin-tools wheel in a local pip index, fake DCAP packages and PCCS).
 
 What is set up (module fixture `e2e`):
@@ -38,8 +38,9 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import yaml

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import yaml
 
-from tests.e2e.test_program import Engine, _apply_calls, _trust_pccs_certificate  # noqa: E402  (skips with it)
-from tests.support.hosts import profiles as H  # noqa: E402
-from tests.support.hosts.nshost import namespace_hosts  # noqa: E402
+from tests.e2e.test_program import Engine, _apply_calls, _trust_pccs_certificate
+from tests.support.hosts import profiles as H
+from tests.support.hosts.nshost import namespace_hosts
 
 STAGING_HOST, PROD_HOST = "stg-gpu", "prod-gpu"
 FROM_STACK = "organization/tdx-vllm/staging"

@@ -17,13 +17,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from tdxattest.channel.binding import expected_report_data, spki_der
-from tdxattest.core import rtmr
-from tdxattest.core.errors import InputError
-from tdxattest.core.workload import expected_rtmr3, manifest_from_mapping, replay_rtmr3
-from tdxattest.dcap.collateral import collateral_from_json_text
-from tdxattest.dcap.verify import verify_quote
-from tdxattest.testing.standin import known_answer
 
 from guest_agent import REPORT_PREFIX
 from guest_agent.__main__ import main
@@ -36,6 +29,13 @@ from guest_agent.report import parse_line
 from guest_agent.server import Supervisor, vllm_argv, vllm_cleanup_argv
 from guest_agent.system import CommandResult, Refused, System, run_command
 from guest_agent.tdx import RTMR3_SYSFS, SoftwareRtmr3, SysfsRtmr3, detect_tdx, measure_workload
+from tdxattest.channel.binding import expected_report_data, spki_der
+from tdxattest.core import rtmr
+from tdxattest.core.errors import InputError
+from tdxattest.core.workload import expected_rtmr3, manifest_from_mapping, replay_rtmr3
+from tdxattest.dcap.collateral import collateral_from_json_text
+from tdxattest.dcap.verify import verify_quote
+from tdxattest.testing.standin import known_answer
 from tests.support.loopback_http import LoopbackFileServer
 from tests.support.nvml_standin import FIXTURE_NONCE as NONCE1
 from tests.support.nvml_standin import GPU_FIXTURES
@@ -214,7 +214,7 @@ def test_the_image_decides_the_stack_not_the_host(tmp_path, root, model_src, bui
     (root / "etc/tdx-vllm").mkdir(parents=True)
     (root / "etc/tdx-vllm/image.json").write_text(json.dumps({"stack": built_for, "suite": "trixie"}))
     commands = Commands()
-    agent, out = make_agent(
+    agent, _ = make_agent(
         config_doc(tmp_path, model_src, stack=stack, server="standin" if stack == "dev" else "vllm"), root, commands
     )
     report = agent.start()
@@ -283,7 +283,7 @@ def test_rtmr3_gets_exactly_the_digest_and_the_event_is_logged(tmp_path, root, m
     commands = Commands()
     doc = config_doc(tmp_path, model_src, stack="prod", server="vllm")
     manifest = manifest_from_mapping(doc["workload"])
-    agent, out = make_agent(doc, root, commands)
+    agent, _ = make_agent(doc, root, commands)
     report = agent.start()
     assert rtmr3_file.read_bytes() == manifest.digest() and len(manifest.digest()) == 48
     events = [json.loads(line) for line in (tmp_path / "state/rtmr3-events.jsonl").read_text().splitlines()]

@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from tdxattest.cli import main
+from tdxattest.dcap.cache import CollateralCache
+from tdxattest.dcap.collateral import CollateralError
+from tdxattest.dcap.collateral import parse_iso_ts as ts
+from tdxattest.dcap.verify import verify_quote
+from tests.support.loopback_http import LoopbackHttpServer
 from tests.support.paths import QUOTES
 
 RAW = QUOTES / "raw"
 
-
-from tdxattest.cli import main  # noqa: E402
-from tdxattest.dcap.cache import CollateralCache  # noqa: E402
-from tdxattest.dcap.collateral import CollateralError
-from tdxattest.dcap.collateral import parse_iso_ts as ts  # noqa: E402
-from tdxattest.dcap.verify import verify_quote  # noqa: E402
-
-from tests.support.loopback_http import LoopbackHttpServer
 
 FMSPC = "00806F050000"
 GCP_QUOTE = QUOTES / "quotes" / "gcp-cos113-v4-00806f.bin"

@@ -17,11 +17,11 @@ import pytest
 
 pytest.importorskip("sushy_tools")
 
-import sushy  # noqa: E402
+import sushy
 
-from components.bmc import redfish  # noqa: E402
-from components.bmc.redfish import BiosError  # noqa: E402
-from components.catalog.bios import BiosSetting, load_vendor_table  # noqa: E402
+from components.bmc import redfish
+from components.bmc.redfish import BiosError
+from components.catalog.bios import BiosSetting, load_vendor_table
 from tests.support.redfish.emulator import Board, RedfishEmulator, board_for_table, free_port, make_tls, run_emulator
 
 pytestmark = pytest.mark.harness

@@ -16,7 +16,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-from tdxattest.core.workload import expected_rtmr3
 
 from components.catalog.td_manifest import BootArtifact, BootManifest
 from components.config.model import KnownAnswer, TdShape, WorkloadConfig
@@ -31,6 +30,7 @@ from components.render.trust_domain import (
     stage_params,
     wait_params,
 )
+from tdxattest.core.workload import expected_rtmr3
 from tests.support.hosts import profiles as H
 from tests.support.hosts import sshrun
 from tests.support.hosts.sshrun import CommandFailed

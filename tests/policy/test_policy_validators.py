@@ -7,13 +7,13 @@ import pytest
 
 pytest.importorskip("pulumi_policy")
 
-from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, Secret, StackValidationPolicy  # noqa: E402
-from pulumi_policy.deserialize import deserialize_properties  # noqa: E402
-from pulumi_policy.proxy import unknown_checking_proxy  # noqa: E402
+from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, Secret, StackValidationPolicy
+from pulumi_policy.deserialize import deserialize_properties
+from pulumi_policy.proxy import unknown_checking_proxy
 
-from components.render.host_steps import GPU_STEP  # noqa: E402
-from components.render.steps import render  # noqa: E402
-from policy import validators as V  # noqa: E402
+from components.render.host_steps import GPU_STEP
+from components.render.steps import render
+from policy import validators as V
 
 RC, LC = V.REMOTE_COMMAND, V.LOCAL_COMMAND
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG0O8eKjk+Eb5AtmKKsSv//f+M2wjuXqWH5+HbC1h9NS"

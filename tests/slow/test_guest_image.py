@@ -37,10 +37,10 @@ import pytest
 
 from components.render.td_definition import DATA_DISK_SERIAL, ROOT_DISK_SERIAL
 from guest_agent import CONFIG_FW_CFG, REPORT_PREFIX
+from tests.support.paths import ARTIFACTS, REPO
 
 pytestmark = pytest.mark.slow
 
-from tests.support.paths import ARTIFACTS, REPO
 
 BUILD = REPO / "tools" / "build-guest-image.sh"
 CACHE = Path(os.environ.get("TDX_VLLM_GUEST_IMAGE_CACHE", REPO / "artifacts" / "guest-image-cache"))

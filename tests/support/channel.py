@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from tdxattest.channel.gateway import Gateway, GatewayConfig, TlsIdentity, make_tls_identity
 from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy
@@ -143,6 +144,7 @@ async def tls_relay(
     middle that terminates TLS). With `replay`, it answers attestation requests with that recorded
     response instead of asking the gateway (a replay of an old quote)."""
     from aiohttp import ClientSession, TCPConnector, web
+
     from tdxattest.channel.gateway import ATTESTATION_PATH, HOP_BY_HOP
 
     identity = tls or make_tls_identity("relay")

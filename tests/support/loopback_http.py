@@ -21,7 +21,7 @@ class LoopbackHttpServer:
             def log_message(self, *a):  # quiet
                 pass
 
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 outer.requests.append(self.path)
                 status, body, headers = outer.answer(self.path)
                 self.send_response(status)

@@ -63,10 +63,10 @@ class Recorder:
         return None
 
     def deps(self, name: str) -> set[str]:
-        return {d._name for d in (self.resources[name].opts.depends_on or [])}  # noqa: SLF001
+        return {d._name for d in (self.resources[name].opts.depends_on or [])}
 
     def parent(self, name: str) -> str:
-        return self.resources[name].opts.parent._name  # noqa: SLF001
+        return self.resources[name].opts.parent._name
 
 
 def runtime_config(raw: dict, secret_top: set[str]) -> None:

@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+
 from tdxattest.channel.binding import DOMAIN_TAG, expected_report_data, spki_der
 from tdxattest.core.errors import InputError
 from tdxattest.core.policy import DEFAULT_POLICY, QuoteFacts, evaluate
-
 from tests.support.builders import report
 
 
@@ -42,7 +42,7 @@ def test_spki_from_certificate_bytes(spki: bytes) -> None:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "td")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from tdxattest.channel.gateway import make_tls_identity
 from tdxattest.channel.quote_source import QuoteUnavailable
 from tdxattest.testing.standin import StandinConfig, known_answer
 from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity, make_test_pki
-
 from tests.support.channel import Channel, LoopThread, SwitchableForwarder, start_channel, tls_relay
 
 MODEL = StandinConfig().model
@@ -255,6 +255,7 @@ def test_gateway_refuses_required_response_quote_it_cannot_make(loop, tmp_path, 
 
 def test_gateway_attestation_response_binds_its_tls_key(loop, tmp_path, pki) -> None:
     import aiohttp
+
     from tdxattest.channel.binding import expected_report_data
     from tdxattest.core.quote import parse_quote
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from tdxattest.testing.standin import StandinConfig, known_answer
 from tdxattest.testing.testpki import TdIdentity
 

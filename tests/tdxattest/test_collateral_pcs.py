@@ -14,19 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from tdxattest.cli import main
+from tdxattest.dcap import fetch as fetch_mod
+from tdxattest.dcap.cache import CollateralCache
+from tdxattest.dcap.collateral import CollateralError, verify_collateral
+from tdxattest.dcap.collateral import parse_iso_ts as ts
+from tdxattest.dcap.fetch import fetch_collateral
+from tests.support.loopback_http import LoopbackHttpServer
 from tests.support.paths import QUOTES
 
 RAW = QUOTES / "raw"
 
-
-from tdxattest.cli import main  # noqa: E402
-from tdxattest.dcap import fetch as fetch_mod  # noqa: E402
-from tdxattest.dcap.cache import CollateralCache  # noqa: E402
-from tdxattest.dcap.collateral import CollateralError, verify_collateral
-from tdxattest.dcap.collateral import parse_iso_ts as ts  # noqa: E402
-from tdxattest.dcap.fetch import fetch_collateral
-
-from tests.support.loopback_http import LoopbackHttpServer
 
 FMSPC = "00806F050000"
 GCP_QUOTE = QUOTES / "quotes" / "gcp-cos113-v4-00806f.bin"
@@ -106,6 +104,7 @@ def test_pcs_without_rootcacrl_takes_root_crl_from_distribution_point(pcs: Serve
     assert status.next_updates["root_ca_crl"] > NOW_OK
     # The assembled set is the fixture set, field for field, and verifies the GCP quote.
     import dcap_qvl
+
     from tdxattest.dcap.collateral import collateral_from_json_text
     from tdxattest.dcap.verify import verify_quote
 

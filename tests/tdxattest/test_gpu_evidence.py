@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from tdxattest.core.gpu_evidence import GpuEvidenceError, parse_gpu_report, verify_gpu_chain, verify_gpu_evidence
 
+from tdxattest.core.gpu_evidence import GpuEvidenceError, parse_gpu_report, verify_gpu_chain, verify_gpu_evidence
 from tests.support.nvml_standin import FIXTURE_NONCE as NONCE1
 from tests.support.nvml_standin import GPU_FIXTURES as GPU
 
@@ -91,6 +91,7 @@ def test_the_pinned_root_fingerprint_is_the_fixture_root() -> None:
 
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
+
     from tdxattest.core.gpu_evidence import NVIDIA_DEVICE_ROOT_SHA256
 
     der = x509.load_pem_x509_certificate(rd(ROOT)).public_bytes(Encoding.DER)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tdxattest.channel.http1 import ResponseReader, UpstreamProtocolError, encode_request
 
 

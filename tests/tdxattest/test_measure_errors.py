@@ -12,6 +12,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from tdxattest import cli
 from tdxattest.core.authenticode import authenticode_digest, pe_layout
 from tdxattest.core.errors import InputError
 from tdxattest.core.eventlog import parse_tcg2_log
@@ -19,8 +21,6 @@ from tdxattest.core.loaders import load_firmware, load_kernel
 from tdxattest.core.mrtd import compute_mrtd
 from tdxattest.core.quote import read_td_report
 from tdxattest.core.tdvf import parse_tdvf
-
-from tdxattest import cli
 from tests.support.builders import DESC, SECTIONS, SIZE, make_bzimage, make_spec_id_log, make_tdvf
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tdxattest.core import events as ev
 from tdxattest.core.dstack import parse_dstack_attestation
 from tdxattest.core.eventlog import parse_tcg2_log, replay_log
@@ -18,7 +19,6 @@ from tdxattest.core.quote import parse_quote, read_td_report
 from tdxattest.core.rtmr import replay
 from tdxattest.core.tdhob import MIB, td_hob_digest
 from tdxattest.core.tdvf import cfv_bytes, parse_tdvf
-
 from tests.support.paths import MEASUREMENTS as MEAS
 from tests.support.paths import QUOTES, REPO
 
@@ -117,7 +117,6 @@ def test_cli_measure_direct_boot(tmp_path):
     """--kernel/--initrd/--cmdline give RTMR1 and RTMR2 with their per-event digests."""
     from tdxattest.core.authenticode import authenticode_digest
     from tdxattest.core.bzimage import qemu_patch_kernel
-
     from tests.support.builders import make_bzimage
 
     kernel = tmp_path / "bzImage"

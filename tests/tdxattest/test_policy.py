@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from tdxattest.core.errors import InputError
 from tdxattest.core.policy import (
     DAY,
@@ -17,7 +18,6 @@ from tdxattest.core.policy import (
     pins_from_stack_output,
     policy_from_mapping,
 )
-
 from tests.support.builders import MRTD, TCB_DATE, facts
 
 
@@ -154,7 +154,7 @@ def test_policy_yaml_mapping() -> None:
     import yaml
 
     doc = yaml.safe_load(
-        """
+        f"""
 version: 1
 tcb:
   allowed_statuses: [UpToDate, SWHardeningNeeded]
@@ -166,11 +166,10 @@ td:
   require_sept_ve_disable: true
   min_tee_tcb_svn: "03010200000000000000000000000000"
 pins:
-  mrtd: [%s, %s]
+  mrtd: [{"aa" * 48}, {MRTD.hex()}]
   rtmr3: null
   xfam: e702060000000000
 """
-        % ("aa" * 48, MRTD.hex())
     )
     p = policy_from_mapping(doc)
     assert p.allowed_tcb_statuses == {"UpToDate", "SWHardeningNeeded"} and p.out_of_date_grace_days == 30

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tdxattest.channel.quote_source import ConfigfsTsmQuoteSource, QuoteUnavailable
 
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import json
 
+import dcap_qvl
 import pytest
 
+from tdxattest.cli import main
+from tdxattest.core.policy import DEFAULT_POLICY, Pin, Pins, Policy
+from tdxattest.core.quote import parse_quote
+from tdxattest.dcap.collateral import collateral_from_json_text, load_collateral
+from tdxattest.dcap.collateral import parse_iso_ts as _ts
+from tdxattest.dcap.verify import classify_error, report_from_verified_json, verify_quote
 from tests.support.paths import QUOTES
 
 MANIFEST_PATH = QUOTES / "manifest.json"
@@ -15,13 +22,6 @@ MANIFEST = json.loads(MANIFEST_PATH.read_text())
 CASES = MANIFEST["cases"]
 RECIPES = MANIFEST["mutation_recipes"]["recipes"]
 
-import dcap_qvl  # noqa: E402
-from tdxattest.cli import main  # noqa: E402
-from tdxattest.core.policy import DEFAULT_POLICY, Pin, Pins, Policy  # noqa: E402
-from tdxattest.core.quote import parse_quote  # noqa: E402
-from tdxattest.dcap.collateral import collateral_from_json_text, load_collateral
-from tdxattest.dcap.collateral import parse_iso_ts as _ts  # noqa: E402
-from tdxattest.dcap.verify import classify_error, report_from_verified_json, verify_quote
 
 # dcap-qvl's recorded error for a case -> our named failure.
 CASE_FAILURES = {
@@ -216,7 +216,7 @@ def _apply(recipe_id: str):
 
 
 def test_mutation_base_is_accepted() -> None:
-    q, text, now, _ = _apply("truncate-quote")
+    _, text, now, _ = _apply("truncate-quote")
     base = MANIFEST["mutation_recipes"]["base"]
     verdict = verify_quote(_quote(base["quote"]), collateral_from_json_text(text), now)
     assert verdict.accepted and verdict.tcb_status == "UpToDate"

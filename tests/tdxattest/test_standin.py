@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+
 from tdxattest.testing.standin import StandinConfig, StandinServer, StandinThread, known_answer
 
 ROOT = Path(__file__).resolve().parents[2]

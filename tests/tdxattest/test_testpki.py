@@ -9,6 +9,7 @@ import dataclasses
 import dcap_qvl
 import pytest
 from cryptography import x509
+
 from tdxattest.channel.quote_source import QuoteSource
 from tdxattest.core.policy import Policy
 from tdxattest.core.quote import parse_quote, pck_tcb

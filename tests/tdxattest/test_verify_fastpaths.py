@@ -11,27 +11,25 @@ from pathlib import Path
 
 import pytest
 
+from tdxattest.core.errors import InputError
+from tdxattest.core.policy import Policy
+from tdxattest.core.quote import (
+    _BODY_FIELDS,
+    TdReport,
+    _body_location,
+    parse_quote,
+    pck_tcb,
+    quote_pck_tcb,
+    read_td_report,
+)
+from tdxattest.dcap.collateral import collateral_from_json_text, load_collateral
+from tdxattest.dcap.verify import _tcb_date_from_tcb_info, verify_quote
 from tests.support.paths import QUOTES
 
 MANIFEST_PATH = QUOTES / "manifest.json"
 MANIFEST = json.loads(MANIFEST_PATH.read_text())
 CASES = MANIFEST["cases"]
 QUOTE_FILES = sorted((QUOTES / "quotes").glob("*.bin"))
-
-
-from tdxattest.core.errors import InputError  # noqa: E402
-from tdxattest.core.policy import Policy  # noqa: E402
-from tdxattest.core.quote import (
-    _BODY_FIELDS,
-    TdReport,
-    _body_location,
-    parse_quote,
-    pck_tcb,  # noqa: E402
-    quote_pck_tcb,
-    read_td_report,
-)
-from tdxattest.dcap.collateral import collateral_from_json_text, load_collateral
-from tdxattest.dcap.verify import _tcb_date_from_tcb_info, verify_quote
 
 
 def _case(case_id: str) -> dict:

@@ -7,6 +7,7 @@ import hashlib
 import json
 
 import pytest
+
 from tdxattest.core.errors import InputError
 from tdxattest.core.workload import (
     WORKLOAD_EVENT,

@@ -53,9 +53,10 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -341,7 +342,7 @@ class NamespaceHost:
         return Target(**args)
 
     # -- lifecycle
-    def __enter__(self) -> "NamespaceHost":
+    def __enter__(self) -> NamespaceHost:
         try:
             self.start()
         except BaseException:
@@ -570,7 +571,9 @@ class NamespaceHost:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"sshd of fake host {self.profile.name} does not answer:\n{self.logs()}")
+                    raise RuntimeError(
+                        f"sshd of fake host {self.profile.name} does not answer:\n{self.logs()}"
+                    ) from None
                 time.sleep(0.02)
 
     def logs(self) -> str:

@@ -17,9 +17,9 @@ MSRs (read by preflight.sh / bios_verify.sh through `rdmsr -p 0 -0 ADDR`):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 H100_VBIOS = "96.00.9F.00.01"  # firmware/gpu/h100-sxm.yaml
 DCAP_APT = (
@@ -122,7 +122,7 @@ class HostProfile:
         out.update({int(k[1:], 16): v for k, v in changes.items()})
         return out
 
-    def replace(self, **changes) -> "HostProfile":
+    def replace(self, **changes) -> HostProfile:
         return dataclasses.replace(self, **changes)
 
 

@@ -24,8 +24,9 @@ import json
 import select
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import paramiko
 

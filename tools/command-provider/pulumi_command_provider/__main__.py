@@ -102,7 +102,7 @@ class CommandServicer(ProviderServicer):
             await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
         except grpc.aio.AbortError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a bug here: keep the traceback for the report
+        except Exception as exc:
             await context.abort(
                 grpc.StatusCode.INTERNAL,
                 f"pulumi-resource-command (stand-in) internal error: {exc!r}\n{traceback.format_exc()}",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from . import CancelledError, CommandError, DeadlineError, format_run_error
 
@@ -27,10 +27,10 @@ DEFAULT_INTERPRETER = ("/bin/sh", "-c")
 
 # The launcher sets PYTHONPATH (and PYTHONSAFEPATH) for the provider itself; commands must see
 # the environment the engine gave the provider. __main__ records the original values here.
-_ENV_RESTORE: dict[str, Optional[str]] = {}
+_ENV_RESTORE: dict[str, str | None] = {}
 
 
-def set_env_restore(original: Mapping[str, Optional[str]]) -> None:
+def set_env_restore(original: Mapping[str, str | None]) -> None:
     _ENV_RESTORE.clear()
     _ENV_RESTORE.update(original)
 
@@ -67,15 +67,15 @@ def _exit_reason(returncode: int) -> str:
 async def run(
     command: str,
     *,
-    interpreter: Optional[Sequence[str]],
-    directory: Optional[str],
+    interpreter: Sequence[str] | None,
+    directory: str | None,
     environment: Mapping[str, str],
     previous: Mapping[str, str],
-    stdin: Optional[str],
+    stdin: str | None,
     log_stdout: bool,
     log_stderr: bool,
     output: Callable[[str], None],
-    timeout_s: Optional[float],
+    timeout_s: float | None,
     cancelled: asyncio.Event,
 ) -> tuple[str, str]:
     argv = list(interpreter) if interpreter else list(DEFAULT_INTERPRETER)
@@ -146,7 +146,7 @@ async def run(
         _kill_tree(proc)
         try:
             await asyncio.wait_for(work, 5)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - best effort after the kill
+        except (TimeoutError, Exception):
             work.cancel()
         if partial["buf"]:
             output(partial["buf"].decode("utf-8", "replace"))

@@ -25,7 +25,8 @@ import re
 import secrets
 import threading
 import time
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -132,11 +133,11 @@ UNSUPPORTED = {
 # --- property values ----------------------------------------------------------------------------
 
 
-def is_unknown(pv: Optional[PropertyValue]) -> bool:
+def is_unknown(pv: PropertyValue | None) -> bool:
     return pv is not None and (isinstance(pv.value, Computed) or pv.value == UNKNOWN)
 
 
-def has_unknown(pv: Optional[PropertyValue]) -> bool:
+def has_unknown(pv: PropertyValue | None) -> bool:
     if pv is None:
         return False
     if is_unknown(pv):
@@ -149,7 +150,7 @@ def has_unknown(pv: Optional[PropertyValue]) -> bool:
     return False
 
 
-def plain(pv: Optional[PropertyValue]) -> Any:
+def plain(pv: PropertyValue | None) -> Any:
     """The Python value inside (secrets unwrapped, nulls as None)."""
     if pv is None:
         return None
@@ -177,14 +178,14 @@ def urn_name(urn: str) -> str:
     return parts[3] if len(parts) == 4 else ""
 
 
-def _absent(pv: Optional[PropertyValue]) -> bool:
+def _absent(pv: PropertyValue | None) -> bool:
     return pv is None or pv.value is None
 
 
 # --- check ----------------------------------------------------------------------------------------
 
 
-def _type_failure(path: str, pv: PropertyValue, kind: str) -> Optional[str]:
+def _type_failure(path: str, pv: PropertyValue, kind: str) -> str | None:
     if has_unknown(pv) and not isinstance(pv.value, (Mapping, tuple, list)):
         return None
     v = pv.value
@@ -290,7 +291,7 @@ def _child(path: str, key: Any) -> str:
     return f"{path}.{key}" if _IDENT.match(key) else f"{path}[{json.dumps(key)}]"
 
 
-def diff_value(path: str, old: Optional[PropertyValue], new: Optional[PropertyValue]) -> dict[str, PropertyDiffKind]:
+def diff_value(path: str, old: PropertyValue | None, new: PropertyValue | None) -> dict[str, PropertyDiffKind]:
     """Property paths that differ, as infer's detailed diff (secretness alone is no change)."""
     if _absent(old) and _absent(new):
         return {}
@@ -337,7 +338,7 @@ def _ignore(news: dict[str, PropertyValue], olds: Mapping[str, PropertyValue], p
 class EngineLog:
     """Log messages for one resource operation, sent in order to the engine's Log RPC."""
 
-    def __init__(self, stub: Optional[engine_pb2_grpc.EngineStub], urn: str, loop: asyncio.AbstractEventLoop):
+    def __init__(self, stub: engine_pb2_grpc.EngineStub | None, urn: str, loop: asyncio.AbstractEventLoop):
         self.stub, self.urn, self.loop = stub, urn, loop
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task = loop.create_task(self._drain())
@@ -398,18 +399,18 @@ class _SshSink(ssh.Sink):
 
 
 class CommandProvider(Provider):
-    def __init__(self, engine_address: Optional[str] = None):
+    def __init__(self, engine_address: str | None = None):
         self.engine_address = engine_address
-        self._engine: Optional[engine_pb2_grpc.EngineStub] = None
-        self._channel: Optional[grpc.aio.Channel] = None
+        self._engine: engine_pb2_grpc.EngineStub | None = None
+        self._channel: grpc.aio.Channel | None = None
         self._cancelled_thread = threading.Event()
-        self._cancelled_async: Optional[asyncio.Event] = None
+        self._cancelled_async: asyncio.Event | None = None
         # Remote commands block (paramiko): each runs in a thread; reboot waits can be long.
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="remote-command")
 
     # engine plumbing
 
-    def _engine_stub(self) -> Optional[engine_pb2_grpc.EngineStub]:
+    def _engine_stub(self) -> engine_pb2_grpc.EngineStub | None:
         if self._engine is None and self.engine_address:
             from pulumi.runtime._grpc_settings import _GRPC_CHANNEL_OPTIONS
 
@@ -441,7 +442,7 @@ class CommandProvider(Provider):
                 {
                     "name": PACKAGE,
                     "version": VERSION,
-                    "description": "Stand-in for pulumi-command (tools/command-provider): local and remote Command only.",
+                    "description": "Stand-in for pulumi-command (tools/command-provider): local, remote Command only.",
                 }
             )
         )
@@ -562,7 +563,7 @@ class CommandProvider(Provider):
         typ: str,
         props: Mapping[str, PropertyValue],
         command: str,
-        props_prev: Optional[Mapping[str, PropertyValue]],
+        props_prev: Mapping[str, PropertyValue] | None,
         timeout_s: float,
     ) -> tuple[str, str]:
         logging = plain(props.get("logging")) or "stdoutAndStderr"

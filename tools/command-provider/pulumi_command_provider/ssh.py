@@ -33,8 +33,9 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import paramiko
 from paramiko.agent import AgentSSH
@@ -61,16 +62,16 @@ class Connection:
     host: str
     port: int = DEFAULT_PORT
     user: str = DEFAULT_USER
-    password: Optional[str] = field(default=None, repr=False)
-    private_key: Optional[str] = field(default=None, repr=False)
-    private_key_password: Optional[str] = field(default=None, repr=False)
-    agent_socket_path: Optional[str] = None
-    host_key: Optional[str] = None
+    password: str | None = field(default=None, repr=False)
+    private_key: str | None = field(default=None, repr=False)
+    private_key_password: str | None = field(default=None, repr=False)
+    agent_socket_path: str | None = None
+    host_key: str | None = None
     dial_error_limit: int = DEFAULT_DIAL_ERROR_LIMIT
     per_dial_timeout: float = DEFAULT_PER_DIAL_TIMEOUT
 
     @classmethod
-    def from_wire(cls, value: Mapping[str, Any]) -> "Connection":
+    def from_wire(cls, value: Mapping[str, Any]) -> Connection:
         def opt(name: str, default: Any = None) -> Any:
             v = value.get(name)
             return default if v is None else v
@@ -111,11 +112,11 @@ class Sink:
 class Control:
     """Deadline (time.monotonic() value, or None) and cancellation shared with the caller."""
 
-    deadline: Optional[float] = None
+    deadline: float | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
-    timeout_s: Optional[float] = None
+    timeout_s: float | None = None
 
-    def remaining(self) -> Optional[float]:
+    def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
     def check(self, what: str) -> None:
@@ -125,7 +126,7 @@ class Control:
         if rem is not None and rem <= 0:
             raise DeadlineError(f"{what}: timed out after {self.timeout_s:g}s (the resource's custom timeout)")
 
-    def bound(self, seconds: Optional[float]) -> Optional[float]:
+    def bound(self, seconds: float | None) -> float | None:
         """`seconds` (None/0 = unbounded) capped by the time left before the deadline."""
         rem = self.remaining()
         if seconds is not None and seconds <= 0:
@@ -139,7 +140,7 @@ class Control:
 # --- keys -------------------------------------------------------------------------------------
 
 
-def load_private_key(text: str, password: Optional[str]) -> paramiko.PKey:
+def load_private_key(text: str, password: str | None) -> paramiko.PKey:
     errors = []
     for cls in _KEY_CLASSES:
         try:
@@ -177,7 +178,7 @@ class _PathAgent(AgentSSH):
         self._close()
 
 
-def _agent_keys(conn: Connection) -> tuple[list[paramiko.PKey], Optional[_PathAgent]]:
+def _agent_keys(conn: Connection) -> tuple[list[paramiko.PKey], _PathAgent | None]:
     path = conn.agent_socket_path or os.environ.get("SSH_AUTH_SOCK") or None
     if not path:
         return [], None
@@ -193,19 +194,19 @@ def _agent_keys(conn: Connection) -> tuple[list[paramiko.PKey], Optional[_PathAg
 
 def _dial_once(
     conn: Connection,
-    pkey: Optional[paramiko.PKey],
-    pinned: Optional[paramiko.PKey],
+    pkey: paramiko.PKey | None,
+    pinned: paramiko.PKey | None,
     agent_keys: list[paramiko.PKey],
-    timeout: Optional[float],
+    timeout: float | None,
 ) -> paramiko.Transport:
     start = time.monotonic()
 
-    def left() -> Optional[float]:
+    def left() -> float | None:
         return None if timeout is None else max(timeout - (time.monotonic() - start), 0.01)
 
     try:
         sock = socket.create_connection((conn.host, conn.port), timeout=left())
-    except socket.timeout:
+    except TimeoutError:
         raise OSError(f"dial tcp {conn.endpoint}: i/o timeout") from None
     except OSError as exc:
         raise OSError(f"dial tcp {conn.endpoint}: connect: {(exc.strerror or str(exc)).lower()}") from None
@@ -238,7 +239,7 @@ def _dial_once(
 
 
 def _authenticate(
-    transport: paramiko.Transport, conn: Connection, pkey: Optional[paramiko.PKey], agent_keys: list[paramiko.PKey]
+    transport: paramiko.Transport, conn: Connection, pkey: paramiko.PKey | None, agent_keys: list[paramiko.PKey]
 ) -> None:
     tried: list[str] = []
     errors: list[str] = []
@@ -395,7 +396,7 @@ def run(
     conn: Connection,
     command: str,
     *,
-    stdin: Optional[str],
+    stdin: str | None,
     environment: Mapping[str, str],
     previous: Mapping[str, str],
     log_stdout: bool,

@@ -29,10 +29,13 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tdxattest.channel.binding import MAX_NONCE, MIN_NONCE, expected_report_data, response_report_data, spki_der
 from tdxattest.channel.quote_source import QuoteSource, QuoteUnavailable
+
+if TYPE_CHECKING:  # aiohttp is imported where it is used (CLI start-up time)
+    from aiohttp import ClientSession, web
 
 ATTESTATION_PATH = "/.well-known/tdx-attestation"
 CCEL_DATA = "/sys/firmware/acpi/tables/data/CCEL"
@@ -160,7 +163,7 @@ class Gateway:
         self.event_log_b64 = base64.b64encode(event_log).decode() if event_log else None
         evidence = _read_optional(config.gpu_evidence)
         self.gpu_evidence = json.loads(evidence) if evidence else None
-        self._session = None
+        self._session: ClientSession | None = None
         self.quotes_made = 0
 
     async def _quote(self, report_data: bytes) -> bytes:
@@ -198,7 +201,7 @@ class Gateway:
             headers={"cache-control": "no-store"},
         )
 
-    async def forward(self, request):
+    async def forward(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import ClientError
 
         body = await request.read()
@@ -223,8 +226,11 @@ class Gateway:
         headers = {
             k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() != "x-attestation"
         }
+        session = self._session
+        if session is None:  # opened by the app's cleanup context before it serves any request
+            raise RuntimeError("the gateway's upstream client session is not open")
         try:
-            upstream = await self._session.request(
+            upstream = await session.request(
                 request.method,
                 self.config.upstream + request.path_qs,
                 headers=headers,

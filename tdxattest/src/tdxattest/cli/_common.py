@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # aiohttp is imported by the verbs that serve (CLI start-up time)
+    from aiohttp import web
 
 
-def serve_until_interrupted(start: Callable[[], Awaitable[tuple[object, dict]]]) -> int:
+def serve_until_interrupted(start: Callable[[], Awaitable[tuple[web.BaseRunner, dict[str, Any]]]]) -> int:
     """Run a server: `start()` returns (an aiohttp runner, the facts to print as one JSON line once
     listening); serve until SIGINT (SIGTERM ends the process as usual)."""
     import asyncio

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -64,7 +65,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     try:
         collateral, status = cache.get(args.pccs, fmspc, ca, now, force_refresh=args.force)
     except CollateralError as exc:
-        out = {"ok": False, "failure": {"check": exc.check, "expected": exc.expected, "seen": exc.seen}}
+        out: dict[str, Any] = {"ok": False, "failure": {"check": exc.check, "expected": exc.expected, "seen": exc.seen}}
         if exc.fix:
             out["failure"]["fix"] = exc.fix
         if args.json:
@@ -74,7 +75,10 @@ def run_fetch(args: argparse.Namespace) -> int:
     if args.out:
         from tdxattest.dcap.cache import write_private
 
-        write_private(args.out, cache.load(fmspc, ca).to_dcap_json().encode())
+        raw = cache.load(fmspc, ca) if fmspc is not None else None
+        if raw is None:  # get() has just verified this set in the cache: it can only have been removed since
+            raise RuntimeError(f"collateral for FMSPC {fmspc} ({ca}) left {cache.dir} while in use")
+        write_private(args.out, raw.to_dcap_json().encode())
     status = {k: v for k, v in status.items() if v is not None}
     if args.json:
         print(json.dumps({"ok": True, **status}, indent=2))

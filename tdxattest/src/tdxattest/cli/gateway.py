@@ -36,11 +36,12 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from tdxattest.channel.gateway import CCEL_DATA, Gateway, GatewayConfig
-    from tdxattest.channel.quote_source import ConfigfsTsmQuoteSource, QuoteUnavailable
+    from tdxattest.channel.quote_source import ConfigfsTsmQuoteSource, QuoteSource, QuoteUnavailable
     from tdxattest.cli import UsageError
     from tdxattest.cli._common import parse_listen, serve_until_interrupted
 
     host, port = parse_listen(args.listen)
+    source: QuoteSource
     if args.quote_source == "software-test":
         if not args.test_pki_dir:
             raise UsageError("--quote-source software-test needs --test-pki-dir (where the TEST root CA goes)")
@@ -58,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
         os.makedirs(args.test_pki_dir, mode=0o700, exist_ok=True)
         with open(os.path.join(args.test_pki_dir, "root-ca.der"), "wb") as fh:
             fh.write(pki.root_ca_der)
-        with open(os.path.join(args.test_pki_dir, "collateral.json"), "w", encoding="utf-8") as fh:
-            fh.write(pki.collateral_json())
+        with open(os.path.join(args.test_pki_dir, "collateral.json"), "w", encoding="utf-8") as text_fh:
+            text_fh.write(pki.collateral_json())
         source = SoftwareQuoteProvider(pki)
         print(
             "WARNING: software-test quote source: quotes are signed by a TEST PKI, not by TDX hardware; "

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+from typing import Any
 
 from tdxattest.dcap.collateral import (
     FILES,
     INTEL_SGX_ROOT_CA_SHA256,
+    Collateral,
     CollateralError,
     RawCollateral,
     collateral_from_json_text,
@@ -68,7 +70,7 @@ class CollateralCache:
             return None
         return RawCollateral(*parts)
 
-    def store(self, fmspc: str, ca: str, raw: RawCollateral, meta: dict) -> str:
+    def store(self, fmspc: str, ca: str, raw: RawCollateral, meta: dict[str, Any]) -> str:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         os.chmod(self.dir, 0o700)
         d = self._entry(fmspc, ca)
@@ -79,7 +81,9 @@ class CollateralCache:
         write_private(os.path.join(d, "meta.json"), json.dumps(meta, indent=2).encode())
         return d
 
-    def get(self, base_url: str | None, fmspc: str | None, ca: str, now: int, force_refresh: bool = False):
+    def get(
+        self, base_url: str | None, fmspc: str | None, ca: str, now: int, force_refresh: bool = False
+    ) -> tuple[Collateral, dict[str, Any]]:
         """(verification.Collateral, status dict) valid at `now`. Uses the cache when it verifies and
         `now` is before its earliest nextUpdate minus the refresh margin; otherwise fetches. When
         fetching fails, a cached set still valid at `now` is used and the status says so; when
@@ -95,9 +99,14 @@ class CollateralCache:
                 cached_status = verify_collateral(cached, now, fmspc, self.root_sha256)
             except CollateralError as exc:
                 cached_error = exc
-        status: dict = {"fmspc": fmspc.upper(), "ca": ca, "cache_dir": self._entry(fmspc, ca)}
-        fresh = cached_status is not None and now < cached_status.earliest_next_update - self.margin
-        if fresh and not force_refresh:
+        status: dict[str, Any] = {"fmspc": fmspc.upper(), "ca": ca, "cache_dir": self._entry(fmspc, ca)}
+        # `cached` is set whenever `cached_status` is; both are tested so the type checker sees it.
+        if (
+            cached is not None
+            and cached_status is not None
+            and now < cached_status.earliest_next_update - self.margin
+            and not force_refresh
+        ):
             status.update(source="cache", **cached_status.as_dict())
             return collateral_from_json_text(cached.to_dcap_json(), status["cache_dir"]), status
         fetch_error = None
@@ -119,7 +128,7 @@ class CollateralCache:
                 return collateral_from_json_text(raw.to_dcap_json(), status["cache_dir"]), status
             except CollateralError as exc:
                 fetch_error = exc
-        if cached_status is not None:
+        if cached is not None and cached_status is not None:
             status.update(
                 source="cache",
                 **cached_status.as_dict(),

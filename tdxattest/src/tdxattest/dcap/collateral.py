@@ -19,9 +19,15 @@ import json
 import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tdxattest.core.errors import InputError
+
+if TYPE_CHECKING:  # imported inside the functions that use them (CLI start-up time)
+    import dcap_qvl
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 
@@ -152,7 +158,7 @@ class _TcbLevel:
     date: int | None  # tcbDate as unix time; None when absent / unparsable (then the level is not used)
 
 
-def _parse_tcb_levels(tcb_info: dict) -> tuple[_TcbLevel | None, ...] | None:
+def _parse_tcb_levels(tcb_info: dict[str, Any]) -> tuple[_TcbLevel | None, ...] | None:
     """The TCB info's levels in Intel's order (newest first). A level without 16 + 16 components is
     None (matching stops there: ask dcap-qvl); None for the whole when the structure is unusable."""
     out: list[_TcbLevel | None] = []
@@ -192,12 +198,12 @@ class Collateral:
     (the digested `tcbLevels` are computed once per Collateral and re-derived only if the attribute is
     replaced)."""
 
-    dcap: Any
-    tcb_info: dict
+    dcap: dcap_qvl.QuoteCollateralV3
+    tcb_info: dict[str, Any]
     source: str | None = None
-    meta: dict = field(default_factory=dict)
-    _levels: Any = field(default=None, init=False, repr=False, compare=False)
-    _levels_of: Any = field(default=None, init=False, repr=False, compare=False)
+    meta: dict[str, Any] = field(default_factory=dict)
+    _levels: tuple[_TcbLevel | None, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _levels_of: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def fmspc(self) -> str | None:
@@ -242,7 +248,7 @@ def load_collateral(path: str) -> Collateral:
 # --- verification (cryptography) -----------------------------------------------------------------
 
 
-def load_chain(pem: str, what: str) -> list:
+def load_chain(pem: str, what: str) -> list[x509.Certificate]:
     from cryptography import x509
 
     try:
@@ -252,10 +258,15 @@ def load_chain(pem: str, what: str) -> list:
     return certs
 
 
-def _verify_sig(pub, signature: bytes, data: bytes, algorithm) -> bool:
+def _verify_sig(
+    pub: CertificatePublicKeyTypes, signature: bytes, data: bytes, algorithm: hashes.HashAlgorithm | None
+) -> bool:
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    if not isinstance(pub, ec.EllipticCurvePublicKey) or algorithm is None:
+        # What the ECDSA verify call raises for another key type or no hash, with a clearer message.
+        raise TypeError(f"an EC public key and a signature hash algorithm, not {type(pub).__name__}")
     try:
         pub.verify(signature, data, ec.ECDSA(algorithm))
         return True
@@ -263,7 +274,7 @@ def _verify_sig(pub, signature: bytes, data: bytes, algorithm) -> bool:
         return False
 
 
-def _check_chain(certs: list, what: str, now: int, root_sha256: str) -> Any:
+def _check_chain(certs: list[x509.Certificate], what: str, now: int, root_sha256: str) -> x509.Certificate:
     """Verify leaf->...->root; the last cert must be the pinned root. Returns the root cert."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -303,14 +314,32 @@ def _check_window(what: str, issue: int, next_update: int, now: int) -> None:
         raise CollateralError("collateral.expired", f"{what} valid at {iso(now)}", f"nextUpdate {iso(next_update)}")
 
 
+def _crl_window(what: str, crl: x509.CertificateRevocationList) -> tuple[int, int]:
+    """(lastUpdate, nextUpdate) of a CRL as unix times."""
+    next_update = crl.next_update_utc
+    if next_update is None:  # optional in X.509; without it there is no window to check the CRL against
+        raise CollateralError("collateral.crl_invalid", f"a {what} with a nextUpdate", "none")
+    return int(crl.last_update_utc.timestamp()), int(next_update.timestamp())
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import x448, x25519
+
+    key = issuer.public_key()
+    if isinstance(key, (x25519.X25519PublicKey, x448.X448PublicKey)):
+        # Key-agreement keys sign nothing: the TypeError is_signature_valid raises for them.
+        raise TypeError("Key must be an rsa, dsa, ec, ed25519, or ed448 public key.")
+    return crl.is_signature_valid(key)
+
+
 @dataclass(frozen=True)
 class CollateralStatus:
     fmspc: str
     tcb_evaluation_data_number: int
     earliest_next_update: int
-    next_updates: dict
+    next_updates: dict[str, int]
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "fmspc": self.fmspc,
             "tcb_evaluation_data_number": self.tcb_evaluation_data_number,
@@ -369,14 +398,13 @@ def verify_collateral(
         root_crl = x509.load_der_x509_crl(_crl_der(raw.root_ca_crl_body))
     except ValueError as exc:
         raise CollateralError("collateral.crl_invalid", "a DER root CA CRL", str(exc)) from None
-    if not root_crl.is_signature_valid(root.public_key()):
+    if not _crl_signed_by(root_crl, root):
         raise CollateralError(
             "collateral.crl_invalid", "root CA CRL signed by the Intel SGX Root CA", "signature does not verify"
         )
-    _check_window(
-        "root CA CRL", int(root_crl.last_update_utc.timestamp()), int(root_crl.next_update_utc.timestamp()), now
-    )
-    nexts["root_ca_crl"] = int(root_crl.next_update_utc.timestamp())
+    issue, next_update = _crl_window("root CA CRL", root_crl)
+    _check_window("root CA CRL", issue, next_update, now)
+    nexts["root_ca_crl"] = next_update
     # PCK CRL
     crl_chain = load_chain(chain_pem(raw.pck_crl_chain), "PCK CRL")
     _check_chain(crl_chain, "PCK CRL", now, root_sha256)
@@ -384,14 +412,15 @@ def verify_collateral(
         pck_crl = x509.load_der_x509_crl(_crl_der(raw.pck_crl_body))
     except ValueError as exc:
         raise CollateralError("collateral.crl_invalid", "a DER PCK CRL", str(exc)) from None
-    if pck_crl.issuer != crl_chain[0].subject or not pck_crl.is_signature_valid(crl_chain[0].public_key()):
+    if pck_crl.issuer != crl_chain[0].subject or not _crl_signed_by(pck_crl, crl_chain[0]):
         raise CollateralError(
             "collateral.crl_invalid",
             f"PCK CRL signed by {crl_chain[0].subject.rfc4514_string()}",
             pck_crl.issuer.rfc4514_string(),
         )
-    _check_window("PCK CRL", int(pck_crl.last_update_utc.timestamp()), int(pck_crl.next_update_utc.timestamp()), now)
-    nexts["pck_crl"] = int(pck_crl.next_update_utc.timestamp())
+    issue, next_update = _crl_window("PCK CRL", pck_crl)
+    _check_window("PCK CRL", issue, next_update, now)
+    nexts["pck_crl"] = next_update
     for cert in tcb_chain[:-1] + qe_chain[:-1] + crl_chain[:-1]:
         if root_crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
             raise CollateralError(

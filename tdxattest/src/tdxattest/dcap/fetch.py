@@ -15,9 +15,12 @@ What is fetched is checked by `tdxattest.dcap.collateral.verify_collateral` befo
 from __future__ import annotations
 
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tdxattest.dcap.collateral import CollateralError, RawCollateral, chain_pem, load_chain
+
+if TYPE_CHECKING:
+    from email.message import Message
 
 HTTP_TIMEOUT = 15
 TCB_CHAIN_HEADERS = ("TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain")
@@ -25,7 +28,7 @@ QE_CHAIN_HEADERS = ("SGX-Enclave-Identity-Issuer-Chain", "Enclave-Identity-Issue
 CRL_CHAIN_HEADERS = ("SGX-PCK-CRL-Issuer-Chain",)
 
 
-def _http_get(url: str) -> tuple[bytes, Any]:
+def _http_get(url: str) -> tuple[bytes, Message]:
     import urllib.error
     import urllib.request
 
@@ -43,7 +46,7 @@ def _http_get(url: str) -> tuple[bytes, Any]:
         raise CollateralError("collateral.fetch_failed", f"a response from {url}", str(reason)) from None
 
 
-def _header(headers: Any, names: tuple[str, ...], url: str) -> bytes:
+def _header(headers: Message, names: tuple[str, ...], url: str) -> bytes:
     for n in names:
         v = headers.get(n)
         if v:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import operator
+from collections.abc import Callable
+from typing import Any
 
 from tdxattest.core.errors import InputError
 from tdxattest.core.policy import (
@@ -93,7 +95,7 @@ def failure_from_error(exc: BaseException) -> Failure:
     return Failure(name, _EXPECTED.get(name, _EXPECTED["verifier.error"]), seen, "dcap-qvl")
 
 
-def report_from_verified_json(report_json: dict) -> TdReport:
+def report_from_verified_json(report_json: dict[str, Any]) -> TdReport:
     """A TdReport from dcap-qvl's `VerifiedReport.to_json()["report"]`."""
     kind, r = next(iter(report_json.items()))
     if kind not in ("TD10", "TD15"):
@@ -123,7 +125,7 @@ def report_from_verified_json(report_json: dict) -> TdReport:
     )
 
 
-def _claims_tcb_date(claims: dict) -> int | None:
+def _claims_tcb_date(claims: dict[str, Any]) -> int | None:
     """The TCB level date that the grace period counts from: the platform level's date, or the
     QE level's date when the QE is the part that is out of date and older."""
     dates = [claims.get("platform", {}).get("tcb_date_tag")]
@@ -134,7 +136,7 @@ def _claims_tcb_date(claims: dict) -> int | None:
     return min(dates) if dates else None
 
 
-def _verified_report(quote: bytes, report_json) -> TdReport:
+def _verified_report(quote: bytes, report_json: Callable[[], dict[str, Any]]) -> TdReport:
     # The measured fields come from the very bytes dcap-qvl has just verified (header and TD report
     # body are covered by the quote signature); reading them here avoids a JSON round trip. The
     # conformance tests check this equals dcap-qvl's own report for every fixture.

@@ -125,8 +125,14 @@ class TdIdentity:
 
     def stack_pins(self) -> StackPins:
         """A stack's `pins` (docs/pins.md) accepting exactly this TD: its MRTD, RTMRs and TD attributes."""
-        registers = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "td_attributes")
-        return StackPins(**{name: RegisterPin(getattr(self, name).hex()) for name in registers})
+        return StackPins(
+            mrtd=RegisterPin(self.mrtd.hex()),
+            rtmr0=RegisterPin(self.rtmr0.hex()),
+            rtmr1=RegisterPin(self.rtmr1.hex()),
+            rtmr2=RegisterPin(self.rtmr2.hex()),
+            rtmr3=RegisterPin(self.rtmr3.hex()),
+            td_attributes=RegisterPin(self.td_attributes.hex()),
+        )
 
     def body(self, report_data: bytes) -> bytes:
         """The 584-byte TD report body (TD report 1.0; MRSIGNERSEAM and SEAM_ATTRIBUTES zero, as

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# inner.sh: PID 1 of one fake TDX host. NamespaceHost (tests/harness/nshost.py) runs it as
+# inner.sh: PID 1 of one fake TDX host. NamespaceHost (tests/support/hosts/nshost.py) runs it as
 #   ip netns exec NS unshare --mount --uts --pid --fork --kill-child --mount-proc --propagation private \
 #     bash inner.sh BASE STATE FAKEBIN LIB HOSTNAME ROMMODE ROMSPECS
 # so every mount below is private to this host and every process it starts dies with it.

@@ -21,7 +21,7 @@ GPU_JSON = os.path.join(STATE, "gpu.json")
 
 def log(level, msg):
     now = time.time()
-    stamp = time.strftime("%Y-%m-%d,%H:%M:%S", time.localtime(now)) + ".%03d" % int(now % 1 * 1000)
+    stamp = time.strftime("%Y-%m-%d,%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
     print(f"{stamp} {level:<8} {msg}", flush=True)
 
 

@@ -105,7 +105,7 @@ class RomFile:
         if opcode in NO_REPLY:
             return True
         if opcode == FUSE_INIT:
-            major, _minor, readahead, _flags = INIT_IN.unpack_from(arg)
+            _major, _minor, readahead, _flags = INIT_IN.unpack_from(arg)
             self._reply(unique, 0, INIT_OUT.pack(7, 31, readahead, 0, 0, 0, MAX_WRITE, 1, 0, 0, 0, 0))
         elif opcode in (FUSE_GETATTR, FUSE_SETATTR):
             self._load()
