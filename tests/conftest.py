@@ -1,3 +1,17 @@
 """Fixtures shared across test directories."""
 
+import asyncio
+
+import pytest
+
 pytest_plugins = ["tests.support.nvml_standin"]  # standin_lib, nvml_gpu: the stand-in libnvidia-ml.so.1
+
+
+@pytest.fixture(autouse=True)
+def current_event_loop() -> None:
+    """Pulumi's mocks and `@pulumi.runtime.test` run on the thread's current event loop; a test that
+    ran `asyncio.run` before leaves the thread with none, so the next one gets a fresh loop."""
+    try:
+        asyncio.get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())

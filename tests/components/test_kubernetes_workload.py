@@ -40,7 +40,7 @@ from components.render.kubernetes import (
     workload_problems,
 )
 from tdxattest.core.policy import pins_from_stack_output
-from tdxattest.core.workload import CPU_OFFLOAD_VLLM_FLAGS, WorkloadManifest, manifest_from_mapping
+from tdxattest.core.workload import CPU_OFFLOAD_VLLM_FLAGS, manifest_from_mapping
 from tests.support.loopback_http import LoopbackFileServer
 from tests.support.stacks import (
     GATEWAY,
@@ -51,25 +51,14 @@ from tests.support.stacks import (
     KATA_RTMR2,
     POLICY,
     REV,
+    make_args,
     manifest_doc,
+    target,
     target_doc,
 )
 
 K8S_VERSION = "1.37"
 MRTD, RTMR0, RTMR1, RTMR2 = KATA_MRTD, KATA_RTMR0, KATA_RTMR1, KATA_RTMR2
-
-
-def target(**over: Any):
-    t, errors = kubernetes_target_from_mapping(target_doc(**over))
-    assert errors == [] and t is not None
-    return t
-
-
-def make_args(manifest: WorkloadManifest | None = None, **target_over: Any) -> KubernetesWorkloadArgs:
-    m = manifest or manifest_from_mapping(manifest_doc())
-    return KubernetesWorkloadArgs(
-        manifest=m, target=target(**target_over), known_answer=KnownAnswer("The capital of France is", "Paris")
-    )
 
 
 def errors_of(doc: Any, **kw: Any) -> list[ConfigError]:

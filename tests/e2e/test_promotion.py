@@ -1,6 +1,6 @@
 """End to end: promotion (staging -> prod) with the real engine, file backend and two fake TDX hosts.
 
-Set up like tests/e2e/test_program.py (whose `Engine` this reuses): the tracked project copied to a
+Set up like tests/e2e/test_program.py (the same `Engine`, tests/support/engine.py): the tracked project copied to a
 temp dir, one file backend, TDX_VLLM_FIRMWARE_DIR = a firmware/ copy pinning the harness's fake
 gpu-admin-tools wheel, TDX_VLLM_ARTIFACT_DIR = the fixture TD artifacts.
 
@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from tests.e2e.test_program import Engine, _apply_calls, _trust_pccs_certificate
+from tests.support.engine import Engine, apply_calls, engine_unavailable, trust_pccs_certificate
 from tests.support.hosts import profiles as H
 from tests.support.hosts.nshost import namespace_hosts
 
@@ -33,6 +33,10 @@ FROM_STACK = "organization/tdx-vllm/staging"
 PROD_PROFILE = H.TDX_READY.replace(name="tdx_ready_prod", hostname="tdx-ready-prod")
 OTHER_VBIOS = "96.00.AA.00.01"
 OTHER_MODULE = "1.5.20"
+
+_reason = engine_unavailable()
+if _reason:
+    pytest.skip(_reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def promo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, di
             stg, prod = hosts["tdx_ready"], hosts["tdx_ready_prod"]
             eng.pin_fake_wheel(stg.wheel_sha256)
             for h in (stg, prod):
-                _trust_pccs_certificate(h)
+                trust_pccs_certificate(h)
             eng.new_stack("staging", stg, STAGING_HOST)
             eng.new_stack("prod", prod, PROD_HOST)
             eng.config_set("prod", **{"promotion.fromStack": FROM_STACK})
@@ -112,7 +116,7 @@ def test_prod_with_other_pins_is_refused_naming_each_field(promo) -> None:
             ), text[-6000:]
             assert "fix: deploy and verify these pins in staging first" in text
             assert "Traceback" not in text
-        assert not _apply_calls(h, calls) and h.calls()[calls:] == []  # no step ran on the host
+        assert not apply_calls(h, calls) and h.calls()[calls:] == []  # no step ran on the host
         # the refused `up` changed nothing recorded for prod
         assert eng.outputs("prod")["hosts"][PROD_HOST]["ready"] is True
     finally:

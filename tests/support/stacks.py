@@ -12,7 +12,11 @@ from typing import Any
 import yaml
 
 from components.catalog.td_manifest import td_boot_manifest
+from components.config.kubernetes import kubernetes_target_from_mapping
+from components.config.model import KnownAnswer, KubernetesTarget
 from components.config.reader import ENCRYPTED
+from components.render.kubernetes import KubernetesWorkloadArgs
+from tdxattest.core.workload import WorkloadManifest, manifest_from_mapping
 from tests.support.paths import REPO
 
 DEFAULT_MANIFEST = td_boot_manifest("prod")  # the prod guest image's TD boot manifest
@@ -154,3 +158,16 @@ def target_doc(**over: Any) -> dict:
     }
     doc.update(over)
     return doc
+
+
+def target(**over: Any) -> KubernetesTarget:
+    t, errors = kubernetes_target_from_mapping(target_doc(**over))
+    assert errors == [] and t is not None
+    return t
+
+
+def make_args(manifest: WorkloadManifest | None = None, **target_over: Any) -> KubernetesWorkloadArgs:
+    m = manifest or manifest_from_mapping(manifest_doc())
+    return KubernetesWorkloadArgs(
+        manifest=m, target=target(**target_over), known_answer=KnownAnswer("The capital of France is", "Paris")
+    )

@@ -30,8 +30,9 @@ import os
 import ssl
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from tdxattest.channel.binding import response_report_data
@@ -150,13 +151,13 @@ class UpstreamConnection:
         self.reused = False  # handed out from the idle pool (kept alive since an earlier request)
 
     @classmethod
-    async def open(cls, config: ProxyConfig) -> "UpstreamConnection":
+    async def open(cls, config: ProxyConfig) -> UpstreamConnection:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(config.host, config.port, ssl=_upstream_tls(), server_hostname=config.host),
                 config.connect_timeout_s,
             )
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             raise _failure(
                 "upstream.unreachable",
                 f"a TLS connection to {config.upstream}",
@@ -242,7 +243,7 @@ class UpstreamConnection:
 
         try:
             head, raw = await asyncio.wait_for(exchange(), ATTESTATION_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.close()
             raise _failure(
                 "attestation.unavailable",

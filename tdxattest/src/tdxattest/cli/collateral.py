@@ -63,7 +63,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     ca = ca or "platform"
     cache = CollateralCache(args.cache_dir, root_crl_url=args.root_crl_url)
     try:
-        collateral, status = cache.get(args.pccs, fmspc, ca, now, force_refresh=args.force)
+        _, status = cache.get(args.pccs, fmspc, ca, now, force_refresh=args.force)
     except CollateralError as exc:
         out: dict[str, Any] = {"ok": False, "failure": {"check": exc.check, "expected": exc.expected, "seen": exc.seen}}
         if exc.fix:

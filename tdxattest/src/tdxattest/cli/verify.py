@@ -36,7 +36,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def parse_time(text: str | None) -> int:
     import time
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from tdxattest.core.errors import InputError
 
@@ -48,7 +48,7 @@ def parse_time(text: str | None) -> int:
         raise InputError("--at: an RFC 3339 time such as 2025-07-01T00:00:00Z", repr(text)) from None
     if dt.tzinfo is None:
         raise InputError("--at: an RFC 3339 time with a zone offset (Z or +hh:mm)", repr(text))
-    return int(dt.astimezone(timezone.utc).timestamp())
+    return int(dt.astimezone(UTC).timestamp())
 
 
 def read_quote(path: str) -> bytes:
@@ -69,7 +69,7 @@ def read_quote(path: str) -> bytes:
 
 
 def run(args: argparse.Namespace) -> int:
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
     from tdxattest.cli._verification import appraiser_for, policy_with_pins
     from tdxattest.core.errors import InputError
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     except InputError as exc:
         raise exc.with_file(args.quote) from None
     out = appraisal.verdict.as_dict()
-    out["verified_at"] = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out["verified_at"] = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     out["quote"] = args.quote
     out["collateral"] = appraisal.collateral
     _emit(out, args.json)

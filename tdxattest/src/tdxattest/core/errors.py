@@ -22,7 +22,7 @@ class InputError(ValueError):
         parts.append(f"expected {self.expected}, seen {self.seen}")
         return ": ".join(parts)
 
-    def with_file(self, file: str) -> "InputError":
+    def with_file(self, file: str) -> InputError:
         """The same error, naming `file` (kept when one is already set)."""
         if self.file:
             return self

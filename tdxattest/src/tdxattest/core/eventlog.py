@@ -122,7 +122,7 @@ def describe_event(event_type: int, data: bytes) -> str:
             name = data[32 : 32 + 2 * name_len].decode("utf-16-le", "replace")
             return f"{name} ({data_len} bytes)"
         if event_type == ev.EV_EVENT_TAG and len(data) >= 8:
-            tag, size = struct.unpack_from("<II", data, 0)
+            tag, _size = struct.unpack_from("<II", data, 0)
             known = {ev.LINUX_EVENT_TAG_LOAD_OPTIONS: "Linux LoadOptions", ev.LINUX_EVENT_TAG_INITRD: "Linux initrd"}
             return f"tag 0x{tag:x} {known.get(tag, '')}".rstrip()
         if event_type == ev.EV_SEPARATOR:
@@ -142,7 +142,7 @@ def _need(data: bytes, offset: int, size: int, what: str) -> None:
 def parse_spec_id_header(data: bytes) -> tuple[tuple[tuple[int, int], ...], int]:
     """Check the legacy SpecID header; return the algorithm table and the offset after the header."""
     _need(data, 0, LEGACY_HEADER_SIZE, "the TCG event log header (TCG_PCClientPCREvent)")
-    index, event_type = struct.unpack_from("<II", data, 0)
+    _index, event_type = struct.unpack_from("<II", data, 0)
     if event_type != EV_NO_ACTION:
         raise InputError(
             "a TCG2 event log starting with an EV_NO_ACTION (3) SpecID header event",
@@ -232,4 +232,5 @@ def replay_log(events: tuple[LogEvent, ...] | list[LogEvent]) -> Replay:
             raise InputError("a SHA-384 digest in every extended event", f"none in event {e.index}", offset=e.offset)
         values[e.rtmr] = extend(values[e.rtmr], digest)
         per[e.rtmr].append(e)
-    return Replay(rtmrs=tuple(values), events_per_rtmr=tuple(tuple(p) for p in per))  # type: ignore[arg-type]
+    rtmrs = (values[0], values[1], values[2], values[3])  # RTMR_COUNT of them
+    return Replay(rtmrs=rtmrs, events_per_rtmr=tuple(tuple(p) for p in per))

@@ -224,7 +224,7 @@ def verify_gpu_chain(
                 certs[-1].subject.rfc4514_string(),
             )
     _leaf_fwid(certs[0])
-    for cert, issuer in zip(certs, certs[1:] + [root]):
+    for cert, issuer in zip(certs, certs[1:] + [root], strict=False):
         try:
             if cert.issuer != issuer.subject:
                 raise InvalidSignature

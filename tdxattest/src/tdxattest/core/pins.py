@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeAlias
 from tdxattest.core.errors import InputError
 
 SCHEMA = 1
-JsonValue: TypeAlias = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+JsonValue: TypeAlias = bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 Target = Literal["host", "kubernetes"]
 
 # JSON key -> (StackPins field, bytes)

@@ -15,8 +15,9 @@ Failure names are stable strings (see docs/verification.md): `tcb.status_not_all
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from tdxattest.core.errors import InputError
 
@@ -74,7 +75,12 @@ class CheckResult:
     reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"check": self.check, "outcome": self.outcome, "expected": self.expected, "seen": self.seen}
+        out: dict[str, Any] = {
+            "check": self.check,
+            "outcome": self.outcome,
+            "expected": self.expected,
+            "seen": self.seen,
+        }
         if self.reason:
             out["reason"] = self.reason
         return out
@@ -100,7 +106,7 @@ class Pins:
     xfam: Pin = Pin(None, "not pinned")
     mrconfigid: Pin = Pin(None, "not pinned")
 
-    def merged(self, other: "Pins", keys: frozenset[str]) -> "Pins":
+    def merged(self, other: Pins, keys: frozenset[str]) -> Pins:
         """These pins with `other`'s entries for `keys` taking precedence."""
         return Pins(**{k: (getattr(other, k) if k in keys else getattr(self, k)) for k in PIN_FIELDS})
 
@@ -234,7 +240,7 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
 
     if policy.min_tee_tcb_svn is not None:
         seen = report.tee_tcb_svn
-        ok = all(s >= m for s, m in zip(seen, policy.min_tee_tcb_svn))
+        ok = all(s >= m for s, m in zip(seen, policy.min_tee_tcb_svn, strict=False))
         record("td.tee_tcb_svn_too_low", ok, f">= {policy.min_tee_tcb_svn.hex()} (each component)", seen.hex())
     else:
         checks.append(CheckResult("td.tee_tcb_svn_too_low", "not_checked", reason="no minimum set"))

@@ -242,7 +242,7 @@ def _td_report(data: bytes, body: int, size: int) -> TdReport:
     else:
         values = _BODY10.unpack_from(data, body) + (None, None)
     report = object.__new__(TdReport)
-    report.__dict__.update(zip(_NAMES, values))
+    report.__dict__.update(zip(_NAMES, values, strict=False))
     return report
 
 

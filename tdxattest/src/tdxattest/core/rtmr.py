@@ -7,8 +7,9 @@ An RTMR starts as 48 zero bytes; each extend sets ``RTMR = SHA-384(RTMR || diges
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from tdxattest.core.events import event_type_name
 
@@ -65,11 +66,14 @@ class Register:
     def value(self) -> bytes | None:
         if self.missing:
             return None
-        return replay(e.digest for e in self.events)  # type: ignore[misc]
+        return replay(e.digest for e in self.events if e.digest is not None)  # all set: none is missing
 
     def as_dict(self) -> dict[str, Any]:
         value = self.value
-        out: dict[str, Any] = {"value": value.hex() if value is not None else None, "events": [e.as_dict() for e in self.events]}
+        out: dict[str, Any] = {
+            "value": value.hex() if value is not None else None,
+            "events": [e.as_dict() for e in self.events],
+        }
         if self.missing:
             out["missing"] = list(self.missing)
         return out

@@ -123,6 +123,7 @@ class RawCollateral:
                     self.pck_crl_chain,
                     self.root_ca_crl_body,
                 ),
+                strict=False,
             )
         )
 
@@ -288,7 +289,7 @@ def _check_chain(certs: list[x509.Certificate], what: str, now: int, root_sha256
             f"{what} chain ending at the Intel SGX Root CA (DER SHA-256 {root_sha256[:16]}...)",
             f"{root.subject.rfc4514_string()} (SHA-256 {digest[:16]}...)",
         )
-    for cert, issuer in zip(certs, certs[1:] + [root]):
+    for cert, issuer in zip(certs, certs[1:] + [root], strict=False):
         if cert.issuer != issuer.subject or not _verify_sig(
             issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, cert.signature_hash_algorithm
         ):

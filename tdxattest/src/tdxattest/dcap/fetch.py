@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from tdxattest.dcap.collateral import CollateralError, RawCollateral, chain_pem, load_chain
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the type of urllib's response headers; nothing here builds one
     from email.message import Message
 
 HTTP_TIMEOUT = 15

@@ -282,7 +282,7 @@ def refused(quote: bytes, failure: Failure, by: str) -> Verdict:
     try:
         parsed = parse_quote(quote)
         report, fmspc = parsed.report, parsed.fmspc()
-    except Exception:  # noqa: BLE001 - an unparsable quote simply has no report to show
+    except Exception:  # an unparsable quote simply has no report to show
         pass
     return Verdict(
         accepted=False,

@@ -164,7 +164,7 @@ def _chat_prompt(body: dict[str, Any]) -> tuple[str, int]:
     if not all(isinstance(m, dict) for m in messages):
         raise ApiError(400, "each message must be an object", param="messages")
     texts = [_text_of(m.get("content")) for m in messages]
-    users = [t for m, t in zip(messages, texts) if m.get("role") == "user"]
+    users = [t for m, t in zip(messages, texts, strict=False) if m.get("role") == "user"]
     return (users[-1] if users else ""), sum(len(t.split()) for t in texts)
 
 

@@ -29,9 +29,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
-from typing import Iterable
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -302,7 +302,7 @@ def _pem(*certs: x509.Certificate) -> str:
 
 
 def _iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _json(doc: dict) -> str:
@@ -460,8 +460,8 @@ def make_test_pki(
         raise ValueError(f"fmspc: expected 6 bytes of hex, got {fmspc!r}")
     issued = int(now) - 3600
     expires = int(now) + validity_days * 86400
-    start = datetime.fromtimestamp(issued, timezone.utc)
-    end = datetime.fromtimestamp(expires, timezone.utc)
+    start = datetime.fromtimestamp(issued, UTC)
+    end = datetime.fromtimestamp(expires, UTC)
     keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(5)]
     root_key, pck_ca_key, leaf_key, tcb_key, att_key = keys
 
