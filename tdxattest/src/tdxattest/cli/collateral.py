@@ -46,21 +46,20 @@ def run_fetch(args: argparse.Namespace) -> int:
     from tdxattest.dcap.collateral import CollateralError
 
     now = parse_time(args.at)
-    ca = args.ca
     if args.quote:
         from tdxattest.core.quote import parse_quote
+        from tdxattest.dcap.appraise import collateral_key
 
         try:
-            quote = parse_quote(read_quote(args.quote))
+            fmspc, quote_ca = collateral_key(parse_quote(read_quote(args.quote)))
         except InputError as exc:
             raise exc.with_file(args.quote) from None
-        fmspc = quote.fmspc()
-        ca = ca or quote.pck_ca() or "platform"
+        ca = args.ca or quote_ca
     else:
         fmspc = args.fmspc
         if len(fmspc) != 12 or any(c not in "0123456789abcdefABCDEF" for c in fmspc):
             raise InputError("--fmspc: 12 hex digits", repr(fmspc))
-    ca = ca or "platform"
+        ca = args.ca or "platform"
     cache = CollateralCache(args.cache_dir, root_crl_url=args.root_crl_url)
     try:
         _, status = cache.get(args.pccs, fmspc, ca, now, force_refresh=args.force)
