@@ -207,7 +207,7 @@ import hashlib, json, os, sys, time
 out, stack, roothash, data_blocks, hash_start, salt = sys.argv[1:7]
 env = os.environ
 # How to get the file, as the pinned manifests' `source` (quoted when a pinned file is missing).
-how = "sudo tools/build-guest-image.sh --stack all --out DIR && .venv/bin/python -m components.catalog.guest_image pin DIR"
+how = "sudo tools/build-guest-image.sh --stack all --out DIR && .venv/bin/python -m components guest-image pin DIR"
 files = {}
 for name in ("vmlinuz", "initrd.img", "rootfs.verity.img", "cmdline.txt"):
     p = os.path.join(out, name)
@@ -233,7 +233,7 @@ manifest = {
     },
     "files": files,
     # The TD boot manifest sections for this image (firmware/td/*.yaml), with the artifact file
-    # names they expect; `python -m components.catalog.guest_image pin` writes them and copies the files.
+    # names they expect; `python -m components guest-image pin` writes them and copies the files.
     "firmwareTd": {
         "kernel": {"name": "vmlinuz", "version": env["KVER"], "source": f"{how}: vmlinuz (Debian linux-binary-{env['KVER']}, unmodified)",
                    "file": f"tdx-vllm-guest-vmlinuz-{env['KVER']}-{files['vmlinuz']['sha256'][:12]}",

@@ -537,7 +537,7 @@ class _RedactingFilter(logging.Filter):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m components.bmc.redfish",
+        prog="python -m components redfish",
         description=f"Apply or check one TDX BIOS phase over Redfish. Credentials come only from "
         f"${ENV_USERNAME} and ${ENV_PASSWORD}. Prints one JSON object on stdout.",
     )

@@ -7,8 +7,8 @@ on top of the prod one through `base:`) and copies the files into the artifact d
 names the sections give. `check` compares a build with the committed pins, which is how CI proves
 the recipe still reproduces the pinned image bit for bit.
 
-    .venv/bin/python -m components.catalog.guest_image pin   artifacts/guest-image [--artifact-dir DIR]
-    .venv/bin/python -m components.catalog.guest_image check artifacts/guest-image
+    .venv/bin/python -m components guest-image pin   artifacts/guest-image [--artifact-dir DIR]
+    .venv/bin/python -m components guest-image check artifacts/guest-image
 
 The rewrite is textual (one top-level section replaced at a time) so the manifests' comments survive.
 """
@@ -131,7 +131,7 @@ def _dev_manifest_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
     head = (
         "# TD boot artifacts of the `dev` stack: the dev guest image (serial autologin, software quotes\n"
         "# allowed; docs/guest-image.md) on the firmware, VM shape and ACPI pins of the prod manifest.\n"
-        "# Written by `python -m components.catalog.guest_image pin`; do not edit the sections by hand.\n"
+        "# Written by `python -m components guest-image pin`; do not edit the sections by hand.\n"
         "schema: 1\n"
         "name: debian-trixie-ovmf-direct-boot-dev\n"
         f"base: {TD_BOOT_MANIFEST}\n"
@@ -204,7 +204,7 @@ def check(image_dir: Path, firmware_dir: Path = FIRMWARE_DIR) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m components.catalog.guest_image", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m components guest-image", description=__doc__.split("\n\n")[0])
     ap.add_argument("command", choices=("pin", "check"))
     ap.add_argument(
         "image_dir", type=Path, help="tools/build-guest-image.sh --out directory (prod/, dev/) or one stack's"
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(
             "the build differs from the pinned image:\n  " + "\n  ".join(problems) + "\nfix: if the recipe change "
-            "is intended, re-pin (`.venv/bin/python -m components.catalog.guest_image pin DIR`) and commit "
+            "is intended, re-pin (`.venv/bin/python -m components guest-image pin DIR`) and commit "
             "firmware/td/; otherwise find what made the build drift (docs/guest-image.md, Reproducibility)",
             file=sys.stderr,
         )

@@ -415,7 +415,7 @@ def endpoint_for(target: KubernetesTarget, ingress: list[Mapping[str, Any]] | No
 
 
 # --------------------------------------------------------------------------------------------
-# From the stack config, and `python -m components.render.kubernetes STACK_FILE`: print the rendered
+# From the stack config, and `python -m components kubernetes STACK_FILE`: print the rendered
 # manifests (for genpolicy)
 
 
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print(
-            "usage: python -m components.render.kubernetes stacks/Pulumi.<stack>.yaml  (prints YAML)", file=sys.stderr
+            "usage: python -m components kubernetes stacks/Pulumi.<stack>.yaml  (prints YAML)", file=sys.stderr
         )
         return 2
     try:

@@ -276,7 +276,7 @@ def test_the_build_reproduces_the_pinned_image(images: dict[str, Path]) -> None:
 
     problems = check(images["prod"].parent)
     assert not problems, (
-        "the build differs from firmware/td/ (re-pin with `.venv/bin/python -m components.catalog.guest_image pin "
+        "the build differs from firmware/td/ (re-pin with `.venv/bin/python -m components guest-image pin "
         f"{images['prod'].parent}` if the recipe change is intended):\n  " + "\n  ".join(problems)
     )
 

@@ -1,0 +1,38 @@
+"""`python -m components <verb>`: the commands of the Pulumi side, one entry point with an explicit
+registry (the client's is `tdxattest`). Only the chosen verb's module is imported; each verb module
+has `main(argv) -> int`. `python -m components.config FILE` stays as the short form of `check`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# verb -> (module, summary)
+VERBS: dict[str, tuple[str, str]] = {
+    "check": ("components.config.stack", "check a stack file offline, every error at once"),
+    "guest-image": ("components.catalog.guest_image", "pin a built TD guest image in firmware/td/, or check a build"),
+    "kubernetes": ("components.render.kubernetes", "print the objects the Kubernetes target creates (for genpolicy)"),
+    "redfish": ("components.bmc.redfish", "apply or check one BIOS phase over Redfish (what BiosSettings runs)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m components VERB [ARGS...]", "", "verbs:"]
+    lines += [f"  {verb:<12} {summary}" for verb, (_, summary) in VERBS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    entry = VERBS.get(argv[0])
+    if entry is None:
+        print(f"error: unknown verb {argv[0]!r}\n{usage()}", file=sys.stderr)
+        return 2
+    code: int = importlib.import_module(entry[0]).main(argv[1:])
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,32 @@
+"""`python -m components <verb>`: one entry point for the Pulumi side's commands, an explicit registry."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+from components.__main__ import VERBS
+from tests.support.paths import REPO
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def test_every_verb_has_its_main():
+    for verb, (module, _) in VERBS.items():
+        assert callable(importlib.import_module(module).main), verb
+
+
+def test_help_lists_the_verbs_and_an_unknown_verb_is_refused():
+    listed = run("components", "--help")
+    assert listed.returncode == 0 and all(verb in listed.stdout for verb in VERBS)
+    unknown = run("components", "deploy")
+    assert unknown.returncode == 2 and "unknown verb 'deploy'" in unknown.stderr
+
+
+def test_check_and_its_short_form_agree():
+    for command in (("components", "check"), ("components.config",)):
+        done = run(*command, "stacks/Pulumi.dev.yaml")
+        assert done.returncode == 0 and "stacks/Pulumi.dev.yaml: valid (2 hosts, stack `dev`)" in done.stdout
