@@ -509,7 +509,10 @@ def _all_leaf_paths(value: Any, prefix: str = "") -> set[str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m components check stacks/Pulumi.<stack>.yaml  (or python -m components.config FILE)", file=sys.stderr)
+        print(
+            "usage: python -m components check stacks/Pulumi.<stack>.yaml  (or python -m components.config FILE)",
+            file=sys.stderr,
+        )
         return 2
     path = Path(args[0])
     try:

@@ -444,9 +444,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print(
-            "usage: python -m components kubernetes stacks/Pulumi.<stack>.yaml  (prints YAML)", file=sys.stderr
-        )
+        print("usage: python -m components kubernetes stacks/Pulumi.<stack>.yaml  (prints YAML)", file=sys.stderr)
         return 2
     try:
         stack = load_stack_file(Path(argv[0]))
