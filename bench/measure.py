@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     fw = path.read_bytes()
     meta = parse_tdvf(fw)
-    rows = []
+    rows: list[tuple[str, list[float], float | None]] = []
     parse_ms = timed(lambda: parse_tdvf(fw), args.runs)
     rows.append(("parse TDVF metadata", parse_ms, None))
     for order in ORDERS:

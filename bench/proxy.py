@@ -68,6 +68,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -166,6 +167,7 @@ class Servers:
         log.close()
         self.procs[name] = proc
         deadline = time.monotonic() + timeout_s
+        assert proc.stdout is not None  # started with stdout=PIPE
         while time.monotonic() < deadline:
             ready, _, _ = select.select([proc.stdout], [], [], 0.1)
             if ready:
@@ -332,7 +334,7 @@ async def latency_phase(urls: dict[str, str], p: Params, pids: dict[str, int]) -
     finally:
         for s in sessions.values():
             await s.close()
-    res = {
+    res: dict[str, Any] = {
         k: {
             "n": len(v),
             "p50_ms": ms(pct(v, 50)),
@@ -404,7 +406,7 @@ async def throughput_phase(urls: dict[str, str], p: Params, pids: dict[str, int]
     warm_s = stream_s + 0.3 + 0.01 * max(p.concurrency)  # every worker has one full stream behind it
     rows = []
     for c in p.concurrency:
-        per = {
+        per: dict[str, dict[str, Any]] = {
             k: {"tokens": 0, "all_tokens": 0, "window_s": 0.0, "streams": 0, "ttft": [], "cpu": {n: 0.0 for n in pids}}
             for k in ("direct", "proxy")
         }
@@ -468,7 +470,8 @@ async def attestation_phase(info: dict, p: Params) -> list[dict]:
             finally:
                 self.spent += time.perf_counter() - t
 
-    appraiser = TimedAppraiser(FixedCollateral.from_file(config.collateral_path), config.policy, config.root_ca_der)
+    collateral = FixedCollateral.from_file(str(Path(info["pki_dir"]) / "collateral.json"))
+    appraiser = TimedAppraiser(collateral, config.policy, config.root_ca_der)
 
     async def one() -> float:
         t = time.perf_counter()

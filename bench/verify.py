@@ -50,7 +50,8 @@ def bench_pair(ours, bare, runs: int, warmup: int = 20) -> tuple[list[float], li
     for _ in range(warmup):
         ours()
         bare()
-    a, b = [], []
+    a: list[float] = []
+    b: list[float] = []
     gc.disable()
     try:
         for i in range(runs):

@@ -259,7 +259,7 @@ def plain_props(value: Any, keep_secrets: bool = False) -> Any:
         return [plain_props(v, keep_secrets) for v in value]
     if isinstance(value, (Mapping, Sequence)):
         try:
-            raw = value["__target"]  # type: ignore[index]
+            raw = value["__target"]  # type: ignore[index,call-overload]  # a Mapping here; a Sequence raises
         except (KeyError, TypeError, IndexError):
             raw = None
         if isinstance(raw, (dict, list)):
@@ -275,7 +275,7 @@ ResourceRule = Callable[[str, Mapping[str, Any]], list]
 
 def _report_all(report: ReportViolation, messages: list[str], urn: str | None = None) -> None:
     for msg in messages:
-        report(msg, urn) if urn else report(msg)
+        report(msg, urn)
 
 
 def resource_policy(name: str, description: str, rule: ResourceRule) -> ResourceValidationPolicy:

@@ -131,6 +131,7 @@ async def run(
                 pass
 
     async def complete() -> int:
+        assert proc.stdout is not None and proc.stderr is not None  # started with PIPE
         await asyncio.gather(pump(proc.stdout, out, log_stdout), pump(proc.stderr, err, log_stderr), feed())
         return await proc.wait()
 

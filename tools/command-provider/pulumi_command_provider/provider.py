@@ -116,7 +116,7 @@ CONNECTION_FIELDS = {
     "perDialTimeout": "integer",
     "proxy": "object",
 }
-CONNECTION_DEFAULTS = {
+CONNECTION_DEFAULTS: dict[str, float | str] = {
     "port": 22.0,
     "user": "root",
     "dialErrorLimit": float(ssh.DEFAULT_DIAL_ERROR_LIMIT),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import os
 import select
@@ -268,7 +269,7 @@ def _authenticate(
         ):
             return
     for key in agent_keys:
-        if attempt("publickey (agent)", lambda key=key: transport.auth_publickey(conn.user, key)):
+        if attempt("publickey (agent)", functools.partial(transport.auth_publickey, conn.user, key)):
             return
     if not tried:
         raise paramiko.AuthenticationException(
