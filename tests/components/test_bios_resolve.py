@@ -9,7 +9,7 @@ import pytest
 from components.bmc import redfish
 from components.bmc import resolve as bios_resolve
 from components.bmc.resolve import BiosError, diff, resolve_attributes, resolve_settings
-from components.catalog.bios import BiosSetting
+from components.catalog.bios import BiosSetting, Scalar
 
 TME = BiosSetting("tme", "MemoryEncryption_TME_", "Memory Encryption (TME)", "Enabled")
 PA = BiosSetting("pa_limit_46", "LimitCPUPAto46bits", "Limit CPU PA to 46 bits", "Disabled")
@@ -182,7 +182,7 @@ def test_without_registry_the_current_value_type_decides() -> None:
 
 
 def test_diff_lists_only_what_must_change() -> None:
-    desired = {"A": "Enabled", "B": 1, "C": "On"}
+    desired: dict[str, Scalar] = {"A": "Enabled", "B": 1, "C": "On"}
     current = {"A": "Enabled", "B": 0, "D": "x"}
     assert diff(desired, current) == {"B": 1, "C": "On"}
     assert diff(desired, {**current, "B": 1, "C": "On"}) == {}

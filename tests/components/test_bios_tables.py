@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -85,7 +86,7 @@ def test_table_objects_are_immutable() -> None:
 
 # --- invalid tables -------------------------------------------------------------------------------
 
-_VALID = {
+_VALID: dict[str, Any] = {
     "vendor": "acme",
     "description": "Acme test board",
     "sources": ["acme:manual"],
@@ -105,8 +106,8 @@ def _write(tmp_path: Path, document: object, vendor: str = "acme") -> Path:
 
 
 def _variant(**changes: object) -> dict[str, object]:
-    phases = {k: [dict(s) for s in v] for k, v in _VALID["phases"].items()}  # type: ignore[attr-defined]
-    document = {**_VALID, "phases": phases}
+    phases = {k: [dict(s) for s in v] for k, v in _VALID["phases"].items()}
+    document: dict[str, object] = {**_VALID, "phases": phases}
     document.update(changes)
     return document
 
@@ -124,7 +125,7 @@ def test_unknown_vendor_names_the_file_and_the_known_vendors(tmp_path: Path) -> 
 
 
 def test_missing_phase_is_an_error(tmp_path: Path) -> None:
-    path = _write(tmp_path, _variant(phases={1: _VALID["phases"][1]}))  # type: ignore[index]
+    path = _write(tmp_path, _variant(phases={1: _VALID["phases"][1]}))
     with pytest.raises(CatalogError, match=re.escape(str(path)) + r".*'phases'.*\[2\]"):
         load_vendor_table("acme", tmp_path)
 
@@ -156,7 +157,7 @@ def test_phase_lookup_error_names_the_table() -> None:
     ],
 )
 def test_bad_entries_name_file_and_key(tmp_path: Path, entry: dict[str, object], message: str) -> None:
-    path = _write(tmp_path, _variant(phases={1: [entry], 2: _VALID["phases"][2]}))  # type: ignore[index]
+    path = _write(tmp_path, _variant(phases={1: [entry], 2: _VALID["phases"][2]}))
     with pytest.raises(CatalogError, match=message) as info:
         load_vendor_table("acme", tmp_path)
     assert str(path) in str(info.value)
@@ -171,7 +172,7 @@ def test_unquoted_on_in_yaml_is_caught(tmp_path: Path) -> None:
 
 def test_duplicate_setting_across_phases(tmp_path: Path) -> None:
     dup = {"setting": "tme", "attribute": "Tme2", "displayName": "TME", "value": "Enabled"}
-    _write(tmp_path, _variant(phases={1: _VALID["phases"][1], 2: [*_VALID["phases"][2], dup]}))  # type: ignore[index]
+    _write(tmp_path, _variant(phases={1: _VALID["phases"][1], 2: [*_VALID["phases"][2], dup]}))
     with pytest.raises(CatalogError, match=r"setting 'tme' appears more than once"):
         load_vendor_table("acme", tmp_path)
 

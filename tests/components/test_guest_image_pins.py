@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,7 +23,7 @@ def fake_build(dest: Path, stack: str, *, salt: bytes = b"") -> Path:
     """A directory shaped like one stack of tools/build-guest-image.sh --out (small stand-in files)."""
     d = dest / stack
     d.mkdir(parents=True)
-    files = {}
+    files: dict[str, dict[str, Any]] = {}
     for name in ("vmlinuz", "initrd.img", "rootfs.verity.img"):
         data = f"{stack} {name}".encode() + salt
         (d / name).write_bytes(data)

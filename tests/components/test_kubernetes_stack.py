@@ -52,6 +52,7 @@ def test_a_kubernetes_only_stack_needs_no_hosts_and_no_dcap() -> None:
     cfg = parse_stack(k8s_only(), "staging")
     assert cfg.hosts == () and cfg.dcap is None
     wl = cfg.workload
+    assert wl is not None and wl.kubernetes is not None
     assert wl.target == "kubernetes" and wl.td is None and wl.kubernetes.gateway_image == GATEWAY
     assert cfg.tensor_parallel_size == wl.kubernetes.gpu_count == 1
 
@@ -60,7 +61,8 @@ def test_hosts_and_a_kubernetes_workload_can_share_a_stack() -> None:
     raw = good()
     raw["workload"] = k8s_workload()
     cfg = parse_stack(raw, "staging")
-    assert [h.name for h in cfg.hosts] == ["gpu-a", "gpu-b"] and cfg.workload.kubernetes is not None
+    assert [h.name for h in cfg.hosts] == ["gpu-a", "gpu-b"] and cfg.workload is not None
+    assert cfg.workload.kubernetes is not None
 
 
 def test_kubernetes_errors_are_reported_with_the_others() -> None:
@@ -75,6 +77,7 @@ def test_kubernetes_errors_are_reported_with_the_others() -> None:
 
 def test_tensor_parallel_size_follows_the_pod_gpu_count() -> None:
     cfg = parse_stack(k8s_only(gpuCount=2), "staging")
+    assert cfg.workload is not None
     assert cfg.workload.manifest(cfg.tensor_parallel_size).tensor_parallel_size == 2
 
 
@@ -92,7 +95,8 @@ def test_outside_dev_an_agent_policy_is_required() -> None:
         e.startswith("workload.kubernetes.agentPolicyFile: required outside the `dev` stack")
         for e in errors(raw, "prod")
     )
-    assert parse_stack(raw, "dev").workload.kubernetes.agent_policy is None
+    dev = parse_stack(raw, "dev").workload
+    assert dev is not None and dev.kubernetes is not None and dev.kubernetes.agent_policy is None
     for empty in (None, ""):  # `agentPolicyFile:` left empty is missing too
         raw["workload"]["kubernetes"]["agentPolicyFile"] = empty
         assert any(

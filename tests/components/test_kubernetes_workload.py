@@ -130,7 +130,7 @@ def test_full_target(tmp_path: Path):
         stack="staging",
         base_dir=tmp_path,
     )
-    assert errors == []
+    assert errors == [] and t is not None
     assert (t.namespace, t.name, t.create_namespace, t.runtime_class_name) == (
         "inference",
         "qwen",
@@ -299,7 +299,7 @@ def test_agent_policy_file(tmp_path: Path):
     e = one_error(target_doc(), "workload.kubernetes.agentPolicyFile", stack="prod")
     assert "required outside the `dev` stack" in e.problem and "genpolicy" in e.fix
     t, errors = kubernetes_target_from_mapping(target_doc(), stack="dev")
-    assert errors == [] and t.agent_policy is None
+    assert errors == [] and t is not None and t.agent_policy is None
 
 
 def test_every_error_is_reported_at_once():
@@ -483,7 +483,7 @@ def test_init_data_annotation_carries_the_manifest_digest():
 def test_init_data_carries_the_agent_policy_and_changes_mrconfigid(tmp_path: Path):
     (tmp_path / "p.rego").write_text(POLICY + 'ExecProcessRequest if { input.process.Args[0] == "python3" }\n"""\n')
     t, errors = kubernetes_target_from_mapping(target_doc(agentPolicyFile="p.rego"), base_dir=tmp_path)
-    assert errors == []
+    assert errors == [] and t is not None and t.agent_policy is not None
     with_policy = replace(make_args(), target=t)
     objs = render_manifests(with_policy)
     toml_text = decode_initdata_annotation(
@@ -493,7 +493,9 @@ def test_init_data_carries_the_agent_policy_and_changes_mrconfigid(tmp_path: Pat
     pins, plain = expected_pins(with_policy).to_json(), expected_pins(make_args()).to_json()
     assert pins["mrconfigid"] != plain["mrconfigid"]
     assert pins["agentPolicySha384"] == hashlib.sha384(t.agent_policy.encode()).hexdigest()
-    assert "agentPolicy" in plain["reasons"] and "agentPolicy" not in pins["reasons"]
+    plain_reasons, pins_reasons = plain["reasons"], pins["reasons"]
+    assert isinstance(plain_reasons, dict) and isinstance(pins_reasons, dict)
+    assert "agentPolicy" in plain_reasons and "agentPolicy" not in pins_reasons
 
 
 def test_a_changed_manifest_changes_the_init_data_and_mrconfigid():

@@ -15,7 +15,7 @@ import pytest
 from components.render.steps import DELETE_COMMAND, SCRIPTS_DIR, STEP_COMMAND, Step, render
 
 sys.path.insert(0, str(SCRIPTS_DIR))
-import vbios_version
+import vbios_version  # type: ignore[import-not-found]  # a host script, importable via SCRIPTS_DIR above
 
 
 def run_local(stdin: str, env: dict | None = None) -> subprocess.CompletedProcess:

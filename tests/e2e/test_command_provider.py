@@ -98,6 +98,7 @@ def _free_port() -> int:
 
 
 def _keygen(path: Path) -> tuple[str, str]:
+    assert SSH_KEYGEN is not None  # the module is skipped without it
     subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)], check=True)
     return path.read_text(), path.with_suffix(".pub").read_text().strip()
 

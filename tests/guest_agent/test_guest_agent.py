@@ -139,7 +139,7 @@ def make_agent(doc: dict, root: Path, commands: Commands | None = None) -> tuple
 
 def reported(out: io.StringIO) -> dict:
     lines = [parse_line(line) for line in out.getvalue().splitlines() if line.startswith(REPORT_PREFIX)]
-    assert len(lines) == 1, out.getvalue()
+    assert len(lines) == 1 and lines[0] is not None, out.getvalue()
     return lines[0]
 
 

@@ -96,6 +96,7 @@ def reboot_and_wait(host, params: dict, *, timeout: int = 20) -> tuple[sshrun.Re
     """The reboot command, then the wait command fed from the reboot's facts, as
     components/remote_step.reboot_and_wait wires them (wait dials without limit)."""
     reboot = run(host, KERNEL, {**params, **FAST_BOOT}, "reboot")
+    assert reboot.facts is not None
     wait_params = {
         **params,
         **FAST_BOOT,

@@ -299,7 +299,9 @@ def test_pins_from_the_built_image(images: dict[str, Path], tmp_path: Path) -> N
             (work / data[key]["file"]).symlink_to(images[stack] / name)
         pins = expected_pins(manifest, work).to_json()
         assert pins["rtmr1"] and pins["rtmr2"], pins["reasons"]
-        assert pins["artifacts"]["cmdline"] == (images[stack] / "cmdline.txt").read_text()
+        artifacts = pins["artifacts"]
+        assert isinstance(artifacts, dict)
+        assert artifacts["cmdline"] == (images[stack] / "cmdline.txt").read_text()
         found[stack] = pins
     # same firmware, so the same MRTD; RTMR1 differs too although the kernel file is the same (QEMU
     # writes the initrd's size into the kernel header it measures), and RTMR2 by the root hash

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tdxattest.channel.gateway import Gateway, GatewayConfig, TlsIdentity, make_tls_identity
 from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy
@@ -32,7 +32,7 @@ class LoopThread:
         self._thread = threading.Thread(target=self.loop.run_forever, name="channel-loop", daemon=True)
         self._thread.start()
 
-    def run(self, coro: Awaitable[Any], timeout: float = 30.0) -> Any:
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
@@ -49,7 +49,8 @@ async def start_site(app, host: str = "127.0.0.1", port: int = 0, ssl_context=No
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]
+    server = cast(asyncio.Server, site._server)  # what TCPSite.start() made with loop.create_server
+    return runner, server.sockets[0].getsockname()[1]
 
 
 @dataclass

@@ -4,7 +4,8 @@ whole program (`__main__.py`) run under them with a decrypted stack config."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import pulumi
 import pytest
@@ -63,10 +64,14 @@ class Recorder:
         return None
 
     def deps(self, name: str) -> set[str]:
-        return {d._name for d in (self.resources[name].opts.depends_on or [])}
+        # The programs pass depends_on as a list of resources (never a single one, an Output or an awaitable).
+        depends_on = cast("Sequence[pulumi.Resource]", self.resources[name].opts.depends_on or [])
+        return {d._name for d in depends_on}
 
     def parent(self, name: str) -> str:
-        return self.resources[name].opts.parent._name
+        parent = self.resources[name].opts.parent
+        assert parent is not None
+        return parent._name
 
 
 def runtime_config(raw: dict, secret_top: set[str]) -> None:

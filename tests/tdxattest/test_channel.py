@@ -8,6 +8,7 @@ import base64
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -176,7 +177,7 @@ def test_replayed_quote_is_refused(channel_factory, pki, loop) -> None:
 
 
 def test_certificate_swapped_after_attestation_is_refused(channel_factory, pki, loop) -> None:
-    state = {}
+    state: dict[str, Any] = {}
 
     async def forwarder(gateway_url: str):
         fwd = SwitchableForwarder(gateway_url)

@@ -41,6 +41,7 @@ def spawn(stack: ExitStack, *args: str) -> dict:
             proc.wait()
 
     stack.callback(stop)
+    assert proc.stdout is not None and proc.stderr is not None  # both PIPE
     line = proc.stdout.readline()
     if not line:
         raise AssertionError(f"{args[0]} did not start: {proc.stderr.read()}")
@@ -135,7 +136,8 @@ def test_proxy_without_the_test_root_refuses_software_quotes(tmp_path: Path) -> 
         with pytest.raises(openai.APIStatusError) as info:
             client.models.list()
         assert info.value.status_code == 502
-        assert info.value.body["code"].startswith(("collateral.", "pck.")), info.value.body
+        body = info.value.body
+        assert isinstance(body, dict) and body["code"].startswith(("collateral.", "pck.")), body
 
 
 @pytest.mark.parametrize(

@@ -240,7 +240,7 @@ def test_default_is_the_intel_root_certificates_distribution_point(pcs: Server, 
         fetch_collateral(pcs.url, FMSPC, "platform")
     assert INTEL_ROOT_CRL_DP in err.value.expected and "distribution point" in err.value.expected
     assert f"{INTEL_ROOT_CRL_DP}: Name or service not known" in err.value.seen
-    assert INTEL_ROOT_CRL_DP in err.value.fix
+    assert err.value.fix is not None and INTEL_ROOT_CRL_DP in err.value.fix
 
 
 def test_pccs_rootcacrl_is_preferred(crl_host: Server) -> None:

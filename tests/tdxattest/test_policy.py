@@ -209,8 +209,8 @@ def test_pins_from_stack_output() -> None:
         "tdAttributes": "0000001000000000",
     }
     pins, keys = pins_from_stack_output(doc)
-    assert pins.mrtd.values is None and "null" in pins.mrtd.reason
-    assert pins.rtmr0.values is None and "acpi not captured" in pins.rtmr0.reason
+    assert pins.mrtd.values is None and pins.mrtd.reason is not None and "null" in pins.mrtd.reason
+    assert pins.rtmr0.values is None and pins.rtmr0.reason is not None and "acpi not captured" in pins.rtmr0.reason
     assert keys == {"mrtd", "rtmr0", "rtmr1", "rtmr3", "td_attributes"}
     pins, _ = pins_from_stack_output(doc, accept_mrtd_candidates=True)
     assert pins.mrtd.values == (MRTD,)
@@ -229,7 +229,9 @@ def test_docs_example_policy_parses() -> None:
     import yaml
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "verification.md"
-    block = re.search(r"```yaml\n(.*?)```", doc.read_text(), re.S).group(1)
+    found = re.search(r"```yaml\n(.*?)```", doc.read_text(), re.S)
+    assert found is not None
+    block = found.group(1)
     p = policy_from_mapping(yaml.safe_load(block))
     assert p.allowed_tcb_statuses == {"UpToDate"} and p.pins.mrseam.values and p.pins.mrtd.values is None
     assert p.pins.td_attributes.values == (bytes.fromhex("0000001000000000"),)

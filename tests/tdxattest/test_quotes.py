@@ -5,6 +5,7 @@ refused with the named failure."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import dcap_qvl
 import pytest
@@ -110,6 +111,7 @@ def test_case_gives_recorded_verdict(case: dict) -> None:
         # The verified report equals the manifest's parsed measurements and our own parser.
         info = MANIFEST["quotes"][case["quote_file"]]
         r = verdict.report
+        assert r is not None
         assert r.mrtd.hex() == info["mr_td"]
         assert [r.rtmr0.hex(), r.rtmr1.hex(), r.rtmr2.hex(), r.rtmr3.hex()] == [info[f"rtmr{i}"] for i in range(4)]
         assert r.mrseam.hex() == info["mr_seam"] and r.xfam.hex() == info["xfam"]
@@ -268,7 +270,8 @@ def test_pins_match_and_mismatch_on_real_quote() -> None:
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-def _cli(capsys, *argv: str) -> tuple[int, dict | str]:
+def _cli(capsys, *argv: str) -> tuple[int, Any]:
+    """The exit code and the parsed JSON output (Any, as json.loads gives it), or the raw text if not JSON."""
     rc = main(list(argv))
     out = capsys.readouterr()
     try:

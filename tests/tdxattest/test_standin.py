@@ -84,7 +84,7 @@ def test_answer_echoes_last_user_message_cyclically(standin: StandinThread) -> N
         ],
     )
     assert out.choices[0].message.content == "a b c a b"
-    assert out.usage.prompt_tokens == 2 + 1 + 1 + 3
+    assert out.usage is not None and out.usage.prompt_tokens == 2 + 1 + 1 + 3
     empty = chat(client(standin.url), "   ", max_tokens=2)
     assert empty.choices[0].message.content == "standin standin"
 
@@ -208,6 +208,7 @@ def test_cli_serves_until_sigterm() -> None:
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    assert proc.stdout is not None  # stdout=PIPE
     try:
         url = json.loads(proc.stdout.readline())["listening"]
         assert [m.id for m in client(url).models.list().data] == ["m/1"]

@@ -51,7 +51,8 @@ def test_fast_td_report_equals_dataclass_init(path: Path) -> None:
     fast, slow = read_td_report(data), _slow_report(data)
     assert type(fast) is TdReport and fast == slow and hash(fast) == hash(slow) and repr(fast) == repr(slow)
     assert fast.as_dict() == slow.as_dict() and parse_quote(data).report == slow
-    assert read_td_report(bytearray(data)) == slow and all(type(getattr(fast, n)) is bytes for n, _, _ in _BODY_FIELDS)
+    assert read_td_report(bytearray(data)) == slow  # type: ignore[arg-type]  # a bytearray is read too
+    assert all(type(getattr(fast, n)) is bytes for n, _, _ in _BODY_FIELDS)
     with pytest.raises(AttributeError):  # still frozen
         fast.mrtd = b""  # type: ignore[misc]
 
@@ -87,9 +88,11 @@ def test_tcb_levels_digested_once_per_collateral_object() -> None:
     case = _case("zkdcap-v4-outofdate")
     coll = load_collateral(str(QUOTES / case["collateral_file"]))
     levels = coll.tcb_levels()
+    assert levels is not None
     assert levels is coll.tcb_levels() and len(levels) == len(coll.tcb_info["tcbLevels"])
     coll.tcb_info = dict(coll.tcb_info, tcbLevels=coll.tcb_info["tcbLevels"][:1])  # a replaced tcb_info is re-read
-    assert len(coll.tcb_levels()) == 1
+    levels = coll.tcb_levels()
+    assert levels is not None and len(levels) == 1
     coll.tcb_info = {"tcbLevels": "not a list of levels"}
     assert coll.tcb_levels() is None
 

@@ -103,6 +103,7 @@ def _load_tdxfake():
 
 def _import_tdxfake(name: str):
     spec = importlib.util.spec_from_file_location(name, FAKE_BIN / "tdxfake.py")
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True
     try:
@@ -384,6 +385,7 @@ class NamespaceHost:
             last = r.stderr.strip()
         else:
             raise RuntimeError(f"no free 10.231.X.0/30 network for a fake host (last error: {last})")
+        assert self.base is not None and self.netns is not None
         (self.base / "netns").write_text(self.netns)
         peer = f"tdxfn{self.index}"
         for argv in (
@@ -399,6 +401,7 @@ class NamespaceHost:
 
     def _prepare_state(self) -> None:
         p, s, base = self.profile, self.state_dir, self.base
+        assert base is not None
         for d in (
             "boot",
             "run",
@@ -478,8 +481,8 @@ class NamespaceHost:
         if p.nvidia_driver:
             self.load_nvidia_driver(p.nvidia_driver)
         if p.iommu:
-            for n in range(4):
-                (s / "sysfs/iommu_groups" / str(n) / "devices").mkdir(parents=True)
+            for group in range(4):
+                (s / "sysfs/iommu_groups" / str(group) / "devices").mkdir(parents=True)
         (s / "boot/cpuinfo").write_text(cpuinfo_text(p))
         (s / "boot/osrelease").write_text(p.kernel_release + "\n")
         (s / "boot/cmdline").write_text("")
@@ -527,6 +530,7 @@ class NamespaceHost:
 
     def _launch(self) -> None:
         roms = " ".join(f"{self.state_dir}/rom/{g.bdf}.bin=/sys/bus/pci/devices/{g.bdf}/rom" for g in self.profile.gpus)
+        assert self.base is not None and self.netns is not None
         log = open(self.base / "inner.log", "wb")
         self.proc = subprocess.Popen(
             [

@@ -139,7 +139,8 @@ def _dial_once(t: Target, pkey: paramiko.PKey, pinned: paramiko.PKey, timeout: f
 
 def dial(t: Target, *, deadline: float) -> tuple[paramiko.Transport, int, list[str]]:
     pkey, pinned = _load_key(t.private_key), _pinned(t.host_key)
-    delay, dials, errors = 0.1, 0, []
+    delay, dials = 0.1, 0
+    errors: list[str] = []
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

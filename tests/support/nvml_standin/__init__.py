@@ -24,6 +24,7 @@ def build(dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     lib = dest / "libnvidia-ml.so.1"
     cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc is not None, missing_compiler()
     subprocess.run(
         [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(lib), str(SOURCE)],
         check=True,
