@@ -453,12 +453,7 @@ async def attestation_phase(info: dict, p: Params) -> list[dict]:
     from tdxattest.core.policy import DEFAULT_POLICY, with_pins_json
     from tdxattest.dcap.appraise import Appraiser, FixedCollateral
 
-    config = ProxyConfig(
-        upstream=info["gateway"],
-        policy=with_pins_json(DEFAULT_POLICY, info["pins"]),
-        collateral_path=str(Path(info["pki_dir"]) / "collateral.json"),
-        root_ca_der=(Path(info["pki_dir"]) / "root-ca.der").read_bytes(),
-    )
+    config = ProxyConfig(upstream=info["gateway"])
 
     class TimedAppraiser(Appraiser):
         spent = 0.0
@@ -471,7 +466,11 @@ async def attestation_phase(info: dict, p: Params) -> list[dict]:
                 self.spent += time.perf_counter() - t
 
     collateral = FixedCollateral.from_file(str(Path(info["pki_dir"]) / "collateral.json"))
-    appraiser = TimedAppraiser(collateral, config.policy, config.root_ca_der)
+    appraiser = TimedAppraiser(
+        collateral,
+        with_pins_json(DEFAULT_POLICY, info["pins"]),
+        (Path(info["pki_dir"]) / "root-ca.der").read_bytes(),
+    )
 
     async def one() -> float:
         t = time.perf_counter()

@@ -264,9 +264,9 @@ def test_the_proxy_keeps_verified_collateral_until_the_cache_would_refresh(
 ) -> None:
     # The proxy attests every upstream connection: one verified set serves them until its earliest
     # nextUpdate minus the refresh margin; then the cache is asked (and refreshes) again.
-    from tdxattest.channel.proxy import ProxyConfig, proxy_appraiser
+    from tdxattest.dcap.appraise import Appraiser, collateral_source
 
-    appraiser = proxy_appraiser(ProxyConfig(upstream="https://127.0.0.1:8443", pccs=pccs.url, cache_dir=str(tmp_path)))
+    appraiser = Appraiser(collateral_source(None, pccs.url, str(tmp_path)))
     quote = GCP_QUOTE.read_bytes()
     gets: list[int] = []
     real_get = CollateralCache.get

@@ -20,6 +20,7 @@ from tdxattest.channel.gateway import Gateway, GatewayConfig, TlsIdentity, make_
 from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy
 from tdxattest.channel.quote_source import QuoteSource
 from tdxattest.core.policy import DEFAULT_POLICY, Policy, with_pins_json
+from tdxattest.dcap.appraise import Appraiser, FixedCollateral
 from tdxattest.testing.standin import StandinConfig, StandinServer
 from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity, TestPki
 
@@ -116,15 +117,11 @@ async def start_channel(
         collateral_path = tmp / "collateral.json"
         collateral_path.write_text(collateral if collateral is not None else pki.collateral_json())
         audit = tmp / "audit.jsonl"
-        config = ProxyConfig(
-            upstream=target,
-            policy=with_pins_json(policy, str(pins_path)),
-            collateral_path=str(collateral_path),
-            root_ca_der=pki.root_ca_der,
-            audit_path=str(audit),
-            **proxy_options,
+        config = ProxyConfig(upstream=target, audit_path=str(audit), **proxy_options)
+        appraiser = Appraiser(
+            FixedCollateral.from_file(str(collateral_path)), with_pins_json(policy, str(pins_path)), pki.root_ca_der
         )
-        proxy = VerifyingProxy(config)
+        proxy = VerifyingProxy(config, appraiser)
         proxy_runner, proxy_port = await start_site(proxy.app())
         stops.append(proxy_runner.cleanup)
     except BaseException:

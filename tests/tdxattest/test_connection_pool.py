@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 from tdxattest.channel.proxy import ConnectionPool, ProxyConfig
 
-CONFIG = ProxyConfig(upstream="https://127.0.0.1:8443", collateral_path="unused.json", reattest_interval_s=300.0)
+CONFIG = ProxyConfig(upstream="https://127.0.0.1:8443", reattest_interval_s=300.0)
 
 
 class IdleConnection:

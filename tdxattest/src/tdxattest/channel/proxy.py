@@ -39,8 +39,8 @@ from tdxattest.channel.binding import response_report_data
 from tdxattest.channel.gateway import ATTESTATION_PATH, HOP_BY_HOP, forwarded_response
 from tdxattest.channel.http1 import ResponseReader, UpstreamProtocolError, encode_request
 from tdxattest.core.errors import InputError
-from tdxattest.core.policy import DEFAULT_POLICY, Failure, Policy, Verdict
-from tdxattest.dcap.appraise import Appraiser, collateral_source
+from tdxattest.core.policy import Failure, Verdict
+from tdxattest.dcap.appraise import Appraiser
 
 MAX_ATTESTATION_BYTES = 8 * 1024 * 1024
 ATTESTATION_TIMEOUT_S = 60.0  # the whole exchange: request, quote generation in the TD, response
@@ -68,11 +68,6 @@ def _failure(check: str, expected: Any, seen: Any, detail: str | None = None) ->
 @dataclass(frozen=True)
 class ProxyConfig:
     upstream: str  # https://HOST:PORT of the attested gateway
-    policy: Policy = DEFAULT_POLICY
-    collateral_path: str | None = None  # fixed collateral (dcap-qvl JSON), or
-    pccs: str | None = None  # a PCCS / PCS to fetch and cache collateral from
-    cache_dir: str | None = None
-    root_ca_der: bytes | None = None  # trust this root instead of Intel's (test PKI only)
     reattest_interval_s: float = 300.0
     audit_path: str | None = None
     require_response_quotes: bool = False  # also ask for and verify a quote per response
@@ -82,8 +77,6 @@ class ProxyConfig:
         parts = urlsplit(self.upstream)
         if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
             raise InputError("--upstream: https://HOST:PORT (the attested gateway)", repr(self.upstream))
-        if (self.collateral_path is None) == (self.pccs is None):
-            raise InputError("exactly one of --collateral or --pccs", "both" if self.collateral_path else "neither")
 
     @property
     def host(self) -> str:
@@ -92,11 +85,6 @@ class ProxyConfig:
     @property
     def port(self) -> int:
         return urlsplit(self.upstream).port or 443
-
-
-def proxy_appraiser(config: ProxyConfig) -> Appraiser:
-    source = collateral_source(config.collateral_path, config.pccs, config.cache_dir)
-    return Appraiser(source, config.policy, config.root_ca_der)
 
 
 async def appraise(appraiser: Appraiser, quote: bytes, expected_report_data: bytes) -> Verdict:
@@ -397,11 +385,12 @@ class _Exchange:
 
 
 class VerifyingProxy:
-    """The aiohttp application and its upstream pool."""
+    """The aiohttp application and its upstream pool; every upstream is appraised by `appraiser` (the
+    policy with the stack's pins, and where collateral comes from)."""
 
-    def __init__(self, config: ProxyConfig):
+    def __init__(self, config: ProxyConfig, appraiser: Appraiser):
         self.config = config
-        self.appraiser = proxy_appraiser(config)
+        self.appraiser = appraiser
         self.pool = ConnectionPool(config, self.appraiser)
         self.audit = AuditLog(config.audit_path)
 

@@ -1,32 +1,50 @@
 """The options `verify` and `proxy` share: the policy with the stack's pins, the collateral source
-and the root CA, turned into an Appraiser (a leading underscore: not a verb itself)."""
+and the root CA, declared once and turned into an Appraiser (a leading underscore: not a verb)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import argparse
+
     from tdxattest.core.policy import Policy
     from tdxattest.dcap.appraise import Appraiser
 
 
-def read_root_ca(path: str | None) -> bytes | None:
-    """`--root-ca`: the DER of a root CA to trust instead of Intel's, or None."""
+def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool) -> None:
+    """--collateral | --pccs [--cache-dir], --pins [--accept-mrtd-candidates], --policy, --root-ca."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--collateral", metavar="C", help="collateral JSON (dcap-qvl QuoteCollateralV3 form)")
+    src.add_argument(
+        "--pccs",
+        metavar="URL",
+        help="PCCS or PCS base URL; collateral comes from the on-disk cache, fetched/refreshed as needed",
+    )
+    p.add_argument("--cache-dir", metavar="DIR", help="collateral cache (with --pccs; default ~/.cache/tdxattest)")
+    p.add_argument("--pins", required=pins_required, metavar="PINS_JSON", help="the stack's `pins` output (pins.json)")
+    p.add_argument(
+        "--accept-mrtd-candidates", action="store_true", help="with --pins: accept either page-add-order MRTD candidate"
+    )
+    p.add_argument("--policy", metavar="POLICY_YAML", help="policy file (default: safe defaults)")
+    p.add_argument(
+        "--root-ca",
+        metavar="DER",
+        help="trust this root CA (DER) instead of Intel's (the TEST PKI of dev stacks and tests; never for production)",
+    )
+
+
+def appraiser_from_args(args: argparse.Namespace) -> Appraiser:
+    """The Appraiser the options of `add_appraisal_arguments` describe."""
     from tdxattest.core.files import read_bytes
-
-    return read_bytes(path) if path else None
-
-
-def appraiser_for(
-    policy: Policy, collateral: str | None, pccs: str | None, cache_dir: str | None, root_ca: str | None
-) -> Appraiser:
-    """`--collateral FILE` or `--pccs URL [--cache-dir DIR]`, and `--root-ca`: the Appraiser."""
     from tdxattest.dcap.appraise import Appraiser, collateral_source
 
-    return Appraiser(collateral_source(collateral, pccs, cache_dir), policy, read_root_ca(root_ca))
+    policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
+    root = read_bytes(args.root_ca) if args.root_ca else None
+    return Appraiser(collateral_source(args.collateral, args.pccs, args.cache_dir), policy, root)
 
 
-def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd_candidates: bool):
+def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd_candidates: bool) -> Policy:
     """The policy file (or the safe defaults) with the stack's `pins.json` merged in."""
     from tdxattest.core.policy import DEFAULT_POLICY, load_policy, with_pins_json
 

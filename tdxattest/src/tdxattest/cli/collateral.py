@@ -48,10 +48,9 @@ def run_fetch(args: argparse.Namespace) -> int:
     now = parse_time(args.at)
     if args.quote:
         from tdxattest.core.quote import parse_quote
-        from tdxattest.dcap.appraise import collateral_key
 
         try:
-            fmspc, quote_ca = collateral_key(parse_quote(read_quote(args.quote)))
+            fmspc, quote_ca = parse_quote(read_quote(args.quote)).collateral_key()
         except InputError as exc:
             raise exc.with_file(args.quote) from None
         ca = args.ca or quote_ca
@@ -62,7 +61,7 @@ def run_fetch(args: argparse.Namespace) -> int:
         ca = args.ca or "platform"
     cache = CollateralCache(args.cache_dir, root_crl_url=args.root_crl_url)
     try:
-        _, status = cache.get(args.pccs, fmspc, ca, now, force_refresh=args.force)
+        collateral, status = cache.get(args.pccs, fmspc, ca, now, force_refresh=args.force)
     except CollateralError as exc:
         out: dict[str, Any] = {"ok": False, "failure": {"check": exc.check, "expected": exc.expected, "seen": exc.seen}}
         if exc.fix:
@@ -74,10 +73,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     if args.out:
         from tdxattest.dcap.cache import write_private
 
-        raw = cache.load(fmspc, ca) if fmspc is not None else None
-        if raw is None:  # get() has just verified this set in the cache: it can only have been removed since
-            raise RuntimeError(f"collateral for FMSPC {fmspc} ({ca}) left {cache.dir} while in use")
-        write_private(args.out, raw.to_dcap_json().encode())
+        write_private(args.out, collateral.text.encode())
     status = {k: v for k, v in status.items() if v is not None}
     if args.json:
         print(json.dumps({"ok": True, **status}, indent=2))

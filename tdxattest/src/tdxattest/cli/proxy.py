@@ -12,23 +12,10 @@ def configure(p: argparse.ArgumentParser) -> None:
         "that each proved (fresh nonce, quote bound to the TLS key, TCB policy, pins) that they "
         "end inside the pinned TD. Failures answer 502 with the named check; nothing goes upstream."
     )
+    from tdxattest.cli._verification import add_appraisal_arguments
+
     p.add_argument("--upstream", required=True, metavar="URL", help="the gateway, https://HOST:PORT")
-    p.add_argument("--pins", required=True, metavar="PINS_JSON", help="the stack's `pins` output (pins.json)")
-    p.add_argument(
-        "--accept-mrtd-candidates",
-        action="store_true",
-        help="accept either page-add-order MRTD candidate from pins.json",
-    )
-    p.add_argument("--policy", metavar="POLICY_YAML", help="policy file (default: safe defaults)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--collateral", metavar="C", help="fixed collateral JSON (dcap-qvl QuoteCollateralV3 form)")
-    src.add_argument("--pccs", metavar="URL", help="PCCS or PCS base URL; collateral is cached and refreshed")
-    p.add_argument("--cache-dir", metavar="DIR", help="collateral cache (with --pccs; default ~/.cache/tdxattest)")
-    p.add_argument(
-        "--root-ca",
-        metavar="DER",
-        help="trust this root CA instead of Intel's (the TEST PKI of dev stacks and tests; never for production)",
-    )
+    add_appraisal_arguments(p, pins_required=True)
     p.add_argument(
         "--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="loopback only (default %(default)s)"
     )
@@ -62,25 +49,19 @@ def default_audit_path() -> str:
 def run(args: argparse.Namespace) -> int:
     from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy, check_listen
     from tdxattest.cli._common import parse_listen, serve_until_interrupted
-    from tdxattest.cli._verification import policy_with_pins, read_root_ca
+    from tdxattest.cli._verification import appraiser_from_args
 
     host, port = parse_listen(args.listen)
     check_listen(host)
-    policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
-    root = read_root_ca(args.root_ca)
     audit = args.audit or default_audit_path()
     config = ProxyConfig(
         upstream=args.upstream,
-        policy=policy,
-        collateral_path=args.collateral,
-        pccs=args.pccs,
-        cache_dir=args.cache_dir,
-        root_ca_der=root,
         reattest_interval_s=args.reattest_interval,
         audit_path=audit,
         require_response_quotes=args.require_response_quotes,
     )
-    proxy = VerifyingProxy(config)
+    appraiser = appraiser_from_args(args)
+    proxy = VerifyingProxy(config, appraiser)
 
     async def start():
         from aiohttp import web
@@ -94,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             "listening": f"http://{host}:{bound}",
             "upstream": args.upstream,
             "audit": audit,
-            "root_ca": "TEST (not Intel)" if root else "Intel SGX Root CA",
+            "root_ca": "TEST (not Intel)" if appraiser.root_ca_der else "Intel SGX Root CA",
         }
 
     return serve_until_interrupted(start)

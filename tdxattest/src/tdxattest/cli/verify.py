@@ -13,23 +13,12 @@ def configure(p: argparse.ArgumentParser) -> None:
         "grace period, TD attributes, measurement pins, REPORTDATA). Exit 0 accepted, 1 refused, "
         "2 unusable input."
     )
+    from tdxattest.cli._verification import add_appraisal_arguments
+
     p.add_argument("--quote", required=True, metavar="Q", help="raw quote file (binary; hex is accepted too)")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--collateral", metavar="C", help="collateral JSON (dcap-qvl QuoteCollateralV3 form)")
-    src.add_argument(
-        "--pccs",
-        metavar="URL",
-        help="PCCS or PCS base URL; collateral comes from the on-disk cache, fetched/refreshed as needed",
-    )
-    p.add_argument("--cache-dir", metavar="DIR", help="collateral cache (with --pccs; default ~/.cache/tdxattest)")
+    add_appraisal_arguments(p, pins_required=False)
     p.add_argument("--at", metavar="RFC3339", help="verification time (default: now)")
-    p.add_argument("--pins", metavar="PINS_JSON", help="the stack's `pins` output (pins.json)")
-    p.add_argument(
-        "--accept-mrtd-candidates", action="store_true", help="with --pins: accept either page-add-order MRTD candidate"
-    )
-    p.add_argument("--policy", metavar="POLICY_YAML", help="policy file (default: safe defaults)")
     p.add_argument("--report-data", metavar="HEX", help="expected REPORTDATA (64 bytes, hex)")
-    p.add_argument("--root-ca", metavar="DER", help="Intel SGX Root CA (DER) to trust instead of the built-in one")
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.set_defaults(run=run)
 
@@ -52,13 +41,10 @@ def parse_time(text: str | None) -> int:
 
 
 def read_quote(path: str) -> bytes:
-    from tdxattest.core.errors import InputError
+    """A quote file: raw bytes, or the same as hex text."""
+    from tdxattest.core.files import read_bytes
 
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise InputError("a readable quote file", exc.strerror or str(exc), file=path) from None
+    data = read_bytes(path)
     stripped = data.strip()
     if stripped and all(c in b"0123456789abcdefABCDEF" for c in stripped[:64]) and len(stripped) % 2 == 0:
         try:
@@ -71,12 +57,11 @@ def read_quote(path: str) -> bytes:
 def run(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from tdxattest.cli._verification import appraiser_for, policy_with_pins
+    from tdxattest.cli._verification import appraiser_from_args
     from tdxattest.core.errors import InputError
 
     now = parse_time(args.at)
     quote = read_quote(args.quote)
-    policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
     expected = None
     if args.report_data is not None:
         try:
@@ -85,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--report-data: hex", repr(args.report_data)) from None
         if len(expected) != 64:
             raise InputError("--report-data: 64 bytes of hex", f"{len(expected)} bytes")
-    appraiser = appraiser_for(policy, args.collateral, args.pccs, args.cache_dir, args.root_ca)
+    appraiser = appraiser_from_args(args)
     try:
         appraisal = appraiser.appraise(quote, now, expected)
     except InputError as exc:

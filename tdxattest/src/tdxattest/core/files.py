@@ -39,6 +39,11 @@ def parse_file(path: str | Path, parse: Callable[[bytes], T]) -> T:
         raise exc.with_file(str(path)) from None
 
 
+def hash_bytes(data: bytes) -> FileHashes:
+    """Size, SHA-256 and SHA-384 of bytes already in memory."""
+    return FileHashes(len(data), hashlib.sha256(data).hexdigest(), hashlib.sha384(data).hexdigest())
+
+
 def hash_file(path: str | Path) -> FileHashes:
     """Size, SHA-256 and SHA-384 of a file, read in chunks."""
     h256, h384, size = hashlib.sha256(), hashlib.sha384(), 0

@@ -24,6 +24,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tdxattest.core.certs import ecdsa_valid, raw_extension
+
 if TYPE_CHECKING:  # cryptography is imported inside the functions that use it (CLI start-up time)
     from cryptography import x509
 
@@ -139,17 +141,8 @@ def _load_certs(pem: bytes | str) -> list[x509.Certificate]:
 
 
 def _fwid(cert: x509.Certificate) -> bytes | None:
-    from cryptography import x509
-
-    try:
-        ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(FWID_OID))
-    except x509.ExtensionNotFound:
-        return None
-    value = ext.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        # cryptography has no parser for the TCG DICE TcbInfo extension, so it hands back the raw DER.
-        raise TypeError(f"the FWID extension as an UnrecognizedExtension, not {type(value).__name__}")
-    return value.value[-48:]
+    raw = raw_extension(cert, FWID_OID)
+    return None if raw is None else raw[-48:]
 
 
 def _leaf_fwid(leaf: x509.Certificate) -> bytes:
@@ -201,9 +194,6 @@ def verify_gpu_chain(
     None: the root is pinned by fingerprint (NVIDIA_DEVICE_ROOT_SHA256)."""
     import time
 
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     now = time.time() if now is None else now
     certs = _load_certs(chain_pem)
     if len(certs) < 2:
@@ -225,21 +215,14 @@ def verify_gpu_chain(
             )
     _leaf_fwid(certs[0])
     for cert, issuer in zip(certs, certs[1:] + [root], strict=False):
-        try:
-            if cert.issuer != issuer.subject:
-                raise InvalidSignature
-            key = issuer.public_key()
-            algorithm = cert.signature_hash_algorithm
-            if not isinstance(key, ec.EllipticCurvePublicKey) or algorithm is None:
-                # What the ECDSA verify call raises for another key type or no hash: caught below, same verdict.
-                raise TypeError(f"an EC issuer key and a signature hash algorithm, not {type(key).__name__}")
-            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
-        except (InvalidSignature, TypeError, ValueError):
+        if cert.issuer != issuer.subject or not ecdsa_valid(
+            issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, cert.signature_hash_algorithm
+        ):
             raise GpuEvidenceError(
                 "gpu.chain_invalid",
                 f"{cert.subject.rfc4514_string()} issued and signed by {issuer.subject.rfc4514_string()}",
                 f"issuer {cert.issuer.rfc4514_string()}",
-            ) from None
+            )
         if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
             raise GpuEvidenceError(
                 "gpu.chain_invalid",
@@ -256,9 +239,7 @@ def verify_gpu_evidence(
     expected_nonce: bytes | None = None,
     now: float | None = None,
 ) -> GpuEvidence:
-    from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
     parsed = parse_gpu_report(report)
@@ -266,18 +247,12 @@ def verify_gpu_evidence(
     sig = encode_dss_signature(
         int.from_bytes(parsed.signature[:48], "big"), int.from_bytes(parsed.signature[48:], "big")
     )
-    leaf_key = certs[0].public_key()
-    if not isinstance(leaf_key, ec.EllipticCurvePublicKey):
-        # What the ECDSA verify call would raise for another key type, with a clearer message.
-        raise TypeError(f"the signing certificate's key as an EC key, not {type(leaf_key).__name__}")
-    try:
-        leaf_key.verify(sig, parsed.request + parsed.response_signed, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
+    if not ecdsa_valid(certs[0].public_key(), sig, parsed.request + parsed.response_signed, hashes.SHA384()):
         raise GpuEvidenceError(
             "gpu.signature_invalid",
             "report signed by the leaf's key (ECDSA P-384/SHA-384)",
             "signature does not verify",
-        ) from None
+        )
     if expected_nonce is not None and not hmac.compare_digest(parsed.nonce, expected_nonce):
         raise GpuEvidenceError("gpu.nonce_mismatch", expected_nonce.hex(), parsed.nonce.hex())
     return GpuEvidence(report=parsed, fwid=_leaf_fwid(certs[0]), leaf_subject=certs[0].subject.rfc4514_string())

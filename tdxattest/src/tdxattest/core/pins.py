@@ -38,6 +38,20 @@ REGISTERS: dict[str, tuple[str, int]] = {
 }
 
 
+def parse_hex(value: object, size: int, where: str, what: str = "a hex string") -> bytes:
+    """`size` bytes from a hex string (an optional 0x prefix and surrounding space allowed). Raises
+    InputError naming `where` (the key) with `what` was expected."""
+    try:
+        raw = bytes.fromhex(value.strip().removeprefix("0x")) if isinstance(value, str) else None
+    except ValueError:
+        raw = None
+    if raw is None:
+        raise InputError(f"{where}: {what}", repr(value)[:80])
+    if len(raw) != size:
+        raise InputError(f"{where}: {size} bytes of hex", f"{len(raw)} bytes")
+    return raw
+
+
 @dataclass(frozen=True)
 class RegisterPin:
     """One pinned register: lowercase hex, or `None` with the reason it is not pinned yet."""
@@ -177,11 +191,12 @@ class StackPins:
             out[key] = pin.value
             if pin.reason is not None:
                 reasons[key] = pin.reason
-            if key == "mrtd" and (boot is not None or self.mrtd_candidates is not None):
+            if key == "mrtd":  # the candidates and the page-add order follow MRTD in the document
                 c = self.mrtd_candidates
-                out["mrtdCandidates"] = None if c is None else {"single": c.single, "twoPass": c.two_pass}
-            if key == "mrtd" and boot is not None:
-                out["pageAddOrder"] = boot.page_add_order
+                if boot is not None or c is not None:
+                    out["mrtdCandidates"] = None if c is None else {"single": c.single, "twoPass": c.two_pass}
+                if boot is not None:
+                    out["pageAddOrder"] = boot.page_add_order
         reasons.update(self.notes)
         out["reasons"] = reasons
         if self.events:
@@ -382,17 +397,7 @@ class _Reader:
     def hex(self, key: str, size: int) -> str | None:
         """Lowercase hex of `size` bytes, or None (null)."""
         value = self.doc.get(key)
-        if value is None:
-            return None
-        try:
-            raw = bytes.fromhex(value.strip().removeprefix("0x")) if isinstance(value, str) else None
-        except ValueError:
-            raw = None
-        if raw is None:
-            raise InputError(f"{self._at(key)}: a hex string or null", repr(value)[:80])
-        if len(raw) != size:
-            raise InputError(f"{self._at(key)}: {size} bytes of hex", f"{len(raw)} bytes")
-        return raw.hex()
+        return None if value is None else parse_hex(value, size, self._at(key), "a hex string or null").hex()
 
     def mapping(self, key: str, values: type) -> dict[str, Any] | None:
         value = self.doc.get(key)

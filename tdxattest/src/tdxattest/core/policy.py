@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tdxattest.core.errors import InputError
+from tdxattest.core.pins import REGISTERS, RegisterPin, StackPins, parse_hex
 
-if TYPE_CHECKING:  # the pins contract is read only when a pins file is given
-    from tdxattest.core.pins import StackPins
+if TYPE_CHECKING:
     from tdxattest.core.quote import TdReport
 
 TCB_STATUSES = (
@@ -36,17 +36,7 @@ TCB_STATUSES = (
 )
 OUT_OF_DATE_STATUSES = frozenset({"OutOfDate", "OutOfDateConfigurationNeeded"})
 PIN_FIELDS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "td_attributes", "xfam", "mrconfigid")
-PIN_SIZES = {
-    "mrtd": 48,
-    "rtmr0": 48,
-    "rtmr1": 48,
-    "rtmr2": 48,
-    "rtmr3": 48,
-    "mrseam": 48,
-    "td_attributes": 8,
-    "xfam": 8,
-    "mrconfigid": 48,
-}
+PIN_SIZES = dict(REGISTERS.values())  # field -> bytes
 DAY = 86400
 
 
@@ -286,18 +276,6 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
 # --- loading ----------------------------------------------------------------------------------
 
 
-def _hex(value: Any, size: int | None, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise InputError(f"{where}: a hex string", repr(value))
-    try:
-        raw = bytes.fromhex(value.strip().removeprefix("0x"))
-    except ValueError:
-        raise InputError(f"{where}: a hex string", repr(value)) from None
-    if size is not None and len(raw) != size:
-        raise InputError(f"{where}: {size} bytes of hex", f"{len(raw)} bytes")
-    return raw
-
-
 def parse_pin(name: str, value: Any, reason: str | None = None) -> Pin:
     """A pin from YAML/JSON: null (not checked), one hex string, or a list of accepted hex strings."""
     if value is None:
@@ -305,7 +283,7 @@ def parse_pin(name: str, value: Any, reason: str | None = None) -> Pin:
     values = value if isinstance(value, list) else [value]
     if not values:
         raise InputError(f"pins.{name}: a hex string, a non-empty list or null", "[]")
-    return Pin(tuple(_hex(v, PIN_SIZES[name], f"pins.{name}") for v in values))
+    return Pin(tuple(parse_hex(v, PIN_SIZES[name], f"pins.{name}") for v in values))
 
 
 _TOP_KEYS = {"version", "tcb", "td", "pins"}
@@ -357,7 +335,7 @@ def policy_from_mapping(doc: Mapping[str, Any] | None) -> Policy:
         min_tcb_evaluation_data_number=min_eval,
         forbid_debug=td.get("forbid_debug", True),
         require_sept_ve_disable=td.get("require_sept_ve_disable", True),
-        min_tee_tcb_svn=None if svn is None else _hex(svn, 16, "policy.td.min_tee_tcb_svn"),
+        min_tee_tcb_svn=None if svn is None else parse_hex(svn, 16, "policy.td.min_tee_tcb_svn"),
         pins=Pins(**{k: parse_pin(k, pins[k]) for k in pins}),
     )
 
@@ -365,11 +343,11 @@ def policy_from_mapping(doc: Mapping[str, Any] | None) -> Policy:
 def load_policy(path: str) -> Policy:
     import yaml
 
+    from tdxattest.core.files import read_bytes
+
+    data = read_bytes(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except OSError as exc:
-        raise InputError("a readable policy file", exc.strerror or str(exc), file=path) from None
+        doc = yaml.safe_load(data)
     except yaml.YAMLError as exc:
         raise InputError("a YAML policy", str(exc).splitlines()[0], file=path) from None
     try:
@@ -382,11 +360,9 @@ def pins_from_stack(stack: StackPins, accept_mrtd_candidates: bool = False) -> t
     """Policy pins from the stack's `pins`: the pins and the fields it sets (the registers the
     document names). A null register stays not checked, with the stack's reason. With
     `accept_mrtd_candidates`, MRTD accepts either page-add-order candidate."""
-    from tdxattest.core.pins import REGISTERS
-
     out: dict[str, Pin] = {}
-    for key, (name, _) in REGISTERS.items():
-        pin = stack.register(key)
+    for name, _ in REGISTERS.values():
+        pin: RegisterPin | None = getattr(stack, name)
         if pin is None:
             continue
         value: str | list[str] | None = pin.value
@@ -398,20 +374,18 @@ def pins_from_stack(stack: StackPins, accept_mrtd_candidates: bool = False) -> t
 
 def pins_from_stack_output(doc: object, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
     """`pins_from_stack` of a `pins` JSON document (docs/pins.md)."""
-    from tdxattest.core.pins import StackPins
-
     return pins_from_stack(StackPins.from_json(doc), accept_mrtd_candidates)
 
 
 def load_pins_json(path: str, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
     import json
 
+    from tdxattest.core.files import read_bytes
+
+    data = read_bytes(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except OSError as exc:
-        raise InputError("a readable pins.json", exc.strerror or str(exc), file=path) from None
-    except json.JSONDecodeError as exc:
+        doc = json.loads(data)
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise InputError("JSON", str(exc), file=path) from None
     try:
         return pins_from_stack_output(doc, accept_mrtd_candidates)

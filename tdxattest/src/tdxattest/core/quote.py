@@ -191,6 +191,10 @@ class Quote:
             return "processor"
         return None
 
+    def collateral_key(self) -> tuple[str | None, str]:
+        """(FMSPC, PCK CA): which collateral set verifies this quote (the platform CA by default)."""
+        return self.fmspc(), self.pck_ca() or "platform"
+
 
 def _body_location(data: bytes) -> tuple[int, int, int]:
     """(body type, body offset, body size) after checking the header."""
@@ -427,16 +431,11 @@ def pck_fmspc(leaf_der: bytes) -> str | None:
     """FMSPC (upper-case hex) of a PCK leaf certificate, from SGX extension OID ...13.1.4."""
     from cryptography import x509
 
-    cert = x509.load_der_x509_certificate(leaf_der)
-    try:
-        ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID))
-    except x509.ExtensionNotFound:
+    from tdxattest.core.certs import raw_extension
+
+    raw = raw_extension(x509.load_der_x509_certificate(leaf_der), SGX_EXTENSION_OID)
+    if raw is None:
         return None
-    value = ext.value
-    if not isinstance(value, x509.UnrecognizedExtension):
-        # cryptography has no parser for Intel's SGX extension, so it hands back the raw DER.
-        raise TypeError(f"the SGX extension as an UnrecognizedExtension, not {type(value).__name__}")
-    raw = value.value  # the DER of the extension value
     for tag, seq in _der_items(raw):
         if tag != 0x30:
             continue

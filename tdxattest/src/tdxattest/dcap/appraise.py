@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tdxattest.core.policy import DEFAULT_POLICY, Failure, Policy, Verdict
-from tdxattest.core.quote import Quote, parse_quote
+from tdxattest.core.quote import parse_quote
 from tdxattest.dcap.collateral import Collateral, CollateralError, load_collateral, parse_iso_ts
 from tdxattest.dcap.verify import refused, verify_quote
 
@@ -47,11 +47,6 @@ class FixedCollateral:
         return self.collateral, {"source": self.collateral.source}
 
 
-def collateral_key(quote: Quote) -> tuple[str | None, str]:
-    """(FMSPC, PCK CA) of a parsed quote: which collateral set verifies it."""
-    return quote.fmspc(), quote.pck_ca() or "platform"
-
-
 @dataclass
 class CachedCollateral:
     """The set for the quote's FMSPC and PCK CA, from a PCCS or Intel PCS through the on-disk cache.
@@ -71,7 +66,7 @@ class CachedCollateral:
         kept = self._verified.get(chain)
         if kept is not None and kept[1] <= now < kept[2]:
             return kept[0], {"source": "memory", "fmspc": kept[0].fmspc}
-        collateral, status = self.cache.get(self.pccs, *collateral_key(parsed), now)
+        collateral, status = self.cache.get(self.pccs, *parsed.collateral_key(), now)
         if not status.get("warning"):  # a set served despite a failed refresh is not kept: retry next time
             until = parse_iso_ts(status["earliest_next_update"]) - self.cache.margin
             self._verified[chain] = (collateral, now, until)

@@ -17,6 +17,7 @@ from tdxattest.dcap.collateral import (
     INTEL_SGX_ROOT_CA_SHA256,
     Collateral,
     CollateralError,
+    CollateralStatus,
     RawCollateral,
     collateral_from_json_text,
     iso,
@@ -92,23 +93,18 @@ class CollateralCache:
         if fmspc is None:
             raise CollateralError("collateral.fetch_failed", "an FMSPC (from the quote's PCK certificate)", "none")
         cached = self.load(fmspc, ca)
-        cached_status = None
+        verified: tuple[RawCollateral, CollateralStatus] | None = None  # the cached set, if it verifies
         cached_error = None
         if cached is not None:
             try:
-                cached_status = verify_collateral(cached, now, fmspc, self.root_sha256)
+                verified = cached, verify_collateral(cached, now, fmspc, self.root_sha256)
             except CollateralError as exc:
                 cached_error = exc
+        cached_status = verified[1] if verified else None
         status: dict[str, Any] = {"fmspc": fmspc.upper(), "ca": ca, "cache_dir": self._entry(fmspc, ca)}
-        # `cached` is set whenever `cached_status` is; both are tested so the type checker sees it.
-        if (
-            cached is not None
-            and cached_status is not None
-            and now < cached_status.earliest_next_update - self.margin
-            and not force_refresh
-        ):
-            status.update(source="cache", **cached_status.as_dict())
-            return collateral_from_json_text(cached.to_dcap_json(), status["cache_dir"]), status
+        if verified and now < verified[1].earliest_next_update - self.margin and not force_refresh:
+            status.update(source="cache", **verified[1].as_dict())
+            return collateral_from_json_text(verified[0].to_dcap_json(), status["cache_dir"]), status
         fetch_error = None
         if base_url:
             try:
@@ -128,7 +124,8 @@ class CollateralCache:
                 return collateral_from_json_text(raw.to_dcap_json(), status["cache_dir"]), status
             except CollateralError as exc:
                 fetch_error = exc
-        if cached is not None and cached_status is not None:
+        if verified:
+            raw_cached, cached_status = verified
             status.update(
                 source="cache",
                 **cached_status.as_dict(),
@@ -137,7 +134,7 @@ class CollateralCache:
                 if fetch_error
                 else None,
             )
-            return collateral_from_json_text(cached.to_dcap_json(), status["cache_dir"]), status
+            return collateral_from_json_text(raw_cached.to_dcap_json(), status["cache_dir"]), status
         why = []
         if cached_error is not None:
             why.append(f"cached: {cached_error}")

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from tdxattest.core.certs import ecdsa_valid
 from tdxattest.core.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the functions that use them (CLI start-up time)
     import dcap_qvl
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 INTEL_SGX_ROOT_CA_SHA256 = "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3"
 
@@ -202,7 +201,7 @@ class Collateral:
     dcap: dcap_qvl.QuoteCollateralV3
     tcb_info: dict[str, Any]
     source: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    text: str = ""  # the dcap-qvl JSON it was read from (what `collateral fetch --out` writes)
     _levels: tuple[_TcbLevel | None, ...] | None = field(default=None, init=False, repr=False, compare=False)
     _levels_of: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -234,15 +233,17 @@ def collateral_from_json_text(text: str, source: str | None = None) -> Collatera
         raise InputError(
             "collateral JSON in dcap-qvl QuoteCollateralV3 form", " ".join(str(exc).split())[:200], file=source
         ) from None
-    return Collateral(dcap=dcap, tcb_info=tcb_info, source=source)
+    return Collateral(dcap=dcap, tcb_info=tcb_info, source=source, text=text)
 
 
 def load_collateral(path: str) -> Collateral:
+    from tdxattest.core.files import read_bytes
+
+    data = read_bytes(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise InputError("a readable collateral file", exc.strerror or str(exc), file=path) from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError("collateral JSON in UTF-8", str(exc), file=path) from None
     return collateral_from_json_text(text, path)
 
 
@@ -257,21 +258,6 @@ def load_chain(pem: str, what: str) -> list[x509.Certificate]:
     except ValueError as exc:
         raise CollateralError("collateral.chain_invalid", f"a PEM {what} issuer chain", str(exc)) from None
     return certs
-
-
-def _verify_sig(
-    pub: CertificatePublicKeyTypes, signature: bytes, data: bytes, algorithm: hashes.HashAlgorithm | None
-) -> bool:
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    if not isinstance(pub, ec.EllipticCurvePublicKey) or algorithm is None:
-        return False  # every key of Intel's PCS chains is ECDSA P-256: anything else is not Intel's signature
-    try:
-        pub.verify(signature, data, ec.ECDSA(algorithm))
-        return True
-    except InvalidSignature:
-        return False
 
 
 def _check_chain(certs: list[x509.Certificate], what: str, now: int, root_sha256: str) -> x509.Certificate:
@@ -289,7 +275,7 @@ def _check_chain(certs: list[x509.Certificate], what: str, now: int, root_sha256
             f"{root.subject.rfc4514_string()} (SHA-256 {digest[:16]}...)",
         )
     for cert, issuer in zip(certs, certs[1:] + [root], strict=False):
-        if cert.issuer != issuer.subject or not _verify_sig(
+        if cert.issuer != issuer.subject or not ecdsa_valid(
             issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, cert.signature_hash_algorithm
         ):
             raise CollateralError(
@@ -323,11 +309,7 @@ def _crl_window(what: str, crl: x509.CertificateRevocationList) -> tuple[int, in
 
 
 def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    key = issuer.public_key()
-    # Intel's CAs sign with ECDSA P-256; a CRL under any other key is not theirs.
-    return isinstance(key, ec.EllipticCurvePublicKey) and crl.is_signature_valid(key)
+    return ecdsa_valid(issuer.public_key(), crl.signature, crl.tbs_certlist_bytes, crl.signature_hash_algorithm)
 
 
 @dataclass(frozen=True)
@@ -363,7 +345,7 @@ def verify_collateral(
     tcb_text, tcb_sig = signed_body(raw.tcb_info_body, "tcbInfo")
     tcb_chain = load_chain(chain_pem(raw.tcb_info_chain), "TCB info")
     root = _check_chain(tcb_chain, "TCB info", now, root_sha256)
-    if not _verify_sig(tcb_chain[0].public_key(), raw_sig(tcb_sig), tcb_text.encode(), hashes.SHA256()):
+    if not ecdsa_valid(tcb_chain[0].public_key(), raw_sig(tcb_sig), tcb_text.encode(), hashes.SHA256()):
         raise CollateralError(
             "collateral.tcb_info_signature_invalid",
             "TCB info signed by the TCB Signing key",
@@ -380,7 +362,7 @@ def verify_collateral(
     qe_text, qe_sig = signed_body(raw.qe_identity_body, "enclaveIdentity")
     qe_chain = load_chain(chain_pem(raw.qe_identity_chain), "QE identity")
     _check_chain(qe_chain, "QE identity", now, root_sha256)
-    if not _verify_sig(qe_chain[0].public_key(), raw_sig(qe_sig), qe_text.encode(), hashes.SHA256()):
+    if not ecdsa_valid(qe_chain[0].public_key(), raw_sig(qe_sig), qe_text.encode(), hashes.SHA256()):
         raise CollateralError(
             "collateral.qe_identity_signature_invalid",
             "QE identity signed by the TCB Signing key",
