@@ -23,9 +23,12 @@ def usage() -> str:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(usage())
-        return 0 if argv else 2
+        return 0
     entry = VERBS.get(argv[0])
     if entry is None:
         print(f"error: unknown verb {argv[0]!r}\n{usage()}", file=sys.stderr)

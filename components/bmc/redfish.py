@@ -2,7 +2,7 @@
 
 The work is split in two:
 
-* pure functions in `components.bios_resolve` (`resolve_settings`, `resolve_attributes`, `diff`,
+* pure functions in `components.bmc.resolve` (`resolve_settings`, `resolve_attributes`, `diff`,
   endpoint and fingerprint parsing) that map a vendor table phase onto a particular BIOS;
 * I/O (`apply_phase`, `check_phase`, the CLI) that reads the BMC, PATCHes only what differs,
   resets the system and waits until the BIOS reports the new values.

@@ -4,7 +4,6 @@ differs from its pin is refused with both values; nothing is computed from it.""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from components.catalog.pinfile import CatalogError
 from components.catalog.td_manifest import BootArtifact, BootManifest
 from components.paths import REPO_ROOT
 from tdxattest.core.errors import InputError
-from tdxattest.core.files import read_bytes
+from tdxattest.core.files import FileHashes, hash_bytes, read_bytes
 
 ARTIFACT_DIR_ENV = "TDX_VLLM_ARTIFACT_DIR"
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "artifacts"
@@ -34,6 +33,7 @@ class ArtifactData:
     artifact: BootArtifact
     path: Path
     data: bytes = field(repr=False)
+    hashes: FileHashes
 
 
 @dataclass(frozen=True)
@@ -53,18 +53,18 @@ def verified(boot: BootManifest, artifact: BootArtifact, path: Path) -> Artifact
         data = read_bytes(path)
     except InputError as exc:
         raise CatalogError(f"{boot.path}: `{artifact.role}.file`: {exc}") from None
-    for name, want in (("sha256", artifact.sha256), ("sha384", artifact.sha384)):
-        have = hashlib.new(name, data).hexdigest()
+    hashes = hash_bytes(data)
+    for name, want, have in (("sha256", artifact.sha256, hashes.sha256), ("sha384", artifact.sha384, hashes.sha384)):
         if want is not None and want != have:
             raise CatalogError(
                 f"{boot.path}: `{artifact.role}.{name}` pins {want}, but {path} has {have}: refusing to compute "
                 "measurements from an artifact that is not the pinned one"
             )
-    if artifact.size is not None and artifact.size != len(data):
+    if artifact.size is not None and artifact.size != hashes.size:
         raise CatalogError(
-            f"{boot.path}: `{artifact.role}.size` pins {artifact.size} bytes, but {path} has {len(data)}"
+            f"{boot.path}: `{artifact.role}.size` pins {artifact.size} bytes, but {path} has {hashes.size}"
         )
-    return ArtifactData(artifact, path, data)
+    return ArtifactData(artifact, path, data, hashes)
 
 
 def measured_files(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -66,6 +66,9 @@ class VendorTable:
     sources: tuple[str, ...]
     phases: Mapping[int, tuple[BiosSetting, ...]]
     tee_io: tuple[BiosSetting, ...]
+    # SHA-256 of the file's bytes ("" for a document parsed in memory): an input of the BIOS
+    # phases, so an edited table re-runs them.
+    sha256: str = ""
 
     def phase(self, number: int) -> tuple[BiosSetting, ...]:
         try:
@@ -87,11 +90,6 @@ def list_vendors(firmware_dir: Path | str = DEFAULT_FIRMWARE_DIR) -> tuple[str, 
     return tuple(sorted(p.stem for p in bios_dir.glob("*.yaml")))
 
 
-def table_sha256(vendor: str, firmware_dir: Path | str = DEFAULT_FIRMWARE_DIR) -> str:
-    """The SHA-256 of a vendor table's bytes: an input of the BIOS phases, so an edited table re-runs them."""
-    return hashlib.sha256(table_path(vendor, firmware_dir).read_bytes()).hexdigest()
-
-
 def load_vendor_table(vendor: str, firmware_dir: Path | str = DEFAULT_FIRMWARE_DIR) -> VendorTable:
     path = table_path(vendor, firmware_dir)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", vendor or ""):
@@ -100,10 +98,16 @@ def load_vendor_table(vendor: str, firmware_dir: Path | str = DEFAULT_FIRMWARE_D
         known = ", ".join(list_vendors(firmware_dir)) or "none"
         raise CatalogError(f"{path}: no BIOS table for vendor {vendor!r} (known vendors: {known})")
     try:
-        document = load_pin_yaml(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        document = load_pin_yaml(data.decode("utf-8"))
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the BIOS table: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{path}: not UTF-8 text: {exc}") from None
     except yaml.YAMLError as exc:
         raise CatalogError(f"{path}: not valid YAML: {exc}") from None
-    return parse_vendor_table(document, source=str(path), expected_vendor=vendor)
+    table = parse_vendor_table(document, source=str(path), expected_vendor=vendor)
+    return replace(table, sha256=hashlib.sha256(data).hexdigest())
 
 
 def parse_vendor_table(document: Any, *, source: str, expected_vendor: str | None = None) -> VendorTable:

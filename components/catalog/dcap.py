@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.catalog.gpu import require
-from components.catalog.pinfile import CatalogError, read_pin_file
+from components.catalog.pinfile import CatalogError, read_pin_file, require
 from components.paths import FIRMWARE_DIR
 
 

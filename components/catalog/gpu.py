@@ -4,12 +4,11 @@ gpu-admin-tools wheel that sets the CC mode (firmware/gpu/gpu-admin-tools.yaml).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from components.catalog.pinfile import CatalogError, read_pin_file
+from components.catalog.pinfile import CatalogError, read_pin_file, require
 from components.paths import FIRMWARE_DIR
 
 TOOLS_FILE = "gpu-admin-tools"
@@ -31,16 +30,6 @@ class GpuAdminTools:
     version: str
     wheel: str
     sha256: str
-
-
-def require(data: Mapping[str, Any], key: str, path: Path, pattern: str | None = None) -> str:
-    """`data[key]` as a non-empty string (matching `pattern`), else CatalogError naming the key."""
-    value = data.get(key)
-    if value is None or str(value).strip() == "":
-        raise CatalogError(f"{path}: `{key}` is required")
-    if pattern and not re.fullmatch(pattern, str(value)):
-        raise CatalogError(f"{path}: `{key}` = {value!r} does not match {pattern}")
-    return str(value)
 
 
 def known_gpu_models(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ two equal keys without a word, so a stale pin left below a new one would silentl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,3 +51,15 @@ def read_pin_file(path: Path, what: str = "manifest") -> Mapping[str, Any]:
     if not isinstance(data, Mapping):
         raise CatalogError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def require(data: object, key: str, path: Path, pattern: str | None = None) -> str:
+    """`data[key]` as a non-empty string (matching `pattern`), else CatalogError naming the key."""
+    if not isinstance(data, Mapping):
+        raise CatalogError(f"{path}: expected a mapping with `{key}`, not {data!r}")
+    value = data.get(key)
+    if value is None or str(value).strip() == "":
+        raise CatalogError(f"{path}: `{key}` is required")
+    if pattern and not re.fullmatch(pattern, str(value)):
+        raise CatalogError(f"{path}: `{key}` = {value!r} does not match {pattern}")
+    return str(value)

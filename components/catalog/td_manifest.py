@@ -23,6 +23,9 @@ from typing import Any
 from components.catalog.pinfile import CatalogError, read_pin_file
 from components.paths import FIRMWARE_DIR
 from guest_agent import DEV_STACK
+from tdxattest.core.measure import SEPARATOR_PLACEMENTS
+from tdxattest.core.mrtd import ORDERS, SINGLE
+from tdxattest.core.pins import AcpiPin
 from tdxattest.core.quote import TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE
 
 # `dev` boots the dev image (serial autologin, software quotes allowed), every other stack the prod
@@ -30,8 +33,6 @@ from tdxattest.core.quote import TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE
 TD_BOOT_MANIFEST = "ovmf-debian-trixie.yaml"
 TD_BOOT_MANIFEST_DEV = "ovmf-debian-trixie-dev.yaml"
 
-PAGE_ADD_ORDERS = ("single", "two-pass")
-SEPARATORS = ("rtmr1", "rtmr0")
 TOP_KEYS = (
     "schema",
     "name",
@@ -81,17 +82,6 @@ class BootArtifact:
 
 
 @dataclass(frozen=True)
-class AcpiPins:
-    """SHA-384 of QEMU's `etc/table-loader`, `etc/acpi/rsdp` and `etc/acpi/tables`, captured from a
-    reference TD of the same VM shape (hex)."""
-
-    source: str
-    table_loader: str
-    rsdp: str
-    tables: str
-
-
-@dataclass(frozen=True)
 class BootManifest:
     path: Path
     name: str  # the profile of the pins
@@ -105,7 +95,7 @@ class BootManifest:
     initrd: BootArtifact | None  # None also when not used
     initrd_used: bool  # False: `initrd: {used: false}` (QEMU gets no -initrd)
     cmdline: str | None  # the QEMU -append text
-    acpi: AcpiPins | None
+    acpi: AcpiPin | None  # SHA-384 of QEMU's ACPI blobs, captured from a reference TD of the same VM shape
     rootfs: BootArtifact | None = None  # the guest image's root disk (measured through the cmdline's root hash)
     reasons: Mapping[str, str] = field(
         default_factory=dict
@@ -162,20 +152,20 @@ def load_boot_manifest(path: str | Path) -> BootManifest:
     reasons: dict[str, str] = {}
 
     fw = _section(data, "firmware", path, FIRMWARE_KEYS)
-    order = fw.get("pageAddOrder", "single")
-    if order not in PAGE_ADD_ORDERS:
-        raise CatalogError(
-            f"{path}: `firmware.pageAddOrder` must be one of {', '.join(PAGE_ADD_ORDERS)}, not {order!r}"
-        )
+    order = fw.get("pageAddOrder", SINGLE)
+    if order not in ORDERS:
+        raise CatalogError(f"{path}: `firmware.pageAddOrder` must be one of {', '.join(ORDERS)}, not {order!r}")
     template = fw.get("eventTemplate", "ovmf-direct")
     if template != "ovmf-direct":
         raise CatalogError(
             f"{path}: `firmware.eventTemplate` must be `ovmf-direct` (the only event template "
             f"implemented), not {template!r}"
         )
-    separator = fw.get("separator", "rtmr1")
-    if separator not in SEPARATORS:
-        raise CatalogError(f"{path}: `firmware.separator` must be rtmr1 or rtmr0, not {separator!r}")
+    separator = fw.get("separator", SEPARATOR_PLACEMENTS[0])
+    if separator not in SEPARATOR_PLACEMENTS:
+        raise CatalogError(
+            f"{path}: `firmware.separator` must be {' or '.join(SEPARATOR_PLACEMENTS)}, not {separator!r}"
+        )
     firmware = _artifact("firmware", fw, path)
 
     vm = _section(data, "vm", path, ("vcpus", "memoryMiB"))
@@ -299,7 +289,7 @@ def _artifact(role: str, entry: Mapping[str, Any], path: Path, *, need_sha384: b
     )
 
 
-def _acpi(entry: Mapping[str, Any], path: Path, reasons: dict[str, str]) -> AcpiPins | None:
+def _acpi(entry: Mapping[str, Any], path: Path, reasons: dict[str, str]) -> AcpiPin | None:
     digests = entry.get("digests")
     if digests is None:
         reasons["acpi"] = _reason(entry, "acpi", path)
@@ -314,4 +304,4 @@ def _acpi(entry: Mapping[str, Any], path: Path, reasons: dict[str, str]) -> Acpi
     source = entry.get("source")
     if not isinstance(source, str) or not source.strip():
         raise CatalogError(f"{path}: `acpi.source` is required: say which reference TD the blobs were captured from")
-    return AcpiPins(source=source, **{ACPI_KEYS[k]: v for k, v in digests.items()})
+    return AcpiPin(source=source, **{ACPI_KEYS[k]: v for k, v in digests.items()})

@@ -163,7 +163,7 @@ def kubernetes_target_from_mapping(
             join(path, "agentPolicyFile"),
             f"required outside the `dev` stack (this is `{stack}`): without an agent policy in the init data "
             "the untrusted host can exec into the TD or start other containers in it",
-            "generate one with Kata's `genpolicy` from `python -m components.kubernetes_workload` output "
+            "generate one with Kata's `genpolicy` from `python -m components kubernetes stacks/Pulumi.<stack>.yaml` "
             "(docs/kubernetes.md) and set `agentPolicyFile: policy/kata/<name>.rego`",
         )
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from components.catalog.pinfile import CatalogError
 from components.config.model import HOST_KEY_TYPES, Secret
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------------
 # Errors
@@ -72,6 +75,15 @@ class Reader:
 
     def error(self, path: str, problem: str, fix: str) -> None:
         self.errors.append(ConfigError(path, problem, fix))
+
+    def catalog(self, path: str, read: Callable[[], T], what: str, fix: str) -> T | None:
+        """`read()` of a pin file under firmware/, its CatalogError reported at `path` like any other
+        config error (so `pulumi up` and `check` list it with the rest, never as a traceback)."""
+        try:
+            return read()
+        except CatalogError as exc:
+            self.error(path, f"{what} is unusable: {exc}", fix)
+            return None
 
     # -- structure -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ reached the stack file unencrypted is already leaked to whoever reads the reposi
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -58,7 +59,6 @@ from guest_agent import DEV_STACK
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _KERNEL_ARG = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/+\-]+)?$")
-_TDX_MODULE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,8 +358,13 @@ def _platform(r: Reader, value: Any, path: str, firmware_dir: Path) -> PlatformC
                 extra.append(arg)
     tdx_module = r.string(m.get("tdxModule"), join(path, "tdxModule"), "set a version such as 1.5.34")
     if tdx_module is not None:
-        known = known_tdx_modules(firmware_dir)
-        if not _TDX_MODULE.match(tdx_module) or tdx_module not in known:
+        known = r.catalog(
+            join(path, "tdxModule"),
+            lambda: known_tdx_modules(firmware_dir),
+            "firmware/tdx-module.yaml",
+            "fix firmware/tdx-module.yaml",
+        )
+        if known is not None and tdx_module not in known:
             r.error(
                 join(path, "tdxModule"),
                 f"`{tdx_module}` is not a pinned TDX module release",
@@ -506,24 +511,35 @@ def _all_leaf_paths(value: Any, prefix: str = "") -> set[str]:
     return {prefix}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print(
-            "usage: python -m components check stacks/Pulumi.<stack>.yaml  (or python -m components.config FILE)",
-            file=sys.stderr,
-        )
-        return 2
-    path = Path(args[0])
+def load_for_command(path: Path) -> StackConfig | None:
+    """`load_stack_file` for a command line: every problem printed on stderr (and None), never a
+    traceback."""
     try:
-        cfg = load_stack_file(path)
+        return load_stack_file(path)
     except ConfigErrors as exc:
         print(f"{path}: {exc.render()}", file=sys.stderr)
-        return 1
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"{path}: cannot read the stack file: {exc}", file=sys.stderr)
+    return None
+
+
+def stack_file_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("stack_file", type=Path, metavar="stacks/Pulumi.<stack>.yaml")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = stack_file_parser(
+        "python -m components check",
+        "Check a stack file offline, as `pulumi preview` would, and list every error at once "
+        "(also `python -m components.config FILE`).",
+    ).parse_args(argv)
+    cfg = load_for_command(args.stack_file)
+    if cfg is None:
         return 1
-    print(f"{path}: valid ({len(cfg.hosts)} host{'s' if len(cfg.hosts) != 1 else ''}, stack `{cfg.stack}`)")
+    n = len(cfg.hosts)
+    print(f"{args.stack_file}: valid ({n} host{'s' if n != 1 else ''}, stack `{cfg.stack}`)")
     return 0
 
 

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.catalog.pinfile import CatalogError
 from components.catalog.td_manifest import BootManifest, load_boot_manifest, td_boot_manifest
 from components.config.kubernetes import kubernetes_target_from_mapping
 from components.config.model import HostConfig, KnownAnswer, TdShape, WorkloadConfig
@@ -124,11 +123,12 @@ def parse_workload(
         return _kubernetes_workload(
             r, before, path, k8s, image, model_id, revision, files, source, args, gateway_port, prompt, expect
         )
-    boot = None
-    try:
-        boot = load_boot_manifest(td_boot_manifest(r.stack, firmware_dir))
-    except CatalogError as exc:
-        r.error(path, f"the TD boot manifest is unusable: {exc}", "fix the manifest in firmware/td/")
+    boot = r.catalog(
+        path,
+        lambda: load_boot_manifest(td_boot_manifest(r.stack, firmware_dir)),
+        "the TD boot manifest",
+        "fix the manifest in firmware/td/",
+    )
     td = _td_shape(r, m.get("td"), join(path, "td"), boot)
     if boot is not None and not boot.launchable:
         r.error(

@@ -20,7 +20,6 @@ BIOS_VERIFY_STEP = Step("bios-verify", "bios_verify.sh", mode="check")
 KERNEL_STEP = Step("kernel", "kernel.sh")
 GPU_STEP = Step("gpu-cc", "gpu_cc.sh", helpers=("vbios_version.py",))
 DCAP_STEP = Step("dcap", "dcap.sh", helpers=("json_config.py",))
-BIOS_PHASES = (1, 2)
 
 
 def preflight_params(

@@ -439,20 +439,22 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from components.config.reader import ConfigErrors
-    from components.config.stack import load_stack_file
+    from components.config.stack import load_for_command, stack_file_parser
 
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m components kubernetes stacks/Pulumi.<stack>.yaml  (prints YAML)", file=sys.stderr)
-        return 2
-    try:
-        stack = load_stack_file(Path(argv[0]))
-    except ConfigErrors as exc:
-        print(exc.render(), file=sys.stderr)
+    path = (
+        stack_file_parser(
+            "python -m components kubernetes",
+            "Validate the stack as `pulumi preview` would, then print the objects the Kubernetes target "
+            "creates, as YAML (the input of Kata's genpolicy).",
+        )
+        .parse_args(argv)
+        .stack_file
+    )
+    stack = load_for_command(path)
+    if stack is None:
         return 1
     if stack.workload is None or stack.workload.kubernetes is None:
-        print(f"{argv[0]}: no `workload` with `target: kubernetes`", file=sys.stderr)
+        print(f"{path}: no `workload` with `target: kubernetes`", file=sys.stderr)
         return 1
     args = args_from_workload(stack.workload, stack.workload.manifest(stack.tensor_parallel_size))
     print(yaml.safe_dump_all(render_manifests(args), sort_keys=False), end="")

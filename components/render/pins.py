@@ -18,8 +18,7 @@ from components.catalog.artifacts import ArtifactData, MeasuredFiles, measured_f
 from components.catalog.pinfile import CatalogError
 from components.catalog.td_manifest import BootArtifact, BootManifest, load_boot_manifest
 from components.paths import display_path
-from tdxattest.core.authenticode import pe_layout
-from tdxattest.core.bzimage import boot_protocol
+from tdxattest.core.bzimage import check_efi_kernel
 from tdxattest.core.errors import InputError
 from tdxattest.core.events import sha384
 from tdxattest.core.measure import (
@@ -32,7 +31,6 @@ from tdxattest.core.measure import (
 )
 from tdxattest.core.mrtd import compute_mrtd_both
 from tdxattest.core.pins import (
-    AcpiPin,
     ArtifactPin,
     BootArtifacts,
     HostBoot,
@@ -93,8 +91,8 @@ def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
         "rtmr2": first_gap("cmdline", "initrd"),
     }
     initrd_info = None
-    if files.initrd is not None:
-        initrd_info = InitrdInfo(size=len(files.initrd.data), sha384=sha384(files.initrd.data))
+    if files.initrd is not None:  # its size and SHA-384 were just checked against the pin
+        initrd_info = InitrdInfo(size=files.initrd.hashes.size, sha384=bytes.fromhex(files.initrd.hashes.sha384))
 
     mrtd = candidates = hob = cfv = None
     if files.firmware is not None:
@@ -112,7 +110,7 @@ def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
     kernel_digest = None
     if gaps["rtmr1"] is None and files.kernel is not None and boot.cmdline is not None:
         kernel = files.kernel
-        _parsed(boot, kernel, _check_kernel)
+        _parsed(boot, kernel, check_efi_kernel)
         try:
             kernel_digest = kernel_measurement(kernel.data, memory, initrd_info, boot.cmdline)
         except InputError as exc:
@@ -153,9 +151,7 @@ def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
                 initrd=_describe(boot.initrd),
                 initrd_used=boot.initrd_used,
                 cmdline=boot.cmdline,
-                acpi=None
-                if boot.acpi is None
-                else AcpiPin(boot.acpi.source, boot.acpi.table_loader, boot.acpi.rsdp, boot.acpi.tables),
+                acpi=boot.acpi,
             ),
         ),
     )
@@ -184,12 +180,6 @@ def _describe(a: BootArtifact | None, authenticode: str | None = None) -> Artifa
     if a is None:
         return None
     return ArtifactPin(a.name, a.version, a.source, a.file, a.size, a.sha256, a.sha384, authenticode)
-
-
-def _check_kernel(data: bytes) -> None:
-    """A bzImage with an EFI stub (a PE/COFF image), checked before it is hashed."""
-    pe_layout(data)
-    boot_protocol(data)
 
 
 def _parsed(boot: BootManifest, artifact: ArtifactData, parse: Callable[[bytes], T]) -> T:

@@ -35,7 +35,6 @@ ROOT_DISK_SERIAL = "tdx-vllm-root"
 DATA_DISK_SERIAL = "tdx-vllm-data"
 
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # An argument systemd's ExecStart= splits as one word without quoting.
 _PLAIN_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./\-]+$")
 

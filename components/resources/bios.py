@@ -12,9 +12,9 @@ from typing import Any
 import pulumi
 from pulumi_command import local
 
-from components.catalog.bios import load_vendor_table, table_sha256
+from components.catalog.bios import REQUIRED_PHASES, VendorTable
 from components.config.model import BmcConfig
-from components.render.host_steps import BIOS_PHASES, BIOS_VERIFY_STEP, bios_verify_params, redfish_command
+from components.render.host_steps import BIOS_VERIFY_STEP, bios_verify_params, redfish_command
 from components.resources.command import Connection, facts_of, host_step
 
 
@@ -22,6 +22,7 @@ from components.resources.command import Connection, facts_of, host_step
 class BiosSettingsArgs:
     conn: Connection
     bmc: BmcConfig | None  # None: a rented host, verified from its MSRs only
+    table: VendorTable  # the BMC vendor's table (Intel's reference table for a rented host)
     timeout_s: int  # per phase: PATCH, reset and the host back
     config_key: str  # e.g. `hosts[0].bmc`, named in the Redfish errors
 
@@ -32,14 +33,11 @@ class BiosSettings(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: BiosSettingsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tdx-vllm:host:BiosSettings", name, {}, opts)
-        bmc = args.bmc
-        vendor = bmc.vendor if bmc else "intel"
-        table = load_vendor_table(vendor)
+        bmc, table = args.bmc, args.table
         self.phases: list[local.Command] = []
         if bmc is not None:
-            digest = table_sha256(vendor)
             previous: list[pulumi.Resource] = []
-            for phase in BIOS_PHASES:
+            for phase in REQUIRED_PHASES:
                 cmd = local.Command(
                     f"{name}-phase{phase}",
                     create=redfish_command(bmc, phase, args.timeout_s, args.config_key),
@@ -47,7 +45,7 @@ class BiosSettings(pulumi.ComponentResource):
                         "TDXGPU_BMC_USERNAME": pulumi.Output.secret(bmc.username.value),
                         "TDXGPU_BMC_PASSWORD": pulumi.Output.secret(bmc.password.value),
                         # A changed vendor table re-runs the phase.
-                        "TDXGPU_BIOS_TABLE_SHA256": digest,
+                        "TDXGPU_BIOS_TABLE_SHA256": table.sha256,
                     },
                     add_previous_output_in_env=False,
                     opts=pulumi.ResourceOptions(parent=self, depends_on=previous),

@@ -1,5 +1,5 @@
 """Host steps as `pulumi_command.remote.Command`s: one step = one command whose stdin is the
-rendered script (components/steps.py), and the reboot pattern (detached reboot, then a wait
+rendered script (components/render/steps.py), and the reboot pattern (detached reboot, then a wait
 command that dials until the host is back and checks the new boot).
 
 A command runs only when its inputs change; the inputs are the script text and the desired

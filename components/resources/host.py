@@ -35,8 +35,8 @@ class TdxHost(pulumi.ComponentResource):
         if stack.dcap is None:
             raise ValueError(f"{name}: a host needs the stack's `dcap:` block")
         conn = Connection(host.ssh)
-        vendor = host.bmc.vendor if host.bmc else "intel"
-        tee_io_bios = tuple(s.attribute for s in load_vendor_table(vendor).tee_io)
+        table = load_vendor_table(host.bmc.vendor if host.bmc else "intel")
+        tee_io_bios = tuple(s.attribute for s in table.tee_io)
         child = pulumi.ResourceOptions(parent=self)
 
         self.preflight = Preflight(
@@ -44,7 +44,7 @@ class TdxHost(pulumi.ComponentResource):
         )
         self.bios = BiosSettings(
             f"{name}-bios",
-            BiosSettingsArgs(conn, host.bmc, stack.reboot_timeout_s, f"hosts[{stack.hosts.index(host)}].bmc"),
+            BiosSettingsArgs(conn, host.bmc, table, stack.reboot_timeout_s, f"hosts[{stack.hosts.index(host)}].bmc"),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.preflight]),
         )
         self.kernel = KernelSettings(

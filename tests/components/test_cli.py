@@ -30,3 +30,14 @@ def test_check_and_its_short_form_agree():
     for command in (("components", "check"), ("components.config",)):
         done = run(*command, "stacks/Pulumi.dev.yaml")
         assert done.returncode == 0 and "stacks/Pulumi.dev.yaml: valid (2 hosts, stack `dev`)" in done.stdout
+
+
+def test_the_stack_file_verbs_answer_help_and_a_missing_file_without_a_traceback():
+    for verb in ("check", "kubernetes"):
+        helped = run("components", verb, "--help")
+        assert helped.returncode == 0 and "stacks/Pulumi.<stack>.yaml" in helped.stdout, helped.stderr
+        missing = run("components", verb, "stacks/Pulumi.nope.yaml")
+        assert missing.returncode == 1 and "Traceback" not in missing.stderr
+        assert missing.stderr.startswith("stacks/Pulumi.nope.yaml: cannot read the stack file: "), missing.stderr
+    bare = run("components")
+    assert bare.returncode == 2 and "usage: python -m components VERB" in bare.stderr and not bare.stdout

@@ -482,3 +482,16 @@ def test_the_commented_workload_example_in_the_dev_stack_validates(fw):
     raw["workload"] = example
     wl = parse_stack(raw, "staging", firmware_dir=fw).workload
     assert wl is not None and wl.vllm_args == ("--max-model-len", "4096") and wl.td.ready_timeout_s == 3600
+
+
+def test_a_broken_pin_file_is_a_config_error_not_a_traceback(tmp_path):
+    # `pulumi up` and `check` report a firmware/ file they cannot use with the other config errors.
+    fw = tmp_path / "fw"
+    shutil.copytree(REPO / "firmware", fw)
+    (fw / "tdx-module.yaml").write_text("releases: [unclosed\n")
+    with pytest.raises(ConfigErrors) as info:
+        parse_stack(good(), "staging", firmware_dir=fw)
+    errors = [str(e) for e in info.value.errors]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("platform.tdxModule: firmware/tdx-module.yaml is unusable: ")
+    assert "tdx-module.yaml" in errors[0] and "fix: fix firmware/tdx-module.yaml" in errors[0]

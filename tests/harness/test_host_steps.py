@@ -1,6 +1,6 @@
 """The production host scripts (components/scripts/) against fake TDX hosts over real SSH.
 
-Every step is rendered with components.steps.render exactly as the Pulumi components render it and
+Every step is rendered with components.render.steps.render exactly as the Pulumi components render it and
 run with tests/support/hosts/sshrun.py the way pulumi-command's remote.Command runs it, against
 NamespaceHosts (real sshd in network namespaces with faked hardware, tests/support/hosts/nshost.py).
 Nothing here talks to anything but addresses inside the namespaces the fixtures create.

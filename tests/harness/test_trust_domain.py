@@ -1,6 +1,6 @@
 """td_stage.sh / td_launch.sh / td_wait.sh against a fake TDX host over real SSH.
 
-The steps are rendered with components.steps.render from the parameters components/trust_domain.py
+The steps are rendered with components.render.steps.render from the parameters components/render/trust_domain.py
 builds, exactly as `pulumi up` renders them, and run with tests/support/hosts/sshrun.py against a
 NamespaceHost (tests/support/hosts/nshost.py). The host has no KVM: fakes/bin/qemu-system-x86_64 stands
 in for QEMU and the guest agent (it records its argv and writes the agent's status lines to the

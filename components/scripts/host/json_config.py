@@ -9,7 +9,6 @@ Usage:
 Intel ships sgx_default_qcnl.conf with `//` comment lines, which JSON does not allow: they are
 ignored on read and dropped on write.
 """
-
 from __future__ import annotations
 
 import hmac

@@ -5,7 +5,6 @@ The version lives in the ROM's BIT table: token 'i' holds micro, minor, chip, ma
 printed by NVIDIA tools as MAJOR.CHIP.MINOR.MICRO.PATCH in upper-case hex, e.g. 96.00.9F.00.01.
 Usage: vbios_version ROMFILE  (or a PCI device directory, whose `rom` is enabled while read).
 """
-
 from __future__ import annotations
 
 import struct
@@ -25,7 +24,7 @@ def parse_vbios_version(rom: bytes) -> str:
     if at < 0:
         raise RomError("no BIT table in the ROM image (not an NVIDIA VBIOS?)")
     # BIT offsets are relative to the start of the PCI ROM image that holds the table.
-    base = max((i for i in range(0, at + 1, 512) if rom[i : i + 2] == ROM_SIGNATURE), default=0)
+    base = max((i for i in range(0, at + 1, 512) if rom[i:i + 2] == ROM_SIGNATURE), default=0)
     if len(rom) < at + 12:
         raise RomError(f"BIT header truncated at offset {at}")
     header_size, token_size, token_count = rom[at + 8], rom[at + 9], rom[at + 10]
@@ -41,7 +40,7 @@ def parse_vbios_version(rom: bytes) -> str:
         start = base + offset
         if size < 5 or len(rom) < start + 5:
             raise RomError(f"BIT 'i' data truncated at offset {start}")
-        micro, minor, chip, major, patch = rom[start : start + 5]
+        micro, minor, chip, major, patch = rom[start:start + 5]
         return f"{major:02X}.{chip:02X}.{minor:02X}.{micro:02X}.{patch:02X}"
     raise RomError("the BIT table has no 'i' (version) token")
 

@@ -1,4 +1,4 @@
-"""Run a rendered host step (components.steps.Rendered) over SSH the way pulumi-command's
+"""Run a rendered host step (components.render.steps.Rendered) over SSH the way pulumi-command's
 `remote.Command` does (pulumi/pulumi-command provider/pkg/provider/remote/{connection,commandOutputs}.go),
 with paramiko:
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import struct
 
+from tdxattest.core.authenticode import pe_layout
 from tdxattest.core.errors import InputError
 from tdxattest.core.tdhob import below_4g_ram
 
@@ -120,3 +121,11 @@ def qemu_patch_kernel(
         initrd_addr = (initrd_max - initrd_size) & ~0xFFF
         struct.pack_into("<II", header, 0x218, initrd_addr, initrd_size)
     return bytes(header) + kernel[HEADER_MIN:]
+
+
+def check_efi_kernel(data: bytes) -> bytes:
+    """`data`, if it is a bzImage with an EFI stub (a PE/COFF image): checked before it is hashed.
+    Raises InputError naming the offset that is not."""
+    pe_layout(data)
+    boot_protocol(data)
+    return data

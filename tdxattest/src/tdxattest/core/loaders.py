@@ -8,8 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tdxattest.core.authenticode import pe_layout
-from tdxattest.core.bzimage import boot_protocol
+from tdxattest.core.bzimage import check_efi_kernel
 from tdxattest.core.dstack import looks_like_dstack, parse_dstack_attestation
 from tdxattest.core.errors import InputError
 from tdxattest.core.eventlog import LogEvent, parse_tcg2_log
@@ -27,15 +26,9 @@ def load_firmware(path: str | Path) -> tuple[bytes, TdvfMetadata]:
         raise exc.with_file(str(path)) from None
 
 
-def _check_kernel(data: bytes) -> bytes:
-    pe_layout(data)
-    boot_protocol(data)
-    return data
-
-
 def load_kernel(path: str | Path) -> bytes:
     """A bzImage with an EFI stub (a PE/COFF image); checked before it is hashed."""
-    return parse_file(path, _check_kernel)
+    return parse_file(path, check_efi_kernel)
 
 
 def load_initrd(path: str | Path) -> InitrdInfo:
