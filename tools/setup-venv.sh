@@ -7,7 +7,8 @@ python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-stamp=.venv/.installed-$(cat requirements*.txt | sha256sum | cut -c1-16)-$(basename "$req")
+# requirements.txt installs ./tdxattest (editable): its dependencies are part of the stamp too.
+stamp=.venv/.installed-$(cat requirements*.txt tdxattest/pyproject.toml | sha256sum | cut -c1-16)-$(basename "$req")
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip >&2
   .venv/bin/python -m pip install --quiet -r "$req" >&2

@@ -25,6 +25,12 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 tools/setup-venv.sh requirements-test.txt
+# The standing checks (configured in pyproject.toml) first, so they fail fast: lint and format,
+# the architecture's import contracts (docs/architecture.md), types.
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
+.venv/bin/lint-imports --no-cache >.venv/lint-imports.log || { cat .venv/lint-imports.log >&2; exit 1; }
+.venv/bin/mypy
 # The client package's dependencies as wheels: tests/tdxattest/test_install.py installs `tdxattest`
 # into a fresh venv from them, offline (tests talk to loopback only).
 wheels=.venv/wheelhouse
@@ -42,10 +48,4 @@ tools/install-command-provider.sh >/dev/null
 # The slow tier runs too (a few minutes: image build cached under /var/cache/tdx-vllm-guest and
 # artifacts/); TDX_VLLM_SLOW=0 leaves it out.
 export TDX_VLLM_SLOW=${TDX_VLLM_SLOW:-1}
-# The standing checks (configured in pyproject.toml), before the tests: lint and format, the
-# architecture's import contracts (docs/architecture.md), types.
-.venv/bin/ruff check --quiet .
-.venv/bin/ruff format --check --quiet .
-.venv/bin/lint-imports --no-cache >.venv/lint-imports.log || { cat .venv/lint-imports.log >&2; exit 1; }
-.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -10,7 +10,16 @@ import pulumi
 import pytest
 
 from components.config.stack import parse_stack
-from tests.support.pulumi_mocks import SECRETS, Mocks, Recorder, RecordingMocks, decrypted, run_program, runtime_config
+from tests.support.pulumi_mocks import (
+    SECRETS,
+    Mocks,
+    RecordingMocks,
+    build_host,
+    decrypted,
+    run_program,
+    runtime_config,
+)
+from tests.support.pulumi_mocks import check as _assert
 from tests.support.stacks import HOST_KEY, good
 
 
@@ -26,16 +35,7 @@ def mocks():
     yield
 
 
-def build(cfg, host_index: int = 0):
-    from components.resources.host import TdxHost, TdxHostArgs
-
-    rec = Recorder()
-    host = TdxHost(
-        cfg.hosts[host_index].name,
-        TdxHostArgs(cfg.hosts[host_index], cfg),
-        opts=pulumi.ResourceOptions(transformations=[rec]),
-    )
-    return host, rec
+build = build_host
 
 
 @pulumi.runtime.test
@@ -50,10 +50,6 @@ def test_order_follows_the_pipeline():
     assert rec.deps("gpu-a-kernel-wait") == {"gpu-a-kernel-reboot"}
     assert rec.parent("gpu-a-kernel-wait") == "gpu-a-kernel" and rec.parent("gpu-a-kernel") == "gpu-a"
     return host.ready.apply(lambda ready: _assert(ready is True))
-
-
-def _assert(condition: bool) -> None:
-    assert condition
 
 
 @pulumi.runtime.test

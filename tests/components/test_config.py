@@ -15,9 +15,8 @@ import yaml
 from components.config.model import Secret
 from components.config.reader import ENCRYPTED, ConfigErrors, host_key_problem
 from components.config.stack import load_stack_file, parse_stack, read_stack_file, secret_paths_of
+from tests.support.paths import REPO
 from tests.support.stacks import FPR, HOST_KEY, WL_IMAGE, WL_REV, good, replace_encrypted, workload
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def errors_of(raw: dict, stack: str = "staging") -> list[str]:

@@ -14,8 +14,8 @@ import yaml
 from components.catalog.guest_image import check, differences, main, pin, pin_sections, rewrite_sections
 from components.catalog.pinfile import CatalogError
 from components.catalog.td_manifest import load_boot_manifest, read_manifest
+from tests.support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 ROOT_HASH = "ab" * 32
 
 

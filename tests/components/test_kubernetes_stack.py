@@ -15,8 +15,6 @@ from tests.support.pulumi_mocks import RecordingMocks, decrypted, run_program
 from tests.support.stacks import GATEWAY, POLICY, good, target_doc, workload
 from tests.support.stacks import KATA_MRTD as MRTD
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(autouse=True, scope="module")
 def policy_file(tmp_path_factory) -> Path:

@@ -42,15 +42,17 @@ from components.render.kubernetes import (
 from tdxattest.core.policy import pins_from_stack_output
 from tdxattest.core.workload import CPU_OFFLOAD_VLLM_FLAGS, manifest_from_mapping
 from tests.support.loopback_http import LoopbackFileServer
+from tests.support.pulumi_mocks import Recorder
+from tests.support.pulumi_mocks import check as _assert
 from tests.support.stacks import (
     GATEWAY,
-    IMAGE,
     KATA_MRTD,
     KATA_RTMR0,
     KATA_RTMR1,
     KATA_RTMR2,
     POLICY,
-    REV,
+    WL_IMAGE,
+    WL_REV,
     make_args,
     manifest_doc,
     target,
@@ -401,7 +403,7 @@ def test_one_pod_one_td_with_runtime_class_and_gpu_limits():
 def test_vllm_container_args_env_and_no_cpu_offload():
     objs = render_manifests(make_args())
     vllm = containers(objs)["vllm"]
-    assert vllm["image"] == IMAGE
+    assert vllm["image"] == WL_IMAGE
     args = vllm["args"]
     assert args[:10] == [
         "--model",
@@ -458,7 +460,7 @@ def test_gateway_container_and_known_answer_probe():
 
 def test_every_image_is_by_digest():
     for c in containers(render_manifests(make_args())).values():
-        assert "@sha256:" in c["image"] and c["image"] in (IMAGE, GATEWAY)
+        assert "@sha256:" in c["image"] and c["image"] in (WL_IMAGE, GATEWAY)
 
 
 def test_init_data_annotation_carries_the_manifest_digest():
@@ -534,17 +536,17 @@ def test_pins_are_readable_by_the_verifying_proxy():
 @pytest.fixture
 def file_server(tmp_path: Path):
     root = tmp_path / "mirror"
-    (root / "org" / "m" / REV / "sub").mkdir(parents=True)
+    (root / "org" / "m" / WL_REV / "sub").mkdir(parents=True)
     files = {"config.json": b'{"a": 1}', "sub/weights.bin": b"\x00\x01" * 5000}
     for rel, data in files.items():
-        (root / "org" / "m" / REV / rel).write_bytes(data)
+        (root / "org" / "m" / WL_REV / rel).write_bytes(data)
     with LoopbackFileServer(root) as server:
         yield server.url.rstrip("/"), {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
 
 
 def _fetch(url: str, files: dict, dest: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", pod_program("model_fetch"), url + "/{id}/{revision}", "org/m", REV, str(dest)],
+        [sys.executable, "-c", pod_program("model_fetch"), url + "/{id}/{revision}", "org/m", WL_REV, str(dest)],
         env={"TDX_VLLM_MODEL_FILES": json.dumps(files)},
         capture_output=True,
         text=True,
@@ -629,27 +631,12 @@ def mocks():
     yield m
 
 
-class Recorder:
-    """A transformation (inherited by every child) recording each resource's options."""
-
-    def __init__(self) -> None:
-        self.resources: dict[str, pulumi.ResourceTransformationArgs] = {}
-
-    def __call__(self, args: pulumi.ResourceTransformationArgs):
-        self.resources[args.name] = args
-        return None
-
-
 def build(args: KubernetesWorkloadArgs):
     from components.resources.kubernetes_workload import KubernetesWorkload
 
     rec = Recorder()
     wl = KubernetesWorkload("qwen", args, opts=pulumi.ResourceOptions(transformations=[rec]))
     return wl, rec
-
-
-def _assert(condition: bool) -> None:
-    assert condition
 
 
 @pulumi.runtime.test

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
 
 from components.catalog.bios import load_vendor_table
 from components.catalog.pinfile import CatalogError, load_pin_yaml, read_pin_file
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 def test_duplicate_keys_are_refused_at_any_depth():

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shlex
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import yaml
@@ -24,9 +23,9 @@ from components.render.td_definition import (
     tdx_guest_object,
 )
 from guest_agent import CONFIG_FW_CFG
+from tests.support.paths import REPO
 from tests.support.stacks import CMDLINE, INITRD_SHA, KERNEL_SHA, pinned_firmware_dir
 
-REPO = Path(__file__).resolve().parents[2]
 GPU_A, GPU_B = "0000:b8:00.0", "0000:ba:00.0"
 
 

@@ -25,7 +25,8 @@ from components.render.trust_domain import (
 from components.resources.trust_domain import trust_domains
 from tdxattest.core.pins import StackPins
 from tdxattest.core.workload import expected_rtmr3, model_sha256, rtmr3_events
-from tests.support.pulumi_mocks import SECRETS, Mocks, Recorder, decrypted
+from tests.support.pulumi_mocks import SECRETS, Mocks, build_host, decrypted
+from tests.support.pulumi_mocks import check as _assert
 from tests.support.stacks import KERNEL_SHA, good, pinned_firmware_dir, workload
 
 GPUS = [{"bdf": "0000:ba:00.0", "device_id": "2330"}, {"bdf": "0000:b8:00.0", "device_id": "2330"}]
@@ -59,21 +60,10 @@ def stack_config(tmp_path, *, kernel_sha: str = KERNEL_SHA, **wl_changes):
 
 
 def build(cfg, host_index: int = 0):
-    from components.resources.host import TdxHost, TdxHostArgs
-
-    rec = Recorder()
-    host = TdxHost(
-        cfg.hosts[host_index].name,
-        TdxHostArgs(cfg.hosts[host_index], cfg),
-        opts=pulumi.ResourceOptions(transformations=[rec]),
-    )
+    host, rec = build_host(cfg, host_index)
     one = type(cfg)(**{**cfg.__dict__, "hosts": (cfg.hosts[host_index],)})
     tds = trust_domains(one, [host], qgs_service="qgsd")
     return host, tds[cfg.hosts[host_index].name], rec
-
-
-def _assert(condition: bool) -> None:
-    assert condition
 
 
 def td_stdins(rec) -> pulumi.Output[dict[str, str]]:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 PULUMI = REPO / "bin" / "pulumi"
 LAUNCHER = REPO / "tools" / "command-provider" / "pulumi-resource-command"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"

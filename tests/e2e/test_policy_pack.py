@@ -33,7 +33,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
+
 PULUMI = REPO / "bin" / "pulumi"
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PACK = REPO / "policy"

@@ -166,7 +166,7 @@ def test_converged_stack_previews_no_changes_and_up_applies_nothing(e2e) -> None
 def test_a_changed_kernel_pin_reruns_only_the_kernel_steps(e2e) -> None:
     eng, hosts = e2e
     h = hosts["tdx_ready"]
-    eng.config_set("e2e", **{"platform.extraKernelArgs[1]": NEW_ARG})
+    eng.config_set("e2e", {"platform.extraKernelArgs[1]": NEW_ARG})
     kernel = {f"{READY_HOST}-kernel-cmdline", f"{READY_HOST}-kernel-reboot", f"{READY_HOST}-kernel-wait"}
     preview = changed_steps(eng.preview_json("e2e"))
     assert preview == {name: "update" for name in kernel}, preview

@@ -55,8 +55,7 @@ def promo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, di
                 trust_pccs_certificate(h)
             eng.new_stack("staging", stg, STAGING_HOST)
             eng.new_stack("prod", prod, PROD_HOST)
-            # secret=None (the default) said outright: mypy would otherwise match the ** dict against it
-            eng.config_set("prod", secret=None, **{"promotion.fromStack": FROM_STACK})
+            eng.config_set("prod", {"promotion.fromStack": FROM_STACK})
             yield eng, hosts
         finally:
             print("\npulumi timings (s): " + ", ".join(f"{n} {t:.1f}" for n, t in eng.timings))
@@ -93,7 +92,7 @@ def test_prod_with_other_pins_is_refused_naming_each_field(promo) -> None:
     sku = other / "gpu" / "h100-sxm.yaml"
     old_vbios = yaml.safe_load(sku.read_text())["vbios"]
     sku.write_text(sku.read_text().replace(str(old_vbios), OTHER_VBIOS))
-    eng.config_set("prod", **{"platform.tdxModule": OTHER_MODULE})
+    eng.config_set("prod", {"platform.tdxModule": OTHER_MODULE})
     saved = eng.env["TDX_VLLM_FIRMWARE_DIR"]
     eng.env["TDX_VLLM_FIRMWARE_DIR"] = str(other)
     calls = len(h.calls())
@@ -122,7 +121,7 @@ def test_prod_with_other_pins_is_refused_naming_each_field(promo) -> None:
         assert eng.outputs("prod")["hosts"][PROD_HOST]["ready"] is True
     finally:
         eng.env["TDX_VLLM_FIRMWARE_DIR"] = saved
-        eng.config_set("prod", **{"platform.tdxModule": "1.5.34"})
+        eng.config_set("prod", {"platform.tdxModule": "1.5.34"})
     eng.pulumi("preview", "--expect-no-changes", stack="prod")
 
 

@@ -7,15 +7,13 @@ import ctypes
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from guest_agent import nvml
 from guest_agent.gpu import evidence_items, load_evidence_output, verify_items
 from tests.support.nvml_standin import FIXTURE_NONCE as NONCE1
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 def test_struct_layouts_are_nvmls():

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.paths import REPO
+
 pytest.importorskip("sushy_tools")
 
 import sushy
@@ -26,7 +28,6 @@ from tests.support.redfish.emulator import Board, RedfishEmulator, board_for_tab
 
 pytestmark = pytest.mark.harness
 
-REPO = Path(__file__).resolve().parents[2]
 FAST = {"poll_s": 0.05, "timeout_s": 15.0, "retry_delay_s": 0.05}
 
 

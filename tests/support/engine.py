@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +74,8 @@ class Engine:
         tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
         for rel in filter(None, tracked.decode().split("\0")):
             src, dst = REPO / rel, self.project / rel
-            if not (src.is_file() or src.is_symlink()):
-                continue  # deleted in the working tree
+            if rel.startswith("tests/") or not (src.is_file() or src.is_symlink()):
+                continue  # the program never reads the tests (most of the bytes: fixtures); or deleted here
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst, follow_symlinks=False)
         (self.project / ".venv").symlink_to(VENV)
@@ -161,7 +161,8 @@ class Engine:
     def state(self, stack: str) -> dict:
         return json.loads((self.backend / ".pulumi" / "stacks" / PROJECT / f"{stack}.json").read_text())
 
-    def config_set(self, stack: str, *, secret: dict[str, str] | None = None, **plain: str) -> None:
+    def config_set(self, stack: str, plain: Mapping[str, str], *, secret: Mapping[str, str] | None = None) -> None:
+        """`pulumi config set-all --path` of dotted keys (`hosts[0].ssh.address`)."""
         args = ["config", "set-all", "--path"]
         for k, v in plain.items():
             args += ["--plaintext", f"{k}={v}"]
@@ -179,8 +180,7 @@ class Engine:
         self.pulumi("stack", "init", stack=stack)
         self.config_set(
             stack,
-            secret={"hosts[0].ssh.privateKey": host.client_private_key, "dcap.pccsApiKey": PCCS_API_KEY},
-            **{
+            {
                 "platform.os": "ubuntu-24.04",
                 "platform.extraKernelArgs[0]": EXTRA_ARG,
                 "platform.tdxModule": host.profile.tdx_module_version,
@@ -197,6 +197,7 @@ class Engine:
                 "teeIo": "false",
                 "rebootTimeoutSeconds": "60",
             },
+            secret={"hosts[0].ssh.privateKey": host.client_private_key, "dcap.pccsApiKey": PCCS_API_KEY},
         )
 
 
@@ -228,7 +229,8 @@ def apply_calls(host: Any, since: int = 0) -> list[dict]:
 
 
 def trust_pccs_certificate(host: Any) -> None:
-    """root's curl on the fake host trusts the PCCS's own certificate (see the module docstring)."""
+    """root's curl on the fake host trusts the PCCS's own certificate (why: tests/e2e/test_program.py's
+    docstring, useSecureCert)."""
     sshrun.run(
         host.target(),
         Rendered(command="printf 'cacert = /opt/intel/sgx-dcap-pccs/ssl_key/file.crt\\n' > /root/.curlrc", stdin=""),

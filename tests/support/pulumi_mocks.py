@@ -11,6 +11,7 @@ import pulumi
 import pytest
 
 from components.config.reader import ENCRYPTED
+from tests.support.paths import REPO
 
 SECRETS = {
     "hosts[0].ssh.privateKey": "PRIVATE-KEY-0",
@@ -74,6 +75,24 @@ class Recorder:
         return parent._name
 
 
+def build_host(cfg: Any, host_index: int = 0) -> tuple[Any, Recorder]:
+    """The TdxHost of `cfg.hosts[host_index]`, as the program builds it, and its Recorder."""
+    from components.resources.host import TdxHost, TdxHostArgs
+
+    rec = Recorder()
+    host = TdxHost(
+        cfg.hosts[host_index].name,
+        TdxHostArgs(cfg.hosts[host_index], cfg),
+        opts=pulumi.ResourceOptions(transformations=[rec]),
+    )
+    return host, rec
+
+
+def check(condition: bool) -> None:
+    """An assert usable as the body of an `Output.apply` callback (a lambda cannot hold `assert`)."""
+    assert condition
+
+
 def runtime_config(raw: dict, secret_top: set[str]) -> None:
     pulumi.runtime.set_all_config(
         {f"tdx-vllm:{k}": json.dumps(v) for k, v in raw.items()}, secret_keys=[f"tdx-vllm:{k}" for k in secret_top]
@@ -118,7 +137,6 @@ def run_program(
     `secret_top` keys); waits for every registration it started. (exports, the resolved values of
     the exports named in `resolve`)."""
     import runpy
-    from pathlib import Path
 
     pulumi.runtime.set_mocks(mocks, project="tdx-vllm", stack=stack, preview=preview)
     runtime_config(raw, secret_top)
@@ -128,7 +146,7 @@ def run_program(
 
     @pulumi.runtime.test
     def program():
-        runpy.run_path(str(Path(__file__).resolve().parents[2] / "__main__.py"), run_name="__main__")
+        runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")
         if resolve:
             return pulumi.Output.all(*(exported[n] for n in resolve)).apply(
                 lambda values: resolved.update(zip(resolve, values))

@@ -120,13 +120,7 @@ def pinned_firmware_dir(dest: Path, *, kernel_sha: str = KERNEL_SHA, cmdline: st
     return fw
 
 
-IMAGE = "docker.io/vllm/vllm-openai@sha256:" + "ab" * 32
-
-
 GATEWAY = "ghcr.io/example/tdx-vllm-gateway@sha256:" + "cd" * 32
-
-
-REV = "0123456789abcdef0123456789abcdef01234567"
 
 
 POLICY = "package agent_policy\n\ndefault ExecProcessRequest := false\n"
@@ -134,10 +128,10 @@ POLICY = "package agent_policy\n\ndefault ExecProcessRequest := false\n"
 
 def manifest_doc(**over: Any) -> dict:
     doc = {
-        "image": IMAGE,
+        "image": WL_IMAGE,
         "model": {
             "id": "Qwen/Qwen2.5-0.5B-Instruct",
-            "revision": REV,
+            "revision": WL_REV,
             "files": {"config.json": "aa" * 32, "model.safetensors": "bb" * 32},
         },
         "vllmArgs": ["--max-model-len", "4096", "--gpu-memory-utilization=0.9"],

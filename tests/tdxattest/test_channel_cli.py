@@ -17,8 +17,7 @@ import pytest
 
 from tdxattest.testing.standin import StandinConfig, known_answer
 from tdxattest.testing.testpki import TdIdentity
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 
 def spawn(stack: ExitStack, *args: str) -> dict:

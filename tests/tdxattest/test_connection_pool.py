@@ -34,11 +34,7 @@ class IdleConnection:
 
 
 def acquire(pool: ConnectionPool):
-    loop = asyncio.new_event_loop()  # private: asyncio.run() would leave no loop for the Pulumi mock tests
-    try:
-        return loop.run_until_complete(pool.acquire())
-    finally:
-        loop.close()
+    return asyncio.run(pool.acquire())  # tests/conftest.py gives the next test a current loop again
 
 
 def test_a_kept_alive_connection_is_handed_out_as_reused_without_attesting():

@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -22,8 +21,7 @@ from tdxattest.core.mrtd import compute_mrtd
 from tdxattest.core.quote import read_td_report
 from tdxattest.core.tdvf import parse_tdvf
 from tests.support.builders import DESC, SECTIONS, SIZE, make_bzimage, make_spec_id_log, make_tdvf
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.paths import REPO
 
 # --------------------------------------------------------------------------------------------
 # builders

@@ -32,7 +32,7 @@ OASIS = _json(MEAS / "expected" / "oasis-cli-tdx-vectors.json")
 DSTACK = _json(MEAS / "expected" / "dstack-expected.json")
 DECODED = _json(MEAS / "eventlogs" / "dstack-eventlogs-decoded.json")
 QUOTE_MANIFEST = _json(QUOTES / "manifest.json")
-ARTIFACTS = {f["fixture"]: f for f in COMPUTED.get("files", [])}
+FIRMWARE_RECORDS = {f["fixture"]: f for f in COMPUTED["files"]}
 TRIXIE = "firmware/ovmf-debian13-trixie-2025.02-8-deb13u1.fd"
 BOOKWORM = "firmware/ovmf-debian12-bookworm-2022.11-6-deb12u2.fd"
 CCEL_SAMPLE = MEAS / "eventlogs" / "dstack-ccel-sample.bin"
@@ -75,7 +75,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("fixture", [BOOKWORM, TRIXIE])
 def test_tdvf_metadata(fixture):
-    exp = ARTIFACTS[fixture]
+    exp = FIRMWARE_RECORDS[fixture]
     data, meta = firmware(fixture)
     assert len(data) == exp["size"]
     assert meta.descriptor_offset == exp["tdvf_descriptor_offset"]
@@ -86,14 +86,17 @@ def test_tdvf_metadata(fixture):
 @pytest.mark.parametrize("fixture", [BOOKWORM, TRIXIE])
 def test_mrtd(fixture, order, key):
     data, meta = firmware(fixture)
-    assert compute_mrtd(data, meta, order).hex() == ARTIFACTS[fixture][key]
+    assert compute_mrtd(data, meta, order).hex() == FIRMWARE_RECORDS[fixture][key]
 
 
 def test_mrtd_readme_values():
     """The README's table (the values a reader sees first) equals the JSON the test reads."""
     readme = (MEAS / "README.md").read_text()
     for fixture in (BOOKWORM, TRIXIE):
-        assert ARTIFACTS[fixture]["mrtd_single_pass"] in readme and ARTIFACTS[fixture]["mrtd_two_pass"] in readme
+        assert (
+            FIRMWARE_RECORDS[fixture]["mrtd_single_pass"] in readme
+            and FIRMWARE_RECORDS[fixture]["mrtd_two_pass"] in readme
+        )
 
 
 @pytest.mark.parametrize("fixture", [BOOKWORM, TRIXIE])
@@ -101,7 +104,7 @@ def test_cli_measure_prints_both_orders(fixture):
     proc = run_cli("measure", "--firmware", str(MEAS / fixture), "--page-add-order", "two-pass", "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    exp = ARTIFACTS[fixture]
+    exp = FIRMWARE_RECORDS[fixture]
     assert out["mrtd"] == {
         "single": exp["mrtd_single_pass"],
         "two-pass": exp["mrtd_two_pass"],
@@ -161,14 +164,14 @@ def test_cli_measure_direct_boot(tmp_path):
     ]
     assert out["inputs"]["kernel"]["authenticode_sha384_patched"] == kd.hex()
     assert "rtmr0" not in out and out["not_computed"] == {"rtmr0": "needs the QEMU ACPI blobs or their digests"}
-    assert out["firmware"]["td_hob_sha384"] == ARTIFACTS[TRIXIE]["td_hob_sha384_by_ram_mib"]["16384"]
+    assert out["firmware"]["td_hob_sha384"] == FIRMWARE_RECORDS[TRIXIE]["td_hob_sha384_by_ram_mib"]["16384"]
 
 
 # ---------------------------------------------------------------------------------------------
 # TD HOB: 15 oasis vectors (bookworm/sid layout), the computed table, and two hardware logs
 
 
-OASIS_HOB = {int(k): v for k, v in OASIS.get("td_hob_sha384_by_ram_mib", {}).items() if not k.startswith("_")}
+OASIS_HOB = {int(k): v for k, v in OASIS["td_hob_sha384_by_ram_mib"].items() if not k.startswith("_")}
 
 
 def test_oasis_td_hob_vector_count():
@@ -184,7 +187,7 @@ def test_td_hob_oasis_vectors(ram_mib):
 @pytest.mark.parametrize("fixture", [BOOKWORM, TRIXIE])
 def test_td_hob_computed_table(fixture):
     _, meta = firmware(fixture)
-    for ram_mib, digest in ARTIFACTS[fixture]["td_hob_sha384_by_ram_mib"].items():
+    for ram_mib, digest in FIRMWARE_RECORDS[fixture]["td_hob_sha384_by_ram_mib"].items():
         assert td_hob_digest(meta, int(ram_mib) * MIB).hex() == digest, ram_mib
 
 
@@ -205,7 +208,7 @@ def test_td_hob_matches_hardware_logs():
 @pytest.mark.parametrize("fixture", [BOOKWORM, TRIXIE])
 def test_cfv_digest(fixture):
     data, meta = firmware(fixture)
-    assert ev.sha384(cfv_bytes(data, meta)).hex() == ARTIFACTS[fixture]["cfv_sha384"]
+    assert ev.sha384(cfv_bytes(data, meta)).hex() == FIRMWARE_RECORDS[fixture]["cfv_sha384"]
 
 
 def test_trixie_cfv_is_the_published_constant_and_in_both_hardware_logs():
@@ -241,7 +244,7 @@ def test_event_digests_against_the_ccel_sample():
 # kernel command line and RTMR replay vectors (oasis)
 
 
-@pytest.mark.parametrize("vector", OASIS.get("kernel_cmdline_sha384", []), ids=lambda v: repr(v["cmdline"][:20]))
+@pytest.mark.parametrize("vector", OASIS["kernel_cmdline_sha384"], ids=lambda v: repr(v["cmdline"][:20]))
 def test_cmdline_vectors(vector):
     assert ev.cmdline_digest(vector["cmdline"]).hex() == vector["sha384"]
 
@@ -322,7 +325,7 @@ def test_cli_rtmr0_with_acpi_digest_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["rtmr0"]["value"] == DECODED["eventlogs/dstack-ccel-sample.bin"]["replayed_rtmrs"]["rtmr0"]
-    assert out["firmware"]["td_hob_sha384"] == ARTIFACTS[TRIXIE]["td_hob_sha384_by_ram_mib"]["1024"]
+    assert out["firmware"]["td_hob_sha384"] == FIRMWARE_RECORDS[TRIXIE]["td_hob_sha384_by_ram_mib"]["1024"]
     assert [e["event"] for e in out["rtmr0"]["events"]][:2] == ["td-hob", "cfv"]
 
 
@@ -381,7 +384,7 @@ def test_cli_replay_with_quote_exit_codes():
     assert "mismatch: rtmr0, rtmr1, rtmr2" in bad.stderr and "MISMATCH" in bad.stdout
 
 
-@pytest.mark.parametrize("name", sorted(QUOTE_MANIFEST.get("quotes", {})))
+@pytest.mark.parametrize("name", sorted(QUOTE_MANIFEST["quotes"]))
 def test_quote_registers(name):
     v = QUOTE_MANIFEST["quotes"][name]
     data = (QUOTES / name).read_bytes()
