@@ -9,10 +9,8 @@ from pathlib import Path
 from tdxattest.core.workload import WorkloadManifest
 
 from .pod import model_fetch
-from .pod.model_fetch import FetchError, sha256_file
+from .pod.model_fetch import FetchError
 from .system import Refused
-
-__all__ = ["ModelResult", "fetch_model", "file_url", "sha256_file"]
 
 
 @dataclass(frozen=True)
@@ -20,11 +18,6 @@ class ModelResult:
     dir: Path
     fetched: tuple[str, ...]
     kept: tuple[str, ...]
-
-
-def file_url(source: str, manifest: WorkloadManifest, path: str) -> str:
-    """`<source>/<path>`, with {id} and {revision} in the source expanded. Pure."""
-    return model_fetch.file_url(source, manifest.model_id, manifest.model_revision, path)
 
 
 def fetch_model(manifest: WorkloadManifest, source: str, model_dir: Path) -> ModelResult:

@@ -119,10 +119,55 @@ def parse_workload(
         else None
     )
 
+    shape: dict[str, Any]  # the target's own fields of WorkloadConfig
     if target == "kubernetes":
-        return _kubernetes_workload(
-            r, before, path, k8s, image, model_id, revision, files, source, args, gateway_port, prompt, expect
-        )
+        if isinstance(source, str) and not source.startswith("https://"):
+            r.error(
+                join(path, "modelSource"),
+                f"`{source}` is not https: the pod fetches the model over the cluster's network, outside the TD",
+                "serve the model files over https (every file's sha256 is checked too)",
+            )
+        # The Kubernetes target's own render checks (render.kubernetes.workload_problems) hold by then:
+        # images by digest and vLLM arguments are checked above, gpuCount is the manifest's tensor
+        # parallel size by construction, and model.files is required.
+        shape = {"td": None, "kubernetes": k8s}
+        tensor_parallel = k8s.gpu_count if k8s is not None else 1
+        complete = k8s is not None
+    else:
+        boot, td, tensor_parallel = _host_target(r, m, path, hosts, raw_hosts, firmware_dir)
+        shape = {"td": td, "boot": boot}
+        complete = boot is not None and td is not None
+
+    if len(r.errors) > before or not complete:
+        return None
+    # No error recorded, so every required value was read (the checks say None only with an error).
+    if image is None or model_id is None or revision is None or source is None or prompt is None or expect is None:
+        return None
+    wl = WorkloadConfig(
+        target=str(target),
+        image=image,
+        model_id=model_id,
+        model_revision=revision,
+        model_files=files,
+        model_source=source,
+        vllm_args=args,
+        gateway_port=gateway_port,
+        known_answer=KnownAnswer(prompt=prompt, expect=expect),
+        **shape,
+    )
+    try:
+        wl.manifest(tensor_parallel)
+    except InputError as exc:  # the manifest library's rules (kept in step with the checks above)
+        r.error(path, f"not a valid workload manifest: {exc}", "correct the value named")
+        return None
+    return wl
+
+
+def _host_target(
+    r: Reader, m: Mapping[str, Any], path: str, hosts: tuple[HostConfig, ...], raw_hosts: Any, firmware_dir: Path
+) -> tuple[BootManifest | None, TdShape | None, int]:
+    """The host target's part of `workload`: the TD boot manifest, the TD shape checked against it,
+    and the hosts that run it (all with GPUs, the same count: the tensor parallel size it returns)."""
     boot = r.catalog(
         path,
         lambda: load_boot_manifest(td_boot_manifest(r.stack, firmware_dir)),
@@ -167,80 +212,7 @@ def parse_workload(
             f"RTMR3 and the stack pins one RTMR3): {shown}",
             "give every host the same `gpu.count`",
         )
-
-    if len(r.errors) > before or boot is None or td is None:
-        return None
-    # No error recorded, so every required value was read (the checks say None only with an error).
-    if image is None or model_id is None or revision is None or source is None or prompt is None or expect is None:
-        return None
-    wl = WorkloadConfig(
-        target=str(target),
-        image=image,
-        model_id=model_id,
-        model_revision=revision,
-        model_files=files,
-        model_source=source,
-        vllm_args=args,
-        gateway_port=gateway_port,
-        known_answer=KnownAnswer(prompt=prompt, expect=expect),
-        td=td,
-        boot=boot,
-    )
-    try:
-        wl.manifest(max(counts) if counts else 1)
-    except InputError as exc:  # the manifest library's rules (kept in step with the checks above)
-        r.error(path, f"not a valid workload manifest: {exc}", "correct the value named")
-        return None
-    return wl
-
-
-def _kubernetes_workload(
-    r: Reader,
-    before: int,
-    path: str,
-    k8s: Any,
-    image: Any,
-    model_id: Any,
-    revision: Any,
-    files: tuple[tuple[str, str], ...],
-    source: Any,
-    args: tuple[str, ...],
-    gateway_port: int,
-    prompt: Any,
-    expect: Any,
-) -> WorkloadConfig | None:
-    """The rest of `workload` for `target: kubernetes`: the manifest's tensorParallelSize is the
-    pod's GPU count, and the Kubernetes target's own rules (components/render/kubernetes.py)."""
-    if isinstance(source, str) and not source.startswith("https://"):
-        r.error(
-            join(path, "modelSource"),
-            f"`{source}` is not https: the pod fetches the model over the cluster's network, outside the TD",
-            "serve the model files over https (every file's sha256 is checked too)",
-        )
-    if len(r.errors) > before or k8s is None:
-        return None
-    wl = WorkloadConfig(
-        target="kubernetes",
-        image=image,
-        model_id=model_id,
-        model_revision=revision,
-        model_files=files,
-        model_source=source,
-        vllm_args=args,
-        gateway_port=gateway_port,
-        known_answer=KnownAnswer(prompt=prompt, expect=expect),
-        td=None,
-        kubernetes=k8s,
-    )
-    # The Kubernetes target's own render checks (render.kubernetes.workload_problems) hold by now:
-    # images by digest and vLLM arguments are checked above, gpuCount is the manifest's tensor
-    # parallel size by construction, and model.files is required.
-    try:
-        wl.manifest(k8s.gpu_count)
-    except InputError as exc:
-        r.error(path, f"not a valid workload manifest: {exc}", "correct the value named")
-        return None
-    return wl
+    return boot, td, max(counts) if counts else 1
 
 
 def _model_files(r: Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:

@@ -24,7 +24,8 @@ from guest_agent.agent import Agent
 from guest_agent.config import AgentConfig, KnownAnswer, config_from_mapping, load_config
 from guest_agent.gpu import attest_gpus, check_cc_state, evidence_items, load_evidence_output
 from guest_agent.knownanswer import compare, request_body
-from guest_agent.model import fetch_model, file_url
+from guest_agent.model import fetch_model
+from guest_agent.pod.model_fetch import file_url
 from guest_agent.report import parse_line
 from guest_agent.server import Supervisor, vllm_argv, vllm_cleanup_argv
 from guest_agent.system import CommandResult, Refused, System, run_command
@@ -365,7 +366,9 @@ def test_model_fetch_file_urls_keeps_good_files_and_expands_source(tmp_path, mod
     second = fetch_model(manifest, src, tmp_path / "model")
     assert second.fetched == () and sorted(second.kept) == sorted(model_src)
     assert (
-        file_url("https://huggingface.co/{id}/resolve/{revision}/", manifest, "a b.json")
+        file_url(
+            "https://huggingface.co/{id}/resolve/{revision}/", manifest.model_id, manifest.model_revision, "a b.json"
+        )
         == f"https://huggingface.co/{MODEL_ID}/resolve/{REV}/a%20b.json"
     )
     with pytest.raises(Refused, match="model file config.json: a download from"):
