@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.catalog.pinfile import CatalogError, read_pin_file, require
+from components.catalog.host_tools import package_spec
+from components.catalog.pinfile import CatalogError, read_pin_file
 from components.paths import FIRMWARE_DIR
 
 
@@ -21,9 +22,7 @@ def dcap_packages(firmware_dir: Path = FIRMWARE_DIR) -> DcapPackages:
     data = read_pin_file(path)
     pkgs: dict[str, str] = {}
     for role, spec in (data.get("packages") or {}).items():
-        name = require(spec, "name", path, r"[a-z0-9][a-z0-9+.\-]+")
-        version = str(spec.get("version") or "")
-        pkgs[role] = f"{name}={version}" if version else name
+        pkgs[str(role)] = package_spec(spec, path, str(role))
     services = {str(k): str(v) for k, v in (data.get("services") or {}).items()}
     for role in ("pccs", "qgs", "qpl"):
         if role not in pkgs:

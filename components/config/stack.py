@@ -395,6 +395,15 @@ def _dcap(r: Reader, value: Any, path: str) -> DcapConfig | None:
         problem = url_problem(pccs_url, ("https",))
         if problem:
             r.error(join(path, "pccsUrl"), problem, "use `https://PCCS-HOST:8081/sgx/certification/v4/`")
+    if registration == "pckid" and pccs_url is not None:
+        # PCKIDRetrievalTool uploads to the PCCS with that PCCS's user token, which only a per-host
+        # PCCS (made by the dcap step) gives us; a shared one's token is its operator's.
+        r.error(
+            join(path, "registration"),
+            "`pckid` registers through the per-host PCCS, but dcap.pccsUrl points at a shared PCCS",
+            "use `registration: mpa` (or `none` and register the platforms with the shared PCCS's own "
+            "tooling), or remove dcap.pccsUrl to run a PCCS on each host",
+        )
     # A per-host PCCS listens on loopback only and serves Intel-signed collateral with the
     # self-signed certificate its package generates: verification is off by default there. A
     # shared PCCS crosses the network: its certificate must verify outside `dev`.

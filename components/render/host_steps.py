@@ -15,11 +15,17 @@ from components.config.model import BmcConfig, DcapConfig, GpuConfig, PlatformCo
 from components.paths import REPO_ROOT
 from components.render.steps import Step
 
+HOST_TOOLS_STEP = Step("host-tools", "host_tools.sh")
 PREFLIGHT_STEP = Step("preflight", "preflight.sh", mode="check")
 BIOS_VERIFY_STEP = Step("bios-verify", "bios_verify.sh", mode="check")
 KERNEL_STEP = Step("kernel", "kernel.sh")
 GPU_STEP = Step("gpu-cc", "gpu_cc.sh", helpers=("vbios_version.py",))
 DCAP_STEP = Step("dcap", "dcap.sh", helpers=("json_config.py",))
+
+
+def host_tools_params(packages: tuple[str, ...]) -> dict[str, str]:
+    """`packages`: catalog.host_tools.host_tool_packages()."""
+    return {"TDX_PACKAGES": " ".join(packages)}
 
 
 def preflight_params(
@@ -128,6 +134,7 @@ def dcap_params(dcap: DcapConfig, packages: DcapPackages) -> dict[str, str]:
 
 
 def summarize(
+    tools: Mapping[str, Any],
     preflight: Mapping[str, Any],
     bios: Mapping[str, Any],
     bios_version: str | None,
@@ -136,7 +143,7 @@ def summarize(
     dcap: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The per-host facts exported as a stack output (observed values, not the desired ones)."""
-    steps = [preflight, bios, kernel, dcap] + ([gpu] if gpu is not None else [])
+    steps = [tools, preflight, bios, kernel, dcap] + ([gpu] if gpu is not None else [])
     return {
         "cpu": preflight.get("cpu_model_name"),
         "cpuGeneration": preflight.get("cpu_generation"),
@@ -153,6 +160,7 @@ def summarize(
             for g in (gpu or {}).get("gpus", [])
         ],
         "gpuAdminTools": (gpu or {}).get("tools_version"),
+        "hostPackages": tools.get("packages"),
         "pccs": {"url": dcap.get("pccs_url"), "httpStatus": dcap.get("pccs_http_status")},
         "registration": dcap.get("registration_status"),
         # Every step's verify passed: a failed one fails `pulumi up` before outputs are written.

@@ -1,5 +1,5 @@
 """TdxHost: one host from "reachable over SSH" to "ready for a Trust Domain":
-Preflight -> BiosSettings -> KernelSettings -> (GpuConfidentialMode, DcapServices)."""
+HostTools -> Preflight -> BiosSettings -> KernelSettings -> (GpuConfidentialMode, DcapServices)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from typing import Any
 import pulumi
 
 from components.catalog.bios import load_vendor_table
+from components.catalog.host_tools import host_tool_packages
 from components.config.model import HostConfig, StackConfig
 from components.render.host_steps import summarize
 from components.resources.bios import BiosSettings, BiosSettingsArgs
 from components.resources.command import Connection
 from components.resources.dcap import DcapServices, DcapServicesArgs
 from components.resources.gpu import GpuConfidentialMode, GpuConfidentialModeArgs
+from components.resources.host_tools import HostTools, HostToolsArgs
 from components.resources.kernel import KernelSettings, KernelSettingsArgs
 from components.resources.preflight import Preflight, PreflightArgs
 
@@ -39,8 +41,11 @@ class TdxHost(pulumi.ComponentResource):
         tee_io_bios = tuple(s.attribute for s in table.tee_io)
         child = pulumi.ResourceOptions(parent=self)
 
+        self.tools = HostTools(f"{name}-tools", HostToolsArgs(conn, host_tool_packages()), opts=child)
         self.preflight = Preflight(
-            f"{name}-preflight", PreflightArgs(conn, host.gpu, stack.tee_io, tee_io_bios), opts=child
+            f"{name}-preflight",
+            PreflightArgs(conn, host.gpu, stack.tee_io, tee_io_bios),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.tools]),
         )
         self.bios = BiosSettings(
             f"{name}-bios",
@@ -61,6 +66,7 @@ class TdxHost(pulumi.ComponentResource):
         self.dcap = DcapServices(f"{name}-dcap", DcapServicesArgs(conn, stack.dcap), opts=after_kernel)
 
         self.facts = pulumi.Output.all(
+            self.tools.facts,
             self.preflight.facts,
             self.bios.facts,
             self.bios.bios_version,

@@ -65,6 +65,7 @@ def test_connections_pin_the_host_key_and_wait_dials_without_limit():
     _, rec = build(stack_config())
     remote_cmds = {n: a for n, a in rec.resources.items() if a.type_ == "command:remote:Command"}
     assert set(remote_cmds) == {
+        "gpu-a-tools-install",
         "gpu-a-preflight-check",
         "gpu-a-bios-verify",
         "gpu-a-kernel-cmdline",
@@ -215,4 +216,4 @@ def test_the_program_builds_every_host_with_the_dev_stack_file(monkeypatch):
     hosts = [name for typ, name in mocks.created if typ == "tdx-vllm:host:TdxHost"]
     assert hosts == ["gpu-a", "gpu-b"]
     commands = [name for typ, name in mocks.created if typ.startswith("command:")]
-    assert len(commands) == 9 + 7  # gpu-a: 7 remote + 2 BIOS phases; gpu-b (no BMC): 7 remote
+    assert len(commands) == 10 + 8  # gpu-a: 8 remote + 2 BIOS phases; gpu-b (no BMC): 8 remote

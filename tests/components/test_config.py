@@ -163,6 +163,12 @@ def test_devtools_is_allowed_in_dev_only():
             "dcap.useSecureCert: TLS verification of the shared PCCS",
         ),
         (lambda r: r["dcap"].__setitem__("pccsUrl", "ftp://x"), "dcap.pccsUrl: scheme must be https"),
+        (
+            lambda r: r["dcap"].update(
+                registration="pckid", pccsUrl="https://pccs.example.net:8081/sgx/certification/v4/"
+            ),
+            "dcap.registration: `pckid` registers through the per-host PCCS",
+        ),
         (lambda r: r["hosts"][0].__setitem__("name", "GPU_A"), "hosts[0].name: `GPU_A` is not a valid host name"),
         (lambda r: r.__setitem__("hosts", []), "hosts: required: at least one host"),
         (lambda r: r.pop("dcap"), "dcap: required"),

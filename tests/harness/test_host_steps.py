@@ -21,13 +21,15 @@ import pytest
 from components.catalog.bios import load_vendor_table
 from components.catalog.dcap import dcap_packages
 from components.catalog.gpu import GpuAdminTools, gpu_sku
+from components.catalog.host_tools import host_tool_packages
 from components.config.model import DcapConfig, GpuConfig, PlatformConfig, Secret
 from components.render.host_steps import BIOS_VERIFY_STEP as BIOS_VERIFY
 from components.render.host_steps import DCAP_STEP as DCAP
 from components.render.host_steps import GPU_STEP as GPU
+from components.render.host_steps import HOST_TOOLS_STEP as HOST_TOOLS
 from components.render.host_steps import KERNEL_STEP as KERNEL
 from components.render.host_steps import PREFLIGHT_STEP as PREFLIGHT
-from components.render.host_steps import bios_verify_params
+from components.render.host_steps import bios_verify_params, host_tools_params
 from components.render.host_steps import dcap_params as component_dcap_params
 from components.render.host_steps import gpu_params as component_gpu_params
 from components.render.host_steps import kernel_params as component_kernel_params
@@ -48,9 +50,9 @@ FAST_BOOT = {"TDX_REBOOT_DELAY": "1", "TDX_WAIT_POLL": "1"}
 
 @pytest.fixture(scope="module")
 def hosts(nshost_factory):
-    """Six fake hosts, started in parallel for the module (about 2 s), torn down after it."""
+    """Seven fake hosts, started in parallel for the module (about 2 s), torn down after it."""
     return nshost_factory(
-        [H.TDX_READY, H.TDX_OFF_IN_BIOS, H.GPU_WRONG_MODE, H.WRONG_VBIOS, H.NVIDIA_LOADED, H.PRE_PRODUCTION]
+        [H.FRESH, H.TDX_READY, H.TDX_OFF_IN_BIOS, H.GPU_WRONG_MODE, H.WRONG_VBIOS, H.NVIDIA_LOADED, H.PRE_PRODUCTION]
     )
 
 
@@ -149,6 +151,37 @@ def test_fake_host_facts_and_pinned_host_key(hosts):
 # preflight
 
 
+def test_a_fresh_server_gets_the_tools_the_steps_call_then_preflight_passes(hosts):
+    """Ubuntu server without msr-tools or python3-pip and with empty apt lists, BIOS at factory
+    defaults: the host-tools step refreshes apt and installs what is missing; preflight then reads
+    only MSRs that exist before the BIOS phases (not SGX's 0x503)."""
+    h = hosts["fresh"]
+    before = fails(h, PREFLIGHT, preflight_params())
+    assert any("rdmsr is missing" in ln and "host-tools" in ln for ln in error_lines(before)), before.output
+
+    first = run(h, HOST_TOOLS, host_tools_params(host_tool_packages()))
+    f = first.facts
+    assert f["ok"] is True and f["changed"] is True, first.stderr
+    assert sorted(f["installed"]) == ["msr-tools", "python3-pip"]
+    assert f["packages"]["msr-tools"] == "1.3-5build1" and f["packages"]["pciutils"] == "1:3.10.0-2build1"
+    apt = [c["argv"] for c in h.calls("apt-get")]
+    assert apt[0][0] == "update" and apt[1][:1] == ["install"], apt  # lists first: a fresh image has none
+
+    second = run(h, HOST_TOOLS, host_tools_params(host_tool_packages()))
+    assert second.facts["changed"] is False and len(h.calls("apt-get")) == len(apt)
+
+    pre = run(h, PREFLIGHT, preflight_params()).facts
+    assert pre["ok"] is True and pre["production_silicon"] is True and pre["tdx_host_platform"] is False
+    assert not any(c["argv"][-1] in ("0x503", "0x87") for c in h.calls("rdmsr"))
+
+
+def test_a_pinned_host_tool_version_that_differs_is_reinstalled(hosts):
+    h = hosts["tdx_ready"]
+    err = fails(h, HOST_TOOLS, {"TDX_PACKAGES": "msr-tools=1.2*", "TDX_MODE": "check"})
+    assert any("package msr-tools version" in ln and "expected 1.2*, seen 1.3-5build1" in ln for ln in error_lines(err))
+    assert run(h, HOST_TOOLS, {"TDX_PACKAGES": "msr-tools=1.3*"}).facts["changed"] is False
+
+
 def test_preflight_reports_the_ready_host(hosts):
     h = hosts["tdx_ready"]
     f = run(h, PREFLIGHT, preflight_params()).facts
@@ -203,9 +236,11 @@ def test_bios_verify_names_every_missing_setting_and_the_change_to_ask_for(hosts
         "TME is off": 'fix: ask the provider to set BIOS "Memory Encryption (TME) = Enabled"',
         "TME-MT has no KeyID bits": '"Total Memory Encryption Multi-Tenant (TME-MT) = Enabled"',
         "the SEAM range is not enabled": '"Trust Domain Extension (TDX) = Enabled"',
-        "too few TDX private KeyIDs": '"TME-MT/TDX key split = 1"',
+        # MSR 0x87 does not exist while TME-MT is off: the BIOS change, not an MSR-access hint.
+        "the TDX key split cannot be read (MSR 0x87 faults: TME-MT is off)": '"TME-MT/TDX key split = 1"',
     }
     assert len(lines) == len(expected), joined
+    assert not any("lockdown" in ln or "modprobe msr" in ln for ln in lines), joined
     for what, fix in expected.items():
         assert any(what in ln and fix in ln for ln in lines), f"{what} / {fix} not in:\n{joined}"
     assert any(

@@ -6,8 +6,11 @@ Usage:
   json_config secret-matches FILE KEY VAR   exit 0 when FILE's KEY equals env VAR (never printed)
   json_config set-secret FILE KEY VAR       set KEY from env VAR (never on the command line)
 
-Intel ships sgx_default_qcnl.conf with `//` comment lines, which JSON does not allow: they are
-ignored on read and dropped on write.
+Intel ships these files as JSON with comments: sgx_default_qcnl.conf has `//` comment lines, and
+PCCS's default.json (2026) has a `//`-commented block after a `},`, so the text left once comments
+go has a trailing comma. Both are read (comments and trailing commas dropped in one linear pass);
+a rewrite drops the comments. A rewrite keeps the file's owner, group and mode: pccs.service runs
+as User=pccs and must still read default.json afterwards.
 """
 from __future__ import annotations
 
@@ -18,24 +21,99 @@ import sys
 import tempfile
 from pathlib import Path
 
+MAX_BYTES = 1 << 20  # these files are a few KiB; anything larger is not a DCAP config
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def strip_jsonc(text: str) -> str:
+    """JSON from JSON-with-comments: drop // and /* */ comments outside strings, then commas that
+    only precede a closing bracket. One pass over the text, then one over the result."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            if j < 0:
+                raise ConfigError("unterminated /* comment")
+            i = j + 2
+        else:
+            out.append(c)
+            i += 1
+    stripped = "".join(out)
+    # Trailing commas: a comma whose next non-space character closes an object or array.
+    result: list[str] = []
+    pending = ""  # a comma and the whitespace after it, held until the next token decides
+    i, n = 0, len(stripped)
+    while i < n:
+        c = stripped[i]
+        if c == '"':
+            j = i + 1
+            while j < n and stripped[j] != '"':
+                j += 2 if stripped[j] == "\\" else 1
+            result.append(pending + stripped[i : j + 1])
+            pending = ""
+            i = j + 1
+            continue
+        if pending and c in " \t\r\n":
+            pending += c
+        elif c == ",":
+            result.append(pending)
+            pending = c
+        elif c in "}]":
+            result.append(pending[1:] if pending else "")
+            result.append(c)
+            pending = ""
+        else:
+            result.append(pending + c)
+            pending = ""
+        i += 1
+    result.append(pending)
+    return "".join(result)
+
 
 def load(path: Path) -> dict:
     if not path.exists():
         return {}
-    lines = [ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("//")]
-    text = "\n".join(lines).strip()
-    return json.loads(text) if text else {}
+    raw = path.read_bytes()
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{len(raw)} bytes, more than a DCAP config ever has ({MAX_BYTES})")
+    text = strip_jsonc(raw.decode("utf-8")).strip()
+    if not text:
+        return {}
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ConfigError("the top level is not a JSON object")
+    return data
 
 
 def save(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    st = path.stat() if path.exists() else None
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        if st is not None:
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, st.st_mode & 0o7777 if st is not None else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def main(argv: list[str]) -> int:
@@ -43,7 +121,11 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     verb, path = argv[0], Path(argv[1])
-    data = load(path)
+    try:
+        data = load(path)
+    except (ConfigError, ValueError, UnicodeDecodeError) as exc:
+        print(f"{path}: not a readable JSON config: {exc}", file=sys.stderr)
+        return 4
     if verb == "get":
         print(json.dumps(data.get(argv[2])))
         return 0

@@ -78,17 +78,40 @@ pci_driver() { basename "$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null
 
 # read_msr VAR ADDR [HIGH LOW]: set VAR to the MSR of CPU 0 (or its bit field), in decimal.
 # Runs in the calling shell so an unreadable MSR refuses the step instead of reading as 0.
-read_msr() {
-  local var=$1 addr=$2 raw
-  have rdmsr || refuse "rdmsr is missing" "msr-tools installed" "no rdmsr" "apt-get install -y msr-tools"
+read_msr() { _read_msr refuse "$@"; }
+
+# read_msr_or_fault VAR ADDR [HIGH LOW]: as read_msr, but an MSR the CPU refuses to read (#GP,
+# msr-tools' "cannot read MSR") sets VAR to "fault": some MSRs exist only once a BIOS setting is
+# on (0x87 needs TME-MT), and the caller names that setting. Lockdown and a missing msr module
+# still refuse, with their own fix.
+read_msr_or_fault() { _read_msr fault "$@"; }
+
+_read_msr() {
+  local on_fault=$1 var=$2 addr=$3 raw
+  shift
+  have rdmsr || refuse "rdmsr is missing" "msr-tools installed" "no rdmsr" "the host-tools step installs msr-tools; run pulumi up again"
   modprobe msr 2>/dev/null || true
   raw=$(rdmsr -p 0 -0 "$addr" 2>&1 | tr 'A-F' 'a-f') || true
+  if [ "$on_fault" = fault ] && [[ "$raw" == *"cannot read MSR"* ]]; then
+    printf -v "$var" '%s' fault
+    return 0
+  fi
   [[ "$raw" =~ ^[0-9a-f]{16}$ ]] || refuse "cannot read MSR $addr" "16 hex digits from rdmsr" "${raw:-nothing}" \
-    "run as root with the msr module loaded (modprobe msr); kernel lockdown blocks MSR reads: allow msr access or boot without lockdown"
+    "$(msr_fix "$raw")"
   local value=$((16#${raw:0:8} << 32 | 16#${raw:8:8}))
   # Fields are at most 32 bits wide here; the mask also drops the sign bash's shift carries.
   [ $# -eq 4 ] && value=$(( (value >> $4) & ((1 << ($3 - $4 + 1)) - 1) ))
   printf -v "$var" '%s' "$value"
+}
+
+# The fix for an rdmsr failure, by its cause: msr-tools prints "open: ..." when /dev/cpu/0/msr
+# cannot be opened (no module, no root, lockdown) and "cannot read MSR" when the CPU faults.
+msr_fix() {
+  case "$1" in
+    *"cannot read MSR"*) echo "the CPU does not implement this MSR in its current BIOS configuration: apply the BIOS settings first (the bios step names them)" ;;
+    *"Operation not permitted"*) echo "kernel lockdown blocks MSR reads: boot without lockdown (Secure Boot integrity mode) or allow msr access" ;;
+    *) echo "run as root with the msr module loaded (modprobe msr)" ;;
+  esac
 }
 
 # Write FILE atomically with CONTENT (mode 0644) unless it already holds exactly that.

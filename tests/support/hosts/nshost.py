@@ -414,7 +414,7 @@ class NamespaceHost:
             "sysfs/pci_devices",
         ):
             (s / d).mkdir(parents=True, exist_ok=True)
-        for n in ("etc", "opt", "var_lib", "tmp", "root"):
+        for n in ("etc", "opt", "var_lib", "tmp", "root", "usr_local_sbin"):
             (base / "ovl" / n / "upper").mkdir(parents=True)
             (base / "ovl" / n / "work").mkdir(parents=True)
         (base / "ovl-live").mkdir()  # a tmpfs inside the host; the overlays' upper dirs live there
@@ -431,6 +431,8 @@ class NamespaceHost:
                 "tdx_failure_line": p.tdx_failure_line,
                 "tdx_module": {"version": p.tdx_module_version, "build": p.tdx_module_build, "date": p.tdx_module_date},
                 "apt_available": list(p.apt_available),
+                "apt_lists_empty": p.apt_lists_empty,
+                "fakes_dir": str(FAKES),
                 "sshd_restart_delay": p.sshd_restart_delay,
             },
             s,
@@ -438,7 +440,9 @@ class NamespaceHost:
         tdxfake.save("msr.json", {f"0x{k:x}": f"0x{v:016x}" for k, v in p.msrs.items()}, s)
         tdxfake.save("modules.json", {"msr": False}, s)
         tdxfake.save("services.json", {}, s)
-        tdxfake.save("packages.json", {}, s)
+        tdxfake.save("packages.json", {n: tdxfake.PACKAGE_VERSIONS.get(n, "1.0-1") for n in p.preinstalled}, s)
+        for name in p.preinstalled:
+            tdxfake.link_package_tools(name, FAKES, base / "ovl/usr_local_sbin/upper")
         tdxfake.save("mpa.json", {"status": "pending", "bios_auto_registration": p.mpa_auto_registration}, s)
         (s / "calls.log").touch()
         (s / "gpu_tool.log").touch()

@@ -31,6 +31,9 @@ DCAP_APT = (
     "sgx-pck-id-retrieval-tool",
 )
 
+# firmware/host-tools.yaml: what the host-tools step installs. Most profiles have them already.
+HOST_TOOLS_APT = ("msr-tools", "pciutils", "python3-pip", "curl", "openssl")
+
 BASE_FLAGS = (
     "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush dts acpi mmx fxsr sse "
     "sse2 ss ht tm pbe syscall nx pdpe1gb rdtscp lm constant_tsc art arch_perfmon pebs bts rep_good nopl "
@@ -102,7 +105,9 @@ class HostProfile:
     gpus: tuple[Gpu, ...] = (Gpu(),)
     nvidia_driver: str | None = None  # NVIDIA driver version loaded on the host (gpu_cc refuses it)
     iommu: bool = True
-    apt_available: tuple[str, ...] = DCAP_APT
+    apt_available: tuple[str, ...] = HOST_TOOLS_APT + DCAP_APT
+    preinstalled: tuple[str, ...] = HOST_TOOLS_APT  # Debian packages installed when the host comes up
+    apt_lists_empty: bool = False  # a fresh image: nothing installs before `apt-get update`
     mpa_auto_registration: bool = True
     sshd_restart_delay: float = 1.0  # seconds between the simulated power-off and sshd answering again
 
@@ -172,4 +177,18 @@ PRE_PRODUCTION = HostProfile(
     msrs={**PRODUCTION_MSRS, 0xCE: PRODUCTION_MSRS[0xCE] | (1 << 27)},
 )
 
-PROFILES = {p.name: p for p in (TDX_READY, TDX_OFF_IN_BIOS, GPU_WRONG_MODE, WRONG_VBIOS, NVIDIA_LOADED, PRE_PRODUCTION)}
+# A new server as it leaves the factory and the installer: BIOS at defaults (no TME, TME-MT, SGX or
+# TDX, so MSR 0x87 faults and there is no sgx CPU flag), Ubuntu server without msr-tools or
+# python3-pip, apt lists not yet fetched.
+FRESH = HostProfile(
+    name="fresh",
+    hostname="fresh",
+    cpu_flags=tuple(f for f in BASE_FLAGS if f != "tme"),
+    msrs={k: v for k, v in {**PRODUCTION_MSRS, 0x982: 0, 0x1401: 0}.items() if k != 0x87},
+    preinstalled=("pciutils", "curl", "openssl"),
+    apt_lists_empty=True,
+)
+
+PROFILES = {
+    p.name: p for p in (FRESH, TDX_READY, TDX_OFF_IN_BIOS, GPU_WRONG_MODE, WRONG_VBIOS, NVIDIA_LOADED, PRE_PRODUCTION)
+}

@@ -77,6 +77,27 @@ def msrs(state: Path = STATE) -> dict[int, int]:
     return {int(k, 16): int(v, 16) for k, v in load("msr.json", {}, state).items()}
 
 
+def cpu_flags(state: Path = STATE) -> set[str]:
+    for line in (state / "boot/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def msr_implemented(reg: int, m: dict[int, int], state: Path = STATE) -> bool:
+    """Whether the CPU answers a read of this MSR in its current BIOS configuration, instead of a
+    #GP (msr-tools: "cannot read MSR"). IA32_MKTME_KEYID_PARTITIONING (0x87) exists only with
+    TME-MT active: IA32_TME_ACTIVATE (0x982) bit 1 and KeyID bits 35:32 non-zero (the kernel reads
+    it with rdmsrq_safe for that reason; tests/fixtures/host/kernel/README.md). The SGX debug MSR
+    0x503 is modelled as unreadable while SGX is off (no sgx CPU flag)."""
+    if reg == 0x87:
+        tme = m.get(0x982, 0)
+        return bool((tme >> 1) & 1) and bool((tme >> 32) & 0xF)
+    if reg == 0x503:
+        return "sgx" in cpu_flags(state)
+    return True
+
+
 def detach() -> bool:
     """Double-fork into a new session with stdio on /dev/null (so an SSH session that started us
     can end). Returns True in the detached grandchild, False in the caller."""
@@ -334,6 +355,31 @@ DCAP_PACKAGES = {
     "sgx-pck-id-retrieval-tool": (None, {}),
 }
 PCCS_DIR = Path("/opt/intel/sgx-dcap-pccs")
+
+# Packages whose tools the fakes provide (fakes/pkg/<package>/<tool>): the fake apt-get links them
+# into /usr/local/sbin on install, so `command -v rdmsr` finds nothing until msr-tools is installed.
+PACKAGE_TOOLS = {"msr-tools": ("rdmsr",), "pciutils": ("lspci",)}
+# Versions as Ubuntu 24.04 (noble) carries them, in Debian's version syntax (illustrative values).
+PACKAGE_VERSIONS = {
+    "msr-tools": "1.3-5build1",
+    "pciutils": "1:3.10.0-2build1",
+    "python3-pip": "24.0+dfsg-1ubuntu1.1",
+    "curl": "8.5.0-2ubuntu10.6",
+    "openssl": "3.0.13-0ubuntu3.5",
+}
+SBIN = Path("/usr/local/sbin")
+
+
+def link_package_tools(name: str, fakes_dir: Path, sbin: Path = SBIN) -> None:
+    for tool in PACKAGE_TOOLS.get(name, ()):
+        link = sbin / tool
+        link.unlink(missing_ok=True)
+        link.symlink_to(fakes_dir / "pkg" / name / tool)
+
+
+def unlink_package_tools(name: str, sbin: Path = SBIN) -> None:
+    for tool in PACKAGE_TOOLS.get(name, ()):
+        (sbin / tool).unlink(missing_ok=True)
 
 
 def installed(pkg: str, state: Path = STATE) -> bool:

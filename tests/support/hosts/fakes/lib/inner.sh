@@ -29,7 +29,7 @@ if [ -e /sys/devices/faux/tdx_host ]; then mount -t tmpfs -o size=4k,mode=0755 t
 # private to this host (seeded from BASE/ovl), so any filesystem under BASE works.
 mount -t tmpfs -o mode=0755,size=1g tdxfake-ovl "$BASE/ovl-live"
 cp -a "$BASE/ovl/." "$BASE/ovl-live/"
-for d in etc opt var/lib tmp root; do
+for d in etc opt var/lib tmp root usr/local/sbin; do  # usr/local/sbin: where the fake apt-get installs package tools
   n=${d//\//_}
   mount -t overlay "tdxfake-$n" -o "lowerdir=/$d,upperdir=$BASE/ovl-live/$n/upper,workdir=$BASE/ovl-live/$n/work" "/$d"
 done
