@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.catalog.host_tools import package_spec
-from components.catalog.pinfile import CatalogError, read_pin_file
+from components.catalog.pinfile import CatalogError, read_pin_file, require
 from components.paths import FIRMWARE_DIR
 
 
@@ -15,6 +16,15 @@ from components.paths import FIRMWARE_DIR
 class DcapPackages:
     packages: Mapping[str, str]  # role -> "name" or "name=version"
     services: Mapping[str, str]  # role -> systemd unit
+    apt: AptSource | None = None  # None: the host's own apt sources
+
+
+@dataclass(frozen=True)
+class AptSource:
+    uri: str
+    components: str
+    key_url: str
+    key_sha256: str  # "" when not pinned
 
 
 def dcap_packages(firmware_dir: Path = FIRMWARE_DIR) -> DcapPackages:
@@ -30,4 +40,16 @@ def dcap_packages(firmware_dir: Path = FIRMWARE_DIR) -> DcapPackages:
     for role in ("pccs", "qgs"):
         if role not in services:
             raise CatalogError(f"{path}: services.{role} is required")
-    return DcapPackages(packages=pkgs, services=services)
+    return DcapPackages(packages=pkgs, services=services, apt=_apt_source(data.get("aptSource"), path))
+
+
+def _apt_source(raw: object, path: Path) -> AptSource | None:
+    if raw is None or (isinstance(raw, Mapping) and not raw.get("uri")):
+        return None
+    uri = require(raw, "uri", path, r"https://[^\s'\"]+")
+    key_url = require(raw, "keyUrl", path, r"https://[^\s'\"]+")
+    components = require(raw, "components", path, r"[a-z0-9 -]+")
+    sha = str(raw.get("keySha256") or "") if isinstance(raw, Mapping) else ""
+    if sha and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise CatalogError(f"{path}: aptSource.keySha256 = {sha!r} is not a lower-case SHA-256")
+    return AptSource(uri=uri, components=components, key_url=key_url, key_sha256=sha)

@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from components.catalog.pinfile import read_pin_file
+from components.catalog.pinfile import CatalogError, read_pin_file
 from components.paths import FIRMWARE_DIR
 
+_VERSION = re.compile(r"(1\.5|2\.0)\.[0-9]{2}")
 
-def known_tdx_modules(firmware_dir: Path = FIRMWARE_DIR) -> tuple[str, ...]:
-    data = read_pin_file(firmware_dir / "tdx-module.yaml")
-    return tuple(sorted((data.get("releases") or {}).keys()))
+
+@dataclass(frozen=True)
+class TdxModuleRelease:
+    version: str  # major.minor.update, as the kernel prints it (1.5.16, 2.0.08)
+    series: str  # "1.5" (SPR, EMR, SRF) or "2.0" (GNR)
+    build_number: int | None  # known only where a source ties it to the version
+
+
+def tdx_module_releases(firmware_dir: Path = FIRMWARE_DIR) -> Mapping[str, TdxModuleRelease]:
+    path = firmware_dir / "tdx-module.yaml"
+    data = read_pin_file(path)
+    releases = data.get("releases")
+    if not isinstance(releases, Mapping) or not releases:
+        raise CatalogError(f"{path}: `releases` must map versions to {{series, buildNumber}}")
+    out: dict[str, TdxModuleRelease] = {}
+    for version, entry in releases.items():
+        version = str(version)
+        if not _VERSION.fullmatch(version):
+            raise CatalogError(
+                f"{path}: release {version!r} is not major.minor.update of the 1.5 or 2.0 series (1.5.16)"
+            )
+        if not isinstance(entry, Mapping) or entry.get("series") != version[:3]:
+            raise CatalogError(f"{path}: releases.{version}.series must be {version[:3]!r}")
+        build = entry.get("buildNumber")
+        if build is not None and (isinstance(build, bool) or not isinstance(build, int) or build <= 0):
+            raise CatalogError(f"{path}: releases.{version}.buildNumber must be a positive integer, got {build!r}")
+        out[version] = TdxModuleRelease(version=version, series=version[:3], build_number=build)
+    return out

@@ -95,6 +95,9 @@ class PlatformConfig:
     os: str
     extra_kernel_args: tuple[str, ...]
     tdx_module: str | None
+    # The pinned release's build number (firmware/tdx-module.yaml), where a source gives it: the
+    # only way to match the pin on kernels that log major.minor and a build number.
+    tdx_module_build: int | None = None
 
     @property
     def kernel_args(self) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ import yaml
 
 from components.catalog.bios import list_vendors
 from components.catalog.gpu import known_gpu_models
-from components.catalog.tdx_module import known_tdx_modules
+from components.catalog.tdx_module import tdx_module_releases
 from components.config.model import (
     GPU_MODES,
     HOST_NAME,
@@ -356,21 +356,25 @@ def _platform(r: Reader, value: Any, path: str, firmware_dir: Path) -> PlatformC
                 r.error(ap, f"`{arg}` would turn TDX off", "remove it; `kvm_intel.tdx=1` is always set")
             else:
                 extra.append(arg)
-    tdx_module = r.string(m.get("tdxModule"), join(path, "tdxModule"), "set a version such as 1.5.34")
+    tdx_module = r.string(m.get("tdxModule"), join(path, "tdxModule"), "set a version such as 1.5.16")
+    build: int | None = None
     if tdx_module is not None:
-        known = r.catalog(
+        releases = r.catalog(
             join(path, "tdxModule"),
-            lambda: known_tdx_modules(firmware_dir),
+            lambda: tdx_module_releases(firmware_dir),
             "firmware/tdx-module.yaml",
             "fix firmware/tdx-module.yaml",
         )
-        if known is not None and tdx_module not in known:
+        if releases is not None and tdx_module not in releases:
             r.error(
                 join(path, "tdxModule"),
                 f"`{tdx_module}` is not a pinned TDX module release",
-                f"use one of {', '.join(known)} or add the release to firmware/tdx-module.yaml",
+                f"use one of {', '.join(sorted(releases))} (1.5.x: Sapphire/Emerald Rapids, Sierra Forest; "
+                "2.0.x: Granite Rapids) or add the release to firmware/tdx-module.yaml",
             )
-    return PlatformConfig(os=os_name, extra_kernel_args=tuple(extra), tdx_module=tdx_module)
+        elif releases is not None:
+            build = releases[tdx_module].build_number
+    return PlatformConfig(os=os_name, extra_kernel_args=tuple(extra), tdx_module=tdx_module, tdx_module_build=build)
 
 
 def _dcap(r: Reader, value: Any, path: str) -> DcapConfig | None:

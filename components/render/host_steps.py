@@ -96,6 +96,7 @@ def kernel_params(platform: PlatformConfig, restore_on_destroy: bool = False) ->
     return {
         "TDX_KERNEL_ARGS": " ".join(platform.kernel_args),
         "TDX_MODULE_VERSION": platform.tdx_module or "",
+        "TDX_MODULE_BUILD": str(platform.tdx_module_build or ""),
         "TDX_RESTORE_ON_DESTROY": "true" if restore_on_destroy else "false",
     }
 
@@ -130,6 +131,10 @@ def dcap_params(dcap: DcapConfig, packages: DcapPackages) -> dict[str, str]:
         "TDX_PACKAGES": " ".join(packages.packages[r] for r in roles if r in packages.packages),
         "TDX_SERVICE_PCCS": packages.services["pccs"],
         "TDX_SERVICE_QGS": packages.services["qgs"],
+        "TDX_APT_URI": packages.apt.uri if packages.apt else "",
+        "TDX_APT_COMPONENTS": packages.apt.components if packages.apt else "",
+        "TDX_APT_KEY_URL": packages.apt.key_url if packages.apt else "",
+        "TDX_APT_KEY_SHA256": packages.apt.key_sha256 if packages.apt else "",
     }
 
 

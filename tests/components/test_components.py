@@ -141,7 +141,7 @@ def _stdin_digests(cfg) -> pulumi.Output[dict[str, str]]:
 
 @pulumi.runtime.test
 def test_changed_pin_reruns_exactly_the_affected_steps():
-    base = stack_config(tdxModule="1.5.34")
+    base = stack_config(tdxModule="1.5.16")
     pinned = stack_config(tdxModule="1.5.20")
     gpu_changed = replace(
         base, hosts=(replace(base.hosts[0], gpu=replace(base.hosts[0].gpu, mode="devtools")), *base.hosts[1:])
@@ -161,7 +161,7 @@ def test_facts_output_summarises_observed_values():
 
     def check(facts):
         assert facts["ready"] is True
-        assert facts["tdxModuleVersion"] == "1.5.34" and facts["biosVersion"] == "2.7.1"
+        assert facts["tdxModuleVersion"] == "1.5.16" and facts["biosVersion"] == "2.7.1"
         assert facts["gpus"] == [{"bdf": "0000:b8:00.0", "vbios": "96.00.9F.00.01", "ccMode": "on", "ppcieMode": "off"}]
         assert facts["teeIo"] is False and facts["productionSilicon"] is True
         for secret in SECRETS.values():

@@ -197,7 +197,7 @@ def _own_promotable(monkeypatch) -> dict:
     monkeypatch.setenv("TDX_VLLM_ARTIFACT_DIR", str(ARTIFACTS))
     # as the program computes them for a stack without a workload: the guest image's files may be absent
     pins = expected_pins(DEFAULT_MANIFEST, ARTIFACTS, require_guest=False)
-    return promotable_pins(pins, *gpu_pins_for(["h100-sxm"]), "1.5.34")
+    return promotable_pins(pins, *gpu_pins_for(["h100-sxm"]), "1.5.16")
 
 
 def test_program_with_attested_pins_builds_the_hosts(monkeypatch):
@@ -216,7 +216,7 @@ def test_program_refuses_before_any_host_step(monkeypatch):
         Exception,
         match=r"promotion refused: 1 pin of prod-mock differs .*\n  - tdxModule: "
         r"organization/tdx-vllm/staging attested 1\.5\.20, prod-mock would deploy "
-        r"1\.5\.34",
+        r"1\.5\.16",
     ) as info:
         _run_program(monkeypatch, {"promotable": staging}, created)
     assert "fix: deploy and verify these pins in staging first" in str(info.value)

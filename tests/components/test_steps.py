@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from components.render.steps import DELETE_COMMAND, SCRIPTS_DIR, STEP_COMMAND, Step, render
+from tests.support.paths import HOST
 
 sys.path.insert(0, str(SCRIPTS_DIR))
 import vbios_version  # type: ignore[import-not-found]  # a host script, importable via SCRIPTS_DIR above
@@ -239,3 +240,91 @@ def test_json_config_updates_in_place_and_keeps_secrets_off_argv(tmp_path):
     assert json_config("secret-matches", str(f), "ApiKey", "K", env={"K": "abc"}).returncode == 0
     res = json_config("secret-matches", str(f), "ApiKey", "K", env={"K": "abd"})
     assert res.returncode == 1 and "abc" not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("sample", ["pccs-default.json", "pccs-default-1.25.json", "pccs-default-2024.json"])
+def test_json_config_reads_every_shipped_pccs_config_and_keeps_its_owner_and_mode(tmp_path, sample):
+    """PCCS's default.json (DCAP 1.25+: a `//`-commented block after `},`, so a trailing comma once the
+    comments go) is a dpkg conffile owned pccs:pccs 0640; pccs.service (User=pccs) must still read it."""
+    f = tmp_path / "default.json"
+    f.write_bytes((HOST / "dcap" / sample).read_bytes())
+    f.chmod(0o640)
+    os.chown(f, 4242, 4243)  # the tests run as root (CI does); a stand-in for pccs:pccs
+    assert json_config("get", str(f), "HTTPS_PORT").stdout.strip() == "8081"
+    assert json_config("set", str(f), 'hosts="127.0.0.1"', "HTTPS_PORT=8443").returncode == 0
+    st = f.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (4242, 4243, 0o640)
+    assert json.loads(f.read_text())["HTTPS_PORT"] == 8443
+
+
+def test_json_config_reads_the_qcnl_template_and_refuses_what_is_not_a_config(tmp_path):
+    f = tmp_path / "sgx_default_qcnl.conf"
+    f.write_bytes((HOST / "dcap" / "sgx_default_qcnl.conf").read_bytes())
+    assert json_config("get", str(f), "use_secure_cert").stdout.strip() == "true"
+    f.write_text("[1, 2]")
+    res = json_config("get", str(f), "x")
+    assert res.returncode == 4 and "the top level is not a JSON object" in res.stderr
+    f.write_bytes(b" " * (2 << 20))
+    assert "more than a DCAP config ever has" in json_config("get", str(f), "x").stderr
+
+
+# ---- the kernel step's reading of real kernel logs (tests/fixtures/host/kernel) ------------------
+
+
+def kernel_fn(call: str, log_file: str, **env: str) -> str:
+    """Run one function of kernel.sh (with lib.sh) on the TDX lines of a recorded kernel log."""
+    script = (
+        (SCRIPTS_DIR / "lib.sh").read_text()
+        + (SCRIPTS_DIR / "kernel.sh").read_text()
+        + f'log=$(grep -E \'(^|[] ])(virt/)?tdx: \' "$LOG" || true)\n{call} "$log"\n'
+    )
+    res = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOG": str(HOST / "kernel" / log_file), "TDX_STEP": "kernel", **env},
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+@pytest.mark.parametrize(
+    "log,pin,build,version",
+    [
+        ("mainline-module-version.dmesg", "1.5.16", "", "1.5.16"),  # Linux >= 7.1: "Module version: 1.5.16"
+        ("ubuntu-25.10-module-build-number.dmesg", "1.5.06", "744", "1.5.06"),  # "TDX module 1.5.06.00, ..."
+        ("ubuntu-6.8-major-version.dmesg", "1.5.06", "744", "1.5 build 784"),  # no update version, build differs
+        ("mainline-6.16-7.0-module-initialized.dmesg", "1.5.16", "", ""),  # no version line at all
+    ],
+)
+def test_the_module_version_is_read_from_every_kernel_format(log, pin, build, version):
+    assert kernel_fn("tdx_module_version", log, TDX_MODULE_VERSION=pin, TDX_MODULE_BUILD=build) == version
+
+
+def test_an_old_kernel_matches_the_pin_through_its_build_number(tmp_path):
+    sample = (HOST / "kernel/ubuntu-6.8-major-version.dmesg").read_text().replace("build_num 784", "build_num 744")
+    (tmp_path / "k.dmesg").write_text(sample)
+    script = (SCRIPTS_DIR / "lib.sh").read_text() + (SCRIPTS_DIR / "kernel.sh").read_text()
+    res = subprocess.run(
+        ["bash", "-c", script + 'tdx_module_version "$(cat "$LOG")"'],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOG": str(tmp_path / "k.dmesg"), "TDX_MODULE_VERSION": "1.5.06", "TDX_MODULE_BUILD": "744"},
+    )
+    assert res.stdout == "1.5.06", res.stderr
+
+
+@pytest.mark.parametrize(
+    "log,fix",
+    [
+        ("rbp-clobber.dmesg", "upgrade the TDX module (BIOS update, or a newer TDX-SEAM.so)"),
+        ("mainline-7.1-init-failed.dmesg", "update the BIOS/TDX module"),
+        ("too-few-keyids.dmesg", "key split"),
+        ("hibernation-enabled.dmesg", "nohibernate"),
+        ("module-not-loaded.dmesg", "SEAM Loader"),
+        ("tdx-disabled-in-bios.dmesg", "enable TDX, TME-MT and the key split in BIOS"),
+        ("ubuntu-6.8-bios-only-no-init.dmesg", "kvm_intel.tdx=1"),
+    ],
+)
+def test_each_recorded_tdx_failure_gets_its_own_fix(log, fix):
+    assert fix in kernel_fn("tdx_diagnosis", log)

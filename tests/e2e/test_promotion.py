@@ -67,7 +67,7 @@ def test_staging_up_exports_its_pins_as_promotable(promo) -> None:
     out = eng.outputs("staging")
     assert out["ready"] is True
     p = out["promotable"]
-    assert p["schema"] == 1 and p["tdxModule"] == "1.5.34"
+    assert p["schema"] == 1 and p["tdxModule"] == "1.5.16"
     assert p["td"]["mrtd"] == out["pins"]["mrtd"] and p["td"]["tdAttributes"] == out["pins"]["tdAttributes"]
     assert p["artifacts"]["firmware"] == out["pins"]["artifacts"]["firmware"]["sha256"]
     assert p["gpu"] == {"h100-sxm": {"vbios": H.H100_VBIOS, "driver": p["gpu"]["h100-sxm"]["driver"]}}
@@ -112,7 +112,7 @@ def test_prod_with_other_pins_is_refused_naming_each_field(promo) -> None:
                 text,
             ), text[-6000:]
             assert re.search(
-                rf"tdxModule: {FROM_STACK} attested 1\.5\.34, prod would deploy {re.escape(OTHER_MODULE)}", text
+                rf"tdxModule: {FROM_STACK} attested 1\.5\.16, prod would deploy {re.escape(OTHER_MODULE)}", text
             ), text[-6000:]
             assert "fix: deploy and verify these pins in staging first" in text
             assert "Traceback" not in text
@@ -121,7 +121,7 @@ def test_prod_with_other_pins_is_refused_naming_each_field(promo) -> None:
         assert eng.outputs("prod")["hosts"][PROD_HOST]["ready"] is True
     finally:
         eng.env["TDX_VLLM_FIRMWARE_DIR"] = saved
-        eng.config_set("prod", {"platform.tdxModule": "1.5.34"})
+        eng.config_set("prod", {"platform.tdxModule": "1.5.16"})
     eng.pulumi("preview", "--expect-no-changes", stack="prod")
 
 

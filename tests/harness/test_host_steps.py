@@ -81,7 +81,7 @@ def bios_params() -> dict:
 
 
 def kernel_params() -> dict:
-    return component_kernel_params(PlatformConfig(os="ubuntu-26.04", extra_kernel_args=(), tdx_module="1.5.34"))
+    return component_kernel_params(PlatformConfig(os="ubuntu-26.04", extra_kernel_args=(), tdx_module="1.5.16"))
 
 
 def gpu_params(host, **over) -> dict:
@@ -188,7 +188,7 @@ def test_preflight_reports_the_ready_host(hosts):
     assert f["ok"] is True and f["changed"] is False
     assert f["cpu_generation"] == "Emerald Rapids" and f["tdx_host_platform"] is True
     assert f["production_silicon"] is True and f["microcode"] == "0x21000283"
-    assert f["os"] == "ubuntu-24.04" and f["kernel"] == "6.8.0-1028-intel"
+    assert f["os"] == "ubuntu-24.04" and f["kernel"] == "7.1.0-generic"
     assert f["gpus"] == [{"bdf": "0000:b8:00.0", "device_id": "2330"}]
     assert f["boot_id"] == h.boot_id()
     assert f["tee_io"]["enabled"] is False and f["tee_io"]["pci_tsm"] is False
@@ -291,7 +291,7 @@ def test_kernel_reboot_then_wait_sees_the_new_boot_with_tdx(hosts):
     assert wait.dials > 1 and all("refused" in e for e in wait.dial_errors)  # the old boot never answered
     f = wait.facts
     assert f["ok"] is True and f["boot_id"] != old_boot and f["boot_id"] == h.boot_id()
-    assert f["kvm_intel_tdx"] == "Y" and f["tdx_module_version"] == "1.5.34"
+    assert f["kvm_intel_tdx"] == "Y" and f["tdx_module_version"] == "1.5.16"
     assert f["cmdline"].endswith(KERNEL_ARGS)
     assert h.state()["reboots"] == reboots + 1
 
@@ -326,10 +326,41 @@ def test_kernel_wait_fails_with_the_tdx_diagnosis_when_bios_lacks_tdx(hosts):
     assert err.facts["boot_id"] != old_boot and err.facts["kvm_intel_tdx"] == "N"
     lines = error_lines(err)
     assert all("fix: " in ln for ln in lines)
-    diagnosis = "fix: enable the BIOS SEAM Loader and power-cycle; if it persists, update the BIOS (SEAMRR lock)"
+    # Linux 7.1's own line for a BIOS without TME-MT (tests/fixtures/host/kernel/tdx-disabled-in-bios.dmesg)
+    diagnosis = "fix: enable TDX, TME-MT and the key split in BIOS"
     assert any("KVM's TDX support is off" in ln and diagnosis in ln for ln in lines), "\n".join(lines)
-    assert any("the TDX module is not initialised" in ln and "virt/tdx: module not loaded" in ln for ln in lines)
+    assert any(
+        "the TDX module is not initialised" in ln and "virt/tdx: TDX not supported by the host platform" in ln
+        for ln in lines
+    )
     assert any("differs from the pin" in ln and "seen unknown" in ln for ln in lines)
+
+
+def test_kernel_wait_names_the_module_upgrade_when_the_kernel_refuses_it(hosts):
+    """The module has the RBP clobber bug: Linux 7.1 logs its version, then refuses it."""
+    h = hosts["pre_production"]  # used only by a preflight test
+    h.set_profile(tdx_failure_log="rbp-clobber.dmesg")
+    run(h, KERNEL, kernel_params())
+    reboot = run(h, KERNEL, {**kernel_params(), **FAST_BOOT}, "reboot")
+    with pytest.raises(CommandFailed) as info:
+        run(
+            h,
+            KERNEL,
+            {
+                **kernel_params(),
+                **FAST_BOOT,
+                "TDX_PREV_BOOT_ID": reboot.facts["boot_id"],
+                "TDX_REBOOTING": "true",
+                "TDX_WAIT_TIMEOUT": "1",
+            },
+            "wait",
+            dial_error_limit=-1,
+        )
+    lines = error_lines(info.value)
+    assert info.value.facts["tdx_module_version"] == "1.5.00"
+    assert any("not initialised" in ln and "upgrade the TDX module" in ln for ln in lines), "\n".join(lines)
+    assert any("differs from the pin" in ln and "expected 1.5.16, seen 1.5.00" in ln for ln in lines)
+    h.set_profile(tdx_failure_log=None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -461,10 +492,81 @@ def test_dcap_installs_configures_registers_then_nothing_to_apply(hosts):
     assert h.read_json("pccs.json")["platforms"]  # PCKIDRetrievalTool reached PCCS with the right token
     assert re.search(r"^port = 4050$", h.host_path("/etc/qgs.conf").read_text(), re.M)
 
+    # What the package's non-interactive post-install skipped, done by the step: Intel's repository
+    # first (apt-get update before install), npm install as pccs, the TLS pair, the owner pccs.service needs.
+    apt = [c["argv"][0] for c in h.calls("apt-get")]
+    assert apt.index("update") < apt.index("install"), apt
+    assert "sgx_repo/ubuntu noble main" in h.host_path("/etc/apt/sources.list.d/tdxgpu-intel-sgx.list").read_text()
+    assert "PCCS post-install configuration has been SKIPPED" in first.stderr
+    pccs_uid = next(
+        int(ln.split(":")[2]) for ln in h.host_path("/etc/passwd").read_text().splitlines() if ln.startswith("pccs:")
+    )
+    [npm] = h.calls("npm")
+    assert npm["argv"][0] == "install" and f"uid={pccs_uid}" in npm["argv"], npm
+    pccs_dir = h.host_path("/opt/intel/sgx-dcap-pccs")
+    for name, mode in (("config/default.json", 0o640), ("ssl_key/private.pem", 0o600)):
+        st = (pccs_dir / name).stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (pccs_uid, mode), name
+    assert f["pccs_config_owner"] == "pccs:pccs 640"
+    log = (h.state_dir / "pccs.log").read_text().splitlines()
+    assert "Cannot find package 'express'" in log[0]  # the package's own start, before the step configured it
+    running = max(i for i, ln in enumerate(log) if ln == "HTTPS Server is running on: https://localhost:8081")
+    assert not [ln for ln in log[running:] if "[error]" in ln], log
+
     installs = len(h.calls("apt-get"))
     second = run(h, DCAP, params)
     assert second.facts["changed"] is False and len(h.calls("apt-get")) == installs
     assert secret not in second.stdout + second.stderr
+
+
+def dcap_params(registration: str = "mpa") -> dict:
+    dcap = DcapConfig(
+        pccs_api_key=Secret("pcs-api-key-5f3c9a"),
+        registration=registration,
+        pccs_port=8081,
+        qgs_port=4050,
+        pccs_url=None,
+        use_secure_cert=False,
+    )
+    return {**component_dcap_params(dcap, dcap_packages()), "TDX_PCCS_API_KEY": "pcs-api-key-5f3c9a"}
+
+
+def test_dcap_reads_a_completed_mpa_registration_as_registered(hosts):
+    """mpa_manage exits 1 when the registration completed (its exit status is the status)."""
+    h = hosts["gpu_wrong_mode"]
+    first = run(h, DCAP, dcap_params("mpa"))
+    assert first.facts["registration_status"] == "registered", first.stderr
+    restarts = h.read_json("services.json")["mpa_registration_tool"]["restarts"]
+    assert run(h, DCAP, dcap_params("mpa")).facts["changed"] is False
+    assert h.read_json("services.json")["mpa_registration_tool"]["restarts"] == restarts
+
+
+def test_dcap_names_nodejs_when_the_os_cannot_meet_pccs(hosts):
+    """DCAP 1.27's sgx-dcap-pccs Depends: nodejs (>= 22.13.0); Ubuntu 24.04 has 18.19."""
+    h = hosts["nvidia_loaded"]
+    h.set_profile(pccs_node_min="22.13.0")
+    try:
+        err = fails(h, DCAP, dcap_params())
+    finally:
+        h.set_profile(pccs_node_min="18.17.0")
+    [line] = error_lines(err)
+    assert "cannot install DCAP packages" in line
+    assert "Depends: nodejs (>= 22.13.0) but 18.19.1+dfsg-6ubuntu5 is to be installed" in line
+    assert "fix: sgx-dcap-pccs needs a newer Node.js than this OS offers" in line
+
+
+def test_dcap_refuses_when_pckidretrievaltool_printed_an_error_and_exited_0(hosts):
+    h = hosts["wrong_vbios"]
+    h.set_profile(pckid_network_error=True)
+    try:
+        err = fails(h, DCAP, dcap_params("pckid"))
+    finally:
+        h.set_profile(pckid_network_error=False)
+    [line] = error_lines(err)
+    assert "PCKIDRetrievalTool did not register the platform" in line
+    assert "seen Error: network error, please check the network setting" in line
+    assert "fix: PCCS did not answer PCKIDRetrievalTool" in line
+    assert not h.host_path("/var/lib/tdxgpu/pckid-registered").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,3 +11,4 @@ QUOTES = FIXTURES / "tdx-quotes"  # real TDX quotes, Intel-signed collateral, CC
 MEASUREMENTS = FIXTURES / "measurements"  # Debian OVMF builds, event logs, published vectors
 ARTIFACTS = MEASUREMENTS / "firmware"  # the TD boot artifact directory of the tests (Debian OVMF builds)
 GPU_EVIDENCE = FIXTURES / "gpu-evidence"  # NVIDIA Hopper attestation reports and chains
+HOST = FIXTURES / "host"  # what real hosts print and ship: kernel logs, DCAP files, BIOS rules, GPU tools

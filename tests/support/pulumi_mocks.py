@@ -38,7 +38,7 @@ class Mocks(pulumi.runtime.Mocks):
                     tee_io={"enabled": False},
                 )
             if args.name.endswith("-kernel-wait"):
-                facts.update(cmdline="ro nohibernate kvm_intel.tdx=1", tdx_module_version="1.5.34")
+                facts.update(cmdline="ro nohibernate kvm_intel.tdx=1", tdx_module_version="1.5.16")
             if args.name.endswith("-gpu-mode"):
                 facts.update(
                     gpus=[{"bdf": "0000:b8:00.0", "vbios": "96.00.9F.00.01", "cc_mode": "on", "ppcie_mode": "off"}],

@@ -28,7 +28,7 @@ FPR = "3f1a9c5e007b2d4491c60e8ab35712f06d29ce814ab5700ce913662fd8a45b07"
 
 def good() -> dict:
     return {
-        "platform": {"os": "ubuntu-26.04", "extraKernelArgs": ["modprobe.blacklist=nouveau"], "tdxModule": "1.5.34"},
+        "platform": {"os": "ubuntu-26.04", "extraKernelArgs": ["modprobe.blacklist=nouveau"], "tdxModule": "1.5.16"},
         "gpu": {"model": "h100-sxm", "count": 1, "mode": "on"},
         "dcap": {"pccsApiKey": ENCRYPTED, "registration": "mpa"},
         "hosts": [

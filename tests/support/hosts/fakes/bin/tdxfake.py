@@ -130,32 +130,47 @@ def grub_cmdline(state: Path = STATE, etc: Path = Path("/etc")) -> str:
     return " ".join([prefix, *out.split()]).strip()
 
 
-def tdx_boot(m: dict[int, int], cmdline: str, profile: dict) -> tuple[bool, list[str]]:
-    """(TDX initialised?, the kernel's virt/tdx lines) for these MSRs and command line."""
-    seamrr = (m.get(0x1401, 0) >> 11) & 1
-    part = m.get(0x87, 0)
-    tdx_keys, mktme_keys = part >> 32, part & 0xFFFFFFFF
-    lines: list[str] = []
-    if seamrr and 0 < tdx_keys < 2:
-        lines.append(f"virt/tdx: initialization failed: too few private KeyIDs available ({tdx_keys}).")
-    elif seamrr and tdx_keys >= 2:
-        lines.append(f"virt/tdx: BIOS enabled: private KeyID range [{mktme_keys + 1}, {mktme_keys + 1 + tdx_keys})")
-        lines.append("virt/tdx: Disable ACPI S3. Turn off TDX in the BIOS to use ACPI S3.")
-    if "kvm_intel.tdx=1" not in cmdline.split():
-        return False, lines
-    if not seamrr:
-        lines.append(profile.get("tdx_failure_line") or "virt/tdx: module not loaded")
-        return False, lines
+# The successful TDX boot each kernel generation logs (tests/fixtures/host/kernel/README.md).
+KERNEL_LOGS = {
+    "mainline-7.1": "mainline-module-version.dmesg",  # Module version: 1.5.16 ... TDX-Module initialized
+    "mainline-7.0": "mainline-6.16-7.0-module-initialized.dmesg",  # no version line
+    "ubuntu-25.10": "ubuntu-25.10-module-build-number.dmesg",  # TDX module 1.5.06.00, build number 744
+    "ubuntu-6.8": "ubuntu-6.8-major-version.dmesg",  # major_version 1, minor_version 5, ... build_num 784
+}
+
+
+def fixture_log(name: str, state: Path = STATE) -> list[str]:
+    """The kernel lines of a recorded or upstream-format sample, without its timestamps and its
+    own command line (the boot writes the one GRUB generated)."""
+    lines = (fixtures(state) / "kernel" / name).read_text().splitlines()
+    body = [ln.split("] ", 1)[1] if ln.startswith("[") else ln for ln in lines]
+    return [ln for ln in body if not ln.startswith(("Command line:", "Kernel command line:"))]
+
+
+def tdx_boot(m: dict[int, int], cmdline: str, profile: dict, state: Path = STATE) -> tuple[bool, list[str]]:
+    """(KVM's TDX on?, the kernel's TDX lines) for these MSRs and command line, from the samples.
+    Linux >= 7.1 initialises the module at boot whatever kvm_intel says; older kernels only when
+    kvm_intel loads with tdx=1, and print just the BIOS lines otherwise."""
+    args = cmdline.split()
+    tme = m.get(0x982, 0)
+    tme_mt = bool((tme >> 1) & 1) and bool((tme >> 32) & 0xF)
+    seamrr = bool((m.get(0x1401, 0) >> 11) & 1)
+    tdx_keys = (m.get(0x87, 0) >> 32) if tme_mt else 0
+    flavour = profile.get("kernel_flavour", "mainline-7.1")
+    early = flavour == "mainline-7.1"
+    if not tme_mt or (not seamrr and tdx_keys == 0):
+        return False, fixture_log("tdx-disabled-in-bios.dmesg", state) if early else []
     if tdx_keys < 2:
-        return False, lines
-    mod = profile.get("tdx_module", {})
-    lines.append(
-        f"virt/tdx: TDX module {mod.get('version', '1.5.34')}, build number {mod.get('build', 1024)}, "
-        f"build date {mod.get('date', '20260330')}"
-    )
-    lines.append("virt/tdx: 262668 KB allocated for PAMT")
-    lines.append("virt/tdx: module initialized")
-    return True, lines
+        return False, fixture_log("too-few-keyids.dmesg", state)
+    if "kvm_intel.tdx=1" not in args and not early:
+        return False, fixture_log("ubuntu-6.8-bios-only-no-init.dmesg", state)
+    if not seamrr:
+        return False, fixture_log("module-not-loaded.dmesg", state)
+    if "nohibernate" not in args:
+        return False, fixture_log("hibernation-enabled.dmesg", state)
+    if profile.get("tdx_failure_log"):
+        return False, fixture_log(profile["tdx_failure_log"], state)
+    return "kvm_intel.tdx=1" in args, fixture_log(KERNEL_LOGS[flavour], state)
 
 
 def boot(state: Path = STATE) -> dict:
@@ -164,36 +179,19 @@ def boot(state: Path = STATE) -> dict:
     profile = load("profile.json", {}, state)
     grub = load("grub.json", {}, state)
     cmdline = grub.get("next_cmdline") or load("profile.json", {}, state).get("grub_prefix", "")
-    ok, tdx_lines = tdx_boot(msrs(state), cmdline, profile)
+    ok, tdx_lines = tdx_boot(msrs(state), cmdline, profile, state)
     boot_id = str(uuid.uuid4())
     write_inplace(state / "boot/boot_id", boot_id + "\n")
     write_inplace(state / "boot/cmdline", cmdline + "\n")
     param = state / "sysfs/module/kvm_intel/parameters"
     param.mkdir(parents=True, exist_ok=True)
     (param / "tdx").write_text("Y\n" if ok else "N\n")
-    fw = state / "sysfs/firmware/tdx/tdx_module"
-    if ok:
-        fw.mkdir(parents=True, exist_ok=True)
-        mod = profile.get("tdx_module", {})
-        major, minor, *_ = (mod.get("version", "1.5.34") + ".0.0").split(".")
-        for k, v in {
-            "status": "initialized",
-            "major_version": major,
-            "minor_version": minor,
-            "build_num": str(mod.get("build", 1024)),
-            "build_date": str(mod.get("date", "20260330")),
-        }.items():
-            (fw / k).write_text(v + "\n")
-    else:
-        for f in fw.glob("*") if fw.exists() else ():
-            f.unlink()
-    release = profile.get("kernel_release", "6.8.0-1028-intel")
+    release = profile.get("kernel_release", "7.1.0-generic")
     log = [
         f"Linux version {release} (buildd@lcy02-amd64-001) (gcc 13.3.0) #28-Ubuntu SMP PREEMPT_DYNAMIC",
         f"Command line: {cmdline}",
-        *tdx_lines[:2],
         "DMAR: IOMMU enabled" if "intel_iommu=on" in cmdline.split() else "DMAR: IOMMU disabled",
-        *tdx_lines[2:],
+        *tdx_lines,
     ]
     (state / "dmesg.log").write_text("".join(f"[{i * 0.731:12.6f}] {line}\n" for i, line in enumerate(log)))
     save("modules.json", {"msr": False}, state)
@@ -308,52 +306,24 @@ def schedule_reboot(delay: float, state: Path = STATE) -> None:
 # Intel DCAP: packages, units, the PCCS stand-in
 
 
-DEFAULT_PCCS_CONFIG = {
-    "HTTPS_PORT": 8081,
-    "hosts": "127.0.0.1",
-    "uri": "https://api.trustedservices.intel.com/sgx/certification/v4/",
-    "ApiKey": "",
-    "proxy": "",
-    "RefreshSchedule": "0 0 1 * * *",
-    "UserTokenHash": "",
-    "AdminTokenHash": "",
-    "CachingFillMode": "LAZY",
-    "OPENSSL_FIPS_MODE": False,
-    "LogLevel": "info",
-    "DB_CONFIG": "sqlite",
-    "sqlite": {
-        "database": "database",
-        "username": "username",
-        "password": "password",
-        "options": {"host": "localhost", "dialect": "sqlite", "storage": "pckcache.db"},
-    },
-}
-DEFAULT_QCNL = """//
-// Intel(R) SGX/TDX QPL configuration (JSON; lines starting with // are comments)
-//
-{
-  "pccs_url": "https://localhost:8081/sgx/certification/v4/",
-  "use_secure_cert": true,
-  "collateral_service": "https://api.trustedservices.intel.com/sgx/certification/v4/",
-  "retry_times": 6,
-  "retry_delay": 10,
-  "pck_cache_expire_hours": 168,
-  "verify_collateral_cache_expire_hours": 168,
-  "local_cache_only": false
-}
-"""
-# package -> (systemd unit or None, {path: content}) as the Debian packages install them
+# Files the DCAP packages install, verbatim from upstream (tests/fixtures/host/dcap/README.md).
+# default.json is the January 2026 one: a `//`-commented block after `},` (trailing comma).
+def fixtures(state: Path = STATE) -> Path:
+    """tests/fixtures/host (inside a host this file's own path is the /usr/local/bin overlay)."""
+    return Path(load("profile.json", {}, state)["fakes_dir"]).parents[2] / "fixtures/host"
+
+
+# package -> (systemd unit or None, {path: fixture file}) as the Debian packages install them
 DCAP_PACKAGES = {
-    "sgx-dcap-pccs": (
-        "pccs",
-        {"/opt/intel/sgx-dcap-pccs/config/default.json": json.dumps(DEFAULT_PCCS_CONFIG, indent=4) + "\n"},
-    ),
-    "tdx-qgs": ("qgsd", {"/etc/qgs.conf": "port = 4050\nnumber_threads = 4\n"}),
-    "libsgx-dcap-default-qpl": (None, {"/etc/sgx_default_qcnl.conf": DEFAULT_QCNL}),
+    "sgx-dcap-pccs": ("pccs", {"/opt/intel/sgx-dcap-pccs/config/default.json": "pccs-default-1.25.json"}),
+    "tdx-qgs": ("qgsd", {"/etc/qgs.conf": "qgs.conf"}),
+    "libsgx-dcap-default-qpl": (None, {"/etc/sgx_default_qcnl.conf": "sgx_default_qcnl.conf"}),
     "libsgx-dcap-ql": (None, {}),
     "sgx-ra-service": ("mpa_registration_tool", {}),
     "sgx-pck-id-retrieval-tool": (None, {}),
 }
+# Packages only Intel's SGX apt repository (or canonical's PPA) carries: stock Ubuntu has none.
+INTEL_REPO_MARK = "sgx_repo"
 PCCS_DIR = Path("/opt/intel/sgx-dcap-pccs")
 
 # Packages whose tools the fakes provide (fakes/pkg/<package>/<tool>): the fake apt-get links them
@@ -394,9 +364,57 @@ def pccs_pid(state: Path = STATE) -> int | None:
     return pid if alive(pid) else None
 
 
+def pccs_startup_error(pccs_dir: Path = PCCS_DIR) -> str | None:
+    """Why the real PCCS (node pccs_server.js as User=pccs) would exit at start, in its own words,
+    or None. Sources: tests/fixtures/host/dcap/postinst-notes.md (pccs_server.js, node-config)."""
+    config = pccs_dir / "config/default.json"
+    try:
+        st = config.stat()
+    except FileNotFoundError:
+        return f"Config file {config} cannot be read. Error code is: ENOENT"
+    uid = _user_id("pccs")
+    readable = (
+        (st.st_uid == uid and st.st_mode & 0o400)
+        or (st.st_gid == _group_id("pccs") and st.st_mode & 0o040)
+        or (st.st_mode & 0o004)
+    )
+    if not readable:
+        return (
+            f"Config file {config} cannot be read. Error code is: EACCES. "
+            f"Error message is: EACCES: permission denied, open '{config}'"
+        )
+    if not (pccs_dir / "node_modules").is_dir():
+        return f"Error [ERR_MODULE_NOT_FOUND]: Cannot find package 'express' imported from {pccs_dir}/pccs_server.js"
+    if not ((pccs_dir / "ssl_key/private.pem").is_file() and (pccs_dir / "ssl_key/file.crt").is_file()):
+        return "The private key or certificate for HTTPS server is missing."
+    return None
+
+
+def _user_id(name: str) -> int:
+    for line in Path("/etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    return -1
+
+
+def _group_id(name: str) -> int:
+    for line in Path("/etc/group").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == name:
+            return int(fields[2])
+    return -1
+
+
 def start_pccs(state: Path = STATE) -> bool:
-    """Start the PCCS stand-in (tdxfake-pccs, HTTPS) detached; True once it listens."""
+    """Start the PCCS stand-in (tdxfake-pccs, HTTPS) detached; True once it listens. False, with
+    the real server's message in pccs.log, when the real one would exit at start."""
     stop_pccs(state)
+    problem = pccs_startup_error()
+    if problem:
+        with open(state / "pccs.log", "a") as log:
+            log.write(f"[error]: {problem}\n")
+        return False
     ready = state / "run/pccs.ready"
     ready.unlink(missing_ok=True)
     proc = subprocess.Popen(
