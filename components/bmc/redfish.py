@@ -59,13 +59,16 @@ LOG = logging.getLogger("components.bmc.redfish")
 ENV_USERNAME = "TDXGPU_BMC_USERNAME"
 ENV_PASSWORD = "TDXGPU_BMC_PASSWORD"
 
-# Reset types in order of preference when the system is on. A forced restart is what the research
-# scripts use. Some BMCs only offer a power cycle, which also satisfies the SEAM loader.
+# Reset types in order of preference when the system is on. The SEAM loader may need a full power
+# cycle, not a warm reset (dmc5179/redfish-configure-tdx-bios README; its scripts and Dell's tooling
+# use PowerCycle), so a BMC that offers one gets it.
 _RESTART_PREFERENCE = (
-    sushy.ResetType.FORCE_RESTART,
     sushy.ResetType.POWER_CYCLE,
+    sushy.ResetType.FORCE_RESTART,
     sushy.ResetType.GRACEFUL_RESTART,
 )
+
+REGISTRATIONS = ("mpa", "pckid", "none")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,9 +283,9 @@ def _registry_entries(bios: Any, conn: _Conn) -> list[Mapping[str, Any]] | None:
     return [e for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else None
 
 
-def _load_phase(vendor: str, phase: int, firmware_dir: Path | str) -> tuple[BiosSetting, ...]:
+def _load_phase(vendor: str, phase: int, firmware_dir: Path | str, registration: str) -> tuple[BiosSetting, ...]:
     try:
-        return load_vendor_table(vendor, firmware_dir).phase(phase)
+        return load_vendor_table(vendor, firmware_dir).phase(phase, registration)
     except CatalogError as exc:
         raise BiosError(str(exc)) from None
 
@@ -309,6 +312,26 @@ def _read(
         raise BiosError(f"BMC {conn.url} system {system.path}: {exc}") from None
     desired = {r.attribute: r.value for r in resolved}
     return _Snapshot(system, bios, resolved, desired, current)
+
+
+def _read_until_found(
+    root: sushy.Sushy,
+    conn: _Conn,
+    vendor: str,
+    settings: Sequence[BiosSetting],
+    system_path: str | None,
+    retries: int,
+    poll_s: float,
+) -> _Snapshot:
+    for attempt in range(retries + 1):
+        try:
+            return _read(root, conn, vendor, settings, system_path)
+        except BiosError as exc:
+            if "not found" not in str(exc) or attempt == retries:
+                raise
+            LOG.info("BMC %s: a BIOS setting is not listed yet; reading the BIOS again in %g s", conn.url, poll_s)
+            time.sleep(poll_s)
+    raise AssertionError("unreachable")
 
 
 def _result(
@@ -355,9 +378,10 @@ def check_phase(
     config_key: str = "hosts[i].bmc",
     request_timeout_s: float = 60.0,
     retry_delay_s: float = 3.0,
+    registration: str = "mpa",
 ) -> BiosPhaseResult:
     """Read-only: resolve the phase against the BIOS and report what apply_phase would change."""
-    settings = _load_phase(vendor, phase, firmware_dir)
+    settings = _load_phase(vendor, phase, firmware_dir, registration)
     with _connect(
         endpoint,
         username,
@@ -401,9 +425,15 @@ def apply_phase(
     config_key: str = "hosts[i].bmc",
     request_timeout_s: float = 60.0,
     retry_delay_s: float = 3.0,
+    registration: str = "mpa",
+    missing_retries: int = 3,
 ) -> BiosPhaseResult:
-    """PATCH what differs, reset, and wait until the BIOS reports every value. Idempotent."""
-    settings = _load_phase(vendor, phase, firmware_dir)
+    """PATCH what differs, reset, and wait until the BIOS reports every value. Idempotent.
+
+    A setting missing from the BIOS is looked for again (attributes and registry re-read) up to
+    `missing_retries` times, `poll_s` apart: right after the previous phase's reset some BMCs still
+    serve the old attribute list (iDRAC drops the SGX attributes until it refreshes)."""
+    settings = _load_phase(vendor, phase, firmware_dir, registration)
     with _connect(
         endpoint,
         username,
@@ -415,7 +445,7 @@ def apply_phase(
         request_timeout_s=request_timeout_s,
         retry_delay_s=retry_delay_s,
     ) as (root, conn):
-        snap = _read(root, conn, vendor, settings, system_path)
+        snap = _read_until_found(root, conn, vendor, settings, system_path, missing_retries, poll_s)
         changes = diff(snap.desired, snap.current)
         if not changes:
             LOG.info("BIOS phase %s on %s already applied; nothing to do", phase, conn.url)
@@ -544,6 +574,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("action", choices=("apply", "check"))
     parser.add_argument("--vendor", required=True)
     parser.add_argument("--phase", required=True, type=int)
+    parser.add_argument(
+        "--registration",
+        choices=REGISTRATIONS,
+        default="mpa",
+        help="dcap.registration: the SGX Auto MP Registration agent on (mpa), off (pckid) or untouched (none)",
+    )
     parser.add_argument("--endpoint", required=True, help="https://bmc-host[:port]")
     parser.add_argument("--system", default=None, help="system path or id (default: the only system)")
     trust = parser.add_mutually_exclusive_group()
@@ -610,6 +646,7 @@ def _run_cli(args: argparse.Namespace, username: str, password: str) -> BiosPhas
         firmware_dir=args.firmware_dir,
         allow_insecure_http=args.allow_insecure_http,
         config_key=args.config_key,
+        registration=args.registration,
     )
     if args.action == "apply":
         return apply_phase(

@@ -45,7 +45,8 @@ def strip_vendor_suffix(name: str) -> str:
 
 
 def normalise_display_name(text: str) -> str:
-    return " ".join(text.split()).casefold()
+    # Boards differ in spacing ("Multi-Tenant(TME-MT)" vs "Multi-Tenant (TME-MT)") and case only.
+    return "".join(text.split()).casefold()
 
 
 def resolve_attributes(
@@ -164,11 +165,11 @@ def _find_attribute(
             f"name the right one in {table}",
         )
 
-    wanted = normalise_display_name(item.display_name)
+    wanted = {normalise_display_name(n) for n in (item.display_name, *item.aliases)}
     by_display = [
         name
         for name, entry in registry.items()
-        if isinstance(entry.get("DisplayName"), str) and normalise_display_name(entry["DisplayName"]) == wanted
+        if isinstance(entry.get("DisplayName"), str) and normalise_display_name(entry["DisplayName"]) in wanted
     ]
     present = _prefer_usable([n for n in by_display if n in current], registry)
     if len(present) == 1:

@@ -33,19 +33,27 @@ PHASE1_SETTINGS = frozenset(
         "sgx_auto_registration",
         "pa_limit_46",
         "x2apic",
+        "node_interleave",
     }
 )
 PHASE2_SETTINGS = frozenset({"tdx", "seam_loader", "key_split"})
 KNOWN_SETTINGS = PHASE1_SETTINGS | PHASE2_SETTINGS
 
-REQUIRED_PHASES = (1, 2)
+# Phases are numbered 1..N, N >= 2, ordered by what unlocks what on the vendor's BIOS: an attribute
+# appears (or accepts a write) only once the settings it depends on are active, i.e. after a reset.
+MIN_PHASES = 2
+
+# The BIOS's SGX Auto MP Registration agent registers the platform at boot and consumes its
+# platform manifest; PCKIDRetrievalTool then finds none (tests/fixtures/host/bios/README.md). So the
+# setting follows dcap.registration: on for `mpa`, off for `pckid`, left alone for `none`.
+REGISTRATION_SETTING = "sgx_auto_registration"
 
 # SGX Factory Reset is one-shot: firing it on a registered platform forces re-registration. No
 # table may carry it, whatever the vendor calls it.
 _FACTORY_RESET = re.compile(r"factory\s*_?\s*reset", re.IGNORECASE)
 
 _TOP_KEYS = frozenset({"vendor", "description", "sources", "phases", "teeIo"})
-_SETTING_KEYS = frozenset({"setting", "attribute", "displayName", "value"})
+_SETTING_KEYS = frozenset({"setting", "attribute", "displayName", "aliases", "value", "offValue"})
 
 # Values as the tables hold them; a BIOS may still answer booleans for Boolean attributes.
 Scalar = str | int | bool
@@ -57,6 +65,8 @@ class BiosSetting:
     attribute: str
     display_name: str
     value: Scalar
+    aliases: tuple[str, ...] = ()  # other display names boards use for it ("Trust Domain Extensions (TDX)")
+    off_value: Scalar | None = None  # sgx_auto_registration only: the value for registration `pckid`
 
 
 @dataclass(frozen=True)
@@ -70,13 +80,33 @@ class VendorTable:
     # phases, so an edited table re-runs them.
     sha256: str = ""
 
-    def phase(self, number: int) -> tuple[BiosSetting, ...]:
+    def phase(self, number: int, registration: str = "mpa") -> tuple[BiosSetting, ...]:
+        """The settings of one phase, with the registration agent set for `registration`."""
         try:
-            return self.phases[number]
+            settings = self.phases[number]
         except KeyError:
             raise CatalogError(
                 f"firmware/bios/{self.vendor}.yaml has no phase {number} (phases: {sorted(self.phases)})"
             ) from None
+        return tuple(_for_registration(s, registration) for s in settings if _applies(s, registration))
+
+    @property
+    def phase_numbers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.phases))
+
+    @property
+    def sets_registration_agent(self) -> bool:
+        return any(s.setting == REGISTRATION_SETTING for settings in self.phases.values() for s in settings)
+
+
+def _applies(setting: BiosSetting, registration: str) -> bool:
+    return setting.setting != REGISTRATION_SETTING or registration in ("mpa", "pckid")
+
+
+def _for_registration(setting: BiosSetting, registration: str) -> BiosSetting:
+    if setting.setting != REGISTRATION_SETTING or registration == "mpa" or setting.off_value is None:
+        return setting
+    return replace(setting, value=setting.off_value)
 
 
 def table_path(vendor: str, firmware_dir: Path | str = DEFAULT_FIRMWARE_DIR) -> Path:
@@ -149,9 +179,12 @@ def _parse_phases(raw: Any, source: str) -> dict[int, tuple[BiosSetting, ...]]:
             raise CatalogError(f"{source}: key 'phases.{key}' must be a positive integer phase number")
         phases[key] = _parse_settings(entries, source, f"phases.{key}", allowed=KNOWN_SETTINGS, allow_empty=False)
 
-    missing = [n for n in REQUIRED_PHASES if n not in phases]
-    if missing:
-        raise CatalogError(f"{source}: key 'phases' lacks phase(s) {missing}; phases 1 and 2 are required")
+    numbers = sorted(phases)
+    if len(numbers) < MIN_PHASES or numbers != list(range(1, len(numbers) + 1)):
+        raise CatalogError(
+            f"{source}: key 'phases' must number its phases 1, 2, ... without gaps ({MIN_PHASES} at least: "
+            f"memory encryption first, TDX after it), got {numbers}"
+        )
 
     # TDX, SEAM loader and key split only exist once TME-MT is active, so phase 1 can never set them.
     early = sorted(s.setting for s in phases[1] if s.setting in PHASE2_SETTINGS)
@@ -190,6 +223,12 @@ def _parse_setting(raw: Any, source: str, key: str, allowed: frozenset[str] | No
     setting = _require_str(entry, "setting", source, key)
     attribute = _require_str(entry, "attribute", source, key)
     display_name = _require_str(entry, "displayName", source, key)
+    aliases = entry.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+        raise CatalogError(f"{source}: key '{key}.aliases' must be a list of display names")
+    off_value = entry.get("offValue")
+    if off_value is not None and (isinstance(off_value, bool) or not isinstance(off_value, (str, int))):
+        raise CatalogError(f"{source}: key '{key}.offValue' must be a string or an integer, got {off_value!r}")
     if "value" not in entry:
         raise CatalogError(f"{source}: key '{key}.value' is missing")
     value = entry["value"]
@@ -205,13 +244,32 @@ def _parse_setting(raw: Any, source: str, key: str, allowed: frozenset[str] | No
         raise CatalogError(
             f"{source}: key '{key}.setting' is {setting!r}, not a known logical setting ({', '.join(sorted(allowed))})"
         )
-    for field, text in (("setting", setting), ("attribute", attribute), ("displayName", display_name)):
+    if setting == REGISTRATION_SETTING and off_value is None:
+        raise CatalogError(
+            f"{source}: key '{key}.offValue' is required for {REGISTRATION_SETTING}: the value that keeps the agent "
+            "off for registration `pckid` (it would consume the platform manifest PCKIDRetrievalTool needs)"
+        )
+    if setting != REGISTRATION_SETTING and off_value is not None:
+        raise CatalogError(f"{source}: key '{key}.offValue' is only for {REGISTRATION_SETTING}")
+    for field, text in (
+        ("setting", setting),
+        ("attribute", attribute),
+        ("displayName", display_name),
+        *(("aliases", a) for a in aliases),
+    ):
         if _FACTORY_RESET.search(text):
             raise CatalogError(
                 f"{source}: key '{key}.{field}' is {text!r}: SGX Factory Reset must never be in a table "
                 "(it is one-shot and forces SGX re-registration)"
             )
-    return BiosSetting(setting=setting, attribute=attribute, display_name=display_name, value=value)
+    return BiosSetting(
+        setting=setting,
+        attribute=attribute,
+        display_name=display_name,
+        value=value,
+        aliases=tuple(aliases),
+        off_value=off_value,
+    )
 
 
 def _require_mapping(value: Any, source: str, key: str) -> Mapping[Any, Any]:

@@ -14,6 +14,7 @@ reached the stack file unencrypted is already leaked to whoever reads the reposi
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -22,7 +23,7 @@ from typing import Any, cast
 
 import yaml
 
-from components.catalog.bios import list_vendors
+from components.catalog.bios import list_vendors, load_vendor_table
 from components.catalog.gpu import known_gpu_models
 from components.catalog.tdx_module import tdx_module_releases
 from components.config.model import (
@@ -104,6 +105,8 @@ def parse_stack(
             r, r.required(top, "dcap", "", "add a `dcap:` block with at least `pccsApiKey` (a secret)"), "dcap"
         )
         hosts = _hosts(r, top.get("hosts"), "hosts", gpu_models, list_vendors(firmware_dir), default_gpu)
+        if dcap is not None and dcap.registration == "mpa":
+            _registration_agent_known(r, hosts, firmware_dir)
     tee_io = r.boolean(top.get("teeIo"), "teeIo", False)
     restore = r.boolean(top.get("restoreOnDestroy"), "restoreOnDestroy", False)
     reboot_timeout = r.integer(top.get("rebootTimeoutSeconds"), "rebootTimeoutSeconds", 1800, 60, 7200)
@@ -128,6 +131,30 @@ def parse_stack(
         promotion=promotion,
         workload=workload,
     )
+
+
+def _registration_agent_known(r: Reader, hosts: tuple[HostConfig, ...], firmware_dir: Path) -> None:
+    """`registration: mpa` needs the BIOS's SGX Auto MP Registration agent on; a host whose BMC
+    vendor table cannot set it would end up unregistered."""
+    for i, host in enumerate(hosts):
+        if host.bmc is None:
+            continue  # rented: the provider's BIOS; the dcap step reports the registration state
+        vendor = host.bmc.vendor
+        table = r.catalog(
+            f"hosts[{i}].bmc.vendor",
+            functools.partial(load_vendor_table, vendor, firmware_dir),
+            f"firmware/bios/{vendor}.yaml",
+            f"fix firmware/bios/{vendor}.yaml",
+        )
+        if table is not None and not table.sets_registration_agent:
+            r.error(
+                "dcap.registration",
+                f"`mpa` needs the BIOS setting 'SGX Auto MP Registration', which firmware/bios/{vendor}.yaml "
+                f"(hosts[{i}].bmc.vendor) cannot set: no public source names its {vendor} attribute",
+                "use `registration: pckid` (PCKIDRetrievalTool through the per-host PCCS), or `none` after enabling "
+                "the setting by hand, or add the attribute to the table (setting sgx_auto_registration)",
+            )
+            return
 
 
 _STACK_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")

@@ -67,7 +67,7 @@ def project_python() -> str:
     return ".venv/bin/python" if (REPO_ROOT / ".venv" / "bin" / "python").exists() else "python3"
 
 
-def redfish_command(bmc: BmcConfig, phase: int, timeout_s: int, config_key: str) -> str:
+def redfish_command(bmc: BmcConfig, phase: int, timeout_s: int, config_key: str, registration: str) -> str:
     args = [
         "-m",
         "components.bmc.redfish",
@@ -76,6 +76,8 @@ def redfish_command(bmc: BmcConfig, phase: int, timeout_s: int, config_key: str)
         bmc.vendor,
         "--phase",
         str(phase),
+        "--registration",
+        registration,
         "--endpoint",
         bmc.endpoint,
         "--timeout",

@@ -1,7 +1,8 @@
-"""BiosSettings: the BIOS settings TDX needs, in two phases (TME/TME-MT/SGX first, then TDX/SEAM
-loader/key split), applied over Redfish from the machine running Pulumi (components/bmc/redfish.py,
-as a local command), then verified from the host's MSRs. Hosts without BMC access (rented) get the
-verification only: a missing setting fails with the exact BIOS change to ask the provider for."""
+"""BiosSettings: the BIOS settings TDX needs, in the vendor table's phases (ordered by what
+unlocks what: memory encryption first, TDX and SGX after it), applied over Redfish from the machine
+running Pulumi (components/bmc/redfish.py, as a local command), then verified from the host's MSRs.
+Hosts without BMC access (rented) get the verification only: a missing setting fails with the exact
+BIOS change to ask the provider for."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import pulumi
 from pulumi_command import local
 
-from components.catalog.bios import REQUIRED_PHASES, VendorTable
+from components.catalog.bios import VendorTable
 from components.config.model import BmcConfig
 from components.render.host_steps import BIOS_VERIFY_STEP, bios_verify_params, redfish_command
 from components.resources.command import Connection, facts_of, host_step
@@ -25,6 +26,7 @@ class BiosSettingsArgs:
     table: VendorTable  # the BMC vendor's table (Intel's reference table for a rented host)
     timeout_s: int  # per phase: PATCH, reset and the host back
     config_key: str  # e.g. `hosts[0].bmc`, named in the Redfish errors
+    registration: str  # dcap.registration: sets the BIOS registration agent on (mpa) or off (pckid)
 
 
 class BiosSettings(pulumi.ComponentResource):
@@ -37,10 +39,10 @@ class BiosSettings(pulumi.ComponentResource):
         self.phases: list[local.Command] = []
         if bmc is not None:
             previous: list[pulumi.Resource] = []
-            for phase in REQUIRED_PHASES:
+            for phase in table.phase_numbers:
                 cmd = local.Command(
                     f"{name}-phase{phase}",
-                    create=redfish_command(bmc, phase, args.timeout_s, args.config_key),
+                    create=redfish_command(bmc, phase, args.timeout_s, args.config_key, args.registration),
                     environment={
                         "TDXGPU_BMC_USERNAME": pulumi.Output.secret(bmc.username.value),
                         "TDXGPU_BMC_PASSWORD": pulumi.Output.secret(bmc.password.value),

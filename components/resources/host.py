@@ -49,7 +49,14 @@ class TdxHost(pulumi.ComponentResource):
         )
         self.bios = BiosSettings(
             f"{name}-bios",
-            BiosSettingsArgs(conn, host.bmc, table, stack.reboot_timeout_s, f"hosts[{stack.hosts.index(host)}].bmc"),
+            BiosSettingsArgs(
+                conn,
+                host.bmc,
+                table,
+                stack.reboot_timeout_s,
+                f"hosts[{stack.hosts.index(host)}].bmc",
+                stack.dcap.registration,
+            ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.preflight]),
         )
         self.kernel = KernelSettings(

@@ -22,12 +22,12 @@ def test_known_vendors_are_the_files_present() -> None:
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_every_vendor_loads_with_both_phases(vendor: str) -> None:
+def test_every_vendor_loads_with_its_phases(vendor: str) -> None:
     table = load_vendor_table(vendor)
     assert table.vendor == vendor
     assert table.description and table.sources
-    assert set(table.phases) == {1, 2}
-    assert table.phase(1) and table.phase(2)
+    assert table.phase_numbers == tuple(range(1, len(table.phases) + 1)) and len(table.phases) >= 2
+    assert all(table.phase(n) for n in table.phase_numbers)
     assert table.tee_io == ()
     for settings in table.phases.values():
         for item in settings:
@@ -38,9 +38,10 @@ def test_every_vendor_loads_with_both_phases(vendor: str) -> None:
 
 
 @pytest.mark.parametrize("vendor", VENDORS)
-def test_tdx_settings_are_phase_2_only(vendor: str) -> None:
+def test_tdx_settings_come_after_the_first_reset(vendor: str) -> None:
     table = load_vendor_table(vendor)
-    assert {s.setting for s in table.phase(2)} >= PHASE2_SETTINGS
+    later = {s.setting for n in table.phase_numbers[1:] for s in table.phase(n)}
+    assert later >= PHASE2_SETTINGS
     assert not {s.setting for s in table.phase(1)} & PHASE2_SETTINGS
 
 
@@ -50,30 +51,74 @@ def test_no_sgx_factory_reset_anywhere(vendor: str) -> None:
     data_lines = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
     assert not re.search(r"factory\s*_?reset", data_lines, re.IGNORECASE)
     table = load_vendor_table(vendor)
-    for item in (*table.phase(1), *table.phase(2), *table.tee_io):
-        assert "factory" not in f"{item.setting}{item.attribute}{item.display_name}".lower()
+    for item in (*(s for n in table.phase_numbers for s in table.phase(n)), *table.tee_io):
+        assert "factory" not in f"{item.setting}{item.attribute}{item.display_name}{item.aliases}".lower()
 
 
-def _values(vendor: str, phase: int) -> dict[str, object]:
-    return {s.attribute: s.value for s in load_vendor_table(vendor).phase(phase)}
+def _values(vendor: str, phase: int, registration: str = "mpa") -> dict[str, object]:
+    return {s.attribute: s.value for s in load_vendor_table(vendor).phase(phase, registration)}
 
 
-def test_dell_values_follow_the_r660_script() -> None:
-    assert _values("dell", 1)["MemoryEncryption"] == "MultipleKeys"
-    assert _values("dell", 1)["IntelSgx"] == "On"
-    assert _values("dell", 2) == {"EnableTdx": "Enabled", "EnableTdxSeamldr": "Enabled", "KeySplit": "1"}
+def test_dell_phases_follow_what_unlocks_what() -> None:
+    """tests/fixtures/host/bios/dell.rules.json: MultipleKeys active unlocks EnableTdx, KeySplit and
+    IntelSgx; EnableTdx unlocks the SEAM loader; IntelSgx unlocks the registration settings."""
+    assert _values("dell", 1) == {
+        "ProcX2Apic": "Enabled",
+        "NodeInterleave": "Disabled",
+        "CpuPaLimit": "Disabled",
+        "MemoryEncryption": "MultipleKeys",
+    }
+    assert _values("dell", 2) == {
+        "EnableTdx": "Enabled",
+        "KeySplit": "1",
+        "GlbMemIntegrity": "Disabled",
+        "IntelSgx": "On",
+    }
+    assert _values("dell", 3) == {
+        "EnableTdxSeamldr": "Enabled",
+        "SgxPackageInfoInBandAccess": "On",
+        "SgxAutoRegistrationAgent": "Enabled",
+    }
 
 
-def test_lenovo_sets_only_tme_before_the_first_reboot() -> None:
-    assert _values("lenovo", 1) == {"Processors_TotalMemoryEncryption": "Enabled"}
+@pytest.mark.parametrize("vendor", ["dell", "intel"])
+def test_the_registration_agent_follows_dcap_registration(vendor: str) -> None:
+    """The agent consumes the platform manifest PCKIDRetrievalTool needs: off for pckid, untouched for none."""
+    table = load_vendor_table(vendor)
+    last = table.phase_numbers[-1]
+    agent = {"dell": "SgxAutoRegistrationAgent", "intel": "SGXAutoMPRegistrationAgent"}[vendor]
+    assert _values(vendor, last, "mpa")[agent] == "Enabled"
+    assert _values(vendor, last, "pckid")[agent] == "Disabled"
+    assert agent not in _values(vendor, last, "none")
+    assert table.sets_registration_agent
+
+
+def test_intel_names_the_agent_as_both_intel_documents_do() -> None:
+    [agent] = [s for s in load_vendor_table("intel").phase(3) if s.setting == "sgx_auto_registration"]
+    assert agent.display_name == "SGX Auto MP Registration" and agent.aliases == ("SGX Auto MP Registration Agent",)
+
+
+def test_lenovo_sets_only_tme_and_apic_before_the_first_reboot() -> None:
+    assert _values("lenovo", 1) == {"Processors_TotalMemoryEncryption": "Enabled", "Processors_APICMode": "x2APIC"}
     phase2 = _values("lenovo", 2)
     assert phase2["Processors_TME_MTTDXkeysplit"] == 1
+    assert phase2["Processors_SGXPackageInfoIn_BandAccess"] == "Enabled"
     assert all(name.startswith("Processors_") for name in phase2)
+    assert not load_vendor_table("lenovo").sets_registration_agent
 
 
-def test_supermicro_uses_x14_names() -> None:
-    assert _values("supermicro", 1)["TotalMemoryEncryptionMulti_Tenant_TME_MT_"] == "Enabled"
-    assert _values("supermicro", 2)["TrustDomainExtensions_TDX_"] == "Enabled"
+def test_supermicro_follows_the_adapters_four_stages() -> None:
+    assert set(_values("supermicro", 1)) == {"LimitCPUPAto46bits", "MemoryEncryption_TME_"}
+    assert set(_values("supermicro", 2)) == {
+        "TotalMemoryEncryptionMulti_Tenant_TME_MT_",
+        "TotalMemoryEncryption_TME_Bypass",
+    }
+    assert set(_values("supermicro", 3)) == {"TrustDomainExtensions_TDX_", "TDXSecureArbitrationModeLoader_SEAMLoader_"}
+    assert set(_values("supermicro", 4)) == {
+        "TME_MT_TDXKeySplit",
+        "SWGuardExtensions_SGX_",
+        "SGXPackageInfoIn_BandAccess",
+    }
 
 
 def test_table_objects_are_immutable() -> None:
@@ -126,13 +171,23 @@ def test_unknown_vendor_names_the_file_and_the_known_vendors(tmp_path: Path) -> 
 
 def test_missing_phase_is_an_error(tmp_path: Path) -> None:
     path = _write(tmp_path, _variant(phases={1: _VALID["phases"][1]}))
-    with pytest.raises(CatalogError, match=re.escape(str(path)) + r".*'phases'.*\[2\]"):
+    with pytest.raises(CatalogError, match=re.escape(str(path)) + r".*'phases'.*got \[1\]"):
+        load_vendor_table("acme", tmp_path)
+    _write(tmp_path, _variant(phases={1: _VALID["phases"][1], 3: _VALID["phases"][2]}))
+    with pytest.raises(CatalogError, match=r"without gaps.*got \[1, 3\]"):
+        load_vendor_table("acme", tmp_path)
+
+
+def test_a_registration_agent_needs_its_off_value(tmp_path: Path) -> None:
+    agent = {"setting": "sgx_auto_registration", "attribute": "A", "displayName": "A", "value": "Enabled"}
+    _write(tmp_path, _variant(phases={1: _VALID["phases"][1], 2: [*_VALID["phases"][2], agent]}))
+    with pytest.raises(CatalogError, match=r"offValue' is required for sgx_auto_registration"):
         load_vendor_table("acme", tmp_path)
 
 
 def test_phase_lookup_error_names_the_table() -> None:
-    with pytest.raises(CatalogError, match=r"dell\.yaml has no phase 3"):
-        load_vendor_table("dell").phase(3)
+    with pytest.raises(CatalogError, match=r"dell\.yaml has no phase 4"):
+        load_vendor_table("dell").phase(4)
 
 
 @pytest.mark.parametrize(

@@ -41,11 +41,15 @@ build = build_host
 @pulumi.runtime.test
 def test_order_follows_the_pipeline():
     host, rec = build(stack_config())
+    assert rec.deps("gpu-a-preflight") == {"gpu-a-tools"}
     assert rec.deps("gpu-a-bios") == {"gpu-a-preflight"}
     assert rec.deps("gpu-a-kernel") == {"gpu-a-bios"}
     assert rec.deps("gpu-a-gpu") == {"gpu-a-kernel"} and rec.deps("gpu-a-dcap") == {"gpu-a-kernel"}
+    # the Dell table's three phases, in order, each after the previous one's reset
     assert rec.deps("gpu-a-bios-phase2") == {"gpu-a-bios-phase1"}
-    assert rec.deps("gpu-a-bios-verify") == {"gpu-a-bios-phase2"}
+    assert rec.deps("gpu-a-bios-phase3") == {"gpu-a-bios-phase2"}
+    assert rec.deps("gpu-a-bios-verify") == {"gpu-a-bios-phase3"}
+    assert "--registration mpa" in rec.resources["gpu-a-bios-phase1"].props["create"]
     assert rec.deps("gpu-a-kernel-reboot") == {"gpu-a-kernel-cmdline"}
     assert rec.deps("gpu-a-kernel-wait") == {"gpu-a-kernel-reboot"}
     assert rec.parent("gpu-a-kernel-wait") == "gpu-a-kernel" and rec.parent("gpu-a-kernel") == "gpu-a"
@@ -216,4 +220,4 @@ def test_the_program_builds_every_host_with_the_dev_stack_file(monkeypatch):
     hosts = [name for typ, name in mocks.created if typ == "tdx-vllm:host:TdxHost"]
     assert hosts == ["gpu-a", "gpu-b"]
     commands = [name for typ, name in mocks.created if typ.startswith("command:")]
-    assert len(commands) == 10 + 8  # gpu-a: 8 remote + 2 BIOS phases; gpu-b (no BMC): 8 remote
+    assert len(commands) == 11 + 8  # gpu-a: 8 remote + 3 BIOS phases (Dell); gpu-b (no BMC): 8 remote

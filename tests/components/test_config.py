@@ -169,6 +169,11 @@ def test_devtools_is_allowed_in_dev_only():
             ),
             "dcap.registration: `pckid` registers through the per-host PCCS",
         ),
+        (
+            lambda r: r["hosts"][0]["bmc"].__setitem__("vendor", "supermicro"),
+            "dcap.registration: `mpa` needs the BIOS setting 'SGX Auto MP Registration', which "
+            "firmware/bios/supermicro.yaml (hosts[0].bmc.vendor) cannot set",
+        ),
         (lambda r: r["hosts"][0].__setitem__("name", "GPU_A"), "hosts[0].name: `GPU_A` is not a valid host name"),
         (lambda r: r.__setitem__("hosts", []), "hosts: required: at least one host"),
         (lambda r: r.pop("dcap"), "dcap: required"),

@@ -328,3 +328,33 @@ def test_an_old_kernel_matches_the_pin_through_its_build_number(tmp_path):
 )
 def test_each_recorded_tdx_failure_gets_its_own_fix(log, fix):
     assert fix in kernel_fn("tdx_diagnosis", log)
+
+
+# ---- the GPU step's reading of gpu-admin-tools output (tests/fixtures/host/gpu) -----------------
+
+
+@pytest.mark.parametrize(
+    "sample,modes",
+    [
+        ("reconstructed-2025.11.21-query-cc-mode-on.txt", ["0000:b8:00.0 on"]),
+        ("reconstructed-2025.11.21-query-cc-mode-off.txt", ["0000:b8:00.0 off"]),
+        (
+            "reconstructed-2025.11.21-query-ppcie-mode-gpus-nvswitches.txt",
+            ["0000:19:00.0 on", "0000:3b:00.0 on", "0000:05:00.0 on"],
+        ),
+    ],
+)
+def test_the_mode_query_parses_what_gpu_admin_tools_prints(sample, modes):
+    script = (
+        (SCRIPTS_DIR / "lib.sh").read_text()
+        + (SCRIPTS_DIR / "gpu_cc.sh").read_text()
+        + 'gpu_tool() { cat "$SAMPLE"; }\nquery_modes\n'
+    )
+    res = subprocess.run(
+        ["bash", "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SAMPLE": str(HOST / "gpu" / sample), "TDX_TOOLS_VERSION": "2025.11.21"},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == modes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -23,8 +24,17 @@ import sushy
 
 from components.bmc import redfish
 from components.bmc.redfish import BiosError
+from components.catalog import bios as bios_tables
 from components.catalog.bios import BiosSetting, load_vendor_table
-from tests.support.redfish.emulator import Board, RedfishEmulator, board_for_table, free_port, make_tls, run_emulator
+from tests.support.redfish.emulator import (
+    Board,
+    RedfishEmulator,
+    board_for_table,
+    board_from_rules,
+    free_port,
+    make_tls,
+    run_emulator,
+)
 
 pytestmark = pytest.mark.harness
 
@@ -48,7 +58,8 @@ def emulator_for(tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def dell_bmc(emulator_for: Any) -> RedfishEmulator:
-    return emulator_for(board_for_table(load_vendor_table("dell")))
+    # iDRAC offers PowerCycle (dell.rules.json "reset")
+    return emulator_for(dataclasses.replace(board_for_table(load_vendor_table("dell")), reset_types=("PowerCycle",)))
 
 
 def pinned(emu: RedfishEmulator, **extra: Any) -> dict[str, Any]:
@@ -91,17 +102,20 @@ def sushy_client(emu: RedfishEmulator) -> sushy.Sushy:
 # --- the happy path -------------------------------------------------------------------------------
 
 
-def test_both_phases_apply_in_order_and_rerun_changes_nothing(dell_bmc: RedfishEmulator) -> None:
+def test_every_phase_applies_in_order_and_rerun_changes_nothing(dell_bmc: RedfishEmulator) -> None:
     emu = dell_bmc
+    phases = load_vendor_table("dell").phase_numbers
+    assert phases == (1, 2, 3)
     with pytest.raises(BiosError, match="hidden until the previous phase is applied"):
         redfish.check_phase(emu.url, emu.username, emu.password, "dell", 2, tls_fingerprint=emu.tls.fingerprint)
 
     before = redfish.check_phase(emu.url, emu.username, emu.password, "dell", 1, tls_fingerprint=emu.tls.fingerprint)
     assert before.pending == desired("dell", 1) and not before.changed and not before.reset
 
-    for phase in (1, 2):
+    for phase in phases:
         result = redfish.apply_phase(emu.url, emu.username, emu.password, "dell", phase, **pinned(emu))
-        assert result.changed and result.reset and result.reset_type == "ForceRestart"
+        # The SEAM loader may need a full power cycle: the BMC offers one, so it is used.
+        assert result.changed and result.reset and result.reset_type == "PowerCycle"
         assert result.applied == desired("dell", phase)
         assert result.attributes == desired("dell", phase)
         assert result.pending == {}
@@ -115,11 +129,11 @@ def test_both_phases_apply_in_order_and_rerun_changes_nothing(dell_bmc: RedfishE
         if e["kind"] in ("bios_applied", "power_request")
         or (e["kind"] == "request" and e["method"] in ("PATCH", "POST"))
     ]
-    assert kinds == ["PATCH", "POST", "power_request", "bios_applied"] * 2
-    assert [p["body"]["Attributes"] for p in emu.patches()] == [desired("dell", 1), desired("dell", 2)]
+    assert kinds == ["PATCH", "POST", "power_request", "bios_applied"] * len(phases)
+    assert [p["body"]["Attributes"] for p in emu.patches()] == [desired("dell", n) for n in phases]
 
     seen = len(emu.events())
-    for phase in (1, 2):
+    for phase in phases:
         again = redfish.apply_phase(emu.url, emu.username, emu.password, "dell", phase, **pinned(emu))
         assert not again.changed and not again.reset and again.applied == {} and again.pending == {}
         assert again.attributes == desired("dell", phase)
@@ -186,9 +200,14 @@ def _renamed(setting: BiosSetting) -> str:
 
 def test_suffixed_and_display_name_only_attributes_resolve(emulator_for: Any) -> None:
     emu = emulator_for(board_for_table(load_vendor_table("supermicro"), rename=_renamed))
-    for phase in (1, 2):
+    by_setting = {}
+    for phase in load_vendor_table("supermicro").phase_numbers:
         result = redfish.apply_phase(emu.url, emu.username, emu.password, "supermicro", phase, **pinned(emu))
         assert result.changed and result.pending == {}
+        by_setting.update(result.resolved)
+    result = redfish.check_phase(
+        emu.url, emu.username, emu.password, "supermicro", 3, tls_fingerprint=emu.tls.fingerprint
+    )
     assert result.resolved["tdx"] == "TrustDomainExtension(TDX)#3C38"
     assert result.resolved["seam_loader"] == "TDXSecureArbitrationModeLoader_SEAMLoader__F31D"
     assert result.attributes["TrustDomainExtension(TDX)#3C38"] == "Enabled"
@@ -201,7 +220,7 @@ def test_suffixed_and_display_name_only_attributes_resolve(emulator_for: Any) ->
     assert phase1.pending == {}
     patched = set().union(*(p["body"]["Attributes"] for p in emu.patches()))
     table = load_vendor_table("supermicro")
-    assert patched == {_renamed(s) for s in (*table.phase(1), *table.phase(2))}
+    assert patched == {_renamed(s) for n in table.phase_numbers for s in table.phase(n)}
 
 
 def test_bmc_without_registry_resolves_by_name(emulator_for: Any) -> None:
@@ -215,16 +234,16 @@ def test_bmc_without_registry_resolves_by_name(emulator_for: Any) -> None:
 
 def test_unknown_attribute_is_reported_before_any_change(emulator_for: Any) -> None:
     board = board_for_table(load_vendor_table("dell"))
-    board.bios.pop("IntelSgx")
-    board.registry[:] = [e for e in board.registry if e["AttributeName"] != "IntelSgx"]
+    board.bios.pop("CpuPaLimit")
+    board.registry[:] = [e for e in board.registry if e["AttributeName"] != "CpuPaLimit"]
     emu = emulator_for(board)
     with pytest.raises(BiosError) as info:
-        redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu))
+        redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu), missing_retries=0)
     message = str(info.value)
     for part in (
-        "'sgx'",
-        "'IntelSgx'",
-        "'Intel SGX'",
+        "'pa_limit_46'",
+        "'CpuPaLimit'",
+        "'CPU Physical Address Limit'",
         "BIOS too old or attribute hidden until the previous phase",
         "firmware/bios/dell.yaml",
         emu.url,
@@ -383,3 +402,95 @@ def test_password_never_appears_in_any_output(
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+# --- the boards as the evidence describes them (tests/fixtures/host/bios/<vendor>.rules.json) -------
+
+
+@pytest.mark.parametrize("vendor", ["dell", "intel", "lenovo", "supermicro"])
+def test_each_shipped_table_applies_on_its_vendors_board(emulator_for: Any, vendor: str) -> None:
+    """Every attribute appears only once what it requires is active; the table's phases get there."""
+    emu = emulator_for(board_from_rules(vendor))
+    table = load_vendor_table(vendor)
+    registration = "mpa" if table.sets_registration_agent else "pckid"
+    for phase in table.phase_numbers:
+        result = redfish.apply_phase(
+            emu.url, emu.username, emu.password, vendor, phase, **pinned(emu), registration=registration
+        )
+        assert result.changed and result.pending == {}, (phase, result)
+    assert len(emu.resets()) == len(table.phase_numbers)
+
+
+def _collapsed(tmp_path: Path, vendor: str, move: set[str], into: int) -> Path:
+    """A copy of the vendor's table with the settings in `move` pulled forward into phase `into`."""
+    import yaml
+
+    doc = yaml.safe_load(bios_tables.table_path(vendor).read_text())
+    moved = [s for n, settings in doc["phases"].items() if n != into for s in settings if s["setting"] in move]
+    for n in list(doc["phases"]):
+        if n != into:
+            doc["phases"][n] = [s for s in doc["phases"][n] if s["setting"] not in move]
+    doc["phases"][into] += moved
+    doc["phases"] = {i + 1: v for i, (_, v) in enumerate(sorted((n, v) for n, v in doc["phases"].items() if v))}
+    (tmp_path / "fw" / "bios").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "fw" / "bios" / f"{vendor}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return tmp_path / "fw"
+
+
+def test_dell_refuses_sgx_in_the_same_phase_as_memory_encryption(emulator_for: Any, tmp_path: Path) -> None:
+    """The table as it was: IntelSgx with MemoryEncryption. On the board IntelSgx is absent until
+    MultipleKeys is active (dmc5179, out-layer), so that phase fails before any change."""
+    fw = _collapsed(tmp_path, "dell", {"sgx"}, 1)
+    emu = emulator_for(board_from_rules("dell"))
+    with pytest.raises(BiosError) as info:
+        redfish.apply_phase(
+            emu.url, emu.username, emu.password, "dell", 1, **pinned(emu), firmware_dir=fw, missing_retries=0
+        )
+    assert "'IntelSgx'" in str(info.value) and "hidden until the previous phase is applied" in str(info.value)
+    assert emu.patches() == [] and emu.resets() == []
+
+
+def test_supermicro_refuses_tme_mt_before_tme_is_active(emulator_for: Any, tmp_path: Path) -> None:
+    fw = _collapsed(tmp_path, "supermicro", {"tme_mt", "tme_bypass"}, 1)
+    emu = emulator_for(board_from_rules("supermicro"))
+    with pytest.raises(BiosError, match="TotalMemoryEncryptionMulti_Tenant_TME_MT_"):
+        redfish.apply_phase(
+            emu.url, emu.username, emu.password, "supermicro", 1, **pinned(emu), firmware_dir=fw, missing_retries=0
+        )
+
+
+def test_a_write_before_what_unlocks_it_is_staged_is_refused(emulator_for: Any) -> None:
+    """Dell: EnableTdxSeamldr accepts a write only once EnableTdx is at least staged (out-layer)."""
+    emu = emulator_for(board_from_rules("dell"))
+    redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu))
+    bios = sushy_client(emu).get_system(emu.system_path).bios
+    with pytest.raises(sushy.exceptions.BadRequestError, match="EnableTdxSeamldr is a read only property"):
+        bios.set_attributes({"EnableTdxSeamldr": "Enabled"})
+    bios.set_attributes({"EnableTdx": "Enabled", "EnableTdxSeamldr": "Enabled"})  # staged first: accepted
+
+
+def test_pckid_keeps_the_registration_agent_off(emulator_for: Any) -> None:
+    emu = emulator_for(board_from_rules("intel"))
+    for phase in load_vendor_table("intel").phase_numbers:
+        done = redfish.apply_phase(
+            emu.url, emu.username, emu.password, "intel", phase, **pinned(emu), registration="pckid"
+        )
+    assert done.resolved["sgx_auto_registration"] == "SgxAutoRegistrationAgent"  # by its display name
+    assert done.attributes["SgxAutoRegistrationAgent"] == "Disabled"
+
+
+def test_a_setting_the_bmc_lists_late_is_read_again(emulator_for: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Right after a reset some BMCs serve the old attribute list for a while (KubeTEE: iDRAC drops
+    the SGX attributes until it refreshes): the phase reads the BIOS again before failing."""
+    emu = emulator_for(board_for_table(load_vendor_table("dell")))
+    real, calls = redfish._read, []
+
+    def late(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) < 3:
+            raise BiosError("BIOS setting 'x2apic' not found: tried attribute 'ProcX2Apic'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(redfish, "_read", late)
+    result = redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu))
+    assert len(calls) == 3 and result.changed

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -304,6 +305,32 @@ def test_wait_fails_fast_when_the_td_is_not_running(host):
         log.write_text(saved)
         services["tdx-vllm-td-" + NAME]["active"] = True
         host._save("services.json", services)
+
+
+# ---------------------------------------------------------------------------------------------
+# a host reboot
+
+
+def test_the_td_comes_back_with_its_gpu_after_a_host_reboot(host):
+    """A reboot loses driver_override; vfio-pci claims the GPU at boot from the launch's modprobe.d
+    and modules-load.d files, so the enabled unit finds it and a second `up` changes nothing."""
+    assert host.host_path("/etc/modprobe.d/tdxgpu-vfio.conf").read_text().splitlines()[1:] == [
+        "options vfio-pci ids=10de:2330",
+        "softdep nvidia pre: vfio-pci",
+        "softdep nouveau pre: vfio-pci",
+    ]
+    assert host.host_path("/etc/modules-load.d/tdxgpu-vfio.conf").read_text() == "vfio-pci\n"
+    old_boot = host.boot_id()
+    reboot = "systemd-run --quiet --on-active=1 --unit=tdx-test-reboot systemctl reboot"
+    sshrun.run(host.target(), Rendered(command=reboot, stdin=""))
+    deadline = time.monotonic() + 20
+    while host.boot_id() == old_boot or not host.read_json("services.json")["tdx-vllm-td-" + NAME].get("active"):
+        assert time.monotonic() < deadline, f"the fake host did not come back:\n{host.logs()}"
+        time.sleep(0.2)
+    time.sleep(0.5)  # sshd restarts after the profile's delay
+    r = sshrun.run(host.target(dial_error_limit=-1), render(LAUNCH_STEP, launch()), deadline_s=60)
+    assert r.facts["gpus"] == [{"bdf": GPU, "driver": "vfio-pci"}], r.stderr
+    assert r.facts["ok"] is True and r.facts["changed"] is False and r.facts["active"] == "active"
 
 
 # ---------------------------------------------------------------------------------------------

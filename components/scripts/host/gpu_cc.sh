@@ -109,7 +109,11 @@ apply() {
   case "$TDX_GPU_MODE" in
     on|devtools)
       for bdf in $gpus; do
-        gpu_tool --gpu-bdf="$bdf" --set-ppcie-mode=off --reset-after-ppcie-mode-switch >&2
+        # Only where PPCIe is on: switching it off on a GPU already in CC mode would clear its BAR0
+        # filter until the CC step runs (tests/fixtures/host/gpu/README.md).
+        if [ "$(query_modes --gpu-bdf="$bdf" --query-ppcie-mode | awk '{print $2}')" != off ]; then
+          gpu_tool --gpu-bdf="$bdf" --set-ppcie-mode=off --reset-after-ppcie-mode-switch >&2
+        fi
         gpu_tool --gpu-bdf="$bdf" --set-cc-mode="$TDX_GPU_MODE" --reset-after-cc-mode-switch >&2
       done ;;
     ppcie)

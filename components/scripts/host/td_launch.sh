@@ -13,6 +13,26 @@
 
 UNIT_FILE="/etc/systemd/system/$TDX_UNIT"
 STAMP="$TDX_TD_DIR/launched"
+# The GPUs stay on vfio-pci across host reboots: driver_override is lost at boot, so vfio-pci claims
+# the pinned PCI ids when it loads (its ids= option, vfio_pci_fill_ids) and loads at boot
+# (modules-load.d), ahead of nvidia/nouveau (softdep). tests/fixtures/host/gpu/vfio-binding.md.
+VFIO_MODPROBE=/etc/modprobe.d/tdxgpu-vfio.conf
+VFIO_LOAD=/etc/modules-load.d/tdxgpu-vfio.conf
+
+# vendor:device of the TD's GPUs, from sysfs ("10de:2330"), once each.
+gpu_pci_ids() {
+  local bdf ids=() id
+  for bdf in $TDX_GPU_BDFS; do
+    id="$(sed 's/^0x//' "/sys/bus/pci/devices/$bdf/vendor" 2>/dev/null):$(sed 's/^0x//' "/sys/bus/pci/devices/$bdf/device" 2>/dev/null)"
+    [[ " ${ids[*]} " == *" $id "* ]] || ids+=("$id")
+  done
+  local IFS=,; printf '%s' "${ids[*]}"
+}
+
+vfio_modprobe_content() {
+  printf '# Managed by tdx-vllm (Pulumi): the TD GPUs stay on vfio-pci across reboots. Do not edit.\n'
+  printf 'options vfio-pci ids=%s\nsoftdep nvidia pre: vfio-pci\nsoftdep nouveau pre: vfio-pci\n' "$(gpu_pci_ids)"
+}
 
 # What the running TD must have been started from: the unit text and the agent config.
 desired_stamp() { text_sha256 "$TDX_UNIT_TEXT"$'\n'"$TDX_AGENT_CONFIG"; }
@@ -51,6 +71,12 @@ check() {
     esac
   done
   fact_raw gpus "[$gpus_json]"
+  if [ -n "$TDX_GPU_BDFS" ]; then
+    fact vfio_ids "$(gpu_pci_ids)"
+    [ "$(cat "$VFIO_MODPROBE" 2>/dev/null)" = "$(vfio_modprobe_content)" ] && [ "$(cat "$VFIO_LOAD" 2>/dev/null)" = vfio-pci ] ||
+      unmet "the GPUs' vfio-pci binding at boot" "$VFIO_MODPROBE (ids=$(gpu_pci_ids)) and $VFIO_LOAD" "not both" \
+        "apply writes them, so a host reboot brings the TD back with its GPUs"
+  fi
 
   if [ -n "$TDX_DATA_DISK" ]; then
     local want=$((TDX_DATA_DISK_GIB * 1024 * 1024 * 1024)) size
@@ -90,6 +116,10 @@ bind_vfio() {
 }
 
 apply() {
+  if [ -n "$TDX_GPU_BDFS" ]; then
+    write_file "$VFIO_MODPROBE" "$(vfio_modprobe_content)"$'\n'
+    write_file "$VFIO_LOAD" "vfio-pci"$'\n'
+  fi
   bind_vfio
   mkdir -p "$TDX_TD_DIR"
   if [ -n "$TDX_DATA_DISK" ]; then
@@ -112,8 +142,8 @@ apply() {
 # config. The GPUs stay on vfio-pci (no host driver may take them in a CC deployment).
 remove() {
   systemctl disable --now "$TDX_UNIT" >&2 || true
-  rm -f "$UNIT_FILE" "$TDX_AGENT_CONFIG_PATH" "$STAMP" ${TDX_DATA_DISK:+"$TDX_DATA_DISK"}
+  rm -f "$UNIT_FILE" "$TDX_AGENT_CONFIG_PATH" "$STAMP" ${TDX_DATA_DISK:+"$TDX_DATA_DISK"} "$VFIO_MODPROBE" "$VFIO_LOAD"
   systemctl daemon-reload >&2 || true
   fact removed_paths "$UNIT_FILE $TDX_AGENT_CONFIG_PATH"
-  fact left_in_place "GPUs bound to vfio-pci; the staged artifacts and serial log (removed by td-stage on destroy)"
+  fact left_in_place "GPUs bound to vfio-pci until the next reboot; the staged artifacts and serial log (removed by td-stage on destroy)"
 }

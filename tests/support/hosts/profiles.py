@@ -75,7 +75,7 @@ class Gpu:
     cc_mode: str = "off"
     ppcie_mode: str = "off"
     driver: str | None = None  # the driver bound to it (sysfs `driver` link): None, "vfio-pci", "nvidia"
-    name: str = "H100-SXM5"
+    name: str = "H100"  # as gpu-admin-tools names it (tests/fixtures/host/gpu)
     lspci_name: str = "GH100 [H100 SXM5 80GB]"
     kind: str = "gpu"
 
@@ -145,7 +145,7 @@ TDX_OFF_IN_BIOS = HostProfile(
 NVSWITCH = Gpu(
     bdf="0000:05:00.0",
     device_id="22a3",
-    name="LS10",
+    name="NVSwitch_gen3",
     lspci_name="Device 22a3",
     kind="nvswitch",
     cc_mode="off",

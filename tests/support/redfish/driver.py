@@ -5,8 +5,10 @@ boards differ in three ways that the BIOS code under test has to handle, and thi
 
 * a PATCH to the Settings object stays pending until the next power-on (GET Settings shows it, GET
   Bios does not);
-* attributes can be hidden until earlier settings are active (the TDX options appear only once
-  TME-MT is on), and PATCHing a hidden or unknown attribute is a 400;
+* each attribute can be hidden until the settings it requires are active (the TDX options appear
+  only once TME-MT is on), refuse writes until a setting is at least staged, or be read-only while
+  another holds (tests/fixtures/host/bios/<vendor>.rules.json); PATCHing a hidden, unknown or
+  locked attribute is a 400, checked in the body's order as iDRAC does;
 * the BIOS attribute registry is the vendor's (display names, read-only flags, allowed values).
 
 Power transitions take a fixed, short delay instead of stock's random 1-11 s, so tests stay fast.
@@ -16,8 +18,8 @@ so tests can assert "no PATCH, no reset".
 
 Usage: python driver.py --fake --config CONFIG.py -i 127.0.0.1 -p PORT
 Extra config keys: TDXGPU_BIOS_REGISTRY (path to a registry JSON, or None for "no registry"),
-TDXGPU_EVENT_LOG (path), TDXGPU_POWER_DELAY_S (float). Per fake system: bios, bios_hidden,
-bios_reveal_when, bios_version.
+TDXGPU_EVENT_LOG (path), TDXGPU_POWER_DELAY_S (float), TDXGPU_EXTRA_RESET_TYPES (list). Per fake system: bios, bios_hidden,
+bios_requires, bios_requires_pending, bios_blocked_while, bios_version.
 """
 
 from __future__ import annotations
@@ -82,8 +84,11 @@ class PendingBiosDriver(fakedriver.FakeDriver):
     def set_bios(self, identity: str, attributes: dict[str, Any]) -> None:
         system = self._get(identity)
         visible = system.get("bios") or {}
-        for name, value in attributes.items():
+        staged = {**visible, **(system.get("bios_pending") or {})}
+        for name, value in attributes.items():  # in the body's order: an earlier item counts as staged
             _validate_write(name, value, visible)
+            _check_unlocked(name, staged, system)
+            staged[name] = value
         pending = dict(system.get("bios_pending") or {})
         pending.update(attributes)
         self._update(system, bios_pending=pending)
@@ -133,16 +138,25 @@ def _validate_write(name: str, value: Any, visible: dict[str, Any]) -> None:
         raise error.BadRequest(f"The value {value!r} for the property {name} is not in the list of acceptable values.")
 
 
+def _check_unlocked(name: str, staged: dict[str, Any], system: dict[str, Any]) -> None:
+    """A write the board refuses although the attribute is listed: what it needs is not staged yet,
+    or a setting that locks it holds (DMTF PropertyNotWritable wording, as iDRAC answers)."""
+    needs = (system.get("bios_requires_pending") or {}).get(name) or {}
+    locks = (system.get("bios_blocked_while") or {}).get(name) or {}
+    if any(staged.get(k) != v for k, v in needs.items()) or any(staged.get(k) == v for k, v in locks.items()):
+        raise error.BadRequest(f"The property {name} is a read only property and cannot be assigned a value.")
+
+
 def _boot(system: dict[str, Any]) -> dict[str, Any]:
-    """POST: pending settings become current, then options gated on them appear."""
+    """POST: pending settings become current, then the attributes whose requirements are now all
+    active appear (one level per boot, as on the boards: a chain needs a reset per link)."""
     bios = dict(system.get("bios") or {})
     pending = dict(system.get("bios_pending") or {})
     bios.update(pending)
     hidden = dict(system.get("bios_hidden") or {})
-    gate = system.get("bios_reveal_when") or {}
-    if hidden and all(bios.get(k) == v for k, v in gate.items()):
-        bios.update({k: v for k, v in hidden.items() if k not in bios})
-        hidden = {}
+    requires = system.get("bios_requires") or {}
+    for name in [n for n in hidden if all(bios.get(k) == v for k, v in (requires.get(n) or {}).items())]:
+        bios.setdefault(name, hidden.pop(name))
     if pending:
         record({"kind": "bios_applied", "attributes": pending})
     return {"bios": bios, "bios_pending": {}, "bios_hidden": hidden}
@@ -185,11 +199,30 @@ def log_request() -> None:
     record(event)
 
 
+def add_reset_types(response: Any) -> Any:
+    """Stock sushy-tools offers no PowerCycle; iDRAC does (dmc5179/redfish-configure-tdx-bios resets
+    with ResetType PowerCycle). A board's extra reset types are added to the system's
+    ResetType@Redfish.AllowableValues."""
+    extra = emulator.app.config.get("TDXGPU_EXTRA_RESET_TYPES") or []
+    request = flask.request
+    if not extra or request.method != "GET" or "/Systems/" not in request.path or response.status_code != 200:
+        return response
+    try:
+        body = json.loads(response.get_data())
+        action = body["Actions"]["#ComputerSystem.Reset"]
+    except (ValueError, KeyError, TypeError):
+        return response
+    action["ResetType@Redfish.AllowableValues"] = [*action["ResetType@Redfish.AllowableValues"], *extra]
+    response.set_data(json.dumps(body))
+    return response
+
+
 def install() -> None:
     fakedriver.FakeDriver = PendingBiosDriver  # main.Application.systems looks the class up at call time
     emulator.app.view_functions["bios_settings"] = bios_settings
     emulator.app.view_functions["bios_registry"] = bios_registry
     emulator.app.before_request(log_request)
+    emulator.app.after_request(add_reset_types)
 
 
 def main() -> None:

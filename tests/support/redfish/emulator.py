@@ -5,9 +5,14 @@ bcrypt htpasswd, writes the emulator config, starts the subprocess on a free 127
 until it answers, and always stops it. The state directory is per call, so no BIOS state leaks
 between tests (stock sushy-emulator keeps FakeDriver state in $TMPDIR across runs).
 
-`bios_for_table` and `registry_for_table` build a board from a vendor table: phase-1 attributes
-visible at their "off" values, phase-2 attributes hidden until phase 1 is active (as on real
-boards), and a registry with display names and allowed values.
+Boards:
+* `board_from_rules(vendor)` is the evidence-based board: every attribute, display name and value of
+  tests/fixtures/host/bios/<vendor>.rules.json, each attribute hidden until the settings it
+  `requires` are active (applied by a reset), refusing writes until what it `requiresPending` is at
+  least staged, and read-only while a `blockedWhile` setting holds. A table whose phases do not
+  follow those rules fails here as it would on the board.
+* `board_for_table(table)` is a board made from one of our own tables (each phase's attributes
+  hidden until the previous phase is active), for the tests of name resolution, credentials and TLS.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from components.catalog.bios import BiosSetting, VendorTable
+from tests.support.paths import HOST
 
 DRIVER = Path(__file__).resolve().parent / "driver.py"
 SYSTEM_UUID = "5f1c1a52-7d0e-4f8a-9a64-2f8b0c1e7d11"
@@ -162,29 +168,107 @@ def _same_name(setting: BiosSetting) -> str:
 
 @dataclass(frozen=True)
 class Board:
-    """What the emulator serves: visible BIOS, hidden-until-gate attributes, registry entries."""
+    """What the emulator serves: visible BIOS, hidden attributes (with their starting values), what
+    each one needs active (`requires`) or at least staged (`requires_pending`) and what makes it
+    read-only (`blocked_while`), and the registry entries."""
 
     bios: dict[str, Any]
     hidden: dict[str, Any]
-    reveal_when: dict[str, Any]
+    requires: dict[str, dict[str, Any]]
     registry: list[dict[str, Any]]
+    requires_pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    blocked_while: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reset_types: tuple[str, ...] = ()  # offered on top of sushy-tools' list (iDRAC: PowerCycle)
 
 
-def board_for_table(table: VendorTable, *, rename: Renamer = _same_name, gate_phase_2: bool = True) -> Board:
-    """A board at factory defaults for this table, with the BMC's names chosen by `rename`."""
-    phase1, phase2 = table.phase(1), table.phase(2)
+def board_for_table(table: VendorTable, *, rename: Renamer = _same_name, gate_phases: bool = True) -> Board:
+    """A board at factory defaults for this table, with the BMC's names chosen by `rename`: each
+    phase's attributes appear once the previous phase's values are active."""
     bios = dict(UNRELATED_ATTRIBUTES)
-    bios.update({rename(s): _off_value(s.value) for s in phase1})
-    later = {rename(s): _off_value(s.value) for s in phase2}
-    hidden, reveal_when = (later, {rename(s): s.value for s in phase1}) if gate_phase_2 else ({}, {})
-    if not gate_phase_2:
-        bios.update(later)
-    registry = [registry_entry(rename(s), s.display_name, s.value) for s in (*phase1, *phase2)]
+    hidden: dict[str, Any] = {}
+    requires: dict[str, dict[str, Any]] = {}
+    everything: list[BiosSetting] = []
+    for number in table.phase_numbers:
+        settings = table.phases[number]
+        everything += settings
+        for s in settings:
+            if number == 1 or not gate_phases:
+                bios[rename(s)] = _off_value(s.value)
+            else:
+                hidden[rename(s)] = _off_value(s.value)
+                requires[rename(s)] = {rename(p): p.value for p in table.phases[number - 1]}
+    registry = [
+        registry_entry(
+            rename(s), s.display_name, s.value, extra_values=() if s.off_value is None else (str(s.off_value),)
+        )
+        for s in everything
+    ]
     registry += [
         registry_entry("ProcTurboMode", "Turbo Boost", "Enabled"),
         registry_entry("BootMode", "Boot Mode", "Uefi", extra_values=("Bios",)),
     ]
-    return Board(bios=bios, hidden=hidden, reveal_when=reveal_when, registry=registry)
+    return Board(bios=bios, hidden=hidden, requires=requires, registry=registry)
+
+
+_RESTING = ("Off", "Disabled", "Auto")
+
+
+def board_from_rules(vendor: str) -> Board:
+    """The board tests/fixtures/host/bios/<vendor>.rules.json describes, at factory settings."""
+    rules = json.loads((HOST / "bios" / f"{vendor}.rules.json").read_text(encoding="utf-8"))
+    bios = dict(UNRELATED_ATTRIBUTES)
+    hidden: dict[str, Any] = {}
+    requires: dict[str, dict[str, Any]] = {}
+    pending: dict[str, dict[str, Any]] = {}
+    blocked: dict[str, dict[str, Any]] = {}
+    registry: list[dict[str, Any]] = []
+    for name, attr in rules["attributes"].items():
+        target = attr.get("target")
+        values = [v for v in attr.get("values") or [] if isinstance(v, str) and " " not in v]
+        integer = isinstance(target, int) or any("integer" in str(v) for v in attr.get("values") or [])
+        if integer:
+            start: Any = 0
+            entry = {
+                "AttributeName": name,
+                "DisplayName": attr.get("displayName") or name,
+                "ReadOnly": False,
+                "Hidden": False,
+                "Immutable": False,
+                "Type": "Integer",
+                "LowerBound": 0,
+                "UpperBound": 32,
+            }
+        else:
+            choices = list(dict.fromkeys([*values, *([str(target)] if target is not None else [])]))
+            if len(choices) < 2:  # the sources name only the value we want: its usual opposite is the start
+                choices.append(str(_off_value(choices[0] if choices else "Enabled")))
+            resting = [v for v in choices if v in _RESTING and v != target]
+            start = attr.get("default") or (resting[0] if resting else next(v for v in choices if v != target))
+            entry = registry_entry(name, attr.get("displayName") or name, choices[0], extra_values=choices[1:])
+        registry.append(entry)
+        if attr.get("requires"):
+            hidden[name] = start
+            requires[name] = dict(attr["requires"])
+        else:
+            bios[name] = start
+        if attr.get("requiresPending"):
+            pending[name] = dict(attr["requiresPending"])
+        if attr.get("blockedWhile"):
+            blocked[name] = dict(attr["blockedWhile"])
+    registry += [
+        registry_entry("ProcTurboMode", "Turbo Boost", "Enabled"),
+        registry_entry("BootMode", "Boot Mode", "Uefi", extra_values=("Bios",)),
+    ]
+    reset = (rules.get("reset") or {}).get("type")
+    return Board(
+        bios,
+        hidden,
+        requires,
+        registry,
+        requires_pending=pending,
+        blocked_while=blocked,
+        reset_types=("PowerCycle",) if reset == "PowerCycle" else (),
+    )
 
 
 def _write_config(path: Path, values: Mapping[str, Any]) -> None:
@@ -226,7 +310,9 @@ def run_emulator(
         "bios_defaults": dict(board.bios),
         "bios_pending": {},
         "bios_hidden": dict(board.hidden),
-        "bios_reveal_when": dict(board.reveal_when),
+        "bios_requires": dict(board.requires),
+        "bios_requires_pending": dict(board.requires_pending),
+        "bios_blocked_while": dict(board.blocked_while),
         "bios_version": bios_version,
     }
     config = workdir / "emulator.conf"
@@ -243,6 +329,7 @@ def run_emulator(
             "TDXGPU_BIOS_REGISTRY": registry_path,
             "TDXGPU_EVENT_LOG": str(event_log),
             "TDXGPU_POWER_DELAY_S": power_delay_s,
+            "TDXGPU_EXTRA_RESET_TYPES": list(board.reset_types),
         },
     )
     args = [sys.executable, str(DRIVER), "--fake", "--config", str(config), "-i", "127.0.0.1", "-p", str(port)]

@@ -282,6 +282,7 @@ def simulated_reboot(state: Path = STATE) -> None:
         (state / "run/sshd.pid").unlink()
     except FileNotFoundError:
         pass
+    rebind_pci(state)
     boot(state)
     time.sleep(float(profile.get("sshd_restart_delay", 1.0)))
     start_sshd(state)
@@ -291,6 +292,45 @@ def simulated_reboot(state: Path = STATE) -> None:
     save("services.json", services, state)
     if services.get("pccs", {}).get("active"):
         start_pccs(state)
+
+
+def _conf_words(directory: Path) -> list[list[str]]:
+    """The lines of directory/*.conf as words (dangling links and unreadable files skipped)."""
+    lines: list[list[str]] = []
+    for f in sorted(directory.glob("*.conf")) if directory.is_dir() else ():
+        try:
+            lines += [ln.split() for ln in f.read_text().splitlines()]
+        except OSError:
+            continue
+    return lines
+
+
+def vfio_ids_at_boot(etc: Path = Path("/etc")) -> set[str]:
+    """The PCI ids vfio-pci claims when it loads at boot: `options vfio-pci ids=...` in
+    modprobe.d, with vfio-pci listed in modules-load.d (else nothing loads it at boot)."""
+    if not any(words[:1] in (["vfio-pci"], ["vfio_pci"]) for words in _conf_words(etc / "modules-load.d")):
+        return set()
+    ids: set[str] = set()
+    for words in _conf_words(etc / "modprobe.d"):
+        if words[:2] in (["options", "vfio-pci"], ["options", "vfio_pci"]):
+            ids |= {i for w in words[2:] if w.startswith("ids=") for i in w[4:].split(",")}
+    return ids
+
+
+def rebind_pci(state: Path = STATE) -> None:
+    """What a boot does to the GPUs' drivers: driver_override and runtime binds are gone; vfio-pci
+    takes the devices whose ids it was told at boot; nothing else binds (nvidia is blacklisted on
+    these hosts, and a host with the driver loaded is its own profile)."""
+    ids = vfio_ids_at_boot()
+    for dev in (state / "sysfs/pci_devices").iterdir():
+        (dev / "driver_override").unlink(missing_ok=True)
+        link = dev / "driver"
+        if link.is_symlink() and os.readlink(link).endswith("/nvidia"):
+            continue
+        link.unlink(missing_ok=True)
+        pci_id = f"{(dev / 'vendor').read_text().strip()[2:]}:{(dev / 'device').read_text().strip()[2:]}"
+        if pci_id in ids:
+            link.symlink_to("../../../../bus/pci/drivers/vfio-pci")
 
 
 def schedule_reboot(delay: float, state: Path = STATE) -> None:
