@@ -110,6 +110,22 @@ def reboot_and_wait(host, params: dict, *, timeout: int = 20) -> tuple[sshrun.Re
     return reboot, wait
 
 
+def reboot_then_failing_wait(host) -> CommandFailed:
+    """The kernel step's reboot, then its wait, which must fail within 1 s of the new boot."""
+    reboot = run(host, KERNEL, {**kernel_params(), **FAST_BOOT}, "reboot")
+    assert reboot.facts is not None and reboot.facts["rebooting"] is True
+    wait_params = {
+        **kernel_params(),
+        **FAST_BOOT,
+        "TDX_PREV_BOOT_ID": reboot.facts["boot_id"],
+        "TDX_REBOOTING": "true",
+        "TDX_WAIT_TIMEOUT": "1",
+    }
+    with pytest.raises(CommandFailed) as info:
+        run(host, KERNEL, wait_params, "wait", dial_error_limit=-1)
+    return info.value
+
+
 # ----------------------------------------------------------------------------------------------
 # the harness itself
 
@@ -306,23 +322,7 @@ def test_kernel_wait_fails_with_the_tdx_diagnosis_when_bios_lacks_tdx(hosts):
     h = hosts["tdx_off_in_bios"]
     run(h, KERNEL, kernel_params())
     old_boot = h.boot_id()
-    reboot = run(h, KERNEL, {**kernel_params(), **FAST_BOOT}, "reboot")
-    assert reboot.facts["rebooting"] is True
-    with pytest.raises(CommandFailed) as info:
-        run(
-            h,
-            KERNEL,
-            {
-                **kernel_params(),
-                **FAST_BOOT,
-                "TDX_PREV_BOOT_ID": reboot.facts["boot_id"],
-                "TDX_REBOOTING": "true",
-                "TDX_WAIT_TIMEOUT": "1",
-            },
-            "wait",
-            dial_error_limit=-1,
-        )
-    err = info.value
+    err = reboot_then_failing_wait(h)
     assert err.facts["boot_id"] != old_boot and err.facts["kvm_intel_tdx"] == "N"
     lines = error_lines(err)
     assert all("fix: " in ln for ln in lines)
@@ -341,23 +341,9 @@ def test_kernel_wait_names_the_module_upgrade_when_the_kernel_refuses_it(hosts):
     h = hosts["pre_production"]  # used only by a preflight test
     h.set_profile(tdx_failure_log="rbp-clobber.dmesg")
     run(h, KERNEL, kernel_params())
-    reboot = run(h, KERNEL, {**kernel_params(), **FAST_BOOT}, "reboot")
-    with pytest.raises(CommandFailed) as info:
-        run(
-            h,
-            KERNEL,
-            {
-                **kernel_params(),
-                **FAST_BOOT,
-                "TDX_PREV_BOOT_ID": reboot.facts["boot_id"],
-                "TDX_REBOOTING": "true",
-                "TDX_WAIT_TIMEOUT": "1",
-            },
-            "wait",
-            dial_error_limit=-1,
-        )
-    lines = error_lines(info.value)
-    assert info.value.facts["tdx_module_version"] == "1.5.00"
+    err = reboot_then_failing_wait(h)
+    lines = error_lines(err)
+    assert err.facts["tdx_module_version"] == "1.5.00"
     assert any("not initialised" in ln and "upgrade the TDX module" in ln for ln in lines), "\n".join(lines)
     assert any("differs from the pin" in ln and "expected 1.5.16, seen 1.5.00" in ln for ln in lines)
     h.set_profile(tdx_failure_log=None)
@@ -517,6 +503,16 @@ def test_dcap_installs_configures_registers_then_nothing_to_apply(hosts):
     second = run(h, DCAP, params)
     assert second.facts["changed"] is False and len(h.calls("apt-get")) == installs
     assert secret not in second.stdout + second.stderr
+
+
+def test_dcap_restores_its_apt_source_without_reinstalling(hosts):
+    h = hosts["tdx_ready"]  # DCAP installed by the test above
+    sshrun.run(h.target(), Rendered(command="rm /etc/apt/sources.list.d/tdxgpu-intel-sgx.list", stdin=""))
+    calls = len(h.calls("apt-get"))
+    again = run(h, DCAP, dcap_params("pckid"))
+    assert again.facts["ok"] is True and again.facts["changed"] is True, again.stderr
+    assert [c["argv"][0] for c in h.calls("apt-get")[calls:]] == ["update"]
+    assert h.host_path("/etc/apt/sources.list.d/tdxgpu-intel-sgx.list").exists()
 
 
 def dcap_params(registration: str = "mpa") -> dict:

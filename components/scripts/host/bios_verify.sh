@@ -20,8 +20,8 @@ check() {
   # IA32_SEAMRR_PHYS_MASK (0x1401) bit 11: SEAM range enabled (TDX + SEAM loader).
   read_msr seamrr 0x1401 11 11
   # IA32_MKTME_KEYID_PARTITIONING (0x87) bits 63:32: KeyIDs reserved for TDX (the key split). The
-  # MSR exists only with TME-MT on; the kernel reads it with rdmsrq_safe for that reason
-  # (arch/x86/virt/vmx/tdx/tdx.c, tdx_get_keyid_info), so a fault here means TME-MT is off.
+  # kernel reads it with rdmsr_safe (arch/x86/virt/vmx/tdx/tdx.c, record_keyid_partitioning): it
+  # may fault without TME-MT, and a fault here is reported as TME-MT off.
   read_msr_or_fault tdx_keys 0x87 63 32
   # SGX_AND_MCHECK_STATUS (0xA0): 0 = SGX registration state healthy.
   read_msr sgx_status 0xa0

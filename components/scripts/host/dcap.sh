@@ -133,9 +133,19 @@ check() {
   [ "${#_UNMET[@]}" -eq 0 ]
 }
 
+apt_source_current() {
+  [ -z "$TDX_APT_URI" ] || { [ "$(cat "$APT_LIST" 2>/dev/null)" = "$(apt_line)" ] && [ -s "$APT_KEY" ]; }
+}
+
+# Intel's repository and its key, then `apt-get update` (also without a repository of ours: a
+# fresh image's lists are empty).
 apt_source() {
-  [ -n "$TDX_APT_URI" ] || return 0
   local tmp sha
+  if [ -z "$TDX_APT_URI" ]; then
+    apt-get update -q >&2 || refuse "apt-get update failed" "the host's apt sources reachable" "an error (see above)" \
+      "check /etc/apt/sources.list.d and the host's network or mirror"
+    return 0
+  fi
   if [ ! -s "$APT_KEY" ]; then
     tmp=$(mktemp)
     curl -fsSL --max-time 60 -o "$tmp" "$TDX_APT_KEY_URL" || { rm -f "$tmp"; refuse "cannot download the DCAP repository key" \
@@ -182,8 +192,10 @@ configure_pccs() {
 apply() {
   local pkg missing=() restart=false out
   for pkg in $TDX_PACKAGES; do pkg_installed "$pkg" || missing+=("$pkg"); done
-  if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "${#missing[@]}" -gt 0 ] || ! apt_source_current; then
     apt_source
+  fi
+  if [ "${#missing[@]}" -gt 0 ]; then
     # --force-confold: our edits to PCCS's default.json (a dpkg conffile) must not stop an upgrade at
     # dpkg's conffile question.
     if ! out=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confold "${missing[@]}" 2>&1); then

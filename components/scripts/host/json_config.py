@@ -28,6 +28,14 @@ class ConfigError(ValueError):
     pass
 
 
+def _string_end(text: str, i: int) -> int:
+    """The index just past the JSON string that starts at text[i] (a quote)."""
+    j, n = i + 1, len(text)
+    while j < n and text[j] != '"':
+        j += 2 if text[j] == "\\" else 1
+    return j + 1
+
+
 def strip_jsonc(text: str) -> str:
     """JSON from JSON-with-comments: drop // and /* */ comments outside strings, then commas that
     only precede a closing bracket. One pass over the text, then one over the result."""
@@ -36,11 +44,9 @@ def strip_jsonc(text: str) -> str:
     while i < n:
         c = text[i]
         if c == '"':
-            j = i + 1
-            while j < n and text[j] != '"':
-                j += 2 if text[j] == "\\" else 1
-            out.append(text[i : j + 1])
-            i = j + 1
+            j = _string_end(text, i)
+            out.append(text[i:j])
+            i = j
         elif text.startswith("//", i):
             j = text.find("\n", i)
             i = n if j < 0 else j
@@ -60,12 +66,10 @@ def strip_jsonc(text: str) -> str:
     while i < n:
         c = stripped[i]
         if c == '"':
-            j = i + 1
-            while j < n and stripped[j] != '"':
-                j += 2 if stripped[j] == "\\" else 1
-            result.append(pending + stripped[i : j + 1])
+            j = _string_end(stripped, i)
+            result.append(pending + stripped[i:j])
             pending = ""
-            i = j + 1
+            i = j
             continue
         if pending and c in " \t\r\n":
             pending += c

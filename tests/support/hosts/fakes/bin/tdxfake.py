@@ -26,8 +26,10 @@ from outside the host (to build the first boot) with the real path.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -87,9 +89,12 @@ def cpu_flags(state: Path = STATE) -> set[str]:
 def msr_implemented(reg: int, m: dict[int, int], state: Path = STATE) -> bool:
     """Whether the CPU answers a read of this MSR in its current BIOS configuration, instead of a
     #GP (msr-tools: "cannot read MSR"). IA32_MKTME_KEYID_PARTITIONING (0x87) exists only with
-    TME-MT active: IA32_TME_ACTIVATE (0x982) bit 1 and KeyID bits 35:32 non-zero (the kernel reads
-    it with rdmsrq_safe for that reason; tests/fixtures/host/kernel/README.md). The SGX debug MSR
-    0x503 is modelled as unreadable while SGX is off (no sgx CPU flag)."""
+    TME-MT active: IA32_TME_ACTIVATE (0x982) bit 1 and KeyID bits 35:32 non-zero. The kernel reads
+    it with rdmsr_safe (tests/fixtures/host/kernel/README.md); no source says when it faults, so
+    the fault here follows the review's finding, and with TME-MT on and TDX off it reads 0 TDX keys
+    as canonical/tdx#144 shows. The SGX debug MSR 0x503 is modelled as unreadable while SGX is
+    off (no sgx CPU flag): no source gives its behaviour then, so the scripts read it only after
+    the BIOS phases."""
     if reg == 0x87:
         tme = m.get(0x982, 0)
         return bool((tme >> 1) & 1) and bool((tme >> 32) & 0xF)
@@ -431,19 +436,17 @@ def pccs_startup_error(pccs_dir: Path = PCCS_DIR) -> str | None:
 
 
 def _user_id(name: str) -> int:
-    for line in Path("/etc/passwd").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == name:
-            return int(fields[2])
-    return -1
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return -1
 
 
 def _group_id(name: str) -> int:
-    for line in Path("/etc/group").read_text().splitlines():
-        fields = line.split(":")
-        if fields[0] == name:
-            return int(fields[2])
-    return -1
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return -1
 
 
 def start_pccs(state: Path = STATE) -> bool:
