@@ -505,3 +505,11 @@ def test_a_broken_pin_file_is_a_config_error_not_a_traceback(tmp_path):
     assert len(errors) == 1, errors
     assert errors[0].startswith("platform.tdxModule: firmware/tdx-module.yaml is unusable: ")
     assert "tdx-module.yaml" in errors[0] and "fix: fix firmware/tdx-module.yaml" in errors[0]
+
+
+@pytest.mark.parametrize("module,build", [("2.0.08", None), ("1.5.16", None), ("1.5.06", 744)])
+def test_granite_rapids_and_emerald_rapids_modules_pin_with_their_build_numbers(module, build):
+    raw = good()
+    raw["platform"]["tdxModule"] = module
+    platform = parse_stack(raw, "staging").platform
+    assert (platform.tdx_module, platform.tdx_module_build) == (module, build)

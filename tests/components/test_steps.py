@@ -358,3 +358,17 @@ def test_the_mode_query_parses_what_gpu_admin_tools_prints(sample, modes):
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == modes
+
+
+def test_the_71_wording_of_a_failed_module_init_gets_the_module_fix(tmp_path):
+    """Linux >= 7.1 prints "TDX-Module initialization failed (%d)" (tdx_enable; capital M)."""
+    log = tmp_path / "k.dmesg"
+    log.write_text("[    3.912047] virt/tdx: TDX-Module initialization failed (-12)\n")
+    script = (SCRIPTS_DIR / "lib.sh").read_text() + (SCRIPTS_DIR / "kernel.sh").read_text()
+    res = subprocess.run(
+        ["bash", "-c", script + 'tdx_diagnosis "$(cat "$LOG")"'],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LOG": str(log)},
+    )
+    assert res.stdout.strip() == "update the TDX module (platform.tdxModule pin)", res.stderr
