@@ -13,6 +13,7 @@ from components.render.kubernetes import args_from_workload
 from components.render.kubernetes import expected_pins as kubernetes_pins
 from components.render.pins import expected_pins, workload_pins
 from components.render.promotion import promotable_pins, refusal_from_outputs
+from components.render.trust_domain import workload_manifest
 from components.resources.host import TdxHost, TdxHostArgs
 from guest_agent import DEV_STACK
 
@@ -28,7 +29,9 @@ except ConfigErrors as exc:
 # with a workload RTMR3 too (the replay of the guest agent's events). On Kubernetes: the cluster's
 # Kata guest reference values, MRCONFIGID from the init data (components/render/kubernetes.py).
 workload = stack.workload
-manifest = workload.manifest(stack.tensor_parallel_size) if workload is not None else None
+gpu_skus, gpu_tools = gpu_pins_for(h.gpu.model for h in stack.hosts if h.gpu)
+# The manifest carries the GPU pins of the stack's GPU models: measured into RTMR3 with the rest.
+manifest = workload_manifest(workload, stack.tensor_parallel_size, gpu_skus.values()) if workload is not None else None
 k8s_args = None
 if workload is not None and manifest is not None and workload.kubernetes is not None:
     k8s_args = args_from_workload(workload, manifest)
@@ -50,7 +53,7 @@ else:
 
 # What another stack may promote from this one (components/render/promotion.py); exported below only
 # when every host step verified.
-promotable = promotable_pins(pins, *gpu_pins_for(h.gpu.model for h in stack.hosts if h.gpu), stack.platform.tdx_module)
+promotable = promotable_pins(pins, gpu_skus, gpu_tools, stack.platform.tdx_module)
 
 # Promotion (docs/decisions.md, Promotion): read the promoting stack's `promotable` output and refuse
 # to deploy anything it did not attest. The check runs in an apply on the StackReference's outputs
@@ -86,7 +89,7 @@ if k8s_args is not None:
 elif workload is not None:
     from components.resources.trust_domain import trust_domains
 
-    tds = trust_domains(stack, hosts)
+    tds = trust_domains(stack, hosts, manifest)
     endpoints.update({name: td.endpoint for name, td in tds.items()})
     waits += [td.ready for td in tds.values()]
 

@@ -195,12 +195,17 @@ def config_from_mapping(doc: Any) -> AgentConfig:
         for key, present in (
             ("config.gpu.evidenceCommand", "evidenceCommand" in gp),
             ("config.gpu.rootCa", "rootCa" in gp),
+            # The GPU pins come from the measured manifest (workload.gpu): a host-written pin could
+            # switch the VBIOS and driver checks off without changing RTMR3.
+            ("config.gpu.vbios", "vbios" in gp),
+            ("config.gpu.driver", "driver" in gp),
             ("config.podman", "podman" in top),
         ):
             if present:
                 raise InputError(
                     f"{key} only in the dev stack (outside it the image fixes the command and the "
-                    "NVIDIA root: the host's config must not choose what runs as root in the TD)",
+                    "NVIDIA root, and the measured workload manifest the GPU pins: the host's config "
+                    "must not choose what runs as root in the TD or what its GPUs are checked against)",
                     f"set, with stack {stack!r}",
                 )
     command = gp.get("evidenceCommand", list(NVML_COLLECTOR))

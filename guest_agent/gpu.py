@@ -136,7 +136,7 @@ def verify_items(
     nonce: bytes,
     expected_count: int,
     vbios_pins: tuple[str, ...],
-    driver_pin: str | None,
+    driver_pins: tuple[str, ...],
 ) -> list[dict]:
     """Verify every GPU's evidence and pins; the per-GPU facts for the gateway. Pure."""
     if len(items) != expected_count:
@@ -157,10 +157,10 @@ def verify_items(
                 f"GPU {i}: VBIOS among {list(vbios_pins)}, seen {item.vbios!r}; flash the pinned "
                 "VBIOS (firmware/gpu/*.yaml) or update the pin",
             )
-        if driver_pin and item.driver != driver_pin:
+        if driver_pins and item.driver not in driver_pins:
             raise Refused(
                 "gpu",
-                f"GPU {i}: driver {driver_pin}, seen {item.driver!r}; rebuild the guest image "
+                f"GPU {i}: driver among {list(driver_pins)}, seen {item.driver!r}; rebuild the guest image "
                 "with the pinned driver or update the pin",
             )
         facts.append(
@@ -189,6 +189,23 @@ def _fill_versions(system: System, items: list[GpuItem]) -> list[GpuItem]:
     return [GpuItem(i.report, i.chain_pem, i.vbios or r[0], i.driver or r[1]) for i, r in zip(items, rows)]
 
 
+def gpu_pins(config: AgentConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(accepted VBIOS versions, accepted driver versions): the measured manifest's (workload.gpu,
+    in RTMR3); the config's own pins only in the dev stack. Outside dev a manifest without GPU pins
+    is refused: the checks would silently pass whatever VBIOS the host flashed."""
+    pins = config.workload.gpu
+    if pins is not None:
+        return pins.vbios, pins.driver
+    if not config.dev:
+        raise Refused(
+            "gpu",
+            "GPU pins in the measured workload manifest (workload.gpu: the VBIOS and driver of "
+            "firmware/gpu/<sku>.yaml), seen none; deploy with a gpu model on every host so `pulumi up` "
+            "measures them",
+        )
+    return config.gpu.vbios, (config.gpu.driver,) if config.gpu.driver else ()
+
+
 def attest_gpus(
     config: AgentConfig,
     system: System,
@@ -197,6 +214,7 @@ def attest_gpus(
 ) -> GpuResult:
     if config.dev and config.server == "standin":
         return GpuResult(skipped="dev stack with the stand-in server: no GPU is used", evidence_path=None)
+    vbios_pins, driver_pins = gpu_pins(config)  # before anything runs: no pins, no GPU
     root_pem = None  # the chain's own root, pinned by fingerprint (tdxattest.gpu_evidence)
     if config.gpu.root_ca is not None:
         try:
@@ -213,9 +231,7 @@ def attest_gpus(
     doc = load_evidence_output(res.stdout)
     cc = check_cc_state(doc, config.dev)
     items = _fill_versions(system, evidence_items(doc))
-    facts = verify_items(
-        items, root_pem, nonce, config.workload.tensor_parallel_size, config.gpu.vbios, config.gpu.driver
-    )
+    facts = verify_items(items, root_pem, nonce, config.workload.tensor_parallel_size, vbios_pins, driver_pins)
     ready = system.run([system.python, "-m", "guest_agent.nvml", "--set-ready"], SMI_TIMEOUT_S)
     try:
         answer = json.loads(ready.stdout)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from components.catalog.td_manifest import BootManifest
-from tdxattest.core.workload import WorkloadManifest, manifest_from_mapping
+from tdxattest.core.workload import GpuPins, WorkloadManifest, manifest_from_mapping
 
 PROJECT = "tdx-vllm"
 
@@ -193,17 +193,21 @@ class WorkloadConfig:
         """The TD boot manifest's path (firmware/td/); None for kubernetes."""
         return self.boot.path if self.boot is not None else None
 
-    def manifest_mapping(self, tensor_parallel_size: int) -> dict[str, Any]:
-        return {
+    def manifest_mapping(self, tensor_parallel_size: int, gpu: GpuPins | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
             "image": self.image,
             "model": {"id": self.model_id, "revision": self.model_revision, "files": dict(self.model_files)},
             "vllmArgs": list(self.vllm_args),
             "tensorParallelSize": tensor_parallel_size,
         }
+        if gpu is not None:
+            doc["gpu"] = gpu.as_dict()
+        return doc
 
-    def manifest(self, tensor_parallel_size: int) -> WorkloadManifest:
-        """The workload manifest measured into RTMR3 (tdxattest.core.workload)."""
-        return manifest_from_mapping(self.manifest_mapping(tensor_parallel_size))
+    def manifest(self, tensor_parallel_size: int, gpu: GpuPins | None = None) -> WorkloadManifest:
+        """The workload manifest measured into RTMR3 (tdxattest.core.workload), with the GPU pins
+        the TD checks its GPUs' evidence against (render.trust_domain.workload_manifest)."""
+        return manifest_from_mapping(self.manifest_mapping(tensor_parallel_size, gpu))
 
 
 @dataclass(frozen=True)

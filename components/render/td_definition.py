@@ -270,12 +270,12 @@ def agent_config(
     model_source: str,
     gateway_port: int,
     known_answer: Mapping[str, str],
-    gpu: Mapping[str, Any] | None = None,
 ) -> str:
     """The guest agent's config (fw_cfg opt/tdx-vllm/agent.json) in the agent's schema
     (docs/guest-agent.md: unknown keys are errors there), canonical JSON. The host hands it to the
     TD, so the agent trusts none of it: it extends RTMR3 with the SHA-384 of the manifest's canonical
-    bytes, so a host that changes the manifest changes RTMR3 and fails attestation."""
+    bytes, so a host that changes the manifest (its GPU pins included) changes RTMR3 and fails
+    attestation."""
     doc: dict[str, Any] = {
         "stack": stack,
         "workload": dict(manifest),
@@ -283,6 +283,4 @@ def agent_config(
         "knownAnswer": dict(known_answer),
         "gateway": {"port": gateway_port},
     }
-    if gpu:
-        doc["gpu"] = dict(gpu)
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"

@@ -6,7 +6,7 @@ the harness runs exactly what `pulumi up` runs."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from components.catalog.gpu import GpuSku
@@ -15,7 +15,7 @@ from components.config.model import TdShape, WorkloadConfig
 from components.render.steps import Step
 from components.render.td_definition import DEFAULT_QEMU, TdDefinition, agent_config, render_unit, td_dir
 from guest_agent import REPORT_PREFIX
-from tdxattest.core.workload import WorkloadManifest, expected_rtmr3
+from tdxattest.core.workload import WorkloadManifest, expected_rtmr3, gpu_pins
 
 STAGE_STEP = Step("td-stage", "td_stage.sh")
 LAUNCH_STEP = Step("td-launch", "td_launch.sh")
@@ -109,7 +109,6 @@ def launch_params(
     workload: WorkloadConfig,
     manifest: WorkloadManifest,
     stack: str,
-    gpu_pins: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     agent = agent_config(
         stack,
@@ -117,7 +116,6 @@ def launch_params(
         workload.model_source,
         workload.gateway_port,
         {"prompt": workload.known_answer.prompt, "expect": workload.known_answer.expect},
-        gpu_pins,
     )
     unit = render_unit(defn, unit_pins(boot, manifest))
     return {
@@ -154,8 +152,10 @@ def wait_params(
     }
 
 
-def gpu_pins(sku: GpuSku | None) -> dict[str, Any] | None:
-    """What the guest agent checks the GPU evidence against: the SKU's VBIOS and (guest) driver pins."""
-    if sku is None:
-        return None
-    return {"vbios": [sku.vbios], "driver": sku.driver}
+def workload_manifest(workload: WorkloadConfig, tensor_parallel_size: int, skus: Iterable[GpuSku]) -> WorkloadManifest:
+    """The manifest the TDs measure into RTMR3, with the GPU pins of the stack's GPU models (the
+    VBIOS and guest driver of every `firmware/gpu/<sku>.yaml` its hosts use): the agent checks its
+    GPUs' evidence against these measured values, never against the host-written config."""
+    skus = list(skus)
+    pins = gpu_pins((s.vbios for s in skus), (s.driver for s in skus)) if skus else None
+    return workload.manifest(tensor_parallel_size, pins)

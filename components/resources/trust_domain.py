@@ -24,7 +24,6 @@ from typing import Any
 import pulumi
 
 from components.catalog.dcap import dcap_packages
-from components.catalog.gpu import gpu_sku
 from components.config.model import HostConfig, StackConfig, WorkloadConfig
 from components.render.td_definition import DEFAULT_QEMU
 from components.render.trust_domain import (
@@ -33,7 +32,6 @@ from components.render.trust_domain import (
     WAIT_STEP,
     definition,
     endpoint_url,
-    gpu_pins,
     launch_params,
     select_gpus,
     stage_params,
@@ -91,8 +89,7 @@ class TrustDomain(pulumi.ComponentResource):
                 qemu=args.qemu,
             )
         )
-        pins = gpu_pins(gpu_sku(host.gpu.model) if host.gpu else None)
-        params = defn.apply(lambda d: launch_params(d, boot, wl, args.manifest, args.stack, pins))
+        params = defn.apply(lambda d: launch_params(d, boot, wl, args.manifest, args.stack))
         # A changed launch input (artifact pin, manifest, unit, agent config) replaces the TD: the
         # old one is stopped and its unit removed first, then the new one is written and started.
         self.launch = host_step(
@@ -125,17 +122,21 @@ class TrustDomain(pulumi.ComponentResource):
 
 
 def trust_domains(
-    stack: StackConfig, hosts: Sequence[Any], *, qgs_service: str | None = None, qemu: str = DEFAULT_QEMU
+    stack: StackConfig,
+    hosts: Sequence[Any],
+    manifest: WorkloadManifest | None,
+    *,
+    qgs_service: str | None = None,
+    qemu: str = DEFAULT_QEMU,
 ) -> dict[str, TrustDomain]:
     """One TrustDomain per host when the stack has a `workload` (else none), each a child of its
     TdxHost, after the host's kernel, GPU and DCAP steps."""
-    if stack.workload is None:
+    if stack.workload is None or manifest is None:
         return {}
     if stack.dcap is None:
         raise ValueError("a stack with hosts has a `dcap:` block (the config requires it)")
     if qgs_service is None:
         qgs_service = dcap_packages().services.get("qgs")
-    manifest = stack.workload.manifest(stack.tensor_parallel_size)
     out: dict[str, TrustDomain] = {}
     for cfg, host in zip(stack.hosts, hosts):
         after = [host.kernel, host.dcap] + ([host.gpu] if host.gpu is not None else [])

@@ -214,11 +214,11 @@ def test_unit_refuses_arguments_systemd_cannot_carry():
 
 
 def test_agent_config_is_canonical_json_in_the_agents_schema():
-    """docs/guest-agent.md: the agent refuses unknown keys, so only its keys are rendered."""
-    manifest = {"image": "x@sha256:" + "0" * 64, "model": {"id": "a/b"}}
-    gpu = {"vbios": ["96.00.9F.00.01"], "driver": "580.95.05"}
+    """docs/guest-agent.md: the agent refuses unknown keys, so only its keys are rendered. The GPU
+    pins are inside the (measured) manifest, never a config key of their own."""
+    manifest = {"image": "x@sha256:" + "0" * 64, "model": {"id": "a/b"}, "gpu": {"vbios": ["96.00.9F.00.01"]}}
     text = agent_config(
-        "prod", manifest, "https://huggingface.co/{id}/resolve/{revision}", 8443, {"prompt": "p", "expect": "e"}, gpu
+        "prod", manifest, "https://huggingface.co/{id}/resolve/{revision}", 8443, {"prompt": "p", "expect": "e"}
     )
     doc = json.loads(text)
     assert doc == {
@@ -227,10 +227,8 @@ def test_agent_config_is_canonical_json_in_the_agents_schema():
         "model": {"source": "https://huggingface.co/{id}/resolve/{revision}"},
         "gateway": {"port": 8443},
         "knownAnswer": {"prompt": "p", "expect": "e"},
-        "gpu": gpu,
     }
     assert text == json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n"
-    assert "gpu" not in json.loads(agent_config("dev", manifest, "https://m", 8443, {"prompt": "p", "expect": "e"}))
 
 
 def test_root_and_data_disks_carry_the_serials_the_guest_initramfs_looks_for():

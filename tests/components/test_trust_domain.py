@@ -16,11 +16,11 @@ from components.render.promotion import promotable_pins, refusal
 from components.render.trust_domain import (
     definition,
     endpoint_url,
-    gpu_pins,
     launch_params,
     select_gpus,
     stage_params,
     wait_params,
+    workload_manifest,
 )
 from components.resources.trust_domain import trust_domains
 from tdxattest.core.pins import StackPins
@@ -62,7 +62,8 @@ def stack_config(tmp_path, *, kernel_sha: str = KERNEL_SHA, **wl_changes):
 def build(cfg, host_index: int = 0):
     host, rec = build_host(cfg, host_index)
     one = type(cfg)(**{**cfg.__dict__, "hosts": (cfg.hosts[host_index],)})
-    tds = trust_domains(one, [host], qgs_service="qgsd")
+    manifest = workload_manifest(cfg.workload, 1, [gpu_sku(h.gpu.model) for h in one.hosts if h.gpu])
+    tds = trust_domains(one, [host], manifest, qgs_service="qgsd")
     return host, tds[cfg.hosts[host_index].name], rec
 
 
@@ -106,7 +107,7 @@ def test_a_changed_launch_replaces_the_td_stopping_the_old_one_first(tmp_path):
 def test_launch_input_carries_the_definition_gpus_and_pins(tmp_path):
     cfg = stack_config(tmp_path)
     _, _, rec = build(cfg)
-    manifest = cfg.workload.manifest(1)
+    manifest = workload_manifest(cfg.workload, 1, [gpu_sku("h100-sxm")])
 
     def check(stdins):
         launch = stdins["gpu-a-td-launch"]
@@ -139,7 +140,7 @@ def test_a_changed_pinned_artifact_restages_relaunches_and_waits_again(tmp_path)
 
 def test_no_workload_no_trust_domain():
     cfg = parse_stack(decrypted(good()), "staging", secret_paths=set(SECRETS))
-    assert trust_domains(cfg, []) == {}
+    assert trust_domains(cfg, [], None) == {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,13 +166,15 @@ def test_step_parameters(tmp_path):
         f"initrd.img initrd-6.18.5-test.img {'44' * 32}",
     ]
     d = definition("gpu-a", boot, cfg.workload, ("0000:b8:00.0",))
-    launch = launch_params(d, boot, cfg.workload, cfg.workload.manifest(1), "staging", gpu_pins(gpu_sku("h100-sxm")))
+    sku = gpu_sku("h100-sxm")
+    manifest = workload_manifest(cfg.workload, 1, [sku])
+    launch = launch_params(d, boot, cfg.workload, manifest, "staging")
     assert launch["TDX_UNIT"] == "tdx-vllm-td-gpu-a.service" and launch["TDX_DATA_DISK"] == ""
     agent = json.loads(launch["TDX_AGENT_CONFIG"])
-    assert agent["stack"] == "staging" and agent["workload"] == cfg.workload.manifest(1).as_dict()
+    assert agent["stack"] == "staging" and agent["workload"] == manifest.as_dict()
     assert agent["knownAnswer"] == {"prompt": "The capital of France is", "expect": " Paris"}
-    sku = gpu_sku("h100-sxm")
-    assert agent["gpu"] == {"vbios": [sku.vbios], "driver": sku.driver}
+    # The GPU pins travel inside the measured manifest, not as host-written agent config.
+    assert agent["workload"]["gpu"] == {"vbios": [sku.vbios], "driver": [sku.driver]} and "gpu" not in agent
     with_disk = stack_config(tmp_path / "disk", td={**workload()["td"], "dataDiskGiB": 200})
     d2 = definition("gpu-a", boot, with_disk.workload, ("0000:b8:00.0",))
     assert d2.data_disk == "/var/lib/tdx-vllm/td/gpu-a/data.img"

@@ -90,6 +90,10 @@ def config_doc(
     expect: str | None = None,
     max_tokens: int = 4,
 ) -> dict:
+    gateway_port = free_port()
+    server_port = free_port()
+    while server_port == gateway_port:  # two free_port() calls may hand out the same port
+        server_port = free_port()
     return {
         "stack": stack,
         "server": server,
@@ -100,8 +104,8 @@ def config_doc(
             "tensorParallelSize": 1,
         },
         "model": {"source": source or (tmp / "src").as_uri(), "dir": str(tmp / "model")},
-        "gateway": {"port": free_port(), "listen": "127.0.0.1"},
-        "serverPort": free_port(),
+        "gateway": {"port": gateway_port, "listen": "127.0.0.1"},
+        "serverPort": server_port,
         "stateDir": str(tmp / "state"),
         "knownAnswer": {
             "prompt": PROMPT,
@@ -584,14 +588,22 @@ class RealCommands:
         return run_command(argv, timeout_s)
 
 
-def gpu_config(tmp_path: Path, stack: str = "prod", **gpu) -> AgentConfig:
+# What the NVML stand-in reports (tests/support/nvml_standin): NVIDIA's sample report's VBIOS.
+STANDIN_VBIOS, STANDIN_DRIVER = "96.00.9F.00.01", "550.90.07"
+
+
+def gpu_config(
+    tmp_path: Path, stack: str = "prod", vbios: str = STANDIN_VBIOS, driver: str = STANDIN_DRIVER, **gpu
+) -> AgentConfig:
+    """The pins in the measured manifest (workload.gpu), as `pulumi up` renders them."""
     doc = config_doc(tmp_path, {"a": "aa" * 32}, stack=stack, server="vllm")
+    doc["workload"]["gpu"] = {"vbios": [vbios], "driver": [driver]}
     doc["gpu"] = gpu
     return config_from_mapping(doc)
 
 
 def test_gpu_verified_then_set_ready(tmp_path, nvml_gpu):
-    cfg = gpu_config(tmp_path, vbios=["96.00.9F.00.01"], driver="550.90.07")
+    cfg = gpu_config(tmp_path)
     commands = RealCommands()
     result = attest_gpus(cfg, System(run=commands), tmp_path / "state", lambda: NONCE1)
     assert [c[1:] for c in commands.calls] == [
@@ -611,8 +623,8 @@ def test_gpu_verified_then_set_ready(tmp_path, nvml_gpu):
         ({"NVML_STANDIN_CHAIN": "hopper_cert_chain_case3.txt"}, {}, NONCE1, "gpu.chain_invalid"),
         ({"NVML_STANDIN_CHAIN": "hopper_coco_certs1.txt"}, {}, NONCE1, "gpu.signature_invalid"),
         ({}, {}, bytes(32), "gpu.nonce_mismatch"),
-        ({}, {"vbios": ["96.00.AA.00.01"]}, NONCE1, "VBIOS among"),
-        ({}, {"driver": "580.95.05"}, NONCE1, "driver 580.95.05"),
+        ({}, {"vbios": "96.00.AA.00.01"}, NONCE1, "VBIOS among"),
+        ({}, {"driver": "580.95.05"}, NONCE1, "driver among \\['580.95.05'\\]"),
         ({"NVML_STANDIN_GPUS": "2"}, {}, NONCE1, "1 GPU\\(s\\) .* evidence for 2"),
         ({"NVML_STANDIN_CC": "2,0,0"}, {}, NONCE1, "confidential computing on"),
         ({"NVML_STANDIN_CC": "2,1,1"}, {}, NONCE1, "devtools mode off outside the dev stack"),
@@ -634,6 +646,26 @@ def test_gpu_refusals_never_set_ready(tmp_path, nvml_gpu, monkeypatch, env, gpu,
     assert [c[-2] for c in commands.calls] == ["--nonce"]  # never --set-ready
     assert not (nvml_gpu / "ready").exists()
     assert not (tmp_path / "state/gpu-evidence.json").exists()
+
+
+def test_a_host_that_strips_the_gpu_pins_gets_a_refusal(tmp_path, nvml_gpu):
+    """Outside dev the pins come only from the measured manifest: without them no GPU is trusted,
+    and a host cannot put its own (or none) in the config it writes."""
+    doc = config_doc(tmp_path, {"a": "aa" * 32}, stack="prod", server="vllm")
+    commands = RealCommands()
+    with pytest.raises(Refused, match=r"GPU pins in the measured workload manifest .* seen none"):
+        attest_gpus(config_from_mapping(doc), System(run=commands), tmp_path / "state", lambda: NONCE1)
+    assert commands.calls == [] and not (nvml_gpu / "ready").exists()
+    doc["gpu"] = {"vbios": ["96.00.30.00.01"]}
+    with pytest.raises(InputError, match=r"config.gpu.vbios only in the dev stack"):
+        config_from_mapping(doc)
+
+
+def test_dev_may_pin_the_gpus_in_its_config(tmp_path, nvml_gpu):
+    doc = config_doc(tmp_path, {"a": "aa" * 32}, stack="dev", server="vllm")
+    doc["gpu"] = {"vbios": ["96.00.AA.00.01"]}
+    with pytest.raises(Refused, match="VBIOS among"):
+        attest_gpus(config_from_mapping(doc), System(run=RealCommands()), tmp_path / "state", lambda: NONCE1)
 
 
 def test_gpu_devtools_is_accepted_in_dev(tmp_path, nvml_gpu, monkeypatch):

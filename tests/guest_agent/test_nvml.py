@@ -56,7 +56,7 @@ def test_collector_output_verifies_to_the_nvidia_root(nvml_gpu, monkeypatch):
     # the nonce went into the struct where the driver reads it, for every GPU
     assert (nvml_gpu / "nonce-0.bin").read_bytes() == NONCE1 and (nvml_gpu / "nonce-1.bin").read_bytes() == NONCE1
     items = evidence_items(load_evidence_output(done.stdout))
-    facts = verify_items(items, None, NONCE1, 2, ("96.00.9F.00.01",), "550.90.07")
+    facts = verify_items(items, None, NONCE1, 2, ("96.00.9F.00.01",), ("550.90.07",))
     assert [f["fwid"][:8] for f in facts] == ["f5c384ae", "f5c384ae"]
     assert not (nvml_gpu / "ready").exists()  # collecting never sets the GPUs ready
 

@@ -121,7 +121,7 @@ def staged(host, name: str) -> Path:
 
 def launch(**changes) -> dict:
     return {
-        **launch_params(DEFN, boot(), WORKLOAD, MANIFEST, "staging", {"vbios": [H.H100_VBIOS], "driver": "580.95.05"}),
+        **launch_params(DEFN, boot(), WORKLOAD, MANIFEST, "staging"),
         **changes,
     }
 

@@ -11,8 +11,10 @@ import pytest
 from tdxattest.core.errors import InputError
 from tdxattest.core.workload import (
     WORKLOAD_EVENT,
+    GpuPins,
     WorkloadManifest,
     expected_rtmr3,
+    gpu_pins,
     manifest_from_mapping,
     refused_vllm_arg,
     replay_rtmr3,
@@ -224,3 +226,38 @@ def test_refused_vllm_args_in_every_spelling(arg, flag):
 )
 def test_allowed_vllm_args(arg):
     assert refused_vllm_arg(arg) is None
+
+
+# ---- GPU pins: measured with the rest, so a host cannot change what the TD checks --------------
+
+
+def test_gpu_pins_are_measured_and_absent_pins_keep_the_old_bytes():
+    plain = manifest_from_mapping(doc())
+    assert "gpu" not in plain.as_dict() and plain.gpu is None
+    pinned = manifest_from_mapping({**doc(), "gpu": {"vbios": ["96.00.9F.00.01"], "driver": ["570.86.15"]}})
+    assert pinned.gpu == GpuPins(vbios=("96.00.9F.00.01",), driver=("570.86.15",))
+    assert manifest_from_mapping(pinned.as_dict()) == pinned
+    other = manifest_from_mapping({**doc(), "gpu": {"vbios": ["96.00.30.00.01"], "driver": ["570.86.15"]}})
+    assert len({expected_rtmr3(plain), expected_rtmr3(pinned), expected_rtmr3(other)}) == 3
+
+
+def test_gpu_pins_have_one_canonical_form():
+    assert gpu_pins(["96.00.a5.00.03", "96.00.9F.00.01", "96.00.9F.00.01"], ["570.86.15"]) == GpuPins(
+        vbios=("96.00.9F.00.01", "96.00.A5.00.03"), driver=("570.86.15",)
+    )
+
+
+@pytest.mark.parametrize(
+    "gpu,expected",
+    [
+        ({"vbios": [], "driver": ["570.86.15"]}, "workload.gpu.vbios as a non-empty list"),
+        ({"vbios": ["96.00.9F.00.01"], "driver": ["latest"]}, "workload.gpu.driver versions like 570.86.15"),
+        ({"vbios": ["96.00.9f.00.01"], "driver": ["570.86.15"]}, "workload.gpu.vbios versions like 96.00.9F.00.01"),
+        ({"vbios": ["96.00.A5.00.03", "96.00.9F.00.01"], "driver": ["570.86.15"]}, "sorted, without duplicates"),
+        ({"vbios": ["96.00.9F.00.01"], "driver": ["570.86.15"], "cc": "off"}, "unknown key 'cc'"),
+        ("on", "workload.gpu as a mapping"),
+    ],
+)
+def test_gpu_pin_errors_name_the_key(gpu, expected):
+    with pytest.raises(InputError, match=expected):
+        manifest_from_mapping({**doc(), "gpu": gpu})

@@ -5,7 +5,11 @@ quote from the TD proves which image, model files and vLLM arguments it serves. 
 the manifest from the same config, calls `expected_rtmr3`, and compares with the quote's RTMR3.
 
 Only things that cannot drift are accepted: images by digest, models by commit id and per-file
-SHA-256. A tag or a branch name would make the same manifest mean different bytes tomorrow. Pure.
+SHA-256. A tag or a branch name would make the same manifest mean different bytes tomorrow.
+
+The GPU pins (accepted VBIOS versions, the guest driver) are part of the manifest, so the TD checks
+its GPUs' evidence against measured values: a host that edits the agent's config cannot switch the
+check off, and a quote's RTMR3 shows which pins the TD enforced. Pure.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -31,8 +35,48 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DIGEST48 = re.compile(r"^[0-9a-f]{96}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
-_TOP_KEYS = frozenset({"schema", "image", "model", "vllmArgs", "tensorParallelSize"})
+_TOP_KEYS = frozenset({"schema", "image", "model", "vllmArgs", "tensorParallelSize", "gpu"})
 _MODEL_KEYS = frozenset({"id", "revision", "files"})
+_GPU_KEYS = frozenset({"vbios", "driver"})
+_VBIOS = re.compile(r"^[0-9A-F]{2}(\.[0-9A-F]{2}){4}$")  # as NVIDIA prints it: 96.00.9F.00.01
+_DRIVER = re.compile(r"^[0-9]{3}\.[0-9]{1,3}(\.[0-9]{1,3})?$")  # 570.86.15
+
+
+@dataclass(frozen=True)
+class GpuPins:
+    """What the TD accepts from its GPUs' evidence: the VBIOS versions of the stack's GPU models
+    (firmware/gpu/<sku>.yaml) and the guest driver versions. Sorted, non-empty."""
+
+    vbios: tuple[str, ...]
+    driver: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"vbios": list(self.vbios), "driver": list(self.driver)}
+
+
+def gpu_pins(vbios: Iterable[str], drivers: Iterable[str]) -> GpuPins:
+    """GpuPins from the pinned versions (upper-cased VBIOS, sorted, duplicates dropped)."""
+    return gpu_pins_from_mapping({"vbios": sorted({v.upper() for v in vbios}), "driver": sorted(set(drivers))})
+
+
+def gpu_pins_from_mapping(doc: Any) -> GpuPins:
+    if not isinstance(doc, Mapping):
+        raise InputError("workload.gpu as a mapping", _type_name(doc))
+    unknown = sorted(set(doc) - _GPU_KEYS)
+    if unknown:
+        raise InputError(f"workload.gpu keys among {sorted(_GPU_KEYS)}", f"unknown key {unknown[0]!r}")
+    out: dict[str, tuple[str, ...]] = {}
+    for key, pattern, example in (("vbios", _VBIOS, "96.00.9F.00.01"), ("driver", _DRIVER, "570.86.15")):
+        values = doc.get(key)
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+            raise InputError(f"workload.gpu.{key} as a non-empty list of versions", repr(values)[:120])
+        bad = [v for v in values if not pattern.match(v)]
+        if bad:
+            raise InputError(f"workload.gpu.{key} versions like {example}", repr(bad[0])[:120])
+        if values != sorted(set(values)):
+            raise InputError(f"workload.gpu.{key} sorted, without duplicates (one canonical form)", repr(values)[:120])
+        out[key] = tuple(values)
+    return GpuPins(vbios=out["vbios"], driver=out["driver"])
 
 
 @dataclass(frozen=True)
@@ -43,9 +87,10 @@ class WorkloadManifest:
     model_files: tuple[tuple[str, str], ...]  # sorted (relative path, sha256 hex); non-empty
     vllm_args: tuple[str, ...]
     tensor_parallel_size: int  # = GPU count of the TD, >= 1
+    gpu: GpuPins | None = None  # None: no GPU pins (a stack without GPU hosts, or the dev stand-in)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "schema": SCHEMA,
             "image": self.image,
             "model": {
@@ -56,6 +101,9 @@ class WorkloadManifest:
             "vllmArgs": list(self.vllm_args),
             "tensorParallelSize": self.tensor_parallel_size,
         }
+        if self.gpu is not None:  # absent rather than null: a manifest without GPUs keeps its bytes
+            doc["gpu"] = self.gpu.as_dict()
+        return doc
 
     def canonical_bytes(self) -> bytes:
         # sort_keys makes the file map order-independent; ensure_ascii keeps the bytes one encoding.
@@ -163,6 +211,7 @@ def manifest_from_mapping(doc: Mapping[str, Any]) -> WorkloadManifest:
         model_files=tuple(sorted(pairs)),
         vllm_args=tuple(args),
         tensor_parallel_size=tp,
+        gpu=gpu_pins_from_mapping(doc["gpu"]) if "gpu" in doc else None,
     )
 
 
