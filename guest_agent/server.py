@@ -29,6 +29,10 @@ VLLM_ENV = {
     "VLLM_USE_V2_MODEL_RUNNER": "0",
     # Weights come only from the verified model directory, never from the Hub at run time.
     "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    # No usage reports from inside a TD, whatever outbound network the host gives it.
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
 }
 STOP_GRACE_S = 15.0
 

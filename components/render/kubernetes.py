@@ -39,6 +39,7 @@ from typing import Any
 from components.config.model import GATEWAY_PORT, KnownAnswer, KubernetesTarget, WorkloadConfig
 from components.config.reader import ConfigError, join
 from guest_agent.pod import known_answer, model_fetch
+from guest_agent.server import VLLM_ENV
 from tdxattest.core.pins import KubernetesDetail, RegisterPin, StackPins
 from tdxattest.core.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
 
@@ -269,13 +270,8 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
         "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": vllm_args(m),
-        "env": [
-            {"name": "VLLM_USE_V2_MODEL_RUNNER", "value": "0"},
-            {"name": "HF_HUB_OFFLINE", "value": "1"},
-            {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
-            {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
-            {"name": "DO_NOT_TRACK", "value": "1"},
-        ],
+        # The host target's environment (guest_agent.server.VLLM_ENV): one list for both targets.
+        "env": [{"name": k, "value": v} for k, v in sorted(VLLM_ENV.items())],
         "resources": {
             "limits": {t.gpu_resource: str(t.gpu_count), "cpu": t.cpu, "memory": t.memory},
             "requests": {"cpu": t.cpu, "memory": t.memory},

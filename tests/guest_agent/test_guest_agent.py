@@ -567,6 +567,8 @@ def test_vllm_command_line(tmp_path):
     assert argv[:3] == ["podman", "run", "--rm"]
     image_at = argv.index(IMAGE)
     assert "VLLM_USE_V2_MODEL_RUNNER=0" in argv[:image_at] and "nvidia.com/gpu=all" in argv[:image_at]
+    # a TD must not phone home, whatever outbound NAT the host gives it (as on the Kubernetes target)
+    assert {"VLLM_NO_USAGE_STATS=1", "DO_NOT_TRACK=1", "HF_HUB_OFFLINE=1"} <= set(argv[:image_at])
     after = argv[image_at + 1 :]
     assert after[:2] == ["--model", "/var/lib/tdx-vllm/model"]
     assert after[after.index("--host") + 1] == "127.0.0.1" and after[after.index("--port") + 1] == "8000"
