@@ -38,6 +38,7 @@ from sushy import exceptions as sushy_exc
 from components.bmc.resolve import (
     BiosError,
     BiosPhaseResult,
+    BiosSettingsMissing,
     ResolvedSetting,
     base_url,
     diff,
@@ -309,7 +310,7 @@ def _read(
     try:
         resolved = resolve_settings(settings, current, registry, vendor=vendor)
     except BiosError as exc:
-        raise BiosError(f"BMC {conn.url} system {system.path}: {exc}") from None
+        raise type(exc)(f"BMC {conn.url} system {system.path}: {exc}") from None
     desired = {r.attribute: r.value for r in resolved}
     return _Snapshot(system, bios, resolved, desired, current)
 
@@ -323,15 +324,29 @@ def _read_until_found(
     retries: int,
     poll_s: float,
 ) -> _Snapshot:
-    for attempt in range(retries + 1):
+    for _ in range(retries):
         try:
             return _read(root, conn, vendor, settings, system_path)
-        except BiosError as exc:
-            if "not found" not in str(exc) or attempt == retries:
-                raise
+        except BiosSettingsMissing:
             LOG.info("BMC %s: a BIOS setting is not listed yet; reading the BIOS again in %g s", conn.url, poll_s)
             time.sleep(poll_s)
-    raise AssertionError("unreachable")
+    return _read(root, conn, vendor, settings, system_path)
+
+
+def _as_read(snap: _Snapshot, vendor: str, phase: int, conn: _Conn) -> BiosPhaseResult:
+    """The phase as the BIOS has it now: nothing changed, nothing reset."""
+    return _result(
+        snap,
+        vendor,
+        phase,
+        conn,
+        snap.current,
+        bios_version=snap.system.bios_version,
+        changed=False,
+        reset=False,
+        applied={},
+        reset_type=None,
+    )
 
 
 def _result(
@@ -393,19 +408,7 @@ def check_phase(
         request_timeout_s=request_timeout_s,
         retry_delay_s=retry_delay_s,
     ) as (root, conn):
-        snap = _read(root, conn, vendor, settings, system_path)
-        return _result(
-            snap,
-            vendor,
-            phase,
-            conn,
-            snap.current,
-            bios_version=snap.system.bios_version,
-            changed=False,
-            reset=False,
-            applied={},
-            reset_type=None,
-        )
+        return _as_read(_read(root, conn, vendor, settings, system_path), vendor, phase, conn)
 
 
 def apply_phase(
@@ -449,18 +452,7 @@ def apply_phase(
         changes = diff(snap.desired, snap.current)
         if not changes:
             LOG.info("BIOS phase %s on %s already applied; nothing to do", phase, conn.url)
-            return _result(
-                snap,
-                vendor,
-                phase,
-                conn,
-                snap.current,
-                bios_version=snap.system.bios_version,
-                changed=False,
-                reset=False,
-                applied={},
-                reset_type=None,
-            )
+            return _as_read(snap, vendor, phase, conn)
 
         LOG.info(
             "BIOS phase %s on %s: setting %s",

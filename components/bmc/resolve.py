@@ -27,6 +27,11 @@ class BiosError(RuntimeError):
     """Anything that stops a BIOS phase. The message is one line, carries a fix, and never the password."""
 
 
+class BiosSettingsMissing(BiosError):
+    """Every setting that failed to resolve is simply not listed by the BIOS (yet): reading the BIOS
+    again later may find it, unlike a wrong value or an ambiguous name."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure part
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +104,8 @@ def resolve_settings(
     if problems:
         # One line: every problem, then each distinct fix once.
         fixes = list(dict.fromkeys(p.fix for p in problems))
-        raise BiosError("; ".join(p.problem for p in problems) + "; fix: " + "; ".join(fixes))
+        error = BiosSettingsMissing if all(p.missing for p in problems) else BiosError
+        raise error("; ".join(p.problem for p in problems) + "; fix: " + "; ".join(fixes))
     return tuple(resolved)
 
 
@@ -109,10 +115,11 @@ def diff(desired: Mapping[str, Scalar], current: Mapping[str, Any]) -> dict[str,
 
 
 class _Unresolved(Exception):
-    def __init__(self, problem: str, fix: str) -> None:
+    def __init__(self, problem: str, fix: str, *, missing: bool = False) -> None:
         super().__init__(problem)
         self.problem = problem
         self.fix = fix
+        self.missing = missing  # the attribute is not listed at all
 
 
 def _table_ref(vendor: str) -> str:
@@ -190,6 +197,7 @@ def _find_attribute(
         f"BIOS setting '{item.setting}' not found: tried attribute '{item.attribute}' (also without a "
         f"_Fxxxx/#xxxx suffix) and display name '{item.display_name}'{hint}",
         _NOT_FOUND_FIX.format(table=table),
+        missing=True,
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from components.bmc import redfish
 from components.bmc import resolve as bios_resolve
-from components.bmc.resolve import BiosError, diff, resolve_attributes, resolve_settings
+from components.bmc.resolve import BiosError, BiosSettingsMissing, diff, resolve_attributes, resolve_settings
 from components.catalog.bios import BiosSetting, Scalar
 
 TME = BiosSetting("tme", "MemoryEncryption_TME_", "Memory Encryption (TME)", "Enabled")
@@ -83,7 +83,7 @@ def test_display_name_is_case_and_whitespace_insensitive() -> None:
 
 
 def test_not_found_names_setting_attribute_display_name_and_fix() -> None:
-    with pytest.raises(BiosError) as info:
+    with pytest.raises(BiosSettingsMissing) as info:  # a BiosError that a later read may cure
         resolve_attributes([TDX], {"ProcTurboMode": "Enabled"}, [entry("ProcTurboMode", "Turbo")], vendor="supermicro")
     message = str(info.value)
     for part in (
@@ -315,3 +315,11 @@ def test_locked_attribute_already_at_its_value_is_fine() -> None:
     assert resolve_attributes([TME], {"MemoryEncryption_TME_": "Enabled"}, registry) == {
         "MemoryEncryption_TME_": "Enabled"
     }
+
+
+def test_a_value_problem_is_not_a_missing_setting() -> None:
+    """Only a setting the BIOS does not list is worth reading again; a refused value is not."""
+    registry = [entry("TrustDomainExtensions_TDX_", "Trust Domain Extension (TDX)", values=("On", "Off"))]
+    with pytest.raises(BiosError) as info:
+        resolve_attributes([TDX], {"TrustDomainExtensions_TDX_": "Off"}, registry)
+    assert not isinstance(info.value, BiosSettingsMissing)

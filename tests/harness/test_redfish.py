@@ -24,6 +24,7 @@ import sushy
 
 from components.bmc import redfish
 from components.bmc.redfish import BiosError
+from components.bmc.resolve import BiosSettingsMissing
 from components.catalog import bios as bios_tables
 from components.catalog.bios import BiosSetting, load_vendor_table
 from tests.support.redfish.emulator import (
@@ -488,7 +489,7 @@ def test_a_setting_the_bmc_lists_late_is_read_again(emulator_for: Any, monkeypat
     def late(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) < 3:
-            raise BiosError("BIOS setting 'x2apic' not found: tried attribute 'ProcX2Apic'")
+            raise BiosSettingsMissing("BIOS setting 'x2apic' not found: tried attribute 'ProcX2Apic'")
         return real(*args, **kwargs)
 
     monkeypatch.setattr(redfish, "_read", late)
