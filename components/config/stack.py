@@ -135,11 +135,13 @@ def parse_stack(
 
 def _registration_agent_known(r: Reader, hosts: tuple[HostConfig, ...], firmware_dir: Path) -> None:
     """`registration: mpa` needs the BIOS's SGX Auto MP Registration agent on; a host whose BMC
-    vendor table cannot set it would end up unregistered."""
+    vendor table cannot set it would end up unregistered. Rented hosts (no `bmc:`) run the
+    provider's BIOS: the dcap step reports their registration state."""
+    first_host: dict[str, int] = {}
     for i, host in enumerate(hosts):
-        if host.bmc is None:
-            continue  # rented: the provider's BIOS; the dcap step reports the registration state
-        vendor = host.bmc.vendor
+        if host.bmc is not None:
+            first_host.setdefault(host.bmc.vendor, i)
+    for vendor, i in first_host.items():
         table = r.catalog(
             f"hosts[{i}].bmc.vendor",
             functools.partial(load_vendor_table, vendor, firmware_dir),
@@ -154,7 +156,6 @@ def _registration_agent_known(r: Reader, hosts: tuple[HostConfig, ...], firmware
                 "use `registration: pckid` (PCKIDRetrievalTool through the per-host PCCS), or `none` after enabling "
                 "the setting by hand, or add the attribute to the table (setting sgx_auto_registration)",
             )
-            return
 
 
 _STACK_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")

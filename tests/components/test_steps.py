@@ -271,21 +271,18 @@ def test_json_config_reads_the_qcnl_template_and_refuses_what_is_not_a_config(tm
 # ---- the kernel step's reading of real kernel logs (tests/fixtures/host/kernel) ------------------
 
 
-def kernel_fn(call: str, log_file: str, **env: str) -> str:
-    """Run one function of kernel.sh (with lib.sh) on the TDX lines of a recorded kernel log."""
-    script = (
-        (SCRIPTS_DIR / "lib.sh").read_text()
-        + (SCRIPTS_DIR / "kernel.sh").read_text()
-        + f'log=$(grep -E \'(^|[] ])(virt/)?tdx: \' "$LOG" || true)\n{call} "$log"\n'
-    )
-    res = subprocess.run(
-        ["bash", "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "LOG": str(HOST / "kernel" / log_file), "TDX_STEP": "kernel", **env},
-    )
+def step_function(script: str, call: str, **env: str) -> str:
+    """Run `call` after lib.sh and one host script, as a step would define them; its stdout."""
+    text = (SCRIPTS_DIR / "lib.sh").read_text() + (SCRIPTS_DIR / script).read_text() + call + "\n"
+    res = subprocess.run(["bash", "-c", text], capture_output=True, text=True, env={**os.environ, **env})
     assert res.returncode == 0, res.stderr
     return res.stdout
+
+
+def kernel_fn(call: str, log: Path | str, **env: str) -> str:
+    """One function of kernel.sh on the TDX lines of a kernel log (a file under fixtures/host/kernel)."""
+    grep = "log=$(grep -E '(^|[] ])(virt/)?tdx: ' \"$LOG\" || true); "
+    return step_function("kernel.sh", f'{grep}{call} "$log"', LOG=str(HOST / "kernel" / log), **env)
 
 
 @pytest.mark.parametrize(
@@ -304,14 +301,10 @@ def test_the_module_version_is_read_from_every_kernel_format(log, pin, build, ve
 def test_an_old_kernel_matches_the_pin_through_its_build_number(tmp_path):
     sample = (HOST / "kernel/ubuntu-6.8-major-version.dmesg").read_text().replace("build_num 784", "build_num 744")
     (tmp_path / "k.dmesg").write_text(sample)
-    script = (SCRIPTS_DIR / "lib.sh").read_text() + (SCRIPTS_DIR / "kernel.sh").read_text()
-    res = subprocess.run(
-        ["bash", "-c", script + 'tdx_module_version "$(cat "$LOG")"'],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "LOG": str(tmp_path / "k.dmesg"), "TDX_MODULE_VERSION": "1.5.06", "TDX_MODULE_BUILD": "744"},
+    assert (
+        kernel_fn("tdx_module_version", tmp_path / "k.dmesg", TDX_MODULE_VERSION="1.5.06", TDX_MODULE_BUILD="744")
+        == "1.5.06"
     )
-    assert res.stdout == "1.5.06", res.stderr
 
 
 @pytest.mark.parametrize(
@@ -345,30 +338,16 @@ def test_each_recorded_tdx_failure_gets_its_own_fix(log, fix):
     ],
 )
 def test_the_mode_query_parses_what_gpu_admin_tools_prints(sample, modes):
-    script = (
-        (SCRIPTS_DIR / "lib.sh").read_text()
-        + (SCRIPTS_DIR / "gpu_cc.sh").read_text()
-        + 'gpu_tool() { cat "$SAMPLE"; }\nquery_modes\n'
+    out = step_function(
+        "gpu_cc.sh",
+        'gpu_tool() { cat "$SAMPLE"; }; query_modes',
+        SAMPLE=str(HOST / "gpu" / sample),
+        TDX_TOOLS_VERSION="2025.11.21",
     )
-    res = subprocess.run(
-        ["bash", "-c", script],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SAMPLE": str(HOST / "gpu" / sample), "TDX_TOOLS_VERSION": "2025.11.21"},
-    )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == modes
+    assert out.splitlines() == modes
 
 
 def test_the_71_wording_of_a_failed_module_init_gets_the_module_fix(tmp_path):
     """Linux >= 7.1 prints "TDX-Module initialization failed (%d)" (tdx_enable; capital M)."""
-    log = tmp_path / "k.dmesg"
-    log.write_text("[    3.912047] virt/tdx: TDX-Module initialization failed (-12)\n")
-    script = (SCRIPTS_DIR / "lib.sh").read_text() + (SCRIPTS_DIR / "kernel.sh").read_text()
-    res = subprocess.run(
-        ["bash", "-c", script + 'tdx_diagnosis "$(cat "$LOG")"'],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "LOG": str(log)},
-    )
-    assert res.stdout.strip() == "update the TDX module (platform.tdxModule pin)", res.stderr
+    (tmp_path / "k.dmesg").write_text("[    3.912047] virt/tdx: TDX-Module initialization failed (-12)\n")
+    assert kernel_fn("tdx_diagnosis", tmp_path / "k.dmesg").strip() == "update the TDX module (platform.tdxModule pin)"

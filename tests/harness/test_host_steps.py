@@ -46,6 +46,7 @@ pytestmark = pytest.mark.harness
 # `pulumi up` runs.
 KERNEL_ARGS = "nohibernate kvm_intel.tdx=1 intel_iommu=on"  # components/config.py BASE_KERNEL_ARGS
 FAST_BOOT = {"TDX_REBOOT_DELAY": "1", "TDX_WAIT_POLL": "1"}
+PCCS_API_KEY = "pcs-api-key-5f3c9a"
 
 
 @pytest.fixture(scope="module")
@@ -454,18 +455,22 @@ def test_gpu_cc_refuses_a_tampered_wheel_then_takes_the_pinned_one(hosts):
 # dcap
 
 
-def test_dcap_installs_configures_registers_then_nothing_to_apply(hosts):
-    h = hosts["tdx_ready"]
-    secret = "pcs-api-key-5f3c9a"
+def dcap_params(registration: str = "mpa") -> dict:
     dcap = DcapConfig(
-        pccs_api_key=Secret(secret),
-        registration="pckid",
+        pccs_api_key=Secret(PCCS_API_KEY),
+        registration=registration,
         pccs_port=8081,
         qgs_port=4050,
         pccs_url=None,
         use_secure_cert=False,
     )
-    params = {**component_dcap_params(dcap, dcap_packages()), "TDX_PCCS_API_KEY": secret}
+    return {**component_dcap_params(dcap, dcap_packages()), "TDX_PCCS_API_KEY": PCCS_API_KEY}
+
+
+def test_dcap_installs_configures_registers_then_nothing_to_apply(hosts):
+    h = hosts["tdx_ready"]
+    secret = PCCS_API_KEY
+    params = dcap_params("pckid")
     first = run(h, DCAP, params)
     f = first.facts
     assert f["ok"] is True and f["changed"] is True, first.stderr
@@ -513,18 +518,6 @@ def test_dcap_restores_its_apt_source_without_reinstalling(hosts):
     assert again.facts["ok"] is True and again.facts["changed"] is True, again.stderr
     assert [c["argv"][0] for c in h.calls("apt-get")[calls:]] == ["update"]
     assert h.host_path("/etc/apt/sources.list.d/tdxgpu-intel-sgx.list").exists()
-
-
-def dcap_params(registration: str = "mpa") -> dict:
-    dcap = DcapConfig(
-        pccs_api_key=Secret("pcs-api-key-5f3c9a"),
-        registration=registration,
-        pccs_port=8081,
-        qgs_port=4050,
-        pccs_url=None,
-        use_secure_cert=False,
-    )
-    return {**component_dcap_params(dcap, dcap_packages()), "TDX_PCCS_API_KEY": "pcs-api-key-5f3c9a"}
 
 
 def test_dcap_reads_a_completed_mpa_registration_as_registered(hosts):

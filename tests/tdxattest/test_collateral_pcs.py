@@ -95,6 +95,12 @@ def crl_host():
         yield s
 
 
+def fetch_cli(pccs: str, cache_dir: Path, root_crl_url: str) -> int:
+    """`tdxattest collateral fetch --json` as of 2025-11-01 with a root CRL from `root_crl_url`."""
+    argv = ["collateral", "fetch", "--pccs", pccs, "--fmspc", FMSPC, "--cache-dir", str(cache_dir)]
+    return main([*argv, "--at", "2025-11-01T00:00:00Z", "--root-crl-url", root_crl_url, "--json"])
+
+
 def test_pcs_without_rootcacrl_takes_root_crl_from_distribution_point(pcs: Server, crl_host: Server) -> None:
     raw = fetch_collateral(pcs.url, FMSPC, "platform", root_crl_url=crl_host.url + "IntelSGXRootCA.der")
     assert "/sgx/certification/v4/rootcacrl" in pcs.requests  # tried first, 404 like Intel's PCS
@@ -121,23 +127,7 @@ def test_cache_and_cli_use_the_root_crl_url(pcs: Server, crl_host: Server, tmp_p
     _, status = cache.get(pcs.url, FMSPC, "platform", NOW_OK)
     assert status["source"] == "fetched"
     assert (Path(status["cache_dir"]) / "root_ca_crl.body").read_bytes() == ROOT_CRL.read_bytes()
-    rc = main(
-        [
-            "collateral",
-            "fetch",
-            "--pccs",
-            pcs.url,
-            "--fmspc",
-            FMSPC,
-            "--cache-dir",
-            str(tmp_path / "cli"),
-            "--at",
-            "2025-11-01T00:00:00Z",
-            "--root-crl-url",
-            url,
-            "--json",
-        ]
-    )
+    rc = fetch_cli(pcs.url, tmp_path / "cli", url)
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["ok"] and out["source"] == "fetched" and len(crl_host.requests) == 2
 
@@ -166,23 +156,7 @@ def test_distribution_point_failure_fails_closed_with_one_clear_message(
     assert "HTTP 503 CRL host down" in err.value.seen and "fix: make" in err.value.seen
     assert not (tmp_path / f"{FMSPC}-platform").exists()
     # The CLI: exit 1, the fix on stderr and in the JSON.
-    rc = main(
-        [
-            "collateral",
-            "fetch",
-            "--pccs",
-            pcs.url,
-            "--fmspc",
-            FMSPC,
-            "--cache-dir",
-            str(tmp_path / "cli"),
-            "--at",
-            "2025-11-01T00:00:00Z",
-            "--root-crl-url",
-            url,
-            "--json",
-        ]
-    )
+    rc = fetch_cli(pcs.url, tmp_path / "cli", url)
     captured = capsys.readouterr()
     assert rc == 1 and "collateral.stale" in captured.err and "fix: make" in captured.err
     assert json.loads(captured.out)["failure"]["check"] == "collateral.stale"

@@ -75,21 +75,8 @@ def test_verify_quote_accepts_with_pins_and_reports_what_was_put_in(pki, quote) 
     assert verdict.tcb_status == "UpToDate" and verdict.fmspc == pki.fmspc and verdict.report_verified
     assert {c.check: c.outcome for c in verdict.checks}["pin.mrtd"] == "pass"
     report = verdict.report
-    for name in (
-        "mrtd",
-        "rtmr0",
-        "rtmr1",
-        "rtmr2",
-        "rtmr3",
-        "mrseam",
-        "td_attributes",
-        "xfam",
-        "mrconfigid",
-        "mrowner",
-        "mrownerconfig",
-        "tee_tcb_svn",
-    ):
-        assert getattr(report, name) == getattr(TD, name), name
+    for f in dataclasses.fields(TD):
+        assert getattr(report, f.name) == getattr(TD, f.name), f.name
     assert report.report_data == RD and not report.debug and report.sept_ve_disable
 
 

@@ -6,23 +6,20 @@
 
 pkg_version() { dpkg-query -W -f '${Status}\t${Version}' "$1" 2>/dev/null | awk -F'\t' '$1 == "install ok installed" {print $2}'; }
 
-# A pinned version ("1.3*" globs like apt's) against the installed one.
-version_ok() {
-  local want=$1 seen=$2
-  [ -z "$want" ] && return 0
-  # shellcheck disable=SC2053
-  [[ "$seen" == $want ]]
-}
+NEEDED=()  # the specs check found missing or at another version: what apply installs
 
 check() {
   local spec name want seen versions="" missing=()
+  NEEDED=()
   for spec in $TDX_PACKAGES; do
     name=${spec%%=*}; want=""; [ "$name" = "$spec" ] || want=${spec#*=}
     seen=$(pkg_version "$name")
     versions+="${versions:+,}$(json_str "$name"):$(json_str "${seen:-none}")"
     if [ -z "$seen" ]; then
-      missing+=("$name")
-    elif ! version_ok "$want" "$seen"; then
+      missing+=("$name"); NEEDED+=("$spec")
+    # shellcheck disable=SC2053  # a pinned version ("1.3*") globs like apt's
+    elif [ -n "$want" ] && [[ "$seen" != $want ]]; then
+      NEEDED+=("$spec")
       unmet "package $name version" "$want" "$seen" "apply installs the pinned version (apt-get install $name=$want)"
     fi
   done
@@ -33,15 +30,10 @@ check() {
 }
 
 apply() {
-  local spec name want install=()
-  for spec in $TDX_PACKAGES; do
-    name=${spec%%=*}; want=""; [ "$name" = "$spec" ] || want=${spec#*=}
-    version_ok "$want" "$(pkg_version "$name")" && [ -n "$(pkg_version "$name")" ] || install+=("$spec")
-  done
   apt-get update -q >&2 || refuse "apt-get update failed" "the host's apt sources reachable" "an error (see above)" \
     "check /etc/apt/sources.list.d and the host's network or mirror"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${install[@]}" >&2 || refuse \
-    "cannot install ${install[*]}" "them from the host's apt sources" "apt-get failed (see above)" \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${NEEDED[@]}" >&2 || refuse \
+    "cannot install ${NEEDED[*]}" "them from the host's apt sources" "apt-get failed (see above)" \
     "check the names and versions in firmware/host-tools.yaml against this OS release (apt-cache policy NAME)"
-  fact_raw installed "$(json_list "${install[@]%%=*}")"
+  fact_raw installed "$(json_list "${NEEDED[@]%%=*}")"
 }

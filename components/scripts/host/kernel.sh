@@ -65,12 +65,14 @@ runtime_check() {
   version=$(tdx_module_version "$log")
   fact tdx_module_version "$version"
   [ "$tdx_param" = Y ] || unmet "KVM's TDX support is off" "/sys/module/kvm_intel/parameters/tdx = Y" "$tdx_param" "$(tdx_diagnosis "$log")"
-  if ! grep -qE '(module|TDX-Module) initialized' <<<"$log"; then
+  local initialized=false
+  grep -qE '(module|TDX-Module) initialized' <<<"$log" && initialized=true
+  if ! $initialized; then
     unmet "the TDX module is not initialised" "'virt/tdx: module initialized' (or 'TDX-Module initialized') in dmesg" \
       "$(tail -n1 <<<"${log:-none}")" "$(tdx_diagnosis "$log")"
   fi
   if [ -n "${TDX_MODULE_VERSION:-}" ] && [ "$version" != "$TDX_MODULE_VERSION" ]; then
-    if [ -z "$version" ] && grep -qE '(module|TDX-Module) initialized' <<<"$log"; then
+    if [ -z "$version" ] && $initialized; then
       unmet "the TDX module version cannot be read" "$TDX_MODULE_VERSION" "a kernel that logs no module version (Linux 6.16 to 7.0)" \
         "run a kernel that logs it (Linux >= 7.1, Ubuntu >= 25.10, Ubuntu 6.8 with buildNumber pinned), or remove platform.tdxModule: the quote's MRSEAM still identifies the module at attestation"
     elif [[ "$version" == *" build "* ]]; then

@@ -29,9 +29,10 @@ gpu_pci_ids() {
   local IFS=,; printf '%s' "${ids[*]}"
 }
 
+# vfio_modprobe_content IDS: the modprobe.d file for these PCI ids.
 vfio_modprobe_content() {
   printf '# Managed by tdx-vllm (Pulumi): the TD GPUs stay on vfio-pci across reboots. Do not edit.\n'
-  printf 'options vfio-pci ids=%s\nsoftdep nvidia pre: vfio-pci\nsoftdep nouveau pre: vfio-pci\n' "$(gpu_pci_ids)"
+  printf 'options vfio-pci ids=%s\nsoftdep nvidia pre: vfio-pci\nsoftdep nouveau pre: vfio-pci\n' "$1"
 }
 
 # What the running TD must have been started from: the unit text and the agent config.
@@ -72,9 +73,10 @@ check() {
   done
   fact_raw gpus "[$gpus_json]"
   if [ -n "$TDX_GPU_BDFS" ]; then
-    fact vfio_ids "$(gpu_pci_ids)"
-    [ "$(cat "$VFIO_MODPROBE" 2>/dev/null)" = "$(vfio_modprobe_content)" ] && [ "$(cat "$VFIO_LOAD" 2>/dev/null)" = vfio-pci ] ||
-      unmet "the GPUs' vfio-pci binding at boot" "$VFIO_MODPROBE (ids=$(gpu_pci_ids)) and $VFIO_LOAD" "not both" \
+    local ids; ids=$(gpu_pci_ids)
+    fact vfio_ids "$ids"
+    [ "$(cat "$VFIO_MODPROBE" 2>/dev/null)" = "$(vfio_modprobe_content "$ids")" ] && [ "$(cat "$VFIO_LOAD" 2>/dev/null)" = vfio-pci ] ||
+      unmet "the GPUs' vfio-pci binding at boot" "$VFIO_MODPROBE (ids=$ids) and $VFIO_LOAD" "not both" \
         "apply writes them, so a host reboot brings the TD back with its GPUs"
   fi
 
@@ -117,7 +119,7 @@ bind_vfio() {
 
 apply() {
   if [ -n "$TDX_GPU_BDFS" ]; then
-    write_file "$VFIO_MODPROBE" "$(vfio_modprobe_content)"$'\n'
+    write_file "$VFIO_MODPROBE" "$(vfio_modprobe_content "$(gpu_pci_ids)")"$'\n'
     write_file "$VFIO_LOAD" "vfio-pci"$'\n'
   fi
   bind_vfio

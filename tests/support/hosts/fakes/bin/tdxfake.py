@@ -385,6 +385,12 @@ PACKAGE_VERSIONS = {
 SBIN = Path("/usr/local/sbin")
 
 
+def version_tuple(v: str) -> tuple[int, ...]:
+    """The numeric core of a Debian version ("1:18.19.1+dfsg-6ubuntu5") or an npm range (">= 22.13.0")."""
+    core = v.split(":", 1)[-1].split("+", 1)[0].split("-", 1)[0].lstrip(">= v")
+    return tuple(int(x) for x in core.split(".") if x.isdigit())
+
+
 def link_package_tools(name: str, fakes_dir: Path, sbin: Path = SBIN) -> None:
     for tool in PACKAGE_TOOLS.get(name, ()):
         link = sbin / tool
