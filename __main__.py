@@ -49,7 +49,9 @@ else:
         print(f"pins: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     if manifest is not None:
-        pins = workload_pins(pins, manifest)
+        # The CC mode clients expect of the GPUs: devtools only where a (dev) host sets it.
+        modes = {h.gpu.mode for h in stack.hosts if h.gpu}
+        pins = workload_pins(pins, manifest, next((m for m in ("devtools", "ppcie") if m in modes), "on"))
 
 # What another stack may promote from this one (components/render/promotion.py); exported below only
 # when every host step verified.

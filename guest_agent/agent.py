@@ -204,6 +204,8 @@ class Agent:
                 test_pki_dir=str(self.test_pki_dir) if self.quote_source == SOFTWARE_QUOTES else None,
                 event_log=str(self.event_log),
                 gpu_evidence=str(gpu.evidence_path) if gpu.evidence_path else None,
+                # The gateway asks the same collector for fresh evidence per client nonce.
+                gpu_collect=tuple(a.replace("{python}", self.system.python) for a in cfg.gpu.evidence_command),
             ),
         )
         wait_http(

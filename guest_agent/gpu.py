@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tdxattest.core.gpu_evidence import GpuEvidenceError, verify_gpu_evidence
+from tdxattest.core.gpu_policy import normalise_version
 
 from .config import AgentConfig
 from .system import Refused, System
@@ -151,23 +152,26 @@ def verify_items(
             ev = verify_gpu_evidence(item.report, item.chain_pem, root_pem, expected_nonce=nonce)
         except GpuEvidenceError as exc:
             raise Refused("gpu", f"GPU {i}: {exc}") from None
-        if vbios_pins and item.vbios not in vbios_pins:
+        # The versions the GPU signed (its report's opaque data) win over what NVML says.
+        vbios = ev.report.vbios_version or item.vbios
+        driver = ev.report.driver_version or item.driver
+        if vbios_pins and normalise_version(vbios or "") not in {normalise_version(p) for p in vbios_pins}:
             raise Refused(
                 "gpu",
-                f"GPU {i}: VBIOS among {list(vbios_pins)}, seen {item.vbios!r}; flash the pinned "
+                f"GPU {i}: VBIOS among {list(vbios_pins)}, seen {vbios!r}; flash the pinned "
                 "VBIOS (firmware/gpu/*.yaml) or update the pin",
             )
-        if driver_pins and item.driver not in driver_pins:
+        if driver_pins and driver not in driver_pins:
             raise Refused(
                 "gpu",
-                f"GPU {i}: driver among {list(driver_pins)}, seen {item.driver!r}; rebuild the guest image "
+                f"GPU {i}: driver among {list(driver_pins)}, seen {driver!r}; rebuild the guest image "
                 "with the pinned driver or update the pin",
             )
         facts.append(
             {
                 **ev.as_dict(),
-                "vbios_version": item.vbios,
-                "driver_version": item.driver,
+                "vbios_version": vbios,
+                "driver_version": driver,
                 "evidence": item.report.hex(),
                 "certificate": item.chain_pem.decode(),
             }

@@ -7,6 +7,7 @@ in reverse order.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import ssl
@@ -93,6 +94,7 @@ def gateway_argv(
     test_pki_dir: str | None,
     event_log: str,
     gpu_evidence: str | None,
+    gpu_collect: tuple[str, ...] = (),
 ) -> list[str]:
     argv = [
         python,
@@ -113,7 +115,7 @@ def gateway_argv(
             raise ValueError("software-test quotes need a test PKI directory")
         argv += ["--test-pki-dir", test_pki_dir]
     if gpu_evidence:
-        argv += ["--gpu-evidence", gpu_evidence]
+        argv += ["--gpu-evidence", gpu_evidence, "--gpu-collect", json.dumps(list(gpu_collect))]
     return argv
 
 

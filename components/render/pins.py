@@ -33,6 +33,7 @@ from tdxattest.core.mrtd import compute_mrtd_both
 from tdxattest.core.pins import (
     ArtifactPin,
     BootArtifacts,
+    GpuExpectation,
     HostBoot,
     JsonValue,
     MrtdCandidates,
@@ -157,9 +158,13 @@ def boot_pins(boot: BootManifest, files: MeasuredFiles) -> StackPins:
     )
 
 
-def workload_pins(pins: StackPins, manifest: WorkloadManifest) -> StackPins:
+def workload_pins(pins: StackPins, manifest: WorkloadManifest, gpu_mode: str = "on") -> StackPins:
     """`pins` with the workload: RTMR3 (the replay of the guest agent's events), its events, the image
-    digest, the model hash and the manifest's SHA-384 (docs/pins.md)."""
+    digest, the model hash and the manifest's SHA-384 (docs/pins.md); with GPU pins in the manifest,
+    what each TD's GPU evidence must show (`gpu`: count, VBIOS and driver pins, the hosts' CC mode)."""
+    gpu = None
+    if manifest.gpu is not None:
+        gpu = GpuExpectation(manifest.tensor_parallel_size, manifest.gpu.vbios, manifest.gpu.driver, gpu_mode)
     return replace(
         pins,
         rtmr3=RegisterPin(expected_rtmr3(manifest).hex()),
@@ -173,6 +178,7 @@ def workload_pins(pins: StackPins, manifest: WorkloadManifest) -> StackPins:
             tensor_parallel_size=manifest.tensor_parallel_size,
             manifest_sha384=manifest.digest().hex(),
         ),
+        gpu=gpu,
     )
 
 

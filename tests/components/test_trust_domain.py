@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import pulumi
 import pytest
@@ -280,3 +281,13 @@ def test_the_program_builds_a_td_per_host_and_exports_endpoints(tmp_path, monkey
     pins = exported["pins"]
     assert pins["rtmr3"] is not None and "rtmr3" not in pins["reasons"]
     assert pins["imageDigest"] == "sha256:" + "ab" * 32
+
+
+def test_workload_pins_tell_clients_what_the_gpus_must_show(tmp_path):
+    from tdxattest.core.workload import gpu_pins
+
+    m = replace(stack_config(tmp_path).workload.manifest(2), gpu=gpu_pins(["96.00.9f.00.01"], ["550.163.01"]))
+    pins = workload_pins(_pins(), m).to_json()
+    assert pins["gpu"] == {"count": 2, "vbios": ["96.00.9F.00.01"], "driver": ["550.163.01"], "mode": "on"}
+    assert "gpu" not in workload_pins(_pins(), replace(m, gpu=None)).to_json()
+    assert workload_pins(_pins(), m, "devtools").to_json()["gpu"]["mode"] == "devtools"

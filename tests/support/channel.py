@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
 from tdxattest.channel.gateway import Gateway, GatewayConfig, TlsIdentity, make_tls_identity
 from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy
 from tdxattest.channel.quote_source import QuoteSource
+from tdxattest.core.pins import GpuExpectation
 from tdxattest.core.policy import DEFAULT_POLICY, Policy, with_pins_json
 from tdxattest.dcap.appraise import Appraiser, FixedCollateral
 from tdxattest.testing.standin import StandinConfig, StandinServer
@@ -90,17 +92,33 @@ async def start_channel(
     middleman: Callable[[str], Awaitable[tuple[str, Callable[[], Awaitable[None]]]]] | None = None,
     tls: TlsIdentity | None = None,
     gateway_cls: type[Gateway] = Gateway,
+    gpus: Path | None = None,
+    pinned_gpu: GpuExpectation | None = None,
     **proxy_options: Any,
 ) -> Channel:
     """Start the whole channel. `middleman(gateway_url)` may start something between proxy and
-    gateway and return (its url, its stop)."""
+    gateway and return (its url, its stop). `gpus`: a TEST GPU state directory
+    (tdxattest.testing.testgpu.save_gpus) the gateway collects fresh evidence from; `pinned_gpu`:
+    the GPU expectation in the pins the proxy reads."""
     stops: list[Callable[[], Awaitable[None]]] = []
     try:
         upstream = StandinServer(standin)
         await upstream.start()
         stops.append(upstream.stop)
+        collect: tuple[str, ...] = ()
+        if gpus is not None:
+            collect = (
+                sys.executable,
+                "-m",
+                "tdxattest.testing.testgpu",
+                "collect",
+                "--state",
+                str(gpus),
+                "--nonce",
+                "{nonce}",
+            )
         gateway = gateway_cls(
-            GatewayConfig(upstream=upstream.url, host="127.0.0.1", port=0, event_log=None),
+            GatewayConfig(upstream=upstream.url, host="127.0.0.1", port=0, event_log=None, gpu_collect=collect),
             source or SoftwareQuoteProvider(pki, td),
             tls=tls,
         )
@@ -113,7 +131,7 @@ async def start_channel(
             stops.append(stop)
 
         pins_path = tmp / "pins.json"
-        pins_path.write_text(json.dumps((pinned or td).stack_pins().to_json()))
+        pins_path.write_text(json.dumps(replace((pinned or td).stack_pins(), gpu=pinned_gpu).to_json()))
         collateral_path = tmp / "collateral.json"
         collateral_path.write_text(collateral if collateral is not None else pki.collateral_json())
         audit = tmp / "audit.jsonl"

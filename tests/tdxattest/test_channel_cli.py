@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import openai
@@ -176,3 +177,60 @@ def test_gateway_refuses_to_start_outside_a_td() -> None:
     if Path("/sys/kernel/config/tsm/report").is_dir():
         pytest.skip("this machine has configfs-tsm")
     assert done.returncode == 1 and "gateway.quote_unavailable" in done.stderr and "CONFIG_TSM_REPORTS" in done.stderr
+
+
+def test_gateway_and_proxy_commands_with_a_gpu_behind_nvml(
+    tmp_path: Path, standin_lib: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The TD's GPU path as the image runs it: the gateway asks `python -m guest_agent.nvml` for
+    fresh evidence per client nonce, NVML (the stand-in library) has the TEST GPU sign it, and
+    the proxy command verifies it with the policy file's `gpu:` section and the stack's GPU pins."""
+    from tdxattest.core.pins import GpuExpectation
+    from tdxattest.testing.testgpu import TestGpu
+    from tests.support.nvml_standin import GPU_FIXTURES
+
+    gpu_state = tmp_path / "gpu"
+    gpu = TestGpu.create((GPU_FIXTURES / "hopperAttestationReport.txt").read_text())
+    gpu.save(gpu_state / "0")
+    claims = json.loads((GPU_FIXTURES / "hopperAttestationReport-claims.txt").read_text())
+    pins = tmp_path / "pins.json"
+    expectation = GpuExpectation(count=1, vbios=("96.00.9F.00.01",), driver=("550.90.07",), mode="on")
+    pins.write_text(json.dumps(replace(TdIdentity().stack_pins(), gpu=expectation).to_json()))
+    policy = tmp_path / "policy.yaml"
+    golden = {k: v for k, v in claims["measurements"].items() if set(v) != {"0"}}
+    policy.write_text(json.dumps({"gpu": {"root_ca": str(gpu_state / "0/root.pem"), "reference": golden}}))
+    boot = tmp_path / "gpu-evidence.json"  # what the agent writes once it verified the GPUs at boot
+    boot.write_text(json.dumps({"version": 1, "gpus": [{"certificate": gpu.chain_pem.decode()}]}))
+    for key, value in {
+        "TDX_VLLM_NVML_LIBRARY": str(standin_lib),
+        "NVML_STANDIN_CHAIN": str(gpu_state / "%u/chain.pem"),
+        "NVML_STANDIN_SIGNER": f"{sys.executable} -m tdxattest.testing.testgpu sign --state {gpu_state}",
+        "NVML_STANDIN_STATE": str(tmp_path),
+    }.items():
+        monkeypatch.setenv(key, value)  # the gateway's children inherit it
+    pki = tmp_path / "pki"
+    audit = tmp_path / "audit.jsonl"
+    with ExitStack() as stack:
+        upstream = spawn(stack, "tdxattest.testing.standin", "--listen", "127.0.0.1:0")["listening"]
+        collect = [sys.executable, "-m", "guest_agent.nvml", "--nonce", "{nonce}"]
+        gw = spawn(
+            stack, "tdxattest", "gateway", "--listen", "127.0.0.1:0", "--upstream", upstream,
+            "--quote-source", "software-test", "--test-pki-dir", str(pki),
+            "--gpu-evidence", str(boot), "--gpu-collect", json.dumps(collect),
+        )  # fmt: skip
+        proxy = spawn(
+            stack, "tdxattest", "proxy", "--upstream", gw["listening"], "--pins", str(pins),
+            "--policy", str(policy), "--collateral", str(pki / "collateral.json"),
+            "--root-ca", str(pki / "root-ca.der"), "--listen", "127.0.0.1:0", "--audit", str(audit),
+        )  # fmt: skip
+        client = openai.OpenAI(base_url=proxy["listening"] + "/v1", api_key="x", max_retries=0, timeout=30)
+        done = client.chat.completions.create(
+            model=StandinConfig().model, messages=[{"role": "user", "content": "Say OK"}], max_tokens=2
+        )
+        assert done.choices[0].message.content == known_answer("Say OK", max_tokens=2)
+        (record,) = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert record["verdict"] == "accepted" and record["gpu"]["verdict"] == "accepted"
+        assert record["gpu"]["driver"] == ["550.90.07"]
+        # The nonce NVML was asked for is the one derived from this connection, not the client's own.
+        asked = (tmp_path / "nonce-0.bin").read_bytes()
+        assert len(asked) == 32 and asked.hex() not in audit.read_text()

@@ -3,15 +3,19 @@
  *
  * Environment (read on every call):
  *   NVML_STANDIN_REPORT  file: the SPDM attestation report (binary) every GPU returns
- *   NVML_STANDIN_CHAIN   file: the attestation certificate chain (PEM) every GPU returns
+ *   NVML_STANDIN_CHAIN   file: the attestation certificate chain (PEM) every GPU returns; a "%u"
+ *                        in it is GPU i's index (one chain per device)
+ *   NVML_STANDIN_SIGNER  command: instead of NVML_STANDIN_REPORT, run `<command> --index <i>
+ *                        --nonce <64 hex>` and return its stdout (the TEST GPU of
+ *                        tdxattest.testing.testgpu, which signs over any nonce)
  *   NVML_STANDIN_STATE   directory: writes nonce-<i>.bin (the nonce GPU i was asked for) and
  *                        ready (the ready state last set); reads ready back
  *   NVML_STANDIN_GPUS    GPU count (default 1)
  *   NVML_STANDIN_CC      "environment,ccFeature,devToolsMode" (default "2,1,0": prod, on, off)
  *   NVML_STANDIN_FAIL    name of one call that fails with NVML_ERROR_UNKNOWN (999)
  *   NVML_STANDIN_READY_STICKS  "0": setting the ready state succeeds but reads back as not ready
- * It is test scaffolding: it signs nothing; the report is a real GPU's, so it verifies only for the
- * nonce that GPU was given. */
+ * It is test scaffolding: it signs nothing itself; a file report is a real GPU's, so it verifies only
+ * for the nonce that GPU was given. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +45,15 @@ static int fails(const char *call) {
 static long read_file(const char *env, unsigned char *buf, long cap) {
     const char *path = getenv(env);
     FILE *f = path ? fopen(path, "rb") : NULL;
+    if (!f) return -1;
+    long n = (long)fread(buf, 1, (size_t)cap, f);
+    int more = fgetc(f) != EOF;
+    fclose(f);
+    return more ? -1 : n;
+}
+
+static long read_path(const char *path, unsigned char *buf, long cap) {
+    FILE *f = fopen(path, "rb");
     if (!f) return -1;
     long n = (long)fread(buf, 1, (size_t)cap, f);
     int more = fgetc(f) != EOF;
@@ -102,9 +115,13 @@ int nvmlSystemGetConfComputeState(cc_state *s) {
 
 int nvmlDeviceGetConfComputeGpuCertificate(void *handle, gpu_certificate *cert) {
     CHECK("nvmlDeviceGetConfComputeGpuCertificate");
-    (void)handle;
     memset(cert, 0, sizeof *cert);
-    long n = read_file("NVML_STANDIN_CHAIN", cert->attestationCertChain, ATTESTATION_CERT_CHAIN_SIZE);
+    const char *pattern = getenv("NVML_STANDIN_CHAIN");
+    char path[4096];
+    if (!pattern) return 999;
+    if (strstr(pattern, "%u")) snprintf(path, sizeof path, pattern, (unsigned int)((size_t)handle - 0x1000));
+    else snprintf(path, sizeof path, "%s", pattern);
+    long n = read_path(path, cert->attestationCertChain, ATTESTATION_CERT_CHAIN_SIZE);
     if (n < 0) return 999;
     cert->attestationCertChainSize = (unsigned int)n;
     return 0;
@@ -117,7 +134,19 @@ int nvmlDeviceGetConfComputeGpuAttestationReport(void *handle, gpu_report *repor
     state_path(path, sizeof path, name);
     FILE *f = fopen(path, "wb");
     if (f) { fwrite(report->nonce, 1, NONCE_SIZE, f); fclose(f); }
-    long n = read_file("NVML_STANDIN_REPORT", report->attestationReport, REPORT_SIZE);
+    const char *signer = getenv("NVML_STANDIN_SIGNER");
+    long n;
+    if (signer) {
+        char cmd[8192], hex[2 * NONCE_SIZE + 1];
+        for (int i = 0; i < NONCE_SIZE; i++) snprintf(hex + 2 * i, 3, "%02x", report->nonce[i]);
+        snprintf(cmd, sizeof cmd, "%s --index %u --nonce %s", signer, (unsigned int)((size_t)handle - 0x1000), hex);
+        FILE *p = popen(cmd, "r");
+        if (!p) return 999;
+        n = (long)fread(report->attestationReport, 1, REPORT_SIZE, p);
+        if (pclose(p) != 0 || n <= 0) return 999;
+    } else {
+        n = read_file("NVML_STANDIN_REPORT", report->attestationReport, REPORT_SIZE);
+    }
     if (n < 0) return 999;
     report->attestationReportSize = (unsigned int)n;
     report->isCecAttestationReportPresent = 0;

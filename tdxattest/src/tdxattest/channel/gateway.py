@@ -4,11 +4,14 @@
         -> {"quote": base64, "nonce", "tls_spki_sha256", "quote_source", "event_log", "gpu_evidence"}
            the quote's REPORTDATA = SHA-512(tag || SHA-256(this TLS key's SPKI) || nonce)
            (tdxattest.binding), so a client that checks it knows the TLS key it is talking to was
-           made inside the TD that the quote describes.
+           made inside the TD that the quote describes. In a TD with GPUs, `gpu_evidence` is fresh:
+           every GPU's SPDM report over binding.gpu_nonce(key, nonce), and REPORTDATA binds its
+           digest too (core.gpu_policy).
     anything else -> forwarded to vLLM on loopback, streamed through unbuffered.
         With `x-attestation: required` the response also carries `x-tdx-quote`, a quote over
-        SHA-512(tag || SHA-256(request body) || x-tdx-response-id); when no quote can be made the
-        call is refused (503) and never reaches vLLM.
+        SHA-512(tag || SHA-256(request body) || x-tdx-response-id) (with GPUs, also
+        `x-tdx-gpu-evidence`, fresh evidence for that response, and its digest in the quote); when
+        no quote or evidence can be made the call is refused (503) and never reaches vLLM.
 
 The TLS key is generated at start, in TD memory, and never written anywhere but a private
 temporary directory that is removed as soon as the TLS context has loaded it: a restart is a new
@@ -31,8 +34,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tdxattest.channel.binding import MAX_NONCE, MIN_NONCE, expected_report_data, response_report_data, spki_der
+from tdxattest.channel.binding import (
+    MAX_NONCE,
+    MIN_NONCE,
+    expected_report_data,
+    gpu_nonce,
+    response_gpu_nonce,
+    response_report_data,
+    spki_der,
+)
 from tdxattest.channel.quote_source import QuoteSource, QuoteUnavailable
+from tdxattest.core.errors import InputError
+from tdxattest.core.gpu_policy import EvidenceDoc, parse_evidence_doc
 
 if TYPE_CHECKING:  # aiohttp is imported where it is used (CLI start-up time)
     from aiohttp import ClientSession, web
@@ -64,6 +77,10 @@ class GatewayConfig:
     port: int = 8443
     event_log: str | None = CCEL_DATA  # served as is when readable
     gpu_evidence: str | None = None  # JSON written by the guest agent after it verified the GPUs
+    # The GPU evidence collector, `{nonce}` replaced by 64 hex digits (the agent's: python3 -m
+    # guest_agent.nvml --nonce {nonce}); required when the agent verified GPUs.
+    gpu_collect: tuple[str, ...] = ()
+    gpu_collect_timeout_s: float = 120.0
     max_body_bytes: int = 32 * 1024 * 1024
 
 
@@ -162,15 +179,83 @@ class Gateway:
         event_log = _read_optional(config.event_log)
         self.event_log_b64 = base64.b64encode(event_log).decode() if event_log else None
         evidence = _read_optional(config.gpu_evidence)
-        self.gpu_evidence = json.loads(evidence) if evidence else None
+        boot = json.loads(evidence) if evidence else None
+        # The devices the agent verified at boot: fresh evidence must come from exactly these.
+        self.boot_gpus = tuple(g["certificate"] for g in boot["gpus"]) if boot and boot.get("gpus") else ()
+        if self.boot_gpus and not config.gpu_collect:
+            raise InputError(
+                "a GPU evidence collector (--gpu-collect) for the GPUs the guest agent verified",
+                f"{len(self.boot_gpus)} GPU(s) in {config.gpu_evidence} and no collector",
+            )
+        self._gpu_lock = asyncio.Lock()
         self._session: ClientSession | None = None
         self.quotes_made = 0
+        self.gpu_collections = 0
 
     async def _quote(self, report_data: bytes) -> bytes:
         # configfs-tsm blocks while the host's quote service works: keep it off the event loop.
         quote = await asyncio.get_running_loop().run_in_executor(None, self.source.quote, report_data)
         self.quotes_made += 1
         return quote
+
+    async def _gpu_evidence(self, nonce: bytes) -> EvidenceDoc | None:
+        """Fresh evidence from every GPU over `nonce` (None in a TD without GPUs). Raises
+        QuoteUnavailable naming what failed: no answer is better than an unbound one."""
+        if not self.config.gpu_collect:
+            return None
+        argv = [a.replace("{nonce}", nonce.hex()) for a in self.config.gpu_collect]
+        async with self._gpu_lock:  # one SPDM exchange with the GPUs at a time
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+                )
+            except OSError as exc:
+                raise QuoteUnavailable(
+                    f"the GPU evidence collector {argv[0]}",
+                    exc.strerror or str(exc),
+                    "check the guest image",
+                    check="gateway.gpu_evidence_unavailable",
+                ) from None
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(), self.config.gpu_collect_timeout_s)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise QuoteUnavailable(
+                    f"GPU evidence within {self.config.gpu_collect_timeout_s:.0f} s",
+                    "no answer",
+                    "check the GPUs (nvidia-smi) and the driver log",
+                    check="gateway.gpu_evidence_unavailable",
+                ) from None
+        self.gpu_collections += 1
+        if proc.returncode != 0:
+            raise QuoteUnavailable(
+                "GPU evidence from the collector",
+                f"exit {proc.returncode}: {err.decode(errors='replace')[-300:]}",
+                "check the GPUs (nvidia-smi) and the driver log",
+                check="gateway.gpu_evidence_unavailable",
+            )
+        try:
+            raw = json.loads(out)
+            doc = parse_evidence_doc(
+                {"version": 2, "nonce": nonce.hex(), "cc": raw.get("cc"), "gpus": raw.get("evidences")},
+                "the collector's output",
+            )
+        except (ValueError, AttributeError, InputError) as exc:
+            raise QuoteUnavailable(
+                "the collector's evidence JSON (guest_agent.nvml's shape)",
+                " ".join(str(exc).split())[:200],
+                "check the collector",
+                check="gateway.gpu_evidence_unavailable",
+            ) from None
+        if self.boot_gpus and tuple(sorted(g.chain_pem.decode() for g in doc.gpus)) != tuple(sorted(self.boot_gpus)):
+            raise QuoteUnavailable(
+                f"evidence from the {len(self.boot_gpus)} GPU(s) the guest agent verified at boot",
+                f"{len(doc.gpus)} report(s) from another set of devices",
+                "restart the TD: its GPUs changed since it attested them",
+                check="gateway.gpu_changed",
+            )
+        return doc
 
     async def attestation(self, request):
         from aiohttp import web
@@ -185,7 +270,9 @@ class Gateway:
                 400, "gateway.bad_nonce", f"nonce must be {MIN_NONCE}..{MAX_NONCE} bytes of hex, got {text[:40]!r}"
             )
         try:
-            quote = await self._quote(expected_report_data(self.tls.spki, nonce))
+            gpu = await self._gpu_evidence(gpu_nonce(bytes.fromhex(self.tls.spki_sha256), nonce))
+            digest = gpu.digest() if gpu is not None else None
+            quote = await self._quote(expected_report_data(self.tls.spki, nonce, gpu_digest=digest))
         except QuoteUnavailable as exc:
             return _error(503, exc.check, str(exc))
         return web.json_response(
@@ -196,7 +283,7 @@ class Gateway:
                 "quote_source": self.source.label,
                 "tls_spki_sha256": self.tls.spki_sha256,
                 "event_log": self.event_log_b64,
-                "gpu_evidence": self.gpu_evidence,
+                "gpu_evidence": gpu.to_json() if gpu is not None else None,
             },
             headers={"cache-control": "no-store"},
         )
@@ -211,7 +298,9 @@ class Gateway:
             response_id = f"resp-{secrets.token_hex(16)}"
             digest = hashlib.sha256(body).digest()
             try:
-                quote = await self._quote(response_report_data(digest, response_id))
+                gpu = await self._gpu_evidence(response_gpu_nonce(digest, response_id))
+                gpu_digest = gpu.digest() if gpu is not None else None
+                quote = await self._quote(response_report_data(digest, response_id, gpu_digest))
             except QuoteUnavailable as exc:
                 return _error(503, exc.check, str(exc))
             extra = {
@@ -219,6 +308,9 @@ class Gateway:
                 "x-tdx-response-id": response_id,
                 "x-tdx-request-sha256": digest.hex(),
             }
+            if gpu is not None:
+                compact = json.dumps(gpu.to_json(), separators=(",", ":")).encode()
+                extra["x-tdx-gpu-evidence"] = base64.b64encode(compact).decode()
         elif mode not in ("", "none"):
             return _error(
                 400, "gateway.bad_attestation_header", f"x-attestation must be `required` or `none`, got {mode[:40]!r}"

@@ -5,8 +5,11 @@ pinned TD.
 Every upstream connection is attested before it carries anything: the proxy sends
 `GET /.well-known/tdx-attestation?nonce=<fresh 32 bytes>` on that very TLS connection, verifies the
 quote (dcap-qvl + policy + pins, `tdxattest.verify`) and checks that REPORTDATA binds the SPKI of
-the certificate this connection presented and the nonce just sent (`tdxattest.binding`). Only then
-are client requests sent on it. A new connection (reconnect, another concurrent request, a server
+the certificate this connection presented, the nonce just sent and the digest of the GPU evidence
+served with it (`tdxattest.binding`). The GPU evidence is then verified against the policy's `gpu`
+section (`core.gpu_policy`: NVIDIA chain, SPDM signature over the nonce derived from this
+connection, CC mode, VBIOS/driver pins, reference measurements). Only then are client requests sent
+on it. A new connection (reconnect, another concurrent request, a server
 that swapped its certificate) is a new attestation; a connection older than the re-attestation
 interval is attested again before its next request. Any failure answers the client 502 with a JSON
 body in the OpenAI error shape naming the failed check, and nothing goes upstream.
@@ -35,11 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from tdxattest.channel.binding import response_report_data
+from tdxattest.channel.binding import gpu_nonce, response_gpu_nonce, response_report_data
 from tdxattest.channel.gateway import ATTESTATION_PATH, HOP_BY_HOP, forwarded_response
 from tdxattest.channel.http1 import ResponseReader, UpstreamProtocolError, encode_request
+from tdxattest.core.checks import Failure
 from tdxattest.core.errors import InputError
-from tdxattest.core.policy import Failure, Verdict
+from tdxattest.core.gpu_policy import EvidenceDoc, GpuVerdict, evaluate_gpus, parse_evidence_doc
+from tdxattest.core.policy import Verdict
 from tdxattest.dcap.appraise import Appraiser
 
 MAX_ATTESTATION_BYTES = 8 * 1024 * 1024
@@ -101,6 +106,27 @@ async def appraise(appraiser: Appraiser, quote: bytes, expected_report_data: byt
     return appraisal.verdict
 
 
+def read_gpu_evidence(value: Any) -> EvidenceDoc | None:
+    """The served GPU evidence (None when the upstream served none). Raises AttestationFailed."""
+    if value is None:
+        return None
+    try:
+        return parse_evidence_doc(value)
+    except InputError as exc:
+        raise _failure("gpu.evidence_malformed", exc.expected, exc.seen) from None
+
+
+async def appraise_gpus(appraiser: Appraiser, doc: EvidenceDoc | None, nonce: bytes) -> GpuVerdict:
+    """The GPU policy over `doc` (a few ms of ECDSA per GPU), off the event loop. Raises
+    AttestationFailed naming the first failed GPU check."""
+    verdict = await asyncio.get_running_loop().run_in_executor(
+        None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, time.time()
+    )
+    if not verdict.accepted:
+        raise AttestationFailed(verdict.failures)
+    return verdict
+
+
 @functools.lru_cache(maxsize=1)
 def _upstream_tls() -> ssl.SSLContext:
     """One client context for every upstream connection (building one costs ~0.6 ms). Trust comes
@@ -118,6 +144,7 @@ class Attestation:
     tls_spki_sha256: str
     tcb_status: str | None
     at: float  # time.monotonic() when verified: the re-attestation clock ignores wall-clock jumps
+    gpu: dict[str, Any] | None = None  # the GPU verdict's summary (None: no GPU evidence, none required)
 
 
 _conn_ids = itertools.count(1)
@@ -262,7 +289,10 @@ class UpstreamConnection:
                 "attestation.malformed", "a TLS certificate with a public key we can read", str(exc)[:160]
             ) from None
         try:
-            verdict = await appraise(appraiser, quote, expected_report_data(spki, nonce))
+            gpu = read_gpu_evidence(doc.get("gpu_evidence"))
+            digest = gpu.digest() if gpu is not None else None
+            verdict = await appraise(appraiser, quote, expected_report_data(spki, nonce, gpu_digest=digest))
+            gpu_verdict = await appraise_gpus(appraiser, gpu, gpu_nonce(hashlib.sha256(spki).digest(), nonce))
         except AttestationFailed:
             self.close()
             raise
@@ -275,7 +305,11 @@ class UpstreamConnection:
                 "the gateway closed it after answering (shutting down?)",
             )
         self.attestation = Attestation(
-            hashlib.sha256(quote).hexdigest(), hashlib.sha256(spki).hexdigest(), verdict.tcb_status, time.monotonic()
+            hashlib.sha256(quote).hexdigest(),
+            hashlib.sha256(spki).hexdigest(),
+            verdict.tcb_status,
+            time.monotonic(),
+            gpu_verdict.summary() if gpu is not None else None,
         )
         return self.attestation
 
@@ -414,6 +448,7 @@ class VerifyingProxy:
             "quote_sha256": att.quote_sha256 if att else None,
             "tls_spki_sha256": att.tls_spki_sha256 if att else None,
             "tcb_status": att.tcb_status if att else None,
+            "gpu": att.gpu if att else None,
             "verdict": verdict,
             "status": status,
             "answered_ms": round((time.time() - ex.started) * 1000, 3),
@@ -506,14 +541,24 @@ class VerifyingProxy:
                 "absent",
                 "the gateway did not attest this response",
             )
+        gpu_b64 = values.get("x-tdx-gpu-evidence")
+        gpu_value = None
         try:
             quote = base64.b64decode(quote_b64, validate=True)
-            expected = response_report_data(hashlib.sha256(body).digest(), response_id)
+            if gpu_b64 is not None:
+                gpu_value = json.loads(base64.b64decode(gpu_b64, validate=True))
+            body_sha256 = hashlib.sha256(body).digest()
+            gpu_nonce_expected = response_gpu_nonce(body_sha256, response_id)
         except (ValueError, InputError) as exc:
             raise _failure(
-                "response.quote_malformed", "a base64 quote and an ASCII response id", str(exc)[:160]
+                "response.quote_malformed",
+                "a base64 quote, base64 JSON GPU evidence and an ASCII response id",
+                " ".join(str(exc).split())[:160],
             ) from None
+        gpu = read_gpu_evidence(gpu_value)
+        expected = response_report_data(body_sha256, response_id, gpu.digest() if gpu is not None else None)
         await appraise(self.appraiser, quote, expected)
+        await appraise_gpus(self.appraiser, gpu, gpu_nonce_expected)
         return hashlib.sha256(quote).hexdigest()
 
     def app(self):

@@ -17,6 +17,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--gpu-evidence", metavar="JSON", help="GPU evidence the guest agent verified and wrote")
     p.add_argument(
+        "--gpu-collect",
+        metavar="ARGV_JSON",
+        help="the GPU evidence collector as a JSON list, {nonce} for the nonce (the agent passes "
+        '["python3", "-m", "guest_agent.nvml", "--nonce", "{nonce}"]); required with --gpu-evidence',
+    )
+    p.add_argument(
         "--quote-source",
         choices=("tsm", "software-test"),
         default="tsm",
@@ -41,6 +47,19 @@ def run(args: argparse.Namespace) -> int:
     from tdxattest.cli._common import parse_listen, serve_until_interrupted
 
     host, port = parse_listen(args.listen)
+    collect: tuple[str, ...] = ()
+    if args.gpu_collect:
+        import json
+
+        try:
+            argv = json.loads(args.gpu_collect)
+        except ValueError:
+            argv = None
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise UsageError(f"--gpu-collect: a JSON list of strings, seen {args.gpu_collect[:80]!r}")
+        if not any("{nonce}" in a for a in argv):
+            raise UsageError("--gpu-collect: a {nonce} argument (the evidence must be over the client's nonce)")
+        collect = tuple(argv)
     source: QuoteSource
     if args.quote_source == "software-test":
         if not args.test_pki_dir:
@@ -79,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         port=port,
         event_log=args.event_log or CCEL_DATA,
         gpu_evidence=args.gpu_evidence,
+        gpu_collect=collect,
     )
     gateway = Gateway(config, source)
 

@@ -10,12 +10,21 @@ import sys
 def configure(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Verify a TDX DCAP quote v4/v5 with dcap-qvl and apply the policy (TCB status, advisories, "
-        "grace period, TD attributes, measurement pins, REPORTDATA). Exit 0 accepted, 1 refused, "
-        "2 unusable input."
+        "grace period, TD attributes, measurement pins, REPORTDATA); with --attestation, a recorded "
+        "answer of the attested gateway, its GPU evidence included (the policy's gpu section and "
+        "the stack's GPU pins). Exit 0 accepted, 1 refused, 2 unusable input."
     )
     from tdxattest.cli._verification import add_appraisal_arguments
 
-    p.add_argument("--quote", required=True, metavar="Q", help="raw quote file (binary; hex is accepted too)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--quote", metavar="Q", help="raw quote file (binary; hex is accepted too)")
+    what.add_argument(
+        "--attestation",
+        metavar="JSON",
+        help="the gateway's /.well-known/tdx-attestation answer (needs --nonce): quote, TLS key binding "
+        "and GPU evidence, checked as the proxy does (the TLS key is the answer's tls_spki_sha256)",
+    )
+    p.add_argument("--nonce", metavar="HEX", help="with --attestation: the nonce the answer was asked for")
     add_appraisal_arguments(p, pins_required=False)
     p.add_argument("--at", metavar="RFC3339", help="verification time (default: now)")
     p.add_argument("--report-data", metavar="HEX", help="expected REPORTDATA (64 bytes, hex)")
@@ -61,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from tdxattest.core.errors import InputError
 
     now = parse_time(args.at)
+    if args.attestation is not None:
+        return _run_attestation(args, now)
     quote = read_quote(args.quote)
     expected = None
     if args.report_data is not None:
@@ -81,6 +92,54 @@ def run(args: argparse.Namespace) -> int:
     out["collateral"] = appraisal.collateral
     _emit(out, args.json)
     return 0 if appraisal.verdict.accepted else 1
+
+
+def _run_attestation(args: argparse.Namespace, now: int) -> int:
+    """A recorded gateway answer: the quote bound to (TLS key hash, nonce, GPU evidence digest), then
+    the GPU policy over the evidence, as the proxy checks a connection."""
+    import base64
+    from datetime import UTC, datetime
+
+    from tdxattest.channel.binding import gpu_nonce, report_data_for_key_hash
+    from tdxattest.cli._verification import appraiser_from_args
+    from tdxattest.core.errors import InputError
+    from tdxattest.core.files import read_bytes
+    from tdxattest.core.gpu_policy import evaluate_gpus, parse_evidence_doc
+
+    if args.nonce is None or args.report_data is not None:
+        from tdxattest.cli import UsageError
+
+        raise UsageError("--attestation needs --nonce (the nonce it was asked for) and takes no --report-data")
+    try:
+        nonce = bytes.fromhex(args.nonce)
+    except ValueError:
+        raise InputError("--nonce: hex", repr(args.nonce)[:80]) from None
+    try:
+        doc = json.loads(read_bytes(args.attestation))
+        quote = base64.b64decode(doc["quote"], validate=True)
+        spki_sha256 = bytes.fromhex(doc["tls_spki_sha256"])
+        gpu = parse_evidence_doc(doc["gpu_evidence"]) if doc.get("gpu_evidence") is not None else None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(
+            "the gateway's attestation JSON (quote, tls_spki_sha256, gpu_evidence)", " ".join(str(exc).split())[:160]
+        ).with_file(args.attestation) from None
+    except InputError as exc:
+        raise exc.with_file(args.attestation) from None
+    expected = report_data_for_key_hash(spki_sha256, nonce, gpu_digest=gpu.digest() if gpu is not None else None)
+    appraiser = appraiser_from_args(args)
+    appraisal = appraiser.appraise(quote, now, expected)
+    gpu_verdict = evaluate_gpus(gpu, gpu_nonce(spki_sha256, nonce), appraiser.policy.gpu, now)
+    out = appraisal.verdict.as_dict()
+    accepted = appraisal.verdict.accepted and gpu_verdict.accepted
+    out["accepted"] = accepted
+    out["failures"] = out["failures"] + [f.as_dict() for f in gpu_verdict.failures]
+    out["checks"] = out["checks"] + [c.as_dict() for c in gpu_verdict.checks]
+    out["gpu"] = gpu_verdict.as_dict()
+    out["verified_at"] = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out["attestation"] = args.attestation
+    out["collateral"] = appraisal.collateral
+    _emit(out, args.json)
+    return 0 if accepted else 1
 
 
 def _emit(out: dict, as_json: bool) -> None:
@@ -113,6 +172,8 @@ def _emit(out: dict, as_json: bool) -> None:
         a = report["td_attributes_decoded"]
         print(f"    {'':<14} DEBUG={int(a['debug'])} SEPT_VE_DISABLE={int(a['sept_ve_disable'])}")
         print(f"    {'fmspc':<14} {out.get('fmspc')}")
+    for g in (out.get("gpu") or {}).get("gpus", []):
+        print(f"  GPU: vbios={g['vbios_version']} driver={g['driver_version']} fwid={g['fwid'][:16]}... {g['leaf']}")
     for c in out.get("checks", []):
         if c["outcome"] == "not_checked":
             print(f"  not checked: {c['check']}: {c.get('reason')}")

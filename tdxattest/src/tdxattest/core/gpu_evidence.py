@@ -9,12 +9,18 @@ chain has a signing leaf and a root (`gpu.chain_too_short`), the leaf carries th
 (`gpu.leaf_missing_fwid`), each link is signed by the next and valid now (`gpu.chain_invalid`),
 the chain ends at the pinned root (`gpu.untrusted_root`), the signature over request ||
 response-without-signature verifies under the leaf key (`gpu.signature_invalid`), and the nonce is
-the one we sent (`gpu.nonce_mismatch`). Not done here: RIM comparison, OCSP, NRAS.
+the one we sent (`gpu.nonce_mismatch`), and the FWID the GPU put in the signed opaque data is its
+certificate's (`gpu.fwid_mismatch`). The policy over verified evidence (CC mode, VBIOS and driver
+pins, reference measurements) is `tdxattest.core.gpu_policy`. Not done here: RIMs, OCSP, NRAS.
 
 Layout: request = 0x11 0xE0 param1 param2 | nonce[32] | slot (37 bytes). Response = 0x11 0x60 param1
 param2 | number of blocks u8 | record length u24 | record | nonce[32] | opaque length u16 | opaque |
 signature[96]. Record = blocks of index u8, spec u8, size u16, then (DMTF) value type u8, value
 size u16, value. Lengths are walked, never taken from the end: one capture has a trailing byte.
+Opaque data = fields of type u16, size u16, value (NVIDIA's OpaqueData layout, as its local verifier
+and trustee's `deps/verifier/src/nvidia/report.rs` read it): 3 is the driver version (NUL-terminated
+ASCII), 6 the VBIOS version (8 bytes: a little-endian u32 printed as four bytes, then the OEM byte:
+009f0096 01 -> 96.00.9f.00.01), 20 the FWID.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ FWID_OID = "2.23.133.5.4.1"  # TCG DICE TcbInfo (carries the FWID)
 NVIDIA_DEVICE_ROOT_SHA256 = "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48"
 REQUEST_LEN = 37
 SIGNATURE_LEN = 96
+OPAQUE_DRIVER_VERSION = 3
+OPAQUE_VBIOS_VERSION = 6
+OPAQUE_FWID = 20
 
 
 class GpuEvidenceError(Exception):
@@ -65,6 +74,44 @@ class GpuReport:
 
     def measurement_dict(self) -> dict[int, str]:
         return {b.index: b.value.hex() for b in self.measurements}
+
+    @property
+    def opaque_fields(self) -> dict[int, bytes]:
+        return parse_opaque(self.opaque)
+
+    @property
+    def driver_version(self) -> str | None:
+        raw = self.opaque_fields.get(OPAQUE_DRIVER_VERSION)
+        return None if raw is None else raw.split(b"\0", 1)[0].decode("ascii", "replace")
+
+    @property
+    def vbios_version(self) -> str | None:
+        raw = self.opaque_fields.get(OPAQUE_VBIOS_VERSION)
+        if raw is None or len(raw) < 5:
+            return None
+        return f"{raw[3]:02x}.{raw[2]:02x}.{raw[1]:02x}.{raw[0]:02x}.{raw[4]:02x}"
+
+    @property
+    def fwid(self) -> bytes | None:
+        return self.opaque_fields.get(OPAQUE_FWID)
+
+
+def parse_opaque(opaque: bytes) -> dict[int, bytes]:
+    """The opaque data's fields by type (the first of a repeated type). Linear; raises on a field
+    that runs past the end."""
+    fields: dict[int, bytes] = {}
+    p = 0
+    while p < len(opaque):
+        if p + 4 > len(opaque):
+            raise GpuEvidenceError("gpu.report_malformed", "an opaque field header", f"{len(opaque) - p} bytes")
+        kind, size = struct.unpack_from("<HH", opaque, p)
+        if p + 4 + size > len(opaque):
+            raise GpuEvidenceError(
+                "gpu.report_malformed", f"a {size}-byte opaque field {kind}", f"{len(opaque) - p - 4} bytes"
+            )
+        fields.setdefault(kind, opaque[p + 4 : p + 4 + size])
+        p += 4 + size
+    return fields
 
 
 def _hex_or_bytes(data: bytes | str) -> bytes:
@@ -116,6 +163,7 @@ def parse_gpu_report(data: bytes | str) -> GpuReport:
     (olen,) = struct.unpack_from("<H", raw, p + 32)
     need(p + 34, olen + SIGNATURE_LEN, f"{olen} bytes of opaque data and a 96-byte signature")
     opaque = raw[p + 34 : p + 34 + olen]
+    parse_opaque(opaque)  # malformed opaque data is a malformed report, refused here
     sig_at = p + 34 + olen
     return GpuReport(
         request=request,
@@ -167,6 +215,8 @@ class GpuEvidence:
             "nonce": self.report.nonce.hex(),
             "fwid": self.fwid.hex(),
             "leaf": self.leaf_subject,
+            "driver_version": self.report.driver_version,
+            "vbios_version": self.report.vbios_version,
             "measurements": {str(k): v for k, v in self.report.measurement_dict().items()},
             "trailing_bytes": self.report.trailing,
         }
@@ -255,4 +305,8 @@ def verify_gpu_evidence(
         )
     if expected_nonce is not None and not hmac.compare_digest(parsed.nonce, expected_nonce):
         raise GpuEvidenceError("gpu.nonce_mismatch", expected_nonce.hex(), parsed.nonce.hex())
-    return GpuEvidence(report=parsed, fwid=_leaf_fwid(certs[0]), leaf_subject=certs[0].subject.rfc4514_string())
+    fwid = _leaf_fwid(certs[0])
+    signed_fwid = parsed.fwid
+    if signed_fwid is not None and signed_fwid != fwid:
+        raise GpuEvidenceError("gpu.fwid_mismatch", f"the signing certificate's FWID {fwid.hex()}", signed_fwid.hex())
+    return GpuEvidence(report=parsed, fwid=fwid, leaf_subject=certs[0].subject.rfc4514_string())

@@ -126,6 +126,17 @@ class WorkloadSummary:
 
 
 @dataclass(frozen=True)
+class GpuExpectation:
+    """What the stack's GPUs must show (a stack whose workload pins GPUs): the measured manifest's
+    VBIOS and driver pins, how many GPUs each TD attests, and the CC mode the hosts set."""
+
+    count: int
+    vbios: tuple[str, ...]
+    driver: tuple[str, ...]
+    mode: str  # on | ppcie | devtools (docs/decisions.md, GPU modes)
+
+
+@dataclass(frozen=True)
 class KubernetesDetail:
     """The Kubernetes target: the pod's images, the workload manifest and the Kata init data whose
     SHA-384 is MRCONFIGID."""
@@ -160,6 +171,7 @@ class StackPins:
     model_sha256: str | None = None  # docs/pins.md, `modelSha256`
     boot: HostBoot | None = None  # host target
     workload: WorkloadSummary | None = None  # host target with a workload
+    gpu: GpuExpectation | None = None  # host target whose workload pins GPUs
     kubernetes: KubernetesDetail | None = None  # kubernetes target
 
     def register(self, key: str) -> RegisterPin | None:
@@ -217,6 +229,9 @@ class StackPins:
                 "tensorParallelSize": w.tensor_parallel_size,
                 "manifestSha384": w.manifest_sha384,
             }
+        if self.gpu is not None:
+            g = self.gpu
+            out["gpu"] = {"count": g.count, "vbios": list(g.vbios), "driver": list(g.driver), "mode": g.mode}
         if k8s is not None:
             out["image"] = k8s.image
             out["gatewayImage"] = k8s.gateway_image
@@ -258,6 +273,15 @@ class StackPins:
                 tensor_parallel_size=w.integer("tensorParallelSize"),
                 manifest_sha384=w.text("manifestSha384"),
             )
+        gpu = None
+        if isinstance(doc.get("gpu"), dict):
+            g = _Reader(doc["gpu"], "pins.gpu")
+            gpu = GpuExpectation(
+                count=g.integer("count"),
+                vbios=g.texts("vbios"),
+                driver=g.texts("driver"),
+                mode=g.text("mode"),
+            )
         k8s = None
         if target == "kubernetes":
             k8s = KubernetesDetail(
@@ -286,6 +310,7 @@ class StackPins:
             model_sha256=r.optional_text("modelSha256"),
             boot=boot,
             workload=workload,
+            gpu=gpu,
             kubernetes=k8s,
             **registers,
         )
@@ -393,6 +418,12 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(f"{self._at(key)}: a whole number", repr(value)[:80])
         return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.doc.get(key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise InputError(f"{self._at(key)}: a non-empty list of strings", repr(value)[:80])
+        return tuple(value)
 
     def hex(self, key: str, size: int) -> str | None:
         """Lowercase hex of `size` bytes, or None (null)."""

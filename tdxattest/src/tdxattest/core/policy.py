@@ -19,7 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tdxattest.core.checks import CheckResult, Failure
 from tdxattest.core.errors import InputError
+from tdxattest.core.gpu_policy import DEFAULT_GPU_POLICY, GpuPolicy, gpu_policy_from_mapping
 from tdxattest.core.pins import REGISTERS, RegisterPin, StackPins, parse_hex
 
 if TYPE_CHECKING:
@@ -38,42 +40,6 @@ OUT_OF_DATE_STATUSES = frozenset({"OutOfDate", "OutOfDateConfigurationNeeded"})
 PIN_FIELDS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "td_attributes", "xfam", "mrconfigid")
 PIN_SIZES = dict(REGISTERS.values())  # field -> bytes
 DAY = 86400
-
-
-@dataclass(frozen=True)
-class Failure:
-    """One refused check: its name, what the policy expected and what the evidence showed."""
-
-    check: str
-    expected: Any
-    seen: Any
-    detail: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"check": self.check, "expected": self.expected, "seen": self.seen}
-        if self.detail:
-            out["detail"] = self.detail
-        return out
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    check: str
-    outcome: str  # "pass" | "fail" | "not_checked"
-    expected: Any = None
-    seen: Any = None
-    reason: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "check": self.check,
-            "outcome": self.outcome,
-            "expected": self.expected,
-            "seen": self.seen,
-        }
-        if self.reason:
-            out["reason"] = self.reason
-        return out
 
 
 @dataclass(frozen=True)
@@ -111,6 +77,7 @@ class Policy:
     require_sept_ve_disable: bool = True
     min_tee_tcb_svn: bytes | None = None
     pins: Pins = Pins()
+    gpu: GpuPolicy = DEFAULT_GPU_POLICY
 
 
 DEFAULT_POLICY = Policy()
@@ -286,7 +253,7 @@ def parse_pin(name: str, value: Any, reason: str | None = None) -> Pin:
     return Pin(tuple(parse_hex(v, PIN_SIZES[name], f"pins.{name}") for v in values))
 
 
-_TOP_KEYS = {"version", "tcb", "td", "pins"}
+_TOP_KEYS = {"version", "tcb", "td", "pins", "gpu"}
 _TCB_KEYS = {"allowed_statuses", "out_of_date_grace_days", "allowed_advisories", "min_evaluation_data_number"}
 _TD_KEYS = {"forbid_debug", "require_sept_ve_disable", "min_tee_tcb_svn"}
 
@@ -337,6 +304,7 @@ def policy_from_mapping(doc: Mapping[str, Any] | None) -> Policy:
         require_sept_ve_disable=td.get("require_sept_ve_disable", True),
         min_tee_tcb_svn=None if svn is None else parse_hex(svn, 16, "policy.td.min_tee_tcb_svn"),
         pins=Pins(**{k: parse_pin(k, pins[k]) for k in pins}),
+        gpu=gpu_policy_from_mapping(doc.get("gpu")),
     )
 
 
@@ -377,7 +345,8 @@ def pins_from_stack_output(doc: object, accept_mrtd_candidates: bool = False) ->
     return pins_from_stack(StackPins.from_json(doc), accept_mrtd_candidates)
 
 
-def load_pins_json(path: str, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
+def read_stack_pins(path: str) -> StackPins:
+    """A stack's `pins.json` (docs/pins.md); InputError names the file and the key."""
     import json
 
     from tdxattest.core.files import read_bytes
@@ -388,14 +357,39 @@ def load_pins_json(path: str, accept_mrtd_candidates: bool = False) -> tuple[Pin
     except ValueError as exc:  # not JSON, or not UTF-8
         raise InputError("JSON", str(exc), file=path) from None
     try:
-        return pins_from_stack_output(doc, accept_mrtd_candidates)
+        return StackPins.from_json(doc)
     except InputError as exc:
         raise exc.with_file(path) from None
 
 
+def load_pins_json(path: str, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
+    return pins_from_stack(read_stack_pins(path), accept_mrtd_candidates)
+
+
 def with_pins_json(policy: Policy, path: str, accept_mrtd_candidates: bool = False) -> Policy:
-    """`policy` with a stack's `pins.json` merged into its pins."""
+    """`policy` with a stack's `pins.json` merged into its pins (and its GPU expectation into the
+    GPU policy)."""
+    return with_stack_pins(policy, read_stack_pins(path), accept_mrtd_candidates)
+
+
+def with_stack_pins(policy: Policy, stack: StackPins, accept_mrtd_candidates: bool = False) -> Policy:
+    """`policy` with the stack's registers (they take precedence) and, for a stack whose workload
+    pins GPUs, GPU evidence required with the stack's count and VBIOS/driver pins. The policy file
+    keeps its reference measurements and root; `mode: devtools` (the dev stack) relaxes the GPU
+    policy as `gpu.dev` does."""
     from dataclasses import replace
 
-    pins, keys = load_pins_json(path, accept_mrtd_candidates)
-    return replace(policy, pins=policy.pins.merged(pins, keys))
+    pins, keys = pins_from_stack(stack, accept_mrtd_candidates)
+    policy = replace(policy, pins=policy.pins.merged(pins, keys))
+    g = stack.gpu
+    if g is not None:
+        gpu = replace(
+            policy.gpu,
+            required=True,
+            count=g.count,
+            vbios=g.vbios,
+            driver=g.driver,
+            dev=policy.gpu.dev or g.mode == "devtools",
+        )
+        policy = replace(policy, gpu=gpu)
+    return policy

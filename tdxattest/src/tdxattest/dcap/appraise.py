@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tdxattest.core.policy import DEFAULT_POLICY, Failure, Policy, Verdict
+from tdxattest.core.checks import Failure
+from tdxattest.core.policy import DEFAULT_POLICY, Policy, Verdict
 from tdxattest.core.quote import parse_quote
 from tdxattest.dcap.collateral import Collateral, CollateralError, load_collateral, parse_iso_ts
 from tdxattest.dcap.verify import refused, verify_quote

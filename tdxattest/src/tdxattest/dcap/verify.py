@@ -16,12 +16,11 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
+from tdxattest.core.checks import CheckResult, Failure
 from tdxattest.core.errors import InputError
 from tdxattest.core.policy import (
     DEFAULT_POLICY,
     OUT_OF_DATE_STATUSES,
-    CheckResult,
-    Failure,
     Policy,
     QuoteFacts,
     Verdict,

@@ -1,0 +1,247 @@
+"""The attested channel with GPUs, end to end on loopback: the gateway collects fresh evidence from
+a TEST GPU (tdxattest.testing.testgpu, a real H100 report's blocks re-signed over each nonce) for
+every attestation, the quote binds its digest, and the verifying proxy refuses any connection whose
+GPU evidence fails, with a 502 naming the GPU check and nothing forwarded to the stand-in."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import openai
+import pytest
+
+from tdxattest.channel.gateway import Gateway
+from tdxattest.core.gpu_policy import CcState, EvidenceDoc, GpuItem, GpuPolicy, parse_reference
+from tdxattest.core.pins import GpuExpectation
+from tdxattest.core.policy import DEFAULT_POLICY, Policy
+from tdxattest.testing.standin import StandinConfig
+from tdxattest.testing.testgpu import TestGpu, save_gpus
+from tdxattest.testing.testpki import make_test_pki
+from tests.support.channel import Channel, LoopThread, start_channel
+from tests.support.nvml_standin import GPU_FIXTURES
+
+MODEL = StandinConfig().model
+TEMPLATE = (GPU_FIXTURES / "hopperAttestationReport.txt").read_text().strip()
+CLAIMS = json.loads((GPU_FIXTURES / "hopperAttestationReport-claims.txt").read_text())
+GOLDEN = parse_reference({k: v for k, v in CLAIMS["measurements"].items() if set(v) != {"0"}}, "golden")
+PINNED = GpuExpectation(count=1, vbios=("96.00.9F.00.01",), driver=("550.90.07",), mode="on")
+
+
+@pytest.fixture(scope="module")
+def loop():
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return make_test_pki(int(time.time()))
+
+
+@pytest.fixture(scope="module")
+def gpu() -> TestGpu:
+    return TestGpu.create(TEMPLATE)
+
+
+def policy_for(gpu: TestGpu) -> Policy:
+    """The client's policy: the TEST GPU root instead of NVIDIA's, and the golden set."""
+    return replace(DEFAULT_POLICY, gpu=GpuPolicy(reference=GOLDEN, reference_source="golden", root_pem=gpu.root_pem))
+
+
+@pytest.fixture
+def start(loop: LoopThread, tmp_path: Path, pki, gpu: TestGpu):
+    started: list[Channel] = []
+
+    def make(served: TestGpu | None = gpu, *, cc: dict | None = None, **kw) -> Channel:
+        state = None
+        if served is not None:
+            state = tmp_path / f"gpus-{len(started)}"
+            save_gpus([served], state, cc)
+        kw.setdefault("policy", policy_for(gpu))
+        kw.setdefault("pinned_gpu", PINNED)
+        ch = loop.run(start_channel(tmp_path, pki, gpus=state, **kw))
+        started.append(ch)
+        return ch
+
+    yield make
+    for ch in started:
+        loop.run(ch.stop())
+
+
+def chat(ch: Channel, **kw) -> str:
+    client = openai.OpenAI(base_url=ch.proxy_url + "/v1", api_key="test", max_retries=0, timeout=30, **kw)
+    answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say OK"}])
+    return answer.choices[0].message.content or ""
+
+
+def refused(ch: Channel, check: str) -> dict:
+    with pytest.raises(openai.APIStatusError) as info:
+        chat(ch)
+    assert info.value.status_code == 502
+    error = json.loads(info.value.response.text)["error"]
+    assert error["code"] == check, error
+    assert ch.standin.requests == 0  # nothing was forwarded
+    return error
+
+
+def test_fresh_gpu_evidence_is_verified_per_connection_and_audited(start) -> None:
+    ch = start()
+    assert chat(ch)
+    assert ch.gateway.gpu_collections == 1
+    (record,) = ch.audit_records()
+    assert record["verdict"] == "accepted"
+    assert record["gpu"]["verdict"] == "accepted" and record["gpu"]["count"] == 1
+    assert record["gpu"]["driver"] == ["550.90.07"] and record["gpu"]["vbios"] == ["96.00.9f.00.01"]
+
+
+def test_a_measurement_off_the_golden_set_is_refused(start, gpu: TestGpu) -> None:
+    error = refused(start(gpu.with_measurement(10, bytes(48))), "gpu.measurement_mismatch")
+    assert "golden" in error["failures"][0]["detail"]
+
+
+def test_a_driver_off_the_pins_is_refused(start, gpu: TestGpu) -> None:
+    error = refused(start(gpu.with_versions(driver="535.104.05")), "gpu.driver_not_pinned")
+    assert error["failures"][0]["seen"] == "535.104.05"
+
+
+def test_cc_devtools_is_refused_outside_dev(start) -> None:
+    refused(start(cc={"environment": "prod", "enabled": True, "devtools": True}), "gpu.cc_devtools")
+
+
+def test_a_gpu_chain_to_another_root_is_refused(start) -> None:
+    refused(start(TestGpu.create(TEMPLATE)), "gpu.untrusted_root")
+
+
+class ReplayingGateway(Gateway):
+    """Serves GPU evidence made for an earlier nonce (a host replaying a recorded report)."""
+
+    async def _gpu_evidence(self, nonce: bytes):
+        return await super()._gpu_evidence(b"\x07" * 32)
+
+
+def test_replayed_gpu_evidence_is_refused(start) -> None:
+    refused(start(gateway_cls=ReplayingGateway), "gpu.nonce_mismatch")
+
+
+def swapping_gateway(other: TestGpu) -> type[Gateway]:
+    class SwappingGateway(Gateway):
+        """Quotes over its GPU's evidence, then serves another GPU's (fresh, valid) evidence."""
+
+        async def attestation(self, request):
+            from aiohttp import web
+
+            answer = await super().attestation(request)
+            body = json.loads(answer.body)
+            nonce = bytes.fromhex(body["gpu_evidence"]["nonce"])
+            cc = CcState("prod", True, False)
+            body["gpu_evidence"] = EvidenceDoc(nonce, cc, (GpuItem(other.report(nonce), other.chain_pem),)).to_json()
+            return web.json_response(body)
+
+    return SwappingGateway
+
+
+def test_evidence_swapped_for_another_gpus_is_refused(start, gpu: TestGpu) -> None:
+    other = replace(TestGpu.create(TEMPLATE), chain_pem=gpu.chain_pem, root_pem=gpu.root_pem, key=gpu.key)
+    other = other.with_fwid(bytes(48))  # same TEST root, another device's report: only the binding tells
+    refused(start(gateway_cls=swapping_gateway(other)), "binding.report_data_mismatch")
+
+
+def test_a_td_that_serves_no_gpu_evidence_is_refused_when_the_stack_pins_gpus(start) -> None:
+    ch = start(None)
+    error = refused(ch, "gpu.evidence_missing")
+    assert ch.gateway.gpu_collections == 0
+    assert "pins GPUs" in error["failures"][0]["expected"]
+
+
+def test_per_response_quotes_carry_fresh_gpu_evidence(start) -> None:
+    ch = start(require_response_quotes=True)
+    assert chat(ch)
+    assert ch.gateway.gpu_collections == 2  # the connection's attestation, then the response's
+    (record,) = ch.audit_records()
+    assert record["verdict"] == "accepted" and record["response_quote_sha256"]
+
+
+def test_gateway_attaches_response_gpu_evidence_bound_to_the_request(start, loop) -> None:
+    ch = start()
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "Say OK"}]}).encode()
+    req = urllib.request.Request(
+        ch.gateway_url + "/v1/chat/completions",
+        data=body,
+        headers={"content-type": "application/json", "x-attestation": "required"},
+    )
+    with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+        headers = resp.headers
+    evidence = json.loads(base64.b64decode(headers["x-tdx-gpu-evidence"]))
+    import hashlib
+
+    from tdxattest.channel.binding import response_gpu_nonce
+
+    assert bytes.fromhex(evidence["nonce"]) == response_gpu_nonce(
+        hashlib.sha256(body).digest(), headers["x-tdx-response-id"]
+    )
+
+
+def fetch_attestation(ch: Channel, nonce: bytes) -> dict:
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with urllib.request.urlopen(
+        f"{ch.gateway_url}/.well-known/tdx-attestation?nonce={nonce.hex()}", context=ctx, timeout=30
+    ) as resp:
+        return json.loads(resp.read())
+
+
+def test_verify_command_checks_a_recorded_attestation_with_its_gpu_evidence(
+    start, pki, gpu: TestGpu, tmp_path: Path, capsys
+) -> None:
+    from tdxattest.cli import main
+    from tdxattest.testing.testpki import TdIdentity
+
+    ch = start()
+    nonce = bytes(range(32))
+    answer = tmp_path / "attestation.json"
+    answer.write_text(json.dumps(fetch_attestation(ch, nonce)))
+    (tmp_path / "root.der").write_bytes(pki.root_ca_der)
+    (tmp_path / "gpu-root.pem").write_bytes(gpu.root_pem)
+    pins = tmp_path / "stack-pins.json"
+    pins.write_text(json.dumps(replace(TdIdentity().stack_pins(), gpu=PINNED).to_json()))
+    golden = {k: v for k, v in CLAIMS["measurements"].items() if set(v) != {"0"}}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(json.dumps({"gpu": {"root_ca": str(tmp_path / "gpu-root.pem"), "reference": golden}}))
+    common = [
+        "--pins",
+        str(pins),
+        "--collateral",
+        str(tmp_path / "collateral.json"),
+        "--root-ca",
+        str(tmp_path / "root.der"),
+    ]
+    args = ["verify", "--attestation", str(answer), *common, "--policy", str(policy), "--json"]
+    assert main([*args, "--nonce", nonce.hex()]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["accepted"] and out["gpu"]["gpus"][0]["driver_version"] == "550.90.07"
+    # Asked for another nonce: the quote's binding and the GPU's nonce both fail.
+    assert main([*args, "--nonce", "ff" * 32]) == 1
+    checks = [f["check"] for f in json.loads(capsys.readouterr().out)["failures"]]
+    assert checks == ["binding.report_data_mismatch", "gpu.nonce_mismatch"]
+    # Without the policy file: NVIDIA's root is the only one trusted, so the TEST GPU is refused.
+    assert main(["verify", "--attestation", str(answer), *common, "--nonce", nonce.hex(), "--json"]) == 1
+    checks = [f["check"] for f in json.loads(capsys.readouterr().out)["failures"]]
+    assert checks == ["gpu.untrusted_root"]
+    # With the root but no reference values: refused outside dev, naming where they come from.
+    policy.write_text(json.dumps({"gpu": {"root_ca": str(tmp_path / "gpu-root.pem")}}))
+    assert main([*args, "--nonce", nonce.hex()]) == 1
+    (failure,) = json.loads(capsys.readouterr().out)["failures"]
+    assert failure["check"] == "gpu.reference_missing" and "golden set" in failure["expected"]
