@@ -1,6 +1,6 @@
 """Benchmark: the verifying proxy's cost over a direct client of the same attested gateway.
 
-    .venv/bin/python bench/proxy.py [--quick] [--out bench/results/proxy.json] [--profile-proxy FILE]
+    .venv/bin/python bench/proxy.py [--quick] [--no-gpu] [--out bench/results/proxy.json] [--profile-proxy FILE]
 
 Goals (issue): <= 1 ms added p50 latency, and >= 98 % of direct throughput at 64 concurrent
 streams. Prints a table and writes bench/results/proxy.json (exit status 1 when a goal is missed).
@@ -10,10 +10,14 @@ event loop or a GIL with what measures it):
   * the stand-in for vLLM: `python -m tdxattest.testing.standin`, with a decode-like pace
     (default 64 tokens per completion, 20 ms between tokens = 50 tokens/s per stream);
   * the gateway: `python -m tdxattest gateway --quote-source software-test` (TLS, TEST-PKI quotes)
-    in front of the stand-in;
+    in front of the stand-in; with GPU verification on (the default, `--no-gpu` turns it off), its
+    `--gpu-collect` is the TEST GPU (`python -m tdxattest.testing.testgpu collect`: a real H100
+    report's blocks re-signed over each nonce), so every attestation carries fresh GPU evidence
+    whose digest the quote binds;
   * the verifying proxy: `python -m tdxattest proxy` (plain HTTP on loopback, its upstream the
-    gateway, pins.json pinning the software TD, the TEST root CA and collateral the gateway wrote,
-    an audit log in the run's temporary directory, default re-attestation interval);
+    gateway, pins.json pinning the software TD (and one GPU's VBIOS and driver), the TEST root CA
+    and collateral the gateway wrote, a policy file with the TEST GPU root and the report's golden
+    measurements, an audit log in the run's temporary directory, default re-attestation interval);
   * this process: the load generator (one asyncio loop, aiohttp client), and the orchestrator.
 Every process started is stopped at the end, also on errors, Ctrl-C or SIGTERM (SIGINT, then
 SIGKILL after 5 s; children also get PR_SET_PDEATHSIG so they cannot outlive this process).
@@ -77,6 +81,8 @@ from bench.machine import machine as machine_facts  # noqa: E402
 from bench.stats import pct  # noqa: E402
 
 RESULT = REPO / "bench" / "results" / "proxy.json"
+# The real H100 report the TEST GPU imitates (provenance: tests/fixtures/gpu-evidence/README.md).
+FIXTURES = REPO / "tests" / "fixtures" / "gpu-evidence"
 GOAL_ADDED_P50_MS = 1.0
 GOAL_THROUGHPUT_RATIO = 0.98
 GOAL_CONCURRENCY = 64
@@ -95,6 +101,7 @@ class Params:
     rounds: int = 2  # per path and concurrency
     attest_s: float = 4.0  # per attestation concurrency
     attest_concurrency: tuple[int, ...] = (1, 4)
+    gpu: bool = True  # the gateway serves fresh GPU evidence and the proxy verifies it
 
     @classmethod
     def quick(cls) -> Params:
@@ -223,6 +230,13 @@ def start_servers(servers: Servers, p: Params, profile: str | None) -> dict:
         ],
     )
     pki_dir = tmp / "pki"
+    gpu_args: list[str] = []
+    if p.gpu:
+        from tdxattest.testing.testgpu import TestGpu, save_gpus
+
+        save_gpus([TestGpu.create((FIXTURES / "hopperAttestationReport.txt").read_text())], tmp / "gpu")
+        collect = [py, "-m", "tdxattest.testing.testgpu", "collect", "--state", str(tmp / "gpu"), "--nonce", "{nonce}"]
+        gpu_args = ["--gpu-collect", json.dumps(collect)]
     gateway = servers.start(
         "gateway",
         [
@@ -240,10 +254,28 @@ def start_servers(servers: Servers, p: Params, profile: str | None) -> dict:
             str(tmp / "no-event-log"),
             "--listen",
             "127.0.0.1:0",
+            *gpu_args,
         ],
     )
     pins = tmp / "pins.json"
-    pins.write_text(json.dumps(TdIdentity().stack_pins().to_json()))
+    stack_pins = TdIdentity().stack_pins()
+    policy = tmp / "policy.yaml"
+    policy.write_text("{}")
+    if p.gpu:
+        from dataclasses import replace
+
+        from tdxattest.core.pins import GpuExpectation
+
+        golden = {
+            k: v
+            for k, v in json.loads((FIXTURES / "hopperAttestationReport-claims.txt").read_text())[
+                "measurements"
+            ].items()
+            if set(v) != {"0"}
+        }
+        stack_pins = replace(stack_pins, gpu=GpuExpectation(1, ("96.00.9F.00.01",), ("550.90.07",), "on"))
+        policy.write_text(json.dumps({"gpu": {"root_ca": str(tmp / "gpu/0/root.pem"), "reference": golden}}))
+    pins.write_text(json.dumps(stack_pins.to_json()))
     prof = ["-m", "cProfile", "-o", profile] if profile else []
     proxy = servers.start(
         "proxy",
@@ -257,6 +289,8 @@ def start_servers(servers: Servers, p: Params, profile: str | None) -> dict:
             gateway["listening"],
             "--pins",
             str(pins),
+            "--policy",
+            str(policy),
             "--collateral",
             str(pki_dir / "collateral.json"),
             "--root-ca",
@@ -272,6 +306,7 @@ def start_servers(servers: Servers, p: Params, profile: str | None) -> dict:
         "gateway": gateway["listening"],
         "proxy": proxy["listening"],
         "pins": str(pins),
+        "policy": str(policy),
         "pki_dir": str(pki_dir),
         "audit": str(tmp / "audit.jsonl"),
     }
@@ -450,7 +485,7 @@ async def throughput_phase(urls: dict[str, str], p: Params, pids: dict[str, int]
 
 async def attestation_phase(info: dict, p: Params) -> list[dict]:
     from tdxattest.channel.proxy import ProxyConfig, UpstreamConnection
-    from tdxattest.core.policy import DEFAULT_POLICY, with_pins_json
+    from tdxattest.core.policy import load_policy, with_pins_json
     from tdxattest.dcap.appraise import Appraiser, FixedCollateral
 
     config = ProxyConfig(upstream=info["gateway"])
@@ -468,7 +503,7 @@ async def attestation_phase(info: dict, p: Params) -> list[dict]:
     collateral = FixedCollateral.from_file(str(Path(info["pki_dir"]) / "collateral.json"))
     appraiser = TimedAppraiser(
         collateral,
-        with_pins_json(DEFAULT_POLICY, info["pins"]),
+        with_pins_json(load_policy(info["policy"]), info["pins"]),
         (Path(info["pki_dir"]) / "root-ca.der").read_bytes(),
     )
 
@@ -477,7 +512,7 @@ async def attestation_phase(info: dict, p: Params) -> list[dict]:
         conn = await UpstreamConnection.open(config)
         try:
             att = await conn.attest(appraiser)
-            assert att.tcb_status
+            assert att.tcb_status and (att.gpu is not None) == p.gpu
         finally:
             conn.close()
         return time.perf_counter() - t
@@ -553,7 +588,9 @@ def table(doc: dict) -> str:
     if doc["attestation"]:
         lines += [
             "",
-            "attestations (TLS connect + fresh nonce + gateway quote + full verification), proxy code in-process",
+            "attestations (TLS connect + fresh nonce + gateway quote"
+            + (" + fresh GPU evidence" if p.get("gpu_verification") else "")
+            + " + full verification), proxy code in-process",
             f"{'in flight':>9} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8} {'verify ms':>10}",
         ]
     for r in doc["attestation"]:
@@ -605,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         default="latency,throughput,attestation",
         help="comma-separated subset of latency,throughput,attestation (for profiling)",
     )
+    ap.add_argument("--no-gpu", action="store_true", help="no GPU evidence: the CPU-only attestation path")
     ap.add_argument("--token-interval-ms", type=float)
     ap.add_argument("--tokens", type=int)
     args = ap.parse_args(argv)
@@ -619,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if getattr(args, name) is not None:
             setattr(p, attr, getattr(args, name))
+    p.gpu = not args.no_gpu
     out = args.out or (None if args.quick else RESULT)
 
     # SIGTERM ends the run like Ctrl-C: the finally below stops every server.
@@ -683,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             "window_s": p.window_s,
             "rounds_per_path": p.rounds,
             "attestation_seconds": p.attest_s,
+            "gpu_verification": p.gpu,
             "processes": "stand-in, gateway, proxy: one process each; load generator: the bench process",
             "proxy_audit_lines": audit_lines,
         },

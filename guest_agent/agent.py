@@ -25,7 +25,7 @@ from typing import TextIO
 from . import DEV_STACK
 from .config import AgentConfig
 from .gpu import attest_gpus
-from .knownanswer import check_known_answer
+from .knownanswer import check_known_answer, check_runner, check_sampled
 from .model import fetch_model
 from .report import Report, emit
 from .server import (
@@ -216,7 +216,10 @@ class Agent:
             context=insecure_loopback_tls(),
         )
 
-        check_known_answer(self.local_gateway, cfg.known_answer, cfg.workload.model_id)
+        greedy = check_known_answer(self.local_gateway, cfg.known_answer, cfg.workload.model_id)
+        if cfg.server == "vllm":
+            check_runner(server.log)
+            check_sampled(self.local_gateway, cfg.known_answer, cfg.workload.model_id, greedy)
 
     # ---- after ready -------------------------------------------------------------------------
 

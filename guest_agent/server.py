@@ -28,6 +28,8 @@ VLLM_ENV = {
     # Until vllm #57224 / PR #50671: under CC, pinned host memory comes back unpinned and the V2
     # model runner's UVA views go stale, so vLLM answers with silent garbage.
     "VLLM_USE_V2_MODEL_RUNNER": "0",
+    # INFO is vLLM's default; pinned because the agent reads which runner ran from this log.
+    "VLLM_LOGGING_LEVEL": "INFO",
     # Weights come only from the verified model directory, never from the Hub at run time.
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
