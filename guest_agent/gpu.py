@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tdxattest.core.gpu_evidence import GpuEvidenceError, verify_gpu_evidence
-from tdxattest.core.gpu_policy import normalise_version
+from tdxattest.core.gpu_evidence import GpuEvidenceError, normalise_version, verify_gpu_evidence
 
 from .config import AgentConfig
 from .system import Refused, System

@@ -23,6 +23,7 @@ from tdxattest.channel.quote_source import QuoteSource
 from tdxattest.core.pins import GpuExpectation
 from tdxattest.core.policy import DEFAULT_POLICY, Policy, with_pins_json
 from tdxattest.dcap.appraise import Appraiser, FixedCollateral
+from tdxattest.dcap.rim_store import RimStore
 from tdxattest.testing.standin import StandinConfig, StandinServer
 from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity, TestPki
 
@@ -94,6 +95,7 @@ async def start_channel(
     gateway_cls: type[Gateway] = Gateway,
     gpus: Path | None = None,
     pinned_gpu: GpuExpectation | None = None,
+    rims: RimStore | None = None,
     **proxy_options: Any,
 ) -> Channel:
     """Start the whole channel. `middleman(gateway_url)` may start something between proxy and
@@ -137,7 +139,10 @@ async def start_channel(
         audit = tmp / "audit.jsonl"
         config = ProxyConfig(upstream=target, audit_path=str(audit), **proxy_options)
         appraiser = Appraiser(
-            FixedCollateral.from_file(str(collateral_path)), with_pins_json(policy, str(pins_path)), pki.root_ca_der
+            FixedCollateral.from_file(str(collateral_path)),
+            with_pins_json(policy, str(pins_path)),
+            pki.root_ca_der,
+            rims,
         )
         proxy = VerifyingProxy(config, appraiser)
         proxy_runner, proxy_port = await start_site(proxy.app())

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tdxattest.channel.gateway import Gateway
+from tdxattest.core.gpu_evidence import parse_gpu_report
 from tdxattest.core.gpu_policy import CcState, EvidenceDoc, GpuItem, GpuPolicy, parse_reference
 from tdxattest.core.pins import GpuExpectation
 from tdxattest.core.policy import DEFAULT_POLICY, Policy
@@ -240,8 +241,43 @@ def test_verify_command_checks_a_recorded_attestation_with_its_gpu_evidence(
     assert main(["verify", "--attestation", str(answer), *common, "--nonce", nonce.hex(), "--json"]) == 1
     checks = [f["check"] for f in json.loads(capsys.readouterr().out)["failures"]]
     assert checks == ["gpu.untrusted_root"]
-    # With the root but no reference values: refused outside dev, naming where they come from.
+    # With the root but no reference values (no golden set, no RIM in the cache): refused outside
+    # dev, naming the command that imports the RIM.
     policy.write_text(json.dumps({"gpu": {"root_ca": str(tmp_path / "gpu-root.pem")}}))
     assert main([*args, "--nonce", nonce.hex()]) == 1
     (failure,) = json.loads(capsys.readouterr().out)["failures"]
-    assert failure["check"] == "gpu.reference_missing" and "golden set" in failure["expected"]
+    assert (
+        failure["check"] == "gpu.rim_missing"
+        and "collateral rim --id NV_GPU_DRIVER_GH100_550.90.07" in failure["expected"]
+    )
+
+
+def test_nvidia_style_rims_in_the_cache_stand_in_for_the_golden_set(start, gpu: TestGpu, tmp_path: Path) -> None:
+    from tdxattest.core.rim import rim_ids
+    from tdxattest.dcap.rim_store import RimStore
+    from tdxattest.testing.testrim import TestRimSigner
+
+    signer = TestRimSigner.create()
+    store = RimStore(str(tmp_path / "cache"), None, signer.root_pem)
+    driver_id, vbios_id = rim_ids(parse_gpu_report(TEMPLATE))
+    vbios_blocks = {1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13}
+    now = time.time()
+    store.put(
+        vbios_id,
+        signer.rim(version="96.00.9F.00.01", measurements={b: v for b, v in GOLDEN.items() if b in vbios_blocks}),
+        now,
+    )
+    store.put(
+        driver_id,
+        signer.rim(version="550.90.07", measurements={b: v for b, v in GOLDEN.items() if b not in vbios_blocks}),
+        now,
+    )
+    no_golden = replace(DEFAULT_POLICY, gpu=GpuPolicy(root_pem=gpu.root_pem))
+    ch = start(policy=no_golden, rims=store)
+    assert chat(ch)
+    # The driver RIM says another version than the GPU signed: refused before anything is forwarded.
+    store.put(driver_id, signer.rim(version="550.163.01", measurements={5: [bytes(48)]}), now)
+    refused(
+        start(policy=no_golden, rims=RimStore(str(tmp_path / "cache"), None, signer.root_pem)),
+        "gpu.rim_version_mismatch",
+    )

@@ -119,8 +119,11 @@ def read_gpu_evidence(value: Any) -> EvidenceDoc | None:
 async def appraise_gpus(appraiser: Appraiser, doc: EvidenceDoc | None, nonce: bytes) -> GpuVerdict:
     """The GPU policy over `doc` (a few ms of ECDSA per GPU), off the event loop. Raises
     AttestationFailed naming the first failed GPU check."""
+    now = time.time()
+    store = appraiser.rims
+    rims = (lambda rim_id: store.lookup(rim_id, now)) if store is not None else None
     verdict = await asyncio.get_running_loop().run_in_executor(
-        None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, time.time()
+        None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, now, rims
     )
     if not verdict.accepted:
         raise AttestationFailed(verdict.failures)

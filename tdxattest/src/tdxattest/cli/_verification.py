@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 
 def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool) -> None:
-    """--collateral | --pccs [--cache-dir], --pins [--accept-mrtd-candidates], --policy, --root-ca."""
+    """--collateral | --pccs [--cache-dir], --pins [--accept-mrtd-candidates], --policy, --rim-service,
+    --root-ca."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--collateral", metavar="C", help="collateral JSON (dcap-qvl QuoteCollateralV3 form)")
     src.add_argument(
@@ -21,12 +22,22 @@ def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool) 
         metavar="URL",
         help="PCCS or PCS base URL; collateral comes from the on-disk cache, fetched/refreshed as needed",
     )
-    p.add_argument("--cache-dir", metavar="DIR", help="collateral cache (with --pccs; default ~/.cache/tdxattest)")
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="collateral cache, and NVIDIA RIMs under rim/ (default ~/.cache/tdxattest/collateral)",
+    )
     p.add_argument("--pins", required=pins_required, metavar="PINS_JSON", help="the stack's `pins` output (pins.json)")
     p.add_argument(
         "--accept-mrtd-candidates", action="store_true", help="with --pins: accept either page-add-order MRTD candidate"
     )
     p.add_argument("--policy", metavar="POLICY_YAML", help="policy file (default: safe defaults)")
+    p.add_argument(
+        "--rim-service",
+        metavar="URL",
+        help="fetch NVIDIA RIMs (GPU reference values) missing from the cache from this RIM service "
+        "(NVIDIA's: https://rim.attestation.nvidia.com); without it only RIMs already in the cache are used",
+    )
     p.add_argument(
         "--root-ca",
         metavar="DER",
@@ -38,10 +49,12 @@ def appraiser_from_args(args: argparse.Namespace) -> Appraiser:
     """The Appraiser the options of `add_appraisal_arguments` describe."""
     from tdxattest.core.files import read_bytes
     from tdxattest.dcap.appraise import Appraiser, collateral_source
+    from tdxattest.dcap.rim_store import RimStore
 
     policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
     root = read_bytes(args.root_ca) if args.root_ca else None
-    return Appraiser(collateral_source(args.collateral, args.pccs, args.cache_dir), policy, root)
+    rims = RimStore(args.cache_dir, args.rim_service, policy.gpu.rim_root_pem)
+    return Appraiser(collateral_source(args.collateral, args.pccs, args.cache_dir), policy, root, rims)
 
 
 def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd_candidates: bool) -> Policy:

@@ -1,4 +1,5 @@
-"""`collateral fetch`: fetch DCAP collateral from a PCCS / Intel PCS into the verified on-disk cache."""
+"""`collateral fetch`: fetch DCAP collateral from a PCCS / Intel PCS into the verified on-disk cache.
+`collateral rim`: fetch or import an NVIDIA RIM (GPU reference values) into the same cache."""
 
 from __future__ import annotations
 
@@ -37,6 +38,22 @@ def configure(p: argparse.ArgumentParser) -> None:
     f.add_argument("--out", metavar="FILE", help="also write the collateral as dcap-qvl JSON to FILE")
     f.add_argument("--json", action="store_true", help="print JSON")
     f.set_defaults(run=run_fetch)
+    r = verbs.add_parser(
+        "rim",
+        help="fetch or import an NVIDIA RIM into the cache",
+        description="Verify an NVIDIA RIM (the SWID tag's XML signature, its chain to the pinned NVIDIA "
+        "CoRIM signing Root CA, validity now) and keep it in the cache, where `verify` and `proxy` "
+        "read GPU reference values. Exit 0 when it is in the cache, 1 when it does not verify or "
+        "cannot be fetched, 2 for unusable input.",
+    )
+    r.add_argument("--id", required=True, metavar="ID", help="e.g. NV_GPU_DRIVER_GH100_550.163.01")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", metavar="F", help="the SWID XML (or the RIM service's JSON answer)")
+    src.add_argument("--rim-service", metavar="URL", help="fetch it (NVIDIA's: https://rim.attestation.nvidia.com)")
+    r.add_argument("--cache-dir", metavar="DIR", help="cache directory (default ~/.cache/tdxattest/collateral)")
+    r.add_argument("--at", metavar="RFC3339", help="time to check validity at (default: now)")
+    r.add_argument("--rim-root-ca", metavar="PEM", help="a TEST RIM root instead of NVIDIA's (tests, dev stack)")
+    r.set_defaults(run=run_rim)
 
 
 def run_fetch(args: argparse.Namespace) -> int:
@@ -86,3 +103,40 @@ def run_fetch(args: argparse.Namespace) -> int:
     if status.get("warning"):
         print(f"warning: {status['warning']}", file=sys.stderr)
     return 0
+
+
+def run_rim(args: argparse.Namespace) -> int:
+    import base64
+
+    from tdxattest.cli.verify import parse_time
+    from tdxattest.core.files import read_bytes
+    from tdxattest.core.rim import RimError
+    from tdxattest.dcap.rim_store import RimStore, fetch_rim
+
+    now = parse_time(args.at)
+    store = RimStore(args.cache_dir, None, read_bytes(args.rim_root_ca) if args.rim_root_ca else None)
+    try:
+        if args.file:
+            xml = read_bytes(args.file)
+            if xml.lstrip().startswith(b"{"):  # the service's JSON answer, saved as is
+                try:
+                    xml = base64.b64decode(json.loads(xml)["rim"], validate=True)
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise RimError("gpu.rim_malformed", "the RIM service's JSON with `rim`", str(exc)[:120]) from None
+        else:
+            xml = fetch_rim(args.rim_service, args.id)
+        rim = store.put(args.id, xml, now)
+    except RimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.id}: {rim.product} {rim.version}, {len(rim.measurements)} active measurements, signed by "
+        f"{rim.signer}, valid until {iso_time(rim.not_after)}; cache: {store.dir}"
+    )
+    return 0
+
+
+def iso_time(ts: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -128,7 +128,9 @@ def _run_attestation(args: argparse.Namespace, now: int) -> int:
     expected = report_data_for_key_hash(spki_sha256, nonce, gpu_digest=gpu.digest() if gpu is not None else None)
     appraiser = appraiser_from_args(args)
     appraisal = appraiser.appraise(quote, now, expected)
-    gpu_verdict = evaluate_gpus(gpu, gpu_nonce(spki_sha256, nonce), appraiser.policy.gpu, now)
+    store = appraiser.rims
+    rims = (lambda rim_id: store.lookup(rim_id, now)) if store is not None else None
+    gpu_verdict = evaluate_gpus(gpu, gpu_nonce(spki_sha256, nonce), appraiser.policy.gpu, now, rims)
     out = appraisal.verdict.as_dict()
     accepted = appraisal.verdict.accepted and gpu_verdict.accepted
     out["accepted"] = accepted

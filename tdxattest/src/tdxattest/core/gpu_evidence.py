@@ -114,6 +114,12 @@ def parse_opaque(opaque: bytes) -> dict[int, bytes]:
     return fields
 
 
+def normalise_version(text: str) -> str:
+    """VBIOS and driver versions compare case-insensitively (NVIDIA prints 96.00.9F.00.01, the report
+    decodes to 96.00.9f.00.01)."""
+    return text.strip().lower()
+
+
 def _hex_or_bytes(data: bytes | str) -> bytes:
     if isinstance(data, str):
         data = data.encode()

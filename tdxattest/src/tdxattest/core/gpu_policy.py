@@ -18,9 +18,9 @@ set of reports and the CC state cannot be swapped (`channel.binding.expected_rep
 (its opaque data), never the unsigned fields a collector may add.
 
 Reference values: measurement block index -> accepted values, from a golden set recorded from a
-known-good report of the pinned VBIOS and driver (the stack's `firmware/gpu/<sku>.yaml`, or the
-policy file). NVIDIA's signed RIMs are the other source of such values; until they are read here, a
-golden set is required outside dev (docs/verification.md).
+known-good report of the pinned VBIOS and driver (policy `gpu.reference`), else from NVIDIA's signed
+RIMs for the driver and VBIOS the GPU reports (`core.rim`, through a lookup the caller provides:
+`dcap.rim_store`). With neither, a verifier outside dev refuses (`gpu.reference_missing`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ import hmac
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tdxattest.core.checks import CheckResult, Failure
 from tdxattest.core.errors import InputError
-from tdxattest.core.gpu_evidence import GpuEvidence, GpuEvidenceError, verify_gpu_evidence
+from tdxattest.core.gpu_evidence import GpuEvidence, GpuEvidenceError, normalise_version, verify_gpu_evidence
+
+if TYPE_CHECKING:  # RIMs need lxml and signxml: imported only where a verifier reads them
+    from tdxattest.core.rim import RimLookup
 
 DOC_VERSION = 2
 NONCE_LEN = 32
@@ -124,12 +127,6 @@ def parse_evidence_doc(obj: object, where: str = "gpu_evidence") -> EvidenceDoc:
     return EvidenceDoc(nonce, CcState(cc["environment"], cc["enabled"], cc["devtools"]), tuple(items))
 
 
-def normalise_version(text: str) -> str:
-    """VBIOS and driver versions compare case-insensitively (NVIDIA prints 96.00.9F.00.01, the report
-    decodes to 96.00.9f.00.01)."""
-    return text.strip().lower()
-
-
 @dataclass(frozen=True)
 class GpuPolicy:
     """What GPU evidence must show. `dev` relaxes CC devtools, a non-prod CC environment and missing
@@ -142,6 +139,7 @@ class GpuPolicy:
     reference: Mapping[int, tuple[bytes, ...]] = field(default_factory=dict)
     reference_source: str | None = None
     root_pem: bytes | None = None  # None: NVIDIA's Device Identity CA, pinned by fingerprint
+    rim_root_pem: bytes | None = None  # None: NVIDIA's CoRIM signing Root CA, pinned by fingerprint
     dev: bool = False
 
 
@@ -194,8 +192,14 @@ class _Record:
         return GpuVerdict(not self.failures, tuple(self.failures), tuple(self.checks), tuple(gpus), digest)
 
 
-def evaluate_gpus(doc: EvidenceDoc | None, expected_nonce: bytes | None, policy: GpuPolicy, now: float) -> GpuVerdict:
-    """Apply `policy` to the served GPU evidence. Pure: no I/O, no clock."""
+def evaluate_gpus(
+    doc: EvidenceDoc | None,
+    expected_nonce: bytes | None,
+    policy: GpuPolicy,
+    now: float,
+    rims: RimLookup | None = None,
+) -> GpuVerdict:
+    """Apply `policy` to the served GPU evidence. No clock; no I/O but what `rims` does (a cache)."""
     rec = _Record()
     if doc is None:
         if policy.required:
@@ -231,7 +235,7 @@ def evaluate_gpus(doc: EvidenceDoc | None, expected_nonce: bytes | None, policy:
             continue
         gpus.append(_gpu_facts(ev))
         _check_versions(rec, i, ev, policy)
-        _check_reference(rec, i, ev, policy)
+        _check_reference(rec, i, ev, policy, rims)
     return rec.verdict(gpus, digest)
 
 
@@ -274,23 +278,32 @@ def _check_versions(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy) ->
         rec(check, seen is not None and normalise_version(seen) in accepted, sorted(pins), seen, f"GPU {i}")
 
 
-def _check_reference(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy) -> None:
-    if not policy.reference:
+def _check_reference(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy, rims: RimLookup | None) -> None:
+    reference, source = policy.reference, policy.reference_source or "policy"
+    if not reference and rims is not None:
+        from tdxattest.core.rim import RimError, rim_reference
+
+        try:
+            reference, source = rim_reference(ev.report, rims)
+        except RimError as exc:
+            rec(exc.check, False, exc.expected, exc.seen, f"GPU {i}")
+            return
+    if not reference:
         if policy.dev:
             rec.skip("gpu.reference_missing", f"GPU {i}: no reference measurements (policy gpu.dev)")
         else:
             rec(
                 "gpu.reference_missing",
                 False,
-                "reference measurements for the pinned VBIOS and driver (a golden set in firmware/gpu/<sku>.yaml "
-                "or policy gpu.reference)",
+                "reference measurements for the GPU's VBIOS and driver: NVIDIA's RIMs (in the collateral "
+                "cache, or --rim-service) or a golden set (policy gpu.reference)",
                 "none",
                 f"GPU {i}",
             )
         return
     seen = {b.index: b.value for b in ev.report.measurements}
     bad = []
-    for index, values in sorted(policy.reference.items()):
+    for index, values in sorted(reference.items()):
         value = seen.get(index)
         if value is None or not any(hmac.compare_digest(value, v) for v in values):
             bad.append((index, [v.hex() for v in values], value.hex() if value is not None else None))
@@ -301,14 +314,14 @@ def _check_reference(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy) -
             False,
             {str(index): expected if len(expected) > 1 else expected[0]},
             {str(index): got},
-            f"GPU {i}: {len(bad)} of {len(policy.reference)} reference measurements differ "
-            f"(blocks {[b[0] for b in bad][:8]}); reference {policy.reference_source or 'policy'}",
+            f"GPU {i}: {len(bad)} of {len(reference)} reference measurements differ "
+            f"(blocks {[b[0] for b in bad][:8]}); reference {source}",
         )
     else:
         rec(
             "gpu.measurement_mismatch",
             True,
-            f"{len(policy.reference)} reference measurements ({policy.reference_source or 'policy'})",
+            f"{len(reference)} reference measurements ({source})",
             "all match",
             f"GPU {i}",
         )
@@ -316,7 +329,7 @@ def _check_reference(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy) -
 
 # --- loading ----------------------------------------------------------------------------------
 
-_GPU_KEYS = {"required", "count", "vbios", "driver", "reference", "root_ca", "dev"}
+_GPU_KEYS = {"required", "count", "vbios", "driver", "reference", "root_ca", "rim_root_ca", "dev"}
 
 
 def parse_reference(value: object, where: str) -> dict[int, tuple[bytes, ...]]:
@@ -363,14 +376,16 @@ def gpu_policy_from_mapping(section: Mapping[str, Any] | None, where: str = "pol
     count = section.get("count")
     if count is not None and (not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_GPUS):
         raise InputError(f"{where}.count: 1..{MAX_GPUS} or null", repr(count))
-    root = section.get("root_ca")
-    root_pem = None
-    if root is not None:
-        from tdxattest.core.files import read_bytes
+    roots: dict[str, bytes | None] = {}
+    for key in ("root_ca", "rim_root_ca"):
+        path = section.get(key)
+        roots[key] = None
+        if path is not None:
+            from tdxattest.core.files import read_bytes
 
-        if not isinstance(root, str):
-            raise InputError(f"{where}.root_ca: the path of a PEM root certificate", repr(root))
-        root_pem = read_bytes(root)
+            if not isinstance(path, str):
+                raise InputError(f"{where}.{key}: the path of a PEM root certificate", repr(path))
+            roots[key] = read_bytes(path)
     reference = parse_reference(section["reference"], f"{where}.reference") if "reference" in section else {}
     return GpuPolicy(
         required=section.get("required", False),
@@ -379,6 +394,7 @@ def gpu_policy_from_mapping(section: Mapping[str, Any] | None, where: str = "pol
         driver=_versions(section["driver"], f"{where}.driver") if "driver" in section else (),
         reference=reference,
         reference_source=where + ".reference" if reference else None,
-        root_pem=root_pem,
+        root_pem=roots["root_ca"],
+        rim_root_pem=roots["rim_root_ca"],
         dev=section.get("dev", False),
     )
