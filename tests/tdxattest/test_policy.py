@@ -235,3 +235,4 @@ def test_docs_example_policy_parses() -> None:
     p = policy_from_mapping(yaml.safe_load(block))
     assert p.allowed_tcb_statuses == {"UpToDate"} and p.pins.mrseam.values and p.pins.mrtd.values is None
     assert p.pins.td_attributes.values == (bytes.fromhex("0000001000000000"),)
+    assert p.gpu.vbios == ("96.00.9F.00.01",) and list(p.gpu.reference) == [10] and not p.gpu.required

@@ -115,7 +115,7 @@ def evaluate(gpu: TestGpu, store: RimStore, report_gpu: TestGpu | None = None):
     doc = EvidenceDoc(nonce, CcState("prod", True, False), (GpuItem(served.report(nonce), gpu.chain_pem),))
     policy = GpuPolicy(required=True, vbios=("96.00.9F.00.01",), driver=("550.90.07",), root_pem=gpu.root_pem)
     now = time.time()
-    return evaluate_gpus(doc, nonce, policy, now, lambda rim_id: store.lookup(rim_id, now))
+    return evaluate_gpus(doc, nonce, policy, now, lambda report: store.reference(report, now))
 
 
 def store_with(tmp_path: Path, signer: TestRimSigner, rims: dict[str, bytes]) -> RimStore:

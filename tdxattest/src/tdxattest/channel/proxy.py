@@ -121,9 +121,9 @@ async def appraise_gpus(appraiser: Appraiser, doc: EvidenceDoc | None, nonce: by
     AttestationFailed naming the first failed GPU check."""
     now = time.time()
     store = appraiser.rims
-    rims = (lambda rim_id: store.lookup(rim_id, now)) if store is not None else None
+    references = (lambda report: store.reference(report, now)) if store is not None else None
     verdict = await asyncio.get_running_loop().run_in_executor(
-        None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, now, rims
+        None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, now, references
     )
     if not verdict.accepted:
         raise AttestationFailed(verdict.failures)

@@ -129,8 +129,8 @@ def _run_attestation(args: argparse.Namespace, now: int) -> int:
     appraiser = appraiser_from_args(args)
     appraisal = appraiser.appraise(quote, now, expected)
     store = appraiser.rims
-    rims = (lambda rim_id: store.lookup(rim_id, now)) if store is not None else None
-    gpu_verdict = evaluate_gpus(gpu, gpu_nonce(spki_sha256, nonce), appraiser.policy.gpu, now, rims)
+    references = (lambda report: store.reference(report, now)) if store is not None else None
+    gpu_verdict = evaluate_gpus(gpu, gpu_nonce(spki_sha256, nonce), appraiser.policy.gpu, now, references)
     out = appraisal.verdict.as_dict()
     accepted = appraisal.verdict.accepted and gpu_verdict.accepted
     out["accepted"] = accepted

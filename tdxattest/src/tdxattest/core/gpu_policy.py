@@ -19,8 +19,8 @@ set of reports and the CC state cannot be swapped (`channel.binding.expected_rep
 
 Reference values: measurement block index -> accepted values, from a golden set recorded from a
 known-good report of the pinned VBIOS and driver (policy `gpu.reference`), else from NVIDIA's signed
-RIMs for the driver and VBIOS the GPU reports (`core.rim`, through a lookup the caller provides:
-`dcap.rim_store`). With neither, a verifier outside dev refuses (`gpu.reference_missing`).
+RIMs for the driver and VBIOS the GPU reports (`core.rim`, through the reference source the caller
+provides: `dcap.rim_store`). With neither, a verifier outside dev refuses (`gpu.reference_missing`).
 """
 
 from __future__ import annotations
@@ -36,8 +36,14 @@ from tdxattest.core.checks import CheckResult, Failure
 from tdxattest.core.errors import InputError
 from tdxattest.core.gpu_evidence import GpuEvidence, GpuEvidenceError, normalise_version, verify_gpu_evidence
 
-if TYPE_CHECKING:  # RIMs need lxml and signxml: imported only where a verifier reads them
-    from tdxattest.core.rim import RimLookup
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from tdxattest.core.gpu_evidence import GpuReport
+
+    # A report -> (its reference values by block, where they come from); raises GpuEvidenceError
+    # naming the check. NVIDIA's RIMs through the cache: dcap.rim_store.RimStore.reference.
+    ReferenceSource = Callable[[GpuReport], tuple[Mapping[int, tuple[bytes, ...]], str]]
 
 DOC_VERSION = 2
 NONCE_LEN = 32
@@ -197,9 +203,10 @@ def evaluate_gpus(
     expected_nonce: bytes | None,
     policy: GpuPolicy,
     now: float,
-    rims: RimLookup | None = None,
+    references: ReferenceSource | None = None,
 ) -> GpuVerdict:
-    """Apply `policy` to the served GPU evidence. No clock; no I/O but what `rims` does (a cache)."""
+    """Apply `policy` to the served GPU evidence. No clock; no I/O but what `references` does (a
+    cache of NVIDIA's RIMs), and only where the policy has no golden set."""
     rec = _Record()
     if doc is None:
         if policy.required:
@@ -235,7 +242,7 @@ def evaluate_gpus(
             continue
         gpus.append(_gpu_facts(ev))
         _check_versions(rec, i, ev, policy)
-        _check_reference(rec, i, ev, policy, rims)
+        _check_reference(rec, i, ev, policy, references)
     return rec.verdict(gpus, digest)
 
 
@@ -278,14 +285,14 @@ def _check_versions(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy) ->
         rec(check, seen is not None and normalise_version(seen) in accepted, sorted(pins), seen, f"GPU {i}")
 
 
-def _check_reference(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy, rims: RimLookup | None) -> None:
+def _check_reference(
+    rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy, references: ReferenceSource | None
+) -> None:
     reference, source = policy.reference, policy.reference_source or "policy"
-    if not reference and rims is not None:
-        from tdxattest.core.rim import RimError, rim_reference
-
+    if not reference and references is not None:
         try:
-            reference, source = rim_reference(ev.report, rims)
-        except RimError as exc:
+            reference, source = references(ev.report)
+        except GpuEvidenceError as exc:
             rec(exc.check, False, exc.expected, exc.seen, f"GPU {i}")
             return
     if not reference:

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tdxattest.core.certs import ecdsa_valid
-from tdxattest.core.gpu_evidence import normalise_version
+from tdxattest.core.gpu_evidence import GpuEvidenceError, normalise_version
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -45,10 +45,8 @@ RIM_ID = re.compile(r"^NV_GPU_[A-Z0-9_]+(?:\.[0-9A-Za-z]+)*$")
 OPAQUE_CHIP_SKU, OPAQUE_PROJECT, OPAQUE_PROJECT_SKU = 15, 17, 18
 
 
-class RimError(Exception):
-    def __init__(self, check: str, expected: str, seen: str):
-        self.check, self.expected, self.seen = check, expected, seen
-        super().__init__(f"{check}: expected {expected}, seen {seen}")
+class RimError(GpuEvidenceError):
+    """A RIM could not be had or did not verify: a refusal of the GPU evidence, named `gpu.rim_*`."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ RIM service when missing or no longer valid, if one is given.
 
     store = RimStore(cache_dir, service="https://rim.example")     # service None: offline only
     rim = store.lookup("NV_GPU_DRIVER_GH100_550.163.01", now)     # RimError naming the check
+    values, source = store.reference(report, now)                # the GPU policy's reference source
 
 The service API is NVIDIA's: `GET <service>/v1/rim/<id>` answers JSON whose `rim` is the SWID tag in
 base64. A verified RIM is also kept in memory until its signing chain's earliest notAfter, so the
@@ -16,9 +17,14 @@ import base64
 import json
 import os
 import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from tdxattest.core.rim import MAX_RIM_BYTES, RIM_ID, Rim, RimError, verify_rim
+from tdxattest.core.rim import MAX_RIM_BYTES, RIM_ID, Rim, RimError, rim_reference, verify_rim
 from tdxattest.dcap.cache import DEFAULT_CACHE_DIR, write_private
+
+if TYPE_CHECKING:
+    from tdxattest.core.gpu_evidence import GpuReport
 
 HTTP_TIMEOUT = 15
 
@@ -103,3 +109,7 @@ class RimStore:
                 "not there",
             )
         return self.put(rim_id, fetch_rim(self.service, rim_id), now)
+
+    def reference(self, report: GpuReport, now: float) -> tuple[Mapping[int, tuple[bytes, ...]], str]:
+        """The report's reference values from its driver and VBIOS RIMs (core.rim.rim_reference)."""
+        return rim_reference(report, lambda rim_id: self.lookup(rim_id, now))
