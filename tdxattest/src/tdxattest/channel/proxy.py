@@ -122,8 +122,10 @@ async def appraise_gpus(appraiser: Appraiser, doc: EvidenceDoc | None, nonce: by
     now = time.time()
     store = appraiser.rims
     references = (lambda report: store.reference(report, now)) if store is not None else None
+    cache = appraiser.ocsp
+    statuses = (lambda chain: cache.check_chain(chain, now)) if cache is not None else None
     verdict = await asyncio.get_running_loop().run_in_executor(
-        None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, now, references
+        None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, now, references, statuses
     )
     if not verdict.accepted:
         raise AttestationFailed(verdict.failures)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool) -> None:
     """--collateral | --pccs [--cache-dir], --pins [--accept-mrtd-candidates], --policy, --rim-service,
-    --root-ca."""
+    --ocsp-responder, --root-ca."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--collateral", metavar="C", help="collateral JSON (dcap-qvl QuoteCollateralV3 form)")
     src.add_argument(
@@ -39,6 +39,12 @@ def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool) 
         "(NVIDIA's: https://rim.attestation.nvidia.com); without it only RIMs already in the cache are used",
     )
     p.add_argument(
+        "--ocsp-responder",
+        metavar="URL",
+        help="check the GPU chains' OCSP status with this responder (NVIDIA's: http://ocsp.ndis.nvidia.com), "
+        "responses kept in the cache until their nextUpdate; policy gpu.ocsp makes the status required",
+    )
+    p.add_argument(
         "--root-ca",
         metavar="DER",
         help="trust this root CA (DER) instead of Intel's (the TEST PKI of dev stacks and tests; never for production)",
@@ -54,7 +60,12 @@ def appraiser_from_args(args: argparse.Namespace) -> Appraiser:
     policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
     root = read_bytes(args.root_ca) if args.root_ca else None
     rims = RimStore(args.cache_dir, args.rim_service, policy.gpu.rim_root_pem)
-    return Appraiser(collateral_source(args.collateral, args.pccs, args.cache_dir), policy, root, rims)
+    ocsp = None
+    if args.ocsp_responder or policy.gpu.ocsp:  # without a responder, only fresh cached responses count
+        from tdxattest.dcap.ocsp_cache import OcspCache
+
+        ocsp = OcspCache(args.cache_dir, args.ocsp_responder)
+    return Appraiser(collateral_source(args.collateral, args.pccs, args.cache_dir), policy, root, rims, ocsp)
 
 
 def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd_candidates: bool) -> Policy:

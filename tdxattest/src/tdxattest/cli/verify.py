@@ -130,7 +130,9 @@ def _run_attestation(args: argparse.Namespace, now: int) -> int:
     appraisal = appraiser.appraise(quote, now, expected)
     store = appraiser.rims
     references = (lambda report: store.reference(report, now)) if store is not None else None
-    gpu_verdict = evaluate_gpus(gpu, gpu_nonce(spki_sha256, nonce), appraiser.policy.gpu, now, references)
+    cache = appraiser.ocsp
+    statuses = (lambda chain: cache.check_chain(chain, now)) if cache is not None else None
+    gpu_verdict = evaluate_gpus(gpu, gpu_nonce(spki_sha256, nonce), appraiser.policy.gpu, now, references, statuses)
     out = appraisal.verdict.as_dict()
     accepted = appraisal.verdict.accepted and gpu_verdict.accepted
     out["accepted"] = accepted

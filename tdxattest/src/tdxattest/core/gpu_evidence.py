@@ -215,6 +215,7 @@ class GpuEvidence:
     report: GpuReport
     fwid: bytes
     leaf_subject: str
+    chain: tuple[x509.Certificate, ...] = ()  # leaf first, the root last (for OCSP)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -315,4 +316,4 @@ def verify_gpu_evidence(
     signed_fwid = parsed.fwid
     if signed_fwid is not None and signed_fwid != fwid:
         raise GpuEvidenceError("gpu.fwid_mismatch", f"the signing certificate's FWID {fwid.hex()}", signed_fwid.hex())
-    return GpuEvidence(report=parsed, fwid=fwid, leaf_subject=certs[0].subject.rfc4514_string())
+    return GpuEvidence(report=parsed, fwid=fwid, leaf_subject=certs[0].subject.rfc4514_string(), chain=tuple(certs))

@@ -39,11 +39,16 @@ from tdxattest.core.gpu_evidence import GpuEvidence, GpuEvidenceError, normalise
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from cryptography import x509
+
     from tdxattest.core.gpu_evidence import GpuReport
 
     # A report -> (its reference values by block, where they come from); raises GpuEvidenceError
     # naming the check. NVIDIA's RIMs through the cache: dcap.rim_store.RimStore.reference.
     ReferenceSource = Callable[[GpuReport], tuple[Mapping[int, tuple[bytes, ...]], str]]
+    # A verified device chain (leaf first) -> its CA certificates' OCSP statuses; raises
+    # GpuEvidenceError (`gpu.cert_revoked`, `gpu.ocsp_*`). dcap.ocsp_cache.OcspCache.check_chain.
+    StatusSource = Callable[[list[x509.Certificate]], object]
 
 DOC_VERSION = 2
 NONCE_LEN = 32
@@ -146,6 +151,7 @@ class GpuPolicy:
     reference_source: str | None = None
     root_pem: bytes | None = None  # None: NVIDIA's Device Identity CA, pinned by fingerprint
     rim_root_pem: bytes | None = None  # None: NVIDIA's CoRIM signing Root CA, pinned by fingerprint
+    ocsp: bool = False  # the chain's OCSP status must be known (an online verifier, or a fresh cache)
     dev: bool = False
 
 
@@ -204,6 +210,7 @@ def evaluate_gpus(
     policy: GpuPolicy,
     now: float,
     references: ReferenceSource | None = None,
+    statuses: StatusSource | None = None,
 ) -> GpuVerdict:
     """Apply `policy` to the served GPU evidence. No clock; no I/O but what `references` does (a
     cache of NVIDIA's RIMs), and only where the policy has no golden set."""
@@ -241,6 +248,7 @@ def evaluate_gpus(
             rec(exc.check, False, exc.expected, exc.seen, f"GPU {i}")
             continue
         gpus.append(_gpu_facts(ev))
+        _check_status(rec, i, ev, policy, statuses)
         _check_versions(rec, i, ev, policy)
         _check_reference(rec, i, ev, policy, references)
     return rec.verdict(gpus, digest)
@@ -268,6 +276,27 @@ def _check_cc(rec: _Record, cc: CcState, dev: bool) -> None:
         "on" if cc.devtools else "off",
     )
     rec("gpu.cc_environment", cc.environment == "prod", "prod", cc.environment)
+
+
+def _check_status(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy, statuses: StatusSource | None) -> None:
+    if statuses is None:
+        if policy.ocsp:
+            rec(
+                "gpu.ocsp_unavailable",
+                False,
+                "the OCSP status of the device chain (policy gpu.ocsp; --ocsp-responder fetches it)",
+                "no status source",
+                f"GPU {i}",
+            )
+        else:
+            rec.skip("gpu.ocsp", f"GPU {i}: OCSP not asked for (policy gpu.ocsp, --ocsp-responder)")
+        return
+    try:
+        statuses(list(ev.chain))
+    except GpuEvidenceError as exc:
+        rec(exc.check, False, exc.expected, exc.seen, f"GPU {i}")
+        return
+    rec("gpu.ocsp", True, "GOOD for every CA certificate of the chain", "GOOD", f"GPU {i}")
 
 
 def _check_versions(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy) -> None:
@@ -336,7 +365,7 @@ def _check_reference(
 
 # --- loading ----------------------------------------------------------------------------------
 
-_GPU_KEYS = {"required", "count", "vbios", "driver", "reference", "root_ca", "rim_root_ca", "dev"}
+_GPU_KEYS = {"required", "count", "vbios", "driver", "reference", "root_ca", "rim_root_ca", "ocsp", "dev"}
 
 
 def parse_reference(value: object, where: str) -> dict[int, tuple[bytes, ...]]:
@@ -377,7 +406,7 @@ def gpu_policy_from_mapping(section: Mapping[str, Any] | None, where: str = "pol
     unknown = sorted(set(section) - _GPU_KEYS)
     if unknown:
         raise InputError(f"{where}: keys among {sorted(_GPU_KEYS)}", f"unknown key(s) {unknown}")
-    for key in ("required", "dev"):
+    for key in ("required", "ocsp", "dev"):
         if not isinstance(section.get(key, False), bool):
             raise InputError(f"{where}.{key}: true or false", repr(section[key]))
     count = section.get("count")
@@ -403,5 +432,6 @@ def gpu_policy_from_mapping(section: Mapping[str, Any] | None, where: str = "pol
         reference_source=where + ".reference" if reference else None,
         root_pem=roots["root_ca"],
         rim_root_pem=roots["rim_root_ca"],
+        ocsp=section.get("ocsp", False),
         dev=section.get("dev", False),
     )

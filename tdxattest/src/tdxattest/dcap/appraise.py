@@ -25,6 +25,7 @@ from tdxattest.dcap.verify import refused, verify_quote
 
 if TYPE_CHECKING:  # the cache (and HTTP) only where collateral comes from a PCCS
     from tdxattest.dcap.cache import CollateralCache
+    from tdxattest.dcap.ocsp_cache import OcspCache
     from tdxattest.dcap.rim_store import RimStore
 
 
@@ -98,6 +99,7 @@ class Appraiser:
     policy: Policy = DEFAULT_POLICY
     root_ca_der: bytes | None = None  # trust this root instead of Intel's (TEST PKI only)
     rims: RimStore | None = None  # NVIDIA RIMs for the GPU policy's reference values
+    ocsp: OcspCache | None = None  # the GPU chains' OCSP statuses
 
     def appraise(self, quote: bytes, now: int, expected_report_data: bytes | None = None) -> Appraisal:
         try:

@@ -25,7 +25,7 @@ import argparse
 import json
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -144,6 +144,7 @@ class TestGpu:
     header: bytes  # the response's first 4 bytes (version, code, param1, param2)
     records: bytes  # measurement blocks: count byte, 3-byte length, blocks
     opaque: bytes
+    root_key: ec.EllipticCurvePrivateKey | None = None  # signs TEST OCSP responses (ocsp_response)
 
     @classmethod
     def create(cls, template: bytes | str, *, name: str = "GH100", now: datetime | None = None) -> TestGpu:
@@ -164,6 +165,7 @@ class TestGpu:
             header=signed[:4],
             records=signed[4 : 8 + rec_len],
             opaque=parsed.opaque,
+            root_key=root_key,
         )
 
     def with_versions(self, *, driver: str | None = None, vbios: str | None = None) -> TestGpu:
@@ -173,9 +175,7 @@ class TestGpu:
             fields[OPAQUE_DRIVER_VERSION] = driver.encode() + b"\0"
         if vbios is not None:
             fields[OPAQUE_VBIOS_VERSION] = vbios_field(vbios)
-        return TestGpu(
-            self.key, self.chain_pem, self.root_pem, self.header, self.records, with_opaque_fields(self.opaque, fields)
-        )
+        return replace(self, opaque=with_opaque_fields(self.opaque, fields))
 
     def with_measurement(self, index: int, value: bytes) -> TestGpu:
         """The same GPU measuring `value` in block `index` (a changed firmware or driver)."""
@@ -188,16 +188,65 @@ class TestGpu:
             out += struct.pack("<BBH", idx, spec, len(block)) + block
             p += 4 + size
         out[1:4] = (len(out) - 4).to_bytes(3, "little")
-        return TestGpu(self.key, self.chain_pem, self.root_pem, self.header, bytes(out), self.opaque)
+        return replace(self, records=bytes(out))
 
     def with_fwid(self, fwid: bytes) -> TestGpu:
-        return TestGpu(
-            self.key,
-            self.chain_pem,
-            self.root_pem,
-            self.header,
-            self.records,
-            with_opaque_fields(self.opaque, {OPAQUE_FWID: fwid}),
+        return replace(self, opaque=with_opaque_fields(self.opaque, {OPAQUE_FWID: fwid}))
+
+    def ocsp_response(
+        self,
+        *,
+        status: str = "good",
+        now: datetime | None = None,
+        valid_for: timedelta = timedelta(days=1),
+        signer: ec.EllipticCurvePrivateKey | None = None,
+        responder: x509.Certificate | None = None,
+    ) -> bytes:
+        """A TEST OCSP response (DER) for the chain's CA certificate (the ICA, issued by the root):
+        `status` good | revoked | unknown, signed by the root, or by `signer` (with `responder`, a
+        delegated responder certificate included in the response)."""
+        from cryptography.x509 import ReasonFlags, ocsp
+
+        now = now or datetime.now(UTC)
+        _leaf, ica, root = x509.load_pem_x509_certificates(self.chain_pem)
+        key = signer or self.root_key
+        assert key is not None, "a TestGpu made by create() (it keeps the TEST root key)"
+        cert_status = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED}.get(
+            status, ocsp.OCSPCertStatus.UNKNOWN
+        )
+        builder = ocsp.OCSPResponseBuilder().add_response(
+            cert=ica,
+            issuer=root,
+            algorithm=hashes.SHA256(),
+            cert_status=cert_status,
+            this_update=now - timedelta(minutes=5),
+            next_update=now - timedelta(minutes=5) + valid_for,
+            revocation_time=now - timedelta(days=1) if status == "revoked" else None,
+            revocation_reason=ReasonFlags.key_compromise if status == "revoked" else None,
+        )
+        builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, responder or root)
+        if responder is not None:
+            builder = builder.certificates([responder])
+        return builder.sign(key, hashes.SHA384()).public_bytes(serialization.Encoding.DER)
+
+    def ocsp_responder_cert(self, key: ec.EllipticCurvePrivateKey, *, for_ocsp: bool = True) -> x509.Certificate:
+        """A delegated responder certificate issued by the TEST root (OCSP signing EKU when `for_ocsp`)."""
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        assert self.root_key is not None
+        root = x509.load_pem_x509_certificates(self.chain_pem)[-1]
+        eku = [ExtendedKeyUsageOID.OCSP_SIGNING if for_ocsp else ExtendedKeyUsageOID.SERVER_AUTH]
+        now = datetime.now(UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(_name("TEST OCSP Responder"))
+            .issuer_name(root.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+            .sign(self.root_key, hashes.SHA384())
         )
 
     def report(self, nonce: bytes, responder_nonce: bytes = bytes(32)) -> bytes:
