@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tdxattest.channel.http1 import ResponseReader, UpstreamProtocolError, encode_request
+from tdxattest.channel.http1 import MAX_HEAD_BYTES, ResponseReader, UpstreamProtocolError, encode_request
 
 
 def test_request_bytes() -> None:
@@ -97,7 +97,7 @@ def test_an_oversized_response_head_is_refused() -> None:
     # Before attestation the peer may be anyone on the path: no unbounded memory for its headers.
     r = ResponseReader()
     with pytest.raises(UpstreamProtocolError, match="response head over"):
-        r.feed(b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 70_000 + b"\r\n\r\n")
+        r.feed(b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n\r\n")
     r = ResponseReader()
     with pytest.raises(UpstreamProtocolError, match="response head over"):
         r.feed(b"HTTP/1.1 200 OK\r\n" + b"x: y\r\n" * 200)
@@ -109,7 +109,7 @@ def test_a_header_that_never_ends_is_refused() -> None:
     r = ResponseReader()
     r.feed(b"HTTP/1.1 200 OK\r\nx-a: ")
     with pytest.raises(UpstreamProtocolError, match="response head over"):
-        for _ in range(64):
+        for _ in range(MAX_HEAD_BYTES // 4096 + 1):
             r.feed(b"a" * 4096)
     assert not r.reusable
     # a large body after a small head is not a head

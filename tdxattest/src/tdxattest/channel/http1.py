@@ -20,8 +20,10 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(r"/[\x21-\x7e]*")
 _BAD_VALUE = re.compile(r"[\r\n\x00]")
 # llhttp sets no limit on a response head; the upstream may be a man in the middle (the TLS key is
-# only trusted after attestation), so a head larger than any real one is an error, not memory.
-MAX_HEAD_BYTES = 64 * 1024
+# only trusted after attestation), so a head larger than any real one is an error, not memory. The
+# largest real one is a per-response quote with `x-tdx-gpu-evidence` for 8 GPUs: ~19 KB of base64
+# per GPU (an H100's report and chain), ~150 KB in all.
+MAX_HEAD_BYTES = 256 * 1024
 MAX_HEADERS = 128
 
 
