@@ -281,3 +281,15 @@ def test_nvidia_style_rims_in_the_cache_stand_in_for_the_golden_set(start, gpu: 
         start(policy=no_golden, rims=RimStore(str(tmp_path / "cache"), None, signer.root_pem)),
         "gpu.rim_version_mismatch",
     )
+
+
+def test_per_response_evidence_of_eight_gpus_fits_the_proxys_head_limit() -> None:
+    from tdxattest.channel.http1 import MAX_HEAD_BYTES, ResponseReader
+
+    chain = (GPU_FIXTURES / "hopper_cert_chain_case1.txt").read_bytes()
+    doc = EvidenceDoc(bytes(32), CcState("prod", True, False), (GpuItem(bytes.fromhex(TEMPLATE), chain),) * 8)
+    header = base64.b64encode(json.dumps(doc.to_json(), separators=(",", ":")).encode())  # as the gateway sends it
+    assert 100_000 < len(header) < MAX_HEAD_BYTES - 16_384  # room for the quote and the other headers
+    reader = ResponseReader()
+    reader.feed(b"HTTP/1.1 200 OK\r\nx-tdx-gpu-evidence: " + header + b"\r\ncontent-length: 0\r\n\r\n")
+    assert reader.headers_done
