@@ -198,6 +198,7 @@ def test_count_duplicates_and_missing_evidence(gpu: TestGpu) -> None:
     two = doc(item, (other.report(nonce), other.chain_pem), nonce=nonce)
     assert failed(evaluate_gpus(two, nonce, policy, time.time())) == ["gpu.untrusted_root"]  # GPU 1's own TEST root
     assert failed(evaluate_gpus(None, nonce, PINNED, time.time())) == ["gpu.evidence_missing"]
+    assert evaluate_gpus(None, nonce, replace(PINNED, dev=True), time.time()).accepted  # the dev stand-in
     assert evaluate_gpus(None, nonce, GpuPolicy(), time.time()).accepted
 
 

@@ -216,7 +216,9 @@ def evaluate_gpus(
     cache of NVIDIA's RIMs), and only where the policy has no golden set."""
     rec = _Record()
     if doc is None:
-        if policy.required:
+        if policy.required and policy.dev:
+            rec.skip("gpu.evidence_missing", "no GPU evidence served (policy gpu.dev: e.g. the dev stand-in server)")
+        elif policy.required:
             rec(
                 "gpu.evidence_missing",
                 False,
