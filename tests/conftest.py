@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-pytest_plugins = ["tests.support.nvml_standin"]  # standin_lib, nvml_gpu: the stand-in libnvidia-ml.so.1
+# standin_lib, nvml_gpu: the stand-in libnvidia-ml.so.1; loop, pki: the attested channel's servers
+pytest_plugins = ["tests.support.nvml_standin", "tests.support.channel"]
 
 
 @pytest.fixture(autouse=True)

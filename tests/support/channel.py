@@ -2,7 +2,8 @@
 
 One asyncio loop in a background thread hosts everything (stand-in vLLM, gateway, proxy, and the
 hostile middlemen), so sync code (the official `openai` client, pytest) can drive it. Every server
-started here is stopped by `Channel.stop()`.
+started here is stopped by `Channel.stop()`. The `loop` and `pki` fixtures are registered for every
+test (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import asyncio
 import json
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
+
+import pytest
 
 from tdxattest.channel.gateway import Gateway, GatewayConfig, TlsIdentity, make_tls_identity
 from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy
@@ -25,7 +29,7 @@ from tdxattest.core.policy import DEFAULT_POLICY, Policy, with_pins_json
 from tdxattest.dcap.appraise import Appraiser, FixedCollateral
 from tdxattest.dcap.rim_store import RimStore
 from tdxattest.testing.standin import StandinConfig, StandinServer
-from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity, TestPki
+from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity, TestPki, make_test_pki
 
 
 class LoopThread:
@@ -43,6 +47,20 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    """One event loop thread per test module, for the servers of `start_channel`."""
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPki:
+    """A TEST PKI valid now, per test module."""
+    return make_test_pki(int(time.time()))
 
 
 async def start_site(app, host: str = "127.0.0.1", port: int = 0, ssl_context=None):

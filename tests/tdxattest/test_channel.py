@@ -16,22 +16,10 @@ import pytest
 from tdxattest.channel.gateway import make_tls_identity
 from tdxattest.channel.quote_source import QuoteUnavailable
 from tdxattest.testing.standin import StandinConfig, known_answer
-from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity, make_test_pki
+from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity
 from tests.support.channel import Channel, LoopThread, SwitchableForwarder, start_channel, tls_relay
 
 MODEL = StandinConfig().model
-
-
-@pytest.fixture(scope="module")
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
-def pki():
-    return make_test_pki(int(time.time()))
 
 
 @pytest.fixture

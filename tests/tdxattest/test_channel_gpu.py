@@ -21,7 +21,6 @@ from tdxattest.core.pins import GpuExpectation
 from tdxattest.core.policy import DEFAULT_POLICY, Policy
 from tdxattest.testing.standin import StandinConfig
 from tdxattest.testing.testgpu import TestGpu, save_gpus
-from tdxattest.testing.testpki import make_test_pki
 from tests.support.channel import Channel, LoopThread, start_channel
 from tests.support.nvml_standin import GPU_FIXTURES
 
@@ -30,18 +29,6 @@ TEMPLATE = (GPU_FIXTURES / "hopperAttestationReport.txt").read_text().strip()
 CLAIMS = json.loads((GPU_FIXTURES / "hopperAttestationReport-claims.txt").read_text())
 GOLDEN = parse_reference({k: v for k, v in CLAIMS["measurements"].items() if set(v) != {"0"}}, "golden")
 PINNED = GpuExpectation(count=1, vbios=("96.00.9F.00.01",), driver=("550.90.07",), mode="on")
-
-
-@pytest.fixture(scope="module")
-def loop():
-    thread = LoopThread()
-    yield thread
-    thread.close()
-
-
-@pytest.fixture(scope="module")
-def pki():
-    return make_test_pki(int(time.time()))
 
 
 @pytest.fixture(scope="module")

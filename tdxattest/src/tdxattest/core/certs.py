@@ -1,13 +1,17 @@
-"""Two X.509 rules every verifier here shares (cryptography is imported only when they run).
+"""The X.509 rules every verifier here shares (cryptography is imported only when they run).
 
-Every key in the chains we accept — Intel's PCS chains and NVIDIA's device chains — is ECDSA, so a
-signature under any other key type is simply not a valid signature: `ecdsa_valid` says False
-instead of letting the library raise TypeError. And the extensions we read (Intel's SGX extension,
-the TCG DICE FWID) have no parser in cryptography: `raw_extension` hands back their DER.
+Every key in the chains we accept — Intel's PCS chains, NVIDIA's device and RIM chains — is ECDSA,
+so a signature under any other key type is simply not a valid signature: `ecdsa_valid` says False
+instead of letting the library raise TypeError. Every chain is walked the same way, leaf to root,
+each link issued and signed by the next and valid at the verification time: `first_break` finds the
+first link that is not, and each caller names it in its own terms. And the extensions we read
+(Intel's SGX extension, the TCG DICE FWID) have no parser in cryptography: `raw_extension` hands
+back their DER.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,6 +35,32 @@ def ecdsa_valid(
     except InvalidSignature:
         return False
     return True
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    kind: str  # "signature": not issued or signed by the next; "validity": not valid at the time
+    cert: x509.Certificate
+    issuer: x509.Certificate
+
+    @property
+    def validity(self) -> str:
+        return (
+            f"{self.cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. {self.cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
+        )
+
+
+def first_break(certs: list[x509.Certificate], root: x509.Certificate, now: float) -> ChainBreak | None:
+    """The first link of `certs` (leaf first; the root last, or given apart) that is not issued and
+    ECDSA-signed by the next one (the last by `root`), or not valid at `now`; None when none is."""
+    for cert, issuer in zip(certs, [*certs[1:], root], strict=True):
+        if cert.issuer != issuer.subject or not ecdsa_valid(
+            issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, cert.signature_hash_algorithm
+        ):
+            return ChainBreak("signature", cert, issuer)
+        if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
+            return ChainBreak("validity", cert, issuer)
+    return None
 
 
 def raw_extension(cert: x509.Certificate, oid: str) -> bytes | None:

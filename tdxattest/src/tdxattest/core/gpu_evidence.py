@@ -30,7 +30,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tdxattest.core.certs import ecdsa_valid, raw_extension
+from tdxattest.core.certs import ecdsa_valid, first_break, raw_extension
 
 if TYPE_CHECKING:  # cryptography is imported inside the functions that use it (CLI start-up time)
     from cryptography import x509
@@ -271,21 +271,17 @@ def verify_gpu_chain(
                 certs[-1].subject.rfc4514_string(),
             )
     _leaf_fwid(certs[0])
-    for cert, issuer in zip(certs, certs[1:] + [root], strict=False):
-        if cert.issuer != issuer.subject or not ecdsa_valid(
-            issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, cert.signature_hash_algorithm
-        ):
-            raise GpuEvidenceError(
-                "gpu.chain_invalid",
-                f"{cert.subject.rfc4514_string()} issued and signed by {issuer.subject.rfc4514_string()}",
-                f"issuer {cert.issuer.rfc4514_string()}",
-            )
-        if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
-            raise GpuEvidenceError(
-                "gpu.chain_invalid",
-                f"{cert.subject.rfc4514_string()} valid now",
-                f"{cert.not_valid_before_utc} .. {cert.not_valid_after_utc}",
-            )
+    broken = first_break(certs, root, now)
+    if broken is not None and broken.kind == "signature":
+        raise GpuEvidenceError(
+            "gpu.chain_invalid",
+            f"{broken.cert.subject.rfc4514_string()} issued and signed by {broken.issuer.subject.rfc4514_string()}",
+            f"issuer {broken.cert.issuer.rfc4514_string()}",
+        )
+    if broken is not None:
+        raise GpuEvidenceError(
+            "gpu.chain_invalid", f"{broken.cert.subject.rfc4514_string()} valid now", broken.validity
+        )
     return certs
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tdxattest.core.certs import ecdsa_valid
+from tdxattest.core.certs import first_break
 from tdxattest.core.gpu_evidence import GpuEvidenceError, normalise_version
 
 if TYPE_CHECKING:
@@ -100,21 +100,19 @@ def _verify_chain(certs: list[x509.Certificate], root_pem: bytes | None, now: fl
             f"a chain ending at the NVIDIA CoRIM signing Root CA (DER SHA-256 {NVIDIA_RIM_ROOT_SHA256})",
             f"{root.subject.rfc4514_string()} ({root.fingerprint(hashes.SHA256()).hex()})",
         )
-    for cert, issuer in zip(certs, certs[1:] + [root], strict=True):
-        if cert.issuer != issuer.subject or not ecdsa_valid(
-            issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, cert.signature_hash_algorithm
-        ):
-            raise RimError(
-                "gpu.rim_chain_invalid",
-                f"{cert.subject.rfc4514_string()} signed by {issuer.subject.rfc4514_string()}",
-                f"issuer {cert.issuer.rfc4514_string()}",
-            )
-        if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
-            raise RimError(
-                "gpu.rim_chain_invalid",
-                f"{cert.subject.rfc4514_string()} valid at {datetime.fromtimestamp(now, UTC):%Y-%m-%dT%H:%M:%SZ}",
-                f"{cert.not_valid_before_utc:%Y-%m-%d} .. {cert.not_valid_after_utc:%Y-%m-%d} (fetch a current RIM)",
-            )
+    broken = first_break(certs, root, now)
+    if broken is not None and broken.kind == "signature":
+        raise RimError(
+            "gpu.rim_chain_invalid",
+            f"{broken.cert.subject.rfc4514_string()} signed by {broken.issuer.subject.rfc4514_string()}",
+            f"issuer {broken.cert.issuer.rfc4514_string()}",
+        )
+    if broken is not None:
+        raise RimError(
+            "gpu.rim_chain_invalid",
+            f"{broken.cert.subject.rfc4514_string()} valid at {datetime.fromtimestamp(now, UTC):%Y-%m-%dT%H:%M:%SZ}",
+            f"{broken.validity} (fetch a current RIM)",
+        )
     return min(c.not_valid_after_utc.timestamp() for c in certs)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tdxattest.core.certs import ecdsa_valid
+from tdxattest.core.certs import ecdsa_valid, first_break
 from tdxattest.core.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the functions that use them (CLI start-up time)
@@ -274,22 +274,19 @@ def _check_chain(certs: list[x509.Certificate], what: str, now: int, root_sha256
             f"{what} chain ending at the Intel SGX Root CA (DER SHA-256 {root_sha256[:16]}...)",
             f"{root.subject.rfc4514_string()} (SHA-256 {digest[:16]}...)",
         )
-    for cert, issuer in zip(certs, certs[1:] + [root], strict=False):
-        if cert.issuer != issuer.subject or not ecdsa_valid(
-            issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, cert.signature_hash_algorithm
-        ):
-            raise CollateralError(
-                "collateral.chain_invalid",
-                f"{cert.subject.rfc4514_string()} signed by {issuer.subject.rfc4514_string()}",
-                "bad signature or issuer",
-            )
-        if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
-            raise CollateralError(
-                "collateral.expired",
-                f"{cert.subject.rfc4514_string()} valid at {iso(now)}",
-                f"valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. "
-                f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}",
-            )
+    broken = first_break(certs, root, now)
+    if broken is not None and broken.kind == "signature":
+        raise CollateralError(
+            "collateral.chain_invalid",
+            f"{broken.cert.subject.rfc4514_string()} signed by {broken.issuer.subject.rfc4514_string()}",
+            "bad signature or issuer",
+        )
+    if broken is not None:
+        raise CollateralError(
+            "collateral.expired",
+            f"{broken.cert.subject.rfc4514_string()} valid at {iso(now)}",
+            f"valid {broken.validity}",
+        )
     return root
 
 

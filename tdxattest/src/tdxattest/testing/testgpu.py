@@ -43,37 +43,17 @@ from tdxattest.core.gpu_evidence import (
     REQUEST_LEN,
     parse_gpu_report,
 )
+from tdxattest.testing.der import oid, tlv
 
 _ORG = "TEST ONLY - NOT NVIDIA"
 SHA384_OID = "2.16.840.1.101.3.4.2.2"
 
 
-def _der(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes((tag, n)) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(size))) + size + content
-
-
-def _oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    out = bytearray([parts[0] * 40 + parts[1]])
-    for value in parts[2:]:
-        chunk = [value & 0x7F]
-        value >>= 7
-        while value:
-            chunk.append(0x80 | (value & 0x7F))
-            value >>= 7
-        out += bytes(reversed(chunk))
-    return _der(0x06, bytes(out))
-
-
 def tcb_info_extension(fwid: bytes) -> x509.UnrecognizedExtension:
     """TCG DICE TcbInfo with one SHA-384 FWID: SEQUENCE { [6] IMPLICIT SEQUENCE OF FWID }, FWID =
     SEQUENCE { hashAlg OID, digest OCTET STRING } (the digest is the extension's last 48 bytes)."""
-    fwid_der = _der(0x30, _oid(SHA384_OID) + _der(0x04, fwid))
-    return x509.UnrecognizedExtension(x509.ObjectIdentifier(FWID_OID), _der(0x30, _der(0xA6, fwid_der)))
+    fwid_der = tlv(0x30, oid(SHA384_OID) + tlv(0x04, fwid))
+    return x509.UnrecognizedExtension(x509.ObjectIdentifier(FWID_OID), tlv(0x30, tlv(0xA6, fwid_der)))
 
 
 def _name(cn: str) -> x509.Name:

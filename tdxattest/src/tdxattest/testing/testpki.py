@@ -48,6 +48,10 @@ from tdxattest.core.quote import (
     TD_ATTR_SEPT_VE_DISABLE,
     TEE_TYPE_TDX,
 )
+from tdxattest.testing.der import integer as _int
+from tdxattest.testing.der import oid as _oid
+from tdxattest.testing.der import seq as _seq
+from tdxattest.testing.der import tlv as _tlv
 
 LABEL = "software-test-pki"
 ROOT_CA_NAME = "tdxattest TEST Root CA - NOT INTEL, tests and dev stacks only"
@@ -158,37 +162,7 @@ class TdIdentity:
         )
 
 
-# --- DER by hand (only what the SGX extension needs) ------------------------------------------
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes((tag, n)) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(size))) + size + content
-
-
-def _oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    out = bytearray([parts[0] * 40 + parts[1]])
-    for value in parts[2:]:
-        chunk = [value & 0x7F]
-        value >>= 7
-        while value:
-            chunk.append(0x80 | (value & 0x7F))
-            value >>= 7
-        out += bytes(reversed(chunk))
-    return _tlv(0x06, bytes(out))
-
-
-def _int(value: int) -> bytes:
-    # Minimal two's-complement: a leading 0x00 keeps values >= 0x80 positive.
-    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
-
-
-def _seq(*items: bytes) -> bytes:
-    return _tlv(0x30, b"".join(items))
+# --- DER by hand (only what the SGX extension needs: tdxattest.testing.der) --------------------
 
 
 def _entry(suffix: str, value: bytes) -> bytes:
