@@ -108,3 +108,35 @@ def test_zeroed_sampling_is_refused(completions: Completions) -> None:
     with pytest.raises(Refused, match=r"sampled-probe.*vllm #50671"):
         check_sampled(completions.url, KNOWN, "m", greedy)
     assert [b["seed"] for b in completions.bodies[1:]] == list(SAMPLED_SEEDS)
+
+
+def test_the_gateway_gets_the_agents_collector_for_fresh_evidence() -> None:
+    from guest_agent.server import gateway_argv
+
+    collect = ("/usr/bin/python3", "-m", "guest_agent.nvml", "--nonce", "{nonce}")
+    common = dict(
+        listen="0.0.0.0", port=8443, upstream_port=8000, quote_source="tsm", test_pki_dir=None, event_log="/e"
+    )
+    argv = gateway_argv("/usr/bin/python3", gpu_evidence="/s/gpu-evidence.json", gpu_collect=collect, **common)
+    assert argv[-4:] == ["--gpu-evidence", "/s/gpu-evidence.json", "--gpu-collect", json.dumps(list(collect))]
+    assert "--gpu-collect" not in gateway_argv("/usr/bin/python3", gpu_evidence=None, gpu_collect=collect, **common)
+
+
+def test_the_gateway_refuses_verified_gpus_without_a_collector(tmp_path: Path, capsys) -> None:
+    from tdxattest.cli import main
+
+    boot = tmp_path / "gpu-evidence.json"
+    boot.write_text(json.dumps({"version": 1, "gpus": [{"certificate": "-----BEGIN CERTIFICATE-----"}]}))
+    args = [
+        "gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--quote-source",
+        "software-test",
+        "--test-pki-dir",
+        str(tmp_path / "p"),
+    ]
+    assert main([*args, "--gpu-evidence", str(boot)]) == 2
+    assert "--gpu-collect" in capsys.readouterr().err
+    assert main([*args, "--gpu-evidence", str(boot), "--gpu-collect", '["nvml"]']) == 2
+    assert "{nonce}" in capsys.readouterr().err
