@@ -160,7 +160,7 @@ def verify_items(
                 f"GPU {i}: VBIOS among {list(vbios_pins)}, seen {vbios!r}; flash the pinned "
                 "VBIOS (firmware/gpu/*.yaml) or update the pin",
             )
-        if driver_pins and driver not in driver_pins:
+        if driver_pins and normalise_version(driver or "") not in {normalise_version(p) for p in driver_pins}:
             raise Refused(
                 "gpu",
                 f"GPU {i}: driver among {list(driver_pins)}, seen {driver!r}; rebuild the guest image "

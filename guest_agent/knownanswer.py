@@ -6,7 +6,7 @@
     "Starting to load model") and never the V2 one ("Using V2 Model Runner", logged by
     vllm/v1/worker/gpu_worker.py). VLLM_USE_V2_MODEL_RUNNER=0 asks for V1 (vllm #57224: the V2
     runner answers with garbage under CC); once vLLM ignores the variable, this check says so;
-  * a sampled probe: the known prompt at temperature 1.5 with four seeds. vllm #50671: under CC,
+  * a sampled probe: the known prompt at temperature 1.5 with four seeds, 32 tokens each. vllm #50671: under CC,
     stale sampling values read as zero, so a greedy request still looks right while every sampled
     one comes back greedy. Four seeded samples that all equal the greedy answer are that fault (a
     working sampler at this temperature almost never repeats a greedy continuation four times).
@@ -42,6 +42,9 @@ V2_RUNNER_MARK = "Using V2 Model Runner"
 V1_RUNNER_MARK = "[gpu_model_runner.py:"
 SAMPLED_SEEDS = (1, 2, 3, 4)
 SAMPLED_TEMPERATURE = 1.5
+# Long enough that a working sampler leaves the greedy path somewhere, whatever knownAnswer.maxTokens
+# is: four seeded samples of a one-token answer to a well-known prompt could all be greedy.
+SAMPLED_MAX_TOKENS = 32
 
 
 def runner_refusal(log_text: str) -> str | None:
@@ -114,7 +117,12 @@ def check_sampled(gateway_url: str, known: KnownAnswer, model: str, greedy: str)
     """The sampled probe (module docstring): `greedy` is the known-answer check's answer."""
     samples = []
     for seed in SAMPLED_SEEDS:
-        body = {**request_body(known, model), "temperature": SAMPLED_TEMPERATURE, "seed": seed}
+        body = {
+            **request_body(known, model),
+            "temperature": SAMPLED_TEMPERATURE,
+            "seed": seed,
+            "max_tokens": SAMPLED_MAX_TOKENS,
+        }
         samples.append(_complete(gateway_url, body, known.timeout_s, "sampled-probe"))
         if samples[-1] != greedy:
             return  # sampling works: one differing sample is enough

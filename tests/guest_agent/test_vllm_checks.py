@@ -114,19 +114,26 @@ def test_the_gateway_gets_the_agents_collector_for_fresh_evidence() -> None:
     from guest_agent.server import gateway_argv
 
     collect = ("/usr/bin/python3", "-m", "guest_agent.nvml", "--nonce", "{nonce}")
-    common = dict(
-        listen="0.0.0.0", port=8443, upstream_port=8000, quote_source="tsm", test_pki_dir=None, event_log="/e"
-    )
-    argv = gateway_argv("/usr/bin/python3", gpu_evidence="/s/gpu-evidence.json", gpu_collect=collect, **common)
-    assert argv[-4:] == ["--gpu-evidence", "/s/gpu-evidence.json", "--gpu-collect", json.dumps(list(collect))]
-    assert "--gpu-collect" not in gateway_argv("/usr/bin/python3", gpu_evidence=None, gpu_collect=collect, **common)
+
+    def argv(evidence: str | None) -> list[str]:
+        return gateway_argv(
+            "/usr/bin/python3", listen="0.0.0.0", port=8443, upstream_port=8000, quote_source="tsm",
+            test_pki_dir=None, event_log="/e", gpu_evidence=evidence, gpu_collect=collect,
+        )  # fmt: skip
+
+    expected_tail = ["--gpu-evidence", "/s/gpu-evidence.json", "--gpu-collect", json.dumps(list(collect))]
+    assert argv("/s/gpu-evidence.json")[-4:] == expected_tail
+    assert "--gpu-collect" not in argv(None)
 
 
 def test_the_gateway_refuses_verified_gpus_without_a_collector(tmp_path: Path, capsys) -> None:
     from tdxattest.cli import main
 
     boot = tmp_path / "gpu-evidence.json"
-    boot.write_text(json.dumps({"version": 1, "gpus": [{"certificate": "-----BEGIN CERTIFICATE-----"}]}))
+    from tests.support.nvml_standin import GPU_FIXTURES
+
+    chain = (GPU_FIXTURES / "hopper_cert_chain_case1.txt").read_text()
+    boot.write_text(json.dumps({"version": 1, "gpus": [{"certificate": chain}]}))
     args = [
         "gateway",
         "--listen",
@@ -140,3 +147,6 @@ def test_the_gateway_refuses_verified_gpus_without_a_collector(tmp_path: Path, c
     assert "--gpu-collect" in capsys.readouterr().err
     assert main([*args, "--gpu-evidence", str(boot), "--gpu-collect", '["nvml"]']) == 2
     assert "{nonce}" in capsys.readouterr().err
+    boot.write_text(json.dumps({"version": 1, "gpus": [{"certificate": "-----BEGIN CERTIFICATE-----"}]}))
+    assert main([*args, "--gpu-evidence", str(boot), "--gpu-collect", '["nvml", "{nonce}"]']) == 2
+    assert "certificate chains" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -280,3 +281,64 @@ def test_per_response_evidence_of_eight_gpus_fits_the_proxys_head_limit() -> Non
     reader = ResponseReader()
     reader.feed(b"HTTP/1.1 200 OK\r\nx-tdx-gpu-evidence: " + header + b"\r\ncontent-length: 0\r\n\r\n")
     assert reader.headers_done
+
+
+def test_a_gateway_whose_gpus_changed_since_boot_serves_no_quote(start, gpu: TestGpu, tmp_path: Path) -> None:
+    class BootedWithAnotherGpu(Gateway):
+        def __init__(self, config, source, tls=None):
+            boot = tmp_path / "boot-evidence.json"
+            other = TestGpu.create(TEMPLATE)
+            boot.write_text(json.dumps({"version": 1, "gpus": [{"certificate": other.chain_pem.decode()}]}))
+            super().__init__(replace(config, gpu_evidence=str(boot)), source, tls)
+
+    ch = start(gateway_cls=BootedWithAnotherGpu)
+    error = refused(ch, "attestation.unavailable")
+    assert "gateway.gpu_changed" in error["failures"][0]["seen"]
+
+
+@pytest.mark.parametrize(
+    ("collect", "timeout", "seen"),
+    [
+        ((sys.executable, "-c", "import sys; sys.exit('no GPU answered')", "{nonce}"), 45.0, "no GPU answered"),
+        ((sys.executable, "-c", "import time; time.sleep(30)", "{nonce}"), 0.5, "within 0.5 s"),
+        ((sys.executable, "-c", "print('not json')", "{nonce}"), 45.0, "guest_agent.nvml's shape"),
+    ],
+)
+def test_a_failing_collector_is_a_named_refusal(start, collect, timeout: float, seen: str) -> None:
+    class Collector(Gateway):
+        def __init__(self, config, source, tls=None):
+            super().__init__(replace(config, gpu_collect=collect, gpu_collect_timeout_s=timeout), source, tls)
+
+    started = time.monotonic()
+    error = refused(start(gateway_cls=Collector), "attestation.unavailable")
+    assert "gateway.gpu_evidence_unavailable" in error["failures"][0]["seen"] and seen in error["failures"][0]["seen"]
+    assert time.monotonic() - started < 20  # the slow collector was killed at its timeout
+
+
+def test_the_gateway_turns_away_collections_beyond_its_queue(start, loop) -> None:
+    from tdxattest.channel.gateway import MAX_GPU_WAITING
+    from tdxattest.channel.quote_source import QuoteUnavailable
+
+    ch = start()
+    ch.gateway._gpu_waiting = MAX_GPU_WAITING  # as if that many attestations were already waiting
+    with pytest.raises(QuoteUnavailable) as info:
+        loop.run(ch.gateway._gpu_evidence(bytes(32)))
+    assert info.value.check == "gateway.busy" and ch.gateway.gpu_collections == 0
+
+
+class StripsResponseEvidence(Gateway):
+    """Collects for the connection's attestation, then serves per-response quotes without GPU
+    evidence (a TD whose GPU path went away after it attested)."""
+
+    async def _gpu_evidence(self, nonce: bytes):
+        if self.gpu_collections:
+            return None
+        return await super()._gpu_evidence(nonce)
+
+
+def test_a_per_response_quote_without_gpu_evidence_is_refused(start) -> None:
+    ch = start(gateway_cls=StripsResponseEvidence, require_response_quotes=True)
+    with pytest.raises(openai.APIStatusError) as info:
+        chat(ch)
+    error = json.loads(info.value.response.text)["error"]
+    assert info.value.status_code == 502 and error["code"] == "gpu.evidence_missing"

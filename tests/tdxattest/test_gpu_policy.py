@@ -112,7 +112,8 @@ def test_a_replayed_report_under_a_new_nonce_is_refused() -> None:
 def test_evidence_from_another_gpu_is_refused() -> None:
     # The CoCo CI GPU's own (valid) report and chain: another device, another driver and VBIOS.
     verdict = evaluate_gpus(doc((REPORT2, CHAIN2), nonce=NONCE2), NONCE2, PINNED, time.time())
-    assert failed(verdict) == ["gpu.vbios_not_pinned", "gpu.driver_not_pinned", "gpu.measurement_mismatch"]
+    # It also measures blocks report 1's GPU left at zero: the golden set has no value for them.
+    assert failed(verdict) == ["gpu.vbios_not_pinned", "gpu.driver_not_pinned", "gpu.reference_incomplete"]
 
 
 def test_the_test_gpu_signs_fresh_nonces_with_its_test_root_only(gpu: TestGpu) -> None:
@@ -268,3 +269,46 @@ def test_policy_file_gpu_section_and_stack_pins_merge(tmp_path) -> None:
 def test_bad_gpu_policy_sections_name_the_key(section: dict, key: str) -> None:
     with pytest.raises(InputError, match=key):
         gpu_policy_from_mapping(section)
+
+
+def test_a_partial_golden_set_is_refused_not_half_checked(gpu: TestGpu) -> None:
+    nonce = os.urandom(32)
+    only_10 = replace(PINNED, root_pem=gpu.root_pem, reference={10: GOLDEN[10]})
+    changed = gpu.with_measurement(5, bytes(range(48)))  # a block the partial set does not list
+    verdict = evaluate_gpus(doc((changed.report(nonce), gpu.chain_pem), nonce=nonce), nonce, only_10, time.time())
+    assert failed(verdict) == ["gpu.reference_incomplete"]
+    assert "5" in verdict.failures[0].seen
+
+
+def test_the_fwid_the_gpu_signed_must_be_its_certificates(gpu: TestGpu) -> None:
+    nonce = os.urandom(32)
+    policy = replace(PINNED, root_pem=gpu.root_pem)
+    verdict = evaluate_gpus(
+        doc((gpu.with_fwid(bytes(48)).report(nonce), gpu.chain_pem), nonce=nonce), nonce, policy, time.time()
+    )
+    assert failed(verdict) == ["gpu.fwid_mismatch"]
+
+
+def test_one_device_twice_is_found_whatever_its_pem_layout(gpu: TestGpu) -> None:
+    nonce = os.urandom(32)
+    relaid = b"\n".join(line for line in gpu.chain_pem.splitlines()) + b"\n\n"  # other line breaks, same DER
+    assert relaid != gpu.chain_pem
+    two = doc((gpu.report(nonce), gpu.chain_pem), (gpu.report(nonce), relaid), nonce=nonce)
+    policy = replace(PINNED, root_pem=gpu.root_pem, count=2)
+    assert failed(evaluate_gpus(two, nonce, policy, time.time())) == ["gpu.duplicate_device"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "seen"),
+    [
+        (lambda r: r[: 37 + 8 + 5] + bytes([r[37 + 8 + 5] + 1]) + r[37 + 8 + 6 :], "bytes"),  # value size off by one
+        (lambda r: r[: 37 + 8 + 55] + bytes([1]) + r[37 + 8 + 56 :], "block 1 twice"),  # block 2 renumbered 1
+    ],
+)
+def test_measurement_blocks_are_walked_exactly(mutate, seen: str) -> None:
+    from tdxattest.core.gpu_evidence import GpuEvidenceError
+
+    raw = bytes.fromhex(REPORT1)
+    with pytest.raises(GpuEvidenceError) as info:
+        parse_gpu_report(mutate(raw))
+    assert info.value.check == "gpu.report_malformed" and seen in info.value.seen

@@ -156,3 +156,27 @@ def test_a_stale_cached_status_is_fetched_again(responder: Responder, gpu: TestG
     time.sleep(1.1)  # the response's nextUpdate passes
     responder.answer = lambda: gpu.ocsp_response()
     assert evaluate(gpu, OcspCache(str(tmp_path), responder.url)).accepted and responder.requests == 2
+
+
+def test_a_status_about_the_same_serial_under_another_issuer_is_refused(gpu: TestGpu) -> None:
+    """Same serial number, issuer name/key hashes of another CA: not about this certificate."""
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    ica, root = x509.load_pem_x509_certificates(gpu.chain_pem)[1:]
+    other_root = x509.load_pem_x509_certificates(TestGpu.create(TEMPLATE).chain_pem)[-1]
+    now = datetime.now(UTC)
+    assert gpu.root_key is not None
+    forged = (
+        ocsp.OCSPResponseBuilder()
+        .add_response(
+            cert=ica, issuer=other_root, algorithm=hashes.SHA256(), cert_status=ocsp.OCSPCertStatus.GOOD,
+            this_update=now - timedelta(minutes=5), next_update=now + timedelta(days=1),
+            revocation_time=None, revocation_reason=None,
+        )
+        .responder_id(ocsp.OCSPResponderEncoding.HASH, root)
+        .sign(gpu.root_key, hashes.SHA384())
+        .public_bytes(serialization.Encoding.DER)
+    )  # fmt: skip
+    with pytest.raises(OcspError, match="another issuer") as info:
+        check_response(forged, ica, root, time.time())
+    assert info.value.check == "gpu.ocsp_invalid"

@@ -213,3 +213,19 @@ def test_collateral_rim_imports_a_verified_rim(tmp_path: Path, capsys) -> None:
     assert main([*args, "--cache-dir", str(tmp_path / "now")]) == 1
     assert "gpu.rim_chain_invalid" in capsys.readouterr().err
     assert not (tmp_path / "now" / "rim").exists()
+
+
+def test_a_rim_for_another_gpu_family_is_refused(tmp_path: Path, signer: TestRimSigner, gpu: TestGpu) -> None:
+    rims = rims_for(signer)
+    blocks = {int(k): bytes.fromhex(v) for k, v in CLAIMS.items() if set(v) != {"0"} and int(k) not in VBIOS_BLOCKS}
+    rims[DRIVER_ID] = signer.rim(version="550.90.07", measurements={b: [v] for b, v in blocks.items()}, product="GB100")
+    verdict = evaluate(gpu, store_with(tmp_path, signer, rims))
+    assert [f.check for f in verdict.failures] == ["gpu.rim_version_mismatch"]
+    assert "GB100" in verdict.failures[0].seen
+
+
+def test_a_rim_id_is_one_line_of_its_own_alphabet(tmp_path: Path) -> None:
+    store = RimStore(str(tmp_path))
+    for bad in ("NV_GPU_DRIVER_GH100_550.90.07\n", "NV_GPU_DRIVER_GH100_550.90.07/../x", "nv_gpu_driver"):
+        with pytest.raises(RimError, match="a RIM id"):
+            store.lookup(bad, time.time())

@@ -62,6 +62,8 @@ def report_data_for_key_hash(
         raise InputError("a SHA-256 of the TLS key of 32 bytes", f"{len(spki_sha256)} bytes")
     if gpu_digest is None:
         return hashlib.sha512(tag + spki_sha256 + nonce).digest()
+    if tag != DOMAIN_TAG:
+        raise InputError("no other tag with a GPU digest (the GPU binding has its own)", repr(tag)[:80])
     if len(gpu_digest) != 32:
         raise InputError("a GPU evidence digest of 32 bytes", f"{len(gpu_digest)} bytes")
     return hashlib.sha512(GPU_TAG + spki_sha256 + nonce + gpu_digest).digest()
@@ -87,7 +89,7 @@ MAX_RESPONSE_ID = 128
 def _response_parts(request_body_sha256: bytes, response_id: str) -> bytes:
     if len(request_body_sha256) != 32:
         raise InputError("a SHA-256 digest of 32 bytes", f"{len(request_body_sha256)} bytes")
-    rid = response_id.encode("ascii", "strict") if response_id.isascii() else b""
+    rid = response_id.encode("ascii", "strict") if response_id.isascii() and response_id.isprintable() else b""
     if not 0 < len(rid) <= MAX_RESPONSE_ID:
         raise InputError(f"a printable ASCII response id of 1..{MAX_RESPONSE_ID} characters", repr(response_id)[:80])
     return request_body_sha256 + rid

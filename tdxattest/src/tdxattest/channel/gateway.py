@@ -45,12 +45,14 @@ from tdxattest.channel.binding import (
 )
 from tdxattest.channel.quote_source import QuoteSource, QuoteUnavailable
 from tdxattest.core.errors import InputError
+from tdxattest.core.gpu_evidence import GpuEvidenceError, device_identity
 from tdxattest.core.gpu_policy import EvidenceDoc, parse_evidence_doc
 
 if TYPE_CHECKING:  # aiohttp is imported where it is used (CLI start-up time)
     from aiohttp import ClientSession, web
 
 ATTESTATION_PATH = "/.well-known/tdx-attestation"
+MAX_GPU_WAITING = 8  # GPU evidence collections queued behind the one running; more: 503 gateway.busy
 CCEL_DATA = "/sys/firmware/acpi/tables/data/CCEL"
 # RFC 7230 §6.1 hop-by-hop headers, plus those aiohttp recomputes for the next hop.
 HOP_BY_HOP = frozenset(
@@ -80,7 +82,7 @@ class GatewayConfig:
     # The GPU evidence collector, `{nonce}` replaced by 64 hex digits (the agent's: python3 -m
     # guest_agent.nvml --nonce {nonce}); required when the agent verified GPUs.
     gpu_collect: tuple[str, ...] = ()
-    gpu_collect_timeout_s: float = 120.0
+    gpu_collect_timeout_s: float = 45.0  # under the proxy's 60 s for the whole attestation exchange
     max_body_bytes: int = 32 * 1024 * 1024
 
 
@@ -181,13 +183,19 @@ class Gateway:
         evidence = _read_optional(config.gpu_evidence)
         boot = json.loads(evidence) if evidence else None
         # The devices the agent verified at boot: fresh evidence must come from exactly these.
-        self.boot_gpus = tuple(g["certificate"] for g in boot["gpus"]) if boot and boot.get("gpus") else ()
-        if self.boot_gpus and not config.gpu_collect:
+        try:
+            self.boot_devices = sorted(device_identity(g["certificate"]) for g in (boot or {}).get("gpus") or ())
+        except (GpuEvidenceError, KeyError, TypeError) as exc:
+            raise InputError(
+                "the verified GPUs' certificate chains", str(exc)[:160], file=config.gpu_evidence
+            ) from None
+        if self.boot_devices and not config.gpu_collect:
             raise InputError(
                 "a GPU evidence collector (--gpu-collect) for the GPUs the guest agent verified",
-                f"{len(self.boot_gpus)} GPU(s) in {config.gpu_evidence} and no collector",
+                f"{len(self.boot_devices)} GPU(s) in {config.gpu_evidence} and no collector",
             )
         self._gpu_lock = asyncio.Lock()
+        self._gpu_waiting = 0
         self._session: ClientSession | None = None
         self.quotes_made = 0
         self.gpu_collections = 0
@@ -203,59 +211,80 @@ class Gateway:
         QuoteUnavailable naming what failed: no answer is better than an unbound one."""
         if not self.config.gpu_collect:
             return None
-        argv = [a.replace("{nonce}", nonce.hex()) for a in self.config.gpu_collect]
-        async with self._gpu_lock:  # one SPDM exchange with the GPUs at a time
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-                )
-            except OSError as exc:
-                raise QuoteUnavailable(
-                    f"the GPU evidence collector {argv[0]}",
-                    exc.strerror or str(exc),
-                    "check the guest image",
-                    check="gateway.gpu_evidence_unavailable",
-                ) from None
-            try:
-                out, err = await asyncio.wait_for(proc.communicate(), self.config.gpu_collect_timeout_s)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise QuoteUnavailable(
-                    f"GPU evidence within {self.config.gpu_collect_timeout_s:.0f} s",
-                    "no answer",
-                    "check the GPUs (nvidia-smi) and the driver log",
-                    check="gateway.gpu_evidence_unavailable",
-                ) from None
-        self.gpu_collections += 1
-        if proc.returncode != 0:
+        if self._gpu_waiting >= MAX_GPU_WAITING:
+            # Attestation requests need no credentials: a flood must not queue SPDM exchanges
+            # (each takes the GPUs' time) behind which every real client would wait.
             raise QuoteUnavailable(
-                "GPU evidence from the collector",
-                f"exit {proc.returncode}: {err.decode(errors='replace')[-300:]}",
-                "check the GPUs (nvidia-smi) and the driver log",
-                check="gateway.gpu_evidence_unavailable",
+                f"at most {MAX_GPU_WAITING} GPU evidence collections waiting",
+                "more",
+                "retry shortly",
+                check="gateway.busy",
             )
+        self._gpu_waiting += 1
+        try:
+            async with self._gpu_lock:  # one SPDM exchange with the GPUs at a time
+                out = await self._run_collector([a.replace("{nonce}", nonce.hex()) for a in self.config.gpu_collect])
+        finally:
+            self._gpu_waiting -= 1
+        self.gpu_collections += 1
         try:
             raw = json.loads(out)
             doc = parse_evidence_doc(
                 {"version": 2, "nonce": nonce.hex(), "cc": raw.get("cc"), "gpus": raw.get("evidences")},
                 "the collector's output",
             )
-        except (ValueError, AttributeError, InputError) as exc:
+            devices = sorted(device_identity(g.chain_pem) for g in doc.gpus)
+        except (ValueError, AttributeError, RecursionError, InputError, GpuEvidenceError) as exc:
             raise QuoteUnavailable(
                 "the collector's evidence JSON (guest_agent.nvml's shape)",
                 " ".join(str(exc).split())[:200],
                 "check the collector",
                 check="gateway.gpu_evidence_unavailable",
             ) from None
-        if self.boot_gpus and tuple(sorted(g.chain_pem.decode() for g in doc.gpus)) != tuple(sorted(self.boot_gpus)):
+        if self.boot_devices and devices != self.boot_devices:
             raise QuoteUnavailable(
-                f"evidence from the {len(self.boot_gpus)} GPU(s) the guest agent verified at boot",
+                f"evidence from the {len(self.boot_devices)} GPU(s) the guest agent verified at boot",
                 f"{len(doc.gpus)} report(s) from another set of devices",
                 "restart the TD: its GPUs changed since it attested them",
                 check="gateway.gpu_changed",
             )
         return doc
+
+    async def _run_collector(self, argv: list[str]) -> bytes:
+        """The collector's stdout; the process never outlives the request (timeout, cancellation)."""
+        unavailable = "gateway.gpu_evidence_unavailable"
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+        except OSError as exc:
+            raise QuoteUnavailable(
+                f"the GPU evidence collector {argv[0]}",
+                exc.strerror or str(exc),
+                "check the guest image",
+                check=unavailable,
+            ) from None
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.config.gpu_collect_timeout_s)
+        except TimeoutError:
+            raise QuoteUnavailable(
+                f"GPU evidence within {self.config.gpu_collect_timeout_s:g} s",
+                "no answer",
+                "check the GPUs (nvidia-smi) and the driver log",
+                check=unavailable,
+            ) from None
+        finally:
+            if proc.returncode is None:  # timed out, or the request was cancelled
+                proc.kill()
+                await proc.wait()
+        if proc.returncode != 0:
+            raise QuoteUnavailable(
+                "GPU evidence from the collector",
+                f"exit {proc.returncode}: {err.decode(errors='replace')[-300:]}",
+                "check the GPUs (nvidia-smi) and the driver log",
+                check=unavailable,
+            )
+        return out
 
     async def attestation(self, request):
         from aiohttp import web

@@ -124,9 +124,12 @@ async def appraise_gpus(appraiser: Appraiser, doc: EvidenceDoc | None, nonce: by
     references = (lambda report: store.reference(report, now)) if store is not None else None
     cache = appraiser.ocsp
     statuses = (lambda chain: cache.check_chain(chain, now)) if cache is not None else None
-    verdict = await asyncio.get_running_loop().run_in_executor(
-        None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, now, references, statuses
-    )
+    try:
+        verdict = await asyncio.get_running_loop().run_in_executor(
+            None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, now, references, statuses
+        )
+    except Exception as exc:  # e.g. a cache write failing: a named refusal, never a 500
+        raise _failure("gpu.verifier_error", "a GPU verdict", f"{type(exc).__name__}: {exc}"[:200]) from None
     if not verdict.accepted:
         raise AttestationFailed(verdict.failures)
     return verdict
@@ -281,7 +284,7 @@ class UpstreamConnection:
         try:
             doc = json.loads(raw)
             quote = base64.b64decode(doc["quote"], validate=True)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             self.close()
             raise _failure(
                 "attestation.malformed", "JSON with a base64 `quote`", " ".join(str(exc).split())[:160]
@@ -298,7 +301,7 @@ class UpstreamConnection:
             digest = gpu.digest() if gpu is not None else None
             verdict = await appraise(appraiser, quote, expected_report_data(spki, nonce, gpu_digest=digest))
             gpu_verdict = await appraise_gpus(appraiser, gpu, gpu_nonce(hashlib.sha256(spki).digest(), nonce))
-        except AttestationFailed:
+        except BaseException:  # refused, or anything unforeseen: this connection carries nothing
             self.close()
             raise
         if not self.recycle():
@@ -546,20 +549,23 @@ class VerifyingProxy:
                 "absent",
                 "the gateway did not attest this response",
             )
-        gpu_b64 = values.get("x-tdx-gpu-evidence")
-        gpu_value = None
         try:
             quote = base64.b64decode(quote_b64, validate=True)
-            if gpu_b64 is not None:
-                gpu_value = json.loads(base64.b64decode(gpu_b64, validate=True))
             body_sha256 = hashlib.sha256(body).digest()
             gpu_nonce_expected = response_gpu_nonce(body_sha256, response_id)
         except (ValueError, InputError) as exc:
             raise _failure(
-                "response.quote_malformed",
-                "a base64 quote, base64 JSON GPU evidence and an ASCII response id",
-                " ".join(str(exc).split())[:160],
+                "response.quote_malformed", "a base64 quote and an ASCII response id", " ".join(str(exc).split())[:160]
             ) from None
+        gpu_b64 = values.get("x-tdx-gpu-evidence")
+        gpu_value = None
+        if gpu_b64 is not None:
+            try:
+                gpu_value = json.loads(base64.b64decode(gpu_b64, validate=True))
+            except (ValueError, RecursionError) as exc:
+                raise _failure(
+                    "gpu.evidence_malformed", "x-tdx-gpu-evidence as base64 JSON", " ".join(str(exc).split())[:160]
+                ) from None
         gpu = read_gpu_evidence(gpu_value)
         expected = response_report_data(body_sha256, response_id, gpu.digest() if gpu is not None else None)
         await appraise(self.appraiser, quote, expected)

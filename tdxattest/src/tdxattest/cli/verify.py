@@ -119,12 +119,12 @@ def _run_attestation(args: argparse.Namespace, now: int) -> int:
         quote = base64.b64decode(doc["quote"], validate=True)
         spki_sha256 = bytes.fromhex(doc["tls_spki_sha256"])
         gpu = parse_evidence_doc(doc["gpu_evidence"]) if doc.get("gpu_evidence") is not None else None
-    except (ValueError, KeyError, TypeError) as exc:
+    except InputError as exc:  # before ValueError, whose subclass it is
+        raise exc.with_file(args.attestation) from None
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise InputError(
             "the gateway's attestation JSON (quote, tls_spki_sha256, gpu_evidence)", " ".join(str(exc).split())[:160]
         ).with_file(args.attestation) from None
-    except InputError as exc:
-        raise exc.with_file(args.attestation) from None
     expected = report_data_for_key_hash(spki_sha256, nonce, gpu_digest=gpu.digest() if gpu is not None else None)
     appraiser = appraiser_from_args(args)
     appraisal = appraiser.appraise(quote, now, expected)

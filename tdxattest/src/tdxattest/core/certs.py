@@ -37,11 +37,42 @@ def ecdsa_valid(
     return True
 
 
+def signature_hash(signed: object) -> hashes.HashAlgorithm | None:
+    """The hash algorithm of a certificate's, CRL's or OCSP response's signature; None when
+    cryptography does not know it (an unknown OID from the network is a bad signature, not a crash)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+
+    try:
+        algorithm = signed.signature_hash_algorithm  # type: ignore[attr-defined]
+    except (UnsupportedAlgorithm, ValueError):
+        return None
+    return algorithm  # type: ignore[no-any-return]
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    from cryptography import x509
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class ChainBreak:
-    kind: str  # "signature": not issued or signed by the next; "validity": not valid at the time
+    # "signature": not issued or signed by the next; "ca": the next is not a CA (basicConstraints);
+    # "validity": not valid at the time
+    kind: str
     cert: x509.Certificate
     issuer: x509.Certificate
+
+    @property
+    def problem(self) -> str:
+        if self.kind == "ca":
+            return f"{self.issuer.subject.rfc4514_string()} is not a CA (basicConstraints)"
+        if self.kind == "signature":
+            return f"issuer {self.cert.issuer.rfc4514_string()}, or a signature that does not verify"
+        return f"valid {self.validity}"
 
     @property
     def validity(self) -> str:
@@ -52,12 +83,15 @@ class ChainBreak:
 
 def first_break(certs: list[x509.Certificate], root: x509.Certificate, now: float) -> ChainBreak | None:
     """The first link of `certs` (leaf first; the root last, or given apart) that is not issued and
-    ECDSA-signed by the next one (the last by `root`), or not valid at `now`; None when none is."""
+    ECDSA-signed by the next one (the last by `root`), whose issuer is not a CA, or that is not
+    valid at `now`; None when none is."""
     for cert, issuer in zip(certs, [*certs[1:], root], strict=True):
         if cert.issuer != issuer.subject or not ecdsa_valid(
-            issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, cert.signature_hash_algorithm
+            issuer.public_key(), cert.signature, cert.tbs_certificate_bytes, signature_hash(cert)
         ):
             return ChainBreak("signature", cert, issuer)
+        if not _is_ca(issuer):
+            return ChainBreak("ca", cert, issuer)
         if not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
             return ChainBreak("validity", cert, issuer)
     return None

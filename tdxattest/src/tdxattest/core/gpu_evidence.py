@@ -151,6 +151,7 @@ def parse_gpu_report(data: bytes | str) -> GpuReport:
     rpos = pos + 8
     need(rpos, rec_len, f"a {rec_len}-byte measurement record")
     blocks = []
+    indices: set[int] = set()
     p, end = rpos, rpos + rec_len
     while p < end:
         if p + 4 > end:
@@ -159,6 +160,13 @@ def parse_gpu_report(data: bytes | str) -> GpuReport:
         if p + 4 + size > end or size < 3:
             raise GpuEvidenceError("gpu.report_malformed", f"a {size}-byte measurement block", f"{end - p - 4} bytes")
         vtype, vsize = struct.unpack_from("<BH", raw, p + 4)
+        if vsize != size - 3:
+            raise GpuEvidenceError(
+                "gpu.report_malformed", f"block {index}'s value filling its {size - 3} bytes", f"{vsize} bytes"
+            )
+        if index in indices:
+            raise GpuEvidenceError("gpu.report_malformed", "one measurement block per index", f"block {index} twice")
+        indices.add(index)
         blocks.append(MeasurementBlock(index, spec, vtype, raw[p + 7 : p + 7 + vsize]))
         p += 4 + size
     if len(blocks) != count:
@@ -181,6 +189,19 @@ def parse_gpu_report(data: bytes | str) -> GpuReport:
         signature=raw[sig_at : sig_at + SIGNATURE_LEN],
         trailing=len(raw) - sig_at - SIGNATURE_LEN,
     )
+
+
+def device_identity(chain_pem: bytes | str) -> bytes:
+    """SHA-256 over the DER of every certificate of a device chain: the same device, however its
+    PEM is laid out (line lengths, blank lines)."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    h = hashlib.sha256()
+    for cert in _load_certs(chain_pem):
+        h.update(cert.public_bytes(Encoding.DER))
+    return h.digest()
 
 
 def _load_certs(pem: bytes | str) -> list[x509.Certificate]:
@@ -272,11 +293,11 @@ def verify_gpu_chain(
             )
     _leaf_fwid(certs[0])
     broken = first_break(certs, root, now)
-    if broken is not None and broken.kind == "signature":
+    if broken is not None and broken.kind != "validity":
         raise GpuEvidenceError(
             "gpu.chain_invalid",
             f"{broken.cert.subject.rfc4514_string()} issued and signed by {broken.issuer.subject.rfc4514_string()}",
-            f"issuer {broken.cert.issuer.rfc4514_string()}",
+            broken.problem,
         )
     if broken is not None:
         raise GpuEvidenceError(
@@ -310,6 +331,7 @@ def verify_gpu_evidence(
         raise GpuEvidenceError("gpu.nonce_mismatch", expected_nonce.hex(), parsed.nonce.hex())
     fwid = _leaf_fwid(certs[0])
     signed_fwid = parsed.fwid
-    if signed_fwid is not None and signed_fwid != fwid:
-        raise GpuEvidenceError("gpu.fwid_mismatch", f"the signing certificate's FWID {fwid.hex()}", signed_fwid.hex())
+    if signed_fwid != fwid:
+        seen = signed_fwid.hex() if signed_fwid is not None else "no FWID field (20) in the signed opaque data"
+        raise GpuEvidenceError("gpu.fwid_mismatch", f"the signing certificate's FWID {fwid.hex()}", seen)
     return GpuEvidence(report=parsed, fwid=fwid, leaf_subject=certs[0].subject.rfc4514_string(), chain=tuple(certs))

@@ -34,7 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from tdxattest.core.checks import CheckResult, Failure
 from tdxattest.core.errors import InputError
-from tdxattest.core.gpu_evidence import GpuEvidence, GpuEvidenceError, normalise_version, verify_gpu_evidence
+from tdxattest.core.gpu_evidence import (
+    GpuEvidence,
+    GpuEvidenceError,
+    device_identity,
+    normalise_version,
+    verify_gpu_evidence,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -234,12 +240,15 @@ def evaluate_gpus(
         rec("gpu.nonce_mismatch", hmac.compare_digest(doc.nonce, expected_nonce), expected_nonce.hex(), doc.nonce.hex())
     if policy.count is not None:
         rec("gpu.count_mismatch", len(doc.gpus) == policy.count, policy.count, len(doc.gpus))
-    chains = [g.chain_pem for g in doc.gpus]
+    try:
+        devices = [device_identity(g.chain_pem) for g in doc.gpus]
+    except GpuEvidenceError:
+        devices = [g.chain_pem for g in doc.gpus]  # unreadable chains are refused below, GPU by GPU
     rec(
         "gpu.duplicate_device",
-        len(set(chains)) == len(chains),
+        len(set(devices)) == len(devices),
         "one report per distinct GPU",
-        f"{len(chains)} reports, {len(set(chains))} devices",
+        f"{len(devices)} reports, {len(set(devices))} devices",
     )
     _check_cc(rec, doc.cc, policy.dev)
     gpus: list[dict[str, Any]] = []
@@ -340,6 +349,19 @@ def _check_reference(
             )
         return
     seen = {b.index: b.value for b in ev.report.measurements}
+    if policy.reference and reference is policy.reference:
+        # A golden set is a whole known-good report: a measured block it does not list would go
+        # unchecked (RIMs, by contrast, mark the blocks that vary as inactive on purpose).
+        missing = sorted(block for block, v in seen.items() if any(v) and block not in reference)
+        if missing:
+            rec(
+                "gpu.reference_incomplete",
+                False,
+                "a golden value for every measured (non-zero) block of the report",
+                f"none for blocks {missing[:16]}",
+                f"GPU {i}: record the golden set from a whole known-good report ({source})",
+            )
+            return
     bad = []
     for index, values in sorted(reference.items()):
         value = seen.get(index)

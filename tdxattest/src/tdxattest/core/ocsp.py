@@ -18,7 +18,7 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tdxattest.core.certs import ecdsa_valid
+from tdxattest.core.certs import ecdsa_valid, signature_hash
 from tdxattest.core.gpu_evidence import GpuEvidenceError
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def ocsp_request(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
 
 
 def _signed_by(resp, key) -> bool:  # type: ignore[no-untyped-def]
-    return ecdsa_valid(key, resp.signature, resp.tbs_response_bytes, resp.signature_hash_algorithm)
+    return ecdsa_valid(key, resp.signature, resp.tbs_response_bytes, signature_hash(resp))
 
 
 def check_response(der: bytes, cert: x509.Certificate, issuer: x509.Certificate, now: float) -> OcspStatus:
@@ -79,7 +79,7 @@ def check_response(der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
         for responder in resp.certificates:
             try:
                 eku = responder.extensions.get_extension_for_class(ExtendedKeyUsage).value
-            except ExtensionNotFound:  # not a responder certificate
+            except (ExtensionNotFound, ValueError):  # not a (well-formed) responder certificate
                 continue
             if (
                 ExtendedKeyUsageOID.OCSP_SIGNING in eku
@@ -88,7 +88,7 @@ def check_response(der: bytes, cert: x509.Certificate, issuer: x509.Certificate,
                     issuer.public_key(),
                     responder.signature,
                     responder.tbs_certificate_bytes,
-                    responder.signature_hash_algorithm,
+                    signature_hash(responder),
                 )
                 and responder.not_valid_before_utc.timestamp() <= now <= responder.not_valid_after_utc.timestamp()
                 and _signed_by(resp, responder.public_key())

@@ -43,6 +43,7 @@ DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
 HASH_ATTR = re.compile(r"^\{http://www\.w3\.org/2001/04/xmlenc#sha384\}Hash(\d+)$")
 RIM_ID = re.compile(r"^NV_GPU_[A-Z0-9_]+(?:\.[0-9A-Za-z]+)*$")
 OPAQUE_CHIP_SKU, OPAQUE_PROJECT, OPAQUE_PROJECT_SKU = 15, 17, 18
+HOPPER_PRODUCT = "GH100"  # the only family whose RIM ids are formed here (rim_ids)
 
 
 class RimError(GpuEvidenceError):
@@ -101,11 +102,11 @@ def _verify_chain(certs: list[x509.Certificate], root_pem: bytes | None, now: fl
             f"{root.subject.rfc4514_string()} ({root.fingerprint(hashes.SHA256()).hex()})",
         )
     broken = first_break(certs, root, now)
-    if broken is not None and broken.kind == "signature":
+    if broken is not None and broken.kind != "validity":
         raise RimError(
             "gpu.rim_chain_invalid",
             f"{broken.cert.subject.rfc4514_string()} signed by {broken.issuer.subject.rfc4514_string()}",
-            f"issuer {broken.cert.issuer.rfc4514_string()}",
+            broken.problem,
         )
     if broken is not None:
         raise RimError(
@@ -203,7 +204,7 @@ def rim_ids(report: GpuReport) -> tuple[str, str]:
     project, project_sku, chip_sku = (
         _ascii(fields.get(k)) for k in (OPAQUE_PROJECT, OPAQUE_PROJECT_SKU, OPAQUE_CHIP_SKU)
     )
-    return f"NV_GPU_DRIVER_GH100_{driver}", f"NV_GPU_VBIOS_{project}_{project_sku}_{chip_sku}_{vbios}"
+    return f"NV_GPU_DRIVER_{HOPPER_PRODUCT}_{driver}", f"NV_GPU_VBIOS_{project}_{project_sku}_{chip_sku}_{vbios}"
 
 
 def rim_reference(report: GpuReport, lookup: RimLookup) -> tuple[dict[int, tuple[bytes, ...]], str]:
@@ -214,6 +215,12 @@ def rim_reference(report: GpuReport, lookup: RimLookup) -> tuple[dict[int, tuple
     for rim_id, rim, seen in ((driver_id, driver, report.driver_version), (vbios_id, vbios, report.vbios_version)):
         if normalise_version(rim.version) != normalise_version(seen or ""):
             raise RimError("gpu.rim_version_mismatch", f"{rim_id} for version {seen}", f"a RIM for {rim.version}")
+        # The signed product binds the RIM to the GPU family the id names (a GB100 RIM of the same
+        # driver release has other values); the version formats tell a driver RIM from a VBIOS one.
+        if rim.product != HOPPER_PRODUCT:
+            raise RimError(
+                "gpu.rim_version_mismatch", f"{rim_id}: a RIM for {HOPPER_PRODUCT}", f"one for {rim.product!r}"
+            )
     both = sorted(set(driver.measurements) & set(vbios.measurements))
     if both:
         raise RimError("gpu.rim_conflict", "driver and VBIOS RIMs measuring different blocks", f"both measure {both}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tdxattest.core.certs import ecdsa_valid, first_break
+from tdxattest.core.certs import ecdsa_valid, first_break, signature_hash
 from tdxattest.core.errors import InputError
 
 if TYPE_CHECKING:  # imported inside the functions that use them (CLI start-up time)
@@ -275,11 +275,11 @@ def _check_chain(certs: list[x509.Certificate], what: str, now: int, root_sha256
             f"{root.subject.rfc4514_string()} (SHA-256 {digest[:16]}...)",
         )
     broken = first_break(certs, root, now)
-    if broken is not None and broken.kind == "signature":
+    if broken is not None and broken.kind != "validity":
         raise CollateralError(
             "collateral.chain_invalid",
             f"{broken.cert.subject.rfc4514_string()} signed by {broken.issuer.subject.rfc4514_string()}",
-            "bad signature or issuer",
+            broken.problem,
         )
     if broken is not None:
         raise CollateralError(
@@ -306,7 +306,7 @@ def _crl_window(what: str, crl: x509.CertificateRevocationList) -> tuple[int, in
 
 
 def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
-    return ecdsa_valid(issuer.public_key(), crl.signature, crl.tbs_certlist_bytes, crl.signature_hash_algorithm)
+    return ecdsa_valid(issuer.public_key(), crl.signature, crl.tbs_certlist_bytes, signature_hash(crl))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ http://ocsp.ndis.nvidia.com (the AIA of its intermediates); responses last a day
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import threading
 from typing import TYPE_CHECKING
@@ -37,7 +38,7 @@ def fetch_ocsp(responder: str, request: bytes, subject: str) -> bytes:
             return body
     except urllib.error.HTTPError as exc:
         raise OcspError("gpu.ocsp_unavailable", f"a status of {subject} from {responder}", f"HTTP {exc.code}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise OcspError(
             "gpu.ocsp_unavailable", f"a status of {subject} from {responder}", str(getattr(exc, "reason", exc))
         ) from None
@@ -68,7 +69,7 @@ class OcspCache:
         try:
             with open(path, "rb") as fh:
                 status = check_response(fh.read(MAX_RESPONSE_BYTES + 1), cert, issuer, now)
-        except FileNotFoundError:
+        except OSError:  # missing or unreadable: ask the responder
             pass
         except OcspError as exc:
             if exc.check == "gpu.cert_revoked":

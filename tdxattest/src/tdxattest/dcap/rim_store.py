@@ -14,6 +14,7 @@ proxy does not re-verify the XML signature per attestation.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import threading
@@ -42,7 +43,7 @@ def fetch_rim(service: str, rim_id: str) -> bytes:
             body = resp.read(2 * MAX_RIM_BYTES + 1)
     except urllib.error.HTTPError as exc:
         raise RimError("gpu.rim_missing", f"{rim_id} from {url}", f"HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise RimError("gpu.rim_missing", f"{rim_id} from {url}", str(getattr(exc, "reason", exc))) from None
     if len(body) > 2 * MAX_RIM_BYTES:
         raise RimError("gpu.rim_malformed", f"a RIM service answer of at most {2 * MAX_RIM_BYTES} bytes", "more")
@@ -64,7 +65,7 @@ class RimStore:
         self._lock = threading.Lock()
 
     def _path(self, rim_id: str) -> str:
-        if not RIM_ID.match(rim_id):
+        if not RIM_ID.fullmatch(rim_id):
             raise RimError("gpu.rim_malformed", "a RIM id such as NV_GPU_DRIVER_GH100_550.163.01", repr(rim_id)[:80])
         return os.path.join(self.dir, f"{rim_id}.xml")
 
@@ -88,7 +89,7 @@ class RimStore:
         try:
             with open(path, "rb") as fh:
                 xml = fh.read(MAX_RIM_BYTES + 1)
-        except FileNotFoundError:
+        except OSError:  # missing or unreadable: as if it were not there
             xml = None
         if xml is not None:
             try:
