@@ -3,7 +3,8 @@
   * the known-answer check (the rule and its reasons: guest_agent/pod/known_answer.py, which the
     Kubernetes target runs as its readiness probe);
   * which model runner vLLM really started, from its own log: the V1 runner (`[gpu_model_runner.py:`
-    "Starting to load model") and never the V2 one ("Using V2 Model Runner", logged by
+    "Starting to load model"), or the V0 engine of a vLLM that has no V2 runner ("Initializing a V0
+    LLM engine"), and never the V2 one ("Using V2 Model Runner", logged by
     vllm/v1/worker/gpu_worker.py). VLLM_USE_V2_MODEL_RUNNER=0 asks for V1 (vllm #57224: the V2
     runner answers with garbage under CC); once vLLM ignores the variable, this check says so;
   * a sampled probe: the known prompt at temperature 1.5 with four seeds, 32 tokens each. vllm #50671: under CC,
@@ -39,7 +40,8 @@ def compare(known: KnownAnswer, seen: str) -> None:
 
 
 V2_RUNNER_MARK = "Using V2 Model Runner"
-V1_RUNNER_MARK = "[gpu_model_runner.py:"
+V1_RUNNER_MARK = "[gpu_model_runner.py:"  # the V1 engine's model runner (vllm/v1/worker/gpu_model_runner.py)
+V0_ENGINE_MARK = "Initializing a V0 LLM engine"  # vLLM before the V1 engine (<= 0.8): no V2 runner at all
 SAMPLED_SEEDS = (1, 2, 3, 4)
 SAMPLED_TEMPERATURE = 1.5
 # Long enough that a working sampler leaves the greedy path somewhere, whatever knownAnswer.maxTokens
@@ -55,10 +57,10 @@ def runner_refusal(log_text: str) -> str | None:
             "vLLM ignores the variable and its V2 runner is broken under CC (vllm #57224); pin a vLLM "
             "image that still honours it, or one with the fix"
         )
-    if V1_RUNNER_MARK not in log_text:
+    if V1_RUNNER_MARK not in log_text and V0_ENGINE_MARK not in log_text:
         return (
-            f"vLLM's V1 model runner in its log ({V1_RUNNER_MARK!r} lines, at VLLM_LOGGING_LEVEL=INFO), seen "
-            "none: the runner cannot be told; check the vLLM image and its log"
+            f"vLLM's V1 model runner in its log ({V1_RUNNER_MARK!r} lines, or {V0_ENGINE_MARK!r} of an older vLLM, "
+            "at VLLM_LOGGING_LEVEL=INFO), seen neither: the runner cannot be told; check the vLLM image and its log"
         )
     return None
 

@@ -39,6 +39,11 @@ GREEDY = " Paris. It is the capital"
 
 def test_the_runner_is_read_from_vllms_log(tmp_path: Path) -> None:
     assert runner_refusal(V1_LOG) is None
+    # An older vLLM on its V0 engine (the line its llm_engine.py logs) has no V2 runner to fall into.
+    assert (
+        runner_refusal("INFO 02-05 09:08:59 llm_engine.py:234] Initializing a V0 LLM engine (v0.7.3) with config")
+        is None
+    )
     assert "vllm #57224" in (runner_refusal(V2_LOG) or "")
     assert "cannot be told" in (runner_refusal("INFO something else\n") or "")
     log = tmp_path / "vllm.log"
