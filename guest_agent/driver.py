@@ -1,11 +1,11 @@
 """Load the NVIDIA driver's kernel modules and report the kernel's verdict (tdx-vllm-gpu-driver.service).
 
-    python3 -m guest_agent.driver      # one `tdx-vllm-driver: {...}` line on stdout (journal + console)
+    python3 -m guest_agent.driver      # one `tdx-vllm-driver: {...}` line on stdout and on ttyS0
 
 The image carries the modules its build compiled for its kernel, listed with the driver version in
 /etc/tdx-vllm/image.json (`gpuDriver`). Each is loaded with `modprobe` in that order; for each the
 line says whether it is loaded afterwards and, when it is not, modprobe's exit status and message
-and every kernel log line the attempt produced (read from /dev/kmsg around it).
+and the kernel log lines naming the driver (nvidia, NVRM) written while it ran (/dev/kmsg).
 
 A module that needs `nvidia` cannot load while `nvidia` does not (no NVIDIA GPU in the TD: the
 module's init finds no device and fails with ENODEV). Such a module is then inserted alone with
@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .report import write_console
 from .system import CommandResult, System
 
 PREFIX = "tdx-vllm-driver: "  # the fact line on the console
 IMAGE_FACTS = "/etc/tdx-vllm/image.json"
 KMSG = "/dev/kmsg"
 MODPROBE_TIMEOUT_S = 120.0
-MAX_KERNEL_LINES = 40  # per attempt: the interesting lines come first, a successful load says a few
+MAX_KERNEL_LINES = 12  # per attempt, in the line: the interesting ones come first (the counts use all)
 NVIDIA_VENDOR = "0x10de"
 _UNKNOWN_SYMBOL = re.compile(r"Unknown symbol (\S+) \(err")
 
@@ -158,11 +159,17 @@ class Kmsg:
         return parse_kmsg(records)
 
 
+def about_driver(line: str) -> bool:
+    """A kernel line about the driver: its modules name themselves (nvidia, nvidia_uvm, nvidia-nvlink)
+    and its resource manager says NVRM. Other drivers' messages of the same moment are left out."""
+    return "nvidia" in line.lower() or "NVRM" in line
+
+
 def attempt(system: System, argv: Sequence[str], kmsg: Callable[[], Kmsg]) -> Attempt:
     log = kmsg()
     log.start()
     result = system.run(list(argv), MODPROBE_TIMEOUT_S)
-    return Attempt(tuple(argv), result, tuple(log.read()))
+    return Attempt(tuple(argv), result, tuple(line for line in log.read() if about_driver(line)))
 
 
 def is_loaded(system: System, module: str) -> bool:
@@ -237,8 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv:
         print("usage: python3 -m guest_agent.driver (no arguments)", file=sys.stderr)
         return 2
-    doc, status = report(System(), os.uname().release)
-    print(line(doc), flush=True)
+    system = System()
+    doc, status = report(system, os.uname().release)
+    text = line(doc)
+    print(text, flush=True)
+    write_console(text, system)
     return status
 
 
