@@ -118,7 +118,7 @@ def images(request: pytest.FixtureRequest) -> dict[str, Path]:
             )
         if done.returncode != 0:
             pytest.fail(f"image build failed ({done.returncode}), log {log}:\n" + _tail(log, 40))
-        # Keep one build (~170 MB): drop those of earlier recipes.
+        # Keep one build (~410 MB: two root disks of ~190 MB): drop those of earlier recipes.
         for old in CACHE.iterdir():
             if not old.name.startswith(recipe[:16]):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
