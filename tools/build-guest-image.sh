@@ -266,7 +266,7 @@ fi
 # --- step 1b: the driver's kernel modules, built against the pinned kernel, cached ----------------
 # In a chroot of the package set plus the [module-build] packages: the open module source from
 # DRIVER_MODULE_SOURCE, patched with guest/image/nvidia/$DRIVER_VERSION/series, built for $KVER at a
-# fixed path with a fixed timestamp and without BTF (pahole cannot read every object), stripped of
+# fixed path with a fixed timestamp and without BTF (pahole fails on nvidia-modeset's C++), stripped of
 # debug info. Checked: each module's vermagic is the kernel's, and depmod finds every symbol they use
 # in the kernel's Module.symvers or in each other.
 PATCHES=$RECIPE/nvidia/$DRIVER_VERSION
