@@ -70,10 +70,16 @@ def parse_line(line: str) -> dict | None:
 def emit(report: Report, system: System, stdout: TextIO | None = None) -> None:
     line = report.line()
     print(line, file=stdout or sys.stdout, flush=True)
+    write_console(line, system)
+
+
+def write_console(line: str, system: System) -> None:
+    """`line` on the serial console, whole: written to the tty directly, not through the journal,
+    whose console copy goes through the kernel log and is cut at its record size (~1 KiB)."""
     path = system.path(CONSOLE)
     if not path.exists():
         return
-    # Best effort: a console that blocks or refuses must not keep the report from stdout/journal.
+    # Best effort: a console that blocks or refuses must not keep the line from stdout/journal.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_APPEND)
     except OSError:

@@ -9,18 +9,23 @@
 # Outputs (in DIR, or DIR/<stack> with --stack all): vmlinuz, initrd.img, rootfs.verity.img
 # (squashfs, then its dm-verity hash tree at a 4 KiB-aligned offset, no superblock), cmdline.txt
 # (the exact QEMU -append text, no trailing newline) and manifest.json (sizes, sha256/sha384, verity
-# parameters, package lock digest, build time).
+# parameters, package lock digest, the GPU driver, build time).
+#
+# The NVIDIA driver is one pin in guest/image/config.sh (DRIVER_*): its user space is installed
+# from its apt sources like every package, and its open kernel modules are built here against the
+# pinned kernel, with the patches in guest/image/nvidia/<driver version>/ (docs/guest-image.md).
 #
 # Mirror: --mirror / $TDX_VLLM_GUEST_MIRROR, else the first `.../debian` URI in this machine's apt
 # sources; the security archive likewise (`.../debian-security`). Use a snapshot archive URL to
 # rebuild an old lock after the mirror has moved on. Package versions are pinned in
-# guest/image/packages.lock (the whole installed closure, name=version); --update-lock re-resolves
-# guest/image/config.sh's PACKAGES against the mirror and rewrites it.
+# guest/image/packages.lock (the image's whole installed closure, then under `[module-build]` what
+# the module build adds, name=version); --update-lock re-resolves guest/image/config.sh's package
+# lists against the mirror and rewrites it.
 #
 # Needs root (debootstrap, chroot), debootstrap, mksquashfs (squashfs-tools), veritysetup
 # (cryptsetup-bin), cpio, zstd, xz-utils, python3, debian-archive-keyring, and a Debian mirror plus
-# its security archive. Downloads and the installed package set are cached in
-# --cache (default $TDX_VLLM_GUEST_CACHE or /var/cache/tdx-vllm-guest).
+# its security archive. Downloads, the installed package set and the built driver modules are
+# cached in --cache (default $TDX_VLLM_GUEST_CACHE or /var/cache/tdx-vllm-guest).
 set -euo pipefail
 umask 022  # file modes in the image must not depend on the caller's umask
 
@@ -106,7 +111,7 @@ apt_source_uri() {
 echo "    mirror: $MIRROR  security: $SECURITY_MIRROR  suite: $SUITE  kernel: $KVER ($KERNEL_SUITE)" >&2
 if [ "$PREFLIGHT" = 1 ]; then exit 0; fi
 
-mkdir -p "$CACHE/debs" "$CACHE/chroot" "$CACHE/work"
+mkdir -p "$CACHE/debs" "$CACHE/chroot" "$CACHE/modules" "$CACHE/work"
 exec 9>"$CACHE/.lock"
 flock 9 || die "cannot lock $CACHE"
 WORK=$(mktemp -d "$CACHE/work/build.XXXXXX")
@@ -131,18 +136,82 @@ unbind_all() {
 }
 
 # --- step 1: the package set (debootstrap + pinned apt install), cached ---------------------------
-# The cache key of the package set: suite, kernel, package list, debootstrap, no-docs policy and the
-# lock (with --update-lock, the new lock once it is resolved).
-chroot_tar() { # LOCK FILE
+# packages.lock holds two sets: the image's whole installed closure, then after a `[module-build]`
+# line what the chroot that builds the driver's kernel modules adds to it (never in the image).
+lock_image() { [ -f "$LOCK" ] && awk '/^\[module-build\]$/ { exit } !/^[[:space:]]*(#|$)/' "$LOCK"; }
+lock_build() { [ -f "$LOCK" ] && awk 'f && !/^[[:space:]]*(#|$)/ { print } /^\[module-build\]$/ { f = 1 }' "$LOCK"; }
+
+# The driver's apt sources (config.sh DRIVER_APT_SOURCES) as sources.list lines.
+driver_source_lines() {
+  local entry uri rest keyring
+  for entry in "${DRIVER_APT_SOURCES[@]}"; do
+    read -r uri rest <<< "$entry"
+    case "$uri" in
+      @debian) uri=$MIRROR; keyring=/etc/apt/keyrings/debian.gpg ;;
+      @debian-security) uri=$SECURITY_MIRROR; keyring=/etc/apt/keyrings/debian.gpg ;;
+      *) keyring=/etc/apt/keyrings/tdx-vllm-driver.gpg ;;
+    esac
+    echo "deb [signed-by=$keyring] $uri $rest"
+  done
+}
+needs_driver_keyring() { driver_source_lines | grep -q 'tdx-vllm-driver.gpg'; }
+if needs_driver_keyring; then
+  [ -n "$DRIVER_KEYRING" ] && [ -f "$RECIPE/$DRIVER_KEYRING" ] \
+    || die "DRIVER_APT_SOURCES names a non-Debian archive but DRIVER_KEYRING (${DRIVER_KEYRING:-unset}) is not a file in guest/image/; add the archive's signing keyring there and set DRIVER_KEYRING"
+fi
+
+# apt sources (the distribution's `main`, the driver's sources), the keyrings, and the driver pin:
+# every package's `$DRIVER_VERSION-*` versions are preferred, so --update-lock takes the whole
+# driver from one release (the highest Debian revision of it the sources offer).
+apt_setup() { # ROOT
+  local root=$1
+  cat > "$root/etc/apt/sources.list" <<SRC
+deb [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SUITE main
+deb [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SUITE-updates main
+deb [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SUITE-backports main
+deb [signed-by=/etc/apt/keyrings/debian.gpg] $SECURITY_MIRROR $SUITE-security main
+SRC
+  driver_source_lines > "$root/etc/apt/sources.list.d/tdx-vllm-driver.list"
+  install -D -m 0644 "$KEYRING" "$root/etc/apt/keyrings/debian.gpg"
+  if needs_driver_keyring; then
+    install -D -m 0644 "$RECIPE/$DRIVER_KEYRING" "$root/etc/apt/keyrings/tdx-vllm-driver.gpg"
+  fi
+  mkdir -p "$root/etc/apt/preferences.d"
+  printf 'Package: /./\nPin: version %s-*\nPin-Priority: 990\n' "$DRIVER_VERSION" \
+    > "$root/etc/apt/preferences.d/tdx-vllm-driver"
+}
+
+# linux-* packages come from the kernel's suite.
+with_kernel_suite() { local p; for p in "$@"; do case "$p" in linux-*) echo "$p/$KERNEL_SUITE" ;; *) echo "$p" ;; esac; done; }
+
+# Every driver package installed at `$DRIVER_VERSION-*`: the one pin says what the image carries.
+check_driver_versions() { # ROOT
+  local p v bad=()
+  for p in "${DRIVER_PACKAGES[@]}"; do
+    v=$(in_root "$1" dpkg-query -W -f '${Version}' "$p" 2>/dev/null) || v="(not installed)"
+    case "$v" in "$DRIVER_VERSION"-*) ;; *) bad+=("$p=$v") ;; esac
+  done
+  [ "${#bad[@]}" = 0 ] || die "driver packages not at DRIVER_VERSION $DRIVER_VERSION-*: ${bad[*]}; fix: make DRIVER_APT_SOURCES offer $DRIVER_VERSION for each (config.sh), or set DRIVER_VERSION to what they offer, then --update-lock"
+}
+
+APT_INSTALL=(apt-get -q -y -o Dpkg::Use-Pty=0 -o APT::Install-Recommends=false -o APT::Keep-Downloaded-Packages=true install)
+
+# The cache key of the package set: suite, kernel, package lists, driver pin and sources, debootstrap,
+# dpkg's path-exclude policy and the lock's image set (with --update-lock, the new lock once it is resolved).
+chroot_tar() {
   local key
-  key=$( { printf '%s\n' "$SUITE" "$KERNEL_SUITE" "$KVER" "${PACKAGES[@]}"; debootstrap --version;
-    cat "$RECIPE/rootfs/etc/dpkg/dpkg.cfg.d/01-tdx-vllm-nodoc" "$1"; } | sha256sum | cut -c1-16)
+  key=$( { printf '%s\n' "$SUITE" "$KERNEL_SUITE" "$KVER" "${PACKAGES[@]}" "$DRIVER_VERSION" \
+      "${DRIVER_PACKAGES[@]}" "${DRIVER_TOOLS[@]}" "${DRIVER_APT_SOURCES[@]}"; debootstrap --version;
+    cat "$RECIPE"/rootfs/etc/dpkg/dpkg.cfg.d/*; lock_image;
+    if needs_driver_keyring; then cat "$RECIPE/$DRIVER_KEYRING"; fi; } | sha256sum | cut -c1-16)
   echo "$CACHE/chroot/$SUITE-$key.tar"
 }
 CHROOT_TAR=
 if [ "$UPDATE_LOCK" = 0 ]; then
   [ -f "$LOCK" ] || die "no $LOCK: run once with --update-lock to resolve and pin the package set"
-  CHROOT_TAR=$(chroot_tar "$LOCK")
+  grep -qx '\[module-build\]' "$LOCK" \
+    || die "$LOCK has no [module-build] section (the driver module build's packages); run --update-lock"
+  CHROOT_TAR=$(chroot_tar)
 fi
 if [ -n "$CHROOT_TAR" ] && [ -f "$CHROOT_TAR" ]; then
   step "package set: cached ($CHROOT_TAR)"
@@ -153,36 +222,29 @@ else
     --cache-dir="$CACHE/debs" "$SUITE" "$BASE" "$MIRROR" > "$WORK/debootstrap.log" 2>&1 \
     || { tail -n 30 "$WORK/debootstrap.log" >&2; die "debootstrap failed (log above)"; }
 
-  step "apt sources, no-docs policy, no service starts"
-  install -D -m 0644 "$RECIPE/rootfs/etc/dpkg/dpkg.cfg.d/01-tdx-vllm-nodoc" "$BASE/etc/dpkg/dpkg.cfg.d/01-tdx-vllm-nodoc"
-  cat > "$BASE/etc/apt/sources.list" <<SRC
-deb [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SUITE main
-deb [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SUITE-updates main
-deb [signed-by=/etc/apt/keyrings/debian.gpg] $MIRROR $SUITE-backports main
-deb [signed-by=/etc/apt/keyrings/debian.gpg] $SECURITY_MIRROR $SUITE-security main
-SRC
-  install -D -m 0644 "$KEYRING" "$BASE/etc/apt/keyrings/debian.gpg"
+  step "apt sources (driver: $DRIVER_VERSION), dpkg path-excludes (docs, unused files), no service starts"
+  install -D -m 0644 -t "$BASE/etc/dpkg/dpkg.cfg.d" "$RECIPE"/rootfs/etc/dpkg/dpkg.cfg.d/*
+  apt_setup "$BASE"
   printf '#!/bin/sh\nexit 101\n' > "$BASE/usr/sbin/policy-rc.d"; chmod 755 "$BASE/usr/sbin/policy-rc.d"
   bind -t proc proc "$BASE/proc"
   bind --bind "$CACHE/debs" "$BASE/var/cache/apt/archives"
   in_root "$BASE" apt-get -q update > "$WORK/apt.log" 2>&1 || { tail -n 30 "$WORK/apt.log" >&2; die "apt-get update failed"; }
 
-  APT_INSTALL=(apt-get -q -y -o Dpkg::Use-Pty=0 -o APT::Install-Recommends=false -o APT::Keep-Downloaded-Packages=true install)
   if [ "$UPDATE_LOCK" = 1 ]; then
-    step "resolve and install ${#PACKAGES[@]} packages (kernel from $KERNEL_SUITE), rewrite the lock"
-    pkgs=()
-    for p in "${PACKAGES[@]}"; do
-      case "$p" in linux-*) pkgs+=("$p/$KERNEL_SUITE") ;; *) pkgs+=("$p") ;; esac
-    done
+    ALL=("${PACKAGES[@]}" "${DRIVER_PACKAGES[@]}" "${DRIVER_TOOLS[@]}")
+    step "resolve and install ${#ALL[@]} packages (kernel from $KERNEL_SUITE, driver $DRIVER_VERSION)"
+    mapfile -t pkgs < <(with_kernel_suite "${ALL[@]}")
     in_root "$BASE" "${APT_INSTALL[@]}" "${pkgs[@]}" >> "$WORK/apt.log" 2>&1 \
       || { tail -n 30 "$WORK/apt.log" >&2; die "apt-get install failed"; }
+    check_driver_versions "$BASE"
+    in_root "$BASE" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort > "$WORK/lock.image"
     { echo "# guest/image/packages.lock: every package in the guest root filesystem, name=version."
       echo "# Generated by tools/build-guest-image.sh --update-lock; the build installs exactly this set."
-      in_root "$BASE" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort; } > "$LOCK.new"
-    mv "$LOCK.new" "$LOCK"
-    CHROOT_TAR=$(chroot_tar "$LOCK")
+      cat "$WORK/lock.image"; } > "$LOCK.new"
+    mv "$LOCK.new" "$LOCK"   # the image set now; the module build's set is appended below
+    CHROOT_TAR=$(chroot_tar)
   else
-    mapfile -t PINS < <(grep -vE '^[[:space:]]*(#|$)' "$LOCK")
+    mapfile -t PINS < <(lock_image)
     step "install the ${#PINS[@]} pinned packages from packages.lock"
     in_root "$BASE" "${APT_INSTALL[@]}" --allow-downgrades "${PINS[@]}" >> "$WORK/apt.log" 2>&1 \
       || { tail -n 30 "$WORK/apt.log" >&2; die "apt-get install of the locked versions failed (mirror moved on? use a snapshot mirror, or --update-lock)"; }
@@ -191,6 +253,7 @@ SRC
       cat "$WORK/lock.diff" >&2
       die "installed package set differs from packages.lock (diff above); run --update-lock if intended"
     fi
+    check_driver_versions "$BASE"
   fi
   rm -f "$BASE/usr/sbin/policy-rc.d"
   unbind_all
@@ -198,6 +261,118 @@ SRC
   tar -C "$BASE" --numeric-owner --xattrs --xattrs-include='security.*' -cf "$CHROOT_TAR.tmp" .
   mv "$CHROOT_TAR.tmp" "$CHROOT_TAR"
   rm -rf "$BASE"
+fi
+
+# --- step 1b: the driver's kernel modules, built against the pinned kernel, cached ----------------
+# In a chroot of the package set plus the [module-build] packages: the open module source from
+# DRIVER_MODULE_SOURCE, patched with guest/image/nvidia/$DRIVER_VERSION/series, built for $KVER at a
+# fixed path with a fixed timestamp and without BTF (pahole fails on nvidia-modeset's C++), stripped of
+# debug info. Checked: each module's vermagic is the kernel's, and depmod finds every symbol they use
+# in the kernel's Module.symvers or in each other.
+PATCHES=$RECIPE/nvidia/$DRIVER_VERSION
+[ -f "$PATCHES/series" ] || die "no guest/image/nvidia/$DRIVER_VERSION/series: the module patches for driver $DRIVER_VERSION (an empty series if it builds against $KVER as it is); see docs/guest-image.md"
+mapfile -t SERIES < <(grep -vE '^[[:space:]]*(#|$)' "$PATCHES/series")
+for p in "${SERIES[@]}"; do [ -f "$PATCHES/$p" ] || die "guest/image/nvidia/$DRIVER_VERSION/series lists $p, which is not there"; done
+
+build_modules() { # ROOT OUTDIR
+  local root=$1 out=$2 files src tree p m v mods=/build/out/lib/modules/$KVER
+  files=$(in_root "$root" dpkg -L "$DRIVER_MODULE_SOURCE") || die "$DRIVER_MODULE_SOURCE is not installed in the module build chroot"
+  rm -rf "$root/build"; mkdir -p "$root/build/unpack" "$root$mods/updates/nvidia"
+  src=$(printf '%s\n' "$files" | grep -E '^/usr/src/.*\.tar(\.(xz|gz|bz2|zst))?$' | head -n1) || true
+  if [ -n "$src" ]; then
+    in_root "$root" tar -C /build/unpack -xf "$src"
+    tree=$(cd "$root/build/unpack" && find . -name conftest.sh -printf '%h\n' | LC_ALL=C sort)
+  else
+    tree=$(printf '%s\n' "$files" | grep -E '^/usr/src/.*/conftest\.sh$' | sed 's:/conftest\.sh$::' | LC_ALL=C sort) || true
+    if [ "$(printf '%s' "$tree" | grep -c .)" = 1 ]; then cp -a "$root$tree/." "$root/build/unpack/"; tree=.; fi
+  fi
+  [ "$(printf '%s' "$tree" | grep -c .)" = 1 ] \
+    || die "$DRIVER_MODULE_SOURCE: expected one module tree (a directory with conftest.sh) in its /usr/src tarball or tree, found: ${tree:-none}"
+  mv "$root/build/unpack/$tree" "$root/build/nvidia"; rm -rf "$root/build/unpack"
+  mkdir -p "$root/build/patches"
+  for p in "${SERIES[@]}"; do
+    cp "$PATCHES/$p" "$root/build/patches/$p"
+    in_root "$root" patch -d /build/nvidia -p1 -F0 --no-backup-if-mismatch -s -i "/build/patches/$p" \
+      || die "patch $p does not apply to $DRIVER_MODULE_SOURCE's module tree (guest/image/nvidia/$DRIVER_VERSION/)"
+  done
+  in_root "$root" env KBUILD_BUILD_TIMESTAMP="@$SOURCE_DATE_EPOCH" KBUILD_BUILD_USER=tdx-vllm KBUILD_BUILD_HOST=tdx-vllm \
+    make -C /build/nvidia -j"$(nproc)" modules KERNEL_UNAME="$KVER" CONFIG_DEBUG_INFO_BTF_MODULES= \
+    NV_KERNEL_MODULES="${DRIVER_MODULES[*]}" > "$WORK/modules.log" 2>&1 \
+    || { grep -E 'error:|Error [0-9]' "$WORK/modules.log" | head -n 30 >&2; die "the driver's kernel modules do not build against $KVER (full log: --keep-work, $WORK/modules.log)"; }
+  for m in "${DRIVER_MODULES[@]}"; do
+    [ -f "$root/build/nvidia/$m.ko" ] || die "the module build made no $m.ko (DRIVER_MODULES in config.sh)"
+    in_root "$root" strip --strip-debug -o "$mods/updates/nvidia/$m.ko" "/build/nvidia/$m.ko"
+    v=$(in_root "$root" modinfo -F vermagic "$mods/updates/nvidia/$m.ko")
+    case "$v" in "$KVER "*) ;; *) die "$m.ko: vermagic '$v', the kernel's begins '$KVER '" ;; esac
+  done
+  # Every symbol the modules use is exported by the kernel (its Module.symvers) or by one of them.
+  touch "$root$mods/modules.order" "$root$mods/modules.builtin" "$root$mods/modules.builtin.modinfo"
+  in_root "$root" depmod -b /build/out -e -E "/usr/src/linux-headers-$KVER/Module.symvers" "$KVER" > "$WORK/depmod.log" 2>&1 \
+    || { cat "$WORK/depmod.log" >&2; die "depmod failed on the driver's modules"; }
+  if grep -E 'unknown symbol|disagrees' "$WORK/depmod.log" >&2; then
+    die "the driver's modules use symbols the kernel $KVER does not export (above)"
+  fi
+  rm -rf "$out"; mkdir -p "$out"
+  cp -a "$root$mods/updates/nvidia/." "$out/"
+  rm -rf "$root/build"
+}
+
+modules_tar() {
+  local key
+  key=$( { printf '%s\n' "$KVER" "$DRIVER_VERSION" "$DRIVER_MODULE_SOURCE" "${DRIVER_MODULES[@]}";
+    lock_image; echo '[module-build]'; lock_build; declare -f build_modules;
+    for p in "${SERIES[@]}"; do printf '%s\n' "$p"; cat "$PATCHES/$p"; done; } | sha256sum | cut -c1-16)
+  echo "$CACHE/modules/$DRIVER_VERSION-$key.tar"
+}
+MODULES_TAR=
+[ "$UPDATE_LOCK" = 1 ] || MODULES_TAR=$(modules_tar)
+if [ -n "$MODULES_TAR" ] && [ -f "$MODULES_TAR" ]; then
+  step "driver modules: cached ($MODULES_TAR)"
+else
+  MB=$WORK/modbuild
+  step "module build chroot: the package set plus the [module-build] packages"
+  mkdir -p "$MB"
+  tar -C "$MB" --numeric-owner -xf "$CHROOT_TAR"
+  apt_setup "$MB"
+  printf '#!/bin/sh\nexit 101\n' > "$MB/usr/sbin/policy-rc.d"; chmod 755 "$MB/usr/sbin/policy-rc.d"
+  bind -t proc proc "$MB/proc"
+  bind --bind "$CACHE/debs" "$MB/var/cache/apt/archives"
+  in_root "$MB" apt-get -q update > "$WORK/apt-mb.log" 2>&1 || { tail -n 30 "$WORK/apt-mb.log" >&2; die "apt-get update failed (module build chroot)"; }
+  in_root "$MB" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort > "$WORK/set.image"
+  if [ "$UPDATE_LOCK" = 1 ]; then
+    mapfile -t pkgs < <(with_kernel_suite "${MODULE_BUILD_PACKAGES[@]}" "$DRIVER_MODULE_SOURCE")
+    step "resolve and install the module build's ${#pkgs[@]} packages"
+    in_root "$MB" "${APT_INSTALL[@]}" "${pkgs[@]}" >> "$WORK/apt-mb.log" 2>&1 \
+      || { tail -n 30 "$WORK/apt-mb.log" >&2; die "apt-get install failed (module build chroot)"; }
+    v=$(in_root "$MB" dpkg-query -W -f '${Version}' "$DRIVER_MODULE_SOURCE")
+    case "$v" in "$DRIVER_VERSION"-*) ;; *) die "$DRIVER_MODULE_SOURCE=$v is not at DRIVER_VERSION $DRIVER_VERSION-*; fix DRIVER_APT_SOURCES or DRIVER_VERSION (config.sh)" ;; esac
+    in_root "$MB" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort > "$WORK/set.build"
+    changed=$(LC_ALL=C comm -23 "$WORK/set.image" "$WORK/set.build")
+    [ -z "$changed" ] || die "installing the module build's packages changed image packages: $changed"
+    { echo "[module-build]"
+      echo "# Not in the image: what the chroot that builds the driver's kernel modules adds to the set above."
+      LC_ALL=C comm -13 "$WORK/set.image" "$WORK/set.build"; } >> "$LOCK"
+    MODULES_TAR=$(modules_tar)
+  else
+    mapfile -t BPINS < <(lock_build)
+    step "install the ${#BPINS[@]} pinned module build packages"
+    in_root "$MB" "${APT_INSTALL[@]}" --allow-downgrades "${BPINS[@]}" >> "$WORK/apt-mb.log" 2>&1 \
+      || { tail -n 30 "$WORK/apt-mb.log" >&2; die "apt-get install of the locked module build packages failed (mirror moved on? use a snapshot mirror, or --update-lock)"; }
+    if ! diff -u <( { cat "$WORK/set.image"; printf '%s\n' "${BPINS[@]}"; } | LC_ALL=C sort) \
+        <(in_root "$MB" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort) > "$WORK/lock-mb.diff"; then
+      cat "$WORK/lock-mb.diff" >&2
+      die "the module build chroot differs from packages.lock (diff above); run --update-lock if intended"
+    fi
+  fi
+  step "build ${DRIVER_MODULES[*]} $DRIVER_VERSION for $KVER (-j$(nproc))"
+  build_modules "$MB" "$WORK/modules"   # with /proc mounted: objtool reads its stack limit there
+  unbind_all
+  mkdir -p "$CACHE/modules"
+  tar -C "$WORK/modules" --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
+    -cf "$MODULES_TAR.tmp" .
+  mv "$MODULES_TAR.tmp" "$MODULES_TAR"
+  rm -rf "$MB" "$WORK/modules"
+  step "driver modules cached as $MODULES_TAR"
 fi
 
 # --- step 2..6 per stack -------------------------------------------------------------------------
@@ -248,6 +423,11 @@ manifest = {
                              f"root hash {roothash[:12]}… on the command line)",
                    "file": f"tdx-vllm-guest-{stack}-rootfs-{roothash[:12]}.verity.img",
                    **{k: files["rootfs.verity.img"][k] for k in ("size", "sha256", "sha384")}},
+        # What the TD's GPUs run: the driver version (NVML's), the newest CUDA it serves, its
+        # locked packages and the modules built for the kernel (guest/image/config.sh DRIVER_*).
+        "gpuDriver": {"version": env["DRIVER_VERSION"], "cuda": env["DRIVER_CUDA"],
+                      "packages": env["DRIVER_LOCKED"].split(),
+                      "modules": dict(line.split("=", 1) for line in env["DRIVER_MODULE_SHA256"].split())},
     },
     # Not part of the image: how long this build took (everything above is reproducible).
     "build": {"seconds": int(time.time()) - int(env["T0"]), "finishedAt": int(time.time())},
@@ -317,10 +497,18 @@ configure_rootfs() { # ROOTFS STACK
     mkdir -p "$py/$(dirname "$f")"; cp "$REPO/$(python_source "$f")" "$py/$f"
   done
   tar -C "$py" "${norm[@]}" --mtime="@$SOURCE_DATE_EPOCH" -cf - . | tar -C "$root/opt/tdx-vllm" -xf -
-  python3 -c 'import json,sys; print(json.dumps({"stack": sys.argv[1], "suite": sys.argv[2], "kernel": sys.argv[3], "packagesLockSha256": sys.argv[4]}, sort_keys=True))' \
-    "$stack" "$SUITE" "$KVER" "$LOCK_SHA256" > "$root/etc/tdx-vllm/image.json"
+  python3 -c 'import json,sys; print(json.dumps({"stack": sys.argv[1], "suite": sys.argv[2], "kernel": sys.argv[3], "packagesLockSha256": sys.argv[4], "gpuDriver": {"version": sys.argv[5], "cuda": sys.argv[6], "modules": sys.argv[7].split()}}, sort_keys=True))' \
+    "$stack" "$SUITE" "$KVER" "$LOCK_SHA256" "$DRIVER_VERSION" "$DRIVER_CUDA" "${DRIVER_MODULES[*]}" > "$root/etc/tdx-vllm/image.json"
+  # The driver's kernel modules (step 1b), in updates/ where depmod looks first.
+  mkdir -p "$root/usr/lib/modules/$KVER/updates/nvidia"
+  tar -C "$root/usr/lib/modules/$KVER/updates/nvidia" -xf "$MODULES_TAR"
   in_root "$root" depmod -a "$KVER"
-  in_root "$root" systemctl enable --quiet systemd-networkd.service tdx-vllm-boot-marker.service tdx-vllm-agent.service
+  # The CDI spec podman hands vLLM the GPUs with (guest/image/cdi_spec.py), from the driver's files.
+  mkdir -p "$root/etc/cdi"
+  python3 "$RECIPE/cdi_spec.py" "$root" > "$root/etc/cdi/nvidia.json" \
+    || die "cannot write the CDI spec (guest/image/cdi_spec.py, above)"
+  in_root "$root" systemctl enable --quiet systemd-networkd.service tdx-vllm-boot-marker.service tdx-vllm-agent.service \
+    tdx-vllm-gpu-driver.service nvidia-persistenced.service
   if [ "$stack" != dev ]; then
     # No console login at all (root is locked anyway): no gettys.
     in_root "$root" systemctl mask --quiet getty.target serial-getty@.service getty@.service console-getty.service
@@ -334,7 +522,8 @@ configure_rootfs() { # ROOTFS STACK
   # The build host's archive keyring (apt's during the build) leaves with the sources: the image
   # must not depend on which keyring package the build machine has.
   rm -f "$root/var/lib/dbus/machine-id" "$root/etc/apt/sources.list" "$root"/etc/apt/sources.list.d/* \
-        "$root/etc/apt/keyrings/debian.gpg" \
+        "$root/etc/apt/keyrings/debian.gpg" "$root/etc/apt/keyrings/tdx-vllm-driver.gpg" \
+        "$root/etc/apt/preferences.d/tdx-vllm-driver" \
         "$root"/etc/*- "$root"/var/lib/dpkg/*-old "$root"/var/cache/debconf/*-old \
         "$root/var/cache/ldconfig/aux-cache" "$root/var/lib/systemd/catalog/database" \
         "$root"/var/cache/apt/*.bin "$root/etc/resolv.conf" \
@@ -356,11 +545,19 @@ configure_rootfs() { # ROOTFS STACK
   # context must find Debian's CA bundle, or every https:// model source fails in the TD.
   in_root "$root" python3 -c 'import ssl,sys; n=ssl.create_default_context().cert_store_stats()["x509_ca"]; sys.exit(0 if n >= 100 else f"{n} CA certificates in the default TLS context")' \
     || die "the image has no usable CA bundle for HTTPS (ca-certificates)"
+  # The agent's NVML collector and vLLM load the driver's libraries by soname.
+  in_root "$root" python3 -c 'import ctypes; ctypes.CDLL("libnvidia-ml.so.1"); ctypes.CDLL("libcuda.so.1")' \
+    || die "the image's loader cannot find libnvidia-ml.so.1 / libcuda.so.1 (driver packages, alternatives, ld.so.cache?)"
 }
 
 LOCK_SHA256=$(sha256sum "$LOCK" | cut -d' ' -f1)
 RECIPE_SHA256=$(recipe_hash)
-export SUITE KVER KERNEL_SUITE LOCK_SHA256 RECIPE_SHA256 T0
+# The driver the image carries, for manifest.json (and the TD boot manifests' `gpuDriver` pin): its
+# locked packages and the sha256 of each module.
+DRIVER_LOCKED=$( { for p in "${DRIVER_PACKAGES[@]}" "${DRIVER_TOOLS[@]}"; do lock_image | grep -E "^$p=" || die "packages.lock lacks $p"; done
+  lock_build | grep -E "^$DRIVER_MODULE_SOURCE=" || die "packages.lock [module-build] lacks $DRIVER_MODULE_SOURCE"; } | LC_ALL=C sort)
+DRIVER_MODULE_SHA256=$(for m in "${DRIVER_MODULES[@]}"; do printf '%s.ko=%s\n' "$m" "$(tar -xOf "$MODULES_TAR" "./$m.ko" | sha256sum | cut -d' ' -f1)"; done)
+export SUITE KVER KERNEL_SUITE LOCK_SHA256 RECIPE_SHA256 T0 DRIVER_VERSION DRIVER_CUDA DRIVER_LOCKED DRIVER_MODULE_SHA256
 for stack in "${STACKS[@]}"; do
   if [ "${#STACKS[@]}" -gt 1 ]; then dest=$OUT/$stack; else dest=$OUT; fi
   root=$WORK/rootfs-$stack

@@ -1,7 +1,8 @@
 """Pin a built guest image in the TD boot manifests, and check a build against the pins.
 
 `tools/build-guest-image.sh` writes `manifest.json` next to each stack's artifacts; its
-`firmwareTd` block holds the manifest sections for that image (kernel, initrd, cmdline, rootfs).
+`firmwareTd` block holds the manifest sections for that image (kernel, initrd, cmdline, rootfs, and
+gpuDriver: the NVIDIA driver it carries).
 `pin` writes them into `firmware/td/` (prod: the manifest every non-dev stack launches; dev: its own,
 on top of the prod one through `base:`) and copies the files into the artifact directory under the
 names the sections give. `check` compares a build with the committed pins, which is how CI proves
@@ -34,7 +35,14 @@ from guest_agent import DEV_STACK
 from tdxattest.core.errors import InputError
 from tdxattest.core.files import hash_file
 
-SECTIONS = ("kernel", "initrd", "cmdline", "rootfs")
+SECTIONS = ("kernel", "initrd", "cmdline", "rootfs", "gpuDriver")
+# What `check` compares in each section (cmdline by value, the files by name and digests, the driver
+# by version, CUDA ceiling, packages and module digests).
+CHECKED_FIELDS = {
+    "cmdline": ("value",),
+    "gpuDriver": ("version", "cuda", "packages", "modules"),
+}
+FILE_FIELDS = ("file", "size", "sha256", "sha384")
 # Which file of the build each pinned section names (cmdline is pinned by value).
 BUILD_FILES = {"kernel": "vmlinuz", "initrd": "initrd.img", "rootfs": "rootfs.verity.img"}
 STACKS = ("prod", DEV_STACK)
@@ -96,9 +104,10 @@ def differences(built: Mapping[str, Mapping[str, Any]], pinned: Mapping[str, Any
     for key in SECTIONS:
         want, have = pinned.get(key), built[key]
         if not isinstance(want, Mapping):
-            out.append(f"{key}: pinned {want!r}, built {have.get('sha256') or have.get('value')!r}")
+            shown = have.get("sha256") or have.get("value") or have.get("version")
+            out.append(f"{key}: pinned {want!r}, built {shown!r}")
             continue
-        for field in ("value", "file", "size", "sha256", "sha384"):
+        for field in CHECKED_FIELDS.get(key, FILE_FIELDS):
             if field in have and want.get(field) != have[field]:
                 out.append(f"{key}.{field}: pinned {want.get(field)!r}, built {have[field]!r}")
     return out

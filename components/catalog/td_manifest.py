@@ -10,6 +10,10 @@ and the ACPI digests of a reference TD. An input not pinned yet is written with 
 launch a TD until the kernel, initrd and command line are pinned (`gaps`). `base: <file>` (a
 manifest in the same directory) supplies every top-level section this file leaves out: the dev
 image's manifest names only its own kernel, initrd, command line and root disk.
+
+`gpuDriver` (optional, written with the image's pins) records the NVIDIA driver the guest image
+carries: the stack config checks the GPU SKUs' driver pins and the vLLM image's CUDA version
+against it.
 """
 
 from __future__ import annotations
@@ -46,16 +50,22 @@ TOP_KEYS = (
     "cmdline",
     "acpi",
     "rootfs",
+    "gpuDriver",
 )
 FILE_KEYS = ("name", "version", "source", "file", "size", "sha256", "sha384", "reason", "used")
 FIRMWARE_KEYS = (*FILE_KEYS, "pageAddOrder", "eventTemplate", "separator")
 # Where the TrustDomain stages each role on the host (role -> file name under the TD's directory).
 STAGED_NAMES = {"firmware": "firmware.fd", "kernel": "vmlinuz", "initrd": "initrd.img", "rootfs": "rootfs.verity.img"}
 ACPI_KEYS = {"tableLoader": "table_loader", "rsdp": "rsdp", "tables": "tables"}
+GPU_DRIVER_KEYS = ("version", "cuda", "packages", "modules")
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA384 = re.compile(r"[0-9a-f]{96}")
 _TD_ATTRIBUTES = re.compile(r"[0-9a-f]{16}")
+_DRIVER_VERSION = re.compile(r"[0-9]+\.[0-9]+(\.[0-9]+)?")
+_CUDA_VERSION = re.compile(r"[0-9]+\.[0-9]+")
+_PACKAGE_PIN = re.compile(r"[a-z0-9][a-z0-9+.\-]*=[A-Za-z0-9.+~:\-]+")
+_MODULE_FILE = re.compile(r"[A-Za-z0-9_\-]+\.ko")
 
 
 def td_boot_manifest(stack: str, firmware_dir: Path = FIRMWARE_DIR) -> Path:
@@ -81,6 +91,26 @@ class BootArtifact:
         return STAGED_NAMES[self.role]
 
 
+def cuda_tuple(version: str) -> tuple[int, int]:
+    """`12.4` as (12, 4), for comparing CUDA versions (raises ValueError otherwise)."""
+    if not _CUDA_VERSION.fullmatch(version):
+        raise ValueError(f"a CUDA version MAJOR.MINOR like 12.4, not {version!r}")
+    major, minor = version.split(".")
+    return int(major), int(minor)
+
+
+@dataclass(frozen=True)
+class GpuDriverPin:
+    """The NVIDIA driver the guest image carries (`gpuDriver`, written by `guest-image pin` from the
+    build): the version NVML reports, the newest CUDA runtime it serves, its locked packages and the
+    sha256 of each kernel module built for the image's kernel."""
+
+    version: str
+    cuda: str
+    packages: tuple[str, ...] = ()
+    modules: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class BootManifest:
     path: Path
@@ -97,6 +127,7 @@ class BootManifest:
     cmdline: str | None  # the QEMU -append text
     acpi: AcpiPin | None  # SHA-384 of QEMU's ACPI blobs, captured from a reference TD of the same VM shape
     rootfs: BootArtifact | None = None  # the guest image's root disk (measured through the cmdline's root hash)
+    gpu_driver: GpuDriverPin | None = None  # the NVIDIA driver in the guest image; None: not recorded
     reasons: Mapping[str, str] = field(
         default_factory=dict
     )  # why each input that is not pinned is not (kernel, ..., acpi)
@@ -217,6 +248,8 @@ def load_boot_manifest(path: str | Path) -> BootManifest:
     if isinstance(data.get("rootfs"), Mapping) and data["rootfs"].get("file") is not None:
         rootfs = _artifact("rootfs", _section(data, "rootfs", path, FILE_KEYS), path, need_sha384=False)
 
+    gpu_driver = _gpu_driver(data, path) if data.get("gpuDriver") is not None else None
+
     return BootManifest(
         path=path,
         name=str(data.get("name") or path.stem),
@@ -232,8 +265,34 @@ def load_boot_manifest(path: str | Path) -> BootManifest:
         cmdline=cmdline,
         acpi=acpi,
         rootfs=rootfs,
+        gpu_driver=gpu_driver,
         reasons=reasons,
     )
+
+
+def _gpu_driver(data: Mapping[str, Any], path: Path) -> GpuDriverPin:
+    entry = _section(data, "gpuDriver", path, GPU_DRIVER_KEYS)
+    version, cuda = entry.get("version"), entry.get("cuda")
+    if not isinstance(version, str) or not _DRIVER_VERSION.fullmatch(version):
+        raise CatalogError(
+            f"{path}: `gpuDriver.version` must be the driver version NVML reports (e.g. 550.163.01), not {version!r}"
+        )
+    if not isinstance(cuda, str) or not _CUDA_VERSION.fullmatch(cuda):
+        raise CatalogError(
+            f'{path}: `gpuDriver.cuda` must be the newest CUDA version the driver serves (e.g. "12.4"), not {cuda!r}'
+        )
+    packages = entry.get("packages", [])
+    if not isinstance(packages, list) or not all(isinstance(p, str) and _PACKAGE_PIN.fullmatch(p) for p in packages):
+        raise CatalogError(f"{path}: `gpuDriver.packages` must list `name=version` package pins, not {packages!r}")
+    modules = entry.get("modules", {})
+    if not isinstance(modules, Mapping) or not all(
+        isinstance(k, str) and _MODULE_FILE.fullmatch(k) and isinstance(v, str) and _SHA256.fullmatch(v)
+        for k, v in modules.items()
+    ):
+        raise CatalogError(
+            f"{path}: `gpuDriver.modules` must map module files (nvidia.ko) to sha256 digests, not {modules!r}"
+        )
+    return GpuDriverPin(version=version, cuda=cuda, packages=tuple(packages), modules=dict(modules))
 
 
 def _section(data: Mapping[str, Any], key: str, path: Path, allowed: tuple[str, ...]) -> Mapping[str, Any]:

@@ -186,6 +186,9 @@ class WorkloadConfig:
     known_answer: KnownAnswer
     td: TdShape | None  # host target: the TD shape (None for kubernetes)
     boot: BootManifest | None = None  # host target: the TD boot manifest, read once
+    # host target: the CUDA runtime the image was built for ("12.4"), checked against the guest
+    # image's driver (`gpuDriver` in the boot manifest); not measured.
+    cuda_version: str | None = None
     kubernetes: KubernetesTarget | None = None  # kubernetes target: the cluster and its Kata guest
 
     @property

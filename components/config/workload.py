@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components.catalog.td_manifest import BootManifest, load_boot_manifest, td_boot_manifest
+from components.catalog.gpu import gpu_sku
+from components.catalog.td_manifest import BootManifest, cuda_tuple, load_boot_manifest, td_boot_manifest
 from components.config.kubernetes import kubernetes_target_from_mapping
 from components.config.model import HostConfig, KnownAnswer, TdShape, WorkloadConfig
 from components.config.reader import Reader, is_secure_marker, join, kind_of, url_problem
@@ -18,7 +20,18 @@ from tdxattest.core.errors import InputError
 from tdxattest.core.workload import IMAGE_BY_DIGEST, refused_vllm_arg
 
 WORKLOAD_TARGETS: tuple[str, ...] = ("host", "kubernetes")
-WORKLOAD_KEYS = ("target", "image", "model", "modelSource", "vllmArgs", "gateway", "knownAnswer", "td", "kubernetes")
+WORKLOAD_KEYS = (
+    "target",
+    "image",
+    "cudaVersion",
+    "model",
+    "modelSource",
+    "vllmArgs",
+    "gateway",
+    "knownAnswer",
+    "td",
+    "kubernetes",
+)
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -42,6 +55,13 @@ def parse_workload(
                 join(path, "td"),
                 "the TD shape is not ours to set with `target: kubernetes` (Kata sizes the TD from the pod's limits)",
                 "remove `td:`; set `kubernetes.cpu`/`kubernetes.memory` instead",
+            )
+        if m.get("cudaVersion") is not None:
+            r.error(
+                join(path, "cudaVersion"),
+                "only checked with `target: host`: on Kubernetes the Kata guest's driver is the GPU "
+                "operator's, not our guest image's",
+                "remove `cudaVersion`",
             )
     elif m.get("kubernetes") is not None:
         r.error(
@@ -135,7 +155,7 @@ def parse_workload(
         complete = k8s is not None
     else:
         boot, td, tensor_parallel = _host_target(r, m, path, hosts, raw_hosts, firmware_dir)
-        shape = {"td": td, "boot": boot}
+        shape = {"td": td, "boot": boot, "cuda_version": _cuda_version(r, m, path, boot)}
         complete = boot is not None and td is not None
 
     if len(r.errors) > before or not complete:
@@ -212,7 +232,84 @@ def _host_target(
             f"RTMR3 and the stack pins one RTMR3): {shown}",
             "give every host the same `gpu.count`",
         )
+    _gpu_driver_pins(r, hosts, raw_list, boot, firmware_dir)
     return boot, td, max(counts) if counts else 1
+
+
+def _cuda_version(r: Reader, m: Mapping[str, Any], path: str, boot: BootManifest | None) -> str | None:
+    """`workload.cudaVersion`: the CUDA runtime the vLLM image was built for, which the guest image's
+    driver must serve (docs/decisions.md, "CUDA ceiling"). A digest says nothing about it and the
+    image is not pulled at preview, so the stack states it next to the pin."""
+    key = join(path, "cudaVersion")
+    fix = (
+        "set the CUDA version the vLLM image was built for, MAJOR.MINOR as a string: its CUDA_VERSION "
+        "(`podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' IMAGE | grep "
+        'CUDA_VERSION`: CUDA_VERSION=12.4.1 is "12.4")'
+    )
+    value = r.required(m, "cudaVersion", path, fix)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        r.error(key, f'expected a string like "12.4", got {kind_of(value)} {value!r}', fix + " (quote it)")
+        return None
+    try:
+        wanted = cuda_tuple(value)
+    except ValueError as exc:
+        r.error(key, f"expected {exc}", fix)
+        return None
+    if boot is None:
+        return value  # the TD boot manifest's own error is reported
+    driver = boot.gpu_driver
+    if driver is None:
+        r.error(
+            key,
+            f"expected the TD boot manifest {display_path(boot.path)} to record the guest image's GPU driver "
+            f"(`gpuDriver`) so CUDA {value} can be checked against it, seen none",
+            "re-pin the guest image with this checkout (`sudo tools/build-guest-image.sh --stack all --out DIR "
+            "&& .venv/bin/python -m components guest-image pin DIR`, docs/guest-image.md)",
+        )
+    elif wanted > cuda_tuple(driver.cuda):
+        r.error(
+            key,
+            f"expected CUDA <= {driver.cuda} (the newest the guest image's driver {driver.version} serves, "
+            f"`gpuDriver` in {display_path(boot.path)}), seen {value}: vLLM would stop at start with "
+            "'CUDA driver version is insufficient for CUDA runtime version'",
+            f"pin a vLLM image built for CUDA {driver.cuda} or older (and set cudaVersion to it), or build the "
+            "guest image with a newer driver (guest/image/config.sh DRIVER_*, docs/guest-image.md) and re-pin",
+        )
+    return value
+
+
+def _gpu_driver_pins(
+    r: Reader, hosts: tuple[HostConfig, ...], raw_list: list, boot: BootManifest | None, firmware_dir: Path
+) -> None:
+    """The guest driver each GPU model pins (firmware/gpu/<sku>.yaml `driver`, measured into RTMR3 and
+    checked by the TD against its GPUs' evidence) must be the one the guest image carries, or every
+    TD refuses at step `gpu`."""
+    if boot is None or boot.gpu_driver is None:
+        return  # cudaVersion reports a manifest without `gpuDriver`
+    seen: set[str] = set()
+    for h in hosts:
+        if h.gpu is None or h.gpu.model in seen:
+            continue
+        seen.add(h.gpu.model)
+        i = next((n for n, item in enumerate(raw_list) if isinstance(item, Mapping) and item.get("name") == h.name), 0)
+        model = h.gpu.model
+        sku = r.catalog(
+            f"hosts[{i}].gpu.model",
+            partial(gpu_sku, model, firmware_dir),
+            f"the GPU pins of `{h.gpu.model}`",
+            f"fix firmware/gpu/{h.gpu.model}.yaml",
+        )
+        if sku is not None and sku.driver != boot.gpu_driver.version:
+            r.error(
+                f"hosts[{i}].gpu.model",
+                f"expected firmware/gpu/{sku.sku}.yaml to pin the guest driver the TD image carries, "
+                f"{boot.gpu_driver.version} (`gpuDriver` in {display_path(boot.path)}), seen {sku.driver}: "
+                "every TD would refuse its GPUs at step `gpu`",
+                f'set `driver: "{boot.gpu_driver.version}"` in firmware/gpu/{sku.sku}.yaml, or build the guest '
+                "image with that driver (guest/image/config.sh DRIVER_*) and re-pin firmware/td/",
+            )
 
 
 def _model_files(r: Reader, value: Any, path: str) -> tuple[tuple[str, str], ...]:

@@ -428,6 +428,71 @@ def test_workload_rules(fw, change, needle):
     assert any(needle in e for e in errors), errors
 
 
+def test_workload_cuda_version_must_fit_the_guest_image_driver(fw):
+    raw = good()
+    raw["workload"] = workload()
+    assert parse_stack(raw, "staging", firmware_dir=fw).workload.cuda_version == "12.4"
+    raw["workload"]["cudaVersion"] = "12.3"  # older runtimes run on a newer driver
+    assert parse_stack(raw, "staging", firmware_dir=fw).workload.cuda_version == "12.3"
+    raw["workload"]["cudaVersion"] = "12.8"
+    assert workload_errors(raw, fw) == [
+        "workload.cudaVersion: expected CUDA <= 12.4 (the newest the guest image's driver 550.163.01 serves, "
+        f"`gpuDriver` in {fw / 'td' / 'ovmf-debian-trixie.yaml'}), seen 12.8: vLLM would stop at start with "
+        "'CUDA driver version is insufficient for CUDA runtime version'; fix: pin a vLLM image built for CUDA "
+        "12.4 or older (and set cudaVersion to it), or build the guest image with a newer driver "
+        "(guest/image/config.sh DRIVER_*, docs/guest-image.md) and re-pin"
+    ]
+    raw["workload"]["cudaVersion"] = "12.10"  # compared as numbers, not strings
+    assert any(e.startswith("workload.cudaVersion: expected CUDA <= 12.4") for e in workload_errors(raw, fw))
+
+
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        (None, "workload.cudaVersion: required; fix: set the CUDA version the vLLM image was built for"),
+        (12.4, 'workload.cudaVersion: expected a string like "12.4", got float 12.4'),
+        ("12.4.1", "workload.cudaVersion: expected a CUDA version MAJOR.MINOR like 12.4, not '12.4.1'"),
+        ("cu124", "workload.cudaVersion: expected a CUDA version MAJOR.MINOR like 12.4, not 'cu124'"),
+    ],
+)
+def test_workload_cuda_version_is_required_as_major_minor(fw, value, needle):
+    raw = good()
+    raw["workload"] = workload()
+    raw["workload"]["cudaVersion"] = value
+    errors = workload_errors(raw, fw)
+    assert len(errors) == 1 and errors[0].startswith(needle), errors
+
+
+def test_workload_cuda_version_needs_a_manifest_that_records_the_driver(fw):
+    path = fw / "td" / "ovmf-debian-trixie.yaml"
+    data = yaml.safe_load(path.read_text())
+    del data["gpuDriver"]
+    path.write_text(yaml.safe_dump(data))
+    raw = good()
+    raw["workload"] = workload()
+    errors = workload_errors(raw, fw)
+    assert len(errors) == 1 and errors[0].startswith(
+        f"workload.cudaVersion: expected the TD boot manifest {path} to record the guest image's GPU driver "
+        "(`gpuDriver`) so CUDA 12.4 can be checked against it, seen none; fix: re-pin the guest image"
+    ), errors
+
+
+def test_workload_gpu_skus_must_pin_the_driver_the_image_carries(fw):
+    sku = fw / "gpu" / "h100-sxm.yaml"
+    sku.write_text(sku.read_text().replace('driver: "550.163.01"', 'driver: "570.86.15"'))
+    raw = good()
+    raw["workload"] = workload()
+    assert workload_errors(raw, fw) == [
+        "hosts[0].gpu.model: expected firmware/gpu/h100-sxm.yaml to pin the guest driver the TD image carries, "
+        f"550.163.01 (`gpuDriver` in {fw / 'td' / 'ovmf-debian-trixie.yaml'}), seen 570.86.15: every TD would "
+        'refuse its GPUs at step `gpu`; fix: set `driver: "550.163.01"` in firmware/gpu/h100-sxm.yaml, or build '
+        "the guest image with that driver (guest/image/config.sh DRIVER_*) and re-pin firmware/td/"
+    ]
+    # without a workload the hosts still provision: the pin is only checked against an image that runs
+    raw.pop("workload")
+    assert parse_stack(raw, "staging", firmware_dir=fw).workload is None
+
+
 def test_workload_accepts_a_directory_on_the_host_as_artifact_source(fw):
     raw = good()
     raw["workload"] = workload()

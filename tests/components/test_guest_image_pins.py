@@ -19,7 +19,15 @@ from tests.support.paths import REPO
 ROOT_HASH = "ab" * 32
 
 
-def fake_build(dest: Path, stack: str, *, salt: bytes = b"") -> Path:
+GPU_DRIVER = {
+    "version": "550.163.01",
+    "cuda": "12.4",
+    "packages": ["libcuda1=550.163.01-4~bpo13+1", "nvidia-modprobe=570.133.07-1"],
+    "modules": {"nvidia.ko": "11" * 32, "nvidia-uvm.ko": "22" * 32},
+}
+
+
+def fake_build(dest: Path, stack: str, *, salt: bytes = b"", gpu_driver: dict | None = None) -> Path:
     """A directory shaped like one stack of tools/build-guest-image.sh --out (small stand-in files)."""
     d = dest / stack
     d.mkdir(parents=True)
@@ -53,6 +61,7 @@ def fake_build(dest: Path, stack: str, *, salt: bytes = b"") -> Path:
             "initrd": entry("initrd", "initrd.img"),
             "cmdline": {"value": cmdline},
             "rootfs": entry("rootfs", "rootfs.verity.img"),
+            "gpuDriver": gpu_driver or GPU_DRIVER,
         },
     }
     (d / "manifest.json").write_text(json.dumps(manifest))
@@ -107,6 +116,8 @@ def test_pin_writes_both_manifests_and_copies_the_files(tmp_path, fw):
     for path, stack in ((prod_path, "prod"), (dev_path, "dev")):
         boot = load_boot_manifest(path)
         assert boot.launchable and boot.cmdline.endswith(f"stack={stack}")
+        assert boot.gpu_driver is not None and boot.gpu_driver.version == "550.163.01"
+        assert boot.gpu_driver.cuda == "12.4" and boot.gpu_driver.modules["nvidia.ko"] == "11" * 32
         for a in boot.artifacts[1:]:  # the firmware is pinned separately
             assert hashlib.sha256((art / a.file).read_bytes()).hexdigest() == a.sha256
     # dev inherits firmware, VM shape and ACPI from prod
@@ -124,17 +135,37 @@ def test_check_names_every_difference(tmp_path, fw, capsys):
     problems = check(rebuilt, fw)
     assert any(p.startswith("prod (ovmf-debian-trixie.yaml): kernel.sha256: pinned ") for p in problems), problems
     assert any(p.startswith("prod (ovmf-debian-trixie.yaml): rootfs.size: pinned ") for p in problems), problems
+    assert not any("gpuDriver" in p for p in problems), problems
     assert main(["check", str(rebuilt), "--firmware-dir", str(fw)]) == 1
     err = capsys.readouterr().err
     assert "the build differs from the pinned image" in err and "fix: if the recipe change is intended" in err
 
 
 def test_differences_on_an_unpinned_manifest():
-    built = {k: {"sha256": "00"} for k in ("kernel", "initrd", "rootfs")} | {"cmdline": {"value": "x"}}
+    built = {k: {"sha256": "00"} for k in ("kernel", "initrd", "rootfs")} | {
+        "cmdline": {"value": "x"},
+        "gpuDriver": GPU_DRIVER,
+    }
     out = differences(built, {"kernel": {"file": None}, "initrd": None, "cmdline": {"value": None}})
     assert out[0] == "kernel.sha256: pinned None, built '00'"
     assert "initrd: pinned None, built '00'" in out and "cmdline.value: pinned None, built 'x'" in out
     assert "rootfs: pinned None, built '00'" in out
+    assert "gpuDriver: pinned None, built '550.163.01'" in out
+
+
+def test_check_names_a_driver_that_drifted(tmp_path, fw):
+    # Same image files, another driver build (a module that no longer builds bit for bit, or a
+    # package revision): check names each field.
+    pinned, rebuilt = tmp_path / "pinned", tmp_path / "rebuilt"
+    fake_build(pinned, "prod")
+    pin(pinned, fw, tmp_path / "art")
+    drifted = {**GPU_DRIVER, "cuda": "12.8", "modules": {**GPU_DRIVER["modules"], "nvidia.ko": "33" * 32}}
+    fake_build(rebuilt, "prod", gpu_driver=drifted)
+    assert check(rebuilt, fw) == [
+        "prod (ovmf-debian-trixie.yaml): gpuDriver.cuda: pinned '12.4', built '12.8'",
+        f"prod (ovmf-debian-trixie.yaml): gpuDriver.modules: pinned {GPU_DRIVER['modules']!r}, "
+        f"built {drifted['modules']!r}",
+    ]
 
 
 def test_a_build_from_another_script_version_is_refused(tmp_path, fw):

@@ -30,7 +30,7 @@ POLICY_FILE = ""
 
 def k8s_workload(**kube: Any) -> dict:
     wl = workload()
-    del wl["td"]
+    del wl["td"], wl["cudaVersion"]
     wl["target"] = "kubernetes"
     wl["kubernetes"] = target_doc(**{"agentPolicyFile": POLICY_FILE, **kube})
     return wl
@@ -71,6 +71,16 @@ def test_kubernetes_errors_are_reported_with_the_others() -> None:
     seen = errors(raw)
     paths = sorted(e.split(":")[0] for e in seen)
     assert paths == ["workload.kubernetes.referenceValues.mrtd", "workload.modelSource", "workload.td"], seen
+
+
+def test_cuda_version_is_not_ours_to_check_on_kubernetes() -> None:
+    # the Kata guest's driver is the GPU operator's: refused rather than silently unchecked
+    raw = k8s_only()
+    raw["workload"]["cudaVersion"] = "12.4"
+    assert errors(raw) == [
+        "workload.cudaVersion: only checked with `target: host`: on Kubernetes the Kata guest's driver is the "
+        "GPU operator's, not our guest image's; fix: remove `cudaVersion`"
+    ]
 
 
 def test_tensor_parallel_size_follows_the_pod_gpu_count() -> None:

@@ -266,7 +266,7 @@ def test_cli_prints_the_manifests_for_genpolicy(tmp_path: Path):
     from tests.support.stacks import workload as stack_workload
 
     workload = {**stack_workload(), "target": "kubernetes", "kubernetes": target_doc()}
-    del workload["td"]
+    del workload["td"], workload["cudaVersion"]
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text(yaml.safe_dump({"config": {"tdx-vllm:workload": workload}}))
     done = subprocess.run(

@@ -234,6 +234,17 @@ def test_qemu_patch_depends_on_initrd_and_ram():
         (lambda d: d["vm"].update(memoryMiB=0), "`vm.memoryMiB` must be a positive integer"),
         (lambda d: d.update(acpi={"digests": {"rsdp": "00"}, "source": "x"}), "`acpi.digests` must map exactly"),
         (lambda d: d.update(schema=2), "`schema` must be 1"),
+        (lambda d: d.update(gpuDriver={"version": "latest", "cuda": "12.4"}), "`gpuDriver.version` must be the driver"),
+        (lambda d: d.update(gpuDriver={"version": "550.163.01", "cuda": 12.4}), "`gpuDriver.cuda` must be the newest"),
+        (
+            lambda d: d.update(gpuDriver={"version": "550.163.01", "cuda": "12.4", "packages": ["libcuda1"]}),
+            "`gpuDriver.packages` must list `name=version`",
+        ),
+        (
+            lambda d: d.update(gpuDriver={"version": "550.163.01", "cuda": "12.4", "modules": {"nvidia.ko": "x"}}),
+            "`gpuDriver.modules` must map module files",
+        ),
+        (lambda d: d.update(gpuDriver={"version": "550.163.01", "cuda": "12.4", "x": 1}), "unknown key `gpuDriver.x`"),
     ],
 )
 def test_manifest_errors(tmp_path, edit, message):

@@ -2,19 +2,23 @@
 
   * build: tools/build-guest-image.sh --stack all (prod and dev). Cached under the git-ignored
     artifacts/guest-image-cache/<recipe hash>/, so a second run with an unchanged recipe (guest/image,
-    the build script, the Python files it lists) skips it; downloads and the installed package set are
-    cached by the script itself (/var/cache/tdx-vllm-guest).
+    the build script, the Python files it lists) skips it; downloads, the installed package set and
+    the compiled NVIDIA modules are cached by the script itself ($TDX_VLLM_GUEST_CACHE, default
+    /var/cache/tdx-vllm-guest).
   * boot: qemu-system-x86_64 (KVM when /dev/kvm is usable, else TCG) with -kernel/-initrd/-append, the
     verity root and an empty data disk as virtio disks, the agent config as fw_cfg, the serial console
     to a file, user networking forwarding the gateway port to 127.0.0.1.
-  * (a) prod image, prod config: the agent refuses at step "tdx" and says TDX is missing.
+  * (a) prod image, prod config: the agent refuses at step "tdx" and says TDX is missing; in the same
+    boot the guest kernel takes the image's NVIDIA modules and the nvidia module finds no GPU (the
+    exact "No such device" answer, no loader error; the `tdx-vllm-driver:` console line).
   * (b) dev image, dev config with the stand-in server: "ready", and the attestation endpoint answers
     200 through the forwarded port.
 
 Opt-in: runs only under `pytest -m slow` (or TDX_VLLM_SLOW=1), so a plain `pytest` stays fast.
 Skipped (with the reason) when a prerequisite is missing: root, qemu-system-x86, or what the build's
 own `--preflight` checks (its tools, the Debian archive keyring, a mirror and its security archive).
-Cold on 2 CPUs: about 1.5 minutes to build, 1.5 minutes per boot (TCG); warm: boots only.
+Cold on 2 CPUs: about 3.5 minutes to build (2 of them compiling the NVIDIA modules), 1-1.5 minutes
+per boot (TCG); warm: boots only.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import pytest
 
 from components.render.td_definition import DATA_DISK_SERIAL, ROOT_DISK_SERIAL
 from guest_agent import CONFIG_FW_CFG, REPORT_PREFIX
+from guest_agent.driver import PREFIX as DRIVER_LINE_PREFIX
 from tests.support.paths import ARTIFACTS, REPO
 
 pytestmark = pytest.mark.slow
@@ -48,6 +53,7 @@ BUILD_TIMEOUT_S = 1800
 REPORT_TIMEOUT_S = 300  # boot + agent; TCG is several times slower than KVM
 GATEWAY_PORT = 8443
 BOOT_PREFIX = "tdx-vllm-boot: "
+DRIVER_PREFIX = DRIVER_LINE_PREFIX  # tdx-vllm-gpu-driver.service (python3 -m guest_agent.driver)
 
 # A workload manifest the agent accepts; the stand-in never pulls the image. The "model" is one file
 # that is in every image (/etc/hostname is "tdx-vllm\n"), fetched with a file:// source.
@@ -112,7 +118,7 @@ def images(request: pytest.FixtureRequest) -> dict[str, Path]:
             )
         if done.returncode != 0:
             pytest.fail(f"image build failed ({done.returncode}), log {log}:\n" + _tail(log, 40))
-        # Keep one build (~170 MB): drop those of earlier recipes.
+        # Keep one build (~410 MB: two root disks of ~190 MB): drop those of earlier recipes.
         for old in CACHE.iterdir():
             if not old.name.startswith(recipe[:16]):
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
@@ -268,6 +274,32 @@ def wait_report(proc: subprocess.Popen, log: Path, timeout_s: float = REPORT_TIM
     pytest.fail(f"no {REPORT_PREFIX.strip()} line in {timeout_s:.0f}s; serial log:\n" + _tail(log, 60))
 
 
+def wait_line(proc: subprocess.Popen, log: Path, prefix: str, timeout_s: float) -> dict:
+    """The JSON after `prefix` in the serial log (journald's console lines put it mid-line)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for line in text.splitlines():
+            at = line.find(prefix)
+            if at >= 0:
+                try:
+                    return json.loads(line[at + len(prefix) :].strip())
+                except ValueError:
+                    pass  # half-written line
+        if proc.poll() is not None:
+            pytest.fail(f"QEMU exited {proc.returncode} before a {prefix.strip()} line; serial log:\n" + _tail(log, 60))
+        time.sleep(0.5)
+    pytest.fail(f"no {prefix.strip()} line in {timeout_s:.0f}s; serial log:\n" + _tail(log, 60))
+
+
+def driver_fact(log: Path) -> dict:
+    for line in log.read_text(errors="replace").splitlines():
+        at = line.find(DRIVER_PREFIX)
+        if at >= 0:
+            return json.loads(line[at + len(DRIVER_PREFIX) :].strip())
+    pytest.fail(f"no {DRIVER_PREFIX.strip()} line on the console; serial log:\n" + _tail(log, 60))
+
+
 def test_the_build_reproduces_the_pinned_image(images: dict[str, Path]) -> None:
     # firmware/td/ pins the image a TD boots (kernel, initrd, command line with the verity root hash,
     # root disk); a fresh build from this checkout must give those exact bytes, or the pins (and
@@ -316,10 +348,23 @@ def _boot_checks(log: Path) -> None:
     assert BOOT_PREFIX in text, "the boot marker unit did not run"
 
 
-def test_prod_image_refuses_without_tdx(images: dict[str, Path], accel: list[str], tmp_path: Path) -> None:
-    with boot(images["prod"], agent_config("prod", "vllm"), tmp_path / "prod", accel) as (proc, log, _port):
+@pytest.fixture(scope="module")
+def prod_boot(images: dict[str, Path], accel: list[str], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The prod image booted once with a prod config: the agent's report and the serial log."""
+    with boot(images["prod"], agent_config("prod", "vllm"), tmp_path_factory.mktemp("prod"), accel) as (
+        proc,
+        log,
+        _port,
+    ):
         report, seconds = wait_report(proc, log)
+        # the driver unit runs before the agent (Before=), so its line is there by now; wait anyway
+        wait_line(proc, log, DRIVER_PREFIX, 60)
     print(f"prod ({accel[1]}): report {seconds:.1f}s after QEMU start: {report}")
+    return report, log
+
+
+def test_prod_image_refuses_without_tdx(prod_boot: tuple[dict, Path]) -> None:
+    report, log = prod_boot
     assert report["state"] == "refused", report
     assert report.get("step") == "tdx", report
     assert "TDX" in report.get("reason", ""), report
@@ -327,6 +372,59 @@ def test_prod_image_refuses_without_tdx(images: dict[str, Path], accel: list[str
     text = log.read_text(errors="replace")
     assert "login:" not in text, "a production image must not offer a console login"
     assert text.count(REPORT_PREFIX) == 1, "the report line reaches the serial console exactly once"
+
+
+# What the guest kernel says when the image's nvidia module finds no NVIDIA GPU (its init counts the
+# NVIDIA PCI devices, finds none and returns -ENODEV); seen on this image under QEMU.
+NO_GPU_MODPROBE = "modprobe: ERROR: could not insert 'nvidia': No such device"
+NO_GPU_MODPROBE_UVM = "modprobe: ERROR: could not insert 'nvidia_uvm': No such device"
+NO_GPU_KERNEL = "NVRM: No NVIDIA GPU found."
+# What the kernel says of a module it cannot accept (version magic, symbol versions, format, the
+# signature policy); "Unknown symbol" besides, except for a module loaded without its dependency.
+LOADER_ERRORS = (
+    "version magic",
+    "disagrees about version of symbol",
+    "Invalid module format",
+    "Key was rejected",
+    "module is from an unknown",
+)
+
+
+def test_the_driver_modules_load_into_the_guest_kernel_and_find_no_gpu(
+    images: dict[str, Path], prod_boot: tuple[dict, Path]
+) -> None:
+    # No GPU under QEMU, so "loaded" is impossible; what this proves is that the guest kernel accepts
+    # the modules the build compiled (vermagic, every kernel symbol they use) and that the nvidia
+    # module's own init ran and found no device, which is exactly the answer expected here.
+    _report, log = prod_boot
+    doc = driver_fact(log)
+    built = json.loads((images["prod"] / "manifest.json").read_text())
+    assert doc["driver"] == built["firmwareTd"]["gpuDriver"]["version"]
+    assert doc["kernel"] == built["kernel"]["release"]
+    assert doc["nvidiaPciFunctions"] == 0
+    modules = {m["module"]: m for m in doc["modules"]}
+    assert list(modules) == ["nvidia", "nvidia-uvm"], doc
+    nvidia = modules["nvidia"]
+    assert (nvidia["loaded"], nvidia["command"], nvidia["exit"], nvidia["stderr"]) == (
+        False,
+        "modprobe nvidia",
+        1,
+        NO_GPU_MODPROBE,
+    ), nvidia
+    assert NO_GPU_KERNEL in nvidia["kernel"], nvidia
+    assert not [line for line in nvidia["kernel"] if any(e in line for e in (*LOADER_ERRORS, "Unknown symbol"))]
+    # nvidia-uvm needs nvidia: modprobe loads that first, its init fails the same way, and modprobe
+    # names the module it was asked for ...
+    uvm = modules["nvidia-uvm"]
+    assert (uvm["loaded"], uvm["exit"], uvm["stderr"]) == (False, 1, NO_GPU_MODPROBE_UVM), uvm
+    assert NO_GPU_KERNEL in uvm["kernel"], uvm
+    # ... so it was inserted alone: the kernel refused it only for the symbols nvidia exports
+    alone = uvm["alone"]
+    assert alone["exit"] == 1 and alone["stderr"].endswith("nvidia-uvm.ko: Unknown symbol in module"), alone
+    assert alone["unknownSymbols"] > 0 and alone["unknownNotFromDriver"] == [], alone
+    assert not [line for line in alone["kernel"] if any(e in line for e in LOADER_ERRORS)], alone
+    text = log.read_text(errors="replace")
+    assert text.count(DRIVER_PREFIX) == 1, "the driver line reaches the serial console exactly once"
 
 
 def test_dev_image_serves_standin_behind_the_gateway(images: dict[str, Path], accel: list[str], tmp_path: Path) -> None:

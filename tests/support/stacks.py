@@ -67,6 +67,7 @@ WL_REV = "0123456789abcdef0123456789abcdef01234567"
 def workload() -> dict:
     return {
         "image": WL_IMAGE,
+        "cudaVersion": "12.4",
         "model": {
             "id": "Qwen/Qwen2.5-0.5B-Instruct",
             "revision": WL_REV,
@@ -87,6 +88,10 @@ INITRD_SHA = "44" * 32
 
 
 CMDLINE = "console=ttyS0 root=/dev/vda1 ro tdx_vllm.agent=1"
+
+
+# The driver the GPU SKU pins name (firmware/gpu/*.yaml) and a synthetic manifest says its image carries.
+GPU_DRIVER_VERSION = "550.163.01"
 
 
 def pinned_firmware_dir(dest: Path, *, kernel_sha: str = KERNEL_SHA, cmdline: str = CMDLINE) -> Path:
@@ -116,6 +121,7 @@ def pinned_firmware_dir(dest: Path, *, kernel_sha: str = KERNEL_SHA, cmdline: st
     }
     data["cmdline"] = {"value": cmdline}
     data.pop("rootfs", None)
+    data["gpuDriver"] = {"version": GPU_DRIVER_VERSION, "cuda": "12.4"}
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return fw
 
