@@ -36,10 +36,11 @@ Phases, in this order:
      Reported: p50/p99 per path and added = proxy - direct (p50 - p50, p99 - p99).
   2. throughput at 1, 16 and 64 concurrent streams: C workers each run streaming chat
      completions back to back (`stream: true`, the stand-in's full 64 tokens). A round is a
-     warm-up (every worker has opened its connection and had at least one full stream) followed
-     by a measurement window; tokens are the SSE events carrying delta content, counted when
-     they arrive inside the window; throughput = tokens / window seconds. Streams still running
-     when the window closes are read to their end (not counted) so no connection is cut.
+     warm-up (every worker has opened its connection, the proxy has attested its upstream ones,
+     and every worker has had at least one full stream) followed by a measurement window; tokens
+     are the SSE events carrying delta content, counted when they arrive inside the window;
+     throughput = tokens / window seconds. Streams still running when the window closes are
+     read to their end (not counted) so no connection is cut.
      Rounds alternate direct / proxy (2 rounds each by default). Also reported: time to first
      token (TTFT) p50/p99 of the streams that started inside the window, direct and proxy, and
      CPU seconds used by each process during each path's rounds (from /proc/PID/stat).
@@ -392,9 +393,12 @@ class Round:
     all_tokens: int = 0  # also those outside the window (CPU use covers the whole round)
     streams_done: int = 0
     ttft: list[float] = field(default_factory=list)
+    # The measurement window: set once every worker has had a full stream (until then, never open).
+    t0: float = float("inf")
+    t1: float = float("inf")
 
 
-async def stream_once(s, url: str, rnd: Round, t0: float, t1: float) -> int:
+async def stream_once(s, url: str, rnd: Round) -> int:
     start = time.perf_counter()
     first = None
     n = 0
@@ -407,27 +411,36 @@ async def stream_once(s, url: str, rnd: Round, t0: float, t1: float) -> int:
                 n += 1
                 if first is None:
                     first = now
-                if t0 <= now < t1:
+                if rnd.t0 <= now < rnd.t1:
                     rnd.tokens += 1
-    if first is not None and t0 <= start < t1:
+    if first is not None and rnd.t0 <= start < rnd.t1:
         rnd.ttft.append(first - start)
     return n
 
 
 async def throughput_round(url: str, c: int, p: Params, warm_s: float) -> Round:
+    """Warm-up until every worker has had a full stream and at least `warm_s` passed (new upstream
+    connections are attested then: with fresh GPU evidence that is one SPDM exchange each, one at a
+    time, and its cost is the attestation phase's to report), then the measurement window."""
     rnd = Round()
     s = session(c)
-    now = time.perf_counter()
-    t0 = now + warm_s
-    t1 = t0 + p.window_s
+    earliest = time.perf_counter() + warm_s
+    warmed = 0
 
     async def worker() -> None:
-        while time.perf_counter() < t1:
-            n = await stream_once(s, url, rnd, t0, t1)
+        nonlocal warmed
+        first = True
+        while time.perf_counter() < rnd.t1:
+            n = await stream_once(s, url, rnd)
             rnd.all_tokens += n
             if n != p.tokens:
                 raise RuntimeError(f"{url}: a stream had {n} tokens, expected {p.tokens}")
             rnd.streams_done += 1
+            if first:
+                first, warmed = False, warmed + 1
+                if warmed == c:  # the last worker's first stream: open the window
+                    rnd.t0 = max(time.perf_counter(), earliest)
+                    rnd.t1 = rnd.t0 + p.window_s
 
     try:
         await asyncio.gather(*(worker() for _ in range(c)))

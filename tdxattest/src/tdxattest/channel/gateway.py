@@ -52,7 +52,9 @@ if TYPE_CHECKING:  # aiohttp is imported where it is used (CLI start-up time)
     from aiohttp import ClientSession, web
 
 ATTESTATION_PATH = "/.well-known/tdx-attestation"
-MAX_GPU_WAITING = 8  # GPU evidence collections queued behind the one running; more: 503 gateway.busy
+# Collections queued behind the one running: a client opening 64 connections at once waits; a flood
+# gets 503 gateway.busy.
+MAX_GPU_WAITING = 128
 CCEL_DATA = "/sys/firmware/acpi/tables/data/CCEL"
 # RFC 7230 §6.1 hop-by-hop headers, plus those aiohttp recomputes for the next hop.
 HOP_BY_HOP = frozenset(
