@@ -10,6 +10,7 @@ import sys
 # verb -> (module, summary)
 VERBS: dict[str, tuple[str, str]] = {
     "check": ("components.config.stack", "check a stack file offline, every error at once"),
+    "firmware": ("components.catalog.firmware_fetch", "fetch the pinned TD firmware from its Debian package"),
     "guest-image": ("components.catalog.guest_image", "pin a built TD guest image in firmware/td/, or check a build"),
     "kubernetes": ("components.render.kubernetes", "print the objects the Kubernetes target creates (for genpolicy)"),
     "redfish": ("components.bmc.redfish", "apply or check one BIOS phase over Redfish (what BiosSettings runs)"),

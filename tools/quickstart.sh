@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set everything up (venv, pinned requirements, the Pulumi
-# toolchain, a local file backend under the project), validate every stack file offline, then show
-# the whole plan of the `dev` example stack with `pulumi preview` (nothing is contacted).
+# toolchain, the pinned TD firmware from its Debian package, a local file backend under the
+# project), validate every stack file offline, then show the whole plan of the `dev` example stack
+# with `pulumi preview` (no host is contacted).
 # Usage: tools/quickstart.sh [stack]     (default: dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,9 @@ stack=${1:-dev}
 tools/setup-venv.sh requirements.txt
 tools/build-pulumi.sh >/dev/null
 if [ -x tools/install-command-provider.sh ]; then tools/install-command-provider.sh >/dev/null; fi
+# The pinned OVMF (firmware/td/*.yaml `firmware.debian`), checked against its sha256/sha384, so the
+# `pins` output has real MRTD and RTMR0 values (docs/pins.md).
+.venv/bin/python -m components firmware fetch >/dev/null
 
 export PATH="$PWD/bin:$PATH"
 export PULUMI_SKIP_UPDATE_CHECK=true

@@ -44,6 +44,8 @@ fi
 # The real Pulumi engine for tests/e2e: CLI and language host from Go modules (minutes when cold),
 # and a command provider (the stand-in when the official plugin is not available).
 tools/build-pulumi.sh >/dev/null
+# The pinned TD firmware from its Debian package (the tests that compute pins read it from artifacts/).
+.venv/bin/python -m components firmware fetch >/dev/null
 tools/install-command-provider.sh >/dev/null
 # The slow tier runs too (a few minutes: image build cached under /var/cache/tdx-vllm-guest and
 # artifacts/); TDX_VLLM_SLOW=0 leaves it out.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,8 @@ TOP_KEYS = (
     "gpuDriver",
 )
 FILE_KEYS = ("name", "version", "source", "file", "size", "sha256", "sha384", "reason", "used")
-FIRMWARE_KEYS = (*FILE_KEYS, "pageAddOrder", "eventTemplate", "separator")
+FIRMWARE_KEYS = (*FILE_KEYS, "pageAddOrder", "eventTemplate", "separator", "debian")
+DEBIAN_KEYS = ("package", "sourcePackage", "version", "arch", "member")
 # Where the TrustDomain stages each role on the host (role -> file name under the TD's directory).
 STAGED_NAMES = {"firmware": "firmware.fd", "kernel": "vmlinuz", "initrd": "initrd.img", "rootfs": "rootfs.verity.img"}
 ACPI_KEYS = {"tableLoader": "table_loader", "rsdp": "rsdp", "tables": "tables"}
@@ -74,6 +75,24 @@ def td_boot_manifest(stack: str, firmware_dir: Path = FIRMWARE_DIR) -> Path:
 
 
 @dataclass(frozen=True)
+class DebianPin:
+    """Where a pinned file comes from in Debian's archive, exactly: `member` of the `package` .deb at
+    `version` (`pool/main/<prefix>/<sourcePackage>/<package>_<version>_<arch>.deb`), so the setup
+    fetches it instead of a person hunting for it (components/catalog/firmware_fetch.py)."""
+
+    package: str
+    source_package: str
+    version: str
+    arch: str
+    member: str
+
+    @property
+    def pool_path(self) -> str:
+        prefix = self.source_package[:4] if self.source_package.startswith("lib") else self.source_package[0]
+        return f"pool/main/{prefix}/{self.source_package}/{self.package}_{self.version}_{self.arch}.deb"
+
+
+@dataclass(frozen=True)
 class BootArtifact:
     """One pinned file of the manifest."""
 
@@ -85,6 +104,7 @@ class BootArtifact:
     name: str | None = None
     version: str | None = None
     source: str | None = None  # where the file comes from (shown when it is missing)
+    debian: DebianPin | None = None  # firmware: the exact Debian package it is fetched from
 
     @property
     def staged_name(self) -> str:
@@ -198,6 +218,8 @@ def load_boot_manifest(path: str | Path) -> BootManifest:
             f"{path}: `firmware.separator` must be {' or '.join(SEPARATOR_PLACEMENTS)}, not {separator!r}"
         )
     firmware = _artifact("firmware", fw, path)
+    if "debian" in fw:
+        firmware = replace(firmware, debian=_debian(fw["debian"], path))
 
     vm = _section(data, "vm", path, ("vcpus", "memoryMiB"))
     for key in ("vcpus", "memoryMiB"):
@@ -316,6 +338,24 @@ def _reason(entry: Mapping[str, Any], key: str, path: Path) -> str:
             '"guest image build not pinned yet")'
         )
     return reason.strip()
+
+
+_DEB_NAME = re.compile(r"^[a-z0-9][a-z0-9+.~-]*$")
+
+
+def _debian(entry: Any, path: Path) -> DebianPin:
+    if not isinstance(entry, Mapping) or set(entry) != set(DEBIAN_KEYS):
+        raise CatalogError(f"{path}: `firmware.debian` must have exactly the keys {', '.join(DEBIAN_KEYS)}")
+    for key in DEBIAN_KEYS:
+        value = entry[key]
+        if not isinstance(value, str) or not value:
+            raise CatalogError(f"{path}: `firmware.debian.{key}` must be a non-empty string")
+        if key != "member" and not _DEB_NAME.fullmatch(value):
+            raise CatalogError(f"{path}: `firmware.debian.{key}` is not a Debian name or version: {value!r}")
+    member = entry["member"]
+    if member.startswith("/") or ".." in member.split("/"):
+        raise CatalogError(f"{path}: `firmware.debian.member` must be a path inside the package, not {member!r}")
+    return DebianPin(entry["package"], entry["sourcePackage"], entry["version"], entry["arch"], member)
 
 
 def _artifact(role: str, entry: Mapping[str, Any], path: Path, *, need_sha384: bool = True) -> BootArtifact:
