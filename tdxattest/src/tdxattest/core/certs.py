@@ -66,8 +66,18 @@ class ChainBreak:
     cert: x509.Certificate
     issuer: x509.Certificate
 
+    def expected(self, now: float) -> str:
+        """What the verifier wanted of this link, for the refusal's `expected`."""
+        import time
+
+        subject = self.cert.subject.rfc4514_string()
+        if self.kind == "validity":
+            return f"{subject} valid at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(now))}"
+        return f"{subject} issued and signed by the CA {self.issuer.subject.rfc4514_string()}"
+
     @property
     def problem(self) -> str:
+        """What was seen instead, for the refusal's `seen`."""
         if self.kind == "ca":
             return f"{self.issuer.subject.rfc4514_string()} is not a CA (basicConstraints)"
         if self.kind == "signature":

@@ -293,16 +293,8 @@ def verify_gpu_chain(
             )
     _leaf_fwid(certs[0])
     broken = first_break(certs, root, now)
-    if broken is not None and broken.kind != "validity":
-        raise GpuEvidenceError(
-            "gpu.chain_invalid",
-            f"{broken.cert.subject.rfc4514_string()} issued and signed by {broken.issuer.subject.rfc4514_string()}",
-            broken.problem,
-        )
     if broken is not None:
-        raise GpuEvidenceError(
-            "gpu.chain_invalid", f"{broken.cert.subject.rfc4514_string()} valid now", broken.validity
-        )
+        raise GpuEvidenceError("gpu.chain_invalid", broken.expected(now), broken.problem)
     return certs
 
 

@@ -102,18 +102,9 @@ def _verify_chain(certs: list[x509.Certificate], root_pem: bytes | None, now: fl
             f"{root.subject.rfc4514_string()} ({root.fingerprint(hashes.SHA256()).hex()})",
         )
     broken = first_break(certs, root, now)
-    if broken is not None and broken.kind != "validity":
-        raise RimError(
-            "gpu.rim_chain_invalid",
-            f"{broken.cert.subject.rfc4514_string()} signed by {broken.issuer.subject.rfc4514_string()}",
-            broken.problem,
-        )
     if broken is not None:
-        raise RimError(
-            "gpu.rim_chain_invalid",
-            f"{broken.cert.subject.rfc4514_string()} valid at {datetime.fromtimestamp(now, UTC):%Y-%m-%dT%H:%M:%SZ}",
-            f"{broken.validity} (fetch a current RIM)",
-        )
+        fix = " (fetch a current RIM)" if broken.kind == "validity" else ""
+        raise RimError("gpu.rim_chain_invalid", broken.expected(now), broken.problem + fix)
     return min(c.not_valid_after_utc.timestamp() for c in certs)
 
 

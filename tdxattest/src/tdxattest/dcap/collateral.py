@@ -275,18 +275,9 @@ def _check_chain(certs: list[x509.Certificate], what: str, now: int, root_sha256
             f"{root.subject.rfc4514_string()} (SHA-256 {digest[:16]}...)",
         )
     broken = first_break(certs, root, now)
-    if broken is not None and broken.kind != "validity":
-        raise CollateralError(
-            "collateral.chain_invalid",
-            f"{broken.cert.subject.rfc4514_string()} signed by {broken.issuer.subject.rfc4514_string()}",
-            broken.problem,
-        )
     if broken is not None:
-        raise CollateralError(
-            "collateral.expired",
-            f"{broken.cert.subject.rfc4514_string()} valid at {iso(now)}",
-            f"valid {broken.validity}",
-        )
+        check = "collateral.expired" if broken.kind == "validity" else "collateral.chain_invalid"
+        raise CollateralError(check, broken.expected(now), broken.problem)
     return root
 
 
