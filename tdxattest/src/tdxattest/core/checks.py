@@ -41,3 +41,21 @@ class CheckResult:
         if self.reason:
             out["reason"] = self.reason
         return out
+
+
+class Findings:
+    """Collects a verdict's checks as they are made: `findings(name, ok, expected, seen)` records a
+    pass or a failure, `findings.skip(name, reason)` a check not made and why."""
+
+    def __init__(self) -> None:
+        self.checks: list[CheckResult] = []
+        self.failures: list[Failure] = []
+
+    def __call__(self, name: str, ok: bool, expected: Any, seen: Any, detail: str | None = None) -> bool:
+        self.checks.append(CheckResult(name, "pass" if ok else "fail", expected, seen, detail))
+        if not ok:
+            self.failures.append(Failure(name, expected, seen, detail))
+        return ok
+
+    def skip(self, name: str, reason: str, seen: Any = None) -> None:
+        self.checks.append(CheckResult(name, "not_checked", seen=seen, reason=reason))

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tdxattest.core.checks import CheckResult, Failure
+from tdxattest.core.checks import CheckResult, Failure, Findings
 from tdxattest.core.errors import InputError
 from tdxattest.core.gpu_evidence import (
     GpuEvidence,
@@ -192,24 +192,6 @@ class GpuVerdict:
         }
 
 
-class _Record:
-    def __init__(self) -> None:
-        self.checks: list[CheckResult] = []
-        self.failures: list[Failure] = []
-
-    def __call__(self, name: str, ok: bool, expected: Any, seen: Any, detail: str | None = None) -> bool:
-        self.checks.append(CheckResult(name, "pass" if ok else "fail", expected, seen, detail))
-        if not ok:
-            self.failures.append(Failure(name, expected, seen, detail))
-        return ok
-
-    def skip(self, name: str, reason: str) -> None:
-        self.checks.append(CheckResult(name, "not_checked", reason=reason))
-
-    def verdict(self, gpus: list[dict[str, Any]], digest: str | None) -> GpuVerdict:
-        return GpuVerdict(not self.failures, tuple(self.failures), tuple(self.checks), tuple(gpus), digest)
-
-
 def evaluate_gpus(
     doc: EvidenceDoc | None,
     expected_nonce: bytes | None,
@@ -220,7 +202,7 @@ def evaluate_gpus(
 ) -> GpuVerdict:
     """Apply `policy` to the served GPU evidence. No clock; no I/O but what `references` does (a
     cache of NVIDIA's RIMs), and only where the policy has no golden set."""
-    rec = _Record()
+    rec = Findings()
     if doc is None:
         if policy.required and policy.dev:
             rec.skip("gpu.evidence_missing", "no GPU evidence served (policy gpu.dev: e.g. the dev stand-in server)")
@@ -234,7 +216,7 @@ def evaluate_gpus(
             )
         else:
             rec.skip("gpu.evidence_missing", "no GPU evidence served and none required")
-        return rec.verdict([], None)
+        return _verdict(rec, [], None)
     digest = doc.digest().hex()
     if expected_nonce is not None:
         rec("gpu.nonce_mismatch", hmac.compare_digest(doc.nonce, expected_nonce), expected_nonce.hex(), doc.nonce.hex())
@@ -262,7 +244,11 @@ def evaluate_gpus(
         _check_status(rec, i, ev, policy, statuses)
         _check_versions(rec, i, ev, policy)
         _check_reference(rec, i, ev, policy, references)
-    return rec.verdict(gpus, digest)
+    return _verdict(rec, gpus, digest)
+
+
+def _verdict(rec: Findings, gpus: list[dict[str, Any]], digest: str | None) -> GpuVerdict:
+    return GpuVerdict(not rec.failures, tuple(rec.failures), tuple(rec.checks), tuple(gpus), digest)
 
 
 def _gpu_facts(ev: GpuEvidence) -> dict[str, Any]:
@@ -274,7 +260,7 @@ def _gpu_facts(ev: GpuEvidence) -> dict[str, Any]:
     }
 
 
-def _check_cc(rec: _Record, cc: CcState, dev: bool) -> None:
+def _check_cc(rec: Findings, cc: CcState, dev: bool) -> None:
     rec("gpu.cc_off", cc.enabled, "GPU confidential computing on", "off" if not cc.enabled else "on")
     if dev:
         rec.skip("gpu.cc_devtools", "policy gpu.dev: CC devtools mode accepted")
@@ -289,7 +275,7 @@ def _check_cc(rec: _Record, cc: CcState, dev: bool) -> None:
     rec("gpu.cc_environment", cc.environment == "prod", "prod", cc.environment)
 
 
-def _check_status(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy, statuses: StatusSource | None) -> None:
+def _check_status(rec: Findings, i: int, ev: GpuEvidence, policy: GpuPolicy, statuses: StatusSource | None) -> None:
     if statuses is None:
         if policy.ocsp:
             rec(
@@ -310,7 +296,7 @@ def _check_status(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy, stat
     rec("gpu.ocsp", True, "GOOD for every CA certificate of the chain", "GOOD", f"GPU {i}")
 
 
-def _check_versions(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy) -> None:
+def _check_versions(rec: Findings, i: int, ev: GpuEvidence, policy: GpuPolicy) -> None:
     for check, pins, seen, key in (
         ("gpu.vbios_not_pinned", policy.vbios, ev.report.vbios_version, "vbios"),
         ("gpu.driver_not_pinned", policy.driver, ev.report.driver_version, "driver"),
@@ -326,7 +312,7 @@ def _check_versions(rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy) ->
 
 
 def _check_reference(
-    rec: _Record, i: int, ev: GpuEvidence, policy: GpuPolicy, references: ReferenceSource | None
+    rec: Findings, i: int, ev: GpuEvidence, policy: GpuPolicy, references: ReferenceSource | None
 ) -> None:
     reference, source = policy.reference, policy.reference_source or "policy"
     if not reference and references is not None:

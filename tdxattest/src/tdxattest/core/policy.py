@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tdxattest.core.checks import CheckResult, Failure
+from tdxattest.core.checks import CheckResult, Failure, Findings
 from tdxattest.core.errors import InputError
 from tdxattest.core.gpu_policy import DEFAULT_GPU_POLICY, GpuPolicy, gpu_policy_from_mapping
 from tdxattest.core.pins import REGISTERS, RegisterPin, StackPins, parse_hex
@@ -128,13 +128,7 @@ def _iso(ts: int) -> str:
 
 def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: bytes | None = None) -> Verdict:
     """Apply `policy` to verified `facts` at unix time `now`. Pure: no I/O, no clock."""
-    checks: list[CheckResult] = []
-    failures: list[Failure] = []
-
-    def record(name: str, ok: bool, expected: Any, seen: Any, detail: str | None = None) -> None:
-        checks.append(CheckResult(name, "pass" if ok else "fail", expected, seen, detail))
-        if not ok:
-            failures.append(Failure(name, expected, seen, detail))
+    record = Findings()
 
     # TCB status (Revoked is never acceptable; OutOfDate may be accepted within the grace period).
     status = facts.tcb_status
@@ -184,7 +178,7 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
     if policy.forbid_debug:
         record("td.debug_enabled", not report.debug, "DEBUG = 0", f"DEBUG = {int(report.debug)}")
     else:
-        checks.append(CheckResult("td.debug_enabled", "not_checked", reason="policy allows DEBUG"))
+        record.skip("td.debug_enabled", "policy allows DEBUG")
     if policy.require_sept_ve_disable:
         record(
             "td.sept_ve_disable_missing",
@@ -193,20 +187,20 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
             f"SEPT_VE_DISABLE = {int(report.sept_ve_disable)}",
         )
     else:
-        checks.append(CheckResult("td.sept_ve_disable_missing", "not_checked", reason="not required by policy"))
+        record.skip("td.sept_ve_disable_missing", "not required by policy")
 
     if policy.min_tee_tcb_svn is not None:
         seen = report.tee_tcb_svn
         ok = all(s >= m for s, m in zip(seen, policy.min_tee_tcb_svn, strict=False))
         record("td.tee_tcb_svn_too_low", ok, f">= {policy.min_tee_tcb_svn.hex()} (each component)", seen.hex())
     else:
-        checks.append(CheckResult("td.tee_tcb_svn_too_low", "not_checked", reason="no minimum set"))
+        record.skip("td.tee_tcb_svn_too_low", "no minimum set")
 
     for name in PIN_FIELDS:
         pin: Pin = getattr(policy.pins, name)
         seen = getattr(report, name)
         if pin.values is None:
-            checks.append(CheckResult(f"pin.{name}", "not_checked", seen=seen.hex(), reason=pin.reason or "not pinned"))
+            record.skip(f"pin.{name}", pin.reason or "not pinned", seen.hex())
             continue
         ok = any(hmac.compare_digest(seen, v) for v in pin.values)
         expected = pin.values[0].hex() if len(pin.values) == 1 else [v.hex() for v in pin.values]
@@ -220,23 +214,16 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
             report.report_data.hex(),
         )
     else:
-        checks.append(
-            CheckResult(
-                "binding.report_data_mismatch",
-                "not_checked",
-                seen=report.report_data.hex(),
-                reason="no expected REPORTDATA given",
-            )
-        )
+        record.skip("binding.report_data_mismatch", "no expected REPORTDATA given", report.report_data.hex())
 
     return Verdict(
-        accepted=not failures,
+        accepted=not record.failures,
         tcb_status=status,
         advisory_ids=tuple(facts.advisory_ids),
         report=report,
         fmspc=facts.fmspc,
-        failures=tuple(failures),
-        checks=tuple(checks),
+        failures=tuple(record.failures),
+        checks=tuple(record.checks),
     )
 
 
