@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,13 +72,10 @@ class GpuReport:
     opaque: bytes
     signature: bytes
     trailing: int
+    opaque_fields: Mapping[int, bytes]  # `opaque` by field type, parsed once (parse_opaque)
 
     def measurement_dict(self) -> dict[int, str]:
         return {b.index: b.value.hex() for b in self.measurements}
-
-    @property
-    def opaque_fields(self) -> dict[int, bytes]:
-        return parse_opaque(self.opaque)
 
     @property
     def driver_version(self) -> str | None:
@@ -177,7 +175,7 @@ def parse_gpu_report(data: bytes | str) -> GpuReport:
     (olen,) = struct.unpack_from("<H", raw, p + 32)
     need(p + 34, olen + SIGNATURE_LEN, f"{olen} bytes of opaque data and a 96-byte signature")
     opaque = raw[p + 34 : p + 34 + olen]
-    parse_opaque(opaque)  # malformed opaque data is a malformed report, refused here
+    fields = parse_opaque(opaque)  # malformed opaque data is a malformed report, refused here
     sig_at = p + 34 + olen
     return GpuReport(
         request=request,
@@ -188,18 +186,23 @@ def parse_gpu_report(data: bytes | str) -> GpuReport:
         opaque=opaque,
         signature=raw[sig_at : sig_at + SIGNATURE_LEN],
         trailing=len(raw) - sig_at - SIGNATURE_LEN,
+        opaque_fields=fields,
     )
 
 
 def device_identity(chain_pem: bytes | str) -> bytes:
     """SHA-256 over the DER of every certificate of a device chain: the same device, however its
     PEM is laid out (line lengths, blank lines)."""
+    return _identity(_load_certs(chain_pem))
+
+
+def _identity(certs: list[x509.Certificate] | tuple[x509.Certificate, ...]) -> bytes:
     import hashlib
 
     from cryptography.hazmat.primitives.serialization import Encoding
 
     h = hashlib.sha256()
-    for cert in _load_certs(chain_pem):
+    for cert in certs:
         h.update(cert.public_bytes(Encoding.DER))
     return h.digest()
 
@@ -237,6 +240,11 @@ class GpuEvidence:
     fwid: bytes
     leaf_subject: str
     chain: tuple[x509.Certificate, ...] = ()  # leaf first, the root last (for OCSP)
+
+    @property
+    def device(self) -> bytes:
+        """The device's identity (`device_identity` of its verified chain)."""
+        return _identity(self.chain)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -37,7 +37,6 @@ from tdxattest.core.errors import InputError
 from tdxattest.core.gpu_evidence import (
     GpuEvidence,
     GpuEvidenceError,
-    device_identity,
     normalise_version,
     verify_gpu_evidence,
 )
@@ -222,28 +221,30 @@ def evaluate_gpus(
         rec("gpu.nonce_mismatch", hmac.compare_digest(doc.nonce, expected_nonce), expected_nonce.hex(), doc.nonce.hex())
     if policy.count is not None:
         rec("gpu.count_mismatch", len(doc.gpus) == policy.count, policy.count, len(doc.gpus))
-    try:
-        devices = [device_identity(g.chain_pem) for g in doc.gpus]
-    except GpuEvidenceError:
-        devices = [g.chain_pem for g in doc.gpus]  # unreadable chains are refused below, GPU by GPU
-    rec(
-        "gpu.duplicate_device",
-        len(set(devices)) == len(devices),
-        "one report per distinct GPU",
-        f"{len(devices)} reports, {len(set(devices))} devices",
-    )
     _check_cc(rec, doc.cc, policy.dev)
     gpus: list[dict[str, Any]] = []
+    devices: set[bytes] = set()
+    duplicates = 0
     for i, item in enumerate(doc.gpus):
         try:
             ev = verify_gpu_evidence(item.report, item.chain_pem, policy.root_pem, doc.nonce, now)
         except GpuEvidenceError as exc:
             rec(exc.check, False, exc.expected, exc.seen, f"GPU {i}")
             continue
+        if ev.device in devices:
+            duplicates += 1  # its checks were made with the first report of this device
+            continue
+        devices.add(ev.device)
         gpus.append(_gpu_facts(ev))
         _check_status(rec, i, ev, policy, statuses)
         _check_versions(rec, i, ev, policy)
         _check_reference(rec, i, ev, policy, references)
+    rec(
+        "gpu.duplicate_device",
+        not duplicates,
+        "one report per distinct GPU",
+        f"{len(devices) + duplicates} verified reports, {len(devices)} devices",
+    )
     return _verdict(rec, gpus, digest)
 
 
