@@ -60,7 +60,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG)])
 
 
-def _cert(
+def make_test_cert(
     subject: str,
     key: ec.EllipticCurvePrivateKey,
     issuer: x509.Certificate | None,
@@ -70,6 +70,9 @@ def _cert(
     ca: bool,
     extra: x509.ExtensionType | None = None,
 ) -> x509.Certificate:
+    """A TEST certificate ("TEST ONLY - NOT NVIDIA"), P-384/SHA-384 as NVIDIA's chains are, valid
+    from a day before `now` for ten years; `ca` sets basicConstraints. The TEST GPU's and the TEST
+    RIM signer's chains are made of these."""
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -133,9 +136,11 @@ class TestGpu:
         parsed = parse_gpu_report(template)
         fwid = parsed.fwid or bytes(48)
         root_key, ica_key, leaf_key = (ec.generate_private_key(ec.SECP384R1()) for _ in range(3))
-        root = _cert("TEST NVIDIA Device Identity CA (NOT NVIDIA)", root_key, None, root_key, now, ca=True)
-        ica = _cert(f"TEST {name} Identity", ica_key, root, root_key, now, ca=True)
-        leaf = _cert(f"TEST {name} GSP FMC LF", leaf_key, ica, ica_key, now, ca=False, extra=tcb_info_extension(fwid))
+        root = make_test_cert("TEST NVIDIA Device Identity CA (NOT NVIDIA)", root_key, None, root_key, now, ca=True)
+        ica = make_test_cert(f"TEST {name} Identity", ica_key, root, root_key, now, ca=True)
+        leaf = make_test_cert(
+            f"TEST {name} GSP FMC LF", leaf_key, ica, ica_key, now, ca=False, extra=tcb_info_extension(fwid)
+        )
         signed = parsed.response_signed
         rec_len = int.from_bytes(signed[5:8], "little")
         return cls(
@@ -216,17 +221,14 @@ class TestGpu:
         assert self.root_key is not None
         root = x509.load_pem_x509_certificates(self.chain_pem)[-1]
         eku = [ExtendedKeyUsageOID.OCSP_SIGNING if for_ocsp else ExtendedKeyUsageOID.SERVER_AUTH]
-        now = datetime.now(UTC)
-        return (
-            x509.CertificateBuilder()
-            .subject_name(_name("TEST OCSP Responder"))
-            .issuer_name(root.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1))
-            .not_valid_after(now + timedelta(days=30))
-            .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
-            .sign(self.root_key, hashes.SHA384())
+        return make_test_cert(
+            "TEST OCSP Responder",
+            key,
+            root,
+            self.root_key,
+            datetime.now(UTC),
+            ca=False,
+            extra=x509.ExtendedKeyUsage(eku),
         )
 
     def report(self, nonce: bytes, responder_nonce: bytes = bytes(32)) -> bytes:

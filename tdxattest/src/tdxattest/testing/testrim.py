@@ -12,33 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tdxattest.core.rim import SWID_NS
+from tdxattest.testing.testgpu import make_test_cert
 
-_ORG = "TEST ONLY - NOT NVIDIA"
 _SHA384_NS = "http://www.w3.org/2001/04/xmlenc#sha384"
 _RIM_NS = "https://trustedcomputinggroup.org/resource/tcg-reference-integrity-manifest-rim-information-model/"
-
-
-def _cert(cn: str, key, issuer: x509.Certificate | None, issuer_key, now: datetime, ca: bool) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn), x509.NameAttribute(NameOID.ORGANIZATION_NAME, _ORG)])
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=730))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .sign(issuer_key, hashes.SHA384())
-    )
 
 
 @dataclass(frozen=True)
@@ -52,9 +36,9 @@ class TestRimSigner:
     def create(cls, now: datetime | None = None) -> TestRimSigner:
         now = now or datetime.now(UTC)
         root_key, ca_key, leaf_key = (ec.generate_private_key(ec.SECP384R1()) for _ in range(3))
-        root = _cert("TEST NVIDIA CoRIM signing Root CA (NOT NVIDIA)", root_key, None, root_key, now, True)
-        ca = _cert("TEST NVIDIA Reference Value GH100 CA", ca_key, root, root_key, now, True)
-        leaf = _cert("TEST RIM Signer", leaf_key, ca, ca_key, now, False)
+        root = make_test_cert("TEST NVIDIA CoRIM signing Root CA (NOT NVIDIA)", root_key, None, root_key, now, ca=True)
+        ca = make_test_cert("TEST NVIDIA Reference Value GH100 CA", ca_key, root, root_key, now, ca=True)
+        leaf = make_test_cert("TEST RIM Signer", leaf_key, ca, ca_key, now, ca=False)
         return cls(leaf_key, (leaf, ca, root))
 
     @property
