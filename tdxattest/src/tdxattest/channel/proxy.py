@@ -43,7 +43,7 @@ from tdxattest.channel.gateway import ATTESTATION_PATH, HOP_BY_HOP, forwarded_re
 from tdxattest.channel.http1 import ResponseReader, UpstreamProtocolError, encode_request
 from tdxattest.core.checks import Failure
 from tdxattest.core.errors import InputError
-from tdxattest.core.gpu_policy import EvidenceDoc, GpuVerdict, evaluate_gpus, parse_evidence_doc
+from tdxattest.core.gpu_policy import EvidenceDoc, GpuVerdict, parse_evidence_doc
 from tdxattest.core.policy import Verdict
 from tdxattest.dcap.appraise import Appraiser
 
@@ -119,14 +119,9 @@ def read_gpu_evidence(value: Any) -> EvidenceDoc | None:
 async def appraise_gpus(appraiser: Appraiser, doc: EvidenceDoc | None, nonce: bytes) -> GpuVerdict:
     """The GPU policy over `doc` (a few ms of ECDSA per GPU), off the event loop. Raises
     AttestationFailed naming the first failed GPU check."""
-    now = time.time()
-    store = appraiser.rims
-    references = (lambda report: store.reference(report, now)) if store is not None else None
-    cache = appraiser.ocsp
-    statuses = (lambda chain: cache.check_chain(chain, now)) if cache is not None else None
     try:
         verdict = await asyncio.get_running_loop().run_in_executor(
-            None, evaluate_gpus, doc, nonce, appraiser.policy.gpu, now, references, statuses
+            None, appraiser.appraise_gpus, doc, nonce, time.time()
         )
     except Exception as exc:  # e.g. a cache write failing: a named refusal, never a 500
         raise _failure("gpu.verifier_error", "a GPU verdict", f"{type(exc).__name__}: {exc}"[:200]) from None

@@ -104,7 +104,7 @@ def _run_attestation(args: argparse.Namespace, now: int) -> int:
     from tdxattest.cli._verification import appraiser_from_args
     from tdxattest.core.errors import InputError
     from tdxattest.core.files import read_bytes
-    from tdxattest.core.gpu_policy import evaluate_gpus, parse_evidence_doc
+    from tdxattest.core.gpu_policy import parse_evidence_doc
 
     if args.nonce is None or args.report_data is not None:
         from tdxattest.cli import UsageError
@@ -128,11 +128,7 @@ def _run_attestation(args: argparse.Namespace, now: int) -> int:
     expected = report_data_for_key_hash(spki_sha256, nonce, gpu_digest=gpu.digest() if gpu is not None else None)
     appraiser = appraiser_from_args(args)
     appraisal = appraiser.appraise(quote, now, expected)
-    store = appraiser.rims
-    references = (lambda report: store.reference(report, now)) if store is not None else None
-    cache = appraiser.ocsp
-    statuses = (lambda chain: cache.check_chain(chain, now)) if cache is not None else None
-    gpu_verdict = evaluate_gpus(gpu, gpu_nonce(spki_sha256, nonce), appraiser.policy.gpu, now, references, statuses)
+    gpu_verdict = appraiser.appraise_gpus(gpu, gpu_nonce(spki_sha256, nonce), now)
     out = appraisal.verdict.as_dict()
     accepted = appraisal.verdict.accepted and gpu_verdict.accepted
     out["accepted"] = accepted

@@ -1,5 +1,5 @@
 """Quote -> collateral -> verdict, in one place. `tdxattest verify`, the verifying proxy and the
-benchmarks all appraise through an `Appraiser`:
+benchmarks all appraise through an `Appraiser` (and its GPU evidence through `appraise_gpus`):
 
     appraiser = Appraiser(CachedCollateral(pccs_url), policy)     # or FixedCollateral.from_file(path)
     appraisal = appraiser.appraise(quote, now, expected_report_data)
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tdxattest.core.checks import Failure
+from tdxattest.core.gpu_policy import EvidenceDoc, GpuVerdict, evaluate_gpus
 from tdxattest.core.policy import DEFAULT_POLICY, Policy, Verdict
 from tdxattest.core.quote import parse_quote
 from tdxattest.dcap.collateral import Collateral, CollateralError, load_collateral, parse_iso_ts
@@ -109,3 +110,16 @@ class Appraiser:
             return Appraisal(refused(quote, failure, "collateral"), None)
         verdict = verify_quote(quote, collateral, now, self.policy, expected_report_data, self.root_ca_der)
         return Appraisal(verdict, info)
+
+    def appraise_gpus(self, doc: EvidenceDoc | None, expected_nonce: bytes, now: float) -> GpuVerdict:
+        """The policy's `gpu` section over served GPU evidence, with reference values from the RIM
+        store and OCSP statuses from the cache where this appraiser has them."""
+        rims, ocsp = self.rims, self.ocsp
+        return evaluate_gpus(
+            doc,
+            expected_nonce,
+            self.policy.gpu,
+            now,
+            (lambda report: rims.reference(report, now)) if rims is not None else None,
+            (lambda chain: ocsp.check_chain(chain, now)) if ocsp is not None else None,
+        )
