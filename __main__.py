@@ -11,7 +11,7 @@ from components.config.reader import ConfigErrors
 from components.config.stack import load_from_pulumi
 from components.render.kubernetes import args_from_workload
 from components.render.kubernetes import expected_pins as kubernetes_pins
-from components.render.pins import expected_pins, workload_pins
+from components.render.pins import expected_pins, without_tdx, workload_pins
 from components.render.promotion import promotable_pins, refusal_from_outputs
 from components.render.trust_domain import workload_manifest
 from components.resources.host import TdxHost, TdxHostArgs
@@ -52,6 +52,8 @@ else:
         # The CC mode clients expect of the GPUs: devtools only where a (dev) host sets it.
         modes = {h.gpu.mode for h in stack.hosts if h.gpu}
         pins = workload_pins(pins, manifest, next((m for m in ("devtools", "ppcie") if m in modes), "on"))
+        if workload is not None and workload.td is not None and not workload.td.tdx:
+            pins = without_tdx(pins)  # the dev stack's VM: TEST quotes, no boot measurements
 
 # What another stack may promote from this one (components/render/promotion.py); exported below only
 # when every host step verified.
@@ -80,6 +82,7 @@ hosts = [TdxHost(host.name, TdxHostArgs(host, stack), opts=host_opts) for host i
 # The workload: one TrustDomain per host (components/resources/trust_domain.py), or vLLM + the
 # attested gateway in a Confidential Containers cluster (components/resources/kubernetes_workload.py).
 endpoints: dict = {}
+td_summaries: dict = {}
 waits = [h.ready for h in hosts]
 if k8s_args is not None:
     from components.resources.kubernetes_workload import KubernetesWorkload
@@ -93,9 +96,18 @@ elif workload is not None:
 
     tds = trust_domains(stack, hosts, manifest)
     endpoints.update({name: td.endpoint for name, td in tds.items()})
+    td_summaries.update({name: td.summary for name, td in tds.items()})
     waits += [td.ready for td in tds.values()]
 
-pulumi.export("hosts", {cfg.name: h.facts for cfg, h in zip(stack.hosts, hosts)})
+
+def _with_td(facts: pulumi.Output, summary: pulumi.Output | None) -> pulumi.Output:
+    # Each host's facts, with its TD's summary under `td` (tdx: false marks the dev stack's VM).
+    if summary is None:
+        return facts
+    return pulumi.Output.all(facts, summary).apply(lambda a: {**a[0], "td": a[1]})
+
+
+pulumi.export("hosts", {cfg.name: _with_td(h.facts, td_summaries.get(cfg.name)) for cfg, h in zip(stack.hosts, hosts)})
 pulumi.export("pins", pins.to_json())
 if endpoints:
     pulumi.export("endpoints", endpoints)

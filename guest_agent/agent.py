@@ -206,6 +206,7 @@ class Agent:
                 gpu_evidence=str(gpu.evidence_path) if gpu.evidence_path else None,
                 # The gateway asks the same collector for fresh evidence per client nonce.
                 gpu_collect=tuple(a.replace("{python}", self.system.python) for a in cfg.gpu.evidence_command),
+                test_rtmr3=self.rtmr3 if self.quote_source == SOFTWARE_QUOTES else None,
             ),
         )
         wait_http(

@@ -97,6 +97,7 @@ def gateway_argv(
     event_log: str,
     gpu_evidence: str | None,
     gpu_collect: tuple[str, ...] = (),
+    test_rtmr3: str | None = None,
 ) -> list[str]:
     argv = [
         python,
@@ -116,6 +117,8 @@ def gateway_argv(
         if not test_pki_dir:
             raise ValueError("software-test quotes need a test PKI directory")
         argv += ["--test-pki-dir", test_pki_dir]
+        if test_rtmr3:  # the software register: TEST quotes carry the RTMR3 the agent measured
+            argv += ["--test-rtmr3", test_rtmr3]
     if gpu_evidence:
         argv += ["--gpu-evidence", gpu_evidence, "--gpu-collect", json.dumps(list(gpu_collect))]
     return argv

@@ -136,6 +136,9 @@ class TdShape:
     artifact_source: str  # https://... base URL, or an absolute directory on the host
     ready_timeout_s: int
     data_disk_gib: int = 0  # scratch disk for the model (encrypted in the TD with a fresh key); 0: TD memory
+    # False (dev stack only): the TD runs as a plain VM under TCG, with software TEST quotes and no
+    # boot measurements (docs/trust-domain.md, "A dev TD without TDX").
+    tdx: bool = True
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,8 @@ class WorkloadConfig:
     # image's driver (`gpuDriver` in the boot manifest); not measured.
     cuda_version: str | None = None
     kubernetes: KubernetesTarget | None = None  # kubernetes target: the cluster and its Kata guest
+    # host target: "vllm", or "standin" (dev stack only): the echoing stand-in model server, no GPU
+    server: str = "vllm"
 
     @property
     def boot_manifest(self) -> Path | None:
@@ -231,4 +236,6 @@ class StackConfig:
         if self.workload is not None and self.workload.kubernetes is not None:
             return self.workload.kubernetes.gpu_count
         counts = {h.gpu.count for h in self.hosts if h.gpu}
+        if not counts and self.workload is not None and self.workload.server == "standin":
+            return 1  # the dev stand-in on hosts without GPUs: one process, as vLLM's default
         return counts.pop() if len(counts) == 1 else 0

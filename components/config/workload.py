@@ -16,6 +16,7 @@ from components.config.kubernetes import kubernetes_target_from_mapping
 from components.config.model import HostConfig, KnownAnswer, TdShape, WorkloadConfig
 from components.config.reader import Reader, is_secure_marker, join, kind_of, url_problem
 from components.paths import display_path
+from guest_agent import DEV_STACK
 from tdxattest.core.errors import InputError
 from tdxattest.core.workload import IMAGE_BY_DIGEST, refused_vllm_arg
 
@@ -31,7 +32,9 @@ WORKLOAD_KEYS = (
     "knownAnswer",
     "td",
     "kubernetes",
+    "server",
 )
+SERVERS: tuple[str, ...] = ("vllm", "standin")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -45,6 +48,7 @@ def parse_workload(
     if not m:
         return None
     target = r.choice(m.get("target", "host"), join(path, "target"), WORKLOAD_TARGETS)
+    server = _server(r, m, path, target)
     k8s = None
     if target == "kubernetes":
         # The cluster's Kata TDX guest is the TD (components/config/kubernetes.py, docs/kubernetes.md).
@@ -154,8 +158,8 @@ def parse_workload(
         tensor_parallel = k8s.gpu_count if k8s is not None else 1
         complete = k8s is not None
     else:
-        boot, td, tensor_parallel = _host_target(r, m, path, hosts, raw_hosts, firmware_dir)
-        shape = {"td": td, "boot": boot, "cuda_version": _cuda_version(r, m, path, boot)}
+        boot, td, tensor_parallel = _host_target(r, m, path, hosts, raw_hosts, firmware_dir, server)
+        shape = {"td": td, "boot": boot, "cuda_version": _cuda_version(r, m, path, boot), "server": server}
         complete = boot is not None and td is not None
 
     if len(r.errors) > before or not complete:
@@ -183,11 +187,32 @@ def parse_workload(
     return wl
 
 
+def _server(r: Reader, m: Mapping[str, Any], path: str, target: str | None) -> str:
+    """`workload.server`: vLLM, or the dev stack's stand-in model server (no GPU, echoes prompts)."""
+    server = r.choice(m.get("server", "vllm"), join(path, "server"), SERVERS) or "vllm"
+    if server == "standin" and r.stack != DEV_STACK:
+        r.error(
+            join(path, "server"),
+            f"the stand-in model server echoes prompts; it serves on the `{DEV_STACK}` stack only, not `{r.stack}`",
+            "remove `server` (vLLM serves)",
+        )
+    if server == "standin" and target == "kubernetes":
+        r.error(join(path, "server"), "the Kubernetes target always runs vLLM", "remove `server`")
+    return server
+
+
 def _host_target(
-    r: Reader, m: Mapping[str, Any], path: str, hosts: tuple[HostConfig, ...], raw_hosts: Any, firmware_dir: Path
+    r: Reader,
+    m: Mapping[str, Any],
+    path: str,
+    hosts: tuple[HostConfig, ...],
+    raw_hosts: Any,
+    firmware_dir: Path,
+    server: str = "vllm",
 ) -> tuple[BootManifest | None, TdShape | None, int]:
     """The host target's part of `workload`: the TD boot manifest, the TD shape checked against it,
-    and the hosts that run it (all with GPUs, the same count: the tensor parallel size it returns)."""
+    and the hosts that run it (all with GPUs, the same count: the tensor parallel size it returns;
+    the dev stack's stand-in server needs no GPU)."""
     boot = r.catalog(
         path,
         lambda: load_boot_manifest(td_boot_manifest(r.stack, firmware_dir)),
@@ -209,6 +234,8 @@ def _host_target(
     counts: dict[int, str] = {}
     for h in hosts:
         i = next((n for n, item in enumerate(raw_list) if isinstance(item, Mapping) and item.get("name") == h.name), 0)
+        if h.gpu is None and server == "standin":
+            continue  # the stand-in uses no GPU (the agent skips GPU attestation for it)
         if h.gpu is None:
             r.error(
                 f"hosts[{i}].gpu",
@@ -371,12 +398,21 @@ def _vllm_args(r: Reader, value: Any, path: str) -> tuple[str, ...]:
 def _td_shape(r: Reader, value: Any, path: str, boot: BootManifest | None) -> TdShape | None:
     """`workload.td`; `boot` is the TD boot manifest (catalog.td_manifest.BootManifest), None when
     unusable (reported by the caller)."""
-    m = r.obj(value, path, ("vcpus", "memoryMiB", "artifactSource", "readyTimeoutSeconds", "dataDiskGiB"))
+    m = r.obj(value, path, ("vcpus", "memoryMiB", "artifactSource", "readyTimeoutSeconds", "dataDiskGiB", "tdx"))
+    tdx = r.boolean(m.get("tdx"), join(path, "tdx"), True)
+    if not tdx and r.stack != DEV_STACK:
+        r.error(
+            join(path, "tdx"),
+            f"a TD without TDX proves nothing (software TEST quotes, no boot measurements); only the "
+            f"`{DEV_STACK}` stack may run one, not `{r.stack}`",
+            "remove `tdx: false`: the host must run TDX (docs/trust-domain.md)",
+        )
     want = {"vcpus": boot.vcpus, "memoryMiB": boot.memory_mib} if boot is not None else {}
     shape = {}
     for key, lo, hi in (("vcpus", 1, 512), ("memoryMiB", 1024, 4 * 1024 * 1024)):
         shape[key] = r.integer(m.get(key), join(path, key), want.get(key, lo), lo, hi)
-        if m.get(key) is not None and boot is not None and shape[key] != want[key]:
+        # Without TDX nothing measures the VM shape (no RTMR0), so a small dev VM may differ.
+        if tdx and m.get(key) is not None and boot is not None and shape[key] != want[key]:
             r.error(
                 join(path, key),
                 f"{shape[key]} differs from `vm.{key}: {want[key]}` in the TD boot manifest "
@@ -404,4 +440,5 @@ def _td_shape(r: Reader, value: Any, path: str, boot: BootManifest | None) -> Td
         artifact_source=source.rstrip("/") or "/",
         ready_timeout_s=timeout,
         data_disk_gib=data_disk,
+        tdx=tdx,
     )

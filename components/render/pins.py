@@ -182,6 +182,21 @@ def workload_pins(pins: StackPins, manifest: WorkloadManifest, gpu_mode: str = "
     )
 
 
+NO_TDX_REASON = (
+    "the dev stack runs its TDs without TDX (workload.td.tdx: false): nothing measures the boot, "
+    "and the quotes are TEST quotes that prove nothing"
+)
+
+
+def without_tdx(pins: StackPins) -> StackPins:
+    """The `pins` of TDs that run without TDX (the dev stack only): MRTD and RTMR0-2 are not pinned
+    (a plain VM measures nothing; the values a TD would show stay under `artifacts`), RTMR3 still is
+    (the agent keeps it in software and the TEST quote carries it), and `tdx: false` says so, so a
+    verifier can take a TEST root for these pins and for no others."""
+    unpinned = RegisterPin(None, NO_TDX_REASON)
+    return replace(pins, tdx=False, mrtd=unpinned, rtmr0=unpinned, rtmr1=unpinned, rtmr2=unpinned, mrtd_candidates=None)
+
+
 def _describe(a: BootArtifact | None, authenticode: str | None = None) -> ArtifactPin | None:
     if a is None:
         return None

@@ -28,6 +28,11 @@ from guest_agent import CONFIG_FW_CFG
 
 DEFAULT_QEMU = "/usr/bin/qemu-system-x86_64"
 TD_ROOT = "/var/lib/tdx-vllm/td"
+# The dev stack's TD without TDX (`workload.td.tdx: false`): TCG, one thread for all vCPUs. Not KVM:
+# KVM without TDX adds nothing a dev VM needs and fails in nested or sandboxed hosts (an MSR QEMU
+# cannot set aborts it at start); multi-threaded TCG races the kernel's int3 code patching now and
+# then (tests/slow/test_guest_image.py). Slow, and only ever a functional stand-in for a TD.
+NO_TDX_ACCEL = "tcg,thread=single"
 GPU_MMIO64_MB = 262144  # 256 GiB of 64-bit MMIO for Hopper BARs (NVIDIA launch_vm.sh)
 QGS_VSOCK_CID = 2  # the host, as seen from QEMU's vsock client
 # virtio-blk serials the guest image's initramfs looks for (guest/image/initramfs/init).
@@ -67,6 +72,7 @@ class TdDefinition:
     after_units: tuple[str, ...] = field(default=())  # e.g. the QGS unit: start the TD after it
     rootfs: str | None = None  # read-only root disk (virtio serial tdx-vllm-root)
     data_disk: str | None = None  # scratch disk the guest encrypts with a fresh key (serial tdx-vllm-data)
+    tdx: bool = True  # False: the dev stack's plain VM under TCG (no TD, no measurements; NO_TDX_ACCEL)
 
     def __post_init__(self) -> None:
         if not HOST_NAME.match(self.name):
@@ -122,12 +128,21 @@ def tdx_guest_object(qgs_port: int) -> str:
     )
 
 
-def qemu_argv(d: TdDefinition) -> list[str]:
-    """The QEMU command line, one list element per argument (the order is part of the definition)."""
-    argv = [
-        d.qemu,
-        "-name",
-        f"tdx-vllm-{d.name},process=tdx-vllm-{d.name}",
+def _machine_argv(d: TdDefinition) -> list[str]:
+    if not d.tdx:
+        return [
+            "-accel",
+            NO_TDX_ACCEL,
+            "-cpu",
+            "max",
+            "-smp",
+            str(d.vcpus),
+            "-m",
+            f"{d.memory_mib}M",
+            "-machine",
+            "q35,hpet=off",
+        ]
+    return [
         "-accel",
         "kvm",
         "-cpu",
@@ -142,6 +157,16 @@ def qemu_argv(d: TdDefinition) -> list[str]:
         tdx_guest_object(d.qgs_port),
         "-machine",
         "q35,kernel_irqchip=split,confidential-guest-support=tdx,memory-backend=mem0,hpet=off",
+    ]
+
+
+def qemu_argv(d: TdDefinition) -> list[str]:
+    """The QEMU command line, one list element per argument (the order is part of the definition)."""
+    argv = [
+        d.qemu,
+        "-name",
+        f"tdx-vllm-{d.name},process=tdx-vllm-{d.name}",
+        *_machine_argv(d),
         "-bios",
         d.firmware,
         "-kernel",
@@ -191,7 +216,8 @@ def qemu_argv(d: TdDefinition) -> list[str]:
         ]
     if d.gpus:
         argv += ["-fw_cfg", f"name=opt/ovmf/X-PciMmio64Mb,string={GPU_MMIO64_MB}"]
-    assert_no_debug(argv)
+    if d.tdx:
+        assert_no_debug(argv)
     return argv
 
 
@@ -241,9 +267,15 @@ def render_unit(d: TdDefinition, pins: Mapping[str, str]) -> str:
     when the staged file names stay the same."""
     after = " ".join(("network-online.target",) + tuple(d.after_units))
     pin_lines = "".join(f"# pin {k}: {v}\n" for k, v in sorted(pins.items()))
+    no_tdx = (
+        ""
+        if d.tdx
+        else "# NO TDX (dev stack, workload.td.tdx: false): a plain VM under TCG with software TEST quotes.\n"
+    )
     return (
         f"# Managed by tdx-vllm (Pulumi): the Trust Domain of host `{d.name}`. Do not edit: `pulumi up`\n"
         "# rewrites this file and restarts the TD when it differs.\n"
+        f"{no_tdx}"
         f"{pin_lines}"
         "[Unit]\n"
         f"Description=tdx-vllm Trust Domain {d.name} (attested vLLM)\n"
@@ -270,6 +302,7 @@ def agent_config(
     model_source: str,
     gateway_port: int,
     known_answer: Mapping[str, str],
+    server: str = "vllm",
 ) -> str:
     """The guest agent's config (fw_cfg opt/tdx-vllm/agent.json) in the agent's schema
     (docs/guest-agent.md: unknown keys are errors there), canonical JSON. The host hands it to the
@@ -283,4 +316,6 @@ def agent_config(
         "knownAnswer": dict(known_answer),
         "gateway": {"port": gateway_port},
     }
+    if server != "vllm":  # the dev stand-in; the agent refuses it on any other stack too
+        doc["server"] = server
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True) + "\n"

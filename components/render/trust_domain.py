@@ -93,6 +93,7 @@ def definition(
         after_units=(f"{qgs_service}.service",) if qgs_service else (),
         rootfs=f"{d}/{boot.rootfs.staged_name}" if boot.rootfs is not None else None,
         data_disk=f"{d}/data.img" if td.data_disk_gib > 0 else None,
+        tdx=td.tdx,
     )
 
 
@@ -109,6 +110,7 @@ def launch_params(
     workload: WorkloadConfig,
     manifest: WorkloadManifest,
     stack: str,
+    stage_urn: str = "",
 ) -> dict[str, str]:
     agent = agent_config(
         stack,
@@ -116,6 +118,7 @@ def launch_params(
         workload.model_source,
         workload.gateway_port,
         {"prompt": workload.known_answer.prompt, "expect": workload.known_answer.expect},
+        workload.server,
     )
     unit = render_unit(defn, unit_pins(boot, manifest))
     return {
@@ -132,6 +135,10 @@ def launch_params(
         "TDX_GATEWAY_PORT": str(defn.gateway_port),
         "TDX_DATA_DISK": defn.data_disk or "",
         "TDX_DATA_DISK_GIB": str(_shape(workload).data_disk_gib),
+        "TDX_TD_TDX": "true" if defn.tdx else "false",
+        # A staged file changed since td-stage checked it: the refusal names how to stage it again
+        # (td-stage runs only when its own inputs change, so a plain `pulumi up` would not).
+        "TDX_STAGE_URN": stage_urn,
     }
 
 

@@ -60,6 +60,7 @@ class TrustDomain(pulumi.ComponentResource):
     facts: pulumi.Output[Mapping[str, Any]]
     endpoint: pulumi.Output[str | None]
     ready: pulumi.Output[bool]
+    summary: pulumi.Output[dict[str, Any]]  # the `td` entry of the host's `hosts` output
 
     def __init__(self, name: str, args: TrustDomainArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tdx-vllm:td:TrustDomain", name, {}, opts)
@@ -89,7 +90,9 @@ class TrustDomain(pulumi.ComponentResource):
                 qemu=args.qemu,
             )
         )
-        params = defn.apply(lambda d: launch_params(d, boot, wl, args.manifest, args.stack))
+        params = pulumi.Output.all(defn, self.stage.urn).apply(
+            lambda a: launch_params(a[0], boot, wl, args.manifest, args.stack, stage_urn=a[1])
+        )
         # A changed launch input (artifact pin, manifest, unit, agent config) replaces the TD: the
         # old one is stopped and its unit removed first, then the new one is written and started.
         self.launch = host_step(
@@ -118,7 +121,21 @@ class TrustDomain(pulumi.ComponentResource):
         self.ready = self.facts.apply(lambda f: f.get("ok") is True and f.get("state") == "ready")
         url = endpoint_url(host.ssh.address, wl.gateway_port)
         self.endpoint = self.ready.apply(lambda ok: url if ok else None)
+        self.summary = self.facts.apply(lambda f: td_summary(f, td.tdx, url))
         self.register_outputs({"facts": self.facts, "endpoint": self.endpoint, "ready": self.ready})
+
+
+def td_summary(facts: Mapping[str, Any], tdx: bool, url: str) -> dict[str, Any]:
+    """What an operator reads first about a host's TD: whether it is a TD at all (`tdx: false` is the
+    dev stack's VM with TEST quotes), the agent's state, where it serves and how it quotes."""
+    ready = facts.get("ok") is True and facts.get("state") == "ready"
+    return {
+        "tdx": tdx,
+        "state": facts.get("state"),
+        "endpoint": url if ready else None,
+        "quoteSource": facts.get("quote_source"),
+        "rtmr3": facts.get("rtmr3"),
+    }
 
 
 def trust_domains(

@@ -528,6 +528,48 @@ def test_workload_hosts_without_gpus_are_refused(fw):
     ]
 
 
+def _dev_without_tdx() -> dict:
+    """The journey's dev stack: a TD without TDX, the stand-in server, a host without GPUs, a small VM."""
+    raw = good()
+    del raw["gpu"]
+    raw["workload"] = workload()
+    raw["workload"]["server"] = "standin"
+    raw["workload"]["td"].update(tdx=False, vcpus=2, memoryMiB=2048)
+    return raw
+
+
+def test_dev_stack_may_run_a_td_without_tdx_with_the_standin_and_no_gpu(fw):
+    cfg = parse_stack(_dev_without_tdx(), "dev", firmware_dir=fw)
+    wl = cfg.workload
+    assert wl is not None and wl.server == "standin" and wl.td is not None and wl.td.tdx is False
+    # nothing measures the VM shape without TDX, so a small dev VM may differ from the manifest's
+    assert (wl.td.vcpus, wl.td.memory_mib) == (2, 2048)
+    assert cfg.tensor_parallel_size == 1 and all(h.gpu is None for h in cfg.hosts)
+
+
+def test_a_td_without_tdx_and_the_standin_are_refused_outside_dev(fw):
+    errors = workload_errors(_dev_without_tdx(), fw, stack="staging")
+    assert any(
+        e.startswith("workload.td.tdx: a TD without TDX proves nothing") and "not `staging`" in e for e in errors
+    ), errors
+    assert any(e.startswith("workload.server: the stand-in model server echoes prompts") for e in errors), errors
+    # and the shape check stays for a TD with TDX, GPUs stay required for vLLM
+    raw = _dev_without_tdx()
+    raw["workload"]["td"]["tdx"] = True
+    del raw["workload"]["server"]
+    errors = workload_errors(raw, fw, stack="dev")
+    assert any(e.startswith("workload.td.vcpus: 2 differs from `vm.vcpus: 16`") for e in errors), errors
+    assert any("has no GPUs but `workload` is set" in e for e in errors), errors
+
+
+def test_td_tdx_must_be_a_boolean(fw):
+    raw = _dev_without_tdx()
+    raw["workload"]["td"]["tdx"] = "no"
+    errors = workload_errors(raw, fw, stack="dev")
+    # (read as the default, true, so the TD shape is then checked against the manifest too)
+    assert errors[0] == "workload.td.tdx: expected true or false, got 'no'; fix: write `true` or `false`"
+
+
 def test_workload_errors_are_reported_with_the_others(fw):
     raw = good()
     raw["workload"] = workload()

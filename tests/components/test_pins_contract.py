@@ -9,7 +9,7 @@ import pytest
 
 from components.config.stack import parse_stack
 from components.render.kubernetes import expected_pins as kubernetes_pins
-from components.render.pins import expected_pins, workload_pins
+from components.render.pins import expected_pins, without_tdx, workload_pins
 from tdxattest.core.errors import InputError
 from tdxattest.core.pins import StackPins
 from tdxattest.core.policy import pins_from_stack_output
@@ -50,6 +50,26 @@ def test_host_pins_with_a_workload(tmp_path):
     assert parsed.rtmr3.values == (bytes.fromhex(doc["rtmr3"]),) and "rtmr3" in keys
 
 
+def test_host_pins_of_a_dev_td_without_tdx(tmp_path):
+    """`workload.td.tdx: false` (dev only): `tdx: false`, the boot registers not pinned (with the
+    reason), RTMR3 still pinned; the values a TD would show stay under `artifacts`."""
+    raw = good()
+    raw["workload"] = workload()
+    fw = pinned_firmware_dir(tmp_path)
+    stack = parse_stack(decrypted(raw), "staging", secret_paths=set(SECRETS), firmware_dir=fw)
+    assert stack.workload is not None and stack.workload.boot is not None
+    with_tdx = workload_pins(expected_pins(stack.workload.boot, ARTIFACTS, require_artifacts=False),
+                             stack.workload.manifest(1))  # fmt: skip
+    doc = round_trip(without_tdx(with_tdx))
+    assert doc["tdx"] is False and "tdx" not in round_trip(with_tdx)
+    for key in ("mrtd", "rtmr0", "rtmr1", "rtmr2"):
+        assert doc[key] is None and "without TDX" in doc["reasons"][key], key
+    assert doc["mrtdCandidates"] is None
+    assert doc["rtmr3"] == with_tdx.value("rtmr3") and doc["artifacts"] == with_tdx.to_json()["artifacts"]
+    parsed, _keys = pins_from_stack_output(doc)
+    assert parsed.rtmr3.values == (bytes.fromhex(doc["rtmr3"]),) and parsed.mrtd.values is None
+
+
 def test_kubernetes_pins():
     doc = round_trip(kubernetes_pins(make_args()))
     assert doc["target"] == "kubernetes" and doc["mrconfigid"] and doc["initData"]["toml"]
@@ -74,6 +94,7 @@ def test_a_hand_written_pins_file_names_only_what_it_pins():
         ({"schema": 1, "tdAttributes": "zz"}, "pins.tdAttributes: a hex string or null"),
         ({"schema": 1, "target": "cloud"}, "pins.target: host or kubernetes"),
         ({"schema": 1, "reasons": {"rtmr0": 1}}, "pins.reasons: an object of strings"),
+        ({"schema": 1, "tdx": "false"}, "pins.tdx: true or false"),
     ],
 )
 def test_unusable_pins_are_refused_naming_the_key(doc, message):

@@ -13,6 +13,7 @@ import yaml
 from components.catalog.pinfile import CatalogError
 from components.catalog.td_manifest import load_boot_manifest
 from components.render.td_definition import (
+    NO_TDX_ACCEL,
     DefinitionError,
     TdDefinition,
     agent_config,
@@ -309,3 +310,31 @@ def test_bad_manifest_values_are_refused(tmp_path):
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(CatalogError, match="vm.vcpus"):
         load_boot_manifest(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the dev stack's TD without TDX (workload.td.tdx: false)
+
+
+def test_without_tdx_the_vm_runs_under_tcg_with_no_td_object():
+    argv = qemu_argv(definition(tdx=False, gpus=(), vcpus=2, memory_mib=2048))
+    assert option_values(argv, "-accel") == [NO_TDX_ACCEL] and option_values(argv, "-cpu") == ["max"]
+    assert option_values(argv, "-machine") == ["q35,hpet=off"]
+    assert not [a for a in argv if "tdx-guest" in a or "confidential-guest-support" in a]
+    # the rest of the definition is the TD's: the pinned firmware, direct boot, agent config, gateway
+    assert option_values(argv, "-bios") == ["/var/lib/tdx-vllm/td/gpu-a/firmware.fd"]
+    assert option_values(argv, "-append") == [CMDLINE]
+    assert f"name={CONFIG_FW_CFG},file=/var/lib/tdx-vllm/td/gpu-a/agent.json" in option_values(argv, "-fw_cfg")
+    with pytest.raises(DefinitionError, match="exactly one tdx-guest object"):
+        assert_no_debug(argv)  # so the TD path can never be rendered like this by mistake
+
+
+def test_the_unit_of_a_vm_without_tdx_says_so_and_a_tds_does_not():
+    assert "NO TDX (dev stack" in render_unit(definition(tdx=False, gpus=()), {})
+    assert "NO TDX" not in render_unit(definition(), {})
+
+
+def test_agent_config_names_the_standin_server_only_when_chosen():
+    args = ("dev", {"image": "x"}, "https://m.example/{id}", 8443, {"prompt": "p", "expect": "p"})
+    assert json.loads(agent_config(*args, "standin"))["server"] == "standin"
+    assert "server" not in json.loads(agent_config(*args))

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
 import socket
 import ssl
 import subprocess
@@ -42,14 +41,12 @@ import pytest
 from components.render.td_definition import DATA_DISK_SERIAL, ROOT_DISK_SERIAL
 from guest_agent import CONFIG_FW_CFG, REPORT_PREFIX
 from guest_agent.driver import PREFIX as DRIVER_LINE_PREFIX
-from tests.support.paths import ARTIFACTS, REPO
+from tests.support.guest_image import tail
+from tests.support.paths import ARTIFACTS
 
 pytestmark = pytest.mark.slow
 
 
-BUILD = REPO / "tools" / "build-guest-image.sh"
-CACHE = Path(os.environ.get("TDX_VLLM_GUEST_IMAGE_CACHE", REPO / "artifacts" / "guest-image-cache"))
-BUILD_TIMEOUT_S = 1800
 REPORT_TIMEOUT_S = 300  # boot + agent; TCG is several times slower than KVM
 GATEWAY_PORT = 8443
 BOOT_PREFIX = "tdx-vllm-boot: "
@@ -75,66 +72,6 @@ def agent_config(stack: str, server: str) -> dict:
         "knownAnswer": {"prompt": PROMPT, "maxTokens": 2, "expect": PROMPT, "timeoutSeconds": 60},
         "gateway": {"port": GATEWAY_PORT, "listen": "0.0.0.0"},
     }
-
-
-def _missing_prerequisite() -> str | None:
-    if os.geteuid() != 0:
-        return "building the guest image needs root (debootstrap, chroot, mounts)"
-    if shutil.which("qemu-system-x86_64") is None:
-        return "missing qemu-system-x86_64 (apt-get install qemu-system-x86)"
-    # The build's own preflight (tools, keyring, mirrors): one list, and its message when it fails.
-    done = subprocess.run([str(BUILD), "--preflight"], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        return (done.stderr.strip().splitlines() or [f"{BUILD} --preflight exited {done.returncode}"])[-1]
-    return None
-
-
-@pytest.fixture(scope="module")
-def images(request: pytest.FixtureRequest) -> dict[str, Path]:
-    """{"prod": dir, "dev": dir} with vmlinuz, initrd.img, rootfs.verity.img, cmdline.txt, manifest.json."""
-    if "slow" not in (request.config.getoption("markexpr", "") or "") and os.environ.get("TDX_VLLM_SLOW", "") in (
-        "",
-        "0",
-    ):
-        pytest.skip("slow tier (image build + QEMU boots, minutes): select it with `-m slow` or TDX_VLLM_SLOW=1")
-    reason = _missing_prerequisite()
-    if reason:
-        pytest.skip(reason)
-    recipe = subprocess.run(
-        [str(BUILD), "--print-recipe-hash"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    out = CACHE / recipe[:16]
-    dirs = {stack: out / stack for stack in ("prod", "dev")}
-    if not all((d / "manifest.json").exists() for d in dirs.values()):
-        out.mkdir(parents=True, exist_ok=True)
-        log = out.parent / f"{recipe[:16]}.build.log"
-        with log.open("w") as f:
-            done = subprocess.run(
-                [str(BUILD), "--stack", "all", "--out", str(out)],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                timeout=BUILD_TIMEOUT_S,
-                check=False,
-            )
-        if done.returncode != 0:
-            pytest.fail(f"image build failed ({done.returncode}), log {log}:\n" + _tail(log, 40))
-        # Keep one build (~410 MB: two root disks of ~190 MB): drop those of earlier recipes.
-        for old in CACHE.iterdir():
-            if not old.name.startswith(recipe[:16]):
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-    for stack, d in dirs.items():
-        manifest = json.loads((d / "manifest.json").read_text())
-        assert manifest["stack"] == stack
-        for name, entry in manifest["files"].items():
-            assert (d / name).stat().st_size == entry["size"], name
-    return dirs
-
-
-def _tail(path: Path, n: int) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return ""
 
 
 def _free_port() -> int:
@@ -269,9 +206,9 @@ def wait_report(proc: subprocess.Popen, log: Path, timeout_s: float = REPORT_TIM
                 except ValueError:
                     pass  # half-written line
         if proc.poll() is not None:
-            pytest.fail(f"QEMU exited {proc.returncode} before the agent reported; serial log:\n" + _tail(log, 60))
+            pytest.fail(f"QEMU exited {proc.returncode} before the agent reported; serial log:\n" + tail(log, 60))
         time.sleep(0.5)
-    pytest.fail(f"no {REPORT_PREFIX.strip()} line in {timeout_s:.0f}s; serial log:\n" + _tail(log, 60))
+    pytest.fail(f"no {REPORT_PREFIX.strip()} line in {timeout_s:.0f}s; serial log:\n" + tail(log, 60))
 
 
 def wait_line(proc: subprocess.Popen, log: Path, prefix: str, timeout_s: float) -> dict:
@@ -287,9 +224,9 @@ def wait_line(proc: subprocess.Popen, log: Path, prefix: str, timeout_s: float) 
                 except ValueError:
                     pass  # half-written line
         if proc.poll() is not None:
-            pytest.fail(f"QEMU exited {proc.returncode} before a {prefix.strip()} line; serial log:\n" + _tail(log, 60))
+            pytest.fail(f"QEMU exited {proc.returncode} before a {prefix.strip()} line; serial log:\n" + tail(log, 60))
         time.sleep(0.5)
-    pytest.fail(f"no {prefix.strip()} line in {timeout_s:.0f}s; serial log:\n" + _tail(log, 60))
+    pytest.fail(f"no {prefix.strip()} line in {timeout_s:.0f}s; serial log:\n" + tail(log, 60))
 
 
 def driver_fact(log: Path) -> dict:
@@ -297,7 +234,7 @@ def driver_fact(log: Path) -> dict:
         at = line.find(DRIVER_PREFIX)
         if at >= 0:
             return json.loads(line[at + len(DRIVER_PREFIX) :].strip())
-    pytest.fail(f"no {DRIVER_PREFIX.strip()} line on the console; serial log:\n" + _tail(log, 60))
+    pytest.fail(f"no {DRIVER_PREFIX.strip()} line on the console; serial log:\n" + tail(log, 60))
 
 
 def test_the_build_reproduces_the_pinned_image(images: dict[str, Path]) -> None:
@@ -431,7 +368,7 @@ def test_dev_image_serves_standin_behind_the_gateway(images: dict[str, Path], ac
     with boot(images["dev"], agent_config("dev", "standin"), tmp_path / "dev", accel) as (proc, log, port):
         report, seconds = wait_report(proc, log)
         print(f"dev ({accel[1]}): report {seconds:.1f}s after QEMU start: {report}")
-        assert report["state"] == "ready", f"{report}\n{_tail(log, 40)}"
+        assert report["state"] == "ready", f"{report}\n{tail(log, 40)}"
         assert report.get("quoteSource") == "software-test", report
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the TD's fresh self-signed key

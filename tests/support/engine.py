@@ -119,8 +119,10 @@ class Engine:
             raise AssertionError(f"pulumi {' '.join(args[:3])} unexpectedly succeeded:\n{p.stdout[-12000:]}")
         return p
 
-    def up(self, stack: str, label: str, ok: bool = True, *extra: str) -> subprocess.CompletedProcess:
-        return self.pulumi("up", "--yes", "--skip-preview", *extra, stack=stack, ok=ok, label=label)
+    def up(
+        self, stack: str, label: str, ok: bool = True, *extra: str, timeout: float = 240
+    ) -> subprocess.CompletedProcess:
+        return self.pulumi("up", "--yes", "--skip-preview", *extra, stack=stack, ok=ok, label=label, timeout=timeout)
 
     def up_killed_when(self, stack: str, condition: Callable[[], bool], timeout: float = 120) -> subprocess.Popen:
         """`pulumi up` in its own process group, SIGKILLed (the whole group) once `condition()` holds."""

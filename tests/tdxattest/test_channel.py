@@ -260,6 +260,9 @@ def test_gateway_attestation_response_binds_its_tls_key(loop, tmp_path, pki) -> 
         assert status == 200 and doc["quote_source"] == SoftwareQuoteProvider.label
         quote = parse_quote(base64.b64decode(doc["quote"]))
         assert quote.report.report_data == expected_report_data(ch.gateway.tls.spki, bytes.fromhex("11" * 32))
+        # A software-test source serves its TEST root and collateral with the quote (dev stack only)
+        assert base64.b64decode(doc["test_pki"]["root_ca"]) == pki.root_ca_der
+        assert json.loads(doc["test_pki"]["collateral"]) == json.loads(pki.collateral_json())
         for bad in ("", "zz", "11" * 8, "11" * 65):
             status, doc = loop.run(call(bad))
             assert status == 400 and doc["error"]["code"] == "gateway.bad_nonce"
@@ -294,3 +297,58 @@ def test_head_requests_are_not_forwarded_and_are_audited(channel_factory, pki) -
     assert ch.standin.requests == 0
     (record,) = ch.audit_records()
     assert record["verdict"] == "not_forwarded" and record["status"] == 405
+
+
+# -- the dev stack's TD without TDX: --accept-dev-test-root --------------------------------------
+
+
+class _QuotesWithoutTestPki:
+    """Signs TEST quotes but serves no `test_pki` (like a hardware source, which has none)."""
+
+    label = "software-test-pki"
+
+    def __init__(self, pki) -> None:
+        self._inner = SoftwareQuoteProvider(pki)
+
+    def quote(self, report_data: bytes) -> bytes:
+        return self._inner.quote(report_data)
+
+
+def test_dev_test_root_takes_the_test_pki_served_with_each_answer(channel_factory, pki) -> None:
+    from tdxattest.testing.testpki import make_test_pki
+
+    # The proxy was given another PKI's collateral: only the TEST PKI in the answer can verify.
+    other = make_test_pki(int(time.time()))
+    td = TdIdentity(rtmr3=bytes(range(48)))
+    ch = channel_factory(pki, td=td, collateral=other.collateral_json(), dev_test_root=True)
+    done = client(ch).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say OK"}])
+    assert done.choices[0].message.content == known_answer("Say OK")
+    (record,) = ch.audit_records()
+    assert record["verdict"] == "accepted" and record["quote_source"] == "software-test-pki"
+    assert record["checks"]["pin.rtmr3"] == "pass" and record["checks"]["binding.report_data_mismatch"] == "pass"
+
+
+def test_without_the_flag_the_served_test_pki_is_ignored(channel_factory, pki) -> None:
+    from tdxattest.testing.testpki import make_test_pki
+
+    other = make_test_pki(int(time.time()))
+    ch = channel_factory(pki, collateral=other.collateral_json())
+    with pytest.raises(openai.APIStatusError) as info:
+        client(ch).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say OK"}])
+    assert info.value.status_code == 502
+    assert ch.standin.requests == 0
+
+
+def test_dev_test_root_still_holds_the_pins(channel_factory, pki) -> None:
+    ch = channel_factory(
+        pki, td=TdIdentity(rtmr3=bytes(48)), pinned=TdIdentity(rtmr3=bytes(range(48))), dev_test_root=True
+    )
+    refused(ch, "pin.rtmr3")
+    assert ch.standin.requests == 0
+
+
+def test_dev_test_root_refuses_an_answer_without_a_test_pki(channel_factory, pki) -> None:
+    ch = channel_factory(pki, source=_QuotesWithoutTestPki(pki), dev_test_root=True)
+    error = refused(ch, "attestation.test_pki")
+    assert "drop --accept-dev-test-root" in json.dumps(error)
+    assert ch.standin.requests == 0

@@ -140,6 +140,97 @@ def test_proxy_without_the_test_root_refuses_software_quotes(tmp_path: Path) -> 
         assert isinstance(body, dict) and body["code"].startswith(("collateral.", "pck.")), body
 
 
+def _dev_pins(tmp_path: Path, rtmr3: bytes, *, tdx: bool = False) -> Path:
+    """The `pins` a dev stack without TDX exports: `tdx: false`, MRTD/RTMR0-2 not pinned, RTMR3 pinned."""
+    from tdxattest.core.pins import RegisterPin
+
+    pins = TdIdentity(rtmr3=rtmr3).stack_pins()
+    if not tdx:  # what components/render/pins.without_tdx makes of a dev stack's pins
+        unpinned = RegisterPin(None, "no TDX")
+        pins = replace(pins, tdx=False, mrtd=unpinned, rtmr0=unpinned, rtmr1=unpinned, rtmr2=unpinned)
+    path = tmp_path / f"pins-{'tdx' if tdx else 'dev'}-{rtmr3.hex()[:8]}.json"
+    path.write_text(json.dumps(pins.to_json()))
+    return path
+
+
+def test_dev_test_root_with_the_gateways_test_rtmr3(tmp_path: Path) -> None:
+    """The dev stack's TD without TDX, as its image runs it: the gateway's TEST quotes carry the
+    agent's software RTMR3, and a proxy on the dev pins with --accept-dev-test-root needs no
+    collateral or root of its own. The wrong RTMR3 is still refused."""
+    rtmr3 = bytes(range(48))
+    with ExitStack() as stack:
+        upstream = spawn(stack, "tdxattest.testing.standin", "--listen", "127.0.0.1:0")["listening"]
+        gw = spawn(
+            stack,
+            "tdxattest",
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            upstream,
+            "--quote-source",
+            "software-test",
+            "--test-pki-dir",
+            str(tmp_path / "pki"),
+            "--test-rtmr3",
+            rtmr3.hex(),
+        )
+        for pins, ok in ((_dev_pins(tmp_path, rtmr3), True), (_dev_pins(tmp_path, bytes(48)), False)):
+            proxy = spawn(
+                stack,
+                "tdxattest",
+                "proxy",
+                "--upstream",
+                gw["listening"],
+                "--pins",
+                str(pins),
+                "--accept-dev-test-root",
+                "--listen",
+                "127.0.0.1:0",
+                "--audit",
+                str(tmp_path / "audit.jsonl"),
+            )
+            assert proxy["root_ca"].startswith("TEST, served by the dev gateway")
+            client = openai.OpenAI(base_url=proxy["listening"] + "/v1", api_key="x", max_retries=0, timeout=20)
+            if ok:
+                assert [m.id for m in client.models.list().data] == [StandinConfig().model]
+            else:
+                with pytest.raises(openai.APIStatusError) as info:
+                    client.models.list()
+                assert info.value.status_code == 502 and info.value.body["code"] == "pin.rtmr3", info.value.body
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--pins", "TDX"], "pins TDs that run with TDX"),
+        (["--pins", "DEV", "--root-ca", "DEV"], "drop --root-ca"),
+        (["--pins", "DEV", "--pccs", "https://127.0.0.1:9"], "not allowed with argument"),
+    ],
+)
+def test_dev_test_root_is_refused_outside_dev_pins(tmp_path: Path, extra: list[str], message: str) -> None:
+    files = {"TDX": str(_dev_pins(tmp_path, bytes(48), tdx=True)), "DEV": str(_dev_pins(tmp_path, bytes(48)))}
+    argv = [sys.executable, "-m", "tdxattest", "proxy", "--upstream", "https://127.0.0.1:9", "--accept-dev-test-root"]
+    argv += [files.get(a, a) for a in extra] + ["--listen", "127.0.0.1:0", "--audit", str(tmp_path / "a.jsonl")]
+    done = subprocess.run(
+        argv, cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_gateway_refuses_a_test_rtmr3_without_software_quotes() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tdxattest", "gateway", "--listen", "127.0.0.1:0", "--test-rtmr3", "00" * 48],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 2 and "--test-rtmr3 is for --quote-source software-test only" in done.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -8,7 +8,7 @@
 #
 # Parameters: TDX_TD_NAME, TDX_TD_DIR, TDX_UNIT, TDX_UNIT_TEXT, TDX_AGENT_CONFIG_PATH, TDX_AGENT_CONFIG,
 # TDX_ARTIFACTS (`<staged name> <file> <sha256>` lines), TDX_QEMU, TDX_GPU_BDFS (space-separated),
-# TDX_SERIAL_LOG, TDX_GATEWAY_PORT, TDX_DATA_DISK (path, empty: none) and TDX_DATA_DISK_GIB (its size:
+# TDX_STAGE_URN (the td-stage resource, for the fix), TDX_SERIAL_LOG, TDX_GATEWAY_PORT, TDX_TD_TDX (false: a dev VM without TDX), TDX_DATA_DISK (path, empty: none) and TDX_DATA_DISK_GIB (its size:
 # a sparse file; the guest formats it under a fresh dm-crypt key at every boot, so nothing on it survives).
 
 UNIT_FILE="/etc/systemd/system/$TDX_UNIT"
@@ -46,7 +46,9 @@ check() {
     "install QEMU with TDX support (Ubuntu 25.10+/26.04: apt-get install qemu-system-x86)"
   version=$("$TDX_QEMU" --version 2>/dev/null | head -n1 || true)
   fact qemu_version "${version:-unknown}"
-  "$TDX_QEMU" -object help 2>/dev/null | grep -qw tdx-guest || refuse "QEMU cannot run a TD" \
+  fact_raw tdx "${TDX_TD_TDX:-true}"
+  # TDX_TD_TDX=false: the dev stack's plain VM under TCG (workload.td.tdx: false), no tdx-guest needed.
+  [ "${TDX_TD_TDX:-true}" = false ] || "$TDX_QEMU" -object help 2>/dev/null | grep -qw tdx-guest || refuse "QEMU cannot run a TD" \
     "the tdx-guest object in $TDX_QEMU -object help" "${version:-unknown version} without tdx-guest" \
     "install a QEMU with TDX (upstream >= 10.1, or the distribution's TDX build)"
 
@@ -55,7 +57,7 @@ check() {
     [ -n "$name" ] || continue
     seen=$(file_sha256 "$TDX_TD_DIR/$name")
     [ "$seen" = "$sha" ] || refuse "staged TD artifact $TDX_TD_DIR/$name ($file) changed" "sha256 $sha" \
-      "$([ -n "$seen" ] && echo "sha256 $seen" || echo "no file")" "find out who changed it, then run pulumi up again (td-stage fetches the pinned file)"
+      "$([ -n "$seen" ] && echo "sha256 $seen" || echo "no file")" "find out who changed it, then stage the pinned files again: pulumi up --replace '${TDX_STAGE_URN:-<the td-stage resource>}'"
   done <<<"$TDX_ARTIFACTS"
 
   local gpus_json=""

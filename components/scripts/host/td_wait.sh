@@ -16,7 +16,8 @@
 
 SEP=$'\x1f'
 
-# The last agent line of the serial log as state SEP reason SEP manifestSha384 SEP rtmr3 SEP step ("none" if none).
+# The last agent line of the serial log as state SEP reason SEP manifestSha384 SEP rtmr3 SEP step SEP
+# quoteSource ("none" if none).
 agent_status() {
   python3 - "$TDX_SERIAL_LOG" "$TDX_AGENT_PREFIX" <<'PY'
 import json
@@ -43,15 +44,15 @@ if last is None:
 else:
     def clean(value):
         return " ".join(str("" if value is None else value).split())[:400].replace("\x1f", " ")
-    print("\x1f".join(clean(last.get(k)) for k in ("state", "reason", "manifestSha384", "rtmr3", "step")))
+    print("\x1f".join(clean(last.get(k)) for k in ("state", "reason", "manifestSha384", "rtmr3", "step", "quoteSource")))
 PY
 }
 
 check() {
-  local deadline=$((SECONDS + TDX_TD_READY_TIMEOUT)) start=$SECONDS state reason digest rtmr3 step active
+  local deadline=$((SECONDS + TDX_TD_READY_TIMEOUT)) start=$SECONDS state reason digest rtmr3 step source active
   fact unit "$TDX_UNIT"; fact serial_log "$TDX_SERIAL_LOG"
   while :; do
-    IFS="$SEP" read -r state reason digest rtmr3 step <<<"$(agent_status)" || true
+    IFS="$SEP" read -r state reason digest rtmr3 step source <<<"$(agent_status)" || true
     fact state "${state:-none}"
     case "$state" in
       ready) break ;;
@@ -74,6 +75,8 @@ check() {
     sleep "${TDX_WAIT_POLL:-5}"
   done
   fact rtmr3 "$rtmr3"; fact_raw waited_s "$((SECONDS - start))"
+  # tsm: quotes from the TDX module; software-test: the dev stack's VM without TDX (TEST quotes).
+  fact quote_source "${source:-unknown}"
   [ -z "$digest" ] || [ "$digest" = "$TDX_EXPECTED_MANIFEST_SHA384" ] || refuse "the TD serves another workload manifest" \
     "manifestSha384 $TDX_EXPECTED_MANIFEST_SHA384" "${digest:-none}" \
     "the agent config on the host was changed or is stale: run pulumi up again (td-launch rewrites it)"

@@ -179,6 +179,10 @@ class Gateway:
         self.config = config
         self.source = source
         self.tls = tls or make_tls_identity()
+        # A software-test source's TEST root and collateral travel with each answer (`test_pki`);
+        # a hardware source has none, and its answers never carry the key.
+        test_pki = getattr(source, "test_pki", None)
+        self.test_pki: dict[str, Any] = {"test_pki": test_pki()} if callable(test_pki) else {}
         # Written before the gateway starts and never changed: encoded once, not per attestation.
         event_log = _read_optional(config.event_log)
         self.event_log_b64 = base64.b64encode(event_log).decode() if event_log else None
@@ -315,6 +319,7 @@ class Gateway:
                 "tls_spki_sha256": self.tls.spki_sha256,
                 "event_log": self.event_log_b64,
                 "gpu_evidence": gpu.to_json() if gpu is not None else None,
+                **self.test_pki,
             },
             headers={"cache-control": "no-store"},
         )

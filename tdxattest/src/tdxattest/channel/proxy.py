@@ -34,7 +34,7 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,7 +45,7 @@ from tdxattest.core.checks import Failure
 from tdxattest.core.errors import InputError
 from tdxattest.core.gpu_policy import EvidenceDoc, GpuVerdict, parse_evidence_doc
 from tdxattest.core.policy import Verdict
-from tdxattest.dcap.appraise import Appraiser
+from tdxattest.dcap.appraise import Appraiser, FixedCollateral
 
 MAX_ATTESTATION_BYTES = 8 * 1024 * 1024
 ATTESTATION_TIMEOUT_S = 60.0  # the whole exchange: request, quote generation in the TD, response
@@ -77,6 +77,9 @@ class ProxyConfig:
     audit_path: str | None = None
     require_response_quotes: bool = False  # also ask for and verify a quote per response
     connect_timeout_s: float = 10.0
+    # The dev stack's TDs without TDX (pins `tdx: false`): take the TEST root and collateral each
+    # answer of a software-test gateway carries. `tdxattest proxy` refuses it for any other pins.
+    dev_test_root: bool = False
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.upstream)
@@ -148,6 +151,9 @@ class Attestation:
     tcb_status: str | None
     at: float  # time.monotonic() when verified: the re-attestation clock ignores wall-clock jumps
     gpu: dict[str, Any] | None = None  # the GPU verdict's summary (None: no GPU evidence, none required)
+    checks: dict[str, str] = field(default_factory=dict)  # check name -> pass | not_checked (the audit line)
+    quote_source: str | None = None  # what the gateway said signs its quotes (tsm, software-test-pki)
+    appraiser: Appraiser | None = None  # what accepted it (the dev TEST root's): response quotes use it too
 
 
 _conn_ids = itertools.count(1)
@@ -291,6 +297,12 @@ class UpstreamConnection:
             raise _failure(
                 "attestation.malformed", "a TLS certificate with a public key we can read", str(exc)[:160]
             ) from None
+        if self.config.dev_test_root:
+            try:
+                appraiser = dev_test_appraiser(appraiser, doc.get("test_pki"))
+            except AttestationFailed:
+                self.close()
+                raise
         try:
             gpu = read_gpu_evidence(doc.get("gpu_evidence"))
             digest = gpu.digest() if gpu is not None else None
@@ -313,8 +325,31 @@ class UpstreamConnection:
             verdict.tcb_status,
             time.monotonic(),
             gpu_verdict.summary() if gpu is not None else None,
+            {c.check: c.outcome for c in (*verdict.checks, *gpu_verdict.checks)},
+            doc.get("quote_source") if isinstance(doc.get("quote_source"), str) else None,
+            appraiser,
         )
         return self.attestation
+
+
+def dev_test_appraiser(appraiser: Appraiser, value: Any) -> Appraiser:
+    """`appraiser` trusting the TEST root a software-test gateway served with this very answer, and
+    verifying with the collateral it came with. Such quotes prove nothing (anyone can make that
+    PKI); the pins still hold (RTMR3, REPORTDATA bound to this connection), which is what a dev
+    stack without TDX can show. Only ever used for pins that say `tdx: false`."""
+    from tdxattest.dcap.collateral import CollateralError, collateral_from_json_text
+
+    try:
+        root = base64.b64decode(value["root_ca"], validate=True)
+        collateral = collateral_from_json_text(value["collateral"], "the dev gateway's TEST PKI")
+    except (TypeError, KeyError, ValueError, InputError, CollateralError) as exc:
+        raise _failure(
+            "attestation.test_pki",
+            "the TEST root and collateral a software-test gateway serves (`test_pki`), as --accept-dev-test-root needs",
+            " ".join(str(exc).split())[:160] or "none",
+            "the upstream is not the dev stack's TD without TDX: drop --accept-dev-test-root",
+        ) from None
+    return replace(appraiser, collateral=FixedCollateral(collateral), root_ca_der=root)
 
 
 def _upstream_refusal(status: int, raw: bytes) -> AttestationFailed:
@@ -451,6 +486,8 @@ class VerifyingProxy:
             "quote_sha256": att.quote_sha256 if att else None,
             "tls_spki_sha256": att.tls_spki_sha256 if att else None,
             "tcb_status": att.tcb_status if att else None,
+            "quote_source": att.quote_source if att else None,
+            "checks": att.checks if att else None,
             "gpu": att.gpu if att else None,
             "verdict": verdict,
             "status": status,
@@ -498,7 +535,9 @@ class VerifyingProxy:
         response_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers]
         if self.config.require_response_quotes:
             try:
-                ex.record["response_quote_sha256"] = await self._check_response_quote(response_headers, body)
+                ex.record["response_quote_sha256"] = await self._check_response_quote(
+                    (conn.attestation.appraiser if conn.attestation else None) or self.appraiser, response_headers, body
+                )
             except AttestationFailed as exc:
                 conn.close()  # the body is not read, so the connection cannot be reused
                 self._audit(ex, request, conn, "refused", 502, exc)
@@ -534,7 +573,7 @@ class VerifyingProxy:
         await out.write_eof(tail)  # the last bytes and the end of the message in one write
         return out
 
-    async def _check_response_quote(self, headers: list[tuple[str, str]], body: bytes) -> str:
+    async def _check_response_quote(self, appraiser: Appraiser, headers: list[tuple[str, str]], body: bytes) -> str:
         values = {k.lower(): v for k, v in headers}
         quote_b64, response_id = values.get("x-tdx-quote"), values.get("x-tdx-response-id")
         if not quote_b64 or not response_id:
@@ -563,8 +602,8 @@ class VerifyingProxy:
                 ) from None
         gpu = read_gpu_evidence(gpu_value)
         expected = response_report_data(body_sha256, response_id, gpu.digest() if gpu is not None else None)
-        await appraise(self.appraiser, quote, expected)
-        await appraise_gpus(self.appraiser, gpu, gpu_nonce_expected)
+        await appraise(appraiser, quote, expected)
+        await appraise_gpus(appraiser, gpu, gpu_nonce_expected)
         return hashlib.sha256(quote).hexdigest()
 
     def app(self):

@@ -12,10 +12,10 @@ if TYPE_CHECKING:
     from tdxattest.dcap.appraise import Appraiser
 
 
-def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool) -> None:
+def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool, dev_test_root: bool = False) -> None:
     """--collateral | --pccs [--cache-dir], --pins [--accept-mrtd-candidates], --policy, --rim-service,
-    --ocsp-responder, --root-ca."""
-    src = p.add_mutually_exclusive_group(required=True)
+    --ocsp-responder, --root-ca; with `dev_test_root`, --accept-dev-test-root in place of a collateral source."""
+    src = p.add_mutually_exclusive_group(required=not dev_test_root)
     src.add_argument("--collateral", metavar="C", help="collateral JSON (dcap-qvl QuoteCollateralV3 form)")
     src.add_argument(
         "--pccs",
@@ -44,6 +44,13 @@ def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool) 
         help="check the GPU chains' OCSP status with this responder (NVIDIA's: http://ocsp.ndis.nvidia.com), "
         "responses kept in the cache until their nextUpdate; policy gpu.ocsp makes the status required",
     )
+    if dev_test_root:
+        src.add_argument(
+            "--accept-dev-test-root",
+            action="store_true",
+            help="the dev stack's TDs without TDX only (pins say `tdx: false`): accept the TEST root and "
+            "collateral each answer carries. Such quotes prove nothing; refused for any other pins",
+        )
     p.add_argument(
         "--root-ca",
         metavar="DER",
@@ -53,11 +60,17 @@ def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool) 
 
 def appraiser_from_args(args: argparse.Namespace) -> Appraiser:
     """The Appraiser the options of `add_appraisal_arguments` describe."""
+    from tdxattest.cli import UsageError
     from tdxattest.core.files import read_bytes
     from tdxattest.dcap.appraise import Appraiser, collateral_source
     from tdxattest.dcap.rim_store import RimStore
 
     policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
+    dev_test_root = getattr(args, "accept_dev_test_root", False)
+    if dev_test_root:
+        check_dev_test_root(args.pins, args.root_ca)
+    elif not (args.collateral or args.pccs):
+        raise UsageError("one of --collateral or --pccs is required (where the quotes' collateral comes from)")
     root = read_bytes(args.root_ca) if args.root_ca else None
     rims = RimStore(args.cache_dir, args.rim_service, policy.gpu.rim_root_pem)
     ocsp = None
@@ -66,6 +79,23 @@ def appraiser_from_args(args: argparse.Namespace) -> Appraiser:
 
         ocsp = OcspCache(args.cache_dir, args.ocsp_responder)
     return Appraiser(collateral_source(args.collateral, args.pccs, args.cache_dir), policy, root, rims, ocsp)
+
+
+def check_dev_test_root(pins_path: str | None, root_ca: str | None) -> None:
+    """--accept-dev-test-root only with pins of TDs that run without TDX (the dev stack's)."""
+    from tdxattest.cli import UsageError
+    from tdxattest.core.policy import read_stack_pins
+
+    if root_ca:
+        raise UsageError("--accept-dev-test-root takes the TEST root from the gateway: drop --root-ca")
+    if not pins_path:
+        raise UsageError("--accept-dev-test-root needs --pins (the dev stack's `pins` with `tdx: false`)")
+    if read_stack_pins(pins_path).tdx:
+        raise UsageError(
+            f'--accept-dev-test-root: {pins_path} pins TDs that run with TDX (no `"tdx": false`), so their '
+            "quotes must chain to Intel's root: drop --accept-dev-test-root and give --pccs or --collateral "
+            "(only the dev stack's TDs without TDX, workload.td.tdx: false, serve TEST quotes)"
+        )
 
 
 def policy_with_pins(policy_path: str | None, pins_path: str | None, accept_mrtd_candidates: bool) -> Policy:

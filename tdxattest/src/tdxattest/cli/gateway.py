@@ -34,12 +34,19 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="with software-test: write the TEST root CA (root-ca.der) and collateral.json here",
     )
+    p.add_argument(
+        "--test-rtmr3",
+        metavar="HEX",
+        help="with software-test: the RTMR3 the TEST quotes carry (the guest agent's software register, "
+        "so the stack's RTMR3 pin still holds the workload to account)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import sys
     import time
+    from dataclasses import replace
 
     from tdxattest.channel.gateway import CCEL_DATA, Gateway, GatewayConfig
     from tdxattest.channel.quote_source import ConfigfsTsmQuoteSource, QuoteSource, QuoteUnavailable
@@ -61,13 +68,15 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--gpu-collect: a {nonce} argument (the evidence must be over the client's nonce)")
         collect = tuple(argv)
     source: QuoteSource
+    if args.test_rtmr3 and args.quote_source != "software-test":
+        raise UsageError("--test-rtmr3 is for --quote-source software-test only (a TD's RTMR3 is its own)")
     if args.quote_source == "software-test":
         if not args.test_pki_dir:
             raise UsageError("--quote-source software-test needs --test-pki-dir (where the TEST root CA goes)")
         import os
 
         try:
-            from tdxattest.testing.testpki import SoftwareQuoteProvider, make_test_pki
+            from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity, make_test_pki
         except ModuleNotFoundError:  # a production TD image has no TEST PKI (guest/image/python-modules)
             raise UsageError(
                 "--quote-source software-test: the TEST PKI (tdxattest.testing) is not in this installation; "
@@ -80,7 +89,16 @@ def run(args: argparse.Namespace) -> int:
             fh.write(pki.root_ca_der)
         with open(os.path.join(args.test_pki_dir, "collateral.json"), "w", encoding="utf-8") as text_fh:
             text_fh.write(pki.collateral_json())
-        source = SoftwareQuoteProvider(pki)
+        td = TdIdentity()
+        if args.test_rtmr3:
+            try:
+                rtmr3 = bytes.fromhex(args.test_rtmr3)
+            except ValueError:
+                rtmr3 = b""
+            if len(rtmr3) != 48:
+                raise UsageError(f"--test-rtmr3: 96 hex digits (48 bytes), seen {args.test_rtmr3[:100]!r}")
+            td = replace(td, rtmr3=rtmr3)
+        source = SoftwareQuoteProvider(pki, td)
         print(
             "WARNING: software-test quote source: quotes are signed by a TEST PKI, not by TDX hardware; "
             "for tests and the dev stack only",

@@ -15,7 +15,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     from tdxattest.cli._verification import add_appraisal_arguments
 
     p.add_argument("--upstream", required=True, metavar="URL", help="the gateway, https://HOST:PORT")
-    add_appraisal_arguments(p, pins_required=True)
+    add_appraisal_arguments(p, pins_required=True, dev_test_root=True)
     p.add_argument(
         "--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="loopback only (default %(default)s)"
     )
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         reattest_interval_s=args.reattest_interval,
         audit_path=audit,
         require_response_quotes=args.require_response_quotes,
+        dev_test_root=args.accept_dev_test_root,
     )
     appraiser = appraiser_from_args(args)
     proxy = VerifyingProxy(config, appraiser)
@@ -75,7 +76,11 @@ def run(args: argparse.Namespace) -> int:
             "listening": f"http://{host}:{bound}",
             "upstream": args.upstream,
             "audit": audit,
-            "root_ca": "TEST (not Intel)" if appraiser.root_ca_der else "Intel SGX Root CA",
+            "root_ca": "TEST, served by the dev gateway (not Intel; pins tdx: false)"
+            if args.accept_dev_test_root
+            else "TEST (not Intel)"
+            if appraiser.root_ca_der
+            else "Intel SGX Root CA",
         }
 
     return serve_until_interrupted(start)

@@ -173,6 +173,9 @@ class StackPins:
     workload: WorkloadSummary | None = None  # host target with a workload
     gpu: GpuExpectation | None = None  # host target whose workload pins GPUs
     kubernetes: KubernetesDetail | None = None  # kubernetes target
+    # False only for the dev stack's TDs without TDX (`workload.td.tdx: false`): their quotes are TEST
+    # quotes and nothing measures the boot. A verifier accepts a TEST root for these pins only.
+    tdx: bool = True
 
     def register(self, key: str) -> RegisterPin | None:
         """A register by its JSON key (`mrtd`, `rtmr0`, ..., `tdAttributes`)."""
@@ -187,6 +190,8 @@ class StackPins:
         out: dict[str, JsonValue] = {"schema": SCHEMA}
         if self.target != "host":
             out["target"] = self.target
+        if not self.tdx:
+            out["tdx"] = False
         if self.profile is not None:
             out["profile"] = self.profile
         k8s = self.kubernetes
@@ -253,6 +258,9 @@ class StackPins:
         target = doc.get("target", "host")
         if target not in ("host", "kubernetes"):
             raise InputError("pins.target: host or kubernetes", repr(target))
+        tdx = doc.get("tdx", True)
+        if not isinstance(tdx, bool):
+            raise InputError("pins.tdx: true or false", repr(tdx)[:40])
         reasons = r.mapping("reasons", str) or {}
         registers: dict[str, RegisterPin | None] = {}
         for key, (name, size) in REGISTERS.items():
@@ -312,6 +320,7 @@ class StackPins:
             workload=workload,
             gpu=gpu,
             kubernetes=k8s,
+            tdx=tdx,
             **registers,
         )
 

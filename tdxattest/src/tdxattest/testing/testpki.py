@@ -26,6 +26,7 @@ once per PKI; a quote then costs one ECDSA signature.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import struct
@@ -536,3 +537,10 @@ class SoftwareQuoteProvider:
 
     def quote(self, report_data: bytes) -> bytes:
         return self.pki.quote(report_data, self.td)
+
+    def test_pki(self) -> dict[str, str]:
+        """The TEST root and collateral, served with every attestation answer: a client of the dev
+        stack's TD without TDX (`tdxattest proxy --accept-dev-test-root`) has no other way to get
+        a root made fresh inside the TD, and taking it from the answer costs nothing, since anyone
+        can make this PKI anyway."""
+        return {"root_ca": base64.b64encode(self.pki.root_ca_der).decode(), "collateral": self.pki.collateral_json()}

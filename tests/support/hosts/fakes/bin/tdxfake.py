@@ -455,6 +455,55 @@ def _group_id(name: str) -> int:
         return -1
 
 
+# ---- units that really run (services.json {"run": true}): systemd's ExecStart=, detached ---------
+
+
+def unit_exec_start(unit: str) -> list[str]:
+    """The ExecStart= argv of /etc/systemd/system/<unit>.service, split as systemd splits it
+    (backslash-newline continues the line, quotes group, %% and $$ are a literal % and $)."""
+    import shlex
+
+    text = Path(f"/etc/systemd/system/{unit}.service").read_text()
+    line = next(ln for ln in text.replace("\\\n", " ").splitlines() if ln.startswith("ExecStart="))
+    return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line[len("ExecStart=") :])]
+
+
+def unit_pid(unit: str, state: Path = STATE) -> int | None:
+    try:
+        pid = int((state / f"run/unit-{unit}.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if alive(pid) else None
+
+
+def start_unit(unit: str, state: Path = STATE) -> None:
+    """What `systemctl start` does for a simple service: run ExecStart= in a session of its own,
+    stdin from /dev/null, its output to the unit's log (the journal's stand-in)."""
+    if unit_pid(unit, state):
+        return
+    (state / "run").mkdir(exist_ok=True)
+    with open(state / f"unit-{unit}.log", "ab") as log:
+        proc = subprocess.Popen(
+            unit_exec_start(unit), stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    (state / f"run/unit-{unit}.pid").write_text(str(proc.pid))
+
+
+def stop_unit(unit: str, state: Path = STATE, timeout_s: float = 60) -> None:
+    """SIGTERM, then SIGKILL after TimeoutStopSec (60 s in the TD unit), as systemd stops a service."""
+    pid = unit_pid(unit, state)
+    if not pid:
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while unit_pid(unit, state) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if unit_pid(unit, state):
+        os.kill(pid, signal.SIGKILL)
+        while unit_pid(unit, state):
+            time.sleep(0.05)
+
+
 def start_pccs(state: Path = STATE) -> bool:
     """Start the PCCS stand-in (tdxfake-pccs, HTTPS) detached; True once it listens. False, with
     the real server's message in pccs.log, when the real one would exit at start."""
