@@ -4,26 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Go (for the Pulumi toolchain) must be on PATH: this machine kind has it.
-# Host tools the harness drives for real: OpenSSH servers in network namespaces, and what the
-# production scripts call on a host (pip for the gpu-admin-tools wheel, curl for PCCS).
-# The slow tier (tests/slow: build the TD guest image, boot it under QEMU) needs the image tools; a C
-# compiler builds the stand-in libnvidia-ml.so.1 for the tests of the agent's NVML collector.
-need=()
-for pkg in openssh-server openssh-client iproute2 python3-pip curl util-linux \
-           debootstrap debian-archive-keyring squashfs-tools cryptsetup-bin cpio zstd xz-utils qemu-system-x86 \
-           gcc libc6-dev; do
-  dpkg-query -W -f '${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
-done
-if [ "${#need[@]}" -gt 0 ]; then
-  if [ "$(id -u)" != 0 ]; then
-    echo "tools/test.sh: missing Debian packages ${need[*]} (run as root to install them)" >&2
-    exit 1
-  fi
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
-fi
-
+# Go (for the Pulumi toolchain) must be on PATH: this machine kind has it. The Debian packages the
+# harness, the image build and QEMU need:
+tools/install-debian-packages.sh >/dev/null
 tools/setup-venv.sh requirements-test.txt
 # The standing checks (configured in pyproject.toml) first, so they fail fast: lint and format,
 # the architecture's import contracts (docs/architecture.md), types.

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support.guest_image import BUILD, BUILD_TIMEOUT_S, CACHE, missing_prerequisite, tail
+from tests.support.guest_image import ImageBuildFailed, built_images, missing_prerequisite
 
 
 @pytest.fixture(scope="session")
@@ -24,31 +21,7 @@ def images(request: pytest.FixtureRequest) -> dict[str, Path]:
     reason = missing_prerequisite()
     if reason:
         pytest.skip(reason)
-    recipe = subprocess.run(
-        [str(BUILD), "--print-recipe-hash"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    out = CACHE / recipe[:16]
-    dirs = {stack: out / stack for stack in ("prod", "dev")}
-    if not all((d / "manifest.json").exists() for d in dirs.values()):
-        out.mkdir(parents=True, exist_ok=True)
-        log = out.parent / f"{recipe[:16]}.build.log"
-        with log.open("w") as f:
-            done = subprocess.run(
-                [str(BUILD), "--stack", "all", "--out", str(out)],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                timeout=BUILD_TIMEOUT_S,
-                check=False,
-            )
-        if done.returncode != 0:
-            pytest.fail(f"image build failed ({done.returncode}), log {log}:\n" + tail(log, 40))
-        # Keep one build (~410 MB: two root disks of ~190 MB): drop those of earlier recipes.
-        for old in CACHE.iterdir():
-            if not old.name.startswith(recipe[:16]):
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-    for stack, d in dirs.items():
-        manifest = json.loads((d / "manifest.json").read_text())
-        assert manifest["stack"] == stack
-        for name, entry in manifest["files"].items():
-            assert (d / name).stat().st_size == entry["size"], name
-    return dirs
+    try:
+        return built_images()
+    except ImageBuildFailed as exc:
+        pytest.fail(str(exc))
