@@ -51,7 +51,7 @@ COMMAND_VERSION="$(req_pin pulumi-command)"
 # Everything the binaries are made from; a change in any of them means a rebuild.
 inputs_hash() {
     {
-        echo "format 1"
+        echo "format 2" # 2: the language host behind its .venv wrapper
         echo "pulumi==$PY_SDK_VERSION"
         cat "$TC/go.mod" "$TC/go.sum" "$LH/go.mod" "$LH/go.sum"
     } | sha256sum | cut -d' ' -f1
@@ -148,8 +148,28 @@ log "  pulumi built in $(($(date +%s) - t))s"
 log "building pulumi-language-python (sdk/v3 $LANGHOST_VERSION)"
 t=$(date +%s)
 go -C "$LH" build -trimpath -buildvcs=false -ldflags "-s -w -X $VERSION_VAR=$LANGHOST_VERSION" \
-    -o "$tmp/pulumi-language-python" github.com/pulumi/pulumi/sdk/v3/python/cmd/pulumi-language-python
+    -o "$tmp/pulumi-language-python-bin" github.com/pulumi/pulumi/sdk/v3/python/cmd/pulumi-language-python
 log "  pulumi-language-python built in $(($(date +%s) - t))s"
+# This language host predates the CLI handing it Pulumi.yaml's `virtualenv` option, so on its own it
+# runs the program with whatever `python` is on PATH ("No module named 'pulumi'"). Its wrapper
+# defaults PULUMI_PYTHON_CMD to this checkout's .venv, and names the fix when that is missing.
+cat >"$tmp/pulumi-language-python" <<'WRAPPER'
+#!/bin/sh
+# Written by tools/build-pulumi.sh: the language host built there, with the project's .venv as its
+# Python unless PULUMI_PYTHON_CMD says otherwise.
+here=$(cd "$(dirname "$0")" && pwd -P)
+if [ -z "${PULUMI_PYTHON_CMD:-}" ]; then
+    venv=$(dirname "$here")/.venv
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "error: the program's Python environment $venv is missing; fix: run tools/setup-venv.sh (or tools/quickstart.sh) in $(dirname "$here"), or set PULUMI_PYTHON_CMD" >&2
+        exit 1
+    fi
+    PULUMI_PYTHON_CMD=$venv/bin/python
+    export PULUMI_PYTHON_CMD
+fi
+exec "$here/pulumi-language-python-bin" "$@"
+WRAPPER
+chmod 0755 "$tmp/pulumi-language-python"
 
 # The shims are plain files in the sdk/v3 module tree; take them from the version the Python SDK is
 # pinned to (they run inside the Python SDK), or from the CLI's sdk/v3 if that version is not served.
@@ -168,7 +188,7 @@ install -m 0755 "$sdk_dir/python/cmd/pulumi-language-python-exec" "$tmp/pulumi-l
 install -m 0755 "$sdk_dir/python/dist/pulumi-resource-pulumi-python" "$tmp/pulumi-resource-pulumi-python"
 
 "$tmp/pulumi" version >/dev/null || die "the built pulumi does not run"
-for f in pulumi pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python; do
+for f in pulumi pulumi-language-python-bin pulumi-language-python pulumi-language-python-exec pulumi-resource-pulumi-python; do
     mv -f "$tmp/$f" "$BIN/$f"
 done
 printf '%s\n' "$INPUTS" >"$STAMP"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set everything up (venv, pinned requirements, the Pulumi
 # toolchain, the pinned TD firmware from its Debian package, a local file backend under the
-# project), validate every stack file offline, then show the whole plan of the `dev` example stack
+# project), validate the stack file offline, then show the whole plan of the `dev` example stack
 # with `pulumi preview` (no host is contacted).
 # Usage: tools/quickstart.sh [stack]     (default: dev)
 set -euo pipefail
@@ -15,19 +15,17 @@ if [ -x tools/install-command-provider.sh ]; then tools/install-command-provider
 # `pins` output has real MRTD and RTMR0 values (docs/pins.md).
 .venv/bin/python -m components firmware fetch >/dev/null
 
-export PATH="$PWD/bin:$PATH"
-export PULUMI_SKIP_UPDATE_CHECK=true
-export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=${PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION:-true}
-export PULUMI_PYTHON_CMD="$PWD/.venv/bin/python"
-export PULUMI_BACKEND_URL=${PULUMI_BACKEND_URL:-file://$PWD/.pulumi-state}
 if [ "$stack" = dev ]; then
   export PULUMI_CONFIG_PASSPHRASE=${PULUMI_CONFIG_PASSPHRASE:-dev-only-passphrase}  # the example's own
 fi
-mkdir -p .pulumi-state
+# The same environment the README has a user source (PATH, backend, the program's Python).
+set +u
+source tools/env.sh
+set -u
 
-for file in stacks/Pulumi.*.yaml; do
-  .venv/bin/python -m components.config "$file"
-done
+# The stack it previews, offline (the staging/prod templates name their unfilled secrets here
+# until you fill them in: python -m components.config stacks/Pulumi.staging.yaml).
+.venv/bin/python -m components.config "stacks/Pulumi.$stack.yaml"
 
 if ! command -v pulumi-resource-command >/dev/null 2>&1; then
   echo "quickstart: the command provider (pulumi-resource-command 1.2.1) is not installed, so pulumi cannot plan" >&2

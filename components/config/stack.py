@@ -44,6 +44,7 @@ from components.config.model import (
 )
 from components.config.reader import (
     ENCRYPTED,
+    ConfigError,
     ConfigErrors,
     Reader,
     host_key_problem,
@@ -60,6 +61,17 @@ from guest_agent import DEV_STACK
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _KERNEL_ARG = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/+\-]+)?$")
+# Kernel parameters that take no value (Documentation/admin-guide/kernel-parameters.txt) and that a
+# TDX GPU host may plausibly set. A bare word outside this list is refused: it is far more often
+# the tail of an argument a YAML flow list split at its comma (`[modprobe.blacklist=nouveau,nvidia]`
+# is two items) than a flag, and the kernel ignores unknown words silently.
+KNOWN_KERNEL_FLAGS = frozenset(
+    {
+        "debug", "earlyprintk", "ignore_loglevel", "nofb", "nohibernate", "nokaslr", "nomce", "nomodeset",
+        "nopat", "nopti", "noresume", "nosmt", "nosoftlockup", "nowatchdog", "nox2apic", "pti", "quiet",
+        "ro", "rw", "single", "splash", "nosplash", "threadirqs", "norandmaps", "nohugevmalloc",
+    }
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,6 +392,16 @@ def _platform(r: Reader, value: Any, path: str, firmware_dir: Path) -> PlatformC
                     f"`{arg}` is not a single kernel argument",
                     "use `name` or `name=value` without spaces or quotes",
                 )
+            elif "=" not in arg and arg not in KNOWN_KERNEL_FLAGS:
+                before = args_value[i - 1] if i > 0 and isinstance(args_value[i - 1], str) else ""
+                split = f" (did a comma split `{before},{arg}` into two items?)" if "=" in before else ""
+                r.error(
+                    ap,
+                    f"`{arg}` is not a kernel flag we know{split}; the kernel would ignore it silently",
+                    "write each argument on its own `- ` line (a comma inside `[ ]` separates items), "
+                    "e.g. `- modprobe.blacklist=nouveau,nvidia`; a real flag missing from our list goes "
+                    "into KNOWN_KERNEL_FLAGS in components/config/stack.py",
+                )
             elif arg.startswith("kvm_intel.tdx=") and arg != "kvm_intel.tdx=1":
                 r.error(ap, f"`{arg}` would turn TDX off", "remove it; `kvm_intel.tdx=1` is always set")
             else:
@@ -507,11 +529,86 @@ def secret_paths_of(value: Any, prefix: str = "") -> set[str]:
     return paths
 
 
+# What `pulumi config set --secret` writes under `secure:` (the passphrase provider's "v1:<salt>:<data>",
+# base64); anything else, e.g. a template's `v1:REPLACE`, was never set and fails only at `preview`
+# with a message that names no key.
+_CIPHERTEXT = re.compile(r"v1:[A-Za-z0-9+/]+=*:[A-Za-z0-9+/]+=*")
+
+
+def placeholder_secrets(value: Any, prefix: str = "") -> list[ConfigError]:
+    """A `secure:` leaf of the stack file that is not ciphertext: one error each, naming the key."""
+    if is_secure_marker(value):
+        text = value["secure"]
+        if isinstance(text, str) and _CIPHERTEXT.fullmatch(text):
+            return []
+        shown = text if isinstance(text, str) and len(text) <= 24 else "..."
+        return [
+            ConfigError(
+                prefix,
+                f"`secure: {shown}` is a placeholder, not a value `pulumi config set --secret` wrote",
+                f"pulumi config set --secret --path '{prefix}' (it prompts; `< FILE` for a key file)",
+            )
+        ]
+    if isinstance(value, Mapping):
+        return [e for k, v in value.items() for e in placeholder_secrets(v, join(prefix, k))]
+    if isinstance(value, list):
+        return [e for i, v in enumerate(value) for e in placeholder_secrets(v, f"{prefix}[{i}]")]
+    return []
+
+
+def missing_pinned_firmware(stack: str, firmware_dir: Path) -> list[ConfigError]:
+    """Outside `dev`, `pulumi up` computes the pins from the pinned TD firmware and refuses without it;
+    say so offline too."""
+    from components.catalog.artifacts import default_artifact_dir
+    from components.catalog.pinfile import CatalogError
+    from components.catalog.td_manifest import load_boot_manifest, td_boot_manifest
+
+    if stack == DEV_STACK:
+        return []
+    try:
+        firmware = load_boot_manifest(td_boot_manifest(stack, firmware_dir)).firmware
+    except CatalogError:
+        return []  # reported by the workload check, with the manifest's own words
+    where = default_artifact_dir()
+    if firmware.file is None or (where / firmware.file).is_file():
+        return []
+    return [
+        ConfigError(
+            "pins",
+            f"the pinned TD firmware {firmware.file} is not in {where} (the `pins` of a `{stack}` stack are "
+            "computed from it)",
+            "python -m components firmware fetch (tools/quickstart.sh does it)",
+        )
+    ]
+
+
 def load_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConfig:
+    """The stack file's config, parsed and validated as `pulumi preview` would (templates included)."""
     raw = read_stack_file(path)
     return parse_stack(
         {k: v for k, v in raw.items() if not k.startswith("_")}, stack_from_filename(path), firmware_dir=firmware_dir
     )
+
+
+def check_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConfig:
+    """`load_stack_file`, and what would still stop `pulumi up` of a filled-in file: secrets left as
+    template placeholders, and (outside `dev`) the pinned TD firmware missing. Every error at once."""
+    doc = yaml.safe_load(path.read_text()) or {}
+    config = doc.get("config") or {}
+    extra = [
+        e
+        for key, value in config.items()
+        if str(key).startswith(f"{PROJECT}:")
+        for e in placeholder_secrets(value, str(key).partition(":")[2])
+    ]
+    extra += missing_pinned_firmware(stack_from_filename(path), firmware_dir)
+    try:
+        cfg = load_stack_file(path, firmware_dir)
+    except ConfigErrors as exc:
+        raise ConfigErrors((*exc.errors, *extra)) from None
+    if extra:
+        raise ConfigErrors(extra)
+    return cfg
 
 
 def load_from_pulumi(stack_file_dir: Path = REPO_ROOT / "stacks") -> StackConfig:
@@ -556,7 +653,7 @@ def load_for_command(path: Path) -> StackConfig | None:
     """`load_stack_file` for a command line: every problem printed on stderr (and None), never a
     traceback."""
     try:
-        return load_stack_file(path)
+        return check_stack_file(path)
     except ConfigErrors as exc:
         print(f"{path}: {exc.render()}", file=sys.stderr)
     except (OSError, ValueError, yaml.YAMLError) as exc:

@@ -29,10 +29,11 @@ def host_tools_params(packages: tuple[str, ...]) -> dict[str, str]:
 
 
 def preflight_params(
-    gpu: GpuConfig | None, sku: GpuSku | None, tee_io: bool, tee_io_bios: tuple[str, ...]
+    gpu: GpuConfig | None, sku: GpuSku | None, tee_io: bool, tee_io_bios: tuple[str, ...], os: str = ""
 ) -> dict[str, str]:
-    """`sku`: the pins of `gpu.model` (catalog.gpu.gpu_sku)."""
+    """`sku`: the pins of `gpu.model` (catalog.gpu.gpu_sku); `os`: `platform.os` (ubuntu-26.04)."""
     return {
+        "TDX_OS": os,
         "TDX_GPU_COUNT": str(gpu.count if gpu else 0),
         "TDX_GPU_DEVICE_IDS": " ".join(sku.pci_device_ids) if sku else "",
         "TDX_TEE_IO": "true" if tee_io else "false",

@@ -44,7 +44,7 @@ class TdxHost(pulumi.ComponentResource):
         self.tools = HostTools(f"{name}-tools", HostToolsArgs(conn, host_tool_packages()), opts=child)
         self.preflight = Preflight(
             f"{name}-preflight",
-            PreflightArgs(conn, host.gpu, stack.tee_io, tee_io_bios),
+            PreflightArgs(conn, host.gpu, stack.tee_io, tee_io_bios, stack.platform.os),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.tools]),
         )
         self.bios = BiosSettings(

@@ -22,6 +22,7 @@ class PreflightArgs:
     gpu: GpuConfig | None
     tee_io: bool
     tee_io_bios: tuple[str, ...]  # the vendor table's TEE-IO BIOS attributes
+    os: str = ""  # platform.os, e.g. ubuntu-26.04: the host must run it
 
 
 class Preflight(pulumi.ComponentResource):
@@ -30,7 +31,7 @@ class Preflight(pulumi.ComponentResource):
     def __init__(self, name: str, args: PreflightArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tdx-vllm:host:Preflight", name, {}, opts)
         sku = gpu_sku(args.gpu.model) if args.gpu else None
-        params = preflight_params(args.gpu, sku, args.tee_io, args.tee_io_bios)
+        params = preflight_params(args.gpu, sku, args.tee_io, args.tee_io_bios, args.os)
         self.command = host_step(
             f"{name}-check", PREFLIGHT_STEP, args.conn, params, opts=pulumi.ResourceOptions(parent=self)
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
 import subprocess
 import sys
@@ -620,3 +621,83 @@ def test_granite_rapids_and_emerald_rapids_modules_pin_with_their_build_numbers(
     raw["platform"]["tdxModule"] = module
     platform = parse_stack(raw, "staging").platform
     assert (platform.tdx_module, platform.tdx_module_build) == (module, build)
+
+
+def test_a_kernel_argument_split_by_a_yaml_flow_list_is_refused_naming_the_split():
+    # `extraKernelArgs: [modprobe.blacklist=nouveau,nvidia]` reads as two items (issue 16)
+    flow = yaml.safe_load("extraKernelArgs: [modprobe.blacklist=nouveau,nvidia]")["extraKernelArgs"]
+    assert flow == ["modprobe.blacklist=nouveau", "nvidia"]
+    raw = good()
+    raw["platform"]["extraKernelArgs"] = flow
+    (error,) = errors_of(raw)
+    assert error.startswith(
+        "platform.extraKernelArgs[1]: `nvidia` is not a kernel flag we know "
+        "(did a comma split `modprobe.blacklist=nouveau,nvidia` into two items?)"
+    ), error
+    assert "fix: write each argument on its own `- ` line" in error
+
+
+def test_known_kernel_flags_and_whole_arguments_pass():
+    raw = good()
+    raw["platform"]["extraKernelArgs"] = ["modprobe.blacklist=nouveau,nvidia", "nosmt", "quiet", "iommu=pt"]
+    cfg = parse_stack(raw, "staging")
+    assert cfg.platform.extra_kernel_args == ("modprobe.blacklist=nouveau,nvidia", "nosmt", "quiet", "iommu=pt")
+    raw["platform"]["extraKernelArgs"] = ["nvidia"]
+    (error,) = errors_of(raw)
+    assert "`nvidia` is not a kernel flag we know; the kernel would ignore it" in error
+
+
+def test_the_shipped_templates_keep_the_blacklist_one_argument():
+    for name in ("staging", "prod"):
+        doc = yaml.safe_load((REPO / "stacks" / f"Pulumi.{name}.yaml").read_text())
+        assert doc["config"]["tdx-vllm:platform"]["extraKernelArgs"] == ["modprobe.blacklist=nouveau,nvidia"], name
+
+
+# --- what still stops `pulumi up` of a filled-in file (issue 16) -------------------------------
+
+
+def _cli(path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "components.config", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_the_templates_unfilled_secrets_are_named_with_the_command_that_sets_them(stack):
+    done = _cli(REPO / "stacks" / f"Pulumi.{stack}.yaml")
+    assert done.returncode == 1
+    errors = [ln.strip()[2:] for ln in done.stderr.splitlines() if ln.strip().startswith("- ")]
+    # the placeholders, and nothing else: the rest of each template is valid as shipped
+    assert [e.split(":")[0] for e in errors] == [
+        "dcap.pccsApiKey",
+        "hosts[0].ssh.privateKey",
+        "hosts[0].bmc.username",
+        "hosts[0].bmc.password",
+    ], done.stderr
+    assert errors[0] == (
+        "dcap.pccsApiKey: `secure: v1:REPLACE` is a placeholder, not a value `pulumi config set --secret` "
+        "wrote; fix: pulumi config set --secret --path 'dcap.pccsApiKey' (it prompts; `< FILE` for a key file)"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_real_ciphertext_passes_and_a_missing_pinned_firmware_is_named(tmp_path):
+    dev = (REPO / "stacks" / "Pulumi.dev.yaml").read_text()
+    staging = tmp_path / "Pulumi.staging.yaml"  # the dev example's (real) ciphertexts, as a staging stack
+    staging.write_text(dev.replace("useSecureCert: false", "useSecureCert: true"))
+    assert _cli(staging).returncode == 0, _cli(staging).stderr
+    done = _cli(staging, TDX_VLLM_ARTIFACT_DIR=str(tmp_path / "empty"))
+    assert done.returncode == 1
+    assert (
+        "- pins: the pinned TD firmware ovmf-debian13-trixie-2025.02-8-deb13u1.fd is not in "
+        f"{tmp_path / 'empty'} (the `pins` of a `staging` stack are computed from it); "
+        "fix: python -m components firmware fetch"
+    ) in done.stderr, done.stderr
+    # the dev example may preview without it (its pins say why they are null)
+    dev_file = tmp_path / "Pulumi.dev.yaml"
+    dev_file.write_text(dev)
+    assert _cli(dev_file, TDX_VLLM_ARTIFACT_DIR=str(tmp_path / "empty")).returncode == 0

@@ -188,6 +188,23 @@ def test_a_changed_kernel_pin_reruns_only_the_kernel_steps(e2e) -> None:
     eng.pulumi("preview", "--expect-no-changes", stack="e2e")
 
 
+def test_a_host_on_another_os_than_platform_os_is_refused_before_any_change(e2e) -> None:
+    # issue 16: `platform.os` reached no step, so a stack for 26.04 ended ready on a 24.04 host
+    eng, hosts = e2e
+    h = hosts["tdx_ready"]
+    calls = len(h.calls())
+    eng.config_set("e2e", {"platform.os": "ubuntu-26.04"})
+    p = eng.up("e2e", "up platform.os mismatch", ok=False)
+    assert re.search(
+        r"error: preflight: the host runs another OS than the stack says; expected platform.os ubuntu-26.04, "
+        r"seen ubuntu-24.04 \(/etc/os-release\); fix: set platform.os: ubuntu-24.04",
+        p.stdout,
+    ), p.stdout[-6000:]
+    assert not apply_calls(h, calls), "a step after the refused preflight changed the host"
+    eng.config_set("e2e", {"platform.os": "ubuntu-24.04"})
+    eng.pulumi("preview", "--expect-no-changes", stack="e2e")
+
+
 def test_a_host_failing_preflight_fails_up_then_resumes_once_fixed(e2e) -> None:
     eng, hosts = e2e
     h = hosts["pre_production"]

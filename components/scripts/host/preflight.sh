@@ -4,7 +4,8 @@
 #
 # Parameters: TDX_GPU_COUNT (GPUs the stack expects), TDX_GPU_DEVICE_IDS (space-separated PCI device
 # ids of the pinned SKU), TDX_TEE_IO (true|false), TDX_TEE_IO_BIOS (vendor TDX Connect attributes known,
-# space-separated; empty when the vendor table names none).
+# space-separated; empty when the vendor table names none), TDX_OS (platform.os, e.g. ubuntu-26.04;
+# empty: not checked).
 
 # Family 6 models with TDX (canonical/tdx attestation/check-production.sh; Intel TDX enabling guide).
 declare -A TDX_CPU_MODELS=([143]="Sapphire Rapids" [207]="Emerald Rapids" [173]="Granite Rapids" [175]="Sierra Forest")
@@ -37,7 +38,14 @@ check() {
 
   # What the OS and kernel are (kernel settings are fixed later; this is for the outputs).
   fact kernel "$(cat /proc/sys/kernel/osrelease)"
-  fact os "$( . /etc/os-release; echo "${ID:-unknown}-${VERSION_ID:-unknown}")"
+  local os; os="$( . /etc/os-release; echo "${ID:-unknown}-${VERSION_ID:-unknown}")"
+  fact os "$os"
+  # The stack was written for platform.os (a release whose kernel has TDX host support and for
+  # which Intel ships DCAP): a host on another release is refused before anything changes on it,
+  # instead of ending `ready` on an OS nobody chose.
+  [ -z "${TDX_OS:-}" ] || [ "$os" = "$TDX_OS" ] || refuse "the host runs another OS than the stack says" \
+    "platform.os $TDX_OS" "$os (/etc/os-release)" \
+    "set platform.os: $os in the stack if that release is supported (python -m components.config lists them), or reinstall the host with $TDX_OS"
   fact boot_id "$(boot_id)"
 
   # GPUs of the pinned SKU.
