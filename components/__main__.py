@@ -14,6 +14,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "guest-image": ("components.catalog.guest_image", "pin a built TD guest image in firmware/td/, or check a build"),
     "kubernetes": ("components.render.kubernetes", "print the objects the Kubernetes target creates (for genpolicy)"),
     "redfish": ("components.bmc.redfish", "apply or check one BIOS phase over Redfish (what BiosSettings runs)"),
+    "ssh-check": ("components.probe.ssh", "one SSH handshake: the host answers with the pinned key (before any step)"),
 }
 
 

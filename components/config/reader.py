@@ -206,6 +206,15 @@ def is_valid_address(value: str) -> bool:
         return bool(_HOSTNAME.match(value)) and not re.fullmatch(r"[\d.]+", value)
 
 
+def known_hosts_key(value: str) -> str:
+    """`value` without a leading known_hosts host field: `ssh-keyscan` prints `HOST TYPE BASE64`, and
+    pasting that line as is should just work."""
+    parts = value.split()
+    if len(parts) >= 3 and parts[0] not in HOST_KEY_TYPES and parts[1] in HOST_KEY_TYPES:
+        return " ".join(parts[1:])
+    return value
+
+
 def host_key_problem(value: str) -> str | None:
     """Why `value` is not an authorized_keys-style public key, or None."""
     import base64

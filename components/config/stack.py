@@ -52,6 +52,7 @@ from components.config.reader import (
     is_valid_address,
     join,
     kind_of,
+    known_hosts_key,
     normalise_fingerprint,
     url_problem,
 )
@@ -266,11 +267,12 @@ def _ssh(r: Reader, value: Any, path: str) -> SshConfig | None:
         r.error(
             join(path, "hostKey"),
             "required: the host key must be pinned (no trust on first use)",
-            "copy it from the console (`cat /etc/ssh/ssh_host_ed25519_key.pub`) or `ssh-keyscan -t ed25519 HOST`"
-            " and set `hostKey: ssh-ed25519 AAAA...`",
+            "copy it from the console (`cat /etc/ssh/ssh_host_ed25519_key.pub`) and set `hostKey: ssh-ed25519 "
+            "AAAA...`; a line of `ssh-keyscan -t ed25519 HOST` works as is (check it on the console too)",
         )
     else:
         host_key = r.string(m["hostKey"], join(path, "hostKey"), "set `ssh-ed25519 AAAA...`")
+        host_key = known_hosts_key(host_key) if host_key else host_key  # raw `ssh-keyscan` output
         problem = host_key_problem(host_key) if host_key else None
         if problem:
             r.error(join(path, "hostKey"), problem, "paste the public host key as `ssh-ed25519 AAAA...`")

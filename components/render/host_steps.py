@@ -11,7 +11,7 @@ from typing import Any
 from components.catalog.bios import VendorTable
 from components.catalog.dcap import DcapPackages
 from components.catalog.gpu import GpuAdminTools, GpuSku
-from components.config.model import BmcConfig, DcapConfig, GpuConfig, PlatformConfig
+from components.config.model import BmcConfig, DcapConfig, GpuConfig, PlatformConfig, SshConfig
 from components.paths import REPO_ROOT
 from components.render.steps import Step
 
@@ -66,6 +66,13 @@ def bios_verify_params(table: VendorTable) -> dict[str, str]:
 def project_python() -> str:
     """The interpreter for project CLIs run by local.Command, relative so state is portable."""
     return ".venv/bin/python" if (REPO_ROOT / ".venv" / "bin" / "python").exists() else "python3"
+
+
+def ssh_check_command(ssh: SshConfig, key_path: str) -> str:
+    """The first-contact probe (components/probe/ssh.py): the pinned host key, from this machine."""
+    args = ["-m", "components", "ssh-check", "--address", ssh.address, "--port", str(ssh.port)]
+    args += ["--host-key", ssh.host_key, "--key-path", key_path]
+    return " ".join([project_python(), *map(shlex.quote, args)])
 
 
 def redfish_command(bmc: BmcConfig, phase: int, timeout_s: int, config_key: str, registration: str) -> str:

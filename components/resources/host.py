@@ -1,5 +1,5 @@
 """TdxHost: one host from "reachable over SSH" to "ready for a Trust Domain":
-HostTools -> Preflight -> BiosSettings -> KernelSettings -> (GpuConfidentialMode, DcapServices)."""
+ssh-check -> HostTools -> Preflight -> BiosSettings -> KernelSettings -> (GpuConfidentialMode, DcapServices)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
+from pulumi_command import local
 
 from components.catalog.bios import load_vendor_table
 from components.catalog.host_tools import host_tool_packages
 from components.config.model import HostConfig, StackConfig
-from components.render.host_steps import summarize
+from components.render.host_steps import ssh_check_command, summarize
 from components.resources.bios import BiosSettings, BiosSettingsArgs
 from components.resources.command import Connection
 from components.resources.dcap import DcapServices, DcapServicesArgs
@@ -41,7 +42,19 @@ class TdxHost(pulumi.ComponentResource):
         tee_io_bios = tuple(s.attribute for s in table.tee_io)
         child = pulumi.ResourceOptions(parent=self)
 
-        self.tools = HostTools(f"{name}-tools", HostToolsArgs(conn, host_tool_packages()), opts=child)
+        # One handshake from here first: a wrong pinned key or a closed port fails at once, with the
+        # fix, instead of after the provider's dial retries (components/probe/ssh.py).
+        self.ssh_check = local.Command(
+            f"{name}-ssh-check",
+            create=ssh_check_command(host.ssh, f"hosts[{stack.hosts.index(host)}].ssh.hostKey"),
+            add_previous_output_in_env=False,
+            opts=child,
+        )
+        self.tools = HostTools(
+            f"{name}-tools",
+            HostToolsArgs(conn, host_tool_packages()),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.ssh_check]),
+        )
         self.preflight = Preflight(
             f"{name}-preflight",
             PreflightArgs(conn, host.gpu, stack.tee_io, tee_io_bios, stack.platform.os),

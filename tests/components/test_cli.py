@@ -41,3 +41,23 @@ def test_the_stack_file_verbs_answer_help_and_a_missing_file_without_a_traceback
         assert missing.stderr.startswith("stacks/Pulumi.nope.yaml: cannot read the stack file: "), missing.stderr
     bare = run("components")
     assert bare.returncode == 2 and "usage: python -m components VERB" in bare.stderr and not bare.stdout
+
+
+def test_ssh_check_names_a_closed_port_at_once():
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEXLqEeM0oWyVAeZNUo7cAvhyTrMwvucBKo1IuFNITMJ"
+        t0 = time.monotonic()
+        done = run("components", "ssh-check", "--address", "127.0.0.1", "--port", str(port), "--host-key", key,
+                   "--key-path", "hosts[1].ssh.hostKey")  # fmt: skip
+        took = time.monotonic() - t0
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(
+        f"error: ssh-check: cannot reach 127.0.0.1:{port}: Connection refused; fix: check hosts[1].ssh.address "
+        "and hosts[1].ssh.port"
+    ), done.stderr
+    assert took < 10, took  # one attempt, no retry loop

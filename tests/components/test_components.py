@@ -220,4 +220,5 @@ def test_the_program_builds_every_host_with_the_dev_stack_file(monkeypatch):
     hosts = [name for typ, name in mocks.created if typ == "tdx-vllm:host:TdxHost"]
     assert hosts == ["gpu-a", "gpu-b"]
     commands = [name for typ, name in mocks.created if typ.startswith("command:")]
-    assert len(commands) == 11 + 8  # gpu-a: 8 remote + 3 BIOS phases (Dell); gpu-b (no BMC): 8 remote
+    # gpu-a: the ssh-check + 8 remote + 3 BIOS phases (Dell); gpu-b (no BMC): the ssh-check + 8 remote
+    assert len(commands) == 12 + 9

@@ -701,3 +701,11 @@ def test_real_ciphertext_passes_and_a_missing_pinned_firmware_is_named(tmp_path)
     dev_file = tmp_path / "Pulumi.dev.yaml"
     dev_file.write_text(dev)
     assert _cli(dev_file, TDX_VLLM_ARTIFACT_DIR=str(tmp_path / "empty")).returncode == 0
+
+
+def test_raw_ssh_keyscan_output_is_accepted_as_the_host_key():
+    raw = good()
+    raw["hosts"][0]["ssh"]["hostKey"] = f"192.0.2.10 {HOST_KEY}"  # `ssh-keyscan -t ed25519 192.0.2.10`
+    raw["hosts"][1]["ssh"]["hostKey"] = f"[gpu-b.example.net]:2222 {HOST_KEY} a comment"
+    cfg = parse_stack(raw, "staging")
+    assert [h.ssh.host_key for h in cfg.hosts] == [HOST_KEY, HOST_KEY]

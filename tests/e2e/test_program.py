@@ -12,15 +12,15 @@ What is set up (module fixture `e2e`):
 - TDX_VLLM_ARTIFACT_DIR: tests/fixtures/measurements/firmware, so
   `pins` is computed with `require_artifacts` (the stacks are not `dev`);
 - two stacks (`e2e`, `e2e-pre`), one harness host each, set with `pulumi config set-all --path`
-  (SSH private key and PCCS API key as secrets, host key pinned, `dcap.useSecureCert: true` as the
-  schema requires outside `dev`, rebootTimeoutSeconds 60 = the schema's minimum, no BMC).
+  (SSH private key and PCCS API key as secrets, host key pinned, `dcap.useSecureCert: false` as the
+  staging template has it for the per-host PCCS, rebootTimeoutSeconds 60 = the schema's minimum, no
+  BMC).
 
 useSecureCert: the fake `sgx-dcap-pccs` package makes a self-signed certificate for localhost at
-install time (as the real package does). With `useSecureCert: true`, dcap.sh's `curl` verifies it
-and the DCAP step's verify fails ("PCCS does not answer ... seen 000"); so before `up` the test gives
-root on each fake host a `~/.curlrc` trusting that certificate. That stands in for the operator's
-"give PCCS a certificate the host trusts", which a non-dev stack with a per-host PCCS needs and
-which the program itself does not do (config.py refuses `useSecureCert: false` outside `dev`).
+install time (as the real package does), so the per-host PCCS on loopback is used without verifying
+it, exactly as a user's stack from the template does; nothing on the hosts is prepared beyond what
+`pulumi up` does (issue 16: the tests once trusted that certificate through a `~/.curlrc`, which no
+user has).
 
 Stacks: `e2e` (a TDX-ready host: create, no-op, kernel pin change) and `e2e-pre` (a pre-production
 CPU: preflight refuses, the host is fixed, the next `up` finishes). The tests run in file order
@@ -47,7 +47,6 @@ from tests.support.engine import (
     apply_calls,
     changed_steps,
     engine_unavailable,
-    trust_pccs_certificate,
     up_events,
 )
 from tests.support.hosts import profiles as H
@@ -78,8 +77,6 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, dict
             ready, pre = hosts["tdx_ready"], hosts["pre_production"]
             assert ready.wheel_sha256 == pre.wheel_sha256  # the fake wheel is reproducible
             eng.pin_fake_wheel(ready.wheel_sha256)
-            for h in (ready, pre):
-                trust_pccs_certificate(h)
             eng.new_stack("e2e", ready, READY_HOST)
             eng.new_stack("e2e-pre", pre, PRE_HOST)
             yield eng, hosts
@@ -115,6 +112,15 @@ def test_firmware_override_differs_only_in_the_wheel_pin(e2e) -> None:
     }
     assert copied - tracked == {"stacks/Pulumi.e2e.yaml", "stacks/Pulumi.e2e-pre.yaml"}  # made by `config set`
     assert (eng.project / ".venv").is_symlink()
+
+
+def test_the_e2e_stacks_use_the_staging_templates_pccs_settings(e2e) -> None:
+    # issue 16: the template's own first `up` must work, so the tests run what it says (no ~/.curlrc)
+    eng, _hosts = e2e
+    template = yaml.safe_load((REPO / "stacks" / "Pulumi.staging.yaml").read_text())["config"]["tdx-vllm:dcap"]
+    ours = yaml.safe_load((eng.project / "stacks" / "Pulumi.e2e.yaml").read_text())["config"]["tdx-vllm:dcap"]
+    assert str(ours["useSecureCert"]).lower() == str(template["useSecureCert"]).lower() == "false"
+    assert "pccsUrl" not in template and "pccsUrl" not in ours  # the per-host PCCS
 
 
 def test_up_runs_every_step_and_exports_the_observed_facts(e2e) -> None:
@@ -205,6 +211,30 @@ def test_a_host_on_another_os_than_platform_os_is_refused_before_any_change(e2e)
     eng.pulumi("preview", "--expect-no-changes", stack="e2e")
 
 
+def test_a_wrong_pinned_host_key_fails_at_once_with_the_fix(e2e) -> None:
+    # issue 16: the provider retried a host-key mismatch ten times (~11 s) and named no fix
+    from tests.support.hosts.nshost import new_ssh_key
+
+    eng, hosts = e2e
+    h = hosts["tdx_ready"]
+    calls = len(h.calls())
+    other = new_ssh_key()[1]
+    eng.config_set("e2e", {"hosts[0].ssh.hostKey": f"{h.address} {other}"})  # as ssh-keyscan prints it
+    t0 = time.monotonic()
+    p = eng.up("e2e", "up wrong host key", ok=False)
+    took = time.monotonic() - t0
+    assert re.search(
+        rf"error: ssh-check: {re.escape(h.address)}:22 presents ssh-ed25519 SHA256:\S+, not the pinned "
+        r"hosts\[0\]\.ssh\.hostKey \(ssh-ed25519 SHA256:\S+\); fix: if the host was reinstalled",
+        p.stdout,
+    ), p.stdout[-6000:]
+    assert "Dial 2/" not in p.stdout  # no retries: the first handshake decided
+    assert h.calls()[calls:] == [], "nothing ran on the host"
+    assert took < 30, took  # engine start-up included; the dial itself is one handshake
+    eng.config_set("e2e", {"hosts[0].ssh.hostKey": h.host_key})
+    eng.pulumi("preview", "--expect-no-changes", stack="e2e")
+
+
 def test_a_host_failing_preflight_fails_up_then_resumes_once_fixed(e2e) -> None:
     eng, hosts = e2e
     h = hosts["pre_production"]
@@ -215,9 +245,10 @@ def test_a_host_failing_preflight_fails_up_then_resumes_once_fixed(e2e) -> None:
     assert not apply_calls(h), "a step after the failed preflight changed the host"
     assert h.state()["reboots"] == 0
     resources = eng.state("e2e-pre")["checkpoint"]["latest"].get("resources") or []
-    # Only the host-tools step ran to completion before preflight; the failed check is not recorded.
+    # Only the SSH probe and the host-tools step ran to completion before preflight; the failed check
+    # is not recorded.
     recorded = [r["urn"].rsplit("::", 1)[-1] for r in resources if r["type"].startswith("command:")]
-    assert recorded == [f"{PRE_HOST}-tools-install"], recorded
+    assert recorded == [f"{PRE_HOST}-ssh-check", f"{PRE_HOST}-tools-install"], recorded
     h.set_msr(0xCE, H.PRODUCTION_MSRS[0xCE])  # the provider swapped in production CPUs
     # The next `up` is killed (CLI, language host, program and provider at once) as soon as the
     # host has scheduled its reboot, i.e. in the middle of the kernel reboot step; the host reboots

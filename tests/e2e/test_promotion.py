@@ -24,7 +24,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from tests.support.engine import Engine, apply_calls, engine_unavailable, trust_pccs_certificate
+from tests.support.engine import Engine, apply_calls, engine_unavailable
 from tests.support.hosts import profiles as H
 from tests.support.hosts.nshost import namespace_hosts
 
@@ -51,8 +51,6 @@ def promo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, di
         try:
             stg, prod = hosts["tdx_ready"], hosts["tdx_ready_prod"]
             eng.pin_fake_wheel(stg.wheel_sha256)
-            for h in (stg, prod):
-                trust_pccs_certificate(h)
             eng.new_stack("staging", stg, STAGING_HOST)
             eng.new_stack("prod", prod, PROD_HOST)
             eng.config_set("prod", {"promotion.fromStack": FROM_STACK})

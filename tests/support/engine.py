@@ -17,8 +17,6 @@ from typing import Any
 
 import yaml
 
-from components.render.steps import Rendered
-from tests.support.hosts import sshrun
 from tests.support.hosts.nshost import unavailable_reason
 from tests.support.paths import ARTIFACTS, REPO
 
@@ -190,7 +188,7 @@ class Engine:
                 "gpu.count": "1",
                 "gpu.mode": "on",
                 "dcap.registration": "mpa",
-                "dcap.useSecureCert": "true",
+                "dcap.useSecureCert": "false",  # what the staging template says for a per-host PCCS
                 "hosts[0].name": name,
                 "hosts[0].ssh.address": host.address,
                 "hosts[0].ssh.port": "22",
@@ -228,15 +226,6 @@ def up_events(stdout: str) -> tuple[dict[str, str], dict]:
 
 def apply_calls(host: Any, since: int = 0) -> list[dict]:
     return [c for c in host.calls()[since:] if c["tool"] in APPLY_TOOLS]
-
-
-def trust_pccs_certificate(host: Any) -> None:
-    """root's curl on the fake host trusts the PCCS's own certificate (why: tests/e2e/test_program.py's
-    docstring, useSecureCert)."""
-    sshrun.run(
-        host.target(),
-        Rendered(command="printf 'cacert = /opt/intel/sgx-dcap-pccs/ssl_key/file.crt\\n' > /root/.curlrc", stdin=""),
-    )
 
 
 def engine_unavailable() -> str | None:

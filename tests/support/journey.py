@@ -26,7 +26,7 @@ from typing import Any
 
 from components.catalog.td_manifest import load_boot_manifest, td_boot_manifest
 from components.render.steps import Rendered
-from tests.support.engine import PCCS_API_KEY, Engine, trust_pccs_certificate
+from tests.support.engine import PCCS_API_KEY, Engine
 from tests.support.hosts import profiles as H
 from tests.support.hosts import sshrun
 from tests.support.hosts.nshost import NamespaceHost, namespace_hosts
@@ -98,7 +98,7 @@ def stack_config(host: NamespaceHost) -> dict[str, str]:
         "platform.extraKernelArgs[0]": "modprobe.blacklist=nouveau,nvidia",
         "platform.tdxModule": host.profile.tdx_module_version,
         "dcap.registration": "mpa",
-        "dcap.useSecureCert": "true",
+        "dcap.useSecureCert": "false",
         "hosts[0].name": NAME,
         "hosts[0].ssh.address": host.address,
         "hosts[0].ssh.port": "22",
@@ -139,7 +139,6 @@ def journey_world(root: Path, dev_image: Path) -> Iterator[Journey]:
         services = host.read_json("services.json", {})
         services[UNIT] = {"run": True}  # the fake systemctl runs this unit's ExecStart= for real
         host._save("services.json", services)
-        trust_pccs_certificate(host)
         server = subprocess.Popen(
             ["ip", "netns", "exec", str(host.netns), sys.executable, "-m", "http.server", "--bind", "127.0.0.1"]
             + [str(SERVE_PORT), "--directory", str(served)],
