@@ -68,7 +68,7 @@ class SshConfig:
 class BmcConfig:
     endpoint: str
     vendor: str
-    username: Secret
+    username: str  # plain config: a user name is not a secret, and Pulumi masks every occurrence of one
     password: Secret
     tls_fingerprint: str | None
     ca_file: str | None

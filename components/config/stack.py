@@ -293,6 +293,23 @@ def _ssh(r: Reader, value: Any, path: str) -> SshConfig | None:
     )
 
 
+def _bmc_username(r: Reader, value: Any, path: str) -> str | None:
+    """`bmc.username`, plain: Pulumi masks every occurrence of a secret in its output, so a secret
+    `admin` turns `gpu-admin-tools` into `gpu-[secret]-tools` and a secret `root` every `root=` of a
+    kernel command line. The password stays a secret."""
+    key = join(path, "username")
+    encrypted = value is ENCRYPTED or is_secure_marker(value) or (r.secret_paths is not None and key in r.secret_paths)
+    if encrypted:
+        r.error(
+            key,
+            "a BMC user name is plain config, not a secret (Pulumi would mask every occurrence of it in all "
+            "output, e.g. `admin` in `gpu-admin-tools`)",
+            f"pulumi config rm --path '{key}' && pulumi config set --path '{key}' NAME",
+        )
+        return None
+    return r.string(value, key, "set the BMC user, e.g. `username: root`")
+
+
 def _bmc(r: Reader, value: Any, path: str, vendors: tuple[str, ...]) -> BmcConfig | None:
     before = len(r.errors)
     m = r.obj(value, path, ("endpoint", "vendor", "username", "password", "tlsFingerprint", "caFile", "system"))
@@ -310,7 +327,7 @@ def _bmc(r: Reader, value: Any, path: str, vendors: tuple[str, ...]) -> BmcConfi
                 "use `https://BMC-ADDRESS[:PORT]` (plain http would expose the BMC password)",
             )
     vendor = r.choice(r.required(m, "vendor", path, f"set one of: {', '.join(vendors)}"), join(path, "vendor"), vendors)
-    username = r.secret(r.required(m, "username", path, "set the BMC user as a secret"), join(path, "username"), "")
+    username = _bmc_username(r, r.required(m, "username", path, "set the BMC user, e.g. `username: root`"), path)
     password = r.secret(r.required(m, "password", path, "set the BMC password as a secret"), join(path, "password"), "")
     fingerprint = r.string(
         m.get("tlsFingerprint"), join(path, "tlsFingerprint"), "set the SHA-256 of the BMC certificate"
@@ -639,7 +656,13 @@ def load_from_pulumi(stack_file_dir: Path = REPO_ROOT / "stacks") -> StackConfig
     if stack_file.exists():
         leaves = secret_paths_of({k: v for k, v in read_stack_file(stack_file).items() if not k.startswith("_")})
     else:
-        leaves = {p for p in _all_leaf_paths(raw) if p.split(".")[0].split("[")[0] in secret_top}
+        # Without the file, every leaf under a secret top-level key counts as secret, except those
+        # that are plain by design (a BMC user name: a secret one is refused only where the file says so).
+        leaves = {
+            p
+            for p in _all_leaf_paths(raw)
+            if p.split(".")[0].split("[")[0] in secret_top and not p.endswith(".bmc.username")
+        }
     return parse_stack(raw, stack, secret_paths=leaves)
 
 

@@ -44,7 +44,7 @@ class BiosSettings(pulumi.ComponentResource):
                     f"{name}-phase{phase}",
                     create=redfish_command(bmc, phase, args.timeout_s, args.config_key, args.registration),
                     environment={
-                        "TDXGPU_BMC_USERNAME": pulumi.Output.secret(bmc.username.value),
+                        "TDXGPU_BMC_USERNAME": bmc.username,
                         "TDXGPU_BMC_PASSWORD": pulumi.Output.secret(bmc.password.value),
                         # A changed vendor table re-runs the phase.
                         "TDXGPU_BIOS_TABLE_SHA256": table.sha256,

@@ -77,7 +77,6 @@ def test_unknown_keys_get_did_you_mean():
     "path,value,needle",
     [
         (("hosts", 0, "bmc", "password"), "hunter2", "hosts[0].bmc.password: given in plain text"),
-        (("hosts", 0, "bmc", "username"), "root", "hosts[0].bmc.username: given in plain text"),
         (("dcap", "pccsApiKey"), "0123456789abcdef", "dcap.pccsApiKey: given in plain text"),
     ],
 )
@@ -675,7 +674,6 @@ def test_the_templates_unfilled_secrets_are_named_with_the_command_that_sets_the
     assert [e.split(":")[0] for e in errors] == [
         "dcap.pccsApiKey",
         "hosts[0].ssh.privateKey",
-        "hosts[0].bmc.username",
         "hosts[0].bmc.password",
     ], done.stderr
     assert errors[0] == (
@@ -709,3 +707,16 @@ def test_raw_ssh_keyscan_output_is_accepted_as_the_host_key():
     raw["hosts"][1]["ssh"]["hostKey"] = f"[gpu-b.example.net]:2222 {HOST_KEY} a comment"
     cfg = parse_stack(raw, "staging")
     assert [h.ssh.host_key for h in cfg.hosts] == [HOST_KEY, HOST_KEY]
+
+
+@pytest.mark.parametrize("name", ["root", "admin"])
+def test_the_bmc_user_is_plain_config_and_a_secret_one_is_refused_with_why(name):
+    # issue 16: a secret `admin` masked `gpu-admin-tools` as `gpu-[secret]-tools`, a secret `root` every `root=`
+    raw = good()
+    raw["hosts"][0]["bmc"]["username"] = name
+    bmc = parse_stack(raw, "staging").hosts[0].bmc
+    assert bmc is not None and bmc.username == name and isinstance(bmc.password, Secret)
+    raw["hosts"][0]["bmc"]["username"] = ENCRYPTED
+    (error,) = errors_of(raw)
+    assert error.startswith("hosts[0].bmc.username: a BMC user name is plain config, not a secret"), error
+    assert "fix: pulumi config rm --path 'hosts[0].bmc.username' && pulumi config set --path" in error

@@ -15,7 +15,6 @@ from tests.support.paths import REPO
 
 SECRETS = {
     "hosts[0].ssh.privateKey": "PRIVATE-KEY-0",
-    "hosts[0].bmc.username": "bmc-admin",
     "hosts[0].bmc.password": "BMC-PASSWORD",
     "hosts[1].ssh.privateKey": "PRIVATE-KEY-1",
     "dcap.pccsApiKey": "PCS-API-KEY",

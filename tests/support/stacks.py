@@ -38,7 +38,7 @@ def good() -> dict:
                 "bmc": {
                     "endpoint": "https://192.0.2.110",
                     "vendor": "dell",
-                    "username": ENCRYPTED,
+                    "username": "root",
                     "password": ENCRYPTED,
                     "tlsFingerprint": FPR,
                 },
