@@ -23,7 +23,7 @@ What each rule inspects in this program's resources (see README "What `pulumi up
 5. `secrets-never-plain`: credentials in resource inputs must be Pulumi secrets:
    `connection.privateKey`, `connection.password`, `connection.privateKeyPassword` of
    `command:remote:*`; `environment` values of `command:local:Command`/`command:remote:Command`
-   whose name looks like a credential (PASSWORD, USERNAME of a BMC, API_KEY, TOKEN, SECRET,
+   whose name looks like a credential (PASSWORD, API_KEY, TOKEN, SECRET,
    PRIVATE_KEY), e.g. `TDXGPU_BMC_PASSWORD`; and a `stdin` that assigns a non-empty credential
    variable (e.g. `TDX_PCCS_API_KEY=...`). A value counts as secret when it, or an enclosing
    object, is a `pulumi_policy.Secret`. Why not the stack config itself: the engine sends the
@@ -83,7 +83,9 @@ _UNKNOWN_SENTINELS = frozenset(
 _HEX16 = re.compile(r"^[0-9a-fA-F]{16}$")
 _DIGEST_REF = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
 _ASSIGN = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.M)
-_CREDENTIAL_NAME = re.compile(r"(PASSWORD|PASSWD|API_?KEY|TOKEN|SECRET|PRIVATE_?KEY|BMC_USERNAME)", re.I)
+# Not a user name: it is plain config (docs/decisions.md, Config), and a secret one would be masked
+# everywhere in Pulumi's output.
+_CREDENTIAL_NAME = re.compile(r"(PASSWORD|PASSWD|API_?KEY|TOKEN|SECRET|PRIVATE_?KEY)", re.I)
 _CONNECTION_SECRETS = ("privateKey", "password", "privateKeyPassword")
 
 

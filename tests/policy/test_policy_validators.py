@@ -175,7 +175,8 @@ def test_plain_credentials_refused() -> None:
             }
         },
     )
-    assert [m.split(" ")[0] for m in msgs] == ["environment.TDXGPU_BMC_PASSWORD", "environment.TDXGPU_BMC_USERNAME"]
+    # the user name is plain config by design (docs/decisions.md, Config); the password is a credential
+    assert [m.split(" ")[0] for m in msgs] == ["environment.TDXGPU_BMC_PASSWORD"]
     msgs = V.plain_secret_violations(RC, {"stdin": "TDX_STEP=dcap\nTDX_PCCS_API_KEY='k-123'\n"})
     assert len(msgs) == 1 and "TDX_PCCS_API_KEY" in msgs[0]
     for msg in V.plain_secret_violations(LC, {"environment": {"API_TOKEN": "tok-value-9"}}):
