@@ -36,15 +36,19 @@ def test_host_pins_without_a_workload():
     assert doc["mrtd"] and doc["rtmr1"] is None and "launches no TD" in doc["reasons"]["rtmr1"]
 
 
-def test_host_pins_with_a_workload(tmp_path):
+def _workload_pins(tmp_path) -> StackPins:
+    """The host target's pins of a staging stack with the test workload (synthetic guest pins)."""
     raw = good()
     raw["workload"] = workload()
     fw = pinned_firmware_dir(tmp_path)
     stack = parse_stack(decrypted(raw), "staging", secret_paths=set(SECRETS), firmware_dir=fw)
     assert stack.workload is not None and stack.workload.boot is not None
-    pins = workload_pins(expected_pins(stack.workload.boot, ARTIFACTS, require_artifacts=False),
+    return workload_pins(expected_pins(stack.workload.boot, ARTIFACTS, require_artifacts=False),
                          stack.workload.manifest(1))  # fmt: skip
-    doc = round_trip(pins)
+
+
+def test_host_pins_with_a_workload(tmp_path):
+    doc = round_trip(_workload_pins(tmp_path))
     assert set(doc) == HOST_KEYS | {"imageDigest", "modelSha256", "workload"}
     parsed, keys = pins_from_stack_output(doc)
     assert parsed.rtmr3.values == (bytes.fromhex(doc["rtmr3"]),) and "rtmr3" in keys
@@ -53,13 +57,7 @@ def test_host_pins_with_a_workload(tmp_path):
 def test_host_pins_of_a_dev_td_without_tdx(tmp_path):
     """`workload.td.tdx: false` (dev only): `tdx: false`, the boot registers not pinned (with the
     reason), RTMR3 still pinned; the values a TD would show stay under `artifacts`."""
-    raw = good()
-    raw["workload"] = workload()
-    fw = pinned_firmware_dir(tmp_path)
-    stack = parse_stack(decrypted(raw), "staging", secret_paths=set(SECRETS), firmware_dir=fw)
-    assert stack.workload is not None and stack.workload.boot is not None
-    with_tdx = workload_pins(expected_pins(stack.workload.boot, ARTIFACTS, require_artifacts=False),
-                             stack.workload.manifest(1))  # fmt: skip
+    with_tdx = _workload_pins(tmp_path)
     doc = round_trip(without_tdx(with_tdx))
     assert doc["tdx"] is False and "tdx" not in round_trip(with_tdx)
     for key in ("mrtd", "rtmr0", "rtmr1", "rtmr2"):

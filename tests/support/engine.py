@@ -178,27 +178,32 @@ class Engine:
 
     def new_stack(self, stack: str, host: Any, name: str) -> None:
         self.pulumi("stack", "init", stack=stack)
-        self.config_set(
-            stack,
-            {
-                "platform.os": "ubuntu-24.04",
-                "platform.extraKernelArgs[0]": EXTRA_ARG,
-                "platform.tdxModule": host.profile.tdx_module_version,
-                "gpu.model": "h100-sxm",
-                "gpu.count": "1",
-                "gpu.mode": "on",
-                "dcap.registration": "mpa",
-                "dcap.useSecureCert": "false",  # what the staging template says for a per-host PCCS
-                "hosts[0].name": name,
-                "hosts[0].ssh.address": host.address,
-                "hosts[0].ssh.port": "22",
-                "hosts[0].ssh.user": "root",
-                "hosts[0].ssh.hostKey": host.host_key,
-                "teeIo": "false",
-                "rebootTimeoutSeconds": "60",
-            },
-            secret={"hosts[0].ssh.privateKey": host.client_private_key, "dcap.pccsApiKey": PCCS_API_KEY},
-        )
+        self.config_set(stack, host_stack_config(host, name), secret=host_stack_secrets(host))
+
+
+def host_stack_config(host: Any, name: str, *, gpu: bool = True) -> dict[str, str]:
+    """The plain config of a one-host stack on a harness host, as the staging template has it."""
+    config = {
+        "platform.os": "ubuntu-24.04",
+        "platform.extraKernelArgs[0]": EXTRA_ARG,
+        "platform.tdxModule": host.profile.tdx_module_version,
+        "dcap.registration": "mpa",
+        "dcap.useSecureCert": "false",  # what the staging template says for a per-host PCCS
+        "hosts[0].name": name,
+        "hosts[0].ssh.address": host.address,
+        "hosts[0].ssh.port": "22",
+        "hosts[0].ssh.user": "root",
+        "hosts[0].ssh.hostKey": host.host_key,
+        "teeIo": "false",
+        "rebootTimeoutSeconds": "60",
+    }
+    if gpu:
+        config.update({"gpu.model": "h100-sxm", "gpu.count": "1", "gpu.mode": "on"})
+    return config
+
+
+def host_stack_secrets(host: Any) -> dict[str, str]:
+    return {"hosts[0].ssh.privateKey": host.client_private_key, "dcap.pccsApiKey": PCCS_API_KEY}
 
 
 def changed_steps(doc: dict) -> dict[str, str]:

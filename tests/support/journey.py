@@ -26,7 +26,7 @@ from typing import Any
 
 from components.catalog.td_manifest import load_boot_manifest, td_boot_manifest
 from components.render.steps import Rendered
-from tests.support.engine import PCCS_API_KEY, Engine
+from tests.support.engine import Engine, host_stack_config, host_stack_secrets
 from tests.support.hosts import profiles as H
 from tests.support.hosts import sshrun
 from tests.support.hosts.nshost import NamespaceHost, namespace_hosts
@@ -94,18 +94,7 @@ def artifact_dir(dest: Path, dev_image: Path) -> Path:
 
 def stack_config(host: NamespaceHost) -> dict[str, str]:
     base = {
-        "platform.os": "ubuntu-24.04",
-        "platform.extraKernelArgs[0]": "modprobe.blacklist=nouveau,nvidia",
-        "platform.tdxModule": host.profile.tdx_module_version,
-        "dcap.registration": "mpa",
-        "dcap.useSecureCert": "false",
-        "hosts[0].name": NAME,
-        "hosts[0].ssh.address": host.address,
-        "hosts[0].ssh.port": "22",
-        "hosts[0].ssh.user": "root",
-        "hosts[0].ssh.hostKey": host.host_key,
-        "teeIo": "false",
-        "rebootTimeoutSeconds": "60",
+        **host_stack_config(host, NAME, gpu=False),
         # the workload: what README's dev example shows, on a host without TDX or GPU
         "workload.target": "host",
         "workload.server": "standin",
@@ -155,7 +144,7 @@ def journey_world(root: Path, dev_image: Path) -> Iterator[Journey]:
         eng.config_set(
             STACK,
             stack_config(host),
-            secret={"hosts[0].ssh.privateKey": host.client_private_key, "dcap.pccsApiKey": PCCS_API_KEY},
+            secret=host_stack_secrets(host),
         )
         j = Journey(eng, host, root)
         try:

@@ -48,26 +48,21 @@ def spawn(stack: ExitStack, *args: str) -> dict:
     return json.loads(line)
 
 
+def software_gateway(stack: ExitStack, pki_dir: str, *extra: str) -> dict:
+    """The stand-in vLLM and `tdxattest gateway --quote-source software-test` in front of it (the dev
+    stack's TD without TDX); the gateway's JSON line."""
+    upstream = spawn(stack, "tdxattest.testing.standin", "--listen", "127.0.0.1:0")["listening"]
+    argv = ["gateway", "--listen", "127.0.0.1:0", "--upstream", upstream, "--quote-source", "software-test"]
+    return spawn(stack, "tdxattest", *argv, "--test-pki-dir", pki_dir, *extra)
+
+
 def test_gateway_and_proxy_commands(tmp_path: Path) -> None:
     pins = tmp_path / "pins.json"
     pins.write_text(json.dumps(TdIdentity().stack_pins().to_json()))
     pki = tmp_path / "pki"
     audit = tmp_path / "audit.jsonl"
     with ExitStack() as stack:
-        upstream = spawn(stack, "tdxattest.testing.standin", "--listen", "127.0.0.1:0")["listening"]
-        gw = spawn(
-            stack,
-            "tdxattest",
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--quote-source",
-            "software-test",
-            "--test-pki-dir",
-            str(pki),
-        )
+        gw = software_gateway(stack, str(pki))
         assert gw["quote_source"] == "software-test-pki" and len(gw["tls_spki_sha256"]) == 64
         assert oct(pki.stat().st_mode & 0o777) == "0o700"
         proxy = spawn(
@@ -103,20 +98,7 @@ def test_proxy_without_the_test_root_refuses_software_quotes(tmp_path: Path) -> 
     pins.write_text(json.dumps(TdIdentity().stack_pins().to_json()))
     pki = tmp_path / "pki"
     with ExitStack() as stack:
-        upstream = spawn(stack, "tdxattest.testing.standin", "--listen", "127.0.0.1:0")["listening"]
-        gw = spawn(
-            stack,
-            "tdxattest",
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--quote-source",
-            "software-test",
-            "--test-pki-dir",
-            str(pki),
-        )
+        gw = software_gateway(stack, str(pki))
         proxy = spawn(
             stack,
             "tdxattest",
@@ -158,38 +140,12 @@ def test_dev_test_root_with_the_gateways_test_rtmr3(tmp_path: Path) -> None:
     agent's software RTMR3, and a proxy on the dev pins with --accept-dev-test-root needs no
     collateral or root of its own. The wrong RTMR3 is still refused."""
     rtmr3 = bytes(range(48))
+    audit = tmp_path / "audit.jsonl"
     with ExitStack() as stack:
-        upstream = spawn(stack, "tdxattest.testing.standin", "--listen", "127.0.0.1:0")["listening"]
-        gw = spawn(
-            stack,
-            "tdxattest",
-            "gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            upstream,
-            "--quote-source",
-            "software-test",
-            "--test-pki-dir",
-            str(tmp_path / "pki"),
-            "--test-rtmr3",
-            rtmr3.hex(),
-        )
+        gw = software_gateway(stack, str(tmp_path / "pki"), "--test-rtmr3", rtmr3.hex())
         for pins, ok in ((_dev_pins(tmp_path, rtmr3), True), (_dev_pins(tmp_path, bytes(48)), False)):
-            proxy = spawn(
-                stack,
-                "tdxattest",
-                "proxy",
-                "--upstream",
-                gw["listening"],
-                "--pins",
-                str(pins),
-                "--accept-dev-test-root",
-                "--listen",
-                "127.0.0.1:0",
-                "--audit",
-                str(tmp_path / "audit.jsonl"),
-            )
+            argv = ["--upstream", gw["listening"], "--pins", str(pins), "--accept-dev-test-root"]
+            proxy = spawn(stack, "tdxattest", "proxy", *argv, "--listen", "127.0.0.1:0", "--audit", str(audit))
             assert proxy["root_ca"].startswith("TEST, served by the dev gateway")
             client = openai.OpenAI(base_url=proxy["listening"] + "/v1", api_key="x", max_retries=0, timeout=20)
             if ok:
