@@ -184,6 +184,20 @@ SRC
 # linux-* packages come from the kernel's suite.
 with_kernel_suite() { local p; for p in "$@"; do case "$p" in linux-*) echo "$p/$KERNEL_SUITE" ;; *) echo "$p" ;; esac; done; }
 
+# install_locked ROOT LOG WHAT EXPECTED PKG=VERSION...: install exactly the pinned versions into ROOT,
+# then refuse unless the installed set equals EXPECTED (a file of name=version lines: the pins, and
+# for the module build also the image set it starts from).
+install_locked() {
+  local root=$1 log=$2 what=$3 expected=$4; shift 4
+  in_root "$root" "${APT_INSTALL[@]}" --allow-downgrades "$@" >> "$log" 2>&1 \
+    || { tail -n 30 "$log" >&2; die "apt-get install of the locked $what failed (mirror moved on? use a snapshot mirror, or --update-lock)"; }
+  if ! diff -u <(LC_ALL=C sort "$expected") \
+      <(in_root "$root" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort) > "$log.diff"; then
+    cat "$log.diff" >&2
+    die "the installed $what differ from packages.lock (diff above); run --update-lock if intended"
+  fi
+}
+
 # Every driver package installed at `$DRIVER_VERSION-*`: the one pin says what the image carries.
 check_driver_versions() { # ROOT
   local p v bad=()
@@ -246,13 +260,8 @@ else
   else
     mapfile -t PINS < <(lock_image)
     step "install the ${#PINS[@]} pinned packages from packages.lock"
-    in_root "$BASE" "${APT_INSTALL[@]}" --allow-downgrades "${PINS[@]}" >> "$WORK/apt.log" 2>&1 \
-      || { tail -n 30 "$WORK/apt.log" >&2; die "apt-get install of the locked versions failed (mirror moved on? use a snapshot mirror, or --update-lock)"; }
-    if ! diff -u <(printf '%s\n' "${PINS[@]}" | LC_ALL=C sort) \
-        <(in_root "$BASE" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort) > "$WORK/lock.diff"; then
-      cat "$WORK/lock.diff" >&2
-      die "installed package set differs from packages.lock (diff above); run --update-lock if intended"
-    fi
+    printf '%s\n' "${PINS[@]}" > "$WORK/expect.image"
+    install_locked "$BASE" "$WORK/apt.log" "image packages" "$WORK/expect.image" "${PINS[@]}"
     check_driver_versions "$BASE"
   fi
   rm -f "$BASE/usr/sbin/policy-rc.d"
@@ -356,13 +365,8 @@ else
   else
     mapfile -t BPINS < <(lock_build)
     step "install the ${#BPINS[@]} pinned module build packages"
-    in_root "$MB" "${APT_INSTALL[@]}" --allow-downgrades "${BPINS[@]}" >> "$WORK/apt-mb.log" 2>&1 \
-      || { tail -n 30 "$WORK/apt-mb.log" >&2; die "apt-get install of the locked module build packages failed (mirror moved on? use a snapshot mirror, or --update-lock)"; }
-    if ! diff -u <( { cat "$WORK/set.image"; printf '%s\n' "${BPINS[@]}"; } | LC_ALL=C sort) \
-        <(in_root "$MB" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort) > "$WORK/lock-mb.diff"; then
-      cat "$WORK/lock-mb.diff" >&2
-      die "the module build chroot differs from packages.lock (diff above); run --update-lock if intended"
-    fi
+    { cat "$WORK/set.image"; printf '%s\n' "${BPINS[@]}"; } > "$WORK/expect.build"
+    install_locked "$MB" "$WORK/apt-mb.log" "module build packages" "$WORK/expect.build" "${BPINS[@]}"
   fi
   step "build ${DRIVER_MODULES[*]} $DRIVER_VERSION for $KVER (-j$(nproc))"
   build_modules "$MB" "$WORK/modules"   # with /proc mounted: objtool reads its stack limit there
