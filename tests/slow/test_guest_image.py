@@ -195,24 +195,12 @@ def boot(image: Path, config: dict, work: Path, accel: list[str]) -> Iterator[tu
 
 def wait_report(proc: subprocess.Popen, log: Path, timeout_s: float = REPORT_TIMEOUT_S) -> tuple[dict, float]:
     """The agent's report from the serial log, and the seconds it took to appear."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        text = log.read_text(errors="replace") if log.exists() else ""
-        for line in text.splitlines():
-            at = line.find(REPORT_PREFIX)
-            if at >= 0:
-                try:
-                    return json.loads(line[at + len(REPORT_PREFIX) :].strip()), time.monotonic() - t0
-                except ValueError:
-                    pass  # half-written line
-        if proc.poll() is not None:
-            pytest.fail(f"QEMU exited {proc.returncode} before the agent reported; serial log:\n" + tail(log, 60))
-        time.sleep(0.5)
-    pytest.fail(f"no {REPORT_PREFIX.strip()} line in {timeout_s:.0f}s; serial log:\n" + tail(log, 60))
+    return wait_line(proc, log, REPORT_PREFIX, timeout_s)
 
 
-def wait_line(proc: subprocess.Popen, log: Path, prefix: str, timeout_s: float) -> dict:
-    """The JSON after `prefix` in the serial log (journald's console lines put it mid-line)."""
+def wait_line(proc: subprocess.Popen, log: Path, prefix: str, timeout_s: float) -> tuple[dict, float]:
+    """The JSON after `prefix` in the serial log (journald's console lines put it mid-line), and the
+    seconds it took to appear."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         text = log.read_text(errors="replace") if log.exists() else ""
@@ -220,7 +208,7 @@ def wait_line(proc: subprocess.Popen, log: Path, prefix: str, timeout_s: float) 
             at = line.find(prefix)
             if at >= 0:
                 try:
-                    return json.loads(line[at + len(prefix) :].strip())
+                    return json.loads(line[at + len(prefix) :].strip()), time.monotonic() - t0
                 except ValueError:
                     pass  # half-written line
         if proc.poll() is not None:
