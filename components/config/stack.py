@@ -23,8 +23,11 @@ from typing import Any, cast
 
 import yaml
 
+from components.catalog.artifacts import default_artifact_dir
 from components.catalog.bios import list_vendors, load_vendor_table
 from components.catalog.gpu import known_gpu_models
+from components.catalog.pinfile import CatalogError
+from components.catalog.td_manifest import load_boot_manifest, td_boot_manifest
 from components.catalog.tdx_module import tdx_module_releases
 from components.config.model import (
     GPU_MODES,
@@ -578,10 +581,6 @@ def placeholder_secrets(value: Any, prefix: str = "") -> list[ConfigError]:
 def missing_pinned_firmware(stack: str, firmware_dir: Path) -> list[ConfigError]:
     """Outside `dev`, `pulumi up` computes the pins from the pinned TD firmware and refuses without it;
     say so offline too."""
-    from components.catalog.artifacts import default_artifact_dir
-    from components.catalog.pinfile import CatalogError
-    from components.catalog.td_manifest import load_boot_manifest, td_boot_manifest
-
     if stack == DEV_STACK:
         return []
     try:

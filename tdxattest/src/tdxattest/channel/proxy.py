@@ -150,10 +150,10 @@ class Attestation:
     tls_spki_sha256: str
     tcb_status: str | None
     at: float  # time.monotonic() when verified: the re-attestation clock ignores wall-clock jumps
+    appraiser: Appraiser  # what accepted it (with the dev TEST root, its own): response quotes use it too
     gpu: dict[str, Any] | None = None  # the GPU verdict's summary (None: no GPU evidence, none required)
     checks: dict[str, str] = field(default_factory=dict)  # check name -> pass | not_checked (the audit line)
     quote_source: str | None = None  # what the gateway said signs its quotes (tsm, software-test-pki)
-    appraiser: Appraiser | None = None  # what accepted it (the dev TEST root's): response quotes use it too
 
 
 _conn_ids = itertools.count(1)
@@ -324,10 +324,10 @@ class UpstreamConnection:
             hashlib.sha256(spki).hexdigest(),
             verdict.tcb_status,
             time.monotonic(),
-            gpu_verdict.summary() if gpu is not None else None,
-            {c.check: c.outcome for c in (*verdict.checks, *gpu_verdict.checks)},
-            doc.get("quote_source") if isinstance(doc.get("quote_source"), str) else None,
             appraiser,
+            gpu=gpu_verdict.summary() if gpu is not None else None,
+            checks={c.check: c.outcome for c in (*verdict.checks, *gpu_verdict.checks)},
+            quote_source=doc.get("quote_source") if isinstance(doc.get("quote_source"), str) else None,
         )
         return self.attestation
 
@@ -535,8 +535,9 @@ class VerifyingProxy:
         response_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers]
         if self.config.require_response_quotes:
             try:
+                assert conn.attestation is not None  # the pool hands out attested connections only
                 ex.record["response_quote_sha256"] = await self._check_response_quote(
-                    (conn.attestation.appraiser if conn.attestation else None) or self.appraiser, response_headers, body
+                    conn.attestation.appraiser, response_headers, body
                 )
             except AttestationFailed as exc:
                 conn.close()  # the body is not read, so the connection cannot be reused
