@@ -4,18 +4,12 @@ import sys
 
 import pulumi
 
-from components.catalog.gpu import gpu_pins_for
 from components.catalog.pinfile import CatalogError
-from components.catalog.td_manifest import td_boot_manifest
 from components.config.reader import ConfigErrors
 from components.config.stack import load_from_pulumi
-from components.render.kubernetes import args_from_workload
-from components.render.kubernetes import expected_pins as kubernetes_pins
-from components.render.pins import expected_pins, without_tdx, workload_pins
 from components.render.promotion import promotable_pins, refusal_from_outputs
-from components.render.trust_domain import workload_manifest
+from components.render.stack_pins import pins_output, stack_measurements
 from components.resources.host import TdxHost, TdxHostArgs
-from guest_agent import DEV_STACK
 
 try:
     stack = load_from_pulumi()
@@ -24,36 +18,15 @@ except ConfigErrors as exc:
     print(exc.render(), file=sys.stderr)
     raise SystemExit(1) from None
 
-# Expected measurements (docs/pins.md). On hosts: computed offline from the pinned TD boot artifacts
-# (the dev example may lack the artifact files: their registers are then null with the reason), and
-# with a workload RTMR3 too (the replay of the guest agent's events). On Kubernetes: the cluster's
-# Kata guest reference values, MRCONFIGID from the init data (components/render/kubernetes.py).
+# Expected measurements (docs/pins.md), computed offline (components/render/stack_pins.py).
+try:
+    measured = stack_measurements(stack)
+except CatalogError as exc:
+    print(f"pins: {exc}", file=sys.stderr)
+    raise SystemExit(1) from None
+pins, manifest, k8s_args = measured.pins, measured.manifest, measured.kubernetes
+gpu_skus, gpu_tools = measured.gpu_skus, measured.gpu_tools
 workload = stack.workload
-gpu_skus, gpu_tools = gpu_pins_for(h.gpu.model for h in stack.hosts if h.gpu)
-# The manifest carries the GPU pins of the stack's GPU models: measured into RTMR3 with the rest.
-manifest = workload_manifest(workload, stack.tensor_parallel_size, gpu_skus.values()) if workload is not None else None
-k8s_args = None
-if workload is not None and manifest is not None and workload.kubernetes is not None:
-    k8s_args = args_from_workload(workload, manifest)
-    pins = kubernetes_pins(k8s_args)
-else:
-    try:
-        # Outside dev every pinned file must be here. A stack that launches no TD (hosts only) does
-        # not measure the guest image at all: RTMR1/RTMR2 are null with the reason.
-        pins = expected_pins(
-            workload.boot if workload is not None and workload.boot is not None else td_boot_manifest(stack.stack),
-            require_artifacts=stack.stack != DEV_STACK,
-            require_guest=workload is not None,
-        )
-    except CatalogError as exc:
-        print(f"pins: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if manifest is not None:
-        # The CC mode clients expect of the GPUs: devtools only where a (dev) host sets it.
-        modes = {h.gpu.mode for h in stack.hosts if h.gpu}
-        pins = workload_pins(pins, manifest, next((m for m in ("devtools", "ppcie") if m in modes), "on"))
-        if workload is not None and workload.td is not None and not workload.td.tdx:
-            pins = without_tdx(pins)  # the dev stack's VM: TEST quotes, no boot measurements
 
 # What another stack may promote from this one (components/render/promotion.py); exported below only
 # when every host step verified.
@@ -108,7 +81,7 @@ def _with_td(facts: pulumi.Output, summary: pulumi.Output | None) -> pulumi.Outp
 
 
 pulumi.export("hosts", {cfg.name: _with_td(h.facts, td_summaries.get(cfg.name)) for cfg, h in zip(stack.hosts, hosts)})
-pulumi.export("pins", pins.to_json())
+pulumi.export("pins", pins_output(pins))
 if endpoints:
     pulumi.export("endpoints", endpoints)
 ready = pulumi.Output.all(*waits).apply(all)

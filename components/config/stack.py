@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -631,8 +632,6 @@ def check_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConf
 
 def load_from_pulumi(stack_file_dir: Path = REPO_ROOT / "stacks") -> StackConfig:
     """Read the running stack's decrypted config and validate it (used by __main__.py)."""
-    import json
-
     import pulumi
     from pulumi.runtime import config as rt_config
 
@@ -644,25 +643,47 @@ def load_from_pulumi(stack_file_dir: Path = REPO_ROOT / "stacks") -> StackConfig
         text = config.get(key)
         if text is None:
             continue
-        try:
-            raw[key] = json.loads(text)
-        except json.JSONDecodeError:
-            raw[key] = text
+        raw[key] = _json_or_text(text)
         if rt_config.is_config_secret(f"{PROJECT}:{key}"):
             secret_top.add(key)
-    # Pulumi tells us only which top-level keys hold secrets; the stack file says which leaves.
-    stack_file = stack_file_dir / f"Pulumi.{stack}.yaml"
-    if stack_file.exists():
-        leaves = secret_paths_of({k: v for k, v in read_stack_file(stack_file).items() if not k.startswith("_")})
-    else:
-        # Without the file, every leaf under a secret top-level key counts as secret, except those
-        # that are plain by design (a BMC user name: a secret one is refused only where the file says so).
-        leaves = {
-            p
-            for p in _all_leaf_paths(raw)
-            if p.split(".")[0].split("[")[0] in secret_top and not p.endswith(".bmc.username")
-        }
+    leaves = _secret_leaves(raw, secret_top, stack_file_dir / f"Pulumi.{stack}.yaml")
     return parse_stack(raw, stack, secret_paths=leaves)
+
+
+def load_from_cli_json(doc: Mapping[str, Any], stack: str, stack_file_dir: Path = REPO_ROOT / "stacks") -> StackConfig:
+    """The same config as the program reads, from `pulumi config --json --show-secrets` (for the
+    commands that read a stack from outside a Pulumi run: `python -m components status`)."""
+    raw: dict[str, Any] = {}
+    secret_top: set[str] = set()
+    for full, entry in doc.items():
+        ns, _, key = str(full).partition(":")
+        if ns != PROJECT or key not in _TOP_KEYS or not isinstance(entry, Mapping):
+            continue
+        raw[key] = entry["objectValue"] if "objectValue" in entry else _json_or_text(str(entry.get("value", "")))
+        if entry.get("secret"):
+            secret_top.add(key)
+    leaves = _secret_leaves(raw, secret_top, stack_file_dir / f"Pulumi.{stack}.yaml")
+    return parse_stack(raw, stack, secret_paths=leaves)
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _secret_leaves(raw: Mapping[str, Any], secret_top: set[str], stack_file: Path) -> set[str]:
+    # Pulumi tells us only which top-level keys hold secrets; the stack file says which leaves.
+    if stack_file.exists():
+        return secret_paths_of({k: v for k, v in read_stack_file(stack_file).items() if not k.startswith("_")})
+    # Without the file, every leaf under a secret top-level key counts as secret, except those that
+    # are plain by design (a BMC user name: a secret one is refused only where the file says so).
+    return {
+        p
+        for p in _all_leaf_paths(raw)
+        if p.split(".")[0].split("[")[0] in secret_top and not p.endswith(".bmc.username")
+    }
 
 
 def _all_leaf_paths(value: Any, prefix: str = "") -> set[str]:

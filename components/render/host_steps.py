@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from components.catalog.bios import VendorTable
-from components.catalog.dcap import DcapPackages
-from components.catalog.gpu import GpuAdminTools, GpuSku
-from components.config.model import BmcConfig, DcapConfig, GpuConfig, PlatformConfig, SshConfig
+from components.catalog.bios import VendorTable, load_vendor_table
+from components.catalog.dcap import DcapPackages, dcap_packages
+from components.catalog.gpu import GpuAdminTools, GpuSku, gpu_admin_tools, gpu_sku
+from components.catalog.host_tools import host_tool_packages
+from components.config.model import (
+    BmcConfig,
+    DcapConfig,
+    GpuConfig,
+    HostConfig,
+    PlatformConfig,
+    SshConfig,
+    StackConfig,
+)
 from components.paths import REPO_ROOT
 from components.render.steps import Step
 
@@ -181,3 +191,40 @@ def summarize(
         # Every step's verify passed: a failed one fails `pulumi up` before outputs are written.
         "ready": all(s.get("ok") is True for s in steps),
     }
+
+
+@dataclass(frozen=True)
+class HostCheck:
+    """One host step as `python -m components status` reads it: the step, the name of the Pulumi
+    resource that runs it (for `pulumi up --target`), and the desired values `pulumi up` gives it."""
+
+    step: Step
+    resource: str
+    params: Mapping[str, str] = field(repr=False)  # the PCCS API key is among them: never printed
+
+
+def host_checks(stack: StackConfig, host: HostConfig) -> tuple[HostCheck, ...]:
+    """The read-only checks of `host`'s steps, in the order `pulumi up` runs them, with the same
+    params functions the components use (components/resources/), so `status` judges the host
+    against exactly what `up` would apply."""
+    if stack.dcap is None:
+        return ()
+    name = host.name
+    table = load_vendor_table(host.bmc.vendor if host.bmc else "intel")
+    tee_io_bios = tuple(s.attribute for s in table.tee_io)
+    sku = gpu_sku(host.gpu.model) if host.gpu else None
+    checks = [
+        HostCheck(HOST_TOOLS_STEP, f"{name}-tools-install", host_tools_params(host_tool_packages())),
+        HostCheck(
+            PREFLIGHT_STEP,
+            f"{name}-preflight-check",
+            preflight_params(host.gpu, sku, stack.tee_io, tee_io_bios, stack.platform.os),
+        ),
+        HostCheck(BIOS_VERIFY_STEP, f"{name}-bios-verify", bios_verify_params(table)),
+        HostCheck(KERNEL_STEP, f"{name}-kernel-cmdline", kernel_params(stack.platform, stack.restore_on_destroy)),
+    ]
+    if host.gpu is not None and sku is not None:
+        checks.append(HostCheck(GPU_STEP, f"{name}-gpu-mode", gpu_params(host.gpu, sku, gpu_admin_tools())))
+    dcap = {**dcap_params(stack.dcap, dcap_packages()), "TDX_PCCS_API_KEY": stack.dcap.pccs_api_key.value}
+    checks.append(HostCheck(DCAP_STEP, f"{name}-dcap-services", dcap))
+    return tuple(checks)

@@ -18,17 +18,22 @@ from pathlib import Path
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts" / "host"
 
-# The remote side: read the whole stdin into a private temp file first (so nothing the script
-# runs can swallow the rest of it), run it, and always remove it.
-STEP_COMMAND = (
-    'umask 077; f=$(mktemp /tmp/tdxgpu-step.XXXXXX) || exit 1; trap \'rm -f "$f"\' EXIT; cat >"$f"; bash "$f"'
+# The remote side is `bash -s`, and the first line of stdin is a loader that copies the rest of
+# stdin into a private temp file, runs it, and always removes it: bash reads a script from a pipe
+# one byte at a time, so `cat` gets exactly what follows the loader, and nothing the step runs can
+# swallow the rest of the script. The short command keeps the provider's error headline (`running
+# "bash -s"`) out of the way of the step's own `error: <step>: ...; fix: ...` lines.
+STEP_LOADER = (
+    'umask 077; f=$(mktemp /tmp/tdxgpu-step.XXXXXX) || exit 1; trap \'rm -f "$f"\' EXIT; cat >"$f"; bash "$f"; exit $?'
 )
+STEP_COMMAND = "bash -s"
 
-ACTIONS = ("run", "reboot", "wait")
+# status: the read-only check phases (components/status/), never apply.
+ACTIONS = ("run", "reboot", "wait", "status")
 
 # `pulumi destroy` runs the same stdin with this command: the override makes the script remove
 # what its step installed (its `remove` function) instead of applying.
-DELETE_COMMAND = "export TDX_ACTION_OVERRIDE=delete; " + STEP_COMMAND
+DELETE_COMMAND = "TDX_ACTION_OVERRIDE=delete bash -s"
 _NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
@@ -89,4 +94,4 @@ def render(step: Step, params: Mapping[str, str], action: str = "run") -> Render
         step.source(),
         "tdx_main\n",
     ]
-    return Rendered(command=STEP_COMMAND, stdin="\n".join(parts))
+    return Rendered(command=STEP_COMMAND, stdin="\n".join([STEP_LOADER, *parts]))

@@ -220,3 +220,30 @@ def test_the_program_builds_every_host_with_the_dev_stack_file(monkeypatch):
     commands = [name for typ, name in mocks.created if typ.startswith("command:")]
     # gpu-a: the ssh-check + 8 remote + 3 BIOS phases (Dell); gpu-b (no BMC): the ssh-check + 8 remote
     assert len(commands) == 12 + 9
+
+
+@pulumi.runtime.test
+def test_status_checks_run_the_same_script_and_values_as_up():
+    # `python -m components status` renders each host step itself (no Pulumi run); it must judge the
+    # host against exactly what `pulumi up` applies: same step, same desired values, secrets included.
+    from components.render.host_steps import host_checks
+    from components.render.steps import render
+
+    cfg = stack_config()
+    _, rec = build(cfg)
+    checks = host_checks(cfg, cfg.hosts[0])
+    assert [c.resource for c in checks] == [
+        "gpu-a-tools-install",
+        "gpu-a-preflight-check",
+        "gpu-a-bios-verify",
+        "gpu-a-kernel-cmdline",
+        "gpu-a-gpu-mode",
+        "gpu-a-dcap-services",
+    ]
+    stdins = {c.resource: pulumi.Output.from_input(rec.resources[c.resource].props["stdin"]) for c in checks}
+
+    def compare(up: dict[str, str]) -> None:
+        for c in checks:
+            assert up[c.resource] == render(c.step, c.params, "run").stdin, c.resource
+
+    return pulumi.Output.all(**stdins).apply(compare)

@@ -286,3 +286,29 @@ def test_a_key_given_twice_is_refused(tmp_path):
     path.write_text(text)
     with pytest.raises(CatalogError, match="not valid YAML: duplicate key 'kernel'"):
         expected_pins(path, tmp_path, require_artifacts=False)
+
+
+def test_the_pins_output_leaves_the_event_log_to_the_pins_verb(capsys) -> None:
+    # issue 16: ~150 lines of expected events in every preview buried the plan; they stay one
+    # command away, and the output keeps every register, reason and artifact.
+    import json
+
+    from components.config.stack import load_stack_file
+    from components.render.stack_pins import main, pins_output, stack_measurements
+    from tests.support.paths import REPO
+
+    stack_file = REPO / "stacks" / "Pulumi.staging.yaml"
+    pins = stack_measurements(load_stack_file(stack_file)).pins
+    exported = pins_output(pins)
+    assert "events" not in exported and {k: v for k, v in pins.to_json().items() if k != "events"} == exported
+    assert (
+        len(json.dumps(pins.to_json(), indent=2).splitlines()) - len(json.dumps(exported, indent=2).splitlines()) > 100
+    )
+    # The verb validates the file as `check` does: the template's placeholders are named, not printed over.
+    assert main([str(stack_file)]) == 1
+    assert "is a placeholder" in capsys.readouterr().err
+    dev = REPO / "stacks" / "Pulumi.dev.yaml"
+    assert main([str(dev)]) == 0
+    assert json.loads(capsys.readouterr().out) == pins_output(stack_measurements(load_stack_file(dev)).pins)
+    assert main([str(dev), "--events"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["events"]) == {"rtmr0", "rtmr1", "rtmr2"}  # no workload: no RTMR3

@@ -129,7 +129,6 @@ def test_destroy_runs_the_steps_remove_on_the_same_stdin(toy, tmp_path):
         "ok": True,
         "changed": True,
         "removed_paths": str(state),
-        "removed": True,
     }
     assert not state.exists()
     keep = tmp_path / "keep.sh"
@@ -141,7 +140,8 @@ def test_destroy_runs_the_steps_remove_on_the_same_stdin(toy, tmp_path):
         text=True,
         timeout=60,
     )
-    assert res.returncode == 0 and json.loads(res.stdout)["removed"] is False
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["left_in_place"] == "everything this step did (it has nothing to remove)"
 
 
 def test_wait_refuses_an_unchanged_boot_id_and_times_out_with_the_unmet_list(toy):
@@ -351,3 +351,21 @@ def test_the_71_wording_of_a_failed_module_init_gets_the_module_fix(tmp_path):
     """Linux >= 7.1 prints "TDX-Module initialization failed (%d)" (tdx_enable; capital M)."""
     (tmp_path / "k.dmesg").write_text("[    3.912047] virt/tdx: TDX-Module initialization failed (-12)\n")
     assert kernel_fn("tdx_diagnosis", tmp_path / "k.dmesg").strip() == "update the TDX module (platform.tdxModule pin)"
+
+
+def test_the_loader_hands_the_script_whole_to_bash_and_removes_its_copy(toy, tmp_path):
+    # `bash -s` reads the loader line byte by byte; `cat` takes exactly the rest. A step command that
+    # reads stdin (here: apply runs `cat`) sees end of input and cannot eat the script's tail.
+    script, state = toy
+    hungry = tmp_path / "hungry.sh"
+    hungry.write_text(script.read_text().replace('echo applied >>"$TOY_FILE.log"', 'cat >>"$TOY_FILE.log"'))
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    rendered = render(Step("toy", str(hungry)), toy_params(state))
+    assert rendered.stdin.splitlines()[0].startswith("umask 077; f=$(mktemp")
+    res = run_local(rendered.stdin.replace("/tmp/tdxgpu-step", f"{tmp}/tdxgpu-step"))
+    assert res.returncode == 0 and json.loads(res.stdout)["changed"] is True, res.stderr
+    assert Path(f"{state}.log").read_text() == ""  # the step's `cat` got nothing of the script
+    assert list(tmp.iterdir()) == []  # the private copy is gone
+    failing = run_local(render(Step("toy", str(script)), toy_params(state, TOY_REFUSE="yes")).stdin)
+    assert failing.returncode == 1  # the step's status is the command's

@@ -243,6 +243,7 @@ def test_real_program_dev_stack_passes(tmp_path: Path) -> None:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
     (cli.project / ".venv").symlink_to(REPO / ".venv")  # Pulumi.yaml names `virtualenv: .venv`
+    (cli.project / "bin").symlink_to(REPO / "bin")  # and `plugins`: the command provider in bin/
     cli.env["PULUMI_CONFIG_PASSPHRASE"] = "dev-only-passphrase"  # the dev example's (README)
     cli.env["TDX_VLLM_ARTIFACT_DIR"] = str(tmp_path / "no-artifacts")  # dev tolerates missing artifacts
     assert cli.run("stack", "init", stack="dev").returncode == 0

@@ -43,6 +43,7 @@ from tests.support.engine import (
     EXTRA_ARG,
     PCCS_API_KEY,
     PROJECT,
+    VENV,
     Engine,
     apply_calls,
     changed_steps,
@@ -96,7 +97,7 @@ def test_firmware_override_differs_only_in_the_wheel_pin(e2e) -> None:
         f"< sha256: {repo_pin['sha256']}",
         f"> sha256: {e2e_pin['sha256']}",
     ], diff.stdout
-    # the copy is the tracked files plus the .venv link, nothing else
+    # the copy is the tracked files plus the .venv and bin links, nothing else
     tracked = set(
         filter(
             None,
@@ -108,10 +109,10 @@ def test_firmware_override_differs_only_in_the_wheel_pin(e2e) -> None:
     copied = {
         q.relative_to(eng.project).as_posix()
         for q in eng.project.rglob("*")
-        if (q.is_file() or q.is_symlink()) and ".venv" not in q.relative_to(eng.project).parts[:1]
+        if (q.is_file() or q.is_symlink()) and q.relative_to(eng.project).parts[0] not in (".venv", "bin")
     }
     assert copied - tracked == {"stacks/Pulumi.e2e.yaml", "stacks/Pulumi.e2e-pre.yaml"}  # made by `config set`
-    assert (eng.project / ".venv").is_symlink()
+    assert (eng.project / ".venv").is_symlink() and (eng.project / "bin").is_symlink()
 
 
 def test_the_e2e_stacks_use_the_staging_templates_pccs_settings(e2e) -> None:
@@ -206,9 +207,73 @@ def test_a_host_on_another_os_than_platform_os_is_refused_before_any_change(e2e)
         r"seen ubuntu-24.04 \(/etc/os-release\); fix: set platform.os: ubuntu-24.04",
         p.stdout,
     ), p.stdout[-6000:]
+    # issue 16: the step's diagnostics open with the host (in the resource name), the step and the
+    # fix; the provider's headline names only `bash -s`, not the loader that runs the script.
+    assert re.search(
+        r"  command:remote:Command \(gpu-ready-preflight-check\):\n"
+        r"    error: Process exited with status 1: running \"bash -s\":\n"
+        r"    error: preflight: the host runs another OS than the stack says; .*; fix: set platform.os",
+        p.stdout,
+    ), p.stdout[-6000:]
+    assert "mktemp" not in p.stdout and "warning:" not in p.stdout
     assert not apply_calls(h, calls), "a step after the refused preflight changed the host"
+    # issue 16: Pulumi keeps the outputs of the last successful update, so they still say ready...
+    assert eng.outputs("e2e")["ready"] is True
+    # ...and `status` tells the truth: the failed run, its host and step, and why.
+    rc, status = eng.status("e2e")
+    assert rc == 1 and status["ready"] is False, status
+    assert status["lastUpdate"]["kind"] == "update" and status["lastUpdate"]["result"] == "failed"
+    assert status["outputsReady"] is True and any("still says true" in n for n in status["notes"]), status["notes"]
+    host = status["hosts"][READY_HOST]
+    assert host["firstProblem"].startswith(
+        "preflight: the host runs another OS than the stack says; expected platform.os ubuntu-26.04, "
+        "seen ubuntu-24.04 (/etc/os-release); fix: set platform.os: ubuntu-24.04"
+    ), host
+    states = {s["step"]: s["state"] for s in host["steps"]}
+    assert states == dict.fromkeys(("host-tools", "bios-verify", "kernel", "gpu-cc", "dcap"), "in_sync") | {
+        "preflight": "refused"
+    }, states
+    assert not apply_calls(h, calls), "status changed the host"
     eng.config_set("e2e", {"platform.os": "ubuntu-24.04"})
     eng.pulumi("preview", "--expect-no-changes", stack="e2e")
+    # The fixed config converges with a run that applies nothing; only then is the stack ready again.
+    assert eng.status("e2e")[0] == 1
+    eng.up("e2e", "up after the os fix (no-op)")
+    rc, status = eng.status("e2e")
+    assert rc == 0 and status["ready"] is True and status["notes"] == [], status
+    assert not apply_calls(h, calls)
+
+
+def test_status_of_a_stack_it_cannot_read_says_why(e2e) -> None:
+    eng, _ = e2e
+    cmd = [str(VENV / "bin" / "python"), "-m", "components", "status", "--stack", "no-such-stack"]
+    p = subprocess.run(cmd, cwd=eng.project, env=eng.env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith("error: status: `pulumi config --show-secrets --stack no-such-stack` failed: error: ")
+    assert "fix: source tools/env.sh" in p.stderr
+
+
+def test_status_names_drift_on_a_host_that_pulumi_cannot_see(e2e) -> None:
+    # A person flips a GPU out of CC mode by hand: `pulumi preview` sees nothing; `status` names it.
+    eng, hosts = e2e
+    h = hosts["tdx_ready"]
+    bdf = eng.outputs("e2e")["hosts"][READY_HOST]["gpus"][0]["bdf"]
+    h.set_gpu_mode(bdf, cc="off")
+    try:
+        eng.pulumi("preview", "--expect-no-changes", stack="e2e")
+        rc, status = eng.status("e2e")
+        assert rc == 3 and status["ready"] is False, status
+        host = status["hosts"][READY_HOST]
+        drifted = {s["step"]: s["problems"] for s in host["steps"] if s["state"] != "in_sync"}
+        assert drifted == {
+            "gpu-cc": [
+                f"GPU {bdf} CC mode; expected on, seen off; fix: apply runs nvidia_gpu_tools.py --set-cc-mode=on"
+            ]
+        }, drifted
+        assert any("changed since the last `pulumi up`" in n for n in status["notes"]), status["notes"]
+    finally:
+        h.set_gpu_mode(bdf, cc="on")
+    assert eng.status("e2e")[0] == 0
 
 
 def test_a_wrong_pinned_host_key_fails_at_once_with_the_fix(e2e) -> None:
@@ -231,6 +296,14 @@ def test_a_wrong_pinned_host_key_fails_at_once_with_the_fix(e2e) -> None:
     assert "Dial 2/" not in p.stdout  # no retries: the first handshake decided
     assert h.calls()[calls:] == [], "nothing ran on the host"
     assert took < 30, took  # engine start-up included; the dial itself is one handshake
+    rc, status = eng.status("e2e")  # status makes the same handshake before it sends anything
+    assert rc == 1, status
+    assert re.fullmatch(
+        rf"{re.escape(h.address)}:22 presents ssh-ed25519 SHA256:\S+, not the pinned ssh-ed25519 SHA256:\S+ "
+        r"\(hosts\[0\]\.ssh\.hostKey\); nothing was sent; fix: if the host was reinstalled, .*",
+        status["hosts"][READY_HOST]["unreachable"],
+    ), status
+    assert h.calls()[calls:] == []
     eng.config_set("e2e", {"hosts[0].ssh.hostKey": h.host_key})
     eng.pulumi("preview", "--expect-no-changes", stack="e2e")
 
@@ -249,6 +322,12 @@ def test_a_host_failing_preflight_fails_up_then_resumes_once_fixed(e2e) -> None:
     # is not recorded.
     recorded = [r["urn"].rsplit("::", 1)[-1] for r in resources if r["type"].startswith("command:")]
     assert recorded == [f"{PRE_HOST}-ssh-check", f"{PRE_HOST}-tools-install"], recorded
+    # A failed first `up` leaves no outputs at all; `status` names the host, the step and why.
+    rc, status = eng.status("e2e-pre")
+    assert rc == 1 and status["outputsReady"] is None and status["lastUpdate"]["result"] == "failed", status
+    assert status["hosts"][PRE_HOST]["firstProblem"].startswith(
+        "preflight: pre-production CPU (MSR 0xCE bit 27 set); expected production silicon"
+    ), status
     h.set_msr(0xCE, H.PRODUCTION_MSRS[0xCE])  # the provider swapped in production CPUs
     # The next `up` is killed (CLI, language host, program and provider at once) as soon as the
     # host has scheduled its reboot, i.e. in the middle of the kernel reboot step; the host reboots

@@ -570,7 +570,8 @@ def test_destroy_removes_what_the_steps_installed_and_keeps_the_rest(hosts):
         return sshrun.run(h.target(), Rendered(command=DELETE_COMMAND, stdin=render(step, params).stdin), deadline_s=60)
 
     gpu = destroy(GPU, gpu_params(h))
-    assert gpu.facts["removed"] is True and gpu.facts["left_in_place"] == "GPU CC/PPCIe mode"
+    assert gpu.facts["removed_paths"].endswith("gpu-admin-tools/" + TOOLS_VERSION), gpu.facts
+    assert gpu.facts["left_in_place"] == "GPU CC/PPCIe mode"
     assert not h.host_path(f"/opt/tdxgpu/gpu-admin-tools/{TOOLS_VERSION}").exists()
     assert h.state()["gpu"]["0000:b8:00.0"]["cc"] == "on"
 

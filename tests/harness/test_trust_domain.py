@@ -339,7 +339,7 @@ def test_the_td_comes_back_with_its_gpu_after_a_host_reboot(host):
 
 def test_destroy_stops_the_td_and_removes_its_files(host):
     r = sshrun.run(host.target(), Rendered(command=DELETE_COMMAND, stdin=render(LAUNCH_STEP, launch()).stdin))
-    assert r.facts["removed"] is True
+    assert r.facts["removed_paths"] == f"/etc/systemd/system/{UNIT} {TD_DIR}/agent.json", r.facts
     assert not host.host_path(f"/etc/systemd/system/{UNIT}").exists() and not staged(host, "agent.json").exists()
     assert not staged(host, "data.img").exists()
     svc = host.read_json("services.json")["tdx-vllm-td-" + NAME]

@@ -38,6 +38,7 @@ PASSPHRASE = "e2e-program-passphrase"
 
 # Tools whose calls mean "the host was changed" (calls.log of the fake host).
 APPLY_TOOLS = {"update-grub", "systemd-run", "reboot", "apt-get", "systemctl", "PCKIDRetrievalTool"}
+READ_ONLY_SYSTEMCTL = {"is-active", "is-enabled", "is-failed", "status", "show"}
 
 
 def session_pids(sid: int) -> list[int]:
@@ -77,6 +78,7 @@ class Engine:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst, follow_symlinks=False)
         (self.project / ".venv").symlink_to(VENV)
+        (self.project / "bin").symlink_to(REPO / "bin")  # Pulumi.yaml's `plugins`: the command provider
         shutil.copytree(REPO / "firmware", self.firmware)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "TDX_VLLM_"))}
         self.env.update(
@@ -158,6 +160,13 @@ class Engine:
     def outputs(self, stack: str) -> dict:
         return json.loads(self.pulumi("stack", "output", "--json", "--show-secrets", stack=stack).stdout)
 
+    def status(self, stack: str) -> tuple[int, dict]:
+        """`python -m components status --stack S --json` in the project, as an operator runs it."""
+        cmd = [str(VENV / "bin" / "python"), "-m", "components", "status", "--stack", stack, "--json"]
+        p = subprocess.run(cmd, cwd=self.project, env=self.env, capture_output=True, text=True, timeout=240)
+        assert p.returncode in (0, 1, 3), f"status could not read {stack} ({p.returncode}):\n{p.stderr}"
+        return p.returncode, json.loads(p.stdout)
+
     def state(self, stack: str) -> dict:
         return json.loads((self.backend / ".pulumi" / "stacks" / PROJECT / f"{stack}.json").read_text())
 
@@ -230,7 +239,14 @@ def up_events(stdout: str) -> tuple[dict[str, str], dict]:
 
 
 def apply_calls(host: Any, since: int = 0) -> list[dict]:
-    return [c for c in host.calls()[since:] if c["tool"] in APPLY_TOOLS]
+    """The calls since `since` that can change the host (`systemctl is-active` and its kind cannot)."""
+    return [c for c in host.calls()[since:] if _may_change(c)]
+
+
+def _may_change(call: dict) -> bool:
+    if call["tool"] == "systemctl" and call["argv"] and call["argv"][0] in READ_ONLY_SYSTEMCTL:
+        return False
+    return call["tool"] in APPLY_TOOLS
 
 
 def engine_unavailable() -> str | None:

@@ -181,23 +181,36 @@ _wait() {
   done
 }
 
-# On `pulumi destroy`: the step's `remove` undoes what its apply installed; a step without one
-# deliberately leaves the host as it is (and says so in its facts).
+# On `pulumi destroy`: the step's `remove` undoes what its apply installed and names it
+# (`removed_paths`, `removed_packages`) and what it keeps (`left_in_place`); a step without one
+# deliberately leaves the host as it is, and says so.
 _delete() {
   if declare -F remove >/dev/null; then
     _trap_errors delete
     remove
     trap - ERR
-    fact_raw removed true
   else
-    fact_raw removed false
+    fact left_in_place "everything this step did (it has nothing to remove)"
   fi
   _emit true true
+}
+
+# `python -m components status`: the read-only phases only (check, and runtime_check where the
+# step has one), never apply; the facts say whether the host is in sync and list what is not.
+_status() {
+  local in_sync=true
+  _UNMET=()
+  check || in_sync=false
+  if declare -F runtime_check >/dev/null; then runtime_check || in_sync=false; fi
+  fact_raw in_sync "$in_sync"
+  fact_raw unmet "$(json_list "${_UNMET[@]}")"
+  _emit true false
 }
 
 tdx_main() {
   case "${TDX_ACTION:-run}" in
     run) _run_step ;;
+    status) _status ;;
     reboot) _reboot ;;
     wait) _wait ;;
     delete) _delete ;;
