@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tdxattest.core.errors import InputError
-from tdxattest.core.workload import WorkloadManifest, manifest_from_mapping, refused_vllm_arg
+from tdxattest.core.workload import WorkloadManifest, manifest_from_mapping, refused_vllm_args
 
 from . import CONFIG_FW_CFG, DEV_STACK
 
@@ -110,10 +110,8 @@ def _port(key: str, value: Any) -> int:
 
 def check_vllm_args(args: tuple[str, ...]) -> None:
     """Refuse vLLM arguments the deployment owns or that break under confidential computing."""
-    for arg in args:
-        reason = refused_vllm_arg(arg)
-        if reason is not None:
-            raise InputError(f"workload.vllmArgs without it ({reason})", repr(arg))
+    for i, reason in refused_vllm_args(args):
+        raise InputError(f"workload.vllmArgs without it ({reason})", repr(args[i]))
 
 
 def config_from_mapping(doc: Any) -> AgentConfig:
@@ -136,7 +134,7 @@ def config_from_mapping(doc: Any) -> AgentConfig:
         {"stack", "workload", "model", "knownAnswer"},
     )
     stack = _str("config.stack", top["stack"])
-    if not _STACK.match(stack):
+    if not _STACK.fullmatch(stack):
         raise InputError("config.stack as a stack name (lowercase letters, digits, '-')", repr(stack))
     workload = manifest_from_mapping(top["workload"])  # its errors already name workload.<key>
     check_vllm_args(workload.vllm_args)

@@ -152,9 +152,9 @@ def td_debug_violations(resource_type: str, props: Mapping[str, Any]) -> list[st
         value = _reveal(value)
         if key not in ("tdAttributes", "attributes") or value is UNKNOWN:
             continue
-        if key == "attributes" and not (isinstance(value, str) and _HEX16.match(value)):
+        if key == "attributes" and not (isinstance(value, str) and _HEX16.fullmatch(value)):
             continue  # not TD_ATTRIBUTES-shaped: some other resource's `attributes`
-        if not (isinstance(value, str) and _HEX16.match(value)):
+        if not (isinstance(value, str) and _HEX16.fullmatch(value)):
             out.append(f"{path} = {value!r} is not 16 hex digits (TD_ATTRIBUTES bytes): cannot check DEBUG")
             continue
         if int.from_bytes(bytes.fromhex(value), "little") & TD_ATTR_DEBUG:
@@ -173,7 +173,7 @@ def image_digest_violations(resource_type: str, props: Mapping[str, Any]) -> lis
         value = _reveal(value)
         if key != "image" or value is UNKNOWN or not isinstance(value, str):
             continue
-        if not _DIGEST_REF.match(value):
+        if not _DIGEST_REF.fullmatch(value):
             out.append(f"{path} = {value!r} is not pinned by digest; use `name@sha256:<64 hex>`")
     return out
 

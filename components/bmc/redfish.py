@@ -71,6 +71,13 @@ _RESTART_PREFERENCE = (
 
 REGISTRATIONS = ("mpa", "pckid", "none")
 
+# iDRAC applies staged BIOS values only through a configuration job for Bios/Settings; without one a
+# reset boots the old values (Dell's iDRAC-Redfish-Scripting, BiosSetAttributeREDFISH.py: PATCH
+# Bios/Settings, POST this collection with TargetSettingsURI, reboot, poll the job to Completed).
+DELL_JOBS = "/redfish/v1/Managers/iDRAC.Embedded.1/Jobs"
+_JOB_DONE = ("Completed",)
+_JOB_FAILED = ("Failed", "CompletedWithErrors", "RebootFailed")
+
 
 # ---------------------------------------------------------------------------------------------
 # I/O
@@ -361,6 +368,7 @@ def _result(
     reset: bool,
     applied: Mapping[str, Scalar],
     reset_type: str | None,
+    job: str | None = None,
 ) -> BiosPhaseResult:
     return BiosPhaseResult(
         vendor=vendor,
@@ -375,6 +383,7 @@ def _result(
         attributes={name: observed.get(name) for name in snap.desired},
         pending=diff(snap.desired, observed),
         reset_type=reset_type,
+        job=job or None,
     )
 
 
@@ -460,9 +469,13 @@ def apply_phase(
             conn.url,
             ", ".join(f"{k}={v!r}" for k, v in sorted(changes.items())),
         )
-        _patch(snap.bios, changes, conn)
+        dell = vendor == "dell"
+        # On iDRAC the job below carries the change; asking for OnReset as well would make iDRAC
+        # create a job of its own, and ours would then be refused as a second one.
+        _patch(snap.bios, changes, conn, on_reset=not dell)
+        job = _dell_config_job(root, snap.bios, conn) if dell else None
         reset_type = _reset(snap.system, conn)
-        observed, version = _wait_applied(snap.system, snap.desired, conn, phase, timeout_s, poll_s)
+        observed, version = _wait_applied(snap.system, snap.desired, conn, phase, timeout_s, poll_s, job=job, root=root)
         LOG.info("BIOS phase %s on %s applied (BIOS %s)", phase, conn.url, version)
         return _result(
             snap,
@@ -475,13 +488,14 @@ def apply_phase(
             reset=True,
             applied=changes,
             reset_type=reset_type,
+            job=job,
         )
 
 
-def _patch(bios: Any, changes: Mapping[str, Scalar], conn: _Conn) -> None:
-    # A BMC that advertises OnReset (Dell iDRAC) only schedules the BIOS job when asked to.
+def _patch(bios: Any, changes: Mapping[str, Scalar], conn: _Conn, *, on_reset: bool = True) -> None:
+    # A BMC that advertises OnReset applies the values at the next reset only when asked to.
     supported = bios.supported_apply_times or []
-    apply_time = sushy.ApplyTime.ON_RESET if sushy.ApplyTime.ON_RESET in supported else None
+    apply_time = sushy.ApplyTime.ON_RESET if on_reset and sushy.ApplyTime.ON_RESET in supported else None
     try:
         bios.set_attributes(dict(changes), apply_time=apply_time)
     except (sushy_exc.BadRequestError, sushy_exc.ResourceNotFoundError) as exc:
@@ -491,6 +505,40 @@ def _patch(bios: Any, changes: Mapping[str, Scalar], conn: _Conn) -> None:
             "an attribute may be hidden until the previous phase is applied, or the value is not accepted by "
             "this BIOS version"
         ) from None
+
+
+def _dell_config_job(root: sushy.Sushy, bios: Any, conn: _Conn) -> str:
+    """Create iDRAC's BIOS configuration job for the values just staged; its URI (from Location).
+    A job already scheduled (an earlier run stopped before the reset) is refused by iDRAC as a
+    second one: the reset runs that one, so it is used instead of failing."""
+    target = bios._settings.resource_uri or f"{bios.path}/Settings"
+    try:
+        response = root._conn.post(DELL_JOBS, data={"TargetSettingsURI": target})
+    except sushy_exc.BadRequestError as exc:
+        detail = _redact(exc.detail or str(exc), conn.secrets)
+        if "already committed" in detail:
+            LOG.info("a BIOS configuration job is already scheduled on %s; the reset runs it", conn.url)
+            return ""
+        raise BiosError(
+            f"BMC {conn.url} refused the BIOS configuration job for {target} (HTTP {exc.status_code}): {detail}; "
+            f"fix: look at the iDRAC job queue ({DELL_JOBS}) for a job stuck in Scheduled or Failed, delete it, "
+            "and run pulumi up again"
+        ) from None
+    except sushy_exc.ResourceNotFoundError:
+        raise BiosError(
+            f"BMC {conn.url} has no iDRAC job service at {DELL_JOBS}: the vendor table says dell; fix: set "
+            "bmc.vendor to the BMC's real vendor"
+        ) from None
+    location = response.headers.get("Location", "")
+    if "/Jobs/" not in location:
+        raise BiosError(f"BMC {conn.url} made the BIOS configuration job but named no job URI (Location {location!r})")
+    LOG.info("BIOS configuration job %s scheduled on %s", location.rsplit("/", 1)[-1], conn.url)
+    return urlsplit(location).path
+
+
+def _job_state(root: sushy.Sushy, job: str) -> dict[str, Any]:
+    body: dict[str, Any] = root._conn.get(job).json()
+    return body
 
 
 def _reset(system: Any, conn: _Conn) -> str:
@@ -508,8 +556,18 @@ def _reset(system: Any, conn: _Conn) -> str:
 
 
 def _wait_applied(
-    system: Any, desired: Mapping[str, Scalar], conn: _Conn, phase: int, timeout_s: float, poll_s: float
+    system: Any,
+    desired: Mapping[str, Scalar],
+    conn: _Conn,
+    phase: int,
+    timeout_s: float,
+    poll_s: float,
+    *,
+    job: str | None = None,
+    root: sushy.Sushy | None = None,
 ) -> tuple[dict[str, Any], str | None]:
+    """Until the system is on with every desired value, and (with `job`) the BMC's configuration
+    job completed; a failed job ends the wait at once with its message."""
     deadline = time.monotonic() + timeout_s
     observed: dict[str, Any] = {}
     power: str = "unknown"
@@ -517,10 +575,21 @@ def _wait_applied(
         try:
             system.refresh(force=True)
             power = system.power_state.value if system.power_state else "unknown"
+            job_done = True
+            if job and root is not None:
+                state = _job_state(root, job)
+                if state.get("JobState") in _JOB_FAILED:
+                    raise BiosError(
+                        f"BIOS phase {phase}: configuration job {state.get('Id', job)} on BMC {conn.url} "
+                        f"{state.get('JobState')}: {_redact(str(state.get('Message')), conn.secrets)} "
+                        f"({state.get('MessageId')}); fix: read that job in the iDRAC Lifecycle Log, correct "
+                        "the setting it names, and run pulumi up again"
+                    )
+                job_done = state.get("JobState") in _JOB_DONE
             bios = system.bios
             bios.refresh(force=True)
             observed = dict(bios.attributes or {})
-            if system.power_state == sushy.PowerState.ON and not diff(desired, observed):
+            if system.power_state == sushy.PowerState.ON and job_done and not diff(desired, observed):
                 return observed, system.bios_version
         except (sushy_exc.ConnectionError, sushy_exc.ServerSideError) as exc:
             # BMCs often stall or 5xx while the host goes through POST.

@@ -339,6 +339,7 @@ class BiosPhaseResult:
     attributes: dict[str, Any] = field(default_factory=dict)  # observed values of the phase's attributes
     pending: dict[str, Scalar] = field(default_factory=dict)  # desired values not yet in effect
     reset_type: str | None = None
+    job: str | None = None  # the BMC's configuration job that applied the change (Dell iDRAC), by URI
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,6 +1,7 @@
 """Reading the pin files under firmware/ (TD boot manifests, GPU and tool pins, BIOS tables, TDX
-module releases): YAML that refuses a key given twice in one mapping. Plain YAML keeps the last of
-two equal keys without a word, so a stale pin left below a new one would silently win."""
+module releases) with the project's one safe YAML loader (tdxattest.core.safe_yaml), which refuses a
+key given twice in one mapping: plain YAML keeps the last of two equal keys without a word, so a
+stale pin left below a new one would silently win."""
 
 from __future__ import annotations
 
@@ -11,33 +12,18 @@ from typing import Any
 
 import yaml
 
+from tdxattest.core.safe_yaml import load_yaml
+
 
 class CatalogError(ValueError):
     """A pin file (or a file it pins) is missing or malformed; one line naming the file, the key,
     what was expected and what was seen."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<: *anchor` merges another mapping (SafeLoader flattens it below)
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-                seen.add(key)
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"unhashable key {key!r}", key_node.start_mark
-                ) from None
-        return super().construct_mapping(node, deep=deep)
-
-
 def load_pin_yaml(text: str) -> Any:
-    """`yaml.safe_load`, except that a duplicate key is a `yaml.YAMLError`."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)
+    """YAML through the project's one safe loader (tdxattest.core.safe_yaml): a duplicate key, an
+    oversized file or an alias bomb is a `yaml.YAMLError`."""
+    return load_yaml(text)
 
 
 def read_pin_file(path: Path, what: str = "manifest") -> Mapping[str, Any]:

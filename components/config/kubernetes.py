@@ -90,7 +90,7 @@ def kubernetes_target_from_mapping(
         m.get("runtimeClassName", DEFAULT_RUNTIME_CLASS), rc_path, f"use `{DEFAULT_RUNTIME_CLASS}`"
     )
     if runtime_class is not None:
-        if not _DNS_SUBDOMAIN.match(runtime_class):
+        if not _DNS_SUBDOMAIN.fullmatch(runtime_class):
             r.error(rc_path, f"`{runtime_class}` is not a valid RuntimeClass name", f"use `{DEFAULT_RUNTIME_CLASS}`")
             runtime_class = None
         elif runtime_class in NON_CONFIDENTIAL_RUNTIME_CLASSES or "tdx" not in runtime_class:
@@ -113,7 +113,7 @@ def kubernetes_target_from_mapping(
         gi_path,
         "set `REPOSITORY@sha256:<64 hex>`",
     )
-    if gateway_image is not None and not IMAGE_BY_DIGEST.match(gateway_image):
+    if gateway_image is not None and not IMAGE_BY_DIGEST.fullmatch(gateway_image):
         r.error(
             gi_path,
             f"`{gateway_image}` is not an image pinned by digest (a tag can move)",
@@ -125,7 +125,7 @@ def kubernetes_target_from_mapping(
     gpu_count = r.integer(m.get("gpuCount"), join(path, "gpuCount"), 1, 1, 8)
     gr_path = join(path, "gpuResource")
     gpu_resource = r.string(m.get("gpuResource", DEFAULT_GPU_RESOURCE), gr_path, f"use `{DEFAULT_GPU_RESOURCE}`")
-    if gpu_resource is not None and not _RESOURCE_NAME.match(gpu_resource):
+    if gpu_resource is not None and not _RESOURCE_NAME.fullmatch(gpu_resource):
         r.error(
             gr_path,
             f"`{gpu_resource}` is not an extended resource name",
@@ -196,7 +196,7 @@ def kubernetes_target_from_mapping(
 
 def _label(r: Reader, value: Any, path: str, what: str, max_len: int = 63) -> str | None:
     text = r.string(value, path, f"set {what}: lowercase letters, digits and dashes")
-    if text is not None and (not _DNS_LABEL.match(text) or len(text) > max_len):
+    if text is not None and (not _DNS_LABEL.fullmatch(text) or len(text) > max_len):
         r.error(
             path,
             f"`{text}` is not a valid name (RFC 1123 label, at most {max_len} characters)",
@@ -284,7 +284,7 @@ def _reference_values(r: Reader, value: Any, path: str) -> ReferenceValues | Non
         if text is None:
             continue
         text = text.lower().removeprefix("0x")
-        if not _HEX48.match(text):
+        if not _HEX48.fullmatch(text):
             r.error(kp, f"expected 48 bytes as 96 hex digits, got {len(text)} characters", _REFERENCE_FIX)
         elif text == "0" * 96:
             r.error(kp, "all zeros: this is not a measurement", _REFERENCE_FIX)
@@ -296,7 +296,7 @@ def _reference_values(r: Reader, value: Any, path: str) -> ReferenceValues | Non
         attrs = r.string(m["tdAttributes"], ap, "write 16 hex digits")
         if attrs is not None:
             attrs = attrs.lower()
-            if not _HEX8.match(attrs):
+            if not _HEX8.fullmatch(attrs):
                 r.error(
                     ap,
                     f"`{attrs}` is not 8 bytes as 16 hex digits",

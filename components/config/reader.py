@@ -193,17 +193,30 @@ def kind_of(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 # Field checks (pure)
 
+# re.ASCII: with IGNORECASE alone Python folds some non-ASCII letters onto ASCII ones, so the
+# Kelvin sign `K` matched [a-z] and a look-alike host name passed.
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.I
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$", re.I | re.A
 )
+# An IPv6 zone (`fe80::1%eth0`) names a network interface; ipaddress takes any text there.
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 
 def is_valid_address(value: str) -> bool:
+    """An IPv4 or IPv6 address (a zone only as an interface name), or an ASCII DNS name."""
+    if not value.isascii():
+        return False
     try:
-        ipaddress.ip_address(value)
-        return True
+        parsed = ipaddress.ip_address(value)
     except ValueError:
-        return bool(_HOSTNAME.match(value)) and not re.fullmatch(r"[\d.]+", value)
+        return bool(_HOSTNAME.fullmatch(value)) and not re.fullmatch(r"[0-9.]+", value)
+    zone = getattr(parsed, "scope_id", None)
+    return zone is None or bool(_ZONE.fullmatch(zone))
+
+
+# A POSIX login name (useradd's NAME_REGEX without the trailing `$` of machine accounts): it is
+# used in SSH sessions and named in messages, never interpreted, and nothing else is a user.
+SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 def known_hosts_key(value: str) -> str:
@@ -242,6 +255,8 @@ def normalise_fingerprint(value: str) -> str:
 
 
 def url_problem(value: str, schemes: tuple[str, ...]) -> str | None:
+    """Why `value` is not a usable URL of one of `schemes`, or None. Credentials in it are a problem
+    of their own (`url_credentials`): the callers name the secret field that replaces them."""
     try:
         parts = urlsplit(value)
         port = parts.port
@@ -249,8 +264,25 @@ def url_problem(value: str, schemes: tuple[str, ...]) -> str | None:
         return f"not a valid URL ({exc})"
     if parts.scheme not in schemes:
         return f"scheme must be {' or '.join(schemes)}, got `{parts.scheme or 'none'}`"
+    if "@" in parts.netloc:
+        return URL_CREDENTIALS
     if not parts.hostname or not is_valid_address(parts.hostname):
         return f"`{parts.hostname or ''}` is not a valid host name or IP address"
     if port is not None and not 0 < port < 65536:
         return f"port {port} out of range"
+    if parts.query or parts.fragment:
+        # Every URL field here is a base that the program appends paths to (or a fixed service URL);
+        # a query is either broken by that or a token, and a token here is plain config.
+        return (
+            "has a query or fragment (`?...`, `#...`): a base URL takes neither, and a token there would be "
+            "plain config"
+        )
     return None
+
+
+# A URL is plain config: it is stored unencrypted in the stack file, shown by `preview`, and reaches
+# outputs, facts, the hosts' command lines and the TD's config, which the host can read.
+URL_CREDENTIALS = (
+    "carries credentials (`user@` or `user:password@`), and a URL is plain config: it would show in the "
+    "stack file, the outputs and state, on the host's command lines and in the TD's config"
+)

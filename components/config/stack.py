@@ -31,6 +31,7 @@ from components.catalog.pinfile import CatalogError
 from components.catalog.td_manifest import load_boot_manifest, td_boot_manifest
 from components.catalog.tdx_module import tdx_module_releases
 from components.config.model import (
+    BASE_KERNEL_ARGS,
     GPU_MODES,
     HOST_NAME,
     PROJECT,
@@ -48,6 +49,8 @@ from components.config.model import (
 )
 from components.config.reader import (
     ENCRYPTED,
+    SSH_USER,
+    URL_CREDENTIALS,
     ConfigError,
     ConfigErrors,
     Reader,
@@ -63,6 +66,7 @@ from components.config.reader import (
 from components.config.workload import parse_workload
 from components.paths import FIRMWARE_DIR, REPO_ROOT
 from guest_agent import DEV_STACK
+from tdxattest.core.safe_yaml import YamlRefused, load_yaml
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _KERNEL_ARG = re.compile(r"^[A-Za-z0-9_.\-]+(=[A-Za-z0-9_.,:/+\-]+)?$")
@@ -77,6 +81,40 @@ KNOWN_KERNEL_FLAGS = frozenset(
         "ro", "rw", "single", "splash", "nosplash", "threadirqs", "norandmaps", "nohugevmalloc",
     }
 )  # fmt: skip
+
+
+def _kernel_param_name(name: str) -> str:
+    # The kernel treats `-` and `_` in parameter names alike (kernel/params.c, parameqn).
+    return name.replace("-", "_")
+
+
+def _kstrtobool(value: str) -> bool | None:
+    """How the kernel reads a bool parameter (lib/kstrtox.c, kstrtobool): None when it is neither."""
+    v = value.lower()
+    if v[:1] in ("y", "1") or v == "on":
+        return True
+    if v[:1] in ("n", "0") or v == "off":
+        return False
+    return None
+
+
+def kernel_arg_undoes(arg: str) -> str | None:
+    """Why `arg` would undo what a TDX host needs (the base arguments, or KVM's TDX prerequisites),
+    or None. Names are compared as the kernel compares them, so `kvm-intel.tdx=0` is caught too."""
+    name, _, value = arg.partition("=")
+    name = _kernel_param_name(name)
+    items = [_kernel_param_name(v) for v in value.split(",")]
+    if name == "kvm_intel.tdx" and _kstrtobool(value) is not True:
+        return "would turn KVM's TDX support off (kvm_intel.tdx must be 1)"
+    if name == "kvm_intel.ept" and _kstrtobool(value) is False:
+        return "would turn EPT off, and KVM refuses TDX without it (`Cannot enable TDX with EPT disabled`)"
+    if name == "intel_iommu" and "off" in items:
+        return "would turn the Intel IOMMU off, which GPU passthrough to a TD needs (intel_iommu=on)"
+    if name == "iommu" and "off" in items:
+        return "would turn every IOMMU off, which GPU passthrough to a TD needs"
+    if name in ("modprobe.blacklist", "module_blacklist") and {"kvm", "kvm_intel"} & set(items):
+        return "would keep kvm_intel from loading, and with it TDX"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,7 +223,7 @@ def _promotion(r: Reader, value: Any, path: str) -> PromotionConfig | None:
     if ref is None:
         return None
     parts = ref.split("/")
-    if len(parts) not in (1, 3) or not all(_STACK_NAME.match(p) for p in parts):
+    if len(parts) not in (1, 3) or not all(_STACK_NAME.fullmatch(p) for p in parts):
         r.error(join(path, "fromStack"), f"`{ref}` is not a stack reference", fix)
         return None
     if parts[-1] == r.stack and (len(parts) == 1 or parts[1] == PROJECT):
@@ -225,7 +263,7 @@ def _hosts(
             "use lowercase letters, digits and dashes",
         )
         if name is not None:
-            if not HOST_NAME.match(name):
+            if not HOST_NAME.fullmatch(name):
                 r.error(
                     join(hp, "name"),
                     f"`{name}` is not a valid host name",
@@ -266,6 +304,12 @@ def _ssh(r: Reader, value: Any, path: str) -> SshConfig | None:
         )
     port = r.integer(m.get("port"), join(path, "port"), 22, 1, 65535)
     user = r.string(m.get("user", "root"), join(path, "user"), "set the SSH user (root or a sudoer)") or "root"
+    if not SSH_USER.fullmatch(user):
+        r.error(
+            join(path, "user"),
+            "is not a login name (lowercase letters, digits, `_` and `-`, starting with a letter or `_`, at most 32)",
+            "set the SSH user's login name, e.g. `root`",
+        )
     host_key = None
     if "hostKey" not in m or m["hostKey"] is None:
         r.error(
@@ -328,7 +372,10 @@ def _bmc(r: Reader, value: Any, path: str, vendors: tuple[str, ...]) -> BmcConfi
             r.error(
                 join(path, "endpoint"),
                 problem,
-                "use `https://BMC-ADDRESS[:PORT]` (plain http would expose the BMC password)",
+                f"remove them: the BMC user goes in `{join(path, 'username')}`, its password in "
+                f"`{join(path, 'password')}` (pulumi config set --secret)"
+                if problem == URL_CREDENTIALS
+                else "use `https://BMC-ADDRESS[:PORT]` (plain http would expose the BMC password)",
             )
     vendor = r.choice(r.required(m, "vendor", path, f"set one of: {', '.join(vendors)}"), join(path, "vendor"), vendors)
     username = _bmc_username(r, r.required(m, "username", path, "set the BMC user, e.g. `username: root`"), path)
@@ -338,7 +385,7 @@ def _bmc(r: Reader, value: Any, path: str, vendors: tuple[str, ...]) -> BmcConfi
     )
     if fingerprint is not None:
         fingerprint = normalise_fingerprint(fingerprint)
-        if not _FINGERPRINT.match(fingerprint):
+        if not _FINGERPRINT.fullmatch(fingerprint):
             r.error(
                 join(path, "tlsFingerprint"),
                 "expected a SHA-256 fingerprint (64 hex digits, colons allowed)",
@@ -409,7 +456,7 @@ def _platform(r: Reader, value: Any, path: str, firmware_dir: Path) -> PlatformC
     else:
         for i, arg in enumerate(args_value):
             ap = f"{join(path, 'extraKernelArgs')}[{i}]"
-            if not isinstance(arg, str) or not _KERNEL_ARG.match(arg):
+            if not isinstance(arg, str) or not _KERNEL_ARG.fullmatch(arg):
                 r.error(
                     ap,
                     f"`{arg}` is not a single kernel argument",
@@ -425,8 +472,8 @@ def _platform(r: Reader, value: Any, path: str, firmware_dir: Path) -> PlatformC
                     "e.g. `- modprobe.blacklist=nouveau,nvidia`; a real flag missing from our list goes "
                     "into KNOWN_KERNEL_FLAGS in components/config/stack.py",
                 )
-            elif arg.startswith("kvm_intel.tdx=") and arg != "kvm_intel.tdx=1":
-                r.error(ap, f"`{arg}` would turn TDX off", "remove it; `kvm_intel.tdx=1` is always set")
+            elif (undoes := kernel_arg_undoes(arg)) is not None:
+                r.error(ap, f"`{arg}` {undoes}", f"remove it; `{' '.join(BASE_KERNEL_ARGS)}` are always set")
             else:
                 extra.append(arg)
     tdx_module = r.string(m.get("tdxModule"), join(path, "tdxModule"), "set a version such as 1.5.16")
@@ -471,7 +518,14 @@ def _dcap(r: Reader, value: Any, path: str) -> DcapConfig | None:
     if pccs_url is not None:
         problem = url_problem(pccs_url, ("https",))
         if problem:
-            r.error(join(path, "pccsUrl"), problem, "use `https://PCCS-HOST:8081/sgx/certification/v4/`")
+            r.error(
+                join(path, "pccsUrl"),
+                problem,
+                "remove them: Intel's QPL and the verifying proxy read collateral from a PCCS without "
+                "credentials (the PCCS API key is `dcap.pccsApiKey`, a secret)"
+                if problem == URL_CREDENTIALS
+                else "use `https://PCCS-HOST:8081/sgx/certification/v4/`",
+            )
     if registration == "pckid" and pccs_url is not None:
         # PCKIDRetrievalTool uploads to the PCCS with that PCCS's user token, which only a per-host
         # PCCS (made by the dcap step) gives us; a shared one's token is its operator's.
@@ -514,10 +568,46 @@ def stack_from_filename(path: Path) -> str:
     return m.group(1)
 
 
+def stack_file_config(path: Path) -> Mapping[str, Any]:
+    """The `config:` mapping of a stack file, read with the project's one safe YAML loader (no key
+    twice, bounded size and aliases). Raises ConfigErrors naming what is wrong with the file."""
+    try:
+        doc = load_yaml(path.read_bytes())
+    except YamlRefused as exc:
+        raise ConfigErrors(
+            (ConfigError("config", f"{path.name} is not a stack file we read: {exc}", "fix the YAML at that place"),)
+        ) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, Mapping):
+        raise ConfigErrors(
+            (
+                ConfigError(
+                    "config",
+                    f"{path.name} holds {kind_of(doc)} at the top level, not a mapping with `config:`",
+                    "start the file with `config:` and the `tdx-vllm:<key>: value` lines under it",
+                ),
+            )
+        )
+    config = doc.get("config")
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise ConfigErrors(
+            (
+                ConfigError(
+                    "config",
+                    f"expected a mapping of `tdx-vllm:<key>: value` lines, got {kind_of(config)}",
+                    "write each key under `config:` as `  tdx-vllm:hosts: ...` (see stacks/Pulumi.dev.yaml)",
+                ),
+            )
+        )
+    return config
+
+
 def read_stack_file(path: Path) -> Mapping[str, Any]:
     """The stack file's `config:` with the project prefix removed and secure leaves as ENCRYPTED."""
-    doc = yaml.safe_load(path.read_text()) or {}
-    config = doc.get("config") or {}
+    config = stack_file_config(path)
     out: dict[str, Any] = {}
     for key, value in config.items():
         ns, _, name = str(key).partition(":")
@@ -612,8 +702,7 @@ def load_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConfi
 def check_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConfig:
     """`load_stack_file`, and what would still stop `pulumi up` of a filled-in file: secrets left as
     template placeholders, and (outside `dev`) the pinned TD firmware missing. Every error at once."""
-    doc = yaml.safe_load(path.read_text()) or {}
-    config = doc.get("config") or {}
+    config = stack_file_config(path)
     extra = [
         e
         for key, value in config.items()

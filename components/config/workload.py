@@ -14,11 +14,11 @@ from components.catalog.gpu import gpu_sku
 from components.catalog.td_manifest import BootManifest, cuda_tuple, load_boot_manifest, td_boot_manifest
 from components.config.kubernetes import kubernetes_target_from_mapping
 from components.config.model import HostConfig, KnownAnswer, TdShape, WorkloadConfig
-from components.config.reader import Reader, is_secure_marker, join, kind_of, url_problem
+from components.config.reader import URL_CREDENTIALS, Reader, is_secure_marker, join, kind_of, url_problem
 from components.paths import display_path
 from guest_agent import DEV_STACK
 from tdxattest.core.errors import InputError
-from tdxattest.core.workload import IMAGE_BY_DIGEST, refused_vllm_arg
+from tdxattest.core.workload import IMAGE_BY_DIGEST, refused_vllm_args
 
 WORKLOAD_TARGETS: tuple[str, ...] = ("host", "kubernetes")
 WORKLOAD_KEYS = (
@@ -79,7 +79,7 @@ def parse_workload(
         "inspect --format '{{index .RepoDigests 0}}' IMAGE`); a tag can move"
     )
     image = r.string(r.required(m, "image", path, fix_image), join(path, "image"), fix_image)
-    if image is not None and not IMAGE_BY_DIGEST.match(image):
+    if image is not None and not IMAGE_BY_DIGEST.fullmatch(image):
         r.error(join(path, "image"), f"`{image}` is not an image reference by digest", fix_image)
 
     model_path = join(path, "model")
@@ -88,7 +88,7 @@ def parse_workload(
     )
     fix_id = "the model's repository id, e.g. `Qwen/Qwen2.5-0.5B-Instruct`"
     model_id = r.string(r.required(mm, "id", model_path, fix_id), join(model_path, "id"), fix_id) if mm else None
-    if model_id is not None and not _MODEL_ID.match(model_id):
+    if model_id is not None and not _MODEL_ID.fullmatch(model_id):
         r.error(join(model_path, "id"), f"`{model_id}` is not a model id like `org/name`", fix_id)
     fix_rev = (
         "the model repository's commit id (40 hex, from `git ls-remote` or the hub's commit list); a branch can move"
@@ -96,7 +96,7 @@ def parse_workload(
     revision = (
         r.string(r.required(mm, "revision", model_path, fix_rev), join(model_path, "revision"), fix_rev) if mm else None
     )
-    if revision is not None and not _COMMIT.match(revision):
+    if revision is not None and not _COMMIT.fullmatch(revision):
         r.error(join(model_path, "revision"), f"`{revision}` is not a commit id", fix_rev)
     files = _model_files(
         r,
@@ -118,7 +118,14 @@ def parse_workload(
     source = r.string(r.required(m, "modelSource", path, fix_src), join(path, "modelSource"), fix_src)
     if source is not None:
         problem = url_problem(source, ("https", "http"))
-        if problem:
+        if problem == URL_CREDENTIALS:
+            r.error(
+                join(path, "modelSource"),
+                problem,
+                "remove them: the TD fetches the files without credentials and checks every sha256, so a "
+                "mirror needs none (serve it on a network only the TDs reach)",
+            )
+        elif problem:
             r.error(join(path, "modelSource"), problem, fix_src + " (the TD checks every file's sha256)")
 
     args = _vllm_args(r, m.get("vllmArgs"), join(path, "vllmArgs"))
@@ -363,7 +370,7 @@ def _model_files(r: Reader, value: Any, path: str) -> tuple[tuple[str, str], ...
                 "use the path as in the snapshot, without `..`, `.`, empty or absolute parts",
             )
             continue
-        if not isinstance(sha, str) or not _SHA256_HEX.match(sha.strip().lower()):
+        if not isinstance(sha, str) or not _SHA256_HEX.fullmatch(sha.strip().lower()):
             r.error(fp, f"expected a sha256 (64 hex digits), got {sha!r}", "use the `sha256sum` of the file")
             continue
         out.append((name, sha.strip().lower()))
@@ -387,11 +394,9 @@ def _vllm_args(r: Reader, value: Any, path: str) -> tuple[str, ...]:
         if not isinstance(arg, str) or not arg:
             r.error(f"{path}[{i}]", f"expected a string, got {kind_of(arg)}", "quote the argument")
             continue
-        reason = refused_vllm_arg(arg)
-        if reason is not None:
-            r.error(f"{path}[{i}]", f"refused: {reason}", "remove it")
-            continue
         out.append(arg)
+    for i, reason in refused_vllm_args(out):
+        r.error(f"{path}[{i}]", f"refused: {reason}", "remove it")
     return tuple(out)
 
 
@@ -426,7 +431,14 @@ def _td_shape(r: Reader, value: Any, path: str, boot: BootManifest | None) -> Td
     source = r.string(r.required(m, "artifactSource", path, fix_src), join(path, "artifactSource"), fix_src)
     if source is not None and not source.startswith("/"):
         problem = url_problem(source, ("https", "http"))
-        if problem:
+        if problem == URL_CREDENTIALS:
+            r.error(
+                join(path, "artifactSource"),
+                problem,
+                "remove them: the host fetches the artifacts without credentials and checks every sha256; "
+                "serve them without, or copy them to a directory on the host and name its absolute path",
+            )
+        elif problem:
             r.error(join(path, "artifactSource"), problem, fix_src + " (the host checks every file's sha256)")
     if source is not None and re.search(r"[\s'\"\\]", source):
         r.error(join(path, "artifactSource"), "contains spaces, quotes or backslashes", fix_src)

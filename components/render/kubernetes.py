@@ -41,7 +41,7 @@ from components.config.reader import ConfigError, join
 from guest_agent.pod import known_answer, model_fetch
 from guest_agent.server import VLLM_ENV
 from tdxattest.core.pins import KubernetesDetail, RegisterPin, StackPins
-from tdxattest.core.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_arg
+from tdxattest.core.workload import IMAGE_BY_DIGEST, WorkloadManifest, image_digest, model_sha256, refused_vllm_args
 
 # --------------------------------------------------------------------------------------------
 # Constants (sources in docs/kubernetes.md)
@@ -100,7 +100,7 @@ def workload_problems(
     errors: list[ConfigError] = []
     kpath = join(path, "kubernetes")
     for where, image in ((join(path, "image"), manifest.image), (join(kpath, "gatewayImage"), target.gateway_image)):
-        if not IMAGE_BY_DIGEST.match(image):
+        if not IMAGE_BY_DIGEST.fullmatch(image):
             errors.append(
                 ConfigError(
                     where,
@@ -116,10 +116,8 @@ def workload_problems(
                 "give the TD exactly tensorParallelSize GPUs (one pod = one TD)",
             )
         )
-    for i, arg in enumerate(manifest.vllm_args):
-        reason = refused_vllm_arg(arg)
-        if reason is not None:
-            errors.append(ConfigError(f"{join(path, 'vllmArgs')}[{i}]", f"refused: {reason}", "remove it"))
+    for i, reason in refused_vllm_args(manifest.vllm_args):
+        errors.append(ConfigError(f"{join(path, 'vllmArgs')}[{i}]", f"refused: {reason}", "remove it"))
     if not manifest.model_files:
         errors.append(
             ConfigError(

@@ -61,7 +61,7 @@ class Rendered:
 
 
 def shell_assign(name: str, value: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(f"invalid step parameter name {name!r}")
     return f"{name}={shlex.quote(value)}"
 

@@ -75,7 +75,7 @@ class TdDefinition:
     tdx: bool = True  # False: the dev stack's plain VM under TCG (no TD, no measurements; NO_TDX_ACCEL)
 
     def __post_init__(self) -> None:
-        if not HOST_NAME.match(self.name):
+        if not HOST_NAME.fullmatch(self.name):
             raise DefinitionError(f"TD name `{self.name}`: use 1-32 lowercase letters, digits and dashes")
         for label, value in (("vcpus", self.vcpus), ("memory_mib", self.memory_mib)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -84,7 +84,7 @@ class TdDefinition:
             if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
                 raise DefinitionError(f"{label} must be a TCP/vsock port (1..65535), not {port!r}")
         for bdf in self.gpus:
-            if not _BDF.match(bdf):
+            if not _BDF.fullmatch(bdf):
                 raise DefinitionError(f"GPU `{bdf}` is not a PCI address like 0000:b8:00.0")
         if len(set(self.gpus)) != len(self.gpus):
             raise DefinitionError(f"GPU list {list(self.gpus)} names a device twice")
@@ -98,7 +98,7 @@ class TdDefinition:
             ("rootfs", self.rootfs),
             ("data_disk", self.data_disk),
         ):
-            if file is not None and (not file.startswith("/") or "," in file or not _PLAIN_ARG.match(file)):
+            if file is not None and (not file.startswith("/") or "," in file or not _PLAIN_ARG.fullmatch(file)):
                 raise DefinitionError(f"{label} path `{file}` must be absolute, without commas, spaces or quotes")
 
     @property
@@ -241,7 +241,7 @@ def assert_no_debug(argv: list[str]) -> None:
 def _systemd_word(arg: str) -> str:
     """One ExecStart= word: plain, or single-quoted; `%` and `$` escaped (systemd expands both)."""
     escaped = arg.replace("%", "%%").replace("$", "$$")
-    if arg and _PLAIN_ARG.match(arg):
+    if arg and _PLAIN_ARG.fullmatch(arg):
         return escaped
     if "'" in arg or "\\" in arg or "\n" in arg:
         raise DefinitionError(f"argument {arg!r} cannot be written in a systemd unit (quote, backslash or newline)")

@@ -150,7 +150,10 @@ def test_devtools_is_allowed_in_dev_only():
             lambda r: r["platform"].__setitem__("tdxModule", "9.9.9"),
             "platform.tdxModule: `9.9.9` is not a pinned TDX module",
         ),
-        (lambda r: r["platform"].__setitem__("extraKernelArgs", ["kvm_intel.tdx=0"]), "would turn TDX off"),
+        (
+            lambda r: r["platform"].__setitem__("extraKernelArgs", ["kvm_intel.tdx=0"]),
+            "would turn KVM's TDX support off",
+        ),
         (lambda r: r["platform"].__setitem__("extraKernelArgs", ["a b"]), "is not a single kernel argument"),
         (
             lambda r: r["dcap"].__setitem__("registration", "manual"),
@@ -720,3 +723,142 @@ def test_the_bmc_user_is_plain_config_and_a_secret_one_is_refused_with_why(name)
     (error,) = errors_of(raw)
     assert error.startswith("hosts[0].bmc.username: a BMC user name is plain config, not a secret"), error
     assert "fix: pulumi config rm --path 'hosts[0].bmc.username' && pulumi config set --path" in error
+
+
+URL_FIELDS = {
+    "hosts[0].bmc.endpoint": ("hosts", 0, "bmc", "endpoint"),
+    "dcap.pccsUrl": ("dcap", "pccsUrl"),
+    "workload.modelSource": ("workload", "modelSource"),
+    "workload.td.artifactSource": ("workload", "td", "artifactSource"),
+}
+URL_FIXES = {
+    "hosts[0].bmc.endpoint": "fix: remove them: the BMC user goes in `hosts[0].bmc.username`, its password in `hosts[0].bmc.password`",
+    "dcap.pccsUrl": "fix: remove them: Intel's QPL and the verifying proxy read collateral from a PCCS without credentials",
+    "workload.modelSource": "fix: remove them: the TD fetches the files without credentials",
+    "workload.td.artifactSource": "fix: remove them: the host fetches the artifacts without credentials",
+}
+
+
+@pytest.mark.parametrize("field", URL_FIELDS)
+@pytest.mark.parametrize("userinfo", ["alice:s3cret-pw@", "alice@", ":s3cret-pw@"])
+def test_no_url_field_takes_credentials(field, userinfo):
+    # issue 17: `https://user:pass@host/` passed, then showed in plain outputs, curl's command line
+    # and the TD's config. Every URL field refuses it, names the secret field instead, never echoes it.
+    raw = good()
+    raw["workload"] = workload()
+    *parents, leaf = URL_FIELDS[field]
+    node = raw
+    for key in parents:
+        node = node[key]
+    node[leaf] = f"https://{userinfo}example.net:8443/base/"
+    errors = errors_of(raw)
+    assert len(errors) == 1 and errors[0].startswith(f"{field}: carries credentials"), errors
+    assert URL_FIXES[field] in errors[0]
+    assert "s3cret" not in errors[0] and "alice" not in errors[0]
+
+
+@pytest.mark.parametrize("field", URL_FIELDS)
+def test_url_fields_take_no_query_or_fragment(field):
+    raw = good()
+    raw["workload"] = workload()
+    *parents, leaf = URL_FIELDS[field]
+    node = raw
+    for key in parents:
+        node = node[key]
+    for tail in ("?token=abc", "#x"):
+        node[leaf] = f"https://example.net/base/{tail}"
+        errors = errors_of(raw)
+        assert len(errors) == 1 and "has a query or fragment" in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("quiet\n", "is not a single kernel argument"),  # `$` used to match before the newline
+        ("modprobe.blacklist=nouveau\nrecordfail", "is not a single kernel argument"),
+        ("kvm-intel.tdx=0", "would turn KVM's TDX support off"),  # the kernel reads - as _
+        ("kvm_intel.tdx=N", "would turn KVM's TDX support off"),
+        ("kvm_intel.tdx=off", "would turn KVM's TDX support off"),
+        ("kvm-intel.ept=0", "would turn EPT off"),
+        ("intel_iommu=off", "would turn the Intel IOMMU off"),
+        ("intel-iommu=sm_on,off", "would turn the Intel IOMMU off"),
+        ("iommu=off", "would turn every IOMMU off"),
+        ("modprobe.blacklist=nouveau,kvm-intel", "would keep kvm_intel from loading"),
+        ("module_blacklist=kvm", "would keep kvm_intel from loading"),
+    ],
+)
+def test_a_kernel_argument_that_undoes_a_required_one_is_refused(arg, needle):
+    raw = good()
+    raw["platform"]["extraKernelArgs"] = [arg]
+    errors = errors_of(raw)
+    assert len(errors) == 1 and needle in errors[0], errors
+    assert errors[0].startswith("platform.extraKernelArgs[0]: ")
+
+
+@pytest.mark.parametrize("arg", ["kvm-intel.tdx=1", "kvm_intel.tdx=Y", "intel_iommu=on,sm_on", "iommu=pt"])
+def test_kernel_arguments_that_keep_tdx_on_pass(arg):
+    raw = good()
+    raw["platform"]["extraKernelArgs"] = [arg]
+    assert arg in parse_stack(raw, "staging").platform.kernel_args
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("config: []\n", "config: expected a mapping of `tdx-vllm:<key>: value` lines, got a list"),
+        ("config: hello\n", "config: expected a mapping of `tdx-vllm:<key>: value` lines, got"),
+        ("- config\n", "holds a list at the top level, not a mapping with `config:`"),
+        (
+            "config:\n  tdx-vllm:hosts:\n    - name: a\n      ssh:\n        hostKey: ssh-ed25519 AAAA1\n"
+            "        hostKey: ssh-ed25519 AAAA2\n",
+            "Pulumi.staging.yaml is not a stack file we read: duplicate key 'hostKey' at line 6, column 9",
+        ),
+    ],
+)
+def test_a_stack_file_of_the_wrong_shape_is_named_not_a_traceback(tmp_path, text, needle):
+    # issue 17: these crashed with AttributeError, and a second hostKey silently replaced the first.
+    path = tmp_path / "Pulumi.staging.yaml"
+    path.write_text(text)
+    p = subprocess.run(
+        [sys.executable, "-m", "components", "check", str(path)], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert needle in p.stderr, p.stderr
+    if "hostKey" in text:
+        assert "duplicate key 'hostKey'" in p.stderr
+
+
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("address", "gpu-a.example.net\u212a", "is not a valid IP address or host name"),  # Kelvin sign K
+        ("address", "gpu-\u0430.example.net", "is not a valid IP address or host name"),  # Cyrillic a
+        ("address", "\u0661\u0660.0.0.1", "is not a valid IP address or host name"),  # Arabic-Indic digits
+        ("address", "fe80::1%eth0;reboot", "is not a valid IP address or host name"),
+        ("address", "fe80::1%$(reboot)", "is not a valid IP address or host name"),
+        ("user", "$(reboot)", "user: is not a login name"),
+        ("user", "root\nProxyCommand x", "user: is not a login name"),
+        ("user", "R\u00f6\u00f6t", "user: is not a login name"),
+    ],
+)
+def test_ssh_fields_refuse_look_alikes_zones_and_shell(field, value, needle):
+    # issue 17: each of these passed validation.
+    raw = good()
+    raw["hosts"][0]["ssh"][field] = value
+    errors = errors_of(raw)
+    assert len(errors) == 1 and needle in errors[0] and errors[0].startswith(f"hosts[0].ssh.{field}"), errors
+
+
+@pytest.mark.parametrize("field, value", [("address", "fe80::1%eth0"), ("address", "10.0.0.7"), ("user", "ubuntu")])
+def test_ssh_fields_take_zones_that_name_an_interface_and_login_names(field, value):
+    raw = good()
+    raw["hosts"][0]["ssh"][field] = value
+    assert getattr(parse_stack(raw, "staging").hosts[0].ssh, field) == value
+
+
+def test_vllm_args_that_change_what_is_served_are_refused_in_the_stack():
+    raw = good()
+    raw["workload"] = workload()
+    raw["workload"]["vllmArgs"] = ["--max-model-len", 4096, "--load-format", "dummy"]
+    errors = errors_of(raw)
+    assert len(errors) == 1 and errors[0].startswith("workload.vllmArgs[3]: refused: `--load-format dummy`"), errors

@@ -8,7 +8,8 @@ with nothing typed that the README does not say.
 
 What stands in for the real world, and only that:
 - the hosts: one harness host (a real sshd in a network namespace, faked hardware) and a real
-  Redfish emulator (sushy-tools) on loopback for its BMC, with the Dell board's rules;
+  Redfish emulator (sushy-tools) on loopback for its BMC, with the Dell board's rules and iDRAC's
+  configuration jobs (staged values apply only through one);
 - `~`: a fresh home holding the SSH key the README feeds to `config set`;
 - the checkout after `tools/quickstart.sh` (the README's first line): the project's tracked files
   with the suite's `.venv`, `bin/` and `artifacts/` linked in, which the same scripts built (running it
@@ -85,7 +86,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         (project / built).symlink_to(REPO / built)
     with (
         namespace_hosts([H.TDX_READY]) as hosts,
-        run_emulator(root / "bmc", board_from_rules("dell"), username="root", password=BMC_PASSWORD) as bmc,
+        run_emulator(
+            root / "bmc", board_from_rules("dell"), username="root", password=BMC_PASSWORD, dell_jobs=True
+        ) as bmc,
     ):
         host = hosts["tdx_ready"]
         firmware = root / "firmware"
@@ -206,6 +209,7 @@ def test_the_readme_section_reaches_up_a_noop_up_and_destroy(world) -> None:
             for f in state_dir.rglob("*.json"):
                 assert secret not in f.read_text(), f
         assert world["bmc"].patches(), "the BIOS phases went through the BMC"
+        assert world["bmc"].events("job") and not world["bmc"].events("bios_not_applied")
     finally:
         term.close()
         print("\nREADME transcript timings (s):")

@@ -297,6 +297,14 @@ def test_kernel_check_apply_verify_then_nothing_to_apply(hosts):
     run(h, KERNEL, kernel_params())
     assert h.state()["grub"]["update_grub_runs"] == runs + 3
 
+    # A line break would end the GRUB variable and make the rest a command of GRUB's scripts: the step
+    # refuses it even from a caller that skipped the config's validation (issue 17).
+    exc = fails(h, KERNEL, {**kernel_params(), "TDX_KERNEL_ARGS": KERNEL_ARGS + ' quiet\nGRUB_TIMEOUT="0"'})
+    assert error_lines(exc)[0].startswith("error: kernel: the kernel arguments hold a character GRUB would interpret")
+    assert KERNEL_ARGS in h.host_path("/etc/default/grub.d/90-tdxgpu.cfg").read_text()
+    assert "GRUB_TIMEOUT" not in h.host_path("/etc/default/grub.d/90-tdxgpu.cfg").read_text()
+    assert h.state()["grub"]["update_grub_runs"] == runs + 3
+
 
 def test_kernel_reboot_then_wait_sees_the_new_boot_with_tdx(hosts):
     h = hosts["tdx_ready"]
@@ -481,6 +489,10 @@ def test_dcap_installs_configures_registers_then_nothing_to_apply(hosts):
     pccs = json.loads(h.host_path("/opt/intel/sgx-dcap-pccs/config/default.json").read_text())
     assert pccs["ApiKey"] == secret and pccs["hosts"] == "127.0.0.1" and pccs["UserTokenHash"]
     assert h.read_json("pccs.json")["platforms"]  # PCKIDRetrievalTool reached PCCS with the right token
+    # issue 17: the token goes in on stdin, never on the tool's command line (ps shows argv to all)
+    (tool,) = h.calls("PCKIDRetrievalTool")
+    assert "-user_token" not in tool["argv"] and "***" not in tool["argv"], tool
+    assert [c["argv"] for c in h.calls("PCKIDRetrievalTool-token-source")] == [["stdin"]]
     assert re.search(r"^port = 4050$", h.host_path("/etc/qgs.conf").read_text(), re.M)
 
     # What the package's non-interactive post-install skipped, done by the step: Intel's repository

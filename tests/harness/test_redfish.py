@@ -8,8 +8,10 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,14 +125,15 @@ def test_every_phase_applies_in_order_and_rerun_changes_nothing(dell_bmc: Redfis
         assert result.bios_version == "2.7.4"
         assert result.system == emu.system_path
 
-    # Each phase: PATCH, then the reset, then the BIOS applies it at power-on.
+    # Each phase: PATCH, iDRAC's configuration job (POST Jobs), the reset (POST), then the BIOS applies
+    # it at power-on.
     kinds = [
         e["kind"] if e["kind"] != "request" else e["method"]
         for e in emu.events()
         if e["kind"] in ("bios_applied", "power_request")
         or (e["kind"] == "request" and e["method"] in ("PATCH", "POST"))
     ]
-    assert kinds == ["PATCH", "POST", "power_request", "bios_applied"] * len(phases)
+    assert kinds == ["PATCH", "POST", "POST", "power_request", "bios_applied"] * len(phases)
     assert [p["body"]["Attributes"] for p in emu.patches()] == [desired("dell", n) for n in phases]
 
     seen = len(emu.events())
@@ -495,3 +498,43 @@ def test_a_setting_the_bmc_lists_late_is_read_again(emulator_for: Any, monkeypat
     monkeypatch.setattr(redfish, "_read", late)
     result = redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu))
     assert len(calls) == 3 and result.changed
+
+
+# --- Dell iDRAC: staged BIOS values apply only through a configuration job (issue 17) -------------
+
+
+def test_dell_applies_every_phase_through_an_idrac_configuration_job(emulator_for: Any) -> None:
+    emu = emulator_for(board_from_rules("dell"), dell_jobs=True)
+    table = load_vendor_table("dell")
+    for phase in table.phase_numbers:
+        result = redfish.apply_phase(emu.url, emu.username, emu.password, "dell", phase, **pinned(emu))
+        assert result.changed and result.pending == {}, (phase, result)
+        assert result.job is not None and result.job.startswith(redfish.DELL_JOBS + "/JID_"), result
+    jobs = emu.events("job")
+    assert [j["state"] for j in jobs] == ["Scheduled", "Completed"] * len(table.phase_numbers), jobs
+    assert all(j["target"].lower().endswith("/bios/settings") for j in jobs if j["state"] == "Scheduled")
+    assert emu.events("bios_not_applied") == []
+    again = redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu))
+    assert not again.changed and again.job is None and len(emu.events("job")) == len(jobs)  # idempotent
+
+
+def test_without_the_configuration_job_idrac_boots_the_old_values(emulator_for: Any, monkeypatch: Any) -> None:
+    # What the code did before: PATCH (OnReset) and reset. iDRAC keeps the values pending forever.
+    emu = emulator_for(board_from_rules("dell"), dell_jobs=True)
+    monkeypatch.setattr(redfish, "_dell_config_job", lambda *a: None)
+    with pytest.raises(BiosError, match="BIOS phase 1 on BMC .* not applied after 2 s"):
+        redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu, timeout_s=2, poll_s=0.2))
+    assert emu.events("bios_not_applied"), emu.events()
+
+
+def test_a_failed_idrac_job_is_reported_at_once_with_its_message(emulator_for: Any) -> None:
+    emu = emulator_for(board_from_rules("dell"), dell_jobs=True, dell_job_fails="Unable to apply BIOS settings.")
+    t = time.monotonic()
+    with pytest.raises(BiosError) as info:
+        redfish.apply_phase(emu.url, emu.username, emu.password, "dell", 1, **pinned(emu, timeout_s=60, poll_s=0.2))
+    text = str(info.value)
+    assert re.search(
+        r"configuration job JID_\d{12} on BMC \S+ Failed: Unable to apply BIOS settings\. \(SYS051\)", text
+    )
+    assert "fix: read that job in the iDRAC Lifecycle Log" in text
+    assert time.monotonic() - t < 30  # not the 60 s timeout: the job's state ends the wait

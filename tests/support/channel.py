@@ -63,11 +63,11 @@ def pki() -> TestPki:
     return make_test_pki(int(time.time()))
 
 
-async def start_site(app, host: str = "127.0.0.1", port: int = 0, ssl_context=None):
+async def start_site(app, host: str = "127.0.0.1", port: int = 0, ssl_context=None, **runner_options):
     """Start an aiohttp app; returns (runner, bound port)."""
     from aiohttp import web
 
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, **({"access_log": None} | runner_options), shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
@@ -163,7 +163,7 @@ async def start_channel(
             rims,
         )
         proxy = VerifyingProxy(config, appraiser)
-        proxy_runner, proxy_port = await start_site(proxy.app())
+        proxy_runner, proxy_port = await start_site(proxy.app(), **proxy.runner_options())
         stops.append(proxy_runner.cleanup)
     except BaseException:
         for stop in reversed(stops):

@@ -178,3 +178,30 @@ def test_td_identity_checks_sizes_and_defaults_are_production_like() -> None:
     assert not td.td_attributes[0] & 1 and int.from_bytes(td.td_attributes, "little") & (1 << 28)
     with pytest.raises(ValueError):
         TdIdentity(mrtd=b"\0" * 32)
+
+
+@pytest.mark.parametrize(
+    "revoke, check, needle",
+    [
+        # issue 17: a revoked TCB Signing certificate was reported as `pck.revoked`
+        ("tcb_signing", "collateral.signer_revoked", "the TCB Signing certificate (serial "),
+        ("pck_ca", "pck.ca_revoked", "the PCK CA certificate (serial "),
+        ("pck_leaf", "pck.revoked", "the PCK leaf certificate (serial "),
+    ],
+)
+def test_a_revocation_names_the_certificate_it_revokes(revoke, check, needle) -> None:
+    pki = make_test_pki(NOW, revoke=[revoke])
+    verdict = appraise(pki, pki.quote(RD, TD))
+    assert failures(verdict) == [check]
+    assert verdict.failures[0].seen.startswith(needle) and "is on the" in verdict.failures[0].seen
+
+
+def test_a_td_attribute_refusal_still_reports_the_derived_tcb_status() -> None:
+    # dcap-qvl raises on SEPT_VE_DISABLE = 0 before it reports a TCB status; the TCB info still gives one.
+    pki = make_test_pki(NOW, tcb_status="SWHardeningNeeded", advisory_ids=["INTEL-SA-TEST-0002"])
+    td = dataclasses.replace(TD, td_attributes=bytes(8))
+    verdict = appraise(pki, pki.quote(RD, td), td=td)
+    assert failures(verdict) == ["td.sept_ve_disable_missing"] and verdict.tcb_status is None
+    derived = next(c for c in verdict.checks if c.check == "tcb.status_derived")
+    assert derived.outcome == "not_checked" and derived.seen == "SWHardeningNeeded (INTEL-SA-TEST-0002)"
+    assert "not a verified status" in (derived.reason or "")

@@ -261,3 +261,30 @@ def test_gpu_pins_have_one_canonical_form():
 def test_gpu_pin_errors_name_the_key(gpu, expected):
     with pytest.raises(InputError, match=expected):
         manifest_from_mapping({**doc(), "gpu": gpu})
+
+
+@pytest.mark.parametrize(
+    "args, index, needle",
+    [
+        (["meta-llama/Other-Model"], 0, "is a positional argument"),  # `vllm serve X Y`: the model
+        (["--max-model-len", "4096", "Other/Model"], 2, "is a positional argument"),
+        (["--load-format", "dummy"], 1, "`--load-format dummy` does not load the measured model files"),
+        (["--load-format=tensorizer"], 0, "`--load-format tensorizer` does not load the measured model files"),
+        (["--lora-modules", "sql=/data/sql-lora"], 0, "`--lora-modules` makes vLLM serve weights"),
+        (['--speculative-config={"model": "x/draft"}'], 0, "`--speculative-config` makes vLLM serve weights"),
+        (["--speculative_config.model", "x/draft"], 0, "`--speculative-config` makes vLLM serve weights"),
+    ],
+)
+def test_vllm_args_that_change_what_is_served_are_refused(args, index, needle) -> None:
+    # issue 17: these passed; each serves something other than the measured model files.
+    from tdxattest.core.workload import refused_vllm_args
+
+    refused = refused_vllm_args(args)
+    assert [i for i, _ in refused] == [index] and needle in refused[0][1], refused
+
+
+def test_vllm_args_with_values_and_allowed_load_formats_pass() -> None:
+    from tdxattest.core.workload import refused_vllm_args
+
+    ok = ["--max-model-len", "4096", "--load-format", "safetensors", "--enforce-eager", "--dtype=bfloat16"]
+    assert refused_vllm_args(ok) == []

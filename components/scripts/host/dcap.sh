@@ -263,8 +263,10 @@ register() {
       systemctl restart "$TDX_SERVICE_PCCS" >&2; wait_for_pccs
       # The tool exits 0 even when the upload failed ("Error: the data couldn't be sent to cache
       # server!"), so its success line decides.
+      # The token goes in on stdin, where the tool reads it when -user_token is absent (a 0600
+      # file as input: it never shows on a command line). It ends with the newline the tool waits for.
       out=$(PCKIDRetrievalTool -url "https://127.0.0.1:$TDX_PCCS_PORT" -use_secure_cert "$TDX_USE_SECURE_CERT" \
-        -user_token "$(cat "$PCCS_USER_TOKEN")" 2>&1) || true
+        <"$PCCS_USER_TOKEN" 2>&1) || true
       printf '%s\n' "$out" >&2
       grep -q "sent to cache server successfully" <<<"$out" || refuse "PCKIDRetrievalTool did not register the platform" \
         "\"the data has been sent to cache server successfully!\"" "$(grep -m1 '^Error: ' <<<"$out" || echo "no success line")" \

@@ -35,6 +35,11 @@ check() {
 }
 
 apply() {
+  # The drop-in is shell that GRUB's scripts source: one line of plain words (the config refuses
+  # the rest; this holds for any caller of the step too).
+  [[ "$TDX_KERNEL_ARGS" =~ ^[A-Za-z0-9_.,:/+=\ -]*$ ]] || refuse "the kernel arguments hold a character GRUB would interpret" \
+    "letters, digits and _ . , : / + = - separated by spaces" "$(printf '%q' "$TDX_KERNEL_ARGS")" \
+    "fix platform.extraKernelArgs (python -m components check names the item)"
   have update-grub || refuse "update-grub is missing" "GRUB (grub2-common)" "none" "install GRUB or boot with GRUB"
   write_file "$GRUB_DROPIN" "$(dropin_content)"$'\n'
   if ! update-grub >&2; then

@@ -149,7 +149,20 @@ def _check_unlocked(name: str, staged: dict[str, Any], system: dict[str, Any]) -
 
 def _boot(system: dict[str, Any]) -> dict[str, Any]:
     """POST: pending settings become current, then the attributes whose requirements are now all
-    active appear (one level per boot, as on the boards: a chain needs a reset per link)."""
+    active appear (one level per boot, as on the boards: a chain needs a reset per link).
+
+    On a Dell-shaped BMC (TDXGPU_DELL_JOBS) pending BIOS values are applied only by a configuration
+    job made for Bios/Settings (POST Managers/iDRAC.Embedded.1/Jobs): without one a reset boots the
+    old values and the staged ones stay pending, as on iDRAC."""
+    job = system.get("bios_job")
+    if emulator.app.config.get("TDXGPU_DELL_JOBS") and (job is None or job["JobState"] != "Scheduled"):
+        if system.get("bios_pending"):
+            record({"kind": "bios_not_applied", "reason": "no configuration job"})
+        return {}
+    failure = emulator.app.config.get("TDXGPU_DELL_JOB_FAILS")
+    if job is not None and failure:  # fault injection: the BIOS refuses the job during POST
+        record({"kind": "job", "id": job["Id"], "state": "Failed"})
+        return {"bios_job": {**job, "JobState": "Failed", "Message": failure, "MessageId": "SYS051"}}
     bios = dict(system.get("bios") or {})
     pending = dict(system.get("bios_pending") or {})
     bios.update(pending)
@@ -159,7 +172,12 @@ def _boot(system: dict[str, Any]) -> dict[str, Any]:
         bios.setdefault(name, hidden.pop(name))
     if pending:
         record({"kind": "bios_applied", "attributes": pending})
-    return {"bios": bios, "bios_pending": {}, "bios_hidden": hidden}
+    out: dict[str, Any] = {"bios": bios, "bios_pending": {}, "bios_hidden": hidden}
+    if job is not None:
+        done = {**job, "JobState": "Completed", "Message": "Job completed successfully.", "MessageId": "PR19"}
+        out["bios_job"] = {**done, "PercentComplete": 100}
+        record({"kind": "job", "id": job["Id"], "state": "Completed"})
+    return out
 
 
 @api_utils.ensure_instance_access
@@ -178,6 +196,54 @@ def bios_settings(identity: str) -> Any:
         raise error.BadRequest("PATCH body needs a non-empty Attributes object")
     emulator.app.systems.set_bios(identity, attributes)
     return "", 204
+
+
+DELL_JOBS = "/redfish/v1/Managers/iDRAC.Embedded.1/Jobs"
+
+
+def _the_system() -> dict[str, Any]:
+    driver = emulator.app.systems
+    return driver._get(driver.systems[0])
+
+
+@api_utils.returns_json
+def dell_create_job() -> Any:
+    """iDRAC's job service (DellJob: `TargetSettingsURI` required on create; the job's URI comes back
+    in Location), for BIOS configuration jobs."""
+    system = _the_system()
+    target = str((flask.request.json or {}).get("TargetSettingsURI") or "")
+    if not target.lower().endswith("/bios/settings"):  # sushy-tools names it BIOS, iDRAC Bios
+        raise error.BadRequest(f"Unable to create a job for the TargetSettingsURI {target!r}.")
+    job = system.get("bios_job")
+    if job is not None and job["JobState"] == "Scheduled":
+        raise error.BadRequest(
+            "Pending configuration values are already committed, unable to perform another set operation."
+        )
+    if not system.get("bios_pending"):
+        raise error.BadRequest("No pending data present to create a Configuration job.")
+    jid = f"JID_{int(time.time() * 1000) % 10**12:012d}"
+    job = {
+        "Id": jid,
+        "Name": "Configure: BIOS.Setup.1-1",
+        "JobType": "BIOSConfiguration",
+        "JobState": "Scheduled",
+        "Message": "Task successfully scheduled.",
+        "MessageId": "JCP001",
+        "PercentComplete": 0,
+        "TargetSettingsURI": None,
+    }
+    emulator.app.systems._update(system, bios_job=job)
+    record({"kind": "job", "id": jid, "state": "Scheduled", "target": target})
+    return "", 200, {"Location": f"{DELL_JOBS}/{jid}"}
+
+
+@api_utils.returns_json
+def dell_get_job(job_id: str) -> Any:
+    system = _the_system()
+    job = system.get("bios_job")
+    if job is None or job["Id"] != job_id:
+        raise error.NotFound(f"Job {job_id} not found")
+    return json.dumps({"@odata.id": f"{DELL_JOBS}/{job_id}", "@odata.type": "#DellJob.v1_5_0.DellJob", **job})
 
 
 @api_utils.returns_json
@@ -221,6 +287,8 @@ def install() -> None:
     fakedriver.FakeDriver = PendingBiosDriver  # main.Application.systems looks the class up at call time
     emulator.app.view_functions["bios_settings"] = bios_settings
     emulator.app.view_functions["bios_registry"] = bios_registry
+    emulator.app.add_url_rule(DELL_JOBS, "dell_create_job", dell_create_job, methods=["POST"])
+    emulator.app.add_url_rule(f"{DELL_JOBS}/<job_id>", "dell_get_job", dell_get_job, methods=["GET"])
     emulator.app.before_request(log_request)
     emulator.app.after_request(add_reset_types)
 

@@ -288,7 +288,11 @@ def run_emulator(
     power_state: str = "On",
     power_delay_s: float = 0.2,
     startup_timeout_s: float = 20.0,
+    dell_jobs: bool = False,
+    dell_job_fails: str | None = None,
 ) -> Iterator[RedfishEmulator]:
+    """`dell_jobs`: the BMC applies staged BIOS values only through an iDRAC configuration job
+    (driver.py, `_boot`); `dell_job_fails`: every job fails during POST with that message."""
     workdir.mkdir(parents=True, exist_ok=True)
     tls = make_tls(workdir)
     htpasswd = workdir / "htpasswd"
@@ -330,6 +334,8 @@ def run_emulator(
             "TDXGPU_EVENT_LOG": str(event_log),
             "TDXGPU_POWER_DELAY_S": power_delay_s,
             "TDXGPU_EXTRA_RESET_TYPES": list(board.reset_types),
+            "TDXGPU_DELL_JOBS": dell_jobs,
+            "TDXGPU_DELL_JOB_FAILS": dell_job_fails,
         },
     )
     args = [sys.executable, str(DRIVER), "--fake", "--config", str(config), "-i", "127.0.0.1", "-p", str(port)]

@@ -86,6 +86,51 @@ class GatewayConfig:
     gpu_collect: tuple[str, ...] = ()
     gpu_collect_timeout_s: float = 45.0  # under the proxy's 60 s for the whole attestation exchange
     max_body_bytes: int = 32 * 1024 * 1024
+    # Quotes a second (and the burst above it), all clients together and per client address: each
+    # quote takes the host's quote service (and, with GPUs, an SPDM exchange), and an attestation
+    # request needs no credentials. A verifying proxy attests once per connection (and per response
+    # with response quotes), so one proxy with 64 streams asks for 64 at once.
+    quote_rate: float = 50.0
+    quote_burst: int = 200
+    client_quote_rate: float = 20.0
+    client_quote_burst: int = 100
+
+
+class QuoteRateLimit:
+    """Token buckets for quote generation: one for everyone, one per client address (at most
+    `max_clients` tracked; the fullest are forgotten first, since they are the ones not waiting)."""
+
+    def __init__(self, config: GatewayConfig, max_clients: int = 4096):
+        self.rate, self.burst = config.quote_rate, float(config.quote_burst)
+        self.client_rate, self.client_burst = config.client_quote_rate, float(config.client_quote_burst)
+        self.max_clients = max_clients
+        self._all = (self.burst, 0.0)
+        self._clients: dict[str, tuple[float, float]] = {}
+
+    @staticmethod
+    def _refill(bucket: tuple[float, float], rate: float, burst: float, now: float) -> float:
+        tokens, last = bucket
+        return min(burst, tokens + (now - last) * rate) if last else burst
+
+    def take(self, client: str, now: float) -> float | None:
+        """None when a quote may be made now (one token taken from both buckets), else the seconds
+        until one may."""
+        everyone = self._refill(self._all, self.rate, self.burst, now)
+        mine = self._refill(
+            self._clients.get(client, (self.client_burst, 0.0)), self.client_rate, self.client_burst, now
+        )
+        if everyone < 1 or mine < 1:
+            self._all = (everyone, now)
+            self._clients[client] = (mine, now)
+            wait_all = (1 - everyone) / self.rate if everyone < 1 else 0.0
+            wait_mine = (1 - mine) / self.client_rate if mine < 1 else 0.0
+            return max(wait_all, wait_mine)
+        self._all = (everyone - 1, now)
+        self._clients[client] = (mine - 1, now)
+        if len(self._clients) > self.max_clients:
+            for key, _ in sorted(self._clients.items(), key=lambda kv: -kv[1][0])[: len(self._clients) // 4]:
+                del self._clients[key]
+        return None
 
 
 @dataclass(frozen=True)
@@ -147,6 +192,24 @@ def _read_optional(path: str | None) -> bytes | None:
         return None
 
 
+def _rate_limited(request: Any, limit: QuoteRateLimit) -> Any:
+    """A 429 when the client (or everyone together) asks for quotes faster than the limits, else None."""
+    import math
+    import time
+
+    wait = limit.take(request.remote or "unknown", time.monotonic())
+    if wait is None:
+        return None
+    response = _error(
+        429,
+        "gateway.rate_limited",
+        f"quotes are limited to {limit.client_rate:g}/s per client (burst {limit.client_burst:g}) and "
+        f"{limit.rate:g}/s in all (burst {limit.burst:g}); retry after {wait:.2f} s",
+    )
+    response.headers["retry-after"] = str(max(1, math.ceil(wait)))
+    return response
+
+
 def _error(status: int, check: str, message: str, **extra: Any):
     from aiohttp import web
 
@@ -200,6 +263,7 @@ class Gateway:
                 "a GPU evidence collector (--gpu-collect) for the GPUs the guest agent verified",
                 f"{len(self.boot_devices)} GPU(s) in {config.gpu_evidence} and no collector",
             )
+        self.rate_limit = QuoteRateLimit(config)
         self._gpu_lock = asyncio.Lock()
         self._gpu_waiting = 0
         self._session: ClientSession | None = None
@@ -304,6 +368,9 @@ class Gateway:
             return _error(
                 400, "gateway.bad_nonce", f"nonce must be {MIN_NONCE}..{MAX_NONCE} bytes of hex, got {text[:40]!r}"
             )
+        limited = _rate_limited(request, self.rate_limit)
+        if limited is not None:
+            return limited
         try:
             gpu = await self._gpu_evidence(gpu_nonce(bytes.fromhex(self.tls.spki_sha256), nonce))
             digest = gpu.digest() if gpu is not None else None
@@ -331,6 +398,9 @@ class Gateway:
         extra: dict[str, str] = {}
         mode = request.headers.get("x-attestation", "").strip().lower()
         if mode == "required":
+            limited = _rate_limited(request, self.rate_limit)
+            if limited is not None:
+                return limited
             response_id = f"resp-{secrets.token_hex(16)}"
             digest = hashlib.sha256(body).digest()
             try:
@@ -360,7 +430,8 @@ class Gateway:
         try:
             upstream = await session.request(
                 request.method,
-                self.config.upstream + request.path_qs,
+                # The request-target exactly as received: aiohttp's path_qs turns `//x` into `////x`.
+                self.config.upstream + request.raw_path,
                 headers=headers,
                 data=body if body else None,
                 allow_redirects=False,

@@ -83,7 +83,10 @@ class ProxyConfig:
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.upstream)
-        if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/"):
+        if "@" in parts.netloc:
+            # The upstream is written into every audit line: credentials in it would be too.
+            raise InputError("--upstream: https://HOST:PORT without credentials (the gateway takes none)", "user@...")
+        if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query:
             raise InputError("--upstream: https://HOST:PORT (the attested gateway)", repr(self.upstream))
 
     @property
@@ -496,7 +499,32 @@ class VerifyingProxy:
         if failure:
             record["failures"] = [f.as_dict() for f in failure.failures]
         record.update(ex.record)
+        request[_audited_key()] = True
         self.audit.write(record)
+
+    def audit_rejected(self, request: Any, status: int) -> None:
+        """The audit line of a request answered before `handle` wrote one: aiohttp refused it itself
+        (a request line or header it cannot parse, a CONNECT target, `%0a` in the path), or the body
+        was over the limit. Nothing of it went upstream."""
+        parsed = request.method != "UNKNOWN"  # aiohttp's placeholder for a request it could not parse
+        self.audit.write(
+            {
+                "request_id": uuid.uuid4().hex,
+                "time": _rfc3339_ms(time.time()),
+                "method": request.method if parsed else None,
+                "path": request.raw_path if parsed else None,
+                "upstream": self.config.upstream,
+                "connection": None,
+                "verdict": "not_forwarded",
+                "status": status,
+                "rejected": "the body is over the limit" if status == 413 else "the HTTP server refused the request",
+            }
+        )
+
+    def runner_options(self) -> dict[str, Any]:
+        """What the aiohttp AppRunner serving `app()` needs so that every request is audited, also
+        those aiohttp answers before any handler runs (the CLI and the tests pass these)."""
+        return {"access_log": self, "access_log_class": _rejected_request_audit()}
 
     async def handle(self, request):
         ex = _Exchange(uuid.uuid4().hex, time.time())
@@ -517,7 +545,8 @@ class VerifyingProxy:
                 self._audit(ex, request, None, "refused", 502, exc)
                 return _error_response(502, exc, f"upstream refused: {exc}", ex.request_id)
             try:
-                await conn.send(request.method, request.path_qs, headers, body)
+                # The request-target exactly as received: aiohttp's path_qs turns `//x` into `////x`.
+                await conn.send(request.method, request.raw_path, headers, body)
                 head = await conn.response()
                 break
             except ValueError as exc:  # nothing was sent: the request itself cannot be framed safely
@@ -619,6 +648,26 @@ class VerifyingProxy:
         app.cleanup_ctx.append(lifecycle)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
+
+
+def _audited_key() -> Any:
+    from tdxattest.channel.request_keys import AUDITED
+
+    return AUDITED
+
+
+def _rejected_request_audit() -> type:
+    """An aiohttp access logger: aiohttp calls it for every response it sends, those it made itself
+    included; the ones the proxy's handler did not audit get their line here."""
+    from aiohttp.abc import AbstractAccessLogger
+
+    class RejectedRequestAudit(AbstractAccessLogger):
+        def log(self, request: Any, response: Any, time: float) -> None:
+            if not request.get(_audited_key()):
+                proxy: VerifyingProxy = self.logger  # type: ignore[assignment]  # runner_options passes it
+                proxy.audit_rejected(request, response.status)
+
+    return RejectedRequestAudit
 
 
 def check_listen(host: str) -> None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from tdxattest.channel.gateway import GatewayConfig
+
+GATEWAY_DEFAULTS = GatewayConfig()
+
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.description = (
@@ -39,6 +43,25 @@ def configure(p: argparse.ArgumentParser) -> None:
         metavar="HEX",
         help="with software-test: the RTMR3 the TEST quotes carry (the guest agent's software register, "
         "so the stack's RTMR3 pin still holds the workload to account)",
+    )
+    limits = GATEWAY_DEFAULTS
+    p.add_argument(
+        "--quote-rate",
+        type=float,
+        default=limits.quote_rate,
+        metavar="N",
+        help="quotes a second, all clients together (default %(default)s); beyond it 429",
+    )
+    p.add_argument("--quote-burst", type=int, default=limits.quote_burst, metavar="N", help="default %(default)s")
+    p.add_argument(
+        "--client-quote-rate",
+        type=float,
+        default=limits.client_quote_rate,
+        metavar="N",
+        help="quotes a second per client address (default %(default)s)",
+    )
+    p.add_argument(
+        "--client-quote-burst", type=int, default=limits.client_quote_burst, metavar="N", help="default %(default)s"
     )
     p.set_defaults(run=run)
 
@@ -117,7 +140,13 @@ def run(args: argparse.Namespace) -> int:
         event_log=args.event_log or CCEL_DATA,
         gpu_evidence=args.gpu_evidence,
         gpu_collect=collect,
+        quote_rate=args.quote_rate,
+        quote_burst=args.quote_burst,
+        client_quote_rate=args.client_quote_rate,
+        client_quote_burst=args.client_quote_burst,
     )
+    if min(args.quote_rate, args.client_quote_rate) <= 0 or min(args.quote_burst, args.client_quote_burst) < 1:
+        raise UsageError("--quote-rate and --client-quote-rate must be > 0, the bursts >= 1")
     gateway = Gateway(config, source)
 
     async def start():

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     async def start():
         from aiohttp import web
 
-        runner = web.AppRunner(proxy.app(), access_log=None)
+        runner = web.AppRunner(proxy.app(), **proxy.runner_options())
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

@@ -72,7 +72,15 @@ def run(args: argparse.Namespace) -> int:
     now = parse_time(args.at)
     if args.attestation is not None:
         return _run_attestation(args, now)
+    from tdxattest.core.quote import parse_quote
+
     quote = read_quote(args.quote)
+    try:
+        # A file that is not a TDX quote at all (empty, truncated, another format) is unusable input
+        # (exit 2); a quote that parses and then fails verification is refused (exit 1).
+        parse_quote(quote)
+    except InputError as exc:
+        raise exc.with_file(args.quote) from None
     expected = None
     if args.report_data is not None:
         try:

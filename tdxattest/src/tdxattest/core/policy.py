@@ -296,15 +296,14 @@ def policy_from_mapping(doc: Mapping[str, Any] | None) -> Policy:
 
 
 def load_policy(path: str) -> Policy:
-    import yaml
-
     from tdxattest.core.files import read_bytes
+    from tdxattest.core.safe_yaml import YamlRefused, load_yaml
 
     data = read_bytes(path)
     try:
-        doc = yaml.safe_load(data)
-    except yaml.YAMLError as exc:
-        raise InputError("a YAML policy", str(exc).splitlines()[0], file=path) from None
+        doc = load_yaml(data)
+    except YamlRefused as exc:
+        raise InputError("a YAML policy (UTF-8, no key twice)", str(exc)[:200], file=path) from None
     try:
         return policy_from_mapping(doc)
     except InputError as exc:

@@ -119,7 +119,7 @@ def _measurements(signed: Any) -> dict[int, tuple[bytes, ...]]:
         try:
             index = int(res.get("index", ""))
             hashes = sorted(
-                (int(m.group(1)), bytes.fromhex(v)) for k, v in res.attrib.items() if (m := HASH_ATTR.match(k))
+                (int(m.group(1)), bytes.fromhex(v)) for k, v in res.attrib.items() if (m := HASH_ATTR.fullmatch(k))
             )
         except ValueError:
             raise RimError("gpu.rim_malformed", "integer indices and hex Hash values", res.get("name", "?")) from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -158,7 +158,7 @@ def manifest_from_mapping(doc: Mapping[str, Any]) -> WorkloadManifest:
         raise InputError(f"workload.schema {SCHEMA}", repr(schema))
 
     image = _require_str("workload.image", doc["image"])
-    if not IMAGE_BY_DIGEST.match(image):
+    if not IMAGE_BY_DIGEST.fullmatch(image):
         raise InputError(
             "workload.image by digest: <repository>@sha256:<64 lowercase hex> (a tag can move; "
             "pin with `podman inspect --format '{{.Digest}}'`)",
@@ -175,10 +175,10 @@ def manifest_from_mapping(doc: Mapping[str, Any]) -> WorkloadManifest:
         if key not in model:
             raise InputError(f"workload.model.{key}", "the key missing")
     model_id = _require_str("workload.model.id", model["id"])
-    if not _MODEL_ID.match(model_id):
+    if not _MODEL_ID.fullmatch(model_id):
         raise InputError("workload.model.id like 'org/name'", repr(model_id))
     revision = _require_str("workload.model.revision", model["revision"])
-    if not _REVISION.match(revision):
+    if not _REVISION.fullmatch(revision):
         raise InputError(
             "workload.model.revision as a commit id (40 lowercase hex; a branch name can move)", repr(revision)
         )
@@ -192,7 +192,7 @@ def manifest_from_mapping(doc: Mapping[str, Any]) -> WorkloadManifest:
     for path, sha in files.items():
         _check_path(f"workload.model.files path {path!r}", path)
         sha = _require_str(f"workload.model.files[{path!r}]", sha)
-        if not _SHA256.match(sha):
+        if not _SHA256.fullmatch(sha):
             raise InputError(f"workload.model.files[{path!r}] as sha256 (64 lowercase hex)", repr(sha))
         pairs.append((path, sha))
 
@@ -228,7 +228,7 @@ def replay_rtmr3(events: list[dict[str, Any]]) -> bytes:
         if ev.get("rtmr") != RTMR_INDEX:
             raise InputError(f"event {i}.rtmr == {RTMR_INDEX}", repr(ev.get("rtmr")))
         digest = ev.get("digest")
-        if not isinstance(digest, str) or not _DIGEST48.match(digest):
+        if not isinstance(digest, str) or not _DIGEST48.fullmatch(digest):
             raise InputError(f"event {i}.digest as SHA-384 (96 lowercase hex)", repr(digest)[:120])
         digests.append(bytes.fromhex(digest))
     return rtmr.replay(digests)
@@ -282,6 +282,14 @@ DEPLOYMENT_OWNED_VLLM_FLAGS = (
 # `--config FILE` reads more arguments from a file the manifest does not measure.
 FILE_ARGS_VLLM_FLAGS = ("--config",)
 
+# Options that make vLLM serve weights other than the measured model files, in every stack (the
+# dev stack's way to run without weights is the stand-in server, `workload.server: standin`):
+# - `--lora-modules`: adapters loaded from paths the manifest does not list;
+# - `--speculative-config` (and the older `--speculative-model`): a draft model from elsewhere.
+# `--load-format` is allowed only with the formats that read the measured files as they are.
+OTHER_WEIGHTS_VLLM_FLAGS = ("--lora-modules", "--speculative-config", "--speculative-model")
+LOAD_FORMATS_ALLOWED = ("auto", "safetensors")
+
 
 def vllm_flag_name(arg: str) -> str:
     """The option `arg` names as vLLM's parser reads it: `--a_b=1` and `--a-b.key v` are `--a-b`
@@ -296,9 +304,42 @@ def _names(flag: str, flags: tuple[str, ...]) -> bool:
     return flag in flags or (flag.startswith("--") and len(flag) > 2 and any(f.startswith(flag) for f in flags))
 
 
+def refused_vllm_args(args: Sequence[str]) -> list[tuple[int, str]]:
+    """(index, why) of every argument of a manifest's vLLM arguments that may not be there: each
+    one on its own (`refused_vllm_arg`), a positional argument (vLLM's positional is the model,
+    which the deployment gives: another one would change what is served), and a `--load-format`
+    value that reads something other than the measured files."""
+    out: list[tuple[int, str]] = []
+    for i, arg in enumerate(args):
+        reason = refused_vllm_arg(arg)
+        if reason is not None:
+            out.append((i, reason))
+            continue
+        previous = args[i - 1] if i > 0 else ""
+        takes_value = previous.startswith("-") and "=" not in previous
+        if not arg.startswith("-") and not takes_value:
+            out.append(
+                (i, f"`{arg}` is a positional argument: vLLM's positional is the model, which the deployment gives")
+            )
+        elif takes_value and vllm_flag_name(previous) == "--load-format" and arg not in LOAD_FORMATS_ALLOWED:
+            out.append((i, _load_format_reason(arg)))
+    return out
+
+
+def _load_format_reason(value: str) -> str:
+    return (
+        f"`--load-format {value}` does not load the measured model files as they are (`dummy` serves random "
+        f"weights); use {' or '.join(LOAD_FORMATS_ALLOWED)}"
+    )
+
+
 def refused_vllm_arg(arg: str) -> str | None:
     """Why `arg` may not be among a manifest's vLLM arguments, or None when it may."""
     flag = vllm_flag_name(arg)
+    if _names(flag, OTHER_WEIGHTS_VLLM_FLAGS):
+        return f"`{flag}` makes vLLM serve weights the workload manifest does not measure"
+    if flag == "--load-format" and "=" in arg and arg.split("=", 1)[1] not in LOAD_FORMATS_ALLOWED:
+        return _load_format_reason(arg.split("=", 1)[1])
     if _names(flag, FILE_ARGS_VLLM_FLAGS):
         return (
             f"`{flag}` reads vLLM arguments from a file the workload manifest does not measure; list them in vllmArgs"

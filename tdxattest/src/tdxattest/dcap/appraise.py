@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tdxattest.core.checks import Failure
+from tdxattest.core.errors import InputError
 from tdxattest.core.gpu_policy import EvidenceDoc, GpuVerdict, evaluate_gpus
 from tdxattest.core.policy import DEFAULT_POLICY, Policy, Verdict
-from tdxattest.core.quote import parse_quote
+from tdxattest.core.quote import Quote, parse_quote
 from tdxattest.dcap.collateral import Collateral, CollateralError, load_collateral, parse_iso_ts
 from tdxattest.dcap.verify import refused, verify_quote
 
@@ -70,18 +71,48 @@ class CachedCollateral:
         kept = self._verified.get(chain)
         if kept is not None and kept[1] <= now < kept[2]:
             return kept[0], {"source": "memory", "fmspc": kept[0].fmspc}
-        collateral, status = self.cache.get(self.pccs, *parsed.collateral_key(), now)
+        fmspc, ca = parsed.collateral_key()
+        if fmspc is None:
+            raise _no_fmspc(parsed)
+        collateral, status = self.cache.get(self.pccs, fmspc, ca, now)
         if not status.get("warning"):  # a set served despite a failed refresh is not kept: retry next time
             until = parse_iso_ts(status["earliest_next_update"]) - self.cache.margin
             self._verified[chain] = (collateral, now, until)
         return collateral, status
 
 
+def _no_fmspc(quote: Quote) -> CollateralError:
+    """What keeps the quote from naming its collateral: the FMSPC is read from the PCK leaf in its
+    certification data, which no signature covers, so a gateway can break it."""
+    fix = "the gateway sent a quote whose certification data is not what a TDX quote carries; do not trust it"
+    if quote.cert_data_type != 6:
+        return CollateralError(
+            "quote.certification_data", "certification data type 6 (QE report with the PCK chain)",
+            f"type {quote.cert_data_type}", fix,
+        )  # fmt: skip
+    if quote.pck_cert_type != 5:
+        return CollateralError(
+            "quote.certification_data", "inner certification data type 5 (the PCK chain as PEM)",
+            f"type {quote.pck_cert_type}", fix,
+        )  # fmt: skip
+    n = len(quote.pck_chain_ders())
+    return CollateralError(
+        "quote.certification_data", "a PCK leaf certificate with Intel's SGX extension (its FMSPC) in the PCK chain",
+        f"{n} certificate{'s' if n != 1 else ''} and no FMSPC", fix,
+    )  # fmt: skip
+
+
 def collateral_source(collateral_path: str | None, pccs: str | None, cache_dir: str | None) -> CollateralSource:
     """A fixed collateral file, else the cache for a PCCS / PCS (the CLI's and the proxy's options)."""
     if collateral_path:
         return FixedCollateral.from_file(collateral_path)
+    from urllib.parse import urlsplit
+
     from tdxattest.dcap.cache import CollateralCache
+
+    if pccs and "@" in urlsplit(pccs).netloc:
+        # The URL is recorded with every cached collateral set and in verdicts: never credentials.
+        raise InputError("--pccs: a PCCS or PCS URL without credentials (collateral is public)", "user@...")
 
     return CachedCollateral(pccs, CollateralCache(cache_dir))
 

@@ -66,6 +66,9 @@ _EXPECTED = {
     "collateral.fmspc_mismatch": "TCB info for the quote's FMSPC",
     "collateral.wrong_type": "TDX collateral (TCB info id TDX, QE identity TD_QE)",
     "collateral.crl_invalid": "CRLs signed by the Intel root / PCK CA",
+    "collateral.root_mismatch": "collateral whose chains end at the trusted root CA",
+    "collateral.signer_revoked": "TCB info / QE identity signing certificate not revoked",
+    "pck.ca_revoked": "PCK CA certificate not revoked",
     "pck.revoked": "PCK certificate not revoked",
     "pck.chain_invalid": "PCK chain to the Intel SGX Root CA",
     "tcb.no_matching_level": "a TCB level in the TCB info matching the platform",
@@ -87,11 +90,98 @@ def classify_error(message: str) -> str:
     return "verifier.error"
 
 
-def failure_from_error(exc: BaseException) -> Failure:
+def failure_from_error(
+    exc: BaseException,
+    quote: bytes | None = None,
+    collateral: Collateral | None = None,
+    root_ca_der: bytes | None = None,
+) -> Failure:
+    """The named failure for a dcap-qvl error. With the quote and collateral, two of dcap-qvl's
+    messages are narrowed to what really happened: a root CA CRL that does not verify because the
+    collateral belongs to another root, and which certificate a CRL revokes."""
     msg = str(exc)
     name = classify_error(msg)
     seen = " ".join(msg.removeprefix("Verification failed: ").split())
+    if quote is not None and collateral is not None:
+        try:
+            name, seen = _narrowed(name, seen, quote, collateral, root_ca_der)
+        except (ValueError, TypeError, IndexError):
+            pass  # collateral too broken to say more: dcap-qvl's words stand
     return Failure(name, _EXPECTED.get(name, _EXPECTED["verifier.error"]), seen, "dcap-qvl")
+
+
+def _narrowed(name: str, seen: str, quote: bytes, collateral: Collateral, root_ca_der: bytes | None) -> tuple[str, str]:
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from tdxattest.dcap.collateral import INTEL_SGX_ROOT_CA_SHA256
+
+    dcap = collateral.dcap
+    if name == "collateral.crl_invalid":
+        trusted = hashlib.sha256(root_ca_der).hexdigest() if root_ca_der is not None else INTEL_SGX_ROOT_CA_SHA256
+        chain = x509.load_pem_x509_certificates(dcap.tcb_info_issuer_chain.encode())
+        ends = hashlib.sha256(chain[-1].public_bytes(serialization.Encoding.DER)).hexdigest()
+        if ends != trusted:
+            return "collateral.root_mismatch", (
+                f"collateral chains ending at {chain[-1].subject.rfc4514_string()} (DER SHA-256 {ends[:16]}...), "
+                f"not at the trusted root (DER SHA-256 {trusted[:16]}...); {seen}"
+            )
+        return name, seen
+    if name == "pck.revoked":
+        root_crl = x509.load_der_x509_crl(bytes(dcap.root_ca_crl))
+        pck_crl = x509.load_der_x509_crl(bytes(dcap.pck_crl))
+        for what, pem in (
+            ("TCB Signing", dcap.tcb_info_issuer_chain),
+            ("QE identity signing", dcap.qe_identity_issuer_chain),
+        ):
+            signer = x509.load_pem_x509_certificates(pem.encode())[0]
+            if root_crl.get_revoked_certificate_by_serial_number(signer.serial_number) is not None:
+                return "collateral.signer_revoked", (
+                    f"the {what} certificate (serial {signer.serial_number:x}) is on the root CA CRL; {seen}"
+                )
+        ders = parse_quote(quote).pck_chain_ders()
+        if len(ders) > 1:
+            ca = x509.load_der_x509_certificate(ders[1])
+            if root_crl.get_revoked_certificate_by_serial_number(ca.serial_number) is not None:
+                return (
+                    "pck.ca_revoked",
+                    f"the PCK CA certificate (serial {ca.serial_number:x}) is on the root CA CRL; {seen}",
+                )
+        if ders:
+            leaf = x509.load_der_x509_certificate(ders[0])
+            if pck_crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None:
+                return name, f"the PCK leaf certificate (serial {leaf.serial_number:x}) is on the PCK CRL; {seen}"
+    return name, seen
+
+
+# dcap-qvl checks the TD attributes after the collateral and the chains, and raises without a TCB
+# status; the status the TCB info gives the platform is still worth reporting (not as verified).
+_TD_ATTRIBUTE_REFUSALS = frozenset(
+    {"td.debug_enabled", "td.sept_ve_disable_missing", "td.service_td_not_allowed", "td.reserved_attributes"}
+)
+
+
+def derived_tcb_check(failure: Failure, quote: bytes, collateral: Collateral) -> CheckResult | None:
+    """`tcb.status_derived`: the TCB level the collateral's TCB info gives this platform, when
+    dcap-qvl refused the TD's attributes before it reported a status."""
+    if failure.check not in _TD_ATTRIBUTE_REFUSALS:
+        return None
+    try:
+        level = _matched_level(quote, collateral)
+    except (InputError, ValueError, KeyError, TypeError):
+        return None
+    if level is None or level.status is None:
+        return None
+    advisories = f" ({', '.join(level.advisories)})" if level.advisories else ""
+    return CheckResult(
+        "tcb.status_derived",
+        "not_checked",
+        seen=f"{level.status}{advisories}",
+        reason=f"matched in the TCB info by our own level match; dcap-qvl stopped at {failure.check} before it "
+        "reported a status, so this is not a verified status",
+    )
 
 
 def report_from_verified_json(report_json: dict[str, Any]) -> TdReport:
@@ -148,16 +238,12 @@ def _verified_report(quote: bytes, report_json: Callable[[], dict[str, Any]]) ->
             raise ValueError(f"Unsupported quote body for appraisal: {exc}") from None
 
 
-def _tcb_date_from_tcb_info(
-    quote: bytes, collateral: Collateral, status: str, advisories: tuple[str, ...], tee_tcb_svn: bytes | None = None
-) -> int | None:
+def _matched_level(quote: bytes, collateral: Collateral, tee_tcb_svn: bytes | None = None) -> Any:
     """The TCB level Intel's algorithm matches for this quote (PCK CPUSVN/PCESVN and TEE_TCB_SVN
-    against the verified TCB info, newest level first), its date -- but only when that level's own
-    status and advisories are exactly what dcap-qvl reported; otherwise None (ask dcap-qvl).
+    against the TCB info's levels, newest first), or None.
 
     Cheap by construction: the PCK leaf is located by offsets (no full quote parse), its SGX TCB
-    extension is memoised on the leaf's bytes, and the TCB levels are digested once per Collateral.
-    dcap-qvl has verified this quote and collateral in the same call before this runs."""
+    extension is memoised on the leaf's bytes, and the TCB levels are digested once per Collateral."""
     tcb = quote_pck_tcb(quote)
     if tcb is None:
         return None
@@ -179,10 +265,21 @@ def _tcb_date_from_tcb_info(
             and all(map(ge, cpusvn, level.sgx))
             and all(map(ge, tee_part, level.tdx_from2 if skip else level.tdx))
         ):
-            if level.status != status or level.advisories != tuple(sorted(advisories)):
-                return None
-            return level.date
+            return level
     return None
+
+
+def _tcb_date_from_tcb_info(
+    quote: bytes, collateral: Collateral, status: str, advisories: tuple[str, ...], tee_tcb_svn: bytes | None = None
+) -> int | None:
+    """The matched level's date -- but only when that level's own status and advisories are exactly
+    what dcap-qvl reported (dcap-qvl verified this quote and collateral in the same call before this
+    runs); otherwise None (ask dcap-qvl)."""
+    level = _matched_level(quote, collateral, tee_tcb_svn)
+    if level is None or level.status != status or level.advisories != tuple(sorted(advisories)):
+        return None
+    date: int | None = level.date
+    return date
 
 
 def _tcb_date(
@@ -261,7 +358,9 @@ def verify_quote(
     try:
         facts = verified_facts(quote, collateral, now, need_tcb_date=need_date, root_ca_der=root_ca_der)
     except (ValueError, TypeError) as exc:
-        return refused(quote, failure_from_error(exc), "dcap-qvl")
+        failure = failure_from_error(exc, quote, collateral, root_ca_der)
+        derived = derived_tcb_check(failure, quote, collateral)
+        return refused(quote, failure, "dcap-qvl", extra=(derived,) if derived is not None else ())
     verdict = evaluate(facts, policy, int(now), expected_report_data)
     return Verdict(
         accepted=verdict.accepted,
@@ -274,7 +373,7 @@ def verify_quote(
     )
 
 
-def refused(quote: bytes, failure: Failure, by: str) -> Verdict:
+def refused(quote: bytes, failure: Failure, by: str, extra: tuple[CheckResult, ...] = ()) -> Verdict:
     """The verdict on a quote refused before the policy could run (`by`: dcap-qvl, or the collateral
     look-up). It shows what the quote claims, marked unverified, when the quote parses at all."""
     report, fmspc = None, None
@@ -290,6 +389,6 @@ def refused(quote: bytes, failure: Failure, by: str) -> Verdict:
         report=report,
         fmspc=fmspc,
         failures=(failure,),
-        checks=(CheckResult(failure.check, "fail", failure.expected, failure.seen, by),),
+        checks=(CheckResult(failure.check, "fail", failure.expected, failure.seen, by), *extra),
         report_verified=False,
     )
