@@ -352,3 +352,80 @@ def test_dev_test_root_refuses_an_answer_without_a_test_pki(channel_factory, pki
     error = refused(ch, "attestation.test_pki")
     assert "drop --accept-dev-test-root" in json.dumps(error)
     assert ch.standin.requests == 0
+
+
+def test_a_response_quote_bound_to_other_data_is_refused(channel_factory, pki) -> None:
+    # issue 17 (mutation testing): the response quote's REPORTDATA comparison could be dropped with
+    # no test failing; only the success path was tested. A gateway that answers with a quote over
+    # other data (here: any REPORTDATA but the response's) must not get its answer through.
+    from tdxattest.channel.gateway import Gateway
+
+    class OtherDataForResponses(Gateway):
+        async def _quote(self, report_data: bytes) -> bytes:
+            if self.quotes_made >= 1:  # the connection's quote is right; every response's is not
+                report_data = bytes(64)
+            return await super()._quote(report_data)
+
+    ch = channel_factory(pki, require_response_quotes=True, gateway_cls=OtherDataForResponses)
+    error = refused(ch, "binding.report_data_mismatch")
+    assert "response refused" in error["message"]
+    (record,) = ch.audit_records()
+    assert record["verdict"] == "refused" and record["failures"][0]["check"] == "binding.report_data_mismatch"
+
+
+def test_a_request_is_never_sent_twice_when_a_fresh_connection_breaks(channel_factory, pki) -> None:
+    # issue 17 (mutation testing): only a kept-alive connection that the server closed while idle may
+    # be retried; on a fresh one the request may have run, and a completion must not run twice.
+    from tdxattest.channel.gateway import Gateway
+
+    class DropsTheFirstRequest(Gateway):
+        forwarded = 0
+
+        async def forward(self, request):
+            type(self).forwarded += 1
+            if type(self).forwarded == 1:
+                request.transport.abort()  # took the request, answered nothing
+                raise ConnectionResetError
+            return await super().forward(request)
+
+    ch = channel_factory(pki, gateway_cls=DropsTheFirstRequest)
+    with pytest.raises(openai.APIStatusError) as info:
+        client(ch).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say OK"}])
+    assert info.value.status_code == 502 and "upstream connection failed" in info.value.response.text
+    assert DropsTheFirstRequest.forwarded == 1  # not retried on another connection
+    (record,) = ch.audit_records()
+    assert record["verdict"] == "error" and record["status"] == 502
+
+
+def test_an_attestation_answer_that_never_comes_times_out(channel_factory, pki, monkeypatch) -> None:
+    import asyncio
+
+    from tdxattest.channel import proxy as proxy_module
+    from tdxattest.channel.gateway import Gateway
+
+    class NeverAnswers(Gateway):
+        async def attestation(self, request):
+            await asyncio.sleep(2)  # past the proxy's (patched) 0.5 s; short, so the gateway stops promptly
+            return await super().attestation(request)
+
+    monkeypatch.setattr(proxy_module, "ATTESTATION_TIMEOUT_S", 0.5)
+    ch = channel_factory(pki, gateway_cls=NeverAnswers)
+    error = refused(ch, "attestation.unavailable")
+    assert "within 0 s" in error["failures"][0]["expected"] or "0.5" in str(error["failures"][0]), error
+
+
+def test_a_quote_in_lenient_base64_is_refused(channel_factory, pki) -> None:
+    # issue 17 (mutation testing): lenient decoding drops what is not base64, so `*` inside the quote
+    # would still decode to the right bytes; the answer is not what the gateway should send.
+    from tdxattest.channel.gateway import Gateway
+
+    class Sloppy(Gateway):
+        async def attestation(self, request):
+            response = await super().attestation(request)
+            doc = json.loads(response.body)
+            doc["quote"] = doc["quote"][:40] + "*" + doc["quote"][40:]
+            response.body = json.dumps(doc).encode()
+            return response
+
+    ch = channel_factory(pki, gateway_cls=Sloppy)
+    refused(ch, "attestation.malformed")

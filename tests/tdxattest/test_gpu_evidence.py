@@ -168,3 +168,42 @@ def test_a_certificate_signed_by_a_non_ec_issuer_breaks_the_chain_by_name() -> N
     with pytest.raises(GpuEvidenceError) as err:
         verify_gpu_chain(chain, root.public_bytes(Encoding.PEM))
     assert err.value.check == "gpu.chain_invalid"
+
+
+# --- issue 17 (mutation testing): each header byte and each bound on its own, and the caller's root
+# and time reach the chain check --------------------------------------------------------------------
+
+
+def _report_bytes() -> bytearray:
+    return bytearray(bytes.fromhex(rd("hopperAttestationReport.txt").decode().strip()))
+
+
+@pytest.mark.parametrize("offset, value", [(0, 0x10), (1, 0xE1), (37, 0x10), (38, 0x61)])
+def test_each_spdm_header_byte_is_checked_on_its_own(offset: int, value: int) -> None:
+    raw = _report_bytes()
+    raw[offset] = value
+    with pytest.raises(GpuEvidenceError) as err:
+        parse_gpu_report(bytes(raw))
+    assert err.value.check == "gpu.report_malformed" and "SPDM 1.1" in str(err.value)
+
+
+@pytest.mark.parametrize("size", [2, 0xFFFF], ids=["below-its-own-header", "past-the-record"])
+def test_a_measurement_block_size_out_of_bounds_is_refused(size: int) -> None:
+    import struct
+
+    raw = _report_bytes()
+    first_block = 37 + 8  # request, MEASUREMENTS header, then the blocks
+    struct.pack_into("<H", raw, first_block + 2, size)
+    with pytest.raises(GpuEvidenceError, match="-byte measurement block") as err:
+        parse_gpu_report(bytes(raw))
+    assert err.value.check == "gpu.report_malformed"
+
+
+def test_verify_gpu_evidence_checks_the_chain_against_the_callers_root_and_time() -> None:
+    report, chain = rd("hopperAttestationReport.txt"), rd("hopper_cert_chain_case1.txt")
+    with pytest.raises(GpuEvidenceError) as err:
+        verify_gpu_evidence(report, chain, rd("hopper_signing_cert.pem"), expected_nonce=NONCE1)
+    assert err.value.check == "gpu.untrusted_root"
+    with pytest.raises(GpuEvidenceError) as err:
+        verify_gpu_evidence(report, chain, rd(ROOT), expected_nonce=NONCE1, now=0)
+    assert err.value.check == "gpu.chain_invalid"

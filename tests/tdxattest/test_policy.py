@@ -173,6 +173,11 @@ pins:
     )
     p = policy_from_mapping(doc)
     assert p.allowed_tcb_statuses == {"UpToDate", "SWHardeningNeeded"} and p.out_of_date_grace_days == 30
+    # issue 17 (mutation testing): these two were set here and never asserted, so dropping them
+    # while reading the file went unseen.
+    assert p.min_tcb_evaluation_data_number == 17
+    assert p.min_tee_tcb_svn == bytes.fromhex("03010200000000000000000000000000")
+    assert p.allowed_advisories == frozenset({"INTEL-SA-00615"}) and p.forbid_debug and p.require_sept_ve_disable
     assert p.pins.mrtd.values == (b"\xaa" * 48, MRTD) and p.pins.rtmr3.values is None
     assert p.pins.rtmr0.reason == "not pinned"
     assert policy_from_mapping(None) == DEFAULT_POLICY == policy_from_mapping({})
