@@ -118,7 +118,7 @@ class StackStatus:
 def step_status(step: str, resource: str, rc: int, stdout: str, stderr: str) -> StepStatus:
     """Judge one step's `status` run (components/scripts/host/lib.sh `_status`): rc 0 and its facts
     line with `in_sync`; a non-zero rc is the step refusing (a problem apply cannot fix) or breaking."""
-    facts = _last_json_line(stdout)
+    facts = last_json_line(stdout)
     errors = tuple(_error_text(line, step) for line in stderr.splitlines() if line.startswith("error: "))
     if rc == 0 and facts is not None and isinstance(facts.get("in_sync"), bool):
         unmet = facts.get("unmet")
@@ -132,7 +132,8 @@ def step_status(step: str, resource: str, rc: int, stdout: str, stderr: str) -> 
     return StepStatus(step, resource, "failed", (f"the check ended with status {rc} and no verdict: {tail}",))
 
 
-def _last_json_line(stdout: str) -> dict[str, Any] | None:
+def last_json_line(stdout: str) -> dict[str, Any] | None:
+    """The JSON object a step printed last (its facts), or None."""
     lines = [ln for ln in stdout.splitlines() if ln.strip()]
     if not lines:
         return None

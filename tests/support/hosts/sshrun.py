@@ -19,8 +19,6 @@ The facts are the JSON object on the last non-empty stdout line (components.remo
 from __future__ import annotations
 
 import base64
-import io
-import json
 import select
 import socket
 import time
@@ -29,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paramiko
+
+from components.probe.ssh import load_private_key
+from components.render.status import last_json_line
 
 DEFAULT_DIAL_ERROR_LIMIT = 10
 DEFAULT_PER_DIAL_TIMEOUT = 15.0
@@ -86,24 +87,9 @@ class Result:
     dial_errors: list[str] = field(default_factory=list)
 
 
-def parse_facts(stdout: str) -> dict[str, Any] | None:
-    lines = [ln for ln in stdout.splitlines() if ln.strip()]
-    if not lines:
-        return None
-    try:
-        facts = json.loads(lines[-1])
-    except ValueError:
-        return None
-    return facts if isinstance(facts, dict) else None
-
-
-def _load_key(text: str) -> paramiko.PKey:
-    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-        try:
-            return cls.from_private_key(io.StringIO(text))
-        except (paramiko.SSHException, ValueError):
-            continue
-    raise ValueError("unsupported or malformed private key")
+# One reading of a step's facts and of a private key: the production code's own.
+parse_facts = last_json_line
+_load_key = load_private_key
 
 
 def _pinned(host_key: str) -> paramiko.PKey:
