@@ -32,6 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".mutation"
 MUTMUT = "mutmut==3.8.1"
+# What the tests read besides the package: their support code and fixtures, the Pulumi side they
+# import, and the docs and pins some of them check.
+COPIED = ("tests", "components", "guest_agent", "docs", "firmware", "stacks", "policy", "guest")
 
 # module -> the fast tests that exercise it (unit, conformance, channel)
 MODULES: dict[str, tuple[str, ...]] = {
@@ -95,14 +98,14 @@ def workspace(module: str, tests: tuple[str, ...], env_dir: Path) -> Path:
     shutil.rmtree(ws, ignore_errors=True)
     ws.mkdir(parents=True)
     shutil.copytree(REPO / "tdxattest" / "src", ws / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("tests", "components", "guest_agent"):
+    for name in COPIED:
         shutil.copytree(REPO / name, ws / name, ignore=shutil.ignore_patterns("__pycache__"), symlinks=True)
     config = (REPO / "pyproject.toml").read_text()
     config += (
         "\n[tool.mutmut]\n"
         f'source_paths = ["src/tdxattest/{module}"]\n'
         f"pytest_add_cli_args_test_selection = {json.dumps(list(tests))}\n"
-        'also_copy = ["src/", "tests/", "components/", "guest_agent/"]\n'
+        f"also_copy = {json.dumps(['src/', *(f'{name}/' for name in COPIED)])}\n"
     )
     (ws / "pyproject.toml").write_text(config)
     (ws / ".venv").symlink_to(env_dir)
