@@ -67,9 +67,11 @@ class Score:
 
     @property
     def logic_only(self) -> float:
+        """Killed / (killed + survivors that change logic); 0 when mutmut judged none (it could not run
+        the tests: `other` counts those mutants), so a broken run never reads as a pass."""
         logic_survivors = self.survived - self.message_only
         judged = self.killed + logic_survivors
-        return 100.0 * self.killed / judged if judged else 100.0
+        return 100.0 * self.killed / judged if judged else 0.0
 
 
 def venv() -> Path:
@@ -173,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     env_dir = venv()
     scores = [run_module(m, MODULES[m], env_dir) for m in (args.module or list(MODULES))]
-    heads = ("mutants", "killed", "survived", "msg-only", "no tests", "logic-only")
+    heads = ("mutants", "killed", "survived", "msg-only", "no tests", "not run", "logic-only")
     print(f"{'module':<24} " + " ".join(f"{h:>{max(len(h), 8)}}" for h in heads))
     for s in scores:
-        values = (s.mutants, s.killed, s.survived, s.message_only, s.no_tests, f"{s.logic_only:.1f}%")
+        values = (s.mutants, s.killed, s.survived, s.message_only, s.no_tests, s.other, f"{s.logic_only:.1f}%")
         print(f"{s.module:<24} " + " ".join(f"{v:>{max(len(h), 8)}}" for h, v in zip(heads, values, strict=True)))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps([asdict(s) | {"logic_only": round(s.logic_only, 1)} for s in scores], indent=2))
