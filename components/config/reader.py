@@ -150,6 +150,13 @@ class Reader:
             return None
         return str(value)
 
+    def url(self, value: str, path: str, schemes: tuple[str, ...], fix: str, credentials_fix: str) -> None:
+        """Record why `value` is not a usable URL (`url_problem`), with `credentials_fix` when it
+        carries credentials: every URL field names the secret field or the way that replaces them."""
+        problem = url_problem(value, schemes)
+        if problem is not None:
+            self.error(path, problem, credentials_fix if problem == URL_CREDENTIALS else fix)
+
     def secret(self, value: Any, path: str, how: str) -> Secret | None:
         """A leaf that must arrive encrypted. `how` is the `pulumi config set` hint."""
         if value is None:

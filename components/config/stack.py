@@ -50,7 +50,6 @@ from components.config.model import (
 from components.config.reader import (
     ENCRYPTED,
     SSH_USER,
-    URL_CREDENTIALS,
     ConfigError,
     ConfigErrors,
     Reader,
@@ -61,7 +60,6 @@ from components.config.reader import (
     kind_of,
     known_hosts_key,
     normalise_fingerprint,
-    url_problem,
 )
 from components.config.workload import parse_workload
 from components.paths import FIRMWARE_DIR, REPO_ROOT
@@ -367,16 +365,14 @@ def _bmc(r: Reader, value: Any, path: str, vendors: tuple[str, ...]) -> BmcConfi
         "set `endpoint: https://BMC-ADDRESS`",
     )
     if endpoint is not None:
-        problem = url_problem(endpoint, ("https",))
-        if problem:
-            r.error(
-                join(path, "endpoint"),
-                problem,
-                f"remove them: the BMC user goes in `{join(path, 'username')}`, its password in "
-                f"`{join(path, 'password')}` (pulumi config set --secret)"
-                if problem == URL_CREDENTIALS
-                else "use `https://BMC-ADDRESS[:PORT]` (plain http would expose the BMC password)",
-            )
+        r.url(
+            endpoint,
+            join(path, "endpoint"),
+            ("https",),
+            "use `https://BMC-ADDRESS[:PORT]` (plain http would expose the BMC password)",
+            f"remove them: the BMC user goes in `{join(path, 'username')}`, its password in "
+            f"`{join(path, 'password')}` (pulumi config set --secret)",
+        )
     vendor = r.choice(r.required(m, "vendor", path, f"set one of: {', '.join(vendors)}"), join(path, "vendor"), vendors)
     username = _bmc_username(r, r.required(m, "username", path, "set the BMC user, e.g. `username: root`"), path)
     password = r.secret(r.required(m, "password", path, "set the BMC password as a secret"), join(path, "password"), "")
@@ -516,16 +512,14 @@ def _dcap(r: Reader, value: Any, path: str) -> DcapConfig | None:
     qgs_port = r.integer(m.get("qgsPort"), join(path, "qgsPort"), 4050, 1, 65535)
     pccs_url = r.string(m.get("pccsUrl"), join(path, "pccsUrl"), "set `https://PCCS:8081/sgx/certification/v4/`")
     if pccs_url is not None:
-        problem = url_problem(pccs_url, ("https",))
-        if problem:
-            r.error(
-                join(path, "pccsUrl"),
-                problem,
-                "remove them: Intel's QPL and the verifying proxy read collateral from a PCCS without "
-                "credentials (the PCCS API key is `dcap.pccsApiKey`, a secret)"
-                if problem == URL_CREDENTIALS
-                else "use `https://PCCS-HOST:8081/sgx/certification/v4/`",
-            )
+        r.url(
+            pccs_url,
+            join(path, "pccsUrl"),
+            ("https",),
+            "use `https://PCCS-HOST:8081/sgx/certification/v4/`",
+            "remove them: Intel's QPL and the verifying proxy read collateral from a PCCS without "
+            "credentials (the PCCS API key is `dcap.pccsApiKey`, a secret)",
+        )
     if registration == "pckid" and pccs_url is not None:
         # PCKIDRetrievalTool uploads to the PCCS with that PCCS's user token, which only a per-host
         # PCCS (made by the dcap step) gives us; a shared one's token is its operator's.
@@ -571,43 +565,36 @@ def stack_from_filename(path: Path) -> str:
 def stack_file_config(path: Path) -> Mapping[str, Any]:
     """The `config:` mapping of a stack file, read with the project's one safe YAML loader (no key
     twice, bounded size and aliases). Raises ConfigErrors naming what is wrong with the file."""
+
+    def refuse(problem: str, fix: str) -> ConfigErrors:
+        return ConfigErrors((ConfigError("config", problem, fix),))
+
     try:
         doc = load_yaml(path.read_bytes())
     except YamlRefused as exc:
-        raise ConfigErrors(
-            (ConfigError("config", f"{path.name} is not a stack file we read: {exc}", "fix the YAML at that place"),)
-        ) from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, Mapping):
-        raise ConfigErrors(
-            (
-                ConfigError(
-                    "config",
-                    f"{path.name} holds {kind_of(doc)} at the top level, not a mapping with `config:`",
-                    "start the file with `config:` and the `tdx-vllm:<key>: value` lines under it",
-                ),
-            )
+        raise refuse(f"{path.name} is not a stack file we read: {exc}", "fix the YAML at that place") from None
+    if doc is not None and not isinstance(doc, Mapping):
+        raise refuse(
+            f"{path.name} holds {kind_of(doc)} at the top level, not a mapping with `config:`",
+            "start the file with `config:` and the `tdx-vllm:<key>: value` lines under it",
         )
-    config = doc.get("config")
+    config = (doc or {}).get("config")
     if config is None:
         return {}
     if not isinstance(config, Mapping):
-        raise ConfigErrors(
-            (
-                ConfigError(
-                    "config",
-                    f"expected a mapping of `tdx-vllm:<key>: value` lines, got {kind_of(config)}",
-                    "write each key under `config:` as `  tdx-vllm:hosts: ...` (see stacks/Pulumi.dev.yaml)",
-                ),
-            )
+        raise refuse(
+            f"expected a mapping of `tdx-vllm:<key>: value` lines, got {kind_of(config)}",
+            "write each key under `config:` as `  tdx-vllm:hosts: ...` (see stacks/Pulumi.dev.yaml)",
         )
     return config
 
 
 def read_stack_file(path: Path) -> Mapping[str, Any]:
     """The stack file's `config:` with the project prefix removed and secure leaves as ENCRYPTED."""
-    config = stack_file_config(path)
+    return _project_keys(stack_file_config(path))
+
+
+def _project_keys(config: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in config.items():
         ns, _, name = str(key).partition(":")
@@ -693,7 +680,11 @@ def missing_pinned_firmware(stack: str, firmware_dir: Path) -> list[ConfigError]
 
 def load_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConfig:
     """The stack file's config, parsed and validated as `pulumi preview` would (templates included)."""
-    raw = read_stack_file(path)
+    return _parse_file_config(stack_file_config(path), path, firmware_dir)
+
+
+def _parse_file_config(config: Mapping[str, Any], path: Path, firmware_dir: Path) -> StackConfig:
+    raw = _project_keys(config)
     return parse_stack(
         {k: v for k, v in raw.items() if not k.startswith("_")}, stack_from_filename(path), firmware_dir=firmware_dir
     )
@@ -711,7 +702,7 @@ def check_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConf
     ]
     extra += missing_pinned_firmware(stack_from_filename(path), firmware_dir)
     try:
-        cfg = load_stack_file(path, firmware_dir)
+        cfg = _parse_file_config(config, path, firmware_dir)  # the file read once
     except ConfigErrors as exc:
         raise ConfigErrors((*exc.errors, *extra)) from None
     if extra:

@@ -14,7 +14,7 @@ from components.catalog.gpu import gpu_sku
 from components.catalog.td_manifest import BootManifest, cuda_tuple, load_boot_manifest, td_boot_manifest
 from components.config.kubernetes import kubernetes_target_from_mapping
 from components.config.model import HostConfig, KnownAnswer, TdShape, WorkloadConfig
-from components.config.reader import URL_CREDENTIALS, Reader, is_secure_marker, join, kind_of, url_problem
+from components.config.reader import Reader, is_secure_marker, join, kind_of
 from components.paths import display_path
 from guest_agent import DEV_STACK
 from tdxattest.core.errors import InputError
@@ -117,16 +117,14 @@ def parse_workload(
     )
     source = r.string(r.required(m, "modelSource", path, fix_src), join(path, "modelSource"), fix_src)
     if source is not None:
-        problem = url_problem(source, ("https", "http"))
-        if problem == URL_CREDENTIALS:
-            r.error(
-                join(path, "modelSource"),
-                problem,
-                "remove them: the TD fetches the files without credentials and checks every sha256, so a "
-                "mirror needs none (serve it on a network only the TDs reach)",
-            )
-        elif problem:
-            r.error(join(path, "modelSource"), problem, fix_src + " (the TD checks every file's sha256)")
+        r.url(
+            source,
+            join(path, "modelSource"),
+            ("https", "http"),
+            fix_src + " (the TD checks every file's sha256)",
+            "remove them: the TD fetches the files without credentials and checks every sha256, so a "
+            "mirror needs none (serve it on a network only the TDs reach)",
+        )
 
     args = _vllm_args(r, m.get("vllmArgs"), join(path, "vllmArgs"))
     gw = r.obj(m.get("gateway"), join(path, "gateway"), ("port",))
@@ -387,17 +385,15 @@ def _vllm_args(r: Reader, value: Any, path: str) -> tuple[str, ...]:
             'write it as a YAML list: `[--max-model-len, "8192"]`',
         )
         return ()
-    out = []
-    for i, arg in enumerate(value):
-        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-            arg = str(arg)
+    args = [str(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else a for a in value]
+    for i, arg in enumerate(args):
         if not isinstance(arg, str) or not arg:
             r.error(f"{path}[{i}]", f"expected a string, got {kind_of(arg)}", "quote the argument")
-            continue
-        out.append(arg)
-    for i, reason in refused_vllm_args(out):
+    if not all(isinstance(a, str) and a for a in args):
+        return ()  # judged again once every item is a string: a missing one shifts what takes a value
+    for i, reason in refused_vllm_args(args):
         r.error(f"{path}[{i}]", f"refused: {reason}", "remove it")
-    return tuple(out)
+    return tuple(args)
 
 
 def _td_shape(r: Reader, value: Any, path: str, boot: BootManifest | None) -> TdShape | None:
@@ -430,16 +426,14 @@ def _td_shape(r: Reader, value: Any, path: str, boot: BootManifest | None) -> Td
     )
     source = r.string(r.required(m, "artifactSource", path, fix_src), join(path, "artifactSource"), fix_src)
     if source is not None and not source.startswith("/"):
-        problem = url_problem(source, ("https", "http"))
-        if problem == URL_CREDENTIALS:
-            r.error(
-                join(path, "artifactSource"),
-                problem,
-                "remove them: the host fetches the artifacts without credentials and checks every sha256; "
-                "serve them without, or copy them to a directory on the host and name its absolute path",
-            )
-        elif problem:
-            r.error(join(path, "artifactSource"), problem, fix_src + " (the host checks every file's sha256)")
+        r.url(
+            source,
+            join(path, "artifactSource"),
+            ("https", "http"),
+            fix_src + " (the host checks every file's sha256)",
+            "remove them: the host fetches the artifacts without credentials and checks every sha256; "
+            "serve them without, or copy them to a directory on the host and name its absolute path",
+        )
     if source is not None and re.search(r"[\s'\"\\]", source):
         r.error(join(path, "artifactSource"), "contains spaces, quotes or backslashes", fix_src)
     timeout = r.integer(m.get("readyTimeoutSeconds"), join(path, "readyTimeoutSeconds"), 3600, 60, 86400)

@@ -61,6 +61,12 @@ def presented_key(address: str, port: int, key_type: str, timeout_s: float = CON
         transport.close()
 
 
+def pinned_key(host_key: str) -> tuple[str, bytes]:
+    """(type, wire blob) of a pinned key written `TYPE BASE64`."""
+    kind, b64 = host_key.split()[:2]
+    return kind, base64.b64decode(b64)
+
+
 class HostKeyMismatch(Exception):
     """The server presented another key than the pinned one; nothing was sent to it."""
 
@@ -96,8 +102,7 @@ def connect(address: str, port: int, host_key: str, user: str, private_key: Any,
     """An authenticated paramiko Transport to a host that presented exactly `host_key` (`TYPE BASE64`)."""
     import paramiko
 
-    kind, b64 = host_key.split()[:2]
-    pinned = base64.b64decode(b64)
+    kind, pinned = pinned_key(host_key)
     transport = _handshake(address, port, kind, timeout_s)
     try:
         key = transport.get_remote_server_key()
@@ -151,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host-key", required=True, help="the pinned key, `TYPE BASE64`")
     p.add_argument("--key-path", default="hostKey", help="the config key that pins it (for the messages)")
     args = p.parse_args(argv)
-    kind, b64 = args.host_key.split()[:2]
-    pinned = base64.b64decode(b64)
+    kind, pinned = pinned_key(args.host_key)
     where = f"{args.address}:{args.port}"
     path = args.key_path.rsplit(".", 1)[0]
     try:

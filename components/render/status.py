@@ -58,6 +58,10 @@ class LastUpdate:
     started: str
     ended: str | None
 
+    @property
+    def up_succeeded(self) -> bool:
+        return (self.kind, self.result) == ("update", "succeeded")
+
 
 @dataclass(frozen=True)
 class StackStatus:
@@ -71,8 +75,7 @@ class StackStatus:
         """0 ready; 3 only drift since a successful `up`; 1 anything else that is not ready."""
         if self.ready:
             return 0
-        last = self.last_update
-        if last is not None and (last.kind, last.result) == ("update", "succeeded"):
+        if self.last_update is not None and self.last_update.up_succeeded:
             readable = all(h.unreachable is None for h in self.hosts)
             if readable and all(s.state in ("in_sync", "drifted") for h in self.hosts for s in h.steps):
                 return 3
@@ -82,12 +85,7 @@ class StackStatus:
     def ready(self) -> bool:
         """True only when the last `up` succeeded and every host is, right now, as it left it."""
         last = self.last_update
-        return (
-            last is not None
-            and last.kind == "update"
-            and last.result == "succeeded"
-            and all(h.in_sync for h in self.hosts)
-        )
+        return last is not None and last.up_succeeded and all(h.in_sync for h in self.hosts)
 
     def notes(self) -> list[str]:
         notes = []
@@ -107,7 +105,7 @@ class StackStatus:
                 "update, and they do not describe what is wrong now"
             )
         drifted = [h.host for h in self.hosts if not h.in_sync]
-        if drifted and last is not None and last.result == "succeeded" and last.kind == "update":
+        if drifted and last is not None and last.up_succeeded:
             notes.append(
                 f"{', '.join(drifted)} changed since the last `pulumi up`, which cannot see it (a step runs again "
                 "only when its inputs change); each line below names its fix"

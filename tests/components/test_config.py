@@ -862,3 +862,14 @@ def test_vllm_args_that_change_what_is_served_are_refused_in_the_stack():
     raw["workload"]["vllmArgs"] = ["--max-model-len", 4096, "--load-format", "dummy"]
     errors = errors_of(raw)
     assert len(errors) == 1 and errors[0].startswith("workload.vllmArgs[3]: refused: `--load-format dummy`"), errors
+
+
+def test_a_refused_vllm_arg_is_named_at_its_own_index():
+    raw = good()
+    raw["workload"] = workload()
+    raw["workload"]["vllmArgs"] = ["--enforce-eager", "--lora-modules", "a=/x"]
+    errors = errors_of(raw)
+    assert len(errors) == 1 and errors[0].startswith("workload.vllmArgs[1]: refused: `--lora-modules`"), errors
+    raw["workload"]["vllmArgs"] = [{"x": 1}, "--lora-modules", "a=/x"]
+    errors = errors_of(raw)
+    assert len(errors) == 1 and errors[0].startswith("workload.vllmArgs[0]: expected a string"), errors

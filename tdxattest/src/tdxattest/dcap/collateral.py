@@ -146,7 +146,7 @@ class RawCollateral:
 
 
 @dataclass(frozen=True)
-class _TcbLevel:
+class TcbLevel:
     """One `tcbLevels` entry of the signed TCB info, pre-digested for the level match."""
 
     sgx: tuple[int, ...]  # 16 sgxtcbcomponents SVNs
@@ -158,10 +158,10 @@ class _TcbLevel:
     date: int | None  # tcbDate as unix time; None when absent / unparsable (then the level is not used)
 
 
-def _parse_tcb_levels(tcb_info: dict[str, Any]) -> tuple[_TcbLevel | None, ...] | None:
+def _parse_tcb_levels(tcb_info: dict[str, Any]) -> tuple[TcbLevel | None, ...] | None:
     """The TCB info's levels in Intel's order (newest first). A level without 16 + 16 components is
     None (matching stops there: ask dcap-qvl); None for the whole when the structure is unusable."""
-    out: list[_TcbLevel | None] = []
+    out: list[TcbLevel | None] = []
     try:
         for level in tcb_info.get("tcbLevels", []):
             t = level.get("tcb", {})
@@ -175,7 +175,7 @@ def _parse_tcb_levels(tcb_info: dict[str, Any]) -> tuple[_TcbLevel | None, ...] 
             except (KeyError, TypeError, ValueError, AttributeError):
                 date = None
             out.append(
-                _TcbLevel(
+                TcbLevel(
                     sgx,
                     t.get("pcesvn", 0),
                     tdx,
@@ -202,7 +202,7 @@ class Collateral:
     tcb_info: dict[str, Any]
     source: str | None = None
     text: str = ""  # the dcap-qvl JSON it was read from (what `collateral fetch --out` writes)
-    _levels: tuple[_TcbLevel | None, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _levels: tuple[TcbLevel | None, ...] | None = field(default=None, init=False, repr=False, compare=False)
     _levels_of: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -214,7 +214,7 @@ class Collateral:
     def evaluation_data_number(self) -> int | None:
         return self.tcb_info.get("tcbEvaluationDataNumber")
 
-    def tcb_levels(self) -> tuple[_TcbLevel | None, ...] | None:
+    def tcb_levels(self) -> tuple[TcbLevel | None, ...] | None:
         """The parsed `tcbLevels` (a pure function of `tcb_info`, computed once per object)."""
         if self._levels_of is not self.tcb_info:
             self._levels = _parse_tcb_levels(self.tcb_info)

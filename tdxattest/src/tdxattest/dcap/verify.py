@@ -27,7 +27,7 @@ from tdxattest.core.policy import (
     evaluate,
 )
 from tdxattest.core.quote import TdReport, parse_quote, quote_pck_tcb, read_td_report
-from tdxattest.dcap.collateral import Collateral, parse_iso_ts
+from tdxattest.dcap.collateral import Collateral, TcbLevel, parse_iso_ts
 
 # (failure name, substrings any of which identifies it) -- first match wins; order matters.
 _ERROR_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -238,7 +238,7 @@ def _verified_report(quote: bytes, report_json: Callable[[], dict[str, Any]]) ->
             raise ValueError(f"Unsupported quote body for appraisal: {exc}") from None
 
 
-def _matched_level(quote: bytes, collateral: Collateral, tee_tcb_svn: bytes | None = None) -> Any:
+def _matched_level(quote: bytes, collateral: Collateral, tee_tcb_svn: bytes | None = None) -> TcbLevel | None:
     """The TCB level Intel's algorithm matches for this quote (PCK CPUSVN/PCESVN and TEE_TCB_SVN
     against the TCB info's levels, newest first), or None.
 
@@ -278,8 +278,7 @@ def _tcb_date_from_tcb_info(
     level = _matched_level(quote, collateral, tee_tcb_svn)
     if level is None or level.status != status or level.advisories != tuple(sorted(advisories)):
         return None
-    date: int | None = level.date
-    return date
+    return level.date
 
 
 def _tcb_date(
