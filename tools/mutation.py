@@ -9,9 +9,11 @@ So this builds `.mutation/venv` (the pinned requirements without the editable in
 mutmut; once) and, per module, a workspace `.mutation/<module>/` with `src/tdxattest`, the tests and
 the code they import, and runs mutmut there with `PYTHONPATH` at the mutated copy.
 
-A surviving mutant is *message-only* when its diff changes nothing but string literals (an error
-text): the logic-only score is killed / (killed + other survivors). Prints a table, writes JSON, and
-exits 1 when a module's logic-only score is below the threshold.
+A surviving mutant is *message-only* when its diff changes nothing but the wording of string
+literals that are prose (an error text, a log line: a literal with a space in it); a changed key,
+check name or encoding still counts as logic. The logic-only score is
+killed / (killed + other survivors). Prints a table, writes JSON, and exits 1 when a module's
+logic-only score is below the threshold.
 """
 
 from __future__ import annotations
@@ -41,14 +43,21 @@ MODULES: dict[str, tuple[str, ...]] = {
     "channel/binding.py": ("tests/tdxattest/test_binding.py", "tests/tdxattest/test_mutation_kills.py"),
     "core/policy.py": (
         "tests/tdxattest/test_policy.py",
+        "tests/tdxattest/test_policy_refusals.py",
         "tests/tdxattest/test_quotes.py",
         "tests/tdxattest/test_testpki.py",
     ),
-    "core/gpu_evidence.py": ("tests/tdxattest/test_gpu_evidence.py", "tests/tdxattest/test_gpu_policy.py"),
+    "core/gpu_evidence.py": (
+        "tests/tdxattest/test_gpu_evidence.py",
+        "tests/tdxattest/test_gpu_evidence_refusals.py",
+        "tests/tdxattest/test_gpu_policy.py",
+    ),
     "channel/proxy.py": (
         "tests/tdxattest/test_channel.py",
         "tests/tdxattest/test_channel_edges.py",
+        "tests/tdxattest/test_channel_gpu.py",
         "tests/tdxattest/test_mutation_kills.py",
+        "tests/tdxattest/test_proxy_refusals.py",
         "tests/tdxattest/test_hostile_input.py",
         "tests/tdxattest/test_connection_pool.py",
     ),
@@ -115,28 +124,43 @@ def workspace(module: str, tests: tuple[str, ...], env_dir: Path) -> Path:
     return ws
 
 
-def _code_tokens(line: str) -> list[str]:
-    """The tokens of one line of code without its string literals (f-string parts included)."""
-    out = []
+def _tokens(line: str) -> tuple[list[str], list[str]]:
+    """One line of code split into its non-string tokens and its string literals."""
+    code: list[str] = []
+    strings: list[str] = []
     try:
         for tok in tokenize.generate_tokens(io.StringIO(line.strip() + "\n").readline):
-            if tok.type in (tokenize.STRING, tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE):
-                continue
-            if tok.type in (getattr(tokenize, "FSTRING_START", -1), getattr(tokenize, "FSTRING_MIDDLE", -1)):
-                continue
-            out.append(tok.string)
+            if tok.type == tokenize.STRING:
+                strings.append(tok.string)
+            elif tok.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE):
+                code.append(tok.string)
     except (tokenize.TokenError, IndentationError):
-        return [line.strip()]
-    return out
+        return [line.strip()], []
+    return code, strings
+
+
+def _is_prose(literal: str) -> bool:
+    """A string literal with a space in it is text for people (an error, a log line). One without is a
+    key, a check name, an encoding or a header, and changing it changes what the code does."""
+    return any(ch.isspace() for ch in literal)
 
 
 def message_only(diff: str) -> bool:
-    """True when the diff's removed and added lines differ only in string literals."""
+    """True when the diff changes nothing but the wording of messages: the same code tokens, and every
+    string literal it changes is prose (`_is_prose`)."""
     removed = [ln[1:] for ln in diff.splitlines() if ln.startswith("-") and not ln.startswith("---")]
     added = [ln[1:] for ln in diff.splitlines() if ln.startswith("+") and not ln.startswith("+++")]
     if not removed or len(removed) != len(added):
         return False
-    return all(_code_tokens(a) == _code_tokens(b) for a, b in zip(removed, added, strict=True))
+    for before, after in zip(removed, added, strict=True):
+        code_before, strings_before = _tokens(before)
+        code_after, strings_after = _tokens(after)
+        if code_before != code_after or len(strings_before) != len(strings_after):
+            return False
+        changed = [old for old, new in zip(strings_before, strings_after, strict=True) if old != new]
+        if not all(_is_prose(old) for old in changed):
+            return False
+    return True
 
 
 def run_module(module: str, tests: tuple[str, ...], env_dir: Path) -> Score:
