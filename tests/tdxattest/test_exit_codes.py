@@ -75,3 +75,16 @@ def test_a_changed_certification_data_type_is_named_in_pccs_mode(pki: TestPki) -
     failure = verdict.failures[0]
     assert (failure.check, failure.seen) == ("quote.certification_data", "type 7"), failure
     assert failure.expected == "certification data type 6 (QE report with the PCK chain)"
+
+
+def test_a_pck_chain_that_is_not_base64_exits_2_in_pccs_mode(tmp_path: Path) -> None:
+    # The chain is read (for its FMSPC) before anything verifies it: a bad padding character used to
+    # end in a binascii traceback.
+    quote = bytearray(QUOTE.read_bytes())
+    body = quote.index(b"-----BEGIN CERTIFICATE-----") + 28
+    quote[body + 5] = ord("=")
+    q = tmp_path / "q.bin"
+    q.write_bytes(bytes(quote))
+    p = verify("--quote", str(q), "--pccs", "http://127.0.0.1:9", "--cache-dir", str(tmp_path / "cache"))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith(f"error: {q}: expected base64 certificate text in the quote's PEM PCK chain, seen ")

@@ -347,9 +347,15 @@ def _first_cert_b64(data: bytes, start: int, stop: int) -> bytes | None:
 
 
 def _b64_der(b64: bytes) -> bytes:
+    """DER of one PEM body. Strict: a PEM body is base64 and line breaks only, and the chain is read
+    before it is verified, so anything else is unusable input (never a binascii traceback)."""
     import base64
+    import binascii
 
-    return base64.b64decode(b"".join(b64.split()))
+    try:
+        return base64.b64decode(b"".join(b64.split()), validate=True)
+    except binascii.Error as exc:
+        raise InputError("base64 certificate text in the quote's PEM PCK chain", str(exc)[:80]) from None
 
 
 def _pck_chain_span(data: bytes) -> tuple[int, int] | None:
@@ -419,22 +425,34 @@ def _need(data: bytes, pos: int, n: int, what: str) -> None:
 # --- the FMSPC inside the PCK leaf (a tiny DER walker; no third-party ASN.1 library) ------------
 
 
-def _der_items(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    """Yield (tag, content) for each TLV in buf."""
-    i = 0
-    while i < len(buf):
-        tag = buf[i]
-        length = buf[i + 1]
+MAX_DER_LENGTH_BYTES = 4
+
+
+def der_items(buf: bytes) -> Iterator[tuple[int, bytes]]:
+    """Yield (tag, content) for each TLV in buf. A PCK leaf's SGX extension is read before its chain
+    is verified (the FMSPC picks the collateral), so a TLV that does not fit is an InputError, never
+    an IndexError; each step moves forward at least two bytes."""
+    i, n = 0, len(buf)
+    while i < n:
+        if i + 2 > n:
+            raise InputError("a DER tag and length in the SGX extension", f"{n - i} byte", offset=i)
+        tag, length = buf[i], buf[i + 1]
         i += 2
         if length & 0x80:
-            n = length & 0x7F
-            length = int.from_bytes(buf[i : i + n], "big")
-            i += n
+            k = length & 0x7F
+            if not 0 < k <= MAX_DER_LENGTH_BYTES or i + k > n:
+                raise InputError("a DER long-form length of 1 to 4 bytes in the SGX extension", f"{k}", offset=i - 1)
+            length = int.from_bytes(buf[i : i + k], "big")
+            i += k
+        if i + length > n:
+            raise InputError(f"{length} bytes of DER content in the SGX extension", f"{n - i} bytes", offset=i)
         yield tag, buf[i : i + length]
         i += length
 
 
-def _oid_str(content: bytes) -> str:
+def oid_str(content: bytes) -> str:
+    if not content:
+        return ""
     parts = [content[0] // 40, content[0] % 40]
     value = 0
     for b in content[1:]:
@@ -454,14 +472,14 @@ def pck_fmspc(leaf_der: bytes) -> str | None:
     raw = raw_extension(x509.load_der_x509_certificate(leaf_der), SGX_EXTENSION_OID)
     if raw is None:
         return None
-    for tag, seq in _der_items(raw):
+    for tag, seq in der_items(raw):
         if tag != 0x30:
             continue
-        for tag2, entry in _der_items(seq):
+        for tag2, entry in der_items(seq):
             if tag2 != 0x30:
                 continue
-            items = list(_der_items(entry))
-            if len(items) == 2 and items[0][0] == 0x06 and _oid_str(items[0][1]) == FMSPC_OID:
+            items = list(der_items(entry))
+            if len(items) == 2 and items[0][0] == 0x06 and oid_str(items[0][1]) == FMSPC_OID:
                 return items[1][1].hex().upper()
     return None
 
@@ -470,13 +488,13 @@ def pck_fmspc(leaf_der: bytes) -> str | None:
 _SGX_EXT_OID_TLV = bytes.fromhex("06092a864886f84d010d01")
 
 
-def _sgx_extension(leaf_der: bytes) -> bytes | None:
+def sgx_extension(leaf_der: bytes) -> bytes | None:
     """The SGX extension's value (DER) from a certificate, found by its OID; no X.509 library."""
     i = leaf_der.find(_SGX_EXT_OID_TLV)
     if i < 0:
         return None
     rest = leaf_der[i + len(_SGX_EXT_OID_TLV) :]
-    for tag, content in _der_items(rest):
+    for tag, content in der_items(rest):
         if tag == 0x01:  # critical flag
             continue
         return content if tag == 0x04 else None
@@ -486,20 +504,20 @@ def _sgx_extension(leaf_der: bytes) -> bytes | None:
 @functools.lru_cache(maxsize=256)
 def pck_tcb(leaf_der: bytes) -> tuple[tuple[int, ...], int] | None:
     """(16 CPUSVN component SVNs, PCESVN) from a PCK leaf's SGX extension (OIDs ...13.1.2.1-17)."""
-    raw = _sgx_extension(leaf_der)
+    raw = sgx_extension(leaf_der)
     if raw is None:
         return None
     tcb_oid = SGX_EXTENSION_OID + ".2"
-    for _tag, seq in _der_items(raw):
-        for _tag2, entry in _der_items(seq):
-            items = list(_der_items(entry))
-            if len(items) != 2 or items[0][0] != 0x06 or _oid_str(items[0][1]) != tcb_oid:
+    for _tag, seq in der_items(raw):
+        for _tag2, entry in der_items(seq):
+            items = list(der_items(entry))
+            if len(items) != 2 or items[0][0] != 0x06 or oid_str(items[0][1]) != tcb_oid:
                 continue
             comps: dict[int, int] = {}
-            for _tag3, inner in _der_items(items[1][1]):
-                sub = list(_der_items(inner))
+            for _tag3, inner in der_items(items[1][1]):
+                sub = list(der_items(inner))
                 if len(sub) == 2 and sub[0][0] == 0x06 and sub[1][0] == 0x02:
-                    comps[int(_oid_str(sub[0][1]).rsplit(".", 1)[1])] = int.from_bytes(sub[1][1], "big")
+                    comps[int(oid_str(sub[0][1]).rsplit(".", 1)[1])] = int.from_bytes(sub[1][1], "big")
             if all(i in comps for i in range(1, 18)):
                 return tuple(comps[i] for i in range(1, 17)), comps[17]
     return None
