@@ -30,7 +30,7 @@ workload = stack.workload
 
 # What another stack may promote from this one (components/render/promotion.py); exported below only
 # when every host step verified.
-promotable = promotable_pins(pins, gpu_skus, gpu_tools, stack.platform.tdx_module)
+promotable = promotable_pins(pins, gpu_skus, gpu_tools)
 
 # Promotion (docs/decisions.md, Promotion): read the promoting stack's `promotable` output and refuse
 # to deploy anything it did not attest. The check runs in an apply on the StackReference's outputs

@@ -91,13 +91,22 @@ class HostConfig:
 
 
 @dataclass(frozen=True)
+class TdxModulePin:
+    """One TDX module release the stack accepts (`platform.tdxModule`, firmware/tdx-module.yaml)."""
+
+    version: str  # major.minor.update, as the kernel prints it
+    mrseam: str  # Intel's published MRSEAM, lowercase hex: what the TD quotes must carry
+    # The release's build number where a source gives it: the only way to match the pin on kernels
+    # that log major.minor and a build number.
+    build: int | None = None
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     os: str
     extra_kernel_args: tuple[str, ...]
-    tdx_module: str | None
-    # The pinned release's build number (firmware/tdx-module.yaml), where a source gives it: the
-    # only way to match the pin on kernels that log major.minor and a build number.
-    tdx_module_build: int | None = None
+    # One release, or a few while hosts move from one to the next; empty: no module pinned.
+    tdx_modules: tuple[TdxModulePin, ...] = ()
 
     @property
     def kernel_args(self) -> tuple[str, ...]:

@@ -46,6 +46,7 @@ from components.config.model import (
     PromotionConfig,
     SshConfig,
     StackConfig,
+    TdxModulePin,
 )
 from components.config.reader import (
     ENCRYPTED,
@@ -472,25 +473,57 @@ def _platform(r: Reader, value: Any, path: str, firmware_dir: Path) -> PlatformC
                 r.error(ap, f"`{arg}` {undoes}", f"remove it; `{' '.join(BASE_KERNEL_ARGS)}` are always set")
             else:
                 extra.append(arg)
-    tdx_module = r.string(m.get("tdxModule"), join(path, "tdxModule"), "set a version such as 1.5.16")
-    build: int | None = None
-    if tdx_module is not None:
-        releases = r.catalog(
-            join(path, "tdxModule"),
-            lambda: tdx_module_releases(firmware_dir),
-            "firmware/tdx-module.yaml",
-            "fix firmware/tdx-module.yaml",
-        )
-        if releases is not None and tdx_module not in releases:
+    modules = _tdx_modules(r, m.get("tdxModule"), join(path, "tdxModule"), firmware_dir)
+    return PlatformConfig(os=os_name, extra_kernel_args=tuple(extra), tdx_modules=modules)
+
+
+MAX_TDX_MODULES = 4
+
+
+def _tdx_modules(r: Reader, value: Any, path: str, firmware_dir: Path) -> tuple[TdxModulePin, ...]:
+    """`platform.tdxModule`: one release, or a list while hosts move from one release to the next.
+    Each must be in firmware/tdx-module.yaml with Intel's MRSEAM: that is what the TD quotes are held to."""
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        if not 1 <= len(value) <= MAX_TDX_MODULES or len(set(map(str, value))) != len(value):
             r.error(
-                join(path, "tdxModule"),
-                f"`{tdx_module}` is not a pinned TDX module release",
+                path,
+                f"expected 1 to {MAX_TDX_MODULES} distinct releases, got {len(value)} items",
+                "list the release the hosts run now and the one they move to, e.g. `[1.5.28, 1.5.34]`",
+            )
+            return ()
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        items = [(path, value)]
+    releases = r.catalog(
+        path, lambda: tdx_module_releases(firmware_dir), "firmware/tdx-module.yaml", "fix firmware/tdx-module.yaml"
+    )
+    out: list[TdxModulePin] = []
+    for item_path, item in items:
+        if item is None:
+            r.error(item_path, "expected a release, got null", "set a version such as 1.5.16")
+            continue
+        version = r.string(item, item_path, "set a version such as 1.5.16")
+        if version is None or releases is None:
+            continue
+        release = releases.get(version)
+        if release is None:
+            r.error(
+                item_path,
+                f"`{version}` is not a pinned TDX module release",
                 f"use one of {', '.join(sorted(releases))} (1.5.x: Sapphire/Emerald Rapids, Sierra Forest; "
                 "2.0.x: Granite Rapids) or add the release to firmware/tdx-module.yaml",
             )
-        elif releases is not None:
-            build = releases[tdx_module].build_number
-    return PlatformConfig(os=os_name, extra_kernel_args=tuple(extra), tdx_module=tdx_module, tdx_module_build=build)
+        elif release.mrseam is None:
+            r.error(
+                item_path,
+                f"`{version}` has no published MRSEAM ({release.reason}), so no quote from it could be checked",
+                "pin a release that Intel publishes an MRSEAM for (firmware/tdx-module.yaml)",
+            )
+        else:
+            out.append(TdxModulePin(version=version, mrseam=release.mrseam, build=release.build_number))
+    return tuple(out)
 
 
 def _dcap(r: Reader, value: Any, path: str) -> DcapConfig | None:

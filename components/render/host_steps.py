@@ -115,8 +115,8 @@ def redfish_command(bmc: BmcConfig, phase: int, timeout_s: int, config_key: str,
 def kernel_params(platform: PlatformConfig, restore_on_destroy: bool = False) -> dict[str, str]:
     return {
         "TDX_KERNEL_ARGS": " ".join(platform.kernel_args),
-        "TDX_MODULE_VERSION": platform.tdx_module or "",
-        "TDX_MODULE_BUILD": str(platform.tdx_module_build or ""),
+        "TDX_MODULE_VERSIONS": " ".join(m.version for m in platform.tdx_modules),
+        "TDX_MODULE_BUILDS": " ".join(f"{m.version}={m.build}" for m in platform.tdx_modules if m.build is not None),
         "TDX_RESTORE_ON_DESTROY": "true" if restore_on_destroy else "false",
     }
 

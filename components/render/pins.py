@@ -9,7 +9,7 @@ and deterministic, so it runs at preview time; `__main__.py` exports `to_json()`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
@@ -182,6 +182,20 @@ def workload_pins(pins: StackPins, manifest: WorkloadManifest, gpu_mode: str = "
     )
 
 
+NO_MODULE_REASON = (
+    "platform.tdxModule is not set: a quote from any TDX module would pass; set it to the release the "
+    "hosts run (firmware/tdx-module.yaml)"
+)
+
+
+def with_tdx_modules(pins: StackPins, modules: Mapping[str, str]) -> StackPins:
+    """`pins` holding the quotes' MRSEAM to the stack's TDX module releases (release -> Intel's MRSEAM),
+    or with MRSEAM not pinned, and why, when the stack names none."""
+    if not modules:
+        return replace(pins, mrseam=RegisterPin(None, NO_MODULE_REASON), tdx_modules=None)
+    return replace(pins, mrseam=None, tdx_modules=dict(modules))
+
+
 NO_TDX_REASON = (
     "the dev stack runs its TDs without TDX (workload.td.tdx: false): nothing measures the boot, "
     "and the quotes are TEST quotes that prove nothing"
@@ -194,7 +208,17 @@ def without_tdx(pins: StackPins) -> StackPins:
     (the agent keeps it in software and the TEST quote carries it), and `tdx: false` says so, so a
     verifier can take a TEST root for these pins and for no others."""
     unpinned = RegisterPin(None, NO_TDX_REASON)
-    return replace(pins, tdx=False, mrtd=unpinned, rtmr0=unpinned, rtmr1=unpinned, rtmr2=unpinned, mrtd_candidates=None)
+    return replace(
+        pins,
+        tdx=False,
+        mrtd=unpinned,
+        rtmr0=unpinned,
+        rtmr1=unpinned,
+        rtmr2=unpinned,
+        mrtd_candidates=None,
+        mrseam=unpinned,  # no TDX module runs a plain VM
+        tdx_modules=None,
+    )
 
 
 def _describe(a: BootArtifact | None, authenticode: str | None = None) -> ArtifactPin | None:

@@ -8,7 +8,7 @@ with `refusal(...)` before any host step is registered.
 What is compared (and nothing else): the TD measurements (MRTD, RTMR0-3, TD attributes), the sha256
 of each TD boot artifact (firmware, kernel, initrd), the guest kernel command line, the VBIOS and
 driver pins of every GPU SKU the stack uses, the gpu-admin-tools wheel (version and sha256), the
-TDX module pin and, for a stack with a workload, the vLLM image digest and the model hash. Host
+TDX module releases with their MRSEAM and, for a stack with a workload, the vLLM image digest and the model hash. Host
 addresses, keys, BMCs and the number of hosts are per stack and never compared.
 """
 
@@ -45,12 +45,10 @@ def _show(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def promotable_pins(
-    pins: StackPins, gpus: Mapping[str, GpuSku], tools: GpuAdminTools | None, tdx_module: str | None
-) -> dict[str, Any]:
-    """The pins another stack may promote: from the `pins` (docs/pins.md), the pins of the GPU SKUs
-    the stack's hosts use (`gpus`, by model), gpu-admin-tools (`tools`, with GPUs only) and
-    `platform.tdxModule`. Pure."""
+def promotable_pins(pins: StackPins, gpus: Mapping[str, GpuSku], tools: GpuAdminTools | None) -> dict[str, Any]:
+    """The pins another stack may promote: from the `pins` (docs/pins.md, with the TDX module
+    releases and their MRSEAM), the pins of the GPU SKUs the stack's hosts use (`gpus`, by model) and
+    gpu-admin-tools (`tools`, with GPUs only). Pure."""
     artifacts = pins.boot.artifacts if pins.boot is not None else None
 
     def sha256(role: str) -> str | None:
@@ -76,7 +74,7 @@ def promotable_pins(
         },
         "gpu": {model: {"vbios": sku.vbios, "driver": sku.driver} for model, sku in sorted(gpus.items())},
         "gpuAdminTools": {"version": tools.version, "sha256": tools.sha256} if tools and gpus else None,
-        "tdxModule": tdx_module,
+        "tdxModules": dict(pins.tdx_modules) if pins.tdx_modules is not None else None,
     }
     # Only with a workload (Pulumi drops null outputs, so an absent section equals a null one): a
     # stack without a workload promotes exactly what it did before workloads existed.

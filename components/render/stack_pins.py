@@ -20,7 +20,7 @@ from components.catalog.td_manifest import td_boot_manifest
 from components.config.model import StackConfig
 from components.render.kubernetes import KubernetesWorkloadArgs, args_from_workload
 from components.render.kubernetes import expected_pins as kubernetes_pins
-from components.render.pins import expected_pins, without_tdx, workload_pins
+from components.render.pins import expected_pins, with_tdx_modules, without_tdx, workload_pins
 from components.render.trust_domain import workload_manifest
 from guest_agent import DEV_STACK
 from tdxattest.core.pins import JsonValue, StackPins
@@ -47,9 +47,10 @@ def stack_measurements(stack: StackConfig) -> StackMeasurements:
     manifest = (
         workload_manifest(workload, stack.tensor_parallel_size, gpu_skus.values()) if workload is not None else None
     )
+    modules = {m.version: m.mrseam for m in stack.platform.tdx_modules}
     if workload is not None and manifest is not None and workload.kubernetes is not None:
         k8s = args_from_workload(workload, manifest)
-        return StackMeasurements(kubernetes_pins(k8s), manifest, k8s, gpu_skus, gpu_tools)
+        return StackMeasurements(with_tdx_modules(kubernetes_pins(k8s), modules), manifest, k8s, gpu_skus, gpu_tools)
     # Outside dev every pinned file must be here. A stack that launches no TD (hosts only) does not
     # measure the guest image at all: RTMR1/RTMR2 are null with the reason.
     pins = expected_pins(
@@ -57,6 +58,7 @@ def stack_measurements(stack: StackConfig) -> StackMeasurements:
         require_artifacts=stack.stack != DEV_STACK,
         require_guest=workload is not None,
     )
+    pins = with_tdx_modules(pins, modules)
     if manifest is not None:
         # The CC mode clients expect of the GPUs: devtools only where a (dev) host sets it.
         modes = {h.gpu.mode for h in stack.hosts if h.gpu}

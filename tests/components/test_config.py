@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.catalog.tdx_module import tdx_module_releases
 from components.config.model import Secret
 from components.config.reader import ENCRYPTED, ConfigErrors, host_key_problem
 from components.config.stack import load_stack_file, parse_stack, read_stack_file, secret_paths_of
@@ -621,8 +622,39 @@ def test_a_broken_pin_file_is_a_config_error_not_a_traceback(tmp_path):
 def test_granite_rapids_and_emerald_rapids_modules_pin_with_their_build_numbers(module, build):
     raw = good()
     raw["platform"]["tdxModule"] = module
-    platform = parse_stack(raw, "staging").platform
-    assert (platform.tdx_module, platform.tdx_module_build) == (module, build)
+    (pin,) = parse_stack(raw, "staging").platform.tdx_modules
+    assert (pin.version, pin.build) == (module, build)
+    assert pin.mrseam == tdx_module_releases()[module].mrseam and len(pin.mrseam) == 96
+
+
+def test_an_upgrade_pins_two_releases_in_the_order_given():
+    raw = good()
+    raw["platform"]["tdxModule"] = ["1.5.28", "1.5.34"]
+    pins = parse_stack(raw, "staging").platform.tdx_modules
+    assert [p.version for p in pins] == ["1.5.28", "1.5.34"]
+    assert pins[1].mrseam.startswith("ab62561a")
+
+
+@pytest.mark.parametrize(
+    "value,error",
+    [
+        ([], "platform.tdxModule: expected 1 to 4 distinct releases, got 0 items"),
+        (["1.5.16", "1.5.16"], "platform.tdxModule: expected 1 to 4 distinct releases, got 2 items"),
+        (["1.5.16"] + [f"1.5.{n:02d}" for n in (20, 24, 28, 34)], "expected 1 to 4 distinct releases, got 5 items"),
+        (["1.5.16", "1.5.99"], "platform.tdxModule[1]: `1.5.99` is not a pinned TDX module release"),
+        (["1.5.16", None], "platform.tdxModule[1]: expected a release, got null"),
+        (["1.5.16", 1.5], "platform.tdxModule[1]: expected a non-empty string, got"),
+        (["2.0.05"], "platform.tdxModule[0]: `2.0.05` has no published MRSEAM"),
+    ],
+    ids=["empty", "duplicate", "too-many", "unknown", "null", "number", "unhashed"],
+)
+def test_a_bad_tdx_module_list_is_refused_by_item(value, error):
+    raw = good()
+    raw["platform"]["tdxModule"] = value
+    with pytest.raises(ConfigErrors) as info:
+        parse_stack(raw, "staging")
+    errors = [str(e) for e in info.value.errors]
+    assert len(errors) == 1 and error in errors[0], errors
 
 
 def test_a_kernel_argument_split_by_a_yaml_flow_list_is_refused_naming_the_split():

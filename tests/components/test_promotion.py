@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from components.catalog.gpu import gpu_admin_tools, gpu_pins_for, gpu_sku
+from components.catalog.tdx_module import tdx_module_releases
 from components.paths import FIRMWARE_DIR
+from components.render.pins import with_tdx_modules
 from components.render.promotion import FIX, Difference, compare, promotable_pins, refusal, refusal_from_outputs
 from tdxattest.core.pins import StackPins
 from tests.support.paths import ARTIFACTS, REPO
@@ -46,9 +48,18 @@ def pins(**changes) -> dict:
     return p
 
 
+def mrseam(release: str) -> str:
+    value = tdx_module_releases()[release].mrseam
+    assert value is not None
+    return value
+
+
 def promote(doc: dict, models: list[str], tdx_module: str | None, firmware_dir: Path = FIRMWARE_DIR) -> dict:
-    """What __main__.py exports as `promotable` for a stack with this `pins` output and GPU models."""
-    return promotable_pins(StackPins.from_json(doc), *gpu_pins_for(models, firmware_dir), tdx_module)
+    """What __main__.py exports as `promotable` for a stack with this `pins` output, GPU models and
+    `platform.tdxModule`."""
+    if tdx_module is not None:
+        doc = {**doc, "tdxModules": {tdx_module: mrseam(tdx_module)}}
+    return promotable_pins(StackPins.from_json(doc), *gpu_pins_for(models, firmware_dir))
 
 
 def promotable(**changes) -> dict:
@@ -72,7 +83,7 @@ def test_promotable_pins_selects_the_compared_fields():
         "artifacts": {"firmware": "11" * 32, "kernel": None, "initrd": None, "cmdline": None},
         "gpu": {"h100-sxm": {"vbios": sku.vbios, "driver": sku.driver}},
         "gpuAdminTools": {"version": tools.version, "sha256": tools.sha256},
-        "tdxModule": "1.5.34",
+        "tdxModules": {"1.5.34": mrseam("1.5.34")},
     }
     # per-stack facts (events, reasons, the manifest path, VM shape) are not promotion pins
     assert promotable(events={"rtmr0": [{"x": 1}]}, manifest="elsewhere.yaml") == p
@@ -88,7 +99,7 @@ def test_promotable_pins_reads_the_given_firmware_dir(tmp_path):
     sku.write_text(sku.read_text().replace(data["vbios"], "96.00.AA.00.01"))
     p = promote(pins(), ["h100-sxm", "h100-sxm"], None, fw)
     assert p["gpu"] == {"h100-sxm": {"vbios": "96.00.AA.00.01", "driver": str(data["driver"])}}
-    assert p["tdxModule"] is None
+    assert p["tdxModules"] is None
 
 
 def test_no_gpu_hosts_pin_no_gpu_and_no_tools():
@@ -106,12 +117,13 @@ def test_every_differing_leaf_is_named_with_both_values():
     mine = copy.deepcopy(staging)
     mine["td"]["mrtd"] = "ef" * 48
     mine["gpu"]["h100-sxm"]["vbios"] = "96.00.AA.00.01"
-    mine["tdxModule"] = "1.5.20"
+    mine["tdxModules"] = {"1.5.20": mrseam("1.5.20")}
     diffs = compare(mine, staging)
     assert diffs == [
         Difference("gpu.h100-sxm.vbios", staging["gpu"]["h100-sxm"]["vbios"], "96.00.AA.00.01"),
         Difference("td.mrtd", MRTD, "ef" * 48),
-        Difference("tdxModule", "1.5.34", "1.5.20"),
+        Difference("tdxModules.1.5.20", None, mrseam("1.5.20")),
+        Difference("tdxModules.1.5.34", mrseam("1.5.34"), None),
     ]
 
 
@@ -147,7 +159,7 @@ def test_refusal_lists_one_line_per_field_and_the_fix():
     assert lines[2].startswith("  - gpuAdminTools.sha256: ")
     assert lines[3] == f"fix: {FIX}"
     one = copy.deepcopy(staging)
-    one["tdxModule"] = "1.5.20"
+    one["gpuAdminTools"]["version"] = "0.0.0"
     assert refusal(FROM, "prod", staging, one).splitlines()[0] == (
         f"promotion refused: 1 pin of prod differs from what {FROM} exported as attested:"
     )
@@ -197,7 +209,7 @@ def _own_promotable(monkeypatch) -> dict:
     monkeypatch.setenv("TDX_VLLM_ARTIFACT_DIR", str(ARTIFACTS))
     # as the program computes them for a stack without a workload: the guest image's files may be absent
     pins = expected_pins(DEFAULT_MANIFEST, ARTIFACTS, require_guest=False)
-    return promotable_pins(pins, *gpu_pins_for(["h100-sxm"]), "1.5.16")
+    return promotable_pins(with_tdx_modules(pins, {"1.5.16": mrseam("1.5.16")}), *gpu_pins_for(["h100-sxm"]))
 
 
 def test_program_with_attested_pins_builds_the_hosts(monkeypatch):
@@ -210,13 +222,12 @@ def test_program_with_attested_pins_builds_the_hosts(monkeypatch):
 
 def test_program_refuses_before_any_host_step(monkeypatch):
     staging = _own_promotable(monkeypatch)
-    staging["tdxModule"] = "1.5.20"
+    staging["tdxModules"] = {"1.5.16": "ab" * 48}
     created: list = []
     with pytest.raises(
         Exception,
-        match=r"promotion refused: 1 pin of prod-mock differs .*\n  - tdxModule: "
-        r"organization/tdx-vllm/staging attested 1\.5\.20, prod-mock would deploy "
-        r"1\.5\.16",
+        match=r"promotion refused: 1 pin of prod-mock differs .*\n  - tdxModules\.1\.5\.16: "
+        rf"organization/tdx-vllm/staging attested {'ab' * 48}, prod-mock would deploy {mrseam('1.5.16')}",
     ) as info:
         _run_program(monkeypatch, {"promotable": staging}, created)
     assert "fix: deploy and verify these pins in staging first" in str(info.value)

@@ -295,16 +295,35 @@ def kernel_fn(call: str, log: Path | str, **env: str) -> str:
     ],
 )
 def test_the_module_version_is_read_from_every_kernel_format(log, pin, build, version):
-    assert kernel_fn("tdx_module_version", log, TDX_MODULE_VERSION=pin, TDX_MODULE_BUILD=build) == version
+    builds = f"{pin}={build}" if build else ""
+    assert kernel_fn("tdx_module_version", log, TDX_MODULE_VERSIONS=pin, TDX_MODULE_BUILDS=builds) == version
 
 
 def test_an_old_kernel_matches_the_pin_through_its_build_number(tmp_path):
     sample = (HOST / "kernel/ubuntu-6.8-major-version.dmesg").read_text().replace("build_num 784", "build_num 744")
     (tmp_path / "k.dmesg").write_text(sample)
     assert (
-        kernel_fn("tdx_module_version", tmp_path / "k.dmesg", TDX_MODULE_VERSION="1.5.06", TDX_MODULE_BUILD="744")
+        kernel_fn(
+            "tdx_module_version", tmp_path / "k.dmesg", TDX_MODULE_VERSIONS="1.5.06", TDX_MODULE_BUILDS="1.5.06=744"
+        )
         == "1.5.06"
     )
+
+
+def test_during_an_upgrade_the_build_number_names_whichever_pinned_release_runs(tmp_path):
+    sample = (HOST / "kernel/ubuntu-6.8-major-version.dmesg").read_text().replace("build_num 784", "build_num 744")
+    (tmp_path / "k.dmesg").write_text(sample)
+    pins = {"TDX_MODULE_VERSIONS": "1.5.06 1.5.16", "TDX_MODULE_BUILDS": "1.5.16=900 1.5.06=744"}
+    assert kernel_fn("tdx_module_version", tmp_path / "k.dmesg", **pins) == "1.5.06"
+    # A build number pinned for another major.minor never matches.
+    other = {"TDX_MODULE_VERSIONS": "2.0.08", "TDX_MODULE_BUILDS": "2.0.08=744"}
+    assert kernel_fn("tdx_module_version", tmp_path / "k.dmesg", **other) == "1.5 build 744"
+
+
+@pytest.mark.parametrize("running,pinned", [("1.5.16", True), ("1.5.34", True), ("1.5.1", False), ("", False)])
+def test_the_running_module_must_be_one_of_the_pinned_releases(running, pinned):
+    call = f'module_pinned "{running}" && echo yes || echo no'
+    assert step_function("kernel.sh", call, TDX_MODULE_VERSIONS="1.5.16 1.5.34").strip() == ("yes" if pinned else "no")
 
 
 @pytest.mark.parametrize(

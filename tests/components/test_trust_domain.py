@@ -238,8 +238,8 @@ def test_workload_pins_add_rtmr3_image_digest_and_model_hash(tmp_path):
 def test_promotable_includes_the_workload_and_refuses_a_different_image(tmp_path):
     m = stack_config(tmp_path / "a").workload.manifest(1)
     other = stack_config(tmp_path / "b", image="docker.io/vllm/vllm-openai@sha256:" + "cd" * 32).workload.manifest(1)
-    staging = promotable_pins(workload_pins(_pins(), m), *gpu_pins_for(["h100-sxm"]), "1.5.34")
-    prod = promotable_pins(workload_pins(_pins(), other), *gpu_pins_for(["h100-sxm"]), "1.5.34")
+    staging = promotable_pins(workload_pins(_pins(), m), *gpu_pins_for(["h100-sxm"]))
+    prod = promotable_pins(workload_pins(_pins(), other), *gpu_pins_for(["h100-sxm"]))
     assert staging["workload"] == {"imageDigest": "sha256:" + "ab" * 32, "modelSha256": model_sha256(m)}
     assert staging["td"]["rtmr3"] == expected_rtmr3(m).hex()
     message = refusal("staging", "prod", staging, prod)
@@ -248,7 +248,7 @@ def test_promotable_includes_the_workload_and_refuses_a_different_image(tmp_path
     )
     assert "td.rtmr3:" in message
     # A stack without a workload promotes exactly what it did before (no `workload` section).
-    plain = promotable_pins(_pins(), *gpu_pins_for(["h100-sxm"]), "1.5.34")
+    plain = promotable_pins(_pins(), *gpu_pins_for(["h100-sxm"]))
     assert "workload" not in plain
     assert "workload.imageDigest: staging attested nothing (not pinned)" in refusal("staging", "prod", plain, staging)
 

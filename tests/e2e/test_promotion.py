@@ -33,6 +33,8 @@ FROM_STACK = "organization/tdx-vllm/staging"
 PROD_PROFILE = H.TDX_READY.replace(name="tdx_ready_prod", hostname="tdx-ready-prod")
 OTHER_VBIOS = "96.00.AA.00.01"
 OTHER_MODULE = "1.5.20"
+# Intel's published MRSEAM of TDX module 1.5.16 (tests/fixtures/tdx-module/intel-releases-and-hashes.md).
+MRSEAM_1_5_16 = "7bf063280e94fb051f5dd7b1fc59ce9aac42bb961df8d44b709c9b0ff87a7b4df648657ba6d1189589feab1d5a3c9a9d"
 
 _reason = engine_unavailable()
 if _reason:
@@ -65,7 +67,7 @@ def test_staging_up_exports_its_pins_as_promotable(promo) -> None:
     out = eng.outputs("staging")
     assert out["ready"] is True
     p = out["promotable"]
-    assert p["schema"] == 1 and p["tdxModule"] == "1.5.16"
+    assert p["schema"] == 1 and p["tdxModules"] == {"1.5.16": MRSEAM_1_5_16} == out["pins"]["tdxModules"]
     assert p["td"]["mrtd"] == out["pins"]["mrtd"] and p["td"]["tdAttributes"] == out["pins"]["tdAttributes"]
     assert p["artifacts"]["firmware"] == out["pins"]["artifacts"]["firmware"]["sha256"]
     assert p["gpu"] == {"h100-sxm": {"vbios": H.H100_VBIOS, "driver": p["gpu"]["h100-sxm"]["driver"]}}
@@ -102,15 +104,19 @@ def test_prod_with_other_pins_is_refused_naming_each_field(promo) -> None:
             p = eng.pulumi(*args, stack="prod", ok=False, label=label)
             text = p.stdout
             assert (
-                "promotion refused: 2 pins of prod differ from what organization/tdx-vllm/staging exported" in text
+                "promotion refused: 3 pins of prod differ from what organization/tdx-vllm/staging exported" in text
             ), text[-6000:]
             assert re.search(
                 rf"gpu\.h100-sxm\.vbios: {FROM_STACK} attested {re.escape(H.H100_VBIOS)}, prod would "
                 rf"deploy {re.escape(OTHER_VBIOS)}",
                 text,
             ), text[-6000:]
+            # The module is compared by release and MRSEAM: the one staging attested, the one prod would run.
+            assert f"tdxModules.1.5.16: {FROM_STACK} attested {MRSEAM_1_5_16}, prod would deploy nothing" in text
             assert re.search(
-                rf"tdxModule: {FROM_STACK} attested 1\.5\.16, prod would deploy {re.escape(OTHER_MODULE)}", text
+                rf"tdxModules\.{re.escape(OTHER_MODULE)}: {FROM_STACK} attested nothing \(not pinned\), prod would "
+                r"deploy [0-9a-f]{96}",
+                text,
             ), text[-6000:]
             assert "fix: deploy and verify these pins in staging first" in text
             assert "Traceback" not in text

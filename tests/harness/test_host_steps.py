@@ -22,7 +22,7 @@ from components.catalog.bios import load_vendor_table
 from components.catalog.dcap import dcap_packages
 from components.catalog.gpu import GpuAdminTools, gpu_sku
 from components.catalog.host_tools import host_tool_packages
-from components.config.model import DcapConfig, GpuConfig, PlatformConfig, Secret
+from components.config.model import DcapConfig, GpuConfig, PlatformConfig, Secret, TdxModulePin
 from components.render.host_steps import BIOS_VERIFY_STEP as BIOS_VERIFY
 from components.render.host_steps import DCAP_STEP as DCAP
 from components.render.host_steps import GPU_STEP as GPU
@@ -82,7 +82,9 @@ def bios_params() -> dict:
 
 
 def kernel_params() -> dict:
-    return component_kernel_params(PlatformConfig(os="ubuntu-26.04", extra_kernel_args=(), tdx_module="1.5.16"))
+    return component_kernel_params(
+        PlatformConfig(os="ubuntu-26.04", extra_kernel_args=(), tdx_modules=(TdxModulePin("1.5.16", "00" * 48),))
+    )
 
 
 def gpu_params(host, **over) -> dict:
@@ -325,6 +327,10 @@ def test_kernel_reboot_then_wait_sees_the_new_boot_with_tdx(hosts):
     again = run(h, KERNEL, {**kernel_params(), **FAST_BOOT}, "reboot")
     assert again.facts["rebooting"] is False and again.facts["changed"] is False
     assert len(h.calls("systemd-run")) == scheduled and h.boot_id() == f["boot_id"]
+    # During a module upgrade the pin is a list: a host still on the old release is converged too.
+    upgrade = {**kernel_params(), **FAST_BOOT, "TDX_MODULE_VERSIONS": "1.5.16 1.5.34"}
+    assert run(h, KERNEL, upgrade, "reboot").facts["rebooting"] is False
+    assert len(h.calls("systemd-run")) == scheduled
 
 
 def test_kernel_wait_fails_with_the_tdx_diagnosis_when_bios_lacks_tdx(hosts):

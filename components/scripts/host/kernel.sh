@@ -1,8 +1,10 @@
 # kernel.sh: the kernel command line for TDX hosts, through a GRUB drop-in, then (after the
 # reboot step) the running kernel must show KVM's TDX support initialised.
 #
-# Parameters: TDX_KERNEL_ARGS (space-separated), TDX_MODULE_VERSION (optional pin, e.g. 1.5.16),
-# TDX_MODULE_BUILD (the pinned release's build number, when firmware/tdx-module.yaml knows it).
+# Parameters: TDX_KERNEL_ARGS (space-separated), TDX_MODULE_VERSIONS (optional pin: the releases the
+# host may run, space-separated, e.g. "1.5.16", or "1.5.28 1.5.34" during an upgrade),
+# TDX_MODULE_BUILDS (version=build for the pinned releases whose build number
+# firmware/tdx-module.yaml knows, e.g. "1.5.06=744").
 #
 # The kernel's TDX lines, by version (tests/fixtures/host/kernel/README.md has the format strings):
 #   Linux >= 7.1:   virt/tdx: Module version: 1.5.16 ... virt/tdx: TDX-Module initialized
@@ -76,16 +78,17 @@ runtime_check() {
     unmet "the TDX module is not initialised" "'virt/tdx: module initialized' (or 'TDX-Module initialized') in dmesg" \
       "$(tail -n1 <<<"${log:-none}")" "$(tdx_diagnosis "$log")"
   fi
-  if [ -n "${TDX_MODULE_VERSION:-}" ] && [ "$version" != "$TDX_MODULE_VERSION" ]; then
+  local pinned=${TDX_MODULE_VERSIONS:-}
+  if [ -n "$pinned" ] && ! module_pinned "$version"; then
     if [ -z "$version" ] && $initialized; then
-      unmet "the TDX module version cannot be read" "$TDX_MODULE_VERSION" "a kernel that logs no module version (Linux 6.16 to 7.0)" \
-        "run a kernel that logs it (Linux >= 7.1, Ubuntu >= 25.10, Ubuntu 6.8 with buildNumber pinned), or remove platform.tdxModule: the quote's MRSEAM still identifies the module at attestation"
+      unmet "the TDX module version cannot be read" "$pinned" "a kernel that logs no module version (Linux 6.16 to 7.0)" \
+        "run a kernel that logs it (Linux >= 7.1, Ubuntu >= 25.10, Ubuntu 6.8 with buildNumber pinned), or remove platform.tdxModule (then the quotes' MRSEAM is not pinned either)"
     elif [[ "$version" == *" build "* ]]; then
-      unmet "the TDX module version cannot be compared with the pin" "$TDX_MODULE_VERSION" "$version" \
-        "this kernel logs only major.minor and a build number: add buildNumber to release $TDX_MODULE_VERSION in firmware/tdx-module.yaml (from the module's release notes) or run a kernel that logs the update version (Linux >= 7.1, Ubuntu >= 25.10)"
+      unmet "the TDX module version cannot be compared with the pin" "$pinned" "$version" \
+        "this kernel logs only major.minor and a build number: add buildNumber to release ${pinned// / or } in firmware/tdx-module.yaml (from the module's release notes) or run a kernel that logs the update version (Linux >= 7.1, Ubuntu >= 25.10)"
     else
-      unmet "the TDX module version differs from the pin" "$TDX_MODULE_VERSION" "${version:-unknown}" \
-        "install the pinned module (BIOS update, or TDX-SEAM.so in /boot/efi/EFI/TDX/) and reboot, or change platform.tdxModule"
+      unmet "the TDX module version differs from the pin" "${pinned// / or }" "${version:-unknown}" \
+        "install a pinned module (BIOS update, or TDX-SEAM.so in /boot/efi/EFI/TDX/) and reboot, or change platform.tdxModule"
     fi
   fi
   compgen -G "/sys/kernel/iommu_groups/*" >/dev/null || unmet "the IOMMU is off" "entries in /sys/kernel/iommu_groups" "none" \
@@ -105,14 +108,26 @@ tdx_module_version() {
   if [ -z "$v" ]; then
     read -r major minor build < <(sed -nE 's/.*major_version ([0-9]+), minor_version ([0-9]+),.*build_num ([0-9]+).*/\1 \2 \3/p' <<<"$log" | head -n1) || true
     if [ -n "${build:-}" ]; then
-      if [ -n "${TDX_MODULE_BUILD:-}" ] && [ "$build" = "$TDX_MODULE_BUILD" ] && [[ "${TDX_MODULE_VERSION:-}" == "$major.$minor."* ]]; then
-        v=$TDX_MODULE_VERSION
-      else
-        v="$major.$minor build $build"
-      fi
+      local pair
+      v="$major.$minor build $build"
+      for pair in ${TDX_MODULE_BUILDS:-}; do
+        if [ "${pair#*=}" = "$build" ] && [[ "${pair%%=*}" == "$major.$minor."* ]]; then
+          v=${pair%%=*}
+          break
+        fi
+      done
     fi
   fi
   printf '%s' "$v"
+}
+
+# Whether the running module's version is one of TDX_MODULE_VERSIONS.
+module_pinned() {
+  local running=$1 v
+  for v in ${TDX_MODULE_VERSIONS:-}; do
+    [ "$v" = "$running" ] && return 0
+  done
+  return 1
 }
 
 # Map the kernel's TDX failure messages to their fix (research: tdx-host-stack.md section 7; the

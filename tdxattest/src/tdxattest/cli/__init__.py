@@ -29,6 +29,7 @@ EXIT_BAD_INPUT = 2
 class Verb:
     module: str
     summary: str
+    configure: str = "configure"  # the module's function that sets up the verb's parser
 
 
 VERBS: dict[str, Verb] = {
@@ -37,6 +38,12 @@ VERBS: dict[str, Verb] = {
     ),
     "eventlog": Verb("tdxattest.cli.eventlog", "TD event logs: replay RTMR0-3 (and compare with a quote)"),
     "verify": Verb("tdxattest.cli.verify", "verify a TDX quote (DCAP, offline) and appraise it against a policy"),
+    "decode": Verb("tdxattest.cli.decode", "print every field of a TDX quote and its PCK chain (no verification)"),
+    "pckinfo": Verb(
+        "tdxattest.cli.decode",
+        "print a PCK leaf's PPID, CPUSVN, PCESVN, PCE-ID and FMSPC (from a quote or a certificate)",
+        "configure_pckinfo",
+    ),
     "collateral": Verb("tdxattest.cli.collateral", "DCAP collateral: fetch into the verified on-disk cache"),
     "gateway": Verb("tdxattest.cli.gateway", "serve the attested TLS front of vLLM (inside the TD)"),
     "proxy": Verb(
@@ -68,7 +75,7 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
                     raise
                 # A TD image carries only the gateway verb (guest/image/python-modules).
                 parser.error(f"the `{name}` verb is not part of this installation of tdxattest")
-            module.configure(p)
+            getattr(module, entry.configure)(p)
     return parser
 
 

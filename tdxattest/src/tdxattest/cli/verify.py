@@ -186,4 +186,5 @@ def _emit(out: dict, as_json: bool) -> None:
         if c["outcome"] == "not_checked":
             print(f"  not checked: {c['check']}: {c.get('reason')}")
     for f in out.get("failures", []):
-        print(f"  FAIL {f['check']}: expected {f['expected']}, seen {f['seen']}")
+        detail = f" ({f['detail']})" if f.get("detail") else ""
+        print(f"  FAIL {f['check']}: expected {f['expected']}, seen {f['seen']}{detail}")

@@ -14,6 +14,7 @@ registers were computed from, the workload, the Kubernetes init data).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -165,6 +166,9 @@ class StackPins:
     xfam: RegisterPin | None = None
     td_attributes: RegisterPin | None = None
     mrtd_candidates: MrtdCandidates | None = None  # either may be accepted (`--accept-mrtd-candidates`)
+    # The TDX module releases the stack pins (`platform.tdxModule`): release -> MRSEAM hex. A quote's
+    # MRSEAM must be one of these values; `mrseam` is then absent (this replaces it).
+    tdx_modules: Mapping[str, str] | None = None
     notes: Mapping[str, str] = field(default_factory=dict)  # reasons that are not about one register
     events: Mapping[str, JsonValue] = field(default_factory=dict)  # per register, in extend order
     image_digest: str | None = None  # the vLLM image's `sha256:<hex>`
@@ -214,6 +218,8 @@ class StackPins:
                     out["mrtdCandidates"] = None if c is None else {"single": c.single, "twoPass": c.two_pass}
                 if boot is not None:
                     out["pageAddOrder"] = boot.page_add_order
+        if self.tdx_modules is not None:
+            out["tdxModules"] = dict(self.tdx_modules)
         reasons.update(self.notes)
         out["reasons"] = reasons
         if self.events:
@@ -310,6 +316,7 @@ class StackPins:
             candidates = MrtdCandidates(c.hex("single", 48), c.hex("twoPass", 48))
         return cls(
             mrtd_candidates=candidates,
+            tdx_modules=_tdx_modules(doc.get("tdxModules")),
             target=target,
             profile=r.optional_text("profile"),
             notes=notes,
@@ -323,6 +330,26 @@ class StackPins:
             tdx=tdx,
             **registers,
         )
+
+
+MAX_TDX_MODULES = 8
+_RELEASE = re.compile(r"[0-9]\.[0-9]\.[0-9]{2}")
+
+
+def _tdx_modules(value: object) -> dict[str, str] | None:
+    """`tdxModules`: 1 to MAX_TDX_MODULES releases (major.minor.update), each with a 48-byte MRSEAM."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not 0 < len(value) <= MAX_TDX_MODULES:
+        raise InputError(
+            f"pins.tdxModules: an object of 1 to {MAX_TDX_MODULES} releases and their MRSEAM", repr(value)[:80]
+        )
+    out = {}
+    for release, mrseam in value.items():
+        if not isinstance(release, str) or not _RELEASE.fullmatch(release):
+            raise InputError("pins.tdxModules: releases as major.minor.update (1.5.34)", repr(release)[:40])
+        out[release] = parse_hex(mrseam, 48, f"pins.tdxModules.{release}").hex()
+    return out
 
 
 def _artifacts_json(a: BootArtifacts) -> dict[str, JsonValue]:

@@ -204,7 +204,7 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
             continue
         ok = any(hmac.compare_digest(seen, v) for v in pin.values)
         expected = pin.values[0].hex() if len(pin.values) == 1 else [v.hex() for v in pin.values]
-        record(f"pin.{name}", ok, expected, seen.hex())
+        record(f"pin.{name}", ok, expected, seen.hex(), None if ok or name != "mrseam" else _modules(seen, pin.values))
 
     if expected_report_data is not None:
         record(
@@ -310,10 +310,18 @@ def load_policy(path: str) -> Policy:
         raise exc.with_file(path) from None
 
 
+def _modules(seen: bytes, allowed: tuple[bytes, ...]) -> str:
+    """A refused MRSEAM named by TDX module release (Intel's published table)."""
+    from tdxattest.core.tdx_modules import module_name
+
+    pinned = ", ".join(module_name(v.hex()) for v in allowed)
+    return f"the quote comes from {module_name(seen.hex())}; the pins allow {pinned}"
+
+
 def pins_from_stack(stack: StackPins, accept_mrtd_candidates: bool = False) -> tuple[Pins, frozenset[str]]:
     """Policy pins from the stack's `pins`: the pins and the fields it sets (the registers the
-    document names). A null register stays not checked, with the stack's reason. With
-    `accept_mrtd_candidates`, MRTD accepts either page-add-order candidate."""
+    document names, and MRSEAM from its `tdxModules`). A null register stays not checked, with the
+    stack's reason. With `accept_mrtd_candidates`, MRTD accepts either page-add-order candidate."""
     out: dict[str, Pin] = {}
     for name, _ in REGISTERS.values():
         pin: RegisterPin | None = getattr(stack, name)
@@ -323,6 +331,8 @@ def pins_from_stack(stack: StackPins, accept_mrtd_candidates: bool = False) -> t
         if name == "mrtd" and accept_mrtd_candidates and stack.mrtd_candidates is not None:
             value = list(stack.mrtd_candidates.values()) or value
         out[name] = parse_pin(name, value, f"pins.json: {pin.reason or 'null (not pinned)'}")
+    if stack.tdx_modules:
+        out["mrseam"] = Pin(tuple(bytes.fromhex(v) for v in stack.tdx_modules.values()))
     return Pins(**out), frozenset(out)
 
 
