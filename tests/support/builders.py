@@ -130,4 +130,7 @@ def facts(status="UpToDate", advisories=(), tcb_date=TCB_DATE, **rep) -> QuoteFa
         fmspc="00806F050000",
         tcb_date=tcb_date,
         tcb_evaluation_data_number=17,
+        qe_svn=8,
+        pce_svn=13,
+        qe_vendor_id=bytes.fromhex("939a7233f79c4ca9940a0db3957f0607"),
     )

@@ -63,13 +63,25 @@ def refusal(doc: Any) -> InputError:
 def test_the_default_policy_reports_every_check_with_its_outcome_expected_and_seen() -> None:
     v = evaluate(facts(), DEFAULT_POLICY, TCB_DATE)
     r = report()
-    pins = [CheckResult(f"pin.{n}", "not_checked", seen=getattr(r, n).hex(), reason="not pinned") for n in PIN_FIELDS]
+    zero = "00" * 48
+    pins = [
+        CheckResult(f"pin.{n}", "pass", zero, zero)
+        if n in ("mrconfigid", "mrowner", "mrownerconfig")  # all zero unless the stack sets them
+        else CheckResult(f"pin.{n}", "not_checked", seen=getattr(r, n).hex(), reason="not pinned")
+        for n in PIN_FIELDS
+    ]
     assert v.checks == (
         CheckResult("tcb.status_not_allowed", "pass", ["UpToDate"], "UpToDate"),
         CheckResult("tcb.advisory_not_allowed", "pass", [], []),
+        CheckResult("tcb.qe_svn_too_low", "not_checked", reason="no minimum set"),
+        CheckResult("tcb.pce_svn_too_low", "not_checked", reason="no minimum set"),
+        CheckResult(
+            "quote.qe_vendor_not_intel", "pass", "939a7233f79c4ca9940a0db3957f0607", "939a7233f79c4ca9940a0db3957f0607"
+        ),
         CheckResult("td.debug_enabled", "pass", "DEBUG = 0", "DEBUG = 0"),
         CheckResult("td.sept_ve_disable_missing", "pass", "SEPT_VE_DISABLE = 1", "SEPT_VE_DISABLE = 1"),
         CheckResult("td.tee_tcb_svn_too_low", "not_checked", reason="no minimum set"),
+        CheckResult("td.xfam_not_allowed", "pass", "XFAM within mask e7db060000000000, bits 0 and 1 set", r.xfam.hex()),
         *pins,
         CheckResult(
             "binding.report_data_mismatch", "not_checked", seen="42" * 64, reason="no expected REPORTDATA given"
@@ -300,7 +312,10 @@ def test_null_sections_and_null_lists_take_the_safe_defaults() -> None:
 
 # --- policy documents: refusals name the key, what was expected and what was seen -------------------
 
-TCB_KEYS = "['allowed_advisories', 'allowed_statuses', 'min_evaluation_data_number', 'out_of_date_grace_days']"
+TCB_KEYS = (
+    "['allowed_advisories', 'allowed_statuses', 'min_evaluation_data_number', 'min_pce_svn', 'min_qe_svn', "
+    "'out_of_date_grace_days', 'require_intel_qe_vendor']"
+)
 STATUS_LIST = (
     "['UpToDate', 'SWHardeningNeeded', 'ConfigurationNeeded', 'ConfigurationAndSWHardeningNeeded', "
     "'OutOfDate', 'OutOfDateConfigurationNeeded', 'Revoked']"
@@ -318,10 +333,14 @@ STATUS_LIST = (
         ({"tcb": {"allowed_status": []}}, f"policy.tcb: keys among {TCB_KEYS}", "unknown key(s) ['allowed_status']"),
         (
             {"td": {"debug": False}},
-            "policy.td: keys among ['forbid_debug', 'min_tee_tcb_svn', 'require_sept_ve_disable']",
+            "policy.td: keys among ['forbid_debug', 'min_tee_tcb_svn', 'require_sept_ve_disable', 'xfam_allowed_mask']",
             "unknown key(s) ['debug']",
         ),
-        ({"pins": {"mrenclave": None}}, "policy.pins: keys among ['mrconfigid', 'mrseam', 'mrtd', ", "unknown key(s)"),
+        (
+            {"pins": {"mrenclave": None}},
+            "policy.pins: keys among ['mrconfigid', 'mrowner', 'mrownerconfig', ",
+            "unknown key(s)",
+        ),
         ({"version": 2}, "policy: version 1", "2"),
         ({"version": "1"}, "policy: version 1", "'1'"),
         (

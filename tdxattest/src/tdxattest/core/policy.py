@@ -8,7 +8,8 @@ stack's `pins.json` (`load_pins_json`) are thin parsers into frozen dataclasses.
 
 Failure names are stable strings (see docs/verification.md): `tcb.status_not_allowed`,
 `tcb.out_of_date_grace_expired`, `tcb.advisory_not_allowed`, `tcb.evaluation_data_number_too_low`,
-`td.debug_enabled`, `td.sept_ve_disable_missing`, `td.tee_tcb_svn_too_low`, `pin.<field>`,
+`tcb.qe_svn_too_low`, `tcb.pce_svn_too_low`, `quote.qe_vendor_not_intel`, `td.debug_enabled`,
+`td.sept_ve_disable_missing`, `td.tee_tcb_svn_too_low`, `td.xfam_not_allowed`, `pin.<field>`,
 `binding.report_data_mismatch`.
 """
 
@@ -23,6 +24,7 @@ from tdxattest.core.checks import CheckResult, Failure, Findings
 from tdxattest.core.errors import InputError
 from tdxattest.core.gpu_policy import DEFAULT_GPU_POLICY, GpuPolicy, gpu_policy_from_mapping
 from tdxattest.core.pins import REGISTERS, RegisterPin, StackPins, parse_hex
+from tdxattest.core.quote import INTEL_QE_VENDOR_ID
 
 if TYPE_CHECKING:
     from tdxattest.core.quote import TdReport
@@ -37,8 +39,20 @@ TCB_STATUSES = (
     "Revoked",
 )
 OUT_OF_DATE_STATUSES = frozenset({"OutOfDate", "OutOfDateConfigurationNeeded"})
-PIN_FIELDS = ("mrtd", "rtmr0", "rtmr1", "rtmr2", "rtmr3", "mrseam", "td_attributes", "xfam", "mrconfigid")
-PIN_SIZES = dict(REGISTERS.values())  # field -> bytes
+PIN_FIELDS = (
+    "mrtd",
+    "rtmr0",
+    "rtmr1",
+    "rtmr2",
+    "rtmr3",
+    "mrseam",
+    "td_attributes",
+    "xfam",
+    "mrconfigid",
+    "mrowner",
+    "mrownerconfig",
+)
+PIN_SIZES = {**dict(REGISTERS.values()), "mrowner": 48, "mrownerconfig": 48}  # field -> bytes
 DAY = 86400
 
 
@@ -48,6 +62,17 @@ class Pin:
 
     values: tuple[bytes, ...] | None
     reason: str | None = None
+
+
+# XFAM bits a TD may enable (XFAM_FIXED0: a 0 bit must be 0) and must enable (XFAM_FIXED1: x87 and
+# SSE), as go-tdx-guest v0.3.1 validate.go holds every quote to (xfamFixed0 0x0006DBE7, xfamFixed1 0x3).
+XFAM_FIXED0 = (0x0006DBE7).to_bytes(8, "little")
+XFAM_FIXED1 = 0x3
+
+# MRCONFIGID, MROWNER and MROWNERCONFIG are set by whoever creates the TD: all zero unless the stack
+# sets them (the Kubernetes target's MRCONFIGID), so a host cannot tag a TD with an identity
+# nobody asked for.
+_ZERO48 = Pin((bytes(48),))
 
 
 @dataclass(frozen=True)
@@ -60,7 +85,9 @@ class Pins:
     mrseam: Pin = Pin(None, "not pinned")
     td_attributes: Pin = Pin(None, "not pinned")
     xfam: Pin = Pin(None, "not pinned")
-    mrconfigid: Pin = Pin(None, "not pinned")
+    mrconfigid: Pin = _ZERO48
+    mrowner: Pin = _ZERO48
+    mrownerconfig: Pin = _ZERO48
 
     def merged(self, other: Pins, keys: frozenset[str]) -> Pins:
         """These pins with `other`'s entries for `keys` taking precedence."""
@@ -76,6 +103,10 @@ class Policy:
     forbid_debug: bool = True
     require_sept_ve_disable: bool = True
     min_tee_tcb_svn: bytes | None = None
+    min_qe_svn: int | None = None  # the QE report's ISV SVN (the quoting enclave that signed)
+    min_pce_svn: int | None = None  # the PCK certificate's PCESVN
+    require_intel_qe_vendor: bool = True  # the header's QE vendor id is Intel's
+    xfam_allowed_mask: bytes | None = XFAM_FIXED0  # XFAM bits outside this mask are refused
     pins: Pins = Pins()
     gpu: GpuPolicy = DEFAULT_GPU_POLICY
 
@@ -93,6 +124,11 @@ class QuoteFacts:
     fmspc: str | None = None
     tcb_date: int | None = None  # unix time of the matched TCB level's tcbDate (needed for the grace period)
     tcb_evaluation_data_number: int | None = None
+    # From the verified quote (None where these facts were not read from one): the QE report's ISV
+    # SVN, the PCK leaf's PCESVN, and the header's QE vendor id.
+    qe_svn: int | None = None
+    pce_svn: int | None = None
+    qe_vendor_id: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +153,17 @@ class Verdict:
             "failures": [f.as_dict() for f in self.failures],
             "checks": [c.as_dict() for c in self.checks],
         }
+
+
+def _bits(value: int) -> str:
+    return ", ".join(str(b) for b in range(64) if value >> b & 1)
+
+
+def _svn_minimum(record: Findings, check: str, minimum: int | None, seen: int | None) -> None:
+    if minimum is None:
+        record.skip(check, "no minimum set")
+    else:
+        record(check, seen is not None and seen >= minimum, f">= {minimum}", seen)
 
 
 def _iso(ts: int) -> str:
@@ -174,6 +221,18 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
             n,
         )
 
+    _svn_minimum(record, "tcb.qe_svn_too_low", policy.min_qe_svn, facts.qe_svn)
+    _svn_minimum(record, "tcb.pce_svn_too_low", policy.min_pce_svn, facts.pce_svn)
+    if not policy.require_intel_qe_vendor:
+        record.skip("quote.qe_vendor_not_intel", "policy allows any QE vendor")
+    elif facts.qe_vendor_id is None:
+        record.skip("quote.qe_vendor_not_intel", "no quote header in these facts")
+    else:
+        seen_vendor = facts.qe_vendor_id.hex()
+        record(
+            "quote.qe_vendor_not_intel", facts.qe_vendor_id == INTEL_QE_VENDOR_ID, INTEL_QE_VENDOR_ID.hex(), seen_vendor
+        )
+
     report = facts.report
     if policy.forbid_debug:
         record("td.debug_enabled", not report.debug, "DEBUG = 0", f"DEBUG = {int(report.debug)}")
@@ -195,6 +254,22 @@ def evaluate(facts: QuoteFacts, policy: Policy, now: int, expected_report_data: 
         record("td.tee_tcb_svn_too_low", ok, f">= {policy.min_tee_tcb_svn.hex()} (each component)", seen.hex())
     else:
         record.skip("td.tee_tcb_svn_too_low", "no minimum set")
+
+    if policy.xfam_allowed_mask is not None:
+        xfam = int.from_bytes(report.xfam, "little")
+        extra = xfam & ~int.from_bytes(policy.xfam_allowed_mask, "little")
+        missing = XFAM_FIXED1 & ~xfam
+        problems = [f"bits {_bits(extra)} outside the mask"] if extra else []
+        problems += [f"bits {_bits(missing)} (x87, SSE) not set"] if missing else []
+        record(
+            "td.xfam_not_allowed",
+            not problems,
+            f"XFAM within mask {policy.xfam_allowed_mask.hex()}, bits 0 and 1 set",
+            report.xfam.hex(),
+            "; ".join(problems) or None,
+        )
+    else:
+        record.skip("td.xfam_not_allowed", "no XFAM mask set")
 
     for name in PIN_FIELDS:
         pin: Pin = getattr(policy.pins, name)
@@ -241,8 +316,16 @@ def parse_pin(name: str, value: Any, reason: str | None = None) -> Pin:
 
 
 _TOP_KEYS = {"version", "tcb", "td", "pins", "gpu"}
-_TCB_KEYS = {"allowed_statuses", "out_of_date_grace_days", "allowed_advisories", "min_evaluation_data_number"}
-_TD_KEYS = {"forbid_debug", "require_sept_ve_disable", "min_tee_tcb_svn"}
+_TCB_KEYS = {
+    "allowed_statuses",
+    "out_of_date_grace_days",
+    "allowed_advisories",
+    "min_evaluation_data_number",
+    "min_qe_svn",
+    "min_pce_svn",
+    "require_intel_qe_vendor",
+}
+_TD_KEYS = {"forbid_debug", "require_sept_ve_disable", "min_tee_tcb_svn", "xfam_allowed_mask"}
 
 
 def _check_keys(section: Any, allowed: set[str], where: str) -> dict[str, Any]:
@@ -278,10 +361,19 @@ def policy_from_mapping(doc: Mapping[str, Any] | None) -> Policy:
     min_eval = tcb.get("min_evaluation_data_number")
     if min_eval is not None and (not isinstance(min_eval, int) or isinstance(min_eval, bool)):
         raise InputError("policy.tcb.min_evaluation_data_number: an integer or null", repr(min_eval))
+    svn_minimums = {}
+    for key in ("min_qe_svn", "min_pce_svn"):
+        value = tcb.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0xFFFF):
+            raise InputError(f"policy.tcb.{key}: an integer 0..65535 or null", repr(value)[:40])
+        svn_minimums[key] = value
+    if not isinstance(tcb.get("require_intel_qe_vendor", True), bool):
+        raise InputError("policy.tcb.require_intel_qe_vendor: true or false", repr(tcb["require_intel_qe_vendor"]))
     for key in ("forbid_debug", "require_sept_ve_disable"):
         if not isinstance(td.get(key, True), bool):
             raise InputError(f"policy.td.{key}: true or false", repr(td[key]))
     svn = td.get("min_tee_tcb_svn")
+    mask = td.get("xfam_allowed_mask", XFAM_FIXED0.hex())
     return Policy(
         allowed_tcb_statuses=frozenset(statuses),
         out_of_date_grace_days=grace,
@@ -290,6 +382,10 @@ def policy_from_mapping(doc: Mapping[str, Any] | None) -> Policy:
         forbid_debug=td.get("forbid_debug", True),
         require_sept_ve_disable=td.get("require_sept_ve_disable", True),
         min_tee_tcb_svn=None if svn is None else parse_hex(svn, 16, "policy.td.min_tee_tcb_svn"),
+        min_qe_svn=svn_minimums["min_qe_svn"],
+        min_pce_svn=svn_minimums["min_pce_svn"],
+        require_intel_qe_vendor=tcb.get("require_intel_qe_vendor", True),
+        xfam_allowed_mask=None if mask is None else parse_hex(mask, 8, "policy.td.xfam_allowed_mask"),
         pins=Pins(**{k: parse_pin(k, pins[k]) for k in pins}),
         gpu=gpu_policy_from_mapping(doc.get("gpu")),
     )

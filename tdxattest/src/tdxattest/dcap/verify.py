@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import operator
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -332,6 +333,13 @@ def verified_facts(
     tcb_date = None
     if need_tcb_date and status in OUT_OF_DATE_STATUSES:
         tcb_date = _tcb_date(quote, collateral, now, root_ca_der, status, advisories, report.tee_tcb_svn)
+    # The SVNs a minimum is held to come from what dcap-qvl has just verified: the QE report's ISV SVN
+    # (signed by the PCK key) and the PCK leaf's PCESVN (the chain to Intel's root). The header's own
+    # QE SVN and PCE SVN fields are 0 in every real quote we have (tests/fixtures/tdx-quotes), so a
+    # minimum on them would hold nothing. The QE vendor id is read from the signed header.
+    parsed = parse_quote(quote)
+    qe_svn = struct.unpack_from("<H", parsed.qe_report, 258)[0] if parsed.qe_report is not None else None
+    pck_tcb = quote_pck_tcb(quote)
     return QuoteFacts(
         tcb_status=status,
         advisory_ids=advisories,
@@ -339,6 +347,9 @@ def verified_facts(
         fmspc=collateral.fmspc,
         tcb_date=tcb_date,
         tcb_evaluation_data_number=collateral.evaluation_data_number,
+        qe_svn=qe_svn,
+        pce_svn=pck_tcb[1] if pck_tcb is not None else None,
+        qe_vendor_id=quote[12:28],
     )
 
 
