@@ -114,12 +114,14 @@ async def start_channel(
     gpus: Path | None = None,
     pinned_gpu: GpuExpectation | None = None,
     rims: RimStore | None = None,
+    tdx_modules: dict[str, str] | None = None,
     **proxy_options: Any,
 ) -> Channel:
     """Start the whole channel. `middleman(gateway_url)` may start something between proxy and
     gateway and return (its url, its stop). `gpus`: a TEST GPU state directory
     (tdxattest.testing.testgpu.save_gpus) the gateway collects fresh evidence from; `pinned_gpu`:
-    the GPU expectation in the pins the proxy reads."""
+    the GPU expectation in the pins the proxy reads; `tdx_modules`: the pins' `tdxModules`
+    (release -> MRSEAM)."""
     stops: list[Callable[[], Awaitable[None]]] = []
     try:
         upstream = StandinServer(standin)
@@ -151,7 +153,8 @@ async def start_channel(
             stops.append(stop)
 
         pins_path = tmp / "pins.json"
-        pins_path.write_text(json.dumps(replace((pinned or td).stack_pins(), gpu=pinned_gpu).to_json()))
+        stack_pins = replace((pinned or td).stack_pins(), gpu=pinned_gpu, tdx_modules=tdx_modules)
+        pins_path.write_text(json.dumps(stack_pins.to_json()))
         collateral_path = tmp / "collateral.json"
         collateral_path.write_text(collateral if collateral is not None else pki.collateral_json())
         audit = tmp / "audit.jsonl"

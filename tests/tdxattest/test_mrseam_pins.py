@@ -118,3 +118,37 @@ def test_tdx_modules_round_trip_through_the_pins_document() -> None:
     pins = StackPins.from_json(doc)
     assert pins.tdx_modules == {"1.5.34": INTEL_MRSEAMS["1.5.34"]}
     assert pins.to_json()["tdxModules"] == {"1.5.34": INTEL_MRSEAMS["1.5.34"]}
+
+
+def test_the_proxy_refuses_a_td_on_another_module_naming_both(loop, tmp_path, pki) -> None:
+    import openai
+
+    from tdxattest.testing.testpki import TdIdentity
+    from tests.support.channel import start_channel
+
+    td = TdIdentity(mrseam=bytes.fromhex(INTEL_MRSEAMS["1.5.28"]))  # the host still runs 1.5.28
+    ch = loop.run(start_channel(tmp_path, pki, td=td, tdx_modules={"1.5.34": INTEL_MRSEAMS["1.5.34"]}))
+    try:
+        api = openai.OpenAI(base_url=ch.proxy_url + "/v1", api_key="test", max_retries=0, timeout=20)
+        with pytest.raises(openai.APIStatusError) as info:
+            api.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say OK"}])
+        assert info.value.status_code == 502
+        body = info.value.body
+        assert isinstance(body, dict) and body["code"] == "pin.mrseam", body
+        assert (
+            body["failures"][0]["detail"] == "the quote comes from TDX module 1.5.28; the pins allow TDX module 1.5.34"
+        )
+        assert ch.standin.requests == 0
+    finally:
+        loop.run(ch.stop())
+    # During the upgrade both releases are pinned, and the same TD is served.
+    ch = loop.run(start_channel(tmp_path, pki, td=td, tdx_modules={r: INTEL_MRSEAMS[r] for r in ("1.5.28", "1.5.34")}))
+    try:
+        api = openai.OpenAI(base_url=ch.proxy_url + "/v1", api_key="test", max_retries=0, timeout=20)
+        done = api.chat.completions.create(
+            model=ch.standin.config.model, messages=[{"role": "user", "content": "Say OK"}]
+        )
+        assert done.choices[0].message.content
+        assert ch.standin.requests == 1
+    finally:
+        loop.run(ch.stop())
