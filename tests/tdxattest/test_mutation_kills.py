@@ -94,3 +94,10 @@ def test_a_set_served_after_a_failed_refresh_is_not_kept(pki) -> None:
     memo.collateral_for(quote, 1_000)
     memo.collateral_for(quote, 1_001)
     assert cache.calls == 2  # retried on the next appraisal, not kept in memory
+
+
+def test_a_refused_listen_address_is_named_in_the_error() -> None:
+    with pytest.raises(InputError) as info:
+        check_listen("0.0.0.0")
+    assert info.value.seen == "0.0.0.0"
+    assert info.value.expected.startswith("--listen on a loopback address (127.0.0.1, ::1, localhost)")
