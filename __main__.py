@@ -10,6 +10,11 @@ from components.config.stack import load_from_pulumi
 from components.render.promotion import promotable_pins, refusal_from_outputs
 from components.render.stack_pins import pins_output, stack_measurements
 from components.resources.host import TdxHost, TdxHostArgs
+from components.resources.sdk_patches import install as install_sdk_patches
+
+# The SDK's end-of-program wait is quadratic in its outputs, and it blocks on a debug log line per
+# registration: at 64 hosts these were most of the program's time (components/resources/sdk_patches.py).
+install_sdk_patches()
 
 try:
     stack = load_from_pulumi()
