@@ -43,9 +43,12 @@ NETWORKS = ("192.0.2", "198.51.100", "203.0.113")
 
 
 def fleet_stack(n: int) -> str:
-    """The dev stack file with its rented host repeated `n` times (names gpu-000 ...)."""
+    """The dev stack file with its rented host repeated `n` times (names gpu-000 ...), logging in with
+    one key set once (`ssh.privateKey`), as a fleet does: a key per host makes the config passed to
+    the program too large for Linux at about 210 hosts (components/config/stack.py, MAX_CONFIG_ENV)."""
     doc = yaml.safe_load((REPO / "stacks" / "Pulumi.dev.yaml").read_text())
     rented = next(h for h in doc["config"]["tdx-vllm:hosts"] if "bmc" not in h)
+    doc["config"]["tdx-vllm:ssh"] = {"privateKey": rented["ssh"].pop("privateKey")}
     hosts = []
     for i in range(n):
         host = copy.deepcopy(rented)
@@ -141,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--hosts", default="1,16,64,256", help="fleet sizes, comma-separated")
     ap.add_argument("--runs", type=int, default=1, help="previews per size (the median is reported)")
-    ap.add_argument("--out", type=Path, default=RESULT)
+    ap.add_argument(
+        "--out", type=Path, help=f"default {RESULT.relative_to(REPO)} (fleet-skip-checkpoints.json with that option)"
+    )
     ap.add_argument(
         "--sdk-patches",
         choices=("on", "off"),
@@ -160,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         help="run the program under cProfile (its stats for the last size go to FILE; timings include the profiler)",
     )
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = RESULT.with_name("fleet-skip-checkpoints.json") if args.skip_checkpoints else RESULT
     reason = engine_unavailable()
     if reason:
         print(f"bench/fleet.py needs the Pulumi toolchain: {reason}", file=sys.stderr)

@@ -65,6 +65,18 @@ class SshConfig:
 
 
 @dataclass(frozen=True)
+class SshDefaults:
+    """`ssh:` at the top of the stack: what every host's `ssh:` block takes unless it sets its own.
+    A fleet that logs in with one key sets it once: Pulumi hands the whole config to the program in
+    one environment variable, which Linux caps at 128 KiB, and a private key per host fills that
+    at about 210 hosts (an ed25519 key each; measured)."""
+
+    user: str = "root"
+    port: int = 22
+    private_key: Secret | None = None
+
+
+@dataclass(frozen=True)
 class BmcConfig:
     endpoint: str
     vendor: str

@@ -44,7 +44,9 @@ from components.config.model import (
     HostConfig,
     PlatformConfig,
     PromotionConfig,
+    Secret,
     SshConfig,
+    SshDefaults,
     StackConfig,
     TdxModulePin,
 )
@@ -122,6 +124,7 @@ def kernel_arg_undoes(arg: str) -> str | None:
 
 _TOP_KEYS = (
     "hosts",
+    "ssh",
     "gpu",
     "platform",
     "dcap",
@@ -158,7 +161,8 @@ def parse_stack(
         dcap = _dcap(
             r, r.required(top, "dcap", "", "add a `dcap:` block with at least `pccsApiKey` (a secret)"), "dcap"
         )
-        hosts = _hosts(r, top.get("hosts"), "hosts", gpu_models, list_vendors(firmware_dir), default_gpu)
+        default_ssh = _ssh_defaults(r, top.get("ssh"), "ssh")
+        hosts = _hosts(r, top.get("hosts"), "hosts", gpu_models, list_vendors(firmware_dir), default_gpu, default_ssh)
         if dcap is not None and dcap.registration == "mpa":
             _registration_agent_known(r, hosts, firmware_dir)
     tee_io = r.boolean(top.get("teeIo"), "teeIo", False)
@@ -242,6 +246,7 @@ def _hosts(
     gpu_models: tuple[str, ...],
     vendors: tuple[str, ...],
     default_gpu: GpuConfig | None,
+    default_ssh: SshDefaults,
 ) -> tuple[HostConfig, ...]:
     if value is None or value == []:
         r.error(path, "required: at least one host", "add a `hosts:` list (see stacks/Pulumi.dev.yaml)")
@@ -277,7 +282,10 @@ def _hosts(
             else:
                 seen[name] = i
         ssh = _ssh(
-            r, r.required(m, "ssh", hp, "add an `ssh:` block with address, hostKey and privateKey"), join(hp, "ssh")
+            r,
+            r.required(m, "ssh", hp, "add an `ssh:` block with address, hostKey and privateKey"),
+            join(hp, "ssh"),
+            default_ssh,
         )
         bmc = _bmc(r, m.get("bmc"), join(hp, "bmc"), vendors) if m.get("bmc") is not None else None
         gpu = _gpu(r, m.get("gpu"), join(hp, "gpu"), gpu_models) if m.get("gpu") is not None else default_gpu
@@ -286,7 +294,30 @@ def _hosts(
     return tuple(hosts)
 
 
-def _ssh(r: Reader, value: Any, path: str) -> SshConfig | None:
+def _ssh_defaults(r: Reader, value: Any, path: str) -> SshDefaults:
+    if value is None:
+        return SshDefaults()
+    m = r.obj(value, path, ("port", "user", "privateKey"))
+    port = r.integer(m.get("port"), join(path, "port"), 22, 1, 65535)
+    user = _ssh_user(r, m.get("user", "root"), join(path, "user"))
+    key = None
+    if m.get("privateKey") is not None:
+        key = r.secret(m["privateKey"], join(path, "privateKey"), " < ~/.ssh/id_ed25519")
+    return SshDefaults(user=user, port=port, private_key=key)
+
+
+def _ssh_user(r: Reader, value: Any, path: str) -> str:
+    user = r.string(value, path, "set the SSH user (root or a sudoer)") or "root"
+    if not SSH_USER.fullmatch(user):
+        r.error(
+            path,
+            "is not a login name (lowercase letters, digits, `_` and `-`, starting with a letter or `_`, at most 32)",
+            "set the SSH user's login name, e.g. `root`",
+        )
+    return user
+
+
+def _ssh(r: Reader, value: Any, path: str, defaults: SshDefaults) -> SshConfig | None:
     if value is None:
         return None
     m = r.obj(value, path, ("address", "port", "user", "hostKey", "privateKey"))
@@ -301,14 +332,8 @@ def _ssh(r: Reader, value: Any, path: str) -> SshConfig | None:
             f"`{address}` is not a valid IP address or host name",
             "use an IPv4/IPv6 address or a DNS name such as gpu-a.example.net",
         )
-    port = r.integer(m.get("port"), join(path, "port"), 22, 1, 65535)
-    user = r.string(m.get("user", "root"), join(path, "user"), "set the SSH user (root or a sudoer)") or "root"
-    if not SSH_USER.fullmatch(user):
-        r.error(
-            join(path, "user"),
-            "is not a login name (lowercase letters, digits, `_` and `-`, starting with a letter or `_`, at most 32)",
-            "set the SSH user's login name, e.g. `root`",
-        )
+    port = r.integer(m.get("port"), join(path, "port"), defaults.port, 1, 65535)
+    user = _ssh_user(r, m.get("user", defaults.user), join(path, "user"))
     host_key = None
     if "hostKey" not in m or m["hostKey"] is None:
         r.error(
@@ -323,16 +348,20 @@ def _ssh(r: Reader, value: Any, path: str) -> SshConfig | None:
         problem = host_key_problem(host_key) if host_key else None
         if problem:
             r.error(join(path, "hostKey"), problem, "paste the public host key as `ssh-ed25519 AAAA...`")
-    private_key = r.secret(
-        r.required(
-            m,
-            "privateKey",
-            path,
-            f"run `pulumi config set --secret --path '{join(path, 'privateKey')}' < ~/.ssh/id_ed25519`",
-        ),
-        join(path, "privateKey"),
-        " < ~/.ssh/id_ed25519",
-    )
+    if m.get("privateKey") is None and defaults.private_key is not None:
+        private_key: Secret | None = defaults.private_key
+    else:
+        private_key = r.secret(
+            r.required(
+                m,
+                "privateKey",
+                path,
+                f"run `pulumi config set --secret --path '{join(path, 'privateKey')}' < ~/.ssh/id_ed25519`, "
+                "or once for every host: `pulumi config set --secret --path 'ssh.privateKey' < ~/.ssh/id_ed25519`",
+            ),
+            join(path, "privateKey"),
+            " < ~/.ssh/id_ed25519",
+        )
     if address is None or host_key is None or private_key is None:
         return None
     return SshConfig(
@@ -689,6 +718,42 @@ def placeholder_secrets(value: Any, prefix: str = "") -> list[ConfigError]:
     return []
 
 
+# Pulumi hands the program the stack's whole config in one environment variable (PULUMI_CONFIG, JSON
+# with every value decrypted), and Linux refuses to start a program with any one variable over
+# 128 KiB (MAX_ARG_STRLEN): `pulumi preview` then stops with "argument list too long" before the
+# program runs. A private key per host reaches it at about 210 hosts: 200 start, 230 do not (an ed25519 key each).
+MAX_CONFIG_ENV = 128 * 1024
+
+
+def _plain_estimate(value: Any) -> Any:
+    """`value` with each `secure:` leaf replaced by a string as long as its plain text."""
+    if is_secure_marker(value):
+        data = str(value["secure"]).rpartition(":")[2]
+        return "x" * max(0, len(data) * 3 // 4 - 16)  # base64 of plain text + a 16-byte GCM tag
+    if isinstance(value, Mapping):
+        return {k: _plain_estimate(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_estimate(v) for v in value]
+    return value
+
+
+def config_size_problem(config: Mapping[str, Any]) -> list[ConfigError]:
+    """The stack's config too large for the one environment variable Pulumi passes it in."""
+    env = {str(k): v if isinstance(v, str) else json.dumps(_plain_estimate(v)) for k, v in config.items()}
+    size = len("PULUMI_CONFIG=") + len(json.dumps(env))
+    if size < MAX_CONFIG_ENV:
+        return []
+    return [
+        ConfigError(
+            "hosts",
+            f"the stack's config is about {size // 1024} KiB: Pulumi passes it to the program in one environment "
+            "variable, which Linux caps at 128 KiB (`pulumi preview` would stop with 'argument list too long')",
+            "set the SSH key once for every host (`pulumi config set --secret --path 'ssh.privateKey' < "
+            "~/.ssh/id_ed25519`) and remove the per-host `privateKey`s, or split the fleet into stacks",
+        )
+    ]
+
+
 def missing_pinned_firmware(stack: str, firmware_dir: Path) -> list[ConfigError]:
     """Outside `dev`, `pulumi up` computes the pins from the pinned TD firmware and refuses without it;
     say so offline too."""
@@ -734,6 +799,7 @@ def check_stack_file(path: Path, firmware_dir: Path = FIRMWARE_DIR) -> StackConf
         for e in placeholder_secrets(value, str(key).partition(":")[2])
     ]
     extra += missing_pinned_firmware(stack_from_filename(path), firmware_dir)
+    extra += config_size_problem(config)
     try:
         cfg = _parse_file_config(config, path, firmware_dir)  # the file read once
     except ConfigErrors as exc:

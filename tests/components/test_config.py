@@ -905,3 +905,49 @@ def test_a_refused_vllm_arg_is_named_at_its_own_index():
     raw["workload"]["vllmArgs"] = [{"x": 1}, "--lora-modules", "a=/x"]
     errors = errors_of(raw)
     assert len(errors) == 1 and errors[0].startswith("workload.vllmArgs[0]: expected a string"), errors
+
+
+def test_a_fleet_sets_its_ssh_login_once_and_a_host_may_override_it():
+    raw = good()
+    raw["ssh"] = {"user": "deploy", "port": 2200, "privateKey": ENCRYPTED}
+    for host in raw["hosts"]:
+        del host["ssh"]["privateKey"]
+    raw["hosts"][1]["ssh"].update(user="admin", port=22, privateKey=ENCRYPTED)
+    a, b = parse_stack(raw, "staging").hosts
+    assert (a.ssh.user, a.ssh.port, a.ssh.private_key.value) == ("deploy", 2200, "<encrypted>")
+    assert (b.ssh.user, b.ssh.port) == ("admin", 22)
+
+
+def test_a_host_without_a_key_of_its_own_or_the_stacks_names_both_fixes():
+    raw = good()
+    del raw["hosts"][0]["ssh"]["privateKey"]
+    with pytest.raises(ConfigErrors) as info:
+        parse_stack(raw, "staging")
+    (error,) = [str(e) for e in info.value.errors]
+    assert error.startswith("hosts[0].ssh.privateKey: required")
+    assert "pulumi config set --secret --path 'hosts[0].ssh.privateKey'" in error
+    assert "once for every host: `pulumi config set --secret --path 'ssh.privateKey'" in error
+
+
+def test_the_stack_wide_key_must_be_a_secret_and_its_user_a_login_name():
+    raw = good()
+    raw["ssh"] = {"privateKey": "-----BEGIN OPENSSH PRIVATE KEY-----", "user": "$(reboot)"}
+    with pytest.raises(ConfigErrors) as info:
+        parse_stack(raw, "staging")
+    errors = [str(e) for e in info.value.errors]
+    assert any(e.startswith("ssh.privateKey: given in plain text; secrets must be Pulumi secrets") for e in errors)
+    assert any(e.startswith("ssh.user: is not a login name") for e in errors), errors
+
+
+def test_a_config_too_large_for_one_environment_variable_is_refused_offline(tmp_path):
+    # 256 hosts with a key each: Pulumi would stop with "argument list too long" before the program runs.
+    from components.config.stack import config_size_problem
+
+    ciphertext = {"secure": "v1:" + "A" * 16 + ":" + "B" * 600}  # a ~430-byte private key, encrypted
+    host = {"name": "h", "ssh": {"address": "192.0.2.1", "hostKey": HOST_KEY, "privateKey": ciphertext}}
+    big = {"tdx-vllm:hosts": [host] * 256}
+    (problem,) = config_size_problem(big)
+    assert problem.path == "hosts" and "which Linux caps at 128 KiB" in problem.problem
+    assert "--path 'ssh.privateKey'" in problem.fix
+    lean = {**host, "ssh": {k: v for k, v in host["ssh"].items() if k != "privateKey"}}
+    assert config_size_problem({"tdx-vllm:ssh": {"privateKey": ciphertext}, "tdx-vllm:hosts": [lean] * 256}) == []

@@ -40,6 +40,10 @@ ALTERNATIVES: dict[str, tuple[Any, dict[str, Any]]] = {
     "dcap.qgsPort": (4051, {}),
     "dcap.useSecureCert": (True, {}),
     "dcap.pccsUrl": ("https://pccs.example.net:8081/sgx/certification/v4/", {"dcap.useSecureCert": True}),
+    # The stack-wide `ssh:` defaults reach a host that does not set its own.
+    "ssh.port": (2222, {"hosts[0].ssh.port": None}),
+    "ssh.user": ("admin", {"hosts[0].ssh.user": None}),
+    "ssh.privateKey": ("PRIVATE-KEY-FLEET-OTHER", {"hosts[0].ssh.privateKey": None}),
     "hosts[0].name": ("gpu-z", {}),
     "hosts[0].ssh.address": ("192.0.2.99", {}),
     "hosts[0].ssh.port": (2222, {}),
@@ -66,7 +70,13 @@ VALIDATION_ONLY: dict[str, str] = {
 }
 
 
-SECRET_LEAVES = {"dcap.pccsApiKey", "hosts[0].ssh.privateKey", "hosts[0].bmc.password", "hosts[1].ssh.privateKey"}
+SECRET_LEAVES = {
+    "dcap.pccsApiKey",
+    "ssh.privateKey",
+    "hosts[0].ssh.privateKey",
+    "hosts[0].bmc.password",
+    "hosts[1].ssh.privateKey",
+}
 
 
 def _parse(raw: dict) -> None:
@@ -97,6 +107,7 @@ def full_stack() -> dict:
     raw["hosts"][0]["ssh"].update(port=22, user="root")
     raw["hosts"][0]["bmc"].update(system="/redfish/v1/Systems/System.Embedded.1", tlsFingerprint=FPR)
     raw.update(teeIo=False, restoreOnDestroy=False, rebootTimeoutSeconds=1800)
+    raw["ssh"] = {"port": 22, "user": "root", "privateKey": "PRIVATE-KEY-FLEET"}
     return raw
 
 
@@ -129,7 +140,7 @@ class InputRecorder(Mocks):
 
 def rendered(raw: dict, monkeypatch: pytest.MonkeyPatch) -> str:
     mocks = InputRecorder()
-    run_program(mocks, raw, {"hosts", "dcap"}, monkeypatch, stack="audit")
+    run_program(mocks, raw, {"hosts", "dcap", "ssh"}, monkeypatch, stack="audit")
     return json.dumps(mocks.inputs, sort_keys=True, default=str)
 
 
