@@ -44,6 +44,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "core/policy.py": (
         "tests/tdxattest/test_policy.py",
         "tests/tdxattest/test_policy_refusals.py",
+        "tests/tdxattest/test_peer_checks.py",
+        "tests/tdxattest/test_mrseam_pins.py",
         "tests/tdxattest/test_quotes.py",
         "tests/tdxattest/test_testpki.py",
     ),
