@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.machine import machine  # noqa: E402
-from tests.support.engine import PULUMI, Engine, engine_unavailable  # noqa: E402
+from tests.support.engine import PULUMI, Engine, engine_unavailable, session_pids  # noqa: E402
 
 RESULT = REPO / "bench" / "results" / "fleet.json"
 PASSPHRASE = "dev-only-passphrase"  # the dev example's (README)
@@ -77,18 +77,6 @@ def role(pid: int) -> str | None:
     return None
 
 
-def session_members(sid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid:
-            out.append(int(stat.parent.name))
-    return out
-
-
 def peak_rss(pid: int) -> int:
     """VmHWM in KiB (the process's peak resident set so far)."""
     try:
@@ -112,7 +100,7 @@ def timed_preview(eng: Engine, stack: str) -> dict:
 
     def sample() -> None:
         while not done.is_set():
-            for pid in session_members(proc.pid):
+            for pid in session_pids(proc.pid):
                 r = role(pid)
                 if r is not None:
                     peaks.setdefault(r, {})[pid] = max(peaks.get(r, {}).get(pid, 0), peak_rss(pid))

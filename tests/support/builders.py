@@ -3,7 +3,9 @@ a TCG2 event log header, and TD reports / verified facts with chosen fields."""
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
+from typing import Any
 
 from tdxattest.core.policy import QuoteFacts
 from tdxattest.core.quote import TdReport
@@ -134,3 +136,31 @@ def facts(status="UpToDate", advisories=(), tcb_date=TCB_DATE, **rep) -> QuoteFa
         pce_svn=13,
         qe_vendor_id=bytes.fromhex("939a7233f79c4ca9940a0db3957f0607"),
     )
+
+
+# A throwaway certificate window wide enough for every test's clock.
+CERT_NOT_BEFORE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+CERT_NOT_AFTER = dt.datetime(2034, 1, 1, tzinfo=dt.UTC)
+
+
+def certificate(subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool, fwid: bytes | None = None) -> Any:
+    """A test certificate for `key` signed by `issuer_key` (SHA-384), valid CERT_NOT_BEFORE..AFTER;
+    with `fwid`, the TCG TcbInfo extension whose value ends with it (what a GPU leaf carries)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(CERT_NOT_BEFORE)
+        .not_valid_after(CERT_NOT_AFTER)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if fwid is not None:
+        oid = x509.ObjectIdentifier("2.23.133.5.4.1")  # TCG DICE TcbInfo
+        builder = builder.add_extension(x509.UnrecognizedExtension(oid, bytes(16) + fwid), critical=False)
+    return builder.sign(issuer_key, hashes.SHA384())

@@ -20,7 +20,7 @@ from tdxattest.channel.binding import (
 )
 from tdxattest.core.errors import InputError
 from tdxattest.core.policy import DEFAULT_POLICY, QuoteFacts, evaluate
-from tests.support.builders import report
+from tests.support.builders import certificate, report
 
 
 @pytest.fixture(scope="module")
@@ -44,25 +44,10 @@ def test_every_input_changes_the_binding(spki: bytes) -> None:
 
 
 def test_spki_from_certificate_bytes(spki: bytes) -> None:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.serialization import Encoding
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "td")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = certificate("td", key, "td", key, ca=False)
     want = spki_der(key.public_key())
     assert spki_der(cert.public_bytes(Encoding.PEM)) == spki_der(cert.public_bytes(Encoding.DER)) == want
 
@@ -157,25 +142,10 @@ def test_a_gpu_digest_with_another_tag_is_refused() -> None:
 
 
 def test_a_pem_certificate_with_leading_whitespace_is_read_as_pem() -> None:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.serialization import Encoding
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "td")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    cert = certificate("td", key, "td", key, ca=False)
     assert spki_der(b"\n  " + cert.public_bytes(Encoding.PEM)) == spki_der(key.public_key())
 
 

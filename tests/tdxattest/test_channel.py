@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -17,23 +16,9 @@ from tdxattest.channel.gateway import make_tls_identity
 from tdxattest.channel.quote_source import QuoteUnavailable
 from tdxattest.testing.standin import StandinConfig, known_answer
 from tdxattest.testing.testpki import SoftwareQuoteProvider, TdIdentity
-from tests.support.channel import Channel, LoopThread, SwitchableForwarder, start_channel, tls_relay
+from tests.support.channel import Channel, SwitchableForwarder, start_channel, tls_relay
 
 MODEL = StandinConfig().model
-
-
-@pytest.fixture
-def channel_factory(loop: LoopThread, tmp_path: Path):
-    started: list[Channel] = []
-
-    def make(pki, **kw) -> Channel:
-        ch = loop.run(start_channel(tmp_path, pki, **kw))
-        started.append(ch)
-        return ch
-
-    yield make
-    for ch in started:
-        loop.run(ch.stop())
 
 
 def client(ch: Channel) -> openai.OpenAI:

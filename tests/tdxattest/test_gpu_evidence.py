@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tdxattest.core.gpu_evidence import GpuEvidenceError, parse_gpu_report, verify_gpu_chain, verify_gpu_evidence
+from tests.support.builders import certificate
 from tests.support.nvml_standin import FIXTURE_NONCE as NONCE1
 from tests.support.nvml_standin import GPU_FIXTURES as GPU
 
@@ -116,29 +117,6 @@ def test_a_chain_ending_elsewhere_is_refused_without_a_root_file() -> None:
     assert "(DER SHA-256 " in err.value.seen and "102bf659" not in err.value.seen
 
 
-def _cert(subject: str, key, issuer: str, issuer_key, *, ca: bool, fwid: bytes | None = None):
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(dt.datetime(2024, 1, 1, tzinfo=dt.UTC))
-        .not_valid_after(dt.datetime(2034, 1, 1, tzinfo=dt.UTC))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if fwid is not None:
-        oid = x509.ObjectIdentifier("2.23.133.5.4.1")
-        builder = builder.add_extension(x509.UnrecognizedExtension(oid, bytes(16) + fwid), critical=False)
-    return builder.sign(issuer_key, hashes.SHA384())
-
-
 def test_a_signing_certificate_with_a_non_ec_key_is_a_refused_signature_not_a_crash() -> None:
     # An RSA leaf under a genuine ECDSA CA: the chain verifies, the report cannot be an ECDSA
     # P-384 signature under that key, so it is `gpu.signature_invalid` (it was a TypeError).
@@ -147,8 +125,8 @@ def test_a_signing_certificate_with_a_non_ec_key_is_a_refused_signature_not_a_cr
 
     root_key = ec.generate_private_key(ec.SECP384R1())
     leaf_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    root = _cert("test root", root_key, "test root", root_key, ca=True)
-    leaf = _cert("rsa leaf", leaf_key, "test root", root_key, ca=False, fwid=bytes(range(48)))
+    root = certificate("test root", root_key, "test root", root_key, ca=True)
+    leaf = certificate("rsa leaf", leaf_key, "test root", root_key, ca=False, fwid=bytes(range(48)))
     chain = leaf.public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM)
     assert [c.subject for c in verify_gpu_chain(chain, root.public_bytes(Encoding.PEM))] == [leaf.subject, root.subject]
     with pytest.raises(GpuEvidenceError) as err:
@@ -162,8 +140,8 @@ def test_a_certificate_signed_by_a_non_ec_issuer_breaks_the_chain_by_name() -> N
 
     root_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     leaf_key = ec.generate_private_key(ec.SECP384R1())
-    root = _cert("rsa root", root_key, "rsa root", root_key, ca=True)
-    leaf = _cert("ec leaf", leaf_key, "rsa root", root_key, ca=False, fwid=bytes(range(48)))
+    root = certificate("rsa root", root_key, "rsa root", root_key, ca=True)
+    leaf = certificate("ec leaf", leaf_key, "rsa root", root_key, ca=False, fwid=bytes(range(48)))
     chain = leaf.public_bytes(Encoding.PEM) + root.public_bytes(Encoding.PEM)
     with pytest.raises(GpuEvidenceError) as err:
         verify_gpu_chain(chain, root.public_bytes(Encoding.PEM))

@@ -10,7 +10,6 @@ Reports whose signature must verify are signed by a throwaway P-384 chain (`_Pki
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import struct
 from collections.abc import Callable
@@ -23,7 +22,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
 from tdxattest.core.gpu_evidence import (
     GpuEvidenceError,
@@ -35,6 +33,7 @@ from tdxattest.core.gpu_evidence import (
     verify_gpu_chain,
     verify_gpu_evidence,
 )
+from tests.support.builders import CERT_NOT_AFTER, CERT_NOT_BEFORE, certificate
 from tests.support.nvml_standin import FIXTURE_NONCE as NONCE1
 from tests.support.nvml_standin import GPU_FIXTURES as GPU
 
@@ -115,26 +114,7 @@ AFTER_TWO = 37 + 8 + len(TWO_BLOCKS)  # where the responder nonce of a two-block
 
 # --- a throwaway P-384 chain that signs reports ---------------------------------------------------
 
-NOT_BEFORE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-NOT_AFTER = dt.datetime(2034, 1, 1, tzinfo=dt.UTC)
-
-
-def _certificate(subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool, fwid: bytes | None = None):
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOT_BEFORE)
-        .not_valid_after(NOT_AFTER)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if fwid is not None:
-        # The TcbInfo extension's value ends with the FWID digest, which is what the verifier reads.
-        oid = x509.ObjectIdentifier("2.23.133.5.4.1")
-        builder = builder.add_extension(x509.UnrecognizedExtension(oid, bytes(16) + fwid), critical=False)
-    return builder.sign(issuer_key, hashes.SHA384())
+NOT_BEFORE, NOT_AFTER = CERT_NOT_BEFORE, CERT_NOT_AFTER
 
 
 @dataclass(frozen=True)
@@ -154,8 +134,8 @@ def pki() -> _Pki:
     root_key = ec.generate_private_key(ec.SECP384R1())
     leaf_key = ec.generate_private_key(ec.SECP384R1())
     fwid = bytes(range(100, 148))
-    root = _certificate("test root", root_key, "test root", root_key, ca=True)
-    leaf = _certificate("test leaf", leaf_key, "test root", root_key, ca=False, fwid=fwid)
+    root = certificate("test root", root_key, "test root", root_key, ca=True)
+    leaf = certificate("test leaf", leaf_key, "test root", root_key, ca=False, fwid=fwid)
     root_pem = root.public_bytes(Encoding.PEM)
     return _Pki(leaf_key, leaf.public_bytes(Encoding.PEM) + root_pem, root_pem, fwid)
 
@@ -435,7 +415,7 @@ def test_a_chain_verified_against_another_root_is_refused_naming_both(pki: _Pki)
     assert _refusal(verify_gpu_chain, pki.chain, None)[0] == "gpu.untrusted_root"
 
 
-def test_the_pinned_root_must_be_exactly_one_certificate() -> None:
+def test_the_pinned_root_must_be_exactly_onecertificate() -> None:
     two = rd("nvidia_device_root.pem") + rd("hopper_signing_cert.pem")
     assert _refusal(verify_gpu_chain, rd("hopper_cert_chain_case1.txt"), two) == (
         "gpu.untrusted_root",

@@ -13,7 +13,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from tdxattest.dcap.appraise import Appraiser, FixedCollateral
 from tdxattest.dcap.collateral import collateral_from_json_text
 from tdxattest.testing.standin import StandinConfig
 from tdxattest.testing.testpki import TdIdentity, TestPki
-from tests.support.channel import Channel, LoopThread, start_channel
+from tests.support.channel import Channel
 
 CHECKED = "Say OK"
 CHAT = json.dumps({"model": StandinConfig().model, "messages": [{"role": "user", "content": CHECKED}]}).encode()
@@ -434,20 +434,6 @@ def test_a_response_without_gpu_evidence_is_refused_when_gpus_are_pinned(
 
 
 # -- through a gateway and the proxy on loopback ---------------------------------------------------------
-
-
-@pytest.fixture
-def channel_factory(loop: LoopThread, tmp_path: Path) -> Iterator[Callable[..., Channel]]:
-    started: list[Channel] = []
-
-    def make(pki: TestPki, **kw: Any) -> Channel:
-        ch = loop.run(start_channel(tmp_path, pki, **kw))
-        started.append(ch)
-        return ch
-
-    yield make
-    for ch in started:
-        loop.run(ch.stop())
 
 
 def call(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,22 +59,20 @@ def read_input(path: str) -> bytes:
 
 
 def run_decode(args: argparse.Namespace) -> int:
-    data = read_input(args.quote)
-    try:
-        doc = decode_quote(data)
-    except InputError as exc:
-        raise exc.with_file(args.quote) from None
-    _print(doc, args.json)
-    return 0
+    return _run(args.quote, decode_quote, args.json)
 
 
 def run_pckinfo(args: argparse.Namespace) -> int:
-    data = read_input(args.input)
+    return _run(args.input, pck_info, args.json)
+
+
+def _run(path: str, read: Callable[[bytes], dict[str, Any]], as_json: bool) -> int:
+    data = read_input(path)
     try:
-        doc = pck_info(data)
+        doc = read(data)
     except InputError as exc:
-        raise exc.with_file(args.input) from None
-    _print(doc, args.json)
+        raise exc.with_file(path) from None
+    _print(doc, as_json)
     return 0
 
 

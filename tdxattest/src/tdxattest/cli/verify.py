@@ -50,17 +50,10 @@ def parse_time(text: str | None) -> int:
 
 
 def read_quote(path: str) -> bytes:
-    """A quote file: raw bytes, or the same as hex text."""
-    from tdxattest.core.files import read_bytes
+    """A quote file: raw bytes, or the same as hex text; refused over 1 MiB before it is parsed."""
+    from tdxattest.cli.decode import read_input
 
-    data = read_bytes(path)
-    stripped = data.strip()
-    if stripped and all(c in b"0123456789abcdefABCDEF" for c in stripped[:64]) and len(stripped) % 2 == 0:
-        try:
-            return bytes.fromhex(stripped.decode())
-        except ValueError:
-            pass
-    return data
+    return read_input(path)
 
 
 def run(args: argparse.Namespace) -> int:
