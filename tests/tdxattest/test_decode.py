@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from tdxattest.core.decode import MAX_QUOTE_BYTES, decode_quote, pck_info
 from tdxattest.core.errors import InputError
-from tdxattest.core.quote import der_items, parse_quote, quote_pck_tcb
+from tdxattest.core.quote import der_items, parse_quote, quote_pck_tcb, quote_qe_isv_svn
 from tdxattest.testing.testpki import TestPki
 from tests.support.paths import QUOTES
 from tests.tdxattest.test_hostile_input import hostile_quote
@@ -54,6 +54,8 @@ def test_decode_prints_what_the_verification_path_reads(path: str) -> None:
     components, pcesvn = quote_pck_tcb(data) or ((), None)
     assert (tuple(pck["tcb_components"]), pck["pcesvn"]) == (components, pcesvn)
     assert pck["cpusvn"] == bytes(components).hex()
+    # The QE SVN a policy minimum is held to, read by offsets on the verification path.
+    assert quote_qe_isv_svn(data) == doc["signature_data"]["qe_report"]["isv_svn"]
     assert pck["chain"][0]["not_before"] == info["pck_leaf_validity"][0]
     assert [c["subject"].rsplit("CN=", 1)[1] for c in pck["chain"]][1:] in (
         ["Intel SGX PCK Platform CA", "Intel SGX Root CA"],

@@ -358,10 +358,10 @@ def _b64_der(b64: bytes) -> bytes:
         raise InputError("base64 certificate text in the quote's PEM PCK chain", str(exc)[:80]) from None
 
 
-def _pck_chain_span(data: bytes) -> tuple[int, int] | None:
-    """(start, stop) of the PEM PCK chain inside a quote, by the same layout walk as `parse_quote`
-    but without building a `Quote` (the fast path for a quote dcap-qvl has just verified). None when
-    the quote carries no PEM chain or its lengths do not fit."""
+def _certification_data(data: bytes) -> tuple[int, int, int] | None:
+    """(type, start, size) of a quote's outer certification data, by the same layout walk as
+    `parse_quote` but without building a `Quote` (the fast path for a quote dcap-qvl has just
+    verified). None when its lengths do not fit."""
     _, body, size = _body_location(data)
     pos = body + size
     n = len(data)
@@ -376,6 +376,17 @@ def _pck_chain_span(data: bytes) -> tuple[int, int] | None:
     cpos = pos + 134
     if cpos + cert_size > end:
         return None
+    return cert_type, cpos, cert_size
+
+
+def _pck_chain_span(data: bytes) -> tuple[int, int] | None:
+    """(start, stop) of the PEM PCK chain inside a quote; None when it carries none or its lengths
+    do not fit."""
+    cert = _certification_data(data)
+    if cert is None:
+        return None
+    cert_type, cpos, cert_size = cert
+    n = len(data)
     if cert_type == CERT_TYPE_PCK_CHAIN:
         return cpos, cpos + cert_size
     if cert_type != CERT_TYPE_QE_REPORT:
@@ -391,6 +402,18 @@ def _pck_chain_span(data: bytes) -> tuple[int, int] | None:
     if inner_type != CERT_TYPE_PCK_CHAIN or ipos + 6 + inner_size > n:
         return None
     return ipos + 6, ipos + 6 + inner_size
+
+
+QE_REPORT_ISV_SVN = 258  # offset of the ISV SVN (u16) in the QE's SGX report body
+
+
+def quote_qe_isv_svn(data: bytes) -> int | None:
+    """The QE report's ISV SVN (the quoting enclave's own security version), equal to
+    `parse_quote(data).qe_report[258:260]`, without a full parse; None without a QE report."""
+    cert = _certification_data(data)
+    if cert is None or cert[0] != CERT_TYPE_QE_REPORT or cert[2] < QE_REPORT_SIZE:
+        return None
+    return int(struct.unpack_from("<H", data, cert[1] + QE_REPORT_ISV_SVN)[0])
 
 
 def quote_pck_tcb(data: bytes) -> tuple[tuple[int, ...], int] | None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import operator
-import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ from tdxattest.core.policy import (
     Verdict,
     evaluate,
 )
-from tdxattest.core.quote import TdReport, parse_quote, quote_pck_tcb, read_td_report
+from tdxattest.core.quote import TdReport, parse_quote, quote_pck_tcb, quote_qe_isv_svn, read_td_report
 from tdxattest.dcap.collateral import Collateral, TcbLevel, parse_iso_ts
 
 # (failure name, substrings any of which identifies it) -- first match wins; order matters.
@@ -337,8 +336,6 @@ def verified_facts(
     # (signed by the PCK key) and the PCK leaf's PCESVN (the chain to Intel's root). The header's own
     # QE SVN and PCE SVN fields are 0 in every real quote we have (tests/fixtures/tdx-quotes), so a
     # minimum on them would hold nothing. The QE vendor id is read from the signed header.
-    parsed = parse_quote(quote)
-    qe_svn = struct.unpack_from("<H", parsed.qe_report, 258)[0] if parsed.qe_report is not None else None
     pck_tcb = quote_pck_tcb(quote)
     return QuoteFacts(
         tcb_status=status,
@@ -347,7 +344,7 @@ def verified_facts(
         fmspc=collateral.fmspc,
         tcb_date=tcb_date,
         tcb_evaluation_data_number=collateral.evaluation_data_number,
-        qe_svn=qe_svn,
+        qe_svn=quote_qe_isv_svn(quote),
         pce_svn=pck_tcb[1] if pck_tcb is not None else None,
         qe_vendor_id=quote[12:28],
     )
