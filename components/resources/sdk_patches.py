@@ -46,7 +46,7 @@ class _Engine:
     def __init__(self, stub: Any, debug: int) -> None:
         self._stub = stub
         self._debug = debug
-        self._pending: list[Any] = []
+        self._pending: set[Any] = set()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stub, name)
@@ -56,8 +56,8 @@ class _Engine:
             return self._stub.Log(request, *args, **kwargs)
         future = self._stub.Log.future(request)
         # Kept until answered, so a call in flight is not dropped with its last reference.
-        self._pending = [f for f in self._pending if not f.done()]
-        self._pending.append(future)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
         return None
 
 

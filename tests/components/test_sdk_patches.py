@@ -62,8 +62,21 @@ class _Call:
 
     def future(self, request: Any) -> Any:
         self.futures.append(request)
-        done: asyncio.Future[None] = asyncio.Future(loop=asyncio.new_event_loop())
-        return done
+        return _Future()
+
+
+class _Future:
+    """A gRPC call future that stays in flight until `answer()`."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Any] = []
+
+    def add_done_callback(self, fn: Any) -> None:
+        self.callbacks.append(fn)
+
+    def answer(self) -> None:
+        for fn in self.callbacks:
+            fn(self)
 
 
 class _Stub:
@@ -91,6 +104,10 @@ def test_only_debug_lines_stop_blocking() -> None:
         engine_pb2.ERROR,
     ]
     assert engine.GetRootResource("r") == ("root", "r")  # every other call is the stub's
+    # A debug line in flight is held until answered, then let go.
+    assert len(engine._pending) == 1
+    next(iter(engine._pending)).answer()
+    assert engine._pending == set()
 
 
 def test_install_patches_once_and_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
