@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -30,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.machine import machine  # noqa: E402
+from bench.machine import write_result  # noqa: E402
 from tests.support.engine import PULUMI, Engine, engine_unavailable, session_pids  # noqa: E402
 
 RESULT = REPO / "bench" / "results" / "fleet.json"
@@ -198,21 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         print(" ".join(f"{'-' if r[h] is None else r[h]!s:>20}" for h in heads))
     for name, ok in goals.items():
         print(f"goal {name}: {'met' if ok else 'NOT met'}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "fleet preview",
-                "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "machine": machine(),
-                "sdk_patches": args.sdk_patches,
-                "skip_checkpoints": args.skip_checkpoints,
-                "rows": rows,
-                "goals": goals,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_result(
+        args.out,
+        "fleet preview",
+        sdk_patches=args.sdk_patches,
+        skip_checkpoints=args.skip_checkpoints,
+        rows=rows,
+        goals=goals,
     )
     return 0
 

@@ -13,11 +13,9 @@ Needs root (network namespaces).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -26,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.fleet import timed_preview  # noqa: E402
-from bench.machine import machine  # noqa: E402
+from bench.machine import write_result  # noqa: E402
 from tests.support.engine import (  # noqa: E402
     EXTRA_ARG,
     PCCS_API_KEY,
@@ -124,19 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = ready is True and ops == {} and ran == 0 and only_kernel
     verdict = "yes" if ok else "NO"
     print(f"converged up changed nothing and ran nothing; a kernel pin plans only the kernel steps: {verdict}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "benchmark": "fleet up",
-                "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "machine": machine(),
-                "row": row,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    write_result(args.out, "fleet up", row=row)
     return 0 if ok else 1
 
 

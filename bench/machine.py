@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -28,3 +30,10 @@ def machine(**extra: str) -> dict:
         "platform": platform.platform(),
         **extra,
     }
+
+
+def write_result(path: Path, benchmark: str, **fields: object) -> None:
+    """A benchmark's JSON: its name, when, the machine, then `fields`."""
+    doc = {"benchmark": benchmark, "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**doc, **fields}, indent=2) + "\n")

@@ -21,8 +21,11 @@ CASE = next(c for c in MANIFEST["cases"] if c["id"] == "phala-v4-uptodate")  # a
 
 
 def _verify(capsys: pytest.CaptureFixture[str], tmp_path: Path, modules: Any, *extra: str) -> tuple[int, Any]:
+    """`verify` of the Phala quote with pins whose `tdxModules` are `modules` (a whole pins
+    document when `modules` has a `schema`)."""
+    doc = modules if isinstance(modules, dict) and "schema" in modules else {"schema": 1, "tdxModules": modules}
     pins = tmp_path / "pins.json"
-    pins.write_text(json.dumps({"schema": 1, "tdxModules": modules, "reasons": {}}))
+    pins.write_text(json.dumps({"reasons": {}, **doc}))
     rc = main(
         [
             "verify",
@@ -85,12 +88,9 @@ def test_a_value_intel_lists_no_release_for_is_named_as_unlisted(capsys, tmp_pat
 
 
 def test_without_tdx_modules_mrseam_stays_not_checked_with_the_stacks_reason(capsys, tmp_path) -> None:
-    pins = tmp_path / "pins.json"
     reason = "platform.tdxModule is not set"
-    pins.write_text(json.dumps({"schema": 1, "mrseam": None, "reasons": {"mrseam": reason}}))
-    rc = main(["verify", "--quote", str(QUOTES / CASE["quote_file"]), "--collateral",
-               str(QUOTES / CASE["collateral_file"]), "--at", CASE["verify_at"], "--pins", str(pins), "--json"])  # fmt: skip
-    out = json.loads(capsys.readouterr().out)
+    doc = {"schema": 1, "mrseam": None, "reasons": {"mrseam": reason}}
+    rc, out = _verify(capsys, tmp_path, doc, "--json")
     check = next(c for c in out["checks"] if c["check"] == "pin.mrseam")
     assert rc == 0 and check["outcome"] == "not_checked" and reason in check["reason"]
 
