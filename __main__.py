@@ -72,10 +72,25 @@ if k8s_args is not None:
 elif workload is not None:
     from components.resources.trust_domain import trust_domains
 
-    tds = trust_domains(stack, hosts, manifest)
+    # The verifying proxy (components/resources/proxy.py) takes new pins before any TD changes, and
+    # drops the old ones only after every TD reports ready: a pin rollover never refuses the live TD.
+    proxy = None
+    if stack.proxy is not None:
+        from components.render.proxy import proxy_instances
+        from components.resources.proxy import VerifyingProxy, VerifyingProxyArgs
+
+        served = [(h.name, h.ssh.address, workload.gateway_port) for h in stack.hosts]
+        proxy = VerifyingProxy(
+            "proxy", VerifyingProxyArgs(stack.proxy, proxy_instances(stack.proxy, served), pins_output(pins))
+        )
+    tds = trust_domains(stack, hosts, manifest, after=proxy.accepted if proxy is not None else ())
     endpoints.update({name: td.endpoint for name, td in tds.items()})
     td_summaries.update({name: td.summary for name, td in tds.items()})
     waits += [td.ready for td in tds.values()]
+    if proxy is not None:
+        proxy.retire_after([td.wait for td in tds.values()])
+        pulumi.export("proxies", proxy.urls)
+        waits.append(proxy.ready)
 
 
 def _with_td(facts: pulumi.Output, summary: pulumi.Output | None) -> pulumi.Output:

@@ -240,6 +240,29 @@ class WorkloadConfig:
 
 
 @dataclass(frozen=True)
+class ProxyTls:
+    """The TLS the verifying proxy serves its clients with (`proxy.tls`)."""
+
+    certificate: str  # PEM certificate chain (public)
+    private_key: Secret  # PEM private key
+
+
+@dataclass(frozen=True)
+class VerifyingProxyConfig:
+    """`proxy:`: the client's verifying proxy (`tdxattest proxy`), one systemd service per TD
+    endpoint on a host of the client's (components/resources/proxy.py)."""
+
+    ssh: SshConfig
+    python: str  # the interpreter of an environment with tdxattest installed
+    listen_host: str
+    listen_port: int  # the first TD's; the next TDs (in `hosts` order) take the ports after it
+    audit_dir: str  # one `<td>.jsonl` audit log per TD
+    pccs_url: str | None  # where collateral comes from; None: the dev stack's TEST quotes (tdx: false)
+    tls: ProxyTls | None = None
+    cache_dir: str = "/var/cache/tdx-vllm/proxy"
+
+
+@dataclass(frozen=True)
 class StackConfig:
     stack: str
     hosts: tuple[HostConfig, ...]
@@ -250,6 +273,7 @@ class StackConfig:
     reboot_timeout_s: int
     promotion: PromotionConfig | None = None
     workload: WorkloadConfig | None = None
+    proxy: VerifyingProxyConfig | None = None
 
     @property
     def tensor_parallel_size(self) -> int:

@@ -50,6 +50,7 @@ from components.config.model import (
     StackConfig,
     TdxModulePin,
 )
+from components.config.proxy import parse_proxy
 from components.config.reader import (
     ENCRYPTED,
     SSH_USER,
@@ -133,6 +134,7 @@ _TOP_KEYS = (
     "rebootTimeoutSeconds",
     "promotion",
     "workload",
+    "proxy",
 )
 
 
@@ -154,6 +156,7 @@ def parse_stack(
     # needs no DCAP block). Otherwise at least one host is required.
     wl_raw = top.get("workload")
     k8s_only = isinstance(wl_raw, Mapping) and wl_raw.get("target") == "kubernetes" and top.get("hosts") in (None, [])
+    default_ssh = _ssh_defaults(r, top.get("ssh"), "ssh")
     if k8s_only:
         hosts: tuple[HostConfig, ...] = ()
         dcap = _dcap(r, top["dcap"], "dcap") if top.get("dcap") is not None else None
@@ -161,7 +164,6 @@ def parse_stack(
         dcap = _dcap(
             r, r.required(top, "dcap", "", "add a `dcap:` block with at least `pccsApiKey` (a secret)"), "dcap"
         )
-        default_ssh = _ssh_defaults(r, top.get("ssh"), "ssh")
         hosts = _hosts(r, top.get("hosts"), "hosts", gpu_models, list_vendors(firmware_dir), default_gpu, default_ssh)
         if dcap is not None and dcap.registration == "mpa":
             _registration_agent_known(r, hosts, firmware_dir)
@@ -174,6 +176,26 @@ def parse_stack(
         if top.get("workload") is not None
         else None
     )
+    proxy = None
+    if top.get("proxy") is not None:
+        if workload is None:
+            r.error("proxy", "a verifying proxy needs the TDs it fronts", "add a `workload:` block, or remove `proxy:`")
+        elif workload.kubernetes is not None:
+            r.error(
+                "proxy",
+                "is deployed for TDs on hosts (workload.target: host); the Kubernetes target's proxy is not built yet",
+                "remove `proxy:` and run `tdxattest proxy --upstream <the endpoints output> --pins pins.json` (README)",
+            )
+        else:
+            proxy = parse_proxy(
+                r,
+                top["proxy"],
+                "proxy",
+                default_ssh,
+                _ssh,
+                dev_test_quotes=workload.td is not None and not workload.td.tdx,
+                default_pccs=dcap.pccs_url if dcap is not None else None,
+            )
 
     if r.errors:
         raise ConfigErrors(r.errors)
@@ -188,6 +210,7 @@ def parse_stack(
         reboot_timeout_s=reboot_timeout,
         promotion=promotion,
         workload=workload,
+        proxy=proxy,
     )
 
 

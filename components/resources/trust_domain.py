@@ -145,9 +145,10 @@ def trust_domains(
     *,
     qgs_service: str | None = None,
     qemu: str = DEFAULT_QEMU,
+    after: Sequence[pulumi.Resource] = (),
 ) -> dict[str, TrustDomain]:
     """One TrustDomain per host when the stack has a `workload` (else none), each a child of its
-    TdxHost, after the host's kernel, GPU and DCAP steps."""
+    TdxHost, after the host's kernel, GPU and DCAP steps (and `after`: the verifying proxy's accept steps)."""
     if stack.workload is None or manifest is None:
         return {}
     if stack.dcap is None:
@@ -156,7 +157,7 @@ def trust_domains(
         qgs_service = dcap_packages().services.get("qgs")
     out: dict[str, TrustDomain] = {}
     for cfg, host in zip(stack.hosts, hosts):
-        after = [host.kernel, host.dcap] + ([host.gpu] if host.gpu is not None else [])
+        ready = [host.kernel, host.dcap, *([host.gpu] if host.gpu is not None else []), *after]
         out[cfg.name] = TrustDomain(
             f"{cfg.name}-td",
             TrustDomainArgs(
@@ -170,6 +171,6 @@ def trust_domains(
                 qgs_service=qgs_service,
                 qemu=qemu,
             ),
-            opts=pulumi.ResourceOptions(parent=host, depends_on=after),
+            opts=pulumi.ResourceOptions(parent=host, depends_on=ready),
         )
     return out

@@ -67,6 +67,7 @@ ALTERNATIVES: dict[str, tuple[Any, dict[str, Any]]] = {
 VALIDATION_ONLY: dict[str, str] = {
     "promotion": "the promotion gate reads another stack's outputs (tests/components/test_promotion.py)",
     "workload": "audited by the workload renderers' own tests and the journey (docstring)",
+    "proxy": "audited by tests/components/test_proxy.py (every key reaches the rendered step) and the journey",
 }
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,7 @@ from tests.support.journey import (
     GATEWAY_PORT,
     MODEL_ID,
     NAME,
+    PROXY_PORT,
     PYTHON,
     REV_A,
     REV_B,
@@ -55,6 +57,7 @@ from tests.support.journey import (
     Journey,
     audit_records,
     client,
+    deployed_proxy_get,
     host_sh,
     journey_world,
     pins_file,
@@ -106,6 +109,9 @@ def test_up_boots_the_pinned_dev_image_and_exports_endpoints_and_pins(journey: J
     assert host_sh(j, f"systemctl is-active {UNIT}.service").strip() == "active"
     serial = serial_log(j)
     assert "verified by dm-verity" in serial and REPORT_PREFIX in serial
+    # The verifying proxy `up` deployed for the clients serves the TD on the stack's pins.
+    assert out["proxies"] == {NAME: f"http://127.0.0.1:{PROXY_PORT}"}
+    assert deployed_proxy_get(j) == (200, "")
 
 
 def test_the_proxy_refuses_the_dev_flag_for_pins_of_real_tds(journey: Journey) -> None:
@@ -156,13 +162,45 @@ def test_a_model_revision_change_replaces_the_td_and_moves_rtmr3(journey: Journe
     assert j.pins_a is not None
     old_rtmr3 = json.loads(j.pins_a.read_text())["rtmr3"]
     j.eng.config_set(STACK, {"workload.model.revision": REV_B})
-    p = j.eng.up(STACK, "up#2 revision change (TD replaced)", True, "--json", timeout=UP_TIMEOUT_S)
+    # A client keeps asking through the deployed proxy for the whole `up`.
+    polls: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            polls.append(deployed_proxy_get(j))
+            stop.wait(1.0)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        p = j.eng.up(STACK, "up#2 revision change (TD replaced)", True, "--json", timeout=UP_TIMEOUT_S)
+    finally:
+        stop.set()
+        poller.join(120)
     ops, _summary = up_events(p.stdout)
     # delete_before_replace: the old TD stops, then the new one is created (the last event's op)
     assert ops.get(f"{NAME}-td-launch") == "create-replacement", ops
-    assert not [n for n in ops if not n.startswith(f"{NAME}-td")], f"only the TD changes: {ops}"
+    assert ops.get(f"proxy-{NAME}-accept") == ops.get(f"proxy-{NAME}-retire") == "update", ops
+    assert not [n for n in ops if not n.startswith((f"{NAME}-td", "proxy-"))], f"only the TD and proxy change: {ops}"
     pins_b = pins_file(j, "pins-b.json")
     assert json.loads(pins_b.read_text())["rtmr3"] != old_rtmr3
+    # The rollover's order, from the engine's events: the proxy took the new pins (keeping the old)
+    # before the old TD stopped, and dropped the old pins only after the new TD reported ready.
+    events = event_order(p.stdout)
+    assert events.index(("done", f"proxy-{NAME}-accept")) < events.index(("start", f"{NAME}-td-launch"))
+    assert events.index(("done", f"{NAME}-td-wait")) < events.index(("start", f"proxy-{NAME}-retire"))
+    # No client request was ever refused for its pins: answered, or the TD was down (no attestation).
+    assert polls and not [r for r in polls if r[1].startswith("pin.")], polls
+    assert (200, "") in polls, polls
+    # Once `up` ended, the proxy accepts the new pins only: a TD measured as before is refused.
+    assert not j.host.host_path(f"/etc/tdx-vllm/proxy/{NAME}/retiring.json").exists()
+    assert deployed_proxy_get(j) == (200, "")
+    audit = audit_records(j.host.host_path(f"/var/log/tdx-vllm/proxy/{NAME}.jsonl"))
+    assert audit[-1]["verdict"] == "accepted" and audit[-1]["pin_set"] == "current", audit[-1]
+    served_after = [r for r in audit if r.get("pin_set") == "current" and r.get("quote_source")]
+    retiring = [i for i, r in enumerate(audit) if r.get("pin_set") == "retiring"]
+    assert not retiring or max(retiring) < audit.index(served_after[-1])
 
     import openai
 
@@ -176,6 +214,20 @@ def test_a_model_revision_change_replaces_the_td_and_moves_rtmr3(journey: Journe
         model=MODEL_ID, messages=[{"role": "user", "content": "new revision"}], max_tokens=2
     )
     assert answer.choices[0].message.content == "new revision"
+
+
+def event_order(stdout: str) -> list[tuple[str, str]]:
+    """`pulumi up --json` events in order: ("start", name) when a step begins, ("done", name) when
+    its outputs are recorded."""
+    order: list[tuple[str, str]] = []
+    for line in stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        event = json.loads(line)
+        for kind, key in (("start", "resourcePreEvent"), ("done", "resOutputsEvent")):
+            if key in event:
+                order.append((kind, event[key]["metadata"]["urn"].rsplit("::", 1)[-1]))
+    return order
 
 
 def test_a_root_disk_changed_on_the_host_is_refused_by_the_td_and_by_the_next_up(journey: Journey) -> None:
@@ -235,3 +287,7 @@ def test_destroy_stops_the_td_and_removes_its_files(journey: Journey) -> None:
     assert not j.host.host_path(f"/etc/systemd/system/{UNIT}.service").exists()
     assert host_sh(j, f"systemctl is-active {UNIT}.service || true").strip() == "inactive"
     assert not host_sh(j, "pgrep -f '[q]emu-system-x86_64' || true").strip()
+    # the deployed proxy is gone too; its audit log stays
+    assert host_sh(j, "systemctl is-active tdx-vllm-proxy-td-a.service || true").strip() == "inactive"
+    assert not j.host.host_path("/etc/tdx-vllm/proxy/td-a").exists()
+    assert j.host.host_path("/var/log/tdx-vllm/proxy/td-a.jsonl").exists()

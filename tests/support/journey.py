@@ -38,6 +38,8 @@ TD_DIR = f"/var/lib/tdx-vllm/td/{NAME}"
 UNIT = f"tdx-vllm-td-{NAME}"
 GATEWAY_PORT = 8443
 SERVE_PORT = 8099  # the artifact server, on the host's loopback
+PROXY_PORT = 8080  # the deployed verifying proxy, on the host's loopback
+PROXY_UNIT = f"tdx-vllm-proxy-{NAME}"
 MODEL_ID = "standin/echo"
 REV_A = "a" * 40
 REV_B = "b" * 40
@@ -115,6 +117,16 @@ def stack_config(host: NamespaceHost) -> dict[str, str]:
     }
     for name, data in MODEL_FILES.items():
         base[f'workload.model.files["{name}"]'] = sha256(data)
+    # The verifying proxy `pulumi up` deploys (components/resources/proxy.py), on the same host here:
+    # its Python is this checkout's environment (where `pip install ./tdxattest` put tdxattest).
+    base.update(
+        {
+            "proxy.ssh.address": host.address,
+            "proxy.ssh.hostKey": host.host_key,
+            "proxy.python": str(PYTHON),
+            "proxy.listen": f"127.0.0.1:{PROXY_PORT}",
+        }
+    )
     return base
 
 
@@ -127,6 +139,7 @@ def journey_world(root: Path, dev_image: Path) -> Iterator[Journey]:
         host = hosts["journey"]
         services = host.read_json("services.json", {})
         services[UNIT] = {"run": True}  # the fake systemctl runs this unit's ExecStart= for real
+        services[PROXY_UNIT] = {"run": True}
         host._save("services.json", services)
         server = subprocess.Popen(
             ["ip", "netns", "exec", str(host.netns), sys.executable, "-m", "http.server", "--bind", "127.0.0.1"]
@@ -144,7 +157,7 @@ def journey_world(root: Path, dev_image: Path) -> Iterator[Journey]:
         eng.config_set(
             STACK,
             stack_config(host),
-            secret=host_stack_secrets(host),
+            secret={**host_stack_secrets(host), "proxy.ssh.privateKey": host.client_private_key},
         )
         j = Journey(eng, host, root)
         try:
@@ -214,3 +227,26 @@ def host_sh(j: Journey, command: str) -> str:
 def serial_log(j: Journey) -> str:
     path = j.host.host_path(f"{TD_DIR}/serial.log")
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def deployed_proxy_get(j: Journey, path: str = "/v1/models") -> tuple[int, str]:
+    """GET through the proxy `pulumi up` deployed (on the host's loopback): status and error code
+    ("" when answered). Connection failures count as status 0 (the proxy restarting)."""
+    script = (
+        "import json, urllib.request, urllib.error\n"
+        "try:\n"
+        f"    r = urllib.request.urlopen('http://127.0.0.1:{PROXY_PORT}{path}', timeout=60)\n"
+        "    print(json.dumps([r.status, '']))\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(json.dumps([e.code, json.loads(e.read()).get('error', {}).get('code', '')]))\n"
+        "except OSError as e:\n"
+        "    print(json.dumps([0, str(e)]))\n"
+    )
+    done = subprocess.run(
+        ["ip", "netns", "exec", str(j.host.netns), str(PYTHON), "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    status, code = json.loads(done.stdout.strip().splitlines()[-1])
+    return int(status), str(code)

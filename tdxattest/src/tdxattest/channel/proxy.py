@@ -101,6 +101,11 @@ class ProxyConfig:
 async def appraise(appraiser: Appraiser, quote: bytes, expected_report_data: bytes) -> Verdict:
     """The appraisal, off the event loop (a collateral fetch is blocking HTTP, a verification a few ms
     of CPU), so the proxy serves its other connections meanwhile. Raises AttestationFailed."""
+    return (await appraise_with_pin_set(appraiser, quote, expected_report_data))[0]
+
+
+async def appraise_with_pin_set(appraiser: Appraiser, quote: bytes, expected_report_data: bytes) -> tuple[Verdict, int]:
+    """`appraise`, and which of the appraiser's pin sets accepted (0 the current, i > 0 a retiring one)."""
     try:
         appraisal = await asyncio.get_running_loop().run_in_executor(
             None, appraiser.appraise, quote, int(time.time()), expected_report_data
@@ -109,7 +114,16 @@ async def appraise(appraiser: Appraiser, quote: bytes, expected_report_data: byt
         raise _failure("quote.malformed", "a TDX quote v4/v5", exc.seen) from None
     if not appraisal.verdict.accepted:
         raise AttestationFailed(appraisal.verdict.failures)
-    return appraisal.verdict
+    return appraisal.verdict, appraisal.pin_set
+
+
+def held_to(appraiser: Appraiser, pin_set: int) -> Appraiser:
+    """The appraiser with only the pin set that accepted a connection: its response quotes, and its
+    GPU evidence, are held to that set alone, never to a mix of a rollover's old and new pins."""
+    if not appraiser.retiring:
+        return appraiser
+    policy = appraiser.policy if pin_set == 0 else appraiser.retiring[pin_set - 1]
+    return replace(appraiser, policy=policy, retiring=())
 
 
 def read_gpu_evidence(value: Any) -> EvidenceDoc | None:
@@ -157,6 +171,7 @@ class Attestation:
     gpu: dict[str, Any] | None = None  # the GPU verdict's summary (None: no GPU evidence, none required)
     checks: dict[str, str] = field(default_factory=dict)  # check name -> pass | not_checked (the audit line)
     quote_source: str | None = None  # what the gateway said signs its quotes (tsm, software-test-pki)
+    pin_set: str = "current"  # during a pin rollover: "retiring" when the pins being replaced accepted it
 
 
 _conn_ids = itertools.count(1)
@@ -309,7 +324,10 @@ class UpstreamConnection:
         try:
             gpu = read_gpu_evidence(doc.get("gpu_evidence"))
             digest = gpu.digest() if gpu is not None else None
-            verdict = await appraise(appraiser, quote, expected_report_data(spki, nonce, gpu_digest=digest))
+            verdict, pin_set = await appraise_with_pin_set(
+                appraiser, quote, expected_report_data(spki, nonce, gpu_digest=digest)
+            )
+            appraiser = held_to(appraiser, pin_set)
             gpu_verdict = await appraise_gpus(appraiser, gpu, gpu_nonce(hashlib.sha256(spki).digest(), nonce))
         except BaseException:  # refused, or anything unforeseen: this connection carries nothing
             self.close()
@@ -331,6 +349,7 @@ class UpstreamConnection:
             gpu=gpu_verdict.summary() if gpu is not None else None,
             checks={c.check: c.outcome for c in (*verdict.checks, *gpu_verdict.checks)},
             quote_source=doc.get("quote_source") if isinstance(doc.get("quote_source"), str) else None,
+            pin_set="current" if pin_set == 0 else "retiring",
         )
         return self.attestation
 
@@ -490,6 +509,7 @@ class VerifyingProxy:
             "tls_spki_sha256": att.tls_spki_sha256 if att else None,
             "tcb_status": att.tcb_status if att else None,
             "quote_source": att.quote_source if att else None,
+            "pin_set": att.pin_set if att else None,
             "checks": att.checks if att else None,
             "gpu": att.gpu if att else None,
             "verdict": verdict,
@@ -670,15 +690,33 @@ def _rejected_request_audit() -> type:
     return RejectedRequestAudit
 
 
-def check_listen(host: str) -> None:
-    """The proxy speaks plain HTTP to its client: refuse to listen beyond loopback."""
+def check_listen(host: str, tls: bool = False) -> None:
+    """Without TLS the proxy speaks plain HTTP to its client: refuse to listen beyond loopback."""
     import ipaddress
 
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
-    if not loopback:
+    if not loopback and not tls:
         raise InputError(
-            "--listen on a loopback address (127.0.0.1, ::1, localhost): prompts cross it in plain text", host
+            "--listen on a loopback address (127.0.0.1, ::1, localhost), or --tls-cert and --tls-key for any "
+            "other: prompts would cross it in plain text",
+            host,
         )
+
+
+def client_tls_context(cert_path: str, key_path: str) -> ssl.SSLContext:
+    """The TLS the proxy serves its clients with (TLS 1.2 or later), from a PEM certificate chain and
+    its key. InputError names the files when they do not load."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert_path, key_path)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(
+            "a PEM certificate chain (--tls-cert) and its private key (--tls-key)",
+            " ".join(str(exc).split())[:160],
+            file=f"{cert_path}, {key_path}",
+        ) from None
+    return ctx

@@ -66,9 +66,14 @@ def appraiser_from_args(args: argparse.Namespace) -> Appraiser:
     from tdxattest.dcap.rim_store import RimStore
 
     policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
+    # A pin rollover (the proxy's --retiring-pins): each retiring set is a whole policy of its own.
+    retiring = tuple(
+        policy_with_pins(args.policy, path, args.accept_mrtd_candidates) for path in getattr(args, "retiring_pins", [])
+    )
     dev_test_root = getattr(args, "accept_dev_test_root", False)
     if dev_test_root:
-        check_dev_test_root(args.pins, args.root_ca)
+        for pins_path in (args.pins, *getattr(args, "retiring_pins", [])):
+            check_dev_test_root(pins_path, args.root_ca)
     elif not (args.collateral or args.pccs):
         raise UsageError("one of --collateral or --pccs is required (where the quotes' collateral comes from)")
     root = read_bytes(args.root_ca) if args.root_ca else None
@@ -78,7 +83,8 @@ def appraiser_from_args(args: argparse.Namespace) -> Appraiser:
         from tdxattest.dcap.ocsp_cache import OcspCache
 
         ocsp = OcspCache(args.cache_dir, args.ocsp_responder)
-    return Appraiser(collateral_source(args.collateral, args.pccs, args.cache_dir), policy, root, rims, ocsp)
+    collateral = collateral_source(args.collateral, args.pccs, args.cache_dir)
+    return Appraiser(collateral, policy, root, rims, ocsp, retiring=retiring)
 
 
 def check_dev_test_root(pins_path: str | None, root_ca: str | None) -> None:

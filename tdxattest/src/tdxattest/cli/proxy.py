@@ -17,8 +17,21 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream", required=True, metavar="URL", help="the gateway, https://HOST:PORT")
     add_appraisal_arguments(p, pins_required=True, dev_test_root=True)
     p.add_argument(
-        "--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="loopback only (default %(default)s)"
+        "--retiring-pins",
+        action="append",
+        default=[],
+        metavar="PINS_JSON",
+        help="during a pin rollover: pins being replaced, still accepted (each as a whole, never mixed with "
+        "--pins) until the new TD serves; repeatable",
     )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="loopback, or any address with --tls-cert/--tls-key (default %(default)s)",
+    )
+    p.add_argument("--tls-cert", metavar="PEM", help="serve clients over TLS with this certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     p.add_argument(
         "--reattest-interval",
         type=float,
@@ -47,12 +60,16 @@ def default_audit_path() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy, check_listen
+    from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy, check_listen, client_tls_context
+    from tdxattest.cli import UsageError
     from tdxattest.cli._common import parse_listen, serve_until_interrupted
     from tdxattest.cli._verification import appraiser_from_args
 
     host, port = parse_listen(args.listen)
-    check_listen(host)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together (the certificate chain and its private key)")
+    check_listen(host, tls=bool(args.tls_cert))
+    client_tls = client_tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     audit = args.audit or default_audit_path()
     config = ProxyConfig(
         upstream=args.upstream,
@@ -69,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
 
         runner = web.AppRunner(proxy.app(), **proxy.runner_options())
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=client_tls)
         await site.start()
         bound = site._server.sockets[0].getsockname()[1]
         return runner, {
-            "listening": f"http://{host}:{bound}",
+            "listening": f"{'https' if client_tls else 'http'}://{host}:{bound}",
             "upstream": args.upstream,
             "audit": audit,
             "root_ca": "TEST, served by the dev gateway (not Intel; pins tdx: false)"

@@ -23,7 +23,7 @@ from tdxattest.core.gpu_policy import EvidenceDoc, GpuVerdict, evaluate_gpus
 from tdxattest.core.policy import DEFAULT_POLICY, Policy, Verdict
 from tdxattest.core.quote import Quote, parse_quote
 from tdxattest.dcap.collateral import Collateral, CollateralError, load_collateral, parse_iso_ts
-from tdxattest.dcap.verify import refused, verify_quote
+from tdxattest.dcap.verify import refused, verify_quote_any
 
 if TYPE_CHECKING:  # the cache (and HTTP) only where collateral comes from a PCCS
     from tdxattest.dcap.cache import CollateralCache
@@ -121,17 +121,23 @@ def collateral_source(collateral_path: str | None, pccs: str | None, cache_dir: 
 class Appraisal:
     verdict: Verdict
     collateral: dict[str, Any] | None  # where the collateral came from; None when there was none
+    pin_set: int = 0  # which policy accepted: 0 the current pins, i > 0 the i-th retiring pins
 
 
 @dataclass
 class Appraiser:
-    """Appraises quotes against one policy with collateral from one source."""
+    """Appraises quotes against one policy with collateral from one source.
+
+    `retiring`: during a pin rollover, the policies of the pins being replaced (components/render/proxy.py
+    deploys them). A quote passes when it satisfies the current policy or one retiring policy as a
+    whole, never a mix; the GPU evidence is then held to the GPU section of that same policy."""
 
     collateral: CollateralSource
     policy: Policy = DEFAULT_POLICY
     root_ca_der: bytes | None = None  # trust this root instead of Intel's (TEST PKI only)
     rims: RimStore | None = None  # NVIDIA RIMs for the GPU policy's reference values
     ocsp: OcspCache | None = None  # the GPU chains' OCSP statuses
+    retiring: tuple[Policy, ...] = ()
 
     def appraise(self, quote: bytes, now: int, expected_report_data: bytes | None = None) -> Appraisal:
         try:
@@ -139,17 +145,20 @@ class Appraiser:
         except CollateralError as exc:
             failure = Failure(exc.check, exc.expected, exc.seen, exc.fix)
             return Appraisal(refused(quote, failure, "collateral"), None)
-        verdict = verify_quote(quote, collateral, now, self.policy, expected_report_data, self.root_ca_der)
-        return Appraisal(verdict, info)
+        policies = (self.policy, *self.retiring)
+        verdict, pin_set = verify_quote_any(quote, collateral, now, policies, expected_report_data, self.root_ca_der)
+        return Appraisal(verdict, info, pin_set)
 
-    def appraise_gpus(self, doc: EvidenceDoc | None, expected_nonce: bytes, now: float) -> GpuVerdict:
-        """The policy's `gpu` section over served GPU evidence, with reference values from the RIM
-        store and OCSP statuses from the cache where this appraiser has them."""
+    def appraise_gpus(self, doc: EvidenceDoc | None, expected_nonce: bytes, now: float, pin_set: int = 0) -> GpuVerdict:
+        """The `gpu` section of the policy that accepted the quote (`pin_set`, from `appraise`) over
+        served GPU evidence, with reference values from the RIM store and OCSP statuses from the
+        cache where this appraiser has them."""
         rims, ocsp = self.rims, self.ocsp
+        policy = self.policy if pin_set == 0 else self.retiring[pin_set - 1]
         return evaluate_gpus(
             doc,
             expected_nonce,
-            self.policy.gpu,
+            policy.gpu,
             now,
             (lambda report: rims.reference(report, now)) if rims is not None else None,
             (lambda chain: ocsp.check_chain(chain, now)) if ocsp is not None else None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tdxattest.core.checks import CheckResult, Failure
@@ -359,25 +359,48 @@ def verify_quote(
     root_ca_der: bytes | None = None,
 ) -> Verdict:
     """Verify and appraise one quote. Never raises for a refused quote: the verdict says why."""
+    return verify_quote_any(quote, collateral, now, (policy,), expected_report_data, root_ca_der)[0]
+
+
+def verify_quote_any(
+    quote: bytes,
+    collateral: Collateral,
+    now: int,
+    policies: Sequence[Policy],
+    expected_report_data: bytes | None = None,
+    root_ca_der: bytes | None = None,
+) -> tuple[Verdict, int]:
+    """Verify one quote once and appraise it against each policy in turn (a pin rollover: the
+    current pins first, then the retiring ones). Returns the first accepting verdict and its index,
+    else the first policy's refusal and 0: a refusal always names what the current pins expect."""
+    if not policies:
+        raise ValueError("verify_quote_any needs at least one policy")
     if expected_report_data is not None and len(expected_report_data) != 64:
         raise InputError("expected REPORTDATA of 64 bytes", f"{len(expected_report_data)} bytes")
-    need_date = policy.out_of_date_grace_days is not None
+    need_date = any(p.out_of_date_grace_days is not None for p in policies)
     try:
         facts = verified_facts(quote, collateral, now, need_tcb_date=need_date, root_ca_der=root_ca_der)
     except (ValueError, TypeError) as exc:
         failure = failure_from_error(exc, quote, collateral, root_ca_der)
         derived = derived_tcb_check(failure, quote, collateral)
-        return refused(quote, failure, "dcap-qvl", extra=(derived,) if derived is not None else ())
-    verdict = evaluate(facts, policy, int(now), expected_report_data)
-    return Verdict(
-        accepted=verdict.accepted,
-        tcb_status=verdict.tcb_status,
-        advisory_ids=verdict.advisory_ids,
-        report=verdict.report,
-        fmspc=verdict.fmspc,
-        failures=verdict.failures,
-        checks=(CheckResult("dcap_qvl.verify", "pass", seen=facts.tcb_status),) + verdict.checks,
-    )
+        return refused(quote, failure, "dcap-qvl", extra=(derived,) if derived is not None else ()), 0
+    first: Verdict | None = None
+    for index, policy in enumerate(policies):
+        verdict = evaluate(facts, policy, int(now), expected_report_data)
+        verdict = Verdict(
+            accepted=verdict.accepted,
+            tcb_status=verdict.tcb_status,
+            advisory_ids=verdict.advisory_ids,
+            report=verdict.report,
+            fmspc=verdict.fmspc,
+            failures=verdict.failures,
+            checks=(CheckResult("dcap_qvl.verify", "pass", seen=facts.tcb_status),) + verdict.checks,
+        )
+        if verdict.accepted:
+            return verdict, index
+        first = first or verdict
+    assert first is not None
+    return first, 0
 
 
 def refused(quote: bytes, failure: Failure, by: str, extra: tuple[CheckResult, ...] = ()) -> Verdict:
