@@ -2,13 +2,24 @@
 command and stdin that run it. Pure: the Pulumi components and the test harness both call
 `render`, so the harness runs byte-for-byte what `pulumi up` runs.
 
-Why stdin: the script text and every desired value (secrets included) travel on stdin, never on
-the command line, so nothing shows in the host's process list, and `stdin` is an input of the
-`remote.Command`: a changed script or pin changes the input and re-runs exactly that step.
+Why stdin: every desired value (secrets included) travels on stdin, never on the command line, so
+nothing shows in the host's process list, and `stdin` is an input of the `remote.Command`: a
+changed pin re-runs exactly the steps that use it.
+
+Why the scripts are staged: the script files themselves (lib.sh, the step's script, its Python
+helpers) are staged once per host by the `scripts` step (`render_stage`, every file under its
+sha256 in /var/lib/tdx-vllm/scripts), and a step's stdin names each file it runs by that digest and
+checks it before sourcing it. A changed script still changes the stdin of exactly the steps that
+run it (its digest is in there), while the engine's state, which it rewrites after every resource
+step, holds each script once per host instead of once per step: 1-2 KB of stdin per step instead
+of 10-30 KB (bench/fleet.py).
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import gzip
 import hashlib
 import re
 import shlex
@@ -17,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts" / "host"
+# Where the `scripts` step stages them on a host (each file under its sha256): root's, mode 0700.
+STAGED_DIR = "/var/lib/tdx-vllm/scripts"
 
 # The remote side is `bash -s`, and the first line of stdin is a loader that copies the rest of
 # stdin into a private temp file, runs it, and always removes it: bash reads a script from a pipe
@@ -66,17 +79,48 @@ def shell_assign(name: str, value: str) -> str:
     return f"{name}={shlex.quote(value)}"
 
 
-def _helper_function(file_name: str) -> str:
-    """Expose scripts/<name>.py as a shell function `<name>` running it with python3."""
-    fn = Path(file_name).stem
-    body = (SCRIPTS_DIR / file_name).read_text()
-    if "\nPYEOF\n" in body:
-        raise ValueError(f"{file_name} contains the heredoc terminator")
-    return f"{fn}() {{\n  python3 - \"$@\" <<'PYEOF'\n{body}\nPYEOF\n}}\n"
+def _script_bytes(path: Path) -> bytes:
+    # Read once per version of the file (a fleet renders each script hundreds of times).
+    st = path.stat()
+    return _read_cached(path, st.st_mtime_ns, st.st_size)
 
 
-def render(step: Step, params: Mapping[str, str], action: str = "run") -> Rendered:
-    """The command line and stdin for `step` with its desired values `params`."""
+@functools.lru_cache(maxsize=128)
+def _read_cached(path: Path, _mtime_ns: int, _size: int) -> bytes:
+    return path.read_bytes()
+
+
+def script_digest(file_name: str) -> str:
+    return hashlib.sha256(_script_bytes(SCRIPTS_DIR / file_name)).hexdigest()
+
+
+def step_files(step: Step) -> tuple[str, ...]:
+    """The script files `step` runs: the frame, its Python helpers, its own script."""
+    return ("lib.sh", *step.helpers, step.script)
+
+
+def _need(file_name: str) -> str:
+    # Sourcing a missing or changed file would run something else than what was rendered: check
+    # its digest first, and name the fix (the scripts step stages them; a step re-runs after it).
+    digest = script_digest(file_name)
+    return f"_tdx_need {digest} {shlex.quote(Path(file_name).name)} || exit 1"
+
+
+NEED_FUNCTION = (
+    "_tdx_need() {\n"
+    "  local seen; seen=$(sha256sum \"$TDX_SCRIPTS/$1\" 2>/dev/null | cut -d' ' -f1)\n"
+    '  [ "$seen" = "$1" ] && return 0\n'
+    "  printf 'error: %s: the host step scripts are not staged here; expected %s with sha256 %s in %s, seen %s; "
+    "fix: pulumi up stages them first (its scripts step), then runs this step again\\n' \\\n"
+    '    "$TDX_STEP" "$2" "$1" "$TDX_SCRIPTS" "${seen:+sha256 $seen}${seen:-no file}" >&2\n'
+    "  return 1\n"
+    "}"
+)
+
+
+def render(step: Step, params: Mapping[str, str], action: str = "run", scripts_dir: str | None = None) -> Rendered:
+    """The command line and stdin for `step` with its desired values `params`; the step's script
+    files are read from `scripts_dir`, where the `scripts` step staged them (`render_stage`)."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
     preamble = [
@@ -87,11 +131,45 @@ def render(step: Step, params: Mapping[str, str], action: str = "run") -> Render
         shell_assign("TDX_MODE", step.mode),
     ]
     preamble += [shell_assign(k, str(v)) for k, v in sorted(params.items())]
-    parts = [
-        "\n".join(preamble),
-        (SCRIPTS_DIR / "lib.sh").read_text(),
-        *(_helper_function(h) for h in step.helpers),
-        step.source(),
-        "tdx_main\n",
+    files = [shell_assign("TDX_SCRIPTS", scripts_dir or STAGED_DIR), NEED_FUNCTION]
+    files += [_need(f) for f in step_files(step)]
+    body = [f'source "$TDX_SCRIPTS/{script_digest("lib.sh")}"']
+    # A Python helper is a shell function running its staged file.
+    body += [f'{Path(h).stem}() {{ python3 "$TDX_SCRIPTS/{script_digest(h)}" "$@"; }}' for h in step.helpers]
+    body += [f'source "$TDX_SCRIPTS/{script_digest(step.script)}"', "tdx_main\n"]
+    return Rendered(command=STEP_COMMAND, stdin="\n".join([STEP_LOADER, *preamble, *files, *body]))
+
+
+# The `scripts` step: it cannot source the staged frame it stages, so its own script and the frame
+# travel inline, with the files as `<sha256> <name> <base64 of gzip>` lines (gzip without a time
+# stamp: the same files give the same stdin, and a converged host runs nothing).
+STAGE_STEP = Step("scripts", "scripts.sh")
+
+
+def host_script_files() -> tuple[str, ...]:
+    """Every file a host step may run (the whole of components/scripts/host/ but the stager)."""
+    return tuple(sorted(p.name for p in SCRIPTS_DIR.iterdir() if p.is_file() and p.name != STAGE_STEP.script))
+
+
+def stage_params(files: tuple[str, ...], scripts_dir: str | None = None) -> dict[str, str]:
+    lines = []
+    for name in files:
+        data = _script_bytes(SCRIPTS_DIR / name)
+        packed = base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode()
+        lines.append(f"{hashlib.sha256(data).hexdigest()} {Path(name).name} {packed}")
+    return {"TDX_SCRIPTS": scripts_dir or STAGED_DIR, "TDX_SCRIPT_FILES": "\n".join(lines)}
+
+
+def render_stage(files: tuple[str, ...] | None = None, scripts_dir: str | None = None, action: str = "run") -> Rendered:
+    """The `scripts` step staging `files` (default: every host script) under `scripts_dir`."""
+    params = stage_params(host_script_files() if files is None else files, scripts_dir)
+    preamble = [
+        "#!/usr/bin/env bash",
+        f"# tdx-vllm step {STAGE_STEP.name} ({STAGE_STEP.script}, action {action})",
+        shell_assign("TDX_STEP", STAGE_STEP.name),
+        f'TDX_ACTION="${{TDX_ACTION_OVERRIDE:-{action}}}"',
+        shell_assign("TDX_MODE", STAGE_STEP.mode),
     ]
+    preamble += [shell_assign(k, v) for k, v in sorted(params.items())]
+    parts = ["\n".join(preamble), (SCRIPTS_DIR / "lib.sh").read_text(), STAGE_STEP.source(), "tdx_main\n"]
     return Rendered(command=STEP_COMMAND, stdin="\n".join([STEP_LOADER, *parts]))

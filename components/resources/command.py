@@ -17,16 +17,21 @@ import pulumi
 from pulumi_command import local, remote
 
 from components.config.model import SshConfig
-from components.render.steps import DELETE_COMMAND, STEP_COMMAND, Step, render
+from components.render.steps import DELETE_COMMAND, STEP_COMMAND, Step, render, render_stage
 
 PER_DIAL_TIMEOUT_S = 15
 
 
 @dataclass(frozen=True)
 class Connection:
-    """What every step needs to reach one host: SSH settings (key pinned), and two dial policies."""
+    """What every step needs to reach one host: SSH settings (key pinned), two dial policies, and
+    the host's `scripts` step (`stage_scripts`), which every other step runs after."""
 
     ssh: SshConfig
+    staged: remote.Command | None = None
+
+    def with_staged(self, staged: remote.Command) -> Connection:
+        return Connection(self.ssh, staged)
 
     def args(self, *, wait_for_boot: bool = False) -> remote.ConnectionArgsDict:
         return remote.ConnectionArgsDict(
@@ -78,6 +83,8 @@ def host_step(
     encrypted and the console shows none of the command's output. `removable`: `pulumi destroy`
     runs the step's `remove` (what its apply installed)."""
     stdin = _stdin(step, params, action)
+    if conn.staged is not None:
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[conn.staged]))
     if secret:
         stdin = pulumi.Output.secret(stdin)
     if timeout_s:
@@ -95,6 +102,24 @@ def host_step(
         add_previous_output_in_env=False,
         opts=opts,
     )
+
+
+def stage_scripts(name: str, conn: Connection, opts: pulumi.ResourceOptions) -> Connection:
+    """The host's `scripts` step (components/render/steps.py `render_stage`: every host script under
+    its sha256, staged once), and the connection whose steps run after it. `pulumi destroy` removes
+    the files last, after every step that ran them."""
+    rendered = render_stage()
+    staged = remote.Command(
+        name,
+        connection=conn.args(),
+        create=rendered.command,
+        delete=DELETE_COMMAND,
+        stdin=rendered.stdin,
+        logging=remote.Logging.STDOUT_AND_STDERR,
+        add_previous_output_in_env=False,
+        opts=opts,
+    )
+    return conn.with_staged(staged)
 
 
 @dataclass(frozen=True)

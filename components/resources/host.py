@@ -14,7 +14,7 @@ from components.catalog.host_tools import host_tool_packages
 from components.config.model import HostConfig, StackConfig
 from components.render.host_steps import ssh_check_command, summarize
 from components.resources.bios import BiosSettings, BiosSettingsArgs
-from components.resources.command import Connection
+from components.resources.command import Connection, stage_scripts
 from components.resources.dcap import DcapServices, DcapServicesArgs
 from components.resources.gpu import GpuConfidentialMode, GpuConfidentialModeArgs
 from components.resources.host_tools import HostTools, HostToolsArgs
@@ -50,6 +50,8 @@ class TdxHost(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=child,
         )
+        # The host step scripts, staged once: every step's stdin names its files by digest.
+        conn = stage_scripts(f"{name}-scripts", conn, pulumi.ResourceOptions(parent=self, depends_on=[self.ssh_check]))
         self.tools = HostTools(
             f"{name}-tools",
             HostToolsArgs(conn, host_tool_packages()),

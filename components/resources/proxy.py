@@ -19,7 +19,7 @@ from pulumi_command import local, remote
 from components.config.model import VerifyingProxyConfig
 from components.render.host_steps import ssh_check_command
 from components.render.proxy import PROXY_STEP, Phase, ProxyInstance, instance_url, proxy_params
-from components.resources.command import Connection, facts_of, host_step
+from components.resources.command import Connection, facts_of, host_step, stage_scripts
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ class VerifyingProxy(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.accepted = [self._step(inst, "accept", [self.ssh_check]) for inst in args.instances]
+        self._conn = stage_scripts(
+            f"{name}-scripts", self._conn, pulumi.ResourceOptions(parent=self, depends_on=[self.ssh_check])
+        )
+        self.accepted = [self._step(inst, "accept", []) for inst in args.instances]
         self.urls = pulumi.Output.from_input({i.td: instance_url(args.proxy, i) for i in args.instances})
 
     def retire_after(self, resources: Sequence[pulumi.Resource]) -> list[remote.Command]:

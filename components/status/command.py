@@ -69,7 +69,7 @@ from components.render.status import (
     step_status,
 )
 from components.render.status import to_json as status_json
-from components.render.steps import render
+from components.render.steps import render, render_stage
 
 if TYPE_CHECKING:
     from tdxattest.channel.probe import Probe
@@ -139,14 +139,16 @@ def read_host(stack: StackConfig, host: HostConfig, index: int) -> HostStatus:
         return HostStatus(host.name, where, f"no SSH session with {where}: {type(exc).__name__}: {exc}")
     steps = []
     try:
-        for check in host_checks(stack, host):
-            rendered = render(check.step, check.params, "status")
+        # The staged scripts first (every other check runs them), then each step's check.
+        checks = [("scripts", f"{host.name}-scripts", render_stage(action="status"))]
+        checks += [(c.step.name, c.resource, render(c.step, c.params, "status")) for c in host_checks(stack, host)]
+        for step_name, resource, rendered in checks:
             try:
                 ran = run(transport, rendered.command, rendered.stdin, STEP_TIMEOUT_S)
             except Exception as exc:  # a timeout, a dropped session, a runaway output: this step only
-                steps.append(StepStatus(check.step.name, check.resource, "failed", (f"{type(exc).__name__}: {exc}",)))
+                steps.append(StepStatus(step_name, resource, "failed", (f"{type(exc).__name__}: {exc}",)))
                 continue
-            steps.append(step_status(check.step.name, check.resource, ran.rc, ran.stdout, ran.stderr))
+            steps.append(step_status(step_name, resource, ran.rc, ran.stdout, ran.stderr))
     finally:
         transport.close()
     return HostStatus(host.name, where, None, tuple(steps))

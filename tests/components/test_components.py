@@ -48,10 +48,11 @@ def test_order_follows_the_pipeline():
     # the Dell table's three phases, in order, each after the previous one's reset
     assert rec.deps("gpu-a-bios-phase2") == {"gpu-a-bios-phase1"}
     assert rec.deps("gpu-a-bios-phase3") == {"gpu-a-bios-phase2"}
-    assert rec.deps("gpu-a-bios-verify") == {"gpu-a-bios-phase3"}
+    assert rec.deps("gpu-a-bios-verify") == {"gpu-a-bios-phase3", "gpu-a-scripts"}  # every step: after the scripts
+    assert rec.deps("gpu-a-scripts") == {"gpu-a-ssh-check"}
     assert "--registration mpa" in rec.resources["gpu-a-bios-phase1"].props["create"]
-    assert rec.deps("gpu-a-kernel-reboot") == {"gpu-a-kernel-cmdline"}
-    assert rec.deps("gpu-a-kernel-wait") == {"gpu-a-kernel-reboot"}
+    assert rec.deps("gpu-a-kernel-reboot") == {"gpu-a-kernel-cmdline", "gpu-a-scripts"}
+    assert rec.deps("gpu-a-kernel-wait") == {"gpu-a-kernel-reboot", "gpu-a-scripts"}
     assert rec.parent("gpu-a-kernel-wait") == "gpu-a-kernel" and rec.parent("gpu-a-kernel") == "gpu-a"
     return host.ready.apply(lambda ready: _assert(ready is True))
 
@@ -69,6 +70,7 @@ def test_connections_pin_the_host_key_and_wait_dials_without_limit():
     _, rec = build(stack_config())
     remote_cmds = {n: a for n, a in rec.resources.items() if a.type_ == "command:remote:Command"}
     assert set(remote_cmds) == {
+        "gpu-a-scripts",
         "gpu-a-tools-install",
         "gpu-a-preflight-check",
         "gpu-a-bios-verify",
@@ -81,7 +83,7 @@ def test_connections_pin_the_host_key_and_wait_dials_without_limit():
     assert rec.resources["gpu-a-kernel-wait"].opts.custom_timeouts.create == "1800s"
     # `pulumi destroy` undoes what these steps install; the others have nothing to remove.
     with_delete = {n for n, a in remote_cmds.items() if a.props.get("delete")}
-    assert with_delete == {"gpu-a-kernel-cmdline", "gpu-a-gpu-mode", "gpu-a-dcap-services"}
+    assert with_delete == {"gpu-a-scripts", "gpu-a-kernel-cmdline", "gpu-a-gpu-mode", "gpu-a-dcap-services"}
 
     def check(conns):
         for name, conn in conns.items():
@@ -218,8 +220,9 @@ def test_the_program_builds_every_host_with_the_dev_stack_file(monkeypatch):
     hosts = [name for typ, name in mocks.created if typ == "tdx-vllm:host:TdxHost"]
     assert hosts == ["gpu-a", "gpu-b"]
     commands = [name for typ, name in mocks.created if typ.startswith("command:")]
-    # gpu-a: the ssh-check + 8 remote + 3 BIOS phases (Dell); gpu-b (no BMC): the ssh-check + 8 remote
-    assert len(commands) == 12 + 9
+    # gpu-a: the ssh-check + the scripts + 8 remote + 3 BIOS phases (Dell); gpu-b (no BMC): the
+    # ssh-check + the scripts + 8 remote
+    assert len(commands) == 13 + 10
 
 
 @pulumi.runtime.test

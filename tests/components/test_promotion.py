@@ -217,7 +217,7 @@ def test_program_with_attested_pins_builds_the_hosts(monkeypatch):
     _run_program(monkeypatch, {"promotable": _own_promotable(monkeypatch), "ready": True}, created)
     assert ("pulumi:pulumi:StackReference", FROM) in created
     assert sorted(n for t, n in created if t == "tdx-vllm:host:TdxHost") == ["gpu-a", "gpu-b"]
-    assert len([t for t, _ in created if t.startswith("command:")]) == 12 + 9  # ssh-check, steps, BIOS phases
+    assert len([t for t, _ in created if t.startswith("command:")]) == 13 + 10  # ssh-check, scripts, steps, BIOS
 
 
 def test_program_refuses_before_any_host_step(monkeypatch):

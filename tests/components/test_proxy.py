@@ -186,6 +186,12 @@ def test_the_program_deploys_the_proxy_around_the_tds(tmp_path, monkeypatch) -> 
     _, seen = run_program(mocks, raw, {"hosts", "dcap", "proxy"}, monkeypatch, stack="dev", resolve=("proxies",))
     assert seen["proxies"] == {"gpu-a": "https://0.0.0.0:8443", "gpu-b": "https://0.0.0.0:8444"}
     names = [name for typ, name in mocks.created if typ == "command:remote:Command" and name.startswith("proxy-")]
-    assert sorted(names) == ["proxy-gpu-a-accept", "proxy-gpu-a-retire", "proxy-gpu-b-accept", "proxy-gpu-b-retire"]
+    assert sorted(names) == [
+        "proxy-gpu-a-accept",
+        "proxy-gpu-a-retire",
+        "proxy-gpu-b-accept",
+        "proxy-gpu-b-retire",
+        "proxy-scripts",
+    ]
     # the TLS key reaches the proxy host inside the step's stdin only, which is a secret
     assert "TLS-KEY" not in repr(seen)

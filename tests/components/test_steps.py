@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from components.render.steps import DELETE_COMMAND, SCRIPTS_DIR, STEP_COMMAND, Step, render
+import components.render.steps as steps_module
+from components.render.steps import DELETE_COMMAND, SCRIPTS_DIR, STEP_COMMAND, Step, render, render_stage
 from tests.support.paths import HOST
 
 sys.path.insert(0, str(SCRIPTS_DIR))
@@ -29,6 +30,23 @@ def run_local(stdin: str, env: dict | None = None) -> subprocess.CompletedProces
         env={**os.environ, **(env or {})},
         timeout=60,
     )
+
+
+@pytest.fixture(autouse=True)
+def staged(tmp_path_factory, monkeypatch) -> Path:
+    """The scripts staged where the rendered steps look for them: a temp dir on this machine,
+    filled by the `scripts` step itself (every host script)."""
+    where = tmp_path_factory.mktemp("staged")
+    monkeypatch.setattr(steps_module, "STAGED_DIR", str(where))
+    done = run_local(render_stage().stdin)
+    assert done.returncode == 0, done.stderr
+    return where
+
+
+def stage(*scripts: Path) -> None:
+    """Stage scripts outside components/scripts/host/ (the toy steps), as the `scripts` step does."""
+    done = run_local(render_stage(tuple(str(s) for s in scripts)).stdin)
+    assert done.returncode == 0, done.stderr
 
 
 def test_render_puts_script_and_values_on_stdin_not_the_command_line():
@@ -49,7 +67,47 @@ def test_render_rejects_bad_parameter_names_and_actions():
 
 def test_helpers_become_shell_functions():
     r = render(Step("gpu-cc", "gpu_cc.sh", helpers=("vbios_version.py",)), {})
-    assert "vbios_version() {" in r.stdin and "def parse_vbios_version" in r.stdin
+    digest = steps_module.script_digest("vbios_version.py")
+    assert f'vbios_version() {{ python3 "$TDX_SCRIPTS/{digest}" "$@"; }}' in r.stdin
+    assert "def parse_vbios_version" not in r.stdin  # staged once per host, not carried by each step
+
+
+def test_a_step_carries_the_digests_of_its_files_not_the_files(tmp_path):
+    kernel = render(Step("kernel", "kernel.sh"), {"TDX_KERNEL_ARGS": "x"})
+    assert len(kernel.stdin) < 2000, len(kernel.stdin)
+    for name in ("lib.sh", "kernel.sh"):
+        assert f"_tdx_need {steps_module.script_digest(name)} {name} || exit 1" in kernel.stdin
+    assert (SCRIPTS_DIR / "kernel.sh").read_text()[:200] not in kernel.stdin
+    # A changed script changes the stdin of exactly the steps that run it.
+    mine = tmp_path / "mine.sh"
+    mine.write_text("check() { return 0; }\n")
+    before = render(Step("mine", str(mine)), {}).stdin
+    other = render(Step("kernel", "kernel.sh"), {"TDX_KERNEL_ARGS": "x"}).stdin
+    mine.write_text("check() { true; }\n")
+    assert render(Step("mine", str(mine)), {}).stdin != before
+    assert render(Step("kernel", "kernel.sh"), {"TDX_KERNEL_ARGS": "x"}).stdin == other
+
+
+def test_a_step_whose_scripts_are_not_staged_refuses_with_the_fix(tmp_path):
+    mine = tmp_path / "unstaged.sh"
+    mine.write_text("check() { return 0; }\n")
+    res = run_local(render(Step("mine", str(mine)), {}).stdin)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.startswith("error: mine: the host step scripts are not staged here; expected "), res.stderr
+    assert "seen no file; fix: pulumi up stages them first (its scripts step)" in res.stderr
+
+
+def test_the_scripts_step_is_idempotent_and_repairs_a_changed_file(staged):
+    again = run_local(render_stage().stdin)
+    assert again.returncode == 0 and json.loads(again.stdout)["changed"] is False
+    lib = staged / steps_module.script_digest("lib.sh")
+    lib.write_text("echo tampered\n")
+    status = run_local(render_stage(action="status").stdin)
+    facts = json.loads(status.stdout)
+    assert facts["in_sync"] is False and facts["unmet"][0].startswith("host step script lib.sh; expected "), facts
+    fixed = run_local(render_stage().stdin)
+    assert json.loads(fixed.stdout)["changed"] is True
+    assert steps_module.script_digest("lib.sh") == __import__("hashlib").sha256(lib.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -71,6 +129,7 @@ apply() {
 remove() { rm -f "$TOY_FILE"; fact removed_paths "$TOY_FILE"; }
 runtime_check() { [ -f "$TOY_FILE.booted" ] || unmet "not booted" "booted" "old boot" "reboot"; [ "${#_UNMET[@]}" -eq 0 ]; }
 """)
+    stage(script)
     return script, tmp_path / "state"
 
 
@@ -133,6 +192,7 @@ def test_destroy_runs_the_steps_remove_on_the_same_stdin(toy, tmp_path):
     assert not state.exists()
     keep = tmp_path / "keep.sh"
     keep.write_text("check() { return 0; }\n")  # a step without `remove` leaves the host as it is
+    stage(keep)
     res = subprocess.run(
         ["bash", "-c", DELETE_COMMAND],
         input=render(Step("keep", str(keep)), {}).stdin,
@@ -210,6 +270,7 @@ def test_vbios_helper_runs_as_the_scripts_run_it(tmp_path):
     rom.write_bytes(make_rom("96.00.9F.00.01"))
     script = tmp_path / "s.sh"
     script.write_text('check() { fact v "$(vbios_version "$ROM")"; }\n')
+    stage(script)
     res = run_local(
         render(Step("v", str(script), helpers=("vbios_version.py",), mode="check"), {"ROM": str(rom)}).stdin
     )
@@ -378,6 +439,7 @@ def test_the_loader_hands_the_script_whole_to_bash_and_removes_its_copy(toy, tmp
     script, state = toy
     hungry = tmp_path / "hungry.sh"
     hungry.write_text(script.read_text().replace('echo applied >>"$TOY_FILE.log"', 'cat >>"$TOY_FILE.log"'))
+    stage(hungry)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     rendered = render(Step("toy", str(hungry)), toy_params(state))

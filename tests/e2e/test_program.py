@@ -230,7 +230,7 @@ def test_a_host_on_another_os_than_platform_os_is_refused_before_any_change(e2e)
         "seen ubuntu-24.04 (/etc/os-release); fix: set platform.os: ubuntu-24.04"
     ), host
     states = {s["step"]: s["state"] for s in host["steps"]}
-    assert states == dict.fromkeys(("host-tools", "bios-verify", "kernel", "gpu-cc", "dcap"), "in_sync") | {
+    assert states == dict.fromkeys(("scripts", "host-tools", "bios-verify", "kernel", "gpu-cc", "dcap"), "in_sync") | {
         "preflight": "refused"
     }, states
     assert not apply_calls(h, calls), "status changed the host"
@@ -254,10 +254,18 @@ def test_status_of_a_stack_it_cannot_read_says_why(e2e) -> None:
 
 
 def test_status_names_drift_on_a_host_that_pulumi_cannot_see(e2e) -> None:
-    # A person flips a GPU out of CC mode by hand: `pulumi preview` sees nothing; `status` names it.
+    # A person edits a kernel argument out of the GRUB drop-in and flips a GPU out of CC mode by hand:
+    # `pulumi preview` sees nothing; `status` names exactly those two, with what it expected and saw.
+    from components.render.steps import Rendered
+    from tests.support.hosts import sshrun
+
     eng, hosts = e2e
     h = hosts["tdx_ready"]
     bdf = eng.outputs("e2e")["hosts"][READY_HOST]["gpus"][0]["bdf"]
+    dropin = "/etc/default/grub.d/90-tdxgpu.cfg"
+    original = h.host_path(dropin).read_text()
+    assert "intel_iommu=on" in original
+    sshrun.run(h.target(), Rendered(command=f"sed -i 's/ intel_iommu=on//' {dropin}", stdin=""))
     h.set_gpu_mode(bdf, cc="off")
     try:
         eng.pulumi("preview", "--expect-no-changes", stack="e2e")
@@ -265,14 +273,20 @@ def test_status_names_drift_on_a_host_that_pulumi_cannot_see(e2e) -> None:
         assert rc == 3 and status["ready"] is False, status
         host = status["hosts"][READY_HOST]
         drifted = {s["step"]: s["problems"] for s in host["steps"] if s["state"] != "in_sync"}
-        assert drifted == {
-            "gpu-cc": [
-                f"GPU {bdf} CC mode; expected on, seen off; fix: apply runs nvidia_gpu_tools.py --set-cc-mode=on"
-            ]
-        }, drifted
+        assert set(drifted) == {"kernel", "gpu-cc"}, drifted
+        (kernel,) = drifted["kernel"]
+        found = re.fullmatch(
+            r'the GRUB drop-in differs; expected args "(.*)", seen (.*); fix: apply rewrites it and runs update-grub',
+            kernel,
+        )
+        assert found and "intel_iommu=on" in found[1] and "intel_iommu=on" not in found[2], kernel
+        assert drifted["gpu-cc"] == [
+            f"GPU {bdf} CC mode; expected on, seen off; fix: apply runs nvidia_gpu_tools.py --set-cc-mode=on"
+        ], drifted
         assert any("changed since the last `pulumi up`" in n for n in status["notes"]), status["notes"]
     finally:
         h.set_gpu_mode(bdf, cc="on")
+        sshrun.run(h.target(), Rendered(command=f"cat >{dropin}", stdin=original))
     assert eng.status("e2e")[0] == 0
 
 
@@ -318,10 +332,10 @@ def test_a_host_failing_preflight_fails_up_then_resumes_once_fixed(e2e) -> None:
     assert not apply_calls(h), "a step after the failed preflight changed the host"
     assert h.state()["reboots"] == 0
     resources = eng.state("e2e-pre")["checkpoint"]["latest"].get("resources") or []
-    # Only the SSH probe and the host-tools step ran to completion before preflight; the failed check
+    # Only the SSH probe, the scripts and the host-tools step ran to completion before preflight; the failed check
     # is not recorded.
     recorded = [r["urn"].rsplit("::", 1)[-1] for r in resources if r["type"].startswith("command:")]
-    assert recorded == [f"{PRE_HOST}-ssh-check", f"{PRE_HOST}-tools-install"], recorded
+    assert recorded == [f"{PRE_HOST}-ssh-check", f"{PRE_HOST}-scripts", f"{PRE_HOST}-tools-install"], recorded
     # A failed first `up` leaves no outputs at all; `status` names the host, the step and why.
     rc, status = eng.status("e2e-pre")
     assert rc == 1 and status["outputsReady"] is None and status["lastUpdate"]["result"] == "failed", status

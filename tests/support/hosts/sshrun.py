@@ -146,10 +146,33 @@ def dial(t: Target, *, deadline: float) -> tuple[paramiko.Transport, int, list[s
         delay = min(delay * 1.5, 5.0)
 
 
-def run(target: Target, rendered: Any, *, deadline_s: float = 120.0, env: Mapping[str, str] | None = None) -> Result:
+# The hosts whose step scripts are staged (host, port, host key: a new fake host has a new key).
+_staged: set[tuple[str, int, str]] = set()
+
+
+def run(
+    target: Target,
+    rendered: Any,
+    *,
+    deadline_s: float = 120.0,
+    env: Mapping[str, str] | None = None,
+    stage: bool = True,
+) -> Result:
     """Run `rendered` (anything with .command and .stdin) on target; raise CommandFailed on a
     non-zero exit. env: session environment (dropped by sshd unless AcceptEnv allows it, as with
-    pulumi-command)."""
+    pulumi-command). A step that runs staged scripts gets them staged first, once per host, by the
+    `scripts` step `pulumi up` runs first (`stage=False`: as found)."""
+    from components.render.steps import render_stage
+
+    key = (target.host, target.port, target.host_key)
+    stdin_text = rendered.stdin if isinstance(rendered.stdin, str) else ""
+    if stage and "\n_tdx_need " in stdin_text and key not in _staged:
+        _run(target, render_stage(), deadline_s=deadline_s, env=None)
+        _staged.add(key)
+    return _run(target, rendered, deadline_s=deadline_s, env=env)
+
+
+def _run(target: Target, rendered: Any, *, deadline_s: float, env: Mapping[str, str] | None) -> Result:
     deadline = time.monotonic() + deadline_s
     transport, dials, dial_errors = dial(target, deadline=deadline)
     try:
