@@ -86,9 +86,11 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def timed_preview(eng: Engine, stack: str) -> dict:
+def timed_preview(eng: Engine, stack: str, cli_profile: Path | None = None) -> dict:
     # As an operator runs it: the plain plan, not --json (which holds every input of every step).
     cmd = [str(PULUMI), "preview", "--stack", stack, "--non-interactive", "--color", "never"]
+    if cli_profile is not None:  # the CLI's own Go CPU profile: `go tool pprof -top bin/pulumi PREFIX.*.cpu`
+        cmd += ["--profiling", str(cli_profile.resolve())]
     t = time.perf_counter()
     proc = subprocess.Popen(
         cmd, cwd=eng.project, env=eng.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
@@ -150,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FILE",
         help="run the program under cProfile (its stats for the last size go to FILE; timings include the profiler)",
     )
+    ap.add_argument(
+        "--cli-profile",
+        type=Path,
+        metavar="PREFIX",
+        help="the Pulumi CLI's CPU profile of each preview (pulumi --profiling PREFIX; read with go tool pprof)",
+    )
     args = ap.parse_args(argv)
     if args.out is None:
         args.out = RESULT.with_name("fleet-skip-checkpoints.json") if args.skip_checkpoints else RESULT
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             stack = f"fleet-{n}"
             (eng.project / "stacks" / f"Pulumi.{stack}.yaml").write_text(fleet_stack(n))
             eng.pulumi("stack", "select", "--create", stack=stack)
-            runs = [timed_preview(eng, stack) for _ in range(args.runs)]
+            runs = [timed_preview(eng, stack, args.cli_profile) for _ in range(args.runs)]
             best = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
             rows.append({"hosts": n, **best, "runs_wall_s": [r["wall_s"] for r in runs]})
             print(f"  {n} hosts: {best['wall_s']} s", file=sys.stderr)

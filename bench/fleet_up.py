@@ -6,7 +6,8 @@ The hosts are the harness's OpenSSH servers in network namespaces (tests/support
 TDX-ready host with one H100, all logging in with one key (the stack-wide `ssh.privateKey`). The
 first `up` runs every step on every host (BIOS verification, the kernel with its reboot, GPU CC
 mode, DCAP); the second must change nothing and run no command on any host; then a changed kernel
-argument must plan exactly the three kernel steps of every host. Records the wall times, writes JSON.
+argument must plan exactly the three kernel steps of every host, and a pin of one host (its GPU
+model) only that host's steps. Records the wall times, writes JSON.
 Needs root (network namespaces).
 """
 
@@ -103,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         planned = changed_steps(eng.preview_json(stack))
         kernel = {f"gpu-{i:02d}-kernel-{s}" for i in range(len(hosts)) for s in ("cmdline", "reboot", "wait")}
         only_kernel = planned == dict.fromkeys(kernel, "update")
+        # A pin of one host (its GPU model: another SKU's VBIOS and driver pins) plans only that host's steps.
+        eng.pulumi("config", "rm", "--path", "platform.extraKernelArgs[1]", stack=stack)
+        one = min(3, len(hosts) - 1)
+        eng.config_set(stack, {f"hosts[{one}].gpu.model": "h200-sxm", f"hosts[{one}].gpu.count": "1"})
+        one_host = changed_steps(eng.preview_json(stack))
+        only_that_host = bool(one_host) and all(name.startswith(f"gpu-{one:02d}-") for name in one_host)
     row = {
         "hosts": args.hosts,
         "resources": preview["resources"],
@@ -115,13 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         "commands_run_by_converged_up": ran,
         "kernel_pin_change_plans_only_kernel_steps": only_kernel,
         "kernel_pin_change_updates": len(planned),
+        "one_host_pin_change_plans_only_that_host": only_that_host,
+        "one_host_pin_change_updates": sorted(one_host),
         "extra_kernel_arg": EXTRA_ARG,
     }
     for key, value in row.items():
         print(f"{key:>30}: {value}")
-    ok = ready is True and ops == {} and ran == 0 and only_kernel
+    ok = ready is True and ops == {} and ran == 0 and only_kernel and only_that_host
     verdict = "yes" if ok else "NO"
-    print(f"converged up changed nothing and ran nothing; a kernel pin plans only the kernel steps: {verdict}")
+    print(
+        "converged up changed nothing and ran nothing; a kernel pin plans only the kernel steps; "
+        f"one host's pin plans only that host's steps: {verdict}"
+    )
     write_result(args.out, "fleet up", row=row)
     return 0 if ok else 1
 

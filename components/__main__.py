@@ -15,7 +15,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "kubernetes": ("components.render.kubernetes", "print the objects the Kubernetes target creates (for genpolicy)"),
     "pins": ("components.render.stack_pins", "print a stack's `pins` offline (--events: with the expected event log)"),
     "redfish": ("components.bmc.redfish", "apply or check one BIOS phase over Redfish (what BiosSettings runs)"),
-    "status": ("components.status.command", "is the stack ready now: the last update, and every host step's check"),
+    "status": ("components.status.command", "is the stack ready now: the last up, every host step's check, every TD"),
     "ssh-check": ("components.probe.ssh", "one SSH handshake: the host answers with the pinned key (before any step)"),
 }
 

@@ -321,13 +321,14 @@ _FIXES: dict[str, str] = {
     "--accept-dev-test-root; real TDs need Intel's collateral (--pccs)",
     "collateral.chain_untrusted_root": "TEST quotes need --root-ca (the TEST root) or, for the dev stack without "
     "TDX, --accept-dev-test-root; real TDs need Intel's collateral (--pccs)",
-    "gpu.evidence_missing": "the TD served no GPU evidence though the stack pins GPUs: pulumi up relaunches it "
-    "with its GPUs",
+    "gpu.evidence_missing": "the TD served no GPU evidence though the stack pins GPUs: check the host's gpu-cc "
+    "step, then relaunch the TD (pulumi up --replace its <host>-td-launch resource; pulumi stack --show-urns)",
     "quote.malformed": "the endpoint is not the stack's gateway: do not send it prompts",
 }
 _FAMILY_FIXES: dict[str, str] = {
-    "pin": "the TD does not run what the stack pins: pulumi up stages and relaunches the pinned image; if it "
-    "still differs, do not send it prompts",
+    "pin": "the TD does not run what the stack pins: stage and relaunch the pinned image (pulumi up --replace its "
+    "<host>-td-stage and <host>-td-launch resources; pulumi stack --show-urns); if it still differs, do not send "
+    "it prompts",
     "binding": "the quote is not bound to this TLS connection: something between here and the TD answers for "
     "it; do not send it prompts",
     "collateral": "give collateral that covers this quote: --pccs URL of a PCCS that reaches Intel PCS, or a fresh "
@@ -358,9 +359,10 @@ def failure_line(
     "check: cannot reach URL: why; fix: Z"). A TCB refusal's fix is what the TCB recovery needs."""
     if check == "upstream.unreachable":
         return (
-            f"{check}: cannot reach {endpoint}: {_show(seen)}; fix: is the TD running? `python -m components status` "
-            "names its host's problem above; pulumi up relaunches it; check that this machine reaches that address "
-            "and port"
+            f"{check}: cannot reach {endpoint}: {_show(seen)}; fix: is the TD running? the host's problem is above, "
+            "and on the host `systemctl status tdx-vllm-td-<host>` and its serial log say why; relaunch it with "
+            "pulumi up --replace its <host>-td-launch resource (pulumi stack --show-urns: a plain up re-runs no "
+            "unchanged step); check that this machine reaches that address and port"
         )
     fix = _FIXES.get(check) or _FAMILY_FIXES.get(check.split(".", 1)[0], _DEFAULT_FIX)
     if check in ("tcb.status_not_allowed", "tcb.out_of_date_grace_expired", "tcb.no_matching_level") and recovery:

@@ -91,7 +91,18 @@ def _read_cached(path: Path, _mtime_ns: int, _size: int) -> bytes:
 
 
 def script_digest(file_name: str) -> str:
-    return hashlib.sha256(_script_bytes(SCRIPTS_DIR / file_name)).hexdigest()
+    return _digest(_script_bytes(SCRIPTS_DIR / file_name))
+
+
+@functools.lru_cache(maxsize=128)
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@functools.lru_cache(maxsize=128)
+def _packed(data: bytes) -> str:
+    """The file as the `scripts` step carries it: base64 of gzip without a time stamp."""
+    return base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode()
 
 
 def step_files(step: Step) -> tuple[str, ...]:
@@ -155,8 +166,7 @@ def stage_params(files: tuple[str, ...], scripts_dir: str | None = None) -> dict
     lines = []
     for name in files:
         data = _script_bytes(SCRIPTS_DIR / name)
-        packed = base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode()
-        lines.append(f"{hashlib.sha256(data).hexdigest()} {Path(name).name} {packed}")
+        lines.append(f"{_digest(data)} {Path(name).name} {_packed(data)}")
     return {"TDX_SCRIPTS": scripts_dir or STAGED_DIR, "TDX_SCRIPT_FILES": "\n".join(lines)}
 
 

@@ -13,7 +13,7 @@ from components.catalog.gpu import GpuSku
 from components.catalog.td_manifest import BootManifest
 from components.config.model import TdShape, WorkloadConfig
 from components.render.steps import Step
-from components.render.td_definition import DEFAULT_QEMU, TdDefinition, agent_config, render_unit, td_dir
+from components.render.td_definition import DEFAULT_QEMU, TdDefinition, agent_config, render_unit, td_dir, unit_name
 from guest_agent import REPORT_PREFIX
 from tdxattest.core.workload import WorkloadManifest, expected_rtmr3, gpu_pins
 
@@ -50,6 +50,7 @@ def artifact_lines(boot: BootManifest) -> str:
 def stage_params(name: str, boot: BootManifest, artifact_source: str) -> dict[str, str]:
     return {
         "TDX_TD_NAME": name,
+        "TDX_UNIT": unit_name(name),
         "TDX_TD_DIR": td_dir(name),
         "TDX_ARTIFACT_SOURCE": artifact_source,
         "TDX_ARTIFACTS": artifact_lines(boot),

@@ -35,24 +35,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from components.config.model import HostConfig, StackConfig
+from components.config.model import HostConfig, SshConfig, StackConfig
 from components.config.reader import ConfigErrors
 from components.config.stack import load_from_cli_json
 from components.paths import REPO_ROOT
 from components.probe.ssh import AuthenticationFailed, HostKeyMismatch, connect, load_private_key, run
 from components.render.host_steps import host_checks
+from components.render.proxy import PROXY_STEP, proxy_instances, proxy_params
 from components.render.status import (
     DEFAULT_WARN_DAYS,
     EXIT_UNREADABLE,
@@ -69,7 +71,7 @@ from components.render.status import (
     step_status,
 )
 from components.render.status import to_json as status_json
-from components.render.steps import render, render_stage
+from components.render.steps import Rendered, render, render_stage
 
 if TYPE_CHECKING:
     from tdxattest.channel.probe import Probe
@@ -111,38 +113,67 @@ def pulumi_json(args: Sequence[str], project: Path) -> Any:
 
 
 def read_host(stack: StackConfig, host: HostConfig, index: int) -> HostStatus:
-    ssh = host.ssh
+    def checks() -> list[tuple[str, str, Rendered]]:
+        return [(c.step.name, c.resource, render(c.step, c.params, "status")) for c in host_checks(stack, host)]
+
+    return read_over_ssh(host.name, host.ssh, f"hosts[{index}].ssh", checks)
+
+
+def read_proxy_host(stack: StackConfig, pins: Any) -> HostStatus | None:
+    """The verifying proxy's host (`proxy:`), read like a GPU host: each unit's steady state (the
+    retire phase: the current pins only, running, listening)."""
+    proxy = stack.proxy
+    if proxy is None or stack.workload is None or not isinstance(pins, dict):
+        return None
+    served = [(h.name, h.ssh.address, stack.workload.gateway_port) for h in stack.hosts]
+    version = importlib.metadata.version("tdxattest")
+
+    def checks() -> list[tuple[str, str, Rendered]]:
+        return [
+            (
+                PROXY_STEP.name,
+                f"proxy-{inst.td}-retire",
+                render(PROXY_STEP, proxy_params(proxy, inst, pins, "retire", version), "status"),
+            )
+            for inst in proxy_instances(proxy, served)
+        ]
+
+    return read_over_ssh("proxy", proxy.ssh, "proxy.ssh", checks)
+
+
+def read_over_ssh(
+    name: str, ssh: SshConfig, key_path: str, checks: Callable[[], list[tuple[str, str, Rendered]]]
+) -> HostStatus:
+    """Log in with the pinned host key and run the staged scripts' check, then each of `checks()`
+    (step, resource, the rendered `status` action; rendered only once logged in)."""
     where = f"{ssh.address}:{ssh.port}"
-    key_path = f"hosts[{index}].ssh"
     try:
         key = load_private_key(ssh.private_key.value)
     except ValueError as exc:
-        return HostStatus(host.name, where, f"{key_path}.privateKey is {exc}; fix: set it from the key file")
+        return HostStatus(name, where, f"{key_path}.privateKey is {exc}; fix: set it from the key file")
     try:
         transport = connect(ssh.address, ssh.port, ssh.host_key, ssh.user, key, CONNECT_TIMEOUT_S)
     except HostKeyMismatch as exc:
         return HostStatus(
-            host.name,
+            name,
             where,
             f"{where} {exc} ({key_path}.hostKey); nothing was sent; fix: if the host was reinstalled, read its key "
             f"on the console and set {key_path}.hostKey, otherwise do not go on",
         )
     except AuthenticationFailed:
         return HostStatus(
-            host.name, where, f"{where} refuses {key_path}.privateKey for user {ssh.user}; fix: authorise that key"
+            name, where, f"{where} refuses {key_path}.privateKey for user {ssh.user}; fix: authorise that key"
         )
     except OSError as exc:
         return HostStatus(
-            host.name, where, f"cannot reach {where}: {exc.strerror or exc}; fix: check {key_path}.address and .port"
+            name, where, f"cannot reach {where}: {exc.strerror or exc}; fix: check {key_path}.address and .port"
         )
     except Exception as exc:  # paramiko's SSHException and friends: no usable SSH server there
-        return HostStatus(host.name, where, f"no SSH session with {where}: {type(exc).__name__}: {exc}")
+        return HostStatus(name, where, f"no SSH session with {where}: {type(exc).__name__}: {exc}")
     steps = []
     try:
         # The staged scripts first (every other check runs them), then each step's check.
-        checks = [("scripts", f"{host.name}-scripts", render_stage(action="status"))]
-        checks += [(c.step.name, c.resource, render(c.step, c.params, "status")) for c in host_checks(stack, host)]
-        for step_name, resource, rendered in checks:
+        for step_name, resource, rendered in [("scripts", f"{name}-scripts", render_stage(action="status")), *checks()]:
             try:
                 ran = run(transport, rendered.command, rendered.stdin, STEP_TIMEOUT_S)
             except Exception as exc:  # a timeout, a dropped session, a runaway output: this step only
@@ -151,7 +182,7 @@ def read_host(stack: StackConfig, host: HostConfig, index: int) -> HostStatus:
             steps.append(step_status(step_name, resource, ran.rc, ran.stdout, ran.stderr))
     finally:
         transport.close()
-    return HostStatus(host.name, where, None, tuple(steps))
+    return HostStatus(name, where, None, tuple(steps))
 
 
 @dataclass(frozen=True)
@@ -297,8 +328,12 @@ def stack_status(stack_name: str, project: Path, options: TdOptions | None = Non
     now = int(time.time())
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(stack.hosts) + 1))) as pool:
         tds_future = pool.submit(read_tds, endpoints, td_hosts, appraiser, options)
+        proxy_future = pool.submit(read_proxy_host, stack, outputs.get("pins"))
         hosts = list(pool.map(lambda ih: read_host(stack, ih[1], ih[0]), enumerate(stack.hosts)))
         tds = tds_future.result()
+        proxy_host = proxy_future.result()
+    if proxy_host is not None:
+        hosts.append(proxy_host)
     return StackStatus(
         stack=stack_name,
         last_update=last_update_of(history if isinstance(history, list) else []),

@@ -370,8 +370,9 @@ def test_a_td_whose_pins_differ_is_refused_naming_the_check(gateways: Gateways, 
     (seen,) = _attest(_outputs(pinned, {"gpu-a": url}), _test_root(tmp_path, pki))
     assert (seen.state, seen.reachable, seen.accepted) == ("refused", True, False)
     assert seen.failures == (
-        f"pin.rtmr3: expected {'ab' * 48}, seen {'00' * 48}; fix: the TD does not run what the stack pins: pulumi up "
-        "stages and relaunches the pinned image; if it still differs, do not send it prompts",
+        f"pin.rtmr3: expected {'ab' * 48}, seen {'00' * 48}; fix: the TD does not run what the stack pins: stage and "
+        "relaunch the pinned image (pulumi up --replace its <host>-td-stage and <host>-td-launch resources; pulumi "
+        "stack --show-urns); if it still differs, do not send it prompts",
     )
     assert seen.tcb_status == "UpToDate"  # dcap-qvl verified it; the pins refused it
 
@@ -450,7 +451,9 @@ def fake_stack(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, Any]], No
 
         hosts = (SimpleNamespace(name="gpu-a"), SimpleNamespace(name="gpu-b"))
         monkeypatch.setattr(command, "pulumi_json", pulumi_json)
-        monkeypatch.setattr(command, "load_from_cli_json", lambda doc, name, where: SimpleNamespace(hosts=hosts))
+        monkeypatch.setattr(
+            command, "load_from_cli_json", lambda doc, name, where: SimpleNamespace(hosts=hosts, proxy=None)
+        )
         monkeypatch.setattr(command, "read_host", read_host)
 
     return install
@@ -513,7 +516,8 @@ def test_a_td_that_serves_no_gpu_evidence_when_the_pins_want_gpus_is_refused(
     assert seen.gpu == TdGpu(False, False, 0, None, None)
     assert seen.failures[0].startswith("gpu.evidence_missing: expected GPU evidence in the attestation")
     assert seen.failures[0].endswith(
-        "; fix: the TD served no GPU evidence though the stack pins GPUs: pulumi up relaunches it with its GPUs"
+        "; fix: the TD served no GPU evidence though the stack pins GPUs: check the host's gpu-cc "
+        "step, then relaunch the TD (pulumi up --replace its <host>-td-launch resource; pulumi stack --show-urns)"
     )
     host = HostStatus(
         "gpu-a",

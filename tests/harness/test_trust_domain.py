@@ -337,6 +337,19 @@ def test_the_td_comes_back_with_its_gpu_after_a_host_reboot(host):
 # destroy
 
 
+def test_a_replaced_stage_leaves_the_files_the_running_td_uses(host):
+    # `pulumi up --replace <td-stage>` (the fix a changed staged file's refusal names) creates the new
+    # stage, then deletes the old one, while the TD's unit stays: the files stay with it, or the TD
+    # would not start again after the next reboot (found by the journey: "Could not open ... No such file").
+    before = sorted(p.name for p in host.host_path(TD_DIR).iterdir())
+    r = sshrun.run(
+        host.target(),
+        Rendered(command=DELETE_COMMAND, stdin=render(STAGE_STEP, stage_params(NAME, boot(), SOURCE)).stdin),
+    )
+    assert r.facts["left_in_place"].startswith(f"{TD_DIR}: the TD unit {UNIT} still runs from it"), r.facts
+    assert sorted(p.name for p in host.host_path(TD_DIR).iterdir()) == before
+
+
 def test_destroy_stops_the_td_and_removes_its_files(host):
     r = sshrun.run(host.target(), Rendered(command=DELETE_COMMAND, stdin=render(LAUNCH_STEP, launch()).stdin))
     assert r.facts["removed_paths"] == f"/etc/systemd/system/{UNIT} {TD_DIR}/agent.json", r.facts

@@ -279,6 +279,41 @@ def test_the_fix_the_refusal_names_stages_the_pinned_files_and_the_td_serves_aga
     assert answer.choices[0].message.content == "back again"
 
 
+def test_status_attests_the_td_through_its_gateway_and_names_it_once_stopped(journey: Journey) -> None:
+    # `python -m components status` on the dev stack: every host step and the proxy host in sync,
+    # the TD attested with the proxy's own code (TEST quotes: --accept-dev-test-root); then the TD
+    # is stopped by hand and named.
+    j = journey
+    rc, table = j.eng.status_text(STACK, "--accept-dev-test-root")
+    (j.root / "status-ready.txt").write_text(table)
+    assert rc == 0, table
+    rc, status = j.eng.status(STACK, "--accept-dev-test-root")
+    td = status["tds"][NAME]
+    assert rc == 0 and td["accepted"] is True and td["reachable"] is True, td
+    proxy_host = status["hosts"]["proxy"]  # the deployed proxy's host: its scripts and its unit
+    assert proxy_host["inSync"] is True and [s["step"] for s in proxy_host["steps"]] == ["scripts", "proxy"], proxy_host
+    assert td["tcbStatus"] == "UpToDate" and td["quoteSource"] == "software-test-pki", td
+    assert td["collateral"]["nextUpdate"] and td["collateral"]["tcbEvaluationDataNumber"] is not None, td
+    host_sh(j, f"systemctl stop {UNIT}.service")
+    rc, table = j.eng.status_text(STACK, "--accept-dev-test-root")
+    (j.root / "status-td-stopped.txt").write_text(table)
+    assert rc == 4, table
+    rc, status = j.eng.status(STACK, "--accept-dev-test-root")
+    td = status["tds"][NAME]
+    assert rc == 4 and td["reachable"] is False and td["accepted"] is False, td
+    assert td["failures"][0].startswith(f"upstream.unreachable: cannot reach {j.endpoint}"), td
+    # Started again for the destroy test. QEMU may refuse at first while the kernel still holds the
+    # stopped TD's vsock CID: start until it stays up.
+    deadline = time.monotonic() + 120
+    while True:
+        host_sh(j, f"systemctl start {UNIT}.service")
+        time.sleep(3)
+        if host_sh(j, f"systemctl is-active {UNIT}.service || true").strip() == "active":
+            break
+        log = j.host.state_dir / f"unit-{UNIT}.log"
+        assert time.monotonic() < deadline, "the TD did not start again:\n" + log.read_text(errors="replace")[-3000:]
+
+
 def test_destroy_stops_the_td_and_removes_its_files(journey: Journey) -> None:
     j = journey
     assert host_sh(j, f"systemctl is-active {UNIT}.service").strip() == "active"

@@ -160,12 +160,17 @@ class Engine:
     def outputs(self, stack: str) -> dict:
         return json.loads(self.pulumi("stack", "output", "--json", "--show-secrets", stack=stack).stdout)
 
-    def status(self, stack: str) -> tuple[int, dict]:
+    def status(self, stack: str, *extra: str) -> tuple[int, dict]:
         """`python -m components status --stack S --json` in the project, as an operator runs it."""
-        cmd = [str(VENV / "bin" / "python"), "-m", "components", "status", "--stack", stack, "--json"]
+        rc, out = self.status_text(stack, "--json", *extra)
+        return rc, json.loads(out)
+
+    def status_text(self, stack: str, *extra: str) -> tuple[int, str]:
+        """`python -m components status --stack S [extra]`: its exit status and what it printed."""
+        cmd = [str(VENV / "bin" / "python"), "-m", "components", "status", "--stack", stack, *extra]
         p = subprocess.run(cmd, cwd=self.project, env=self.env, capture_output=True, text=True, timeout=240)
-        assert p.returncode in (0, 1, 3), f"status could not read {stack} ({p.returncode}):\n{p.stderr}"
-        return p.returncode, json.loads(p.stdout)
+        assert p.returncode in (0, 1, 3, 4), f"status could not read {stack} ({p.returncode}):\n{p.stderr}"
+        return p.returncode, p.stdout
 
     def state(self, stack: str) -> dict:
         return json.loads((self.backend / ".pulumi" / "stacks" / PROJECT / f"{stack}.json").read_text())

@@ -2,7 +2,7 @@
 # TD's directory on the host, each checked against its sha256 HERE, on the host, after the copy:
 # what QEMU loads is exactly what the expected measurements were computed from.
 #
-# Parameters: TDX_TD_NAME, TDX_TD_DIR (/var/lib/tdx-vllm/td/<name>), TDX_ARTIFACT_SOURCE (an
+# Parameters: TDX_TD_NAME, TDX_UNIT (the TD's unit), TDX_TD_DIR (/var/lib/tdx-vllm/td/<name>), TDX_ARTIFACT_SOURCE (an
 # http(s) base URL, or an absolute directory on this host), TDX_ARTIFACTS (one line per artifact:
 # `<staged name> <file under the source> <sha256>`).
 
@@ -65,6 +65,12 @@ apply() {
 
 # On destroy: the TD's directory goes (td-launch has stopped the TD and removed its unit first).
 remove() {
+  # `pulumi up --replace` of this step creates the new one first, then deletes this one: the TD's
+  # unit (td-launch, which `pulumi destroy` removes before this step) still runs from these files.
+  if [ -f "/etc/systemd/system/$TDX_UNIT" ]; then
+    fact left_in_place "$TDX_TD_DIR: the TD unit $TDX_UNIT still runs from it (this step was replaced, the TD was not)"
+    return 0
+  fi
   case "$TDX_TD_DIR" in /var/lib/tdx-vllm/td/?*) rm -rf -- "$TDX_TD_DIR" ;; esac
   rmdir --ignore-fail-on-non-empty /var/lib/tdx-vllm/td /var/lib/tdx-vllm 2>/dev/null || true
   fact removed_paths "$TDX_TD_DIR"
