@@ -129,9 +129,8 @@ NEED_FUNCTION = (
 )
 
 
-def render(step: Step, params: Mapping[str, str], action: str = "run", scripts_dir: str | None = None) -> Rendered:
-    """The command line and stdin for `step` with its desired values `params`; the step's script
-    files are read from `scripts_dir`, where the `scripts` step staged them (`render_stage`)."""
+def _preamble(step: Step, params: Mapping[str, str], action: str) -> list[str]:
+    """The step's name, action and mode, then its values, as shell assignments."""
     if action not in ACTIONS:
         raise ValueError(f"unknown action {action!r}")
     preamble = [
@@ -141,7 +140,13 @@ def render(step: Step, params: Mapping[str, str], action: str = "run", scripts_d
         f'TDX_ACTION="${{TDX_ACTION_OVERRIDE:-{action}}}"',
         shell_assign("TDX_MODE", step.mode),
     ]
-    preamble += [shell_assign(k, str(v)) for k, v in sorted(params.items())]
+    return preamble + [shell_assign(k, str(v)) for k, v in sorted(params.items())]
+
+
+def render(step: Step, params: Mapping[str, str], action: str = "run", scripts_dir: str | None = None) -> Rendered:
+    """The command line and stdin for `step` with its desired values `params`; the step's script
+    files are read from `scripts_dir`, where the `scripts` step staged them (`render_stage`)."""
+    preamble = _preamble(step, params, action)
     files = [shell_assign("TDX_SCRIPTS", scripts_dir or STAGED_DIR), NEED_FUNCTION]
     files += [_need(f) for f in step_files(step)]
     body = [f'source "$TDX_SCRIPTS/{script_digest("lib.sh")}"']
@@ -173,13 +178,10 @@ def stage_params(files: tuple[str, ...], scripts_dir: str | None = None) -> dict
 def render_stage(files: tuple[str, ...] | None = None, scripts_dir: str | None = None, action: str = "run") -> Rendered:
     """The `scripts` step staging `files` (default: every host script) under `scripts_dir`."""
     params = stage_params(host_script_files() if files is None else files, scripts_dir)
-    preamble = [
-        "#!/usr/bin/env bash",
-        f"# tdx-vllm step {STAGE_STEP.name} ({STAGE_STEP.script}, action {action})",
-        shell_assign("TDX_STEP", STAGE_STEP.name),
-        f'TDX_ACTION="${{TDX_ACTION_OVERRIDE:-{action}}}"',
-        shell_assign("TDX_MODE", STAGE_STEP.mode),
+    parts = [
+        "\n".join(_preamble(STAGE_STEP, params, action)),
+        (SCRIPTS_DIR / "lib.sh").read_text(),
+        STAGE_STEP.source(),
+        "tdx_main\n",
     ]
-    preamble += [shell_assign(k, v) for k, v in sorted(params.items())]
-    parts = ["\n".join(preamble), (SCRIPTS_DIR / "lib.sh").read_text(), STAGE_STEP.source(), "tdx_main\n"]
     return Rendered(command=STEP_COMMAND, stdin="\n".join([STEP_LOADER, *parts]))

@@ -31,12 +31,12 @@ class VerifyingProxyArgs:
 
 class VerifyingProxy(pulumi.ComponentResource):
     urls: pulumi.Output[dict[str, str]]  # TD -> the proxy's URL for it (the `proxies` output)
-    accepted: list[remote.Command]
+    accepted: list[remote.Command]  # the accept phase, one step per TD: the TDs run after these
+    ready: pulumi.Output[bool]  # every unit on the current pins only (set by `retire_after`)
 
     def __init__(self, name: str, args: VerifyingProxyArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("tdx-vllm:proxy:VerifyingProxy", name, {}, opts)
         self._name, self._args = name, args
-        self._conn = Connection(args.proxy.ssh)
         # The tdxattest the proxy host must run: this checkout's (the program imports the same package).
         self._version: str = importlib.metadata.version("tdxattest")
         self.ssh_check = local.Command(
@@ -45,8 +45,11 @@ class VerifyingProxy(pulumi.ComponentResource):
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self),
         )
+        # Like a GPU host: one handshake first, then the step scripts staged once.
         self._conn = stage_scripts(
-            f"{name}-scripts", self._conn, pulumi.ResourceOptions(parent=self, depends_on=[self.ssh_check])
+            f"{name}-scripts",
+            Connection(args.proxy.ssh),
+            pulumi.ResourceOptions(parent=self, depends_on=[self.ssh_check]),
         )
         self.accepted = [self._step(inst, "accept", []) for inst in args.instances]
         self.urls = pulumi.Output.from_input({i.td: instance_url(args.proxy, i) for i in args.instances})

@@ -284,22 +284,25 @@ def test_status_attests_the_td_through_its_gateway_and_names_it_once_stopped(jou
     # the TD attested with the proxy's own code (TEST quotes: --accept-dev-test-root); then the TD
     # is stopped by hand and named.
     j = journey
-    rc, table = j.eng.status_text(STACK, "--accept-dev-test-root")
-    (j.root / "status-ready.txt").write_text(table)
-    assert rc == 0, table
-    rc, status = j.eng.status(STACK, "--accept-dev-test-root")
-    td = status["tds"][NAME]
+
+    def status(kept_as: str) -> tuple[int, dict]:
+        """The table (kept in the journey's directory, as the README shows it), then the JSON."""
+        rc, table = j.eng.status_text(STACK, "--accept-dev-test-root")
+        (j.root / kept_as).write_text(table)
+        rc_json, doc = j.eng.status(STACK, "--accept-dev-test-root")
+        assert rc_json == rc, table
+        return rc, doc
+
+    rc, doc = status("status-ready.txt")
+    td = doc["tds"][NAME]
     assert rc == 0 and td["accepted"] is True and td["reachable"] is True, td
-    proxy_host = status["hosts"]["proxy"]  # the deployed proxy's host: its scripts and its unit
+    proxy_host = doc["hosts"]["proxy"]  # the deployed proxy's host: its scripts and its unit
     assert proxy_host["inSync"] is True and [s["step"] for s in proxy_host["steps"]] == ["scripts", "proxy"], proxy_host
     assert td["tcbStatus"] == "UpToDate" and td["quoteSource"] == "software-test-pki", td
     assert td["collateral"]["nextUpdate"] and td["collateral"]["tcbEvaluationDataNumber"] is not None, td
     host_sh(j, f"systemctl stop {UNIT}.service")
-    rc, table = j.eng.status_text(STACK, "--accept-dev-test-root")
-    (j.root / "status-td-stopped.txt").write_text(table)
-    assert rc == 4, table
-    rc, status = j.eng.status(STACK, "--accept-dev-test-root")
-    td = status["tds"][NAME]
+    rc, doc = status("status-td-stopped.txt")
+    td = doc["tds"][NAME]
     assert rc == 4 and td["reachable"] is False and td["accepted"] is False, td
     assert td["failures"][0].startswith(f"upstream.unreachable: cannot reach {j.endpoint}"), td
     # Started again for the destroy test. QEMU may refuse at first while the kernel still holds the

@@ -25,7 +25,7 @@ from tdxattest.channel.gateway import Gateway, GatewayConfig, TlsIdentity, make_
 from tdxattest.channel.proxy import ProxyConfig, VerifyingProxy
 from tdxattest.channel.quote_source import QuoteSource
 from tdxattest.core.pins import GpuExpectation
-from tdxattest.core.policy import DEFAULT_POLICY, Policy, with_pins_json
+from tdxattest.core.policy import DEFAULT_POLICY, Policy, with_pins_json, with_stack_pins
 from tdxattest.dcap.appraise import Appraiser, FixedCollateral
 from tdxattest.dcap.rim_store import RimStore
 from tdxattest.testing.standin import StandinConfig, StandinServer
@@ -115,13 +115,14 @@ async def start_channel(
     pinned_gpu: GpuExpectation | None = None,
     rims: RimStore | None = None,
     tdx_modules: dict[str, str] | None = None,
+    retiring: tuple[TdIdentity, ...] = (),
     **proxy_options: Any,
 ) -> Channel:
     """Start the whole channel. `middleman(gateway_url)` may start something between proxy and
     gateway and return (its url, its stop). `gpus`: a TEST GPU state directory
     (tdxattest.testing.testgpu.save_gpus) the gateway collects fresh evidence from; `pinned_gpu`:
     the GPU expectation in the pins the proxy reads; `tdx_modules`: the pins' `tdxModules`
-    (release -> MRSEAM)."""
+    (release -> MRSEAM).; `retiring`: TDs whose pins the proxy still accepts (a pin rollover's old pins)."""
     stops: list[Callable[[], Awaitable[None]]] = []
     try:
         upstream = StandinServer(standin)
@@ -164,6 +165,7 @@ async def start_channel(
             with_pins_json(policy, str(pins_path)),
             pki.root_ca_der,
             rims,
+            retiring=tuple(with_stack_pins(policy, r.stack_pins()) for r in retiring),
         )
         proxy = VerifyingProxy(config, appraiser)
         proxy_runner, proxy_port = await start_site(proxy.app(), **proxy.runner_options())

@@ -7,7 +7,6 @@ plus the old ones until the new TD serves, then the new pins alone."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import ssl
 import subprocess
@@ -105,31 +104,11 @@ def _proxy(stack: ExitStack, tmp: Path, gw: dict, pins: list[TdIdentity], *extra
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A certificate for localhost and its key, as PEM files (the Redfish emulator's maker)."""
+    from tests.support.redfish.emulator import make_tls
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy.test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "proxy.crt", tmp / "proxy.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
+    tls = make_tls(tmp)
+    return tls.cert, tls.key
 
 
 def test_the_proxy_command_serves_the_old_td_during_a_rollover_over_tls(tmp_path: Path) -> None:
@@ -178,3 +157,25 @@ def test_the_proxy_command_refuses_plain_text_beyond_loopback_and_bad_tls_files(
     argv += ["--collateral", str(pins), *extra]
     p = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and said in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_connection_the_retiring_pins_accepted_is_held_to_them_for_its_response_quotes(
+    loop, pki: TestPki, tmp_path: Path
+) -> None:
+    """The proxy in process: the old TD is served during the rollover, its response quotes are
+    checked against the retiring set alone (held_to), and the audit line says so."""
+    from tests.support.channel import start_channel
+
+    ch = loop.run(start_channel(tmp_path, pki, td=OLD, pinned=NEW, retiring=(OLD,), require_response_quotes=True))
+    try:
+        with urllib.request.urlopen(ch.proxy_url + "/v1/models", timeout=20) as answer:
+            assert answer.status == 200
+        (record,) = ch.audit_records()
+        assert record["verdict"] == "accepted" and record["pin_set"] == "retiring", record
+        assert record["response_quote_sha256"], record
+        (conn,) = ch.proxy.pool._idle
+        assert conn.attestation is not None
+        held = conn.attestation.appraiser
+        assert held.retiring == () and held.policy.pins.rtmr3.values == (OLD.rtmr3,)
+    finally:
+        loop.run(ch.stop())
