@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from tdxattest.core.checks import CheckResult, Failure
@@ -387,14 +388,8 @@ def verify_quote_any(
     first: Verdict | None = None
     for index, policy in enumerate(policies):
         verdict = evaluate(facts, policy, int(now), expected_report_data)
-        verdict = Verdict(
-            accepted=verdict.accepted,
-            tcb_status=verdict.tcb_status,
-            advisory_ids=verdict.advisory_ids,
-            report=verdict.report,
-            fmspc=verdict.fmspc,
-            failures=verdict.failures,
-            checks=(CheckResult("dcap_qvl.verify", "pass", seen=facts.tcb_status),) + verdict.checks,
+        verdict = replace(
+            verdict, checks=(CheckResult("dcap_qvl.verify", "pass", seen=facts.tcb_status), *verdict.checks)
         )
         if verdict.accepted:
             return verdict, index
