@@ -71,16 +71,10 @@ def parse_proxy(
             f"`{host}` is not a loopback address, and without `tls` prompts would cross the network in plain text",
             "listen on 127.0.0.1, or set proxy.tls.certificate and proxy.tls.privateKey (a secret)",
         )
-    pccs = r.string(m.get("pccsUrl"), join(path, "pccsUrl"), "set `https://PCCS:8081/sgx/certification/v4/`")
-    if pccs is not None:
-        r.url(
-            pccs,
-            join(path, "pccsUrl"),
-            ("https",),
-            "use `https://PCCS-HOST:8081/sgx/certification/v4/`",
-            "remove them: collateral is public, read without credentials",
-        )
-    elif not dev_test_quotes:
+    pccs = r.pccs_url(
+        m.get("pccsUrl"), join(path, "pccsUrl"), "remove them: collateral is public, read without credentials"
+    )
+    if pccs is None and not dev_test_quotes:
         pccs = default_pccs
         if pccs is None:
             r.error(

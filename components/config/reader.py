@@ -157,6 +157,13 @@ class Reader:
         if problem is not None:
             self.error(path, problem, credentials_fix if problem == URL_CREDENTIALS else fix)
 
+    def pccs_url(self, value: Any, path: str, credentials_fix: str) -> str | None:
+        """A PCCS (or Intel PCS) base URL: https, no credentials, no query."""
+        url = self.string(value, path, "set `https://PCCS:8081/sgx/certification/v4/`")
+        if url is not None:
+            self.url(url, path, ("https",), "use `https://PCCS-HOST:8081/sgx/certification/v4/`", credentials_fix)
+        return url
+
     def secret(self, value: Any, path: str, how: str) -> Secret | None:
         """A leaf that must arrive encrypted. `how` is the `pulumi config set` hint."""
         if value is None:

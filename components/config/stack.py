@@ -595,16 +595,12 @@ def _dcap(r: Reader, value: Any, path: str) -> DcapConfig | None:
     registration = r.choice(m.get("registration", "mpa"), join(path, "registration"), REGISTRATION_METHODS) or "mpa"
     pccs_port = r.integer(m.get("pccsPort"), join(path, "pccsPort"), 8081, 1, 65535)
     qgs_port = r.integer(m.get("qgsPort"), join(path, "qgsPort"), 4050, 1, 65535)
-    pccs_url = r.string(m.get("pccsUrl"), join(path, "pccsUrl"), "set `https://PCCS:8081/sgx/certification/v4/`")
-    if pccs_url is not None:
-        r.url(
-            pccs_url,
-            join(path, "pccsUrl"),
-            ("https",),
-            "use `https://PCCS-HOST:8081/sgx/certification/v4/`",
-            "remove them: Intel's QPL and the verifying proxy read collateral from a PCCS without "
-            "credentials (the PCCS API key is `dcap.pccsApiKey`, a secret)",
-        )
+    pccs_url = r.pccs_url(
+        m.get("pccsUrl"),
+        join(path, "pccsUrl"),
+        "remove them: Intel's QPL and the verifying proxy read collateral from a PCCS without "
+        "credentials (the PCCS API key is `dcap.pccsApiKey`, a secret)",
+    )
     if registration == "pckid" and pccs_url is not None:
         # PCKIDRetrievalTool uploads to the PCCS with that PCCS's user token, which only a per-host
         # PCCS (made by the dcap step) gives us; a shared one's token is its operator's.

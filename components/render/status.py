@@ -309,7 +309,7 @@ def collateral_warning(collateral: TdCollateral | None, now: int, warn_days: int
 # The fix for each refused check, by the check's name or its family (the part before the dot).
 _FIXES: dict[str, str] = {
     "attestation.unavailable": "the gateway answered without a quote: check the TD's agent and the host's quote "
-    "service (the dcap step's QGS), then pulumi up relaunches the TD",
+    "service (the dcap step's QGS), then relaunch the TD (pulumi up --replace its <host>-td-launch resource)",
     "attestation.malformed": "the endpoint is not the stack's gateway, or something in between answers for it: "
     "do not send it prompts",
     "upstream.malformed": "the stack output `endpoints` should hold https://HOST:PORT; run pulumi up",

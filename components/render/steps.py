@@ -110,13 +110,6 @@ def step_files(step: Step) -> tuple[str, ...]:
     return ("lib.sh", *step.helpers, step.script)
 
 
-def _need(file_name: str) -> str:
-    # Sourcing a missing or changed file would run something else than what was rendered: check
-    # its digest first, and name the fix (the scripts step stages them; a step re-runs after it).
-    digest = script_digest(file_name)
-    return f"_tdx_need {digest} {shlex.quote(Path(file_name).name)} || exit 1"
-
-
 NEED_FUNCTION = (
     "_tdx_need() {\n"
     "  local seen; seen=$(sha256sum \"$TDX_SCRIPTS/$1\" 2>/dev/null | cut -d' ' -f1)\n"
@@ -147,12 +140,15 @@ def render(step: Step, params: Mapping[str, str], action: str = "run", scripts_d
     """The command line and stdin for `step` with its desired values `params`; the step's script
     files are read from `scripts_dir`, where the `scripts` step staged them (`render_stage`)."""
     preamble = _preamble(step, params, action)
+    digest = {f: script_digest(f) for f in step_files(step)}
+    # Sourcing a missing or changed file would run something else than what was rendered: each file's
+    # digest is checked first, naming the fix (the scripts step stages them; a step re-runs after it).
     files = [shell_assign("TDX_SCRIPTS", scripts_dir or STAGED_DIR), NEED_FUNCTION]
-    files += [_need(f) for f in step_files(step)]
-    body = [f'source "$TDX_SCRIPTS/{script_digest("lib.sh")}"']
+    files += [f"_tdx_need {d} {shlex.quote(Path(f).name)} || exit 1" for f, d in digest.items()]
+    body = [f'source "$TDX_SCRIPTS/{digest["lib.sh"]}"']
     # A Python helper is a shell function running its staged file.
-    body += [f'{Path(h).stem}() {{ python3 "$TDX_SCRIPTS/{script_digest(h)}" "$@"; }}' for h in step.helpers]
-    body += [f'source "$TDX_SCRIPTS/{script_digest(step.script)}"', "tdx_main\n"]
+    body += [f'{Path(h).stem}() {{ python3 "$TDX_SCRIPTS/{digest[h]}" "$@"; }}' for h in step.helpers]
+    body += [f'source "$TDX_SCRIPTS/{digest[step.script]}"', "tdx_main\n"]
     return Rendered(command=STEP_COMMAND, stdin="\n".join([STEP_LOADER, *preamble, *files, *body]))
 
 
@@ -180,8 +176,8 @@ def render_stage(files: tuple[str, ...] | None = None, scripts_dir: str | None =
     params = stage_params(host_script_files() if files is None else files, scripts_dir)
     parts = [
         "\n".join(_preamble(STAGE_STEP, params, action)),
-        (SCRIPTS_DIR / "lib.sh").read_text(),
-        STAGE_STEP.source(),
+        _script_bytes(SCRIPTS_DIR / "lib.sh").decode(),
+        _script_bytes(SCRIPTS_DIR / STAGE_STEP.script).decode(),
         "tdx_main\n",
     ]
     return Rendered(command=STEP_COMMAND, stdin="\n".join([STEP_LOADER, *parts]))

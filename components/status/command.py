@@ -72,6 +72,7 @@ from components.render.status import (
 )
 from components.render.status import to_json as status_json
 from components.render.steps import Rendered, render, render_stage
+from tdxattest.cli._verification import add_appraisal_arguments
 
 if TYPE_CHECKING:
     from tdxattest.channel.probe import Probe
@@ -361,24 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stack", required=True, help="the stack to read (pulumi stack ls)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument("--cwd", type=Path, default=REPO_ROOT, help="the project directory (default: this checkout)")
-    td = p.add_argument_group("TD attestation (as `tdxattest proxy` takes them)")
-    src = td.add_mutually_exclusive_group()
-    src.add_argument("--pccs", metavar="URL", help="PCCS or PCS base URL; collateral through the on-disk cache")
-    src.add_argument("--collateral", metavar="FILE", help="collateral JSON (dcap-qvl QuoteCollateralV3 form)")
-    src.add_argument(
-        "--accept-dev-test-root",
-        action="store_true",
-        help="the dev stack's TDs without TDX only (pins say `tdx: false`): accept the TEST root and collateral "
-        "their gateway serves. Such quotes prove nothing; refused for any other pins",
-    )
-    td.add_argument("--root-ca", metavar="DER", help="trust this root CA instead of Intel's (a TEST PKI only)")
-    td.add_argument(
-        "--cache-dir", metavar="DIR", help="collateral and RIM cache (default ~/.cache/tdxattest/collateral)"
-    )
-    td.add_argument("--policy", metavar="POLICY_YAML", help="policy file (default: safe defaults)")
-    td.add_argument("--rim-service", metavar="URL", help="fetch NVIDIA RIMs missing from the cache from this service")
-    td.add_argument("--ocsp-responder", metavar="URL", help="check the GPU chains' OCSP status with this responder")
-    td.add_argument(
+    # The TDs are judged with the options `tdxattest proxy` takes (the stack's own pins in place of --pins).
+    add_appraisal_arguments(p, pins_required=False, dev_test_root=True, pins=False)
+    p.add_argument(
         "--warn-days",
         type=_days,
         default=DEFAULT_WARN_DAYS,

@@ -274,10 +274,10 @@ def collateral_info(collateral: Collateral, where: Mapping[str, Any] | None = No
         nexts["qe_identity"] = parse_iso_ts(str(json.loads(collateral.dcap.qe_identity)["nextUpdate"]))
     except (KeyError, TypeError, ValueError, AttributeError):
         pass
+    from cryptography import x509
+
     for name in ("root_ca_crl", "pck_crl"):
         try:
-            from cryptography import x509
-
             crl = x509.load_der_x509_crl(bytes(getattr(collateral.dcap, name)))
             if crl.next_update_utc is not None:
                 nexts[name] = int(crl.next_update_utc.timestamp())
@@ -409,10 +409,8 @@ def stack_appraiser(
     """The Appraiser `tdxattest proxy` builds from the same options (tdxattest/cli/_verification.py),
     with the stack's `pins` already read. Raises InputError for options that do not fit together or
     files that cannot be read."""
-    from tdxattest.core.files import read_bytes
     from tdxattest.core.policy import DEFAULT_POLICY, load_policy, with_stack_pins
-    from tdxattest.dcap.appraise import collateral_source
-    from tdxattest.dcap.rim_store import RimStore
+    from tdxattest.dcap.appraise import appraiser_for
 
     if dev_test_root:
         if root_ca:
@@ -426,11 +424,12 @@ def stack_appraiser(
     elif not (collateral or pccs):
         raise InputError("one of --pccs, --collateral or --accept-dev-test-root", "none")
     policy = with_stack_pins(load_policy(policy_path) if policy_path else DEFAULT_POLICY, pins)
-    root = read_bytes(root_ca) if root_ca else None
-    rims = RimStore(cache_dir, rim_service, policy.gpu.rim_root_pem)
-    ocsp = None
-    if ocsp_responder or policy.gpu.ocsp:
-        from tdxattest.dcap.ocsp_cache import OcspCache
-
-        ocsp = OcspCache(cache_dir, ocsp_responder)
-    return Appraiser(collateral_source(collateral, pccs, cache_dir), policy, root, rims, ocsp)
+    return appraiser_for(
+        policy,
+        collateral_path=collateral,
+        pccs=pccs,
+        cache_dir=cache_dir,
+        root_ca_path=root_ca,
+        rim_service=rim_service,
+        ocsp_responder=ocsp_responder,
+    )

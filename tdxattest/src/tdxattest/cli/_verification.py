@@ -12,9 +12,12 @@ if TYPE_CHECKING:
     from tdxattest.dcap.appraise import Appraiser
 
 
-def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool, dev_test_root: bool = False) -> None:
+def add_appraisal_arguments(
+    p: argparse.ArgumentParser, *, pins_required: bool, dev_test_root: bool = False, pins: bool = True
+) -> None:
     """--collateral | --pccs [--cache-dir], --pins [--accept-mrtd-candidates], --policy, --rim-service,
-    --ocsp-responder, --root-ca; with `dev_test_root`, --accept-dev-test-root in place of a collateral source."""
+    --ocsp-responder, --root-ca; with `dev_test_root`, --accept-dev-test-root in place of a collateral
+    source; without `pins`, no --pins (a caller that reads a stack's pins itself: components status)."""
     src = p.add_mutually_exclusive_group(required=not dev_test_root)
     src.add_argument("--collateral", metavar="C", help="collateral JSON (dcap-qvl QuoteCollateralV3 form)")
     src.add_argument(
@@ -27,10 +30,15 @@ def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool, 
         metavar="DIR",
         help="collateral cache, and NVIDIA RIMs under rim/ (default ~/.cache/tdxattest/collateral)",
     )
-    p.add_argument("--pins", required=pins_required, metavar="PINS_JSON", help="the stack's `pins` output (pins.json)")
-    p.add_argument(
-        "--accept-mrtd-candidates", action="store_true", help="with --pins: accept either page-add-order MRTD candidate"
-    )
+    if pins:
+        p.add_argument(
+            "--pins", required=pins_required, metavar="PINS_JSON", help="the stack's `pins` output (pins.json)"
+        )
+        p.add_argument(
+            "--accept-mrtd-candidates",
+            action="store_true",
+            help="with --pins: accept either page-add-order MRTD candidate",
+        )
     p.add_argument("--policy", metavar="POLICY_YAML", help="policy file (default: safe defaults)")
     p.add_argument(
         "--rim-service",
@@ -61,9 +69,7 @@ def add_appraisal_arguments(p: argparse.ArgumentParser, *, pins_required: bool, 
 def appraiser_from_args(args: argparse.Namespace) -> Appraiser:
     """The Appraiser the options of `add_appraisal_arguments` describe."""
     from tdxattest.cli import UsageError
-    from tdxattest.core.files import read_bytes
-    from tdxattest.dcap.appraise import Appraiser, collateral_source
-    from tdxattest.dcap.rim_store import RimStore
+    from tdxattest.dcap.appraise import appraiser_for
 
     policy = policy_with_pins(args.policy, args.pins, args.accept_mrtd_candidates)
     # A pin rollover (the proxy's --retiring-pins): each retiring set is a whole policy of its own.
@@ -76,15 +82,16 @@ def appraiser_from_args(args: argparse.Namespace) -> Appraiser:
             check_dev_test_root(pins_path, args.root_ca)
     elif not (args.collateral or args.pccs):
         raise UsageError("one of --collateral or --pccs is required (where the quotes' collateral comes from)")
-    root = read_bytes(args.root_ca) if args.root_ca else None
-    rims = RimStore(args.cache_dir, args.rim_service, policy.gpu.rim_root_pem)
-    ocsp = None
-    if args.ocsp_responder or policy.gpu.ocsp:  # without a responder, only fresh cached responses count
-        from tdxattest.dcap.ocsp_cache import OcspCache
-
-        ocsp = OcspCache(args.cache_dir, args.ocsp_responder)
-    collateral = collateral_source(args.collateral, args.pccs, args.cache_dir)
-    return Appraiser(collateral, policy, root, rims, ocsp, retiring=retiring)
+    return appraiser_for(
+        policy,
+        collateral_path=args.collateral,
+        pccs=args.pccs,
+        cache_dir=args.cache_dir,
+        root_ca_path=args.root_ca,
+        rim_service=args.rim_service,
+        ocsp_responder=args.ocsp_responder,
+        retiring=retiring,
+    )
 
 
 def check_dev_test_root(pins_path: str | None, root_ca: str | None) -> None:

@@ -163,3 +163,30 @@ class Appraiser:
             (lambda report: rims.reference(report, now)) if rims is not None else None,
             (lambda chain: ocsp.check_chain(chain, now)) if ocsp is not None else None,
         )
+
+
+def appraiser_for(
+    policy: Policy,
+    *,
+    collateral_path: str | None = None,
+    pccs: str | None = None,
+    cache_dir: str | None = None,
+    root_ca_path: str | None = None,
+    rim_service: str | None = None,
+    ocsp_responder: str | None = None,
+    retiring: tuple[Policy, ...] = (),
+) -> Appraiser:
+    """The Appraiser the verifying options describe (`tdxattest verify` and `proxy`,
+    `python -m components status`): collateral from a file or a PCCS through the cache, the root
+    (Intel's unless a TEST root is given), NVIDIA RIMs and OCSP statuses under the cache directory."""
+    from tdxattest.core.files import read_bytes
+    from tdxattest.dcap.rim_store import RimStore
+
+    root = read_bytes(root_ca_path) if root_ca_path else None
+    rims = RimStore(cache_dir, rim_service, policy.gpu.rim_root_pem)
+    ocsp = None
+    if ocsp_responder or policy.gpu.ocsp:  # without a responder, only fresh cached responses count
+        from tdxattest.dcap.ocsp_cache import OcspCache
+
+        ocsp = OcspCache(cache_dir, ocsp_responder)
+    return Appraiser(collateral_source(collateral_path, pccs, cache_dir), policy, root, rims, ocsp, retiring=retiring)
