@@ -28,10 +28,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--quote-source",
-        choices=("tsm", "software-test"),
+        choices=("tsm", "aa", "software-test"),
         default="tsm",
-        help="tsm: configfs-tsm (a TDX TD); software-test: a TEST PKI quote signer for tests and the "
-        "dev stack only (needs --test-pki-dir)",
+        help="tsm: configfs-tsm (a TDX TD); aa: the attestation agent of Confidential Containers through "
+        "guest-components' api-server-rest (a Kata CoCo pod, whose containers have no configfs-tsm; see --aa-url); "
+        "software-test: a TEST PKI quote signer for tests and the dev stack only (needs --test-pki-dir)",
+    )
+    p.add_argument(
+        "--aa-url",
+        metavar="URL",
+        help="with aa: api-server-rest on loopback (default http://127.0.0.1:8006; it needs "
+        "agent.guest_components_rest_api=attestation on the Kata guest kernel command line)",
     )
     p.add_argument(
         "--test-pki-dir",
@@ -72,7 +79,13 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tdxattest.channel.gateway import CCEL_DATA, Gateway, GatewayConfig
-    from tdxattest.channel.quote_source import ConfigfsTsmQuoteSource, QuoteSource, QuoteUnavailable
+    from tdxattest.channel.quote_source import (
+        AA_REST_URL,
+        AttestationAgentQuoteSource,
+        ConfigfsTsmQuoteSource,
+        QuoteSource,
+        QuoteUnavailable,
+    )
     from tdxattest.cli import UsageError
     from tdxattest.cli._common import parse_listen, serve_until_interrupted
 
@@ -93,7 +106,14 @@ def run(args: argparse.Namespace) -> int:
     source: QuoteSource
     if args.test_rtmr3 and args.quote_source != "software-test":
         raise UsageError("--test-rtmr3 is for --quote-source software-test only (a TD's RTMR3 is its own)")
-    if args.quote_source == "software-test":
+    if args.aa_url and args.quote_source != "aa":
+        raise UsageError("--aa-url is for --quote-source aa only")
+    if args.quote_source == "aa":
+        try:
+            source = AttestationAgentQuoteSource(args.aa_url or AA_REST_URL)
+        except ValueError as exc:
+            raise UsageError(f"--aa-url: {exc}") from None
+    elif args.quote_source == "software-test":
         if not args.test_pki_dir:
             raise UsageError("--quote-source software-test needs --test-pki-dir (where the TEST root CA goes)")
         import os
