@@ -63,9 +63,19 @@ endpoints: dict = {}
 td_summaries: dict = {}
 waits = [h.ready for h in hosts]
 if k8s_args is not None:
-    from components.resources.kubernetes_workload import KubernetesWorkload
+    from components.probe.kube import ClusterReadError
+    from components.resources.kubernetes_workload import KubernetesWorkload, connect
 
-    cluster = KubernetesWorkload("workload", k8s_args, opts=host_opts)
+    # The cluster is read first: one that cannot run a TDX pod gets no object at all.
+    try:
+        kubeconfig = connect(k8s_args)
+    except ClusterReadError as exc:
+        print(f"workload.kubernetes: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except ConfigErrors as exc:
+        print(exc.render(), file=sys.stderr)
+        raise SystemExit(1) from None
+    cluster = KubernetesWorkload("workload", k8s_args, kubeconfig, opts=host_opts)
     endpoints["kubernetes"] = cluster.endpoint
     # Known once the Deployment's rollout finished: its pod passed the known-answer readiness check.
     waits.append(cluster.endpoint.apply(bool))

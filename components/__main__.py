@@ -13,6 +13,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "firmware": ("components.catalog.firmware_fetch", "fetch the pinned TD firmware from its Debian package"),
     "guest-image": ("components.catalog.guest_image", "pin a built TD guest image in firmware/td/, or check a build"),
     "kubernetes": ("components.render.kubernetes", "print the objects the Kubernetes target creates (for genpolicy)"),
+    "kube-rollout": ("components.probe.kube", "wait until a Deployment runs this template, all Ready (`up` runs it)"),
     "pins": ("components.render.stack_pins", "print a stack's `pins` offline (--events: with the expected event log)"),
     "redfish": ("components.bmc.redfish", "apply or check one BIOS phase over Redfish (what BiosSettings runs)"),
     "status": ("components.status.command", "is the stack ready now: the last up, every host step's check, every TD"),

@@ -16,3 +16,9 @@ def current_event_loop() -> None:
         asyncio.get_event_loop()
     except RuntimeError:
         asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The `kube` tests last: tools/test.sh builds their toolchain in the background while the
+    others run (a stable sort keeps every other order)."""
+    items.sort(key=lambda item: item.get_closest_marker("kube") is not None)

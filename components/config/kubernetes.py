@@ -11,8 +11,14 @@ from typing import Any
 
 from components.config.model import (
     DEFAULT_GPU_RESOURCE,
+    DEFAULT_NVSWITCH_RESOURCE,
     DEFAULT_RUNTIME_CLASS,
     GATEWAY_PORT,
+    KATA_DEFAULT_MEMORY_MIB,
+    KATA_DEFAULT_VCPUS,
+    KUBERNETES_GPU_COUNTS,
+    PPCIE_NVSWITCHES,
+    KataShape,
     KubernetesTarget,
     ReferenceValues,
 )
@@ -43,6 +49,9 @@ _TARGET_KEYS = (
     "gatewayImage",
     "gpuCount",
     "gpuResource",
+    "nvswitchResource",
+    "kataDefaultMemoryMiB",
+    "kataDefaultVcpus",
     "memory",
     "cpu",
     "modelCacheSize",
@@ -53,7 +62,12 @@ _TARGET_KEYS = (
     "referenceValues",
 )
 _SERVICE_KEYS = ("type", "port", "nodePort")
-_REFERENCE_KEYS = REFERENCE_REGISTERS + ("tdAttributes",)
+_REFERENCE_KEYS = REFERENCE_REGISTERS + ("tdAttributes", "shape")
+_SHAPE_KEYS = ("memoryMiB", "vcpus", "gpus")
+_SHAPE_FIX = (
+    "set the TD size the registers were measured for, as `python -m components kubernetes` prints it "
+    "(`tdShape`): RTMR0 covers the TD's ACPI tables, which depend on its memory, vCPUs and GPUs"
+)
 _REFERENCE_FIX = (
     "copy the Kata guest's reference values for this kata-deploy release (what your Trustee/RVPS "
     "holds for the runtime class, or `mr_td`/`rt_mr0..2` of a first quote from a test pod)"
@@ -123,15 +137,21 @@ def kubernetes_target_from_mapping(
         gateway_image = None
 
     gpu_count = r.integer(m.get("gpuCount"), join(path, "gpuCount"), 1, 1, 8)
-    gr_path = join(path, "gpuResource")
-    gpu_resource = r.string(m.get("gpuResource", DEFAULT_GPU_RESOURCE), gr_path, f"use `{DEFAULT_GPU_RESOURCE}`")
-    if gpu_resource is not None and not _RESOURCE_NAME.fullmatch(gpu_resource):
+    if gpu_count not in KUBERNETES_GPU_COUNTS:
         r.error(
-            gr_path,
-            f"`{gpu_resource}` is not an extended resource name",
-            f"use `{DEFAULT_GPU_RESOURCE}` (NVIDIA Kata sandbox device plugin) or the P_GPU_ALIAS name",
+            join(path, "gpuCount"),
+            f"{gpu_count} GPUs in one TD: NVIDIA supports one passthrough GPU per Kata TD, or all eight "
+            f"with their {PPCIE_NVSWITCHES} NVSwitches in protected PCIe (PPCIe) mode",
+            "set 1, or 8 on an HGX node in PPCIe mode (and tensorParallelSize to match)",
         )
-        gpu_resource = None
+    gpu_resource = _resource(r, m.get("gpuResource", DEFAULT_GPU_RESOURCE), join(path, "gpuResource"), "P_GPU_ALIAS")
+    nvswitch_resource = _resource(
+        r, m.get("nvswitchResource", DEFAULT_NVSWITCH_RESOURCE), join(path, "nvswitchResource"), "NVSWITCH_ALIAS"
+    )
+    kata_memory = r.integer(
+        m.get("kataDefaultMemoryMiB"), join(path, "kataDefaultMemoryMiB"), KATA_DEFAULT_MEMORY_MIB, 256, 1 << 22
+    )
+    kata_vcpus = r.integer(m.get("kataDefaultVcpus"), join(path, "kataDefaultVcpus"), KATA_DEFAULT_VCPUS, 1, 1024)
 
     memory = _quantity(r, m.get("memory", "64Gi"), join(path, "memory"), _MEMORY, "a memory size such as `64Gi`")
     cpu = _quantity(r, m.get("cpu", "8"), join(path, "cpu"), _CPU, "a CPU count such as `8` or `7500m`")
@@ -171,8 +191,9 @@ def kubernetes_target_from_mapping(
 
     if r.errors:
         return None, r.errors
-    assert namespace and name and runtime_class and gateway_image and gpu_resource and memory and cpu and refs
-    return KubernetesTarget(
+    assert namespace and name and runtime_class and gateway_image and gpu_resource and nvswitch_resource
+    assert memory and cpu and refs
+    target = KubernetesTarget(
         namespace=namespace,
         name=name,
         create_namespace=create_ns,
@@ -180,6 +201,9 @@ def kubernetes_target_from_mapping(
         gateway_image=gateway_image,
         gpu_count=gpu_count,
         gpu_resource=gpu_resource,
+        nvswitch_resource=nvswitch_resource,
+        kata_default_memory_mib=kata_memory,
+        kata_default_vcpus=kata_vcpus,
         memory=memory,
         cpu=cpu,
         model_cache_size=cache,
@@ -191,7 +215,46 @@ def kubernetes_target_from_mapping(
         agent_policy_file=policy_file,
         agent_policy=policy,
         reference_values=refs,
-    ), []
+    )
+    shape, measured = target.td_shape(), refs.shape
+    if shape != measured:
+        r.error(
+            join(path, "referenceValues.shape"),
+            f"the reference values were measured for a TD of {measured.memory_mib} MiB, {measured.vcpus} vCPUs "
+            f"and {measured.gpus} GPUs, but memory, cpu and gpuCount give {shape.memory_mib} MiB, {shape.vcpus} "
+            f"vCPUs and {shape.gpus} GPUs; RTMR0 (the TD's ACPI tables) differs between the two",
+            "measure rtmr0 (and the rest) again from a test pod of this size and set shape to "
+            f"{{memoryMiB: {shape.memory_mib}, vcpus: {shape.vcpus}, gpus: {shape.gpus}}}, "
+            "or change memory, cpu and gpuCount back",
+        )
+        return None, r.errors
+    return target, []
+
+
+def _resource(r: Reader, value: Any, path: str, alias: str) -> str | None:
+    text = r.string(value, path, "use an extended resource name such as `nvidia.com/pgpu`")
+    if text is not None and not _RESOURCE_NAME.fullmatch(text):
+        r.error(
+            path,
+            f"`{text}` is not an extended resource name",
+            f"use the name the NVIDIA Kata sandbox device plugin advertises (its default, or your {alias})",
+        )
+        return None
+    return text
+
+
+def _shape(r: Reader, value: Any, path: str) -> KataShape | None:
+    if value is None:
+        r.error(path, "missing", _SHAPE_FIX)
+        return None
+    before = len(r.errors)
+    m = r.obj(value, path, _SHAPE_KEYS)
+    memory = r.integer(r.required(m, "memoryMiB", path, _SHAPE_FIX), join(path, "memoryMiB"), 0, 256, 1 << 24)
+    vcpus = r.integer(r.required(m, "vcpus", path, _SHAPE_FIX), join(path, "vcpus"), 0, 1, 4096)
+    gpus = r.integer(r.required(m, "gpus", path, _SHAPE_FIX), join(path, "gpus"), 0, 0, 8)
+    if len(r.errors) > before:
+        return None
+    return KataShape(memory_mib=memory, vcpus=vcpus, gpus=gpus)
 
 
 def _label(r: Reader, value: Any, path: str, what: str, max_len: int = 63) -> str | None:
@@ -308,6 +371,7 @@ def _reference_values(r: Reader, value: Any, path: str) -> ReferenceValues | Non
                     f"{attrs} has DEBUG (bit 0) set: a debuggable TD exposes its memory to the host",
                     "pin a production guest (bit 0 clear)",
                 )
-    if len(r.errors) > before:
+    shape = _shape(r, m.get("shape"), join(path, "shape"))
+    if len(r.errors) > before or shape is None:
         return None
-    return ReferenceValues(td_attributes=attrs, **found)
+    return ReferenceValues(td_attributes=attrs, shape=shape, **found)

@@ -38,6 +38,21 @@ DEFAULT_RUNTIME_CLASS = "kata-qemu-nvidia-gpu-tdx"
 # The extended resource the NVIDIA Kata sandbox device plugin advertises for a passthrough GPU
 # (P_GPU_ALIAS can rename it per model; `nvidia.com/gpu` is the name of the non-Kata device plugin).
 DEFAULT_GPU_RESOURCE = "nvidia.com/pgpu"
+# Its NVSwitch resource (NVSWITCH_ALIAS, default "nvswitch"): an 8-GPU TD in protected PCIe mode
+# takes all four switches of an HGX board too (NVIDIA/sandbox-device-plugin cmd/main.go).
+DEFAULT_NVSWITCH_RESOURCE = "nvidia.com/nvswitch"
+PPCIE_NVSWITCHES = 4
+# GPUs per Kata TD that NVIDIA supports: one passthrough GPU, or all eight with their NVSwitches
+# in protected PCIe (PPCIe) mode.
+KUBERNETES_GPU_COUNTS: tuple[int, ...] = (1, 8)
+# kata-containers src/runtime/Makefile, DEFAULTMEMORY_NV / DEFAULTVCPUS_NV: the base the NVIDIA
+# GPU runtime classes add the pod's limits to (static_sandbox_resource_mgmt = true).
+KATA_DEFAULT_MEMORY_MIB = 8192
+KATA_DEFAULT_VCPUS = 1
+# The pod's fixed memory limits besides vLLM's: the model fetcher (init container; it streams to a
+# disk volume, so page cache, not the model, fills it) and the gateway.
+FETCH_MEMORY_LIMIT = "2Gi"
+GATEWAY_MEMORY_LIMIT = "1Gi"
 GATEWAY_PORT = 8443  # the attested gateway in the pod (and the Service's default port)
 
 
@@ -163,6 +178,18 @@ class TdShape:
 
 
 @dataclass(frozen=True)
+class KataShape:
+    """A Kata TD's size under static sandbox sizing: what RTMR0 (the TD's ACPI tables) depends on."""
+
+    memory_mib: int
+    vcpus: int
+    gpus: int
+
+    def to_json(self) -> dict[str, int]:
+        return {"memoryMiB": self.memory_mib, "vcpus": self.vcpus, "gpus": self.gpus}
+
+
+@dataclass(frozen=True)
 class ReferenceValues:
     """The Kata guest's expected registers (lowercase hex): they become the pins."""
 
@@ -170,7 +197,24 @@ class ReferenceValues:
     rtmr0: str
     rtmr1: str
     rtmr2: str
+    shape: KataShape  # the TD size these registers were measured for
     td_attributes: str | None = None  # the quote's TD_ATTRIBUTES bytes (16 hex), when known
+
+
+_BINARY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def memory_bytes(quantity: str) -> int:
+    """`64Gi` -> bytes (the config accepts only binary-suffixed memory quantities)."""
+    return int(quantity[:-2]) * _BINARY_UNITS[quantity[-2:]]
+
+
+def millicpu(quantity: str) -> int:
+    """`8`, `7500m` or `7.5` -> millicores."""
+    if quantity.endswith("m"):
+        return int(quantity[:-1])
+    whole, _, frac = quantity.partition(".")
+    return int(whole) * 1000 + int((frac + "000")[:3])
 
 
 @dataclass(frozen=True)
@@ -183,6 +227,7 @@ class KubernetesTarget:
     runtime_class_name: str = DEFAULT_RUNTIME_CLASS
     gpu_count: int = 1  # GPUs in the one TD; must equal tensorParallelSize
     gpu_resource: str = DEFAULT_GPU_RESOURCE
+    nvswitch_resource: str = DEFAULT_NVSWITCH_RESOURCE  # with 8 GPUs (PPCIe): the four NVSwitches
     memory: str = "64Gi"  # vLLM container limit: Kata sizes the TD's RAM from limits
     cpu: str = "8"
     model_cache_size: str | None = None  # sizeLimit of the in-TD (memory-backed) model volume
@@ -193,6 +238,23 @@ class KubernetesTarget:
     context: str | None = None
     agent_policy_file: str | None = None
     agent_policy: str | None = field(default=None, repr=False)  # the Rego text, read at parse time
+    # The runtime class's Kata configuration (configuration-qemu-nvidia-gpu-tdx.toml): the TD's size
+    # is these plus the pod's limits (static sandbox sizing).
+    kata_default_memory_mib: int = KATA_DEFAULT_MEMORY_MIB
+    kata_default_vcpus: int = KATA_DEFAULT_VCPUS
+
+    def td_shape(self) -> KataShape:
+        """The TD Kata starts for this pod under static sandbox sizing (the NVIDIA GPU runtime
+        classes): the configuration's default memory and vCPUs plus the pod's limits, i.e. the larger
+        of the app containers' sum and the init container's (the kubelet's pod resources; the
+        RuntimeClass overhead counts for scheduling only). Sources: docs/kubernetes.md, Sizing the TD."""
+        app_memory = memory_bytes(self.memory) + memory_bytes(GATEWAY_MEMORY_LIMIT)
+        memory = max(app_memory, memory_bytes(FETCH_MEMORY_LIMIT))
+        return KataShape(
+            memory_mib=self.kata_default_memory_mib + memory // (1 << 20),
+            vcpus=self.kata_default_vcpus + -(-millicpu(self.cpu) // 1000),  # vLLM's is the only CPU limit
+            gpus=self.gpu_count,
+        )
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,23 @@ import functools
 import gzip
 import hashlib
 import json
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.config.model import GATEWAY_PORT, KnownAnswer, KubernetesTarget, WorkloadConfig
+from components.config.model import (
+    FETCH_MEMORY_LIMIT,
+    GATEWAY_MEMORY_LIMIT,
+    GATEWAY_PORT,
+    PPCIE_NVSWITCHES,
+    KnownAnswer,
+    KubernetesTarget,
+    WorkloadConfig,
+)
 from components.config.reader import ConfigError, join
+from components.probe.kube import ClusterFacts
 from guest_agent.pod import known_answer, model_fetch
 from guest_agent.server import VLLM_ENV
 from tdxattest.core.pins import KubernetesDetail, RegisterPin, StackPins
@@ -54,6 +64,20 @@ INITDATA_DIGEST_KEY = "tdx-vllm-workload.sha384"
 INITDATA_POLICY_KEY = "policy.rego"  # the Kata agent policy the guest enforces
 
 MANIFEST_ANNOTATION = "tdx-vllm.io/workload-manifest-sha384"
+# SHA-256 of the pod template's canonical JSON (without this annotation): what `kube-rollout`
+# (components/probe/kube.py) waits to see running, so that any change to the template is awaited.
+TEMPLATE_ANNOTATION = "tdx-vllm.io/pod-template-sha256"
+# Kata appends these to the guest kernel command line (replacing a parameter of the same name);
+# `kernel_params` is among the annotations its CoCo runtime classes accept (enable_annotations).
+KERNEL_PARAMS_ANNOTATION = "io.katacontainers.config.hypervisor.kernel_params"
+# The Kata agent serves CoCo's api-server-rest attestation endpoint only when asked to (default:
+# `resource`); the gateway gets its quotes there (`--quote-source aa`, docs/channel.md). The
+# command line is measured into RTMR2, so the reference values must be taken with it.
+GUEST_KERNEL_PARAMS = "agent.guest_components_rest_api=attestation"
+GPU_NOTE = (
+    "not attested on this target: NVIDIA's guest components (NVRC) set the GPUs ready inside the TD, and "
+    "no GPU evidence is bound to the quote, so a client checks the TD and the workload, not the GPU"
+)
 PINS_PROFILE = "kubernetes-kata-tdx"
 RTMR3_REASON = (
     "Kata guest: RTMR3 is extended by the Confidential Containers guest components (attestation "
@@ -62,6 +86,21 @@ RTMR3_REASON = (
 )
 
 VLLM_PORT = 8000
+# Who the containers run as. Explicit, because with guest pull the node never sees the image's
+# config: the agent policy genpolicy writes must name the same uid, gid and groups the agent will
+# use (docs/kubernetes.md, Agent policy). Not root, so the pod meets Pod Security `restricted`.
+RUN_AS_UID = 1000
+RUN_AS_GID = 1000
+# vLLM, Triton and Hugging Face write caches under $HOME; the images' HOME (/root) is not writable
+# by RUN_AS_UID, so HOME is a memory-backed volume inside the TD.
+HOME_DIR = "/home/tdx-vllm"
+# How long a rollout may take: loading a large model into a TD can take a while. The provider
+# awaits the Deployment that long (custom timeouts), and the Deployment's own progress deadline is
+# the same, so the controller does not mark it failed while `pulumi up` still waits.
+ROLLOUT_TIMEOUT_S = 45 * 60
+# pulumi-kubernetes awaits a LoadBalancer Service until it has an ingress address, which a bare-metal
+# cluster without a load-balancer implementation never gives: `up` would fail after 10 minutes.
+SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 POD_PROGRAMS = Path(model_fetch.__file__).parent
 MODEL_DIR = "/models/model"
 DEFAULT_MODEL_SOURCE = "https://huggingface.co/{id}/resolve/{revision}"
@@ -247,10 +286,16 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
     m, t = args.manifest, args.target
     labels = _labels(t)
     toml_text = initdata_toml(m, t.agent_policy)
-    model_volume: dict[str, Any] = {"medium": "Memory"}
+    # Not `medium: Memory`: tmpfs pages count against the memory limit of the container that writes
+    # them, so a model over the fetcher's limit was OOM-killed, and all of it sat in TD RAM. With
+    # CoCo's emptydir_mode = "block-encrypted" this is a block device that the guest encrypts and
+    # authenticates (LUKS2 + dm-integrity, key made in the TD); the fetcher refuses a volume the host
+    # shares in (model_fetch.check_volume).
+    model_volume: dict[str, Any] = {}
     if t.model_cache_size:
         model_volume["sizeLimit"] = t.model_cache_size
-    no_escalation = {"allowPrivilegeEscalation": False}
+    # Pod Security `restricted` for every container: no privilege escalation, no capabilities.
+    no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
     fetch = {
         "name": "model-fetch",
@@ -259,7 +304,7 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
         "command": model_fetch_command(args),
         "env": [{"name": model_fetch.FILES_ENV, "value": json.dumps(dict(m.model_files), sort_keys=True)}],
         "volumeMounts": [{"name": "model", "mountPath": "/models"}],
-        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": FETCH_MEMORY_LIMIT}},
         "securityContext": no_escalation,
     }
     vllm = {
@@ -269,14 +314,16 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": vllm_args(m),
         # The host target's environment (guest_agent.server.VLLM_ENV): one list for both targets.
-        "env": [{"name": k, "value": v} for k, v in sorted(VLLM_ENV.items())],
+        "env": [{"name": k, "value": v} for k, v in sorted({**VLLM_ENV, "HOME": HOME_DIR}.items())],
         "resources": {
-            "limits": {t.gpu_resource: str(t.gpu_count), "cpu": t.cpu, "memory": t.memory},
+            "limits": {t.gpu_resource: str(t.gpu_count), "cpu": t.cpu, "memory": t.memory}
+            | ({t.nvswitch_resource: str(PPCIE_NVSWITCHES)} if t.gpu_count == 8 else {}),
             "requests": {"cpu": t.cpu, "memory": t.memory},
         },
         "volumeMounts": [
             {"name": "model", "mountPath": "/models", "readOnly": True},
             {"name": "shm", "mountPath": "/dev/shm"},
+            {"name": "home", "mountPath": HOME_DIR},
         ],
         "securityContext": no_escalation,
     }
@@ -293,6 +340,9 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
             f"0.0.0.0:{GATEWAY_PORT}",
             "--upstream",
             f"http://127.0.0.1:{VLLM_PORT}",
+            # Kata gives containers no configfs-tsm: quotes come from the attestation agent.
+            "--quote-source",
+            "aa",
         ],
         "ports": [{"name": "https", "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
         "readinessProbe": {
@@ -303,15 +353,16 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
             "failureThreshold": 3,
             "successThreshold": 1,
         },
-        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": GATEWAY_MEMORY_LIMIT}},
         "securityContext": no_escalation,
     }
-    deployment = {
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": t.name, "namespace": t.namespace, "labels": labels},
         "spec": {
             "replicas": 1,  # one pod = one TD with its own GPUs and TLS key
+            "progressDeadlineSeconds": ROLLOUT_TIMEOUT_S,
             "strategy": {"type": "Recreate"},  # a rolling update would need a second set of CC GPUs
             "selector": {"matchLabels": labels},
             "template": {
@@ -319,6 +370,7 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
                     "labels": labels,
                     "annotations": {
                         INITDATA_ANNOTATION: initdata_annotation_value(toml_text),
+                        KERNEL_PARAMS_ANNOTATION: GUEST_KERNEL_PARAMS,
                         MANIFEST_ANNOTATION: m.digest().hex(),
                     },
                 },
@@ -326,24 +378,38 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
                     "runtimeClassName": t.runtime_class_name,
                     "automountServiceAccountToken": False,  # nothing in the TD talks to the API server
                     "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS_UID,
+                        "runAsGroup": RUN_AS_GID,
+                        "supplementalGroups": [RUN_AS_GID],
+                        "fsGroup": RUN_AS_GID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "terminationGracePeriodSeconds": 30,
                     "initContainers": [fetch],
                     "containers": [vllm, gateway],
                     "volumes": [
                         {"name": "model", "emptyDir": model_volume},
                         {"name": "shm", "emptyDir": {"medium": "Memory"}},
+                        {"name": "home", "emptyDir": {"medium": "Memory"}},
                     ],
                 },
             },
         },
     }
+    template = deployment["spec"]["template"]
+    template["metadata"]["annotations"][TEMPLATE_ANNOTATION] = template_digest(template)
     port: dict[str, Any] = {"name": "https", "port": t.service_port, "targetPort": "https", "protocol": "TCP"}
     if t.node_port is not None:
         port["nodePort"] = t.node_port
+    service_meta: dict[str, Any] = {"name": t.name, "namespace": t.namespace, "labels": labels}
+    if t.service_type == "LoadBalancer":
+        service_meta["annotations"] = {SKIP_AWAIT_ANNOTATION: "true"}
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": t.name, "namespace": t.namespace, "labels": labels},
+        "metadata": service_meta,
         "spec": {"type": t.service_type, "selector": labels, "ports": [port]},
     }
     objects: list[dict[str, Any]] = []
@@ -358,13 +424,41 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
     return objects + [deployment, service]
 
 
+def template_digest(template: Mapping[str, Any]) -> str:
+    """SHA-256 of a pod template's canonical JSON, its own annotation left out."""
+    meta = dict(template.get("metadata") or {})
+    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k != TEMPLATE_ANNOTATION}
+    doc = {**template, "metadata": meta}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def rollout_command(args: KubernetesWorkloadArgs, python: str) -> str:
+    """The local command that waits for the rollout of the rendered template (the kubeconfig comes
+    on its stdin): `python -m components kube-rollout ...`."""
+    t = args.target
+    dep = next(o for o in render_manifests(args) if o["kind"] == "Deployment")
+    argv = ["-m", "components", "kube-rollout", "--namespace", t.namespace, "--name", t.name]
+    argv += ["--annotation", TEMPLATE_ANNOTATION]
+    argv += ["--expect", dep["spec"]["template"]["metadata"]["annotations"][TEMPLATE_ANNOTATION]]
+    argv += ["--timeout", str(ROLLOUT_TIMEOUT_S)]
+    if t.context is not None:
+        argv += ["--context", t.context]
+    return " ".join([python, *map(shlex.quote, argv)])
+
+
 def expected_pins(args: KubernetesWorkloadArgs) -> StackPins:
     """The `pins` for this target (docs/pins.md, read by `tdxattest proxy --pins`): the Kata guest's
     reference values, and MRCONFIGID from the init data."""
     m, t = args.manifest, args.target
     rv = t.reference_values
     toml_text = initdata_toml(m, t.agent_policy)
-    notes = {}
+    notes = {
+        "gpu": GPU_NOTE,
+        "kernelParams": (
+            f"the pod adds `{GUEST_KERNEL_PARAMS}` to the Kata guest's kernel command line "
+            f"({KERNEL_PARAMS_ANNOTATION}), so referenceValues.rtmr2 must be measured with it"
+        ),
+    }
     if t.agent_policy is None:
         notes["agentPolicy"] = (
             "no agent policy in the init data: the guest's default policy applies, so "
@@ -394,8 +488,28 @@ def expected_pins(args: KubernetesWorkloadArgs) -> StackPins:
             model={"id": m.model_id, "revision": m.model_revision, "files": dict(m.model_files)},
             init_data={"annotation": INITDATA_ANNOTATION, "algorithm": INITDATA_ALGORITHM, "toml": toml_text},
             agent_policy_sha384=hashlib.sha384(t.agent_policy.encode()).hexdigest() if t.agent_policy else None,
+            td_shape=t.td_shape().to_json(),
         ),
     )
+
+
+def cluster_problems(target: KubernetesTarget, facts: ClusterFacts, path: str = "workload") -> list[ConfigError]:
+    """What the cluster lacks for this target, read before any object is registered
+    (components/probe/kube.py): a pod of a runtime class the cluster does not have would stay
+    Pending until the rollout times out."""
+    key = join(join(path, "kubernetes"), "runtimeClassName")
+    rc = facts.runtime_class
+    if rc is None:
+        return [
+            ConfigError(
+                key,
+                f"the cluster at {facts.server} (context `{facts.context}`) has no RuntimeClass "
+                f"`{target.runtime_class_name}`, so the pod would never start in a TD",
+                "install Kata Containers with its NVIDIA GPU TDX runtime classes (kata-deploy, docs/kubernetes.md), "
+                "or set runtimeClassName to a TDX class that `kubectl get runtimeclass` lists",
+            )
+        ]
+    return []
 
 
 def endpoint_for(target: KubernetesTarget, ingress: list[Mapping[str, Any]] | None = None) -> str:

@@ -8,10 +8,34 @@ from __future__ import annotations
 from typing import Any
 
 import pulumi
+from pulumi_command import local
 
-from components.render.kubernetes import KubernetesWorkloadArgs, endpoint_for, expected_pins, render_manifests
+from components.config.reader import ConfigErrors
+from components.probe.kube import Kubeconfig, load_kubeconfig, read_cluster
+from components.render.host_steps import project_python
+from components.render.kubernetes import (
+    ROLLOUT_TIMEOUT_S,
+    KubernetesWorkloadArgs,
+    cluster_problems,
+    endpoint_for,
+    expected_pins,
+    render_manifests,
+    rollout_command,
+)
 
-__all__ = ["KubernetesWorkload", "KubernetesWorkloadArgs"]
+__all__ = ["KubernetesWorkload", "KubernetesWorkloadArgs", "connect"]
+
+
+def connect(args: KubernetesWorkloadArgs, path: str = "workload") -> Kubeconfig:
+    """The kubeconfig the provider gets, once the cluster it selects was read and has what the
+    target needs. Raises ClusterReadError (unreadable kubeconfig, unreachable or refusing API
+    server) or ConfigErrors (what the cluster lacks), each with its fix; nothing is registered."""
+    t = args.target
+    kubeconfig = load_kubeconfig(t.kubeconfig, t.context, f"{path}.kubernetes.kubeconfig")
+    problems = cluster_problems(t, read_cluster(kubeconfig, t.runtime_class_name), path)
+    if problems:
+        raise ConfigErrors(problems)
+    return kubeconfig
 
 
 class KubernetesWorkload(pulumi.ComponentResource):
@@ -20,17 +44,30 @@ class KubernetesWorkload(pulumi.ComponentResource):
     endpoint: pulumi.Output[str]
     pins: pulumi.Output[dict]
 
-    def __init__(self, name: str, args: KubernetesWorkloadArgs, opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        args: KubernetesWorkloadArgs,
+        cluster: Kubeconfig,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("tdx-vllm:workload:KubernetesWorkload", name, {}, opts)
         import pulumi_kubernetes as k8s
 
         objects = render_manifests(args)  # raises before any resource is registered
         t = args.target
-        provider = None
-        if t.kubeconfig is not None or t.context is not None:
-            provider = k8s.Provider(
-                f"{name}-provider", kubeconfig=t.kubeconfig, context=t.context, opts=pulumi.ResourceOptions(parent=self)
-            )
+        # Always an explicit provider: the default one follows whatever kubeconfig the shell has,
+        # and a stack that later names its kubeconfig would get a new provider, i.e. every object
+        # replaced and the TD restarted. The kubeconfig text (credentials) stays a secret in state;
+        # clusterIdentifier makes a changed kubeconfig (a new path, rotated credentials) an update of
+        # the provider, and only another API server a replacement.
+        provider = k8s.Provider(
+            f"{name}-provider",
+            kubeconfig=pulumi.Output.secret(cluster.text),
+            context=cluster.context,
+            cluster_identifier=cluster.server,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         by_kind = {o["kind"]: o for o in objects}
 
         def child(**kw: Any) -> pulumi.ResourceOptions:
@@ -44,7 +81,7 @@ class KubernetesWorkload(pulumi.ComponentResource):
             after.append(self.namespace)
         dep = by_kind["Deployment"]
         # `pulumi up` waits for the rollout, i.e. the known-answer readiness probe: loading a large
-        # model into a TD can take a while, hence the long timeouts.
+        # model into a TD can take a while, hence the long timeouts (= progressDeadlineSeconds).
         self.deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=dep["metadata"],
@@ -52,7 +89,7 @@ class KubernetesWorkload(pulumi.ComponentResource):
             opts=child(
                 depends_on=after,
                 delete_before_replace=True,
-                custom_timeouts=pulumi.CustomTimeouts(create="45m", update="45m"),
+                custom_timeouts=pulumi.CustomTimeouts(create=f"{ROLLOUT_TIMEOUT_S}s", update=f"{ROLLOUT_TIMEOUT_S}s"),
             ),
         )
         svc = by_kind["Service"]
@@ -63,12 +100,28 @@ class KubernetesWorkload(pulumi.ComponentResource):
             opts=child(depends_on=after, delete_before_replace=True),
         )
 
+        # pulumi-kubernetes can report an updated Deployment ready from the previous rollout's status
+        # (components/probe/kube.py says how); this waits for the template just applied, every replica
+        # Ready, reading the cluster with the same kubeconfig, which it gets on stdin (a secret).
+        wait = f"{ROLLOUT_TIMEOUT_S + 120}s"  # its own deadline first, with its message
+        self.rollout = local.Command(
+            f"{name}-rollout",
+            create=rollout_command(args, project_python()),
+            stdin=pulumi.Output.secret(cluster.text),
+            add_previous_output_in_env=False,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.deployment],
+                custom_timeouts=pulumi.CustomTimeouts(create=wait, update=wait),
+            ),
+        )
+
         def endpoint(status: Any) -> str:
             ingress = ((status or {}).get("load_balancer") or (status or {}).get("loadBalancer") or {}).get("ingress")
             return endpoint_for(t, ingress if t.service_type == "LoadBalancer" else None)
 
-        # Through the Deployment's id: known only once its rollout finished, i.e. once the pod passed
-        # the known-answer readiness probe, so `endpoints` and `ready` wait for that, not the Service.
-        self.endpoint = pulumi.Output.all(self.deployment.id, self.service.status).apply(lambda a: endpoint(a[1]))
+        # Through the rollout check: known only once the applied template's pod passed the known-answer
+        # readiness probe, so `endpoints` and `ready` wait for that, not for the Service.
+        self.endpoint = pulumi.Output.all(self.rollout.stdout, self.service.status).apply(lambda a: endpoint(a[1]))
         self.pins = pulumi.Output.from_input(expected_pins(args).to_json())
         self.register_outputs({"endpoint": self.endpoint, "pins": self.pins})

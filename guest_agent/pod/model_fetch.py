@@ -27,8 +27,41 @@ TIMEOUT_S = 60.0
 FILES_ENV = "TDX_VLLM_MODEL_FILES"
 
 
+# Filesystems whose bytes the host can change after they were checked: a Kata emptyDir in the
+# `shared-fs` mode is a host directory shared over virtio-fs. The model must be on a volume inside
+# the TD: `block-encrypted` (LUKS2 with dm-integrity, key made in the TD) or memory (tmpfs).
+HOST_SHARED_FS = frozenset({"virtiofs", "9p", "fuse", "fuse.virtiofsd", "nfs", "nfs4", "cifs", "smb3"})
+
+
 class FetchError(Exception):
     """A model file that could not be fetched or is not the pinned one; the message says which."""
+
+
+def mount_of(path: str, mountinfo: str) -> tuple[str, str, str]:
+    """(mount point, filesystem type, source) of the mount that holds `path`, from the text of
+    /proc/self/mountinfo (proc(5): fields up to " - ", then type and source). Pure."""
+    best = ("", "", "")
+    for line in mountinfo.splitlines():
+        head, sep, tail = line.partition(" - ")
+        fields, rest = head.split(), tail.split()
+        if not sep or len(fields) < 5 or len(rest) < 2:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, rest[0], rest[1])
+    return best
+
+
+def check_volume(path: str, mountinfo: str) -> None:
+    """Refuse a model directory on a filesystem the host can write (see HOST_SHARED_FS)."""
+    point, fstype, source = mount_of(path, mountinfo)
+    if fstype in HOST_SHARED_FS or fstype.startswith("fuse."):
+        raise FetchError(
+            f"model directory {path}: on {fstype} ({source} at {point}), which the host shares into the TD and can "
+            'change after the check; fix: use Kata\'s emptydir_mode = "block-encrypted" for this runtime class '
+            "(the CoCo default), or an emptyDir with medium: Memory"
+        )
 
 
 def file_url(source: str, model_id: str, revision: str, path: str) -> str:
@@ -95,6 +128,7 @@ def main(argv: list[str]) -> int:
     source, model_id, revision, root = argv
     files = json.loads(os.environ[FILES_ENV])
     try:
+        check_volume(root, Path("/proc/self/mountinfo").read_text())
         fetch_files(files, source, model_id, revision, Path(root),
                     lambda path: print(json.dumps({"verified": path, "sha256": files[path]}), flush=True))  # fmt: skip
     except FetchError as exc:

@@ -70,7 +70,12 @@ def test_kubernetes_errors_are_reported_with_the_others() -> None:
     raw["workload"]["kubernetes"]["referenceValues"]["mrtd"] = "12"
     seen = errors(raw)
     paths = sorted(e.split(":")[0] for e in seen)
-    assert paths == ["workload.kubernetes.referenceValues.mrtd", "workload.modelSource", "workload.td"], seen
+    assert paths == [
+        "workload.kubernetes.gpuCount",
+        "workload.kubernetes.referenceValues.mrtd",
+        "workload.modelSource",
+        "workload.td",
+    ], seen
 
 
 def test_cuda_version_is_not_ours_to_check_on_kubernetes() -> None:
@@ -84,9 +89,38 @@ def test_cuda_version_is_not_ours_to_check_on_kubernetes() -> None:
 
 
 def test_tensor_parallel_size_follows_the_pod_gpu_count() -> None:
-    cfg = parse_stack(k8s_only(gpuCount=2), "staging")
+    shape = {"memoryMiB": 8192 + 65536 + 1024, "vcpus": 9, "gpus": 8}
+    raw = k8s_only(gpuCount=8)
+    raw["workload"]["kubernetes"]["referenceValues"]["shape"] = shape
+    cfg = parse_stack(raw, "staging")
     assert cfg.workload is not None
-    assert cfg.workload.manifest(cfg.tensor_parallel_size).tensor_parallel_size == 2
+    assert cfg.workload.manifest(cfg.tensor_parallel_size).tensor_parallel_size == 8
+
+
+@pytest.mark.parametrize("count", [2, 3, 4, 5, 6, 7])
+def test_only_the_gpu_counts_nvidia_supports_in_one_td(count: int) -> None:
+    seen = errors(k8s_only(gpuCount=count))
+    assert seen == [
+        f"workload.kubernetes.gpuCount: {count} GPUs in one TD: NVIDIA supports one passthrough GPU per Kata TD, "
+        "or all eight with their 4 NVSwitches in protected PCIe (PPCIe) mode; fix: set 1, or 8 on an HGX node in "
+        "PPCIe mode (and tensorParallelSize to match)"
+    ]
+
+
+def test_reference_values_are_tied_to_the_td_shape() -> None:
+    """RTMR0 covers the TD's ACPI tables, which Kata sizes from the pod's limits: a changed `memory`
+    must not leave pins measured for another size in force."""
+    seen = errors(k8s_only(memory="96Gi"))
+    assert seen == [
+        "workload.kubernetes.referenceValues.shape: the reference values were measured for a TD of 74752 MiB, "
+        "9 vCPUs and 1 GPUs, but memory, cpu and gpuCount give 107520 MiB, 9 vCPUs and 1 GPUs; RTMR0 (the TD's "
+        "ACPI tables) differs between the two; fix: measure rtmr0 (and the rest) again from a test pod of this "
+        "size and set shape to {memoryMiB: 107520, vcpus: 9, gpus: 1}, or change memory, cpu and gpuCount back"
+    ]
+    missing = k8s_only()
+    del missing["workload"]["kubernetes"]["referenceValues"]["shape"]
+    (only,) = errors(missing)
+    assert only.startswith("workload.kubernetes.referenceValues.shape: missing; fix: set the TD size")
 
 
 def test_the_kubernetes_block_needs_the_kubernetes_target() -> None:
@@ -114,13 +148,22 @@ def test_outside_dev_an_agent_policy_is_required() -> None:
 
 
 def test_the_program_deploys_to_kubernetes_under_mocks(monkeypatch) -> None:
+    # The cluster read (components/probe/kube.py) needs an API server: tests/e2e/test_kubernetes.py
+    # runs it against a real one; here the program gets the kubeconfig it would have read.
+    from components.probe.kube import Kubeconfig
+    from components.resources import kubernetes_workload
+
+    kubeconfig = Kubeconfig(Path("/tmp/kubeconfig"), "apiVersion: v1\n", "e2e", "https://192.0.2.10:6443")
+    monkeypatch.setattr(kubernetes_workload, "connect", lambda args: kubeconfig)
     mocks = RecordingMocks()
     exported, seen = run_program(
         mocks, decrypted(k8s_only()), set(), monkeypatch, stack="staging", resolve=("endpoints", "ready", "promotable")
     )
     kinds = sorted(typ for typ, _ in mocks.created)
     assert "kubernetes:apps/v1:Deployment" in kinds and "kubernetes:core/v1:Service" in kinds
-    assert not [t for t in kinds if t.startswith(("command:", "tdx-vllm:host", "tdx-vllm:td"))]
+    # No host, no TD of ours: the one command is the rollout check on this machine.
+    assert not [t for t in kinds if t.startswith(("command:remote", "tdx-vllm:host", "tdx-vllm:td"))]
+    assert kinds.count("command:local:Command") == 1
     endpoints, ready, promotable = seen["endpoints"], seen["ready"], seen["promotable"]
     assert endpoints == {"kubernetes": "https://vllm.tdx-vllm.svc.cluster.local:8443"} and ready is True
     pins = exported["pins"]

@@ -25,11 +25,14 @@ import pytest
 from components.config.kubernetes import kubernetes_target_from_mapping
 from components.config.model import DEFAULT_GPU_RESOURCE, DEFAULT_RUNTIME_CLASS, KnownAnswer
 from components.config.reader import ENCRYPTED, ConfigError
+from components.probe.kube import Kubeconfig
 from components.render.kubernetes import (
     INITDATA_ANNOTATION,
     INITDATA_DIGEST_KEY,
     INITDATA_MANIFEST_KEY,
     INITDATA_POLICY_KEY,
+    SKIP_AWAIT_ANNOTATION,
+    TEMPLATE_ANNOTATION,
     KubernetesWorkloadArgs,
     KubernetesWorkloadError,
     decode_initdata_annotation,
@@ -37,6 +40,7 @@ from components.render.kubernetes import (
     known_answer_command,
     pod_program,
     render_manifests,
+    template_digest,
     workload_problems,
 )
 from tdxattest.core.policy import pins_from_stack_output
@@ -50,6 +54,7 @@ from tests.support.stacks import (
     KATA_RTMR0,
     KATA_RTMR1,
     KATA_RTMR2,
+    KATA_SHAPE,
     POLICY,
     WL_IMAGE,
     WL_REV,
@@ -112,7 +117,7 @@ def test_full_target(tmp_path: Path):
             name="qwen",
             createNamespace="false",
             runtimeClassName="my-kata-qemu-tdx",
-            gpuCount="2",
+            gpuCount="8",
             gpuResource="nvidia.com/GH100_H100_SXM5_80GB",
             memory="128Gi",
             cpu=16,
@@ -127,6 +132,7 @@ def test_full_target(tmp_path: Path):
                 "rtmr1": RTMR1,
                 "rtmr2": RTMR2,
                 "tdAttributes": "0000001000000000",
+                "shape": {"memoryMiB": 8192 + 131072 + 1024, "vcpus": 17, "gpus": 8},
             },
         ),
         stack="staging",
@@ -140,7 +146,7 @@ def test_full_target(tmp_path: Path):
         "my-kata-qemu-tdx",
     )
     assert (t.gpu_count, t.gpu_resource, t.memory, t.cpu, t.model_cache_size) == (
-        2,
+        8,
         "nvidia.com/GH100_H100_SXM5_80GB",
         "128Gi",
         "16",
@@ -169,7 +175,16 @@ def test_unknown_keys_get_did_you_mean():
     e = one_error(target_doc(gatewayImg=GATEWAY), "workload.kubernetes.gatewayImg")
     assert e.problem == "unknown key" and "did you mean `gatewayImage`?" in e.fix
     e = one_error(
-        target_doc(referenceValues={"mrtd": MRTD, "rtmr0": RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2, "rtmr4": RTMR2}),
+        target_doc(
+            referenceValues={
+                "mrtd": MRTD,
+                "rtmr0": RTMR0,
+                "rtmr1": RTMR1,
+                "rtmr2": RTMR2,
+                "rtmr4": RTMR2,
+                "shape": KATA_SHAPE,
+            }
+        ),
         "workload.kubernetes.referenceValues.rtmr4",
     )
     assert "known keys" in e.fix or "did you mean" in e.fix
@@ -231,7 +246,7 @@ def test_reference_values_errors():
     doc = target_doc()
     del doc["referenceValues"]
     assert "Kata guest's reference values" in one_error(doc, "workload.kubernetes.referenceValues").fix
-    rv = {"mrtd": MRTD, "rtmr0": RTMR0, "rtmr1": RTMR1}
+    rv = {"mrtd": MRTD, "rtmr0": RTMR0, "rtmr1": RTMR1, "shape": KATA_SHAPE}
     assert one_error(target_doc(referenceValues=rv), "workload.kubernetes.referenceValues.rtmr2").problem == "required"
     e = one_error(target_doc(referenceValues={**rv, "rtmr2": "ab" * 32}), "workload.kubernetes.referenceValues.rtmr2")
     assert "96 hex digits" in e.problem
@@ -251,6 +266,7 @@ def test_reference_values_errors():
 
 def test_hex_that_yaml_read_as_a_number_says_quote_it():
     rv = {"mrtd": int("1" * 96), "rtmr0": RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2, "tdAttributes": 1000000000}
+    rv["shape"] = KATA_SHAPE
     errors = errors_of(target_doc(referenceValues=rv))
     assert [e.path for e in errors] == [
         "workload.kubernetes.referenceValues.mrtd",
@@ -384,8 +400,9 @@ def test_validation_is_real():
 
 
 def test_one_pod_one_td_with_runtime_class_and_gpu_limits():
-    args = make_args(gpuCount=2, gpuResource="nvidia.com/gpu")
-    args = replace(args, manifest=replace(args.manifest, tensor_parallel_size=2))
+    eight = {"mrtd": MRTD, "rtmr0": RTMR0, "rtmr1": RTMR1, "rtmr2": RTMR2, "shape": {**KATA_SHAPE, "gpus": 8}}
+    args = make_args(gpuCount=8, gpuResource="nvidia.com/gpu", referenceValues=eight)
+    args = replace(args, manifest=replace(args.manifest, tensor_parallel_size=8))
     objs = render_manifests(args)
     dep = by_kind(objs)["Deployment"]
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
@@ -394,10 +411,15 @@ def test_one_pod_one_td_with_runtime_class_and_gpu_limits():
     assert spec["automountServiceAccountToken"] is False
     assert [c["name"] for c in spec["containers"]] == ["vllm", "gateway"]
     c = containers(objs)
-    assert c["vllm"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    # Eight GPUs: NVIDIA's protected PCIe mode, with the board's four NVSwitches in the same TD.
+    assert c["vllm"]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert c["vllm"]["resources"]["limits"]["nvidia.com/nvswitch"] == "4"
     assert all("nvidia.com" not in k for k in c["gateway"]["resources"].get("limits", {}))
-    # The model lives in TD memory (tmpfs in the guest), never on a host-shared disk.
-    assert {v["name"]: v["emptyDir"] for v in spec["volumes"]}["model"]["medium"] == "Memory"
+    # The model is on a disk emptyDir (CoCo's block-encrypted mode), not tmpfs: its pages would count
+    # against the fetcher's memory limit. The fetcher refuses a host-shared mount (test_model_fetch).
+    assert {v["name"]: v["emptyDir"] for v in spec["volumes"]}["model"] == {}
+    one = containers(render_manifests(make_args()))["vllm"]["resources"]["limits"]
+    assert "nvidia.com/nvswitch" not in one and one["nvidia.com/pgpu"] == "1"
 
 
 def test_vllm_container_args_env_and_no_cpu_offload():
@@ -437,6 +459,8 @@ def test_gateway_container_and_known_answer_probe():
         "0.0.0.0:8443",
         "--upstream",
         "http://127.0.0.1:8000",
+        "--quote-source",
+        "aa",
     ]
     assert gw["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
     cmd = gw["readinessProbe"]["exec"]["command"]
@@ -516,6 +540,7 @@ def test_pins_are_readable_by_the_verifying_proxy():
             "rtmr1": RTMR1,
             "rtmr2": RTMR2,
             "tdAttributes": "0000001000000000",
+            "shape": KATA_SHAPE,
         }
     )
     pins = expected_pins(args).to_json()
@@ -563,6 +588,31 @@ def test_model_fetch_verifies_every_file(file_server, tmp_path: Path):
     refused = _fetch(url, bad, tmp_path / "model2")
     assert refused.returncode != 0 and f"model file config.json: sha256 {'00' * 32}, seen" in refused.stderr
     assert not (tmp_path / "model2" / "config.json").exists()
+
+
+# /proc/self/mountinfo lines (proc(5)) of a Kata container: its root, a block-encrypted emptyDir (a
+# dm-crypt device the guest opened), a memory emptyDir, and an emptyDir of the `shared-fs` mode (a
+# host directory over virtio-fs; Kata's shared mount source is `kataShared`).
+KATA_MOUNTINFO = """\
+1048 1036 0:112 / / rw,relatime - overlay overlay rw,lowerdir=/run/kata-containers/image/layers/1
+1063 1048 253:1 / /models rw,relatime - ext4 /dev/mapper/encrypted_disk_Xy2a rw
+1064 1048 0:121 / /dev/shm rw,relatime - tmpfs shm rw,size=65536k
+1065 1048 0:33 /sandbox/volumes/home /home/tdx\\040vllm rw,relatime - virtiofs kataShared rw
+"""
+
+
+def test_model_fetch_refuses_a_volume_the_host_shares_in() -> None:
+    from guest_agent.pod.model_fetch import FetchError, check_volume, mount_of
+
+    assert mount_of("/models/model", KATA_MOUNTINFO) == ("/models", "ext4", "/dev/mapper/encrypted_disk_Xy2a")
+    assert mount_of("/modelsx", KATA_MOUNTINFO)[0] == "/"  # a prefix of the name is not the mount
+    assert mount_of("/home/tdx vllm/.cache", KATA_MOUNTINFO)[1] == "virtiofs"
+    check_volume("/models/model", KATA_MOUNTINFO)
+    check_volume("/dev/shm/model", KATA_MOUNTINFO)
+    with pytest.raises(FetchError, match=r"on virtiofs \(kataShared at /home/tdx vllm\).*block-encrypted"):
+        check_volume("/home/tdx vllm/model", KATA_MOUNTINFO)
+    # This machine's own mount table: the temp dir is not host-shared.
+    check_volume(str(Path("/tmp")), Path("/proc/self/mountinfo").read_text())
 
 
 def test_known_answer_probe_against_the_real_gateway():
@@ -631,11 +681,23 @@ def mocks():
     yield m
 
 
+ENCRYPTED_SIG, SECRET_SIG = (
+    "4dabf18193072939515e22adb298388d",
+    "1b47061264138c4ac30d75fd1eb44270",
+)  # Pulumi's secret marker
+KUBECONFIG = Kubeconfig(
+    path=Path("/tmp/kubeconfig"),
+    text="apiVersion: v1\nkind: Config\n",
+    context="prod",
+    server="https://192.0.2.10:6443",
+)
+
+
 def build(args: KubernetesWorkloadArgs):
     from components.resources.kubernetes_workload import KubernetesWorkload
 
     rec = Recorder()
-    wl = KubernetesWorkload("qwen", args, opts=pulumi.ResourceOptions(transformations=[rec]))
+    wl = KubernetesWorkload("qwen", args, KUBECONFIG, opts=pulumi.ResourceOptions(transformations=[rec]))
     return wl, rec
 
 
@@ -649,16 +711,30 @@ def test_component_creates_the_expected_resources(mocks):
         created = {n: a.typ for n, a in mocks.created.items()}
         assert created == {
             "qwen": "tdx-vllm:workload:KubernetesWorkload",
+            "qwen-provider": "pulumi:providers:kubernetes",
             "qwen-namespace": "kubernetes:core/v1:Namespace",
             "qwen-deployment": "kubernetes:apps/v1:Deployment",
             "qwen-service": "kubernetes:core/v1:Service",
+            "qwen-rollout": "command:local:Command",
         }
+        # The rollout check runs after the Deployment, gets the kubeconfig as a secret on stdin (never
+        # on its command line), and waits for exactly the template that was applied.
+        rollout = mocks.created["qwen-rollout"].inputs
+        assert rec.resources["qwen-rollout"].opts.depends_on == [wl.deployment]
+        assert rollout["stdin"] == {ENCRYPTED_SIG: SECRET_SIG, "value": KUBECONFIG.text}
+        assert KUBECONFIG.text not in rollout["create"] and " kube-rollout " in rollout["create"]
+        applied = mocks.created["qwen-deployment"].inputs["spec"]["template"]["metadata"]["annotations"]
+        rendered = by_kind(render_manifests(args))["Deployment"]["spec"]["template"]
+        assert applied[TEMPLATE_ANNOTATION] == template_digest(rendered)
+        assert rollout["create"].split("--expect ")[1].split()[0] == applied[TEMPLATE_ANNOTATION]
         for name in ("qwen-namespace", "qwen-deployment", "qwen-service"):
             assert rec.resources[name].opts.parent is wl
         assert {d for d in rec.resources["qwen-deployment"].opts.depends_on} == {wl.namespace}
-        assert rec.resources["qwen-deployment"].opts.custom_timeouts.create == "45m"
+        assert rec.resources["qwen-deployment"].opts.custom_timeouts.create == "2700s"
         # What reached the engine is what render_manifests says (and what the schema accepted).
         dep = mocks.created["qwen-deployment"].inputs
+        # The controller's progress deadline is the provider's await: neither gives up first.
+        assert dep["spec"]["progressDeadlineSeconds"] == 2700
         rendered = by_kind(render_manifests(args))["Deployment"]
         assert dep["spec"]["template"]["spec"]["runtimeClassName"] == "kata-qemu-nvidia-gpu-tdx"
         assert json.loads(json.dumps(dep["spec"]["template"]["spec"]["containers"])) == json.loads(
@@ -679,11 +755,11 @@ def test_component_creates_the_expected_resources(mocks):
         assert pins["mrtd"] == MRTD and pins["rtmr3"] is None
         assert pins["mrconfigid"] == hashlib.sha384(toml_text.encode()).hexdigest()
 
-    # `ready` and `endpoints` hang on the Deployment (its rollout = the known-answer probe), not
+    # `ready` and `endpoints` hang on the rollout check (the known-answer probe passed), not
     # only on the Service.
     depends = pulumi.Output.from_input(asyncio.ensure_future(wl.endpoint.resources()))
     return pulumi.Output.all(wl.endpoint, wl.pins, depends).apply(
-        lambda a: (check(a[:2]), _assert({wl.deployment, wl.service} <= a[2]))
+        lambda a: (check(a[:2]), _assert({wl.rollout, wl.service} <= a[2]))
     )
 
 
@@ -699,8 +775,13 @@ def test_component_with_kubeconfig_and_load_balancer(mocks):
     )
 
     def check(endpoint):
-        assert mocks.created["qwen-provider"].typ == "pulumi:providers:kubernetes"
-        assert mocks.created["qwen-provider"].inputs["context"] == "prod"
+        provider = mocks.created["qwen-provider"]
+        assert provider.typ == "pulumi:providers:kubernetes"
+        assert provider.inputs["context"] == "prod" and provider.inputs["clusterIdentifier"] == KUBECONFIG.server
+        # A secret: the mocks see the engine's secret wrapper around the kubeconfig's text.
+        assert provider.inputs["kubeconfig"] == {ENCRYPTED_SIG: SECRET_SIG, "value": KUBECONFIG.text}
+        svc = mocks.created["qwen-service"].inputs
+        assert svc["metadata"]["annotations"] == {SKIP_AWAIT_ANNOTATION: "true"}
         assert "qwen-namespace" not in mocks.created
         assert rec.resources["qwen-deployment"].opts.provider is not None
         assert endpoint == f"https://{LB_IP}:443"
@@ -713,5 +794,5 @@ def test_component_refuses_a_tag_before_registering_anything(mocks):
 
     tagged = replace(manifest_from_mapping(manifest_doc()), image="docker.io/vllm/vllm-openai:v0.11.0")
     with pytest.raises(KubernetesWorkloadError, match="pinned by digest"):
-        KubernetesWorkload("bad", make_args(tagged))
+        KubernetesWorkload("bad", make_args(tagged), KUBECONFIG)
     assert [n for n in mocks.created if n != "bad"] == []

@@ -149,12 +149,21 @@ def manifest_doc(**over: Any) -> dict:
 
 # The Kata guest's reference values of the Kubernetes target's tests.
 KATA_MRTD, KATA_RTMR0, KATA_RTMR1, KATA_RTMR2 = ("11" * 48, "22" * 48, "33" * 48, "44" * 48)
+# The TD those were "measured" for: Kata's 8192 MiB and 1 vCPU plus the default limits (vLLM 64Gi and
+# 8 CPUs, the gateway's 1Gi), one GPU.
+KATA_SHAPE = {"memoryMiB": 8192 + 65536 + 1024, "vcpus": 1 + 8, "gpus": 1}
 
 
 def target_doc(**over: Any) -> dict:
     doc = {
         "gatewayImage": GATEWAY,
-        "referenceValues": {"mrtd": KATA_MRTD, "rtmr0": KATA_RTMR0, "rtmr1": KATA_RTMR1, "rtmr2": KATA_RTMR2},
+        "referenceValues": {
+            "mrtd": KATA_MRTD,
+            "rtmr0": KATA_RTMR0,
+            "rtmr1": KATA_RTMR1,
+            "rtmr2": KATA_RTMR2,
+            "shape": dict(KATA_SHAPE),
+        },
     }
     doc.update(over)
     return doc

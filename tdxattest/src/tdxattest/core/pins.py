@@ -150,6 +150,9 @@ class KubernetesDetail:
     model: Mapping[str, JsonValue]
     init_data: Mapping[str, str]
     agent_policy_sha384: str | None
+    # The TD's shape under Kata's static sizing ({memoryMiB, vcpus, gpus}): RTMR0 (the TD's ACPI
+    # tables) was measured for this shape, so pins from another shape do not apply.
+    td_shape: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,7 @@ class StackPins:
             out["model"] = dict(k8s.model)
             out["initData"] = dict(k8s.init_data)
             out["agentPolicySha384"] = k8s.agent_policy_sha384
+            out["tdShape"] = dict(k8s.td_shape)
         return out
 
     @classmethod
@@ -307,6 +311,7 @@ class StackPins:
                 model=r.mapping("model", object) or {},
                 init_data=r.mapping("initData", str) or {},
                 agent_policy_sha384=r.optional_text("agentPolicySha384"),
+                td_shape=r.mapping("tdShape", int) or {},
             )
         events = r.mapping("events", object) or {}
         candidates = None
