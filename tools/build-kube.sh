@@ -25,15 +25,8 @@ BIN="${KUBE_TOOLCHAIN_BIN:-$ROOT/bin}"
 KUBE_BIN="$BIN/kube"
 STAMP="$BIN/.kube-toolchain.stamp"
 
-log() { printf 'build-kube: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-if [ -z "${HOME:-}" ]; then HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"; export HOME; fi
-command -v go >/dev/null 2>&1 || die "go is not on PATH (Go >= 1.26 is needed)"
-
-gomod_version() { # $1 = go.mod, $2 = module -> its required version
-    awk -v m="$2" '($1 == m && $2 ~ /^v/) { print $2; exit } ($1 == "require" && $2 == m) { print $3; exit }' "$1"
-}
+# shellcheck source=tools/go-wrapper.sh
+source "$ROOT/tools/go-wrapper.sh" build-kube
 KUBE_VERSION="$(gomod_version "$KT/go.mod" k8s.io/kubernetes)"
 KWOK_VERSION="$(gomod_version "$KT/go.mod" sigs.k8s.io/kwok)"
 ETCD_VERSION="$(gomod_version "$KT/go.mod" go.etcd.io/etcd/server/v3)"
@@ -41,7 +34,7 @@ PROVIDER_MODULE=github.com/pulumi/pulumi-kubernetes/provider/v4
 PROVIDER_PSEUDO="$(gomod_version "$KP/go.mod" "$PROVIDER_MODULE")"
 # The provider reports the version of the Python SDK it pairs with: the SDK asks the engine for
 # that plugin version, and the schema it embeds says the same.
-PROVIDER_VERSION="$(sed -n 's/^pulumi-kubernetes==\([0-9][0-9A-Za-z.+-]*\).*/\1/p' "$ROOT/requirements.txt" | head -n1)"
+PROVIDER_VERSION="$(req_pin "$ROOT" pulumi-kubernetes)"
 [ -n "$KUBE_VERSION" ] && [ -n "$KWOK_VERSION" ] && [ -n "$ETCD_VERSION" ] && [ -n "$PROVIDER_PSEUDO" ] ||
     die "cannot read versions from $KT/go.mod and $KP/go.mod"
 [ -n "$PROVIDER_VERSION" ] || die "requirements.txt pins no pulumi-kubernetes==X"

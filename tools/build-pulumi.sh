@@ -23,27 +23,13 @@ LH="$TC/langhost-python"
 BIN="${PULUMI_TOOLCHAIN_BIN:-$ROOT/bin}"
 STAMP="$BIN/.pulumi-toolchain.stamp"
 
-log() { printf 'build-pulumi: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-# Go derives GOCACHE/GOMODCACHE from HOME; a bare CI environment may lack it.
-if [ -z "${HOME:-}" ]; then HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"; export HOME; fi
-command -v go >/dev/null 2>&1 || die "go is not on PATH (Go >= 1.26.6 is needed)"
-
-# Version of a requirement in one of our go.mod files.
-gomod_version() {
-    awk -v m="$2" '($1 == m && $2 ~ /^v/) { print $2; exit } ($1 == "require" && $2 == m) { print $3; exit }' "$1"
-}
-# Exact pin of a package in requirements.txt (pkg==X).
-req_pin() {
-    sed -n "s/^$1==\([0-9][0-9A-Za-z.+-]*\).*/\1/p" "$ROOT/requirements.txt" | head -n1
-}
-
+# shellcheck source=tools/go-wrapper.sh
+source "$ROOT/tools/go-wrapper.sh" build-pulumi
 CLI_VERSION="$(gomod_version "$TC/go.mod" github.com/pulumi/pulumi/pkg/v3)"
 CLI_SDK_VERSION="$(gomod_version "$TC/go.mod" github.com/pulumi/pulumi/sdk/v3)"
 LANGHOST_VERSION="$(gomod_version "$LH/go.mod" github.com/pulumi/pulumi/sdk/v3)"
-PY_SDK_VERSION="$(req_pin pulumi)"
-COMMAND_VERSION="$(req_pin pulumi-command)"
+PY_SDK_VERSION="$(req_pin "$ROOT" pulumi)"
+COMMAND_VERSION="$(req_pin "$ROOT" pulumi-command)"
 [ -n "$CLI_VERSION" ] && [ -n "$LANGHOST_VERSION" ] || die "cannot read versions from $TC/go.mod and $LH/go.mod"
 [ "$CLI_VERSION" = "$CLI_SDK_VERSION" ] || die "pkg/v3 ($CLI_VERSION) and sdk/v3 ($CLI_SDK_VERSION) differ in $TC/go.mod"
 [ -n "$PY_SDK_VERSION" ] || die "requirements.txt pins no pulumi==X"
