@@ -87,3 +87,21 @@ def test_a_rollout_past_its_deadline_fails_at_once() -> None:
     ]
     with pytest.raises(ClusterReadError, match="the rollout failed: RS vllm-1 has timed out"):
         rollout_state(stuck, KEY, "new")
+
+
+def test_an_unreachable_api_server_is_named_with_its_fix(tmp_path: Path) -> None:
+    from components.probe.kube import read_cluster
+    from tests.support.kube.cluster import free_port
+
+    server = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    doc = kubeconfig(clusters=[{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}])
+    doc["users"] = [{"name": "u", "user": {"token": "not-a-real-token"}}]
+    path = tmp_path / "config"
+    path.write_text(yaml.safe_dump(doc))
+    kc = load_kubeconfig(str(path), None, "workload.kubernetes.kubeconfig")
+    with pytest.raises(ClusterReadError) as info:
+        read_cluster(kc, "kata-qemu-nvidia-gpu-tdx")
+    message = str(info.value)
+    assert message.startswith(f"cannot reach the API server {server} (context `prod` of {path}): ")
+    assert message.endswith("fix: check that the cluster is up and the kubeconfig points at it")
+    assert "not-a-real-token" not in message
