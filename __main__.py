@@ -1,6 +1,7 @@
 """tdx-vllm: read and validate the stack config, provision one TdxHost per host, export facts."""
 
 import sys
+from typing import Any
 
 import pulumi
 
@@ -62,8 +63,37 @@ hosts = [TdxHost(host.name, TdxHostArgs(host, stack), opts=host_opts) for host i
 endpoints: dict = {}
 td_summaries: dict = {}
 waits = [h.ready for h in hosts]
+
+
+def _verifying_proxy(served: list[tuple[str, str, int]], upstreams: list[tuple[str, str]]) -> Any:
+    """The stack's verifying proxy (`proxy:`), on a host (systemd, `served`: TD, gateway address and
+    port) or in a cluster (`proxy.kubernetes`, `upstreams`: TD, URL). Either takes the new pins before
+    the TDs change (`accepted`) and drops the old ones after they report ready (`retire_after`)."""
+    assert stack.proxy is not None
+    args_pins = pins_output(pins)
+    if stack.proxy.kubernetes is None:
+        from components.render.proxy import proxy_instances
+        from components.resources.proxy import VerifyingProxy, VerifyingProxyArgs
+
+        return VerifyingProxy("proxy", VerifyingProxyArgs(stack.proxy, proxy_instances(stack.proxy, served), args_pins))
+    from components.probe.kube import ClusterReadError, load_kubeconfig
+    from components.render.proxy_kubernetes import cluster_instances
+    from components.resources.proxy import VerifyingProxyArgs
+    from components.resources.proxy_kubernetes import KubernetesVerifyingProxy
+
+    c = stack.proxy.kubernetes
+    try:
+        kubeconfig = load_kubeconfig(c.kubeconfig, c.context, "proxy.kubernetes.kubeconfig")
+    except ClusterReadError as exc:
+        print(f"proxy.kubernetes: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    instances = cluster_instances(stack.proxy, upstreams)
+    return KubernetesVerifyingProxy("proxy", VerifyingProxyArgs(stack.proxy, instances, args_pins), kubeconfig)
+
+
 if k8s_args is not None:
     from components.probe.kube import ClusterReadError
+    from components.render.kubernetes import endpoint_for
     from components.resources.kubernetes_workload import KubernetesWorkload, connect
 
     # The cluster is read first: one that cannot run a TDX pod gets no object at all.
@@ -75,10 +105,23 @@ if k8s_args is not None:
     except ConfigErrors as exc:
         print(exc.render(), file=sys.stderr)
         raise SystemExit(1) from None
-    cluster = KubernetesWorkload("workload", k8s_args, kubeconfig, opts=host_opts)
+    # The proxy (config: only in a cluster, proxy.kubernetes) takes the new pins before the pod
+    # rolls, and drops the old ones once the new pod passed its rollout check; its upstream is the
+    # workload's in-cluster Service.
+    proxy = None
+    if stack.proxy is not None:
+        proxy = _verifying_proxy([], [("kubernetes", endpoint_for(k8s_args.target))])
+    workload_opts = pulumi.ResourceOptions.merge(
+        host_opts or pulumi.ResourceOptions(), pulumi.ResourceOptions(depends_on=proxy.accepted if proxy else [])
+    )
+    cluster = KubernetesWorkload("workload", k8s_args, kubeconfig, opts=workload_opts)
     endpoints["kubernetes"] = cluster.endpoint
     # Known once the Deployment's rollout finished: its pod passed the known-answer readiness check.
     waits.append(cluster.endpoint.apply(bool))
+    if proxy is not None:
+        proxy.retire_after([cluster.rollout])
+        pulumi.export("proxies", proxy.urls)
+        waits.append(proxy.ready)
 elif workload is not None:
     from components.resources.trust_domain import trust_domains
 
@@ -86,13 +129,10 @@ elif workload is not None:
     # drops the old ones only after every TD reports ready: a pin rollover never refuses the live TD.
     proxy = None
     if stack.proxy is not None:
-        from components.render.proxy import proxy_instances
-        from components.resources.proxy import VerifyingProxy, VerifyingProxyArgs
+        from components.render.trust_domain import endpoint_url
 
         served = [(h.name, h.ssh.address, workload.gateway_port) for h in stack.hosts]
-        proxy = VerifyingProxy(
-            "proxy", VerifyingProxyArgs(stack.proxy, proxy_instances(stack.proxy, served), pins_output(pins))
-        )
+        proxy = _verifying_proxy(served, [(td, endpoint_url(address, port)) for td, address, port in served])
     tds = trust_domains(stack, hosts, manifest, after=proxy.accepted if proxy is not None else ())
     endpoints.update({name: td.endpoint for name, td in tds.items()})
     td_summaries.update({name: td.summary for name, td in tds.items()})

@@ -14,6 +14,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "guest-image": ("components.catalog.guest_image", "pin a built TD guest image in firmware/td/, or check a build"),
     "kubernetes": ("components.render.kubernetes", "print the objects the Kubernetes target creates (for genpolicy)"),
     "kube-rollout": ("components.probe.kube", "wait until a Deployment runs this template, all Ready (`up` runs it)"),
+    "kube-proxy-pins": (
+        "components.probe.kube_proxy",
+        "one pin-rollover phase of the proxy in a cluster (`up` runs it)",
+    ),
     "pins": ("components.render.stack_pins", "print a stack's `pins` offline (--events: with the expected event log)"),
     "redfish": ("components.bmc.redfish", "apply or check one BIOS phase over Redfish (what BiosSettings runs)"),
     "status": ("components.status.command", "is the stack ready now: the last up, every host step's check, every TD"),

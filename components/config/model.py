@@ -310,11 +310,28 @@ class ProxyTls:
 
 
 @dataclass(frozen=True)
+class ProxyCluster:
+    """`proxy.kubernetes`: the proxy as one Deployment and Service per TD in a cluster of the
+    client's (components/resources/proxy_kubernetes.py)."""
+
+    image: str  # by digest: python3 with tdxattest installed (the gateway image is one)
+    namespace: str = "tdx-vllm-proxy"
+    name: str = "tdx-vllm-proxy"  # each TD's Deployment and Service: <name>-<td>
+    kubeconfig: str | None = None  # a kubeconfig file; None: $KUBECONFIG, then ~/.kube/config
+    context: str | None = None
+    service_type: str = "ClusterIP"
+
+
+PROXY_CLUSTER_PORT = 8443  # the port of each proxy pod and Service
+
+
+@dataclass(frozen=True)
 class VerifyingProxyConfig:
     """`proxy:`: the client's verifying proxy (`tdxattest proxy`), one systemd service per TD
-    endpoint on a host of the client's (components/resources/proxy.py)."""
+    endpoint on a host of the client's (components/resources/proxy.py), or one Deployment and
+    Service per TD in the client's cluster (`kubernetes`; components/resources/proxy_kubernetes.py)."""
 
-    ssh: SshConfig
+    ssh: SshConfig | None  # None with `kubernetes`
     python: str  # the interpreter of an environment with tdxattest installed
     listen_host: str
     listen_port: int  # the first TD's; the next TDs (in `hosts` order) take the ports after it
@@ -322,6 +339,7 @@ class VerifyingProxyConfig:
     pccs_url: str | None  # where collateral comes from; None: the dev stack's TEST quotes (tdx: false)
     tls: ProxyTls | None = None
     cache_dir: str = "/var/cache/tdx-vllm/proxy"
+    kubernetes: ProxyCluster | None = None
 
 
 @dataclass(frozen=True)

@@ -180,11 +180,13 @@ def parse_stack(
     if top.get("proxy") is not None:
         if workload is None:
             r.error("proxy", "a verifying proxy needs the TDs it fronts", "add a `workload:` block, or remove `proxy:`")
-        elif workload.kubernetes is not None:
+        elif workload.kubernetes is not None and not (
+            isinstance(top["proxy"], dict) and top["proxy"].get("kubernetes") is not None
+        ):
             r.error(
                 "proxy",
-                "is deployed for TDs on hosts (workload.target: host); the Kubernetes target's proxy is not built yet",
-                "remove `proxy:` and run `tdxattest proxy --upstream <the endpoints output> --pins pins.json` (README)",
+                "a proxy on a host cannot reach the Kubernetes workload's in-cluster Service",
+                "run the proxy in the cluster: set `proxy.kubernetes` (docs/kubernetes.md, The verifying proxy)",
             )
         else:
             proxy = parse_proxy(

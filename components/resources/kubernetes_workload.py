@@ -38,6 +38,23 @@ def connect(args: KubernetesWorkloadArgs, path: str = "workload") -> Kubeconfig:
     return kubeconfig
 
 
+def cluster_provider(name: str, cluster: Kubeconfig, parent: pulumi.Resource) -> pulumi.ProviderResource:
+    """Always an explicit provider: the default one follows whatever kubeconfig the shell has, and a
+    stack that later names its kubeconfig would get a new provider, i.e. every object replaced (the
+    TD restarted). The kubeconfig text (credentials) stays a secret in the state; clusterIdentifier
+    makes a changed kubeconfig (a new path, rotated credentials) an update of the provider, and only
+    another API server a replacement."""
+    import pulumi_kubernetes as k8s
+
+    return k8s.Provider(
+        name,
+        kubeconfig=pulumi.Output.secret(cluster.text),
+        context=cluster.context,
+        cluster_identifier=cluster.server,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
 class KubernetesWorkload(pulumi.ComponentResource):
     """Namespace (optional), Deployment (one Kata TDX pod: model fetcher, vLLM, gateway) and Service."""
 
@@ -56,18 +73,7 @@ class KubernetesWorkload(pulumi.ComponentResource):
 
         objects = render_manifests(args)  # raises before any resource is registered
         t = args.target
-        # Always an explicit provider: the default one follows whatever kubeconfig the shell has,
-        # and a stack that later names its kubeconfig would get a new provider, i.e. every object
-        # replaced and the TD restarted. The kubeconfig text (credentials) stays a secret in state;
-        # clusterIdentifier makes a changed kubeconfig (a new path, rotated credentials) an update of
-        # the provider, and only another API server a replacement.
-        provider = k8s.Provider(
-            f"{name}-provider",
-            kubeconfig=pulumi.Output.secret(cluster.text),
-            context=cluster.context,
-            cluster_identifier=cluster.server,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        provider = cluster_provider(f"{name}-provider", cluster, self)
         by_kind = {o["kind"]: o for o in objects}
 
         def child(**kw: Any) -> pulumi.ResourceOptions:

@@ -39,16 +39,18 @@ class VerifyingProxy(pulumi.ComponentResource):
         self._name, self._args = name, args
         # The tdxattest the proxy host must run: this checkout's (the program imports the same package).
         self._version: str = importlib.metadata.version("tdxattest")
+        ssh = args.proxy.ssh
+        assert ssh is not None, "a proxy host needs proxy.ssh (proxy.kubernetes: KubernetesVerifyingProxy)"
         self.ssh_check = local.Command(
             f"{name}-ssh-check",
-            create=ssh_check_command(args.proxy.ssh, "proxy.ssh.hostKey"),
+            create=ssh_check_command(ssh, "proxy.ssh.hostKey"),
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(parent=self),
         )
         # Like a GPU host: one handshake first, then the step scripts staged once.
         self._conn = stage_scripts(
             f"{name}-scripts",
-            Connection(args.proxy.ssh),
+            Connection(ssh),
             pulumi.ResourceOptions(parent=self, depends_on=[self.ssh_check]),
         )
         self.accepted = [self._step(inst, "accept", []) for inst in args.instances]

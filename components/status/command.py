@@ -124,8 +124,10 @@ def read_proxy_host(stack: StackConfig, pins: Any) -> HostStatus | None:
     """The verifying proxy's host (`proxy:`), read like a GPU host: each unit's steady state (the
     retire phase: the current pins only, running, listening)."""
     proxy = stack.proxy
-    if proxy is None or stack.workload is None or not isinstance(pins, dict):
+    # A proxy in a cluster (proxy.kubernetes) is the cluster's to report (kubectl rollout status).
+    if proxy is None or proxy.ssh is None or stack.workload is None or not isinstance(pins, dict):
         return None
+    ssh = proxy.ssh
     served = [(h.name, h.ssh.address, stack.workload.gateway_port) for h in stack.hosts]
     version = importlib.metadata.version("tdxattest")
 
@@ -139,7 +141,7 @@ def read_proxy_host(stack: StackConfig, pins: Any) -> HostStatus | None:
             for inst in proxy_instances(proxy, served)
         ]
 
-    return read_over_ssh("proxy", proxy.ssh, "proxy.ssh", checks)
+    return read_over_ssh("proxy", ssh, "proxy.ssh", checks)
 
 
 def read_over_ssh(

@@ -2,7 +2,9 @@
 and a real control plane (tests/support/kube/cluster.py: etcd, kube-apiserver, controller-manager,
 scheduler; kwok plays the kubelet of one fake TDX GPU node).
 
-The stack is a Kubernetes-only stack (no hosts). The tests run in file order and build on each other:
+The stack is a Kubernetes-only stack (no hosts), with the verifying proxy in the same cluster
+(`proxy.kubernetes`) in front of the workload's Service. The tests run in file order and build on
+each other:
 
 - with no Kata TDX RuntimeClass in the cluster, `up` fails with our error naming
   `workload.kubernetes.runtimeClassName`, and nothing was created;
@@ -11,7 +13,10 @@ The stack is a Kubernetes-only stack (no hosts). The tests run in file order and
   provider awaited the rollout (the pod is scheduled on the TDX node and Ready), and `endpoints` and
   `pins` are exported; the kubeconfig is a secret in the state;
 - a second `up` changes nothing;
-- a model revision rolls the Deployment (a new pod template) and changes `pins.mrconfigid`;
+- the proxy's Deployment, Service, TLS Secret and pins ConfigMap exist, on the current pins only;
+- a model revision rolls the Deployment (a new pod template) and changes `pins.mrconfigid`, and the
+  proxy rolls over around it: it accepts the new pins beside the old before the pod changes, and
+  drops the old only after the new pod is Ready (watched in the cluster while `up` runs);
 - another kubeconfig file for the same cluster updates the provider and replaces nothing; a
   LoadBalancer Service that never gets an address does not hold `up`;
 - `destroy` removes every object.
@@ -19,8 +24,12 @@ The stack is a Kubernetes-only stack (no hosts). The tests run in file order and
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,11 +37,13 @@ from typing import Any
 import pytest
 import yaml
 
+from components.probe.kube_proxy import PINS_ANNOTATION
 from components.render.kubernetes import (
     GUEST_KERNEL_PARAMS,
     INITDATA_ANNOTATION,
     KERNEL_PARAMS_ANNOTATION,
     ROLLOUT_TIMEOUT_S,
+    TEMPLATE_ANNOTATION,
     decode_initdata_annotation,
     mrconfigid,
     render_manifests,
@@ -46,6 +57,8 @@ KUBE_FIXTURES = FIXTURES / "kube"
 STACK = "k8s"
 NAMESPACE, NAME = "tdx-vllm", "vllm"
 NEXT_REV = "89abcdef0123456789abcdef0123456789abcdef"
+PROXY_NS, PROXY = "tdx-vllm-proxy", "tdx-vllm-proxy-kubernetes"
+PROXY_HOST = f"{PROXY}.{PROXY_NS}.svc.cluster.local"
 # kwok marks a pod Ready this long after it was bound (in a real cluster: after the known-answer
 # probe passed), so that an `up` which did not await the rollout would end with it not Ready.
 POD_READY_DELAY_MS = 4000
@@ -93,15 +106,57 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, Kub
         policy.write_text(POLICY)
         eng.pulumi("stack", "init", stack=STACK)
         write_config(eng, stack_config(cluster.kubeconfig, policy))
+        # The verifying proxy in the same cluster, in front of the workload's Service.
+        cert, key = proxy_tls()
+        eng.config_set(
+            STACK,
+            {
+                "proxy.kubernetes.image": GATEWAY,
+                "proxy.kubernetes.kubeconfig": str(cluster.kubeconfig),
+                "proxy.pccsUrl": "https://pccs.example.net:8081/sgx/certification/v4/",
+                "proxy.tls.certificate": cert,
+            },
+            secret={"proxy.tls.privateKey": key},
+        )
         yield eng, cluster
         # Whatever a failed test left: the cluster goes with the fixture, the state with the temp dir.
 
 
 def write_config(eng: Engine, config: dict[str, Any]) -> None:
+    """Replace the keys of `config`, keep the others (the proxy's, set with `pulumi config`)."""
     path = eng.project / "stacks" / f"Pulumi.{STACK}.yaml"
     doc = yaml.safe_load(path.read_text()) or {}
-    doc["config"] = config
+    doc["config"] = {**(doc.get("config") or {}), **config}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def proxy_tls() -> tuple[str, str]:
+    """A self-signed certificate for the proxy's Service name, and its key (PEM)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PROXY_HOST)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(PROXY_HOST)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), pem_key.decode()
 
 
 def k8s_urns(eng: Engine) -> list[str]:
@@ -170,11 +225,40 @@ def test_up_creates_the_documented_objects_and_awaits_the_rollout(kube) -> None:
     state_text = json.dumps(eng.state(STACK))
     client_key = yaml.safe_load(cluster.kubeconfig.read_text())["users"][0]["user"]["client-key-data"]
     assert client_key not in state_text
-    provider = next(
+    providers = [
         r for r in eng.state(STACK)["checkpoint"]["latest"]["resources"] if r["type"] == "pulumi:providers:kubernetes"
-    )
-    assert provider["inputs"]["kubeconfig"]["4dabf18193072939515e22adb298388d"] == "1b47061264138c4ac30d75fd1eb44270"
-    assert provider["inputs"]["clusterIdentifier"] == cluster.server
+    ]
+    assert len(providers) == 2  # the workload's and the proxy's (the same cluster here)
+    for provider in providers:
+        assert (
+            provider["inputs"]["kubeconfig"]["4dabf18193072939515e22adb298388d"] == "1b47061264138c4ac30d75fd1eb44270"
+        )
+        assert provider["inputs"]["clusterIdentifier"] == cluster.server
+
+    # The verifying proxy, in the cluster, in front of the workload's Service: the current pins only
+    # (retiring = current), TLS from a Secret whose key is nowhere plain in the state.
+    assert outputs["proxies"] == {"kubernetes": f"https://{PROXY_HOST}:8443"}
+    proxy = cluster.get(f"/apis/apps/v1/namespaces/{PROXY_NS}/deployments/{PROXY}")
+    command = proxy["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[:4] == ["python3", "-m", "tdxattest", "proxy"]
+    assert command[command.index("--upstream") + 1] == outputs["endpoints"]["kubernetes"]
+    assert "--retiring-pins" in command and "--tls-key" in command
+    assert proxy["status"].get("readyReplicas") == 1
+    assert proxy_pins(cluster) == (canonical(pins), canonical(pins))
+    tls_key = cluster.get(f"/api/v1/namespaces/{PROXY_NS}/secrets/tdx-vllm-proxy-tls")["data"]["tls.key"]
+    assert tls_key not in state_text and base64.b64decode(tls_key).decode() not in state_text
+    assert cluster.exists(f"/api/v1/namespaces/{PROXY_NS}/services/{PROXY}")
+
+
+def canonical(pins: dict[str, Any]) -> str:
+    """The pins document as the proxy reads it (components/render/proxy.py, pins_document)."""
+    return json.dumps(pins, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def proxy_pins(cluster: KubeCluster) -> tuple[str, str]:
+    """(pins.json, retiring.json) of the proxy's pins ConfigMap."""
+    data = cluster.get(f"/api/v1/namespaces/{PROXY_NS}/configmaps/{PROXY}-pins")["data"]
+    return data["pins.json"], data["retiring.json"]
 
 
 def test_the_pod_meets_pod_security_restricted(kube) -> None:
@@ -230,10 +314,57 @@ def test_a_model_revision_rolls_the_deployment_and_changes_mrconfigid(kube) -> N
         ]["agentPolicyFile"]
     )
     write_config(eng, stack_config(cluster.kubeconfig, policy, NEXT_REV))
-    ops, _ = up_events(eng.up(STACK, "model revision", True, "--json", timeout=600).stdout)
-    # The Deployment rolls, and the rollout check runs again for the new template.
-    assert ops == {"workload-deployment": "update", "workload-rollout": "update"}, ops
+    # While `up` runs: what the proxy accepts (its ConfigMap, and the pins its pods were started on)
+    # next to the workload's template and readiness, every 0.1 s.
+    seen: list[tuple[tuple[str, str], str, str | None, int]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(ApiError, OSError):
+                proxy_annotations = cluster.get(f"/apis/apps/v1/namespaces/{PROXY_NS}/deployments/{PROXY}")["spec"][
+                    "template"
+                ]["metadata"].get("annotations", {})
+                dep = deployment(cluster)
+                template = dep["spec"]["template"]["metadata"]["annotations"][TEMPLATE_ANNOTATION]
+                ready = (
+                    dep["status"].get("readyReplicas", 0)
+                    if dep["status"].get("observedGeneration") == dep["metadata"]["generation"]
+                    else 0
+                )
+                seen.append((proxy_pins(cluster), template, proxy_annotations.get(PINS_ANNOTATION), ready))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        ops, _ = up_events(eng.up(STACK, "model revision", True, "--json", timeout=600).stdout)
+    finally:
+        stop.set()
+        watcher.join(10)
+    # The Deployment rolls, and the rollout check runs again for the new template; the proxy's two
+    # phases run (their pins changed); nothing else.
+    assert ops == {
+        "workload-deployment": "update",
+        "workload-rollout": "update",
+        "proxy-kubernetes-accept": "update",
+        "proxy-kubernetes-retire": "update",
+    }, ops
     after = eng.outputs(STACK)["pins"]
+    old_doc, new_doc = canonical(before), canonical(after)
+    # The rollover, as the cluster saw it: the proxy took the new pins with the old ones retiring
+    # before the workload's template changed; the old ones went only after the new pod was Ready.
+    states = [s[0] for s in seen]
+    assert states[0] == (old_doc, old_doc) and states[-1] == (new_doc, new_doc), states[:1] + states[-1:]
+    first_new_template = next(i for i, s in enumerate(seen) if s[1] != seen[0][1])
+    assert seen[first_new_template][0] == (new_doc, old_doc)
+    retired = next(i for i, s in enumerate(seen) if s[0] == (new_doc, new_doc))
+    assert any(s[3] == 1 and s[1] != seen[0][1] for s in seen[first_new_template:retired]), "retired before Ready"
+    assert [s[0] for s in seen] == sorted(
+        states, key=[(old_doc, old_doc), (new_doc, old_doc), (new_doc, new_doc)].index
+    )
+    # The proxy's pods restarted on each state (the annotation names the data they were started on).
+    assert len({s[2] for s in seen[first_new_template:]}) >= 2
     assert after["mrconfigid"] != before["mrconfigid"] and after["model"]["revision"] == NEXT_REV
     dep = deployment(cluster)
     toml_text = decode_initdata_annotation(dep["spec"]["template"]["metadata"]["annotations"][INITDATA_ANNOTATION])
@@ -281,3 +412,5 @@ def test_destroy_removes_every_object(kube) -> None:
     assert k8s_urns(eng) == []
     assert not cluster.exists(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{NAME}")
     cluster.wait("the namespace gone", lambda: not cluster.exists(f"/api/v1/namespaces/{NAMESPACE}"), 120)
+    # The proxy's namespace, with its Deployment, Service, TLS Secret and the phases' ConfigMap.
+    cluster.wait("the proxy's namespace gone", lambda: not cluster.exists(f"/api/v1/namespaces/{PROXY_NS}"), 120)
