@@ -89,6 +89,8 @@ def proxy_objects(proxy: VerifyingProxyConfig, inst: ProxyInstance) -> list[dict
         "image": c.image,
         "imagePullPolicy": "IfNotPresent",
         "command": argv,
+        # The root filesystem is read-only: whatever tdxattest keeps under ~ goes to the cache volume.
+        "env": [{"name": "HOME", "value": proxy.cache_dir}],
         "ports": [{"name": "https", "containerPort": PROXY_CLUSTER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": "https"}, "periodSeconds": 5},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},

@@ -104,6 +104,11 @@ def test_each_tds_proxy_is_a_restricted_deployment_and_a_service() -> None:
     assert sources[0] == {"configMap": {"name": "tdx-vllm-proxy-gpu-a-pins"}}
     assert sources[1]["secret"]["name"] == "tdx-vllm-proxy-tls"
     assert pod["securityContext"]["runAsNonRoot"] is True and container["securityContext"]["readOnlyRootFilesystem"]
+    assert container["env"] == [{"name": "HOME", "value": "/var/cache/tdx-vllm/proxy"}]  # writable: an emptyDir
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {
+        "/var/cache/tdx-vllm/proxy",
+        "/var/log/tdx-vllm/proxy",
+    }
     assert svc["spec"]["ports"][0]["port"] == 8443 and svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
     assert proxy_url(p.kubernetes, inst) == "https://tdx-vllm-proxy-gpu-a.tdx-vllm-proxy.svc.cluster.local:8443"
 
