@@ -108,8 +108,8 @@ def parse_kubeconfig(path: Path, text: str, context: str | None, where: str, key
 def read_cluster(kubeconfig: Kubeconfig, runtime_class: str) -> ClusterFacts:
     """The RuntimeClass `runtime_class` as the cluster has it (or None). Raises ClusterReadError
     when the API server cannot be reached or refuses the read."""
-    from kubernetes import client, config  # type: ignore[import-untyped]
-    from kubernetes.client.rest import ApiException  # type: ignore[import-untyped]
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
     from urllib3.exceptions import HTTPError
 
     doc: Any = yaml.safe_load(kubeconfig.text)
@@ -155,8 +155,8 @@ def read_cluster(kubeconfig: Kubeconfig, runtime_class: str) -> ClusterFacts:
 # pulumi-kubernetes' own Deployment await (v4.25.0, and its main branch as of 2026-08) takes the
 # first watch event after an update at face value: right after the new spec is applied the status
 # still describes the previous ReplicaSet (Available, NewReplicaSetAvailable), so `up` can finish
-# while the new pod, i.e. the new TD, is not Ready. tests/e2e/test_kubernetes.py caught it in about
-# one run of two. This check reads the status the controller wrote for *this* generation of *this*
+# while the new pod, i.e. the new TD, is not Ready. tests/e2e/test_kubernetes.py fails without this
+# check (three runs of three). It reads the status the controller wrote for *this* generation of *this*
 # template before it says done.
 
 ROLLOUT_POLL_S = 2.0

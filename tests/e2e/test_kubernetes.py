@@ -370,7 +370,7 @@ def test_a_model_revision_rolls_the_deployment_and_changes_mrconfigid(kube) -> N
     toml_text = decode_initdata_annotation(dep["spec"]["template"]["metadata"]["annotations"][INITDATA_ANNOTATION])
     assert mrconfigid(toml_text) == after["mrconfigid"] and NEXT_REV in toml_text
     # `up` ended only once the new template's pod was Ready (kwok delays that by POD_READY_DELAY_MS).
-    # pulumi-kubernetes' own await alone ended before it in about one run of two
+    # pulumi-kubernetes' own await alone ended before it in three runs of three
     # (components/probe/kube.py, kube-rollout).
     status = dep["status"]
     assert status.get("readyReplicas") == 1 and status["observedGeneration"] == dep["metadata"]["generation"], status
