@@ -49,7 +49,7 @@ from components.render.kubernetes import (
     render_manifests,
 )
 from tests.support.engine import Engine, changed_steps, engine_unavailable, up_events
-from tests.support.kube.cluster import ApiError, KubeCluster, start_cluster
+from tests.support.kube.cluster import ApiError, KubeCluster, self_signed_pem, start_cluster
 from tests.support.paths import FIXTURES
 from tests.support.stacks import GATEWAY, KATA_SHAPE, POLICY, WL_IMAGE, WL_REV, make_args, target_doc
 
@@ -107,7 +107,7 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Engine, Kub
         eng.pulumi("stack", "init", stack=STACK)
         write_config(eng, stack_config(cluster.kubeconfig, policy))
         # The verifying proxy in the same cluster, in front of the workload's Service.
-        cert, key = proxy_tls()
+        cert, key = self_signed_pem(PROXY_HOST)
         eng.config_set(
             STACK,
             {
@@ -128,35 +128,6 @@ def write_config(eng: Engine, config: dict[str, Any]) -> None:
     doc = yaml.safe_load(path.read_text()) or {}
     doc["config"] = {**(doc.get("config") or {}), **config}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-
-
-def proxy_tls() -> tuple[str, str]:
-    """A self-signed certificate for the proxy's Service name, and its key (PEM)."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PROXY_HOST)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(PROXY_HOST)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), pem_key.decode()
 
 
 def k8s_urns(eng: Engine) -> list[str]:

@@ -137,6 +137,14 @@ def _pem_cert(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def self_signed_pem(dns_name: str) -> tuple[str, str]:
+    """A server certificate for `dns_name`, self-signed, and its key (PEM): a TLS pair for a test."""
+    key = _key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_name)])
+    cert = _cert(name, key, None, sans=[x509.DNSName(dns_name)])
+    return _pem_cert(cert).decode(), _pem_key(key).decode()
+
+
 @dataclass(frozen=True)
 class Pki:
     dir: Path
