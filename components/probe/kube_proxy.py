@@ -148,3 +148,83 @@ def main(argv: list[str]) -> int:
         return 1
     print(json.dumps(facts))
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# What `python -m components status` reads of a proxy in a cluster: its steady state is the retire
+# phase's (the current pins only, the pods started on them, Ready).
+
+
+def read_state(kubeconfig: Kubeconfig, namespace: str, configmap: str, deployment: str) -> dict[str, Any]:
+    """The pins ConfigMap's data (None: absent), the proxy pods' pins annotation and readiness."""
+    import yaml
+    from kubernetes import client, config
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
+
+    where = f"the API server {kubeconfig.server} (context `{kubeconfig.context}`)"
+    doc: Any = yaml.safe_load(kubeconfig.text)
+    state: dict[str, Any] = {"data": None, "deployment": None}
+    try:
+        with config.new_client_from_config_dict(doc, context=kubeconfig.context) as api:
+            core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+            try:
+                cm = core.read_namespaced_config_map(configmap, namespace, _request_timeout=REQUEST_TIMEOUT_S)
+                state["data"] = dict(cm.data or {})
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            try:
+                state["deployment"] = api.sanitize_for_serialization(
+                    apps.read_namespaced_deployment(deployment, namespace, _request_timeout=REQUEST_TIMEOUT_S)
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+    except ApiException as exc:
+        raise ClusterReadError(f"{where} answered {exc.status} {exc.reason} to a read in {namespace}") from None
+    except (HTTPError, OSError) as exc:
+        raise ClusterReadError(f"cannot reach {where}: {exc}; fix: check that the cluster is up") from None
+    return state
+
+
+def _sha(text: str | None) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16] if text is not None else "none"
+
+
+def state_problems(pins: str, state: Mapping[str, Any], where: str) -> list[str]:
+    """Each way the proxy in `state` (read_state) differs from serving `pins` (the stack's pins
+    document) only, as "what: expected X, seen Y; fix: Z". Pure."""
+    fix = "fix: pulumi up (the accept and retire phases rewrite the pins and restart the proxy)"
+    data, dep = state.get("data"), state.get("deployment")
+    if data is None:
+        return [f"{where}: expected the pins ConfigMap, seen none; {fix}"]
+    problems = []
+    if data.get(PINS_KEY) != pins:
+        problems.append(
+            f"{PINS_KEY}: expected the stack's pins (sha256 {_sha(pins)}), "
+            f"seen sha256 {_sha(data.get(PINS_KEY))}; {fix}"
+        )
+    if data.get(RETIRING_KEY) != data.get(PINS_KEY):
+        problems.append(
+            f"{RETIRING_KEY}: expected nothing retiring (the current pins again), seen other pins (sha256 "
+            f"{_sha(data.get(RETIRING_KEY))}): a rollover did not finish; {fix}"
+        )
+    if dep is None:
+        return [*problems, f"{where}: expected the proxy's Deployment, seen none; {fix}"]
+    annotations = ((dep.get("spec") or {}).get("template") or {}).get("metadata", {}).get("annotations") or {}
+    started = annotations.get(PINS_ANNOTATION)
+    # Absent: the pods were never restarted by a phase, so they run on the data of their creation.
+    if started is not None and started != pins_digest(data):
+        problems.append(
+            f"pods: expected started on the ConfigMap's pins ({pins_digest(data)[:16]}), seen started on "
+            f"{started[:16]}; {fix}"
+        )
+    want = int((dep.get("spec") or {}).get("replicas", 1))
+    ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
+    if ready < want:
+        problems.append(
+            f"pods: expected {want} Ready, seen {ready}; fix: kubectl -n {where.split('/')[0]} describe pod "
+            f"-l app.kubernetes.io/instance={where.split('/')[1]}"
+        )
+    return problems

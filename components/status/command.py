@@ -52,9 +52,12 @@ from components.config.model import HostConfig, SshConfig, StackConfig
 from components.config.reader import ConfigErrors
 from components.config.stack import load_from_cli_json
 from components.paths import REPO_ROOT
+from components.probe.kube import ClusterReadError, load_kubeconfig
+from components.probe.kube_proxy import read_state, state_problems
 from components.probe.ssh import AuthenticationFailed, HostKeyMismatch, connect, load_private_key, run
 from components.render.host_steps import host_checks
-from components.render.proxy import PROXY_STEP, proxy_instances, proxy_params
+from components.render.proxy import PROXY_STEP, pins_document, proxy_instances, proxy_params
+from components.render.proxy_kubernetes import cluster_instances, configmap_name, object_name
 from components.render.status import (
     DEFAULT_WARN_DAYS,
     EXIT_UNREADABLE,
@@ -142,6 +145,39 @@ def read_proxy_host(stack: StackConfig, pins: Any) -> HostStatus | None:
         ]
 
     return read_over_ssh("proxy", ssh, "proxy.ssh", checks)
+
+
+def read_proxy_cluster(stack: StackConfig, pins: Any) -> HostStatus | None:
+    """The verifying proxy in a cluster (`proxy.kubernetes`), read through its kubeconfig: each TD's
+    pins ConfigMap, and the pods started on it (the retire phase's steady state)."""
+    proxy = stack.proxy
+    if proxy is None or proxy.kubernetes is None or stack.workload is None or not isinstance(pins, dict):
+        return None
+    c = proxy.kubernetes
+    tds = [h.name for h in stack.hosts] if stack.workload.kubernetes is None else ["kubernetes"]
+    try:
+        kubeconfig = load_kubeconfig(c.kubeconfig, c.context, "proxy.kubernetes.kubeconfig")
+    except ClusterReadError as exc:
+        return HostStatus("proxy", f"{c.namespace} (kubernetes)", str(exc))
+    steps = []
+    for inst in cluster_instances(proxy, [(td, "") for td in tds]):
+        where = f"{c.namespace}/{object_name(c, inst)}"
+        try:
+            state = read_state(kubeconfig, c.namespace, configmap_name(c, inst), object_name(c, inst))
+        except ClusterReadError as exc:
+            return HostStatus("proxy", kubeconfig.server, str(exc))
+        problems = state_problems(pins_document(pins), state, where)
+        steps.append(
+            StepStatus("proxy", f"proxy-{inst.td}-retire", "drifted" if problems else "in_sync", tuple(problems))
+        )
+    return HostStatus("proxy", kubeconfig.server, None, tuple(steps))
+
+
+def read_proxy(stack: StackConfig, pins: Any) -> HostStatus | None:
+    """The stack's verifying proxy, on a host or in a cluster."""
+    if stack.proxy is not None and stack.proxy.kubernetes is not None:
+        return read_proxy_cluster(stack, pins)
+    return read_proxy_host(stack, pins)
 
 
 def read_over_ssh(
@@ -331,7 +367,7 @@ def stack_status(stack_name: str, project: Path, options: TdOptions | None = Non
     now = int(time.time())
     with ThreadPoolExecutor(max_workers=max(1, min(32, len(stack.hosts) + 1))) as pool:
         tds_future = pool.submit(read_tds, endpoints, td_hosts, appraiser, options)
-        proxy_future = pool.submit(read_proxy_host, stack, outputs.get("pins"))
+        proxy_future = pool.submit(read_proxy, stack, outputs.get("pins"))
         hosts = list(pool.map(lambda ih: read_host(stack, ih[1], ih[0]), enumerate(stack.hosts)))
         tds = tds_future.result()
         proxy_host = proxy_future.result()

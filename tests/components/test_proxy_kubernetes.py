@@ -172,3 +172,27 @@ def test_the_program_puts_the_proxy_around_the_kubernetes_workload(monkeypatch, 
     assert created.index("proxy-kubernetes-accept") < created.index("workload-deployment")
     assert created.index("workload-rollout") < created.index("proxy-kubernetes-retire")
     assert "TLS-KEY" not in repr(seen)
+
+
+def test_status_names_what_differs_from_serving_the_current_pins_only() -> None:
+    from components.probe.kube_proxy import PINS_ANNOTATION, state_problems
+
+    def dep(annotation: str | None, ready: int = 1) -> dict:
+        annotations = {PINS_ANNOTATION: annotation} if annotation else {}
+        return {
+            "spec": {"replicas": 1, "template": {"metadata": {"annotations": annotations}}},
+            "status": {"readyReplicas": ready},
+        }
+
+    steady = {PINS_KEY: B, RETIRING_KEY: B}
+    where = "tdx-vllm-proxy/tdx-vllm-proxy-gpu-a"
+    assert state_problems(B, {"data": steady, "deployment": dep(pins_digest(steady))}, where) == []
+    assert state_problems(B, {"data": steady, "deployment": dep(None)}, where) == []  # never restarted
+    assert state_problems(B, {"data": None, "deployment": None}, where)[0].startswith(
+        f"{where}: expected the pins ConfigMap, seen none"
+    )
+    stale = state_problems(
+        C, {"data": {PINS_KEY: B, RETIRING_KEY: A}, "deployment": dep(pins_digest(steady), 0)}, where
+    )
+    assert [p.split(":")[0] for p in stale] == ["pins.json", "retiring.json", "pods", "pods"], stale
+    assert stale[3].startswith("pods: expected 1 Ready, seen 0; fix: kubectl -n tdx-vllm-proxy describe pod")

@@ -13,6 +13,7 @@ each other:
   provider awaited the rollout (the pod is scheduled on the TDX node and Ready), and `endpoints` and
   `pins` are exported; the kubeconfig is a secret in the state;
 - a second `up` changes nothing;
+- `status` reads the proxy in the cluster, and names a retiring set left behind;
 - the proxy's Deployment, Service, TLS Secret and pins ConfigMap exist, on the current pins only;
 - a model revision rolls the Deployment (a new pod template) and changes `pins.mrconfigid`, and the
   proxy rolls over around it: it accepts the new pins beside the old before the pod changes, and
@@ -273,6 +274,33 @@ def test_a_second_up_changes_nothing(kube) -> None:
     ops, summary = up_events(eng.up(STACK, "converged up", True, "--json").stdout)
     assert ops == {} and set(summary["resourceChanges"]) == {"same"}, summary
     assert deployment(cluster)["metadata"]["generation"] == generation
+
+
+def test_status_reads_the_proxy_in_the_cluster(kube) -> None:
+    """`python -m components status` reads the proxy through its kubeconfig: in sync on the current
+    pins; a retiring set left behind (a rollover that did not finish) is named, with the fix."""
+    eng, cluster = kube
+    _, doc = eng.status(STACK)
+    proxy = doc["hosts"]["proxy"]
+    assert proxy["address"] == cluster.server and proxy["inSync"] is True, proxy
+    assert [(s["resource"], s["state"]) for s in proxy["steps"]] == [("proxy-kubernetes-retire", "in_sync")]
+    path = f"/api/v1/namespaces/{PROXY_NS}/configmaps/{PROXY}-pins"
+    original = cluster.get(path)
+    left = copy.deepcopy(original)
+    left["data"]["retiring.json"] = '{"mrtd":"00"}\n'
+    cluster.request("PUT", path, left)
+    try:
+        rc, doc = eng.status(STACK)
+        (step,) = doc["hosts"]["proxy"]["steps"]
+        assert rc != 0 and step["state"] == "drifted"
+        assert step["problems"][0].startswith("retiring.json: expected nothing retiring (the current pins again)")
+        assert step["problems"][0].endswith(
+            "fix: pulumi up (the accept and retire phases rewrite the pins and restart the proxy)"
+        )
+    finally:
+        current = cluster.get(path)
+        current["data"] = original["data"]
+        cluster.request("PUT", path, current)
 
 
 def test_a_model_revision_rolls_the_deployment_and_changes_mrconfigid(kube) -> None:
