@@ -70,7 +70,8 @@ def parse_proxy(
     m = r.obj(value, path, KEYS)
     cluster = None
     ssh = None
-    if m.get("kubernetes") is not None:
+    in_cluster = m.get("kubernetes") is not None  # the branch, even when the block itself has errors
+    if in_cluster:
         cluster = _cluster(r, m["kubernetes"], join(path, "kubernetes"))
         for key in ("ssh", "python", "listen"):
             if key in m:
@@ -93,15 +94,13 @@ def parse_proxy(
             join(path, "ssh"),
             ssh_defaults,
         )
-    default_python = "python3" if cluster is not None else "/opt/tdxattest/bin/python"
-    python = (
-        default_python if cluster is not None else _absolute(r, m.get("python", default_python), join(path, "python"))
-    )
+    default_python = "python3" if in_cluster else "/opt/tdxattest/bin/python"
+    python = default_python if in_cluster else _absolute(r, m.get("python", default_python), join(path, "python"))
     audit_dir = _absolute(r, m.get("auditDir", "/var/log/tdx-vllm/proxy"), join(path, "auditDir"))
     cache_dir = _absolute(r, m.get("cacheDir", "/var/cache/tdx-vllm/proxy"), join(path, "cacheDir"))
-    default_listen = f"0.0.0.0:{PROXY_CLUSTER_PORT}" if cluster is not None else "127.0.0.1:8080"
+    default_listen = f"0.0.0.0:{PROXY_CLUSTER_PORT}" if in_cluster else "127.0.0.1:8080"
     listen = r.string(
-        default_listen if cluster is not None else m.get("listen", default_listen),
+        default_listen if in_cluster else m.get("listen", default_listen),
         join(path, "listen"),
         "set HOST:PORT, e.g. 127.0.0.1:8080",
     )
@@ -113,7 +112,7 @@ def parse_proxy(
         else:
             host, port = found["host"], int(found["port"])
     tls = _tls(r, m.get("tls"), join(path, "tls")) if m.get("tls") is not None else None
-    if not is_loopback(host) and tls is None and "tls" not in m and cluster is None:
+    if not is_loopback(host) and tls is None and "tls" not in m and not in_cluster:
         r.error(
             join(path, "listen"),
             f"`{host}` is not a loopback address, and without `tls` prompts would cross the network in plain text",
