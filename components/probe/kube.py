@@ -105,17 +105,23 @@ def parse_kubeconfig(path: Path, text: str, context: str | None, where: str, key
     return Kubeconfig(path=path, text=text, context=str(name), server=str(cluster["server"]))
 
 
+def api_client(kubeconfig: Kubeconfig) -> Any:
+    """The official client's ApiClient for the kubeconfig's context (use it as a context manager)."""
+    from kubernetes import config
+
+    return config.new_client_from_config_dict(yaml.safe_load(kubeconfig.text), context=kubeconfig.context)
+
+
 def read_cluster(kubeconfig: Kubeconfig, runtime_class: str) -> ClusterFacts:
     """The RuntimeClass `runtime_class` as the cluster has it (or None). Raises ClusterReadError
     when the API server cannot be reached or refuses the read."""
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
     from urllib3.exceptions import HTTPError
 
-    doc: Any = yaml.safe_load(kubeconfig.text)
     where = f"the API server {kubeconfig.server} (context `{kubeconfig.context}` of {kubeconfig.path})"
     try:
-        api = config.new_client_from_config_dict(doc, context=kubeconfig.context)
+        api = api_client(kubeconfig)
     except Exception as exc:  # the client's own config errors have no common base class
         raise ClusterReadError(f"cannot use the kubeconfig {kubeconfig.path}: {exc}; fix: repair it") from None
     try:
@@ -194,15 +200,14 @@ def wait_for_rollout(
     """Poll the Deployment until `rollout_state` says done (facts) or `timeout_s` passes (error)."""
     import time
 
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
     from urllib3.exceptions import HTTPError
 
     sleep = sleep or time.sleep
-    doc: Any = yaml.safe_load(kubeconfig.text)
     start = time.monotonic()
     seen = "not read yet"
-    with config.new_client_from_config_dict(doc, context=kubeconfig.context) as api:
+    with api_client(kubeconfig) as api:
         apps = client.AppsV1Api(api)
         while True:
             try:

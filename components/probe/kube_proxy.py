@@ -19,7 +19,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from components.probe.kube import REQUEST_TIMEOUT_S, ClusterReadError, Kubeconfig, parse_kubeconfig, wait_for_rollout
+from components.probe.kube import (
+    REQUEST_TIMEOUT_S,
+    ClusterReadError,
+    Kubeconfig,
+    api_client,
+    parse_kubeconfig,
+    wait_for_rollout,
+)
 
 Phase = Literal["accept", "retire"]
 PINS_KEY, RETIRING_KEY = "pins.json", "retiring.json"
@@ -45,15 +52,13 @@ def pins_digest(data: Mapping[str, str]) -> str:
 def run_phase(
     kubeconfig: Kubeconfig, phase: Phase, namespace: str, configmap: str, deployment: str, new: str, timeout_s: float
 ) -> dict[str, Any]:
-    import yaml
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
     from urllib3.exceptions import HTTPError
 
     where = f"the API server {kubeconfig.server} (context `{kubeconfig.context}`)"
-    doc: Any = yaml.safe_load(kubeconfig.text)
     try:
-        with config.new_client_from_config_dict(doc, context=kubeconfig.context) as api:
+        with api_client(kubeconfig) as api:
             core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
             try:
                 deployed = core.read_namespaced_config_map(
@@ -157,16 +162,14 @@ def main(argv: list[str]) -> int:
 
 def read_state(kubeconfig: Kubeconfig, namespace: str, configmap: str, deployment: str) -> dict[str, Any]:
     """The pins ConfigMap's data (None: absent), the proxy pods' pins annotation and readiness."""
-    import yaml
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.rest import ApiException
     from urllib3.exceptions import HTTPError
 
     where = f"the API server {kubeconfig.server} (context `{kubeconfig.context}`)"
-    doc: Any = yaml.safe_load(kubeconfig.text)
     state: dict[str, Any] = {"data": None, "deployment": None}
     try:
-        with config.new_client_from_config_dict(doc, context=kubeconfig.context) as api:
+        with api_client(kubeconfig) as api:
             core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
             try:
                 cm = core.read_namespaced_config_map(configmap, namespace, _request_timeout=REQUEST_TIMEOUT_S)

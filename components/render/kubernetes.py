@@ -258,6 +258,38 @@ def _labels(target: KubernetesTarget) -> dict[str, str]:
     }
 
 
+def container_security() -> dict[str, Any]:
+    """Pod Security `restricted` for a container: no privilege escalation, no capabilities."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security() -> dict[str, Any]:
+    """Pod Security `restricted` for a pod, with the explicit ids guest pull needs (RUN_AS_UID)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_UID,
+        "runAsGroup": RUN_AS_GID,
+        "supplementalGroups": [RUN_AS_GID],
+        "fsGroup": RUN_AS_GID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def service_object(
+    name: str, namespace: str, labels: Mapping[str, str], service_type: str, port: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A Service on `port`; a LoadBalancer one is not awaited (SKIP_AWAIT_ANNOTATION)."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if service_type == "LoadBalancer":
+        meta["annotations"] = {SKIP_AWAIT_ANNOTATION: "true"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {"type": service_type, "selector": dict(labels), "ports": [dict(port)]},
+    }
+
+
 def check_args(args: KubernetesWorkloadArgs) -> None:
     problems = workload_problems(args.manifest, args.target)
     if problems:
@@ -294,8 +326,7 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
     model_volume: dict[str, Any] = {}
     if t.model_cache_size:
         model_volume["sizeLimit"] = t.model_cache_size
-    # Pod Security `restricted` for every container: no privilege escalation, no capabilities.
-    no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    no_escalation = container_security()
 
     fetch = {
         "name": "model-fetch",
@@ -378,14 +409,7 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
                     "runtimeClassName": t.runtime_class_name,
                     "automountServiceAccountToken": False,  # nothing in the TD talks to the API server
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS_UID,
-                        "runAsGroup": RUN_AS_GID,
-                        "supplementalGroups": [RUN_AS_GID],
-                        "fsGroup": RUN_AS_GID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security(),
                     "terminationGracePeriodSeconds": 30,
                     "initContainers": [fetch],
                     "containers": [vllm, gateway],
@@ -403,15 +427,7 @@ def render_manifests(args: KubernetesWorkloadArgs) -> list[dict[str, Any]]:
     port: dict[str, Any] = {"name": "https", "port": t.service_port, "targetPort": "https", "protocol": "TCP"}
     if t.node_port is not None:
         port["nodePort"] = t.node_port
-    service_meta: dict[str, Any] = {"name": t.name, "namespace": t.namespace, "labels": labels}
-    if t.service_type == "LoadBalancer":
-        service_meta["annotations"] = {SKIP_AWAIT_ANNOTATION: "true"}
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": service_meta,
-        "spec": {"type": t.service_type, "selector": labels, "ports": [port]},
-    }
+    service = service_object(t.name, t.namespace, labels, t.service_type, port)
     objects: list[dict[str, Any]] = []
     if t.create_namespace:
         objects.append(
@@ -432,14 +448,12 @@ def template_digest(template: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def rollout_command(args: KubernetesWorkloadArgs, python: str) -> str:
-    """The local command that waits for the rollout of the rendered template (the kubeconfig comes
+def rollout_command(t: KubernetesTarget, deployment: Mapping[str, Any], python: str) -> str:
+    """The local command that waits for the rollout of `deployment` as rendered (the kubeconfig comes
     on its stdin): `python -m components kube-rollout ...`."""
-    t = args.target
-    dep = next(o for o in render_manifests(args) if o["kind"] == "Deployment")
     argv = ["-m", "components", "kube-rollout", "--namespace", t.namespace, "--name", t.name]
     argv += ["--annotation", TEMPLATE_ANNOTATION]
-    argv += ["--expect", dep["spec"]["template"]["metadata"]["annotations"][TEMPLATE_ANNOTATION]]
+    argv += ["--expect", deployment["spec"]["template"]["metadata"]["annotations"][TEMPLATE_ANNOTATION]]
     argv += ["--timeout", str(ROLLOUT_TIMEOUT_S)]
     if t.context is not None:
         argv += ["--context", t.context]

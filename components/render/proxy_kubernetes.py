@@ -26,10 +26,9 @@ from typing import Any
 
 from components.config.model import PROXY_CLUSTER_PORT, ProxyCluster, VerifyingProxyConfig
 from components.probe.kube_proxy import Phase
+from components.render.kubernetes import container_security, pod_security, service_object
 from components.render.proxy import ProxyInstance, pins_document, proxy_argv
 
-SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
-RUN_AS = 1000
 PROXY_ROLLOUT_TIMEOUT_S = 600
 
 
@@ -83,7 +82,6 @@ def proxy_objects(proxy: VerifyingProxyConfig, inst: ProxyInstance) -> list[dict
     pod_proxy = replace(proxy, python="python3")
     argv = proxy_argv(pod_proxy, inst, retiring=True)
     lab = labels(c, inst)
-    no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     container = {
         "name": "proxy",
         "image": c.image,
@@ -94,7 +92,7 @@ def proxy_objects(proxy: VerifyingProxyConfig, inst: ProxyInstance) -> list[dict
         "ports": [{"name": "https", "containerPort": PROXY_CLUSTER_PORT, "protocol": "TCP"}],
         "readinessProbe": {"tcpSocket": {"port": "https"}, "periodSeconds": 5},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        "securityContext": {**no_escalation, "readOnlyRootFilesystem": True},
+        "securityContext": {**container_security(), "readOnlyRootFilesystem": True},
         "volumeMounts": [
             {"name": "config", "mountPath": inst.config_dir, "readOnly": True},
             {"name": "audit", "mountPath": proxy.audit_dir},
@@ -113,13 +111,7 @@ def proxy_objects(proxy: VerifyingProxyConfig, inst: ProxyInstance) -> list[dict
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": RUN_AS,
-                        "runAsGroup": RUN_AS,
-                        "fsGroup": RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security(),
                     "containers": [container],
                     "volumes": [
                         {
@@ -150,19 +142,8 @@ def proxy_objects(proxy: VerifyingProxyConfig, inst: ProxyInstance) -> list[dict
             },
         },
     }
-    meta: dict[str, Any] = {"name": object_name(c, inst), "namespace": c.namespace, "labels": lab}
-    if c.service_type == "LoadBalancer":
-        meta["annotations"] = {SKIP_AWAIT_ANNOTATION: "true"}
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": meta,
-        "spec": {
-            "type": c.service_type,
-            "selector": lab,
-            "ports": [{"name": "https", "port": PROXY_CLUSTER_PORT, "targetPort": "https", "protocol": "TCP"}],
-        },
-    }
+    port = {"name": "https", "port": PROXY_CLUSTER_PORT, "targetPort": "https", "protocol": "TCP"}
+    service = service_object(object_name(c, inst), c.namespace, lab, c.service_type, port)
     return [deployment, service]
 
 

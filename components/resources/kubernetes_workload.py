@@ -112,7 +112,7 @@ class KubernetesWorkload(pulumi.ComponentResource):
         wait = f"{ROLLOUT_TIMEOUT_S + 120}s"  # its own deadline first, with its message
         self.rollout = local.Command(
             f"{name}-rollout",
-            create=rollout_command(args, project_python()),
+            create=rollout_command(t, dep, project_python()),
             stdin=pulumi.Output.secret(cluster.text),
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(

@@ -319,9 +319,10 @@ class KubeCluster:
 
 
 def _curl_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
+    """A health endpoint (etcd /health, the apiserver's /readyz) answers 200 only when healthy."""
     try:
         with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
-            return r.read().strip() in (b"ok", b'{"health":"true","reason":""}') or r.status == 200
+            return bool(r.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 
