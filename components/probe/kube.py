@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +38,10 @@ class Kubeconfig:
 
 
 @dataclass(frozen=True)
-class RuntimeClassFacts:
-    name: str
-    handler: str
-    overhead: Mapping[str, str] = field(default_factory=dict)  # podFixed: {cpu, memory}
-    node_selector: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class ClusterFacts:
     server: str
     context: str
-    runtime_class: RuntimeClassFacts | None  # None: the cluster has no RuntimeClass of that name
+    runtime_class: str | None  # the RuntimeClass asked for; None: the cluster has none of that name
 
 
 def kubeconfig_path(configured: str | None) -> Path:
@@ -140,18 +132,7 @@ def read_cluster(kubeconfig: Kubeconfig, runtime_class: str) -> ClusterFacts:
         raise ClusterReadError(
             f"cannot reach {where}: {exc}; fix: check that the cluster is up and the kubeconfig points at it"
         ) from None
-    overhead = (rc.overhead.pod_fixed if rc.overhead is not None else None) or {}
-    selector = (rc.scheduling.node_selector if rc.scheduling is not None else None) or {}
-    return ClusterFacts(
-        kubeconfig.server,
-        kubeconfig.context,
-        RuntimeClassFacts(
-            name=str(rc.metadata.name if rc.metadata is not None else runtime_class),
-            handler=str(rc.handler),
-            overhead={str(k): str(v) for k, v in overhead.items()},
-            node_selector={str(k): str(v) for k, v in selector.items()},
-        ),
-    )
+    return ClusterFacts(kubeconfig.server, kubeconfig.context, rc.metadata.name if rc.metadata else runtime_class)
 
 
 # --------------------------------------------------------------------------------------------
